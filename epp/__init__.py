@@ -1,0 +1,1 @@
+"""pulumi-llmd's bundled endpoint picker (EPP), P/D sidecar and vLLM simulator."""
