@@ -1,0 +1,1 @@
+"""Reusable Pulumi components that put an llm-d-style inference stack on Kubernetes."""
