@@ -1,0 +1,21 @@
+"""The ext_proc protocol layer: Envoy streams in, :class:`epp.types.Director` calls out.
+
+``EppServer`` runs the three listeners; ``ExtProcStream`` is the per-request state machine;
+``parse_request_body`` turns an OpenAI body into a ``ParsedBody``.
+"""
+
+from epp.server.app import EppServer, ServerOptions, TlsFiles
+from epp.server.body import parse_request_body
+from epp.server.metrics import ServerMetrics
+from epp.server.stream import BodyMode, ExtProcStream, StreamSettings
+
+__all__ = [
+    "BodyMode",
+    "EppServer",
+    "ExtProcStream",
+    "ServerMetrics",
+    "ServerOptions",
+    "StreamSettings",
+    "TlsFiles",
+    "parse_request_body",
+]

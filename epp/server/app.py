@@ -1,0 +1,113 @@
+"""The EPP's three listeners (ext_proc, gRPC health, Prometheus) around one Director, with draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from epp.server.health import HealthServicer
+from epp.server.metrics import MetricsHttpServer, ServerMetrics
+from epp.server.service import ExternalProcessor
+from epp.server.stream import StreamSettings
+from epp.types import Director
+
+log = logging.getLogger(__name__)
+
+# Large request bodies arrive as many ext_proc messages of Envoy's chunk size, but a BUFFERED body is
+# one message: allow the body cap plus framing.
+_MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Certificate and key for ``--secure-serving`` (PEM files)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    host: str = "0.0.0.0"
+    grpc_port: int = 9002
+    grpc_health_port: int = 9003
+    metrics_port: int = 9090
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    # After SIGTERM: readiness goes NOT_SERVING at once, ext_proc keeps serving this long so the
+    # proxy can notice and move new streams elsewhere before the process exits.
+    drain_timeout: float = 30.0
+    tls: TlsFiles | None = None
+
+
+class EppServer:
+    def __init__(
+        self, director: Director, options: ServerOptions, metrics: ServerMetrics | None = None
+    ) -> None:
+        self.options = options
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.health = HealthServicer(director.ready)
+        self.processor = ExternalProcessor(director, options.stream, self.metrics)
+        self._metrics_http = MetricsHttpServer(self.metrics, options.host, options.metrics_port)
+        self._grpc: grpc.aio.Server | None = None
+        self._health_grpc: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        max_message = self.options.stream.max_request_body_bytes + _MESSAGE_OVERHEAD_BYTES
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+                # Notice a vanished proxy instead of keeping its streams (and their buffers) forever.
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ]
+        )
+        ext_proc_grpc.add_ExternalProcessorServicer_to_server(self.processor, self._grpc)
+        self._bind(self._grpc, self.options.grpc_port)
+        self._health_grpc = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
+        self._bind(self._health_grpc, self.options.grpc_health_port)
+        await self._grpc.start()
+        await self._health_grpc.start()
+        await self._metrics_http.start()
+        log.info(
+            "ext_proc on %s:%d, health on :%d, metrics on :%d (%s)",
+            self.options.host,
+            self.options.grpc_port,
+            self.options.grpc_health_port,
+            self.options.metrics_port,
+            "TLS" if self.options.tls else "plaintext",
+        )
+
+    def _bind(self, server: grpc.aio.Server, port: int) -> None:
+        address = f"{self.options.host}:{port}"
+        if self.options.tls is None:
+            server.add_insecure_port(address)
+            return
+        credentials = grpc.ssl_server_credentials(
+            [(self.options.tls.key.read_bytes(), self.options.tls.cert.read_bytes())]
+        )
+        server.add_secure_port(address, credentials)
+
+    async def drain(self) -> None:
+        """Report NOT_SERVING, then keep serving for the drain timeout: the proxy and Kubernetes need
+        that long to stop sending new streams here."""
+        self.health.draining = True
+        log.info(
+            "draining for %.1fs (%d streams open)", self.options.drain_timeout, self.processor.active_streams
+        )
+        await asyncio.sleep(self.options.drain_timeout)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for server in (self._grpc, self._health_grpc):
+            if server is not None:
+                await server.stop(grace)
+        self._grpc = self._health_grpc = None
+        await self._metrics_http.stop()

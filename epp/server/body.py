@@ -1,0 +1,132 @@
+"""Request body parsing: an OpenAI completions / chat body becomes a :class:`ParsedBody`.
+
+Every way a body can be wrong ends in an ``EppError(400, ...)`` naming the problem; nothing else
+escapes, so the stream state machine can hand any body to :func:`parse_request_body`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from epp.types import EppError, ParsedBody
+
+_CHAT_SUFFIX = "/chat/completions"
+_COMPLETIONS_SUFFIX = "/completions"
+
+
+def parse_request_body(path: str, raw: bytes) -> tuple[dict[str, Any], ParsedBody]:
+    """Decode ``raw`` and extract what scheduling needs. ``path`` may carry a query string."""
+    body = _decode_json_object(raw)
+    model = body.get("model")
+    if model is None:
+        raise EppError(400, "request body has no 'model' field")
+    if not isinstance(model, str) or not model.strip():
+        raise EppError(400, f"'model' must be a non-empty string, got {_describe(model)}")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise EppError(400, f"'stream' must be a boolean, got {_describe(stream)}")
+
+    route = path.split("?", 1)[0].rstrip("/")
+    if route.endswith(_CHAT_SUFFIX) or (not route.endswith(_COMPLETIONS_SUFFIX) and "messages" in body):
+        api, prompt_text = "chat", _render_messages(body.get("messages"))
+    elif route.endswith(_COMPLETIONS_SUFFIX) or "prompt" in body:
+        api, prompt_text = "completions", _render_prompt(body.get("prompt"))
+    elif "input" in body:  # embeddings / responses style bodies: schedule on the input text
+        api, prompt_text = "completions", _render_prompt(body["input"], field="input")
+    else:
+        raise EppError(400, f"cannot route {route or '/'}: body has none of 'messages', 'prompt' or 'input'")
+    return body, ParsedBody(model=model, prompt_text=prompt_text, stream=stream, api=api)
+
+
+def _decode_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise EppError(400, "request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise EppError(400, f"request body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except ValueError as exc:  # json.JSONDecodeError and RecursionError-free malformed input
+        raise EppError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise EppError(400, "request body is not valid JSON: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise EppError(400, f"request body must be a JSON object, got {_describe(body)}")
+    return body
+
+
+def _render_prompt(prompt: Any, field: str = "prompt") -> str:
+    """A completions prompt: a string, a list of strings, or token ids (a list, or a list of lists)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return "\n".join(prompt)
+        if all(_is_token_ids(p) for p in prompt):
+            return " ".join(str(t) for t in prompt)
+        if all(isinstance(p, list) and _is_token_ids_list(p) for p in prompt):
+            return "\n".join(" ".join(str(t) for t in ids) for ids in prompt)
+    if prompt is None:
+        raise EppError(400, f"request body has no '{field}' field")
+    raise EppError(
+        400, f"'{field}' must be a string, a non-empty list of strings or token ids, got {_describe(prompt)}"
+    )
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_token_ids_list(values: list[Any]) -> bool:
+    return bool(values) and all(_is_token_ids(v) for v in values)
+
+
+def _render_messages(messages: Any) -> str:
+    """Chat messages rendered in order, one block per message, so a shared conversation prefix
+    renders to a shared text prefix (what prefix-affinity hashing needs)."""
+    if messages is None:
+        raise EppError(400, "chat request body has no 'messages' field")
+    if not isinstance(messages, list) or not messages:
+        raise EppError(400, f"'messages' must be a non-empty list, got {_describe(messages)}")
+    parts: list[str] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise EppError(400, f"messages[{index}] must be an object, got {_describe(message)}")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise EppError(400, f"messages[{index}].role must be a non-empty string, got {_describe(role)}")
+        parts.append(f"<|{role}|>\n{_render_content(message, index)}\n")
+    return "".join(parts)
+
+
+def _render_content(message: dict[str, Any], index: int) -> str:
+    content = message.get("content")
+    rendered: list[str] = []
+    if isinstance(content, str):
+        rendered.append(content)
+    elif isinstance(content, list):
+        for part_index, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise EppError(
+                    400, f"messages[{index}].content[{part_index}] must be an object, got {_describe(part)}"
+                )
+            text = part.get("text")
+            # Non-text parts (images, audio) still have to hash differently from each other.
+            rendered.append(text if isinstance(text, str) else json.dumps(part, sort_keys=True))
+    elif content is not None:
+        raise EppError(
+            400,
+            f"messages[{index}].content must be a string, a list of parts or null, got {_describe(content)}",
+        )
+    elif "tool_calls" not in message:
+        raise EppError(400, f"messages[{index}] has neither 'content' nor 'tool_calls'")
+    if "tool_calls" in message:
+        rendered.append(json.dumps(message["tool_calls"], sort_keys=True))
+    return "".join(rendered)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = json.dumps(value) if isinstance(value, str | int | float | bool) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."

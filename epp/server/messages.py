@@ -1,0 +1,173 @@
+"""Builders for the ext_proc ``ProcessingResponse`` messages the EPP sends.
+
+Pure functions from plain values to protobuf, so the state machine reads as protocol steps and the
+exact wire shape is testable on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from epp.server.protocol import BODY_CHUNK_BYTES, DESTINATION_ENDPOINT, DROPPED_REASON, LB_METADATA_NAMESPACE
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def header_mutation(
+    set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()
+) -> ext_proc.HeaderMutation:
+    """Headers to set (always overwriting a client-sent value) and headers to remove."""
+    return ext_proc.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
+            )
+            for key, value in (set_headers or {}).items()
+        ],
+        remove_headers=sorted(remove),
+    )
+
+
+def destination_metadata(destination: str) -> struct_pb2.Struct:
+    metadata = struct_pb2.Struct()
+    metadata.update({LB_METADATA_NAMESPACE: {DESTINATION_ENDPOINT: destination}})
+    return metadata
+
+
+def continue_request_headers(remove: Iterable[str] = ()) -> ext_proc.ProcessingResponse:
+    """Let the request headers through unchanged except for ``remove`` (BUFFERED mode, first answer)."""
+    mutation = header_mutation(remove=remove)
+    return ext_proc.ProcessingResponse(
+        request_headers=ext_proc.HeadersResponse(response=ext_proc.CommonResponse(header_mutation=mutation))
+    )
+
+
+def routed_request_headers(
+    set_headers: Mapping[str, str], remove: Iterable[str], destination: str
+) -> ext_proc.ProcessingResponse:
+    """The deferred header answer of FULL_DUPLEX_STREAMED mode: where to go, and a fresh route match."""
+    return ext_proc.ProcessingResponse(
+        request_headers=ext_proc.HeadersResponse(
+            response=ext_proc.CommonResponse(
+                header_mutation=header_mutation(set_headers, remove), clear_route_cache=True
+            )
+        ),
+        dynamic_metadata=destination_metadata(destination),
+    )
+
+
+def routed_request_body(
+    set_headers: Mapping[str, str], remove: Iterable[str], destination: str, new_body: bytes | None
+) -> ext_proc.ProcessingResponse:
+    """BUFFERED mode: the routing headers ride on the body answer (Envoy applies them before host
+    selection); the body is replaced only when the decision rewrote it."""
+    common = ext_proc.CommonResponse(
+        header_mutation=header_mutation(set_headers, remove), clear_route_cache=True
+    )
+    if new_body is not None:
+        common.body_mutation.body = new_body
+    return ext_proc.ProcessingResponse(
+        request_body=ext_proc.BodyResponse(response=common),
+        dynamic_metadata=destination_metadata(destination),
+    )
+
+
+def streamed_request_body(body: bytes) -> Iterator[ext_proc.ProcessingResponse]:
+    """The whole request body in chunks, ``end_of_stream`` on the last (an empty body: one empty chunk)."""
+    for chunk, last in _chunks(body):
+        yield ext_proc.ProcessingResponse(request_body=_streamed_body(chunk, last))
+
+
+def streamed_response_body(
+    body: bytes, end_of_stream: bool, chunked: bool = True
+) -> Iterator[ext_proc.ProcessingResponse]:
+    if not chunked or len(body) <= BODY_CHUNK_BYTES:
+        yield ext_proc.ProcessingResponse(response_body=_streamed_body(body, end_of_stream))
+        return
+    for chunk, last in _chunks(body):
+        yield ext_proc.ProcessingResponse(response_body=_streamed_body(chunk, last and end_of_stream))
+
+
+def _streamed_body(chunk: bytes, end_of_stream: bool) -> ext_proc.BodyResponse:
+    return ext_proc.BodyResponse(
+        response=ext_proc.CommonResponse(
+            body_mutation=ext_proc.BodyMutation(
+                streamed_response=ext_proc.StreamedBodyResponse(body=chunk, end_of_stream=end_of_stream)
+            )
+        )
+    )
+
+
+def _chunks(body: bytes) -> Iterator[tuple[bytes, bool]]:
+    if not body:
+        yield b"", True
+        return
+    for start in range(0, len(body), BODY_CHUNK_BYTES):
+        end = start + BODY_CHUNK_BYTES
+        yield body[start:end], end >= len(body)
+
+
+def replaced_response_body(new_body: bytes | None) -> ext_proc.ProcessingResponse:
+    """BUFFERED response mode: keep the body (None) or replace it."""
+    common = ext_proc.CommonResponse()
+    if new_body is not None:
+        common.body_mutation.body = new_body
+    return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=common))
+
+
+def continue_response_headers(remove: Iterable[str] = ()) -> ext_proc.ProcessingResponse:
+    return ext_proc.ProcessingResponse(
+        response_headers=ext_proc.HeadersResponse(
+            response=ext_proc.CommonResponse(header_mutation=header_mutation(remove=remove))
+        )
+    )
+
+
+def request_trailers_done() -> ext_proc.ProcessingResponse:
+    return ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+
+
+def response_trailers_done() -> ext_proc.ProcessingResponse:
+    return ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+
+
+def immediate_error(status: int, message: str, reason: str | None = None) -> ext_proc.ProcessingResponse:
+    """An HTTP error answered by the proxy on the EPP's behalf, with an OpenAI-style JSON body."""
+    headers = {"content-type": "application/json"}
+    if reason:
+        headers[DROPPED_REASON] = reason
+    payload = {"error": {"message": message, "type": _error_type(status), "code": status}}
+    if reason:
+        payload["error"]["reason"] = reason
+    return ext_proc.ProcessingResponse(
+        immediate_response=ext_proc.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=_status_code(status)),
+            headers=header_mutation(headers),
+            body=json.dumps(payload).encode(),
+            # Envoy copies details into response-code details, which must not contain whitespace.
+            details=f"epp_rejected_{status}_{reason or 'error'}".replace(" ", "_"),
+        )
+    )
+
+
+def _status_code(status: int) -> http_status_pb2.StatusCode.ValueType:
+    # StatusCode is a closed enum of the registered codes; anything else is reported as a 500.
+    if status in http_status_pb2.StatusCode.values():
+        return http_status_pb2.StatusCode.ValueType(status)
+    return http_status_pb2.StatusCode.InternalServerError
+
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    if status == 404:
+        return "not_found_error"
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "server_error"

@@ -1,0 +1,397 @@
+"""One ext_proc stream = one HTTP request: the protocol state machine between Envoy and a Director.
+
+Request side: collect headers, buffer the body (bounded), parse it, ask the Director where to go,
+then answer with the destination header + ``envoy.lb`` metadata and the body (FULL_DUPLEX_STREAMED)
+or with a body answer carrying the routing headers (BUFFERED). Response side: report status and the
+served endpoint, pass the body through (rewriting the model name back when the decision changed
+it), read ``usage``, and tell the Director the request is over exactly once, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import NoReturn
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+
+from epp.server import messages
+from epp.server.body import parse_request_body
+from epp.server.metrics import ServerMetrics
+from epp.server.protocol import (
+    CONSUMED_HEADERS,
+    DEFAULT_FAIRNESS_ID,
+    DESTINATION_ENDPOINT,
+    DESTINATION_ENDPOINT_SERVED,
+    DESTINATION_ENDPOINT_SUBSET,
+    FAIRNESS_ID_HEADERS,
+    LB_METADATA_NAMESPACE,
+    OBJECTIVE_HEADERS,
+    REQUEST_ID,
+    STEERING_HEADERS,
+    SUBSET_HINT_NAMESPACE,
+)
+from epp.server.response_body import BufferedBodyTracker, ModelNameRewriter, SseTracker
+from epp.types import Decision, Director, EppError, InferenceRequest, ParsedBody, Usage
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[ext_proc.ProcessingResponse], Awaitable[None]]
+
+
+class BodyMode(Enum):
+    FULL_DUPLEX_STREAMED = "FULL_DUPLEX_STREAMED"
+    BUFFERED = "BUFFERED"
+
+
+_PROTO_BODY_MODES = {
+    processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED: BodyMode.FULL_DUPLEX_STREAMED,
+    processing_mode_pb2.ProcessingMode.BUFFERED: BodyMode.BUFFERED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    max_request_body_bytes: int = 4 * 1024 * 1024
+    # Upper bound on one Director decision (admission queues included); past it the client gets 503.
+    decision_timeout: float = 30.0
+    # Used when Envoy does not announce its processing mode (protocol_config, Envoy >= 1.33 sends it).
+    default_body_mode: BodyMode = BodyMode.FULL_DUPLEX_STREAMED
+
+
+class _StreamClosed(Exception):
+    """An ImmediateResponse was sent: Envoy ends the stream, nothing more to do."""
+
+
+class ExtProcStream:
+    def __init__(self, director: Director, settings: StreamSettings, metrics: ServerMetrics) -> None:
+        self._director = director
+        self._settings = settings
+        self._metrics = metrics
+        self._request_mode = settings.default_body_mode
+        self._response_mode: BodyMode | None = settings.default_body_mode
+        self._headers: dict[str, str] = {}
+        self._path = "/"
+        self._request_id = ""
+        self._request_id_generated = False
+        self._received_at = 0.0
+        self._body_parts: list[bytes] = []
+        self._body_size = 0
+        self._filter_metadata: Mapping[str, object] | None = None
+        self._subset: list[str] | None = None
+        self._served: str | None = None
+        self._decided = False
+        # Set only once the Director returned a Decision: from then on it must hear about the end.
+        self._request: InferenceRequest | None = None
+        self._completed = False
+        self._response_status: int | None = None
+        self._response_started = False
+        self._response_ended = False
+        self._rewriter: ModelNameRewriter | None = None
+        self._sse: SseTracker | None = None
+        self._buffered = BufferedBodyTracker()
+        self._held_response: list[bytes] = []
+        self._response_bytes = 0
+        self._counted = False
+
+    async def run(self, requests: AsyncIterator[ext_proc.ProcessingRequest], send: Send) -> None:
+        """Process every message of the stream. Returns when Envoy closes it or after an
+        ImmediateResponse; cancellation (Envoy dropped the stream) propagates after cleanup."""
+        try:
+            async for message in requests:
+                await self._dispatch(message, send)
+        except _StreamClosed:
+            pass
+        finally:
+            self._finish()
+
+    async def _dispatch(self, message: ext_proc.ProcessingRequest, send: Send) -> None:
+        if message.HasField("protocol_config"):
+            self._absorb_protocol_config(message.protocol_config)
+        if message.HasField("metadata_context"):
+            self._absorb_metadata(message.metadata_context)
+        kind = message.WhichOneof("request")
+        if kind == "request_headers":
+            await self._on_request_headers(message.request_headers, send)
+        elif kind == "request_body":
+            await self._on_request_body(message.request_body, send)
+        elif kind == "request_trailers":
+            if not self._decided:
+                await self._route(send)
+            await send(messages.request_trailers_done())
+        elif kind == "response_headers":
+            await self._on_response_headers(message.response_headers, send)
+        elif kind == "response_body":
+            await self._on_response_body(message.response_body, send)
+        elif kind == "response_trailers":
+            self._complete(failed=False)
+            await send(messages.response_trailers_done())
+
+    # ----------------------------------------------------------------- request path
+
+    async def _on_request_headers(self, headers: ext_proc.HttpHeaders, send: Send) -> None:
+        self._received_at = time.monotonic()
+        self._metrics.in_flight.inc()
+        self._counted = True
+        for header in headers.headers.headers:
+            value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+            self._headers[header.key.lower()] = value
+        self._path = self._headers.get(":path", "/")
+        self._request_id = self._headers.get(REQUEST_ID, "")
+        if not self._request_id:
+            self._request_id, self._request_id_generated = str(uuid.uuid4()), True
+
+        if headers.end_of_stream:
+            await self._route_headers_only(send)
+        elif self._request_mode is BodyMode.BUFFERED:
+            # Envoy waits for this answer before sending the body; strip client steering headers now.
+            await send(messages.continue_request_headers(self._client_steering_headers()))
+        # FULL_DUPLEX_STREAMED: the header answer waits until the body has been scheduled.
+
+    async def _on_request_body(self, body: ext_proc.HttpBody, send: Send) -> None:
+        if self._decided:
+            return
+        self._body_size += len(body.body)
+        if self._body_size > self._settings.max_request_body_bytes:
+            await self._reject(
+                send,
+                EppError(413, f"request body exceeds {self._settings.max_request_body_bytes} bytes"),
+            )
+        self._body_parts.append(body.body)
+        if body.end_of_stream:
+            await self._route(send)
+        elif self._request_mode is not BodyMode.FULL_DUPLEX_STREAMED:
+            await self._reject(
+                send,
+                EppError(
+                    500,
+                    "the proxy streams the request body in a mode the EPP cannot hold; "
+                    "configure request_body_mode FULL_DUPLEX_STREAMED or BUFFERED",
+                ),
+            )
+
+    async def _route(self, send: Send) -> None:
+        self._decided = True
+        raw = b"".join(self._body_parts)
+        self._body_parts.clear()
+        self._metrics.request_bytes.observe(len(raw))
+        try:
+            body, parsed = parse_request_body(self._path, raw)
+        except EppError as error:
+            await self._reject(send, error)
+        decision = await self._schedule(self._new_request(body, parsed), send)
+
+        out_body = decision.body if decision.body is not None else raw
+        set_headers = self._routing_headers(decision)
+        remove = [h for h in self._client_steering_headers() if h not in set_headers]
+        destination = set_headers[DESTINATION_ENDPOINT]
+        if self._request_mode is BodyMode.FULL_DUPLEX_STREAMED:
+            set_headers["content-length"] = str(len(out_body))
+            await send(messages.routed_request_headers(set_headers, remove, destination))
+            for chunk in messages.streamed_request_body(out_body):
+                await send(chunk)
+        else:
+            if decision.body is not None:
+                set_headers["content-length"] = str(len(out_body))
+            await send(messages.routed_request_body(set_headers, remove, destination, decision.body))
+
+    async def _route_headers_only(self, send: Send) -> None:
+        """A request without a body (GET /v1/models, health probes through the gateway): there is no
+        prompt to schedule on, so the Director picks with an empty one."""
+        self._decided = True
+        parsed = ParsedBody(model="", prompt_text="", stream=False, api="none")
+        decision = await self._schedule(self._new_request({}, parsed), send)
+        set_headers = self._routing_headers(decision)
+        remove = [h for h in self._client_steering_headers() if h not in set_headers]
+        await send(messages.routed_request_headers(set_headers, remove, set_headers[DESTINATION_ENDPOINT]))
+
+    def _new_request(self, body: dict[str, object], parsed: ParsedBody) -> InferenceRequest:
+        return InferenceRequest(
+            request_id=self._request_id,
+            path=self._path,
+            headers={k: v for k, v in self._headers.items() if k not in CONSUMED_HEADERS},
+            body=body,
+            parsed=parsed,
+            objective=_first_header(self._headers, OBJECTIVE_HEADERS),
+            fairness_id=_first_header(self._headers, FAIRNESS_ID_HEADERS) or DEFAULT_FAIRNESS_ID,
+            subset=self._subset,
+            received_at=self._received_at,
+        )
+
+    async def _schedule(self, request: InferenceRequest, send: Send) -> Decision:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._settings.decision_timeout):
+                decision = await self._director.handle_request(request)
+        except EppError as error:
+            await self._reject(send, error)
+        except TimeoutError:
+            await self._reject(
+                send, EppError(503, f"no scheduling decision within {self._settings.decision_timeout:g}s")
+            )
+        except Exception:
+            log.exception("director failed on request %s", request.request_id)
+            await self._reject(send, EppError(500, "internal error while scheduling the request"))
+        finally:
+            self._metrics.scheduling.observe(time.perf_counter() - started)
+        self._request = request
+        if not decision.endpoints or not all(decision.endpoints):
+            await self._reject(send, EppError(503, "no endpoint available", "rejected-no-endpoints"))
+        if decision.target_model and decision.target_model != request.parsed.model and request.parsed.model:
+            self._rewriter = ModelNameRewriter(decision.target_model, request.parsed.model)
+        return decision
+
+    def _routing_headers(self, decision: Decision) -> dict[str, str]:
+        headers = {key.lower(): value for key, value in decision.headers.items()}
+        headers[DESTINATION_ENDPOINT] = ",".join(decision.endpoints)
+        if self._request_id_generated:
+            headers[REQUEST_ID] = self._request_id
+        return headers
+
+    def _client_steering_headers(self) -> list[str]:
+        return [name for name in STEERING_HEADERS if name in self._headers]
+
+    async def _reject(self, send: Send, error: EppError) -> NoReturn:
+        """Answer the client through Envoy and end the stream (raises _StreamClosed)."""
+        log.info("rejecting request %s with %d: %s", self._request_id, error.status, error.message)
+        self._metrics.rejections.labels(str(error.status), error.reason or "").inc()
+        self._metrics.requests.labels(str(error.status)).inc()
+        self._response_status = error.status
+        await send(messages.immediate_error(error.status, error.message, error.reason))
+        self._complete(failed=True, count=False)
+        raise _StreamClosed
+
+    # ----------------------------------------------------------------- response path
+
+    async def _on_response_headers(self, headers: ext_proc.HttpHeaders, send: Send) -> None:
+        content_type = ""
+        for header in headers.headers.headers:
+            key = header.key.lower()
+            value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+            if key == ":status":
+                self._response_status = int(value) if value.isdigit() else 0
+            elif key == "content-type":
+                content_type = value.lower()
+        if "text/event-stream" in content_type:
+            self._sse = SseTracker(self._rewriter)
+        if self._request is not None:
+            try:
+                self._director.handle_response_headers(
+                    self._request, self._served, self._response_status or 0
+                )
+            except Exception:
+                log.exception("director.handle_response_headers failed for %s", self._request_id)
+        # A rewritten model name changes the body length: let the proxy re-frame the response.
+        rewriting = self._rewriter is not None and self._response_mode is not None
+        await send(messages.continue_response_headers(["content-length"] if rewriting else []))
+        if headers.end_of_stream:
+            self._response_ended = True
+            self._complete(failed=self._server_failed())
+
+    async def _on_response_body(self, body: ext_proc.HttpBody, send: Send) -> None:
+        chunk, end = body.body, body.end_of_stream
+        if not self._response_started:
+            self._response_started = True
+            self._metrics.ttft.observe(time.monotonic() - self._received_at)
+        self._response_bytes += len(chunk)
+        if self._response_mode is BodyMode.BUFFERED:
+            await send(messages.replaced_response_body(self._track_whole_body(chunk, end)))
+        elif self._sse is not None:
+            out = self._sse.feed(chunk, end)
+            for message in messages.streamed_response_body(out, end, chunked=False):
+                await send(message)
+        elif self._rewriter is not None:
+            # A JSON body can only be rewritten whole: hold it until the end.
+            self._held_response.append(chunk)
+            if end:
+                whole = b"".join(self._held_response)
+                self._held_response.clear()
+                self._buffered.feed(whole, True)
+                for message in messages.streamed_response_body(self._rewriter(whole), True):
+                    await send(message)
+        else:
+            self._buffered.feed(chunk, end)
+            for message in messages.streamed_response_body(chunk, end, chunked=False):
+                await send(message)
+        if end:
+            self._response_ended = True
+            self._complete(failed=self._server_failed())
+
+    def _track_whole_body(self, chunk: bytes, end: bool) -> bytes | None:
+        """Feed a (buffered) body to the usage tracker; return the rewritten body or None if unchanged."""
+        if self._sse is not None:
+            self._sse.feed(chunk, end)
+        else:
+            self._buffered.feed(chunk, end)
+        return self._rewriter(chunk) if self._rewriter is not None else None
+
+    def _server_failed(self) -> bool:
+        return self._response_status is None or self._response_status >= 500
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _absorb_protocol_config(self, config: ext_proc.ProtocolConfiguration) -> None:
+        request_mode = _PROTO_BODY_MODES.get(config.request_body_mode)
+        if request_mode is not None:
+            self._request_mode = request_mode
+        self._response_mode = _PROTO_BODY_MODES.get(config.response_body_mode)
+
+    def _absorb_metadata(self, context: base_pb2.Metadata) -> None:
+        filter_metadata = context.filter_metadata
+        if SUBSET_HINT_NAMESPACE in filter_metadata:
+            fields = filter_metadata[SUBSET_HINT_NAMESPACE].fields
+            if DESTINATION_ENDPOINT_SUBSET in fields:
+                values = fields[DESTINATION_ENDPOINT_SUBSET].list_value.values
+                self._subset = [v.string_value for v in values if v.WhichOneof("kind") == "string_value"]
+        if LB_METADATA_NAMESPACE in filter_metadata:
+            fields = filter_metadata[LB_METADATA_NAMESPACE].fields
+            if DESTINATION_ENDPOINT_SERVED in fields:
+                self._served = fields[DESTINATION_ENDPOINT_SERVED].string_value or None
+
+    def _complete(self, failed: bool, count: bool = True) -> None:
+        if self._completed:
+            return
+        self._completed = True
+        usage = self._usage()
+        if count:
+            self._metrics.requests.labels(str(self._response_status or 0)).inc()
+        if self._received_at:
+            self._metrics.duration.observe(time.monotonic() - self._received_at)
+        if self._response_bytes:
+            self._metrics.response_bytes.observe(self._response_bytes)
+        if usage is not None:
+            self._metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
+            self._metrics.tokens.labels("completion").inc(usage.completion_tokens)
+        if self._request is not None:
+            try:
+                self._director.handle_response_complete(self._request, usage, failed)
+            except Exception:
+                log.exception("director.handle_response_complete failed for %s", self._request_id)
+
+    def _usage(self) -> Usage | None:
+        return self._sse.usage if self._sse is not None else self._buffered.usage
+
+    def _finish(self) -> None:
+        """The stream is over (normally, by error or by cancellation)."""
+        if not self._completed and self._request is not None:
+            # With response_body_mode NONE a finished response never shows its body: judge by status.
+            cut_short = self._response_started and not self._response_ended
+            self._complete(failed=cut_short or self._server_failed())
+        if self._counted:
+            self._metrics.in_flight.dec()
+            self._counted = False
+
+
+def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
