@@ -1,0 +1,9 @@
+"""A simulated vLLM server for tests, the local demo and routing benchmarks.
+
+It speaks vLLM's OpenAI API and metrics (``python -m epp.sim --model NAME``) without running a model:
+an engine loop (:mod:`epp.sim.engine`) schedules requests the way vLLM does (batch limit, waiting
+queue, chunked prefill, prefix cache of hashed blocks with LRU eviction, preemption), and sleeps
+for the time each engine step would take. See :mod:`epp.sim.params` for the timing model and the
+measured defaults, :mod:`epp.sim.tokens` for the 4-characters-per-token pseudo-tokenizer, and
+:mod:`epp.sim.transfer` for the NixlConnector-like P/D behaviour.
+"""

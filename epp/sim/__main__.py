@@ -1,0 +1,105 @@
+"""``python -m epp.sim``: run one simulated vLLM server (see :mod:`epp.sim` for the model)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from epp.sim.params import SimParams
+from epp.sim.server import serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SimParams(model="x")
+    p = argparse.ArgumentParser(prog="python -m epp.sim", description="A simulated vLLM OpenAI server.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument(
+        "--role",
+        choices=("prefill", "decode", "both"),
+        default=d.role,
+        help="which side of P/D this instance serves (default: both)",
+    )
+    p.add_argument("--max-model-len", type=int, default=d.max_model_len)
+    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV block")
+    p.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens, help="KV capacity in tokens")
+    p.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs, help="batch limit")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=d.max_num_batched_tokens,
+        help="token budget per engine step (chunked prefill)",
+    )
+    p.add_argument("--request-overhead", type=float, default=d.request_overhead_s, metavar="SECONDS")
+    p.add_argument("--step-overhead", type=float, default=d.step_overhead_s, metavar="SECONDS")
+    p.add_argument("--prefill-per-token", type=float, default=d.prefill_per_token_s, metavar="SECONDS")
+    p.add_argument("--decode-per-seq", type=float, default=d.decode_per_seq_s, metavar="SECONDS")
+    p.add_argument(
+        "--kv-transfer-per-block", type=float, default=d.kv_transfer_per_block_s, metavar="SECONDS"
+    )
+    p.add_argument("--default-output-tokens", type=int, default=d.default_output_tokens)
+    p.add_argument(
+        "--kv-hold-timeout",
+        type=float,
+        default=d.kv_hold_timeout_s,
+        metavar="SECONDS",
+        help="how long a prefill keeps blocks nobody pulls",
+    )
+    p.add_argument(
+        "--advertise-host", default=None, help="host put in kv_transfer_params.remote_host (default: --host)"
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def params_from_args(args: argparse.Namespace) -> SimParams:
+    return SimParams(
+        model=args.model,
+        role=args.role,
+        max_model_len=args.max_model_len,
+        block_size=args.block_size,
+        kv_cache_tokens=args.kv_cache_tokens,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        request_overhead_s=args.request_overhead,
+        step_overhead_s=args.step_overhead,
+        prefill_per_token_s=args.prefill_per_token,
+        decode_per_seq_s=args.decode_per_seq,
+        kv_transfer_per_block_s=args.kv_transfer_per_block,
+        default_output_tokens=args.default_output_tokens,
+        kv_hold_timeout_s=args.kv_hold_timeout,
+        advertise_host=args.advertise_host or args.host,
+        advertise_port=args.port,
+    )
+
+
+async def _run(params: SimParams, host: str, port: int) -> None:
+    task = asyncio.create_task(serve(params, host, port))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        params = params_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    asyncio.run(_run(params, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The simulator's knobs: capacity, timing model, and the figures the defaults come from.
+
+Timing model (one engine step at a time, like vLLM's continuous batching):
+
+    step_time = step_overhead + prefill_per_token * prefill_tokens_in_step + decode_per_seq * decoding_seqs
+
+A request pays ``request_overhead`` once (HTTP, tokenisation, detokenisation), then waits for a batch
+slot (``max_num_seqs``) and free KV blocks, then prefills its *uncached* tokens in chunks of at most
+``max_num_batched_tokens`` per step, then emits one token per step. Because every step's length grows
+with what the whole batch does, TTFT grows with uncached prompt tokens and with load, and inter-token
+latency grows with the batch size.
+
+The defaults were measured on real vLLM 0.32.0 (CPU, bf16, prefix caching on) serving the tiny
+2-layer Llama that ``tools/build_tiny_model.py`` builds, with ``tools/calibrate_sim.py`` (see the
+README section "vLLM simulator" for the command and the raw numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["prefill", "decode", "both"]
+
+# Measured with tools/calibrate_sim.py against vLLM 0.32.0 CPU on the tiny model (see README).
+MEASURED_REQUEST_OVERHEAD_S = 0.006
+MEASURED_STEP_OVERHEAD_S = 0.003
+MEASURED_PREFILL_PER_TOKEN_S = 0.000045
+MEASURED_DECODE_PER_SEQ_S = 0.0004
+MEASURED_KV_TRANSFER_PER_BLOCK_S = 0.0002
+
+
+@dataclass(frozen=True, slots=True)
+class SimParams:
+    model: str
+    role: Role = "both"
+    max_model_len: int = 4096
+    # vLLM's CUDA default; vLLM on CPU reports 128. The EPP auto-tunes from vllm:cache_config_info.
+    block_size: int = 16
+    # 1 GiB of KV on the tiny model = 524,288 tokens (what the measured server reported).
+    kv_cache_tokens: int = 524_288
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    request_overhead_s: float = MEASURED_REQUEST_OVERHEAD_S
+    step_overhead_s: float = MEASURED_STEP_OVERHEAD_S
+    prefill_per_token_s: float = MEASURED_PREFILL_PER_TOKEN_S
+    decode_per_seq_s: float = MEASURED_DECODE_PER_SEQ_S
+    kv_transfer_per_block_s: float = MEASURED_KV_TRANSFER_PER_BLOCK_S
+    # Output length when the request names no max_tokens (real weights would stop at EOS).
+    default_output_tokens: int = 16
+    # How long a prefill instance keeps blocks for a remote decoder that never pulls them
+    # (vLLM's VLLM_NIXL_ABORT_REQUEST_TIMEOUT default is 480 s).
+    kv_hold_timeout_s: float = 480.0
+    # Host/port advertised in kv_transfer_params; the sim serves pulls over its own HTTP port.
+    advertise_host: str = "127.0.0.1"
+    advertise_port: int = 8000
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in (
+            "max_model_len",
+            "block_size",
+            "kv_cache_tokens",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "default_output_tokens",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "request_overhead_s",
+            "step_overhead_s",
+            "prefill_per_token_s",
+            "decode_per_seq_s",
+            "kv_transfer_per_block_s",
+            "kv_hold_timeout_s",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kv_cache_tokens < self.block_size:
+            problems.append(
+                f"kv_cache_tokens ({self.kv_cache_tokens}) is smaller than one block ({self.block_size})"
+            )
+        if self.role not in ("prefill", "decode", "both"):
+            problems.append(f"role must be prefill, decode or both, got {self.role!r}")
+        if not self.model:
+            problems.append("model (the served model name) must not be empty")
+        if problems:
+            raise ValueError("invalid simulator parameters: " + "; ".join(problems))
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_cache_tokens // self.block_size
