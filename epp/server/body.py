@@ -43,10 +43,12 @@ def _decode_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise EppError(400, "request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
+        text = raw.decode("utf-8")  # JSON on the wire is UTF-8; no guessing of other encodings
     except UnicodeDecodeError as exc:
         raise EppError(400, f"request body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    except ValueError as exc:  # json.JSONDecodeError and RecursionError-free malformed input
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
         raise EppError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise EppError(400, "request body is not valid JSON: nested too deeply") from None

@@ -1,0 +1,135 @@
+"""Request body parser: examples for each API shape and error, plus property tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from epp.server.body import parse_request_body
+from epp.types import EppError
+
+
+def test_completions_string_prompt() -> None:
+    body, parsed = parse_request_body("/v1/completions", b'{"model":"m","prompt":"abc","stream":true}')
+    assert body["prompt"] == "abc"
+    assert (parsed.model, parsed.prompt_text, parsed.stream, parsed.api) == ("m", "abc", True, "completions")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "text"),
+    [(["a", "b"], "a\nb"), ([1, 2, 3], "1 2 3"), ([[1, 2], [3]], "1 2\n3")],
+)
+def test_completions_list_prompts(prompt: object, text: str) -> None:
+    _, parsed = parse_request_body("/v1/completions", json.dumps({"model": "m", "prompt": prompt}).encode())
+    assert parsed.prompt_text == text
+
+
+def test_chat_messages_render_in_order_with_parts_and_tool_calls() -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "look"}, {"type": "image", "image": {"url": "u"}}],
+        },
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+    ]
+    raw = json.dumps({"model": "m", "messages": messages}).encode()
+    _, parsed = parse_request_body("/v1/chat/completions?x=1", raw)
+    assert parsed.api == "chat"
+    text = parsed.prompt_text
+    assert text.index("be brief") < text.index("look") < text.index('"id"')
+    assert '"url": "u"' in parsed.prompt_text
+
+
+def test_chat_prefix_of_conversation_is_prefix_of_text() -> None:
+    first = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}]
+    longer = [*first, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    short, long = (
+        parse_request_body("/v1/chat/completions", json.dumps({"model": "m", "messages": m}).encode())[1]
+        for m in (first, longer)
+    )
+    assert long.prompt_text.startswith(short.prompt_text)
+
+
+def test_path_less_body_is_classified_by_its_fields() -> None:
+    chat = b'{"model":"m","messages":[{"role":"u","content":"x"}]}'
+    assert parse_request_body("/generate", chat)[1].api == "chat"
+    assert parse_request_body("/v1/embeddings", b'{"model":"m","input":"x"}')[1].prompt_text == "x"
+
+
+_fast_bytes = settings(max_examples=200, deadline=None)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "message"),
+    [
+        ("/v1/completions", b"", "empty"),
+        ("/v1/completions", b"[1,2]", "must be a JSON object, got list"),
+        ("/v1/completions", b"\xff\xfe", "not UTF-8"),
+        ("/v1/completions", b'{"model": "m"', "not valid JSON"),
+        ("/v1/completions", b'{"prompt": "x"}', "no 'model'"),
+        ("/v1/completions", b'{"model": "", "prompt": "x"}', "non-empty string"),
+        ("/v1/completions", b'{"model": ["m"], "prompt": "x"}', "got list"),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "stream": "yes"}', "'stream' must be a boolean"),
+        ("/v1/completions", b'{"model": "m"}', "no 'prompt'"),
+        ("/v1/completions", b'{"model": "m", "prompt": {"a": 1}}', "'prompt' must be"),
+        ("/v1/completions", b'{"model": "m", "prompt": []}', "'prompt' must be"),
+        ("/v1/chat/completions", b'{"model": "m"}', "no 'messages'"),
+        ("/v1/chat/completions", b'{"model": "m", "messages": []}', "non-empty list"),
+        ("/v1/chat/completions", b'{"model": "m", "messages": ["hi"]}', "messages[0] must be an object"),
+        ("/v1/chat/completions", b'{"model": "m", "messages": [{"content": "x"}]}', "messages[0].role"),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "u", "content": 5}]}',
+            "content must",
+        ),
+        ("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "u"}]}', "neither 'content'"),
+        ("/other", b'{"model": "m"}', "none of 'messages', 'prompt' or 'input'"),
+        ("/v1/completions", b"[" * 100_000, "not valid JSON"),
+    ],
+)
+def test_errors_are_400_with_a_specific_message(path: str, raw: bytes, message: str) -> None:
+    with pytest.raises(EppError) as caught:
+        parse_request_body(path, raw)
+    assert caught.value.status == 400
+    assert message in caught.value.message
+
+
+@_fast_bytes
+@given(st.binary(max_size=300), st.sampled_from(["/v1/completions", "/v1/chat/completions", "/x"]))
+def test_any_bytes_either_parse_or_raise_400(raw: bytes, path: str) -> None:
+    try:
+        parse_request_body(path, raw)
+    except EppError as error:
+        assert error.status == 400 and error.message
+
+
+_scalar = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8)
+_keys = st.sampled_from(["role", "content", "text"])
+_value = _scalar | st.lists(_scalar, max_size=3) | st.dictionaries(_keys, _scalar)
+_field = _value | st.lists(_value, max_size=3)
+_fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_fast
+@given(st.dictionaries(st.sampled_from(["model", "prompt", "messages", "stream", "input"]), _field))
+def test_any_json_object_either_parses_consistently_or_raises_400(body: dict[str, object]) -> None:
+    try:
+        parsed_body, parsed = parse_request_body("/v1/completions", json.dumps(body).encode())
+    except EppError as error:
+        assert error.status == 400
+        return
+    assert parsed_body == body and parsed.model == body["model"]
+
+
+@_fast_bytes
+@given(st.text(min_size=1, max_size=30), st.text(max_size=200), st.booleans())
+def test_valid_completions_round_trip(model: str, prompt: str, stream: bool) -> None:
+    if not model.strip():
+        return
+    raw = json.dumps({"model": model, "prompt": prompt, "stream": stream}).encode()
+    _, parsed = parse_request_body("/v1/completions", raw)
+    assert (parsed.model, parsed.prompt_text, parsed.stream) == (model, prompt, stream)
