@@ -1,0 +1,5 @@
+"""EndpointPickerConfig loading (``epp.config.loader``) and its error type."""
+
+from epp.config.errors import ConfigError
+
+__all__ = ["ConfigError"]

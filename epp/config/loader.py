@@ -1,0 +1,368 @@
+"""EndpointPickerConfig YAML → a ready scheduler, with llm-d's structural defaults.
+
+Accepted: apiVersion ``llm-d.ai/v1alpha1`` and ``inference.networking.x-k8s.io/v1alpha1``, kind
+``EndpointPickerConfig``. Auto-defaults as llm-d's loader applies them: no profiles → one
+``default`` profile with every filter, scorer and picker; one profile and no handler →
+``single-profile-handler``; a profile without picker → ``max-score-picker``; no saturation
+detector → ``utilization-detector``; no data layer → ``metrics-data-source`` +
+``core-metrics-extractor``; prefix scoring or P/D decisions without a prefix producer → an
+``approx-prefix-cache-producer`` (configured from legacy scorer parameters when present).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+import epp.plugins  # noqa: F401 - registers the built-in plugins
+from epp.config.errors import ConfigError
+from epp.plugins.datalayer import CoreMetricsExtractor, MetricsDataSource
+from epp.plugins.prefix import PRODUCER_TYPE, ApproxPrefixCacheProducer, PrefixCacheScorer
+from epp.plugins.profile_handlers import PdProfileHandler, PrefixBasedPdDecider
+from epp.plugins.registry import create, deprecated_replacement
+from epp.scheduling.framework import (
+    DataProducer,
+    EndpointSetObserver,
+    Filter,
+    Picker,
+    Plugin,
+    PreRequest,
+    ProfileHandler,
+    SaturationDetector,
+    SchedulerProfile,
+    Scorer,
+)
+from epp.scheduling.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
+KIND = "EndpointPickerConfig"
+DEFAULT_SCORER_WEIGHT = 1.0
+
+DEFAULT_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics, insecureSkipVerify: true}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+"""
+
+_TOP_LEVEL = {
+    "apiVersion",
+    "kind",
+    "metadata",
+    "featureGates",
+    "plugins",
+    "schedulingProfiles",
+    "dataLayer",
+    "flowControl",
+    "saturationDetector",
+    "parser",
+    "requestHandler",
+}
+# Sections llm-d understands that this EPP does not implement: accepted, with a warning.
+_UNIMPLEMENTED = {
+    "flowControl": "flow control queues are not implemented; admission uses the saturation detector only",
+    "parser": "only the OpenAI completions/chat parser is built in",
+    "requestHandler": "custom request handlers are not supported",
+}
+
+
+@dataclass
+class SchedulerConfig:
+    plugins: dict[str, Plugin]
+    scheduler: Scheduler
+    producers: list[DataProducer]
+    pre_request: list[PreRequest]
+    observers: list[EndpointSetObserver]
+    saturation_detector: SaturationDetector
+    metrics_source: MetricsDataSource
+    metrics_extractor: CoreMetricsExtractor
+    warnings: list[str] = field(default_factory=list)
+
+
+T = TypeVar("T", bound=Plugin)
+
+
+def load_config(text: str | None) -> SchedulerConfig:
+    """Parse and build; raises :class:`ConfigError` naming the section, plugin or key at fault."""
+    if text is None or not text.strip():
+        text = DEFAULT_CONFIG
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"EndpointPickerConfig is not valid YAML: {exc}") from exc
+    if not isinstance(document, Mapping):
+        raise ConfigError("EndpointPickerConfig must be a YAML mapping")
+    return _Builder(document).build()
+
+
+class _Builder:
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self.doc = document
+        self.plugins: dict[str, Plugin] = {}
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        log.warning("EndpointPickerConfig: %s", message)
+        self.warnings.append(message)
+
+    def build(self) -> SchedulerConfig:
+        self._check_header()
+        self._build_plugins()
+        self._ensure_prefix_producer()
+        profiles = self._build_profiles()
+        handler = self._profile_handler(profiles)
+        for plugin in list(self.plugins.values()):
+            plugin.resolve(self.plugins)
+        handler.validate_profiles(list(profiles))
+        source, extractor = self._data_layer()
+        detector = self._saturation_detector()
+        return SchedulerConfig(
+            plugins=self.plugins,
+            scheduler=Scheduler(profiles, handler),
+            producers=self._all(DataProducer),
+            pre_request=self._all(PreRequest),
+            observers=self._all(EndpointSetObserver),
+            saturation_detector=detector,
+            metrics_source=source,
+            metrics_extractor=extractor,
+            warnings=self.warnings,
+        )
+
+    # ---- sections ----------------------------------------------------------------------------
+    def _check_header(self) -> None:
+        api_version, kind = self.doc.get("apiVersion"), self.doc.get("kind")
+        if api_version not in API_VERSIONS:
+            raise ConfigError(f"apiVersion must be one of {', '.join(API_VERSIONS)}; got {api_version!r}")
+        if kind != KIND:
+            raise ConfigError(f"kind must be {KIND}; got {kind!r}")
+        unknown = sorted(set(self.doc) - _TOP_LEVEL)
+        if unknown:
+            raise ConfigError(f"unknown top-level field(s): {', '.join(unknown)}")
+        for section, why in _UNIMPLEMENTED.items():
+            if self.doc.get(section):
+                self.warn(f"{section} ignored: {why}")
+
+    def _build_plugins(self) -> None:
+        raw_plugins = self.doc.get("plugins") or []
+        if not isinstance(raw_plugins, list):
+            raise ConfigError("'plugins' must be a list")
+        for index, entry in enumerate(raw_plugins):
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f"plugins[{index}] must be a mapping with type, name, parameters")
+            unknown = sorted(set(entry) - {"name", "type", "parameters"})
+            if unknown:
+                raise ConfigError(f"plugins[{index}]: unknown field(s) {', '.join(unknown)}")
+            type_name = entry.get("type")
+            if not isinstance(type_name, str) or not type_name:
+                raise ConfigError(f"plugins[{index}]: 'type' is required")
+            name = entry.get("name") or type_name
+            if not isinstance(name, str):
+                raise ConfigError(f"plugins[{index}]: 'name' must be a string")
+            if name in self.plugins:
+                raise ConfigError(f"plugins[{index}]: duplicate plugin name {name!r}")
+            replacement = deprecated_replacement(type_name)
+            if replacement:
+                self.warn(f"plugin {name!r}: type {type_name!r} is deprecated, use {replacement!r}")
+            self.plugins[name] = create(type_name, name, entry.get("parameters"))
+
+    def _ensure_prefix_producer(self) -> None:
+        if self._all(ApproxPrefixCacheProducer):
+            for scorer in self._all(PrefixCacheScorer):
+                if scorer.index_parameters:
+                    self.warn(
+                        f"plugin {scorer.name!r}: hashing parameters "
+                        f"{', '.join(sorted(scorer.index_parameters))} ignored; the configured "
+                        f"{PRODUCER_TYPE} plugin governs hashing"
+                    )
+            return
+        needs = self._all(PrefixCacheScorer) + self._all(PrefixBasedPdDecider) + self._all(PdProfileHandler)
+        if not needs:
+            return
+        settings = [s.index_parameters for s in self._all(PrefixCacheScorer) if s.index_parameters]
+        if any(other != settings[0] for other in settings[1:]):
+            raise ConfigError(
+                "prefix-cache-scorer plugins disagree on hashing parameters; configure one "
+                f"{PRODUCER_TYPE} plugin instead"
+            )
+        name = PRODUCER_TYPE if PRODUCER_TYPE not in self.plugins else f"{PRODUCER_TYPE}-auto"
+        self.plugins[name] = create(PRODUCER_TYPE, name, settings[0] if settings else None)
+
+    def _build_profiles(self) -> dict[str, SchedulerProfile]:
+        raw_profiles = self.doc.get("schedulingProfiles") or []
+        if not isinstance(raw_profiles, list):
+            raise ConfigError("'schedulingProfiles' must be a list")
+        if not raw_profiles:
+            members: list[Any] = [
+                {"pluginRef": name}
+                for name, plugin in self.plugins.items()
+                if isinstance(plugin, Filter | Scorer | Picker)
+            ]
+            raw_profiles = [{"name": "default", "plugins": members}]
+        profiles: dict[str, SchedulerProfile] = {}
+        for index, entry in enumerate(raw_profiles):
+            profile = self._build_profile(index, entry)
+            if profile.name in profiles:
+                raise ConfigError(f"schedulingProfiles[{index}]: duplicate profile name {profile.name!r}")
+            profiles[profile.name] = profile
+        return profiles
+
+    def _build_profile(self, index: int, entry: Any) -> SchedulerProfile:
+        where = f"schedulingProfiles[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a mapping with name and plugins")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: 'name' is required")
+        where = f"scheduling profile {name!r}"
+        refs = entry.get("plugins") or []
+        if not isinstance(refs, list):
+            raise ConfigError(f"{where}: 'plugins' must be a list")
+        filters: list[Filter] = []
+        scorers: list[tuple[Scorer, float]] = []
+        pickers: list[Picker] = []
+        for ref in refs:
+            if not isinstance(ref, Mapping) or not isinstance(ref.get("pluginRef"), str):
+                raise ConfigError(f"{where}: each entry needs a 'pluginRef' string, got {ref!r}")
+            unknown = sorted(set(ref) - {"pluginRef", "weight"})
+            if unknown:
+                raise ConfigError(f"{where}: pluginRef {ref['pluginRef']!r} has unknown field(s) {unknown}")
+            plugin = self.plugins.get(ref["pluginRef"])
+            if plugin is None:
+                raise ConfigError(f"{where}: pluginRef {ref['pluginRef']!r} names no plugin in 'plugins'")
+            weight = ref.get("weight")
+            if isinstance(plugin, Scorer):
+                if weight is None:
+                    weight = DEFAULT_SCORER_WEIGHT
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                    raise ConfigError(
+                        f"{where}: weight of {plugin.name!r} must be a number >= 0, got {weight!r}"
+                    )
+                scorers.append((plugin, float(weight)))
+                continue
+            if weight is not None:
+                raise ConfigError(f"{where}: {plugin.name!r} is not a scorer, so it takes no weight")
+            if isinstance(plugin, Filter):
+                filters.append(plugin)
+            elif isinstance(plugin, Picker):
+                pickers.append(plugin)
+            else:
+                raise ConfigError(
+                    f"{where}: {plugin.name!r} (type {plugin.type_name}) is not a filter, scorer or picker"
+                )
+        if len(pickers) > 1:
+            raise ConfigError(f"{where}: more than one picker ({', '.join(p.name for p in pickers)})")
+        picker = pickers[0] if pickers else self._default("max-score-picker", Picker)
+        return SchedulerProfile(name, filters, scorers, picker)
+
+    def _profile_handler(self, profiles: Mapping[str, SchedulerProfile]) -> ProfileHandler:
+        handlers = self._all(ProfileHandler)
+        if len(handlers) > 1:
+            raise ConfigError(f"more than one profile handler: {', '.join(h.name for h in handlers)}")
+        if handlers:
+            return handlers[0]
+        if len(profiles) != 1:
+            raise ConfigError(
+                f"{len(profiles)} scheduling profiles need a profile handler plugin "
+                "(e.g. disagg-profile-handler)"
+            )
+        return self._default("single-profile-handler", ProfileHandler)
+
+    def _saturation_detector(self) -> SaturationDetector:
+        section = self.doc.get("saturationDetector")
+        if section:
+            if not isinstance(section, Mapping) or not isinstance(section.get("pluginRef"), str):
+                raise ConfigError("saturationDetector must be a mapping with a 'pluginRef'")
+            plugin = self.plugins.get(section["pluginRef"])
+            if not isinstance(plugin, SaturationDetector):
+                raise ConfigError(
+                    f"saturationDetector.pluginRef {section['pluginRef']!r} "
+                    "is not a configured saturation detector"
+                )
+            return plugin
+        detectors = self._all(SaturationDetector)
+        if len(detectors) > 1:
+            raise ConfigError(
+                "more than one saturation detector; choose one with saturationDetector.pluginRef"
+            )
+        return detectors[0] if detectors else self._default("utilization-detector", SaturationDetector)
+
+    def _data_layer(self) -> tuple[MetricsDataSource, CoreMetricsExtractor]:
+        section = self.doc.get("dataLayer") or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError("dataLayer must be a mapping")
+        unknown = sorted(set(section) - {"sources", "discovery", "peerDiscovery"})
+        if unknown:
+            raise ConfigError(f"dataLayer: unknown field(s) {', '.join(unknown)}")
+        for ignored in ("discovery", "peerDiscovery"):
+            if section.get(ignored):
+                self.warn(
+                    f"dataLayer.{ignored} ignored: discovery comes from --pool-name or --endpoints-file"
+                )
+        sources = section.get("sources") or []
+        if not isinstance(sources, list):
+            raise ConfigError("dataLayer.sources must be a list")
+        metric_sources: list[tuple[MetricsDataSource, CoreMetricsExtractor | None]] = []
+        for index, entry in enumerate(sources):
+            where = f"dataLayer.sources[{index}]"
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
+                raise ConfigError(f"{where} needs a 'pluginRef'")
+            source = self.plugins.get(entry["pluginRef"])
+            if not isinstance(source, MetricsDataSource):
+                raise ConfigError(
+                    f"{where}: pluginRef {entry['pluginRef']!r} is not a metrics-data-source plugin"
+                )
+            extractor: CoreMetricsExtractor | None = None
+            for ext_index, ext in enumerate(entry.get("extractors") or []):
+                ref = ext.get("pluginRef") if isinstance(ext, Mapping) else None
+                plugin = self.plugins.get(ref) if isinstance(ref, str) else None
+                if not isinstance(plugin, CoreMetricsExtractor):
+                    raise ConfigError(
+                        f"{where}.extractors[{ext_index}]: {ref!r} is not a core-metrics-extractor plugin"
+                    )
+                extractor = plugin
+            metric_sources.append((source, extractor))
+        if len(metric_sources) > 1:
+            raise ConfigError("dataLayer.sources: only one metrics-data-source is supported")
+        if metric_sources:
+            source, extractor = metric_sources[0]
+        else:
+            source = self._default("metrics-data-source", MetricsDataSource)
+            extractor = None
+        return source, extractor or self._default("core-metrics-extractor", CoreMetricsExtractor)
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _all(self, kind: type[T]) -> list[T]:
+        return [plugin for plugin in self.plugins.values() if isinstance(plugin, kind)]
+
+    def _default(self, type_name: str, kind: type[T]) -> T:
+        """The configured plugin of this kind if exactly one exists, else a default instance."""
+        existing = self._all(kind)
+        if len(existing) == 1 and existing[0].type_name == type_name:
+            return existing[0]
+        plugin = self.plugins.get(type_name)
+        if isinstance(plugin, kind):
+            return plugin
+        name = type_name if type_name not in self.plugins else f"{type_name}-default"
+        created = create(type_name, name, None)
+        assert isinstance(created, kind)
+        self.plugins[name] = created
+        return created

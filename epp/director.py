@@ -1,0 +1,178 @@
+"""The scheduling core's implementation of :class:`epp.types.Director`.
+
+Per request: model check → objective priority → candidates (subset hint) → saturation admission
+(sheddable only) → healthy-metrics candidates → data producers → scheduler → pre-request hooks →
+in-flight bookkeeping. Everything is synchronous CPU work of tens of microseconds on the event
+loop; no I/O happens in the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from epp.config.loader import SchedulerConfig
+from epp.datastore import Datastore, Endpoint
+from epp.scheduling import metrics as epp_metrics
+from epp.scheduling.framework import SchedulingRequest, SchedulingResult
+from epp.types import Decision, EppError, InferenceRequest, Usage
+
+log = logging.getLogger(__name__)
+
+REJECTED_NO_ENDPOINTS = "rejected-no-endpoints"
+REJECTED_SATURATED = "rejected-saturated"
+
+
+@dataclass(slots=True)
+class _Flight:
+    endpoint: Endpoint  # whose in_flight count this request holds
+    started: float
+
+
+class SchedulingDirector:
+    def __init__(
+        self,
+        datastore: Datastore,
+        config: SchedulerConfig,
+        *,
+        served_models: frozenset[str] | None = None,
+        metrics_staleness: float = 2.0,
+    ) -> None:
+        self.datastore = datastore
+        self.config = config
+        self.served_models = served_models
+        self.metrics_staleness = metrics_staleness
+        self._flights: dict[str, _Flight] = {}
+        datastore.add_listener(self._endpoints_changed)
+
+    def ready(self) -> bool:
+        return self.datastore.synced
+
+    async def handle_request(self, request: InferenceRequest) -> Decision:
+        return self.decide(request)
+
+    def decide(self, request: InferenceRequest) -> Decision:
+        """The synchronous body of :meth:`handle_request` (what the decision benchmark times)."""
+        started = time.perf_counter()
+        try:
+            decision = self._decide(request)
+        except EppError as error:
+            epp_metrics.REJECTIONS.labels(str(error.status), error.reason or "").inc()
+            raise
+        epp_metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        return decision
+
+    def _decide(self, request: InferenceRequest) -> Decision:
+        parsed = request.parsed
+        if self.served_models is not None and parsed.model not in self.served_models:
+            raise EppError(404, f"model {parsed.model!r} is not served by this pool")
+        priority = self.datastore.priority(request.objective)
+        candidates = self._candidates(request.subset)
+        now = time.monotonic()
+        detector = self.config.saturation_detector
+        if priority < 0 and detector.is_saturated(candidates, now):
+            raise EppError(429, "system saturated, sheddable request dropped", REJECTED_SATURATED)
+
+        scheduling_request = SchedulingRequest(
+            request_id=request.request_id,
+            target_model=parsed.model,
+            prompt_text=parsed.prompt_text,
+            headers=request.headers,
+            lora_adapter=parsed.lora_adapter,
+            priority=priority,
+            now=now,
+        )
+        salt = request.body.get("cache_salt")
+        if isinstance(salt, str):
+            scheduling_request.state["cache_salt"] = salt
+        healthy = self._with_usable_metrics(candidates, now)
+        for producer in self.config.producers:
+            producer.produce(scheduling_request, healthy)
+        result = self.config.scheduler.schedule(scheduling_request, healthy)
+        primary = result.primary
+        if primary is None or not primary.targets:
+            # llm-d: the scheduler finding nothing is ResourceExhausted → 429.
+            raise EppError(429, "no endpoint passed the scheduling filters")
+        for hook in self.config.pre_request:
+            hook.pre_request(scheduling_request, result)
+        self._record(request, result)
+        return Decision(
+            endpoints=tuple(target.hostport for target in primary.targets),
+            headers=dict(result.headers),
+            scores={t.hostport: s for t, s in zip(primary.targets, primary.scores, strict=True)},
+        )
+
+    def _candidates(self, subset: list[str] | None) -> Sequence[Endpoint]:
+        endpoints = self.datastore.endpoints()
+        if subset is not None:
+            # The proxy's subset hint names ip:port, but upstream matches on the IP only.
+            allowed = {_ip_of(item) for item in subset}
+            endpoints = tuple(e for e in endpoints if e.address in allowed)
+        if not endpoints:
+            raise EppError(503, "no endpoint available for this request", REJECTED_NO_ENDPOINTS)
+        return endpoints
+
+    def _with_usable_metrics(self, candidates: Sequence[Endpoint], now: float) -> Sequence[Endpoint]:
+        """Drop endpoints whose scrape fails or whose metrics are stale. If that drops every
+        endpoint, keep them all (fail open, as llm-d does): a metrics outage must not become a
+        traffic outage while the pods themselves may be fine."""
+        staleness = self.metrics_staleness
+        usable = [e for e in candidates if e.metrics_fresh(now, staleness)]
+        return usable or candidates
+
+    def _record(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        for profile_name, profile_result in result.results.items():
+            if profile_result is not None:
+                epp_metrics.PICKS.labels(profile_result.targets[0].hostport, profile_name).inc()
+        primary = result.primary
+        assert primary is not None
+        endpoint = primary.targets[0]
+        previous = self._flights.pop(request.request_id, None)
+        if previous is not None:  # a retried decision for the same request: release the old hold
+            self._release(previous)
+        endpoint.in_flight += 1
+        epp_metrics.IN_FLIGHT.inc()
+        self._flights[request.request_id] = _Flight(endpoint, time.monotonic())
+
+    def handle_response_headers(self, request: InferenceRequest, served: str | None, status: int) -> None:
+        """If Envoy used a fallback endpoint, move the in-flight hold to the one really serving."""
+        flight = self._flights.get(request.request_id)
+        if flight is None or served is None or served == flight.endpoint.hostport:
+            return
+        actual = self.datastore.get(served)
+        if actual is None:
+            return
+        flight.endpoint.in_flight = max(0, flight.endpoint.in_flight - 1)
+        actual.in_flight += 1
+        flight.endpoint = actual
+
+    def handle_response_complete(self, request: InferenceRequest, usage: Usage | None, failed: bool) -> None:
+        flight = self._flights.pop(request.request_id, None)
+        if flight is None:
+            log.debug("response completion for unknown or finished request %s", request.request_id)
+            return
+        self._release(flight)
+
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    def _release(self, flight: _Flight) -> None:
+        flight.endpoint.in_flight = max(0, flight.endpoint.in_flight - 1)
+        epp_metrics.IN_FLIGHT.dec()
+
+    def _endpoints_changed(self) -> None:
+        live = frozenset(e.hostport for e in self.datastore.endpoints())
+        epp_metrics.ENDPOINTS.set(len(live))
+        for observer in self.config.observers:
+            observer.endpoints_changed(live)
+
+
+def _ip_of(hostport: str) -> str:
+    """ "10.0.0.1:8000" → "10.0.0.1"; "[fd00::1]:8000" → "fd00::1"; a bare IP stays as it is."""
+    if hostport.startswith("["):
+        return hostport[1 : hostport.find("]")]
+    if hostport.count(":") == 1:
+        return hostport.rsplit(":", 1)[0]
+    return hostport

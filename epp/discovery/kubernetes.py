@@ -1,0 +1,298 @@
+"""Kubernetes discovery: the named InferencePool, the Ready pods its selector matches in its
+namespace (x each target port), and InferenceObjective priorities.
+
+Client choice: lightkube, because it is small, typed, natively async (httpx), and its generic
+resources handle CRDs like InferencePool/InferenceObjective without code generation.
+
+Each resource runs a list-then-watch loop: list (a full snapshot, which also marks the pool
+synced), then watch from the list's resourceVersion; any error (410 Gone, a dropped connection,
+RBAC) logs, backs off (bounded), and lists again, so state converges after every outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import Pod
+
+from epp.config.errors import ConfigError
+from epp.datastore import Datastore, EndpointSpec
+
+log = logging.getLogger(__name__)
+
+POOL_GROUP_V1 = "inference.networking.k8s.io"
+LEGACY_GROUP = "inference.networking.x-k8s.io"
+OBJECTIVE_GROUPS = ("llm-d.ai", LEGACY_GROUP)  # current, then GIE <= v1.5
+
+ObjectiveResources = {
+    group: create_namespaced_resource(group, "v1alpha2", "InferenceObjective", "inferenceobjectives")
+    for group in OBJECTIVE_GROUPS
+}
+
+
+def pool_resource(group: str) -> Any:
+    if group == POOL_GROUP_V1:
+        return create_namespaced_resource(group, "v1", "InferencePool", "inferencepools")
+    if group == LEGACY_GROUP:
+        return create_namespaced_resource(group, "v1alpha2", "InferencePool", "inferencepools")
+    raise ConfigError(f"--pool-group must be {POOL_GROUP_V1} or {LEGACY_GROUP}, got {group!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    selector: dict[str, str]
+    target_ports: tuple[int, ...]
+
+
+def parse_pool(spec: Mapping[str, Any] | None, group: str) -> PoolSpec:
+    """v1: ``selector.matchLabels`` + ``targetPorts[].number``; v1alpha2: plain ``selector`` map +
+    ``targetPortNumber``."""
+    spec = spec or {}
+    selector = spec.get("selector") or {}
+    if group == POOL_GROUP_V1:
+        labels = selector.get("matchLabels") or {}
+        ports = tuple(int(p["number"]) for p in spec.get("targetPorts") or [] if "number" in p)
+    else:
+        labels = selector
+        ports = (int(spec["targetPortNumber"]),) if spec.get("targetPortNumber") else ()
+    return PoolSpec({str(k): str(v) for k, v in labels.items()}, ports)
+
+
+def pod_is_ready(pod: Pod) -> bool:
+    if pod.metadata is None or pod.metadata.deletionTimestamp is not None:
+        return False
+    if pod.status is None or not pod.status.podIP:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def pod_endpoints(pod: Pod, pool: PoolSpec) -> list[EndpointSpec]:
+    if not pod_is_ready(pod):
+        return []
+    assert pod.metadata is not None and pod.status is not None and pod.status.podIP
+    labels = dict(pod.metadata.labels or {})
+    if any(labels.get(key) != value for key, value in pool.selector.items()):
+        return []
+    return [
+        EndpointSpec(pod.metadata.name or "", pod.status.podIP, port, port, labels)
+        for port in pool.target_ports
+    ]
+
+
+class KubernetesDiscovery:
+    def __init__(
+        self,
+        datastore: Datastore,
+        *,
+        pool_name: str,
+        namespace: str = "default",
+        pool_group: str = POOL_GROUP_V1,
+        client: AsyncClient | None = None,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.datastore = datastore
+        self.pool_name = pool_name
+        self.namespace = namespace or "default"
+        self.pool_group = pool_group
+        self._pool_resource = pool_resource(pool_group)
+        self._client = client
+        self.max_backoff = max_backoff
+        self.pool: PoolSpec | None = None
+        self._pods: dict[str, Pod] = {}
+        self._objectives: dict[str, dict[str, int]] = {group: {} for group in OBJECTIVE_GROUPS}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pod_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = AsyncClient()  # in-cluster service account, else ~/.kube/config
+        self._tasks.append(
+            asyncio.create_task(
+                self._list_watch(
+                    "InferencePool",
+                    self._pool_resource,
+                    fields={"metadata.name": self.pool_name},
+                    on_snapshot=self._pool_snapshot,
+                    on_event=self._pool_event,
+                ),
+                name="watch InferencePool",
+            )
+        )
+        for group, resource in ObjectiveResources.items():
+            self._tasks.append(
+                asyncio.create_task(
+                    self._list_watch(
+                        f"InferenceObjective ({group})",
+                        resource,
+                        on_snapshot=functools.partial(self._objective_snapshot, group),
+                        on_event=functools.partial(self._objective_event, group),
+                    ),
+                    name=f"watch InferenceObjective {group}",
+                )
+            )
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *([self._pod_task] if self._pod_task else [])]
+        self._tasks, self._pod_task = [], None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            await self._client.close()
+
+    # ---- the generic loop --------------------------------------------------------------------
+    async def _list_watch(
+        self,
+        what: str,
+        resource: Any,
+        *,
+        on_snapshot: Callable[[list[Any]], None],
+        on_event: Callable[[str, Any], None],
+        labels: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        assert self._client is not None
+        backoff = 0.2
+        while True:
+            try:
+                listing = self._client.list(resource, namespace=self.namespace, labels=labels, fields=fields)
+                items = [item async for item in listing]
+                on_snapshot(items)
+                backoff = 0.2
+                async for kind, obj in self._client.watch(
+                    resource,
+                    namespace=self.namespace,
+                    labels=labels,
+                    fields=fields,
+                    resource_version=listing.resourceVersion,
+                ):
+                    on_event(kind, obj)
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                code = exc.status.code if exc.status is not None else None
+                if code == 410:  # watch history expired: relist at once
+                    continue
+                level = logging.INFO if code == 404 and "Objective" in what else logging.WARNING
+                log.log(
+                    level,
+                    "listing/watching %s in %s failed (%s): %s; retrying in %.1fs",
+                    what,
+                    self.namespace,
+                    code,
+                    exc,
+                    backoff,
+                )
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                log.warning(
+                    "watching %s in %s failed: %s; retrying in %.1fs", what, self.namespace, exc, backoff
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(self.max_backoff, backoff * 2)
+
+    # ---- InferencePool -----------------------------------------------------------------------
+    def _pool_snapshot(self, items: list[Any]) -> None:
+        if not items:
+            log.warning(
+                "InferencePool %s/%s not found (group %s); waiting for it",
+                self.namespace,
+                self.pool_name,
+                self.pool_group,
+            )
+            self._set_pool(None)
+            return
+        self._set_pool(items[0])
+
+    def _pool_event(self, kind: str, obj: Any) -> None:
+        self._set_pool(None if kind == "DELETED" else obj)
+
+    def _set_pool(self, obj: Any) -> None:
+        pool = parse_pool(obj.spec if obj is not None else None, self.pool_group) if obj is not None else None
+        if pool == self.pool:
+            return
+        self.pool = pool
+        if self._pod_task is not None:
+            self._pod_task.cancel()
+            self._pod_task = None
+        self._pods = {}
+        if pool is None:
+            if self.datastore.synced:
+                self.datastore.replace_endpoints(())
+            return
+        if not pool.selector:
+            log.error("InferencePool %s has an empty selector; not selecting every pod", self.pool_name)
+            return
+        log.info(
+            "InferencePool %s: selector %s, target ports %s", self.pool_name, pool.selector, pool.target_ports
+        )
+        self._pod_task = asyncio.create_task(
+            self._list_watch(
+                "Pods",
+                Pod,
+                labels=dict(pool.selector),
+                on_snapshot=self._pod_snapshot,
+                on_event=self._pod_event,
+            ),
+            name="watch Pods",
+        )
+
+    # ---- Pods --------------------------------------------------------------------------------
+    def _pod_snapshot(self, pods: list[Pod]) -> None:
+        self._pods = {pod.metadata.name: pod for pod in pods if pod.metadata and pod.metadata.name}
+        self._publish()
+
+    def _pod_event(self, kind: str, pod: Pod) -> None:
+        if pod.metadata is None or not pod.metadata.name:
+            return
+        if kind == "DELETED":
+            self._pods.pop(pod.metadata.name, None)
+        else:
+            self._pods[pod.metadata.name] = pod
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.pool is None:
+            return
+        pool = self.pool
+        self.datastore.replace_endpoints(
+            spec for pod in self._pods.values() for spec in pod_endpoints(pod, pool)
+        )
+
+    # ---- InferenceObjectives -----------------------------------------------------------------
+    def _objective_snapshot(self, group: str, items: list[Any]) -> None:
+        self._objectives[group] = {}
+        for obj in items:
+            self._objective_event(group, "ADDED", obj, publish=False)
+        self._publish_objectives()
+
+    def _objective_event(self, group: str, kind: str, obj: Any, publish: bool = True) -> None:
+        name = obj.metadata.name if obj.metadata else None
+        if not name:
+            return
+        spec = obj.spec or {}
+        pool_ref = spec.get("poolRef") or {}
+        if kind == "DELETED" or pool_ref.get("name") != self.pool_name:
+            self._objectives[group].pop(name, None)
+        else:
+            priority = spec.get("priority")
+            self._objectives[group][name] = int(priority) if isinstance(priority, int) else 0
+        if publish:
+            self._publish_objectives()
+
+    def _publish_objectives(self) -> None:
+        merged: dict[str, int] = {}
+        for group in reversed(OBJECTIVE_GROUPS):  # the current group wins a name clash
+            merged.update(self._objectives[group])
+        self.datastore.set_objectives(merged)

@@ -1,0 +1,157 @@
+"""Static discovery from an endpoints file (YAML or JSON), re-read when its mtime changes.
+
+Format (the cross-team contract)::
+
+    endpoints:
+    - name: decode-0          # pod name
+      address: 127.0.0.1
+      port: 8200              # traffic port: x-gateway-destination-endpoint = address:port
+      metricsPort: 8200       # optional, defaults to port
+      labels: {llm-d.ai/role: decode}
+    objectives:               # optional: InferenceObjective priorities by name
+    - {name: batch, priority: -1}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epp.config.errors import ConfigError
+from epp.datastore import Datastore, EndpointSpec
+
+log = logging.getLogger(__name__)
+
+
+def parse_endpoints_file(text: str, source: str) -> tuple[list[EndpointSpec], dict[str, int]]:
+    try:
+        document = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML/JSON: {exc}") from exc
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{source}: must be a mapping with an 'endpoints' list")
+    unknown = sorted(set(document) - {"endpoints", "objectives"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level field(s) {', '.join(unknown)}")
+    raw_endpoints = document.get("endpoints")
+    if not isinstance(raw_endpoints, list):
+        raise ConfigError(f"{source}: 'endpoints' must be a list")
+    specs = [_endpoint(entry, f"{source}: endpoints[{i}]") for i, entry in enumerate(raw_endpoints)]
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.hostport in seen:
+            raise ConfigError(
+                f"{source}: endpoints {seen[spec.hostport]!r} and {spec.name!r} share {spec.hostport}"
+            )
+        seen[spec.hostport] = spec.name
+    objectives: dict[str, int] = {}
+    raw_objectives = document.get("objectives") or []
+    if not isinstance(raw_objectives, list):
+        raise ConfigError(f"{source}: 'objectives' must be a list")
+    for index, entry in enumerate(raw_objectives):
+        where = f"{source}: objectives[{index}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"{where} needs a 'name'")
+        priority = entry.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigError(f"{where}: 'priority' must be an integer, got {priority!r}")
+        objectives[entry["name"]] = priority
+    return specs, objectives
+
+
+def _endpoint(entry: Any, where: str) -> EndpointSpec:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = sorted(set(entry) - {"name", "address", "port", "metricsPort", "labels"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    name, address = entry.get("name"), entry.get("address")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'name' is required")
+    if not isinstance(address, str):
+        raise ConfigError(f"{where} ({name}): 'address' is required")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise ConfigError(f"{where} ({name}): 'address' must be an IP address, got {address!r}") from exc
+    port = _port(entry.get("port"), f"{where} ({name}): 'port'")
+    metrics_port = (
+        port
+        if entry.get("metricsPort") is None
+        else _port(entry.get("metricsPort"), f"{where} ({name}): 'metricsPort'")
+    )
+    labels = entry.get("labels") or {}
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise ConfigError(f"{where} ({name}): 'labels' must map strings to strings")
+    return EndpointSpec(name=name, address=address, port=port, metrics_port=metrics_port, labels=dict(labels))
+
+
+def _port(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"{what} must be an integer 1..65535, got {value!r}")
+    return value
+
+
+class StaticDiscovery:
+    """Loads the file at start (errors are fatal there) and reloads it on mtime change (errors
+    are logged and the previous endpoint set is kept, so a half-written file cannot empty the pool)."""
+
+    def __init__(self, path: Path, datastore: Datastore, poll_interval: float = 0.5) -> None:
+        self.path = path
+        self.datastore = datastore
+        self.poll_interval = poll_interval
+        self._mtime: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def load(self) -> None:
+        try:
+            stat = self.path.stat()
+            text = self.path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"endpoints file {self.path}: {exc.strerror or exc}") from exc
+        specs, objectives = parse_endpoints_file(text, f"endpoints file {self.path}")
+        self._mtime = stat.st_mtime_ns
+        self.datastore.replace_endpoints(specs)
+        self.datastore.set_objectives(objectives)
+
+    async def start(self) -> None:
+        self.load()
+        self._task = asyncio.create_task(self._watch(), name="endpoints-file watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except OSError as exc:
+            log.error("endpoints file %s unreadable (%s); keeping the current endpoints", self.path, exc)
+            return False
+        if mtime == self._mtime:
+            return False
+        try:
+            self.load()
+        except ConfigError as exc:
+            self._mtime = mtime  # do not retry the same broken content every poll
+            log.error("%s; keeping the current endpoints", exc)
+            return False
+        log.info("reloaded endpoints file %s", self.path)
+        return True

@@ -1,0 +1,75 @@
+"""Pickers: choose the target endpoints (primary first, then fallbacks) from scored candidates."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Self
+
+from epp.config.params import Params
+from epp.datastore import Endpoint
+from epp.plugins.registry import register
+from epp.scheduling.framework import Picker, ProfileResult, SchedulingRequest
+
+_MAX_ENDPOINTS_CAP = 64
+
+
+class _CountedPicker(Picker):
+    def __init__(self, name: str, max_endpoints: int, rng: random.Random | None = None) -> None:
+        super().__init__(name)
+        self.max_endpoints = max_endpoints
+        # One generator per picker, seeded once (GIE fixed a bug where it was re-seeded per pick).
+        self.rng = rng or random.Random()
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        return cls(name, params.integer("maxNumOfEndpoints", 1, minimum=1, maximum=_MAX_ENDPOINTS_CAP))
+
+
+@register("max-score-picker")
+class MaxScorePicker(_CountedPicker):
+    """Highest total score wins; ties are broken at random; the next best are the fallbacks."""
+
+    def pick(
+        self, request: SchedulingRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]
+    ) -> ProfileResult:
+        if not endpoints:
+            return ProfileResult((), ())
+        if self.max_endpoints == 1:
+            # Hot path: one pass for the maximum, then a random choice among the tied.
+            best = max(scores)
+            tied = [index for index, score in enumerate(scores) if score == best]
+            chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
+            return ProfileResult((endpoints[chosen],), (best,))
+        random_key = self.rng.random
+        order = sorted(range(len(endpoints)), key=lambda i: (-scores[i], random_key()))
+        top = order[: self.max_endpoints]
+        return ProfileResult(tuple(endpoints[i] for i in top), tuple(scores[i] for i in top))
+
+
+@register("random-picker")
+class RandomPicker(_CountedPicker):
+    def pick(
+        self, request: SchedulingRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]
+    ) -> ProfileResult:
+        chosen = self.rng.sample(range(len(endpoints)), min(self.max_endpoints, len(endpoints)))
+        return ProfileResult(tuple(endpoints[i] for i in chosen), tuple(scores[i] for i in chosen))
+
+
+@register("weighted-random-picker")
+class WeightedRandomPicker(_CountedPicker):
+    """A-Res weighted sampling without replacement: key = U^(1/score), take the largest keys.
+    Endpoints scoring <= 0 are never picked unless every score is <= 0 (then: uniform)."""
+
+    def pick(
+        self, request: SchedulingRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]
+    ) -> ProfileResult:
+        positive = [i for i, score in enumerate(scores) if score > 0]
+        count = min(self.max_endpoints, len(endpoints))
+        if not positive:
+            chosen = self.rng.sample(range(len(endpoints)), count)
+        else:
+            uniform = self.rng.random
+            keyed = sorted(positive, key=lambda i: uniform() ** (1.0 / scores[i]), reverse=True)
+            chosen = keyed[:count]
+        return ProfileResult(tuple(endpoints[i] for i in chosen), tuple(scores[i] for i in chosen))

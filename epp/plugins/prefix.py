@@ -1,0 +1,284 @@
+"""Approximate prefix-cache affinity: chained block hashes of the prompt, an LRU index of which
+endpoint holds which block, and a scorer by longest cached prefix.
+
+Without a tokenizer in the request path we estimate tokens as llm-d's ``estimate`` token backend
+does: about 4 UTF-8 bytes per token. A block of ``blockSizeTokens`` tokens is therefore
+``4 x blockSizeTokens`` bytes of the prompt's UTF-8 encoding (legacy ``hashBlockSize`` gives the
+block in characters/bytes directly, as GIE v1.0 did). Block i's hash is
+``xxh3_64(block_i, seed=hash_{i-1})`` with ``hash_{-1} = xxh3_64(model ‖ 0 ‖ cache_salt)``, so a
+block hash stands for the whole prefix up to it; a short trailing block is not hashed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import xxhash
+
+from epp.config.params import Params
+from epp.datastore import Endpoint
+from epp.plugins.registry import register
+from epp.scheduling.framework import (
+    DataProducer,
+    EndpointSetObserver,
+    Plugin,
+    PreRequest,
+    SchedulingRequest,
+    SchedulingResult,
+    Scorer,
+)
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_TOKEN = 4
+MIN_BLOCK_TOKENS = 64  # llm-d clamps smaller block sizes to 64 tokens at request time
+DEFAULT_LRU_CAPACITY_PER_SERVER = 31250
+PRODUCER_TYPE = "approx-prefix-cache-producer"
+
+_hash = xxhash.xxh3_64_intdigest
+
+
+def estimate_tokens(prompt: bytes) -> int:
+    return -(-len(prompt) // BYTES_PER_TOKEN)
+
+
+def block_hashes(model: str, prompt: bytes, block_bytes: int, max_blocks: int, salt: str = "") -> list[int]:
+    """Chained hashes of the prompt's full blocks, at most ``max_blocks`` of them."""
+    count = min(len(prompt) // block_bytes, max_blocks)
+    previous = _hash(f"{model}\0{salt}".encode())
+    view = memoryview(prompt)
+    hashes = [0] * count
+    start = 0
+    for index in range(count):
+        end = start + block_bytes
+        previous = _hash(view[start:end], previous)
+        hashes[index] = previous
+        start = end
+    return hashes
+
+
+class PrefixIndex:
+    """block hash → endpoints holding it, bounded by an LRU of hashes per endpoint."""
+
+    def __init__(self, capacity_per_endpoint: int) -> None:
+        self.default_capacity = capacity_per_endpoint
+        self._holders: dict[int, set[str]] = {}
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+
+    def match_lengths(self, hashes: Sequence[int]) -> dict[str, int]:
+        """For each endpoint holding block 0: how many consecutive blocks from 0 it holds."""
+        matched: dict[str, int] = {}
+        holders = self._holders
+        alive: set[str] | None = None
+        depth = 0
+        for depth, block_hash in enumerate(hashes):
+            pods = holders.get(block_hash)
+            if not pods:
+                break
+            if alive is None:
+                alive = set(pods)
+                continue
+            still = alive & pods
+            if len(still) != len(alive):
+                for hostport in alive - still:
+                    matched[hostport] = depth
+                if not still:
+                    return matched
+                alive = still
+        else:
+            depth = len(hashes)
+        for hostport in alive or ():
+            matched[hostport] = depth
+        return matched
+
+    def add(self, hostport: str, hashes: Sequence[int], capacity: int | None = None) -> None:
+        lru = self._lru.get(hostport)
+        if lru is None:
+            lru = self._lru[hostport] = OrderedDict()
+        holders = self._holders
+        for block_hash in hashes:
+            if block_hash in lru:
+                lru.move_to_end(block_hash)
+                continue
+            lru[block_hash] = None
+            pods = holders.get(block_hash)
+            if pods is None:
+                holders[block_hash] = {hostport}
+            else:
+                pods.add(hostport)
+        limit = capacity or self.default_capacity
+        while len(lru) > limit:
+            evicted, _ = lru.popitem(last=False)
+            self._forget(evicted, hostport)
+
+    def remove_endpoint(self, hostport: str) -> None:
+        for block_hash in self._lru.pop(hostport, {}):
+            self._forget(block_hash, hostport)
+
+    def endpoints(self) -> frozenset[str]:
+        return frozenset(self._lru)
+
+    def size(self, hostport: str) -> int:
+        return len(self._lru.get(hostport, ()))
+
+    def _forget(self, block_hash: int, hostport: str) -> None:
+        pods = self._holders.get(block_hash)
+        if pods is not None:
+            pods.discard(hostport)
+            if not pods:
+                del self._holders[block_hash]
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """The producer's per-request result, read by the scorer and the P/D decider."""
+
+    hashes: list[int]
+    block_tokens: int
+    prompt_tokens: int
+    matched_blocks: dict[str, int]  # hostport → consecutive cached blocks from the start
+
+    def fraction(self, hostport: str) -> float:
+        if not self.hashes:
+            return 0.0
+        return self.matched_blocks.get(hostport, 0) / len(self.hashes)
+
+    def cached_tokens(self, hostport: str) -> int:
+        return min(self.prompt_tokens, self.matched_blocks.get(hostport, 0) * self.block_tokens)
+
+
+@register(PRODUCER_TYPE)
+class ApproxPrefixCacheProducer(DataProducer, PreRequest, EndpointSetObserver):
+    def __init__(
+        self,
+        name: str,
+        *,
+        block_bytes: int,
+        max_blocks: int,
+        lru_capacity: int,
+        auto_tune: bool,
+    ) -> None:
+        super().__init__(name)
+        self.block_bytes = block_bytes
+        self.block_tokens = max(1, block_bytes // BYTES_PER_TOKEN)
+        self.max_blocks = max_blocks
+        self.auto_tune = auto_tune
+        self.index = PrefixIndex(lru_capacity)
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        legacy_block_chars = params.integer("hashBlockSize", 0, minimum=1)
+        block_tokens = max(MIN_BLOCK_TOKENS, params.integer("blockSizeTokens", 16, minimum=1))
+        block_tokens = max(MIN_BLOCK_TOKENS, params.integer("blockSize", block_tokens, minimum=1))
+        block_bytes = legacy_block_chars or block_tokens * BYTES_PER_TOKEN
+        tokens_per_block = max(1, block_bytes // BYTES_PER_TOKEN)
+        max_blocks = params.integer("maxPrefixBlocksToMatch", 2048, minimum=1)
+        if params.has("maxPrefixTokensToMatch"):  # takes precedence, as in llm-d
+            max_blocks = max(1, params.integer("maxPrefixTokensToMatch", 0, minimum=1) // tokens_per_block)
+        return cls(
+            name,
+            block_bytes=block_bytes,
+            max_blocks=max_blocks,
+            lru_capacity=params.integer("lruCapacityPerServer", DEFAULT_LRU_CAPACITY_PER_SERVER, minimum=1),
+            auto_tune=params.boolean("autoTune", True),
+        )
+
+    def produce(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> None:
+        prompt = request.prompt_text.encode()
+        salt = request.state.get("cache_salt", "")
+        hashes = block_hashes(request.target_model, prompt, self.block_bytes, self.max_blocks, salt)
+        request.state[self.name] = PrefixMatch(
+            hashes=hashes,
+            block_tokens=self.block_tokens,
+            prompt_tokens=estimate_tokens(prompt),
+            matched_blocks=self.index.match_lengths(hashes) if hashes else {},
+        )
+
+    def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:
+        """The chosen endpoints (decode, and prefill under P/D) will now hold this prompt's KV."""
+        match: PrefixMatch | None = request.state.get(self.name)
+        if match is None or not match.hashes:
+            return
+        for profile_result in result.results.values():
+            if profile_result is not None and profile_result.targets:
+                target = profile_result.targets[0]
+                self.index.add(target.hostport, match.hashes, self._capacity(target))
+
+    def endpoints_changed(self, live_hostports: frozenset[str]) -> None:
+        for hostport in self.index.endpoints() - live_hostports:
+            self.index.remove_endpoint(hostport)
+
+    def _capacity(self, endpoint: Endpoint) -> int | None:
+        """With autoTune, size the endpoint's LRU to what its KV cache can really hold."""
+        metrics = endpoint.metrics
+        if not self.auto_tune or not metrics.num_gpu_blocks or not metrics.block_size:
+            return None
+        return max(1, metrics.num_gpu_blocks * metrics.block_size // self.block_tokens)
+
+
+def find_producer(
+    plugins: Mapping[str, Plugin], wanted: str | None, owner: Plugin
+) -> ApproxPrefixCacheProducer:
+    """The named producer, or the only one configured (the loader guarantees at least one)."""
+    from epp.config.errors import ConfigError
+
+    if wanted is not None:
+        plugin = plugins.get(wanted)
+        if not isinstance(plugin, ApproxPrefixCacheProducer):
+            raise ConfigError(
+                f"plugin {owner.name!r} (type {owner.type_name}): prefix producer {wanted!r} "
+                f"is not a configured {PRODUCER_TYPE}"
+            )
+        return plugin
+    producers = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
+    if len(producers) != 1:
+        raise ConfigError(
+            f"plugin {owner.name!r} (type {owner.type_name}): found {len(producers)} {PRODUCER_TYPE} "
+            "plugins; name one with prefixMatchInfoProducerName"
+        )
+    return producers[0]
+
+
+# Parameters of the producer that llm-d/GIE also accepted on the scorer itself; they configure the
+# producer the loader creates when the config has none.
+INDEX_PARAMETERS = (
+    "hashBlockSize",
+    "blockSize",
+    "blockSizeTokens",
+    "maxPrefixBlocksToMatch",
+    "maxPrefixTokensToMatch",
+    "lruCapacityPerServer",
+    "autoTune",
+)
+
+
+@register("prefix-cache-scorer")
+class PrefixCacheScorer(Scorer):
+    """Score = fraction of the prompt's blocks cached on the endpoint (longest prefix from block 0)."""
+
+    def __init__(self, name: str, producer_name: str | None, index_parameters: dict[str, Any]) -> None:
+        super().__init__(name)
+        self.producer_name = producer_name
+        self.index_parameters = index_parameters
+        self.producer: ApproxPrefixCacheProducer | None = None
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        producer_name = params.string("prefixMatchInfoProducerName", "") or None
+        index_parameters = {key: params.raw(key) for key in INDEX_PARAMETERS if params.has(key)}
+        return cls(name, producer_name, index_parameters)
+
+    def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        self.producer = find_producer(plugins, self.producer_name, self)
+
+    def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        assert self.producer is not None, "resolve() not called"
+        match: PrefixMatch | None = request.state.get(self.producer.name)
+        if match is None or not match.hashes or not match.matched_blocks:
+            return [0.0] * len(endpoints)
+        matched, total = match.matched_blocks, len(match.hashes)
+        return [matched.get(endpoint.hostport, 0) / total for endpoint in endpoints]

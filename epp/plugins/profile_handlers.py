@@ -1,0 +1,225 @@
+"""Profile handlers (which profiles run, which is primary) and the P/D deciders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Self
+
+from epp.config.errors import ConfigError
+from epp.config.params import Params
+from epp.datastore import Endpoint
+from epp.plugins.prefix import ApproxPrefixCacheProducer, PrefixCacheScorer, PrefixMatch, find_producer
+from epp.plugins.registry import register
+from epp.scheduling.framework import (
+    Decider,
+    Plugin,
+    ProfileHandler,
+    ProfileResult,
+    SchedulerProfile,
+    SchedulingRequest,
+    SchedulingResult,
+)
+
+log = logging.getLogger(__name__)
+
+PREFILLER_HEADER = "x-prefiller-host-port"
+
+
+@register("single-profile-handler")
+class SingleProfileHandler(ProfileHandler):
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        return cls(name)
+
+    def validate_profiles(self, profile_names: Sequence[str]) -> None:
+        if len(profile_names) != 1:
+            raise ConfigError(
+                f"plugin {self.name!r} (type {self.type_name}) runs exactly one profile, "
+                f"but {len(profile_names)} are configured: {', '.join(profile_names)}"
+            )
+
+    def pick_profiles(
+        self,
+        request: SchedulingRequest,
+        profiles: Mapping[str, SchedulerProfile],
+        results: Mapping[str, ProfileResult | None],
+    ) -> list[SchedulerProfile]:
+        return [] if results else list(profiles.values())
+
+    def process_results(
+        self, request: SchedulingRequest, results: dict[str, ProfileResult | None]
+    ) -> SchedulingResult:
+        (name,) = results
+        return SchedulingResult(results, name)
+
+
+@register("prefix-based-pd-decider")
+class PrefixBasedPdDecider(Decider):
+    """Disaggregate when the prompt tokens NOT already cached on the chosen decode endpoint reach
+    ``nonCachedTokens`` (0 disables P/D), and the prompt has at least ``promptTokens`` tokens."""
+
+    def __init__(self, name: str, non_cached_tokens: int, min_prompt_tokens: int, producer: str | None):
+        super().__init__(name)
+        self.non_cached_tokens = non_cached_tokens
+        self.min_prompt_tokens = min_prompt_tokens
+        self.producer_name = producer
+        self.producer: ApproxPrefixCacheProducer | None = None
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        return cls(
+            name,
+            params.integer("nonCachedTokens", 0, minimum=0),
+            params.integer("promptTokens", 0, minimum=0),
+            params.string("prefixMatchInfoProducerName", "") or None,
+        )
+
+    def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        self.producer = find_producer(plugins, self.producer_name, self)
+
+    def disaggregate(self, request: SchedulingRequest, decode_target: Endpoint) -> bool:
+        if self.non_cached_tokens <= 0:
+            return False
+        assert self.producer is not None, "resolve() not called"
+        match: PrefixMatch | None = request.state.get(self.producer.name)
+        if match is None or match.prompt_tokens < self.min_prompt_tokens:
+            return False
+        uncached = match.prompt_tokens - match.cached_tokens(decode_target.hostport)
+        return uncached >= self.non_cached_tokens
+
+
+@register("always-disagg-pd-decider")
+class AlwaysDisaggDecider(Decider):
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        return cls(name)
+
+    def disaggregate(self, request: SchedulingRequest, decode_target: Endpoint) -> bool:
+        return True
+
+
+@register("disagg-profile-handler")
+class DisaggProfileHandler(ProfileHandler):
+    """Runs the decode profile (primary); if the prefill decider approves for the picked decode
+    endpoint, runs the prefill profile too and names its pick in ``x-prefiller-host-port``. If no
+    prefill endpoint is found the request still goes to decode, which then prefills locally."""
+
+    def __init__(self, name: str, decode_profile: str, prefill_profile: str, decider_name: str | None):
+        super().__init__(name)
+        self.decode_profile = decode_profile
+        self.prefill_profile = prefill_profile
+        self.decider_name = decider_name
+        self.decider: Decider | None = None
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        profiles = params.mapping("profiles")
+        deciders = params.mapping("deciders")
+        for key, mapping in (("profiles", profiles), ("deciders", deciders)):
+            for role, value in mapping.items():
+                if role == "encode":
+                    raise params.error(key, "encode disaggregation (E/P/D) is not supported by this EPP")
+                if role not in ("decode", "prefill"):
+                    raise params.error(key, f"has unknown role {role!r} (expected decode, prefill)")
+                if not isinstance(value, str) or not value:
+                    raise params.error(
+                        key, f"{role!r} must name a {'profile' if key == 'profiles' else 'plugin'}"
+                    )
+        return cls(
+            name,
+            profiles.get("decode", "decode"),
+            profiles.get("prefill", "prefill"),
+            deciders.get("prefill"),
+        )
+
+    def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        if self.decider_name is None:
+            log.warning("%s: no deciders.prefill configured; requests are never disaggregated", self.name)
+            return
+        decider = plugins.get(self.decider_name)
+        if not isinstance(decider, Decider):
+            raise ConfigError(
+                f"plugin {self.name!r} (type {self.type_name}): deciders.prefill {self.decider_name!r} "
+                "is not a configured decider plugin"
+            )
+        self.decider = decider
+
+    def validate_profiles(self, profile_names: Sequence[str]) -> None:
+        wanted = [self.decode_profile] + ([self.prefill_profile] if self.decider is not None else [])
+        for profile in wanted:
+            if profile not in profile_names:
+                raise ConfigError(
+                    f"plugin {self.name!r} (type {self.type_name}) needs a scheduling profile named "
+                    f"{profile!r}; configured: {', '.join(profile_names)}"
+                )
+
+    def pick_profiles(
+        self,
+        request: SchedulingRequest,
+        profiles: Mapping[str, SchedulerProfile],
+        results: Mapping[str, ProfileResult | None],
+    ) -> list[SchedulerProfile]:
+        if self.decode_profile not in results:
+            return [profiles[self.decode_profile]]
+        decode = results[self.decode_profile]
+        if (
+            self.prefill_profile not in results
+            and decode is not None
+            and self.decider is not None
+            and self.decider.disaggregate(request, decode.targets[0])
+        ):
+            return [profiles[self.prefill_profile]]
+        return []
+
+    def process_results(
+        self, request: SchedulingRequest, results: dict[str, ProfileResult | None]
+    ) -> SchedulingResult:
+        result = SchedulingResult(results, self.decode_profile)
+        prefill = results.get(self.prefill_profile)
+        if prefill is not None and results.get(self.decode_profile) is not None:
+            result.headers[PREFILLER_HEADER] = prefill.targets[0].hostport
+        return result
+
+
+@register("pd-profile-handler")
+class PdProfileHandler(DisaggProfileHandler):
+    """llm-d's deprecated P/D handler. ``threshold`` is the non-cached prompt-token count from which
+    a request is disaggregated (0 = never). ``hashBlockSize`` is accepted for compatibility only:
+    the cached-token count comes from the prefix producer, whose block size governs, so the
+    scorer and the decision always agree."""
+
+    def __init__(
+        self, name: str, decode_profile: str, prefill_profile: str, threshold: int, prefix_plugin: str | None
+    ) -> None:
+        super().__init__(name, decode_profile, prefill_profile, None)
+        self.prefix_plugin = prefix_plugin
+        self.decider = PrefixBasedPdDecider(f"{name}/decider", threshold, 0, None)
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        threshold = params.integer("threshold", 0, minimum=0)
+        params.integer("hashBlockSize", 64, minimum=1)
+        return cls(
+            name,
+            params.string("decodeProfile", "decode"),
+            params.string("prefillProfile", "prefill"),
+            threshold,
+            params.string("prefixPluginName", "") or None,
+        )
+
+    def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        assert isinstance(self.decider, PrefixBasedPdDecider)
+        producer_name = None
+        if self.prefix_plugin is not None:
+            scorer = plugins.get(self.prefix_plugin)
+            if not isinstance(scorer, PrefixCacheScorer):
+                raise ConfigError(
+                    f"plugin {self.name!r} (type {self.type_name}): prefixPluginName "
+                    f"{self.prefix_plugin!r} is not a configured prefix-cache-scorer"
+                )
+            scorer.resolve(plugins)
+            assert scorer.producer is not None
+            producer_name = scorer.producer.name
+        self.decider.producer_name = producer_name
+        self.decider.resolve(plugins)

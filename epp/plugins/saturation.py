@@ -1,0 +1,50 @@
+"""The ``utilization-detector`` saturation detector (llm-d defaults)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+from epp.config.params import Params
+from epp.datastore import Endpoint
+from epp.plugins.registry import register
+from epp.scheduling.framework import SaturationDetector
+
+
+@register("utilization-detector")
+class UtilizationDetector(SaturationDetector):
+    """Endpoint saturation = max(waiting / queueDepthThreshold, kv / kvCacheUtilThreshold); an
+    endpoint whose metrics are older than ``metricsStalenessThreshold`` (or whose last scrape
+    failed) counts as fully saturated (fail-closed). Pool saturation is the mean over endpoints;
+    the pool is saturated at >= 1 + ``headroom``."""
+
+    def __init__(self, name: str, queue_depth: float, kv_util: float, staleness: float, headroom: float):
+        super().__init__(name)
+        self.queue_depth = queue_depth
+        self.kv_util = kv_util
+        self.staleness = staleness
+        self.headroom = headroom
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        return cls(
+            name,
+            queue_depth=params.number("queueDepthThreshold", 5, minimum=1e-9),
+            kv_util=params.number("kvCacheUtilThreshold", 0.8, minimum=1e-9, maximum=1.0),
+            staleness=params.duration("metricsStalenessThreshold", 0.2),
+            headroom=params.number("headroom", 0.0, minimum=0.0),
+        )
+
+    def endpoint_saturation(self, endpoint: Endpoint, now: float) -> float:
+        if not endpoint.metrics_fresh(now, self.staleness):
+            return 1.0
+        metrics = endpoint.metrics
+        return max(metrics.waiting / self.queue_depth, metrics.kv_usage / self.kv_util)
+
+    def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+        if not endpoints:
+            return 1.0
+        return sum(self.endpoint_saturation(e, now) for e in endpoints) / len(endpoints)
+
+    def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
+        return self.pool_saturation(endpoints, now) >= 1.0 + self.headroom

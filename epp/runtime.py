@@ -1,0 +1,129 @@
+"""Builds the scheduling core for the protocol layer: config → plugins, discovery, metrics
+scraping, and the director, behind the small :class:`Runtime` start/stop interface."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from epp.config.errors import ConfigError
+from epp.config.loader import SchedulerConfig, load_config
+from epp.datastore import Datastore
+from epp.director import SchedulingDirector
+from epp.discovery.static import StaticDiscovery
+from epp.scheduling import metrics as epp_metrics
+from epp.scrape.scraper import MetricsScraper
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ConfigError", "Runtime", "RuntimeOptions", "build_runtime"]
+
+MIN_REFRESH_INTERVAL = 0.001
+
+
+@dataclass
+class RuntimeOptions:
+    config_text: str  # EndpointPickerConfig YAML (the CLI resolves file/default to text)
+    pool_name: str | None = None
+    pool_namespace: str = "default"
+    pool_group: str = "inference.networking.k8s.io"
+    endpoints_file: Path | None = None
+    refresh_metrics_interval: float = 0.05
+    metrics_staleness_threshold: float = 2.0
+    served_models: frozenset[str] | None = None
+
+
+class _Discovery(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class Runtime:
+    def __init__(
+        self,
+        director: SchedulingDirector,
+        datastore: Datastore,
+        config: SchedulerConfig,
+        discovery: _Discovery,
+        scraper: MetricsScraper,
+    ) -> None:
+        self.director = director
+        self.datastore = datastore
+        self.config = config
+        self.discovery = discovery
+        self.scraper = scraper
+        self._gauge_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.scraper.start()  # before discovery, so it sees the first endpoint set
+        await self.discovery.start()
+        self._gauge_task = asyncio.create_task(self._update_saturation_gauge(), name="saturation gauge")
+
+    async def stop(self) -> None:
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauge_task
+        await self.discovery.stop()
+        await self.scraper.stop()
+
+    async def _update_saturation_gauge(self) -> None:
+        detector = self.config.saturation_detector
+        while True:
+            endpoints = self.datastore.endpoints()
+            epp_metrics.POOL_SATURATION.set(detector.pool_saturation(endpoints, time.monotonic()))
+            await asyncio.sleep(1.0)
+
+
+def build_runtime(options: RuntimeOptions) -> Runtime:
+    """Validate everything that can be validated before start; raises ConfigError."""
+    if (options.pool_name is None) == (options.endpoints_file is None):
+        raise ConfigError("exactly one of --pool-name and --endpoints-file must be given")
+    if options.refresh_metrics_interval < MIN_REFRESH_INTERVAL:
+        raise ConfigError(
+            f"--refresh-metrics-interval must be >= {MIN_REFRESH_INTERVAL}s, "
+            f"got {options.refresh_metrics_interval}"
+        )
+    if options.metrics_staleness_threshold <= 0:
+        raise ConfigError(
+            f"--metrics-staleness-threshold must be > 0, got {options.metrics_staleness_threshold}"
+        )
+    if options.served_models is not None and not options.served_models:
+        raise ConfigError("--served-models must name at least one model when given")
+
+    config = load_config(options.config_text)
+    datastore = Datastore()
+    director = SchedulingDirector(
+        datastore,
+        config,
+        served_models=options.served_models,
+        metrics_staleness=options.metrics_staleness_threshold,
+    )
+    source = config.metrics_source
+    scraper = MetricsScraper(
+        datastore,
+        interval=options.refresh_metrics_interval,
+        timeout=min(1.0, options.metrics_staleness_threshold),
+        scheme=source.scheme,
+        path=source.path,
+        insecure_skip_verify=source.insecure_skip_verify,
+    )
+    discovery: _Discovery
+    if options.endpoints_file is not None:
+        discovery = StaticDiscovery(options.endpoints_file, datastore)
+    else:
+        from epp.discovery.kubernetes import KubernetesDiscovery
+
+        assert options.pool_name is not None
+        discovery = KubernetesDiscovery(
+            datastore,
+            pool_name=options.pool_name,
+            namespace=options.pool_namespace,
+            pool_group=options.pool_group,
+        )
+    return Runtime(director, datastore, config, discovery, scraper)

@@ -1,0 +1,164 @@
+"""Plugin interfaces of the scheduler, mirroring llm-d's framework (filters, scorers, pickers,
+profile handlers, data producers, pre-request hooks, saturation detectors).
+
+A plugin is a small class; its ``type_name`` is the llm-d ``type`` string and its instance ``name``
+is the config's ``name`` (defaulting to the type). Scorers return one score in [0, 1] per endpoint,
+in the order given, so the profile can add weighted scores without building dictionaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from epp.datastore import Endpoint
+
+
+@dataclass(slots=True)
+class SchedulingRequest:
+    request_id: str
+    target_model: str
+    prompt_text: str
+    headers: Mapping[str, str]
+    lora_adapter: str | None = None
+    priority: int = 0
+    now: float = 0.0  # time.monotonic() when scheduling started
+    # Per-request scratch space shared by plugins (e.g. the prefix producer's block hashes and
+    # per-endpoint match lengths), keyed by the producing plugin's name.
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileResult:
+    targets: tuple[Endpoint, ...]  # the picker's choice: primary first, then fallbacks
+    scores: tuple[float, ...]  # weighted total score of each target
+
+
+@dataclass(slots=True)
+class SchedulingResult:
+    results: dict[str, ProfileResult | None]
+    primary_profile: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> ProfileResult | None:
+        return self.results.get(self.primary_profile)
+
+
+class Plugin:
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        """Second construction phase: look up plugins this one refers to by name."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Filter(Plugin):
+    def filter(self, request: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        raise NotImplementedError
+
+
+class Scorer(Plugin):
+    def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        raise NotImplementedError
+
+
+class Picker(Plugin):
+    def pick(
+        self, request: SchedulingRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]
+    ) -> ProfileResult:
+        raise NotImplementedError
+
+
+class DataProducer(Plugin):
+    """Runs once per request before scheduling (e.g. prefix-cache match lookup)."""
+
+    def produce(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> None:
+        raise NotImplementedError
+
+
+class PreRequest(Plugin):
+    """Runs once per request after a successful scheduling decision."""
+
+    def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:
+        raise NotImplementedError
+
+
+class EndpointSetObserver(Plugin):
+    """Told when the endpoint set changes, to drop state about endpoints that left."""
+
+    def endpoints_changed(self, live_hostports: frozenset[str]) -> None:
+        raise NotImplementedError
+
+
+class SaturationDetector(Plugin):
+    def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+        """0 = idle; >= 1.0 = saturated."""
+        raise NotImplementedError
+
+    def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
+        raise NotImplementedError
+
+
+class Decider(Plugin):
+    """Decides whether a request is disaggregated, given the already-picked decode endpoint."""
+
+    def disaggregate(self, request: SchedulingRequest, decode_target: Endpoint) -> bool:
+        raise NotImplementedError
+
+
+class DataLayerPlugin(Plugin):
+    """Configures the metrics scraper; does not take part in scheduling."""
+
+
+class ProfileHandler(Plugin):
+    def pick_profiles(
+        self,
+        request: SchedulingRequest,
+        profiles: Mapping[str, SchedulerProfile],
+        results: Mapping[str, ProfileResult | None],
+    ) -> list[SchedulerProfile]:
+        """Profiles to run next, given results so far; empty ends the loop."""
+        raise NotImplementedError
+
+    def process_results(
+        self, request: SchedulingRequest, results: dict[str, ProfileResult | None]
+    ) -> SchedulingResult:
+        raise NotImplementedError
+
+    def validate_profiles(self, profile_names: Sequence[str]) -> None:
+        """Raise ConfigError when the configured profiles do not fit this handler."""
+
+
+class SchedulerProfile:
+    """Filters → weighted scorers → picker, over the candidate endpoints."""
+
+    def __init__(
+        self, name: str, filters: list[Filter], scorers: list[tuple[Scorer, float]], picker: Picker
+    ) -> None:
+        self.name = name
+        self.filters = filters
+        self.scorers = scorers
+        self.picker = picker
+
+    def run(self, request: SchedulingRequest, candidates: Sequence[Endpoint]) -> ProfileResult | None:
+        endpoints = list(candidates)
+        for endpoint_filter in self.filters:
+            endpoints = endpoint_filter.filter(request, endpoints)
+            if not endpoints:
+                return None
+        totals = [0.0] * len(endpoints)
+        for scorer, weight in self.scorers:
+            for index, score in enumerate(scorer.score(request, endpoints)):
+                totals[index] += weight * score
+        result = self.picker.pick(request, endpoints, totals)
+        return result if result.targets else None
+
+    def __repr__(self) -> str:
+        return f"SchedulerProfile({self.name!r})"

@@ -1,0 +1,134 @@
+"""Concurrent scraping of every endpoint's model-server metrics.
+
+One asyncio task per endpoint polls ``scheme://ip:metricsPort/path`` every ``interval`` seconds over
+a shared keep-alive aiohttp session, so a slow or dead pod only delays itself. A successful scrape
+swaps in a new :class:`EndpointMetrics`; a failure bumps the endpoint's failure count (so the
+director stops picking it) and keeps the last values for diagnostics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+import aiohttp
+
+from epp.datastore import Datastore, Endpoint
+from epp.scheduling import metrics as epp_metrics
+from epp.scrape.parser import VLLM, MetricNames, MetricsParseError, parse_metrics
+
+log = logging.getLogger(__name__)
+
+
+class MetricsScraper:
+    def __init__(
+        self,
+        datastore: Datastore,
+        *,
+        interval: float,
+        timeout: float = 1.0,
+        scheme: str = "http",
+        path: str = "/metrics",
+        insecure_skip_verify: bool = True,
+        names: MetricNames = VLLM,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"scrape interval must be positive, got {interval}")
+        self.datastore = datastore
+        self.interval = interval
+        self.timeout = timeout
+        self.scheme, self.path = scheme, path
+        self.insecure_skip_verify = insecure_skip_verify
+        self.names = names
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.scrapes = 0  # completed scrape attempts, for benchmarks and tests
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # one connection per endpoint at most anyway: each task scrapes serially
+            ssl=not self.insecure_skip_verify,
+            keepalive_timeout=max(30.0, self.interval * 4),
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            auto_decompress=True,
+        )
+        self.datastore.add_listener(self.sync)
+        self.sync()
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def sync(self) -> None:
+        """Start a polling task for every new endpoint, cancel those of departed ones."""
+        if self._session is None:
+            return
+        live = {endpoint.hostport: endpoint for endpoint in self.datastore.endpoints()}
+        for hostport in list(self._tasks):
+            if hostport not in live:
+                self._tasks.pop(hostport).cancel()
+        for hostport, endpoint in live.items():
+            if hostport not in self._tasks:
+                self._tasks[hostport] = asyncio.create_task(self._poll(endpoint), name=f"scrape {hostport}")
+
+    async def _poll(self, endpoint: Endpoint) -> None:
+        # A random first delay spreads the pool's scrapes over the interval instead of in bursts.
+        await asyncio.sleep(random.uniform(0, self.interval))
+        while True:
+            started = time.monotonic()
+            await self.scrape(endpoint)
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def scrape(self, endpoint: Endpoint) -> bool:
+        """One scrape of one endpoint; True on success. Never raises for pod-side failures."""
+        assert self._session is not None, "start() first"
+        url = f"{self.scheme}://{endpoint.address}:{endpoint.metrics_port}{self.path}"
+        started = time.monotonic()
+        try:
+            async with self._session.get(url) as response:
+                if response.status != 200:
+                    raise MetricsParseError(f"HTTP {response.status}")
+                body = await response.read()
+            endpoint.metrics = parse_metrics(body.decode("utf-8", "replace"), time.monotonic(), self.names)
+        except (aiohttp.ClientError, TimeoutError, MetricsParseError, OSError) as exc:
+            self._failed(endpoint, url, exc)
+            return False
+        finally:
+            self.scrapes += 1
+            epp_metrics.SCRAPE_SECONDS.observe(time.monotonic() - started)
+        if endpoint.scrape_failures:
+            log.info(
+                "metrics of %s (%s) are back after %d failed scrapes",
+                endpoint.name,
+                url,
+                endpoint.scrape_failures,
+            )
+        endpoint.scrape_failures = 0
+        endpoint.scrape_error = None
+        return True
+
+    def _failed(self, endpoint: Endpoint, url: str, exc: BaseException) -> None:
+        endpoint.scrape_failures += 1
+        endpoint.scrape_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        epp_metrics.SCRAPE_ERRORS.labels(endpoint.hostport).inc()
+        if endpoint.scrape_failures == 1:  # log the transition, not every 50 ms
+            log.warning(
+                "scraping %s (%s) failed: %s; not picking it until it recovers",
+                endpoint.name,
+                url,
+                endpoint.scrape_error,
+            )
