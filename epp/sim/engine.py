@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from epp.sim.kvcache import BlockPool, BlockTable
@@ -84,6 +84,7 @@ class Engine:
         params: SimParams,
         observer: EngineObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.params = params
         self.pool = BlockPool(params.num_blocks)
@@ -91,7 +92,9 @@ class Engine:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.steps = 0
+        # Injectable so tests can run the engine on a virtual clock, deterministically.
         self._clock = clock
+        self._sleep = sleep
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -111,6 +114,7 @@ class Engine:
             raise RequestTooLarge(
                 f"request needs {blocks_needed} KV blocks, the cache has {self.params.num_blocks}"
             )
+        seq.arrival = self._clock()
         self.waiting.append(seq)
         self._wake.set()
 
@@ -137,7 +141,7 @@ class Engine:
                 + p.prefill_per_token_s * sum(prefill_chunks.values())
                 + p.decode_per_seq_s * len(decoders)
             )
-            await asyncio.sleep(step)
+            await self._sleep(step)
             self.steps += 1
             self._advance(prefill_chunks, decoders)
 
