@@ -1,0 +1,7 @@
+"""``python -m epp``: run the endpoint picker (see ``epp.cli`` for the flags)."""
+
+import sys
+
+from epp.cli import main
+
+sys.exit(main())

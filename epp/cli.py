@@ -1,0 +1,240 @@
+"""``python -m epp``: llm-d-compatible flags → RuntimeOptions + ServerOptions → a running EPP.
+
+Flag names and defaults follow the llm-d router where one exists (``--pool-name``, ``--grpc-port``,
+``--refresh-metrics-interval`` ...). Two deliberate differences: ``--secure-serving`` defaults to
+false (local runs and the bundled Envoy speak plaintext gRPC; upstream defaults to true), and
+``--endpoints-file`` offers static discovery instead of Kubernetes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from epp.server import EppServer, ServerOptions, StreamSettings, TlsFiles
+from epp.server.stream import BodyMode
+
+if TYPE_CHECKING:
+    from epp.runtime import Runtime, RuntimeOptions
+
+log = logging.getLogger("epp")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """Seconds, either a plain number (``0.05``) or a Go duration as llm-d takes it (``50ms``, ``1m30s``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(
+                f"not a duration: {text!r} (use seconds or e.g. 50ms, 2s)"
+            ) from None
+        value = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"duration must not be negative: {text!r}")
+    return value
+
+
+def boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in {"true", "1", "yes", "on"}:
+        return True
+    if lowered in {"false", "0", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m epp",
+        description="Endpoint picker for Envoy ext_proc (Gateway API Inference Extension protocol).",
+    )
+    pool = parser.add_argument_group("endpoints (exactly one of --pool-name / --endpoints-file)")
+    pool.add_argument("--pool-name", help="InferencePool to watch in Kubernetes")
+    pool.add_argument("--pool-namespace", default="default", help="namespace of the pool (default: default)")
+    pool.add_argument("--pool-group", default="inference.networking.k8s.io", help="API group of the pool")
+    pool.add_argument(
+        "--endpoints-file", type=Path, help="static endpoints (YAML/JSON), re-read when it changes"
+    )
+    pool.add_argument("--served-models", help="comma-separated model names; any other model gets 404")
+
+    config = parser.add_mutually_exclusive_group()
+    config.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
+    config.add_argument("--config-text", help="EndpointPickerConfig YAML text")
+
+    net = parser.add_argument_group("listeners")
+    net.add_argument("--host", default="0.0.0.0", help="bind address of all listeners (default: 0.0.0.0)")
+    net.add_argument("--grpc-port", type=port, default=9002, help="ext_proc gRPC port")
+    net.add_argument("--grpc-health-port", type=port, default=9003, help="gRPC health port")
+    net.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
+    net.add_argument(
+        "--secure-serving",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="serve ext_proc and health over TLS (default false here; needs --cert-path)",
+    )
+    net.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
+
+    tuning = parser.add_argument_group("behaviour")
+    tuning.add_argument("--refresh-metrics-interval", type=duration, default=0.05, help="scrape period")
+    tuning.add_argument("--metrics-staleness-threshold", type=duration, default=2.0, help="stale metrics age")
+    tuning.add_argument(
+        "--max-request-body-bytes", type=positive_int, default=4 * 1024 * 1024, help="larger bodies get 413"
+    )
+    tuning.add_argument(
+        "--body-mode",
+        choices=[m.value for m in BodyMode],
+        default=BodyMode.FULL_DUPLEX_STREAMED.value,
+        help="assumed request body mode when the proxy does not announce one",
+    )
+    tuning.add_argument("--decision-timeout", type=duration, default=30.0, help="longest scheduling wait")
+    tuning.add_argument("--drain-timeout", type=duration, default=30.0, help="serving time after SIGTERM")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, ServerOptions, str]:
+    """Validate the command line; on a bad combination exit with status 2 and a message naming it."""
+    from epp.runtime import RuntimeOptions
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.pool_name) == bool(args.endpoints_file):
+        parser.error("exactly one of --pool-name or --endpoints-file is required")
+    if args.endpoints_file is not None and not args.endpoints_file.is_file():
+        parser.error(f"--endpoints-file {args.endpoints_file}: no such file")
+    config_text = _config_text(parser, args)
+    tls = None
+    if args.secure_serving:
+        if args.cert_path is None:
+            parser.error("--secure-serving needs --cert-path (a directory with tls.crt and tls.key)")
+        tls = TlsFiles(cert=args.cert_path / "tls.crt", key=args.cert_path / "tls.key")
+        for path in (tls.cert, tls.key):
+            if not path.is_file():
+                parser.error(f"--cert-path: {path} is missing")
+    served = None
+    if args.served_models:
+        served = frozenset(m.strip() for m in args.served_models.split(",") if m.strip())
+        if not served:
+            parser.error("--served-models names no model")
+
+    runtime_options = RuntimeOptions(
+        config_text=config_text,
+        pool_name=args.pool_name,
+        pool_namespace=args.pool_namespace,
+        pool_group=args.pool_group,
+        endpoints_file=args.endpoints_file,
+        refresh_metrics_interval=args.refresh_metrics_interval,
+        metrics_staleness_threshold=args.metrics_staleness_threshold,
+        served_models=served,
+    )
+    server_options = ServerOptions(
+        host=args.host,
+        grpc_port=args.grpc_port,
+        grpc_health_port=args.grpc_health_port,
+        metrics_port=args.metrics_port,
+        stream=StreamSettings(
+            max_request_body_bytes=args.max_request_body_bytes,
+            decision_timeout=args.decision_timeout,
+            default_body_mode=BodyMode(args.body_mode),
+        ),
+        drain_timeout=args.drain_timeout,
+        tls=tls,
+    )
+    return runtime_options, server_options, args.log_level
+
+
+def _config_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    from epp.config.loader import DEFAULT_CONFIG
+
+    if args.config_text is not None:
+        return str(args.config_text)
+    if args.config_file is not None:
+        try:
+            return str(args.config_file.read_text())
+        except OSError as exc:
+            parser.error(f"--config-file {args.config_file}: {exc.strerror}")
+    return DEFAULT_CONFIG
+
+
+async def serve(runtime: Runtime, options: ServerOptions) -> None:
+    """Run until SIGTERM (drain, then stop) or SIGINT / a second signal (stop now)."""
+    loop = asyncio.get_running_loop()
+    stop_now, drain_then_stop = asyncio.Event(), asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if drain_then_stop.is_set() or sig is signal.SIGINT:
+            stop_now.set()
+        drain_then_stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    await runtime.start()
+    server = EppServer(runtime.director, options)
+    try:
+        await server.start()
+        await drain_then_stop.wait()
+        if not stop_now.is_set():
+            drain = asyncio.create_task(server.drain())
+            stopper = asyncio.create_task(stop_now.wait())
+            await asyncio.wait({drain, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (drain, stopper):
+                task.cancel()
+    finally:
+        await server.stop()
+        await runtime.stop()
+        log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    runtime_options, server_options, log_level = parse_args(argv)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    from epp.config.errors import ConfigError
+    from epp.runtime import build_runtime
+
+    try:
+        runtime = build_runtime(runtime_options)
+    except ConfigError as exc:
+        print(f"epp: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(runtime, server_options))
+    except OSError as exc:  # typically a port already in use
+        print(f"epp: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if "bind" in str(exc).lower() or "port" in str(exc).lower():
+            print(f"epp: cannot serve: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return 0
