@@ -1,0 +1,10 @@
+"""The policy pack is a plain directory the Pulumi CLI runs with itself on sys.path: tests do the same."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
+if str(POLICY_DIR) not in sys.path:
+    sys.path.insert(0, str(POLICY_DIR))
