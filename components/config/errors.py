@@ -1,0 +1,123 @@
+"""One readable error for everything wrong with a stack's configuration.
+
+Pydantic reports problems as (location, type, context) tuples. Operators read
+``llmd:decode.replicas must be >= 1 (got 0)``, so this module translates each tuple into a sentence
+that names the full key path, the problem and, where the set is finite, the allowed values.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+NAMESPACE = "llmd"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad key: ``path`` is the camelCase key path without the namespace (``decode.replicas``)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{NAMESPACE}:{self.path} {self.message}"
+
+
+class ConfigError(ValueError):
+    """The stack configuration is invalid; raised before any resource is registered."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"invalid stack configuration ({len(self.problems)} {noun}):\n{lines}")
+
+
+def format_path(loc: Iterable[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def problems_from_validation_error(error: ValidationError, root: type[BaseModel]) -> list[Problem]:
+    return [Problem(format_path(detail["loc"]), _describe(detail, root)) for detail in error.errors()]
+
+
+def _describe(detail: ErrorDetails, root: type[BaseModel]) -> str:
+    kind = detail["type"]
+    ctx: dict[str, Any] = dict(detail.get("ctx") or {})
+    got = f"(got {_show(detail['input'])})"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(root, detail["loc"][:-1])
+        listing = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"is not a known key{listing}"
+    if kind == "missing":
+        return "is required"
+    bounds = {
+        "greater_than_equal": ">= {ge}",
+        "greater_than": "> {gt}",
+        "less_than_equal": "<= {le}",
+        "less_than": "< {lt}",
+    }
+    if kind in bounds:
+        return f"must be {bounds[kind].format(**ctx)} {got}"
+    if kind in ("literal_error", "enum"):
+        return f"must be one of {ctx.get('expected', '?')} {got}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx['pattern']} {got}"
+    if kind == "string_too_short":
+        return f"must have at least {ctx['min_length']} character(s) {got}"
+    if kind == "string_too_long":
+        return f"must have at most {ctx['max_length']} characters {got}"
+    if kind == "value_error":
+        return f"{ctx.get('error', detail['msg'])} {got}"
+    return f"{detail['msg'][:1].lower()}{detail['msg'][1:]} {got}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _allowed_keys(root: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The camelCase keys the model at ``loc`` accepts (walks nested models, lists and dicts)."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue  # list index: the element model was already resolved from the field type
+        field = next(
+            (f for name, f in model.model_fields.items() if part in (name, f.alias)),
+            None,
+        )
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return []
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
