@@ -22,9 +22,16 @@ class VirtualTime:
         await asyncio.sleep(0)
 
 
-PARAMS = SimParams(model="m", block_size=16, kv_cache_tokens=16 * 1000, max_num_seqs=4,
-                   max_num_batched_tokens=512, step_overhead_s=0.002, prefill_per_token_s=0.0001,
-                   decode_per_seq_s=0.001)
+PARAMS = SimParams(
+    model="m",
+    block_size=16,
+    kv_cache_tokens=16 * 1000,
+    max_num_seqs=4,
+    max_num_batched_tokens=512,
+    step_overhead_s=0.002,
+    prefill_per_token_s=0.0001,
+    decode_per_seq_s=0.001,
+)
 
 
 @pytest.fixture
@@ -46,8 +53,13 @@ class running:
 
 
 def make_seq(text: str, max_tokens: int = 4, **kw) -> Sequence:
-    return Sequence(request_id=text[:8], prompt_tokens=-(-len(text) // 4),
-                    hashes=block_hashes(text, 16), max_tokens=max_tokens, **kw)
+    return Sequence(
+        request_id=text[:8],
+        prompt_tokens=-(-len(text) // 4),
+        hashes=block_hashes(text, 16),
+        max_tokens=max_tokens,
+        **kw,
+    )
 
 
 async def finish(engine: Engine, *seqs: Sequence) -> None:
@@ -130,8 +142,8 @@ async def test_preemption_when_decode_outgrows_the_cache():
 async def test_abort_frees_the_slot_and_blocks(engine):
     seq = make_seq("z" * 400, max_tokens=1000)
     engine.submit(seq)
-    while seq.generated < 2:
-        await asyncio.sleep(0)
+    for _ in range(2):  # wait for two tokens
+        await asyncio.wait_for(seq.tokens.get(), 5)
     engine.abort(seq)
     await asyncio.wait_for(seq.done.wait(), 5)
     assert seq.finish_reason == "abort"
@@ -167,5 +179,5 @@ def test_a_request_larger_than_the_cache_is_refused():
 
 
 def test_parameters_are_validated():
-    with pytest.raises(ValueError, match="max_num_seqs must be >= 1.*prefill_per_token_s must be >= 0"):
+    with pytest.raises(ValueError, match=r"max_num_seqs must be >= 1.*prefill_per_token_s must be >= 0"):
         SimParams(model="m", max_num_seqs=0, prefill_per_token_s=-1)

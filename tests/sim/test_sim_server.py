@@ -11,17 +11,55 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.sim.params import SimParams
 from epp.sim.server import SimServer
 
-FAST = {"request_overhead_s": 0.0, "step_overhead_s": 0.0005, "prefill_per_token_s": 0.000001,
-        "decode_per_seq_s": 0.0001, "kv_transfer_per_block_s": 0.0}
+FAST = {
+    "request_overhead_s": 0.0,
+    "step_overhead_s": 0.0005,
+    "prefill_per_token_s": 0.000001,
+    "decode_per_seq_s": 0.0001,
+    "kv_transfer_per_block_s": 0.0,
+}
 
 # Field sets of vLLM 0.32.0's answers (captured from the real server; tests/slow re-checks them).
-COMPLETION_KEYS = {"id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
-                   "kv_transfer_params", "ec_transfer_params", "metrics"}
-COMPLETION_CHOICE_KEYS = {"index", "text", "logprobs", "finish_reason", "stop_reason", "token_ids",
-                          "prompt_logprobs", "prompt_token_ids", "routed_experts"}
-CHAT_KEYS = {"id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
-             "prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params", "ec_transfer_params",
-             "metrics"}
+COMPLETION_KEYS = {
+    "id",
+    "object",
+    "created",
+    "model",
+    "choices",
+    "service_tier",
+    "system_fingerprint",
+    "usage",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "metrics",
+}
+COMPLETION_CHOICE_KEYS = {
+    "index",
+    "text",
+    "logprobs",
+    "finish_reason",
+    "stop_reason",
+    "token_ids",
+    "prompt_logprobs",
+    "prompt_token_ids",
+    "routed_experts",
+}
+CHAT_KEYS = {
+    "id",
+    "object",
+    "created",
+    "model",
+    "choices",
+    "service_tier",
+    "system_fingerprint",
+    "usage",
+    "prompt_logprobs",
+    "prompt_token_ids",
+    "prompt_text",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "metrics",
+}
 
 
 async def start(params: SimParams) -> tuple[TestServer, aiohttp.ClientSession]:
@@ -42,8 +80,11 @@ async def metrics(session: aiohttp.ClientSession) -> dict[str, float]:
     async with session.get("/metrics") as r:
         assert r.status == 200
         text = await r.text()
-    return {f"{s.name}{json.dumps(dict(sorted(s.labels.items())))}": s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        f"{s.name}{json.dumps(dict(sorted(s.labels.items())))}": s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict[str, float], name: str, **labels: str) -> float:
@@ -57,7 +98,7 @@ async def sse_events(response: aiohttp.ClientResponse) -> list[str]:
     assert raw.endswith("\n\n")
     events = raw.split("\n\n")[:-1]
     assert all(e.startswith("data: ") for e in events)
-    return [e[len("data: "):] for e in events]
+    return [e[len("data: ") :] for e in events]
 
 
 async def test_health_and_models(sim):
@@ -67,7 +108,8 @@ async def test_health_and_models(sim):
         body = await r.json()
     assert body["object"] == "list"
     assert [(m["id"], m["object"], m["owned_by"], m["max_model_len"]) for m in body["data"]] == [
-        ("tiny", "model", "vllm", 4096)]
+        ("tiny", "model", "vllm", 4096)
+    ]
 
 
 async def test_completion_shape_and_usage(sim):
@@ -79,8 +121,13 @@ async def test_completion_shape_and_usage(sim):
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     assert body["choices"][0]["finish_reason"] == "length"
     assert len(body["choices"][0]["text"].split()) == 3
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,
-                             "prompt_tokens_details": None, "completion_tokens_details": None}
+    assert body["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "total_tokens": 13,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
 
 
 async def test_chat_shape_and_default_length(sim):
@@ -94,8 +141,13 @@ async def test_chat_shape_and_default_length(sim):
 
 
 async def test_completion_stream_with_usage(sim):
-    request = {"model": "tiny", "prompt": "hello", "max_tokens": 3, "stream": True,
-               "stream_options": {"include_usage": True}}
+    request = {
+        "model": "tiny",
+        "prompt": "hello",
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     async with sim.post("/v1/completions", json=request) as r:
         events = await sse_events(r)
     assert events[-1] == "[DONE]"
@@ -106,8 +158,12 @@ async def test_completion_stream_with_usage(sim):
 
 
 async def test_chat_stream_without_usage_starts_with_the_role(sim):
-    request = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 2,
-               "stream": True}
+    request = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_completion_tokens": 2,
+        "stream": True,
+    }
     async with sim.post("/v1/chat/completions", json=request) as r:
         events = await sse_events(r)
     chunks = [json.loads(e) for e in events[:-1]]
@@ -119,14 +175,26 @@ async def test_chat_stream_without_usage_starts_with_the_role(sim):
 
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
-    [("/v1/completions", {"model": "other", "prompt": "x"}, 404, "The model `other` does not exist"),
-     ("/v1/completions", {"model": "tiny"}, 400, "prompt"),
-     ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens must be"),
-     ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "max_model_len=4096"),
-     ("/v1/completions", {"model": "tiny", "prompt": "x" * 16000, "max_tokens": 200}, 400, "context length"),
-     ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one text prompt"),
-     ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
-     ("/v1/completions", {"model": "tiny", "prompt": "x", "stream": "yes"}, 400, "stream must be a boolean")],
+    [
+        ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "The model `other` does not exist"),
+        ("/v1/completions", {"model": "tiny"}, 400, "prompt"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens must be"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 5000}, 400, "max_model_len=4096"),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x" * 16000, "max_tokens": 200},
+            400,
+            "context length",
+        ),
+        ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "one text prompt"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x", "stream": "yes"},
+            400,
+            "stream must be a boolean",
+        ),
+    ],
 )
 async def test_bad_requests_get_vllm_style_errors(sim, path, body, status, message):
     async with sim.post(path, json=body) as r:
@@ -137,7 +205,9 @@ async def test_bad_requests_get_vllm_style_errors(sim, path, body, status, messa
 
 
 async def test_invalid_json_is_a_400(sim):
-    async with sim.post("/v1/completions", data=b"{not json", headers={"content-type": "application/json"}) as r:
+    async with sim.post(
+        "/v1/completions", data=b"{not json", headers={"content-type": "application/json"}
+    ) as r:
         assert r.status == 400
         assert "JSON" in (await r.json())["error"]["message"]
 
@@ -149,8 +219,10 @@ async def test_metrics_track_prefix_hits_and_requests(sim):
         async with sim.post("/v1/completions", json=prompt) as r:
             assert r.status == 200
     after = await metrics(sim)
-    assert value(after, "vllm:prefix_cache_queries_total") - value(before, "vllm:prefix_cache_queries_total") \
+    assert (
+        value(after, "vllm:prefix_cache_queries_total") - value(before, "vllm:prefix_cache_queries_total")
         == 2000
+    )
     assert value(after, "vllm:prefix_cache_hits_total") == 992
     assert value(after, "vllm:request_success_total", finished_reason="length") == 2
     assert value(after, "vllm:time_to_first_token_seconds_count") == 2
@@ -176,8 +248,13 @@ async def test_pd_prefill_then_decode_moves_the_kv():
     decode_server, decode = await start(SimParams(model="tiny", role="decode", **FAST))
     try:
         prompt = "k" * 4000
-        prefill_request = {"model": "tiny", "prompt": prompt, "max_tokens": 1, "stream": False,
-                           "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False}}
+        prefill_request = {
+            "model": "tiny",
+            "prompt": prompt,
+            "max_tokens": 1,
+            "stream": False,
+            "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False},
+        }
         async with prefill.post("/v1/completions", json=prefill_request) as r:
             kv = (await r.json())["kv_transfer_params"]
         assert kv["do_remote_prefill"] is True and kv["do_remote_decode"] is False
@@ -185,8 +262,10 @@ async def test_pd_prefill_then_decode_moves_the_kv():
         assert isinstance(kv["remote_engine_id"], str) and len(kv["remote_block_ids"]) == 63
         # The sim serves pulls on its HTTP port: point the params at the test server's port.
         kv["remote_port"] = prefill_server.port
-        async with decode.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 4,
-                                                        "kv_transfer_params": kv}) as r:
+        async with decode.post(
+            "/v1/completions",
+            json={"model": "tiny", "prompt": prompt, "max_tokens": 4, "kv_transfer_params": kv},
+        ) as r:
             assert r.status == 200
             assert (await r.json())["usage"]["completion_tokens"] == 4
         d = await metrics(decode)
@@ -196,8 +275,9 @@ async def test_pd_prefill_then_decode_moves_the_kv():
         assert value(await metrics(prefill), "vllm:kv_cache_usage_perc") == 0  # freed after the pull
 
         # Pulling the same blocks twice fails: the decoder recomputes and counts the failure.
-        async with decode.post("/v1/completions", json={"model": "tiny", "prompt": "q" * 400,
-                                                        "kv_transfer_params": kv}) as r:
+        async with decode.post(
+            "/v1/completions", json={"model": "tiny", "prompt": "q" * 400, "kv_transfer_params": kv}
+        ) as r:
             assert r.status == 200
         d = await metrics(decode)
         assert value(d, "vllm:nixl_num_failed_transfers_total") == 1

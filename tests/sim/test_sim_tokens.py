@@ -21,16 +21,25 @@ def test_block_hashes_chain_so_equal_hashes_mean_equal_prefixes():
 
 
 def test_chat_rendering_is_chatml_with_generation_prompt():
-    text = render_chat([{"role": "system", "content": "be brief"},
-                        {"role": "user", "content": [{"type": "text", "text": "hi"}]}])
-    assert text == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    text = render_chat(
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        ]
+    )
+    assert (
+        text
+        == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 @pytest.mark.parametrize(
     ("messages", "error"),
-    [([{"content": "x"}], "messages\\[0\\] must be an object with a string 'role'"),
-     ([{"role": "user", "content": [{"type": "image_url"}]}], "only text parts"),
-     ([{"role": "user", "content": 5}], "must be a string or a list")],
+    [
+        ([{"content": "x"}], "messages\\[0\\] must be an object with a string 'role'"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "only text parts"),
+        ([{"role": "user", "content": 5}], "must be a string or a list"),
+    ],
 )
 def test_chat_rendering_rejects_what_it_cannot_tokenize(messages, error):
     with pytest.raises(ValueError, match=error):
