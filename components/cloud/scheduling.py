@@ -1,0 +1,80 @@
+"""Node labels and taints shared by the GKE and EKS GPU pools.
+
+Config speaks Kubernetes (`effect: NoSchedule`); each cloud API wants its own spelling
+(`NO_SCHEDULE` on both GKE and EKS), and model-server pods need the matching tolerations. Keeping
+the three views here means a taint added in a stack file is always tolerated by the pools.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic.alias_generators import to_camel
+
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+_CLOUD_EFFECT: dict[str, str] = {
+    "NoSchedule": "NO_SCHEDULE",
+    "PreferNoSchedule": "PREFER_NO_SCHEDULE",
+    "NoExecute": "NO_EXECUTE",
+}
+
+# Kubernetes qualified name with optional DNS prefix (the shape label and taint keys must have).
+_QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+# Both clouds put this taint on GPU nodes (GKE always; EKS through the NVIDIA AMI guidance), and the
+# NVIDIA device plugin tolerates it, so model-server pods must tolerate it too.
+GPU_TOLERATION: dict[str, Any] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class NodeTaint(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    key: str
+    value: str = ""
+    effect: TaintEffect = "NoSchedule"
+
+    @field_validator("key")
+    @classmethod
+    def _key_is_qualified_name(cls, key: str) -> str:
+        if not _QUALIFIED_NAME.match(key):
+            raise ValueError(f"taint key '{key}' is not a Kubernetes qualified name")
+        return key
+
+    @field_validator("value")
+    @classmethod
+    def _value_is_label_value(cls, value: str) -> str:
+        if not _LABEL_VALUE.match(value):
+            raise ValueError(f"taint value '{value}' is not a valid Kubernetes label value")
+        return value
+
+    @property
+    def cloud_effect(self) -> str:
+        return _CLOUD_EFFECT[self.effect]
+
+    def toleration(self) -> dict[str, Any]:
+        if self.value:
+            return {"key": self.key, "operator": "Equal", "value": self.value, "effect": self.effect}
+        return {"key": self.key, "operator": "Exists", "effect": self.effect}
+
+
+def validate_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not _QUALIFIED_NAME.match(key):
+            raise ValueError(f"node label key '{key}' is not a Kubernetes qualified name")
+        if not _LABEL_VALUE.match(value):
+            raise ValueError(f"node label '{key}' has an invalid value '{value}'")
+    return labels
+
+
+def pool_tolerations(taints: list[NodeTaint]) -> list[dict[str, Any]]:
+    """Tolerations a model-server pod needs on the GPU pool: every configured taint plus the GPU one."""
+    tolerations = [GPU_TOLERATION]
+    tolerations += [taint.toleration() for taint in taints if taint.key != GPU_TOLERATION["key"]]
+    return tolerations
