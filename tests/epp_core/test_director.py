@@ -1,0 +1,172 @@
+"""The director: error mapping, subset hints, metrics health, P/D decisions, in-flight bookkeeping."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from epp.config.loader import load_config
+from epp.datastore import Datastore, EndpointMetrics
+from epp.director import SchedulingDirector
+from epp.types import EppError, Usage
+from epp_core.helpers import inference_request, spec
+from epp_core.test_config import PD_SAMPLE
+
+HEADER = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+LOAD_ONLY = HEADER + "plugins: [{type: load-aware-scorer, parameters: {threshold: 100}}]\n"
+
+
+def _director(
+    config_text: str | None = None,
+    count: int = 3,
+    *,
+    served: frozenset[str] | None = None,
+    labels: list[dict[str, str]] | None = None,
+) -> tuple[SchedulingDirector, Datastore]:
+    datastore = Datastore()
+    director = SchedulingDirector(
+        datastore, load_config(config_text), served_models=served, metrics_staleness=2.0
+    )
+    datastore.replace_endpoints(
+        spec(f"pod-{i}", i + 1, labels=(labels[i] if labels else None)) for i in range(count)
+    )
+    for ep in datastore.endpoints():
+        ep.metrics = EndpointMetrics(updated_at=time.monotonic())
+    return director, datastore
+
+
+async def test_not_ready_until_endpoints_sync() -> None:
+    datastore = Datastore()
+    director = SchedulingDirector(datastore, load_config(None))
+    assert not director.ready()
+    datastore.replace_endpoints([])
+    assert director.ready()
+
+
+async def test_unknown_model_is_404_only_when_models_are_fixed() -> None:
+    director, _ = _director(served=frozenset({"llama"}))
+    with pytest.raises(EppError) as caught:
+        await director.handle_request(inference_request(model="gpt"))
+    assert caught.value.status == 404 and "gpt" in caught.value.message
+    assert (await director.handle_request(inference_request(model="llama"))).endpoints
+    open_director, _ = _director()
+    assert (await open_director.handle_request(inference_request(model="anything"))).endpoints
+
+
+async def test_empty_pool_is_503_no_endpoints() -> None:
+    director, _ = _director(count=0)
+    with pytest.raises(EppError) as caught:
+        await director.handle_request(inference_request())
+    assert (caught.value.status, caught.value.reason) == (503, "rejected-no-endpoints")
+
+
+async def test_subset_hint_matches_ip_only_and_empty_subset_is_503() -> None:
+    director, datastore = _director(count=3)
+    target = datastore.endpoints()[2]
+    decision = await director.handle_request(inference_request(subset=[f"{target.address}:9999"]))
+    assert decision.endpoints == (target.hostport,)
+    for subset in ([], ["192.0.2.1:8000"]):
+        with pytest.raises(EppError) as caught:
+            await director.handle_request(inference_request(subset=subset))
+        assert (caught.value.status, caught.value.reason) == (503, "rejected-no-endpoints")
+
+
+async def test_sheddable_request_is_429_when_saturated_but_critical_is_served() -> None:
+    director, datastore = _director()
+    datastore.set_objectives({"batch": -1, "chat": 10})
+    for ep in datastore.endpoints():
+        ep.metrics = EndpointMetrics(waiting=50, kv_usage=0.95, updated_at=time.monotonic())
+    with pytest.raises(EppError) as caught:
+        await director.handle_request(inference_request(objective="batch"))
+    assert (caught.value.status, caught.value.reason) == (429, "rejected-saturated")
+    assert (await director.handle_request(inference_request(objective="chat"))).endpoints
+    assert (await director.handle_request(inference_request(objective="unknown"))).endpoints  # priority 0
+
+
+async def test_filters_removing_everything_is_429() -> None:
+    director, _ = _director(HEADER + "plugins: [{type: prefill-filter}]\n", labels=[{}, {}, {}])
+    with pytest.raises(EppError) as caught:
+        await director.handle_request(inference_request())
+    assert caught.value.status == 429
+
+
+async def test_failing_or_stale_endpoint_is_not_picked_but_all_failing_fails_open() -> None:
+    director, datastore = _director(LOAD_ONLY)
+    eps = datastore.endpoints()
+    eps[0].scrape_failures = 3
+    eps[1].metrics = EndpointMetrics(updated_at=time.monotonic() - 60)  # stale
+    picked = {(await director.handle_request(inference_request())).endpoints[0] for _ in range(20)}
+    assert picked == {eps[2].hostport}
+    eps[2].scrape_failures = 1
+    eps[1].scrape_failures = 1
+    decision = await director.handle_request(inference_request())
+    assert decision.endpoints[0] in {e.hostport for e in eps}
+
+
+async def test_in_flight_counts_are_exact_and_follow_the_served_endpoint() -> None:
+    director, datastore = _director(LOAD_ONLY)
+    requests = [inference_request() for _ in range(6)]
+    for request in requests:
+        await director.handle_request(request)
+    # load-aware scoring spreads six requests 2/2/2 across three idle pods
+    assert sorted(e.in_flight for e in datastore.endpoints()) == [2, 2, 2]
+    first = requests[0]
+    decision_target = director._flights[first.request_id].endpoint
+    other = next(e for e in datastore.endpoints() if e is not decision_target)
+    director.handle_response_headers(first, other.hostport, 200)  # Envoy used a fallback
+    assert director._flights[first.request_id].endpoint is other
+    assert decision_target.in_flight == 1 and other.in_flight == 3
+    for request in requests:
+        director.handle_response_complete(request, Usage(prompt_tokens=3), failed=False)
+    director.handle_response_complete(requests[0], None, failed=True)  # a duplicate is harmless
+    assert [e.in_flight for e in datastore.endpoints()] == [0, 0, 0]
+    assert director.in_flight() == 0
+
+
+async def test_pd_decision_counts_tokens_not_cached_on_the_chosen_decode_pod() -> None:
+    roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}, {"llm-d.ai/role": "decode"}]
+    director, datastore = _director(PD_SAMPLE, labels=roles)
+    prefill = datastore.endpoints()[0]
+    # 1024 bytes ≈ 256 tokens = exactly 4 blocks of 64 tokens, so all of it can be cached.
+    prompt = ("You are a helpful assistant. " * 40)[:1024]
+
+    first = await director.handle_request(inference_request(prompt))
+    assert first.endpoints[0] != prefill.hostport
+    assert first.headers == {"x-prefiller-host-port": prefill.hostport}
+
+    # Same prompt plus a few tokens: the decode pod now holds the prefix, fewer than 16 tokens
+    # are uncached, so the request stays on decode (prefix affinity keeps it on the same pod).
+    again = await director.handle_request(inference_request(prompt + "Hi!"))
+    assert again.endpoints == first.endpoints
+    assert again.headers == {}
+
+    # A long new suffix is again worth a remote prefill.
+    longer = await director.handle_request(inference_request(prompt + "Summarise this. " * 30))
+    assert longer.headers == {"x-prefiller-host-port": prefill.hostport}
+
+
+async def test_pd_short_prompt_is_decode_only() -> None:
+    roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
+    director, _ = _director(PD_SAMPLE, count=2, labels=roles)
+    decision = await director.handle_request(inference_request("tiny"))
+    assert decision.headers == {}
+
+
+async def test_prefix_affinity_and_fallback_list() -> None:
+    config = (
+        HEADER
+        + """
+plugins:
+- type: prefix-cache-scorer
+- type: max-score-picker
+  parameters: {maxNumOfEndpoints: 3}
+"""
+    )
+    director, _ = _director(config, count=4)
+    prompt = "shared context " * 100
+    first = await director.handle_request(inference_request(prompt + "question one"))
+    assert len(first.endpoints) == 3 and len(set(first.endpoints)) == 3
+    for question in ("two", "three", "four"):
+        decision = await director.handle_request(inference_request(prompt + question))
+        assert decision.endpoints[0] == first.endpoints[0]
