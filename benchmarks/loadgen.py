@@ -61,17 +61,18 @@ def _usage_completion_tokens(event: dict[str, object]) -> int | None:
     return None
 
 
-async def send_streaming(session: aiohttp.ClientSession, base_url: str, spec: RequestSpec,
-                         request_timeout_s: float
-                         ) -> tuple[int, float | None, float | None, int, str | None]:
+async def send_streaming(
+    session: aiohttp.ClientSession, base_url: str, spec: RequestSpec, request_timeout_s: float
+) -> tuple[int, float | None, float | None, int, str | None]:
     """POST one streaming request; returns (status, ttft, latency, output tokens, error)."""
     started = time.perf_counter()
     ttft: float | None = None
     text_events = 0
     reported_tokens: int | None = None
     try:
-        async with session.post(base_url + spec.path, json=dict(spec.body),
-                                timeout=aiohttp.ClientTimeout(total=request_timeout_s)) as response:
+        async with session.post(
+            base_url + spec.path, json=dict(spec.body), timeout=aiohttp.ClientTimeout(total=request_timeout_s)
+        ) as response:
             if response.status != 200:
                 detail = (await response.text())[:200]
                 return response.status, None, None, 0, f"HTTP {response.status}: {detail}"
@@ -98,9 +99,15 @@ async def send_streaming(session: aiohttp.ClientSession, base_url: str, spec: Re
     return 200, ttft, latency, reported_tokens if reported_tokens is not None else text_events, None
 
 
-async def run_open_loop(base_url: str, specs: Sequence[RequestSpec], offsets: Sequence[float], *,
-                        request_timeout_s: float = 60.0, max_in_flight: int = 1024,
-                        progress: ProgressCallback | None = None) -> list[RequestResult]:
+async def run_open_loop(
+    base_url: str,
+    specs: Sequence[RequestSpec],
+    offsets: Sequence[float],
+    *,
+    request_timeout_s: float = 60.0,
+    max_in_flight: int = 1024,
+    progress: ProgressCallback | None = None,
+) -> list[RequestResult]:
     """Send ``specs[i]`` at ``offsets[i]`` seconds after the start; return results in spec order.
 
     ``max_in_flight`` bounds the client's own resources; a request that would exceed it is recorded as
@@ -119,11 +126,13 @@ async def run_open_loop(base_url: str, specs: Sequence[RequestSpec], offsets: Se
             nonlocal finished, in_flight
             spec = specs[index]
             sent_at = time.perf_counter() - start
-            status, ttft, latency, tokens, error = await send_streaming(session, base_url, spec,
-                                                                            request_timeout_s)
+            status, ttft, latency, tokens, error = await send_streaming(
+                session, base_url, spec, request_timeout_s
+            )
             in_flight -= 1
-            results[index] = RequestResult(index, spec.group, offsets[index], sent_at, status, ttft, latency,
-                                           tokens, error)
+            results[index] = RequestResult(
+                index, spec.group, offsets[index], sent_at, status, ttft, latency, tokens, error
+            )
             finished += 1
             if progress is not None:
                 progress(finished, len(specs))
@@ -134,8 +143,17 @@ async def run_open_loop(base_url: str, specs: Sequence[RequestSpec], offsets: Se
             if delay > 0:
                 await asyncio.sleep(delay)
             if in_flight >= max_in_flight:
-                results[index] = RequestResult(index, specs[index].group, offset, offset, 0, None, None, 0,
-                                               f"client dropped: {max_in_flight} requests already in flight")
+                results[index] = RequestResult(
+                    index,
+                    specs[index].group,
+                    offset,
+                    offset,
+                    0,
+                    None,
+                    None,
+                    0,
+                    f"client dropped: {max_in_flight} requests already in flight",
+                )
                 finished += 1
                 continue
             in_flight += 1

@@ -27,8 +27,11 @@ class PodCounters:
     requests: float
 
     def __sub__(self, earlier: PodCounters) -> PodCounters:
-        return PodCounters(self.prefix_queries - earlier.prefix_queries,
-                           self.prefix_hits - earlier.prefix_hits, self.requests - earlier.requests)
+        return PodCounters(
+            self.prefix_queries - earlier.prefix_queries,
+            self.prefix_hits - earlier.prefix_hits,
+            self.requests - earlier.requests,
+        )
 
 
 def parse_counters(text: str) -> PodCounters:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,20 +31,41 @@ def _by_workload(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
 
 
 def detail_table(records: Sequence[RunRecord]) -> str:
-    headers = ["router", "rate (req/s)", "TTFT p50 (ms)", "TTFT p90", "TTFT p99", "E2E p50 (ms)", "E2E p99",
-               "throughput (req/s)", "output tok/s", "prefix hit %", "pod max/mean", "goodput @SLO (req/s)",
-               "failed"]
+    headers = [
+        "router",
+        "rate (req/s)",
+        "TTFT p50 (ms)",
+        "TTFT p90",
+        "TTFT p99",
+        "E2E p50 (ms)",
+        "E2E p99",
+        "throughput (req/s)",
+        "output tok/s",
+        "prefix hit %",
+        "pod max/mean",
+        "goodput @SLO (req/s)",
+        "failed",
+    ]
     rows: list[list[Any]] = []
     for r in sorted(records, key=lambda r: (r.rate_rps, r.router)):
         s = r.stats
-        rows.append([
-            r.router, f"{r.rate_rps:g}",
-            _ms(s.ttft.p50 if s.ttft else None), _ms(s.ttft.p90 if s.ttft else None),
-            _ms(s.ttft.p99 if s.ttft else None),
-            _ms(s.latency.p50 if s.latency else None), _ms(s.latency.p99 if s.latency else None),
-            f"{s.throughput_rps:.2f}", f"{s.output_tokens_per_s:.0f}", f"{r.prefix_hit_rate * 100:.0f}",
-            f"{r.balance.max_over_mean:.2f}", f"{s.goodput_rps:.2f}", f"{s.failed}/{s.requests}",
-        ])
+        rows.append(
+            [
+                r.router,
+                f"{r.rate_rps:g}",
+                _ms(s.ttft.p50 if s.ttft else None),
+                _ms(s.ttft.p90 if s.ttft else None),
+                _ms(s.ttft.p99 if s.ttft else None),
+                _ms(s.latency.p50 if s.latency else None),
+                _ms(s.latency.p99 if s.latency else None),
+                f"{s.throughput_rps:.2f}",
+                f"{s.output_tokens_per_s:.0f}",
+                f"{r.prefix_hit_rate * 100:.0f}",
+                f"{r.balance.max_over_mean:.2f}",
+                f"{s.goodput_rps:.2f}",
+                f"{s.failed}/{s.requests}",
+            ]
+        )
     return report.markdown_table(headers, rows)
 
 
@@ -60,24 +82,37 @@ def summary_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     for router, runs in per_router.items():
         top = at_top.get(router)
         p50 = top.stats.ttft.p50 if top and top.stats.ttft else None
-        rows.append({
-            "router": router,
-            "rate_rps": top_rate,
-            "ttft_p50_s": p50,
-            "speedup_vs_round_robin": (baseline_p50 / p50) if baseline_p50 and p50 else None,
-            "throughput_at_slo_rps": throughput_at_slo([(r.rate_rps, r.stats) for r in runs]),
-            "ttft_slo_s": runs[0].stats.ttft_slo_s,
-        })
+        rows.append(
+            {
+                "router": router,
+                "rate_rps": top_rate,
+                "ttft_p50_s": p50,
+                "speedup_vs_round_robin": (baseline_p50 / p50) if baseline_p50 and p50 else None,
+                "throughput_at_slo_rps": throughput_at_slo([(r.rate_rps, r.stats) for r in runs]),
+                "ttft_slo_s": runs[0].stats.ttft_slo_s,
+            }
+        )
     return sorted(rows, key=lambda row: (row["ttft_p50_s"] is None, row["ttft_p50_s"] or 0.0))
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    headers = ["router", "TTFT p50 at top rate (ms)", "x better than round-robin",
-               "throughput at TTFT p90 SLO (req/s)"]
-    body = [[row["router"], _ms(row["ttft_p50_s"]),
-             "n/a" if row["speedup_vs_round_robin"] is None else f"{row['speedup_vs_round_robin']:.2f}",
-             "missed at every rate" if row["throughput_at_slo_rps"] is None
-             else f"{row['throughput_at_slo_rps']:.2f}"] for row in rows]
+    headers = [
+        "router",
+        "TTFT p50 at top rate (ms)",
+        "x better than round-robin",
+        "throughput at TTFT p90 SLO (req/s)",
+    ]
+    body = [
+        [
+            row["router"],
+            _ms(row["ttft_p50_s"]),
+            "n/a" if row["speedup_vs_round_robin"] is None else f"{row['speedup_vs_round_robin']:.2f}",
+            "missed at every rate"
+            if row["throughput_at_slo_rps"] is None
+            else f"{row['throughput_at_slo_rps']:.2f}",
+        ]
+        for row in rows
+    ]
     return report.markdown_table(headers, body)
 
 
@@ -90,14 +125,19 @@ def goal_verdict(rows: Sequence[dict[str, Any]]) -> str:
     speedup = epp["speedup_vs_round_robin"]
     peers = [by_router[p] for p in PEERS if p in by_router and by_router[p]["ttft_p50_s"] is not None]
     best_peer = min(peers, key=lambda row: row["ttft_p50_s"]) if peers else None
-    parts = [f"EPP default TTFT p50 is {speedup:.2f}x better than round-robin (goal: >= 3x): "
-             f"{'met' if speedup is not None and speedup >= 3 else 'NOT met'}."
-             if speedup is not None else "No round-robin baseline to compare with."]
+    parts = [
+        f"EPP default TTFT p50 is {speedup:.2f}x better than round-robin (goal: >= 3x): "
+        f"{'met' if speedup is not None and speedup >= 3 else 'NOT met'}."
+        if speedup is not None
+        else "No round-robin baseline to compare with."
+    ]
     if best_peer is not None:
         as_good = epp["ttft_p50_s"] <= best_peer["ttft_p50_s"]
-        parts.append(f"Best peer {best_peer['router']}: {_ms(best_peer['ttft_p50_s'])} ms vs EPP "
-                     f"{_ms(epp['ttft_p50_s'])} ms (goal: at least as good): "
-                     f"{'met' if as_good else 'NOT met'}.")
+        parts.append(
+            f"Best peer {best_peer['router']}: {_ms(best_peer['ttft_p50_s'])} ms vs EPP "
+            f"{_ms(epp['ttft_p50_s'])} ms (goal: at least as good): "
+            f"{'met' if as_good else 'NOT met'}."
+        )
     return " ".join(parts)
 
 
@@ -114,10 +154,18 @@ def plot_workload(workload: str, records: Sequence[RunRecord], path: Path) -> No
     for router, runs in sorted(per_router.items()):
         runs = sorted(runs, key=lambda r: r.rate_rps)
         rates = [r.rate_rps for r in runs]
-        ax_p50.plot(rates, [r.stats.ttft.p50 * 1000 if r.stats.ttft else float("nan") for r in runs],
-                    marker="o", label=router)
-        ax_p90.plot(rates, [r.stats.ttft.p90 * 1000 if r.stats.ttft else float("nan") for r in runs],
-                    marker="o", label=router)
+        ax_p50.plot(
+            rates,
+            [r.stats.ttft.p50 * 1000 if r.stats.ttft else float("nan") for r in runs],
+            marker="o",
+            label=router,
+        )
+        ax_p90.plot(
+            rates,
+            [r.stats.ttft.p90 * 1000 if r.stats.ttft else float("nan") for r in runs],
+            marker="o",
+            label=router,
+        )
         ax_hit.plot(rates, [r.prefix_hit_rate * 100 for r in runs], marker="o", label=router)
     for axis, title in ((ax_p50, "TTFT p50 (ms)"), (ax_p90, "TTFT p90 (ms)")):
         axis.set_yscale("log")
@@ -135,14 +183,27 @@ def plot_workload(workload: str, records: Sequence[RunRecord], path: Path) -> No
     plt.close(figure)
 
 
-def publish(records: Sequence[RunRecord], setup: dict[str, Any], command: str, *, write_markdown: bool,
-            results_name: str = "routing") -> dict[str, Any]:
+def publish(
+    records: Sequence[RunRecord],
+    setup: dict[str, Any],
+    command: str,
+    *,
+    write_markdown: bool,
+    results_dir: Path = report.RESULTS_DIR,
+    results_name: str = "routing",
+) -> dict[str, Any]:
     """Write the JSON (always) and, if asked, the plots and the BENCHMARKS.md section; return the JSON."""
     grouped = _by_workload(records)
     summaries = {workload: summary_rows(runs) for workload, runs in grouped.items()}
-    data = {"setup": setup, "command": command, "machine": report.machine_description(),
-            "runs": [r.to_json() for r in records], "summary": summaries}
-    report.write_json(results_name, data)
+    data = {
+        "setup": setup,
+        "command": command,
+        "machine": report.machine_description(),
+        "runs": [r.to_json() for r in records],
+        "summary": summaries,
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{results_name}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     if not write_markdown:
         return data
     lines = [
@@ -166,8 +227,13 @@ def publish(records: Sequence[RunRecord], setup: dict[str, Any], command: str, *
         lines += ["", f"### Workload `{workload}`", "", setup["workloads"][workload], ""]
         if workload == "shared-prefix":
             lines += [f"**Goal check:** {goal_verdict(summaries[workload])}", ""]
-        lines += [summary_table(summaries[workload]), "", detail_table(runs), "",
-                  f"![{workload}](benchmarks/results/{plot_path.name})"]
+        lines += [
+            summary_table(summaries[workload]),
+            "",
+            detail_table(runs),
+            "",
+            f"![{workload}](benchmarks/results/{plot_path.name})",
+        ]
     lines += ["", f"Raw results: `benchmarks/results/{results_name}.json`."]
     report.write_section(SECTION_ID, SECTION_TITLE, "\n".join(lines), command)
     return data

@@ -38,8 +38,13 @@ class Distribution:
     def of(cls, values: Sequence[float]) -> Distribution | None:
         if not values:
             return None
-        return cls(percentile(values, 50), percentile(values, 90), percentile(values, 99),
-                   sum(values) / len(values), max(values))
+        return cls(
+            percentile(values, 50),
+            percentile(values, 90),
+            percentile(values, 99),
+            sum(values) / len(values),
+            max(values),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +114,10 @@ def throughput_at_slo(points: Sequence[tuple[float, RunStats]], quantile: int = 
     if quantile not in (50, 90, 99):
         raise ValueError(f"quantile must be 50, 90 or 99, got {quantile}")
     qualifying = [
-        stats.throughput_rps for _, stats in points
-        if stats.ttft is not None and stats.failed == 0
+        stats.throughput_rps
+        for _, stats in points
+        if stats.ttft is not None
+        and stats.failed == 0
         and getattr(stats.ttft, f"p{quantile}") <= stats.ttft_slo_s
     ]
     return max(qualifying) if qualifying else None

@@ -20,13 +20,70 @@ CHARS_PER_TOKEN = 4
 
 # A small fixed vocabulary keeps generated prompts readable and their length easy to control.
 _WORDS = (
-    "system", "assistant", "answer", "question", "policy", "context", "detail", "careful", "helpful",
-    "document", "section", "table", "cluster", "request", "latency", "prefix", "cache", "decode",
-    "prefill", "token", "model", "router", "gateway", "endpoint", "pool", "metric", "queue", "batch",
-    "stream", "header", "budget", "region", "storage", "network", "compute", "memory", "schedule", "plan",
-    "review", "summary", "example", "reason", "result", "value", "input", "output", "format", "number",
-    "letter", "river", "mountain", "forest", "ocean", "desert", "city", "village", "market", "bridge",
-    "garden", "window", "silver", "golden", "quiet", "bright",
+    "system",
+    "assistant",
+    "answer",
+    "question",
+    "policy",
+    "context",
+    "detail",
+    "careful",
+    "helpful",
+    "document",
+    "section",
+    "table",
+    "cluster",
+    "request",
+    "latency",
+    "prefix",
+    "cache",
+    "decode",
+    "prefill",
+    "token",
+    "model",
+    "router",
+    "gateway",
+    "endpoint",
+    "pool",
+    "metric",
+    "queue",
+    "batch",
+    "stream",
+    "header",
+    "budget",
+    "region",
+    "storage",
+    "network",
+    "compute",
+    "memory",
+    "schedule",
+    "plan",
+    "review",
+    "summary",
+    "example",
+    "reason",
+    "result",
+    "value",
+    "input",
+    "output",
+    "format",
+    "number",
+    "letter",
+    "river",
+    "mountain",
+    "forest",
+    "ocean",
+    "desert",
+    "city",
+    "village",
+    "market",
+    "bridge",
+    "garden",
+    "window",
+    "silver",
+    "golden",
+    "quiet",
+    "bright",
 )
 
 
@@ -43,7 +100,8 @@ class RequestSpec:
 
 
 class Workload(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def describe(self) -> str: ...
 
@@ -98,13 +156,16 @@ class SharedPrefixWorkload:
     name: str = field(default="shared-prefix", init=False)
 
     def __post_init__(self) -> None:
-        _require_positive(self, "groups", "prompts_per_group", "system_prompt_tokens", "question_tokens",
-                          "output_tokens")
+        _require_positive(
+            self, "groups", "prompts_per_group", "system_prompt_tokens", "question_tokens", "output_tokens"
+        )
 
     def describe(self) -> str:
-        return (f"{self.groups} groups x {self.prompts_per_group} prompts, {self.system_prompt_tokens}-token "
-                f"system prompt + {self.question_tokens}-token question, {self.output_tokens} output tokens "
-                "(/v1/completions, streaming)")
+        return (
+            f"{self.groups} groups x {self.prompts_per_group} prompts, {self.system_prompt_tokens}-token "
+            f"system prompt + {self.question_tokens}-token question, {self.output_tokens} output tokens "
+            "(/v1/completions, streaming)"
+        )
 
     def requests(self, model: str, seed: int) -> list[RequestSpec]:
         rng = random.Random(seed)
@@ -114,13 +175,15 @@ class SharedPrefixWorkload:
             for _ in range(self.prompts_per_group):
                 # The newline keeps the question out of the system prompt's last token.
                 prompt = system_prompt + "\n" + random_text(rng, self.question_tokens - 1)
-                specs.append(RequestSpec(
-                    path="/v1/completions",
-                    body=_completion_body(model, prompt, self.output_tokens),
-                    group=f"g{group}",
-                    prompt_tokens=self.system_prompt_tokens + self.question_tokens,
-                    output_tokens=self.output_tokens,
-                ))
+                specs.append(
+                    RequestSpec(
+                        path="/v1/completions",
+                        body=_completion_body(model, prompt, self.output_tokens),
+                        group=f"g{group}",
+                        prompt_tokens=self.system_prompt_tokens + self.question_tokens,
+                        output_tokens=self.output_tokens,
+                    )
+                )
         rng.shuffle(specs)
         return specs
 
@@ -144,21 +207,31 @@ class MultiTurnChatWorkload:
     name: str = field(default="multi-turn-chat", init=False)
 
     def __post_init__(self) -> None:
-        _require_positive(self, "conversations", "turns", "system_prompt_tokens", "user_turn_tokens",
-                          "assistant_turn_tokens", "output_tokens")
+        _require_positive(
+            self,
+            "conversations",
+            "turns",
+            "system_prompt_tokens",
+            "user_turn_tokens",
+            "assistant_turn_tokens",
+            "output_tokens",
+        )
 
     def describe(self) -> str:
-        return (f"{self.conversations} conversations x {self.turns} turns, {self.system_prompt_tokens}-token "
-                f"system prompt, {self.user_turn_tokens}-token user turns, "
-                f"{self.assistant_turn_tokens}-token earlier replies, {self.output_tokens} output tokens "
-                "(/v1/chat/completions, streaming)")
+        return (
+            f"{self.conversations} conversations x {self.turns} turns, {self.system_prompt_tokens}-token "
+            f"system prompt, {self.user_turn_tokens}-token user turns, "
+            f"{self.assistant_turn_tokens}-token earlier replies, {self.output_tokens} output tokens "
+            "(/v1/chat/completions, streaming)"
+        )
 
     def requests(self, model: str, seed: int) -> list[RequestSpec]:
         rng = random.Random(seed)
         per_conversation: list[list[RequestSpec]] = []
         for conversation in range(self.conversations):
             messages: list[dict[str, str]] = [
-                {"role": "system", "content": random_text(rng, self.system_prompt_tokens)}]
+                {"role": "system", "content": random_text(rng, self.system_prompt_tokens)}
+            ]
             tokens = self.system_prompt_tokens
             turns: list[RequestSpec] = []
             for turn in range(self.turns):
@@ -168,15 +241,22 @@ class MultiTurnChatWorkload:
                     tokens += self.assistant_turn_tokens
                 messages.append({"role": "user", "content": random_text(rng, self.user_turn_tokens)})
                 tokens += self.user_turn_tokens
-                turns.append(RequestSpec(
-                    path="/v1/chat/completions",
-                    body={"model": model, "messages": [dict(m) for m in messages],
-                          "max_tokens": self.output_tokens, "ignore_eos": True, "stream": True,
-                          "stream_options": {"include_usage": True}},
-                    group=f"c{conversation}",
-                    prompt_tokens=tokens,
-                    output_tokens=self.output_tokens,
-                ))
+                turns.append(
+                    RequestSpec(
+                        path="/v1/chat/completions",
+                        body={
+                            "model": model,
+                            "messages": [dict(m) for m in messages],
+                            "max_tokens": self.output_tokens,
+                            "ignore_eos": True,
+                            "stream": True,
+                            "stream_options": {"include_usage": True},
+                        },
+                        group=f"c{conversation}",
+                        prompt_tokens=tokens,
+                        output_tokens=self.output_tokens,
+                    )
+                )
             per_conversation.append(turns)
         # Shuffle a multiset of conversation ids; the k-th draw of conversation c is its turn k.
         draws = [c for c in range(self.conversations) for _ in range(self.turns)]
@@ -202,15 +282,22 @@ class RandomWorkload:
         _require_positive(self, "count", "prompt_tokens", "output_tokens")
 
     def describe(self) -> str:
-        return (f"{self.count} unrelated prompts of {self.prompt_tokens} tokens, {self.output_tokens} output "
-                "tokens (/v1/completions, streaming)")
+        return (
+            f"{self.count} unrelated prompts of {self.prompt_tokens} tokens, {self.output_tokens} output "
+            "tokens (/v1/completions, streaming)"
+        )
 
     def requests(self, model: str, seed: int) -> list[RequestSpec]:
         rng = random.Random(seed)
         prompts = [random_text(rng, self.prompt_tokens) for _ in range(self.count)]
         return [
-            RequestSpec(path="/v1/completions", body=_completion_body(model, prompt, self.output_tokens),
-                        group=f"r{index}", prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens)
+            RequestSpec(
+                path="/v1/completions",
+                body=_completion_body(model, prompt, self.output_tokens),
+                group=f"r{index}",
+                prompt_tokens=self.prompt_tokens,
+                output_tokens=self.output_tokens,
+            )
             for index, prompt in enumerate(prompts)
         ]
 

@@ -43,9 +43,12 @@ async def test_open_loop_measures_ttft_latency_and_failures() -> None:
     await server.start_server()
     try:
         progress: list[tuple[int, int]] = []
-        results = await run_open_loop(str(server.make_url("")).rstrip("/"),
-                                      [spec("a"), spec("fail"), spec("b")], [0.0, 0.05, 0.3],
-                                      progress=lambda done, total: progress.append((done, total)))
+        results = await run_open_loop(
+            str(server.make_url("")).rstrip("/"),
+            [spec("a"), spec("fail"), spec("b")],
+            [0.0, 0.05, 0.3],
+            progress=lambda done, total: progress.append((done, total)),
+        )
     finally:
         await server.close()
     ok, failed, late = results

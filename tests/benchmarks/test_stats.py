@@ -12,8 +12,16 @@ from benchmarks.podmetrics import PodCounters, delta, parse_counters
 from benchmarks.stats import Balance, Distribution, RunStats, percentile, summarize, throughput_at_slo
 
 
-def result(index: int, sent_at: float, ttft: float | None, latency: float | None, *, status: int = 200,
-           tokens: int = 10, error: str | None = None) -> RequestResult:
+def result(
+    index: int,
+    sent_at: float,
+    ttft: float | None,
+    latency: float | None,
+    *,
+    status: int = 200,
+    tokens: int = 10,
+    error: str | None = None,
+) -> RequestResult:
     return RequestResult(index, "g", sent_at, sent_at, status, ttft, latency, tokens, error)
 
 
@@ -77,8 +85,12 @@ def test_throughput_at_slo_takes_best_qualifying_rate() -> None:
         ttft = Distribution(ttft_p90 / 2, ttft_p90, ttft_p90, ttft_p90, ttft_p90)
         return dataclasses.replace(base, ttft=ttft, throughput_rps=throughput, failed=failed)
 
-    points = [(1.0, stats(0.2, 1.0)), (2.0, stats(0.4, 1.9)), (4.0, stats(0.9, 3.5)),
-              (3.0, stats(0.3, 2.8, failed=1))]
+    points = [
+        (1.0, stats(0.2, 1.0)),
+        (2.0, stats(0.4, 1.9)),
+        (4.0, stats(0.9, 3.5)),
+        (3.0, stats(0.3, 2.8, failed=1)),
+    ]
     assert throughput_at_slo(points) == pytest.approx(1.9)  # 4 req/s missed the SLO, 3 req/s dropped one
     assert throughput_at_slo([(4.0, stats(0.9, 3.5))]) is None
 

@@ -26,8 +26,9 @@ def test_random_text_has_exact_length() -> None:
 
 
 def test_shared_prefix_groups_share_exactly_the_system_prompt() -> None:
-    workload = SharedPrefixWorkload(groups=3, prompts_per_group=4, system_prompt_tokens=50,
-                                    question_tokens=10, output_tokens=5)
+    workload = SharedPrefixWorkload(
+        groups=3, prompts_per_group=4, system_prompt_tokens=50, question_tokens=10, output_tokens=5
+    )
     specs = workload.requests("m", seed=7)
     assert len(specs) == 12
     by_group: dict[str, list[str]] = {}
@@ -46,8 +47,14 @@ def test_shared_prefix_groups_share_exactly_the_system_prompt() -> None:
 
 
 def test_multi_turn_chat_sends_each_conversation_in_order_and_extends_history() -> None:
-    workload = MultiTurnChatWorkload(conversations=4, turns=3, system_prompt_tokens=20, user_turn_tokens=5,
-                                     assistant_turn_tokens=4, output_tokens=3)
+    workload = MultiTurnChatWorkload(
+        conversations=4,
+        turns=3,
+        system_prompt_tokens=20,
+        user_turn_tokens=5,
+        assistant_turn_tokens=4,
+        output_tokens=3,
+    )
     specs = workload.requests("m", seed=3)
     assert len(specs) == 12
     seen: dict[str, list[list[dict[str, str]]]] = {}

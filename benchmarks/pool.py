@@ -1,0 +1,147 @@
+"""The simulated model servers every router is measured against: N ``python -m epp.sim`` processes.
+
+``restart`` stops and starts every pod on the same ports, so each router configuration begins with
+cold prefix caches, empty queues and fresh counters, and the routers' worker lists stay valid.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from epp.localrun import ManagedProcess, ProcessFailed, free_port, http_ok
+
+
+@dataclass(frozen=True, slots=True)
+class SimTiming:
+    """The simulator's timing and capacity for a benchmark (flags of ``python -m epp.sim``).
+
+    The benchmark default is slower than the simulator's own defaults (measured on vLLM CPU with a
+    2-layer model) on purpose: a prefill of a few hundred milliseconds and a KV cache that cannot
+    hold every group's prefix are what a GPU serving a real model under load looks like, and
+    they keep the model time well above this 2-core machine's own HTTP and proxy overheads.
+    """
+
+    request_overhead_s: float = 0.006
+    step_overhead_s: float = 0.005
+    prefill_per_token_s: float = 0.0002
+    decode_per_seq_s: float = 0.001
+    kv_cache_tokens: int = 16384
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+
+    def flags(self) -> list[str]:
+        return [
+            "--request-overhead",
+            f"{self.request_overhead_s:g}",
+            "--step-overhead",
+            f"{self.step_overhead_s:g}",
+            "--prefill-per-token",
+            f"{self.prefill_per_token_s:g}",
+            "--decode-per-seq",
+            f"{self.decode_per_seq_s:g}",
+            "--kv-cache-tokens",
+            str(self.kv_cache_tokens),
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+            "--max-num-batched-tokens",
+            str(self.max_num_batched_tokens),
+            "--block-size",
+            str(self.block_size),
+        ]
+
+    def describe(self) -> str:
+        return (
+            f"request overhead {self.request_overhead_s * 1000:g} ms, step overhead "
+            f"{self.step_overhead_s * 1000:g} ms, prefill {self.prefill_per_token_s * 1e6:g} us/token "
+            f"(chunks of {self.max_num_batched_tokens} tokens), decode {self.decode_per_seq_s * 1000:g} "
+            f"ms/sequence/step, KV cache {self.kv_cache_tokens} tokens in blocks of {self.block_size}, "
+            f"batch limit {self.max_num_seqs}"
+        )
+
+
+class SimPool:
+    """``size`` simulated vLLM pods named ``pod-0``.. on free loopback ports."""
+
+    def __init__(
+        self, size: int, model: str, timing: SimTiming, log_dir: Path, ready_timeout_s: float = 30.0
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"pool size must be >= 1, got {size}")
+        self.model = model
+        self.timing = timing
+        self.names = [f"pod-{i}" for i in range(size)]
+        self.ports = [free_port() for _ in range(size)]
+        self._log_dir = log_dir
+        self._ready_timeout_s = ready_timeout_s
+        self._processes: list[ManagedProcess] = []
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://{endpoint}" for endpoint in self.endpoints]
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {name: f"{url}/metrics" for name, url in zip(self.names, self.urls, strict=True)}
+
+    def start(self) -> SimPool:
+        # Start every process first, then wait: the pods import and bind in parallel.
+        for name, port in zip(self.names, self.ports, strict=True):
+            command = [
+                sys.executable,
+                "-m",
+                "epp.sim",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model",
+                self.model,
+                "--log-level",
+                "WARNING",
+                *self.timing.flags(),
+            ]
+            self._processes.append(ManagedProcess(command, name=name, log_dir=self._log_dir).start())
+        checks = [http_ok(f"{url}/health") for url in self.urls]
+        deadline = time.monotonic() + self._ready_timeout_s
+        pending = set(range(len(checks)))
+        while pending:
+            for index in sorted(pending):
+                process = self._processes[index]
+                if not process.running():
+                    self.stop()
+                    raise ProcessFailed(f"{process.name} exited before ready\n{process.log_tail()}")
+                if checks[index]():
+                    pending.discard(index)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(self.names[i] for i in sorted(pending))
+                self.stop()
+                raise ProcessFailed(f"simulated pods not ready within {self._ready_timeout_s:g}s: {names}")
+            if pending:
+                time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        for process in self._processes:
+            process.stop()
+        self._processes = []
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> SimPool:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

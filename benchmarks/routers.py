@@ -1,0 +1,342 @@
+"""The router configurations compared, and how each one is started in front of the simulated pods.
+
+* Envoy alone with a ROUND_ROBIN or RANDOM cluster over the pods: what a plain Kubernetes Service
+  or a cache-blind gateway does.
+* Envoy + the bundled EPP over ext_proc (``epp.localrun``), the way kgateway wires an InferencePool,
+  with three EndpointPickerConfigs: llm-d's default profile, prefix affinity only, load only.
+* The peers as their PyPI wheels ship them: ``sglang-router launch --policy cache_aware`` and
+  ``vllm-router --policy cache_aware``, each a proxy in its own right.
+
+Every router listens on a fresh loopback port; :func:`start_router` returns once it answers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
+from epp.localrun.stack import LocalEndpoint, write_endpoints_file
+
+PREFIX_ONLY_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: prefix-cache-scorer
+- type: max-score-picker
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefix-cache-scorer, weight: 1}
+  - {pluginRef: max-score-picker}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+"""
+
+LOAD_ONLY_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 1}
+  - {pluginRef: max-score-picker}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+"""
+
+
+class Kind(Enum):
+    ENVOY_LB = "envoy-lb"
+    EPP = "epp"
+    SGLANG = "sglang-router"
+    VLLM_ROUTER = "vllm-router"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    name: str
+    kind: Kind
+    description: str
+    envoy_lb_policy: str | None = None  # ENVOY_LB: ROUND_ROBIN | RANDOM
+    epp_config: str | None = None  # EPP: EndpointPickerConfig text; None = the EPP's built-in default
+
+
+ROUTERS: tuple[RouterSpec, ...] = (
+    RouterSpec(
+        "round-robin",
+        Kind.ENVOY_LB,
+        "Envoy, STATIC cluster of the pods, lb_policy ROUND_ROBIN",
+        envoy_lb_policy="ROUND_ROBIN",
+    ),
+    RouterSpec(
+        "random",
+        Kind.ENVOY_LB,
+        "Envoy, STATIC cluster of the pods, lb_policy RANDOM",
+        envoy_lb_policy="RANDOM",
+    ),
+    RouterSpec(
+        "epp-default",
+        Kind.EPP,
+        "Envoy + this project's EPP, built-in default config (llm-d's: "
+        "queue-scorer 2, kv-cache-utilization-scorer 2, prefix-cache-scorer 3)",
+    ),
+    RouterSpec(
+        "epp-prefix-only",
+        Kind.EPP,
+        "Envoy + EPP, prefix-cache-scorer + max-score-picker only",
+        epp_config=PREFIX_ONLY_CONFIG,
+    ),
+    RouterSpec(
+        "epp-load-only",
+        Kind.EPP,
+        "Envoy + EPP, queue-scorer + kv-cache-utilization-scorer only",
+        epp_config=LOAD_ONLY_CONFIG,
+    ),
+    RouterSpec(
+        "sglang-cache-aware",
+        Kind.SGLANG,
+        "`sglang-router launch --policy cache_aware` (sglang-router 0.3.2, defaults otherwise)",
+    ),
+    RouterSpec(
+        "vllm-router-cache-aware",
+        Kind.VLLM_ROUTER,
+        "`vllm-router --policy cache_aware` (vllm-router 0.1.17, defaults otherwise)",
+    ),
+)
+
+
+def router_by_name(name: str) -> RouterSpec:
+    for spec in ROUTERS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown router {name!r}; choose from {', '.join(s.name for s in ROUTERS)}")
+
+
+class RunningRouter(Protocol):
+    url: str
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class _Processes:
+    """A started router: the URL clients use and the processes behind it (stopped in reverse order)."""
+
+    url: str
+    processes: list[ManagedProcess | EnvoyGateway]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def envoy_lb_bootstrap(
+    listen_port: int, admin_port: int, endpoints: list[str], lb_policy: str
+) -> dict[str, Any]:
+    """An Envoy bootstrap that spreads requests over ``endpoints`` with a built-in LB policy."""
+    if lb_policy not in ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST"):
+        raise ValueError(f"unsupported Envoy lb_policy {lb_policy!r}")
+
+    def address(host: str, port: int) -> dict[str, Any]:
+        return {"socket_address": {"address": host, "port_value": port}}
+
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+        ".HttpConnectionManager",
+        "stat_prefix": "baseline",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "pool",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "pods", "timeout": "300s"}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    lb_endpoints = []
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        lb_endpoints.append({"endpoint": {"address": address(host, int(port))}})
+    return {
+        "admin": {"address": address("127.0.0.1", admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "baseline",
+                    "address": address("127.0.0.1", listen_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "pods",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "lb_policy": lb_policy,
+                    "load_assignment": {
+                        "cluster_name": "pods",
+                        "endpoints": [{"lb_endpoints": lb_endpoints}],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _start_envoy_lb(spec: RouterSpec, endpoints: list[str], log_dir: Path) -> _Processes:
+    assert spec.envoy_lb_policy is not None
+    listen_port, admin_port = free_port(), free_port()
+    bootstrap = log_dir / f"envoy-{spec.name}.json"
+    bootstrap.write_text(
+        json.dumps(envoy_lb_bootstrap(listen_port, admin_port, endpoints, spec.envoy_lb_policy))
+    )
+    envoy = ManagedProcess(
+        [
+            str(envoy_binary()),
+            "-c",
+            str(bootstrap),
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+            "--disable-hot-restart",
+        ],
+        ready=http_ok(f"http://127.0.0.1:{admin_port}/ready"),
+        name=f"envoy-{spec.name}",
+        log_dir=log_dir,
+    ).start()
+    return _Processes(f"http://127.0.0.1:{listen_port}", [envoy])
+
+
+def _start_epp(spec: RouterSpec, pod_names: list[str], endpoints: list[str], log_dir: Path) -> _Processes:
+    endpoints_file = write_endpoints_file(
+        log_dir / f"endpoints-{spec.name}.json",
+        [
+            LocalEndpoint(
+                name=name,
+                port=int(endpoint.rpartition(":")[2]),
+                labels={"llm-d.ai/inference-serving": "true"},
+            )
+            for name, endpoint in zip(pod_names, endpoints, strict=True)
+        ],
+    )
+    grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    extra = ["--log-level", "warning"]
+    if spec.epp_config is not None:
+        extra += ["--config-text", spec.epp_config]
+    epp = ManagedProcess(
+        epp_command(endpoints_file, grpc_port, health_port, metrics_port, *extra),
+        ready=grpc_ok(health_port),
+        name=f"epp-{spec.name}",
+        log_dir=log_dir,
+    ).start()
+    try:
+        gateway = EnvoyGateway(
+            free_port(), grpc_port, endpoints, log_dir=log_dir / f"envoy-{spec.name}"
+        ).start()
+    except BaseException:
+        epp.stop()
+        raise
+    return _Processes(gateway.url, [epp, gateway])
+
+
+def _peer_binary(name: str) -> str:
+    # The console scripts live next to this interpreter in the project's virtualenv.
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed; `./dev setup` installs the bench extras")
+    return found
+
+
+def _start_peer(spec: RouterSpec, urls: list[str], log_dir: Path) -> _Processes:
+    port, prometheus_port = free_port(), free_port()
+    if spec.kind is Kind.SGLANG:
+        command = [
+            _peer_binary("sglang-router"),
+            "launch",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--policy",
+            "cache_aware",
+            "--prometheus-host",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(prometheus_port),
+            "--log-level",
+            "warn",
+            "--worker-urls",
+            *urls,
+        ]
+    else:
+        command = [
+            _peer_binary("vllm-router"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--policy",
+            "cache_aware",
+            "--prometheus-host",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(prometheus_port),
+            "--log-level",
+            "warning",
+            "--worker-urls",
+            *urls,
+        ]
+    peer = ManagedProcess(
+        command,
+        ready=http_ok(f"http://127.0.0.1:{port}/health"),
+        name=spec.name,
+        log_dir=log_dir,
+        ready_timeout=60.0,
+    ).start()
+    return _Processes(f"http://127.0.0.1:{port}", [peer])
+
+
+def start_router(
+    spec: RouterSpec, pod_names: list[str], endpoints: list[str], log_dir: Path
+) -> RunningRouter:
+    """Start ``spec`` in front of the pods at ``endpoints`` ("ip:port"); returns once it is ready."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if spec.kind is Kind.ENVOY_LB:
+        return _start_envoy_lb(spec, endpoints, log_dir)
+    if spec.kind is Kind.EPP:
+        return _start_epp(spec, pod_names, endpoints, log_dir)
+    return _start_peer(spec, [f"http://{endpoint}" for endpoint in endpoints], log_dir)
