@@ -36,11 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="token budget per engine step (chunked prefill)",
     )
     p.add_argument("--request-overhead", type=float, default=d.request_overhead_s, metavar="SECONDS")
+    p.add_argument("--tokenize-per-token", type=float, default=d.tokenize_per_token_s, metavar="SECONDS")
     p.add_argument("--step-overhead", type=float, default=d.step_overhead_s, metavar="SECONDS")
     p.add_argument("--prefill-per-token", type=float, default=d.prefill_per_token_s, metavar="SECONDS")
     p.add_argument("--decode-per-seq", type=float, default=d.decode_per_seq_s, metavar="SECONDS")
     p.add_argument(
-        "--kv-transfer-per-block", type=float, default=d.kv_transfer_per_block_s, metavar="SECONDS"
+        "--kv-transfer-per-token", type=float, default=d.kv_transfer_per_token_s, metavar="SECONDS"
     )
     p.add_argument("--default-output-tokens", type=int, default=d.default_output_tokens)
     p.add_argument(
@@ -67,10 +68,11 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         request_overhead_s=args.request_overhead,
+        tokenize_per_token_s=args.tokenize_per_token,
         step_overhead_s=args.step_overhead,
         prefill_per_token_s=args.prefill_per_token,
         decode_per_seq_s=args.decode_per_seq,
-        kv_transfer_per_block_s=args.kv_transfer_per_block,
+        kv_transfer_per_token_s=args.kv_transfer_per_token,
         default_output_tokens=args.default_output_tokens,
         kv_hold_timeout_s=args.kv_hold_timeout,
         advertise_host=args.advertise_host or args.host,

@@ -163,7 +163,9 @@ class SimServer:
         request_id = f"{'chatcmpl' if api == 'chat' else 'cmpl'}-{secrets.token_hex(8)}"
         hashes = block_hashes(parsed.prompt_text, self.params.block_size)
         # API server work (tokenising, detokenising) happens before the engine sees the request.
-        await asyncio.sleep(self.params.request_overhead_s)
+        await asyncio.sleep(
+            self.params.request_overhead_s + self.params.tokenize_per_token_s * parsed.prompt_tokens
+        )
         seq = Sequence(
             request_id=request_id,
             prompt_tokens=parsed.prompt_tokens,
@@ -201,7 +203,7 @@ class SimServer:
             log.warning("KV pull failed, prefilling locally instead: %s", exc)
             self.metrics.nixl_failure()
             return None
-        transfer_s = self.params.kv_transfer_per_block_s * len(pulled)
+        transfer_s = self.params.kv_transfer_per_token_s * len(pulled) * self.params.block_size
         await asyncio.sleep(transfer_s)
         self.metrics.nixl_transfer(
             elapsed + transfer_s, len(pulled) * self.params.block_size * KV_BYTES_PER_TOKEN

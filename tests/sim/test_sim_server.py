@@ -13,10 +13,11 @@ from epp.sim.server import SimServer
 
 FAST = {
     "request_overhead_s": 0.0,
+    "tokenize_per_token_s": 0.0,
     "step_overhead_s": 0.0005,
     "prefill_per_token_s": 0.000001,
     "decode_per_seq_s": 0.0001,
-    "kv_transfer_per_block_s": 0.0,
+    "kv_transfer_per_token_s": 0.0,
 }
 
 # Field sets of vLLM 0.32.0's answers (captured from the real server; tests/slow re-checks them).
