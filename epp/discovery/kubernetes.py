@@ -1,7 +1,7 @@
 """Kubernetes discovery: the named InferencePool, the Ready pods its selector matches in its
 namespace (x each target port), and InferenceObjective priorities.
 
-Client choice: lightkube, because it is small, typed, natively async (httpx), and its generic
+Client choice: lightkube, because it is small, typed, natively async (httpx2), and its generic
 resources handle CRDs like InferencePool/InferenceObjective without code generation.
 
 Each resource runs a list-then-watch loop: list (a full snapshot, which also marks the pool
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
@@ -195,7 +195,7 @@ class KubernetesDiscovery:
                     exc,
                     backoff,
                 )
-            except (httpx.HTTPError, OSError, ValueError) as exc:
+            except (httpx2.HTTPError, OSError, ValueError) as exc:
                 log.warning(
                     "watching %s in %s failed: %s; retrying in %.1fs", what, self.namespace, exc, backoff
                 )

@@ -205,8 +205,7 @@ def test_deprecated_alias_warns() -> None:
             "parameter 'threshold' must be an integer, got 'many'",
         ),
         (
-            HEADER
-            + "plugins: [{type: queue-scorer}]\n"
+            HEADER + "plugins: [{type: queue-scorer}]\n"
             "schedulingProfiles: [{name: a, plugins: [{pluginRef: nope}]}]\n",
             "pluginRef 'nope' names no plugin",
         ),
