@@ -9,6 +9,7 @@ collections that do not exist (an uninstalled CRD).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 from typing import Any
@@ -74,7 +75,7 @@ class FakeKubeApi:
         await site.start()
         server = site._server
         assert server is not None
-        self.url = "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
     async def stop(self) -> None:
         self._closing = True
@@ -137,10 +138,8 @@ class FakeKubeApi:
                     if matches(obj):
                         await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
             async with self._changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 0.2)
-                except TimeoutError:
-                    pass
             if request.transport is None or request.transport.is_closing():
                 break
         return response

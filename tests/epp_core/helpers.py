@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from epp.datastore import Endpoint, EndpointMetrics, EndpointSpec
 from epp.scheduling.framework import SchedulingRequest
@@ -92,3 +93,12 @@ def mark_fresh(endpoints: object) -> None:
             kv_usage=ep.metrics.kv_usage,
             updated_at=time.monotonic(),
         )
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``condition`` every 10 ms; fail the test if it is not true ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from lightkube.config.models import Cluster, User
 from epp.datastore import Datastore
 from epp.discovery.kubernetes import KubernetesDiscovery
 from epp_core.fake_kube import FakeKubeApi, crd_path, pods_path
+from epp_core.helpers import wait_until
 
 NS = "llm"
 POOLS = crd_path("inference.networking.k8s.io", "v1", NS, "inferencepools")
@@ -79,14 +79,6 @@ async def api() -> AsyncIterator[FakeKubeApi]:
     await server.stop()
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 def _hostports(datastore: Datastore) -> set[str]:
     return {e.hostport for e in datastore.endpoints()}
 
@@ -116,25 +108,25 @@ async def test_pool_pods_and_objectives_are_discovered_and_followed(api: FakeKub
     datastore = Datastore()
     discovery = await _discovery(api, datastore)
     try:
-        await _until(lambda: datastore.synced and bool(datastore.endpoints()))
+        await wait_until(lambda: datastore.synced and bool(datastore.endpoints()))
         assert _hostports(datastore) == {"10.0.0.1:8000", "10.0.0.1:8001"}  # each pod x each target port
         endpoint = datastore.get("10.0.0.1:8000")
         assert endpoint is not None and endpoint.name == "ready"
         assert endpoint.labels["llm-d.ai/role"] == "decode"
         # the label selector went to the server
         assert any("labelSelector=" in r and "/pods" in r for r in api.requests)
-        await _until(lambda: datastore.objectives() == {"batch": -1, "unset": 0, "legacy": 7})
+        await wait_until(lambda: datastore.objectives() == {"batch": -1, "unset": 0, "legacy": 7})
 
         await api.put(PODS, pod("starting", "10.0.0.2"))  # becomes Ready
-        await _until(lambda: "10.0.0.2:8000" in _hostports(datastore))
+        await wait_until(lambda: "10.0.0.2:8000" in _hostports(datastore))
         await api.delete(PODS, "ready")
-        await _until(lambda: _hostports(datastore) == {"10.0.0.2:8000", "10.0.0.2:8001"})
+        await wait_until(lambda: _hostports(datastore) == {"10.0.0.2:8000", "10.0.0.2:8001"})
 
         await api.put(POOLS, pool([9000]))  # target ports change: endpoints follow
-        await _until(lambda: _hostports(datastore) == {"10.0.0.2:9000"})
+        await wait_until(lambda: _hostports(datastore) == {"10.0.0.2:9000"})
 
         await api.delete(OBJECTIVES, "batch")  # the legacy "batch" (3) is still there
-        await _until(lambda: datastore.priority("batch") == 3)
+        await wait_until(lambda: datastore.priority("batch") == 3)
     finally:
         await discovery.stop()
 
@@ -145,11 +137,11 @@ async def test_expired_watch_relists_and_converges(api: FakeKubeApi) -> None:
     datastore = Datastore()
     discovery = await _discovery(api, datastore)
     try:
-        await _until(lambda: _hostports(datastore) == {"10.0.0.1:8000"})
+        await wait_until(lambda: _hostports(datastore) == {"10.0.0.1:8000"})
         lists_before = sum(1 for r in api.requests if "/pods" in r and "watch=true" not in r)
         await api.expire_watches()
         await api.put(PODS, pod("b", "10.0.0.2"))
-        await _until(lambda: _hostports(datastore) == {"10.0.0.1:8000", "10.0.0.2:8000"})
+        await wait_until(lambda: _hostports(datastore) == {"10.0.0.1:8000", "10.0.0.2:8000"})
         lists_after = sum(1 for r in api.requests if "/pods" in r and "watch=true" not in r)
         assert lists_after > lists_before
     finally:
@@ -167,9 +159,9 @@ async def test_not_synced_until_the_pool_exists_and_missing_crds_are_tolerated(a
         assert not datastore.synced
         await api.put(PODS, pod("a", "10.0.0.1"))
         await api.put(POOLS, pool([8000]))
-        await _until(lambda: datastore.synced and _hostports(datastore) == {"10.0.0.1:8000"})
+        await wait_until(lambda: datastore.synced and _hostports(datastore) == {"10.0.0.1:8000"})
         assert datastore.objectives() == {}
         await api.delete(POOLS, "qwen-pool")  # the pool goes away: nothing to route to
-        await _until(lambda: _hostports(datastore) == set())
+        await wait_until(lambda: _hostports(datastore) == set())
     finally:
         await discovery.stop()

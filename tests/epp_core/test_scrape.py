@@ -4,7 +4,6 @@ against fake model servers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from hypothesis import given
@@ -17,7 +16,7 @@ from epp.director import SchedulingDirector
 from epp.scrape.parser import MetricsParseError, parse_metrics, samples
 from epp.scrape.scraper import MetricsScraper
 from epp_core.fake_metrics import FakeMetricsServer, vllm_metrics_page
-from epp_core.helpers import inference_request
+from epp_core.helpers import inference_request, wait_until
 
 counts = st.integers(min_value=0, max_value=10_000)
 adapters = st.lists(st.from_regex(r"[a-z][a-z0-9\-]{0,8}", fullmatch=True), max_size=4, unique=True)
@@ -92,14 +91,6 @@ def test_parser_rejects_pages_that_are_not_model_server_metrics(page: str, messa
         parse_metrics(page, now=0.0)
 
 
-async def _until(condition: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def test_scraper_updates_metrics_marks_failures_and_recovers() -> None:
     healthy, broken = FakeMetricsServer(vllm_metrics_page(waiting=4, kv=0.3)), FakeMetricsServer(status=500)
     await healthy.start()
@@ -115,7 +106,7 @@ async def test_scraper_updates_metrics_marks_failures_and_recovers() -> None:
             ]
         )
         ok, bad = datastore.endpoints()
-        await _until(lambda: ok.metrics.updated_at > 0 and bad.scrape_failures > 0)
+        await wait_until(lambda: ok.metrics.updated_at > 0 and bad.scrape_failures > 0)
         assert (ok.metrics.waiting, ok.metrics.kv_usage) == (4, 0.3)
         assert "HTTP 500" in (bad.scrape_error or "")
 
@@ -124,7 +115,7 @@ async def test_scraper_updates_metrics_marks_failures_and_recovers() -> None:
         assert picks == {ok.hostport}
 
         broken.status = 200
-        await _until(lambda: bad.scrape_failures == 0 and bad.metrics.updated_at > 0)
+        await wait_until(lambda: bad.scrape_failures == 0 and bad.metrics.updated_at > 0)
 
         hits = healthy.hits
         datastore.replace_endpoints([EndpointSpec("bad", "127.0.0.1", 2, broken.port)])  # "ok" leaves
@@ -147,7 +138,7 @@ async def test_unreachable_endpoint_counts_as_failed() -> None:
     try:
         datastore.replace_endpoints([EndpointSpec("gone", "127.0.0.1", 1, port)])
         (gone,) = datastore.endpoints()
-        await _until(lambda: gone.scrape_failures >= 2)
+        await wait_until(lambda: gone.scrape_failures >= 2)
         assert gone.metrics.updated_at == 0.0
     finally:
         await scraper.stop()
