@@ -125,7 +125,7 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
             "requests": {"cpu": epp.resources.cpu, "memory": epp.resources.memory},
             "limits": {"memory": epp.resources.memory},
         },
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": naming.hardened_security_context(),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
     }
     return {

@@ -155,8 +155,11 @@ def engine_container(
     }
     if leader:
         container.update(_engine_probes(port_name))
+    # vLLM keeps its image's user (root, for its caches) but never gains privileges beyond that.
+    security: dict[str, Any] = {"allowPrivilegeEscalation": False}
     if networking.capabilities:
-        container["securityContext"] = {"capabilities": {"add": sorted(networking.capabilities)}}
+        security["capabilities"] = {"add": sorted(networking.capabilities)}
+    container["securityContext"] = security
     return container
 
 
@@ -191,7 +194,7 @@ def sidecar_container(config: StackConfig) -> dict[str, Any]:
             "requests": {"cpu": sidecar.resources.cpu, "memory": sidecar.resources.memory},
             "limits": {"memory": sidecar.resources.memory},
         },
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": naming.hardened_security_context(),
     }
 
 

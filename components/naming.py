@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from components.config.models import StackConfig
 
 # Pool selector and role labels (llm-d conventions; the EPP's prefill/decode filters read the role).
@@ -20,6 +22,10 @@ VLLM_BEHIND_SIDECAR_PORT = 8200
 NIXL_SIDE_CHANNEL_PORT = 5600
 # Ray head port for replicas that span nodes (LeaderWorkerSet).
 RAY_PORT = 6379
+
+# The EPP image's processes (EPP, P/D sidecar) need no root, no writable image, no extra syscalls.
+# 65532 is the conventional "nonroot" user of distroless-style images.
+NON_ROOT_UID = 65532
 
 EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003
@@ -58,3 +64,16 @@ def model_server_name(config: StackConfig, role: str) -> str:
 
 def hf_token_secret_name(config: StackConfig) -> str:
     return f"{config.name}-hf-token"
+
+
+def hardened_security_context() -> dict[str, Any]:
+    """Container securityContext for the EPP and the P/D sidecar (checked by policy llmd-epp-hardened)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_UID,
+        "runAsGroup": NON_ROOT_UID,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
