@@ -66,7 +66,8 @@ class SchedulingDirector:
 
     def _decide(self, request: InferenceRequest) -> Decision:
         parsed = request.parsed
-        if self.served_models is not None and parsed.model not in self.served_models:
+        # A headers-only request (api "none", e.g. GET /v1/models) names no model to check.
+        if self.served_models is not None and parsed.api != "none" and parsed.model not in self.served_models:
             raise EppError(404, f"model {parsed.model!r} is not served by this pool")
         priority = self.datastore.priority(request.objective)
         candidates = self._candidates(request.subset)
@@ -118,8 +119,9 @@ class SchedulingDirector:
         """Drop endpoints whose scrape fails or whose metrics are stale. If that drops every
         endpoint, keep them all (fail open, as llm-d does): a metrics outage must not become a
         traffic outage while the pods themselves may be fine."""
-        staleness = self.metrics_staleness
-        usable = [e for e in candidates if e.metrics_fresh(now, staleness)]
+        # Inlined Endpoint.metrics_fresh: this runs over the whole pool on every request.
+        cutoff = now - self.metrics_staleness
+        usable = [e for e in candidates if e.scrape_failures == 0 and e.metrics.updated_at >= cutoff]
         return usable or candidates
 
     def _record(self, request: InferenceRequest, result: SchedulingResult) -> None:

@@ -35,7 +35,9 @@ class ParsedBody:
     # The text prefix-affinity hashes: the completions prompt, or chat messages rendered in order.
     prompt_text: str
     stream: bool
-    api: str  # "completions" | "chat"
+    # "completions" | "chat"; "none" for a request without a body (GET /v1/models ...): model and
+    # prompt_text are then empty and the director routes it without a model check.
+    api: str
     lora_adapter: str | None = None
 
 

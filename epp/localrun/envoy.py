@@ -22,6 +22,11 @@ filter asks the EPP, then the router sends the request where the EPP said. Two u
   the request was sent, so a POST is never sent twice), and falls back to round robin when the EPP
   picked nothing (FailOpen). It also reports the host it used as ``envoy.lb`` /
   ``x-gateway-destination-endpoint-served``, which reaches the EPP on the response path.
+
+FailOpen and body modes: when the EPP is unreachable, Envoy 1.40 fails a FULL_DUPLEX_STREAMED
+request that has a body with a 500 even with ``failure_mode_allow`` (the body was already handed to
+the broken stream); only bodyless requests fail open. For a gateway that must keep serving while the
+EPP is down, use ``mode=BodyMode.BUFFERED`` (Envoy keeps the body until the EPP answers).
 """
 
 from __future__ import annotations
@@ -158,9 +163,11 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
                 "request_trailer_mode": "SEND" if full_duplex else "SKIP",
                 "response_trailer_mode": "SEND" if full_duplex else "SKIP",
             },
-            # Subset hints and the served endpoint travel to the EPP as filter metadata.
             "metadata_options": {
-                "forwarding_namespaces": {"untyped": [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE]}
+                # Subset hints and the served endpoint travel to the EPP as filter metadata ...
+                "forwarding_namespaces": {"untyped": [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE]},
+                # ... and the EPP's envoy.lb answer is accepted (Envoy drops unlisted namespaces).
+                "receiving_namespaces": {"untyped": [LB_METADATA_NAMESPACE]},
             },
         },
     }
@@ -199,9 +206,16 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
                 },
             }
         ]
+    # Matched on the EPP's metadata, not on the header: only the ext_proc answer can set metadata, and
+    # the route may be chosen (and cached) by an earlier filter while a client-sent header is present.
+    routed_by_epp = {
+        "filter": LB_METADATA_NAMESPACE,
+        "path": [{"key": DESTINATION_ENDPOINT}],
+        "value": {"present_match": True},
+    }
     routes: list[dict[str, Any]] = [
         {
-            "match": {"prefix": "/", "headers": [{"name": DESTINATION_ENDPOINT, "present_match": True}]},
+            "match": {"prefix": "/", "dynamic_metadata": [routed_by_epp]},
             "route": {"cluster": ORIGINAL_DST_CLUSTER, "timeout": timeout},
         }
     ]
