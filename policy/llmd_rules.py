@@ -140,11 +140,17 @@ def _argv(container: Container) -> list[Any]:
 
 
 def is_epp_container(container: Container) -> bool:
-    """Our bundled EPP (``python -m epp``) or an upstream endpoint-picker image."""
+    """Our bundled EPP (``python -m epp``) or an upstream endpoint-picker image run as built.
+
+    One image carries the EPP, the P/D sidecar and the simulator, so an explicit ``-m <module>``
+    decides; otherwise (the image's own entrypoint, maybe with flags) the image name does.
+    """
     argv = [str(a) for a in _argv(container)]
-    runs_epp_module = any(a == "-m" and b == "epp" for a, b in itertools.pairwise(argv))
+    modules = [b for a, b in itertools.pairwise(argv) if a == "-m"]
+    if modules:
+        return modules[0] == "epp"
     image = container.body.get("image")
-    return runs_epp_module or (isinstance(image, str) and _image_name(image) in EPP_IMAGE_NAMES)
+    return isinstance(image, str) and _image_name(image) in EPP_IMAGE_NAMES
 
 
 def is_epp_pod(pod: PodTemplate) -> bool:

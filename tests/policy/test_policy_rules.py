@@ -272,11 +272,16 @@ def test_the_epp_is_recognised_by_command_or_upstream_image_without_labels() -> 
 
     for manifest in (by_command, upstream):
         assert "llmd-epp-hardened" in llmd_rules.check_all(manifest)
-    # The P/D sidecar shares the image but is not the EPP.
-    assert (
-        llmd_rules.is_epp_container(llmd_rules.Container("x", {"command": ["python", "-m", "epp.sidecar"]}))
-        is False
-    )
+    # The P/D sidecar and the simulator share the image (named like upstream's "epp") but are not the EPP.
+    for module in ("epp.sidecar", "epp.sim"):
+        body = {"image": "ghcr.io/pulumi-llmd/epp:0.1.0", "command": ["python", "-m", module]}
+        assert llmd_rules.is_epp_container(llmd_rules.Container("x", body)) is False
+    # An upstream image with its own entrypoint but extra flags is still the EPP.
+    upstream_with_flags = {
+        "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.0",
+        "args": ["--pool-name", "llmd"],
+    }
+    assert llmd_rules.is_epp_container(llmd_rules.Container("x", upstream_with_flags)) is True
 
 
 def test_pod_level_security_context_counts_for_the_epp() -> None:
