@@ -73,11 +73,15 @@ def model_server_policy(config: StackConfig, role: Role) -> dict[str, Any]:
     if config.disaggregated:
         other: Role = "decode" if role == "prefill" else "prefill"
         peers = [_pods(selector_labels(config, other))]
-        if role == "prefill":
-            # The decode-side sidecar sends the prefill leg of each disaggregated request.
-            rules.append({"from": peers, "ports": _tcp(naming.MODEL_SERVER_PORT)})
         if config.network_policy.ucx_tcp_between_pools:
-            rules.append({"from": peers})  # UCX's TCP transport listens on ephemeral ports
+            # UCX's TCP transport listens on ephemeral ports; this also covers the sidecar's
+            # prefill calls and the NIXL side channel.
+            rules.append({"from": peers})
+        elif role == "prefill":
+            # The decode-side sidecar sends the prefill leg; NIXL handshakes on the side channel.
+            rules.append(
+                {"from": peers, "ports": _tcp(naming.MODEL_SERVER_PORT, naming.NIXL_SIDE_CHANNEL_PORT)}
+            )
         else:
             rules.append({"from": peers, "ports": _tcp(naming.NIXL_SIDE_CHANNEL_PORT)})
     if pool.nodes_per_replica > 1:

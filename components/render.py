@@ -19,10 +19,11 @@ sorted keys, names from object names, so two commits' renders can be diffed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ class RenderResult:
     stack: str
     registrations: list[Registration]
     objects: list[RenderedObject] = field(default_factory=list)
+    # Function calls no stub answered (they returned {}): listed in SUMMARY.md.
+    unanswered_calls: list[str] = field(default_factory=list)
 
     def of_source(self, source: str) -> list[RenderedObject]:
         return [o for o in self.objects if o.source == source]
@@ -129,15 +132,42 @@ class RenderResult:
         raise KeyError(urn)
 
 
+ResourceOutputs = Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]]
+CallResult = Callable[[pulumi.runtime.MockCallArgs], dict[str, Any]]
+
+
+def _cloud_stubs() -> tuple[dict[str, ResourceOutputs], dict[str, CallResult]]:
+    """Outputs and lookups cloud resources need offline, from ``components.cloud.render_stubs``.
+
+    That optional module (the cloud work's) exposes ``RESOURCE_OUTPUTS`` (Pulumi type -> function of
+    the mock args returning extra output properties, e.g. a cluster endpoint) and ``CALL_RESULTS``
+    (function token -> function returning the invoke result).
+    """
+    try:
+        stubs = importlib.import_module("components.cloud.render_stubs")
+    except ModuleNotFoundError:
+        return {}, {}
+    return dict(getattr(stubs, "RESOURCE_OUTPUTS", {})), dict(getattr(stubs, "CALL_RESULTS", {}))
+
+
 class _Mocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resource_outputs, self.call_results = _cloud_stubs()
+        self.unanswered_calls: list[str] = []
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         state = dict(args.inputs)
         if args.typ.startswith("kubernetes:helm.sh/") or args.typ.startswith("kubernetes:yaml/"):
             state["resources"] = []  # what a real engine returns is unknowable offline
+        if args.typ in self.resource_outputs:
+            state.update(self.resource_outputs[args.typ](args))
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        raise NotImplementedError(f"the offline render does not mock the function call {args.token}")
+        if args.token in self.call_results:
+            return self.call_results[args.token](args), None
+        self.unanswered_calls.append(args.token)
+        return {}, None
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -145,7 +175,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         super().__init__(mocks)
         self.registrations: list[Registration] = []
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack":
             return response
@@ -187,8 +217,10 @@ def load_stack_file(path: Path) -> tuple[dict[str, str], list[str]]:
     return values, secret_keys
 
 
-def run_program(stack: str, config: dict[str, str], secret_keys: Sequence[str] = ()) -> list[Registration]:
-    """Run components.program.main under mocks; returns every registration, in order.
+def run_program(
+    stack: str, config: dict[str, str], secret_keys: Sequence[str] = ()
+) -> tuple[list[Registration], list[str]]:
+    """Run components.program.main under mocks: every registration in order, and unanswered calls.
 
     ``set_mocks`` configures process-global state, so runs are sequential: each one installs a fresh
     root stack, monitor and config before the program starts.
@@ -203,20 +235,25 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Sequence[str] =
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()
     _sync_await(run_pulumi_func(main))
-    return monitor.registrations
+    return monitor.registrations, sorted(set(mocks.unanswered_calls))
 
 
 def render_stack(stack: str, stacks_dir: Path = STACKS_DIR) -> RenderResult:
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
-        known = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir.glob("Pulumi.*.yaml"))
+        known = sorted(
+            p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir.glob("Pulumi.*.yaml")
+        )
         raise FileNotFoundError(f"no stack file {path} (stacks: {', '.join(known)})")
     config, secret_keys = load_stack_file(path)
-    return render_registrations(stack, run_program(stack, config, secret_keys))
+    registrations, unanswered = run_program(stack, config, secret_keys)
+    return render_registrations(stack, registrations, unanswered)
 
 
-def render_registrations(stack: str, registrations: list[Registration]) -> RenderResult:
-    result = RenderResult(stack=stack, registrations=registrations)
+def render_registrations(
+    stack: str, registrations: list[Registration], unanswered_calls: Sequence[str] = ()
+) -> RenderResult:
+    result = RenderResult(stack=stack, registrations=registrations, unanswered_calls=list(unanswered_calls))
     for registration in registrations:
         rendered = _render_one(registration)
         if rendered is not None:
@@ -254,6 +291,9 @@ def summary_markdown(result: RenderResult) -> str:
     ]
     rows = sorted(result.objects, key=lambda o: (o.source != "k8s", o.kind, o.namespace or "", o.name))
     lines += [f"| {o.kind} | {o.name} | {o.namespace or '-'} | {o.source} |" for o in rows]
+    if result.unanswered_calls:
+        lines += ["", "Function calls answered with an empty result (no offline stub):", ""]
+        lines += [f"- `{token}`" for token in result.unanswered_calls]
     return "\n".join(lines) + "\n"
 
 
@@ -336,14 +376,28 @@ def _mask_secrets(value: Any) -> Any:
     return value
 
 
+class _ReadableDumper(yaml.SafeDumper):
+    """Multi-line strings (embedded configs) as literal blocks, so diffs show changed lines."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReadableDumper.add_representer(str, _represent_str)
+
+
 def _yaml(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, sort_keys=True, default_flow_style=False, width=120)
+    return yaml.dump(document, Dumper=_ReadableDumper, sort_keys=True, default_flow_style=False, width=120)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.render", description=__doc__.split("\n")[0])
     parser.add_argument("stacks", nargs="*", help="stack names (default: every stacks/Pulumi.<stack>.yaml)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default build/render)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output directory (default build/render)"
+    )
     options = parser.parse_args(argv)
     stacks = options.stacks or sorted(
         p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in STACKS_DIR.glob("Pulumi.*.yaml")
