@@ -46,23 +46,90 @@ def estimate_tokens(prompt: bytes) -> int:
     return -(-len(prompt) // BYTES_PER_TOKEN)
 
 
-def block_hashes(model: str, prompt: bytes, block_bytes: int, max_blocks: int, salt: str = "") -> list[int]:
-    """Chained hashes of the prompt's full blocks, at most ``max_blocks`` of them."""
+def block_hashes(
+    model: str,
+    prompt: bytes,
+    block_bytes: int,
+    max_blocks: int,
+    salt: str = "",
+    *,
+    start: int = 0,
+    known: Sequence[int] = (),
+) -> list[int]:
+    """Chained hashes of the prompt's full blocks, at most ``max_blocks`` of them. ``known`` are
+    already-computed hashes of blocks ``0..start-1`` (see :class:`ChainCache`)."""
     count = min(len(prompt) // block_bytes, max_blocks)
-    previous = _hash(f"{model}\0{salt}".encode())
+    hashes = list(known[:start])
+    previous = hashes[-1] if hashes else _hash(f"{model}\0{salt}".encode())
     view = memoryview(prompt)
-    hashes = [0] * count
-    start = 0
-    for index in range(count):
-        end = start + block_bytes
-        previous = _hash(view[start:end], previous)
-        hashes[index] = previous
-        start = end
+    offset = len(hashes) * block_bytes
+    append = hashes.append
+    for _ in range(len(hashes), count):
+        end = offset + block_bytes
+        previous = _hash(view[offset:end], previous)
+        append(previous)
+        offset = end
     return hashes
 
 
+class ChainCache:
+    """Recently hashed prompts, keyed by their first block's hash, so a prompt that shares a long
+    prefix with a recent one (the shared system prompt of an agent or chat app) re-hashes only
+    the blocks after the shared part. Shared blocks are found by binary search with in-place
+    byte comparisons (``bytes.startswith`` on a memoryview: a memcmp, no copies), so the result is
+    exactly what :func:`block_hashes` computes from scratch."""
+
+    MIN_BLOCKS = 32  # below this, hashing from scratch costs no more than the lookup
+
+    def __init__(self, entries: int = 128) -> None:
+        self.entries = entries
+        self._recent: OrderedDict[int, tuple[bytes, list[int]]] = OrderedDict()
+
+    def hashes(
+        self, model: str, prompt: bytes, block_bytes: int, max_blocks: int, salt: str = ""
+    ) -> list[int]:
+        count = min(len(prompt) // block_bytes, max_blocks)
+        if count < self.MIN_BLOCKS:
+            return block_hashes(model, prompt, block_bytes, max_blocks, salt)
+        first = block_hashes(model, prompt[:block_bytes], block_bytes, 1, salt)
+        cached = self._recent.get(first[0])
+        if cached is None:
+            hashes = block_hashes(model, prompt, block_bytes, max_blocks, salt, start=1, known=first)
+        else:
+            previous_prompt, previous_hashes = cached
+            shared = _shared_blocks(prompt, previous_prompt, block_bytes, min(count, len(previous_hashes)))
+            hashes = block_hashes(
+                model, prompt, block_bytes, max_blocks, salt, start=shared, known=previous_hashes
+            )
+        self._recent[first[0]] = (prompt, hashes)
+        self._recent.move_to_end(first[0])
+        if len(self._recent) > self.entries:
+            self._recent.popitem(last=False)
+        return hashes
+
+
+def _shared_blocks(prompt: bytes, other: bytes, block_bytes: int, limit: int) -> int:
+    """How many leading full blocks (at most ``limit``) the two prompts have byte-for-byte equal."""
+    view = memoryview(other)
+    low, high = 0, limit  # blocks [0, low) are equal; blocks [0, high + 1) are not all equal
+    while low < high:
+        middle = (low + high + 1) // 2
+        if prompt.startswith(view[low * block_bytes : middle * block_bytes], low * block_bytes):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 class PrefixIndex:
-    """block hash → endpoints holding it, bounded by an LRU of hashes per endpoint."""
+    """block hash → endpoints holding it, bounded by an LRU of hashes per endpoint.
+
+    :meth:`add` touches a chain's blocks last-to-first, so block 0 is the most recently used and
+    eviction takes chains from their tail, as vLLM frees a request's blocks. Every add is a whole
+    chain from block 0, so an endpoint holding block i of a chain also holds blocks 0..i-1. That
+    invariant lets :meth:`match_lengths` binary-search the match depth (about 8 lookups per
+    endpoint for a 256-block prompt) instead of walking every block.
+    """
 
     def __init__(self, capacity_per_endpoint: int) -> None:
         self.default_capacity = capacity_per_endpoint
@@ -70,39 +137,48 @@ class PrefixIndex:
         self._lru: dict[str, OrderedDict[int, None]] = {}
 
     def match_lengths(self, hashes: Sequence[int]) -> dict[str, int]:
-        """For each endpoint holding block 0: how many consecutive blocks from 0 it holds."""
-        matched: dict[str, int] = {}
+        """For each endpoint holding block 0: how many consecutive blocks from 0 it holds.
+
+        A binary search over depth run for groups of endpoints at once: at each probe the group
+        splits (with C-level set operations) into those holding that block and those not, so
+        endpoints that cache the same prefix share one search path."""
+        if not hashes:
+            return {}
         holders = self._holders
-        alive: set[str] | None = None
-        depth = 0
-        for depth, block_hash in enumerate(hashes):
-            pods = holders.get(block_hash)
-            if not pods:
-                break
-            if alive is None:
-                alive = set(pods)
+        first = holders.get(hashes[0])
+        if not first:
+            return {}
+        total = len(hashes)
+        matched: dict[str, int] = {}
+        complete = first.intersection(holders.get(hashes[-1], ()))
+        for hostport in complete:  # the whole prompt is cached there: the common repeat case
+            matched[hostport] = total
+        # Each entry: every endpoint in the group holds hashes[:low] and none holds hashes[:high + 1].
+        pending = [(1, total - 1, first - complete)] if len(complete) != len(first) else []
+        while pending:
+            low, high, group = pending.pop()
+            if low >= high:
+                for hostport in group:
+                    matched[hostport] = low
                 continue
-            still = alive & pods
-            if len(still) != len(alive):
-                for hostport in alive - still:
-                    matched[hostport] = depth
-                if not still:
-                    return matched
-                alive = still
-        else:
-            depth = len(hashes)
-        for hostport in alive or ():
-            matched[hostport] = depth
+            middle = (low + high + 1) // 2
+            deeper = group.intersection(holders.get(hashes[middle - 1], ()))
+            if deeper:
+                pending.append((middle, high, deeper))
+            if len(deeper) != len(group):
+                pending.append((low, middle - 1, group - deeper))
         return matched
 
     def add(self, hostport: str, hashes: Sequence[int], capacity: int | None = None) -> None:
+        """Record that ``hostport`` now caches the chain ``hashes`` (which starts at block 0)."""
         lru = self._lru.get(hostport)
         if lru is None:
             lru = self._lru[hostport] = OrderedDict()
         holders = self._holders
-        for block_hash in hashes:
+        touch = lru.move_to_end
+        for block_hash in reversed(hashes):
             if block_hash in lru:
-                lru.move_to_end(block_hash)
+                touch(block_hash)
                 continue
             lru[block_hash] = None
             pods = holders.get(block_hash)
@@ -168,6 +244,7 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest, EndpointSetObserver):
         self.max_blocks = max_blocks
         self.auto_tune = auto_tune
         self.index = PrefixIndex(lru_capacity)
+        self.chains = ChainCache()
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
@@ -190,7 +267,7 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest, EndpointSetObserver):
     def produce(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> None:
         prompt = request.prompt_text.encode()
         salt = request.state.get("cache_salt", "")
-        hashes = block_hashes(request.target_model, prompt, self.block_bytes, self.max_blocks, salt)
+        hashes = self.chains.hashes(request.target_model, prompt, self.block_bytes, self.max_blocks, salt)
         request.state[self.name] = PrefixMatch(
             hashes=hashes,
             block_tokens=self.block_tokens,

@@ -45,7 +45,8 @@ class RunningRequestsScorer(_Stateless):
 @register("kv-cache-utilization-scorer")
 class KvCacheUtilizationScorer(_Stateless):
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
-        return [min(1.0, max(0.0, 1.0 - endpoint.metrics.kv_usage)) for endpoint in endpoints]
+        # kv_usage is clamped to [0, 1] when scraped, so no clamping is needed here.
+        return [1.0 - endpoint.metrics.kv_usage for endpoint in endpoints]
 
 
 @register("load-aware-scorer")

@@ -153,10 +153,14 @@ class SchedulerProfile:
             endpoints = endpoint_filter.filter(request, endpoints)
             if not endpoints:
                 return None
-        totals = [0.0] * len(endpoints)
+        # Weighted sum with whole-list comprehensions: this is the hot loop of every decision.
+        totals: list[float] = [0.0] * len(endpoints)
         for scorer, weight in self.scorers:
-            for index, score in enumerate(scorer.score(request, endpoints)):
-                totals[index] += weight * score
+            scores = scorer.score(request, endpoints)
+            if weight == 1.0:
+                totals = [total + score for total, score in zip(totals, scores, strict=True)]
+            else:
+                totals = [total + weight * score for total, score in zip(totals, scores, strict=True)]
         result = self.picker.pick(request, endpoints, totals)
         return result if result.targets else None
 

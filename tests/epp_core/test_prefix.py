@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from epp.datastore import EndpointMetrics
 from epp.plugins.prefix import (
     ApproxPrefixCacheProducer,
+    ChainCache,
     PrefixIndex,
     PrefixMatch,
     block_hashes,
@@ -58,6 +59,24 @@ def test_max_blocks_caps_the_hash_list(prompt: bytes, cap: int) -> None:
     assert len(block_hashes("m", prompt, 4, cap)) == min(cap, len(prompt) // 4)
 
 
+@settings(max_examples=60)
+@given(
+    st.binary(min_size=0, max_size=300),
+    st.lists(st.tuples(st.integers(0, 300), st.binary(max_size=200)), min_size=1, max_size=8),
+)
+def test_chain_cache_gives_exactly_the_from_scratch_hashes(
+    shared: bytes, variants: list[tuple[int, bytes]]
+) -> None:
+    """Prompts that share (parts of) a prefix, hashed through the cache in sequence, get the same
+    hashes as hashing each from scratch, wherever the shared part ends relative to blocks."""
+    cache = ChainCache(entries=4)
+    cache.MIN_BLOCKS = 1
+    for cut, tail in variants:
+        prompt = shared[:cut] + tail
+        assert cache.hashes("m", prompt, 4, 60) == block_hashes("m", prompt, 4, 60)
+        assert cache.hashes("m", prompt, 4, 60, salt="s") == block_hashes("m", prompt, 4, 60, salt="s")
+
+
 def test_token_estimate_is_four_bytes_per_token() -> None:
     assert [estimate_tokens(b"x" * n) for n in (0, 1, 4, 5, 4000)] == [0, 1, 1, 2, 1000]
 
@@ -72,39 +91,61 @@ def test_index_match_lengths_are_longest_consecutive_prefix() -> None:
     assert index.match_lengths([]) == {}
 
 
-@settings(max_examples=60)
-@given(
-    st.lists(st.tuples(st.sampled_from("abc"), st.lists(st.integers(0, 8), max_size=6)), max_size=12),
-    st.lists(st.integers(0, 8), max_size=6),
+chains = st.lists(
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=12, unique=True), min_size=1, max_size=4
 )
-def test_index_matches_a_brute_force_model(additions: list[tuple[str, list[int]]], query: list[int]) -> None:
-    index = PrefixIndex(1000)
-    held: dict[str, set[int]] = {}
-    for pod, hashes in additions:
-        index.add(pod, hashes)
-        held.setdefault(pod, set()).update(hashes)
+
+
+@settings(max_examples=80)
+@given(
+    chains,
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3), st.integers(1, 12)), max_size=20),
+    st.integers(0, 3),
+    st.integers(1, 12),
+    st.integers(2, 30),
+)
+def test_index_matches_a_brute_force_lru_model(
+    chain_pool: list[list[int]],
+    additions: list[tuple[str, int, int]],
+    query_chain: int,
+    query_length: int,
+    capacity: int,
+) -> None:
+    """Requests add whole chains (prefixes of prompts); under LRU eviction the binary-searched
+    match depth equals the brute-force longest held prefix."""
+    index = PrefixIndex(capacity)
+    model: dict[str, list[int]] = {}  # pod -> hashes, least recently used first
+    for pod, chain_index, length in additions:
+        chain = chain_pool[chain_index % len(chain_pool)][:length]
+        index.add(pod, chain)
+        lru = model.setdefault(pod, [])
+        for block in reversed(chain):
+            if block in lru:
+                lru.remove(block)
+            lru.append(block)
+        del lru[: max(0, len(lru) - capacity)]
+    query = chain_pool[query_chain % len(chain_pool)][:query_length]
     expected = {}
-    for pod, blocks in held.items():
+    for pod, held in model.items():
         depth = 0
-        while depth < len(query) and query[depth] in blocks:
+        while depth < len(query) and query[depth] in held:
             depth += 1
         if depth:
             expected[pod] = depth
     assert index.match_lengths(query) == expected
 
 
-def test_index_lru_evicts_oldest_per_endpoint_and_cleans_up() -> None:
+def test_index_lru_evicts_chain_tails_first_and_cleans_up() -> None:
     index = PrefixIndex(3)
-    index.add("a", [1, 2, 3])
-    index.add("a", [1])  # touch 1: now 2 is the oldest
-    index.add("a", [4])
+    index.add("a", [1, 2, 3])  # touched 3, 2, 1: block 1 (the chain head) is the most recent
+    index.add("a", [4])  # evicts the least recent block: 3, the tail of the first chain
     assert index.size("a") == 3
-    assert index.match_lengths([2]) == {}
-    assert index.match_lengths([1]) == {"a": 1}
+    assert index.match_lengths([1, 2, 3]) == {"a": 2}
+    assert index.match_lengths([4]) == {"a": 1}
     index.add("b", [1, 2], capacity=1)  # a per-call capacity (auto-tuned) applies to that endpoint
-    assert index.size("b") == 1 and index.match_lengths([2]) == {"b": 1}
+    assert index.size("b") == 1 and index.match_lengths([1, 2]) == {"a": 2, "b": 1}
     index.remove_endpoint("a")
-    assert index.match_lengths([1]) == {} and index.endpoints() == frozenset({"b"})
+    assert index.match_lengths([1, 2]) == {"b": 1} and index.endpoints() == frozenset({"b"})
 
 
 def _producer(**params: object) -> ApproxPrefixCacheProducer:
