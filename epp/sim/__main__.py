@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--advertise-host", default=None, help="host put in kv_transfer_params.remote_host (default: --host)"
     )
+    p.add_argument(
+        "--request-log",
+        default=None,
+        metavar="PATH",
+        help="append each generation request (path, x-request-id, body) to PATH as JSON lines",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -77,6 +83,7 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
         kv_hold_timeout_s=args.kv_hold_timeout,
         advertise_host=args.advertise_host or args.host,
         advertise_port=args.port,
+        request_log=args.request_log,
     )
 
 

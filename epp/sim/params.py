@@ -80,6 +80,8 @@ class SimParams:
     # Host/port advertised in kv_transfer_params; the sim serves pulls over its own HTTP port.
     advertise_host: str = "127.0.0.1"
     advertise_port: int = 8000
+    # Debugging and tests: append every generation request (path, x-request-id, body) as JSON lines.
+    request_log: str | None = None
 
     def __post_init__(self) -> None:
         problems = []

@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    # Compact separators, as vLLM's (FastAPI) responses have.
-    return web.json_response(body, status=status, dumps=_compact)
+    # Compact separators and a bare "application/json" (no charset), as vLLM's FastAPI answers have.
+    return web.Response(
+        body=_compact(body).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
 
 
 def _compact(value: Any) -> str:
@@ -135,6 +137,8 @@ class SimServer:
                 body = await request.json()
             except ValueError as exc:
                 raise ApiError(400, f"JSON decode error: {exc}", "body") from exc
+            if self.params.request_log:
+                self._log_request(request, body)
             parsed = parse_generation(
                 "chat" if api == "chat" else "completions",
                 body,
@@ -193,6 +197,13 @@ class SimServer:
             return _json(ApiError(500, "request aborted").body(), status=500)
         kv_out = self.exports.export(request_id, seq) if exporting else None
         return _json(self._full_response(parsed, seq, kv_out))
+
+    def _log_request(self, request: web.Request, body: Any) -> None:
+        # A small append per request, on the loop: this is a debugging aid, not a serving path.
+        entry = {"path": request.path, "x-request-id": request.headers.get("x-request-id"), "body": body}
+        assert self.params.request_log is not None
+        with open(self.params.request_log, "a", encoding="utf-8") as log_file:
+            log_file.write(_compact(entry) + "\n")
 
     async def _pull_kv(self, kv: dict[str, Any], hashes: list[int]) -> list[int] | None:
         """Pull the remote prefill's blocks; on failure recompute locally, as vLLM's default policy does."""

@@ -1,0 +1,274 @@
+"""P/D end to end: real Envoy -> ``python -m epp`` (P/D profile, static endpoints with roles) ->
+the P/D sidecar in front of a simulated decode vLLM, with a simulated prefill vLLM beside it.
+
+Both simulators log every generation request they receive (``--request-log``), so the test sees
+the exact two-phase exchange the sidecar produced.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
+from epp.localrun.stack import LocalEndpoint, write_endpoints_file
+
+pytestmark = pytest.mark.e2e
+
+try:
+    envoy_binary()
+except (FileNotFoundError, ImportError) as exc:  # pragma: no cover - depends on the machine
+    pytest.skip(f"Envoy binary not available: {exc}", allow_module_level=True)
+
+MODEL = "pd-tiny"
+NON_CACHED_TOKENS = 64  # the decider's threshold: prompts below it are never disaggregated
+PD_CONFIG = f"""\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: prefix-cache-scorer
+- type: queue-scorer
+- type: prefill-filter
+- type: decode-filter
+- type: max-score-picker
+- type: disagg-profile-handler
+  parameters: {{deciders: {{prefill: prefix-based-pd-decider}}}}
+- type: prefix-based-pd-decider
+  parameters: {{nonCachedTokens: {NON_CACHED_TOKENS}}}
+schedulingProfiles:
+- name: prefill
+  plugins: [{{pluginRef: prefill-filter}}, {{pluginRef: max-score-picker}},
+            {{pluginRef: prefix-cache-scorer, weight: 2}}, {{pluginRef: queue-scorer, weight: 1}}]
+- name: decode
+  plugins: [{{pluginRef: decode-filter}}, {{pluginRef: max-score-picker}},
+            {{pluginRef: prefix-cache-scorer, weight: 2}}, {{pluginRef: queue-scorer, weight: 1}}]
+"""
+LONG_PROMPT = "Summarise the incident report below for the on-call engineer. " * 64  # ~1000 tokens
+SHORT_PROMPT = "Say hi."
+
+
+@dataclass
+class PdStack:
+    gateway: EnvoyGateway
+    prefill_port: int
+    decode_port: int
+    sidecar_metrics_port: int
+    prefill_log: Path
+    decode_log: Path
+
+    def post(self, body: dict[str, Any], path: str = "/v1/completions") -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.gateway.config.listen_port, timeout=30)
+        try:
+            connection.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    @staticmethod
+    def received(log: Path) -> list[dict[str, Any]]:
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    @staticmethod
+    def metric(port: int, name: str, **labels: str) -> float:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/metrics")
+            text = connection.getresponse().read().decode()
+        finally:
+            connection.close()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+
+def sim(port: int, role: str, log: Path, log_dir: Path) -> ManagedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "epp.sim",
+        "--port",
+        str(port),
+        "--model",
+        MODEL,
+        "--role",
+        role,
+        "--request-log",
+        str(log),
+        "--log-level",
+        "WARNING",
+    ]
+    return ManagedProcess(
+        command, ready=http_ok(f"http://127.0.0.1:{port}/health"), name=f"sim-{role}", log_dir=log_dir
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdStack]:
+    logs = tmp_path_factory.mktemp("pd-e2e")
+    prefill_port, decode_port, sidecar_port, sidecar_metrics = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    )
+    grpc_port, health_port, epp_metrics = free_port(), free_port(), free_port()
+    endpoints = write_endpoints_file(
+        logs / "endpoints.json",
+        [
+            LocalEndpoint("prefill-0", prefill_port, labels={"llm-d.ai/role": "prefill"}),
+            # Traffic goes to the sidecar; the EPP scrapes the decode vLLM behind it.
+            LocalEndpoint(
+                "decode-0", sidecar_port, metrics_port=decode_port, labels={"llm-d.ai/role": "decode"}
+            ),
+        ],
+    )
+    sidecar = ManagedProcess(
+        [
+            sys.executable,
+            "-m",
+            "epp.sidecar",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(sidecar_port),
+            "--model-server-port",
+            str(decode_port),
+            "--kv-connector",
+            "nixlv2",
+            "--metrics-port",
+            str(sidecar_metrics),
+            "--prefill-timeout",
+            "10",
+        ],
+        ready=http_ok(f"http://127.0.0.1:{sidecar_port}/health"),
+        name="sidecar",
+        log_dir=logs,
+    )
+    epp = ManagedProcess(
+        epp_command(
+            endpoints,
+            grpc_port,
+            health_port,
+            epp_metrics,
+            "--config-text",
+            PD_CONFIG,
+            "--served-models",
+            MODEL,
+        ),
+        ready=grpc_ok(health_port),
+        name="epp",
+        log_dir=logs,
+    )
+    gateway = EnvoyGateway(
+        free_port(), grpc_port, [f"127.0.0.1:{prefill_port}", f"127.0.0.1:{sidecar_port}"], log_dir=logs
+    )
+    prefill_log, decode_log = logs / "prefill.jsonl", logs / "decode.jsonl"
+    with (
+        sim(prefill_port, "prefill", prefill_log, logs),
+        sim(decode_port, "decode", decode_log, logs),
+        sidecar,
+        epp,
+        gateway,
+    ):
+        running = PdStack(gateway, prefill_port, decode_port, sidecar_metrics, prefill_log, decode_log)
+        _wait_until_routable(running)
+        yield running
+
+
+def _wait_until_routable(stack: PdStack, timeout_s: float = 15.0) -> None:
+    """The EPP routes once it has scraped both pods; poll with a tiny request until it does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, _ = stack.post({"model": MODEL, "prompt": "ping", "max_tokens": 1})
+        if status == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the P/D stack never answered 200")
+
+
+def test_long_prompt_is_prefilled_remotely_then_decoded(stack):
+    prefill_before = len(stack.received(stack.prefill_log))
+    decode_before = len(stack.received(stack.decode_log))
+    request = {
+        "model": MODEL,
+        "prompt": LONG_PROMPT,
+        "max_tokens": 5,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    status, body = stack.post(request)
+    assert status == 200
+    frames = body.decode().split("\n\n")[:-1]
+    assert frames[-1] == "data: [DONE]"
+    usage = json.loads(frames[-2].removeprefix("data: "))["usage"]  # include_usage: the last chunk
+    assert usage["completion_tokens"] == 5
+
+    [prefill] = stack.received(stack.prefill_log)[prefill_before:]
+    assert prefill["path"] == "/v1/completions"
+    assert prefill["body"] == {
+        "model": MODEL,
+        "prompt": LONG_PROMPT,
+        "temperature": 0,
+        "stream": False,
+        "max_tokens": 1,
+        "max_completion_tokens": 1,
+        "kv_transfer_params": {
+            "do_remote_decode": True,
+            "do_remote_prefill": False,
+            "remote_engine_id": None,
+            "remote_block_ids": None,
+            "remote_host": None,
+            "remote_port": None,
+        },
+    }
+    [decode] = stack.received(stack.decode_log)[decode_before:]
+    kv = decode["body"].pop("kv_transfer_params")
+    assert decode["body"] == request
+    assert kv["do_remote_prefill"] is True and kv["remote_port"] == stack.prefill_port
+    assert kv["remote_host"] == "127.0.0.1" and kv["remote_engine_id"] and kv["remote_block_ids"]
+    assert prefill["x-request-id"] and prefill["x-request-id"] == decode["x-request-id"]
+
+    # The decode pod pulled the prefilled KV instead of computing it.
+    assert stack.metric(stack.decode_port, "vllm:external_prefix_cache_hits_total") == usage["prompt_tokens"]
+    assert stack.metric(stack.decode_port, "vllm:nixl_num_failed_transfers_total") == 0
+    assert stack.metric(stack.sidecar_metrics_port, "llmd_sidecar_requests_total", mode="disaggregated") >= 1
+    assert stack.metric(stack.sidecar_metrics_port, "llmd_sidecar_prefill_fallbacks_total") == 0
+
+
+def test_short_prompt_is_not_disaggregated(stack):
+    prefill_before = len(stack.received(stack.prefill_log))
+    decode_before = len(stack.received(stack.decode_log))
+    request = {"model": MODEL, "messages": [{"role": "user", "content": SHORT_PROMPT}], "max_tokens": 3}
+    status, body = stack.post(request, "/v1/chat/completions")
+    assert status == 200, body[:300]
+    assert json.loads(body)["usage"]["completion_tokens"] == 3
+    assert stack.received(stack.prefill_log)[prefill_before:] == []
+    [decode] = stack.received(stack.decode_log)[decode_before:]
+    assert decode["body"] == request  # untouched: no kv_transfer_params
+
+
+def test_prompt_cached_on_the_decode_pod_stays_local(stack):
+    prompt = "Rewrite this changelog entry in plain words. " * 60
+    first = {"model": MODEL, "prompt": prompt, "max_tokens": 2}
+    assert stack.post(first)[0] == 200
+    prefill_before = len(stack.received(stack.prefill_log))
+    # Same prompt plus a short question: the decode pod holds all but a few tokens of it.
+    status, _ = stack.post({"model": MODEL, "prompt": prompt + "Why?", "max_tokens": 2})
+    assert status == 200
+    assert stack.received(stack.prefill_log)[prefill_before:] == []

@@ -1,0 +1,170 @@
+"""The simulator's API against real vLLM 0.32 CPU on the tiny model: routes, JSON field sets, SSE
+framing, error shapes, metric names, types and label names."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests_shim as http
+from prometheus_client.parser import text_string_to_metric_families
+from vllm_server import SERVED_NAME, vllm_process
+
+from epp.localrun.process import ManagedProcess, free_port, http_ok
+
+pytestmark = pytest.mark.slow
+
+# The series the EPP and dashboards read, plus the ones the simulator claims to model.
+COMPARED_METRICS = (
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "vllm:external_prefix_cache_queries",
+    "vllm:external_prefix_cache_hits",
+    "vllm:num_preemptions",
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:request_success",
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_prefill_time_seconds",
+    "vllm:request_decode_time_seconds",
+    "vllm:cache_config_info",
+)
+
+
+@pytest.fixture(scope="module")
+def servers(
+    vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    logs = tmp_path_factory.mktemp("sim-vs-vllm")
+    real_port, sim_port = free_port(), free_port()
+    sim = ManagedProcess(
+        [sys.executable, "-m", "epp.sim", "--model", SERVED_NAME, "--port", str(sim_port)],
+        ready=http_ok(f"http://127.0.0.1:{sim_port}/health"),
+        name="sim",
+        log_dir=logs,
+    )
+    with vllm_process(vllm_python, tiny_model, real_port, name="vllm", log_dir=logs), sim:
+        yield {"real": f"http://127.0.0.1:{real_port}", "sim": f"http://127.0.0.1:{sim_port}"}
+
+
+def both(servers: dict[str, str], method: str, path: str, body: Any = None) -> dict[str, http.Reply]:
+    return {name: http.request(method, url + path, body) for name, url in servers.items()}
+
+
+def shape(value: Any) -> Any:
+    """Field names and nesting, not values (lists by their first element)."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return None
+
+
+def test_health_and_models(servers):
+    health = both(servers, "GET", "/health")
+    assert {r.status for r in health.values()} == {200}
+    models = both(servers, "GET", "/v1/models")
+    assert shape(models["sim"].json()) == shape(models["real"].json())
+    assert models["sim"].json()["data"][0]["id"] == models["real"].json()["data"][0]["id"] == SERVED_NAME
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"model": SERVED_NAME, "prompt": "def main():", "max_tokens": 3}),
+        (
+            "/v1/chat/completions",
+            {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        ),
+    ],
+)
+def test_response_bodies_have_the_same_fields(servers, path, body):
+    replies = both(servers, "POST", path, body)
+    assert replies["sim"].status == replies["real"].status == 200
+    assert replies["sim"].headers["content-type"] == replies["real"].headers["content-type"]
+    assert shape(replies["sim"].json()) == shape(replies["real"].json())
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/completions",
+            {
+                "model": SERVED_NAME,
+                "prompt": "import os",
+                "max_tokens": 3,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": SERVED_NAME,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 3,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+    ],
+)
+def test_sse_framing_and_chunks_match(servers, path, body):
+    replies = both(servers, "POST", path, body)
+    events = {}
+    for name, reply in replies.items():
+        assert reply.status == 200
+        assert reply.headers["content-type"] == "text/event-stream; charset=utf-8"
+        text = reply.body.decode()
+        assert text.endswith("data: [DONE]\n\n"), name
+        frames = text.split("\n\n")[:-1]
+        assert all(f.startswith("data: ") and "\n" not in f for f in frames), name
+        events[name] = [json.loads(f[len("data: ") :]) for f in frames[:-1]]
+    assert [shape(e) for e in events["sim"]] == [shape(e) for e in events["real"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"model": "no-such-model", "prompt": "x"}, 404),
+        ({"model": SERVED_NAME, "prompt": "x", "max_tokens": 5000}, 400),
+        ({"model": SERVED_NAME}, 400),
+    ],
+)
+def test_errors_have_the_same_status_and_shape(servers, body, status):
+    replies = both(servers, "POST", "/v1/completions", body)
+    for reply in replies.values():
+        assert reply.status == status
+    assert shape(replies["sim"].json()) == shape(replies["real"].json())
+    assert replies["sim"].json()["error"]["type"] == replies["real"].json()["error"]["type"]
+    assert replies["sim"].json()["error"]["param"] == replies["real"].json()["error"]["param"]
+
+
+def test_metrics_have_the_same_names_types_and_labels(servers):
+    families = {}
+    for name, reply in both(servers, "GET", "/metrics").items():
+        assert reply.status == 200
+        families[name] = {f.name: f for f in text_string_to_metric_families(reply.body.decode())}
+    for metric in COMPARED_METRICS:
+        real, sim = families["real"].get(metric), families["sim"].get(metric)
+        assert real is not None, f"real vLLM has no {metric}: update the comparison list"
+        assert sim is not None, f"the simulator lacks {metric}"
+        assert sim.type == real.type, metric
+        real_labels = {frozenset(s.labels) for s in real.samples if not s.name.endswith("_created")}
+        sim_labels = {frozenset(s.labels) for s in sim.samples if not s.name.endswith("_created")}
+        if metric == "vllm:cache_config_info":
+            # vLLM exports every cache setting; the simulator the ones with meaning for it.
+            assert all(labels <= next(iter(real_labels)) for labels in sim_labels)
+        else:
+            assert sim_labels == real_labels, metric
