@@ -136,8 +136,8 @@ class GatewayConfig(ConfigModel):
 
 
 class ResourcesConfig(ConfigModel):
-    cpu: Quantity = Field(description="CPU request (and limit).")
-    memory: Quantity = Field(description="Memory request (and limit).")
+    cpu: Quantity = Field(description="CPU request (no CPU limit: throttling hurts latency).")
+    memory: Quantity = Field(description="Memory request and limit.")
 
 
 class AcceleratorConfig(ConfigModel):
