@@ -65,7 +65,7 @@ def efa_instance_type(name: str) -> EfaInstanceType:
     except KeyError:
         known = ", ".join(sorted(EFA_INSTANCE_TYPES))
         raise ValueError(
-            f"instance type '{name}' has no known EFA interface count (known: {known}); "
+            f"'{name}' has no known EFA interface count (known: {known}); "
             "add it to components/cloud/efa.py with its source"
         ) from None
 

@@ -20,6 +20,7 @@ import pulumi_kubernetes as k8s
 
 from components.cloud.efa import efa_interface_layout
 from components.cloud.kubeconfig import eks_kubeconfig
+from components.cloud.pools import check_gpus_per_pod
 from components.cloud.scheduling import pool_tolerations
 from components.config.eks import EksConfig
 from components.config.models import StackConfig
@@ -49,6 +50,15 @@ _CLUSTER_POLICIES = ("AmazonEKSClusterPolicy",)
 _NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
 
 
+def aws_partition(region: str) -> str:
+    """The ARN partition of a region, without a lookup (China and GovCloud have their own)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
 def _assume_role_policy(service: str) -> str:
     return json.dumps(
         {
@@ -63,7 +73,13 @@ class EksGpuCapacity(pulumi.ComponentResource):
 
     k8s_provider: k8s.Provider
 
-    def __init__(self, name: str, config: EksConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: EksConfig,
+        kubernetes_version: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("llmd:cloud:EksGpuCapacity", name, None, opts)
         self.config = config
         self._name = name
@@ -71,9 +87,7 @@ class EksGpuCapacity(pulumi.ComponentResource):
             f"{name}-aws", region=config.region, opts=pulumi.ResourceOptions(parent=self)
         )
         self._child = pulumi.ResourceOptions(parent=self, provider=aws_provider)
-        self._partition = aws.get_partition_output(
-            opts=pulumi.InvokeOutputOptions(parent=self, provider=aws_provider)
-        ).partition
+        self._kubernetes_version = kubernetes_version
 
         if config.cluster.create:
             cluster_name, endpoint, ca_data, cluster_sg, vpc_id, cluster_ready = self._created_cluster()
@@ -120,10 +134,8 @@ class EksGpuCapacity(pulumi.ComponentResource):
 
     # --- cluster --------------------------------------------------------------------------------
 
-    def _policy_arn(self, policy: str) -> pulumi.Output[str]:
-        return self._partition.apply(
-            lambda partition: _MANAGED_POLICY.format(partition=partition, name=policy)
-        )
+    def _policy_arn(self, policy: str) -> str:
+        return _MANAGED_POLICY.format(partition=aws_partition(self.config.region), name=policy)
 
     def _managed_policies(
         self, role: aws.iam.Role, names: tuple[str, ...], prefix: str
@@ -159,7 +171,7 @@ class EksGpuCapacity(pulumi.ComponentResource):
         cluster = aws.eks.Cluster(
             f"{name}-cluster",
             name=spec.name,
-            version=spec.version,
+            version=self._kubernetes_version,
             role_arn=role.arn,
             vpc_config=aws.eks.ClusterVpcConfigArgs(
                 subnet_ids=list(spec.subnet_ids),
@@ -401,7 +413,15 @@ def provision(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -
     """Entry point for `llmd:platform: eks` (called by the spine's provision_platform)."""
     if config.eks is None:
         raise ValueError("llmd:eks is required when llmd:platform is 'eks'")
-    capacity = EksGpuCapacity("eks", config.eks, opts=opts)
+    pool = config.eks.node_group
+    pods_per_node = pool.instance.efa_interfaces // pool.effective_efa_per_pod
+    share = (
+        pool.instance_type
+        if pods_per_node == 1
+        else f"a 1/{pods_per_node} share of {pool.instance_type} (eks.nodeGroup.efaPerPod)"
+    )
+    check_gpus_per_pod(config, share, pool.instance.gpus // pods_per_node, whole_node=False)
+    capacity = EksGpuCapacity("eks", config.eks, config.kubernetes_version, opts=opts)
     return Platform(
         k8s_provider=capacity.k8s_provider,
         pod_networking=capacity.pod_networking,

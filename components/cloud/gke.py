@@ -19,6 +19,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from components.cloud.kubeconfig import gke_kubeconfig
+from components.cloud.pools import check_gpus_per_pod
 from components.cloud.scheduling import pool_tolerations
 from components.config.gke import GkeConfig
 from components.config.models import StackConfig
@@ -471,7 +472,7 @@ def gke_pod_networking(config: GkeConfig) -> PodNetworking:
     return PodNetworking(
         annotations={
             "networking.gke.io/default-interface": "eth0",
-            "networking.gke.io/interfaces": json.dumps(interfaces),
+            "networking.gke.io/interfaces": json.dumps(interfaces, separators=(",", ":")),
         },
         env={
             # The gIB installer copies its NCCL net plugin into the host's NVIDIA library directory.
@@ -498,6 +499,14 @@ def provision(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -
     """Entry point for `llmd:platform: gke` (called by the spine's provision_platform)."""
     if config.gke is None:
         raise ValueError("llmd:gke is required when llmd:platform is 'gke'")
+    machine = config.gke.node_pool.machine
+    check_gpus_per_pod(
+        config,
+        machine.name,
+        machine.accelerator_count,
+        whole_node=config.gke.rdma.enabled,
+        reason="GKE gives a node's RDMA NICs to a single pod; set gke.rdma.enabled: false to share nodes",
+    )
     capacity = GkeGpuCapacity("gke", config.gke, opts=opts)
     return Platform(
         k8s_provider=capacity.k8s_provider,

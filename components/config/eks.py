@@ -23,14 +23,13 @@ _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SECURITY_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8,17}$")
 _RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8,17}$")
 _EKS_NAME = re.compile(r"^[0-9A-Za-z][A-Za-z0-9\-_]{0,99}$")
-_K8S_VERSION = re.compile(r"^1\.[0-9]{2}$")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True)
 
 
-def _match(pattern: re.Pattern[str], value: str, key: str, example: str) -> str:
+def _match(pattern: re.Pattern[str], value: str, example: str) -> str:
     if not pattern.match(value):
         raise ValueError(f"'{value}' is malformed (expected something like {example})")
     return value
@@ -48,7 +47,6 @@ class EksClusterConfig(_Model):
     # False adopts an existing cluster by name: its endpoint, CA and security group come from a lookup.
     create: bool = True
     name: str = "llmd"
-    version: str = "1.33"
     # Where the control plane ENIs go (EKS wants at least two AZs); needed only when creating.
     subnet_ids: list[str] = Field(default_factory=list)
     endpoint_public_access: bool = True
@@ -59,18 +57,13 @@ class EksClusterConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        return _match(_EKS_NAME, name, "eks.cluster.name", "llmd")
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, version: str) -> str:
-        return _match(_K8S_VERSION, version, "eks.cluster.version", "1.33")
+        return _match(_EKS_NAME, name, "llmd")
 
     @field_validator("subnet_ids")
     @classmethod
     def _subnets(cls, subnet_ids: list[str]) -> list[str]:
         return [
-            _match(_SUBNET_ID, s, "eks.cluster.subnetIds", "subnet-0abc12345def67890") for s in subnet_ids
+            _match(_SUBNET_ID, s, "subnet-0abc12345def67890") for s in subnet_ids
         ]
 
 
@@ -102,7 +95,7 @@ class EksNodeGroupConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        return _match(_EKS_NAME, name, "eks.nodeGroup.name", "gpu")
+        return _match(_EKS_NAME, name, "gpu")
 
     @field_validator("instance_type")
     @classmethod
@@ -116,22 +109,20 @@ class EksNodeGroupConfig(_Model):
     @field_validator("subnet_id")
     @classmethod
     def _subnet(cls, subnet_id: str) -> str:
-        return _match(_SUBNET_ID, subnet_id, "eks.nodeGroup.subnetId", "subnet-0abc12345def67890")
+        return _match(_SUBNET_ID, subnet_id, "subnet-0abc12345def67890")
 
     @field_validator("capacity_reservation_id")
     @classmethod
     def _reservation(cls, reservation_id: str | None) -> str | None:
         if reservation_id is None:
             return None
-        return _match(
-            _RESERVATION_ID, reservation_id, "eks.nodeGroup.capacityReservationId", "cr-0123456789abcdef0"
-        )
+        return _match(_RESERVATION_ID, reservation_id, "cr-0123456789abcdef0")
 
     @field_validator("security_group_ids")
     @classmethod
     def _security_groups(cls, ids: list[str]) -> list[str]:
         return [
-            _match(_SECURITY_GROUP_ID, s, "eks.nodeGroup.securityGroupIds", "sg-0123456789abcdef0")
+            _match(_SECURITY_GROUP_ID, s, "sg-0123456789abcdef0")
             for s in ids
         ]
 
@@ -141,23 +132,20 @@ class EksNodeGroupConfig(_Model):
     def _sizes_and_capacity(self) -> Self:
         if not self.min_size <= self.desired_size <= self.max_size:
             raise ValueError(
-                f"eks.nodeGroup sizes must satisfy minSize <= desiredSize <= maxSize, got "
+                f"sizes must satisfy minSize <= desiredSize <= maxSize, got "
                 f"{self.min_size} / {self.desired_size} / {self.max_size}"
             )
         if self.capacity_type == "CAPACITY_BLOCK" and self.capacity_reservation_id is None:
-            raise ValueError(
-                "eks.nodeGroup.capacityType CAPACITY_BLOCK needs eks.nodeGroup.capacityReservationId"
-            )
+            raise ValueError("capacityType CAPACITY_BLOCK needs capacityReservationId")
         if self.capacity_type == "SPOT" and self.capacity_reservation_id is not None:
             raise ValueError(
-                "eks.nodeGroup.capacityType SPOT cannot use eks.nodeGroup.capacityReservationId "
+                "capacityType SPOT cannot use capacityReservationId "
                 "(Spot instances do not run in capacity reservations)"
             )
         efa = self.instance.efa_interfaces
         if self.efa_per_pod is not None and (self.efa_per_pod > efa or efa % self.efa_per_pod):
             raise ValueError(
-                f"eks.nodeGroup.efaPerPod {self.efa_per_pod} must divide the {efa} EFA interfaces "
-                f"of {self.instance_type}"
+                f"efaPerPod {self.efa_per_pod} must divide the {efa} EFA interfaces of {self.instance_type}"
             )
         return self
 
@@ -193,28 +181,28 @@ class EksConfig(_Model):
     @field_validator("region")
     @classmethod
     def _region(cls, region: str) -> str:
-        return _match(_REGION, region, "eks.region", "us-east-1")
+        return _match(_REGION, region, "us-east-1")
 
     @field_validator("vpc_id")
     @classmethod
     def _vpc(cls, vpc_id: str | None) -> str | None:
-        return None if vpc_id is None else _match(_VPC_ID, vpc_id, "eks.vpcId", "vpc-0123456789abcdef0")
+        return None if vpc_id is None else _match(_VPC_ID, vpc_id, "vpc-0123456789abcdef0")
 
     @model_validator(mode="after")
     def _zone_and_vpc(self) -> Self:
         suffix = self.availability_zone[len(self.region) :]
         if not self.availability_zone.startswith(self.region) or not _AZ_SUFFIX.match(suffix):
             raise ValueError(
-                f"eks.availabilityZone '{self.availability_zone}' is not an availability zone of "
-                f"eks.region '{self.region}' (e.g. {self.region}a)"
+                f"availabilityZone '{self.availability_zone}' is not an availability zone of "
+                f"region '{self.region}' (e.g. {self.region}a)"
             )
         if self.cluster.create and len(set(self.cluster.subnet_ids)) < 2:
             raise ValueError(
-                "eks.cluster.subnetIds needs at least two subnets in different availability zones "
-                "to create a cluster (or set eks.cluster.create: false to adopt one)"
+                "cluster.subnetIds needs at least two subnets in different availability zones "
+                "to create a cluster (or set cluster.create: false to adopt one)"
             )
         if self.cluster.create and self.vpc_id is None:
             raise ValueError(
-                "eks.vpcId is required when eks.cluster.create is true (the EFA security group lives in it)"
+                "vpcId is required when cluster.create is true (the EFA security group lives in it)"
             )
         return self
