@@ -1,0 +1,118 @@
+"""Command-line parsing of ``python -m epp``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from epp.cli import duration, parse_args
+from epp.config.loader import DEFAULT_CONFIG
+from epp.server.stream import BodyMode
+
+
+@pytest.fixture
+def endpoints(tmp_path: Path) -> Path:
+    path = tmp_path / "endpoints.yaml"
+    path.write_text("endpoints: []\n")
+    return path
+
+
+def test_defaults_match_the_contract(endpoints: Path) -> None:
+    runtime, server, level = parse_args(["--endpoints-file", str(endpoints)])
+    assert runtime.config_text == DEFAULT_CONFIG
+    assert (runtime.refresh_metrics_interval, runtime.metrics_staleness_threshold) == (0.05, 2.0)
+    assert runtime.pool_namespace == "default" and runtime.pool_group == "inference.networking.k8s.io"
+    assert (server.grpc_port, server.grpc_health_port, server.metrics_port) == (9002, 9003, 9090)
+    assert server.stream.max_request_body_bytes == 4194304
+    assert server.stream.default_body_mode is BodyMode.FULL_DUPLEX_STREAMED
+    assert server.tls is None and level == "info"
+
+
+def test_llm_d_style_flags(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n")
+    runtime, server, _ = parse_args(
+        [
+            "--pool-name",
+            "pool",
+            "--pool-namespace",
+            "llm",
+            "--config-file",
+            str(config),
+            "--refresh-metrics-interval=50ms",
+            "--metrics-staleness-threshold",
+            "1m30s",
+            "--served-models",
+            "a, b",
+            "--secure-serving=false",
+            "--grpc-port=19002",
+            "--body-mode",
+            "BUFFERED",
+        ]
+    )
+    assert (runtime.pool_name, runtime.pool_namespace) == ("pool", "llm")
+    assert runtime.config_text.startswith("apiVersion: llm-d.ai")
+    assert runtime.refresh_metrics_interval == pytest.approx(0.05)
+    assert runtime.metrics_staleness_threshold == 90
+    assert runtime.served_models == frozenset({"a", "b"})
+    assert server.grpc_port == 19002 and server.tls is None
+    assert server.stream.default_body_mode is BodyMode.BUFFERED
+
+
+def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path) -> None:
+    (tmp_path / "tls.crt").write_text("cert")
+    (tmp_path / "tls.key").write_text("key")
+    _, server, _ = parse_args(
+        ["--endpoints-file", str(endpoints), "--secure-serving", "--cert-path", str(tmp_path)]
+    )
+    assert server.tls is not None and server.tls.cert == tmp_path / "tls.crt"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "exactly one of --pool-name or --endpoints-file"),
+        (["--pool-name", "p", "--endpoints-file", "{endpoints}"], "exactly one of"),
+        (["--endpoints-file", "/nonexistent/endpoints.yaml"], "no such file"),
+        (["--endpoints-file", "{endpoints}", "--secure-serving"], "needs --cert-path"),
+        (["--endpoints-file", "{endpoints}", "--config-file", "/nonexistent.yaml"], "--config-file"),
+        (["--endpoints-file", "{endpoints}", "--served-models", ","], "names no model"),
+        (["--endpoints-file", "{endpoints}", "--grpc-port", "70000"], "port out of range"),
+        (["--endpoints-file", "{endpoints}", "--refresh-metrics-interval", "fast"], "not a duration"),
+        (["--endpoints-file", "{endpoints}", "--secure-serving=maybe"], "not a boolean"),
+        (["--endpoints-file", "{endpoints}", "--config-text", "x", "--config-file", "y"], "not allowed with"),
+    ],
+)
+def test_bad_command_lines_exit_2_naming_the_problem(
+    argv: list[str], message: str, endpoints: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_args([a.format(endpoints=endpoints) for a in argv])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("0.5", 0.5), ("2s", 2), ("50ms", 0.05), ("1m30s", 90), ("1h", 3600)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5x", "-1", "1s2", "ms"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration(text)
+
+
+def test_invalid_scheduler_config_exits_2_with_the_loader_message(
+    endpoints: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from epp.cli import main
+
+    bad = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: no-such-plugin\n"
+    assert main(["--endpoints-file", str(endpoints), "--config-text", bad]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err and "no-such-plugin" in err
