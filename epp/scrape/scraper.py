@@ -81,6 +81,8 @@ class MetricsScraper:
         for hostport in list(self._tasks):
             if hostport not in live:
                 self._tasks.pop(hostport).cancel()
+                with contextlib.suppress(KeyError):  # no error was ever counted for it
+                    epp_metrics.SCRAPE_ERRORS.remove(hostport)
         for hostport, endpoint in live.items():
             if hostport not in self._tasks:
                 self._tasks[hostport] = asyncio.create_task(self._poll(endpoint), name=f"scrape {hostport}")
