@@ -15,6 +15,7 @@ from components.k8sobjects import register
 
 CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
+TLS_DIR = "/etc/epp/tls"
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,19 @@ def epp_selector(config: StackConfig) -> dict[str, str]:
     return {"app.kubernetes.io/instance": config.name, "app.kubernetes.io/name": naming.epp_name(config)}
 
 
+# InferenceObjective (request priorities) lives in llm-d.ai now and in the x-k8s group up to GIE
+# v1.5; the EPP watches both.
+OBJECTIVE_GROUPS = ["llm-d.ai", "inference.networking.x-k8s.io"]
+
+
 def role_rules(config: StackConfig) -> list[dict[str, Any]]:
-    """Exactly what the EPP reads: pods (endpoints) and its InferencePool; leases only for HA."""
+    """Exactly what the EPP reads, read-only: pods (endpoints), its InferencePool and the
+    InferenceObjectives; leases and events only with leader election."""
+    read = ["get", "list", "watch"]
     rules: list[dict[str, Any]] = [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        {
-            "apiGroups": [naming.INFERENCE_POOL_GROUP],
-            "resources": ["inferencepools"],
-            "verbs": ["get", "list", "watch"],
-        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+        {"apiGroups": [naming.INFERENCE_POOL_GROUP], "resources": ["inferencepools"], "verbs": read},
+        {"apiGroups": OBJECTIVE_GROUPS, "resources": ["inferenceobjectives"], "verbs": read},
     ]
     if config.epp.leader_election:
         rules += [
@@ -83,6 +88,8 @@ def epp_arguments(config: StackConfig) -> list[str]:
         "--served-models",
         config.model.name,
     ]
+    if epp.secure_serving:
+        args += ["--cert-path", TLS_DIR]
     if epp.leader_election:
         args.append("--ha-enable-leader-election")
     return args
@@ -101,7 +108,7 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
     name = naming.epp_name(config)
     epp = config.epp
     health = naming.EPP_HEALTH_PORT
-    container = {
+    container: dict[str, Any] = {
         "name": "epp",
         "image": epp.image,
         "command": ["python", "-m", "epp"],
@@ -128,6 +135,10 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
         "securityContext": naming.hardened_security_context(),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
     }
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": name}}]
+    if epp.secure_serving and epp.tls_secret_name is not None:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": epp.tls_secret_name}})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -144,7 +155,7 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
                     # Longer than the EPP's 30 s drain so in-flight streams finish on shutdown.
                     "terminationGracePeriodSeconds": 130,
                     "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    "volumes": volumes,
                 },
             },
         },

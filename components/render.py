@@ -164,10 +164,11 @@ class _Mocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        # Failures as a list: pulumi's MockMonitor iterates the second element (None raises TypeError).
         if args.token in self.call_results:
-            return self.call_results[args.token](args), None
+            return self.call_results[args.token](args), []
         self.unanswered_calls.append(args.token)
-        return {}, None
+        return {}, []
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):

@@ -221,8 +221,8 @@ class EppConfig(ConfigModel):
     replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
     leader_election: bool = Field(
         default=False,
-        description="Pass `--ha-enable-leader-election` and grant leases/events RBAC (for EPP images "
-        "that support it; replicas then act active/passive).",
+        description="Pass `--ha-enable-leader-election` and grant leases/events RBAC. For upstream llm-d "
+        "EPP images: the bundled EPP does not implement leader election.",
     )
     failure_mode: FailureMode = Field(
         default=FailureMode.FAIL_CLOSE,
@@ -231,6 +231,12 @@ class EppConfig(ConfigModel):
     )
     secure_serving: bool = Field(
         default=False, description="`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC)."
+    )
+    tls_secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for "
+        "`--cert-path`; required with secureServing.",
     )
     config: str | None = Field(
         default=None,

@@ -71,6 +71,10 @@ def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Pro
                 " `pulumi config set --secret llmd:hfToken <token>`",
             )
         )
+    if config.epp.secure_serving and config.epp.tls_secret_name is None:
+        problems.append(
+            Problem("epp.tlsSecretName", "is required when epp.secureServing is true (the EPP's certificate)")
+        )
     if config.epp.leader_election and config.epp.replicas < 2:
         problems.append(Problem("epp.leaderElection", f"needs epp.replicas >= 2 (got {config.epp.replicas})"))
     if platform is PlatformName.KIND and not simulated:

@@ -123,6 +123,12 @@ def test_simulator_cannot_request_gpus_or_span_nodes() -> None:
     )
 
 
+def test_secure_serving_needs_a_certificate_secret() -> None:
+    assert problems_of(kind_config(epp={"secureServing": True})) == [
+        "llmd:epp.tlsSecretName is required when epp.secureServing is true (the EPP's certificate)"
+    ]
+
+
 def test_leader_election_needs_several_replicas() -> None:
     assert problems_of(kind_config(epp={"leaderElection": True})) == [
         "llmd:epp.leaderElection needs epp.replicas >= 2 (got 1)"

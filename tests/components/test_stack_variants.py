@@ -146,3 +146,14 @@ def test_custom_picker_config_is_used_verbatim() -> None:
 def test_other_kubernetes_versions_validate(version: str) -> None:
     result = render_config(kind_config(kubernetesVersion=version))
     validate(result, version)
+
+
+def test_secure_serving_mounts_the_certificate() -> None:
+    result = render_config(kind_config(epp={"secureServing": True, "tlsSecretName": "epp-cert"}))
+    spec = result.get("Deployment", "t-epp").document["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "--secure-serving=true" in container["args"]
+    assert container["args"][container["args"].index("--cert-path") + 1] == "/etc/epp/tls"
+    assert {"name": "tls", "mountPath": "/etc/epp/tls", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "tls", "secret": {"secretName": "epp-cert"}} in spec["volumes"]
+    validate(result)

@@ -144,12 +144,14 @@ def test_rendered_picker_config_loads_in_the_bundled_epp(result: RenderResult) -
 
 def test_rbac_is_exactly_the_minimum(result: RenderResult) -> None:
     (role,) = result.manifests("Role")
+    read = ["get", "list", "watch"]
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+        {"apiGroups": ["inference.networking.k8s.io"], "resources": ["inferencepools"], "verbs": read},
         {
-            "apiGroups": ["inference.networking.k8s.io"],
-            "resources": ["inferencepools"],
-            "verbs": ["get", "list", "watch"],
+            "apiGroups": ["llm-d.ai", "inference.networking.x-k8s.io"],
+            "resources": ["inferenceobjectives"],
+            "verbs": read,
         },
     ]
     assert result.manifests("ClusterRole") == [] and result.manifests("ClusterRoleBinding") == []
@@ -299,3 +301,28 @@ def test_kind_runs_the_simulator_without_gpus(renders: dict[str, RenderResult]) 
         assert engine["args"][engine["args"].index("--role") + 1] == role
         assert engine["image"] == "localhost/pulumi-llmd-epp:dev"
         assert not any("/" in key for key in engine["resources"]["limits"])  # no extended resources
+
+
+def test_rendered_commands_parse_with_the_bundled_entry_points(result: RenderResult) -> None:
+    """Contract check: every flag we render is one the bundled EPP, sidecar and simulator accept."""
+    epp_cli = pytest.importorskip("epp.cli", reason="the EPP CLI is not in this checkout")
+    sidecar_config = pytest.importorskip("epp.sidecar.config", reason="the sidecar is not in this checkout")
+    sim_main = pytest.importorskip("epp.sim.__main__", reason="the simulator is not in this checkout")
+    parsers = {
+        ("python", "-m", "epp"): epp_cli.build_parser(),
+        ("python", "-m", "epp.sidecar"): sidecar_config.build_parser(),
+        ("python", "-m", "epp.sim"): sim_main.build_parser(),
+    }
+    checked = set()
+    for deployment in result.manifests("Deployment"):
+        for container in containers(deployment).values():
+            command = tuple(container["command"])
+            if command in parsers:
+                parsed = parsers[command].parse_args(container["args"])
+                checked.add(command[-1])
+                if command[-1] == "epp":
+                    assert parsed.grpc_port == 9002 and parsed.grpc_health_port == 9003
+                if command[-1] == "epp.sidecar":
+                    assert (parsed.port, parsed.model_server_port) == (8000, 8200)
+    expected = {"epp", "epp.sidecar"} | ({"epp.sim"} if result.stack == "kind" else set())
+    assert checked == expected
