@@ -94,6 +94,9 @@ class GatewayConfig:
     # Bound on each EPP answer; the EPP's own decision timeout should be shorter.
     message_timeout_seconds: float = 30.0
     retries: int = 2  # OVERRIDE_HOST only: attempts after the first, walking the fallback list
+    # False renders the same gateway without the EPP (round robin over the pool): the baseline that
+    # the added-latency benchmark compares against.
+    ext_proc: bool = True
 
     def __post_init__(self) -> None:
         if not self.pool_endpoints:
@@ -123,7 +126,11 @@ def _listener(config: GatewayConfig) -> dict[str, Any]:
         "@type": _TYPES + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
         "route_config": {"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(config)}]},
-        "http_filters": [_strip_steering_headers(), _ext_proc(config), _router()],
+        "http_filters": [
+            _strip_steering_headers(),
+            *([_ext_proc(config)] if config.ext_proc else []),
+            _router(),
+        ],
     }
     return {
         "name": "gateway",
@@ -182,6 +189,8 @@ def _router() -> dict[str, Any]:
 
 def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
     timeout = f"{config.route_timeout_seconds:g}s"
+    if not config.ext_proc:
+        return [{"match": {"prefix": "/"}, "route": {"cluster": POOL_CLUSTER, "timeout": timeout}}]
     if config.upstream is Upstream.OVERRIDE_HOST:
         return [
             {
@@ -333,6 +342,13 @@ class EnvoyGateway:
     @property
     def admin_url(self) -> str:
         return f"http://{self.config.host}:{self.config.admin_port}"
+
+    @property
+    def process(self) -> ManagedProcess:
+        """The running Envoy process (for its pid, log or an abrupt kill)."""
+        if self._process is None:
+            raise RuntimeError("the gateway is not running")
+        return self._process
 
     def start(self) -> EnvoyGateway:
         self._log_dir.mkdir(parents=True, exist_ok=True)
