@@ -14,6 +14,7 @@ from typing import Any
 
 import llmd_rules
 from pulumi_policy import (
+    Policy,
     PolicyConfigSchema,
     ReportViolation,
     ResourceValidationArgs,
@@ -136,8 +137,8 @@ def _validator(rule: llmd_rules.Rule) -> Callable[[ResourceValidationArgs, Repor
     return validate
 
 
-def build_policies() -> list[ResourceValidationPolicy]:
-    policies = []
+def build_policies() -> list[Policy]:
+    policies: list[Policy] = []
     for rule in llmd_rules.RULES:
         configured = _CONFIG.get(rule.name)
         policies.append(

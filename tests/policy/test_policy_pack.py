@@ -50,7 +50,9 @@ def validate(
 
 
 def policies() -> dict[str, ResourceValidationPolicy]:
-    return {p.name: p for p in llmd_pack.build_policies()}
+    built = llmd_pack.build_policies()
+    assert all(isinstance(p, ResourceValidationPolicy) for p in built)
+    return {p.name: p for p in built}
 
 
 def test_one_policy_per_rule_with_its_description() -> None:
