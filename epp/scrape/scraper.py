@@ -1,7 +1,8 @@
 """Concurrent scraping of every endpoint's model-server metrics.
 
 One asyncio task per endpoint polls ``scheme://ip:metricsPort/path`` every ``interval`` seconds over
-a shared keep-alive aiohttp session, so a slow or dead pod only delays itself. A successful scrape
+a keep-alive connection (plain HTTP: the lean client in :mod:`epp.scrape.http`; HTTPS: aiohttp), so
+a slow or dead pod only delays itself. A successful scrape
 swaps in a new :class:`EndpointMetrics`; a failure bumps the endpoint's failure count (so the
 director stops picking it) and keeps the last values for diagnostics.
 """
@@ -18,6 +19,7 @@ import aiohttp
 
 from epp.datastore import Datastore, Endpoint
 from epp.scheduling import metrics as epp_metrics
+from epp.scrape.http import HttpError, KeepAliveGetter
 from epp.scrape.parser import VLLM, MetricNames, MetricsParseError, parse_metrics
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ class MetricsScraper:
         self.insecure_skip_verify = insecure_skip_verify
         self.names = names
         self._session: aiohttp.ClientSession | None = None
+        self._getter = KeepAliveGetter()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._targets: dict[str, Endpoint] = {}
         self.scrapes = 0  # completed scrape attempts, for benchmarks and tests
 
     async def start(self) -> None:
@@ -64,11 +68,13 @@ class MetricsScraper:
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
+        self._targets.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._getter.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -81,10 +87,13 @@ class MetricsScraper:
         for hostport in list(self._tasks):
             if hostport not in live:
                 self._tasks.pop(hostport).cancel()
+                gone = self._targets.pop(hostport)
+                self._getter.drop(gone.address, gone.metrics_port, forget=True)
                 with contextlib.suppress(KeyError):  # no error was ever counted for it
                     epp_metrics.SCRAPE_ERRORS.remove(hostport)
         for hostport, endpoint in live.items():
             if hostport not in self._tasks:
+                self._targets[hostport] = endpoint
                 self._tasks[hostport] = asyncio.create_task(self._poll(endpoint), name=f"scrape {hostport}")
 
     async def _poll(self, endpoint: Endpoint) -> None:
@@ -101,12 +110,11 @@ class MetricsScraper:
         url = f"{self.scheme}://{endpoint.address}:{endpoint.metrics_port}{self.path}"
         started = time.monotonic()
         try:
-            async with self._session.get(url) as response:
-                if response.status != 200:
-                    raise MetricsParseError(f"HTTP {response.status}")
-                body = await response.read()
+            status, body = await self._fetch(endpoint, url)
+            if status != 200:
+                raise MetricsParseError(f"HTTP {status}")
             endpoint.metrics = parse_metrics(body.decode("utf-8", "replace"), time.monotonic(), self.names)
-        except (aiohttp.ClientError, TimeoutError, MetricsParseError, OSError) as exc:
+        except (aiohttp.ClientError, HttpError, TimeoutError, MetricsParseError, OSError) as exc:
             self._failed(endpoint, url, exc)
             return False
         finally:
@@ -122,6 +130,14 @@ class MetricsScraper:
         endpoint.scrape_failures = 0
         endpoint.scrape_error = None
         return True
+
+    async def _fetch(self, endpoint: Endpoint, url: str) -> tuple[int, bytes]:
+        assert self._session is not None
+        if self.scheme == "http":
+            async with asyncio.timeout(self.timeout):
+                return await self._getter.get(endpoint.address, endpoint.metrics_port, self.path)
+        async with self._session.get(url) as response:
+            return response.status, await response.read()
 
     def _failed(self, endpoint: Endpoint, url: str, exc: BaseException) -> None:
         endpoint.scrape_failures += 1
