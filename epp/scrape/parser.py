@@ -37,12 +37,17 @@ _LABEL_BLOCK = re.compile(r'\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\}')
 
 
 def samples(text: str, name: str) -> Iterator[tuple[str, float]]:
-    """(raw label text, value) of every sample line of metric ``name``."""
+    """(raw label text, value) of every sample line of metric ``name``.
+
+    The exposition format keeps all samples of one metric in a single group of lines, so after
+    the first sample we read on only while the next line is the same metric, instead of searching
+    the rest of the page again for every metric."""
     needle = "\n" + name
     # ``position`` is the index of the newline before the sample (-1 for the very first line).
     position = -1 if text.startswith(name) else text.find(needle)
     if position == -1 and not text.startswith(name):
         return
+    found = False
     while True:
         start = position + 1
         after = start + len(name)
@@ -56,6 +61,8 @@ def samples(text: str, name: str) -> Iterator[tuple[str, float]]:
         elif follower in (" ", "\t"):
             value_start = after
         else:  # a longer metric name that merely starts with ``name``
+            if found:
+                return  # the group of ``name`` has ended
             position = text.find(needle, after)
             if position == -1:
                 return
@@ -68,11 +75,10 @@ def samples(text: str, name: str) -> Iterator[tuple[str, float]]:
             yield labels, float(fields[0])
         except ValueError as exc:
             raise MetricsParseError(f"sample of {name} has a bad value {fields[0]!r}") from exc
-        if end == -1:
+        found = True
+        if end == -1 or not text.startswith(name, end + 1):
             return
-        position = text.find(needle, end)
-        if position == -1:
-            return
+        position = end
 
 
 def labels_of(raw: str) -> dict[str, str]:

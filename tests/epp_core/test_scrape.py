@@ -77,6 +77,12 @@ def test_samples_skips_longer_names_and_handles_braces_in_label_values() -> None
     assert list(samples(page, "x")) == [('a="}{"', 2.0), ("", 3.0)]
 
 
+def test_samples_read_one_metric_group_only() -> None:
+    """The exposition format groups a metric's samples; the parser stops at the group's end."""
+    page = 'x{e="0"} 1\nx{e="1"} 2\nx_sum 5\ny 3\nx{e="2"} 4\n'
+    assert [value for _, value in samples(page, "x")] == [1.0, 2.0]
+
+
 @pytest.mark.parametrize(
     ("page", "message"),
     [
