@@ -70,10 +70,11 @@ class EppServer:
             ]
         )
         ext_proc_grpc.add_ExternalProcessorServicer_to_server(self.processor, self._grpc)
-        self._bind(self._grpc, self.options.grpc_port)
+        self._bind(self._grpc, self.options.grpc_port, self.options.tls)
         self._health_grpc = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
-        self._bind(self._health_grpc, self.options.grpc_health_port)
+        # Always plaintext: Kubernetes gRPC probes cannot speak TLS (the reference EPP does the same).
+        self._bind(self._health_grpc, self.options.grpc_health_port, None)
         await self._grpc.start()
         await self._health_grpc.start()
         await self._metrics_http.start()
@@ -83,17 +84,15 @@ class EppServer:
             self.options.grpc_port,
             self.options.grpc_health_port,
             self.options.metrics_port,
-            "TLS" if self.options.tls else "plaintext",
+            "ext_proc over TLS" if self.options.tls else "plaintext",
         )
 
-    def _bind(self, server: grpc.aio.Server, port: int) -> None:
+    def _bind(self, server: grpc.aio.Server, port: int, tls: TlsFiles | None) -> None:
         address = f"{self.options.host}:{port}"
-        if self.options.tls is None:
+        if tls is None:
             server.add_insecure_port(address)
             return
-        credentials = grpc.ssl_server_credentials(
-            [(self.options.tls.key.read_bytes(), self.options.tls.cert.read_bytes())]
-        )
+        credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
         server.add_secure_port(address, credentials)
 
     async def drain(self) -> None:
