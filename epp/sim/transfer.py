@@ -35,6 +35,16 @@ class TransferError(Exception):
     pass
 
 
+def _flatten(block_ids: Any) -> list[int]:
+    """Block ids arrive per KV-cache group (``[[1, 2], ...]``); older producers sent a flat list."""
+    if not isinstance(block_ids, list):
+        raise TypeError(f"remote_block_ids must be a list, got {type(block_ids).__name__}")
+    flat: list[int] = []
+    for item in block_ids:
+        flat.extend(int(b) for b in item) if isinstance(item, list) else flat.append(int(item))
+    return flat
+
+
 @dataclass(slots=True)
 class _Export:
     seq: Sequence
@@ -62,7 +72,8 @@ class KvExports:
         return {
             "do_remote_prefill": True,
             "do_remote_decode": False,
-            "remote_block_ids": block_ids,
+            # One list per KV-cache group, as vLLM's hybrid allocator reports them (one group here).
+            "remote_block_ids": [block_ids],
             "remote_engine_id": self.engine_id,
             "remote_request_id": request_id,
             "remote_host": self._params.advertise_host,
@@ -73,6 +84,7 @@ class KvExports:
             "remote_num_tokens": seq.prompt_tokens,
             "remote_blocks_expiry_time": None,
             "transfer_mode": "pull",
+            "remote_prefill_cached_tokens": seq.cached_tokens,
         }
 
     def pull(self, engine_id: str, request_id: str, block_ids: list[int]) -> list[int]:
@@ -112,7 +124,7 @@ async def pull_remote(
         payload = {
             "remote_engine_id": params["remote_engine_id"],
             "remote_request_id": params["remote_request_id"],
-            "remote_block_ids": list(params["remote_block_ids"]),
+            "remote_block_ids": _flatten(params["remote_block_ids"]),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise TransferError(f"kv_transfer_params incomplete for a remote prefill: {exc!r}") from exc

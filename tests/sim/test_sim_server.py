@@ -260,7 +260,7 @@ async def test_pd_prefill_then_decode_moves_the_kv():
             kv = (await r.json())["kv_transfer_params"]
         assert kv["do_remote_prefill"] is True and kv["do_remote_decode"] is False
         assert kv["remote_host"] == "127.0.0.1" and kv["transfer_mode"] == "pull"
-        assert isinstance(kv["remote_engine_id"], str) and len(kv["remote_block_ids"]) == 63
+        assert isinstance(kv["remote_engine_id"], str) and len(kv["remote_block_ids"][0]) == 63
         # The sim serves pulls on its HTTP port: point the params at the test server's port.
         kv["remote_port"] = prefill_server.port
         async with decode.post(
