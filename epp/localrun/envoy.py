@@ -91,8 +91,9 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     ext_proc_host: str = "127.0.0.1"
     route_timeout_seconds: float = 300.0
-    # Bound on each EPP answer; the EPP's own decision timeout should be shorter.
-    message_timeout_seconds: float = 30.0
+    # Bound on each EPP answer; longer than the EPP's own --decision-timeout (30 s) so the client
+    # gets the EPP's clear 503 rather than Envoy's bare timeout.
+    message_timeout_seconds: float = 40.0
     retries: int = 2  # OVERRIDE_HOST only: attempts after the first, walking the fallback list
     # False renders the same gateway without the EPP (round robin over the pool): the baseline that
     # the added-latency benchmark compares against.

@@ -122,6 +122,8 @@ def replaced_response_body(new_body: bytes | None) -> ext_proc.ProcessingRespons
 
 
 def continue_response_headers(remove: Iterable[str] = ()) -> ext_proc.ProcessingResponse:
+    if not remove:
+        return _CONTINUE_RESPONSE_HEADERS
     return ext_proc.ProcessingResponse(
         response_headers=ext_proc.HeadersResponse(
             response=ext_proc.CommonResponse(header_mutation=header_mutation(remove=remove))
@@ -130,11 +132,17 @@ def continue_response_headers(remove: Iterable[str] = ()) -> ext_proc.Processing
 
 
 def request_trailers_done() -> ext_proc.ProcessingResponse:
-    return ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+    return _REQUEST_TRAILERS_DONE
 
 
 def response_trailers_done() -> ext_proc.ProcessingResponse:
-    return ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+    return _RESPONSE_TRAILERS_DONE
+
+
+# Answers without content, built once (hot path; grpc only serializes them, nothing mutates them).
+_CONTINUE_RESPONSE_HEADERS = ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse())
+_REQUEST_TRAILERS_DONE = ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+_RESPONSE_TRAILERS_DONE = ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
 
 
 def immediate_error(status: int, message: str, reason: str | None = None) -> ext_proc.ProcessingResponse:
