@@ -102,6 +102,8 @@ class RenderedObject:
             "name": self.name,
             "pulumiType": self.registration.pulumi_type,
             "urn": self.registration.urn,
+            # Where secret values were (written as [secret]), e.g. ["stringData"].
+            "secretPaths": self.registration.secret_paths,
         }
 
 
@@ -300,8 +302,8 @@ def summary_markdown(result: RenderResult) -> str:
 
 def _render_one(registration: Registration) -> RenderedObject | None:
     typ = registration.pulumi_type
-    if not registration.custom and not typ.startswith("kubernetes:"):
-        return None  # our own ComponentResources: structure, not objects
+    if not registration.custom and typ.split(":", 1)[0] == PROJECT:
+        return None  # this project's ComponentResources: structure, not objects
     if typ.startswith("pulumi:providers:"):
         return None
     inputs = _mask_secrets(registration.inputs)
@@ -335,6 +337,8 @@ def _render_one(registration: Registration) -> RenderedObject | None:
         return RenderedObject(file, "k8s", inputs, registration)
     safe_type = re.sub(r"[^A-Za-z0-9.]+", "_", typ).strip("_")
     document = {"pulumiType": typ, "name": registration.name, "inputs": inputs}
+    if not registration.custom:
+        document["note"] = OPAQUE_NOTE.format(what="This resource")
     return RenderedObject(f"_cloud--{safe_type}--{registration.name}.yaml", "cloud", document, registration)
 
 

@@ -86,6 +86,7 @@ def test_written_layout_index_and_summary(renders: dict[str, RenderResult], tmp_
         "name": "sim",
         "pulumiType": "kubernetes:inference.networking.k8s.io/v1:InferencePool",
         "urn": pool["urn"],
+        "secretPaths": [],
     }
     assert pool["urn"].endswith("::sim")
     assert {e["source"] for e in index} == {"k8s", "helm", "yaml"}
@@ -177,3 +178,42 @@ def test_cli_writes_every_requested_stack(tmp_path: Path, capsys: pytest.Capture
     assert render.main(["kind", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "kind" / "InferencePool--llm-d--sim.yaml").is_file()
     assert "kind: 20 files (16 k8s, 2 helm, 2 yaml)" in capsys.readouterr().out
+
+
+def test_remote_components_of_other_packages_render_as_opaque_cloud_files() -> None:
+    from components.render import Registration, render_registrations
+
+    def registration(typ: str, name: str, custom: bool) -> Registration:
+        return Registration(
+            pulumi_type=typ,
+            name=name,
+            urn=f"urn:pulumi:s::llmd::{typ}::{name}",
+            parent="",
+            custom=custom,
+            inputs={
+                "region": "us-east-1",
+                "token": {render._SECRET_SIG_KEY: render._SECRET_SIG, "value": "x"},
+            },
+            provider="",
+            dependencies=[],
+            retain_on_delete=False,
+            protect=False,
+            transforms=0,
+            secret_paths=["token"],
+        )
+
+    result = render_registrations(
+        "s",
+        [
+            registration("llmd:index:LlmdStack", "mine", custom=False),
+            registration("eks:index:Cluster", "c", custom=False),
+            registration("aws:ec2/vpc:Vpc", "v", custom=True),
+        ],
+    )
+    assert [o.file for o in result.objects] == [
+        "_cloud--aws_ec2_vpc_Vpc--v.yaml",
+        "_cloud--eks_index_Cluster--c.yaml",
+    ]
+    cluster = result.get("Cluster", "c").document
+    assert "not rendered" in cluster["note"] and cluster["inputs"]["token"] == render.SECRET_MARK
+    assert "note" not in result.get("Vpc", "v").document
