@@ -133,9 +133,16 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
             "limits": {"memory": epp.resources.memory},
         },
         "securityContext": naming.hardened_security_context(),
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            # The root filesystem is read-only; /tmp (HOME in the image) stays writable.
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": name}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": name}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
     if epp.secure_serving and epp.tls_secret_name is not None:
         container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": epp.tls_secret_name}})

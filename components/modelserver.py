@@ -27,6 +27,7 @@ from components.platform import PodNetworking
 Role = Literal["prefill", "decode"]
 MODEL_CACHE_PATH = "/model-cache"
 DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.19.1"
+SIDECAR_SCRATCH: dict[str, Any] = {"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "64Mi"}}
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ def sidecar_container(config: StackConfig) -> dict[str, Any]:
             "limits": {"memory": sidecar.resources.memory},
         },
         "securityContext": naming.hardened_security_context(),
+        # The root filesystem is read-only; /tmp (HOME in the image) stays writable.
+        "volumeMounts": [{"name": SIDECAR_SCRATCH["name"], "mountPath": "/tmp"}],
     }
 
 
@@ -228,6 +231,7 @@ def pod_spec(
     }
     if has_sidecar(config, role) and leader:
         spec["initContainers"] = [sidecar_container(config)]
+        spec["volumes"].append(dict(SIDECAR_SCRATCH))
     if networking.node_selector:
         spec["nodeSelector"] = dict(sorted(networking.node_selector.items()))
     if networking.tolerations:
