@@ -221,14 +221,19 @@ def load_stack_file(path: Path) -> tuple[dict[str, str], list[str]]:
 
 
 def run_program(
-    stack: str, config: dict[str, str], secret_keys: Sequence[str] = ()
+    stack: str,
+    config: dict[str, str],
+    secret_keys: Sequence[str] = (),
+    program: Callable[[], None] | None = None,
 ) -> tuple[list[Registration], list[str]]:
-    """Run components.program.main under mocks: every registration in order, and unanswered calls.
+    """Run a Pulumi program (default: components.program.main) under mocks.
 
-    ``set_mocks`` configures process-global state, so runs are sequential: each one installs a fresh
-    root stack, monitor and config before the program starts.
+    Returns every registration in order, and the function calls no stub answered. ``set_mocks``
+    configures process-global state, so runs are sequential: each one installs a fresh root stack,
+    monitor and config before the program starts.
     """
-    from components.program import main
+    if program is None:
+        from components.program import main as program
 
     mocks = _Mocks()
     monitor = _RecordingMonitor(mocks)
@@ -237,7 +242,7 @@ def run_program(
     set_all_config(config, list(secret_keys))
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()
-    _sync_await(run_pulumi_func(main))
+    _sync_await(run_pulumi_func(program))
     return monitor.registrations, sorted(set(mocks.unanswered_calls))
 
 
