@@ -8,7 +8,6 @@ set, the scraper swaps whole :class:`EndpointMetrics` objects in, and the direct
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -156,7 +155,3 @@ class Datastore:
 
     def objectives(self) -> Mapping[str, int]:
         return dict(self._objectives)
-
-
-def monotonic() -> float:
-    return time.monotonic()

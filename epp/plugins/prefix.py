@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import xxhash
 
+from epp.config.errors import ConfigError
 from epp.config.params import Params
 from epp.datastore import Endpoint
 from epp.plugins.registry import register
@@ -301,8 +302,6 @@ def find_producer(
     plugins: Mapping[str, Plugin], wanted: str | None, owner: Plugin
 ) -> ApproxPrefixCacheProducer:
     """The named producer, or the only one configured (the loader guarantees at least one)."""
-    from epp.config.errors import ConfigError
-
     if wanted is not None:
         plugin = plugins.get(wanted)
         if not isinstance(plugin, ApproxPrefixCacheProducer):
