@@ -18,6 +18,7 @@ render root holding ``<stack>/index.json``. Exit code: 0 no change, 1 changed, 2
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -255,14 +256,40 @@ def _diff_values(old: Any, new: Any, path: tuple[Segment, ...], secret: bool) ->
                     old_named.get(name, MISSING), new_named.get(name, MISSING), (*path, f"[{name}]"), secret
                 )
             return
-        if len(old) == len(new):
-            for index, (old_item, new_item) in enumerate(zip(old, new, strict=True)):
-                yield from _diff_values(old_item, new_item, (*path, index), secret)
-            return
+        yield from _diff_positional(old, new, path, secret)
+        return
     if old != new or type(old) is not type(new):
         shown_old, shown_new = _masked(old, path, secret), _masked(new, path, secret)
         hidden = shown_old is not old or shown_new is not new
         yield FieldChange(_format_path(path), shown_old, shown_new, hidden)
+
+
+def _diff_positional(
+    old: list[Any], new: list[Any], path: tuple[Segment, ...], secret: bool
+) -> Iterator[FieldChange]:
+    """Align two unnamed lists (args, RBAC rules, ingress rules) so an insertion shows as one item.
+
+    Changed and added items carry their index in the new list, removed items their index in the old.
+    """
+    matcher = difflib.SequenceMatcher(
+        a=[_canonical(v) for v in old], b=[_canonical(v) for v in new], autojunk=False
+    )
+    for tag, old_start, old_end, new_start, new_end in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        paired = min(old_end - old_start, new_end - new_start)
+        for offset in range(paired):
+            yield from _diff_values(
+                old[old_start + offset], new[new_start + offset], (*path, new_start + offset), secret
+            )
+        for index in range(old_start + paired, old_end):
+            yield from _diff_values(old[index], MISSING, (*path, index), secret)
+        for index in range(new_start + paired, new_end):
+            yield from _diff_values(MISSING, new[index], (*path, index), secret)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _masked(value: Any, path: tuple[Segment, ...], secret: bool) -> Any:

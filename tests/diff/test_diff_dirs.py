@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,14 +134,26 @@ def test_paths_quote_keys_that_are_not_identifiers() -> None:
     assert change.path == 'metadata.labels["llm-d.ai/role"]'
 
 
-def test_lists_without_names_compare_by_position_or_as_a_whole() -> None:
-    same_length = list(diff._diff_values(["--a", "1"], ["--a", "2"], ("args",), secret=False))
-    resized = list(diff._diff_values(["--a"], ["--a", "--b"], ("args",), secret=False))
-    retyped = list(diff._diff_values({"port": 8000}, {"port": "8000"}, (), secret=False))
+def test_unnamed_lists_are_aligned_so_one_insertion_is_one_change() -> None:
+    def changes(old: Any, new: Any, path: tuple[diff.Segment, ...] = ("args",)) -> list[tuple[str, Any, Any]]:
+        return [(c.path, c.old, c.new) for c in diff._diff_values(old, new, path, secret=False)]
 
-    assert [(c.path, c.old, c.new) for c in same_length] == [("args[1]", "1", "2")]
-    assert [(c.path, c.old, c.new) for c in resized] == [("args", ["--a"], ["--a", "--b"])]
-    assert [(c.path, c.old, c.new) for c in retyped] == [("port", 8000, "8000")]
+    assert changes(["--a", "1"], ["--a", "2"]) == [("args[1]", "1", "2")]
+    assert changes(["--a", "--c"], ["--a", "--b", "--c"]) == [("args[1]", diff.MISSING, "--b")]
+    assert changes(["--a", "--b", "--c"], ["--a", "--c"]) == [("args[1]", "--b", diff.MISSING)]
+    # A rule added in front of an RBAC list: only that rule, field by field, not every rule shifted.
+    pods = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+    leases = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]}
+    assert changes([pods], [leases, pods], ("rules",)) == [
+        ("rules[0].apiGroups", diff.MISSING, ["coordination.k8s.io"]),
+        ("rules[0].resources", diff.MISSING, ["leases"]),
+        ("rules[0].verbs", diff.MISSING, ["get"]),
+    ]
+    # An edited rule in place is diffed field by field.
+    assert changes([pods], [{**pods, "verbs": ["get", "list"]}], ("rules",)) == [
+        ("rules[0].verbs[1]", diff.MISSING, "list")
+    ]
+    assert changes({"port": 8000}, {"port": "8000"}, ()) == [("port", 8000, "8000")]
 
 
 def test_single_stack_directories_compare_and_identical_renders_exit_zero(
