@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -30,9 +31,9 @@ from benchmarks.workloads import (
 MODEL = "sim-llama"
 
 FULL: dict[str, tuple[Workload, tuple[float, ...]]] = {
-    "shared-prefix": (SharedPrefixWorkload(), (6.0, 12.0)),
-    "multi-turn-chat": (MultiTurnChatWorkload(), (4.0, 8.0)),
-    "random": (RandomWorkload(), (4.0, 8.0)),
+    "shared-prefix": (SharedPrefixWorkload(), (8.0, 16.0, 24.0)),
+    "multi-turn-chat": (MultiTurnChatWorkload(), (4.0, 8.0, 16.0)),
+    "random": (RandomWorkload(), (8.0, 16.0, 24.0)),
 }
 QUICK: dict[str, tuple[Workload, tuple[float, ...]]] = {
     "shared-prefix": (
@@ -140,13 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{plan.cells} runs: {len(plan.workloads)} workload(s) x rates x {len(routers)} router(s) on "
         f"{pods} simulated pods; process logs in {log_dir}"
     )
+    load_before = os.getloadavg()
     with SimPool(pods, MODEL, timing, log_dir / "pods") as pool:
         records = run_plan(plan, pool, log_dir)
+    load_after = os.getloadavg()
     setup = {
         "pods": pods,
         "pool_description": f"{pods} `python -m epp.sim` processes; {timing.describe()}.",
         "sim_timing": {name: getattr(timing, name) for name in timing.__slots__},
         "ttft_slo_s": plan.ttft_slo_s,
+        # Other work on the machine skews every figure; the 1-minute load average says how much there was.
+        "load_average_1m": {"before": load_before[0], "after": load_after[0]},
         "seed": plan.seed,
         "routers": {r.name: r.description for r in routers},
         "workloads": {w.name: w.describe() for w, _ in plan.workloads},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ class SimTiming:
     """
 
     request_overhead_s: float = 0.006
+    tokenize_per_token_s: float = 0.000002
     step_overhead_s: float = 0.005
     prefill_per_token_s: float = 0.0002
     decode_per_seq_s: float = 0.001
@@ -38,6 +40,8 @@ class SimTiming:
         return [
             "--request-overhead",
             f"{self.request_overhead_s:g}",
+            "--tokenize-per-token",
+            f"{self.tokenize_per_token_s:g}",
             "--step-overhead",
             f"{self.step_overhead_s:g}",
             "--prefill-per-token",
@@ -109,7 +113,9 @@ class SimPool:
                 "WARNING",
                 *self.timing.flags(),
             ]
-            self._processes.append(ManagedProcess(command, name=name, log_dir=self._log_dir).start())
+            # A generous stop timeout: on a saturated 2-core machine even SIGKILL's reaping can lag.
+            process = ManagedProcess(command, name=name, log_dir=self._log_dir, stop_timeout=20.0)
+            self._processes.append(process.start())
         checks = [http_ok(f"{url}/health") for url in self.urls]
         deadline = time.monotonic() + self._ready_timeout_s
         pending = set(range(len(checks)))
@@ -130,8 +136,10 @@ class SimPool:
         return self
 
     def stop(self) -> None:
-        for process in self._processes:
-            process.stop()
+        """Kill every pod at once: nothing in a simulated pod needs a graceful exit, and a restart
+        between runs should not cost a shutdown per pod."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self._processes))) as executor:
+            list(executor.map(ManagedProcess.kill, self._processes))
         self._processes = []
 
     def restart(self) -> None:

@@ -212,6 +212,10 @@ def publish(
         "",
         f"Pods and simulator timing: {setup['pool_description']}",
         "",
+        f"Machine load (1-minute load average) before / after the run: "
+        f"{setup['load_average_1m']['before']:.1f} / {setup['load_average_1m']['after']:.1f} "
+        "(the machine is shared; anything above 2 means other work competed for the 2 cores).",
+        "",
         f"TTFT SLO for goodput and throughput-at-SLO: p90 <= {setup['ttft_slo_s'] * 1000:.0f} ms. "
         "Prefix hit % is the share of prompt tokens the pods served from their prefix cache "
         "(`vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total`); pod max/mean is the busiest "

@@ -13,6 +13,7 @@ from benchmarks.workloads import RequestSpec
 
 FIRST_TOKEN_DELAY = 0.15
 TOKEN_GAP = 0.05
+SLOW_EXTRA = 1.0  # the "slow" prompt waits this much longer before its first token
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -23,7 +24,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     # A role-only first event must not count as the first token.
     await response.write(b'data: {"choices":[{"index":0,"text":""}]}\n\n')
-    await asyncio.sleep(FIRST_TOKEN_DELAY)
+    await asyncio.sleep(FIRST_TOKEN_DELAY + (SLOW_EXTRA if body.get("prompt") == "slow" else 0.0))
     for _ in range(3):
         await response.write(b'data: {"choices":[{"index":0,"text":" tok"}]}\n\n')
         await asyncio.sleep(TOKEN_GAP)
@@ -45,20 +46,23 @@ async def test_open_loop_measures_ttft_latency_and_failures() -> None:
         progress: list[tuple[int, int]] = []
         results = await run_open_loop(
             str(server.make_url("")).rstrip("/"),
-            [spec("a"), spec("fail"), spec("b")],
-            [0.0, 0.05, 0.3],
+            [spec("slow"), spec("fail"), spec("b")],
+            [0.0, 0.05, 0.2],
             progress=lambda done, total: progress.append((done, total)),
         )
     finally:
         await server.close()
-    ok, failed, late = results
-    assert ok.ok and late.ok and not failed.ok
+    slow, failed, late = results
+    assert slow.ok and late.ok and not failed.ok
     assert failed.status == 429 and failed.error is not None and "429" in failed.error
-    for r in (ok, late):
+    assert failed.ttft is None and failed.latency is None
+    for r, first_token_delay in ((slow, FIRST_TOKEN_DELAY + SLOW_EXTRA), (late, FIRST_TOKEN_DELAY)):
         assert r.ttft is not None and r.latency is not None
-        assert FIRST_TOKEN_DELAY <= r.ttft < FIRST_TOKEN_DELAY + 0.1
-        assert r.latency >= FIRST_TOKEN_DELAY + 3 * TOKEN_GAP
-        assert r.output_tokens == 3
-    # Open loop: the third request left at its scheduled time, not after the first finished.
-    assert 0.3 <= late.sent_at < 0.35
+        # Not the role-only event that arrives at once: TTFT waits for the first generated text.
+        assert r.ttft >= first_token_delay
+        assert r.latency >= r.ttft + 3 * TOKEN_GAP
+        assert r.output_tokens == 3  # from the usage event
+    # Open loop: the third request left at its own time, while the slow first one was still running.
+    assert late.sent_at >= 0.2
+    assert slow.latency is not None and late.sent_at < slow.sent_at + slow.latency
     assert sorted(progress) == [(1, 3), (2, 3), (3, 3)]
