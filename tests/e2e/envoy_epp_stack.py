@@ -21,6 +21,8 @@ from epp.localrun.stack import LocalEndpoint, write_endpoints_file
 from epp.server.stream import BodyMode
 
 MODEL = "tiny"
+# Generous: on a busy 2-core machine a Python process can take many seconds to import and bind.
+START_TIMEOUT_SECONDS = 90.0
 
 
 @dataclass
@@ -42,7 +44,7 @@ def call(
     """One HTTP/1.1 request on a fresh connection (GET when there is no body)."""
     host, port = base_url.removeprefix("http://").split(":")
     payload = json.dumps(body).encode() if isinstance(body, dict) else body
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         all_headers = {"content-type": "application/json", **(headers or {})}
         connection.request("POST" if payload is not None else "GET", path, body=payload, headers=all_headers)
@@ -132,6 +134,7 @@ def start_pod(name: str, log_dir: Path) -> Pod:
         ready=http_ok(f"http://127.0.0.1:{port}/health"),
         name=name,
         log_dir=log_dir,
+        ready_timeout=START_TIMEOUT_SECONDS,
     ).start()
     return Pod(name, port, process)
 
@@ -166,6 +169,7 @@ def gateway_stack(
                 ready=grpc_ok(health_port),
                 name="epp",
                 log_dir=log_dir,
+                ready_timeout=START_TIMEOUT_SECONDS,
             ).start()
             stack._closers.append(stack.epp.stop)
         stack.gateway = EnvoyGateway(

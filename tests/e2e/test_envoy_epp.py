@@ -209,15 +209,18 @@ def test_killed_pod_loses_no_request(tmp_path: Path) -> None:
         assert {s.pod_of(r) for r in replies} == {survivor.name}
         assert s.gateway.stats(retries)[retries] >= 1  # some went to the dead pod first and were retried
 
-        time.sleep(1.5)  # at least one failed scrape: the EPP now picks the survivor first
+        def epp_picks_survivor_first() -> bool:
+            s.pod_of(s.post({"model": MODEL, "prompt": "probe"}))
+            primary = survivor.received()[-1]["headers"]["x-gateway-destination-endpoint"].split(",")[0]
+            return bool(primary == survivor.hostport)
+
+        # After its next (1 s) scrape fails, the EPP stops naming the dead pod first ...
+        assert wait_for(epp_picks_survivor_first, timeout=15, period=0.2)
         settled = s.gateway.stats(retries)[retries]
         later = [s.post({"model": MODEL, "prompt": f"after {i}"}) for i in range(5)]
         assert {s.pod_of(r) for r in later} == {survivor.name}
+        # ... so nothing needs a retry any more.
         assert s.gateway.stats(retries)[retries] == settled
-        primaries = {
-            r["headers"]["x-gateway-destination-endpoint"].split(",")[0] for r in survivor.received()[-5:]
-        }
-        assert primaries == {survivor.hostport}
 
 
 @pytest.mark.parametrize("upstream", [Upstream.ORIGINAL_DST, Upstream.OVERRIDE_HOST])
