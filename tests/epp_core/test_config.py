@@ -173,6 +173,12 @@ dataLayer:
     assert (source.scheme, source.path, source.insecure_skip_verify) == ("https", "/custom/metrics", False)
 
 
+def test_inflight_load_producer_is_accepted() -> None:
+    config = load_config(HEADER + "plugins: [{type: inflight-load-producer}, {type: load-aware-scorer}]\n")
+    (profile,) = config.scheduler.profiles.values()
+    assert [s.type_name for s, _ in profile.scorers] == ["load-aware-scorer"]
+
+
 def test_unimplemented_sections_warn_instead_of_failing() -> None:
     config = load_config(HEADER + "plugins: [{type: queue-scorer}]\nflowControl: {maxRequests: 10}\n")
     assert any("flowControl" in warning for warning in config.warnings)

@@ -170,3 +170,40 @@ plugins:
     for question in ("two", "three", "four"):
         decision = await director.handle_request(inference_request(prompt + question))
         assert decision.endpoints[0] == first.endpoints[0]
+
+
+async def test_deprecated_pd_profile_handler_threshold_in_uncached_tokens() -> None:
+    from epp_core.test_config import PD_LEGACY  # threshold 100, prefix blocks of 64 characters
+
+    roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
+    director, datastore = _director(PD_LEGACY, count=2, labels=roles)
+    prefill = datastore.endpoints()[0]
+    prompt = "x" * 1024  # 256 tokens, 16 blocks of 64 characters: all cacheable
+    assert (await director.handle_request(inference_request(prompt))).headers == {
+        "x-prefiller-host-port": prefill.hostport
+    }
+    # Cached on the decode pod now: 256 - 256 + 3 = 3 uncached tokens < 100.
+    assert (await director.handle_request(inference_request(prompt + "y" * 10))).headers == {}
+    assert (await director.handle_request(inference_request("z" * 600))).headers  # 150 new tokens
+
+    never = PD_LEGACY.replace("threshold: 100", "threshold: 0")
+    director, _ = _director(never, count=2, labels=roles)
+    assert (await director.handle_request(inference_request("w" * 4000))).headers == {}
+
+
+async def test_scheduling_metrics_are_recorded() -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    director, _ = _director(served=frozenset({"m"}))
+    decisions_before = sample("epp_scheduler_decision_duration_seconds_count")
+    rejected_before = sample("epp_scheduler_rejections_total", {"status": "404", "reason": ""})
+    decision = await director.handle_request(inference_request())
+    with pytest.raises(EppError):
+        await director.handle_request(inference_request(model="nope"))
+    assert sample("epp_scheduler_decision_duration_seconds_count") == decisions_before + 1
+    assert sample("epp_scheduler_rejections_total", {"status": "404", "reason": ""}) == rejected_before + 1
+    picks = sample("epp_scheduler_picks_total", {"endpoint": decision.endpoints[0], "profile": "default"})
+    assert picks >= 1
