@@ -48,6 +48,9 @@ _SECRET_VALUE = re.compile(
     r"|\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\."  # JWT
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
+# GOOGLE_APPLICATION_CREDENTIALS=/var/run/secrets/gcp/key.json names a mounted secret file.
+_FILE_PATH = re.compile(r"^/[\w.@/-]+$")
+_REFERENCE_SUFFIXES = ("_PATH", "_FILE", "_DIR", "_NAME")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
@@ -292,7 +295,9 @@ def looks_like_secret_value(value: str) -> bool:
 
 
 def is_secret_env_name(name: str) -> bool:
-    return bool(_SECRET_ENV_NAME.search(name.upper()))
+    upper = name.upper()
+    # HF_TOKEN_PATH=/var/run/secrets/hf/token points at a secret; it is not one.
+    return bool(_SECRET_ENV_NAME.search(upper)) and not upper.endswith(_REFERENCE_SUFFIXES)
 
 
 def no_plain_secrets(manifest: Mapping[str, Any]) -> list[str]:
@@ -306,7 +311,7 @@ def no_plain_secrets(manifest: Mapping[str, Any]) -> list[str]:
                 name, value = str(entry.get("name", "")), entry.get("value")
                 if not isinstance(value, str) or not value or value == UNKNOWN:
                     continue  # valueFrom (secretKeyRef/fieldRef) or empty: fine
-                if is_secret_env_name(name):
+                if is_secret_env_name(name) and not _FILE_PATH.match(value):
                     violations.append(
                         f"{container.path} env {name} carries a literal value; "
                         f"use valueFrom.secretKeyRef (or envFrom a Secret)"

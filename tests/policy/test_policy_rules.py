@@ -316,3 +316,32 @@ def test_unknown_preview_values_are_not_violations() -> None:
 )
 def test_image_pinning(image: str, pinned: bool) -> None:
     assert (llmd_rules.image_pin_problem(image) is None) is pinned
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("HF_TOKEN", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("OPENAI_API_KEY", True),
+        ("DB_PASSWORD", True),
+        ("GOOGLE_APPLICATION_CREDENTIALS", True),
+        ("HF_TOKEN_PATH", False),
+        ("TLS_KEY_FILE", False),
+        ("UCX_TLS", False),
+        ("VLLM_NIXL_SIDE_CHANNEL_PORT", False),
+        ("MONKEY", False),
+    ],
+)
+def test_secret_env_names(name: str, secret: bool) -> None:
+    assert llmd_rules.is_secret_env_name(name) is secret
+
+
+def test_secret_env_names_may_point_at_mounted_secret_files() -> None:
+    manifest = epp()
+    env = container(manifest, "epp")["env"]
+    env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/run/secrets/gcp/key.json"})
+    assert llmd_rules.check_all(manifest) == {}
+
+    env[-1]["value"] = "not-a-path"
+    assert "llmd-no-plain-secrets" in llmd_rules.check_all(manifest)
