@@ -233,7 +233,9 @@ def run_program(
     monitor and config before the program starts.
     """
     if program is None:
-        from components.program import main as program
+        from components.program import main
+
+        program = main
 
     mocks = _Mocks()
     monitor = _RecordingMonitor(mocks)
