@@ -79,7 +79,7 @@ class LlmdStack(pulumi.ComponentResource):
         crds: tuple[pulumi.Resource, ...] = ()
         if config.crds.install:
             installed = ClusterCrds(
-                "crds",
+                f"{name}-crds",
                 ClusterCrdsArgs(crds=config.crds, provider=provider, with_leaderworkerset=multi_node),
                 opts=pulumi.ResourceOptions(parent=self),
             )
@@ -88,7 +88,7 @@ class LlmdStack(pulumi.ComponentResource):
         gateway_controller: tuple[pulumi.Resource, ...] = ()
         if config.gateway.install_kgateway:
             kgateway = Kgateway(
-                "kgateway",
+                f"{name}-kgateway",
                 KgatewayArgs(config=config, provider=provider, depends_on=crds),
                 opts=pulumi.ResourceOptions(parent=self),
             )
@@ -103,7 +103,7 @@ class LlmdStack(pulumi.ComponentResource):
             model_prerequisites += (token,)
         if config.onprem is not None and config.onprem.rdma_networks:
             networks = RdmaNetworks(
-                "rdma-networks",
+                f"{name}-rdma-networks",
                 RdmaNetworksArgs(config=config, provider=provider, depends_on=in_namespace + platform_ready),
                 opts=pulumi.ResourceOptions(parent=self),
             )
@@ -139,7 +139,7 @@ class LlmdStack(pulumi.ComponentResource):
         )
         if config.network_policy.enabled:
             InferenceNetworkPolicies(
-                "network-policies",
+                f"{name}-network-policies",
                 InferenceNetworkPoliciesArgs(config=config, provider=provider, depends_on=in_namespace),
                 opts=pulumi.ResourceOptions(parent=self),
             )
