@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-body-bytes", type=positive_int, default=4 * 1024 * 1024, help="larger bodies get 413"
     )
     tuning.add_argument(
+        "--max-buffered-request-bytes",
+        type=positive_int,
+        default=256 * 1024 * 1024,
+        help="request bytes all streams may hold together; beyond it new bodies get 503",
+    )
+    tuning.add_argument(
         "--body-mode",
         choices=[m.value for m in BodyMode],
         default=BodyMode.FULL_DUPLEX_STREAMED.value,
@@ -163,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         metrics_port=args.metrics_port,
         stream=StreamSettings(
             max_request_body_bytes=args.max_request_body_bytes,
+            max_buffered_request_bytes=args.max_buffered_request_bytes,
             decision_timeout=args.decision_timeout,
             default_body_mode=BodyMode(args.body_mode),
         ),

@@ -57,9 +57,29 @@ _PROTO_BODY_MODES = {
 }
 
 
+class BufferBudget:
+    """Bytes of request bodies held by all streams together. Each stream's body is capped on its
+    own; this caps the sum, so many slow partial uploads cannot exhaust the EPP's memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     max_request_body_bytes: int = 4 * 1024 * 1024
+    # All streams together; see BufferBudget.
+    max_buffered_request_bytes: int = 256 * 1024 * 1024
     # Upper bound on one Director decision (admission queues included); past it the client gets 503.
     decision_timeout: float = 30.0
     # Used when Envoy does not announce its processing mode (protocol_config, Envoy >= 1.33 sends it).
@@ -71,10 +91,17 @@ class _StreamClosed(Exception):
 
 
 class ExtProcStream:
-    def __init__(self, director: Director, settings: StreamSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        director: Director,
+        settings: StreamSettings,
+        metrics: ServerMetrics,
+        budget: BufferBudget | None = None,
+    ) -> None:
         self._director = director
         self._settings = settings
         self._metrics = metrics
+        self._budget = budget if budget is not None else BufferBudget(settings.max_buffered_request_bytes)
         self._request_mode = settings.default_body_mode
         self._response_mode: BodyMode | None = settings.default_body_mode
         self._headers: dict[str, str] = {}
@@ -158,12 +185,16 @@ class ExtProcStream:
     async def _on_request_body(self, body: ext_proc.HttpBody, send: Send) -> None:
         if self._decided:
             return
-        self._body_size += len(body.body)
-        if self._body_size > self._settings.max_request_body_bytes:
+        if self._body_size + len(body.body) > self._settings.max_request_body_bytes:
             await self._reject(
                 send,
                 EppError(413, f"request body exceeds {self._settings.max_request_body_bytes} bytes"),
             )
+        if not self._budget.reserve(len(body.body)):
+            await self._reject(
+                send, EppError(503, "the endpoint picker is buffering too many request bodies; retry later")
+            )
+        self._body_size += len(body.body)
         self._body_parts.append(body.body)
         if body.end_of_stream:
             await self._route(send)
@@ -180,7 +211,7 @@ class ExtProcStream:
     async def _route(self, send: Send) -> None:
         self._decided = True
         raw = b"".join(self._body_parts)
-        self._body_parts.clear()
+        self._release_body()
         self._metrics.request_bytes.observe(len(raw))
         try:
             body, parsed = parse_request_body(self._path, raw)
@@ -378,8 +409,14 @@ class ExtProcStream:
     def _usage(self) -> Usage | None:
         return self._sse.usage if self._sse is not None else self._buffered.usage
 
+    def _release_body(self) -> None:
+        self._body_parts.clear()
+        self._budget.release(self._body_size)
+        self._body_size = 0
+
     def _finish(self) -> None:
         """The stream is over (normally, by error or by cancellation)."""
+        self._release_body()
         if not self._completed and self._request is not None:
             # With response_body_mode NONE a finished response never shows its body: judge by status.
             cut_short = self._response_started and not self._response_ended

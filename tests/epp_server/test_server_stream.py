@@ -436,3 +436,34 @@ def test_scripted_director_is_a_director() -> None:
 
     director: Director = ScriptedDirector()
     assert director.ready()
+
+
+async def test_shared_buffer_budget_rejects_with_503_and_is_released(director, metrics):
+    from epp.server.stream import BufferBudget
+
+    budget = BufferBudget(limit=100)
+    held = ExtProcStream(director, StreamSettings(), metrics, budget)
+    gate, uploaded = asyncio.Event(), asyncio.Event()
+
+    async def slow_upload():
+        yield request_headers()
+        yield body_msg(b"x" * 80, end_of_stream=False)
+        uploaded.set()  # the stream asked for more: the first 80 bytes are held
+        await gate.wait()
+
+    first = asyncio.create_task(held.run(slow_upload(), Collector()))
+    await uploaded.wait()
+    assert budget.used == 80
+    second = ExtProcStream(director, StreamSettings(), metrics, budget)
+    out = Collector()
+    await second.run(feed([request_headers(), body_msg(b"y" * 30)]), out)
+    assert out.sent[0].immediate_response.status.code == 503
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert budget.used == 0
+    third = ExtProcStream(director, StreamSettings(), metrics, budget)
+    out = Collector()
+    await third.run(feed([request_headers(), body_msg(COMPLETION)]), out)
+    assert out.kinds() == ["request_headers", "request_body"]
+    assert budget.used == 0
