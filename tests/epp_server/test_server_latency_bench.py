@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from benchmarks.epp_latency import PhaseResult, percentile, render_markdown, summary_rows
+from pathlib import Path
+
+import pytest
+
+from benchmarks.epp_latency import PhaseResult, percentile, render_markdown, run, summary_rows
+from epp.server.stream import BodyMode
 
 
 def phase(path: str, rate: float, p50: float, p99: float, cpu: dict[str, float]) -> PhaseResult:
@@ -37,3 +42,13 @@ def test_target_met_is_reported_as_met() -> None:
         phase("epp-FULL_DUPLEX_STREAMED", 200, 1.2, 2.5, {"epp": 0.5}),
     ]
     assert "met** — added p99 0.50 ms" in render_markdown(results, 5.0)
+
+
+@pytest.mark.e2e
+def test_benchmark_runs_end_to_end_at_a_tiny_rate(tmp_path: Path) -> None:
+    results = run([20.0], 1.0, [BodyMode.FULL_DUPLEX_STREAMED], tmp_path)
+    assert [r.path for r in results] == ["direct", "epp-FULL_DUPLEX_STREAMED"]
+    for result in results:
+        assert result.errors == 0 and result.ok == result.sent == 20
+        assert 0 < result.p50_ms <= result.p99_ms
+    assert set(results[1].cpu_ms_per_request) == {"envoy", "backend", "epp"}
