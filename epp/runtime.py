@@ -115,7 +115,9 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
     )
     discovery: _Discovery
     if options.endpoints_file is not None:
-        discovery = StaticDiscovery(options.endpoints_file, datastore)
+        static = StaticDiscovery(options.endpoints_file, datastore)
+        static.load()  # a missing or malformed file is a start-up ConfigError, like a bad config
+        discovery = static
     else:
         from epp.discovery.kubernetes import KubernetesDiscovery
 

@@ -22,6 +22,7 @@ from typing import Any
 import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Pod
 
@@ -46,6 +47,17 @@ def pool_resource(group: str) -> Any:
     if group == LEGACY_GROUP:
         return create_namespaced_resource(group, "v1alpha2", "InferencePool", "inferencepools")
     raise ConfigError(f"--pool-group must be {POOL_GROUP_V1} or {LEGACY_GROUP}, got {group!r}")
+
+
+def _default_client() -> AsyncClient:
+    """In-cluster service account, else ~/.kube/config (or $KUBECONFIG)."""
+    try:
+        return AsyncClient()
+    except LightkubeConfigError as exc:
+        raise ConfigError(
+            f"--pool-name needs Kubernetes access, but no in-cluster service account or kubeconfig was found "
+            f"({exc}); use --endpoints-file for a static endpoint list"
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +117,7 @@ class KubernetesDiscovery:
         self.namespace = namespace or "default"
         self.pool_group = pool_group
         self._pool_resource = pool_resource(pool_group)
-        self._client = client
+        self._client = client if client is not None else _default_client()
         self.max_backoff = max_backoff
         self.pool: PoolSpec | None = None
         self._pods: dict[str, Pod] = {}
@@ -114,8 +126,6 @@ class KubernetesDiscovery:
         self._pod_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._client is None:
-            self._client = AsyncClient()  # in-cluster service account, else ~/.kube/config
         self._tasks.append(
             asyncio.create_task(
                 self._list_watch(

@@ -124,7 +124,8 @@ class StaticDiscovery:
         self.datastore.set_objectives(objectives)
 
     async def start(self) -> None:
-        self.load()
+        if self._mtime is None:  # not loaded yet (build_runtime normally loads it to fail fast)
+            self.load()
         self._task = asyncio.create_task(self._watch(), name="endpoints-file watch")
 
     async def stop(self) -> None:

@@ -45,6 +45,24 @@ def test_bad_options_fail_at_build_time(options: RuntimeOptions, message: str) -
         build_runtime(options)
 
 
+def test_bad_endpoints_file_fails_at_build_time(tmp_path: Path) -> None:
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text("endpoints: [{name: a, address: not-an-ip, port: 80}]\n")
+    with pytest.raises(ConfigError, match="'address' must be an IP address"):
+        build_runtime(RuntimeOptions(DEFAULT_CONFIG, endpoints_file=endpoints))
+    with pytest.raises(ConfigError, match="No such file"):
+        build_runtime(RuntimeOptions(DEFAULT_CONFIG, endpoints_file=tmp_path / "missing.yaml"))
+
+
+def test_kubernetes_mode_without_cluster_access_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="--pool-name needs Kubernetes access"):
+        build_runtime(RuntimeOptions(DEFAULT_CONFIG, pool_name="pool"))
+
+
 async def test_static_runtime_end_to_end(tmp_path: Path) -> None:
     busy, idle = (
         FakeMetricsServer(vllm_metrics_page(waiting=20, kv=0.9)),
@@ -66,7 +84,7 @@ async def test_static_runtime_end_to_end(tmp_path: Path) -> None:
             served_models=frozenset({"m"}),
         )
     )
-    assert not runtime.director.ready()
+    assert runtime.director.ready()  # the file was read (and validated) by build_runtime
     await runtime.start()
     try:
         assert runtime.director.ready()
