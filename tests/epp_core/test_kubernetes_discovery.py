@@ -165,3 +165,44 @@ async def test_not_synced_until_the_pool_exists_and_missing_crds_are_tolerated(a
         await wait_until(lambda: _hostports(datastore) == set())
     finally:
         await discovery.stop()
+
+
+def test_parse_pool_v1_and_legacy_v1alpha2_shapes() -> None:
+    from epp.discovery.kubernetes import PoolSpec, parse_pool
+
+    v1 = parse_pool(pool([8000, 8001])["spec"], "inference.networking.k8s.io")
+    assert v1 == PoolSpec(SELECTOR, (8000, 8001))
+    legacy = parse_pool(
+        {"selector": {"app": "vllm"}, "targetPortNumber": 8000}, "inference.networking.x-k8s.io"
+    )
+    assert legacy == PoolSpec({"app": "vllm"}, (8000,))
+    assert parse_pool(None, "inference.networking.k8s.io") == PoolSpec({}, ())
+
+
+async def test_legacy_pool_group_is_watched_at_v1alpha2(api: FakeKubeApi) -> None:
+    legacy_pools = crd_path("inference.networking.x-k8s.io", "v1alpha2", NS, "inferencepools")
+    await api.put(
+        legacy_pools,
+        {
+            "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+            "kind": "InferencePool",
+            "metadata": {"name": "qwen-pool", "namespace": NS},
+            "spec": {"selector": SELECTOR, "targetPortNumber": 8000},
+        },
+    )
+    await api.put(PODS, pod("a", "10.0.0.9"))
+    datastore = Datastore()
+    config = KubeConfig.from_one(cluster=Cluster(server=api.url), user=User(token=api.token))
+    discovery = KubernetesDiscovery(
+        datastore,
+        pool_name="qwen-pool",
+        namespace=NS,
+        pool_group="inference.networking.x-k8s.io",
+        client=AsyncClient(config=config, namespace=NS),
+        max_backoff=0.2,
+    )
+    await discovery.start()
+    try:
+        await wait_until(lambda: _hostports(datastore) == {"10.0.0.9:8000"})
+    finally:
+        await discovery.stop()
