@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from stack_helpers import CRDS, is_core, kind_config, render_config, validate_all, validate_core
 
-from components.render import RenderResult
+from components.render import RenderResult, run_program
 
 ONPREM_VLLM: dict[str, Any] = {
     "platform": "onprem",
@@ -157,3 +157,29 @@ def test_secure_serving_mounts_the_certificate() -> None:
     assert {"name": "tls", "mountPath": "/etc/epp/tls", "readOnly": True} in container["volumeMounts"]
     assert {"name": "tls", "secret": {"secretName": "epp-cert"}} in spec["volumes"]
     validate(result)
+
+
+def test_two_stacks_in_one_program_have_distinct_resources() -> None:
+    import pulumi_kubernetes as k8s
+
+    from components.config import parse_stack_config
+    from components.platform import Platform, PodNetworking
+    from components.stack import LlmdStack, LlmdStackArgs
+
+    def program() -> None:
+        provider = k8s.Provider("shared-cluster")
+        platform = Platform(k8s_provider=provider, pod_networking=PodNetworking())
+        first = parse_stack_config(kind_config(name="a", namespace="team-a"), has_hf_token=False)
+        # Cluster-wide pieces (CRDs, kgateway) come from the first stack only.
+        shared_off = {"crds": {"install": False}, "gateway": {"installKgateway": False}}
+        second_raw = kind_config(name="b", namespace="team-b", **shared_off)
+        second = parse_stack_config(second_raw, has_hf_token=False)
+        LlmdStack("a", LlmdStackArgs(config=first, platform=platform))
+        LlmdStack("b", LlmdStackArgs(config=second, platform=platform))
+
+    registrations, _ = run_program("two", {}, program=program)
+    urns = [r.urn for r in registrations]
+    assert len(urns) == len(set(urns))
+    pools = [r for r in registrations if r.pulumi_type.endswith(":InferencePool")]
+    placed = sorted((r.inputs["metadata"]["namespace"], r.name) for r in pools)
+    assert placed == [("team-a", "a"), ("team-b", "b")]
