@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from components.k8sobjects import register
 CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
 TLS_DIR = "/etc/epp/tls"
+CONFIG_CHECKSUM_ANNOTATION = "llm-d.ai/epp-config-sha256"
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,10 @@ def epp_arguments(config: StackConfig) -> list[str]:
     return args
 
 
+def config_checksum(config: StackConfig) -> str:
+    return hashlib.sha256(render_epp_config(config).encode()).hexdigest()
+
+
 def config_map_manifest(config: StackConfig) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -156,7 +162,11 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": epp_selector(config)},
             "template": {
-                "metadata": {"labels": {**epp_labels(config), **epp_selector(config)}},
+                "metadata": {
+                    "labels": {**epp_labels(config), **epp_selector(config)},
+                    # The EPP reads its config once: a changed ConfigMap must roll the pods.
+                    "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(config)},
+                },
                 "spec": {
                     "serviceAccountName": name,
                     # Longer than the EPP's 30 s drain so in-flight streams finish on shutdown.

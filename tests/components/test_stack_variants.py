@@ -135,11 +135,15 @@ def test_switches_drop_crds_gateway_controller_and_policies() -> None:
     assert [g["spec"]["gatewayClassName"] for g in result.manifests("Gateway")] == ["kgateway"]
 
 
-def test_custom_picker_config_is_used_verbatim() -> None:
+def test_custom_picker_config_is_used_verbatim_and_rolls_the_epp() -> None:
+    import hashlib
+
     text = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: random-picker\n"
     result = render_config(kind_config(epp={"config": text}))
     (config_map,) = result.manifests("ConfigMap")
     assert config_map["data"]["epp-config.yaml"] == text
+    annotations = result.get("Deployment", "t-epp").document["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"llm-d.ai/epp-config-sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 @pytest.mark.parametrize("version", ["1.30", "1.37"])
