@@ -100,7 +100,7 @@ class SchedulingDirector:
             hook.pre_request(scheduling_request, result)
         self._record(request, result)
         return Decision(
-            endpoints=tuple(target.hostport for target in primary.targets),
+            endpoints=result.destinations or tuple(target.hostport for target in primary.targets),
             headers=dict(result.headers),
             scores={t.hostport: s for t, s in zip(primary.targets, primary.scores, strict=True)},
         )

@@ -194,7 +194,11 @@ class _Builder:
                         f"{PRODUCER_TYPE} plugin governs hashing"
                     )
             return
-        needs = self._all(PrefixCacheScorer) + self._all(PrefixBasedPdDecider) + self._all(PdProfileHandler)
+        needs = [
+            *self._all(PrefixCacheScorer),
+            *self._all(PrefixBasedPdDecider),
+            *(h for h in self._all(PdProfileHandler) if h.needs_prefix_producer()),
+        ]
         if not needs:
             return
         settings = [s.index_parameters for s in self._all(PrefixCacheScorer) if s.index_parameters]

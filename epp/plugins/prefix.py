@@ -218,11 +218,16 @@ class PrefixMatch:
     block_tokens: int
     prompt_tokens: int
     matched_blocks: dict[str, int]  # hostport → consecutive cached blocks from the start
+    block_bytes: int = 0
+    prompt_bytes: int = 0
 
     def fraction(self, hostport: str) -> float:
         if not self.hashes:
             return 0.0
         return self.matched_blocks.get(hostport, 0) / len(self.hashes)
+
+    def cached_bytes(self, hostport: str) -> int:
+        return min(self.prompt_bytes, self.matched_blocks.get(hostport, 0) * self.block_bytes)
 
     def cached_tokens(self, hostport: str) -> int:
         return min(self.prompt_tokens, self.matched_blocks.get(hostport, 0) * self.block_tokens)
@@ -274,6 +279,8 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest, EndpointSetObserver):
             block_tokens=self.block_tokens,
             prompt_tokens=estimate_tokens(prompt),
             matched_blocks=self.index.match_lengths(hashes) if hashes else {},
+            block_bytes=self.block_bytes,
+            prompt_bytes=len(prompt),
         )
 
     def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:

@@ -14,6 +14,7 @@ from epp.plugins.registry import register
 from epp.scheduling.framework import (
     Decider,
     Plugin,
+    PreRequest,
     ProfileHandler,
     ProfileResult,
     SchedulerProfile,
@@ -24,6 +25,7 @@ from epp.scheduling.framework import (
 log = logging.getLogger(__name__)
 
 PREFILLER_HEADER = "x-prefiller-host-port"
+DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
 
 
 @register("single-profile-handler")
@@ -182,34 +184,85 @@ class DisaggProfileHandler(ProfileHandler):
         return result
 
 
+class _UncachedBytesDecider(Decider):
+    """The deprecated handler's own rule: disaggregate when the prompt bytes not cached on the
+    decode endpoint reach ``threshold`` (upstream measured this in characters, not tokens)."""
+
+    def __init__(self, name: str, threshold: int) -> None:
+        super().__init__(name)
+        self.threshold = threshold
+        self.producer: ApproxPrefixCacheProducer | None = None
+
+    def disaggregate(self, request: SchedulingRequest, decode_target: Endpoint) -> bool:
+        assert self.producer is not None, "resolve the producer first"
+        match: PrefixMatch | None = request.state.get(self.producer.name)
+        if match is None:
+            return True
+        return match.prompt_bytes - match.cached_bytes(decode_target.hostport) >= self.threshold
+
+
 @register("pd-profile-handler")
 class PdProfileHandler(DisaggProfileHandler):
-    """llm-d's deprecated P/D handler. ``threshold`` is the non-cached prompt-token count from which
-    a request is disaggregated (0 = never). ``hashBlockSize`` is accepted for compatibility only:
-    the cached-token count comes from the prefix producer, whose block size governs, so the
-    scorer and the decision always agree."""
+    """llm-d's deprecated P/D handler, in both of its parameter generations:
+
+    * ``deciderPluginName``: a decider plugin decides (llm-d's later form; its default there is
+      ``always-disagg-pd-decider``);
+    * ``threshold``: disaggregate when the prompt bytes not cached on the chosen decode endpoint
+      reach ``threshold``; ``0`` means always disaggregate (as upstream: the check is skipped).
+      ``hashBlockSize`` is accepted for compatibility; the prefix producer's block size governs
+      the cached-length estimate, so scoring and this decision always agree.
+
+    ``primaryPort`` (data parallelism): the decode targets are sent to that port of the chosen
+    pod and ``x-data-parallel-host-port`` carries the endpoint that was picked.
+    """
 
     def __init__(
-        self, name: str, decode_profile: str, prefill_profile: str, threshold: int, prefix_plugin: str | None
+        self,
+        name: str,
+        decode_profile: str,
+        prefill_profile: str,
+        *,
+        threshold: int,
+        prefix_plugin: str | None,
+        decider_name: str | None,
+        primary_port: int | None,
     ) -> None:
-        super().__init__(name, decode_profile, prefill_profile, None)
+        super().__init__(name, decode_profile, prefill_profile, decider_name)
+        self.threshold = threshold
         self.prefix_plugin = prefix_plugin
-        self.decider = PrefixBasedPdDecider(f"{name}/decider", threshold, 0, None)
+        self.primary_port = primary_port
+        if decider_name is None:
+            self.decider = (
+                _UncachedBytesDecider(f"{name}/threshold", threshold)
+                if threshold > 0
+                else AlwaysDisaggDecider(f"{name}/always")
+            )
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         threshold = params.integer("threshold", 0, minimum=0)
         params.integer("hashBlockSize", 64, minimum=1)
+        params.string("prefixPluginType", "prefix-cache-scorer")
+        decider_name = params.string("deciderPluginName", "") or None
+        if decider_name is not None and params.has("threshold"):
+            raise params.error("threshold", "and 'deciderPluginName' are alternatives; give one")
+        primary_port = params.integer("primaryPort", 0, minimum=0, maximum=65535) or None
         return cls(
             name,
             params.string("decodeProfile", "decode"),
             params.string("prefillProfile", "prefill"),
-            threshold,
-            params.string("prefixPluginName", "") or None,
+            threshold=threshold,
+            prefix_plugin=params.string("prefixPluginName", "") or None,
+            decider_name=decider_name,
+            primary_port=primary_port,
         )
 
     def resolve(self, plugins: Mapping[str, Plugin]) -> None:
-        assert isinstance(self.decider, PrefixBasedPdDecider)
+        if self.decider_name is not None:
+            super().resolve(plugins)
+            return
+        if not isinstance(self.decider, _UncachedBytesDecider):
+            return  # always disaggregate: no prefix data needed
         producer_name = None
         if self.prefix_plugin is not None:
             scorer = plugins.get(self.prefix_plugin)
@@ -221,5 +274,40 @@ class PdProfileHandler(DisaggProfileHandler):
             scorer.resolve(plugins)
             assert scorer.producer is not None
             producer_name = scorer.producer.name
-        self.decider.producer_name = producer_name
-        self.decider.resolve(plugins)
+        self.decider.producer = find_producer(plugins, producer_name, self)
+
+    def needs_prefix_producer(self) -> bool:
+        return self.decider_name is None and self.threshold > 0
+
+    def process_results(
+        self, request: SchedulingRequest, results: dict[str, ProfileResult | None]
+    ) -> SchedulingResult:
+        result = super().process_results(request, results)
+        decode = results.get(self.decode_profile)
+        if self.primary_port is not None and decode is not None:
+            result.headers[DATA_PARALLEL_HEADER] = decode.targets[0].hostport
+            result.destinations = tuple(_with_port(t.address, self.primary_port) for t in decode.targets)
+        return result
+
+
+@register("prefill-header-handler")
+class PrefillHeaderHandler(PreRequest):
+    """Sets ``x-prefiller-host-port`` from the prefill profile's pick (llm-d's P/D configs list
+    it next to the profile handler; the disagg handlers also set the header themselves)."""
+
+    def __init__(self, name: str, prefill_profile: str) -> None:
+        super().__init__(name)
+        self.prefill_profile = prefill_profile
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        return cls(name, params.string("prefillProfile", "prefill"))
+
+    def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:
+        prefill = result.results.get(self.prefill_profile)
+        if prefill is not None and result.primary is not None:
+            result.headers[PREFILLER_HEADER] = prefill.targets[0].hostport
+
+
+def _with_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -40,6 +40,9 @@ class SchedulingResult:
     results: dict[str, ProfileResult | None]
     primary_profile: str
     headers: dict[str, str] = field(default_factory=dict)
+    # "ip:port" destinations when they differ from the primary targets' own (pd-profile-handler's
+    # primaryPort sends decode traffic to another port of the picked pod).
+    destinations: tuple[str, ...] | None = None
 
     @property
     def primary(self) -> ProfileResult | None:

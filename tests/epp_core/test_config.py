@@ -268,7 +268,8 @@ def test_deprecated_alias_warns() -> None:
             "needs a scheduling profile named 'prefill'",
         ),
         (
-            HEADER + "plugins: [{type: pd-profile-handler, parameters: {prefixPluginName: queue-scorer}}, "
+            HEADER + "plugins: [{type: pd-profile-handler, "
+            "parameters: {threshold: 10, prefixPluginName: queue-scorer}}, "
             "{type: queue-scorer}]\n"
             "schedulingProfiles: [{name: decode, plugins: [{pluginRef: queue-scorer}]}, "
             "{name: prefill, plugins: [{pluginRef: queue-scorer}]}]\n",

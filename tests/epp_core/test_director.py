@@ -172,23 +172,57 @@ plugins:
         assert decision.endpoints[0] == first.endpoints[0]
 
 
-async def test_deprecated_pd_profile_handler_threshold_in_uncached_tokens() -> None:
+async def test_deprecated_pd_profile_handler_threshold_in_uncached_bytes() -> None:
     from epp_core.test_config import PD_LEGACY  # threshold 100, prefix blocks of 64 characters
 
     roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
     director, datastore = _director(PD_LEGACY, count=2, labels=roles)
     prefill = datastore.endpoints()[0]
-    prompt = "x" * 1024  # 256 tokens, 16 blocks of 64 characters: all cacheable
+    prompt = "x" * 1024  # 16 blocks of 64 characters: all cacheable
     assert (await director.handle_request(inference_request(prompt))).headers == {
         "x-prefiller-host-port": prefill.hostport
     }
-    # Cached on the decode pod now: 256 - 256 + 3 = 3 uncached tokens < 100.
+    # Cached on the decode pod now: only 10 bytes are not, fewer than the threshold of 100.
     assert (await director.handle_request(inference_request(prompt + "y" * 10))).headers == {}
-    assert (await director.handle_request(inference_request("z" * 600))).headers  # 150 new tokens
+    assert (await director.handle_request(inference_request("z" * 600))).headers  # 600 new bytes
 
-    never = PD_LEGACY.replace("threshold: 100", "threshold: 0")
-    director, _ = _director(never, count=2, labels=roles)
-    assert (await director.handle_request(inference_request("w" * 4000))).headers == {}
+    # threshold 0 skips the check upstream: every request is disaggregated.
+    always = PD_LEGACY.replace("threshold: 100", "threshold: 0")
+    director, _ = _director(always, count=2, labels=roles)
+    assert (await director.handle_request(inference_request("w"))).headers == {
+        "x-prefiller-host-port": prefill.hostport
+    }
+
+
+async def test_pd_profile_handler_with_decider_and_primary_port() -> None:
+    config = (
+        HEADER
+        + """
+plugins:
+- type: prefix-based-pd-decider
+  parameters: {nonCachedTokens: 8}
+- type: pd-profile-handler
+  parameters: {deciderPluginName: prefix-based-pd-decider, primaryPort: 8200}
+- type: prefill-header-handler
+- type: prefill-filter
+- type: decode-filter
+schedulingProfiles:
+- {name: prefill, plugins: [{pluginRef: prefill-filter}]}
+- {name: decode, plugins: [{pluginRef: decode-filter}]}
+"""
+    )
+    roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
+    director, datastore = _director(config, count=2, labels=roles)
+    prefill, decode = datastore.endpoints()
+    decision = await director.handle_request(inference_request("a" * 400))  # 100 tokens, none cached
+    assert decision.endpoints == (f"{decode.address}:8200",)
+    assert decision.headers == {
+        "x-prefiller-host-port": prefill.hostport,
+        "x-data-parallel-host-port": decode.hostport,
+    }
+    assert decode.in_flight == 1  # bookkeeping stays on the picked endpoint
+    short = await director.handle_request(inference_request("tiny"))
+    assert short.headers == {"x-data-parallel-host-port": decode.hostport}
 
 
 async def test_scheduling_metrics_are_recorded() -> None:
