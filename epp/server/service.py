@@ -10,7 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from epp.server.metrics import ServerMetrics
-from epp.server.stream import BufferBudget, ExtProcStream, StreamSettings
+from epp.server.stream import ActiveRequestIds, BufferBudget, ExtProcStream, StreamSettings
 from epp.types import Director
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self._settings = settings
         self._metrics = metrics
         self._budget = BufferBudget(settings.max_buffered_request_bytes)
+        self._request_ids = ActiveRequestIds()
         self.active_streams = 0
 
     # A coroutine writing through the context (not an async generator): cancellation then runs the
@@ -31,7 +32,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        stream = ExtProcStream(self._director, self._settings, self._metrics, self._budget)
+        stream = ExtProcStream(self._director, self._settings, self._metrics, self._budget, self._request_ids)
         self.active_streams += 1
         try:
             await stream.run(request_iterator, context.write)

@@ -75,6 +75,26 @@ class BufferBudget:
         self.used = max(0, self.used - size)
 
 
+class ActiveRequestIds:
+    """Request ids of the streams in progress. The Director keys its in-flight bookkeeping on the
+    id, and a client may send the same ``x-request-id`` twice at once: the second one gets a suffix
+    (the upstream still sees the client's header unchanged)."""
+
+    def __init__(self) -> None:
+        self._active: set[str] = set()
+
+    def claim(self, request_id: str) -> str:
+        unique, n = request_id, 1
+        while unique in self._active:
+            n += 1
+            unique = f"{request_id}#{n}"
+        self._active.add(unique)
+        return unique
+
+    def release(self, request_id: str) -> None:
+        self._active.discard(request_id)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     max_request_body_bytes: int = 4 * 1024 * 1024
@@ -97,11 +117,13 @@ class ExtProcStream:
         settings: StreamSettings,
         metrics: ServerMetrics,
         budget: BufferBudget | None = None,
+        request_ids: ActiveRequestIds | None = None,
     ) -> None:
         self._director = director
         self._settings = settings
         self._metrics = metrics
         self._budget = budget if budget is not None else BufferBudget(settings.max_buffered_request_bytes)
+        self._request_ids = request_ids if request_ids is not None else ActiveRequestIds()
         self._request_mode = settings.default_body_mode
         self._response_mode: BodyMode | None = settings.default_body_mode
         self._headers: dict[str, str] = {}
@@ -111,7 +133,6 @@ class ExtProcStream:
         self._received_at = 0.0
         self._body_parts: list[bytes] = []
         self._body_size = 0
-        self._filter_metadata: Mapping[str, object] | None = None
         self._subset: list[str] | None = None
         self._served: str | None = None
         self._decided = False
@@ -171,9 +192,10 @@ class ExtProcStream:
             value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
             self._headers[header.key.lower()] = value
         self._path = self._headers.get(":path", "/")
-        self._request_id = self._headers.get(REQUEST_ID, "")
-        if not self._request_id:
-            self._request_id, self._request_id_generated = str(uuid.uuid4()), True
+        client_id = self._headers.get(REQUEST_ID, "")
+        if not client_id:
+            client_id, self._request_id_generated = str(uuid.uuid4()), True
+        self._request_id = self._request_ids.claim(client_id)
 
         if headers.end_of_stream:
             await self._route_headers_only(send)
@@ -282,7 +304,7 @@ class ExtProcStream:
     def _routing_headers(self, decision: Decision) -> dict[str, str]:
         headers = {key.lower(): value for key, value in decision.headers.items()}
         headers[DESTINATION_ENDPOINT] = ",".join(decision.endpoints)
-        if self._request_id_generated:
+        if self._request_id_generated:  # a fresh uuid is unique already: no suffix to strip
             headers[REQUEST_ID] = self._request_id
         return headers
 
@@ -417,6 +439,8 @@ class ExtProcStream:
     def _finish(self) -> None:
         """The stream is over (normally, by error or by cancellation)."""
         self._release_body()
+        if self._request_id:
+            self._request_ids.release(self._request_id)
         if not self._completed and self._request is not None:
             # With response_body_mode NONE a finished response never shows its body: judge by status.
             cut_short = self._response_started and not self._response_ended

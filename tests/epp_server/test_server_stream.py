@@ -467,3 +467,26 @@ async def test_shared_buffer_budget_rejects_with_503_and_is_released(director, m
     await third.run(feed([request_headers(), body_msg(COMPLETION)]), out)
     assert out.kinds() == ["request_headers", "request_body"]
     assert budget.used == 0
+
+
+async def test_concurrent_duplicate_request_ids_stay_distinct_for_the_director(director, metrics):
+    from epp.server.stream import ActiveRequestIds
+
+    ids = ActiveRequestIds()
+    gate = asyncio.Event()
+
+    async def waiting_for_response():
+        yield request_headers(extra={"x-request-id": "dup"})
+        yield body_msg(COMPLETION)
+        await gate.wait()
+
+    streams = [ExtProcStream(director, StreamSettings(), metrics, request_ids=ids) for _ in range(2)]
+    tasks = [asyncio.create_task(s.run(waiting_for_response(), Collector())) for s in streams]
+    while len(director.requests) < 2:
+        await director.called.wait()
+        director.called.clear()
+    assert sorted(r.request_id for r in director.requests) == ["dup", "dup#2"]
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert sorted(rid for rid, _, _ in director.completions) == ["dup", "dup#2"]
+    assert ids.claim("dup") == "dup"  # released when the streams ended
