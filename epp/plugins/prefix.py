@@ -128,8 +128,8 @@ class PrefixIndex:
     :meth:`add` touches a chain's blocks last-to-first, so block 0 is the most recently used and
     eviction takes chains from their tail, as vLLM frees a request's blocks. Every add is a whole
     chain from block 0, so an endpoint holding block i of a chain also holds blocks 0..i-1. That
-    invariant lets :meth:`match_lengths` binary-search the match depth (about 8 lookups per
-    endpoint for a 256-block prompt) instead of walking every block.
+    invariant lets :meth:`match_lengths` binary-search the match depth (about 8 probes for a
+    256-block prompt, shared by endpoints that hold the same prefix) instead of walking every block.
     """
 
     def __init__(self, capacity_per_endpoint: int) -> None:
