@@ -182,7 +182,7 @@ class _Builder:
             replacement = deprecated_replacement(type_name)
             if replacement:
                 self.warn(f"plugin {name!r}: type {type_name!r} is deprecated, use {replacement!r}")
-            self.plugins[name] = create(type_name, name, entry.get("parameters"))
+            self.plugins[name] = create(type_name, name, entry.get("parameters"), on_unknown=self.warn)
 
     def _ensure_prefix_producer(self) -> None:
         if self._all(ApproxPrefixCacheProducer):

@@ -1,13 +1,15 @@
 """Typed, strict reading of one plugin's ``parameters`` mapping.
 
-Each plugin factory pulls the keys it understands through :class:`Params`; :meth:`Params.finish`
-then rejects anything left over, so a typo (``maxNumOfEndpoint``) fails at start-up with the
-plugin and key named instead of being silently ignored.
+Each plugin factory pulls the keys it understands through :class:`Params`, which rejects a wrong
+type or value with the plugin and key named. :meth:`Params.finish` then deals with keys nobody
+read: an error by default; the config loader instead logs a warning naming them, because llm-d
+(Go's JSON decoding) ignores unknown keys and real configs carry some (e.g. ``hashBlockSize`` on
+a picker), so rejecting them would break drop-in compatibility while still hiding nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from epp.config.errors import ConfigError
@@ -113,10 +115,15 @@ class Params:
             raise self.error(key, f"must be a list, got {value!r}")
         return value
 
-    def finish(self) -> None:
+    def finish(self, on_unknown: Callable[[str], None] | None = None) -> None:
+        """Reject (or, with ``on_unknown``, report) parameters the plugin does not understand."""
         unknown = sorted(set(self._raw) - self._used)
-        if unknown:
-            raise ConfigError(f"{self.plugin}: unknown parameter(s) {', '.join(map(repr, unknown))}")
+        if not unknown:
+            return
+        message = f"{self.plugin}: unknown parameter(s) {', '.join(map(repr, unknown))}"
+        if on_unknown is None:
+            raise ConfigError(message)
+        on_unknown(message)
 
     def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
         if minimum is not None and value < minimum:

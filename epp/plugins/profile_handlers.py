@@ -309,5 +309,10 @@ class PrefillHeaderHandler(PreRequest):
             result.headers[PREFILLER_HEADER] = prefill.targets[0].hostport
 
 
+@register("disagg-headers-handler")
+class DisaggHeadersHandler(PrefillHeaderHandler):
+    """The same header step under the name newer llm-d configs use."""
+
+
 def _with_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

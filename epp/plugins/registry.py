@@ -41,7 +41,10 @@ def register(type_name: str, *, deprecated_aliases: tuple[str, ...] = ()) -> Cal
     return decorate
 
 
-def create(type_name: str, name: str, raw_parameters: object) -> Plugin:
+def create(
+    type_name: str, name: str, raw_parameters: object, on_unknown: Callable[[str], None] | None = None
+) -> Plugin:
+    """Build one plugin. Unknown parameter keys raise ConfigError, or go to ``on_unknown``."""
     factory = _FACTORIES.get(type_name)
     if factory is None:
         raise ConfigError(
@@ -49,7 +52,7 @@ def create(type_name: str, name: str, raw_parameters: object) -> Plugin:
         )
     params = Params(name, type_name, raw_parameters)
     plugin = factory(name, params)
-    params.finish()
+    params.finish(on_unknown)
     return plugin
 
 

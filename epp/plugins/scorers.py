@@ -94,3 +94,31 @@ class LoraAffinityScorer(_Stateless):
             else:
                 scores.append(0.0)
         return scores
+
+
+@register("active-request-scorer")
+class ActiveRequestScorer(Scorer):
+    """llm-d's in-flight balancer on the director's exact in-flight counts: endpoints with at most
+    ``idleThreshold`` requests score 1.0; busier ones ``maxBusyScore x (max - n) / max``, where max
+    is the busiest candidate. ``requestTimeout`` (upstream's expiry for requests whose completion
+    it never saw) is accepted and validated, but counts here are released on every completion."""
+
+    def __init__(self, name: str, idle_threshold: int, max_busy_score: float) -> None:
+        super().__init__(name)
+        self.idle_threshold = idle_threshold
+        self.max_busy_score = max_busy_score
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        params.duration("requestTimeout", 120.0)
+        return cls(
+            name,
+            params.integer("idleThreshold", 0, minimum=0),
+            params.number("maxBusyScore", 1.0, minimum=0.0, maximum=1.0),
+        )
+
+    def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        counts = [endpoint.in_flight for endpoint in endpoints]
+        busiest = max(counts)
+        idle, scale = self.idle_threshold, self.max_busy_score
+        return [1.0 if n <= idle else (busiest - n) / busiest * scale for n in counts]

@@ -141,6 +141,19 @@ def test_load_aware_scorer_uses_epp_in_flight() -> None:
     assert _score("load-aware-scorer", pool, {"threshold": 10}) == [0.5, 0.25, 0.0, 0.0]
 
 
+def test_active_request_scorer() -> None:
+    pool = [
+        endpoint("idle"),
+        endpoint("one", in_flight=1),
+        endpoint("some", in_flight=2),
+        endpoint("busiest", in_flight=4),
+    ]
+    assert _score("active-request-scorer", pool) == [1.0, 0.75, 0.5, 0.0]
+    params = {"idleThreshold": 1, "maxBusyScore": 0.5, "requestTimeout": "2m"}
+    assert _score("active-request-scorer", pool, params) == [1.0, 1.0, 0.25, 0.0]
+    assert _score("active-request-scorer", [endpoint("a"), endpoint("b")]) == [1.0, 1.0]
+
+
 def test_lora_affinity_scorer() -> None:
     pool = [
         endpoint("active", running_loras=frozenset({"sql"}), max_loras=2),
