@@ -303,3 +303,91 @@ def test_bad_config_errors_name_the_culprit(yaml_text: str, expected: str) -> No
     with pytest.raises(ConfigError) as caught:
         load_config(yaml_text)
     assert expected in str(caught.value)
+
+
+# Shapes of EndpointPickerConfigs seen in public llm-d deployments (re-typed, trimmed): each must
+# load, with the expected profile handler.
+REAL_WORLD = {
+    "pd-handler-without-parameters": """
+plugins:
+- {type: pd-profile-handler}
+- {type: prefill-filter}
+- {type: decode-filter}
+- {type: active-request-scorer, parameters: {requestTimeout: 20m}}
+- {type: max-score-picker}
+- {type: random-picker}
+schedulingProfiles:
+- {name: prefill, plugins: [{pluginRef: prefill-filter}, {pluginRef: active-request-scorer, weight: 1},
+                            {pluginRef: max-score-picker}]}
+- {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: active-request-scorer, weight: 1},
+                           {pluginRef: max-score-picker}]}
+""",
+    "pd-threshold-zero-with-header-handler": """
+plugins:
+- {type: prefill-header-handler}
+- {type: prefill-filter}
+- {type: decode-filter}
+- {type: max-score-picker}
+- {type: queue-scorer}
+- {type: prefix-cache-scorer}
+- {type: pd-profile-handler, parameters: {threshold: 0}}
+schedulingProfiles:
+- {name: prefill, plugins: [{pluginRef: prefill-filter}, {pluginRef: queue-scorer, weight: 1.0},
+                            {pluginRef: prefix-cache-scorer, weight: 3.0}, {pluginRef: max-score-picker}]}
+- {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: queue-scorer, weight: 1.0},
+                           {pluginRef: prefix-cache-scorer, weight: 3.0}, {pluginRef: max-score-picker}]}
+""",
+    "pd-decider-plugin-name": """
+plugins:
+- {type: prefill-header-handler}
+- {type: approx-prefix-cache-producer, parameters: {blockSizeTokens: 16, maxPrefixBlocksToMatch: 256,
+                                                    lruCapacityPerServer: 256}}
+- {type: prefix-cache-scorer}
+- {type: prefill-filter}
+- {type: decode-filter}
+- {type: max-score-picker}
+- {type: prefix-based-pd-decider, parameters: {nonCachedTokens: 16}}
+- {type: pd-profile-handler, parameters: {deciderPluginName: prefix-based-pd-decider}}
+schedulingProfiles:
+- {name: prefill, plugins: [{pluginRef: prefill-filter}, {pluginRef: prefix-cache-scorer, weight: 2}]}
+- {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: prefix-cache-scorer, weight: 2}]}
+""",
+    "disagg-weighted-random-pickers": """
+plugins:
+- {type: vllmhttp-parser}
+- {type: prefill-filter}
+- {type: decode-filter}
+- {type: prefix-cache-scorer}
+- {type: active-request-scorer}
+- {type: queue-scorer}
+- {type: always-disagg-pd-decider}
+- {type: disagg-profile-handler, parameters: {deciders: {prefill: always-disagg-pd-decider}}}
+- {type: weighted-random-picker, name: prefill-picker}
+- {type: weighted-random-picker, name: decode-picker}
+schedulingProfiles:
+- {name: prefill, plugins: [{pluginRef: prefill-filter}, {pluginRef: prefix-cache-scorer, weight: 3},
+                            {pluginRef: active-request-scorer, weight: 2},
+                            {pluginRef: queue-scorer, weight: 2}, {pluginRef: prefill-picker}]}
+- {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: prefix-cache-scorer, weight: 3},
+                           {pluginRef: active-request-scorer, weight: 2}, {pluginRef: decode-picker}]}
+""",
+    "scorer-with-legacy-block-size": """
+plugins:
+- type: prefix-cache-scorer
+  parameters: {blockSize: 64, maxPrefixBlocksToMatch: 256, lruCapacityPerServer: 31250}
+schedulingProfiles:
+- {name: default, plugins: [{pluginRef: prefix-cache-scorer, weight: 5.0}]}
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_WORLD))
+def test_real_world_config_shapes_load(name: str) -> None:
+    for api_version in ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1"):
+        config = load_config(f"apiVersion: {api_version}\nkind: EndpointPickerConfig\n" + REAL_WORLD[name])
+        handler = config.scheduler.handler
+        if "prefill" in config.scheduler.profiles:
+            assert isinstance(handler, DisaggProfileHandler)  # pd-profile-handler is a subclass
+            assert handler.decider is not None
+        else:
+            assert isinstance(handler, SingleProfileHandler)
