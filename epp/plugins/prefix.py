@@ -82,9 +82,11 @@ class ChainCache:
 
     MIN_BLOCKS = 32  # below this, hashing from scratch costs no more than the lookup
 
-    def __init__(self, entries: int = 128) -> None:
+    def __init__(self, entries: int = 128, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.entries = entries
+        self.max_bytes = max_bytes  # prompts are kept by reference; this bounds their memory
         self._recent: OrderedDict[int, tuple[bytes, list[int]]] = OrderedDict()
+        self._bytes = 0
 
     def hashes(
         self, model: str, prompt: bytes, block_bytes: int, max_blocks: int, salt: str = ""
@@ -102,11 +104,20 @@ class ChainCache:
             hashes = block_hashes(
                 model, prompt, block_bytes, max_blocks, salt, start=shared, known=previous_hashes
             )
-        self._recent[first[0]] = (prompt, hashes)
-        self._recent.move_to_end(first[0])
-        if len(self._recent) > self.entries:
-            self._recent.popitem(last=False)
+        if len(prompt) <= self.max_bytes:
+            replaced = self._recent.pop(first[0], None)
+            if replaced is not None:
+                self._bytes -= len(replaced[0])
+            self._recent[first[0]] = (prompt, hashes)
+            self._bytes += len(prompt)
+            while len(self._recent) > self.entries or self._bytes > self.max_bytes:
+                _, (evicted, _) = self._recent.popitem(last=False)
+                self._bytes -= len(evicted)
         return hashes
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
 
 
 def _shared_blocks(prompt: bytes, other: bytes, block_bytes: int, limit: int) -> int:

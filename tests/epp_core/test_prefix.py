@@ -82,6 +82,16 @@ def test_chain_cache_gives_exactly_the_from_scratch_hashes(
         assert cache.hashes("m", prompt, 4, 60, salt="s") == block_hashes("m", prompt, 4, 60, salt="s")
 
 
+def test_chain_cache_memory_is_bounded() -> None:
+    cache = ChainCache(entries=100, max_bytes=1000)
+    cache.MIN_BLOCKS = 1
+    for i in range(50):
+        cache.hashes("m", bytes([i]) * 300, 4, 1000)  # distinct first blocks: one entry each
+    assert cache.cached_bytes <= 1000
+    cache.hashes("m", b"z" * 5000, 4, 1000)  # larger than the budget: hashed, not kept
+    assert cache.cached_bytes <= 1000
+
+
 def test_token_estimate_is_four_bytes_per_token() -> None:
     assert [estimate_tokens(b"x" * n) for n in (0, 1, 4, 5, 4000)] == [0, 1, 1, 2, 1000]
 
