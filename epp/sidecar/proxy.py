@@ -77,7 +77,7 @@ class SidecarMetrics:
         )
         for mode in ("passthrough", "disaggregated"):
             self.requests.labels(mode)
-        for reason in ("timeout", "connect", "status", "invalid_response"):
+        for reason in ("timeout", "connect", "status", "invalid_response", "decode_kv_load"):
             self.fallbacks.labels(reason)
 
 
@@ -162,7 +162,6 @@ class Sidecar:
         url = f"http://{_join_host_port(host, port)}{request.path_qs}"
         try:
             kv_params = await self._prefill(url, prefill_body(original), headers)
-            body = decode_body(original, kv_params)
         except PrefillFailed as exc:
             self.metrics.fallbacks.labels(exc.reason).inc()
             log.warning(
@@ -172,8 +171,15 @@ class Sidecar:
                 exc.reason,
                 exc,
             )
-            body = original
-        return await self._forward(request, json.dumps(body).encode(), headers)
+            return await self._forward(request, json.dumps(original).encode(), headers)
+        # vLLM answers 500 when it cannot load the remote KV (kv_load_failure_policy "fail", e.g. a
+        # NIXL handshake timing out); nothing has reached the client yet, so run it locally instead.
+        return await self._forward(
+            request,
+            json.dumps(decode_body(original, kv_params)).encode(),
+            headers,
+            local_retry=json.dumps(original).encode(),
+        )
 
     async def _prefill(self, url: str, body: dict[str, Any], headers: CIMultiDict[str]) -> dict[str, Any]:
         started = time.monotonic()
@@ -197,9 +203,17 @@ class Sidecar:
         return params
 
     async def _forward(
-        self, request: web.Request, body: bytes, headers: CIMultiDict[str]
+        self,
+        request: web.Request,
+        body: bytes,
+        headers: CIMultiDict[str],
+        local_retry: bytes | None = None,
     ) -> web.StreamResponse:
-        """Send the request to the local model server and stream its answer back as it arrives."""
+        """Send the request to the local model server and stream its answer back as it arrives.
+
+        With ``local_retry``, a 5xx answer (seen before anything is sent to the client) is dropped
+        and ``local_retry`` is sent instead: the P/D decode leg falling back to a local prefill.
+        """
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.options.connect_timeout_s, sock_read=self.options.read_timeout_s
         )
@@ -215,6 +229,16 @@ class Sidecar:
                 allow_redirects=False,
             )
             async with upstream_cm as upstream:
+                if local_retry is not None and upstream.status >= 500:
+                    detail = (await upstream.read())[:200]
+                    self.metrics.fallbacks.labels("decode_kv_load").inc()
+                    log.warning(
+                        "request %s: decode with remote KV failed (HTTP %d: %r); prefilling locally",
+                        headers.get(REQUEST_ID_HEADER),
+                        upstream.status,
+                        detail,
+                    )
+                    return await self._forward(request, local_retry, headers)
                 response = web.StreamResponse(
                     status=upstream.status, reason=upstream.reason, headers=_forward_headers(upstream.headers)
                 )

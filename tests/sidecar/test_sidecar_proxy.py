@@ -45,6 +45,7 @@ class StandIn:
     status: int = 200
     delay_s: float = 0.0
     answer: Any = None  # JSON body; None = an SSE stream when the request asks for one
+    fail_kv_load: bool = False  # answer 500 to requests carrying kv_transfer_params, as vLLM does
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -54,6 +55,8 @@ class StandIn:
             body = raw
         self.received.append(Received(request.method, request.path_qs, CIMultiDict(request.headers), body))
         await asyncio.sleep(self.delay_s)
+        if self.fail_kv_load and isinstance(body, dict) and "kv_transfer_params" in body:
+            return web.json_response({"error": {"message": "KV load failed"}}, status=500)
         if isinstance(body, dict) and body.get("stream") and self.answer is None:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -273,4 +276,26 @@ async def test_metrics_listener_exposes_the_fallback_counter(rig):
         for s in families["llmd_sidecar_prefill_fallbacks"].samples
         if s.name.endswith("_total")
     }
-    assert samples == {"timeout": 0, "connect": 0, "status": 1, "invalid_response": 0}
+    assert samples == {"timeout": 0, "connect": 0, "status": 1, "invalid_response": 0, "decode_kv_load": 0}
+
+
+async def test_decode_that_cannot_load_the_kv_is_rerun_locally(rig):
+    rig.decode.fail_kv_load = True
+    async with rig.client.post(
+        "/v1/completions", json=REQUEST, headers={"x-prefiller-host-port": rig.prefill_addr}
+    ) as r:
+        assert r.status == 200
+        assert (await r.text()).endswith("data: [DONE]\n\n")
+    with_kv, local = rig.decode.received
+    assert with_kv.body == {**REQUEST, "kv_transfer_params": KV_FROM_PREFILL}
+    assert local.body == REQUEST
+    assert local.headers["X-Request-Id"] == with_kv.headers["X-Request-Id"]
+    assert rig.fallbacks("decode_kv_load") == 1
+
+
+async def test_model_server_errors_without_pd_are_passed_through(rig):
+    rig.decode.status, rig.decode.answer = 503, {"error": "overloaded"}
+    async with rig.client.post("/v1/completions", json={"model": "tiny", "prompt": "x"}) as r:
+        assert r.status == 503
+        assert await r.json() == {"error": "overloaded"}
+    assert len(rig.decode.received) == 1
