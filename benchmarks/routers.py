@@ -76,6 +76,7 @@ class RouterSpec:
     description: str
     envoy_lb_policy: str | None = None  # ENVOY_LB: ROUND_ROBIN | RANDOM
     epp_config: str | None = None  # EPP: EndpointPickerConfig text; None = the EPP's built-in default
+    epp_flags: tuple[str, ...] = ()  # EPP: extra `python -m epp` flags
 
 
 ROUTERS: tuple[RouterSpec, ...] = (
@@ -256,6 +257,7 @@ def _start_epp(spec: RouterSpec, pod_names: list[str], endpoints: list[str], log
     extra = ["--log-level", "warning"]
     if spec.epp_config is not None:
         extra += ["--config-text", spec.epp_config]
+    extra += spec.epp_flags
     epp = ManagedProcess(
         epp_command(endpoints_file, grpc_port, health_port, metrics_port, *extra),
         ready=grpc_ok(health_port),
