@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from epp.config.loader import SchedulerConfig
 from epp.datastore import Datastore, Endpoint
@@ -45,6 +46,7 @@ class SchedulingDirector:
         self.served_models = served_models
         self.metrics_staleness = metrics_staleness
         self._flights: dict[str, _Flight] = {}
+        self._pick_counters: dict[tuple[str, str], Any] = {}
         datastore.add_listener(self._endpoints_changed)
 
     def ready(self) -> bool:
@@ -127,7 +129,11 @@ class SchedulingDirector:
     def _record(self, request: InferenceRequest, result: SchedulingResult) -> None:
         for profile_name, profile_result in result.results.items():
             if profile_result is not None:
-                epp_metrics.PICKS.labels(profile_result.targets[0].hostport, profile_name).inc()
+                key = (profile_result.targets[0].hostport, profile_name)
+                counter = self._pick_counters.get(key)
+                if counter is None:  # labels() validates and locks; do that once per series
+                    counter = self._pick_counters[key] = epp_metrics.PICKS.labels(*key)
+                counter.inc()
         primary = result.primary
         assert primary is not None
         endpoint = primary.targets[0]
