@@ -8,6 +8,7 @@ loop; no I/O happens in the request path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -173,6 +174,10 @@ class SchedulingDirector:
     def _endpoints_changed(self) -> None:
         live = frozenset(e.hostport for e in self.datastore.endpoints())
         epp_metrics.ENDPOINTS.set(len(live))
+        for key in [key for key in self._pick_counters if key[0] not in live]:
+            del self._pick_counters[key]
+            with contextlib.suppress(KeyError):  # drop the departed endpoint's series
+                epp_metrics.PICKS.remove(*key)
         for observer in self.config.observers:
             observer.endpoints_changed(live)
 

@@ -241,3 +241,14 @@ async def test_scheduling_metrics_are_recorded() -> None:
     assert sample("epp_scheduler_rejections_total", {"status": "404", "reason": ""}) == rejected_before + 1
     picks = sample("epp_scheduler_picks_total", {"endpoint": decision.endpoints[0], "profile": "default"})
     assert picks >= 1
+
+
+async def test_pick_series_of_departed_endpoints_are_dropped() -> None:
+    from prometheus_client import REGISTRY
+
+    director, datastore = _director(count=2)
+    decision = await director.handle_request(inference_request())
+    labels = {"endpoint": decision.endpoints[0], "profile": "default"}
+    assert REGISTRY.get_sample_value("epp_scheduler_picks_total", labels) is not None
+    datastore.replace_endpoints([])
+    assert REGISTRY.get_sample_value("epp_scheduler_picks_total", labels) is None
