@@ -42,6 +42,7 @@ COMMENT_MARKER = "<!-- pulumi-llmd:render-diff -->"
 # GitHub rejects comments above 65,536 characters; keep room for the truncation note.
 MARKDOWN_LIMIT = 60_000
 RENDER_TIMEOUT_S = 900
+GIT_TIMEOUT_S = 120
 MASK = "<secret>"
 
 _SECRET_KEY = re.compile(r"pass(word|wd)?|token|secret|api[-_]?key|private[-_]?key|credential", re.I)
@@ -475,18 +476,25 @@ def render_revision(repo: Path, rev: str, stacks: Sequence[str] | None, workdir:
             ["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
             capture_output=True,
             check=False,
+            timeout=GIT_TIMEOUT_S,
         )
 
 
 def _git(repo: Path, *args: str, what: str) -> str:
-    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DiffError(f"{what}: git did not answer within {GIT_TIMEOUT_S} s") from exc
     if result.returncode != 0:
         detail = result.stderr.strip() or "not found"
         raise DiffError(f"{what}: {detail}")
     return result.stdout.strip()
 
 
-def _stack_roots(render_root: Path) -> Render:
+def _load_revision_render(render_root: Path) -> Render:
+    """The stacks a revision rendered; none when it had none of the requested stacks."""
     return load_render(render_root) if any(render_root.glob("*/index.json")) else {}
 
 
@@ -494,7 +502,7 @@ def diff_revisions(repo: Path, base: str, head: str, stacks: Sequence[str] | Non
     with tempfile.TemporaryDirectory(prefix="llmd-diff-") as tmp:
         base_root = render_revision(repo, base, stacks, Path(tmp) / "base")
         head_root = render_revision(repo, head, stacks, Path(tmp) / "head")
-        diff = diff_renders(_stack_roots(base_root), _stack_roots(head_root))
+        diff = diff_renders(_load_revision_render(base_root), _load_revision_render(head_root))
     if not diff.stacks:
         wanted = ", ".join(stacks) if stacks else "any stack"
         raise DiffError(f"neither {base} nor {head} has stacks/Pulumi.<stack>.yaml for {wanted}")
