@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks import publish, report
 from benchmarks.pool import SimPool, SimTiming
+from benchmarks.results_model import RunRecord
 from benchmarks.routers import ROUTERS, router_by_name
 from benchmarks.runner import Plan, run_plan, stderr_log
 from benchmarks.workloads import (
@@ -57,6 +58,10 @@ QUICK: dict[str, tuple[Workload, tuple[float, ...]]] = {
 }
 QUICK_ROUTERS = ("round-robin", "epp-default")
 QUICK_TIMING = SimTiming(kv_cache_tokens=4096)
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def _csv(value: str) -> list[str]:
@@ -105,12 +110,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-markdown", action="store_true", help="do not write BENCHMARKS.md or plots (implied by --quick)"
     )
     parser.add_argument("--log-dir", type=Path, help="process logs (default: a new temporary directory)")
+    parser.add_argument(
+        "--republish",
+        type=Path,
+        metavar="ROUTING_JSON",
+        help="run nothing: rewrite BENCHMARKS.md and the plots from a saved routing.json",
+    )
     return parser
+
+
+def republish(path: Path) -> int:
+    """Rewrite the BENCHMARKS.md section and plots from saved results, under their original command."""
+    try:
+        data = json.loads(path.read_text())
+        records = [RunRecord.from_json(run) for run in data["runs"]]
+        setup, command = data["setup"], data["command"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        stderr_log(f"cannot republish {path}: {type(exc).__name__}: {exc}")
+        return 2
+    publish.publish(records, setup, command, write_markdown=True, results_dir=path.parent)
+    stderr_log(f"rewrote the BENCHMARKS.md section and plots from {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.republish is not None:
+        return republish(args.republish)
     catalogue = QUICK if args.quick else FULL
     workload_names = args.workloads or list(catalogue)
     unknown = [name for name in workload_names if name not in catalogue]
@@ -170,14 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stderr_log(f"results: {args.results_dir / 'routing.json'}")
     for workload, rows in data["summary"].items():
+        top = rows[0]["by_rate"][-1]["rate_rps"] if rows else 0
         stderr_log(
-            f"{workload}: "
-            + ", ".join(
-                f"{row['router']} p50 {row['ttft_p50_s'] * 1000:.0f} ms"
-                if row["ttft_p50_s"] is not None
-                else f"{row['router']} no data"
-                for row in rows
-            )
+            f"{workload} @ {top:g} req/s: "
+            + ", ".join(f"{row['router']} p50 {_ms(row['by_rate'][-1]['ttft_p50_s'])}" for row in rows)
         )
     print(json.dumps(data["summary"], indent=1))
     return 0

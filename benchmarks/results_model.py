@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from benchmarks.stats import Balance, RunStats
+from benchmarks.stats import Balance, Distribution, RunStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +23,19 @@ class RunRecord:
         data: dict[str, Any] = asdict(self)
         data["error_samples"] = list(self.error_samples)
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        """The inverse of :meth:`to_json` (to re-publish a saved run)."""
+        stats = dict(data["stats"])
+        for key in ("ttft", "latency"):
+            stats[key] = Distribution(**stats[key]) if stats[key] is not None else None
+        return cls(
+            workload=data["workload"],
+            router=data["router"],
+            rate_rps=float(data["rate_rps"]),
+            stats=RunStats(**stats),
+            prefix_hit_rate=float(data["prefix_hit_rate"]),
+            balance=Balance(**data["balance"]),
+            error_samples=tuple(data.get("error_samples", ())),
+        )
