@@ -77,7 +77,7 @@ class GkeNetworks(pulumi.ComponentResource):
             project=config.project,
             region=config.region,
             network=self.gvnic_network.id,
-            ip_cidr_range=str(config.gvnic.subnet_cidr),
+            ip_cidr_range=config.gvnic.subnet_cidr,
             opts=child,
         )
         # Node-to-node traffic on the second NIC (NCCL bootstrap, NIXL side channel) must be allowed;
@@ -88,7 +88,7 @@ class GkeNetworks(pulumi.ComponentResource):
             project=config.project,
             network=self.gvnic_network.id,
             direction="INGRESS",
-            source_ranges=[str(config.gvnic.subnet_cidr)],
+            source_ranges=[config.gvnic.subnet_cidr],
             allows=[
                 gcp.compute.FirewallAllowArgs(protocol="tcp"),
                 gcp.compute.FirewallAllowArgs(protocol="udp"),

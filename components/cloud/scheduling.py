@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
@@ -36,9 +36,9 @@ GPU_TOLERATION: dict[str, Any] = {"key": "nvidia.com/gpu", "operator": "Exists",
 class NodeTaint(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
-    key: str
-    value: str = ""
-    effect: TaintEffect = "NoSchedule"
+    key: str = Field(description="Taint key (a Kubernetes qualified name).")
+    value: str = Field(default="", description="Taint value; empty tolerates by key only.")
+    effect: TaintEffect = Field(default="NoSchedule", description="Kubernetes taint effect.")
 
     @field_validator("key")
     @classmethod

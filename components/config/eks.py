@@ -38,21 +38,31 @@ def _match(pattern: re.Pattern[str], value: str, example: str) -> str:
 class EksSystemNodeGroupConfig(_Model):
     """Untainted CPU nodes for CoreDNS, the gateway and the EPP (only on a created cluster)."""
 
-    enabled: bool = True
-    instance_type: str = "m6i.2xlarge"
-    size: int = Field(default=2, ge=1)
+    enabled: bool = Field(default=True, description="Create a CPU node group next to the GPU node group.")
+    instance_type: str = Field(default="m6i.2xlarge", description="Instance type of the system node group.")
+    size: int = Field(default=2, ge=1, description="Nodes in the system node group (fixed size).")
 
 
 class EksClusterConfig(_Model):
-    # False adopts an existing cluster by name: its endpoint, CA and security group come from a lookup.
-    create: bool = True
-    name: str = "llmd"
-    # Where the control plane ENIs go (EKS wants at least two AZs); needed only when creating.
-    subnet_ids: list[str] = Field(default_factory=list)
-    endpoint_public_access: bool = True
-    endpoint_private_access: bool = True
-    deletion_protection: bool = False
-    system_node_group: EksSystemNodeGroupConfig = EksSystemNodeGroupConfig()
+    create: bool = Field(
+        default=True,
+        description="Create the cluster (Kubernetes version = llmd:kubernetesVersion); false adopts an "
+        "existing one by name, whose endpoint, CA, VPC and security group come from a lookup.",
+    )
+    name: str = Field(default="llmd", description="Cluster name (created or adopted).")
+    subnet_ids: list[str] = Field(
+        default_factory=list,
+        description="Subnets of the control plane's network interfaces (at least two AZs); creation only.",
+    )
+    endpoint_public_access: bool = Field(default=True, description="Public API server endpoint.")
+    endpoint_private_access: bool = Field(default=True, description="Private (in-VPC) API server endpoint.")
+    deletion_protection: bool = Field(
+        default=False, description="EKS deletion protection of a created cluster."
+    )
+    system_node_group: EksSystemNodeGroupConfig = Field(
+        default_factory=EksSystemNodeGroupConfig,
+        description="CPU nodes for CoreDNS, the gateway and the EPP.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -62,35 +72,54 @@ class EksClusterConfig(_Model):
     @field_validator("subnet_ids")
     @classmethod
     def _subnets(cls, subnet_ids: list[str]) -> list[str]:
-        return [
-            _match(_SUBNET_ID, s, "subnet-0abc12345def67890") for s in subnet_ids
-        ]
+        return [_match(_SUBNET_ID, s, "subnet-0abc12345def67890") for s in subnet_ids]
 
 
 class EksNodeGroupConfig(_Model):
-    name: str = "gpu"
-    instance_type: str = "p5.48xlarge"
-    # One subnet in eks.availabilityZone: the cluster placement group and a capacity block are
-    # both single-AZ, and EFA traffic does not leave the AZ.
-    subnet_id: str
-    desired_size: int = Field(default=2, ge=0)
-    min_size: int = Field(default=0, ge=0)
-    max_size: int = Field(default=2, ge=1)
-    # ON_DEMAND may still land in an open capacity reservation; CAPACITY_BLOCK needs
-    # capacityReservationId (EKS user guide, capacity-blocks-mng).
-    capacity_type: Literal["ON_DEMAND", "SPOT", "CAPACITY_BLOCK"] = "ON_DEMAND"
-    capacity_reservation_id: str | None = None
-    placement_group: bool = True
-    disk_size_gib: int = Field(default=500, ge=50)
-    # Attach an existing node IAM role instead of creating one.
-    node_role_arn: str | None = None
-    # Extra security groups on the primary interface (the cluster security group is always there).
-    security_group_ids: list[str] = Field(default_factory=list)
-    # EFA devices each model-server pod requests; defaults to all of the instance's interfaces
-    # (one model-server pod per node). Must divide the instance's EFA count.
-    efa_per_pod: int | None = Field(default=None, ge=1)
-    labels: dict[str, str] = Field(default_factory=lambda: {"llm-d.ai/accelerator-pool": "gpu"})
-    taints: list[NodeTaint] = Field(default_factory=list)
+    name: str = Field(default="gpu", description="Managed node group name.")
+    instance_type: str = Field(
+        default="p5.48xlarge",
+        description="An EFA instance type with a known interface layout: p5.48xlarge / p5e.48xlarge "
+        "(32 EFA), p5en.48xlarge (16), p4d/p4de.24xlarge (4).",
+    )
+    subnet_id: str = Field(
+        description="One subnet in eks.availabilityZone: the placement group and a capacity block are "
+        "single-AZ, and EFA traffic does not leave the AZ."
+    )
+    desired_size: int = Field(default=2, ge=0, description="Desired GPU nodes.")
+    min_size: int = Field(default=0, ge=0, description="Minimum GPU nodes.")
+    max_size: int = Field(default=2, ge=1, description="Maximum GPU nodes.")
+    capacity_type: Literal["ON_DEMAND", "SPOT", "CAPACITY_BLOCK"] = Field(
+        default="ON_DEMAND",
+        description="ON_DEMAND (may use capacityReservationId), SPOT, or CAPACITY_BLOCK (EC2 Capacity "
+        "Blocks for ML; needs capacityReservationId).",
+    )
+    capacity_reservation_id: str | None = Field(
+        default=None, description="Target this capacity reservation / capacity block (`cr-...`)."
+    )
+    placement_group: bool = Field(default=True, description="Launch into a new cluster placement group.")
+    disk_size_gib: int = Field(default=500, ge=50, description="Root volume (gp3) size.")
+    node_role_arn: str | None = Field(
+        default=None, description="Use this node IAM role instead of creating one."
+    )
+    security_group_ids: list[str] = Field(
+        default_factory=list,
+        description="Extra security groups on the primary interface (the cluster's is always there).",
+    )
+    efa_per_pod: int | None = Field(
+        default=None,
+        ge=1,
+        description="EFA devices per model-server pod; unset = all of the instance's (one pod per node). "
+        "Must divide the instance's EFA count.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=lambda: {"llm-d.ai/accelerator-pool": "gpu"},
+        description="Node labels; model-server pods select on all of them (nvidia.com/gpu.present is added).",
+    )
+    taints: list[NodeTaint] = Field(
+        default_factory=list,
+        description="Node taints; model-server pods and the device plugins tolerate them.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -121,10 +150,7 @@ class EksNodeGroupConfig(_Model):
     @field_validator("security_group_ids")
     @classmethod
     def _security_groups(cls, ids: list[str]) -> list[str]:
-        return [
-            _match(_SECURITY_GROUP_ID, s, "sg-0123456789abcdef0")
-            for s in ids
-        ]
+        return [_match(_SECURITY_GROUP_ID, s, "sg-0123456789abcdef0") for s in ids]
 
     _labels = field_validator("labels")(validate_labels)
 
@@ -159,24 +185,35 @@ class EksNodeGroupConfig(_Model):
 
 
 class EksAddonsConfig(_Model):
-    # aws/eks-charts `aws-efa-k8s-device-plugin` (its chart versions carry a leading v).
-    efa_device_plugin_version: str = "v0.5.7"
-    # NVIDIA/k8s-device-plugin `nvidia-device-plugin`; the AL2023 NVIDIA AMI ships the driver and
-    # container toolkit but not the device plugin.
-    nvidia_device_plugin_version: str = "0.17.1"
-    namespace: str = "kube-system"
+    efa_device_plugin_version: str = Field(
+        default="v0.5.7",
+        description="aws/eks-charts `aws-efa-k8s-device-plugin` chart version (these carry a leading v).",
+    )
+    nvidia_device_plugin_version: str = Field(
+        default="0.17.1",
+        description="`nvidia-device-plugin` chart version; the AL2023 NVIDIA AMI ships the driver and "
+        "container toolkit but not the device plugin.",
+    )
+    namespace: str = Field(default="kube-system", description="Namespace of both device plugins.")
 
 
 class EksConfig(_Model):
-    region: str
-    # The GPU node group's AZ (placement group, capacity reservation and node subnet are all in it).
-    availability_zone: str
-    # Needed for the EFA security group when creating the cluster; an adopted cluster's VPC comes
-    # from the cluster lookup unless this is set.
-    vpc_id: str | None = None
-    cluster: EksClusterConfig = EksClusterConfig()
-    node_group: EksNodeGroupConfig
-    addons: EksAddonsConfig = EksAddonsConfig()
+    """GPU capacity on EKS: optional cluster, EFA launch template and node group, device plugins."""
+
+    region: str = Field(description="AWS region of the cluster and node group.")
+    availability_zone: str = Field(
+        description="AZ of the GPU node group (placement group, capacity reservation and node subnet)."
+    )
+    vpc_id: str | None = Field(
+        default=None,
+        description="VPC of the EFA security group; required when creating the cluster, else taken from "
+        "the adopted cluster.",
+    )
+    cluster: EksClusterConfig = Field(
+        default_factory=EksClusterConfig, description="Create or adopt the cluster."
+    )
+    node_group: EksNodeGroupConfig = Field(description="The EFA GPU managed node group.")
+    addons: EksAddonsConfig = Field(default_factory=EksAddonsConfig, description="In-cluster device plugins.")
 
     @field_validator("region")
     @classmethod

@@ -43,6 +43,13 @@ def _gcp_name(value: str) -> str:
     return value
 
 
+def _ipv4_network(cidr: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(cidr))
+    except ValueError as exc:
+        raise ValueError(f"'{cidr}' is not an IPv4 network in CIDR notation ({exc})") from None
+
+
 class GkeSystemPoolConfig(_Model):
     """Untainted CPU nodes for the gateway, the EPP and cluster add-ons (only on a created cluster)."""
 
@@ -105,8 +112,8 @@ class GkeGvnicNetworkConfig(_Model):
     """The second host NIC's VPC (gVNIC); GKE's RDMA guides give it one subnet and MTU 8896."""
 
     name: str = Field(default="llmd-gvnic", description="Name of the gVNIC VPC (its subnet gets `-sub`).")
-    subnet_cidr: ipaddress.IPv4Network = Field(
-        default=ipaddress.IPv4Network("192.168.0.0/24"), description="Primary range of the gVNIC subnet."
+    subnet_cidr: str = Field(
+        default="192.168.0.0/24", description="Primary range of the gVNIC subnet (IPv4 CIDR)."
     )
     mtu: int = Field(default=8896, ge=1300, le=8896, description="MTU of the gVNIC VPC.")
 
@@ -114,6 +121,15 @@ class GkeGvnicNetworkConfig(_Model):
     @classmethod
     def _name(cls, name: str) -> str:
         return _gcp_name(name)
+
+    @field_validator("subnet_cidr")
+    @classmethod
+    def _cidr(cls, cidr: str) -> str:
+        return _ipv4_network(cidr)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet_cidr)
 
 
 class GkeRdmaConfig(_Model):
@@ -125,8 +141,8 @@ class GkeRdmaConfig(_Model):
         "needs a machine type with RDMA NICs.",
     )
     name: str = Field(default="llmd-rdma", description="Name of the RDMA VPC (subnets get `-sub-<n>`).")
-    subnet_range: ipaddress.IPv4Network = Field(
-        default=ipaddress.IPv4Network("192.168.64.0/19"),
+    subnet_range: str = Field(
+        default="192.168.64.0/19",
         description="Carved into consecutive subnets of subnetPrefixLength, one per RDMA NIC, in NIC order.",
     )
     subnet_prefix_length: int = Field(
@@ -155,8 +171,17 @@ class GkeRdmaConfig(_Model):
             raise ValueError("must be an https:// URL")
         return url
 
+    @field_validator("subnet_range")
+    @classmethod
+    def _range(cls, cidr: str) -> str:
+        return _ipv4_network(cidr)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet_range)
+
     def subnets(self, count: int) -> list[ipaddress.IPv4Network]:
-        return list(self.subnet_range.subnets(new_prefix=self.subnet_prefix_length))[:count]
+        return list(self.network.subnets(new_prefix=self.subnet_prefix_length))[:count]
 
 
 class GkeAutoscalingConfig(_Model):
@@ -360,14 +385,14 @@ class GkeConfig(_Model):
                 f"(network profile {self.rdma_network_profile_name}) is zonal"
             )
         rdma = self.rdma
-        if rdma.subnet_prefix_length < rdma.subnet_range.prefixlen or (
-            2 ** (rdma.subnet_prefix_length - rdma.subnet_range.prefixlen) < machine.rdma_nics
+        if rdma.subnet_prefix_length < rdma.network.prefixlen or (
+            2 ** (rdma.subnet_prefix_length - rdma.network.prefixlen) < machine.rdma_nics
         ):
             raise ValueError(
                 f"rdma.subnetRange {rdma.subnet_range} does not hold {machine.rdma_nics} "
                 f"/{rdma.subnet_prefix_length} subnets (one per RDMA NIC of {machine.name})"
             )
-        if rdma.subnet_range.overlaps(self.gvnic.subnet_cidr):
+        if rdma.network.overlaps(self.gvnic.network):
             raise ValueError(
                 f"rdma.subnetRange {rdma.subnet_range} overlaps gvnic.subnetCidr {self.gvnic.subnet_cidr}"
             )

@@ -35,8 +35,6 @@ PATTERN_NAMES = {
     RELEASE_TAG: "release tag `vX.Y.Z`",
     DURATION: "duration like `300s`",
 }
-# Owned and documented by the cloud work; their models evolve independently of this table.
-DOCUMENTED_ELSEWHERE = {"gke": "components/config/gke.py", "eks": "components/config/eks.py"}
 
 
 def reference_markdown() -> str:
@@ -73,14 +71,6 @@ def _rows(
     for name, field in model.model_fields.items():
         key = field.alias or name
         path = f"{prefix}{key}"
-        if not prefix and key in DOCUMENTED_ELSEWHERE:
-            described = FieldInfo(
-                annotation=field.annotation,
-                default=None,
-                description=f"{field.description} Keys: see `{DOCUMENTED_ELSEWHERE[key]}`.",
-            )
-            yield path, described, "object", "`null`"
-            continue
         value = getattr(parent_default, name) if parent_default is not None else _default_value(field)
         yield path, field, field.annotation, _show_default(value)
         nested = _nested_model(field.annotation)

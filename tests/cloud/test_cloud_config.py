@@ -123,6 +123,11 @@ GKE_CASES: list[tuple[str, Edit, str]] = [
         "overlaps gvnic.subnetCidr 192.168.0.0/24",
     ),
     (
+        "malformed CIDR",
+        _gke(lambda g: g["gvnic"].update(subnetCidr="192.168.0.1/24")),
+        "llmd:gke.gvnic.subnetCidr '192.168.0.1/24' is not an IPv4 network in CIDR notation",
+    ),
+    (
         "bad taint effect",
         _gke(lambda g: g["nodePool"]["taints"][0].update(effect="NO_SCHEDULE")),
         "llmd:gke.nodePool.taints[0].effect must be one of 'NoSchedule', 'PreferNoSchedule' or 'NoExecute'",
