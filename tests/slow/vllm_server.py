@@ -51,6 +51,10 @@ def vllm_process(
     if kv_transfer_config is not None:
         cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config)]
     environment = {
+        # Without it, vLLM's EngineCore<->Worker shared-memory queue can lose a wake-up and sleep
+        # out its 5 s recheck, several times in a row while a request waits for remote KV: the
+        # "~30 s stall" of P/D on CPU. Cause and measurements: the epp.sidecar module docstring.
+        "VLLM_USE_SPINLOOP_EXT": "1",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_CPU_OMP_THREADS_BIND": cpu,
         "HF_HUB_OFFLINE": "1",
