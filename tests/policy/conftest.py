@@ -1,36 +1,15 @@
-"""Shared set-up for the guard-rail tests.
-
-The policy pack is a plain directory the Pulumi CLI runs with itself on sys.path; the tests do the
-same. Every example stack is rendered once per session with the offline render command.
-"""
+"""Fixtures for the guard-rail tests: every example stack rendered once per session."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-POLICY_DIR = REPO / "policy"
-if str(POLICY_DIR) not in sys.path:
-    sys.path.insert(0, str(POLICY_DIR))
-
-EXAMPLE_STACKS = sorted(
-    p.name[len("Pulumi.") : -len(".yaml")] for p in (REPO / "stacks").glob("Pulumi.*.yaml")
-)
-
-
-@dataclass(frozen=True)
-class RenderedManifest:
-    stack: str
-    file: str
-    body: dict[str, Any]
+from policy_support import EXAMPLE_STACKS, REPO, RenderedManifest
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import EXAMPLE_STACKS, REPO
+from policy_support import EXAMPLE_STACKS, REPO
 
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 CONFIG = REPO / ".checkov.yaml"

@@ -15,9 +15,9 @@ import grpc
 import llmd_pack
 import llmd_rules
 import pytest
-from conftest import POLICY_DIR
 from google.protobuf import empty_pb2, struct_pb2
 from policy_manifests import container, epp, model_server
+from policy_support import POLICY_DIR
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 from pulumi_policy import (
     PolicyCustomTimeouts,

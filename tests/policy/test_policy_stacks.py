@@ -6,7 +6,7 @@ from pathlib import Path
 
 import llmd_rules
 import pytest
-from conftest import EXAMPLE_STACKS, RenderedManifest
+from policy_support import EXAMPLE_STACKS, RenderedManifest
 
 
 def test_every_example_stack_is_rendered(render_root: Path) -> None:
