@@ -8,7 +8,7 @@ set, the scraper swaps whole :class:`EndpointMetrics` objects in, and the direct
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,14 @@ class EndpointMetrics:
     block_size: int | None = None  # tokens per KV block, from vllm:cache_config_info
     num_gpu_blocks: int | None = None
     updated_at: float = 0.0  # time.monotonic() of the scrape; 0 = never scraped
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteTarget:
+    """One target of an InferenceModelRewrite rule; ``weight`` None = unweighted."""
+
+    model: str
+    weight: int | None = None
 
 
 class Endpoint:
@@ -92,6 +100,7 @@ class Datastore:
         self._endpoints: dict[str, Endpoint] = {}
         self._snapshot: tuple[Endpoint, ...] = ()
         self._objectives: dict[str, int] = {}
+        self._rewrites: dict[str, tuple[RewriteTarget, ...]] = {}
         self._listeners: list[Listener] = []
         self.synced = False  # the first complete endpoint list has arrived
         self.version = 0  # bumped on every endpoint-set change
@@ -155,3 +164,14 @@ class Datastore:
 
     def objectives(self) -> Mapping[str, int]:
         return dict(self._objectives)
+
+    # ---- InferenceModelRewrites --------------------------------------------------------------
+    def set_model_rewrites(self, rules: Mapping[str, Sequence[RewriteTarget]]) -> None:
+        """Incoming model name (exact match) → the targets it is rewritten to."""
+        self._rewrites = {model: tuple(targets) for model, targets in rules.items() if targets}
+
+    def rewrite_targets(self, model: str) -> tuple[RewriteTarget, ...]:
+        return self._rewrites.get(model, ())
+
+    def model_rewrites(self) -> Mapping[str, tuple[RewriteTarget, ...]]:
+        return dict(self._rewrites)

@@ -9,14 +9,16 @@ loop; no I/O happens in the request path.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from epp.config.loader import SchedulerConfig
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, Endpoint, RewriteTarget
 from epp.scheduling import metrics as epp_metrics
 from epp.scheduling.framework import SchedulingRequest, SchedulingResult
 from epp.types import Decision, EppError, InferenceRequest, Usage
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 REJECTED_NO_ENDPOINTS = "rejected-no-endpoints"
 REJECTED_SATURATED = "rejected-saturated"
+MODEL_REWRITE_HEADERS = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")  # current, legacy
 
 
 @dataclass(slots=True)
@@ -48,6 +51,7 @@ class SchedulingDirector:
         self.metrics_staleness = metrics_staleness
         self._flights: dict[str, _Flight] = {}
         self._pick_counters: dict[tuple[str, str], Any] = {}
+        self._rng = random.Random()
         datastore.add_listener(self._endpoints_changed)
 
     def ready(self) -> bool:
@@ -69,9 +73,10 @@ class SchedulingDirector:
 
     def _decide(self, request: InferenceRequest) -> Decision:
         parsed = request.parsed
+        target_model = self._target_model(request)
         # A headers-only request (api "none", e.g. GET /v1/models) names no model to check.
-        if self.served_models is not None and parsed.api != "none" and parsed.model not in self.served_models:
-            raise EppError(404, f"model {parsed.model!r} is not served by this pool")
+        if self.served_models is not None and parsed.api != "none" and target_model not in self.served_models:
+            raise EppError(404, f"model {target_model!r} is not served by this pool")
         priority = self.datastore.priority(request.objective)
         candidates = self._candidates(request.subset)
         now = time.monotonic()
@@ -81,7 +86,7 @@ class SchedulingDirector:
 
         scheduling_request = SchedulingRequest(
             request_id=request.request_id,
-            target_model=parsed.model,
+            target_model=target_model,
             prompt_text=parsed.prompt_text,
             headers=request.headers,
             lora_adapter=parsed.lora_adapter,
@@ -102,11 +107,27 @@ class SchedulingDirector:
         for hook in self.config.pre_request:
             hook.pre_request(scheduling_request, result)
         self._record(request, result)
+        body = None
+        if target_model != parsed.model:
+            request.body["model"] = target_model
+            body = json.dumps(request.body, ensure_ascii=False, separators=(",", ":")).encode()
         return Decision(
             endpoints=result.destinations or tuple(target.hostport for target in primary.targets),
             headers=dict(result.headers),
+            body=body,
+            target_model=target_model if body is not None else None,
             scores={t.hostport: s for t, s in zip(primary.targets, primary.scores, strict=True)},
         )
+
+    def _target_model(self, request: InferenceRequest) -> str:
+        """llm-d's precedence: the rewrite header names a target; an InferenceModelRewrite rule for
+        the incoming model overrides it, choosing among its targets by weight."""
+        incoming = request.parsed.model
+        if request.parsed.api == "none" or not incoming:
+            return incoming
+        target = next((request.headers[h] for h in MODEL_REWRITE_HEADERS if request.headers.get(h)), incoming)
+        targets = self.datastore.rewrite_targets(incoming)
+        return choose_rewrite(targets, self._rng) if targets else target
 
     def _candidates(self, subset: list[str] | None) -> Sequence[Endpoint]:
         endpoints = self.datastore.endpoints()
@@ -189,3 +210,12 @@ def _ip_of(hostport: str) -> str:
     if hostport.count(":") == 1:
         return hostport.rsplit(":", 1)[0]
     return hostport
+
+
+def choose_rewrite(targets: Sequence[RewriteTarget], rng: random.Random) -> str:
+    """Weighted choice as llm-d makes it: no weights anywhere → uniform; otherwise by weight, so
+    unweighted targets in a weighted rule are never chosen."""
+    weights = [target.weight or 0 for target in targets]
+    if not any(weights):
+        return rng.choice(targets).model
+    return rng.choices(targets, weights=weights)[0].model

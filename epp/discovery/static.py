@@ -10,6 +10,9 @@ Format (the cross-team contract)::
       labels: {llm-d.ai/role: decode}
     objectives:               # optional: InferenceObjective priorities by name
     - {name: batch, priority: -1}
+    modelRewrites:            # optional: InferenceModelRewrite rules (exact model match)
+    - model: llama
+      targets: [{modelRewrite: llama-v2, weight: 90}, {modelRewrite: llama-v3, weight: 10}]
 """
 
 from __future__ import annotations
@@ -19,25 +22,33 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from epp.config.errors import ConfigError
-from epp.datastore import Datastore, EndpointSpec
+from epp.datastore import Datastore, EndpointSpec, RewriteTarget
 
 log = logging.getLogger(__name__)
 
 
-def parse_endpoints_file(text: str, source: str) -> tuple[list[EndpointSpec], dict[str, int]]:
+@dataclass(frozen=True, slots=True)
+class EndpointsFile:
+    endpoints: list[EndpointSpec]
+    objectives: dict[str, int]
+    model_rewrites: dict[str, list[RewriteTarget]]
+
+
+def parse_endpoints_file(text: str, source: str) -> EndpointsFile:
     try:
         document = yaml.safe_load(text)  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML/JSON: {exc}") from exc
     if not isinstance(document, Mapping):
         raise ConfigError(f"{source}: must be a mapping with an 'endpoints' list")
-    unknown = sorted(set(document) - {"endpoints", "objectives"})
+    unknown = sorted(set(document) - {"endpoints", "objectives", "modelRewrites"})
     if unknown:
         raise ConfigError(f"{source}: unknown top-level field(s) {', '.join(unknown)}")
     raw_endpoints = document.get("endpoints")
@@ -51,6 +62,10 @@ def parse_endpoints_file(text: str, source: str) -> tuple[list[EndpointSpec], di
                 f"{source}: endpoints {seen[spec.hostport]!r} and {spec.name!r} share {spec.hostport}"
             )
         seen[spec.hostport] = spec.name
+    return EndpointsFile(specs, _objectives(document, source), _rewrites(document, source))
+
+
+def _objectives(document: Mapping[str, Any], source: str) -> dict[str, int]:
     objectives: dict[str, int] = {}
     raw_objectives = document.get("objectives") or []
     if not isinstance(raw_objectives, list):
@@ -63,7 +78,32 @@ def parse_endpoints_file(text: str, source: str) -> tuple[list[EndpointSpec], di
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigError(f"{where}: 'priority' must be an integer, got {priority!r}")
         objectives[entry["name"]] = priority
-    return specs, objectives
+    return objectives
+
+
+def _rewrites(document: Mapping[str, Any], source: str) -> dict[str, list[RewriteTarget]]:
+    rules: dict[str, list[RewriteTarget]] = {}
+    raw_rules = document.get("modelRewrites") or []
+    if not isinstance(raw_rules, list):
+        raise ConfigError(f"{source}: 'modelRewrites' must be a list")
+    for index, entry in enumerate(raw_rules):
+        where = f"{source}: modelRewrites[{index}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("model"), str) or not entry["model"]:
+            raise ConfigError(f"{where} needs a 'model' (the incoming model name)")
+        targets = entry.get("targets")
+        if not isinstance(targets, list) or not targets:
+            raise ConfigError(f"{where}: 'targets' must be a non-empty list")
+        parsed = []
+        for target_index, target in enumerate(targets):
+            target_where = f"{where}.targets[{target_index}]"
+            if not isinstance(target, Mapping) or not isinstance(target.get("modelRewrite"), str):
+                raise ConfigError(f"{target_where} needs a 'modelRewrite' (the model to send)")
+            weight = target.get("weight")
+            if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int) or weight < 1):
+                raise ConfigError(f"{target_where}: 'weight' must be a positive integer, got {weight!r}")
+            parsed.append(RewriteTarget(target["modelRewrite"], weight))
+        rules[entry["model"]] = parsed
+    return rules
 
 
 def _endpoint(entry: Any, where: str) -> EndpointSpec:
@@ -118,10 +158,11 @@ class StaticDiscovery:
             text = self.path.read_text()
         except OSError as exc:
             raise ConfigError(f"endpoints file {self.path}: {exc.strerror or exc}") from exc
-        specs, objectives = parse_endpoints_file(text, f"endpoints file {self.path}")
+        parsed = parse_endpoints_file(text, f"endpoints file {self.path}")
         self._mtime = stat.st_mtime_ns
-        self.datastore.replace_endpoints(specs)
-        self.datastore.set_objectives(objectives)
+        self.datastore.replace_endpoints(parsed.endpoints)
+        self.datastore.set_objectives(parsed.objectives)
+        self.datastore.set_model_rewrites(parsed.model_rewrites)
 
     async def start(self) -> None:
         if self._mtime is None:  # not loaded yet (build_runtime normally loads it to fail fast)

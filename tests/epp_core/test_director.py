@@ -252,3 +252,51 @@ async def test_pick_series_of_departed_endpoints_are_dropped() -> None:
     assert REGISTRY.get_sample_value("epp_scheduler_picks_total", labels) is not None
     datastore.replace_endpoints([])
     assert REGISTRY.get_sample_value("epp_scheduler_picks_total", labels) is None
+
+
+async def test_model_rewrite_header_and_rules() -> None:
+    import json
+    import random
+
+    from epp.datastore import RewriteTarget
+
+    director, datastore = _director(served=frozenset({"llama-v2", "llama-v3", "direct"}))
+    request = inference_request(model="llama")
+    request.headers = {"x-llm-d-model-name-rewrite": "direct"}
+    decision = await director.handle_request(request)
+    assert decision.target_model == "direct"
+    assert decision.body is not None and json.loads(decision.body) == {"model": "direct", "prompt": "hello"}
+
+    # An InferenceModelRewrite rule for the incoming model overrides the header, by weight.
+    datastore.set_model_rewrites({"llama": [RewriteTarget("llama-v2", 3), RewriteTarget("llama-v3", 1)]})
+    director._rng = random.Random(5)
+    chosen = []
+    for _ in range(400):
+        request = inference_request(model="llama")
+        request.headers = {"x-gateway-model-name-rewrite": "direct"}
+        chosen.append((await director.handle_request(request)).target_model)
+        director.handle_response_complete(request, None, failed=False)
+    assert set(chosen) == {"llama-v2", "llama-v3"}
+    assert 0.65 < chosen.count("llama-v2") / 400 < 0.85  # expected 0.75
+
+    # No rewrite: the body is passed through untouched.
+    plain = await director.handle_request(inference_request(model="direct"))
+    assert plain.body is None and plain.target_model is None
+
+    # The served-models check applies to the model the pods will see.
+    with pytest.raises(EppError) as caught:
+        await director.handle_request(inference_request(model="llama-v9"))
+    assert caught.value.status == 404
+
+
+def test_rewrite_choice_semantics() -> None:
+    import random
+
+    from epp.datastore import RewriteTarget
+    from epp.director import choose_rewrite
+
+    rng = random.Random(1)
+    unweighted = [RewriteTarget("a"), RewriteTarget("b")]
+    assert {choose_rewrite(unweighted, rng) for _ in range(100)} == {"a", "b"}  # uniform
+    mixed = [RewriteTarget("a", 5), RewriteTarget("b")]
+    assert {choose_rewrite(mixed, rng) for _ in range(100)} == {"a"}  # unweighted never chosen

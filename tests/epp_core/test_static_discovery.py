@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from epp.config.errors import ConfigError
-from epp.datastore import Datastore
+from epp.datastore import Datastore, RewriteTarget
 from epp.discovery.static import StaticDiscovery, parse_endpoints_file
 
 CONTRACT_EXAMPLE = """
@@ -24,11 +24,18 @@ endpoints:
   port: 8000
 objectives:
 - {name: batch, priority: -1}
+modelRewrites:
+- model: llama
+  targets: [{modelRewrite: llama-v2, weight: 90}, {modelRewrite: llama-v3}]
 """
 
 
 def test_contract_example_parses() -> None:
-    specs, objectives = parse_endpoints_file(CONTRACT_EXAMPLE, "f")
+    parsed = parse_endpoints_file(CONTRACT_EXAMPLE, "f")
+    specs, objectives = parsed.endpoints, parsed.objectives
+    assert parsed.model_rewrites == {
+        "llama": [RewriteTarget("llama-v2", 90), RewriteTarget("llama-v3", None)]
+    }
     assert [(s.name, s.hostport, s.metrics_port, dict(s.labels)) for s in specs] == [
         ("decode-0", "127.0.0.1:8200", 8201, {"llm-d.ai/role": "decode"}),
         ("prefill-0", "127.0.0.2:8000", 8000, {}),
@@ -38,7 +45,7 @@ def test_contract_example_parses() -> None:
 
 def test_json_is_accepted() -> None:
     text = json.dumps({"endpoints": [{"name": "a", "address": "::1", "port": 1}]})
-    (only,), _ = parse_endpoints_file(text, "f")
+    (only,) = parse_endpoints_file(text, "f").endpoints
     assert only.address == "::1"
 
 
@@ -58,6 +65,9 @@ def test_json_is_accepted() -> None:
         ),
         ("endpoints: []\nobjectives: [{name: x, priority: high}]", "'priority' must be an integer"),
         ("pods: []", "unknown top-level field(s) pods"),
+        ("endpoints: []\nmodelRewrites: [{model: a, targets: []}]", "'targets' must be a non-empty list"),
+        ("endpoints: []\nmodelRewrites: [{model: a, targets: [{modelRewrite: b, weight: 0}]}]", "'weight'"),
+        ("endpoints: []\nmodelRewrites: [{targets: [{modelRewrite: b}]}]", "needs a 'model'"),
         ("endpoints: [", "not valid YAML/JSON"),
     ],
 )
