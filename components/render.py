@@ -19,6 +19,8 @@ sorted keys, names from object names, so two commits' renders can be diffed.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 import json
 import re
@@ -239,13 +241,31 @@ def run_program(
 
     mocks = _Mocks()
     monitor = _RecordingMonitor(mocks)
-    pulumi_settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    set_all_config(config, list(secret_keys))
-    pulumi_settings.SETTINGS.rpc_manager.clear()
-    pulumi_settings.SETTINGS.outputs.clear()
-    _sync_await(run_pulumi_func(program))
+    with fresh_event_loop():
+        pulumi_settings.ROOT.set(None)
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        set_all_config(config, list(secret_keys))
+        pulumi_settings.SETTINGS.rpc_manager.clear()
+        pulumi_settings.SETTINGS.outputs.clear()
+        _sync_await(run_pulumi_func(program))
     return monitor.registrations, sorted(set(mocks.unanswered_calls))
+
+
+@contextlib.contextmanager
+def fresh_event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A new current event loop for one Pulumi run, closed afterwards.
+
+    Pulumi's SDK creates futures on the current loop as resources are declared. Whatever ran before
+    (e.g. an asyncio test runner) may have closed or unset the thread's loop, so each run brings its
+    own and leaves no loop behind, as asyncio runners do.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield loop
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def render_stack(stack: str, stacks_dir: Path = STACKS_DIR) -> RenderResult:

@@ -59,15 +59,14 @@ def load_stack_config() -> LoadedConfig:
             problems.append(
                 Problem(key, f"must be a secret: run `pulumi config set --secret {NAMESPACE}:{key} <value>`")
             )
-    hf_token = pulumi_config.get_secret("hfToken")
-
     config = parse_stack_config(
         raw,
-        has_hf_token=hf_token is not None,
+        has_hf_token=pulumi_config.get("hfToken") is not None,
         unknown_keys=[k for k in _present_keys() if k not in SECRET_KEYS and _field_for_key(k) is None],
         earlier_problems=problems,
     )
-    return LoadedConfig(config=config, hf_token=hf_token)
+    # Only a valid config gets this far: the token becomes an Output (marked secret) here.
+    return LoadedConfig(config=config, hf_token=pulumi_config.get_secret("hfToken"))
 
 
 def parse_stack_config(

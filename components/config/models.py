@@ -397,8 +397,3 @@ class StackConfig(ConfigModel):
     @property
     def disaggregated(self) -> bool:
         return self.prefill.enabled
-
-    @property
-    def pool_name(self) -> str:
-        """Name of the InferencePool (and the stem of the EPP's name)."""
-        return self.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pulumi
@@ -10,6 +11,7 @@ from pulumi.runtime.config import set_all_config
 from stack_helpers import kind_config, render_config
 
 from components.config import ConfigError, StackConfig, load_stack_config, parse_stack_config
+from components.render import fresh_event_loop
 
 
 def problems_of(
@@ -153,11 +155,13 @@ class TestLoadStackConfig:
     """The Pulumi side: keys come from the engine's config map, objects as JSON strings."""
 
     @pytest.fixture(autouse=True)
-    def _reset(self) -> Any:
-        yield
+    def loop(self) -> Any:
+        # Config secrets are Outputs, which need a current event loop.
+        with fresh_event_loop() as loop:
+            yield loop
         set_all_config({}, [])
 
-    def test_reads_scalars_objects_and_the_secret(self) -> None:
+    def test_reads_scalars_objects_and_the_secret(self, loop: asyncio.AbstractEventLoop) -> None:
         set_all_config(
             {
                 "llmd:platform": "onprem",
@@ -173,6 +177,8 @@ class TestLoadStackConfig:
         assert loaded.config.kubernetes_version == "1.33"  # not the float 1.33
         assert loaded.config.model.uri == "hf://org/m"
         assert isinstance(loaded.hf_token, pulumi.Output)
+        assert loop.run_until_complete(loaded.hf_token.future()) == "hf_secret"
+        assert loop.run_until_complete(loaded.hf_token.is_secret()) is True
 
     def test_unknown_and_malformed_keys_fail_together(self) -> None:
         set_all_config(
