@@ -32,6 +32,9 @@ class Sequence:
     transferred_hashes: list[int] = field(default_factory=list)
     # Keep the blocks after finishing, for a remote decoder to pull (P/D prefill side).
     hold_blocks: bool = False
+    # Why the sequence ends when it reaches max_tokens: "length" for an explicit limit, "stop" when
+    # the limit stands in for the EOS a real model would emit.
+    limit_reason: str = "length"
     arrival: float = field(default_factory=time.monotonic)
 
     table: BlockTable = field(default_factory=BlockTable)
@@ -56,10 +59,10 @@ class Sequence:
 
     @property
     def prefilling(self) -> bool:
-        return self.computed < self._prefill_target
+        return self.computed < self.prefill_target
 
     @property
-    def _prefill_target(self) -> int:
+    def prefill_target(self) -> int:
         # After a preemption the generated tokens are recomputed too (vLLM's recompute mode).
         return self.prompt_tokens + max(0, self.generated - 1) if self.generated else self.prompt_tokens
 
@@ -97,6 +100,7 @@ class Engine:
         self._sleep = sleep
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._preempted_this_step: set[Sequence] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sim-engine")
@@ -192,7 +196,7 @@ class Engine:
             if budget <= 0:
                 break
             if seq.prefilling:
-                chunk = min(seq._prefill_target - seq.computed, budget)
+                chunk = min(seq.prefill_target - seq.computed, budget)
                 chunks[seq] = chunk
                 budget -= chunk
         return chunks, decoders
@@ -210,8 +214,9 @@ class Engine:
                 if seq.generated == 0:
                     self._emit(seq, now)
                     self.observer.on_first_token(seq)
+        self._preempted_this_step = set()
         for seq in decoders:
-            if seq.aborted or seq.finished_at is not None:
+            if seq.aborted or seq.finished_at is not None or seq in self._preempted_this_step:
                 continue
             if not self._grow(seq):
                 continue
@@ -219,7 +224,7 @@ class Engine:
             self._emit(seq, now)
         for seq in [s for s in self.running if s.generated >= s.max_tokens and not s.prefilling]:
             self.running.remove(seq)
-            self._finish(seq, "length" if seq.finish_reason is None else seq.finish_reason)
+            self._finish(seq, seq.limit_reason)
 
     def _emit(self, seq: Sequence, now: float) -> None:
         if seq.first_token_at is None:
@@ -239,6 +244,7 @@ class Engine:
             self.pool.release(victim.table)
             victim.computed = 0
             self.waiting.appendleft(victim)
+            self._preempted_this_step.add(victim)
             self.observer.on_preempted(victim)
             if victim is seq:
                 return False

@@ -176,6 +176,7 @@ class SimServer:
             hashes=hashes,
             max_tokens=parsed.max_tokens,
             hold_blocks=exporting,
+            limit_reason="length" if parsed.explicit_max_tokens else "stop",
         )
         if importing:
             pulled = await self._pull_kv(kv, hashes)
@@ -237,7 +238,7 @@ class SimServer:
     def _full_response(
         self, parsed: GenerationRequest, seq: Sequence, kv_out: dict[str, Any] | None
     ) -> dict[str, Any]:
-        finish = self._finish_reason(parsed, seq)
+        finish = seq.finish_reason
         common = {"logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None}
         usage = {**self._usage(seq), "prompt_tokens_details": None, "completion_tokens_details": None}
         head = {
@@ -289,11 +290,6 @@ class SimServer:
             "metrics": None,
         }
 
-    @staticmethod
-    def _finish_reason(parsed: GenerationRequest, seq: Sequence) -> str:
-        # Without max_tokens the simulated model "hits EOS" after its default length.
-        return "length" if parsed.explicit_max_tokens else "stop"
-
     async def _stream(
         self, request: web.Request, parsed: GenerationRequest, seq: Sequence
     ) -> web.StreamResponse:
@@ -337,7 +333,7 @@ class SimServer:
             else:
                 choice["text"] = text
             choice["logprobs"] = None
-            choice["finish_reason"] = self._finish_reason(parsed, seq) if last else None
+            choice["finish_reason"] = seq.limit_reason if last else None
             if last or not chat:
                 choice["stop_reason"] = None
             if not chat:
