@@ -193,7 +193,8 @@ def service_manifest(config: StackConfig) -> dict[str, Any]:
                     "port": naming.EPP_GRPC_PORT,
                     "targetPort": "grpc",
                     "protocol": "TCP",
-                    "appProtocol": "kubernetes.io/h2c",
+                    # gRPC: cleartext HTTP/2 unless the EPP serves TLS.
+                    "appProtocol": "https" if config.epp.secure_serving else "kubernetes.io/h2c",
                 },
                 {
                     "name": "http-metrics",

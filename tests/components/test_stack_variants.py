@@ -160,6 +160,8 @@ def test_secure_serving_mounts_the_certificate() -> None:
     assert container["args"][container["args"].index("--cert-path") + 1] == "/etc/epp/tls"
     assert {"name": "tls", "mountPath": "/etc/epp/tls", "readOnly": True} in container["volumeMounts"]
     assert {"name": "tls", "secret": {"secretName": "epp-cert"}} in spec["volumes"]
+    (service,) = result.manifests("Service")
+    assert service["spec"]["ports"][0]["appProtocol"] == "https"
     validate(result)
 
 
