@@ -183,3 +183,12 @@ def test_p5_on_demand_without_placement_group(tmp_path: Path) -> None:
     assert cloud(result, "aws:ec2/placementGroup:PlacementGroup") == []
     decode = result.get("Deployment", "llama-70b-decode").document["spec"]["template"]["spec"]
     assert decode["containers"][0]["resources"]["limits"]["vpc.amazonaws.com/efa"] == "32"
+
+
+@pytest.mark.parametrize(
+    ("region", "partition"), [("us-east-1", "aws"), ("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov")]
+)
+def test_managed_policy_arns_use_the_regions_partition(region: str, partition: str) -> None:
+    from components.cloud.eks import aws_partition
+
+    assert aws_partition(region) == partition
