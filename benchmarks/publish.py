@@ -18,6 +18,23 @@ BASELINE = "round-robin"
 EPP_DEFAULT = "epp-default"
 PEERS = ("sglang-cache-aware", "vllm-router-cache-aware")
 
+# What the setup itself costs each router on a 2-core machine, measured while building the harness.
+METHOD_NOTES = (
+    "Everything (8 pods, the router, Envoy, the client) shares 2 cores, so a router's own CPU use "
+    "slows the pods. The EPP scrapes every pod's `/metrics` every 50 ms (`--refresh-metrics-interval`, "
+    "llm-d's default): 160 scrapes/s here, which cost the simulated pods about 2 ms of CPU each "
+    "(~0.3 core in all). sglang-router and vllm-router scrape nothing. On a cluster each pod has its "
+    "own CPU and this cost disappears from the pods' latency.",
+    "With Envoy + ext_proc in FULL_DUPLEX_STREAMED mode (kgateway's setup), the EPP sees the request "
+    "body before routing and every response chunk after it: one extra gRPC round trip on the way in "
+    "and one per streamed chunk on the way out. The peers are single-process Rust proxies.",
+    "Cold misses set the tail: each shared-prefix group's first request prefills its 1,500-token "
+    "system prompt (about 330 ms here) whatever the router does, and those are 1 in 8 requests, so "
+    "TTFT p90 reflects them for every cache-aware router.",
+    "The machine is shared with other work (see the load average above); differences of a few "
+    "milliseconds between cache-aware routers are within run-to-run noise.",
+)
+
 
 def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1000:.0f}"
@@ -258,6 +275,12 @@ def publish(
             "",
             f"![{workload}](benchmarks/results/{plot_path.name})",
         ]
-    lines += ["", f"Raw results: `benchmarks/results/{results_name}.json`."]
+    lines += ["", "How to read these numbers:", ""]
+    lines += [f"- {note}" for note in METHOD_NOTES]
+    lines += [
+        "",
+        f"Raw results: `benchmarks/results/{results_name}.json` "
+        f"(`./dev bench --republish benchmarks/results/{results_name}.json` rewrites this section).",
+    ]
     report.write_section(SECTION_ID, SECTION_TITLE, "\n".join(lines), command)
     return data

@@ -161,7 +161,7 @@ class Outcome:
     prompt_tokens: int | None
     cached_tokens: int
     transferred_tokens: int
-    detail: str  # the error message for a failed request, else the first words generated
+    error: str | None  # the server's error message for a failed request
 
     @property
     def as_expected(self) -> bool:
@@ -186,11 +186,10 @@ def _moved(
 
 async def _send(
     session: aiohttp.ClientSession, url: str, request: DemoRequest
-) -> tuple[int, float | None, int | None, str]:
-    """Returns (status, ttft, prompt tokens, detail)."""
+) -> tuple[int, float | None, int | None, str | None]:
+    """Returns (status, ttft, prompt tokens, error message)."""
     started = time.perf_counter()
     ttft: float | None = None
-    text: list[str] = []
     prompt_tokens: int | None = None
     async with session.post(
         url + request.path,
@@ -203,9 +202,7 @@ async def _send(
             return response.status, None, None, _error_message(payload)
         if not request.stream:
             data = await response.json()
-            choice = data["choices"][0]
-            text.append(choice.get("text") or choice.get("message", {}).get("content") or "")
-            return 200, None, data.get("usage", {}).get("prompt_tokens"), "".join(text).strip()
+            return 200, None, data.get("usage", {}).get("prompt_tokens"), None
         async for raw in response.content:
             line = raw.strip()
             if not line.startswith(b"data:") or line == b"data: [DONE]":
@@ -215,10 +212,9 @@ async def _send(
                 piece = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
                 if piece and ttft is None:
                     ttft = time.perf_counter() - started
-                text.append(piece)
             if event.get("usage"):
                 prompt_tokens = event["usage"].get("prompt_tokens")
-    return 200, ttft, prompt_tokens, "".join(text).strip()
+    return 200, ttft, prompt_tokens, None
 
 
 def _error_message(payload: str) -> str:
@@ -238,7 +234,7 @@ async def run_scenario(url: str, pods: Sequence[Pod], requests: Sequence[DemoReq
         for request in requests:
             before = await _counters(session, pods)
             started = time.perf_counter()
-            status, ttft, prompt_tokens, detail = await _send(session, url, request)
+            status, ttft, prompt_tokens, error = await _send(session, url, request)
             total = time.perf_counter() - started
             after = await _counters(session, pods)
             decode = _moved(before, after, pods, "decode")
@@ -258,7 +254,7 @@ async def run_scenario(url: str, pods: Sequence[Pod], requests: Sequence[DemoReq
                     prompt_tokens,
                     round(cached),
                     round(moved),
-                    detail,
+                    error,
                 )
             )
     return outcomes
@@ -304,7 +300,7 @@ def format_outcomes(outcomes: Sequence[Outcome]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     failures = [(i, o) for i, o in enumerate(outcomes, 1) if o.status != 200]
-    lines += [f"  #{i} {o.request.label}: HTTP {o.status}: {o.detail}" for i, o in failures]
+    lines += [f"  #{i} {o.request.label}: HTTP {o.status}: {o.error}" for i, o in failures]
     return "\n".join(lines)
 
 
