@@ -27,7 +27,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Pod
 
 from epp.config.errors import ConfigError
-from epp.datastore import Datastore, EndpointSpec
+from epp.datastore import Datastore, EndpointSpec, RewriteTarget
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ OBJECTIVE_GROUPS = ("llm-d.ai", LEGACY_GROUP)  # current, then GIE <= v1.5
 
 ObjectiveResources = {
     group: create_namespaced_resource(group, "v1alpha2", "InferenceObjective", "inferenceobjectives")
+    for group in OBJECTIVE_GROUPS
+}
+RewriteResources = {
+    group: create_namespaced_resource(group, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites")
     for group in OBJECTIVE_GROUPS
 }
 
@@ -78,6 +82,24 @@ def parse_pool(spec: Mapping[str, Any] | None, group: str) -> PoolSpec:
         labels = selector
         ports = (int(spec["targetPortNumber"]),) if spec.get("targetPortNumber") else ()
     return PoolSpec({str(k): str(v) for k, v in labels.items()}, ports)
+
+
+def parse_rewrite_rules(spec: Mapping[str, Any] | None) -> list[tuple[str, list[RewriteTarget]]]:
+    """(incoming model, targets) per Exact model match of an InferenceModelRewrite's rules."""
+    parsed: list[tuple[str, list[RewriteTarget]]] = []
+    for rule in (spec or {}).get("rules") or []:
+        targets = [
+            RewriteTarget(str(t["modelRewrite"]), int(t["weight"]) if t.get("weight") else None)
+            for t in rule.get("targets") or []
+            if t.get("modelRewrite")
+        ]
+        if not targets:
+            continue
+        for match in rule.get("matches") or []:
+            model = match.get("model") or {}
+            if model.get("value") and model.get("type", "Exact") == "Exact":
+                parsed.append((str(model["value"]), targets))
+    return parsed
 
 
 def pod_is_ready(pod: Pod) -> bool:
@@ -122,6 +144,7 @@ class KubernetesDiscovery:
         self.pool: PoolSpec | None = None
         self._pods: dict[str, Pod] = {}
         self._objectives: dict[str, dict[str, int]] = {group: {} for group in OBJECTIVE_GROUPS}
+        self._rewrites: dict[str, dict[str, Any]] = {group: {} for group in OBJECTIVE_GROUPS}
         self._tasks: list[asyncio.Task[None]] = []
         self._pod_task: asyncio.Task[None] | None = None
 
@@ -150,6 +173,18 @@ class KubernetesDiscovery:
                     name=f"watch InferenceObjective {group}",
                 )
             )
+        for group, resource in RewriteResources.items():
+            self._tasks.append(
+                asyncio.create_task(
+                    self._list_watch(
+                        f"InferenceModelRewrite ({group})",
+                        resource,
+                        on_snapshot=functools.partial(self._rewrite_snapshot, group),
+                        on_event=functools.partial(self._rewrite_event, group),
+                    ),
+                    name=f"watch InferenceModelRewrite {group}",
+                )
+            )
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._pod_task] if self._pod_task else [])]
@@ -175,12 +210,13 @@ class KubernetesDiscovery:
     ) -> None:
         assert self._client is not None
         backoff = 0.2
+        last_problem = ""  # the same failure repeating (a CRD not installed, RBAC) is logged once
         while True:
             try:
                 listing = self._client.list(resource, namespace=self.namespace, labels=labels, fields=fields)
                 items = [item async for item in listing]
                 on_snapshot(items)
-                backoff = 0.2
+                backoff, last_problem = 0.2, ""
                 async for kind, obj in self._client.watch(
                     resource,
                     namespace=self.namespace,
@@ -195,22 +231,25 @@ class KubernetesDiscovery:
                 code = exc.status.code if exc.status is not None else None
                 if code == 410:  # watch history expired: relist at once
                     continue
-                level = logging.INFO if code == 404 and "Objective" in what else logging.WARNING
-                log.log(
-                    level,
-                    "listing/watching %s in %s failed (%s): %s; retrying in %.1fs",
-                    what,
-                    self.namespace,
-                    code,
-                    exc,
-                    backoff,
+                problem = f"listing/watching {what} in {self.namespace} failed ({code}): {exc}"
+                # Optional CRDs (objectives, rewrites) may simply not be installed.
+                optional = code == 404 and what != "InferencePool" and what != "Pods"
+                self._log_problem(
+                    problem, last_problem, logging.INFO if optional else logging.WARNING, backoff
                 )
+                last_problem = problem
             except (httpx2.HTTPError, OSError, ValueError) as exc:
-                log.warning(
-                    "watching %s in %s failed: %s; retrying in %.1fs", what, self.namespace, exc, backoff
-                )
+                problem = f"watching {what} in {self.namespace} failed: {exc}"
+                self._log_problem(problem, last_problem, logging.WARNING, backoff)
+                last_problem = problem
             await asyncio.sleep(backoff)
             backoff = min(self.max_backoff, backoff * 2)
+
+    @staticmethod
+    def _log_problem(problem: str, last_problem: str, level: int, backoff: float) -> None:
+        if problem == last_problem:
+            level = logging.DEBUG
+        log.log(level, "%s; retrying in %.1fs", problem, backoff)
 
     # ---- InferencePool -----------------------------------------------------------------------
     def _pool_snapshot(self, items: list[Any]) -> None:
@@ -306,3 +345,39 @@ class KubernetesDiscovery:
         for group in reversed(OBJECTIVE_GROUPS):  # the current group wins a name clash
             merged.update(self._objectives[group])
         self.datastore.set_objectives(merged)
+
+    # ---- InferenceModelRewrites --------------------------------------------------------------
+    def _rewrite_snapshot(self, group: str, items: list[Any]) -> None:
+        self._rewrites[group] = {}
+        for obj in items:
+            self._rewrite_event(group, "ADDED", obj, publish=False)
+        self._publish_rewrites()
+
+    def _rewrite_event(self, group: str, kind: str, obj: Any, publish: bool = True) -> None:
+        name = obj.metadata.name if obj.metadata else None
+        if not name:
+            return
+        pool_ref = (obj.spec or {}).get("poolRef") or {}
+        if kind == "DELETED" or pool_ref.get("name") != self.pool_name:
+            self._rewrites[group].pop(name, None)
+        else:
+            self._rewrites[group][name] = obj
+        if publish:
+            self._publish_rewrites()
+
+    def _publish_rewrites(self) -> None:
+        """Conflicts: the oldest resource's rule for a model wins (then name order), current
+        group before the legacy one, the first matching rule within a resource."""
+        ordered = sorted(
+            (
+                (group_rank, obj)
+                for group_rank, group in enumerate(OBJECTIVE_GROUPS)
+                for obj in self._rewrites[group].values()
+            ),
+            key=lambda item: (str(item[1].metadata.creationTimestamp or ""), item[0], item[1].metadata.name),
+        )
+        rules: dict[str, list[RewriteTarget]] = {}
+        for _, obj in ordered:
+            for model, targets in parse_rewrite_rules(obj.spec):
+                rules.setdefault(model, targets)
+        self.datastore.set_model_rewrites(rules)

@@ -206,3 +206,68 @@ async def test_legacy_pool_group_is_watched_at_v1alpha2(api: FakeKubeApi) -> Non
         await wait_until(lambda: _hostports(datastore) == {"10.0.0.9:8000"})
     finally:
         await discovery.stop()
+
+
+REWRITES = crd_path("llm-d.ai", "v1alpha2", NS, "inferencemodelrewrites")
+LEGACY_REWRITES = crd_path("inference.networking.x-k8s.io", "v1alpha2", NS, "inferencemodelrewrites")
+
+
+def rewrite(
+    name: str,
+    model: str,
+    targets: list[tuple[str, int | None]],
+    *,
+    created: str,
+    group: str = "llm-d.ai",
+    pool_name: str = "qwen-pool",
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{group}/v1alpha2",
+        "kind": "InferenceModelRewrite",
+        "metadata": {"name": name, "namespace": NS, "creationTimestamp": created},
+        "spec": {
+            "poolRef": {"group": "inference.networking.k8s.io", "name": pool_name},
+            "rules": [
+                {
+                    "matches": [{"model": {"type": "Exact", "value": model}}],
+                    "targets": [{"modelRewrite": t, **({"weight": w} if w else {})} for t, w in targets],
+                }
+            ],
+        },
+    }
+
+
+async def test_model_rewrites_are_discovered_with_oldest_winning(api: FakeKubeApi) -> None:
+    from epp.datastore import RewriteTarget
+
+    await api.put(POOLS, pool([8000]))
+    await api.put(
+        REWRITES, rewrite("split", "qwen", [("qwen-a", 80), ("qwen-b", 20)], created="2026-01-02T00:00:00Z")
+    )
+    await api.put(REWRITES, rewrite("newer", "qwen", [("qwen-z", None)], created="2026-03-01T00:00:00Z"))
+    await api.put(
+        REWRITES,
+        rewrite("other-pool", "x", [("y", None)], created="2026-01-01T00:00:00Z", pool_name="another"),
+    )
+    await api.put(
+        LEGACY_REWRITES,
+        rewrite(
+            "legacy",
+            "old",
+            [("new", None)],
+            created="2026-01-01T00:00:00Z",
+            group="inference.networking.x-k8s.io",
+        ),
+    )
+    datastore = Datastore()
+    discovery = await _discovery(api, datastore)
+    try:
+        expected = {
+            "qwen": (RewriteTarget("qwen-a", 80), RewriteTarget("qwen-b", 20)),
+            "old": (RewriteTarget("new", None),),
+        }
+        await wait_until(lambda: datastore.model_rewrites() == expected)
+        await api.delete(REWRITES, "split")  # the newer rule for qwen takes over
+        await wait_until(lambda: datastore.rewrite_targets("qwen") == (RewriteTarget("qwen-z", None),))
+    finally:
+        await discovery.stop()
