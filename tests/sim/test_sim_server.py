@@ -139,6 +139,7 @@ async def test_chat_shape_and_default_length(sim):
     choice = body["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == 16  # default_output_tokens: the simulated EOS
+    assert value(await metrics(sim), "vllm:request_success_total", finished_reason="stop") == 1
 
 
 async def test_completion_stream_with_usage(sim):
