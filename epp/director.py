@@ -8,12 +8,13 @@ loop; no I/O happens in the request path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from epp.scheduling.framework import SchedulingRequest, SchedulingResult
 from epp.types import Decision, EppError, InferenceRequest, Usage
 
 log = logging.getLogger(__name__)
+
+Deferrer = Callable[..., Any]  # e.g. loop.call_soon(callback, *args)
 
 REJECTED_NO_ENDPOINTS = "rejected-no-endpoints"
 REJECTED_SATURATED = "rejected-saturated"
@@ -58,20 +61,23 @@ class SchedulingDirector:
         return self.datastore.synced
 
     async def handle_request(self, request: InferenceRequest) -> Decision:
-        return self.decide(request)
+        # Deferrable pre-request hooks (the prefix-index update) run on the next loop iteration,
+        # after the protocol layer has the decision, like llm-d's asynchronous PreRequest.
+        return self.decide(request, defer=asyncio.get_running_loop().call_soon)
 
-    def decide(self, request: InferenceRequest) -> Decision:
-        """The synchronous body of :meth:`handle_request` (what the decision benchmark times)."""
+    def decide(self, request: InferenceRequest, defer: Deferrer | None = None) -> Decision:
+        """The synchronous body of :meth:`handle_request` (what the decision benchmark times).
+        ``defer`` receives the deferrable pre-request work; without it, that work runs inline."""
         started = time.perf_counter()
         try:
-            decision = self._decide(request)
+            decision = self._decide(request, defer)
         except EppError as error:
             epp_metrics.REJECTIONS.labels(str(error.status), error.reason or "").inc()
             raise
         epp_metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return decision
 
-    def _decide(self, request: InferenceRequest) -> Decision:
+    def _decide(self, request: InferenceRequest, defer: Deferrer | None) -> Decision:
         parsed = request.parsed
         target_model = self._target_model(request)
         # A headers-only request (api "none", e.g. GET /v1/models) names no model to check.
@@ -105,7 +111,10 @@ class SchedulingDirector:
             # llm-d: the scheduler finding nothing is ResourceExhausted → 429.
             raise EppError(429, "no endpoint passed the scheduling filters")
         for hook in self.config.pre_request:
-            hook.pre_request(scheduling_request, result)
+            if defer is not None and hook.deferrable:
+                defer(hook.pre_request, scheduling_request, result)
+            else:
+                hook.pre_request(scheduling_request, result)
         self._record(request, result)
         body = None
         if target_model != parsed.model:

@@ -246,6 +246,8 @@ class PrefixMatch:
 
 @register(PRODUCER_TYPE)
 class ApproxPrefixCacheProducer(DataProducer, PreRequest, EndpointSetObserver):
+    deferrable = True  # the index update is bookkeeping for later requests
+
     def __init__(
         self,
         name: str,

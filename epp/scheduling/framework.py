@@ -87,7 +87,13 @@ class DataProducer(Plugin):
 
 
 class PreRequest(Plugin):
-    """Runs once per request after a successful scheduling decision."""
+    """Runs once per request after a successful scheduling decision.
+
+    A hook that only updates the plugin's own state (``deferrable = True``, e.g. the prefix
+    index) may run just after the decision has been returned, off the request's critical path,
+    as llm-d runs it asynchronously; hooks that shape the decision (headers) run before."""
+
+    deferrable: ClassVar[bool] = False
 
     def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -9,12 +10,20 @@ import pytest
 from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointMetrics
 from epp.director import SchedulingDirector
-from epp.types import EppError, Usage
+from epp.types import Decision, EppError, InferenceRequest, Usage
 from epp_core.helpers import inference_request, spec
 from epp_core.test_config import PD_SAMPLE
 
 HEADER = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
 LOAD_ONLY = HEADER + "plugins: [{type: load-aware-scorer, parameters: {threshold: 100}}]\n"
+
+
+async def schedule(director: SchedulingDirector, request: InferenceRequest) -> Decision:
+    """handle_request, then one loop turn so deferred pre-request work (the prefix-index update)
+    has run before the next request, as it has between requests in a running EPP."""
+    decision = await director.handle_request(request)
+    await asyncio.sleep(0)
+    return decision
 
 
 def _director(
@@ -47,9 +56,9 @@ async def test_not_ready_until_endpoints_sync() -> None:
 async def test_unknown_model_is_404_only_when_models_are_fixed() -> None:
     director, _ = _director(served=frozenset({"llama"}))
     with pytest.raises(EppError) as caught:
-        await director.handle_request(inference_request(model="gpt"))
+        await schedule(director, inference_request(model="gpt"))
     assert caught.value.status == 404 and "gpt" in caught.value.message
-    assert (await director.handle_request(inference_request(model="llama"))).endpoints
+    assert (await schedule(director, inference_request(model="llama"))).endpoints
     open_director, _ = _director()
     assert (await open_director.handle_request(inference_request(model="anything"))).endpoints
 
@@ -57,18 +66,18 @@ async def test_unknown_model_is_404_only_when_models_are_fixed() -> None:
 async def test_empty_pool_is_503_no_endpoints() -> None:
     director, _ = _director(count=0)
     with pytest.raises(EppError) as caught:
-        await director.handle_request(inference_request())
+        await schedule(director, inference_request())
     assert (caught.value.status, caught.value.reason) == (503, "rejected-no-endpoints")
 
 
 async def test_subset_hint_matches_ip_only_and_empty_subset_is_503() -> None:
     director, datastore = _director(count=3)
     target = datastore.endpoints()[2]
-    decision = await director.handle_request(inference_request(subset=[f"{target.address}:9999"]))
+    decision = await schedule(director, inference_request(subset=[f"{target.address}:9999"]))
     assert decision.endpoints == (target.hostport,)
     for subset in ([], ["192.0.2.1:8000"]):
         with pytest.raises(EppError) as caught:
-            await director.handle_request(inference_request(subset=subset))
+            await schedule(director, inference_request(subset=subset))
         assert (caught.value.status, caught.value.reason) == (503, "rejected-no-endpoints")
 
 
@@ -78,16 +87,16 @@ async def test_sheddable_request_is_429_when_saturated_but_critical_is_served() 
     for ep in datastore.endpoints():
         ep.metrics = EndpointMetrics(waiting=50, kv_usage=0.95, updated_at=time.monotonic())
     with pytest.raises(EppError) as caught:
-        await director.handle_request(inference_request(objective="batch"))
+        await schedule(director, inference_request(objective="batch"))
     assert (caught.value.status, caught.value.reason) == (429, "rejected-saturated")
-    assert (await director.handle_request(inference_request(objective="chat"))).endpoints
-    assert (await director.handle_request(inference_request(objective="unknown"))).endpoints  # priority 0
+    assert (await schedule(director, inference_request(objective="chat"))).endpoints
+    assert (await schedule(director, inference_request(objective="unknown"))).endpoints  # priority 0
 
 
 async def test_filters_removing_everything_is_429() -> None:
     director, _ = _director(HEADER + "plugins: [{type: prefill-filter}]\n", labels=[{}, {}, {}])
     with pytest.raises(EppError) as caught:
-        await director.handle_request(inference_request())
+        await schedule(director, inference_request())
     assert caught.value.status == 429
 
 
@@ -96,11 +105,11 @@ async def test_failing_or_stale_endpoint_is_not_picked_but_all_failing_fails_ope
     eps = datastore.endpoints()
     eps[0].scrape_failures = 3
     eps[1].metrics = EndpointMetrics(updated_at=time.monotonic() - 60)  # stale
-    picked = {(await director.handle_request(inference_request())).endpoints[0] for _ in range(20)}
+    picked = {(await schedule(director, inference_request())).endpoints[0] for _ in range(20)}
     assert picked == {eps[2].hostport}
     eps[2].scrape_failures = 1
     eps[1].scrape_failures = 1
-    decision = await director.handle_request(inference_request())
+    decision = await schedule(director, inference_request())
     assert decision.endpoints[0] in {e.hostport for e in eps}
 
 
@@ -108,7 +117,7 @@ async def test_in_flight_counts_are_exact_and_follow_the_served_endpoint() -> No
     director, datastore = _director(LOAD_ONLY)
     requests = [inference_request() for _ in range(6)]
     for request in requests:
-        await director.handle_request(request)
+        await schedule(director, request)
     # load-aware scoring spreads six requests 2/2/2 across three idle pods
     assert sorted(e.in_flight for e in datastore.endpoints()) == [2, 2, 2]
     first = requests[0]
@@ -131,25 +140,25 @@ async def test_pd_decision_counts_tokens_not_cached_on_the_chosen_decode_pod() -
     # 1024 bytes ≈ 256 tokens = exactly 4 blocks of 64 tokens, so all of it can be cached.
     prompt = ("You are a helpful assistant. " * 40)[:1024]
 
-    first = await director.handle_request(inference_request(prompt))
+    first = await schedule(director, inference_request(prompt))
     assert first.endpoints[0] != prefill.hostport
     assert first.headers == {"x-prefiller-host-port": prefill.hostport}
 
     # Same prompt plus a few tokens: the decode pod now holds the prefix, fewer than 16 tokens
     # are uncached, so the request stays on decode (prefix affinity keeps it on the same pod).
-    again = await director.handle_request(inference_request(prompt + "Hi!"))
+    again = await schedule(director, inference_request(prompt + "Hi!"))
     assert again.endpoints == first.endpoints
     assert again.headers == {}
 
     # A long new suffix is again worth a remote prefill.
-    longer = await director.handle_request(inference_request(prompt + "Summarise this. " * 30))
+    longer = await schedule(director, inference_request(prompt + "Summarise this. " * 30))
     assert longer.headers == {"x-prefiller-host-port": prefill.hostport}
 
 
 async def test_pd_short_prompt_is_decode_only() -> None:
     roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
     director, _ = _director(PD_SAMPLE, count=2, labels=roles)
-    decision = await director.handle_request(inference_request("tiny"))
+    decision = await schedule(director, inference_request("tiny"))
     assert decision.headers == {}
 
 
@@ -165,10 +174,10 @@ plugins:
     )
     director, _ = _director(config, count=4)
     prompt = "shared context " * 100
-    first = await director.handle_request(inference_request(prompt + "question one"))
+    first = await schedule(director, inference_request(prompt + "question one"))
     assert len(first.endpoints) == 3 and len(set(first.endpoints)) == 3
     for question in ("two", "three", "four"):
-        decision = await director.handle_request(inference_request(prompt + question))
+        decision = await schedule(director, inference_request(prompt + question))
         assert decision.endpoints[0] == first.endpoints[0]
 
 
@@ -179,17 +188,17 @@ async def test_deprecated_pd_profile_handler_threshold_in_uncached_bytes() -> No
     director, datastore = _director(PD_LEGACY, count=2, labels=roles)
     prefill = datastore.endpoints()[0]
     prompt = "x" * 1024  # 16 blocks of 64 characters: all cacheable
-    assert (await director.handle_request(inference_request(prompt))).headers == {
+    assert (await schedule(director, inference_request(prompt))).headers == {
         "x-prefiller-host-port": prefill.hostport
     }
     # Cached on the decode pod now: only 10 bytes are not, fewer than the threshold of 100.
-    assert (await director.handle_request(inference_request(prompt + "y" * 10))).headers == {}
-    assert (await director.handle_request(inference_request("z" * 600))).headers  # 600 new bytes
+    assert (await schedule(director, inference_request(prompt + "y" * 10))).headers == {}
+    assert (await schedule(director, inference_request("z" * 600))).headers  # 600 new bytes
 
     # threshold 0 skips the check upstream: every request is disaggregated.
     always = PD_LEGACY.replace("threshold: 100", "threshold: 0")
     director, _ = _director(always, count=2, labels=roles)
-    assert (await director.handle_request(inference_request("w"))).headers == {
+    assert (await schedule(director, inference_request("w"))).headers == {
         "x-prefiller-host-port": prefill.hostport
     }
 
@@ -214,14 +223,14 @@ schedulingProfiles:
     roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
     director, datastore = _director(config, count=2, labels=roles)
     prefill, decode = datastore.endpoints()
-    decision = await director.handle_request(inference_request("a" * 400))  # 100 tokens, none cached
+    decision = await schedule(director, inference_request("a" * 400))  # 100 tokens, none cached
     assert decision.endpoints == (f"{decode.address}:8200",)
     assert decision.headers == {
         "x-prefiller-host-port": prefill.hostport,
         "x-data-parallel-host-port": decode.hostport,
     }
     assert decode.in_flight == 1  # bookkeeping stays on the picked endpoint
-    short = await director.handle_request(inference_request("tiny"))
+    short = await schedule(director, inference_request("tiny"))
     assert short.headers == {"x-data-parallel-host-port": decode.hostport}
 
 
@@ -234,9 +243,9 @@ async def test_scheduling_metrics_are_recorded() -> None:
     director, _ = _director(served=frozenset({"m"}))
     decisions_before = sample("epp_scheduler_decision_duration_seconds_count")
     rejected_before = sample("epp_scheduler_rejections_total", {"status": "404", "reason": ""})
-    decision = await director.handle_request(inference_request())
+    decision = await schedule(director, inference_request())
     with pytest.raises(EppError):
-        await director.handle_request(inference_request(model="nope"))
+        await schedule(director, inference_request(model="nope"))
     assert sample("epp_scheduler_decision_duration_seconds_count") == decisions_before + 1
     assert sample("epp_scheduler_rejections_total", {"status": "404", "reason": ""}) == rejected_before + 1
     picks = sample("epp_scheduler_picks_total", {"endpoint": decision.endpoints[0], "profile": "default"})
@@ -247,7 +256,7 @@ async def test_pick_series_of_departed_endpoints_are_dropped() -> None:
     from prometheus_client import REGISTRY
 
     director, datastore = _director(count=2)
-    decision = await director.handle_request(inference_request())
+    decision = await schedule(director, inference_request())
     labels = {"endpoint": decision.endpoints[0], "profile": "default"}
     assert REGISTRY.get_sample_value("epp_scheduler_picks_total", labels) is not None
     datastore.replace_endpoints([])
@@ -263,7 +272,7 @@ async def test_model_rewrite_header_and_rules() -> None:
     director, datastore = _director(served=frozenset({"llama-v2", "llama-v3", "direct"}))
     request = inference_request(model="llama")
     request.headers = {"x-llm-d-model-name-rewrite": "direct"}
-    decision = await director.handle_request(request)
+    decision = await schedule(director, request)
     assert decision.target_model == "direct"
     assert decision.body is not None and json.loads(decision.body) == {"model": "direct", "prompt": "hello"}
 
@@ -274,18 +283,18 @@ async def test_model_rewrite_header_and_rules() -> None:
     for _ in range(400):
         request = inference_request(model="llama")
         request.headers = {"x-gateway-model-name-rewrite": "direct"}
-        chosen.append((await director.handle_request(request)).target_model)
+        chosen.append((await schedule(director, request)).target_model)
         director.handle_response_complete(request, None, failed=False)
     assert set(chosen) == {"llama-v2", "llama-v3"}
     assert 0.65 < chosen.count("llama-v2") / 400 < 0.85  # expected 0.75
 
     # No rewrite: the body is passed through untouched.
-    plain = await director.handle_request(inference_request(model="direct"))
+    plain = await schedule(director, inference_request(model="direct"))
     assert plain.body is None and plain.target_model is None
 
     # The served-models check applies to the model the pods will see.
     with pytest.raises(EppError) as caught:
-        await director.handle_request(inference_request(model="llama-v9"))
+        await schedule(director, inference_request(model="llama-v9"))
     assert caught.value.status == 404
 
 
@@ -300,3 +309,16 @@ def test_rewrite_choice_semantics() -> None:
     assert {choose_rewrite(unweighted, rng) for _ in range(100)} == {"a", "b"}  # uniform
     mixed = [RewriteTarget("a", 5), RewriteTarget("b")]
     assert {choose_rewrite(mixed, rng) for _ in range(100)} == {"a"}  # unweighted never chosen
+
+
+async def test_prefix_index_update_runs_after_the_decision_is_returned() -> None:
+    director, _ = _director(count=2)
+    (producer,) = director.config.producers
+    decision = await director.handle_request(inference_request("p" * 2000))
+    assert producer.index.endpoints() == frozenset()  # not on the request's critical path
+    await asyncio.sleep(0)
+    assert producer.index.endpoints() == frozenset({decision.endpoints[0]})
+    inline = director.decide(inference_request("q" * 2000))  # without a deferrer it runs inline
+    assert producer.index.match_lengths(producer.chains.hashes("m", b"q" * 2000, 256, 2048)) == {
+        inline.endpoints[0]: 7  # 2000 bytes = 7 full blocks of 256
+    }
