@@ -98,7 +98,7 @@ def test_created_cluster_has_dataplane_v2_multi_networking_and_workload_identity
     assert cluster["networkingMode"] == "VPC_NATIVE"
     assert cluster["workloadIdentityConfig"] == {"workloadPool": "my-gcp-project.svc.id.goog"}
     assert cluster["releaseChannel"] == {"channel": "RAPID"}
-    assert cluster["minMasterVersion"] == "1.33.4-gke.1245000"
+    assert cluster["minMasterVersion"] == "1.33"
     assert cluster["removeDefaultNodePool"] is True
     system = one(gke, NODE_POOL, "gke-system").inputs
     assert "guestAccelerators" not in system["nodeConfig"] and "taints" not in system["nodeConfig"]
