@@ -120,12 +120,13 @@ class SchedulingDirector:
         if target_model != parsed.model:
             request.body["model"] = target_model
             body = json.dumps(request.body, ensure_ascii=False, separators=(",", ":")).encode()
+        endpoints = result.destinations or tuple(target.hostport for target in primary.targets)
         return Decision(
-            endpoints=result.destinations or tuple(target.hostport for target in primary.targets),
+            endpoints=endpoints,
             headers=dict(result.headers),
             body=body,
             target_model=target_model if body is not None else None,
-            scores={t.hostport: s for t, s in zip(primary.targets, primary.scores, strict=True)},
+            scores=dict(zip(endpoints, primary.scores, strict=True)),
         )
 
     def _target_model(self, request: InferenceRequest) -> str:
