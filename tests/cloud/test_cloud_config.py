@@ -12,7 +12,7 @@ import yaml
 
 from components.config import ConfigError, parse_stack_config
 from components.config.eks import EksConfig
-from components.config.gke import GkeConfig
+from components.config.gke import GkeConfig, GkeReservationConfig
 from tests.cloud.helpers import render_edited, stack_config
 
 Edit = Callable[[dict[str, Any]], None]
@@ -248,3 +248,11 @@ def test_example_stack_files_are_plain_yaml_with_only_llmd_keys() -> None:
         )
         assert set(document) == {"config"}
         assert all(key.startswith("llmd:") for key in document["config"])
+
+
+def test_reservation_affinity_values_for_shared_reservations_and_blocks() -> None:
+    assert GkeReservationConfig(name="res").affinity_value == "res"
+    assert (
+        GkeReservationConfig(name="res", project="owner", block="block-1").affinity_value
+        == "projects/owner/reservations/res/reservationBlocks/block-1"
+    )

@@ -192,3 +192,20 @@ def test_managed_policy_arns_use_the_regions_partition(region: str, partition: s
     from components.cloud.eks import aws_partition
 
     assert aws_partition(region) == partition
+
+
+def test_existing_node_role_and_extra_security_groups_without_a_system_group(tmp_path: Path) -> None:
+    role = "arn:aws:iam::123456789012:role/existing-gpu-nodes"
+
+    def edit(config: dict[str, Any]) -> None:
+        config["llmd:eks"]["nodeGroup"].update(nodeRoleArn=role, securityGroupIds=["sg-0123456789abcdef0"])
+        config["llmd:eks"]["cluster"]["systemNodeGroup"] = {"enabled": False}
+
+    result = render_edited("eks", edit, tmp_path)
+    assert one(result, NODE_GROUP).inputs["nodeRoleArn"] == role
+    assert [r.name for r in cloud(result, "aws:iam/role:Role")] == ["eks-cluster-role"]
+    assert interfaces(result)[0]["securityGroups"] == [
+        "sg-0c1a5e7c1a5e7c1a5",
+        "eks-efa-id",
+        "sg-0123456789abcdef0",
+    ]
