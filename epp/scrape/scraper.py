@@ -107,7 +107,8 @@ class MetricsScraper:
     async def scrape(self, endpoint: Endpoint) -> bool:
         """One scrape of one endpoint; True on success. Never raises for pod-side failures."""
         assert self._session is not None, "start() first"
-        url = f"{self.scheme}://{endpoint.address}:{endpoint.metrics_port}{self.path}"
+        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address  # IPv6
+        url = f"{self.scheme}://{host}:{endpoint.metrics_port}{self.path}"
         started = time.monotonic()
         try:
             status, body = await self._fetch(endpoint, url)
