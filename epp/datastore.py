@@ -26,7 +26,8 @@ class EndpointSpec:
 
     @property
     def hostport(self) -> str:
-        return f"{self.address}:{self.port}"
+        """``ip:port`` as Envoy's ORIGINAL_DST header wants it (IPv6 in brackets)."""
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

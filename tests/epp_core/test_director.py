@@ -322,3 +322,14 @@ async def test_prefix_index_update_runs_after_the_decision_is_returned() -> None
     assert producer.index.match_lengths(producer.chains.hashes("m", b"q" * 2000, 256, 2048)) == {
         inline.endpoints[0]: 7  # 2000 bytes = 7 full blocks of 256
     }
+
+
+async def test_ipv6_endpoints_and_subset_hints() -> None:
+    from epp.datastore import EndpointSpec
+
+    director, datastore = _director(count=0)
+    datastore.replace_endpoints(
+        [EndpointSpec("v6", "fd00::1", 8000, 8000), EndpointSpec("v4", "10.0.0.1", 8000, 8000)]
+    )
+    decision = await schedule(director, inference_request(subset=["[fd00::1]:8000"]))
+    assert decision.endpoints == ("[fd00::1]:8000",)

@@ -46,7 +46,7 @@ def test_contract_example_parses() -> None:
 def test_json_is_accepted() -> None:
     text = json.dumps({"endpoints": [{"name": "a", "address": "::1", "port": 1}]})
     (only,) = parse_endpoints_file(text, "f").endpoints
-    assert only.address == "::1"
+    assert (only.address, only.hostport) == ("::1", "[::1]:1")
 
 
 @pytest.mark.parametrize(
