@@ -80,6 +80,13 @@ def parse_generation(
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise ApiError(400, "stream_options must be an object", "stream_options")
+    if stream_options is not None and not stream:
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
+    choices = body.get("n", 1)
+    if choices != 1:
+        raise ApiError(
+            400, f"the simulator generates one choice per request; n={choices!r} is not supported", "n"
+        )
     include_usage = bool(stream_options and stream_options.get("include_usage"))
     kv_params = body.get("kv_transfer_params")
     if kv_params is not None and not isinstance(kv_params, dict):

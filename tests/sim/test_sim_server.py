@@ -196,6 +196,8 @@ async def test_chat_stream_without_usage_starts_with_the_role(sim):
             400,
             "stream must be a boolean",
         ),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "stream_options": {}}, 400, "`stream=True`"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "one choice per request"),
     ],
 )
 async def test_bad_requests_get_vllm_style_errors(sim, path, body, status, message):
