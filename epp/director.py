@@ -35,8 +35,11 @@ MODEL_REWRITE_HEADERS = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rew
 
 @dataclass(slots=True)
 class _Flight:
-    endpoint: Endpoint  # whose in_flight count this request holds
+    endpoint: Endpoint  # whose in_flight count this request holds (the primary, or what served it)
     started: float
+    # Other profiles' picks (the prefill endpoint under P/D) hold a count too until completion,
+    # as llm-d's active-request tracking counts every profile's target.
+    others: tuple[Endpoint, ...] = ()
 
 
 class SchedulingDirector:
@@ -172,9 +175,16 @@ class SchedulingDirector:
         previous = self._flights.pop(request.request_id, None)
         if previous is not None:  # a retried decision for the same request: release the old hold
             self._release(previous)
+        others = tuple(
+            profile_result.targets[0]
+            for name, profile_result in result.results.items()
+            if profile_result is not None and name != result.primary_profile
+        )
         endpoint.in_flight += 1
+        for other in others:
+            other.in_flight += 1
         epp_metrics.IN_FLIGHT.inc()
-        self._flights[request.request_id] = _Flight(endpoint, time.monotonic())
+        self._flights[request.request_id] = _Flight(endpoint, time.monotonic(), others)
 
     def handle_response_headers(self, request: InferenceRequest, served: str | None, status: int) -> None:
         """If Envoy used a fallback endpoint, move the in-flight hold to the one really serving."""
@@ -199,7 +209,8 @@ class SchedulingDirector:
         return len(self._flights)
 
     def _release(self, flight: _Flight) -> None:
-        flight.endpoint.in_flight = max(0, flight.endpoint.in_flight - 1)
+        for endpoint in (flight.endpoint, *flight.others):
+            endpoint.in_flight = max(0, endpoint.in_flight - 1)
         epp_metrics.IN_FLIGHT.dec()
 
     def _endpoints_changed(self) -> None:

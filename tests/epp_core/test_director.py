@@ -144,6 +144,9 @@ async def test_pd_decision_counts_tokens_not_cached_on_the_chosen_decode_pod() -
     assert first.endpoints[0] != prefill.hostport
     assert first.headers == {"x-prefiller-host-port": prefill.hostport}
 
+    decode = next(e for e in datastore.endpoints() if e.hostport == first.endpoints[0])
+    assert (prefill.in_flight, decode.in_flight) == (1, 1)  # the prefill pick holds a count too
+
     # Same prompt plus a few tokens: the decode pod now holds the prefix, fewer than 16 tokens
     # are uncached, so the request stays on decode (prefix affinity keeps it on the same pod).
     again = await schedule(director, inference_request(prompt + "Hi!"))
@@ -333,3 +336,14 @@ async def test_ipv6_endpoints_and_subset_hints() -> None:
     )
     decision = await schedule(director, inference_request(subset=["[fd00::1]:8000"]))
     assert decision.endpoints == ("[fd00::1]:8000",)
+
+
+async def test_prefill_hold_is_released_with_the_request() -> None:
+    roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
+    director, datastore = _director(PD_SAMPLE, count=2, labels=roles)
+    request = inference_request("n" * 2000)
+    decision = await schedule(director, request)
+    assert decision.headers
+    assert [e.in_flight for e in datastore.endpoints()] == [1, 1]
+    director.handle_response_complete(request, None, failed=False)
+    assert [e.in_flight for e in datastore.endpoints()] == [0, 0]
