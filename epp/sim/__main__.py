@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 
 from epp.sim.params import SimParams
@@ -52,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a prefill keeps blocks nobody pulls",
     )
     p.add_argument(
-        "--advertise-host", default=None, help="host put in kv_transfer_params.remote_host (default: --host)"
+        "--advertise-host",
+        default=None,
+        help="host put in kv_transfer_params.remote_host (default: $VLLM_NIXL_SIDE_CHANNEL_HOST, as vLLM "
+        "does, else --host, else this host's address when --host is a wildcard)",
     )
     p.add_argument(
         "--request-log",
@@ -62,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def advertised_host(listen_host: str) -> str:
+    """Where remote decoders reach this instance: a wildcard listen address is no destination."""
+    from_env = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST")
+    if from_env:
+        return from_env
+    if listen_host not in ("0.0.0.0", "::", ""):
+        return listen_host
+    return socket.gethostbyname(socket.gethostname())
 
 
 def params_from_args(args: argparse.Namespace) -> SimParams:
@@ -81,7 +96,7 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
         kv_transfer_per_token_s=args.kv_transfer_per_token,
         default_output_tokens=args.default_output_tokens,
         kv_hold_timeout_s=args.kv_hold_timeout,
-        advertise_host=args.advertise_host or args.host,
+        advertise_host=args.advertise_host or advertised_host(args.host),
         advertise_port=args.port,
         request_log=args.request_log,
     )

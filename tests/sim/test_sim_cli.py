@@ -40,9 +40,23 @@ def test_cli_maps_every_flag():
     )
 
 
-def test_advertised_host_defaults_to_the_listen_host():
+def test_advertised_host_defaults_to_the_listen_host(monkeypatch):
+    monkeypatch.delenv("VLLM_NIXL_SIDE_CHANNEL_HOST", raising=False)
     params = params_from_args(build_parser().parse_args(["--model", "m", "--host", "127.0.0.2"]))
     assert params.advertise_host == "127.0.0.2"
+
+
+def test_advertised_host_in_a_pod_comes_from_the_nixl_side_channel_env(monkeypatch):
+    # The chart sets VLLM_NIXL_SIDE_CHANNEL_HOST to the pod IP; "0.0.0.0" would send pulls nowhere.
+    monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_HOST", "10.1.2.3")
+    params = params_from_args(build_parser().parse_args(["--model", "m", "--host", "0.0.0.0"]))
+    assert params.advertise_host == "10.1.2.3"
+
+
+def test_a_wildcard_listen_host_is_never_advertised(monkeypatch):
+    monkeypatch.delenv("VLLM_NIXL_SIDE_CHANNEL_HOST", raising=False)
+    params = params_from_args(build_parser().parse_args(["--model", "m", "--host", "0.0.0.0"]))
+    assert params.advertise_host not in ("0.0.0.0", "")
 
 
 def test_bad_values_are_named():
