@@ -100,36 +100,60 @@ async def open_loop(url: str, rate: float, duration: float) -> tuple[list[float]
     return latencies, len(latencies), errors
 
 
-def measure(
-    path: str, url: str, rate: float, duration: float, processes: dict[str, ManagedProcess]
-) -> PhaseResult:
-    asyncio.run(open_loop(url, min(rate, 50), 1.0))  # warm connections, caches and the JIT-less paths
+@dataclass
+class _Slices:
+    """Measurements of one (path, rate) accumulated over the interleaved rounds."""
+
+    latencies: list[float]
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    cpu: dict[str, float] | None = None
+
+    def add(
+        self, latencies: list[float], ok: int, errors: int, seconds: float, cpu: dict[str, float]
+    ) -> None:
+        self.latencies += latencies
+        self.ok += ok
+        self.errors += errors
+        self.seconds += seconds
+        self.cpu = {k: (self.cpu or {}).get(k, 0.0) + v for k, v in cpu.items()}
+
+    def result(self, path: str, rate: float) -> PhaseResult:
+        latencies = sorted(self.latencies)
+        sent = self.ok + self.errors
+        return PhaseResult(
+            path=path,
+            rate=rate,
+            duration=self.seconds,
+            sent=sent,
+            ok=self.ok,
+            errors=self.errors,
+            achieved_rps=self.ok / self.seconds if self.seconds else 0.0,
+            p50_ms=percentile(latencies, 0.50) * 1000,
+            p90_ms=percentile(latencies, 0.90) * 1000,
+            p99_ms=percentile(latencies, 0.99) * 1000,
+            max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
+            cpu_ms_per_request={k: v * 1000 / max(1, sent) for k, v in (self.cpu or {}).items()},
+        )
+
+
+def measure_slice(
+    url: str, rate: float, seconds: float, processes: dict[str, ManagedProcess]
+) -> tuple[list[float], int, int, float, dict[str, float]]:
     before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
     started = time.perf_counter()
-    latencies, ok, errors = asyncio.run(open_loop(url, rate, duration))
+    latencies, ok, errors = asyncio.run(open_loop(url, rate, seconds))
     elapsed = time.perf_counter() - started
     after = {name: cpu_seconds(p.pid) for name, p in processes.items()}
-    latencies.sort()
-    sent = ok + errors
-    return PhaseResult(
-        path=path,
-        rate=rate,
-        duration=duration,
-        sent=sent,
-        ok=ok,
-        errors=errors,
-        achieved_rps=ok / elapsed,
-        p50_ms=percentile(latencies, 0.50) * 1000,
-        p90_ms=percentile(latencies, 0.90) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
-        max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
-        cpu_ms_per_request={name: (after[name] - before[name]) * 1000 / max(1, sent) for name in processes},
-    )
+    return latencies, ok, errors, elapsed, {name: after[name] - before[name] for name in processes}
 
 
 def run(
-    rates: Sequence[float], duration: float, modes: Sequence[BodyMode], log_dir: Path
+    rates: Sequence[float], duration: float, modes: Sequence[BodyMode], log_dir: Path, rounds: int = 5
 ) -> list[PhaseResult]:
+    """Each (rate, path) gets ``duration`` seconds of load, cut into ``rounds`` slices that alternate
+    between the paths, so background load on a shared machine hits every path alike."""
     results: list[PhaseResult] = []
     backend_port = free_port()
     backend = ManagedProcess(
@@ -158,12 +182,19 @@ def run(
         for gateway in gateways.values():
             gateway.start()
         try:
+            for gateway in gateways.values():  # warm connections and first-request code paths
+                asyncio.run(open_loop(gateway.url + "/v1/completions", 50, 1.0))
             for rate in rates:
-                for path, gateway in gateways.items():
-                    processes = {"envoy": gateway.process, "backend": backend}
-                    if path != "direct":
-                        processes["epp"] = epp
-                    result = measure(path, gateway.url + "/v1/completions", rate, duration, processes)
+                slices = {path: _Slices([]) for path in gateways}
+                for _ in range(rounds):
+                    for path, gateway in gateways.items():
+                        processes = {"envoy": gateway.process, "backend": backend}
+                        if path != "direct":
+                            processes["epp"] = epp
+                        url = gateway.url + "/v1/completions"
+                        slices[path].add(*measure_slice(url, rate, duration / rounds, processes))
+                for path, accumulated in slices.items():
+                    result = accumulated.result(path, rate)
                     print(_line(result), file=sys.stderr, flush=True)
                     results.append(result)
         finally:
@@ -232,7 +263,7 @@ def render_markdown(results: Sequence[PhaseResult], duration: float) -> str:
         )
     return (
         f"Open-loop POST /v1/completions ({len(BODY)}-byte body, non-streamed answer), "
-        f"{duration:g} s per row, "
+        f"{duration:g} s per row in slices alternating between the paths, "
         "latency from the scheduled send time. `direct` is the same Envoy (one worker) without ext_proc; "
         "`epp-*` adds the ext_proc filter and `python -m epp` (default scheduler config, one endpoint). "
         '"Added" is the difference of the percentiles, not a percentile of differences. Client, Envoy, '
@@ -246,16 +277,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m benchmarks.epp_latency", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per path and rate")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices the duration is cut into")
     parser.add_argument(
         "--modes", nargs="+", choices=[m.value for m in BodyMode], default=[m.value for m in BodyMode]
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or any(rate <= 0 for rate in args.rates):
-        parser.error("--duration and --rates must be positive")
+    if args.duration <= 0 or args.rounds <= 0 or any(rate <= 0 for rate in args.rates):
+        parser.error("--duration, --rounds and --rates must be positive")
     with tempfile.TemporaryDirectory(prefix="epp-latency-") as log_dir:
-        results = run(args.rates, args.duration, [BodyMode(m) for m in args.modes], Path(log_dir))
+        results = run(
+            args.rates, args.duration, [BodyMode(m) for m in args.modes], Path(log_dir), args.rounds
+        )
     if not args.no_write:
         command = "python -m benchmarks.epp_latency " + shlex.join(argv if argv is not None else sys.argv[1:])
         report.write_section(

@@ -46,7 +46,7 @@ def test_target_met_is_reported_as_met() -> None:
 
 @pytest.mark.e2e
 def test_benchmark_runs_end_to_end_at_a_tiny_rate(tmp_path: Path) -> None:
-    results = run([20.0], 1.0, [BodyMode.FULL_DUPLEX_STREAMED], tmp_path)
+    results = run([20.0], 1.0, [BodyMode.FULL_DUPLEX_STREAMED], tmp_path, rounds=2)
     assert [r.path for r in results] == ["direct", "epp-FULL_DUPLEX_STREAMED"]
     for result in results:
         assert result.errors == 0 and result.ok == result.sent == 20
