@@ -232,8 +232,8 @@ class KubernetesDiscovery:
                 if code == 410:  # watch history expired: relist at once
                     continue
                 problem = f"listing/watching {what} in {self.namespace} failed ({code}): {exc}"
-                # Optional CRDs (objectives, rewrites) may simply not be installed.
-                optional = code == 404 and what != "InferencePool" and what != "Pods"
+                # Optional CRDs (objectives, rewrites) may not be installed (404) or readable (403).
+                optional = code in (403, 404) and what != "InferencePool" and what != "Pods"
                 self._log_problem(
                     problem, last_problem, logging.INFO if optional else logging.WARNING, backoff
                 )
