@@ -12,6 +12,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -26,6 +27,9 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 RELEASE_TAG = r"^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$"
 # Go-style durations as Gateway API accepts them ("300s", "5m", "1h").
 DURATION = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
+
+# The two EndpointPickerConfig API versions in use (llm-d, and GIE up to v1.5).
+EPP_CONFIG_API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
 
 Quantity = Annotated[str, Field(pattern=QUANTITY)]
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
@@ -258,6 +262,26 @@ class EppConfig(ConfigModel):
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
     )
+
+    @field_validator("config")
+    @classmethod
+    def _picker_config_shape(cls, text: str | None) -> str | None:
+        """Catch a broken override here, not when the EPP pod crash-loops. Plugin names are the
+        EPP's business (upstream images accept more than the bundled one)."""
+        if text is None:
+            return None
+        try:
+            document = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as error:
+            where = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+            raise ValueError(f"is not valid YAML ({error.problem}{where})") from None
+        except yaml.YAMLError as error:  # e.g. characters YAML does not allow
+            raise ValueError(f"is not valid YAML ({error})") from None
+        if not isinstance(document, dict) or document.get("kind") != "EndpointPickerConfig":
+            raise ValueError("must be a YAML mapping with kind: EndpointPickerConfig")
+        if document.get("apiVersion") not in EPP_CONFIG_API_VERSIONS:
+            raise ValueError(f"apiVersion must be one of {', '.join(EPP_CONFIG_API_VERSIONS)}")
+        return text
 
 
 class OperatorChartConfig(ConfigModel):

@@ -125,6 +125,19 @@ def test_simulator_cannot_request_gpus_or_span_nodes() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("plugins: [", "is not valid YAML"),
+        ("- a list", "must be a YAML mapping with kind: EndpointPickerConfig"),
+        ("apiVersion: v1\nkind: EndpointPickerConfig\n", "apiVersion must be one of llm-d.ai/v1alpha1, "),
+    ],
+)
+def test_picker_config_override_is_checked_early(text: str, problem: str) -> None:
+    (message,) = problems_of(kind_config(epp={"config": text}))
+    assert message.startswith(f"llmd:epp.config {problem}")
+
+
 def test_secure_serving_needs_a_certificate_secret() -> None:
     assert problems_of(kind_config(epp={"secureServing": True})) == [
         "llmd:epp.tlsSecretName is required when epp.secureServing is true (the EPP's certificate)"
