@@ -46,6 +46,8 @@ class StandIn:
     delay_s: float = 0.0
     answer: Any = None  # JSON body; None = an SSE stream when the request asks for one
     fail_kv_load: bool = False  # answer 500 to requests carrying kv_transfer_params, as vLLM does
+    # When set, a stream pauses after its first event until the test releases it.
+    hold_stream: asyncio.Event | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -62,6 +64,8 @@ class StandIn:
             await response.prepare(request)
             for i in range(3):
                 await response.write(f'data: {{"n": {i}}}\n\n'.encode())
+                if i == 0 and self.hold_stream is not None:
+                    await asyncio.wait_for(self.hold_stream.wait(), 5)
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response
@@ -299,3 +303,15 @@ async def test_model_server_errors_without_pd_are_passed_through(rig):
         assert r.status == 503
         assert await r.json() == {"error": "overloaded"}
     assert len(rig.decode.received) == 1
+
+
+async def test_stream_chunks_reach_the_client_as_they_are_produced(rig):
+    rig.decode.hold_stream = asyncio.Event()
+    headers = {"x-prefiller-host-port": rig.prefill_addr}
+    async with rig.client.post("/v1/completions", json=REQUEST, headers=headers) as r:
+        # The model server is still holding the rest of its stream: the first event got through alone.
+        first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
+        assert first == b'data: {"n": 0}\n\n'
+        rig.decode.hold_stream.set()
+        rest = await asyncio.wait_for(r.content.read(), 5)
+    assert rest.endswith(b"data: [DONE]\n\n") and rest.count(b"data: ") == 3
