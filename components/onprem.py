@@ -37,8 +37,38 @@ def gpu_operator_values(onprem: OnPremConfig) -> dict[str, Any]:
     return deep_merge(ours, onprem.gpu_operator.values)
 
 
+SHARED_RDMA_PREFIX = "rdma/"
+
+
 def network_operator_values(onprem: OnPremConfig) -> dict[str, Any]:
-    return deep_merge({"nfd": {"enabled": True}}, onprem.network_operator.values)
+    """Values that make the chart create its NicClusterPolicy (``deployCR``) with what the pods use:
+    Multus, the CNI plugins and whereabouts IPAM for the RDMA networks, and the RDMA shared device
+    plugin advertising ``rdmaResource`` on those networks' host interfaces."""
+    ours: dict[str, Any] = {"nfd": {"enabled": True}}
+    if onprem.rdma_networks:
+        ours["deployCR"] = True
+        ours["secondaryNetwork"] = {
+            "deploy": True,
+            "multus": {"deploy": True},
+            "cniPlugins": {"deploy": True},
+            "ipamPlugin": {"deploy": True},
+            "ipoib": {"deploy": any(n.cni == "ipoib" for n in onprem.rdma_networks)},
+        }
+        interfaces = sorted({n.master for n in onprem.rdma_networks if n.master})
+        resource = onprem.rdma_resource
+        if resource and resource.startswith(SHARED_RDMA_PREFIX) and interfaces:
+            ours["rdmaSharedDevicePlugin"] = {
+                "deploy": True,
+                "resources": [
+                    {
+                        "name": resource.removeprefix(SHARED_RDMA_PREFIX),
+                        "ifNames": interfaces,
+                        # How many pods may share one RDMA device (the plugin's usual value).
+                        "rdmaHcaMax": 63,
+                    }
+                ],
+            }
+    return deep_merge(ours, onprem.network_operator.values)
 
 
 def cni_config(network: RdmaNetworkConfig) -> str:

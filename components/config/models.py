@@ -329,7 +329,9 @@ class OnPremConfig(ConfigModel):
     )
     network_operator: OperatorChartConfig = Field(
         default_factory=lambda: OperatorChartConfig(version="v26.4.0", namespace="nvidia-network-operator"),
-        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator).",
+        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator). With "
+        "rdmaNetworks, our values deploy its NicClusterPolicy: Multus, CNI plugins, whereabouts and the RDMA "
+        "shared device plugin for rdmaResource on the networks' interfaces (`values` override them).",
     )
     rdma_networks: list[RdmaNetworkConfig] = Field(
         default_factory=list, description="Multus networks attached to every model-server pod."

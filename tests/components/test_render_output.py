@@ -126,6 +126,12 @@ def test_helm_and_remote_yaml_say_they_are_opaque(renders: dict[str, RenderResul
     assert gpu["repository"] == "https://helm.ngc.nvidia.com/nvidia"
     # The Network Operator deploys NFD; a second NFD from the GPU Operator would fight it.
     assert gpu["values"] == {"nfd": {"enabled": False}}
+    network = renders["onprem"].get("Chart", "network-operator").document["values"]
+    assert network["deployCR"] is True
+    plugin = {"name": "rdma_shared_device_a", "ifNames": ["ens1f0np0", "ens1f1np1"], "rdmaHcaMax": 63}
+    assert network["rdmaSharedDevicePlugin"] == {"deploy": True, "resources": [plugin]}
+    assert network["secondaryNetwork"]["multus"] == {"deploy": True}
+    assert network["secondaryNetwork"]["ipamPlugin"] == {"deploy": True}  # whereabouts, used by the NADs
     crds = renders["onprem"].get("ConfigFile", "gateway-api-v1.6.1").document
     assert crds["file"].endswith("/v1.6.1/standard-install.yaml")
     assert "not rendered" in crds["note"]
