@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a prefill keeps blocks nobody pulls",
     )
     p.add_argument(
+        "--kv-load-failure-policy",
+        choices=("fail", "recompute"),
+        default=d.kv_load_failure_policy,
+        help="when a remote KV pull fails: answer 500 (fail, vLLM's default) or prefill locally (recompute)",
+    )
+    p.add_argument(
         "--advertise-host",
         default=None,
         help="host put in kv_transfer_params.remote_host (default: $VLLM_NIXL_SIDE_CHANNEL_HOST, as vLLM "
@@ -96,6 +102,7 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
         kv_transfer_per_token_s=args.kv_transfer_per_token,
         default_output_tokens=args.default_output_tokens,
         kv_hold_timeout_s=args.kv_hold_timeout,
+        kv_load_failure_policy=args.kv_load_failure_policy,
         advertise_host=args.advertise_host or advertised_host(args.host),
         advertise_port=args.port,
         request_log=args.request_log,

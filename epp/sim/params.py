@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Role = Literal["prefill", "decode", "both"]
+KvLoadFailurePolicy = Literal["fail", "recompute"]
 
 # Measured with tools/calibrate_sim.py against vLLM 0.32.0 CPU on the tiny model (see above).
 MEASURED_REQUEST_OVERHEAD_S = 0.00233
@@ -77,6 +78,9 @@ class SimParams:
     # How long a prefill instance keeps blocks for a remote decoder that never pulls them
     # (vLLM's VLLM_NIXL_ABORT_REQUEST_TIMEOUT default is 480 s).
     kv_hold_timeout_s: float = 480.0
+    # What a decode does when the remote KV cannot be pulled: vLLM's kv_load_failure_policy
+    # ("fail" answers 500, vLLM's default; "recompute" prefills locally).
+    kv_load_failure_policy: KvLoadFailurePolicy = "fail"
     # Host/port advertised in kv_transfer_params; the sim serves pulls over its own HTTP port.
     advertise_host: str = "127.0.0.1"
     advertise_port: int = 8000
@@ -109,6 +113,10 @@ class SimParams:
         if self.kv_cache_tokens < self.block_size:
             problems.append(
                 f"kv_cache_tokens ({self.kv_cache_tokens}) is smaller than one block ({self.block_size})"
+            )
+        if self.kv_load_failure_policy not in ("fail", "recompute"):
+            problems.append(
+                f"kv_load_failure_policy must be fail or recompute, got {self.kv_load_failure_policy!r}"
             )
         if self.role not in ("prefill", "decode", "both"):
             problems.append(f"role must be prefill, decode or both, got {self.role!r}")

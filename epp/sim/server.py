@@ -155,6 +155,12 @@ class SimServer:
                     "this instance has role 'decode': it does not prefill for remote decoders",
                     "kv_transfer_params",
                 )
+            if exporting and parsed.stream:
+                raise ApiError(
+                    400,
+                    "the simulator returns kv_transfer_params only on non-streaming prefill requests",
+                    "stream",
+                )
             if importing and self.params.role == "prefill":
                 raise ApiError(
                     400,
@@ -180,6 +186,9 @@ class SimServer:
         )
         if importing:
             pulled = await self._pull_kv(kv, hashes)
+            if pulled is None and self.params.kv_load_failure_policy == "fail":
+                error = ApiError(500, f"Request {request_id} failed with an internal error during generation")
+                return _json(error.body(), status=500)
             seq.remote_prefilled = pulled is not None
             seq.transferred_hashes = pulled or []
         try:
@@ -207,12 +216,14 @@ class SimServer:
             log_file.write(_compact(entry) + "\n")
 
     async def _pull_kv(self, kv: dict[str, Any], hashes: list[int]) -> list[int] | None:
-        """Pull the remote prefill's blocks; on failure recompute locally, as vLLM's default policy does."""
+        """Pull the remote prefill's blocks; None when that failed (counted as a failed transfer)."""
         assert self._session is not None
         try:
             pulled, elapsed = await pull_remote(self._session, kv, hashes, PULL_TIMEOUT_S)
         except TransferError as exc:
-            log.warning("KV pull failed, prefilling locally instead: %s", exc)
+            log.warning(
+                "KV pull failed (kv_load_failure_policy %s): %s", self.params.kv_load_failure_policy, exc
+            )
             self.metrics.nixl_failure()
             return None
         transfer_s = self.params.kv_transfer_per_token_s * len(pulled) * self.params.block_size

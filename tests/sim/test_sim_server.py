@@ -278,11 +278,12 @@ async def test_pd_prefill_then_decode_moves_the_kv():
         assert value(d, "vllm:nixl_xfer_time_seconds_count") == 1
         assert value(await metrics(prefill), "vllm:kv_cache_usage_perc") == 0  # freed after the pull
 
-        # Pulling the same blocks twice fails: the decoder recomputes and counts the failure.
+        # Pulling the same blocks twice fails; with vLLM's default policy the request fails too.
         async with decode.post(
             "/v1/completions", json={"model": "tiny", "prompt": "q" * 400, "kv_transfer_params": kv}
         ) as r:
-            assert r.status == 200
+            assert r.status == 500
+            assert "internal error" in (await r.json())["error"]["message"]
         d = await metrics(decode)
         assert value(d, "vllm:nixl_num_failed_transfers_total") == 1
         assert value(d, "vllm:external_prefix_cache_hits_total") == 1000
@@ -302,3 +303,41 @@ async def test_roles_refuse_the_other_side_of_pd():
     finally:
         await session.close()
         await server.close()
+
+
+async def test_recompute_policy_prefills_locally_when_the_pull_fails():
+    server, session = await start(
+        SimParams(model="tiny", role="decode", kv_load_failure_policy="recompute", **FAST)
+    )
+    try:
+        unreachable = {
+            "do_remote_prefill": True,
+            "remote_engine_id": "e",
+            "remote_request_id": "r",
+            "remote_block_ids": [[1]],
+            "remote_host": "127.0.0.1",
+            "remote_port": 9,
+        }
+        async with session.post(
+            "/v1/completions",
+            json={"model": "tiny", "prompt": "w" * 400, "max_tokens": 2, "kv_transfer_params": unreachable},
+        ) as r:
+            assert r.status == 200
+        d = await metrics(session)
+        assert value(d, "vllm:nixl_num_failed_transfers_total") == 1
+        assert value(d, "vllm:external_prefix_cache_hits_total") == 0
+    finally:
+        await session.close()
+        await server.close()
+
+
+async def test_a_streaming_prefill_for_a_remote_decoder_is_refused(sim):
+    request = {
+        "model": "tiny",
+        "prompt": "x",
+        "stream": True,
+        "kv_transfer_params": {"do_remote_decode": True},
+    }
+    async with sim.post("/v1/completions", json=request) as r:
+        assert r.status == 400
+        assert "non-streaming" in (await r.json())["error"]["message"]
