@@ -140,6 +140,7 @@ def test_sse_framing_and_chunks_match(servers, path, body):
         ({"model": "no-such-model", "prompt": "x"}, 404),
         ({"model": SERVED_NAME, "prompt": "x", "max_tokens": 5000}, 400),
         ({"model": SERVED_NAME}, 400),
+        ({"model": SERVED_NAME, "prompt": "x", "stream_options": {"include_usage": True}}, 400),
     ],
 )
 def test_errors_have_the_same_status_and_shape(servers, body, status):
