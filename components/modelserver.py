@@ -292,18 +292,32 @@ def pool_manifest(config: StackConfig, role: Role, networking: PodNetworking) ->
     }
 
 
+def disruption_budget_manifest(config: StackConfig, role: Role) -> dict[str, Any]:
+    """Node drains take one model-server pod at a time: capacity (and warm KV caches) go down
+    gradually instead of all at once."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": naming.model_server_name(config, role),
+            "namespace": config.namespace,
+            "labels": pod_labels(config, role, serving=False),
+        },
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(config, role)}},
+    }
+
+
 class ModelServerPool(pulumi.ComponentResource):
-    """One role's model servers (Deployment or LeaderWorkerSet)."""
+    """One role's model servers (Deployment or LeaderWorkerSet) and their disruption budget."""
 
     def __init__(
         self, name: str, args: ModelServerPoolArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("llmd:index:ModelServerPool", name, None, opts)
         manifest = pool_manifest(args.config, args.role, args.pod_networking)
-        self.workload = register(
-            manifest,
-            pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on)),
-        )
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
+        self.workload = register(manifest, child)
+        self.disruption_budget = register(disruption_budget_manifest(args.config, args.role), child)
         self.kind = manifest["kind"]
         self.workload_name = manifest["metadata"]["name"]
         self.register_outputs({"kind": self.kind, "name": self.workload_name})

@@ -32,7 +32,7 @@ def test_core_objects_validate_strictly(renders: dict[str, RenderResult]) -> Non
         values, _ = load_stack_file(STACKS_DIR / f"Pulumi.{stack}.yaml")
         validate_core(manifest, values["llmd:kubernetesVersion"])
         checked += 1
-    assert checked == 29  # 13 for kind, 16 for onprem
+    assert checked == 33  # 15 for kind, 18 for onprem
 
 
 def test_strict_core_validation_catches_a_typo(renders: dict[str, RenderResult]) -> None:

@@ -142,6 +142,19 @@ def test_rendered_picker_config_loads_in_the_bundled_epp(result: RenderResult) -
     assert {"prefill-filter", "decode-filter", "disagg-profile-handler"} <= set(loaded.plugins)
 
 
+def test_disruption_budgets_cover_exactly_each_pool(result: RenderResult) -> None:
+    budgets = {b["metadata"]["name"]: b["spec"] for b in result.manifests("PodDisruptionBudget")}
+    workloads = {
+        d["metadata"]["name"]: d
+        for d in result.manifests("Deployment")
+        if not d["metadata"]["name"].endswith("-epp")
+    }
+    assert set(budgets) == set(workloads)
+    for name, spec in budgets.items():
+        assert spec["maxUnavailable"] == 1
+        assert spec["selector"] == workloads[name]["spec"]["selector"]
+
+
 def test_rbac_is_exactly_the_minimum(result: RenderResult) -> None:
     (role,) = result.manifests("Role")
     read = ["get", "list", "watch"]
