@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ttft-slo-ms",
         type=float,
-        default=300.0,
-        help="TTFT p90 objective for goodput and throughput-at-SLO (default 300)",
+        default=400.0,
+        help="TTFT p90 objective for goodput and throughput-at-SLO (default 400)",
     )
     parser.add_argument(
         "--results-dir",
