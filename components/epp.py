@@ -39,19 +39,20 @@ def epp_selector(config: StackConfig) -> dict[str, str]:
     return {"app.kubernetes.io/instance": config.name, "app.kubernetes.io/name": naming.epp_name(config)}
 
 
-# InferenceObjective (request priorities) lives in llm-d.ai now and in the x-k8s group up to GIE
-# v1.5; the EPP watches both.
+# InferenceObjective (request priorities) and InferenceModelRewrite (model-name rules) live in
+# llm-d.ai now and in the x-k8s group up to GIE v1.5; the EPP watches both groups for both kinds.
 OBJECTIVE_GROUPS = ["llm-d.ai", "inference.networking.x-k8s.io"]
 
 
 def role_rules(config: StackConfig) -> list[dict[str, Any]]:
-    """Exactly what the EPP reads, read-only: pods (endpoints), its InferencePool and the
-    InferenceObjectives; leases and events only with leader election."""
+    """Exactly what the EPP reads, read-only: pods (endpoints), its InferencePool, the
+    InferenceObjectives and the InferenceModelRewrites; leases and events only with leader election."""
     read = ["get", "list", "watch"]
     rules: list[dict[str, Any]] = [
         {"apiGroups": [""], "resources": ["pods"], "verbs": read},
         {"apiGroups": [naming.INFERENCE_POOL_GROUP], "resources": ["inferencepools"], "verbs": read},
         {"apiGroups": OBJECTIVE_GROUPS, "resources": ["inferenceobjectives"], "verbs": read},
+        {"apiGroups": OBJECTIVE_GROUPS, "resources": ["inferencemodelrewrites"], "verbs": read},
     ]
     if config.epp.leader_election:
         rules += [

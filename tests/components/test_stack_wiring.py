@@ -166,6 +166,11 @@ def test_rbac_is_exactly_the_minimum(result: RenderResult) -> None:
             "resources": ["inferenceobjectives"],
             "verbs": read,
         },
+        {
+            "apiGroups": ["llm-d.ai", "inference.networking.x-k8s.io"],
+            "resources": ["inferencemodelrewrites"],
+            "verbs": read,
+        },
     ]
     assert result.manifests("ClusterRole") == [] and result.manifests("ClusterRoleBinding") == []
     (binding,) = result.manifests("RoleBinding")
@@ -189,6 +194,32 @@ def test_rbac_is_exactly_the_minimum(result: RenderResult) -> None:
             d for d in result.manifests("Deployment") if d["metadata"]["name"].endswith(f"-{name}")
         )
         assert pod_spec(workload)["automountServiceAccountToken"] is False
+
+
+def test_rbac_covers_every_resource_the_bundled_epp_watches(result: RenderResult) -> None:
+    """The Role is pinned above; this ties it to what `epp/discovery/kubernetes.py` really
+    lists and watches, so a new watch without a grant fails here rather than as a 403 in a cluster."""
+    from lightkube.resources.core_v1 import Pod
+
+    from epp.discovery.kubernetes import ObjectiveResources, RewriteResources, pool_resource
+
+    (role,) = result.manifests("Role")
+    granted = {
+        (group, resource)
+        for rule in role["rules"]
+        if {"list", "watch"} <= set(rule["verbs"])
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    watched = [
+        Pod,
+        pool_resource("inference.networking.k8s.io"),
+        *ObjectiveResources.values(),
+        *RewriteResources.values(),
+    ]
+    for kind in watched:
+        info = kind._api_info
+        assert (info.resource.group, info.plural) in granted, f"{info.resource} is watched but not granted"
 
 
 def test_route_sends_everything_to_the_pool_through_the_gateway(result: RenderResult) -> None:
