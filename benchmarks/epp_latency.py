@@ -2,8 +2,8 @@
 the same Envoy routing straight to the same backend.
 
 Open loop: requests leave at fixed intervals (``rate`` per second) whatever earlier ones are doing,
-and latency is measured from the scheduled send time, so a slow gateway cannot hide its queue by
-slowing the client down. Every path sees the same stand-in model server (``epp.localrun.standin``,
+so a slow gateway cannot hide its queue by slowing the client down; latency runs from the send to
+the end of the answer. Every path sees the same stand-in model server (``epp.localrun.standin``,
 answering at once), so the difference between paths is the gateway. CPU comes from
 ``/proc/<pid>/stat`` (user + system) of Envoy, the EPP and the backend over each measured phase.
 
@@ -82,6 +82,10 @@ async def open_loop(url: str, rate: float, duration: float) -> tuple[list[float]
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            # Timed from the actual send: the event loop wakes up to ~1 ms late (epoll's millisecond
+            # timeouts), which is client jitter, not gateway latency. Sends never wait for earlier
+            # answers, so a slow gateway still cannot slow the schedule down.
+            sent = time.perf_counter()
             try:
                 async with session.post(
                     url, data=BODY, headers={"content-type": "application/json"}
@@ -93,7 +97,7 @@ async def open_loop(url: str, rate: float, duration: float) -> tuple[list[float]
             except (aiohttp.ClientError, TimeoutError):
                 errors += 1
                 return
-            latencies.append(time.perf_counter() - scheduled)
+            latencies.append(time.perf_counter() - sent)
 
         start = time.perf_counter() + 0.05
         await asyncio.gather(*(one(start + i / rate) for i in range(total)))
@@ -150,7 +154,12 @@ def measure_slice(
 
 
 def run(
-    rates: Sequence[float], duration: float, modes: Sequence[BodyMode], log_dir: Path, rounds: int = 5
+    rates: Sequence[float],
+    duration: float,
+    modes: Sequence[BodyMode],
+    log_dir: Path,
+    rounds: int = 5,
+    response_headers_only: bool = False,
 ) -> list[PhaseResult]:
     """Each (rate, path) gets ``duration`` seconds of load, cut into ``rounds`` slices that alternate
     between the paths, so background load on a shared machine hits every path alike."""
@@ -178,6 +187,10 @@ def run(
         for mode in modes:
             gateways[f"epp-{mode.value}"] = EnvoyGateway(
                 free_port(), grpc_port, pool, mode=mode, log_dir=log_dir / mode.value
+            )
+        if response_headers_only:
+            gateways["epp-FULL_DUPLEX_STREAMED-no-resp-body"] = EnvoyGateway(
+                free_port(), grpc_port, pool, response_body=False, log_dir=log_dir / "no-resp-body"
             )
         for gateway in gateways.values():
             gateway.start()
@@ -264,8 +277,10 @@ def render_markdown(results: Sequence[PhaseResult], duration: float) -> str:
     return (
         f"Open-loop POST /v1/completions ({len(BODY)}-byte body, non-streamed answer), "
         f"{duration:g} s per row in slices alternating between the paths, "
-        "latency from the scheduled send time. `direct` is the same Envoy (one worker) without ext_proc; "
-        "`epp-*` adds the ext_proc filter and `python -m epp` (default scheduler config, one endpoint). "
+        "latency from send to the end of the answer. "
+        "`direct` is the same Envoy (one worker) without ext_proc; "
+        "`epp-*` adds the ext_proc filter and `python -m epp` (default scheduler config, one endpoint); "
+        "`-no-resp-body` sends the EPP response headers only (no usage tracking, fewer ext_proc messages). "
         '"Added" is the difference of the percentiles, not a percentile of differences. Client, Envoy, '
         "EPP and backend share the 2 cores."
         f"\n\n{table}{verdict}"
@@ -282,13 +297,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--modes", nargs="+", choices=[m.value for m in BodyMode], default=[m.value for m in BodyMode]
     )
+    parser.add_argument(
+        "--no-response-body-row",
+        action="store_true",
+        help="skip the extra row where the EPP sees response headers but not response bodies",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.rounds <= 0 or any(rate <= 0 for rate in args.rates):
         parser.error("--duration, --rounds and --rates must be positive")
     with tempfile.TemporaryDirectory(prefix="epp-latency-") as log_dir:
         results = run(
-            args.rates, args.duration, [BodyMode(m) for m in args.modes], Path(log_dir), args.rounds
+            args.rates,
+            args.duration,
+            [BodyMode(m) for m in args.modes],
+            Path(log_dir),
+            args.rounds,
+            response_headers_only=not args.no_response_body_row,
         )
     if not args.no_write:
         command = "python -m benchmarks.epp_latency " + shlex.join(argv if argv is not None else sys.argv[1:])

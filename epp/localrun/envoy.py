@@ -98,6 +98,9 @@ class GatewayConfig:
     # False renders the same gateway without the EPP (round robin over the pool): the baseline that
     # the added-latency benchmark compares against.
     ext_proc: bool = True
+    # False: the EPP sees response headers only (no body, no trailers): fewer ext_proc messages per
+    # request, but no token usage from responses and request completion is seen at stream end.
+    response_body: bool = True
 
     def __post_init__(self) -> None:
         if not self.pool_endpoints:
@@ -166,10 +169,10 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND",
                 "request_body_mode": body_mode,
-                "response_body_mode": body_mode,
+                "response_body_mode": body_mode if config.response_body else "NONE",
                 # FULL_DUPLEX_STREAMED requires trailers to be sent; BUFFERED does not need them.
                 "request_trailer_mode": "SEND" if full_duplex else "SKIP",
-                "response_trailer_mode": "SEND" if full_duplex else "SKIP",
+                "response_trailer_mode": "SEND" if full_duplex and config.response_body else "SKIP",
             },
             "metadata_options": {
                 # Subset hints and the served endpoint travel to the EPP as filter metadata ...

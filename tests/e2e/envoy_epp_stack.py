@@ -150,6 +150,7 @@ def gateway_stack(
     fail_open: bool = False,
     upstream: Upstream = Upstream.ORIGINAL_DST,
     before_epp: Callable[[list[Pod]], None] | None = None,
+    **gateway_options: Any,
 ) -> Iterator[Stack]:
     grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
     stack = Stack(pods=[], gateway=None, epp=None, metrics_port=metrics_port, grpc_port=grpc_port)
@@ -180,6 +181,7 @@ def gateway_stack(
             fail_open=fail_open,
             upstream=upstream,
             log_dir=log_dir,
+            **gateway_options,
         ).start()
         stack._closers.append(stack.gateway.stop)
         yield stack

@@ -256,6 +256,16 @@ def test_epp_down_fail_open_in_full_duplex_serves_only_bodyless_requests(tmp_pat
         assert call(opened.url, "/v1/models").status == 200
 
 
+def test_response_headers_only_gateway_still_completes_requests(tmp_path: Path) -> None:
+    """With response bodies not sent to the EPP, it learns of the end from the stream closing."""
+    with gateway_stack(tmp_path, pods=1, response_body=False) as s:
+        for i in range(3):
+            assert s.pod_of(s.post({"model": MODEL, "prompt": f"q{i}", "stream": i == 1})) == "pod-0"
+        assert wait_for(lambda: s.epp_metric("epp_requests_total", {"code": "200"}) == 3)
+        assert wait_for(lambda: s.epp_metric("epp_requests_in_flight") == 0)
+        assert s.epp_metric("epp_tokens_total") == 0  # no bodies seen, so no usage
+
+
 def test_epp_stopping_with_sigterm_exits_cleanly(tmp_path: Path) -> None:
     with gateway_stack(tmp_path, pods=1) as s:
         assert s.pod_of(s.post({"model": MODEL, "prompt": "x"})) == "pod-0"
