@@ -73,7 +73,7 @@ def model_argument(config: StackConfig) -> str:
     return f"{MODEL_CACHE_PATH}/{path}".rstrip("/")
 
 
-def vllm_arguments(config: StackConfig, role: Role) -> list[str]:
+def vllm_arguments(config: StackConfig, role: Role, *, nixl_backends: tuple[str, ...] = ()) -> list[str]:
     pool = pool_config(config, role)
     args = [
         model_argument(config),
@@ -98,7 +98,10 @@ def vllm_arguments(config: StackConfig, role: Role) -> list[str]:
     )
     if config.disaggregated:
         # kv_both on both roles, as llm-d does: the sidecar decides per request who produces the KV.
-        transfer = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+        transfer: dict[str, Any] = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+        if nixl_backends:
+            # The platform's fabric decides the transport (e.g. LIBFABRIC on EFA, where UCX has none).
+            transfer["kv_connector_extra_config"] = {"backends": list(nixl_backends)}
         args += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
     args += ["--disable-access-log-for-endpoints", "/health,/metrics,/v1/models"]
     return args + list(pool.extra_args)
@@ -111,6 +114,7 @@ def engine_container(
     port = engine_port(config, role)
     simulated = config.model.engine is Engine.SIMULATOR
     port_name = "vllm-http" if has_sidecar(config, role) else "http"
+    nixl_backends = networking.nixl_backends
 
     if simulated:
         sim_role = role if config.disaggregated else "both"
@@ -118,12 +122,12 @@ def engine_container(
         args = ["--host", "0.0.0.0", "--port", str(port), "--model", config.model.name, "--role", sim_role]
     elif pool.nodes_per_replica > 1:
         # Ray head first, then vLLM in the foreground so the container lives as long as the server.
-        serve = shlex.join(["vllm", "serve", *vllm_arguments(config, role)])
+        serve = shlex.join(["vllm", "serve", *vllm_arguments(config, role, nixl_backends=nixl_backends)])
         command = ["/bin/sh", "-c"]
         args = [f"ray start --head --port={naming.RAY_PORT} && exec {serve}"]
     else:
         command = ["vllm", "serve"]
-        args = vllm_arguments(config, role)
+        args = vllm_arguments(config, role, nixl_backends=nixl_backends)
 
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(pool.env.items())]
     if not simulated:

@@ -29,6 +29,21 @@ class PodNetworking:
     capabilities: list[str] = field(default_factory=list)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # NIXL transfer backends (NIXL plugin names, e.g. ("LIBFABRIC",) for EFA) that vLLM's
+    # NixlConnector uses for P/D KV transfer; empty keeps vLLM's default (UCX).
+    nixl_backends: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A bare string would silently become a tuple of one-letter "backends".
+        if not isinstance(self.nixl_backends, tuple):
+            raise TypeError(
+                f"PodNetworking.nixl_backends must be a tuple of names, got {self.nixl_backends!r}"
+            )
+        for backend in self.nixl_backends:
+            if not isinstance(backend, str) or not backend or any(c.isspace() for c in backend):
+                raise ValueError(f"PodNetworking.nixl_backends: {backend!r} is not a NIXL backend name")
+        if len(set(self.nixl_backends)) != len(self.nixl_backends):
+            raise ValueError(f"PodNetworking.nixl_backends lists a backend twice: {self.nixl_backends!r}")
 
 
 @dataclass(frozen=True)

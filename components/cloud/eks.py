@@ -33,6 +33,9 @@ NVIDIA_DEVICE_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
 # this project does not install NFD), so the GPU node group carries it.
 NVIDIA_GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 
+# NIXL's plugin for EFA (llm-d's AWS P/D guide); its default UCX backend has no EFA transport.
+NIXL_EFA_BACKEND = "LIBFABRIC"
+
 # libfabric / NCCL settings for EFA with GPUDirect RDMA (AWS EFA run scripts and the aws-ofi-nccl
 # docs): the EFA provider, device RDMA (p4d/p5 only), fork safety for Python workers, and NVSHMEM
 # over libfabric for expert-parallel kernels.
@@ -397,7 +400,8 @@ class EksGpuCapacity(pulumi.ComponentResource):
 
 
 def eks_pod_networking(config: EksConfig) -> PodNetworking:
-    """EFA devices, libfabric/NCCL env, IPC_LOCK and GPU-pool scheduling for model-server pods."""
+    """EFA devices, libfabric/NCCL env, NIXL over libfabric, IPC_LOCK and GPU-pool scheduling for
+    model-server pods."""
     pool = config.node_group
     return PodNetworking(
         resources={EFA_RESOURCE: str(pool.effective_efa_per_pod)},
@@ -406,6 +410,7 @@ def eks_pod_networking(config: EksConfig) -> PodNetworking:
         capabilities=["IPC_LOCK"],
         node_selector={**pool.labels, "node.kubernetes.io/instance-type": pool.instance_type},
         tolerations=pool_tolerations(pool.taints),
+        nixl_backends=(NIXL_EFA_BACKEND,),
     )
 
 

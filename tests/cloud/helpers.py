@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,14 @@ def provider_urn(reference: str) -> str:
 def in_cluster(result: RenderResult) -> list[Registration]:
     """Every Kubernetes resource the stack registers (typed objects, Helm charts, remote YAML)."""
     return [r for r in result.registrations if r.pulumi_type.startswith("kubernetes:")]
+
+
+def kv_transfer_config(result: RenderResult, workload: str) -> dict[str, Any]:
+    """The JSON vLLM gets as `--kv-transfer-config` in a model-server Deployment's engine."""
+    engine = result.get("Deployment", workload).document["spec"]["template"]["spec"]["containers"][0]
+    args = engine["args"]
+    config: dict[str, Any] = json.loads(args[args.index("--kv-transfer-config") + 1])
+    return config
 
 
 def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:

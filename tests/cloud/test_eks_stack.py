@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from components.render import RenderResult
-from tests.cloud.helpers import cloud, in_cluster, one, provider_urn, render_edited, tolerates
+from tests.cloud.helpers import (
+    cloud,
+    in_cluster,
+    kv_transfer_config,
+    one,
+    provider_urn,
+    render_edited,
+    tolerates,
+)
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -159,6 +167,16 @@ def test_model_server_pods_request_efa_and_get_the_libfabric_env(eks: RenderResu
         assert tolerates(
             spec["tolerations"], {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
         )
+
+
+def test_pd_pools_move_kv_over_libfabric(eks: RenderResult) -> None:
+    # NIXL's default backend (UCX) has no EFA transport; the EFA plugin is LIBFABRIC.
+    for role in ("prefill", "decode"):
+        assert kv_transfer_config(eks, f"llama-70b-{role}") == {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_both",
+            "kv_connector_extra_config": {"backends": ["LIBFABRIC"]},
+        }
 
 
 # --- variants -------------------------------------------------------------------------------------

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from components.render import RenderResult
-from tests.cloud.helpers import cloud, in_cluster, one, provider_urn, render_edited, tolerates
+from tests.cloud.helpers import (
+    cloud,
+    in_cluster,
+    kv_transfer_config,
+    one,
+    provider_urn,
+    render_edited,
+    tolerates,
+)
 
 NODE_POOL = "gcp:container/nodePool:NodePool"
 CLUSTER = "gcp:container/cluster:Cluster"
@@ -153,6 +161,15 @@ def test_model_server_pods_attach_every_rdma_nic_and_the_gib_paths(gke: RenderRe
             spec["tolerations"], {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
         )
         assert not tolerates(spec["tolerations"], {"key": "other", "value": "x", "effect": "NoSchedule"})
+
+
+def test_pd_pools_keep_vllms_default_nixl_backend(gke: RenderResult) -> None:
+    # GPUDirect RDMA on GKE is RoCE, which NIXL's default UCX backend drives.
+    for role in ("prefill", "decode"):
+        assert kv_transfer_config(gke, f"llama-70b-{role}") == {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_both",
+        }
 
 
 def test_network_objects_point_at_the_vpcs_the_node_pool_attaches(gke: RenderResult) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -335,6 +336,14 @@ def test_onprem_pods_attach_to_rdma_networks(renders: dict[str, RenderResult]) -
     nad = result.get("NetworkAttachmentDefinition", "roce-0")
     operators = {o.registration.urn for o in result.of_source("helm") if o.name.endswith("-operator")}
     assert len(operators) == 2 and operators <= set(nad.registration.dependencies)
+
+
+def test_onprem_pd_pools_keep_vllms_default_nixl_backend(renders: dict[str, RenderResult]) -> None:
+    # RoCE is UCX's; only platforms whose fabric needs another NIXL backend name one.
+    for name in ("prefill", "decode"):
+        args = containers(renders["onprem"].get("Deployment", f"llama-8b-{name}").document)["engine"]["args"]
+        transfer = json.loads(args[args.index("--kv-transfer-config") + 1])
+        assert transfer == {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
 
 
 def test_kind_runs_the_simulator_without_gpus(renders: dict[str, RenderResult]) -> None:
