@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoints-file", type=Path, help="static endpoints (YAML/JSON), re-read when it changes"
     )
     pool.add_argument("--served-models", help="comma-separated model names; any other model gets 404")
+    pool.add_argument(
+        "--ha-enable-leader-election",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="active-passive HA: only the replica holding the pool's Lease is ready (needs POD_NAME)",
+    )
 
     config = parser.add_mutually_exclusive_group()
     config.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
@@ -161,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         refresh_metrics_interval=args.refresh_metrics_interval,
         metrics_staleness_threshold=args.metrics_staleness_threshold,
         served_models=served,
+        leader_election=args.ha_enable_leader_election,
     )
     server_options = ServerOptions(
         host=args.host,
@@ -214,6 +223,7 @@ async def serve(runtime: Runtime, options: ServerOptions) -> None:
         gc.collect()
         gc.freeze()
         await drain_then_stop.wait()
+        await runtime.step_down()  # with leader election, a standby takes over while this one drains
         if not stop_now.is_set():
             drain = asyncio.create_task(server.drain())
             stopper = asyncio.create_task(stop_now.wait())

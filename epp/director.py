@@ -50,8 +50,11 @@ class SchedulingDirector:
         *,
         served_models: frozenset[str] | None = None,
         metrics_staleness: float = 2.0,
+        leadership: Callable[[], bool] | None = None,
     ) -> None:
         self.datastore = datastore
+        # With leader election only the leader reports ready (the Service then sends traffic to it).
+        self.leadership = leadership
         self.config = config
         self.served_models = served_models
         self.metrics_staleness = metrics_staleness
@@ -61,7 +64,7 @@ class SchedulingDirector:
         datastore.add_listener(self._endpoints_changed)
 
     def ready(self) -> bool:
-        return self.datastore.synced
+        return self.datastore.synced and (self.leadership is None or self.leadership())
 
     async def handle_request(self, request: InferenceRequest) -> Decision:
         # Deferrable pre-request hooks (the prefix-index update) run on the next loop iteration,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from epp.config.errors import ConfigError
 from epp.config.loader import SchedulerConfig, load_config
@@ -18,6 +19,9 @@ from epp.director import SchedulingDirector
 from epp.discovery.static import StaticDiscovery
 from epp.scheduling import metrics as epp_metrics
 from epp.scrape.scraper import MetricsScraper
+
+if TYPE_CHECKING:
+    from epp.leader import LeaderElector
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ class RuntimeOptions:
     refresh_metrics_interval: float = 0.05
     metrics_staleness_threshold: float = 2.0
     served_models: frozenset[str] | None = None
+    # Active-passive HA on a Lease (Kubernetes discovery only); POD_NAME is the holder identity.
+    leader_election: bool = False
 
 
 class _Discovery(Protocol):
@@ -51,24 +57,37 @@ class Runtime:
         config: SchedulerConfig,
         discovery: _Discovery,
         scraper: MetricsScraper,
+        elector: LeaderElector | None = None,
     ) -> None:
         self.director = director
         self.datastore = datastore
         self.config = config
         self.discovery = discovery
         self.scraper = scraper
+        self.elector = elector
         self._gauge_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.scraper.start()  # before discovery, so it sees the first endpoint set
         await self.discovery.start()
+        if self.elector is not None:
+            # Standbys discover and scrape too, so a takeover starts with a warm datastore.
+            await self.elector.start()
         self._gauge_task = asyncio.create_task(self._update_saturation_gauge(), name="saturation gauge")
+
+    async def step_down(self) -> None:
+        """Give up leadership now (on SIGTERM, before draining) so a standby takes over while this
+        replica finishes its streams; no-op without leader election."""
+        if self.elector is not None:
+            await self.elector.stop()
 
     async def stop(self) -> None:
         if self._gauge_task is not None:
             self._gauge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._gauge_task
+        if self.elector is not None:
+            await self.elector.close()
         await self.discovery.stop()
         await self.scraper.stop()
 
@@ -96,13 +115,18 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
     if options.served_models is not None and not options.served_models:
         raise ConfigError("--served-models must name at least one model when given")
 
+    if options.leader_election and options.pool_name is None:
+        raise ConfigError("--ha-enable-leader-election needs --pool-name (it elects among a pool's EPPs)")
+
     config = load_config(options.config_text)
     datastore = Datastore()
+    elector = _leader_elector(options) if options.leader_election else None
     director = SchedulingDirector(
         datastore,
         config,
         served_models=options.served_models,
         metrics_staleness=options.metrics_staleness_threshold,
+        leadership=(lambda: elector.is_leader) if elector is not None else None,
     )
     source = config.metrics_source
     scraper = MetricsScraper(
@@ -128,4 +152,24 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
             namespace=options.pool_namespace,
             pool_group=options.pool_group,
         )
-    return Runtime(director, datastore, config, discovery, scraper)
+    return Runtime(director, datastore, config, discovery, scraper, elector)
+
+
+def _leader_elector(options: RuntimeOptions) -> LeaderElector:
+    from epp.discovery.kubernetes import kubernetes_client
+    from epp.leader import LeaderElector, lease_name
+
+    assert options.pool_name is not None
+    identity = os.environ.get("POD_NAME", "")
+    if not identity:
+        raise ConfigError(
+            "--ha-enable-leader-election needs the POD_NAME environment variable (the Lease holder "
+            "identity; set it from the pod's metadata.name)"
+        )
+    namespace = options.pool_namespace or "default"
+    return LeaderElector(
+        kubernetes_client(),
+        name=lease_name(namespace, options.pool_name),
+        namespace=namespace,
+        identity=identity,
+    )

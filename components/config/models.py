@@ -225,8 +225,9 @@ class EppConfig(ConfigModel):
     replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
     leader_election: bool = Field(
         default=False,
-        description="Pass `--ha-enable-leader-election` and grant leases/events RBAC. For upstream llm-d "
-        "EPP images: the bundled EPP does not implement leader election.",
+        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant "
+        "leases/events RBAC; only the replica holding the pool's Lease reports ready (bundled and "
+        "upstream EPP images alike).",
     )
     failure_mode: FailureMode = Field(
         default=FailureMode.FAIL_CLOSE,

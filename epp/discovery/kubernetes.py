@@ -53,7 +53,7 @@ def pool_resource(group: str) -> Any:
     raise ConfigError(f"--pool-group must be {POOL_GROUP_V1} or {LEGACY_GROUP}, got {group!r}")
 
 
-def _default_client() -> AsyncClient:
+def kubernetes_client() -> AsyncClient:
     """In-cluster service account, else ~/.kube/config (or $KUBECONFIG)."""
     try:
         return AsyncClient()
@@ -139,7 +139,7 @@ class KubernetesDiscovery:
         self.namespace = namespace or "default"
         self.pool_group = pool_group
         self._pool_resource = pool_resource(pool_group)
-        self._client = client if client is not None else _default_client()
+        self._client = client if client is not None else kubernetes_client()
         self.max_backoff = max_backoff
         self.pool: PoolSpec | None = None
         self._pods: dict[str, Pod] = {}

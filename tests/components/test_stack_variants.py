@@ -121,7 +121,12 @@ def test_leader_election_adds_leases_and_the_flag() -> None:
     groups = [(r["apiGroups"], r["resources"]) for r in role["rules"]]
     assert (["coordination.k8s.io"], ["leases"]) in groups and ([""], ["events"]) in groups
     epp = result.get("Deployment", "t-epp").document
-    assert "--ha-enable-leader-election" in epp["spec"]["template"]["spec"]["containers"][0]["args"]
+    container = epp["spec"]["template"]["spec"]["containers"][0]
+    assert "--ha-enable-leader-election" in container["args"]
+    # The Lease holder identity; readiness follows the Lease, so the probe must be the readiness one.
+    pod_name = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert pod_name in container["env"]
+    assert container["readinessProbe"]["grpc"]["service"] == "readiness"
 
 
 def test_switches_drop_crds_gateway_controller_and_policies() -> None:

@@ -3,7 +3,10 @@
 It stores objects per collection path, assigns increasing resourceVersions, filters by
 labelSelector (``k=v,...``) and fieldSelector (``metadata.name=x``), streams watch events after the
 requested resourceVersion, can expire watches with a 410 ERROR event, and answers 404 for
-collections that do not exist (an uninstalled CRD).
+collections that do not exist (an uninstalled CRD). Single objects can be read, created (POST to the
+collection; 409 AlreadyExists), replaced (PUT; 409 Conflict when metadata.resourceVersion is not the
+stored one, as the API server's optimistic concurrency) and deleted; ``unavailable`` makes every
+request fail with 503, like an unreachable control plane.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class FakeKubeApi:
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.token = "fake-service-account-token"  # clients must send it as a bearer token
+        self.unavailable = False
 
     # ---- test-side API -----------------------------------------------------------------------
     def add_collection(self, path: str) -> None:
@@ -69,6 +73,9 @@ class FakeKubeApi:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self._handle)
+        app.router.add_post("/{tail:.*}", self._create)
+        app.router.add_put("/{tail:.*}", self._replace)
+        app.router.add_delete("/{tail:.*}", self._delete)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -90,11 +97,71 @@ class FakeKubeApi:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.path
-        self.requests.append(f"{path}?{request.query_string}")
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        self.requests.append(f"{request.method} {request.path}?{request.query_string}")
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _status(401, "Unauthorized", "missing or wrong bearer token")
+        if self.unavailable:
+            return _status(503, "ServiceUnavailable", "the API server is unavailable")
+        return None
+
+    def _object(self, path: str) -> tuple[str, str] | None:
+        """(collection, name) when ``path`` names one object of a known collection."""
+        collection, _, name = path.rpartition("/")
+        return (collection, name) if collection in self.collections and name else None
+
+    async def _create(self, request: web.Request) -> web.Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        if request.path not in self.collections:
+            return _status(
+                404, "NotFound", f"the server could not find the requested resource ({request.path})"
+            )
+        obj = await request.json()
+        name = obj.get("metadata", {}).get("name")
+        if not name:
+            return _status(422, "Invalid", "metadata.name: Required value")
+        if name in self.collections[request.path]:
+            return _status(409, "AlreadyExists", f"{name!r} already exists")
+        obj["metadata"].pop("resourceVersion", None)
+        await self.put(request.path, obj)
+        return web.json_response(self.collections[request.path][name], status=201)
+
+    async def _replace(self, request: web.Request) -> web.Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        target = self._object(request.path)
+        if target is None or target[1] not in self.collections[target[0]]:
+            return _status(404, "NotFound", f"{request.path} not found")
+        collection, name = target
+        obj = await request.json()
+        stored_version = self.collections[collection][name]["metadata"]["resourceVersion"]
+        if obj.get("metadata", {}).get("resourceVersion") != stored_version:
+            return _status(
+                409, "Conflict", f"the object {name!r} has been modified; apply your changes again"
+            )
+        await self.put(collection, obj)
+        return web.json_response(self.collections[collection][name])
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        target = self._object(request.path)
+        if target is None or target[1] not in self.collections[target[0]]:
+            return _status(404, "NotFound", f"{request.path} not found")
+        await self.delete(*target)
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        target = self._object(path)
+        if target is not None:
+            found = self.collections[target[0]].get(target[1])
+            if found is None:
+                return _status(404, "NotFound", f"{path} not found")
+            return web.json_response(found)
         if path not in self.collections:
             return _status(404, "NotFound", f"the server could not find the requested resource ({path})")
         selector = _selector(request.query.get("labelSelector", ""))
@@ -159,4 +226,8 @@ def _status(code: int, reason: str, message: str) -> web.Response:
         "reason": reason,
         "code": code,
     }
-    return web.json_response(body, status=code)
+    # Exactly "application/json" (no charset), as the API server sends it: lightkube raises its
+    # ApiError, with the Status decoded, only for that content type.
+    return web.Response(
+        body=json.dumps(body).encode(), status=code, headers={"Content-Type": "application/json"}
+    )
