@@ -145,7 +145,7 @@ class LeaderElector:
                 log.info("leader of Lease %s/%s as %s", self.namespace, self.name, self.identity)
             elif was_leader and not self.is_leader:
                 log.warning(
-                    "lost Lease %s/%s (not renewed within %.1fs); standing by",
+                    "lost Lease %s/%s (another holder, or not renewed within %.1fs); standing by",
                     self.namespace,
                     self.name,
                     self.timing.renew_deadline,
@@ -238,23 +238,41 @@ class LeaderElector:
 
     async def _release(self) -> None:
         held, self._held = self._held, None
-        was_leader = self.is_leader
         self._renewed_at = None
-        if held is None or not was_leader or held.spec is None:
-            return
-        # Keep the transition count; a 1 s duration lets a candidate that read the old record
-        # treat it as expired almost at once.
-        held.spec = LeaseSpec(
-            leaseDurationSeconds=1, leaseTransitions=held.spec.leaseTransitions, renewTime=datetime.now(UTC)
-        )
+        if held is None:
+            return  # this replica never held the Lease
         try:
             async with asyncio.timeout(self.timing.retry_period):
-                await self._client.replace(held)
-        except (ApiError, httpx2.HTTPError, OSError, TimeoutError) as exc:
+                released = await self._clear_holder(held)
+        except (ApiError, httpx2.HTTPError, OSError, TimeoutError, ValueError) as exc:
             # The Lease then simply expires; standbys take over after its duration.
             log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, _describe(exc))
             return
-        log.info("released Lease %s/%s", self.namespace, self.name)
+        if released:
+            log.info("released Lease %s/%s", self.namespace, self.name)
+
+    async def _clear_holder(self, held: Lease) -> bool:
+        """Empty the holder, guarded by resourceVersion: only a Lease this replica still holds is
+        touched. The last write may have landed unseen (cancelled mid-request), so a conflict is
+        settled by reading the Lease again."""
+        for lease in (held, None):
+            if lease is None:
+                lease = await self._client.get(Lease, self.name, namespace=self.namespace)
+                if lease.spec is None or lease.spec.holderIdentity != self.identity:
+                    return False  # someone else holds it now
+            transitions = lease.spec.leaseTransitions if lease.spec is not None else None
+            # A 1 s duration lets a candidate that read the old record treat it as expired at once.
+            lease.spec = LeaseSpec(
+                leaseDurationSeconds=1, leaseTransitions=transitions, renewTime=datetime.now(UTC)
+            )
+            try:
+                await self._client.replace(lease)
+            except ApiError as exc:
+                if _code(exc) != 409:
+                    raise
+                continue
+            return True
+        return False
 
     def _log_problem(self, problem: str) -> None:
         level = logging.DEBUG if problem == self._last_problem else logging.WARNING

@@ -242,6 +242,21 @@ async def test_stopping_the_leader_releases_and_the_standby_takes_over(api: Fake
         await b.close()
 
 
+async def test_release_touches_only_a_lease_this_replica_still_holds(
+    api: FakeKubeApi, electors: dict[str, LeaderElector]
+) -> None:
+    a, b = electors["a"], electors["b"]
+    assert await a.try_acquire_or_renew()
+    await put_lease(api, holder="a")  # a renewal of a's that landed unseen (cancelled mid-request)
+    await a.stop()
+    assert "holderIdentity" not in spec(api)  # the 409 was settled by reading the Lease again
+
+    assert await b.try_acquire_or_renew()
+    await put_lease(api, holder="usurper")
+    await b.stop()
+    assert spec(api)["holderIdentity"] == "usurper"
+
+
 async def test_readiness_is_serving_only_while_leader(api: FakeKubeApi) -> None:
     a = _elector(api, "a")
     datastore = Datastore()
