@@ -1,0 +1,34 @@
+"""Router specs and the Envoy baseline bootstrap (no processes started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.routers import ROUTERS, Kind, envoy_lb_bootstrap, router_by_name
+
+
+def test_every_compared_router_is_defined_once() -> None:
+    names = [spec.name for spec in ROUTERS]
+    assert len(names) == len(set(names)) == 7
+    assert {spec.kind for spec in ROUTERS} == set(Kind)
+    assert router_by_name("epp-default").epp_config is None  # the EPP's own built-in default
+    with pytest.raises(ValueError, match="unknown router 'nginx'; choose from round-robin"):
+        router_by_name("nginx")
+
+
+def test_envoy_baseline_bootstrap_spreads_over_every_pod() -> None:
+    bootstrap = envoy_lb_bootstrap(10000, 9901, ["127.0.0.1:8001", "127.0.0.1:8002"], "ROUND_ROBIN")
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    assert cluster["lb_policy"] == "ROUND_ROBIN" and cluster["type"] == "STATIC"
+    ports = [
+        e["endpoint"]["address"]["socket_address"]["port_value"]
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert ports == [8001, 8002]
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 10000}
+    # No ext_proc: the baseline is Envoy alone.
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
+    with pytest.raises(ValueError, match="unsupported Envoy lb_policy 'MAGLEV'"):
+        envoy_lb_bootstrap(10000, 9901, ["127.0.0.1:8001"], "MAGLEV")
