@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import epp.demo
 from epp.demo.cluster import MODEL, PD_NON_CACHED_TOKENS, DemoCluster
 from epp.demo.scenario import demo_requests, format_outcomes, run_scenario, ttft_summary
 from epp.localrun import ProcessFailed
@@ -47,7 +48,9 @@ def curl_examples(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="./dev demo", description=epp.demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--keep-running",
         action="store_true",
