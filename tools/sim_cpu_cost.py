@@ -1,6 +1,7 @@
 """Measure the simulator's own CPU cost per request (what many simulated pods on 2 cores pay).
 
     .venv/bin/python tools/sim_cpu_cost.py --requests 400 --concurrency 16
+    .venv/bin/python tools/sim_cpu_cost.py --scrapes-per-second 20   # plus an EPP-like /metrics scraper
 
 Starts ``python -m epp.sim`` with zero modelled latency, sends completions (half streaming) from
 this process, and reads the server's user+system CPU time from /proc before and after.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -26,7 +28,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def load(url: str, requests: int, concurrency: int, prompt_chars: int, max_tokens: int) -> float:
+async def scrape(session: aiohttp.ClientSession, url: str, per_second: float, done: asyncio.Event) -> int:
+    """GET /metrics at a fixed rate until ``done`` (the EPP's --refresh-metrics-interval 0.05 is 20/s)."""
+    scrapes = 0
+    while not done.is_set():
+        async with session.get(f"{url}/metrics") as response:
+            response.raise_for_status()
+            await response.read()
+        scrapes += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 1 / per_second)
+    return scrapes
+
+
+async def load(
+    url: str, requests: int, concurrency: int, prompt_chars: int, max_tokens: int, scrapes_per_second: float
+) -> tuple[float, int]:
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(session: aiohttp.ClientSession, index: int) -> None:
@@ -41,9 +58,17 @@ async def load(url: str, requests: int, concurrency: int, prompt_chars: int, max
             await response.read()
 
     started = time.perf_counter()
+    done = asyncio.Event()
     async with aiohttp.ClientSession() as session:
+        scraper = (
+            asyncio.create_task(scrape(session, url, scrapes_per_second, done))
+            if scrapes_per_second > 0
+            else None
+        )
         await asyncio.gather(*(one(session, i) for i in range(requests)))
-    return time.perf_counter() - started
+        done.set()
+        scrapes = await scraper if scraper is not None else 0
+    return time.perf_counter() - started, scrapes
 
 
 def main() -> None:
@@ -52,6 +77,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--prompt-chars", type=int, default=4000)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--scrapes-per-second", type=float, default=0.0, help="also scrape /metrics (0 = no)")
     args = parser.parse_args()
     port = free_port()
     zero = [
@@ -83,13 +109,14 @@ def main() -> None:
         name="sim",
     ) as sim:
         before = cpu_seconds(sim.pid)
-        wall = asyncio.run(
+        wall, scrapes = asyncio.run(
             load(
                 f"http://127.0.0.1:{port}",
                 args.requests,
                 args.concurrency,
                 args.prompt_chars,
                 args.max_tokens,
+                args.scrapes_per_second,
             )
         )
         used = cpu_seconds(sim.pid) - before
@@ -100,6 +127,7 @@ def main() -> None:
                 "concurrency": args.concurrency,
                 "prompt_chars": args.prompt_chars,
                 "max_tokens": args.max_tokens,
+                "scrapes": scrapes,
                 "wall_s": round(wall, 3),
                 "sim_cpu_s": round(used, 3),
                 "sim_cpu_ms_per_request": round(1000 * used / args.requests, 3),

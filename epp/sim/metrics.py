@@ -6,9 +6,8 @@ the engine's hooks as things happen, like vLLM's logger does.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
 from epp.sim.engine import Engine, EngineObserver, Sequence
+from epp.sim.exposition import CONTENT_TYPE, CounterFamily, HistogramFamily, Registry
 from epp.sim.params import SimParams
 
 # vLLM's bucket boundaries (vllm/v1/metrics/loggers.py), so histograms line up in dashboards.
@@ -82,30 +81,26 @@ REQUEST_LATENCY_BUCKETS = (
 )
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "SimMetrics"]
 
 
 class SimMetrics(EngineObserver):
     def __init__(self, params: SimParams) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         labels = ("engine", "model_name")
         self._labels = {"engine": "0", "model_name": params.model}
         r = self.registry
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, labels, registry=r)
+        def counter(name: str, doc: str) -> CounterFamily:
+            return r.counter(name, doc, labels)
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> HistogramFamily:
+            return r.histogram(name, doc, labels, buckets)
 
-        self.waiting = Gauge(
-            "vllm:num_requests_waiting", "Requests waiting to be processed.", labels, registry=r
-        )
-        self.running = Gauge(
-            "vllm:num_requests_running", "Requests in model execution batches.", labels, registry=r
-        )
-        self.kv_usage = Gauge(
-            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels, registry=r
+        self.waiting = r.gauge("vllm:num_requests_waiting", "Requests waiting to be processed.", labels)
+        self.running = r.gauge("vllm:num_requests_running", "Requests in model execution batches.", labels)
+        self.kv_usage = r.gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels
         )
         self.prefix_queries = counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.")
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
@@ -119,11 +114,8 @@ class SimMetrics(EngineObserver):
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemptions.")
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
-        self.success = Counter(
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            (*labels, "finished_reason"),
-            registry=r,
+        self.success = r.counter(
+            "vllm:request_success", "Count of successfully processed requests.", (*labels, "finished_reason")
         )
         self.ttft = histogram(
             "vllm:time_to_first_token_seconds", "Time to first token in seconds.", TTFT_BUCKETS
@@ -157,11 +149,8 @@ class SimMetrics(EngineObserver):
             "num_gpu_blocks": str(params.num_blocks),
             "kv_cache_size_tokens": str(params.num_blocks * params.block_size),
         }
-        Gauge(
-            "vllm:cache_config_info",
-            "Information of the LLMEngine CacheConfig",
-            ("engine", *cache_info),
-            registry=r,
+        r.gauge(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", ("engine", *cache_info)
         ).labels(engine="0", **cache_info).set(1)
         # NixlConnector's transfer metrics, reported by the decode side of a P/D pair.
         self.nixl_xfer_time = histogram(
@@ -212,7 +201,7 @@ class SimMetrics(EngineObserver):
             self.waiting.labels(**self._labels).set(len(self._engine.waiting))
             self.running.labels(**self._labels).set(len(self._engine.running))
             self.kv_usage.labels(**self._labels).set(self._engine.pool.usage)
-        return generate_latest(self.registry)
+        return self.registry.render()
 
     def nixl_transfer(self, seconds: float, num_bytes: int) -> None:
         self.nixl_xfer_time.labels(**self._labels).observe(seconds)
