@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from epp.sim.tokens import count_tokens, render_chat
+from epp.sim.tokens import count_tokens, id_piece, render_chat
 
 Api = Literal["completions", "chat"]
 
@@ -139,3 +139,71 @@ def _max_tokens(api: Api, body: dict[str, Any]) -> int | None:
             raise ApiError(400, f"{name} must be an integer >= 1, got {value!r}", name)
         return value
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeRequest:
+    text: str
+    return_token_strs: bool
+
+
+def _check_model(body: dict[str, Any], served_model: str) -> None:
+    model = body.get("model")
+    if model is not None and model != served_model:
+        raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {served_model}.", "model")
+
+
+def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if value is None and name == "return_token_strs":
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{name} must be a boolean, got {value!r}", name)
+    return value
+
+
+def parse_tokenize(body: Any, served_model: str) -> TokenizeRequest:
+    """vLLM's /tokenize body: a completion ``prompt`` or chat ``messages`` (with its template flags)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    _check_model(body, served_model)
+    # The pseudo-tokenizer has no BOS token, so add_special_tokens changes nothing; it is still checked.
+    if "messages" in body and "prompt" not in body:
+        messages = body["messages"]
+        if not isinstance(messages, list):
+            raise ApiError(400, "messages must be a list", "messages")
+        try:
+            text = render_chat(
+                messages,
+                add_generation_prompt=_flag(body, "add_generation_prompt", True),
+                continue_final_message=_flag(body, "continue_final_message", False),
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "messages") from exc
+        _flag(body, "add_special_tokens", False)
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise ApiError(400, "prompt must be a string (or send chat messages)", "prompt")
+        text = prompt
+        _flag(body, "add_special_tokens", True)
+    return TokenizeRequest(text=text, return_token_strs=_flag(body, "return_token_strs", False))
+
+
+def parse_detokenize(body: Any, served_model: str) -> str:
+    """vLLM's /detokenize body ``{"model", "tokens": [ids]}`` to the text those ids stand for."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    _check_model(body, served_model)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list):
+        raise ApiError(400, "tokens must be a list of token ids", "tokens")
+    pieces = []
+    for index, token in enumerate(tokens):
+        if not isinstance(token, int) or isinstance(token, bool):
+            raise ApiError(400, f"tokens[{index}] must be an integer, got {token!r}", "tokens")
+        try:
+            pieces.append(id_piece(token))
+        except ValueError as exc:
+            raise ApiError(400, f"tokens[{index}]: {exc}", "tokens") from exc
+    return "".join(pieces)

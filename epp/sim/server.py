@@ -21,8 +21,8 @@ from aiohttp import web
 from epp.sim.engine import Engine, RequestTooLarge, Sequence
 from epp.sim.metrics import CONTENT_TYPE, SimMetrics
 from epp.sim.params import SimParams
-from epp.sim.requests import ApiError, GenerationRequest, parse_generation
-from epp.sim.tokens import block_hashes, output_token
+from epp.sim.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
+from epp.sim.tokens import block_hashes, output_token, token_ids, token_pieces
 from epp.sim.transfer import KV_BYTES_PER_TOKEN, PULL_PATH, KvExports, TransferError, pull_remote
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,13 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=_compact(body).encode(), status=status, headers={"Content-Type": "application/json"}
     )
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise ApiError(400, f"JSON decode error: {exc}", "body") from exc
 
 
 def _compact(value: Any) -> str:
@@ -60,6 +67,8 @@ class SimServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._detokenize)
         app.router.add_post(PULL_PATH, self._pull)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
@@ -111,6 +120,28 @@ class SimServer:
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        try:
+            parsed = parse_tokenize(await _json_body(request), self.params.model)
+        except ApiError as exc:
+            return _json(exc.body(), status=exc.status)
+        pieces = token_pieces(parsed.text)
+        return _json(
+            {
+                "count": len(pieces),
+                "max_model_len": self.params.max_model_len,
+                "tokens": token_ids(parsed.text),
+                "token_strs": pieces if parsed.return_token_strs else None,
+            }
+        )
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        try:
+            text = parse_detokenize(await _json_body(request), self.params.model)
+        except ApiError as exc:
+            return _json(exc.body(), status=exc.status)
+        return _json({"prompt": text})
+
     async def _pull(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -133,10 +164,7 @@ class SimServer:
 
     async def _generate(self, request: web.Request, api: str) -> web.StreamResponse:
         try:
-            try:
-                body = await request.json()
-            except ValueError as exc:
-                raise ApiError(400, f"JSON decode error: {exc}", "body") from exc
+            body = await _json_body(request)
             if self.params.request_log:
                 self._log_request(request, body)
             parsed = parse_generation(

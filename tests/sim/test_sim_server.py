@@ -341,3 +341,62 @@ async def test_a_streaming_prefill_for_a_remote_decoder_is_refused(sim):
     async with sim.post("/v1/completions", json=request) as r:
         assert r.status == 400
         assert "non-streaming" in (await r.json())["error"]["message"]
+
+
+async def test_tokenize_and_detokenize_round_trip_with_vllm_shapes(sim):
+    prompt = "def main():\n    return 42"
+    async with sim.post("/tokenize", json={"model": "tiny", "prompt": prompt}) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "application/json"
+        tokenized = await r.json()
+    assert set(tokenized) == {"count", "max_model_len", "tokens", "token_strs"}
+    assert tokenized["count"] == len(tokenized["tokens"]) == 7  # 26 characters, 4 per token
+    assert tokenized["max_model_len"] == 4096 and tokenized["token_strs"] is None
+    async with sim.post("/detokenize", json={"model": "tiny", "tokens": tokenized["tokens"]}) as r:
+        assert r.status == 200
+        assert await r.json() == {"prompt": prompt}
+
+
+async def test_tokenize_counts_what_a_generation_request_is_billed(sim):
+    messages = [{"role": "user", "content": "hello there"}]
+    async with sim.post("/tokenize", json={"messages": messages, "return_token_strs": True}) as r:
+        tokenized = await r.json()
+    async with sim.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1}) as r:
+        usage = (await r.json())["usage"]
+    assert tokenized["count"] == usage["prompt_tokens"]
+    assert "".join(tokenized["token_strs"]).endswith("<|im_start|>assistant\n")
+    open_turn = {
+        "messages": messages,
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+        "return_token_strs": True,
+    }
+    async with sim.post("/tokenize", json=open_turn) as r:
+        assert r.status == 200
+        assert "".join((await r.json())["token_strs"]) == "<|im_start|>user\nhello there"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/tokenize", {"model": "other", "prompt": "x"}, 404, "model"),
+        ("/tokenize", {"model": "tiny"}, 400, "prompt"),
+        ("/tokenize", {"prompt": "x", "return_token_strs": "yes"}, 400, "return_token_strs"),
+        ("/tokenize", {"messages": [{"content": "no role"}]}, 400, "messages"),
+        (
+            "/tokenize",
+            {"messages": [{"role": "user", "content": "x"}], "continue_final_message": True},
+            400,
+            "messages",
+        ),
+        ("/detokenize", {"tokens": [1, "2"]}, 400, "tokens"),
+        ("/detokenize", {"tokens": [0]}, 400, "tokens"),
+        ("/detokenize", {"tokens": [128]}, 400, "tokens"),
+        ("/detokenize", {"model": "other", "tokens": [65]}, 404, "model"),
+    ],
+)
+async def test_tokenizer_routes_refuse_bad_bodies_like_vllm(sim, path, body, status, param):
+    async with sim.post(path, json=body) as r:
+        assert r.status == status
+        error = (await r.json())["error"]
+    assert error["param"] == param and error["code"] == status and error["message"]

@@ -1,6 +1,15 @@
 import pytest
 
-from epp.sim.tokens import CHARS_PER_TOKEN, block_hashes, count_tokens, render_chat
+from epp.sim.tokens import (
+    CHARS_PER_TOKEN,
+    UNKNOWN_PIECE,
+    block_hashes,
+    count_tokens,
+    id_piece,
+    render_chat,
+    token_ids,
+    token_pieces,
+)
 
 
 def test_four_characters_per_token():
@@ -44,3 +53,13 @@ def test_chat_rendering_is_chatml_with_generation_prompt():
 def test_chat_rendering_rejects_what_it_cannot_tokenize(messages, error):
     with pytest.raises(ValueError, match=error):
         render_chat(messages)
+
+
+def test_token_ids_round_trip_ascii_and_mark_other_pieces_unknown():
+    text = 'Routing {"a": 1}\n\tend~'
+    assert "".join(id_piece(i) for i in token_ids(text)) == text
+    assert len(token_ids(text)) == count_tokens(text) == len(token_pieces(text))
+    ids = token_ids("café au lait")
+    assert [id_piece(i) for i in ids] == [UNKNOWN_PIECE, " au ", "lait"]
+    assert ids == token_ids("café au lait")  # deterministic, also for hashed pieces
+    assert max(token_ids("\x7f\x7f\x7f\x7f" + "ü" * 400)) < 2**29

@@ -169,3 +169,39 @@ def test_metrics_have_the_same_names_types_and_labels(servers):
             assert all(labels <= next(iter(real_labels)) for labels in sim_labels)
         else:
             assert sim_labels == real_labels, metric
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": SERVED_NAME, "prompt": "def main():"},
+        {"model": SERVED_NAME, "prompt": "def main():", "return_token_strs": True},
+        {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}]},
+    ],
+)
+def test_tokenize_and_detokenize_have_the_same_shapes(servers, body):
+    replies = both(servers, "POST", "/tokenize", body)
+    for name, reply in replies.items():
+        assert reply.status == 200, name
+        assert reply.headers["content-type"] == "application/json", name
+    assert shape(replies["sim"].json()) == shape(replies["real"].json())
+    for name, url in servers.items():
+        tokens = replies[name].json()["tokens"]
+        detokenized = http.request("POST", url + "/detokenize", {"model": SERVED_NAME, "tokens": tokens})
+        assert detokenized.status == 200, name
+        assert set(detokenized.json()) == {"prompt"}, name
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/tokenize", {"model": "no-such-model", "prompt": "x"}, 404),
+        ("/detokenize", {"model": "no-such-model", "tokens": [1]}, 404),
+    ],
+)
+def test_tokenizer_route_errors_match(servers, path, body, status):
+    replies = both(servers, "POST", path, body)
+    for reply in replies.values():
+        assert reply.status == status
+    assert shape(replies["sim"].json()) == shape(replies["real"].json())
+    assert replies["sim"].json()["error"]["type"] == replies["real"].json()["error"]["type"]
