@@ -61,6 +61,32 @@ dataLayer:
   sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
 """
 
+# llm-d's default profile plus an in-flight-aware scorer: the EPP's own count of requests it has
+# routed to each pod and not yet seen finish, exact at decision time, where the scraped queue
+# metrics can be up to --refresh-metrics-interval old and let a burst herd onto one pod.
+DEFAULT_PLUS_ACTIVE_REQUEST_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: inflight-load-producer
+- type: active-request-scorer
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: active-request-scorer, weight: 2}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+"""
+
 
 class Kind(Enum):
     ENVOY_LB = "envoy-lb"
@@ -109,6 +135,13 @@ ROUTERS: tuple[RouterSpec, ...] = (
         Kind.EPP,
         "Envoy + EPP, queue-scorer + kv-cache-utilization-scorer only",
         epp_config=LOAD_ONLY_CONFIG,
+    ),
+    RouterSpec(
+        "epp-default+active-request",
+        Kind.EPP,
+        "Envoy + EPP, llm-d's default profile plus active-request-scorer (weight 2) on the EPP's "
+        "own in-flight counts (not the default: what llm-d users add against bursts)",
+        epp_config=DEFAULT_PLUS_ACTIVE_REQUEST_CONFIG,
     ),
     RouterSpec(
         "sglang-cache-aware",

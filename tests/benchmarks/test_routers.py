@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.routers import ROUTERS, Kind, envoy_lb_bootstrap, router_by_name
+from epp.config.loader import DEFAULT_CONFIG, load_config
 
 
 def test_every_compared_router_is_defined_once() -> None:
     names = [spec.name for spec in ROUTERS]
-    assert len(names) == len(set(names)) == 7
+    assert len(names) == len(set(names)) == 8
     assert {spec.kind for spec in ROUTERS} == set(Kind)
     assert router_by_name("epp-default").epp_config is None  # the EPP's own built-in default
     with pytest.raises(ValueError, match="unknown router 'nginx'; choose from round-robin"):
@@ -32,3 +33,14 @@ def test_envoy_baseline_bootstrap_spreads_over_every_pod() -> None:
     assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
     with pytest.raises(ValueError, match="unsupported Envoy lb_policy 'MAGLEV'"):
         envoy_lb_bootstrap(10000, 9901, ["127.0.0.1:8001"], "MAGLEV")
+
+
+def test_epp_router_configs_load_and_the_burst_variant_adds_to_the_default_scorers() -> None:
+    for spec in ROUTERS:
+        if spec.kind is Kind.EPP and spec.epp_config is not None:
+            load_config(spec.epp_config)  # raises ConfigError naming a bad plugin or key
+    variant = load_config(router_by_name("epp-default+active-request").epp_config)
+    default = load_config(DEFAULT_CONFIG)
+    assert "active-request-scorer" in variant.plugins and "active-request-scorer" not in default.plugins
+    for name in ("queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"):
+        assert name in variant.plugins and name in default.plugins
