@@ -247,13 +247,18 @@ def test_epp_down_fail_open_serves_and_fail_close_refuses(tmp_path: Path, upstre
             assert closed.pods[0].received() == []
 
 
-def test_epp_down_fail_open_in_full_duplex_serves_only_bodyless_requests(tmp_path: Path) -> None:
-    """Envoy 1.40 answers 500 when a FULL_DUPLEX_STREAMED ext_proc stream fails after it took the
-    request body, failure_mode_allow or not; bodyless requests still fail open. Pinned here so a
-    change in Envoy's behaviour is noticed (the harness docs tell users to pick BUFFERED for FailOpen)."""
+def test_epp_down_fail_open_in_full_duplex_serves_bodyless_requests(tmp_path: Path) -> None:
+    """FULL_DUPLEX_STREAMED + FailOpen with the EPP down: bodyless requests are always served.
+
+    A request with a body races Envoy 1.40's discovery of the dead ext_proc stream: noticed before
+    the body is handed over, the filter fails open (200); noticed after, Envoy answers 500 whatever
+    failure_mode_allow says. Both outcomes occur on this machine, so the test pins only that the
+    answer is one of the two and arrives (no hang, no other status); the harness docs tell users to
+    pick BUFFERED when FailOpen must keep serving bodies, which the test above checks."""
     with gateway_stack(tmp_path, pods=1, with_epp=False, fail_open=True) as opened:
-        assert opened.post({"model": MODEL, "prompt": "p"}).status == 500
         assert call(opened.url, "/v1/models").status == 200
+        statuses = {opened.post({"model": MODEL, "prompt": f"p{i}"}).status for i in range(3)}
+        assert statuses <= {200, 500}, statuses
 
 
 def test_response_headers_only_gateway_still_completes_requests(tmp_path: Path) -> None:
