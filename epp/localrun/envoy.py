@@ -23,10 +23,11 @@ filter asks the EPP, then the router sends the request where the EPP said. Two u
   picked nothing (FailOpen). It also reports the host it used as ``envoy.lb`` /
   ``x-gateway-destination-endpoint-served``, which reaches the EPP on the response path.
 
-FailOpen and body modes: when the EPP is unreachable, Envoy 1.40 fails a FULL_DUPLEX_STREAMED
-request that has a body with a 500 even with ``failure_mode_allow`` (the body was already handed to
-the broken stream); only bodyless requests fail open. For a gateway that must keep serving while the
-EPP is down, use ``mode=BodyMode.BUFFERED`` (Envoy keeps the body until the EPP answers).
+FailOpen and body modes: when the EPP is unreachable, Envoy 1.40 may fail a FULL_DUPLEX_STREAMED
+request that has a body with a 500 even with ``failure_mode_allow``: it does whenever it notices the
+dead stream after the body was handed to it, which is a race. Only bodyless requests reliably fail
+open. For a gateway that must keep serving while the EPP is down, use ``mode=BodyMode.BUFFERED``
+(Envoy keeps the body until the EPP answers).
 """
 
 from __future__ import annotations
