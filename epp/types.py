@@ -84,7 +84,8 @@ class Director(Protocol):
     """What the protocol layer calls, once per request, in this order."""
 
     def ready(self) -> bool:
-        """True when the endpoint set has synced (drives gRPC health readiness)."""
+        """True when the endpoint set has synced and, with leader election on, this replica holds the
+        Lease (drives gRPC health readiness)."""
         ...
 
     async def handle_request(self, request: InferenceRequest) -> Decision:
