@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=True,
         default=False,
-        help="serve ext_proc and health over TLS (default false here; needs --cert-path)",
+        help="serve ext_proc over TLS (default false here; needs --cert-path); "
+        "health stays plaintext for kubelet probes",
     )
     net.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
 
