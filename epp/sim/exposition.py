@@ -141,6 +141,8 @@ class Histogram(_Child):
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
+        if math.isnan(value):
+            raise ValueError(f"{self.family.name}: cannot observe NaN")
         # A value equal to a bound belongs to that bucket (le = "less than or equal").
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value

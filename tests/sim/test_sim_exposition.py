@@ -84,6 +84,7 @@ def test_a_scrape_reflects_each_change_and_only_rebuilds_what_changed():
         (lambda r: r.counter("vllm:x", "x", LABELS).labels(engine="0"), "takes labels"),
         (lambda r: r.counter("vllm:x", "x", LABELS).labels(engine="0", model_name="m").inc(-1), "only go up"),
         (lambda r: r.histogram("vllm:x", "x", LABELS, (1.0, 0.5)), "strictly increasing"),
+        (lambda r: r.histogram("vllm:x", "x", (), (1.0,)).labels().observe(float("nan")), "NaN"),
         (lambda r: r.histogram("vllm:x", "x", ("le",), (1.0,)), "reserved"),
         (lambda r: (r.gauge("vllm:x", "x", LABELS), r.gauge("vllm:x", "x", LABELS)), "registered twice"),
         (lambda r: r.gauge("1vllm:x", "x", LABELS), "invalid metric name"),
