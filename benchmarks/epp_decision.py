@@ -23,32 +23,13 @@ from typing import Any
 
 from benchmarks import report
 from epp.config.loader import DEFAULT_CONFIG, load_config
+from epp.config.samples import pd_config
 from epp.datastore import Datastore, EndpointMetrics, EndpointSpec
 from epp.director import SchedulingDirector
 from epp.plugins.prefix import block_hashes
 from epp.types import InferenceRequest, ParsedBody
 
-PD_CONFIG = """
-apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: prefix-cache-scorer
-- type: queue-scorer
-- type: prefill-filter
-- type: decode-filter
-- type: max-score-picker
-- type: disagg-profile-handler
-  parameters: {deciders: {prefill: prefix-based-pd-decider}}
-- type: prefix-based-pd-decider
-  parameters: {nonCachedTokens: 16}
-schedulingProfiles:
-- name: prefill
-  plugins: [{pluginRef: prefill-filter}, {pluginRef: max-score-picker},
-            {pluginRef: prefix-cache-scorer, weight: 2}, {pluginRef: queue-scorer, weight: 1}]
-- name: decode
-  plugins: [{pluginRef: decode-filter}, {pluginRef: max-score-picker},
-            {pluginRef: prefix-cache-scorer, weight: 2}, {pluginRef: queue-scorer, weight: 1}]
-"""
+PD_CONFIG = pd_config()  # llm-d's sample as written: nonCachedTokens 16
 
 BYTES_PER_TOKEN = 4
 GROUPS = 32

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from epp.config.samples import pd_config
 from epp.localrun import EnvoyGateway, ManagedProcess, ProcessFailed, epp_command, free_port, grpc_ok, http_ok
 from epp.localrun.stack import LocalEndpoint, write_endpoints_file
 
@@ -24,32 +25,7 @@ ROLE_LABEL = "llm-d.ai/role"
 # is prefilled remotely only when its decode pod lacks at least 256 of its prompt tokens, so short
 # prompts and conversations already cached on their decode pod stay local.
 PD_NON_CACHED_TOKENS = 256
-PD_CONFIG = f"""\
-apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: prefix-cache-scorer
-- type: queue-scorer
-- type: prefill-filter
-- type: decode-filter
-- type: max-score-picker
-- type: disagg-profile-handler
-  parameters: {{deciders: {{prefill: prefix-based-pd-decider}}}}
-- type: prefix-based-pd-decider
-  parameters: {{nonCachedTokens: {PD_NON_CACHED_TOKENS}}}
-- type: metrics-data-source
-  parameters: {{scheme: http, path: /metrics}}
-- type: core-metrics-extractor
-schedulingProfiles:
-- name: prefill
-  plugins: [{{pluginRef: prefill-filter}}, {{pluginRef: max-score-picker}},
-            {{pluginRef: prefix-cache-scorer, weight: 2}}, {{pluginRef: queue-scorer, weight: 1}}]
-- name: decode
-  plugins: [{{pluginRef: decode-filter}}, {{pluginRef: max-score-picker}},
-            {{pluginRef: prefix-cache-scorer, weight: 2}}, {{pluginRef: queue-scorer, weight: 1}}]
-dataLayer:
-  sources: [{{pluginRef: metrics-data-source, extractors: [{{pluginRef: core-metrics-extractor}}]}}]
-"""
+PD_CONFIG = pd_config(PD_NON_CACHED_TOKENS, http_metrics_source=True)
 
 # Slower than the simulator's CPU-measured defaults so that cached and uncached prefills differ by
 # hundreds of milliseconds, as they do on a GPU serving a real model: 0.2 ms per prompt token.

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from epp.config.samples import pd_config
 from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
 from epp.localrun.stack import LocalEndpoint, write_endpoints_file
 
@@ -31,27 +32,7 @@ except (FileNotFoundError, ImportError) as exc:  # pragma: no cover - depends on
 
 MODEL = "pd-tiny"
 NON_CACHED_TOKENS = 64  # the decider's threshold: prompts below it are never disaggregated
-PD_CONFIG = f"""\
-apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: prefix-cache-scorer
-- type: queue-scorer
-- type: prefill-filter
-- type: decode-filter
-- type: max-score-picker
-- type: disagg-profile-handler
-  parameters: {{deciders: {{prefill: prefix-based-pd-decider}}}}
-- type: prefix-based-pd-decider
-  parameters: {{nonCachedTokens: {NON_CACHED_TOKENS}}}
-schedulingProfiles:
-- name: prefill
-  plugins: [{{pluginRef: prefill-filter}}, {{pluginRef: max-score-picker}},
-            {{pluginRef: prefix-cache-scorer, weight: 2}}, {{pluginRef: queue-scorer, weight: 1}}]
-- name: decode
-  plugins: [{{pluginRef: decode-filter}}, {{pluginRef: max-score-picker}},
-            {{pluginRef: prefix-cache-scorer, weight: 2}}, {{pluginRef: queue-scorer, weight: 1}}]
-"""
+PD_CONFIG = pd_config(NON_CACHED_TOKENS)
 LONG_PROMPT = "Summarise the incident report below for the on-call engineer. " * 64  # ~1000 tokens
 SHORT_PROMPT = "Say hi."
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from epp.config.errors import ConfigError
 from epp.config.loader import load_config
+from epp.config.samples import UPSTREAM_NON_CACHED_TOKENS, pd_config
 from epp.plugins.datalayer import CoreMetricsExtractor, MetricsDataSource
 from epp.plugins.filters import DecodeFilter, PrefillFilter
 from epp.plugins.pickers import MaxScorePicker, RandomPicker
 from epp.plugins.prefix import ApproxPrefixCacheProducer, PrefixCacheScorer
-from epp.plugins.profile_handlers import DisaggProfileHandler, PdProfileHandler, SingleProfileHandler
+from epp.plugins.profile_handlers import (
+    DisaggProfileHandler,
+    PdProfileHandler,
+    PrefixBasedPdDecider,
+    SingleProfileHandler,
+)
 from epp.plugins.saturation import UtilizationDetector
 from epp.plugins.scorers import KvCacheUtilizationScorer, QueueScorer
 
@@ -114,6 +121,29 @@ def test_pd_sample_builds_two_profiles_and_disagg_handler() -> None:
     assert producer.max_blocks == 16384 // 64  # tokens / (block of 64 tokens after the clamp)
     scorer = config.plugins["prefix-cache-scorer"]
     assert isinstance(scorer, PrefixCacheScorer) and scorer.producer is producer
+
+
+def test_shared_pd_config_is_the_upstream_sample_without_its_explicit_producer() -> None:
+    upstream = yaml.safe_load(PD_SAMPLE)
+    upstream["plugins"] = [p for p in upstream["plugins"] if p["type"] != "approx-prefix-cache-producer"]
+    assert yaml.safe_load(pd_config()) == upstream
+
+
+def test_shared_pd_config_threshold_and_explicit_data_layer() -> None:
+    config = load_config(pd_config(256, http_metrics_source=True))
+    decider = config.plugins["prefix-based-pd-decider"]
+    assert isinstance(decider, PrefixBasedPdDecider) and decider.non_cached_tokens == 256
+    assert config.metrics_source.name == "metrics-data-source"
+    assert (config.metrics_source.scheme, config.metrics_source.path) == ("http", "/metrics")
+    assert isinstance(config.scheduler.handler, DisaggProfileHandler)
+    default = load_config(pd_config()).plugins["prefix-based-pd-decider"]
+    assert isinstance(default, PrefixBasedPdDecider)
+    assert default.non_cached_tokens == UPSTREAM_NON_CACHED_TOKENS == 16
+
+
+def test_shared_pd_config_rejects_a_negative_threshold() -> None:
+    with pytest.raises(ValueError, match="non_cached_tokens must be >= 0"):
+        pd_config(-1)
 
 
 def test_plain_sample() -> None:
