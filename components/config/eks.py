@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
 
 from components.cloud.efa import EfaInstanceType, efa_instance_type
 from components.cloud.scheduling import NodeTaint, validate_labels
+from components.config.base import ConfigModel
 
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]+$")
 _AZ_SUFFIX = re.compile(r"^[a-z]$")
@@ -25,17 +25,13 @@ _RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8,17}$")
 _EKS_NAME = re.compile(r"^[0-9A-Za-z][A-Za-z0-9\-_]{0,99}$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True)
-
-
 def _match(pattern: re.Pattern[str], value: str, example: str) -> str:
     if not pattern.match(value):
         raise ValueError(f"'{value}' is malformed (expected something like {example})")
     return value
 
 
-class EksSystemNodeGroupConfig(_Model):
+class EksSystemNodeGroupConfig(ConfigModel):
     """Untainted CPU nodes for CoreDNS, the gateway and the EPP (only on a created cluster)."""
 
     enabled: bool = Field(default=True, description="Create a CPU node group next to the GPU node group.")
@@ -43,7 +39,7 @@ class EksSystemNodeGroupConfig(_Model):
     size: int = Field(default=2, ge=1, description="Nodes in the system node group (fixed size).")
 
 
-class EksClusterConfig(_Model):
+class EksClusterConfig(ConfigModel):
     create: bool = Field(
         default=True,
         description="Create the cluster (Kubernetes version = llmd:kubernetesVersion); false adopts an "
@@ -75,7 +71,7 @@ class EksClusterConfig(_Model):
         return [_match(_SUBNET_ID, s, "subnet-0abc12345def67890") for s in subnet_ids]
 
 
-class EksNodeGroupConfig(_Model):
+class EksNodeGroupConfig(ConfigModel):
     name: str = Field(default="gpu", description="Managed node group name.")
     instance_type: str = Field(
         default="p5.48xlarge",
@@ -184,7 +180,7 @@ class EksNodeGroupConfig(_Model):
         return self.efa_per_pod or self.instance.efa_interfaces
 
 
-class EksAddonsConfig(_Model):
+class EksAddonsConfig(ConfigModel):
     efa_device_plugin_version: str = Field(
         default="v0.5.7",
         description="aws/eks-charts `aws-efa-k8s-device-plugin` chart version (these carry a leading v).",
@@ -197,7 +193,7 @@ class EksAddonsConfig(_Model):
     namespace: str = Field(default="kube-system", description="Namespace of both device plugins.")
 
 
-class EksConfig(_Model):
+class EksConfig(ConfigModel):
     """GPU capacity on EKS: optional cluster, EFA launch template and node group, device plugins."""
 
     region: str = Field(description="AWS region of the cluster and node group.")

@@ -11,11 +11,11 @@ import ipaddress
 import re
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
 
 from components.cloud.gke_machines import GkeMachineType, gke_machine_type
 from components.cloud.scheduling import NodeTaint, validate_labels
+from components.config.base import ConfigModel
 
 # Pinned at a commit of GoogleCloudPlatform/container-engine-accelerators (2026-05-06, gIB
 # nccl-plugin-gib v1.1.1, "Removed --install-nccl from default and a4x installers"): the branch
@@ -29,10 +29,6 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ZONE_SUFFIX = re.compile(r"^-[a-z]$")
 _GCP_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _RESERVATION_BLOCK = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True)
 
 
 def _gcp_name(value: str) -> str:
@@ -50,7 +46,7 @@ def _ipv4_network(cidr: str) -> str:
         raise ValueError(f"'{cidr}' is not an IPv4 network in CIDR notation ({exc})") from None
 
 
-class GkeSystemPoolConfig(_Model):
+class GkeSystemPoolConfig(ConfigModel):
     """Untainted CPU nodes for the gateway, the EPP and cluster add-ons (only on a created cluster)."""
 
     enabled: bool = Field(default=True, description="Create a CPU node pool next to the GPU pool.")
@@ -58,7 +54,7 @@ class GkeSystemPoolConfig(_Model):
     node_count: int = Field(default=2, ge=1, description="Nodes in the system pool (in gke.zone).")
 
 
-class GkeClusterConfig(_Model):
+class GkeClusterConfig(ConfigModel):
     create: bool = Field(
         default=True,
         description="Create the cluster; false adopts an existing one by name/location, which must already "
@@ -108,7 +104,7 @@ class GkeClusterConfig(_Model):
         return self
 
 
-class GkeGvnicNetworkConfig(_Model):
+class GkeGvnicNetworkConfig(ConfigModel):
     """The second host NIC's VPC (gVNIC); GKE's RDMA guides give it one subnet and MTU 8896."""
 
     name: str = Field(default="llmd-gvnic", description="Name of the gVNIC VPC (its subnet gets `-sub`).")
@@ -132,7 +128,7 @@ class GkeGvnicNetworkConfig(_Model):
         return ipaddress.IPv4Network(self.subnet_cidr)
 
 
-class GkeRdmaConfig(_Model):
+class GkeRdmaConfig(ConfigModel):
     """The RoCE VPC (network profile `<zone>-vpc-roce`) with one subnet per RDMA NIC."""
 
     enabled: bool = Field(
@@ -184,7 +180,7 @@ class GkeRdmaConfig(_Model):
         return list(self.network.subnets(new_prefix=self.subnet_prefix_length))[:count]
 
 
-class GkeAutoscalingConfig(_Model):
+class GkeAutoscalingConfig(ConfigModel):
     min_nodes: int = Field(default=0, ge=0, description="Lower bound of the GPU pool (per zone).")
     max_nodes: int = Field(default=2, ge=1, description="Upper bound of the GPU pool (per zone).")
 
@@ -195,7 +191,7 @@ class GkeAutoscalingConfig(_Model):
         return self
 
 
-class GkeReservationConfig(_Model):
+class GkeReservationConfig(ConfigModel):
     """A specific reservation (optionally one block of it) the node pool must consume."""
 
     name: str = Field(description="Reservation name.")
@@ -222,7 +218,7 @@ class GkeReservationConfig(_Model):
         return value if self.block is None else f"{value}/reservationBlocks/{self.block}"
 
 
-class GkeNodePoolConfig(_Model):
+class GkeNodePoolConfig(ConfigModel):
     name: str = Field(default="gpu", description="GKE node pool name.")
     machine_type: str = Field(
         default="a3-ultragpu-8g",
@@ -282,10 +278,7 @@ class GkeNodePoolConfig(_Model):
     def _name(cls, name: str) -> str:
         return _gcp_name(name)
 
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        return validate_labels(labels)
+    _labels = field_validator("labels")(validate_labels)
 
     @field_validator("machine_type")
     @classmethod
@@ -339,7 +332,7 @@ class GkeNodePoolConfig(_Model):
         return self.disk_type or self.machine.boot_disk_type
 
 
-class GkeConfig(_Model):
+class GkeConfig(ConfigModel):
     """GPU capacity on GKE: optional cluster, RDMA VPCs, the GPU node pool and its in-cluster networking."""
 
     project: str = Field(description="GCP project of the cluster, VPCs and node pool.")
