@@ -17,6 +17,7 @@ from types import TracebackType
 from epp.config.samples import pd_config
 from epp.localrun import EnvoyGateway, ManagedProcess, ProcessFailed, epp_command, free_port, grpc_ok, http_ok
 from epp.localrun.stack import LocalEndpoint, write_endpoints_file
+from epp.sidecar.launch import sidecar_command
 
 MODEL = "demo-llama"
 ROLE_LABEL = "llm-d.ai/role"
@@ -112,21 +113,7 @@ class DemoCluster:
         for pod in self.pods:
             if pod.role != "decode":
                 continue
-            command = [
-                sys.executable,
-                "-m",
-                "epp.sidecar",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(pod.serving_port),
-                "--model-server-port",
-                str(pod.model_server_port),
-                "--kv-connector",
-                "nixlv2",
-                "--log-level",
-                "WARNING",
-            ]
+            command = sidecar_command(pod.serving_port, pod.model_server_port, "--log-level", "WARNING")
             sidecars.append(
                 (self._launch(command, f"{pod.name}-sidecar"), f"http://127.0.0.1:{pod.serving_port}/health")
             )

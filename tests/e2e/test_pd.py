@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.config.samples import pd_config
 from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
 from epp.localrun.stack import LocalEndpoint, write_endpoints_file
+from epp.sidecar.launch import sidecar_command
 
 pytestmark = pytest.mark.e2e
 
@@ -119,23 +120,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdStack]:
         ],
     )
     sidecar = ManagedProcess(
-        [
-            sys.executable,
-            "-m",
-            "epp.sidecar",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(sidecar_port),
-            "--model-server-port",
-            str(decode_port),
-            "--kv-connector",
-            "nixlv2",
-            "--metrics-port",
-            str(sidecar_metrics),
-            "--prefill-timeout",
-            "10",
-        ],
+        sidecar_command(
+            sidecar_port, decode_port, "--metrics-port", str(sidecar_metrics), "--prefill-timeout", "10"
+        ),
         ready=http_ok(f"http://127.0.0.1:{sidecar_port}/health"),
         name="sidecar",
         log_dir=logs,

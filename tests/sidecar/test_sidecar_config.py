@@ -1,6 +1,9 @@
+import sys
+
 import pytest
 
 from epp.sidecar.config import SidecarOptions, build_parser, options_from_args, parse_allowlist
+from epp.sidecar.launch import sidecar_command
 from epp.sidecar.pd import decode_body, kv_params_from_prefill, parse_host_port, prefill_body
 
 
@@ -80,3 +83,11 @@ def test_allowlist_parser_rejects_empty():
     with pytest.raises(ValueError, match="empty"):
         parse_allowlist(" , ")
     assert SidecarOptions().metrics_port == 0
+
+
+def test_sidecar_command_runs_the_module_on_loopback_with_nixlv2():
+    command = sidecar_command(8000, 8200, "--metrics-port", "9100", "--prefill-timeout", "10")
+    assert command[:3] == [sys.executable, "-m", "epp.sidecar"]
+    options = options_from_args(build_parser().parse_args(command[3:]))
+    assert (options.host, options.port, options.model_server_port) == ("127.0.0.1", 8000, 8200)
+    assert (options.kv_connector, options.metrics_port, options.prefill_timeout_s) == ("nixlv2", 9100, 10.0)

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vllm_server import SERVED_NAME, vllm_process
 
 from epp.localrun.process import ManagedProcess, free_port, http_ok
+from epp.sidecar.launch import sidecar_command
 
 pytestmark = pytest.mark.slow
 
@@ -64,23 +65,14 @@ def pd(
         log_dir=logs,
     )
     sidecar = ManagedProcess(
-        [
-            sys.executable,
-            "-m",
-            "epp.sidecar",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports["sidecar"]),
-            "--model-server-port",
-            str(ports["decode"]),
-            "--kv-connector",
-            "nixlv2",
+        sidecar_command(
+            ports["sidecar"],
+            ports["decode"],
             "--metrics-port",
             str(ports["sidecar_metrics"]),
             "--prefill-timeout",
             "60",
-        ],
+        ),
         ready=http_ok(f"http://127.0.0.1:{ports['sidecar']}/health"),
         name="sidecar",
         log_dir=logs,
