@@ -46,6 +46,7 @@ _NOT_FORWARDED = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+        "proxy-connection",  # non-standard, still sent by some clients
         "host",
         "content-length",
     }
@@ -160,8 +161,12 @@ class Sidecar:
         headers = _forward_headers(request.headers)
         headers[REQUEST_ID_HEADER] = request.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
         url = f"http://{_join_host_port(host, port)}{request.path_qs}"
+        # The sidecar itself parses the prefill answer and the session does not decompress:
+        # ask for it uncompressed (aiohttp would otherwise offer gzip on its own).
+        prefill_headers = CIMultiDict(headers)
+        prefill_headers["Accept-Encoding"] = "identity"
         try:
-            kv_params = await self._prefill(url, prefill_body(original), headers)
+            kv_params = await self._prefill(url, prefill_body(original), prefill_headers)
         except PrefillFailed as exc:
             self.metrics.fallbacks.labels(exc.reason).inc()
             log.warning(
@@ -261,12 +266,28 @@ class Sidecar:
 
 
 def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    # RFC 9110 7.6.1: headers a sender names in Connection belong to that one hop as well.
+    connection_scoped = {
+        token.strip().lower()
+        for value in _all_values(headers, "Connection")
+        for token in value.split(",")
+        if token.strip()
+    }
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered not in _NOT_FORWARDED and lowered != PREFILLER_HEADER:
+        if lowered not in _NOT_FORWARDED and lowered not in connection_scoped and lowered != PREFILLER_HEADER:
             out.add(name, value)
     return out
+
+
+def _all_values(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)  # multidicts hold repeated headers
+    if getall is not None:
+        values: list[str] = getall(name, [])
+        return values
+    value = headers.get(name)
+    return [value] if value is not None else []
 
 
 def _join_host_port(host: str, port: int) -> str:
