@@ -23,6 +23,7 @@ from epp.config.samples import pd_config
 from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
 from epp.localrun.stack import LocalEndpoint, write_endpoints_file
 from epp.sidecar.launch import sidecar_command
+from tests.nixl_wire import PREFILL_KV_REQUEST
 
 pytestmark = pytest.mark.e2e
 
@@ -196,14 +197,7 @@ def test_long_prompt_is_prefilled_remotely_then_decoded(stack):
         "stream": False,
         "max_tokens": 1,
         "max_completion_tokens": 1,
-        "kv_transfer_params": {
-            "do_remote_decode": True,
-            "do_remote_prefill": False,
-            "remote_engine_id": None,
-            "remote_block_ids": None,
-            "remote_host": None,
-            "remote_port": None,
-        },
+        "kv_transfer_params": PREFILL_KV_REQUEST,
     }
     [decode] = stack.received(stack.decode_log)[decode_before:]
     kv = decode["body"].pop("kv_transfer_params")

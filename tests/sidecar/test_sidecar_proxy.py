@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from epp.sidecar.config import SidecarOptions, parse_allowlist
 from epp.sidecar.proxy import Sidecar
+from tests.nixl_wire import PREFILL_KV_REQUEST
 
 KV_FROM_PREFILL = {
     "do_remote_prefill": True,
@@ -155,14 +156,7 @@ async def test_the_two_phases(rig):
         "stream": False,
         "max_tokens": 1,
         "max_completion_tokens": 1,
-        "kv_transfer_params": {
-            "do_remote_decode": True,
-            "do_remote_prefill": False,
-            "remote_engine_id": None,
-            "remote_block_ids": None,
-            "remote_host": None,
-            "remote_port": None,
-        },
+        "kv_transfer_params": PREFILL_KV_REQUEST,
     }
     [decode] = rig.decode.received
     assert decode.body == {**REQUEST, "kv_transfer_params": KV_FROM_PREFILL}

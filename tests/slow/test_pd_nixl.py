@@ -20,6 +20,7 @@ from vllm_server import SERVED_NAME, vllm_process
 
 from epp.localrun.process import ManagedProcess, free_port, http_ok
 from epp.sidecar.launch import sidecar_command
+from tests.nixl_wire import PREFILL_KV_REQUEST
 
 pytestmark = pytest.mark.slow
 
@@ -131,14 +132,7 @@ def test_simulator_kv_transfer_params_match_vllm(pd):
         "prompt": "x " * 300,
         "max_tokens": 1,
         "stream": False,
-        "kv_transfer_params": {
-            "do_remote_decode": True,
-            "do_remote_prefill": False,
-            "remote_engine_id": None,
-            "remote_block_ids": None,
-            "remote_host": None,
-            "remote_port": None,
-        },
+        "kv_transfer_params": PREFILL_KV_REQUEST,
     }
     real = http.request("POST", f"http://127.0.0.1:{pd['prefill']}/v1/completions", request).json()
     sim_port = free_port()
