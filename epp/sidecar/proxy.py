@@ -116,8 +116,11 @@ class Sidecar:
 
     async def _open(self, _app: web.Application) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.options.max_conns_per_host)
-        # auto_decompress off: bodies pass through byte for byte, Content-Encoding included.
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # auto_decompress off: bodies pass through byte for byte, Content-Encoding included. So
+        # aiohttp must not offer encodings of its own: only what the client accepts goes upstream.
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+        )
 
     async def _close(self, _app: web.Application) -> None:
         if self._session is not None:

@@ -102,3 +102,14 @@ async def test_a_compressing_prefill_server_still_yields_its_kv_params(legs):
     assert legs.sidecar.metrics.fallbacks.labels("invalid_response")._value.get() == 0
     [prefill_headers] = legs.prefill.headers
     assert "gzip" not in prefill_headers.get("Accept-Encoding", "")
+
+
+async def test_the_model_server_is_offered_only_the_encodings_the_client_accepts(legs):
+    # Bodies pass through undecoded, so an encoding the client never asked for must not be offered.
+    async with legs.client.post(
+        "/v1/completions", json={"model": "m", "prompt": "p"}, skip_auto_headers=("Accept-Encoding",)
+    ) as r:
+        assert r.status == 200 and "Content-Encoding" not in r.headers
+        assert json.loads(await r.read()) == legs.decode.answer
+    [seen] = legs.decode.headers
+    assert "Accept-Encoding" not in seen
