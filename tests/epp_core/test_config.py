@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 
+from components.eppconfig import disaggregated_config
 from epp.config.errors import ConfigError
 from epp.config.loader import load_config
 from epp.config.samples import UPSTREAM_NON_CACHED_TOKENS, pd_config
@@ -421,3 +424,14 @@ def test_real_world_config_shapes_load(name: str) -> None:
             assert handler.decider is not None
         else:
             assert isinstance(handler, SingleProfileHandler)
+
+
+@pytest.mark.parametrize("non_cached_tokens", [0, 16, 256])
+def test_the_stack_renders_the_same_pd_sample(non_cached_tokens: int) -> None:
+    # components/eppconfig builds its P/D config without importing the EPP package (the Pulumi
+    # program does not need it); this keeps the two spellings of llm-d's sample from drifting apart.
+    def canonical(document: dict[str, Any]) -> dict[str, Any]:
+        return {**document, "plugins": sorted(document["plugins"], key=lambda plugin: plugin["type"])}
+
+    rendered = disaggregated_config(non_cached_tokens)
+    assert canonical(rendered) == canonical(yaml.safe_load(pd_config(non_cached_tokens)))
