@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.eppconfig import disaggregated_config
+from components.eppconfig import default_config, disaggregated_config
 from epp.config.errors import ConfigError
-from epp.config.loader import load_config
+from epp.config.loader import DEFAULT_CONFIG, load_config
 from epp.config.samples import UPSTREAM_NON_CACHED_TOKENS, pd_config
 from epp.plugins.datalayer import CoreMetricsExtractor, MetricsDataSource
 from epp.plugins.filters import DecodeFilter, PrefillFilter
@@ -435,3 +435,7 @@ def test_the_stack_renders_the_same_pd_sample(non_cached_tokens: int) -> None:
 
     rendered = disaggregated_config(non_cached_tokens)
     assert canonical(rendered) == canonical(yaml.safe_load(pd_config(non_cached_tokens)))
+
+
+def test_the_stack_renders_the_same_default_config() -> None:
+    assert default_config() == yaml.safe_load(DEFAULT_CONFIG)
