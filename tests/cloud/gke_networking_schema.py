@@ -23,68 +23,68 @@ _METADATA = {
     "properties": {"name": _NAME, "labels": {"type": "object"}, "annotations": {"type": "object"}},
 }
 
-GKE_NETWORK_PARAM_SET: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "networking.gke.io/v1"},
-        "kind": {"const": "GKENetworkParamSet"},
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["vpc", "vpcSubnet"],
-            "additionalProperties": False,
-            "properties": {
-                "vpc": _NAME,
-                "vpcSubnet": _NAME,
-                # NetDevice: a whole NIC moved into the pod; RDMA: an MRDMA NIC (A3 Ultra / A4);
-                # DPDK-VFIO: a NIC bound for DPDK. Absent means an L3 network with pod ranges.
-                "deviceMode": {"enum": ["NetDevice", "RDMA", "DPDK-VFIO"]},
-                "podIPv4Ranges": {
-                    "type": "object",
-                    "required": ["rangeNames"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "rangeNames": {"type": "array", "items": {"type": "string"}, "minItems": 1}
-                    },
-                },
-            },
-        },
-    },
-}
 
-GKE_NETWORK: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "networking.gke.io/v1"},
-        "kind": {"const": "Network"},
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["type"],
-            "additionalProperties": False,
-            "properties": {
-                "type": {"enum": ["L3", "Device"]},
-                "parametersRef": {
-                    "type": "object",
-                    "required": ["group", "kind", "name"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "group": {"const": "networking.gke.io"},
-                        "kind": {"const": "GKENetworkParamSet"},
-                        "name": _NAME,
-                    },
-                },
-                "routes": {"type": "array", "items": {"type": "object"}},
+def _networking_object(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A cluster-scoped ``networking.gke.io/v1`` object of ``kind``: strict at the top level too."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "networking.gke.io/v1"},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "spec": spec,
+        },
+    }
+
+
+GKE_NETWORK_PARAM_SET = _networking_object(
+    "GKENetworkParamSet",
+    {
+        "type": "object",
+        "required": ["vpc", "vpcSubnet"],
+        "additionalProperties": False,
+        "properties": {
+            "vpc": _NAME,
+            "vpcSubnet": _NAME,
+            # NetDevice: a whole NIC moved into the pod; RDMA: an MRDMA NIC (A3 Ultra / A4);
+            # DPDK-VFIO: a NIC bound for DPDK. Absent means an L3 network with pod ranges.
+            "deviceMode": {"enum": ["NetDevice", "RDMA", "DPDK-VFIO"]},
+            "podIPv4Ranges": {
+                "type": "object",
+                "required": ["rangeNames"],
+                "additionalProperties": False,
+                "properties": {"rangeNames": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
             },
-            # Device networks have no pod ranges of their own: they must point at a param set.
-            "if": {"properties": {"type": {"const": "Device"}}},
-            "then": {"required": ["type", "parametersRef"]},
         },
     },
-}
+)
+
+GKE_NETWORK = _networking_object(
+    "Network",
+    {
+        "type": "object",
+        "required": ["type"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {"enum": ["L3", "Device"]},
+            "parametersRef": {
+                "type": "object",
+                "required": ["group", "kind", "name"],
+                "additionalProperties": False,
+                "properties": {
+                    "group": {"const": "networking.gke.io"},
+                    "kind": {"const": "GKENetworkParamSet"},
+                    "name": _NAME,
+                },
+            },
+            "routes": {"type": "array", "items": {"type": "object"}},
+        },
+        # Device networks have no pod ranges of their own: they must point at a param set.
+        "if": {"properties": {"type": {"const": "Device"}}},
+        "then": {"required": ["type", "parametersRef"]},
+    },
+)
 
 SCHEMAS: dict[str, dict[str, Any]] = {"GKENetworkParamSet": GKE_NETWORK_PARAM_SET, "Network": GKE_NETWORK}
