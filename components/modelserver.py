@@ -137,9 +137,10 @@ def engine_container(
             {"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(naming.NIXL_SIDE_CHANNEL_PORT)},
         ]
-        if role == "prefill":
-            # Keep-alive must outlast the sidecar's idle connections to prefill pods.
-            env.append({"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": "120"})
+        # Keep-alive must outlast the sidecar's pooled idle connections (15 s), to the prefill pods
+        # and to the decode pod's own vLLM alike: uvicorn's default 5 s lets it close a connection
+        # the sidecar is about to reuse, and on the decode leg that fails the client's request.
+        env.append({"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": "120"})
     env += [{"name": k, "value": v} for k, v in sorted(networking.env.items()) if k not in pool.env]
 
     ports = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
