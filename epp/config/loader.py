@@ -12,6 +12,7 @@ detector → ``utilization-detector``; no data layer → ``metrics-data-source``
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -256,9 +257,14 @@ class _Builder:
             if isinstance(plugin, Scorer):
                 if weight is None:
                     weight = DEFAULT_SCORER_WEIGHT
-                if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                if (
+                    isinstance(weight, bool)
+                    or not isinstance(weight, int | float)
+                    or not math.isfinite(weight)
+                    or weight < 0
+                ):
                     raise ConfigError(
-                        f"{where}: weight of {plugin.name!r} must be a number >= 0, got {weight!r}"
+                        f"{where}: weight of {plugin.name!r} must be a number >= 0 and finite, got {weight!r}"
                     )
                 scorers.append((plugin, float(weight)))
                 continue

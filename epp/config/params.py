@@ -9,6 +9,7 @@ a picker), so rejecting them would break drop-in compatibility while still hidin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,6 +62,9 @@ class Params:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            # NaN passes every range check (all its comparisons are false): refuse it by name.
+            raise self.error(key, f"must be a finite number, got {value!r}")
         self._check_range(key, float(value), minimum, maximum)
         return float(value)
 
@@ -77,8 +81,8 @@ class Params:
             seconds = parse_duration(value, lambda problem: self.error(key, problem))
         else:
             raise self.error(key, f"must be a duration like '200ms', got {value!r}")
-        if seconds < 0:
-            raise self.error(key, f"must not be negative, got {value!r}")
+        if math.isnan(seconds) or seconds < 0:
+            raise self.error(key, f"must not be negative or NaN, got {value!r}")
         return seconds
 
     def boolean(self, key: str, default: bool) -> bool:
