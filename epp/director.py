@@ -101,7 +101,9 @@ class SchedulingDirector:
             target_model=target_model,
             prompt_text=parsed.prompt_text,
             headers=request.headers,
-            lora_adapter=parsed.lora_adapter,
+            # As in llm-d, an adapter is requested by its served name, the (target) model: the
+            # protocol layer has no other adapter field to fill.
+            lora_adapter=parsed.lora_adapter or target_model or None,
             priority=priority,
             now=now,
         )

@@ -76,7 +76,8 @@ class LoadAwareScorer(Scorer):
 @register("lora-affinity-scorer")
 class LoraAffinityScorer(_Stateless):
     """1.0 adapter already loaded; 0.8 room to load it; 0.6 it is waiting to load; 0 no room.
-    Requests for the base model (no adapter) are neutral: every endpoint scores 1.0."""
+    The director names the request's target model as the adapter (llm-d matches that name), so
+    on a pool without LoRA every endpoint scores the same; a request with no model scores 1.0."""
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         adapter = request.lora_adapter
