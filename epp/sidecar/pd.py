@@ -30,6 +30,8 @@ def prefill_body(original: dict[str, Any]) -> dict[str, Any]:
     # Both names: completions reads max_tokens, chat prefers max_completion_tokens.
     body["max_tokens"] = 1
     body["max_completion_tokens"] = 1
+    # vLLM refuses min_tokens > max_tokens (400); the decode leg still enforces the client's value.
+    body.pop("min_tokens", None)
     return body
 
 
