@@ -114,6 +114,10 @@ class SchedulingDirector:
         for producer in self.config.producers:
             producer.produce(scheduling_request, healthy)
         result = self.config.scheduler.schedule(scheduling_request, healthy)
+        if (result.primary is None or not result.primary.targets) and len(healthy) != len(candidates):
+            # Fail open per decision, not only when no endpoint at all is fresh: fresh prefill
+            # pods must not hide stale but working decode pods (and leave the request nowhere).
+            result = self.config.scheduler.schedule(scheduling_request, candidates)
         primary = result.primary
         if primary is None or not primary.targets:
             # llm-d: the scheduler finding nothing is ResourceExhausted → 429.
