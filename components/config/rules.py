@@ -5,6 +5,8 @@ from __future__ import annotations
 from components.config.errors import Problem
 from components.config.models import Engine, PlatformName, StackConfig
 
+# GatewayClasses whose data plane runs outside the cluster (GKE's Gateway controller).
+MANAGED_GATEWAY_CLASS_PREFIXES = ("gke-l7-",)
 
 def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Problem]:
     problems: list[Problem] = []
@@ -74,6 +76,16 @@ def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Pro
     if config.epp.secure_serving and config.epp.tls_secret_name is None:
         problems.append(
             Problem("epp.tlsSecretName", "is required when epp.secureServing is true (the EPP's certificate)")
+        )
+    if config.network_policy.enabled and config.gateway.class_name.startswith(MANAGED_GATEWAY_CLASS_PREFIXES):
+        # The policies admit the gateway's proxy pods by label; a cloud-managed gateway has no pods in
+        # the cluster, so with them on every request would be dropped.
+        problems.append(
+            Problem(
+                "networkPolicy.enabled",
+                f"must be false with the managed gateway class {config.gateway.class_name!r}"
+                " (its proxies are not pods the policies can select)",
+            )
         )
     if config.epp.leader_election and config.epp.replicas < 2:
         problems.append(Problem("epp.leaderElection", f"needs epp.replicas >= 2 (got {config.epp.replicas})"))

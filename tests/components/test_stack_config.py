@@ -150,6 +150,16 @@ def test_leader_election_needs_several_replicas() -> None:
     ]
 
 
+def test_network_policies_refuse_a_managed_gateway() -> None:
+    config = kind_config(gateway={"className": "gke-l7-rilb"})
+    assert problems_of(config) == [
+        "llmd:networkPolicy.enabled must be false with the managed gateway class 'gke-l7-rilb'"
+        " (its proxies are not pods the policies can select)"
+    ]
+    without_policies = kind_config(gateway={"className": "gke-l7-rilb"}, networkPolicy={"enabled": False})
+    assert parse_stack_config(without_policies, has_hf_token=False).gateway.class_name == "gke-l7-rilb"
+
+
 def test_models_forbid_extra_keys_everywhere() -> None:
     def walk(model: type) -> list[type]:
         found = [model]
