@@ -8,6 +8,7 @@ from components.config.models import Engine, PlatformName, StackConfig
 # GatewayClasses whose data plane runs outside the cluster (GKE's Gateway controller).
 MANAGED_GATEWAY_CLASS_PREFIXES = ("gke-l7-",)
 
+
 def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Problem]:
     problems: list[Problem] = []
     platform = config.platform
