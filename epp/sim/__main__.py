@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
 import os
-import signal
 import socket
 import sys
 
+from epp.service import configure_logging, run_until_signalled
 from epp.sim.params import SimParams
 from epp.sim.server import serve
 
@@ -109,26 +106,15 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
     )
 
 
-async def _run(params: SimParams, host: str, port: int) -> None:
-    task = asyncio.create_task(serve(params, host, port))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     try:
         params = params_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    asyncio.run(_run(params, args.host, args.port))
+    run_until_signalled(serve(params, args.host, args.port))
     return 0
 
 
