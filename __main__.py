@@ -1,5 +1,5 @@
-"""Entry point Pulumi runs (`pulumi up`); the program itself lives in components.program."""
+"""Entry point Pulumi runs (`pulumi up`); the program itself lives in pulumi_llmd.program."""
 
-from components.program import main
+from pulumi_llmd.program import main
 
 main()

@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_after = os.getloadavg()
     setup = {
         "pods": pods,
-        "pool_description": f"{pods} `python -m epp.sim` processes; {timing.describe()}.",
+        "pool_description": f"{pods} `python -m simulator` processes; {timing.describe()}.",
         "sim_timing": {name: getattr(timing, name) for name in timing.__slots__},
         "ttft_slo_s": plan.ttft_slo_s,
         # Other work on the machine skews every figure; the 1-minute load average says how much there was.

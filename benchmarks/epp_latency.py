@@ -3,7 +3,7 @@ the same Envoy routing straight to the same backend.
 
 Open loop: requests leave at fixed intervals (``rate`` per second) whatever earlier ones are doing,
 so a slow gateway cannot hide its queue by slowing the client down; latency runs from the send to
-the end of the answer. Every path sees the same stand-in model server (``epp.localrun.standin``,
+the end of the answer. Every path sees the same stand-in model server (``localrun.standin``,
 answering at once), so the difference between paths is the gateway. CPU comes from
 ``/proc/<pid>/stat`` (user + system) of Envoy, the EPP and the backend over each measured phase.
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks import report
-from epp.localrun import EnvoyGateway, ManagedProcess, epp_command, free_port, grpc_ok, http_ok
-from epp.localrun.stack import LocalEndpoint, write_endpoints_file
 from epp.server.stream import BodyMode
+from localrun import EnvoyGateway, ManagedProcess, epp_command, free_port, grpc_ok, http_ok
+from localrun.stack import LocalEndpoint, write_endpoints_file
 
 SECTION_ID = "epp-latency"
 MODEL = "tiny"
@@ -176,7 +176,7 @@ def run(
     results: list[PhaseResult] = []
     backend_port = free_port()
     backend = ManagedProcess(
-        [sys.executable, "-m", "epp.localrun.standin", "--port", str(backend_port), "--model", MODEL],
+        [sys.executable, "-m", "localrun.standin", "--port", str(backend_port), "--model", MODEL],
         ready=http_ok(f"http://127.0.0.1:{backend_port}/health"),
         name="backend",
         log_dir=log_dir,

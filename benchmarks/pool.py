@@ -1,4 +1,4 @@
-"""The simulated model servers every router is measured against: N ``python -m epp.sim`` processes.
+"""The simulated model servers every router is measured against: N ``python -m simulator`` processes.
 
 ``restart`` stops and starts every pod on the same ports, so each router configuration begins with
 cold prefix caches, empty queues and fresh counters, and the routers' worker lists stay valid.
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from epp.localrun import ManagedProcess, ProcessFailed, free_port, http_ok
+from localrun import ManagedProcess, ProcessFailed, free_port, http_ok
 
 
 @dataclass(frozen=True, slots=True)
 class SimTiming:
-    """The simulator's timing and capacity for a benchmark (flags of ``python -m epp.sim``).
+    """The simulator's timing and capacity for a benchmark (flags of ``python -m simulator``).
 
     The benchmark default is slower than the simulator's own defaults (measured on vLLM CPU with a
     2-layer model) on purpose: a prefill of a few hundred milliseconds is what a GPU serving a real
@@ -105,7 +105,7 @@ class SimPool:
             command = [
                 sys.executable,
                 "-m",
-                "epp.sim",
+                "simulator",
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -2,7 +2,7 @@
 
 * Envoy alone with a ROUND_ROBIN or RANDOM cluster over the pods: what a plain Kubernetes Service
   or a cache-blind gateway does.
-* Envoy + the bundled EPP over ext_proc (``epp.localrun``), the way kgateway wires an InferencePool,
+* Envoy + the bundled EPP over ext_proc (``localrun``), the way kgateway wires an InferencePool,
   with three EndpointPickerConfigs: llm-d's default profile, prefix affinity only, load only.
 * The peers as their PyPI wheels ship them: ``sglang-router launch --policy cache_aware`` and
   ``vllm-router --policy cache_aware``, each a proxy in its own right.
@@ -20,8 +20,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
-from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
-from epp.localrun.stack import LocalEndpoint, write_endpoints_file
+from localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
+from localrun.stack import LocalEndpoint, write_endpoints_file
 
 PREFIX_ONLY_CONFIG = """\
 apiVersion: llm-d.ai/v1alpha1

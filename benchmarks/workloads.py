@@ -6,7 +6,7 @@ the open-loop send times for one arrival rate. Prompt text is made of random wor
 group's prefix is unique and a prefix cache can only help where the workload says it should.
 
 Token counts assume four characters per token, the convention the simulator and the EPP's estimating
-token producer share (``epp.sim.tokens``), so "a 1,500-token system prompt" means 6,000 characters.
+token producer share (``simulator.tokens``), so "a 1,500-token system prompt" means 6,000 characters.
 """
 
 from __future__ import annotations

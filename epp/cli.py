@@ -242,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    from epp.config.errors import ConfigError
     from epp.runtime import build_runtime
+    from epp.scheduling.errors import ConfigError
 
     try:
         runtime = build_runtime(runtime_options)

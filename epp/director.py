@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from epp.config.loader import SchedulerConfig
+from epp import metrics as epp_metrics
+from epp.config.scheduler_config import SchedulerConfig
 from epp.datastore import Datastore, Endpoint, RewriteTarget
-from epp.scheduling import metrics as epp_metrics
 from epp.scheduling.framework import SchedulingRequest, SchedulingResult
 from epp.types import Decision, EppError, InferenceRequest, Usage
 

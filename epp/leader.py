@@ -39,7 +39,7 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
-from epp.config.errors import ConfigError
+from epp.scheduling.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from epp.config.errors import ConfigError
-from epp.config.loader import SchedulerConfig, load_config
+from epp import metrics as epp_metrics
+from epp.config.loader import load_config
+from epp.config.scheduler_config import SchedulerConfig
 from epp.datastore import Datastore
 from epp.director import SchedulingDirector
 from epp.discovery.static import StaticDiscovery
-from epp.scheduling import metrics as epp_metrics
+from epp.scheduling.errors import ConfigError
 from epp.scrape.scraper import MetricsScraper
 
 if TYPE_CHECKING:

@@ -145,8 +145,8 @@ def _argv(container: Container) -> list[Any]:
 def is_epp_container(container: Container) -> bool:
     """Our bundled EPP (``python -m epp``) or an upstream endpoint-picker image run as built.
 
-    One image carries the EPP, the P/D sidecar and the simulator, so an explicit ``-m <module>``
-    decides; otherwise (the image's own entrypoint, maybe with flags) the image name does.
+    An explicit ``-m <module>`` decides (a container may run any of our modules whatever its image
+    is called); otherwise (the image's own entrypoint, maybe with flags) the image name does.
     """
     argv = [str(a) for a in _argv(container)]
     modules = [b for a, b in itertools.pairwise(argv) if a == "-m"]

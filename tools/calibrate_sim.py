@@ -3,7 +3,7 @@
     .venv/bin/python tools/calibrate_sim.py --url http://127.0.0.1:8100 --model tiny
 
 The server should run with prefix caching on and nothing else loading it. What is measured, and
-how each parameter of :mod:`epp.sim.params` follows:
+how each parameter of :mod:`simulator.params` follows:
 
 1. Latency of one-token completions on *unique* prompts of two lengths (nothing cached): the slope
    of the medians over the prompt-token difference is the cost of one more prompt token.

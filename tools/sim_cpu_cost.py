@@ -3,7 +3,7 @@
     .venv/bin/python tools/sim_cpu_cost.py --requests 400 --concurrency 16
     .venv/bin/python tools/sim_cpu_cost.py --scrapes-per-second 20   # plus an EPP-like /metrics scraper
 
-Starts ``python -m epp.sim`` with zero modelled latency, sends completions (half streaming) from
+Starts ``python -m simulator`` with zero modelled latency, sends completions (half streaming) from
 this process, and reads the server's user+system CPU time from /proc before and after.
 """
 
@@ -19,7 +19,7 @@ import time
 
 import aiohttp
 
-from epp.localrun.process import ManagedProcess, free_port, http_ok
+from localrun.process import ManagedProcess, free_port, http_ok
 
 
 def cpu_seconds(pid: int) -> float:
@@ -96,7 +96,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "epp.sim",
+            "simulator",
             "--model",
             "m",
             "--port",

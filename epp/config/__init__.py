@@ -1,5 +1,2 @@
-"""EndpointPickerConfig loading (``epp.config.loader``) and its error type."""
-
-from epp.config.errors import ConfigError
-
-__all__ = ["ConfigError"]
+"""EndpointPickerConfig YAML → a built :class:`~epp.config.scheduler_config.SchedulerConfig`
+(``loader``), and llm-d's sample configs (``samples``)."""

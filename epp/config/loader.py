@@ -5,8 +5,9 @@ Accepted: apiVersion ``llm-d.ai/v1alpha1`` and ``inference.networking.x-k8s.io/v
 ``default`` profile with every filter, scorer and picker; one profile and no handler →
 ``single-profile-handler``; a profile without picker → ``max-score-picker``; no saturation
 detector → ``utilization-detector``; no data layer → ``metrics-data-source`` +
-``core-metrics-extractor``; prefix scoring or P/D decisions without a prefix producer → an
-``approx-prefix-cache-producer`` (configured from legacy scorer parameters when present).
+``core-metrics-extractor``; a data key some plugin consumes and no configured plugin produces →
+the producer type registered as its default (e.g. ``approx-prefix-cache-producer`` for
+``prefix-cache-scorer``), configured from the parameters its consumers carry for it.
 """
 
 from __future__ import annotations
@@ -14,21 +15,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
 
 import epp.plugins  # noqa: F401 - registers the built-in plugins
-from epp.config.errors import ConfigError
-from epp.plugins.datalayer import CoreMetricsExtractor, MetricsDataSource
-from epp.plugins.prefix import PRODUCER_TYPE, ApproxPrefixCacheProducer, PrefixCacheScorer
-from epp.plugins.profile_handlers import PdProfileHandler, PrefixBasedPdDecider
-from epp.plugins.registry import create, deprecated_replacement
+from epp.config.scheduler_config import SchedulerConfig
+from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import (
     DataProducer,
     EndpointSetObserver,
     Filter,
+    MetricsExtractor,
+    MetricsSource,
     Picker,
     Plugin,
     PreRequest,
@@ -37,6 +36,7 @@ from epp.scheduling.framework import (
     SchedulerProfile,
     Scorer,
 )
+from epp.scheduling.registry import create, default_producer, deprecated_replacement
 from epp.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -86,19 +86,6 @@ _UNIMPLEMENTED = {
 }
 
 
-@dataclass
-class SchedulerConfig:
-    plugins: dict[str, Plugin]
-    scheduler: Scheduler
-    producers: list[DataProducer]
-    pre_request: list[PreRequest]
-    observers: list[EndpointSetObserver]
-    saturation_detector: SaturationDetector
-    metrics_source: MetricsDataSource
-    metrics_extractor: CoreMetricsExtractor
-    warnings: list[str] = field(default_factory=list)
-
-
 T = TypeVar("T", bound=Plugin)
 
 
@@ -128,7 +115,7 @@ class _Builder:
     def build(self) -> SchedulerConfig:
         self._check_header()
         self._build_plugins()
-        self._ensure_prefix_producer()
+        self._ensure_producers()
         profiles = self._build_profiles()
         handler = self._profile_handler(profiles)
         for plugin in list(self.plugins.values()):
@@ -185,31 +172,44 @@ class _Builder:
                 self.warn(f"plugin {name!r}: type {type_name!r} is deprecated, use {replacement!r}")
             self.plugins[name] = create(type_name, name, entry.get("parameters"), on_unknown=self.warn)
 
-    def _ensure_prefix_producer(self) -> None:
-        if self._all(ApproxPrefixCacheProducer):
-            for scorer in self._all(PrefixCacheScorer):
-                if scorer.index_parameters:
+    def _ensure_producers(self) -> None:
+        """Add the default producer of every data key that a configured plugin consumes and no
+        configured plugin produces, as llm-d's loader does; the plugins declare both sides."""
+        produced: dict[str, list[Plugin]] = {}
+        for plugin in self.plugins.values():
+            for key in plugin.produces:
+                produced.setdefault(key, []).append(plugin)
+        wanted: dict[str, list[Plugin]] = {}
+        for plugin in self.plugins.values():
+            for key in sorted(plugin.consumes()):
+                wanted.setdefault(key, []).append(plugin)
+        for key, consumers in wanted.items():
+            carried = [(c, dict(c.producer_parameters(key))) for c in consumers]
+            carried = [(c, params) for c, params in carried if params]
+            producers = produced.get(key)
+            if producers:
+                for consumer, params in carried:
                     self.warn(
-                        f"plugin {scorer.name!r}: hashing parameters "
-                        f"{', '.join(sorted(scorer.index_parameters))} ignored; the configured "
-                        f"{PRODUCER_TYPE} plugin governs hashing"
+                        f"plugin {consumer.name!r}: parameters {', '.join(sorted(params))} ignored; "
+                        f"the configured {producers[0].type_name} plugin {producers[0].name!r} governs them"
                     )
-            return
-        needs = [
-            *self._all(PrefixCacheScorer),
-            *self._all(PrefixBasedPdDecider),
-            *(h for h in self._all(PdProfileHandler) if h.needs_prefix_producer()),
-        ]
-        if not needs:
-            return
-        settings = [s.index_parameters for s in self._all(PrefixCacheScorer) if s.index_parameters]
-        if any(other != settings[0] for other in settings[1:]):
-            raise ConfigError(
-                "prefix-cache-scorer plugins disagree on hashing parameters; configure one "
-                f"{PRODUCER_TYPE} plugin instead"
-            )
-        name = PRODUCER_TYPE if PRODUCER_TYPE not in self.plugins else f"{PRODUCER_TYPE}-auto"
-        self.plugins[name] = create(PRODUCER_TYPE, name, settings[0] if settings else None)
+                continue
+            type_name = default_producer(key)
+            if type_name is None:
+                raise ConfigError(
+                    f"plugin {consumers[0].name!r} (type {consumers[0].type_name}) needs {key!r}, which no "
+                    "configured plugin produces and no plugin type produces by default"
+                )
+            if any(params != carried[0][1] for _, params in carried[1:]):
+                raise ConfigError(
+                    f"plugins {', '.join(repr(c.name) for c, _ in carried)} disagree on the parameters "
+                    f"of the {type_name} they need; configure one {type_name} plugin instead"
+                )
+            name = type_name if type_name not in self.plugins else f"{type_name}-auto"
+            created = create(type_name, name, carried[0][1] if carried else None)
+            self.plugins[name] = created
+            for produced_key in created.produces:
+                produced.setdefault(produced_key, []).append(created)
 
     def _build_profiles(self) -> dict[str, SchedulerProfile]:
         raw_profiles = self.doc.get("schedulingProfiles") or []
@@ -315,7 +315,7 @@ class _Builder:
             )
         return detectors[0] if detectors else self._default("utilization-detector", SaturationDetector)
 
-    def _data_layer(self) -> tuple[MetricsDataSource, CoreMetricsExtractor]:
+    def _data_layer(self) -> tuple[MetricsSource, MetricsExtractor]:
         section = self.doc.get("dataLayer") or {}
         if not isinstance(section, Mapping):
             raise ConfigError("dataLayer must be a mapping")
@@ -330,21 +330,21 @@ class _Builder:
         sources = section.get("sources") or []
         if not isinstance(sources, list):
             raise ConfigError("dataLayer.sources must be a list")
-        metric_sources: list[tuple[MetricsDataSource, CoreMetricsExtractor | None]] = []
+        metric_sources: list[tuple[MetricsSource, MetricsExtractor | None]] = []
         for index, entry in enumerate(sources):
             where = f"dataLayer.sources[{index}]"
             if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
                 raise ConfigError(f"{where} needs a 'pluginRef'")
             source = self.plugins.get(entry["pluginRef"])
-            if not isinstance(source, MetricsDataSource):
+            if not isinstance(source, MetricsSource):
                 raise ConfigError(
                     f"{where}: pluginRef {entry['pluginRef']!r} is not a metrics-data-source plugin"
                 )
-            extractor: CoreMetricsExtractor | None = None
+            extractor: MetricsExtractor | None = None
             for ext_index, ext in enumerate(entry.get("extractors") or []):
                 ref = ext.get("pluginRef") if isinstance(ext, Mapping) else None
                 plugin = self.plugins.get(ref) if isinstance(ref, str) else None
-                if not isinstance(plugin, CoreMetricsExtractor):
+                if not isinstance(plugin, MetricsExtractor):
                     raise ConfigError(
                         f"{where}.extractors[{ext_index}]: {ref!r} is not a core-metrics-extractor plugin"
                     )
@@ -355,9 +355,9 @@ class _Builder:
         if metric_sources:
             source, extractor = metric_sources[0]
         else:
-            source = self._default("metrics-data-source", MetricsDataSource)
+            source = self._default("metrics-data-source", MetricsSource)
             extractor = None
-        return source, extractor or self._default("core-metrics-extractor", CoreMetricsExtractor)
+        return source, extractor or self._default("core-metrics-extractor", MetricsExtractor)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _all(self, kind: type[T]) -> list[T]:

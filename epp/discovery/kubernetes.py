@@ -26,8 +26,8 @@ from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Pod
 
-from epp.config.errors import ConfigError
 from epp.datastore import Datastore, EndpointSpec, RewriteTarget
+from epp.scheduling.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from epp.config.errors import ConfigError
 from epp.datastore import Datastore, EndpointSpec, RewriteTarget
+from epp.scheduling.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

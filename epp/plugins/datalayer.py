@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Self
 
-from epp.config.params import Params
-from epp.plugins.registry import register
-from epp.scheduling.framework import DataLayerPlugin
+from epp.scheduling.framework import DataLayerPlugin, MetricsExtractor, MetricsSource
+from epp.scheduling.params import Params
+from epp.scheduling.registry import register
 
 
 @register("metrics-data-source")
-class MetricsDataSource(DataLayerPlugin):
+class MetricsDataSource(MetricsSource):
     """Where to GET each endpoint's Prometheus metrics: ``scheme://ip:metricsPort/path``."""
 
     def __init__(self, name: str, scheme: str, path: str, insecure_skip_verify: bool) -> None:
@@ -31,7 +31,7 @@ class MetricsDataSource(DataLayerPlugin):
 
 
 @register("core-metrics-extractor")
-class CoreMetricsExtractor(DataLayerPlugin):
+class CoreMetricsExtractor(MetricsExtractor):
     """Maps engine metrics to queue / running / KV usage / LoRA / cache info. Only the vLLM
     mapping is implemented; selecting another engine is a start-up error, not a silent no-op."""
 

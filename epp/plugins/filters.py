@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Self
 
-from epp.config.params import Params
 from epp.datastore import Endpoint
-from epp.plugins.registry import register
 from epp.scheduling.framework import Filter, SchedulingRequest
+from epp.scheduling.params import Params
+from epp.scheduling.registry import register
 
 ROLE_LABEL = "llm-d.ai/role"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Self
 
-from epp.config.params import Params
-from epp.plugins.registry import register
 from epp.scheduling.framework import Plugin
+from epp.scheduling.params import Params
+from epp.scheduling.registry import register
 
 
 class RequestParser(Plugin):

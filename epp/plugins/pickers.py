@@ -6,10 +6,10 @@ import random
 from collections.abc import Sequence
 from typing import Self
 
-from epp.config.params import Params
 from epp.datastore import Endpoint
-from epp.plugins.registry import register
 from epp.scheduling.framework import Picker, ProfileResult, SchedulingRequest
+from epp.scheduling.params import Params
+from epp.scheduling.registry import register
 
 _MAX_ENDPOINTS_CAP = 64
 

@@ -19,10 +19,8 @@ from typing import Any, Self
 
 import xxhash
 
-from epp.config.errors import ConfigError
-from epp.config.params import Params
 from epp.datastore import Endpoint
-from epp.plugins.registry import register
+from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import (
     DataProducer,
     EndpointSetObserver,
@@ -32,6 +30,8 @@ from epp.scheduling.framework import (
     SchedulingResult,
     Scorer,
 )
+from epp.scheduling.params import Params
+from epp.scheduling.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ BYTES_PER_TOKEN = 4
 MIN_BLOCK_TOKENS = 64  # llm-d clamps smaller block sizes to 64 tokens at request time
 DEFAULT_LRU_CAPACITY_PER_SERVER = 31250
 PRODUCER_TYPE = "approx-prefix-cache-producer"
+# The data key of a request's prefix-match info (llm-d's PrefixCacheMatchInfo): written by a prefix
+# producer, read by prefix-cache-scorer and the P/D deciders.
+PREFIX_MATCH = "prefix-cache-match-info"
 
 _hash = xxhash.xxh3_64_intdigest
 
@@ -244,8 +247,15 @@ class PrefixMatch:
         return min(self.prompt_tokens, self.matched_blocks.get(hostport, 0) * self.block_tokens)
 
 
-@register(PRODUCER_TYPE)
-class ApproxPrefixCacheProducer(DataProducer, PreRequest, EndpointSetObserver):
+class PrefixMatchProducer(DataProducer):
+    """A producer of :data:`PREFIX_MATCH`: stores a :class:`PrefixMatch` in
+    ``request.state[self.name]`` for the consumers that resolved it by name."""
+
+    produces = frozenset({PREFIX_MATCH})
+
+
+@register(PRODUCER_TYPE, default_producer=True)
+class ApproxPrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointSetObserver):
     deferrable = True  # the index update is bookkeeping for later requests
 
     def __init__(
@@ -318,23 +328,21 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest, EndpointSetObserver):
         return max(1, metrics.num_gpu_blocks * metrics.block_size // self.block_tokens)
 
 
-def find_producer(
-    plugins: Mapping[str, Plugin], wanted: str | None, owner: Plugin
-) -> ApproxPrefixCacheProducer:
-    """The named producer, or the only one configured (the loader guarantees at least one)."""
+def find_producer(plugins: Mapping[str, Plugin], wanted: str | None, owner: Plugin) -> PrefixMatchProducer:
+    """The named prefix producer, or the only one configured (the loader adds a default one)."""
     if wanted is not None:
         plugin = plugins.get(wanted)
-        if not isinstance(plugin, ApproxPrefixCacheProducer):
+        if not isinstance(plugin, PrefixMatchProducer):
             raise ConfigError(
-                f"plugin {owner.name!r} (type {owner.type_name}): prefix producer {wanted!r} "
-                f"is not a configured {PRODUCER_TYPE}"
+                f"plugin {owner.name!r} (type {owner.type_name}): {wanted!r} is not a configured "
+                f"producer of {PREFIX_MATCH} (e.g. {PRODUCER_TYPE})"
             )
         return plugin
-    producers = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
+    producers = [p for p in plugins.values() if isinstance(p, PrefixMatchProducer)]
     if len(producers) != 1:
         raise ConfigError(
-            f"plugin {owner.name!r} (type {owner.type_name}): found {len(producers)} {PRODUCER_TYPE} "
-            "plugins; name one with prefixMatchInfoProducerName"
+            f"plugin {owner.name!r} (type {owner.type_name}): found {len(producers)} producers of "
+            f"{PREFIX_MATCH}; name one with prefixMatchInfoProducerName"
         )
     return producers[0]
 
@@ -360,7 +368,13 @@ class PrefixCacheScorer(Scorer):
         super().__init__(name)
         self.producer_name = producer_name
         self.index_parameters = index_parameters
-        self.producer: ApproxPrefixCacheProducer | None = None
+        self.producer: PrefixMatchProducer | None = None
+
+    def consumes(self) -> frozenset[str]:
+        return frozenset({PREFIX_MATCH})
+
+    def producer_parameters(self, key: str) -> Mapping[str, Any]:
+        return self.index_parameters if key == PREFIX_MATCH else {}
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:

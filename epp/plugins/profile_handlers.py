@@ -6,11 +6,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Self
 
-from epp.config.errors import ConfigError
-from epp.config.params import Params
 from epp.datastore import Endpoint
-from epp.plugins.prefix import ApproxPrefixCacheProducer, PrefixCacheScorer, PrefixMatch, find_producer
-from epp.plugins.registry import register
+from epp.plugins.prefix import (
+    PREFIX_MATCH,
+    PrefixCacheScorer,
+    PrefixMatch,
+    PrefixMatchProducer,
+    find_producer,
+)
+from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import (
     Decider,
     Plugin,
@@ -21,6 +25,8 @@ from epp.scheduling.framework import (
     SchedulingRequest,
     SchedulingResult,
 )
+from epp.scheduling.params import Params
+from epp.scheduling.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,10 @@ class PrefixBasedPdDecider(Decider):
         self.non_cached_tokens = non_cached_tokens
         self.min_prompt_tokens = min_prompt_tokens
         self.producer_name = producer
-        self.producer: ApproxPrefixCacheProducer | None = None
+        self.producer: PrefixMatchProducer | None = None
+
+    def consumes(self) -> frozenset[str]:
+        return frozenset({PREFIX_MATCH})
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
@@ -191,7 +200,7 @@ class _UncachedBytesDecider(Decider):
     def __init__(self, name: str, threshold: int) -> None:
         super().__init__(name)
         self.threshold = threshold
-        self.producer: ApproxPrefixCacheProducer | None = None
+        self.producer: PrefixMatchProducer | None = None
 
     def disaggregate(self, request: SchedulingRequest, decode_target: Endpoint) -> bool:
         assert self.producer is not None, "resolve the producer first"
@@ -276,8 +285,10 @@ class PdProfileHandler(DisaggProfileHandler):
             producer_name = scorer.producer.name
         self.decider.producer = find_producer(plugins, producer_name, self)
 
-    def needs_prefix_producer(self) -> bool:
-        return self.decider_name is None and self.threshold > 0
+    def consumes(self) -> frozenset[str]:
+        # Only the legacy threshold decider reads prefix data; a named decider declares its own.
+        needs_prefix = self.decider_name is None and self.threshold > 0
+        return frozenset({PREFIX_MATCH}) if needs_prefix else frozenset()
 
     def process_results(
         self, request: SchedulingRequest, results: dict[str, ProfileResult | None]

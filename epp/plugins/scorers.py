@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Self
 
-from epp.config.params import Params
 from epp.datastore import Endpoint
-from epp.plugins.registry import register
 from epp.scheduling.framework import SchedulingRequest, Scorer
+from epp.scheduling.params import Params
+from epp.scheduling.registry import register
 
 
 def _min_max_inverted(values: Sequence[float]) -> list[float]:

@@ -2,7 +2,8 @@
 profile runs filters → weighted scorers → a picker; the handler then names the primary result.
 
 ``framework`` holds the plugin interfaces and :class:`~epp.scheduling.framework.SchedulerProfile`,
-``scheduler`` the profile loop, ``metrics`` the EPP's own Prometheus series. The plugins live in
-:mod:`epp.plugins`, the YAML → plugins wiring in :mod:`epp.config.loader`, and the request-level
-flow around the scheduler (admission, candidates, bookkeeping) in :mod:`epp.director`.
+``registry`` the type-name → factory table and default producers, ``params`` strict parameter
+reading, ``errors`` the :class:`ConfigError` every layer raises for a bad config, ``scheduler`` the
+profile loop. The plugins live in :mod:`epp.plugins`, the YAML → plugins wiring in
+:mod:`epp.config`, and the request-level flow around the scheduler in :mod:`epp.director`.
 """

@@ -51,9 +51,23 @@ class SchedulingResult:
 
 class Plugin:
     type_name: ClassVar[str] = ""
+    # Data keys this plugin's type writes for others to read (llm-d's ``Produces()``), e.g. the
+    # prefix producers' per-request match info. The config loader adds the registered default
+    # producer of any key a configured plugin consumes and nothing produces.
+    produces: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def consumes(self) -> frozenset[str]:
+        """Data keys this instance reads (llm-d's ``Consumes()``); may depend on its parameters."""
+        return frozenset()
+
+    def producer_parameters(self, key: str) -> Mapping[str, Any]:
+        """Parameters this plugin carries for the producer of ``key`` (legacy configs put the
+        prefix producer's hashing parameters on the scorer); used when that producer is added by
+        default, and reported as ignored when one is configured."""
+        return {}
 
     def resolve(self, plugins: Mapping[str, Plugin]) -> None:
         """Second construction phase: look up plugins this one refers to by name."""
@@ -124,6 +138,20 @@ class Decider(Plugin):
 
 class DataLayerPlugin(Plugin):
     """Configures the metrics scraper; does not take part in scheduling."""
+
+
+class MetricsSource(DataLayerPlugin):
+    """Where to GET each endpoint's Prometheus metrics: ``scheme://ip:metricsPort/path``."""
+
+    scheme: str = "http"
+    path: str = "/metrics"
+    insecure_skip_verify: bool = True
+
+
+class MetricsExtractor(DataLayerPlugin):
+    """Which engine's metric names map to queue / running / KV usage / LoRA / cache info."""
+
+    engine: str = "vllm"
 
 
 class ProfileHandler(Plugin):

@@ -17,8 +17,8 @@ import time
 
 import aiohttp
 
+from epp import metrics as epp_metrics
 from epp.datastore import Datastore, Endpoint
-from epp.scheduling import metrics as epp_metrics
 from epp.scrape.http import HttpError, KeepAliveGetter
 from epp.scrape.parser import VLLM, MetricNames, MetricsParseError, parse_metrics
 

@@ -4,9 +4,9 @@
 ``parse_request_body`` turns an OpenAI body into a ``ParsedBody``.
 """
 
+from epp.metrics import ServerMetrics
 from epp.server.app import EppServer, ServerOptions, TlsFiles
 from epp.server.body import parse_request_body
-from epp.server.metrics import ServerMetrics
 from epp.server.stream import BodyMode, ExtProcStream, StreamSettings
 
 __all__ = [

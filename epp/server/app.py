@@ -11,9 +11,9 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from epp.metrics import MetricsHttpServer, ServerMetrics
 from epp.server.health import HealthServicer
-from epp.server.metrics import MetricsHttpServer, ServerMetrics
-from epp.server.service import ExternalProcessor
+from epp.server.processor import ExternalProcessor
 from epp.server.stream import StreamSettings
 from epp.types import Director
 

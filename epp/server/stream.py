@@ -22,9 +22,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
+from epp.metrics import ServerMetrics
 from epp.server import messages
 from epp.server.body import parse_request_body
-from epp.server.metrics import ServerMetrics
 from epp.server.protocol import (
     CONSUMED_HEADERS,
     DEFAULT_FAIRNESS_ID,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 pytestmark = pytest.mark.e2e

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from epp.demo.cluster import Pod
-from epp.demo.scenario import (
+from demo.cluster import Pod
+from demo.scenario import (
     DemoRequest,
     Outcome,
     PodCounters,

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from envoy_epp_stack import MODEL, Stack, call, gateway_stack, wait_for
 
-from epp.localrun import Upstream, envoy_binary
 from epp.server.stream import BodyMode
+from localrun import Upstream, envoy_binary
+from tests.support.envoy_epp import MODEL, Stack, call, gateway_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -202,6 +202,11 @@ def test_killed_pod_loses_no_request(tmp_path: Path) -> None:
         assert wait_for(picks_doomed, timeout=5, period=0.2)
         assert s.gateway is not None
         retries = "cluster.inference_pool.upstream_rq_retry"
+        # Kill right after the EPP scraped the doomed pod, so the EPP still names it first for the
+        # next ~1 s: the first request below must meet a stale pick (the retry is what this test is
+        # about), not an EPP that happened to scrape between the kill and the request.
+        seen = doomed.scrapes()
+        assert wait_for(lambda: doomed.scrapes() > seen, timeout=5, period=0.01)
         doomed.process.kill()
 
         replies = [s.post({"model": MODEL, "prompt": f"during {i}"}) for i in range(10)]

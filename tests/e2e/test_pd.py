@@ -20,10 +20,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.config.samples import pd_config
-from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
-from epp.localrun.stack import LocalEndpoint, write_endpoints_file
-from epp.sidecar.launch import sidecar_command
-from tests.nixl_wire import PREFILL_KV_REQUEST
+from localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
+from localrun.stack import LocalEndpoint, write_endpoints_file
+from sidecar.launch import sidecar_command
+from tests.support.nixl_wire import PREFILL_KV_REQUEST
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,7 @@ def sim(port: int, role: str, log: Path, log_dir: Path) -> ManagedProcess:
     command = [
         sys.executable,
         "-m",
-        "epp.sim",
+        "simulator",
         "--port",
         str(port),
         "--model",

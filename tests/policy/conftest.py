@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from policy_support import EXAMPLE_STACKS, REPO, RenderedManifest
+
+from tests.support.policy import EXAMPLE_STACKS, REPO, RenderedManifest
 
 
 @pytest.fixture(scope="session")
 def render_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m components.render` over every stacks/Pulumi.<stack>.yaml, into a temporary directory."""
+    """`python -m render` over every stacks/Pulumi.<stack>.yaml, into a temporary directory."""
     out = tmp_path_factory.mktemp("render")
     result = subprocess.run(
-        [sys.executable, "-m", "components.render", "--out", str(out)],
+        [sys.executable, "-m", "render", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from policy_support import EXAMPLE_STACKS, REPO
+
+from tests.support.policy import EXAMPLE_STACKS, REPO
 
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 CONFIG = REPO / ".checkov.yaml"

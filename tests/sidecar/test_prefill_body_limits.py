@@ -4,7 +4,7 @@ to a local prefill instead of the prefill pool."""
 
 from __future__ import annotations
 
-from epp.sidecar.pd import decode_body, prefill_body
+from sidecar.pd import decode_body, prefill_body
 
 
 def test_min_tokens_is_dropped_from_the_prefill_leg_only() -> None:

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests_shim as http
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_server import SERVED_NAME, vllm_process
 
-from epp.localrun.process import ManagedProcess, free_port, http_ok
-from epp.sidecar.launch import sidecar_command
-from tests.nixl_wire import PREFILL_KV_REQUEST
+from localrun.process import ManagedProcess, free_port, http_ok
+from sidecar.launch import sidecar_command
+from tests.support import requests_shim as http
+from tests.support.nixl_wire import PREFILL_KV_REQUEST
+from tests.support.vllm_server import SERVED_NAME, vllm_process
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_simulator_kv_transfer_params_match_vllm(pd):
         [
             sys.executable,
             "-m",
-            "epp.sim",
+            "simulator",
             "--model",
             SERVED_NAME,
             "--port",

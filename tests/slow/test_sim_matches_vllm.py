@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests_shim as http
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_server import SERVED_NAME, vllm_process
 
-from epp.localrun.process import ManagedProcess, free_port, http_ok
+from localrun.process import ManagedProcess, free_port, http_ok
+from tests.support import requests_shim as http
+from tests.support.vllm_server import SERVED_NAME, vllm_process
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def servers(
     logs = tmp_path_factory.mktemp("sim-vs-vllm")
     real_port, sim_port = free_port(), free_port()
     sim = ManagedProcess(
-        [sys.executable, "-m", "epp.sim", "--model", SERVED_NAME, "--port", str(sim_port)],
+        [sys.executable, "-m", "simulator", "--model", SERVED_NAME, "--port", str(sim_port)],
         ready=http_ok(f"http://127.0.0.1:{sim_port}/health"),
         name="sim",
         log_dir=logs,

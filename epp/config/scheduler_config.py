@@ -1,0 +1,30 @@
+"""The built scheduler configuration: what :func:`epp.config.loader.load_config` returns and the
+director and runtime consume (so neither needs the YAML loader)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from epp.scheduling.framework import (
+    DataProducer,
+    EndpointSetObserver,
+    MetricsExtractor,
+    MetricsSource,
+    Plugin,
+    PreRequest,
+    SaturationDetector,
+)
+from epp.scheduling.scheduler import Scheduler
+
+
+@dataclass
+class SchedulerConfig:
+    plugins: dict[str, Plugin]
+    scheduler: Scheduler
+    producers: list[DataProducer]
+    pre_request: list[PreRequest]
+    observers: list[EndpointSetObserver]
+    saturation_detector: SaturationDetector
+    metrics_source: MetricsSource
+    metrics_extractor: MetricsExtractor
+    warnings: list[str] = field(default_factory=list)

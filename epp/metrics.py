@@ -1,0 +1,145 @@
+"""Every Prometheus series the EPP exports, and the HTTP endpoint that serves them (``--metrics-port``).
+
+Two groups live here: the scheduling core's series (module-level, in prometheus_client's default
+registry: decisions, picks, rejections by the director, scrapes, pool saturation) and the protocol
+layer's request-level series (:class:`ServerMetrics`, one registry per server so tests can make
+their own). :class:`MetricsHttpServer` serves both registries on one page.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import prometheus_client
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+# ---- scheduling core (default registry) -------------------------------------------------------
+DECISION_SECONDS = Histogram(
+    "epp_scheduler_decision_duration_seconds",
+    "Time from a parsed request to a scheduling decision (admission, scheduling, pre-request hooks).",
+    buckets=(25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.1),
+)
+PICKS = Counter(
+    "epp_scheduler_picks_total",
+    "Requests scheduled to an endpoint, by profile (e.g. decode / prefill).",
+    ["endpoint", "profile"],
+)
+REJECTIONS = Counter(
+    "epp_scheduler_rejections_total",
+    "Requests the director refused, by HTTP status and drop reason.",
+    ["status", "reason"],
+)
+IN_FLIGHT = Gauge("epp_scheduler_in_flight_requests", "Requests scheduled and not yet completed.")
+POOL_SATURATION = Gauge(
+    "epp_pool_saturation", "Pool saturation from the saturation detector (>= 1 saturated)."
+)
+SCRAPE_SECONDS = Histogram(
+    "epp_metrics_scrape_duration_seconds",
+    "Wall time of one model-server /metrics scrape (fetch and parse).",
+    buckets=(1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0),
+)
+SCRAPE_ERRORS = Counter(
+    "epp_metrics_scrape_errors_total", "Failed model-server /metrics scrapes.", ["endpoint"]
+)
+ENDPOINTS = Gauge("epp_pool_endpoints", "Endpoints currently in the pool.")
+
+# ---- protocol layer (one registry per server) -------------------------------------------------
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
+_SIZE_BUCKETS = tuple(float(2**n) for n in range(6, 25, 2))  # 64 B .. 16 MiB
+
+
+class ServerMetrics:
+    """Request-level metrics of the protocol layer. One instance per process (or per test registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "epp_requests", "Requests handled, by the HTTP status the client got.", ["code"], registry=r
+        )
+        self.rejections = Counter(
+            "epp_rejected_requests",
+            "Requests the EPP answered itself, by status and drop reason.",
+            ["code", "reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "epp_requests_in_flight", "Requests between headers and response end.", registry=r
+        )
+        self.duration = Histogram(
+            "epp_request_duration_seconds",
+            "From request headers at the EPP to the end of the response.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scheduling = Histogram(
+            "epp_scheduling_duration_seconds",
+            "Time spent in the Director deciding where a request goes.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "epp_time_to_first_token_seconds",
+            "From request headers at the EPP to the first response body bytes.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_bytes = Histogram(
+            "epp_request_body_bytes", "Request body sizes.", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.response_bytes = Histogram(
+            "epp_response_body_bytes", "Response body sizes.", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.tokens = Counter("epp_tokens", "Tokens reported in response usage.", ["kind"], registry=r)
+        self.stream_errors = Counter(
+            "epp_stream_errors", "ext_proc streams that ended by an unexpected error.", registry=r
+        )
+
+
+class MetricsHttpServer:
+    """``GET /metrics`` in the Prometheus text format, on its own port."""
+
+    def __init__(self, metrics: ServerMetrics, host: str, port: int) -> None:
+        self._registries = [metrics.registry, prometheus_client.REGISTRY]
+        self._host, self._port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        log.info("metrics on http://%s:%d/metrics", self._host, self._port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _serve(self, _request: web.Request) -> web.Response:
+        text = b"".join(prometheus_client.generate_latest(registry) for registry in self._registries)
+        return web.Response(body=text, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

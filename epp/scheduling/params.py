@@ -1,0 +1,149 @@
+"""Typed, strict reading of one plugin's ``parameters`` mapping.
+
+Each plugin factory pulls the keys it understands through :class:`Params`, which rejects a wrong
+type or value with the plugin and key named. :meth:`Params.finish` then deals with keys nobody
+read: an error by default; the config loader instead logs a warning naming them, because llm-d
+(Go's JSON decoding) ignores unknown keys and real configs carry some (e.g. ``hashBlockSize`` on
+a picker), so rejecting them would break drop-in compatibility while still hiding nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from epp.scheduling.errors import ConfigError
+
+
+class Params:
+    def __init__(self, plugin_name: str, plugin_type: str, raw: Any) -> None:
+        self.plugin = f"plugin {plugin_name!r} (type {plugin_type})"
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{self.plugin}: 'parameters' must be a mapping, got {type(raw).__name__}")
+        self._raw: dict[str, Any] = dict(raw)
+        self._used: set[str] = set()
+
+    def _take(self, key: str) -> Any:
+        self._used.add(key)
+        return self._raw.get(key)
+
+    def raw(self, key: str) -> Any:
+        """The value as written (marked as understood); for parameters passed on to another plugin."""
+        return self._take(key)
+
+    def has(self, key: str) -> bool:
+        return self._raw.get(key) is not None
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.plugin}: parameter {key!r} {problem}")
+
+    def integer(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        value = self._take(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise self.error(key, f"must be an integer, got {value!r}")
+        self._check_range(key, value, minimum, maximum)
+        return value
+
+    def number(
+        self, key: str, default: float, *, minimum: float | None = None, maximum: float | None = None
+    ) -> float:
+        value = self._take(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            # NaN passes every range check (all its comparisons are false): refuse it by name.
+            raise self.error(key, f"must be a finite number, got {value!r}")
+        self._check_range(key, float(value), minimum, maximum)
+        return float(value)
+
+    def duration(self, key: str, default: float) -> float:
+        """Seconds; accepts a number of seconds or a Go duration string ("200ms", "2s", "1m")."""
+        value = self._take(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            raise self.error(key, f"must be a duration like '200ms', got {value!r}")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = parse_duration(value, lambda problem: self.error(key, problem))
+        else:
+            raise self.error(key, f"must be a duration like '200ms', got {value!r}")
+        if math.isnan(seconds) or seconds < 0:
+            raise self.error(key, f"must not be negative or NaN, got {value!r}")
+        return seconds
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._take(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def string(self, key: str, default: str, *, choices: tuple[str, ...] | None = None) -> str:
+        value = self._take(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"must be a non-empty string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self._take(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.error(key, f"must be a mapping, got {value!r}")
+        return dict(value)
+
+    def sequence(self, key: str) -> list[Any]:
+        value = self._take(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(key, f"must be a list, got {value!r}")
+        return value
+
+    def finish(self, on_unknown: Callable[[str], None] | None = None) -> None:
+        """Reject (or, with ``on_unknown``, report) parameters the plugin does not understand."""
+        unknown = sorted(set(self._raw) - self._used)
+        if not unknown:
+            return
+        message = f"{self.plugin}: unknown parameter(s) {', '.join(map(repr, unknown))}"
+        if on_unknown is None:
+            raise ConfigError(message)
+        on_unknown(message)
+
+    def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be <= {maximum}, got {value}")
+
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, error: Any) -> float:
+    """Go-style duration ("1m30s", "200ms") → seconds."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise error(f"is not a duration like '200ms' or '2s': {text!r}")
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)

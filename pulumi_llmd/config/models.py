@@ -1,0 +1,436 @@
+"""Pydantic models for the whole stack configuration (Pulumi namespace ``llmd``).
+
+Every default of the project lives here. Keys are camelCase in ``Pulumi.<stack>.yaml`` and
+snake_case in Python. Unknown keys are rejected (``extra="forbid"``) so a typo fails loudly instead
+of silently falling back to a default. Rules that span several keys live in ``rules.py``; this
+module only describes shapes and single-field constraints.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.eks import EksConfig
+from pulumi_llmd.config.gke import GkeConfig
+
+# RFC 1123 label: what Kubernetes accepts for namespaces and most object names.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes quantities ("500m", "16Gi", "2").
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# Release tags of the upstream projects we pin ("v1.6.1").
+RELEASE_TAG = r"^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$"
+# Go-style durations as Gateway API accepts them ("300s", "5m", "1h").
+DURATION = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
+
+# The images this project builds (epp/, sidecar/, simulator/ Dockerfiles): one registry and one tag,
+# the package version, for all three.
+PROJECT_IMAGE_REGISTRY = "ghcr.io/pulumi-llmd"
+PROJECT_IMAGE_TAG = "0.1.0"
+
+
+def project_image(name: str) -> str:
+    """``epp``, ``sidecar`` or ``simulator`` as published by this project."""
+    return f"{PROJECT_IMAGE_REGISTRY}/{name}:{PROJECT_IMAGE_TAG}"
+
+
+# The two EndpointPickerConfig API versions in use (llm-d, and GIE up to v1.5).
+EPP_CONFIG_API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
+
+Quantity = Annotated[str, Field(pattern=QUANTITY)]
+DnsLabel = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+
+
+class PlatformName(StrEnum):
+    ONPREM = "onprem"
+    KIND = "kind"
+    GKE = "gke"
+    EKS = "eks"
+
+
+class Engine(StrEnum):
+    """What runs in the model-server pods."""
+
+    VLLM = "vllm"
+    # The bundled vLLM simulator (`python -m simulator`, its own image): same HTTP API and metrics, no GPU.
+    SIMULATOR = "simulator"
+
+
+class FailureMode(StrEnum):
+    FAIL_OPEN = "FailOpen"
+    FAIL_CLOSE = "FailClose"
+
+
+class ModelConfig(ConfigModel):
+    """The model every pool serves."""
+
+    name: str = Field(
+        min_length=1,
+        description="Served model name clients put in the request body (`--served-model-name`).",
+    )
+    uri: str = Field(
+        pattern=r"^(hf|pvc)://[^/\s]+(/\S*)?$",
+        description="Where the weights come from: `hf://org/model` (Hugging Face, token from the "
+        "`llmd:hfToken` secret) or `pvc://claim/path/in/claim` (a PersistentVolumeClaim in the namespace).",
+    )
+    engine: Engine = Field(
+        default=Engine.VLLM,
+        description="`vllm` for real model servers, `simulator` for the bundled vLLM simulator (no GPUs).",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="vLLM `--max-model-len`; unset lets vLLM derive it from the model."
+    )
+    enable_prefix_caching: bool = Field(default=True, description="vLLM automatic prefix caching.")
+    cache_size: Quantity = Field(
+        default="100Gi", description="Size limit of the emptyDir that holds hf:// downloads."
+    )
+    label: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+        description="Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`.",
+    )
+
+    @property
+    def source(self) -> Literal["hf", "pvc"]:
+        return "hf" if self.uri.startswith("hf://") else "pvc"
+
+    @property
+    def label_value(self) -> str:
+        if self.label is not None:
+            return self.label
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name)[:63]
+        return safe.strip("-_.") or "model"
+
+
+class CrdsConfig(ConfigModel):
+    """Cluster-wide CRDs. Installed from the upstream release assets and retained on delete."""
+
+    install: bool = Field(
+        default=True, description="Install the CRDs; set false when the cluster already has them."
+    )
+    gateway_api_version: str = Field(
+        default="v1.6.1", pattern=RELEASE_TAG, description="Gateway API release (standard channel)."
+    )
+    inference_extension_version: str = Field(
+        default="v1.6.0",
+        pattern=RELEASE_TAG,
+        description="Gateway API Inference Extension release providing InferencePool v1.",
+    )
+    lws_version: str = Field(
+        default="v0.10.0",
+        pattern=RELEASE_TAG,
+        description="LeaderWorkerSet release (CRD + controller); installed only when a pool has "
+        "nodesPerReplica > 1.",
+    )
+
+
+class GatewayConfig(ConfigModel):
+    """kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."""
+
+    install_kgateway: bool = Field(
+        default=True, description="Install kgateway (CRDs chart + controller chart)."
+    )
+    kgateway_version: str = Field(
+        default="v2.1.0", pattern=RELEASE_TAG, description="kgateway chart version."
+    )
+    kgateway_namespace: DnsLabel = Field(default="kgateway-system", description="Namespace of kgateway.")
+    class_name: str = Field(default="kgateway", min_length=1, description="GatewayClass of the Gateway.")
+    listener_port: int = Field(default=80, ge=1, le=65535, description="HTTP listener port of the Gateway.")
+    request_timeout: str = Field(
+        default="300s", pattern=DURATION, description="HTTPRoute request timeout (long generations)."
+    )
+
+
+class ResourcesConfig(ConfigModel):
+    cpu: Quantity = Field(description="CPU request (no CPU limit: throttling hurts latency).")
+    memory: Quantity = Field(description="Memory request and limit.")
+
+
+class AcceleratorConfig(ConfigModel):
+    resource: str = Field(
+        default="nvidia.com/gpu",
+        pattern=r"^[a-z0-9.-]+/[a-z0-9_.-]+$",
+        description="Extended resource name of one accelerator.",
+    )
+    count: int | None = Field(
+        default=None,
+        ge=0,
+        description="Accelerators per pod; unset means the pool's tensorParallel. 0 disables requests.",
+    )
+
+
+class PoolConfig(ConfigModel):
+    """Shared shape of the prefill and decode pools."""
+
+    replicas: int = Field(
+        default=1, ge=0, description="Model-server replicas (groups, with nodesPerReplica > 1)."
+    )
+    tensor_parallel: int = Field(default=1, ge=1, le=64, description="vLLM `--tensor-parallel-size`.")
+    nodes_per_replica: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Nodes one replica spans; > 1 renders a LeaderWorkerSet "
+        "(vLLM pipeline parallel over Ray).",
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Container image; unset picks the engine's default (the vLLM image, or this "
+        "project's simulator image).",
+    )
+    extra_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments, appended last.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra container environment.")
+    resources: ResourcesConfig = Field(
+        default_factory=lambda: ResourcesConfig(cpu="8", memory="64Gi"),
+        description="CPU/memory per model-server container.",
+    )
+    accelerator: AcceleratorConfig = Field(default_factory=AcceleratorConfig, description="GPUs per pod.")
+    shm_size: Quantity = Field(default="16Gi", description="Size of the /dev/shm memory volume.")
+
+    def accelerators_per_pod(self) -> int:
+        return self.tensor_parallel if self.accelerator.count is None else self.accelerator.count
+
+
+class PrefillConfig(PoolConfig):
+    enabled: bool = Field(
+        default=True,
+        description="Prefill/decode disaggregation: a prefill pool, the decode-side sidecar "
+        "and NIXL KV transfer.",
+    )
+
+
+class SidecarConfig(ConfigModel):
+    image: str = Field(
+        default_factory=lambda: project_image("sidecar"),
+        min_length=1,
+        description="Sidecar image (built from sidecar/Dockerfile).",
+    )
+    kv_connector: Literal["nixlv2"] = Field(default="nixlv2", description="Sidecar `--kv-connector`.")
+    resources: ResourcesConfig = Field(
+        default_factory=lambda: ResourcesConfig(cpu="1", memory="1Gi"), description="Sidecar CPU/memory."
+    )
+
+
+class DecodeConfig(PoolConfig):
+    replicas: int = Field(default=1, ge=1, description="Decode replicas (groups, with nodesPerReplica > 1).")
+    sidecar: SidecarConfig = Field(
+        default_factory=SidecarConfig, description="The P/D routing sidecar on decode pods."
+    )
+
+
+class EppConfig(ConfigModel):
+    """The endpoint picker (`python -m epp`) and its InferencePool wiring."""
+
+    image: str = Field(
+        default_factory=lambda: project_image("epp"),
+        min_length=1,
+        description="EPP image (built from epp/Dockerfile).",
+    )
+    replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
+    leader_election: bool = Field(
+        default=False,
+        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant "
+        "leases/events RBAC; only the replica holding the pool's Lease reports ready (bundled and "
+        "upstream EPP images alike).",
+    )
+    failure_mode: FailureMode = Field(
+        default=FailureMode.FAIL_CLOSE,
+        description="InferencePool endpointPickerRef.failureMode: what the gateway does "
+        "when the EPP is down.",
+    )
+    secure_serving: bool = Field(
+        default=False, description="`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC)."
+    )
+    tls_secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for "
+        "`--cert-path`; required with secureServing.",
+    )
+    config: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A full EndpointPickerConfig YAML overriding the generated one.",
+    )
+    pd_non_cached_tokens: int = Field(
+        default=16,
+        ge=0,
+        description="prefix-based-pd-decider `nonCachedTokens`: disaggregate when at least this many "
+        "prompt tokens are not cached on the chosen decode pod.",
+    )
+    refresh_metrics_interval: float = Field(
+        default=0.05, gt=0, description="`--refresh-metrics-interval` in seconds."
+    )
+    metrics_staleness_threshold: float = Field(
+        default=2.0, gt=0, description="`--metrics-staleness-threshold` in seconds."
+    )
+    resources: ResourcesConfig = Field(
+        default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _picker_config_shape(cls, text: str | None) -> str | None:
+        """Catch a broken override here, not when the EPP pod crash-loops. Plugin names are the
+        EPP's business (upstream images accept more than the bundled one)."""
+        if text is None:
+            return None
+        try:
+            document = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as error:
+            where = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+            raise ValueError(f"is not valid YAML ({error.problem}{where})") from None
+        except yaml.YAMLError as error:  # e.g. characters YAML does not allow
+            raise ValueError(f"is not valid YAML ({error})") from None
+        if not isinstance(document, dict) or document.get("kind") != "EndpointPickerConfig":
+            raise ValueError("must be a YAML mapping with kind: EndpointPickerConfig")
+        if document.get("apiVersion") not in EPP_CONFIG_API_VERSIONS:
+            raise ValueError(f"apiVersion must be one of {', '.join(EPP_CONFIG_API_VERSIONS)}")
+        return text
+
+
+class OperatorChartConfig(ConfigModel):
+    install: bool = Field(default=True, description="Install the chart; false when already installed.")
+    version: str = Field(pattern=RELEASE_TAG, description="Chart version.")
+    namespace: DnsLabel = Field(description="Namespace the operator runs in.")
+    values: dict[str, Any] = Field(default_factory=dict, description="Helm values merged over ours.")
+
+
+class RdmaNetworkConfig(ConfigModel):
+    """One Multus NetworkAttachmentDefinition for an RDMA-capable NIC."""
+
+    name: DnsLabel = Field(description="NetworkAttachmentDefinition name.")
+    cni: Literal["macvlan", "ipoib", "host-device", "sriov"] = Field(
+        default="macvlan", description="CNI plugin (macvlan on a RoCE PF, ipoib for InfiniBand ...)."
+    )
+    master: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,15}$",
+        description="Host interface (macvlan/ipoib master, host-device device).",
+    )
+    ipam_range: str = Field(
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$",
+        description="CIDR the whereabouts IPAM hands addresses out of.",
+    )
+    resource_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9.-]+/[a-z0-9_.-]+$",
+        description="Device-plugin resource backing this network (sriov VFs), set as the NAD annotation.",
+    )
+    interface: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]{1,15}$", description="Interface name inside the pod (e.g. net1)."
+    )
+
+
+class OnPremConfig(ConfigModel):
+    """An existing cluster with NVIDIA GPUs and RDMA (RoCE or InfiniBand) NICs."""
+
+    kube_context: str | None = Field(
+        default=None, min_length=1, description="kubeconfig context; unset uses the current context."
+    )
+    gpu_operator: OperatorChartConfig = Field(
+        default_factory=lambda: OperatorChartConfig(version="v26.7.0", namespace="gpu-operator"),
+        description="NVIDIA GPU Operator chart (helm.ngc.nvidia.com/nvidia/gpu-operator).",
+    )
+    network_operator: OperatorChartConfig = Field(
+        default_factory=lambda: OperatorChartConfig(version="v26.4.0", namespace="nvidia-network-operator"),
+        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator). With "
+        "rdmaNetworks, our values deploy its NicClusterPolicy: Multus, CNI plugins, whereabouts and the RDMA "
+        "shared device plugin for rdmaResource on the networks' interfaces (`values` override them).",
+    )
+    rdma_networks: list[RdmaNetworkConfig] = Field(
+        default_factory=list, description="Multus networks attached to every model-server pod."
+    )
+    rdma_resource: str | None = Field(
+        default="rdma/rdma_shared_device_a",
+        pattern=r"^[a-z0-9.-]+/[a-z0-9_.-]+$",
+        description="RDMA device-plugin resource each model-server container requests; null for none.",
+    )
+    rdma_resource_count: int = Field(default=1, ge=1, description="How many of `rdmaResource` per container.")
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        description="Node labels model-server pods require.",
+    )
+    gpu_taint: str | None = Field(
+        default="nvidia.com/gpu",
+        min_length=1,
+        description="Taint key on GPU nodes that model-server pods tolerate (NoSchedule); null for none.",
+    )
+    ucx_net_devices: str | None = Field(
+        default=None,
+        min_length=1,
+        description="`UCX_NET_DEVICES` (e.g. mlx5_0:1) to pin NIXL to the RDMA NICs.",
+    )
+    nccl_ib_hca: str | None = Field(default=None, min_length=1, description="`NCCL_IB_HCA` (e.g. mlx5).")
+
+
+class KindConfig(ConfigModel):
+    """A local kind cluster (no GPUs)."""
+
+    cluster_name: DnsLabel = Field(default="llmd", description="kind cluster name (context kind-<name>).")
+
+
+class NetworkPolicyConfig(ConfigModel):
+    enabled: bool = Field(default=True, description="Render the NetworkPolicies.")
+    metrics_namespace_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Namespace labels allowed to scrape EPP/model-server metrics (e.g. your Prometheus); "
+        "empty allows none.",
+    )
+    ucx_tcp_between_pools: bool = Field(
+        default=True,
+        description="Allow all TCP between prefill and decode pods: UCX's TCP transport (used without "
+        "RDMA) picks ephemeral ports.",
+    )
+
+
+class StackConfig(ConfigModel):
+    """The validated contents of the `llmd:` namespace of a stack."""
+
+    platform: PlatformName = Field(description="Where the cluster comes from.")
+    name: DnsLabel = Field(
+        default="llmd",
+        max_length=40,
+        description="Prefix of every object name (pools, EPP, gateway); keep stable across updates.",
+    )
+    namespace: DnsLabel = Field(default="llm-d", description="Namespace of the inference stack.")
+    kubernetes_version: str = Field(
+        default="1.33",
+        pattern=r"^1\.[0-9]{2}$",
+        description="Kubernetes minor version the manifests target (and are validated against).",
+    )
+    model: ModelConfig = Field(description="The served model.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Gateway settings.")
+    crds: CrdsConfig = Field(default_factory=CrdsConfig, description="CRD installation.")
+    prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Prefill pool (P/D).")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decode pool.")
+    epp: EppConfig = Field(default_factory=EppConfig, description="Endpoint picker.")
+    onprem: OnPremConfig | None = Field(default=None, description="Required for platform onprem.")
+    kind: KindConfig | None = Field(default=None, description="Settings for platform kind.")
+    network_policy: NetworkPolicyConfig = Field(
+        default_factory=NetworkPolicyConfig, description="NetworkPolicies."
+    )
+    gke: GkeConfig | None = Field(
+        default=None, description="Required for platform gke (cloud engineer's model)."
+    )
+    eks: EksConfig | None = Field(
+        default=None, description="Required for platform eks (cloud engineer's model)."
+    )
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _supported_version(cls, value: str) -> str:
+        minor = int(value.split(".")[1])
+        if not 25 <= minor <= 37:
+            raise ValueError("must be a Kubernetes minor version between 1.25 and 1.37")
+        return value
+
+    @property
+    def disaggregated(self) -> bool:
+        return self.prefill.enabled

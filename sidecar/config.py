@@ -1,0 +1,135 @@
+"""Sidecar options (command-line flags) and the prefill-host allowlist."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+
+from sidecar.pd import SUPPORTED_CONNECTORS
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarOptions:
+    port: int = 8000
+    host: str = "0.0.0.0"
+    model_server_host: str = "127.0.0.1"
+    model_server_port: int = 8200
+    kv_connector: str = "nixlv2"
+    # Prefill should take well under a second; a stuck prefill pod must not hold the client.
+    prefill_timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    # Longest silence between two chunks of a (streaming) model-server answer.
+    read_timeout_s: float = 300.0
+    max_conns_per_host: int = 100
+    max_body_bytes: int = 16 * 1024 * 1024
+    prefill_allowlist: tuple[Network, ...] | None = None  # None = SSRF guard off
+    metrics_port: int = 0  # 0 = no metrics listener
+
+    def __post_init__(self) -> None:
+        if self.kv_connector not in SUPPORTED_CONNECTORS:
+            raise ValueError(
+                f"--kv-connector {self.kv_connector!r} is not supported; "
+                f"choose one of {', '.join(SUPPORTED_CONNECTORS)}"
+            )
+        for name in ("prefill_timeout_s", "connect_timeout_s", "read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("port", "model_server_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise ValueError(f"{name} must be a TCP port, got {getattr(self, name)}")
+        if self.max_conns_per_host < 1 or self.max_body_bytes < 1:
+            raise ValueError("max_conns_per_host and max_body_bytes must be >= 1")
+
+    def prefill_allowed(self, host: str) -> bool:
+        if self.prefill_allowlist is None:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False  # names are not resolved here: the EPP always sends pod IPs
+        return any(address in network for network in self.prefill_allowlist)
+
+
+def parse_allowlist(text: str) -> tuple[Network, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"--prefill-allowlist: {item!r} is not an IP address or CIDR") from exc
+    if not networks:
+        raise ValueError("--prefill-allowlist is empty")
+    return tuple(networks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SidecarOptions()
+    p = argparse.ArgumentParser(
+        prog="python -m sidecar", description="P/D sidecar for decode pods (llm-d nixlv2 protocol)."
+    )
+    p.add_argument("--port", type=int, default=d.port, help="listen port (the InferencePool targetPort)")
+    p.add_argument("--host", default=d.host, help="listen address")
+    p.add_argument("--model-server-port", type=int, default=d.model_server_port, help="local vLLM port")
+    p.add_argument("--model-server-host", default=d.model_server_host)
+    p.add_argument("--kv-connector", default=d.kv_connector, help="P/D protocol: nixlv2")
+    p.add_argument(
+        "--prefill-timeout",
+        type=float,
+        default=d.prefill_timeout_s,
+        metavar="SECONDS",
+        help="whole prefill leg; on expiry the request is prefilled locally",
+    )
+    p.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s, metavar="SECONDS")
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout_s,
+        metavar="SECONDS",
+        help="longest wait for the next bytes from the local model server",
+    )
+    p.add_argument("--max-conns-per-host", type=int, default=d.max_conns_per_host)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument(
+        "--enable-ssrf-protection",
+        action="store_true",
+        help="only prefill on hosts in --prefill-allowlist (403 otherwise)",
+    )
+    p.add_argument(
+        "--prefill-allowlist",
+        default="",
+        metavar="CIDR[,CIDR...]",
+        help="IPs/CIDRs allowed in x-prefiller-host-port (pod CIDR in a cluster)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=d.metrics_port,
+        help="serve the sidecar's own Prometheus metrics here (0 = off)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> SidecarOptions:
+    allowlist = None
+    if args.enable_ssrf_protection:
+        allowlist = parse_allowlist(args.prefill_allowlist)
+    elif args.prefill_allowlist:
+        raise ValueError("--prefill-allowlist needs --enable-ssrf-protection")
+    return SidecarOptions(
+        port=args.port,
+        host=args.host,
+        model_server_host=args.model_server_host,
+        model_server_port=args.model_server_port,
+        kv_connector=args.kv_connector,
+        prefill_timeout_s=args.prefill_timeout,
+        connect_timeout_s=args.connect_timeout,
+        read_timeout_s=args.read_timeout,
+        max_conns_per_host=args.max_conns_per_host,
+        max_body_bytes=args.max_body_bytes,
+        prefill_allowlist=allowlist,
+        metrics_port=args.metrics_port,
+    )

@@ -1,0 +1,327 @@
+"""The sidecar's HTTP server: pass-through proxy plus the two-phase P/D path.
+
+One pooled client session serves both the prefill pods and the local model server. Nothing is
+written to the client before the local model server has answered with its status line, so a failed
+or slow prefill turns into a local prefill (counted in ``llmd_sidecar_prefill_fallbacks_total``),
+never into a half-sent response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from sidecar.config import SidecarOptions
+from sidecar.pd import (
+    DISAGGREGATED_PATHS,
+    PREFILLER_HEADER,
+    REQUEST_ID_HEADER,
+    InvalidPrefillResponse,
+    decode_body,
+    kv_params_from_prefill,
+    parse_host_port,
+    prefill_body,
+)
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 hop-by-hop headers plus the ones the proxy recomputes.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",  # non-standard, still sent by some clients
+        "host",
+        "content-length",
+    }
+)
+
+
+class SidecarMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llmd_sidecar_requests", "Requests handled, by path taken.", ("mode",), registry=self.registry
+        )
+        self.fallbacks = Counter(
+            "llmd_sidecar_prefill_fallbacks",
+            "Disaggregated requests prefilled locally because the remote prefill failed.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.prefill_seconds = Histogram(
+            "llmd_sidecar_prefill_duration_seconds",
+            "Duration of successful remote prefill legs.",
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.ssrf_rejections = Counter(
+            "llmd_sidecar_ssrf_rejections",
+            "Requests refused because the prefill host is not allowed.",
+            registry=self.registry,
+        )
+        for mode in ("passthrough", "disaggregated"):
+            self.requests.labels(mode)
+        for reason in ("timeout", "connect", "status", "invalid_response", "decode_kv_load"):
+            self.fallbacks.labels(reason)
+
+
+class PrefillFailed(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class Sidecar:
+    def __init__(self, options: SidecarOptions) -> None:
+        self.options = options
+        self.metrics = SidecarMetrics()
+        self.model_server = f"http://{options.model_server_host}:{options.model_server_port}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.options.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_startup.append(self._open)
+        app.on_cleanup.append(self._close)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        app = web.Application()
+
+        async def metrics(_request: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(self.metrics.registry),
+                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            )
+
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    async def _open(self, _app: web.Application) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.options.max_conns_per_host)
+        # auto_decompress off: bodies pass through byte for byte, Content-Encoding included. So
+        # aiohttp must not offer encodings of its own: only what the client accepts goes upstream.
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+        )
+
+    async def _close(self, _app: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the sidecar's client session is not open (app not started)")
+        return self._session
+
+    # --- dispatch ------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        prefiller = request.headers.get(PREFILLER_HEADER)
+        body = await request.read() if request.can_read_body else b""
+        if prefiller is None or request.method != "POST" or request.path not in DISAGGREGATED_PATHS:
+            self.metrics.requests.labels("passthrough").inc()
+            return await self._forward(request, body, _forward_headers(request.headers))
+        return await self._disaggregated(request, body, prefiller)
+
+    async def _disaggregated(self, request: web.Request, raw: bytes, prefiller: str) -> web.StreamResponse:
+        try:
+            host, port = parse_host_port(prefiller)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if not self.options.prefill_allowed(host):
+            self.metrics.ssrf_rejections.inc()
+            log.warning("refusing prefill on %s: not in the allowlist", prefiller)
+            return _error(403, f"prefill host {host} is not allowed")
+        try:
+            original = json.loads(raw)
+        except ValueError:
+            original = None
+        if not isinstance(original, dict):
+            # Not something to split: let the model server produce its own error.
+            self.metrics.requests.labels("passthrough").inc()
+            return await self._forward(request, raw, _forward_headers(request.headers))
+
+        self.metrics.requests.labels("disaggregated").inc()
+        headers = _forward_headers(request.headers)
+        headers[REQUEST_ID_HEADER] = request.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
+        url = f"http://{_join_host_port(host, port)}{request.path_qs}"
+        # The sidecar itself parses the prefill answer and the session does not decompress:
+        # ask for it uncompressed (aiohttp would otherwise offer gzip on its own).
+        prefill_headers = CIMultiDict(headers)
+        prefill_headers["Accept-Encoding"] = "identity"
+        try:
+            kv_params = await self._prefill(url, prefill_body(original), prefill_headers)
+        except PrefillFailed as exc:
+            self.metrics.fallbacks.labels(exc.reason).inc()
+            log.warning(
+                "request %s: prefill on %s failed (%s: %s); prefilling locally",
+                headers[REQUEST_ID_HEADER],
+                prefiller,
+                exc.reason,
+                exc,
+            )
+            return await self._forward(request, json.dumps(original).encode(), headers)
+        # vLLM answers 500 when it cannot load the remote KV (kv_load_failure_policy "fail", e.g. a
+        # NIXL handshake timing out); nothing has reached the client yet, so run it locally instead.
+        return await self._forward(
+            request,
+            json.dumps(decode_body(original, kv_params)).encode(),
+            headers,
+            local_retry=json.dumps(original).encode(),
+        )
+
+    async def _prefill(self, url: str, body: dict[str, Any], headers: CIMultiDict[str]) -> dict[str, Any]:
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(
+            total=self.options.prefill_timeout_s, sock_connect=self.options.connect_timeout_s
+        )
+        try:
+            async with self.session.post(url, json=body, headers=headers, timeout=timeout) as response:
+                payload = await response.read()
+                if response.status // 100 != 2:
+                    raise PrefillFailed("status", f"HTTP {response.status}: {payload[:200]!r}")
+        except TimeoutError as exc:
+            raise PrefillFailed("timeout", f"no answer within {self.options.prefill_timeout_s} s") from exc
+        except aiohttp.ClientError as exc:
+            raise PrefillFailed("connect", repr(exc)) from exc
+        try:
+            params = kv_params_from_prefill(json.loads(payload))
+        except (ValueError, InvalidPrefillResponse) as exc:
+            raise PrefillFailed("invalid_response", str(exc)) from exc
+        self.metrics.prefill_seconds.observe(time.monotonic() - started)
+        return params
+
+    async def _forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        headers: CIMultiDict[str],
+        local_retry: bytes | None = None,
+    ) -> web.StreamResponse:
+        """Send the request to the local model server and stream its answer back as it arrives.
+
+        With ``local_retry``, a 5xx answer (seen before anything is sent to the client) is dropped
+        and ``local_retry`` is sent instead: the P/D decode leg falling back to a local prefill.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.options.connect_timeout_s, sock_read=self.options.read_timeout_s
+        )
+        url = f"{self.model_server}{request.path_qs}"
+        response: web.StreamResponse | None = None
+        try:
+            upstream_cm = self.session.request(
+                request.method,
+                url,
+                data=body or None,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+            async with upstream_cm as upstream:
+                if local_retry is not None and upstream.status >= 500:
+                    detail = (await upstream.read())[:200]
+                    self.metrics.fallbacks.labels("decode_kv_load").inc()
+                    log.warning(
+                        "request %s: decode with remote KV failed (HTTP %d: %r); prefilling locally",
+                        headers.get(REQUEST_ID_HEADER),
+                        upstream.status,
+                        detail,
+                    )
+                    return await self._forward(request, local_retry, headers)
+                response = web.StreamResponse(
+                    status=upstream.status, reason=upstream.reason, headers=_forward_headers(upstream.headers)
+                )
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                else:
+                    response.enable_chunked_encoding()
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            if response is not None and response.prepared:
+                # Headers are gone already; the only honest signal left is a cut connection.
+                log.error("model server stream broke for %s: %r", request.path, exc)
+                raise
+            log.error("model server %s unreachable for %s: %r", self.model_server, request.path, exc)
+            return _error(502, f"model server unavailable: {exc!r}")
+
+
+def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    # RFC 9110 7.6.1: headers a sender names in Connection belong to that one hop as well.
+    connection_scoped = {
+        token.strip().lower()
+        for value in _all_values(headers, "Connection")
+        for token in value.split(",")
+        if token.strip()
+    }
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered not in _NOT_FORWARDED and lowered not in connection_scoped and lowered != PREFILLER_HEADER:
+            out.add(name, value)
+    return out
+
+
+def _all_values(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)  # multidicts hold repeated headers
+    if getall is not None:
+        values: list[str] = getall(name, [])
+        return values
+    value = headers.get(name)
+    return [value] if value is not None else []
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "SidecarError", "code": status}}, status=status
+    )
+
+
+async def serve(options: SidecarOptions) -> None:
+    sidecar = Sidecar(options)
+    runners = [web.AppRunner(sidecar.app(), access_log=None)]
+    if options.metrics_port:
+        runners.append(web.AppRunner(sidecar.metrics_app(), access_log=None))
+    for runner in runners:
+        await runner.setup()
+    await web.TCPSite(runners[0], options.host, options.port, reuse_address=True).start()
+    if options.metrics_port:
+        await web.TCPSite(runners[1], options.host, options.metrics_port, reuse_address=True).start()
+    log.info(
+        "P/D sidecar on %s:%d -> model server %s (connector %s)",
+        options.host,
+        options.port,
+        sidecar.model_server,
+        options.kv_connector,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()

@@ -1,0 +1,266 @@
+"""A step-by-step model of vLLM's scheduler: a waiting queue, a batch of at most ``max_num_seqs``,
+chunked prefill under a token budget, one decoded token per running sequence per step.
+
+Nothing is computed: each step sleeps for the time the model assigns to the work in it (see
+:mod:`simulator.params`), so many simulated servers can share a couple of CPU cores. A single task per
+engine drives all steps; requests just wait on their own queue or future, so the CPU spent per step
+is proportional to the batch, not to wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from simulator.kvcache import BlockPool, BlockTable
+from simulator.params import SimParams
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    request_id: str
+    prompt_tokens: int
+    hashes: list[int]  # chained hashes of the prompt's full blocks
+    max_tokens: int
+    # P/D decode side: another instance prefilled this prompt and its KV was pulled; the full
+    # blocks among it (``transferred_hashes``) are installed as computed on admission.
+    remote_prefilled: bool = False
+    transferred_hashes: list[int] = field(default_factory=list)
+    # Keep the blocks after finishing, for a remote decoder to pull (P/D prefill side).
+    hold_blocks: bool = False
+    # Why the sequence ends when it reaches max_tokens: "length" for an explicit limit, "stop" when
+    # the limit stands in for the EOS a real model would emit.
+    limit_reason: str = "length"
+    arrival: float = field(default_factory=time.monotonic)
+
+    table: BlockTable = field(default_factory=BlockTable)
+    cached_tokens: int = 0
+    external_cached_tokens: int = 0
+    computed: int = 0  # context tokens whose KV exists (cached + prefilled)
+    generated: int = 0
+    admitted_at: float | None = None
+    prefill_done_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished_at: float | None = None
+    finish_reason: str | None = None
+    aborted: bool = False
+    # Token positions as they are produced (None = finished); only read for streaming requests.
+    tokens: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def context_tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < self.prefill_target
+
+    @property
+    def prefill_target(self) -> int:
+        # After a preemption the generated tokens are recomputed too (vLLM's recompute mode).
+        return self.prompt_tokens + max(0, self.generated - 1) if self.generated else self.prompt_tokens
+
+
+class EngineObserver:
+    """Hooks the metrics layer implements; the engine reports facts, it does not format them."""
+
+    def on_scheduled(self, seq: Sequence) -> None: ...
+    def on_first_token(self, seq: Sequence) -> None: ...
+    def on_token(self, seq: Sequence, gap_s: float) -> None: ...
+    def on_finished(self, seq: Sequence) -> None: ...
+    def on_preempted(self, seq: Sequence) -> None: ...
+
+
+class RequestTooLarge(ValueError):
+    pass
+
+
+class Engine:
+    def __init__(
+        self,
+        params: SimParams,
+        observer: EngineObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.params = params
+        self.pool = BlockPool(params.num_blocks)
+        self.observer = observer or EngineObserver()
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.steps = 0
+        # Injectable so tests can run the engine on a virtual clock, deterministically.
+        self._clock = clock
+        self._sleep = sleep
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._preempted_this_step: set[Sequence] = set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sim-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def submit(self, seq: Sequence) -> None:
+        blocks_needed = -(-(seq.prompt_tokens + seq.max_tokens) // self.params.block_size)
+        if blocks_needed > self.params.num_blocks:
+            raise RequestTooLarge(
+                f"request needs {blocks_needed} KV blocks, the cache has {self.params.num_blocks}"
+            )
+        seq.arrival = self._clock()
+        self.waiting.append(seq)
+        self._wake.set()
+
+    def abort(self, seq: Sequence) -> None:
+        """The client went away: free the sequence's slot and blocks at the next step boundary."""
+        if seq.finished_at is None:
+            seq.aborted = True
+            self._wake.set()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            self._drop_aborted()
+            self._admit()
+            if not self.running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            prefill_chunks, decoders = self._plan()
+            p = self.params
+            step = (
+                p.step_overhead_s
+                + p.prefill_per_token_s * sum(prefill_chunks.values())
+                + p.decode_per_seq_s * len(decoders)
+            )
+            await self._sleep(step)
+            self.steps += 1
+            self._advance(prefill_chunks, decoders)
+
+    def _drop_aborted(self) -> None:
+        if any(seq.aborted for seq in self.waiting):
+            for seq in [s for s in self.waiting if s.aborted]:
+                self.waiting.remove(seq)
+                self._finish(seq, "abort")
+        for seq in [s for s in self.running if s.aborted]:
+            self.running.remove(seq)
+            self._finish(seq, "abort")
+
+    def _admit(self) -> None:
+        """First come, first served: the head waits until a slot and its blocks are free."""
+        p = self.params
+        while self.waiting and len(self.running) < p.max_num_seqs:
+            seq = self.waiting[0]
+            # The last prompt token is always computed (it yields the first output token), so a
+            # fully cached prompt still leaves its final block to compute, as in vLLM.
+            cacheable = (seq.prompt_tokens - 1) // p.block_size
+            matched = min(self.pool.cached_prefix(seq.hashes), cacheable)
+            needed = -(-(seq.context_tokens + 1) // p.block_size) - matched
+            if needed > self.pool.allocatable:
+                break
+            self.waiting.popleft()
+            self.pool.acquire_prefix(seq.table, seq.hashes[:matched])
+            self.pool.allocate(seq.table, needed)
+            seq.cached_tokens = matched * p.block_size
+            seq.computed = seq.cached_tokens
+            if seq.remote_prefilled and seq.generated == 0:
+                # Pulled KV covers the whole prompt (partial last block included); its full blocks
+                # land in freshly allocated blocks and join the prefix cache. Only the last token
+                # is left to run, to sample the first output token.
+                pulled_blocks = min(len(seq.transferred_hashes), cacheable)
+                self.pool.commit(seq.table, seq.hashes[matched:pulled_blocks])
+                seq.external_cached_tokens = seq.prompt_tokens - seq.cached_tokens
+                seq.computed = seq.prompt_tokens - 1
+            seq.admitted_at = self._clock()
+            self.running.append(seq)
+            self.observer.on_scheduled(seq)
+
+    def _plan(self) -> tuple[dict[Sequence, int], list[Sequence]]:
+        budget = self.params.max_num_batched_tokens
+        decoders = [seq for seq in self.running if not seq.prefilling]
+        budget -= len(decoders)
+        chunks: dict[Sequence, int] = {}
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.prefilling:
+                chunk = min(seq.prefill_target - seq.computed, budget)
+                chunks[seq] = chunk
+                budget -= chunk
+        return chunks, decoders
+
+    def _advance(self, prefill_chunks: dict[Sequence, int], decoders: list[Sequence]) -> None:
+        now = self._clock()
+        for seq, chunk in prefill_chunks.items():
+            if seq.aborted:
+                continue
+            seq.computed += chunk
+            if not seq.prefilling:
+                seq.prefill_done_at = now
+                cacheable = (seq.prompt_tokens - 1) // self.params.block_size
+                self.pool.commit(seq.table, seq.hashes[len(seq.table.hashed) : cacheable])
+                if seq.generated == 0:
+                    self._emit(seq, now)
+                    self.observer.on_first_token(seq)
+        self._preempted_this_step = set()
+        for seq in decoders:
+            if seq.aborted or seq.finished_at is not None or seq in self._preempted_this_step:
+                continue
+            if not self._grow(seq):
+                continue
+            seq.computed += 1
+            self._emit(seq, now)
+        for seq in [s for s in self.running if s.generated >= s.max_tokens and not s.prefilling]:
+            self.running.remove(seq)
+            self._finish(seq, seq.limit_reason)
+
+    def _emit(self, seq: Sequence, now: float) -> None:
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        else:
+            self.observer.on_token(seq, now - (seq.last_token_at or now))
+        seq.last_token_at = now
+        seq.tokens.put_nowait(seq.generated)
+        seq.generated += 1
+
+    def _grow(self, seq: Sequence) -> bool:
+        """Give the sequence a block for its next token, preempting the newest arrivals if needed."""
+        needed = -(-(seq.context_tokens + 1) // self.params.block_size) - seq.table.size
+        while needed > self.pool.allocatable:
+            victim = self.running[-1]
+            self.running.remove(victim)
+            self.pool.release(victim.table)
+            victim.computed = 0
+            self.waiting.appendleft(victim)
+            self._preempted_this_step.add(victim)
+            self.observer.on_preempted(victim)
+            if victim is seq:
+                return False
+        if needed > 0:
+            self.pool.allocate(seq.table, needed)
+        return True
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        seq.finished_at = self._clock()
+        if not (seq.hold_blocks and reason != "abort"):
+            self.pool.release(seq.table)
+        seq.tokens.put_nowait(None)
+        seq.done.set()
+        self.observer.on_finished(seq)
+
+    def release_held(self, seq: Sequence) -> None:
+        """A remote decoder pulled (or gave up on) the blocks a P/D prefill kept."""
+        self.pool.release(seq.table)

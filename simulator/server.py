@@ -1,0 +1,402 @@
+"""The simulator's HTTP surface: vLLM's OpenAI routes, /health, /v1/models, /metrics, and the P/D pull.
+
+Response bodies and SSE chunks copy vLLM 0.32's field sets (checked against a real server by
+``tests/slow/test_sim_matches_vllm.py``); the generated text is filler, one word per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from simulator.engine import Engine, RequestTooLarge, Sequence
+from simulator.params import SimParams
+from simulator.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
+from simulator.tokens import block_hashes, output_token, token_ids, token_pieces
+from simulator.transfer import KV_BYTES_PER_TOKEN, PULL_PATH, KvExports, TransferError, pull_remote
+from simulator.vllm_metrics import CONTENT_TYPE, SimMetrics
+
+log = logging.getLogger(__name__)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    # Compact separators and a bare "application/json" (no charset), as vLLM's FastAPI answers have.
+    return web.Response(
+        body=_compact(body).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise ApiError(400, f"JSON decode error: {exc}", "body") from exc
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+SYSTEM_FINGERPRINT = "vllm-0.32.0-sim"
+PULL_TIMEOUT_S = 10.0
+
+
+class SimServer:
+    def __init__(self, params: SimParams) -> None:
+        self.params = params
+        self.metrics = SimMetrics(params)
+        self.engine = Engine(params, self.metrics)
+        self.metrics.bind(self.engine)
+        self.exports = KvExports(self.engine, params)
+        self.created = int(time.time())
+        self._session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._detokenize)
+        app.router.add_post(PULL_PATH, self._pull)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._session = aiohttp.ClientSession()
+        await self.engine.start()
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        await self.engine.stop()
+        self.exports.close()
+        if self._session is not None:
+            await self._session.close()
+
+    # --- simple routes -------------------------------------------------------------------------
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _models(self, _request: web.Request) -> web.Response:
+        model = {
+            "id": self.params.model,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "vllm",
+            "root": self.params.model,
+            "parent": None,
+            "max_model_len": self.params.max_model_len,
+            "permission": [
+                {
+                    "id": f"modelperm-{secrets.token_hex(8)}",
+                    "object": "model_permission",
+                    "created": self.created,
+                    "allow_create_engine": False,
+                    "allow_sampling": True,
+                    "allow_logprobs": True,
+                    "allow_search_indices": False,
+                    "allow_view": True,
+                    "allow_fine_tuning": False,
+                    "organization": "*",
+                    "group": None,
+                    "is_blocking": False,
+                }
+            ],
+        }
+        return _json({"object": "list", "data": [model]})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        try:
+            parsed = parse_tokenize(await _json_body(request), self.params.model)
+        except ApiError as exc:
+            return _json(exc.body(), status=exc.status)
+        pieces = token_pieces(parsed.text)
+        return _json(
+            {
+                "count": len(pieces),
+                "max_model_len": self.params.max_model_len,
+                "tokens": token_ids(parsed.text),
+                "token_strs": pieces if parsed.return_token_strs else None,
+            }
+        )
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        try:
+            text = parse_detokenize(await _json_body(request), self.params.model)
+        except ApiError as exc:
+            return _json(exc.body(), status=exc.status)
+        return _json({"prompt": text})
+
+    async def _pull(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            hashes = self.exports.pull(
+                str(body["remote_engine_id"]),
+                str(body["remote_request_id"]),
+                [int(b) for b in body["remote_block_ids"]],
+            )
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": "no KV held for that engine/request/blocks"}, status=404)
+        return _json({"block_hashes": hashes})
+
+    # --- generation ----------------------------------------------------------------------------
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completions")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    async def _generate(self, request: web.Request, api: str) -> web.StreamResponse:
+        try:
+            body = await _json_body(request)
+            if self.params.request_log:
+                self._log_request(request, body)
+            parsed = parse_generation(
+                "chat" if api == "chat" else "completions",
+                body,
+                self.params.model,
+                self.params.max_model_len,
+                self.params.default_output_tokens,
+            )
+            kv = parsed.kv_transfer_params or {}
+            exporting = bool(kv.get("do_remote_decode"))
+            importing = bool(kv.get("do_remote_prefill"))
+            if exporting and self.params.role == "decode":
+                raise ApiError(
+                    400,
+                    "this instance has role 'decode': it does not prefill for remote decoders",
+                    "kv_transfer_params",
+                )
+            if exporting and parsed.stream:
+                raise ApiError(
+                    400,
+                    "the simulator returns kv_transfer_params only on non-streaming prefill requests",
+                    "stream",
+                )
+            if importing and self.params.role == "prefill":
+                raise ApiError(
+                    400,
+                    "this instance has role 'prefill': it does not decode remote prefills",
+                    "kv_transfer_params",
+                )
+        except ApiError as exc:
+            return _json(exc.body(), status=exc.status)
+
+        request_id = f"{'chatcmpl' if api == 'chat' else 'cmpl'}-{secrets.token_hex(8)}"
+        hashes = block_hashes(parsed.prompt_text, self.params.block_size)
+        # API server work (tokenising, detokenising) happens before the engine sees the request.
+        await asyncio.sleep(
+            self.params.request_overhead_s + self.params.tokenize_per_token_s * parsed.prompt_tokens
+        )
+        seq = Sequence(
+            request_id=request_id,
+            prompt_tokens=parsed.prompt_tokens,
+            hashes=hashes,
+            max_tokens=parsed.max_tokens,
+            hold_blocks=exporting,
+            limit_reason="length" if parsed.explicit_max_tokens else "stop",
+        )
+        if importing:
+            pulled = await self._pull_kv(kv, hashes)
+            if pulled is None and self.params.kv_load_failure_policy == "fail":
+                error = ApiError(500, f"Request {request_id} failed with an internal error during generation")
+                return _json(error.body(), status=500)
+            seq.remote_prefilled = pulled is not None
+            seq.transferred_hashes = pulled or []
+        try:
+            self.engine.submit(seq)
+        except RequestTooLarge as exc:
+            error = ApiError(400, str(exc), "max_tokens")
+            return _json(error.body(), status=400)
+        try:
+            if parsed.stream:
+                return await self._stream(request, parsed, seq)
+            await seq.done.wait()
+        except BaseException:
+            self.engine.abort(seq)
+            raise
+        if seq.finish_reason == "abort":
+            return _json(ApiError(500, "request aborted").body(), status=500)
+        kv_out = self.exports.export(request_id, seq) if exporting else None
+        return _json(self._full_response(parsed, seq, kv_out))
+
+    def _log_request(self, request: web.Request, body: Any) -> None:
+        # A small append per request, on the loop: this is a debugging aid, not a serving path.
+        entry = {"path": request.path, "x-request-id": request.headers.get("x-request-id"), "body": body}
+        assert self.params.request_log is not None
+        with open(self.params.request_log, "a", encoding="utf-8") as log_file:
+            log_file.write(_compact(entry) + "\n")
+
+    async def _pull_kv(self, kv: dict[str, Any], hashes: list[int]) -> list[int] | None:
+        """Pull the remote prefill's blocks; None when that failed (counted as a failed transfer)."""
+        assert self._session is not None
+        try:
+            pulled, elapsed = await pull_remote(self._session, kv, hashes, PULL_TIMEOUT_S)
+        except TransferError as exc:
+            log.warning(
+                "KV pull failed (kv_load_failure_policy %s): %s", self.params.kv_load_failure_policy, exc
+            )
+            self.metrics.nixl_failure()
+            return None
+        transfer_s = self.params.kv_transfer_per_token_s * len(pulled) * self.params.block_size
+        await asyncio.sleep(transfer_s)
+        self.metrics.nixl_transfer(
+            elapsed + transfer_s, len(pulled) * self.params.block_size * KV_BYTES_PER_TOKEN
+        )
+        return pulled
+
+    # --- response shapes -----------------------------------------------------------------------
+
+    def _text(self, seq: Sequence, start: int, end: int) -> str:
+        seed = seq.hashes[0] if seq.hashes else seq.prompt_tokens
+        return "".join(output_token(seed, i) for i in range(start, end))
+
+    def _usage(self, seq: Sequence) -> dict[str, Any]:
+        return {
+            "prompt_tokens": seq.prompt_tokens,
+            "total_tokens": seq.prompt_tokens + seq.generated,
+            "completion_tokens": seq.generated,
+        }
+
+    def _full_response(
+        self, parsed: GenerationRequest, seq: Sequence, kv_out: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        finish = seq.finish_reason
+        common = {"logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None}
+        usage = {**self._usage(seq), "prompt_tokens_details": None, "completion_tokens_details": None}
+        head = {
+            "id": seq.request_id,
+            "object": "chat.completion" if parsed.api == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": parsed.model,
+        }
+        text = self._text(seq, 0, seq.generated)
+        if parsed.api == "chat":
+            message = {
+                "role": "assistant",
+                "content": text,
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "reasoning": None,
+            }
+            return {
+                **head,
+                "choices": [{"index": 0, "message": message, **common, "routed_experts": None}],
+                "service_tier": None,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "usage": usage,
+                "prompt_logprobs": None,
+                "prompt_token_ids": None,
+                "prompt_text": None,
+                "kv_transfer_params": kv_out,
+                "ec_transfer_params": None,
+                "metrics": None,
+            }
+        choice = {
+            "index": 0,
+            "text": text,
+            **common,
+            "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "routed_experts": None,
+        }
+        return {
+            **head,
+            "choices": [choice],
+            "service_tier": None,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "usage": usage,
+            "kv_transfer_params": kv_out,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
+
+    async def _stream(
+        self, request: web.Request, parsed: GenerationRequest, seq: Sequence
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        async for chunk in self._chunks(parsed, seq):
+            await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _chunks(self, parsed: GenerationRequest, seq: Sequence) -> AsyncIterator[dict[str, Any]]:
+        chat = parsed.api == "chat"
+        head = {
+            "id": seq.request_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": parsed.model,
+        }
+        if chat:
+            yield {
+                **head,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+                "prompt_token_ids": None,
+                "prompt_text": None,
+            }
+        while (position := await seq.tokens.get()) is not None:
+            last = position + 1 >= seq.max_tokens
+            text = self._text(seq, position, position + 1)
+            choice: dict[str, Any] = {"index": 0}
+            if chat:
+                choice["delta"] = {"content": text}
+            else:
+                choice["text"] = text
+            choice["logprobs"] = None
+            choice["finish_reason"] = seq.limit_reason if last else None
+            if last or not chat:
+                choice["stop_reason"] = None
+            if not chat:
+                choice["prompt_token_ids"] = None
+            choice["token_ids"] = None
+            yield {**head, "choices": [choice]}
+        if seq.finish_reason == "abort":
+            return
+        if parsed.include_usage:
+            yield {**head, "choices": [], "usage": self._usage(seq), "system_fingerprint": SYSTEM_FINGERPRINT}
+
+
+async def serve(params: SimParams, host: str, port: int) -> None:
+    """Run until cancelled (SIGINT/SIGTERM are turned into cancellation by the caller)."""
+    server = SimServer(params)
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info(
+        "vLLM simulator for %r (role %s) listening on http://%s:%d", params.model, params.role, host, port
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()

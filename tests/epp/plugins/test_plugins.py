@@ -1,0 +1,317 @@
+"""Filters, scorers, pickers, the saturation detector and the profile handlers, one by one."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+
+import pytest
+
+from epp.scheduling.errors import ConfigError
+from epp.scheduling.framework import Decider, ProfileResult, SchedulerProfile
+from epp.scheduling.registry import create
+from tests.support.epp import endpoint, scheduling_request
+
+ROLE = "llm-d.ai/role"
+
+
+def _names(endpoints: object) -> list[str]:
+    return [e.name for e in endpoints]
+
+
+# ---- filters ---------------------------------------------------------------------------------
+ROLES = [
+    "prefill",
+    "decode",
+    "prefill-decode",
+    "both",
+    "encode",
+    "encode-prefill",
+    "encode-prefill-decode",
+    None,
+]
+
+
+def _role_pool() -> list:
+    return [endpoint(role or "none", labels={ROLE: role} if role else {}) for role in ROLES]
+
+
+def test_prefill_filter_keeps_prefill_capable_roles_only() -> None:
+    kept = create("prefill-filter", "f", None).filter(scheduling_request(), _role_pool())
+    assert _names(kept) == ["prefill", "prefill-decode", "both", "encode-prefill", "encode-prefill-decode"]
+
+
+def test_decode_filter_keeps_decode_roles_and_unlabelled_pods() -> None:
+    kept = create("decode-filter", "f", None).filter(scheduling_request(), _role_pool())
+    assert _names(kept) == ["decode", "prefill-decode", "both", "encode-prefill-decode", "none"]
+
+
+def test_encode_filter() -> None:
+    kept = create("encode-filter", "f", None).filter(scheduling_request(), _role_pool())
+    assert _names(kept) == ["encode", "encode-prefill", "encode-prefill-decode"]
+
+
+def test_label_selector_filter_match_labels_and_expressions() -> None:
+    pool = [
+        endpoint("a", labels={"zone": "x", "tier": "gold"}),
+        endpoint("b", labels={"zone": "y", "tier": "gold"}),
+        endpoint("c", labels={"zone": "x"}),
+        endpoint("d", labels={"zone": "x", "tier": "gold", "drain": "1"}),
+    ]
+    f = create(
+        "label-selector-filter",
+        "f",
+        {
+            "matchLabels": {"zone": "x"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["gold", "silver"]},
+                {"key": "drain", "operator": "DoesNotExist"},
+            ],
+        },
+    )
+    assert _names(f.filter(scheduling_request(), pool)) == ["a"]
+    not_in = create(
+        "label-selector-filter",
+        "g",
+        {
+            "matchExpressions": [
+                {"key": "zone", "operator": "NotIn", "values": ["y"]},
+                {"key": "tier", "operator": "Exists"},
+            ],
+        },
+    )
+    assert _names(not_in.filter(scheduling_request(), pool)) == ["a", "d"]
+
+
+def test_label_selector_rejects_bad_operator() -> None:
+    with pytest.raises(ConfigError, match="operator must be one of"):
+        create("label-selector-filter", "f", {"matchExpressions": [{"key": "a", "operator": "Like"}]})
+    with pytest.raises(ConfigError, match="takes no 'values'"):
+        create(
+            "label-selector-filter",
+            "f",
+            {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
+        )
+
+
+def test_by_label_filter() -> None:
+    pool = [endpoint("a", labels={"k": "v"}), endpoint("b", labels={"k": "w"}), endpoint("c")]
+    strict = create("by-label", "f", {"label": "k", "validValues": ["v"]})
+    loose = create("by-label", "g", {"label": "k", "validValues": ["v"], "allowsNoLabel": True})
+    assert _names(strict.filter(scheduling_request(), pool)) == ["a"]
+    assert _names(loose.filter(scheduling_request(), pool)) == ["a", "c"]
+
+
+# ---- scorers ---------------------------------------------------------------------------------
+def _score(type_name: str, endpoints: list, params: dict | None = None, **request: object) -> list[float]:
+    scorer = create(type_name, type_name, params)
+    scores = scorer.score(scheduling_request(**request), endpoints)
+    assert all(0.0 <= s <= 1.0 for s in scores), scores
+    return scores
+
+
+def test_queue_scorer_min_max() -> None:
+    pool = [endpoint("a", waiting=0), endpoint("b", waiting=5), endpoint("c", waiting=10)]
+    assert _score("queue-scorer", pool) == [1.0, 0.5, 0.0]
+    assert _score("queue-scorer", [endpoint("a", waiting=3), endpoint("b", waiting=3)]) == [1.0, 1.0]
+
+
+def test_running_requests_scorer() -> None:
+    assert _score("running-requests-size-scorer", [endpoint("a", running=2), endpoint("b", running=6)]) == [
+        1.0,
+        0.0,
+    ]
+
+
+def test_kv_cache_utilization_scorer() -> None:
+    assert _score("kv-cache-utilization-scorer", [endpoint("a", kv=0.25), endpoint("b", kv=1.0)]) == [
+        0.75,
+        0.0,
+    ]
+
+
+def test_load_aware_scorer_uses_epp_in_flight() -> None:
+    pool = [
+        endpoint("idle"),
+        endpoint("half", in_flight=5),
+        endpoint("full", in_flight=10),
+        endpoint("over", in_flight=50),
+    ]
+    assert _score("load-aware-scorer", pool, {"threshold": 10}) == [0.5, 0.25, 0.0, 0.0]
+
+
+def test_active_request_scorer() -> None:
+    pool = [
+        endpoint("idle"),
+        endpoint("one", in_flight=1),
+        endpoint("some", in_flight=2),
+        endpoint("busiest", in_flight=4),
+    ]
+    assert _score("active-request-scorer", pool) == [1.0, 0.75, 0.5, 0.0]
+    params = {"idleThreshold": 1, "maxBusyScore": 0.5, "requestTimeout": "2m"}
+    assert _score("active-request-scorer", pool, params) == [1.0, 1.0, 0.25, 0.0]
+    assert _score("active-request-scorer", [endpoint("a"), endpoint("b")]) == [1.0, 1.0]
+
+
+def test_lora_affinity_scorer() -> None:
+    pool = [
+        endpoint("active", running_loras=frozenset({"sql"}), max_loras=2),
+        endpoint("room", running_loras=frozenset({"other"}), max_loras=2),
+        endpoint("waiting", running_loras=frozenset({"x"}), waiting_loras=frozenset({"sql"}), max_loras=2),
+        endpoint("full", running_loras=frozenset({"x", "y"}), max_loras=2),
+    ]
+    assert _score("lora-affinity-scorer", pool, lora="sql") == [1.0, 0.8, 0.6, 0.0]
+    assert _score("lora-affinity-scorer", pool) == [1.0] * 4  # base model: neutral
+
+
+# ---- pickers ---------------------------------------------------------------------------------
+def test_max_score_picker_picks_best_and_orders_fallbacks() -> None:
+    pool = [endpoint(n) for n in "abcd"]
+    picker = create("max-score-picker", "p", {"maxNumOfEndpoints": 3})
+    result = picker.pick(scheduling_request(), pool, [0.1, 0.9, 0.5, 0.7])
+    assert _names(result.targets) == ["b", "d", "c"]
+    assert result.scores == (0.9, 0.7, 0.5)
+
+
+def test_max_score_picker_breaks_ties_at_random() -> None:
+    pool = [endpoint(n) for n in "abc"]
+    picker = create("max-score-picker", "p", None)
+    picker.rng = random.Random(7)
+    seen = Counter(
+        picker.pick(scheduling_request(), pool, [1.0, 1.0, 0.2]).targets[0].name for _ in range(300)
+    )
+    assert set(seen) == {"a", "b"} and min(seen.values()) > 100
+
+
+def test_random_picker_is_uniform_without_repeats() -> None:
+    pool = [endpoint(n) for n in "abcd"]
+    picker = create("random-picker", "p", {"maxNumOfEndpoints": 2})
+    picker.rng = random.Random(1)
+    firsts = Counter()
+    for _ in range(800):
+        targets = picker.pick(scheduling_request(), pool, [0.0, 0.0, 9.0, 0.0]).targets
+        assert len(set(targets)) == 2
+        firsts[targets[0].name] += 1
+    assert set(firsts) == set("abcd") and min(firsts.values()) > 140
+
+
+def test_weighted_random_picker_follows_weights_and_skips_zero() -> None:
+    pool = [endpoint(n) for n in "abc"]
+    picker = create("weighted-random-picker", "p", None)
+    picker.rng = random.Random(3)
+    seen = Counter(
+        picker.pick(scheduling_request(), pool, [3.0, 1.0, 0.0]).targets[0].name for _ in range(2000)
+    )
+    assert seen["c"] == 0
+    assert 0.68 < seen["a"] / 2000 < 0.82  # expected 0.75
+    fallback = picker.pick(scheduling_request(), pool, [0.0, 0.0, 0.0])
+    assert len(fallback.targets) == 1  # all zero: uniform instead of nothing
+
+
+# ---- saturation ------------------------------------------------------------------------------
+def test_utilization_detector() -> None:
+    detector = create(
+        "utilization-detector",
+        "d",
+        {"queueDepthThreshold": 4, "kvCacheUtilThreshold": 0.5, "metricsStalenessThreshold": "1s"},
+    )
+    now = time.monotonic()
+    calm = [endpoint("a", waiting=1, kv=0.1), endpoint("b", waiting=0, kv=0.2)]
+    busy = [endpoint("a", waiting=8, kv=0.1), endpoint("b", waiting=0, kv=0.6)]
+    assert detector.pool_saturation(calm, now) == pytest.approx((0.25 + 0.4) / 2)
+    assert not detector.is_saturated(calm, now)
+    assert detector.is_saturated(busy, now)  # (2.0 + 1.2) / 2
+    stale = [endpoint("a", fresh=False), endpoint("b", fresh=False)]
+    assert detector.is_saturated(stale, now)
+    failing = endpoint("a")
+    failing.scrape_failures = 1
+    assert detector.is_saturated([failing], now)
+    assert detector.is_saturated([], now)
+
+
+# ---- profile handlers and deciders -----------------------------------------------------------
+def _profile(name: str, role_filter: str) -> SchedulerProfile:
+    return SchedulerProfile(
+        name,
+        [create(role_filter, role_filter, None)],
+        [(create("queue-scorer", "q", None), 1.0)],
+        create("max-score-picker", "p", None),
+    )
+
+
+class _Fixed(Decider):
+    def __init__(self, answer: bool) -> None:
+        super().__init__("fixed")
+        self.answer = answer
+        self.asked_with: list[str] = []
+
+    def disaggregate(self, request: object, decode_target: object) -> bool:
+        self.asked_with.append(decode_target.name)
+        return self.answer
+
+
+def _run(handler: object, profiles: dict[str, SchedulerProfile], pool: list) -> object:
+    from epp.scheduling.scheduler import Scheduler
+
+    return Scheduler(profiles, handler).schedule(scheduling_request(), pool)
+
+
+POOL = [
+    endpoint("p0", labels={ROLE: "prefill"}, waiting=3),
+    endpoint("p1", labels={ROLE: "prefill"}, waiting=0),
+    endpoint("d0", labels={ROLE: "decode"}, waiting=0),
+    endpoint("d1", labels={ROLE: "decode"}, waiting=9),
+]
+
+
+def test_disagg_handler_runs_prefill_when_decider_approves() -> None:
+    handler = create("disagg-profile-handler", "h", {"deciders": {"prefill": "fixed"}})
+    decider = _Fixed(True)
+    handler.resolve({"fixed": decider})
+    profiles = {
+        "decode": _profile("decode", "decode-filter"),
+        "prefill": _profile("prefill", "prefill-filter"),
+    }
+    result = _run(handler, profiles, POOL)
+    assert result.primary_profile == "decode"
+    assert result.primary.targets[0].name == "d0"
+    assert decider.asked_with == ["d0"]  # the decision is made for the chosen decode pod
+    prefill_pod = next(e for e in POOL if e.name == "p1")
+    assert result.headers == {"x-prefiller-host-port": prefill_pod.hostport}
+
+
+def test_disagg_handler_decode_only_when_decider_declines_or_no_prefill_pod() -> None:
+    handler = create("disagg-profile-handler", "h", {"deciders": {"prefill": "fixed"}})
+    handler.resolve({"fixed": _Fixed(False)})
+    profiles = {
+        "decode": _profile("decode", "decode-filter"),
+        "prefill": _profile("prefill", "prefill-filter"),
+    }
+    result = _run(handler, profiles, POOL)
+    assert set(result.results) == {"decode"} and result.headers == {}
+
+    handler.resolve({"fixed": _Fixed(True)})
+    decode_only_pool = [e for e in POOL if e.labels[ROLE] == "decode"]
+    result = _run(handler, profiles, decode_only_pool)
+    assert result.results["prefill"] is None and result.headers == {}
+    assert result.primary.targets[0].name == "d0"
+
+
+def test_single_profile_handler() -> None:
+    handler = create("single-profile-handler", "h", None)
+    with pytest.raises(ConfigError, match="exactly one profile"):
+        handler.validate_profiles(["a", "b"])
+    result = _run(handler, {"only": _profile("only", "decode-filter")}, POOL)
+    assert result.primary_profile == "only"
+
+
+def test_always_disagg_decider() -> None:
+    decider = create("always-disagg-pd-decider", "d", None)
+    assert decider.disaggregate(scheduling_request(), POOL[2])
+
+
+def test_profile_returns_none_when_filters_remove_everything() -> None:
+    profile = _profile("prefill", "prefill-filter")
+    assert profile.run(scheduling_request(), [e for e in POOL if e.labels[ROLE] == "decode"]) is None
+    assert isinstance(profile.run(scheduling_request(), POOL), ProfileResult)

@@ -1,0 +1,179 @@
+"""EppServer over real gRPC on loopback: ext_proc stream, health semantics, /metrics, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from epp.server import EppServer, ServerMetrics, ServerOptions, TlsFiles
+from localrun import free_port
+from tests.support.extproc import ScriptedDirector, body_msg, request_headers, response_headers
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+BODY = json.dumps({"model": "m", "prompt": "p"}).encode()
+
+
+@pytest.fixture
+async def server(director: ScriptedDirector) -> AsyncIterator[EppServer]:
+    options = ServerOptions(
+        host="127.0.0.1",
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        drain_timeout=0.2,
+    )
+    running = EppServer(director, options, ServerMetrics(CollectorRegistry()))
+    await running.start()
+    yield running
+    await running.stop(grace=0)
+
+
+async def health(server: EppServer, service: str) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_health_port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service)
+        )
+        return int(reply.status)
+
+
+async def test_ext_proc_stream_over_grpc(server: EppServer, director: ScriptedDirector) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(request_headers())
+        await call.write(body_msg(BODY))
+        first, second = await call.read(), await call.read()
+        assert first.request_headers.response.clear_route_cache
+        assert second.request_body.response.body_mutation.streamed_response.body == BODY
+        await call.write(response_headers(200, end_of_stream=True))
+        third = await call.read()
+        assert third.HasField("response_headers")
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+    assert [failed for _, _, failed in director.completions] == [False]
+
+
+async def test_health_follows_readiness_and_draining(server: EppServer, director: ScriptedDirector) -> None:
+    director.is_ready = False
+    assert await health(server, "liveness") == SERVING
+    for service in ("readiness", "", "envoy.service.ext_proc.v3.ExternalProcessor", "inference-extension"):
+        assert await health(server, service) == NOT_SERVING
+    director.is_ready = True
+    assert await health(server, "readiness") == SERVING
+    drain = asyncio.create_task(server.drain())
+    await asyncio.sleep(0.05)
+    assert await health(server, "readiness") == NOT_SERVING
+    assert await health(server, "liveness") == SERVING
+    await drain
+
+
+async def test_health_watch_streams_changes(server: EppServer, director: ScriptedDirector) -> None:
+    director.is_ready = False
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_health_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="readiness"))
+        assert (await watch.read()).status == NOT_SERVING
+        director.is_ready = True
+        assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
+        watch.cancel()
+
+
+async def test_client_cancel_completes_the_request_once(
+    server: EppServer, director: ScriptedDirector
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(request_headers())
+        await call.write(body_msg(BODY))
+        await call.read()
+        await call.read()
+        call.cancel()  # Envoy dropped the stream while waiting for the model server
+    for _ in range(100):
+        if director.completions:
+            break
+        await asyncio.sleep(0.02)
+    assert [failed for _, _, failed in director.completions] == [True]
+    assert server.processor.active_streams == 0
+
+
+async def test_metrics_endpoint_serves_epp_metrics(server: EppServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(request_headers())
+        await call.write(body_msg(b"{broken"))
+        reply: ext_proc.ProcessingResponse = await call.read()
+        assert reply.immediate_response.status.code == 400
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{server.options.metrics_port}/metrics"
+        async with session.get(url) as response:
+            text = await response.text()
+    assert response.status == 200
+    assert 'epp_requests_total{code="400"} 1.0' in text
+    assert "epp_request_body_bytes_bucket" in text
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TlsFiles:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return TlsFiles(cert=cert, key=key)
+
+
+async def test_secure_serving_uses_tls_for_ext_proc_and_plaintext_for_probes(
+    tls_files: TlsFiles, director: ScriptedDirector
+) -> None:
+    options = ServerOptions(
+        host="127.0.0.1",
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        tls=tls_files,
+    )
+    server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
+    await server.start()
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=tls_files.cert.read_bytes())
+        async with grpc.aio.secure_channel(f"localhost:{options.grpc_port}", credentials) as channel:
+            call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+            await call.write(request_headers())
+            await call.write(body_msg(BODY))
+            assert (await call.read()).request_headers.response.clear_route_cache
+            await call.done_writing()
+        assert await health(server, "liveness") == SERVING
+    finally:
+        await server.stop(grace=0)

@@ -1,0 +1,176 @@
+"""The three images (epp/, sidecar/, simulator/ Dockerfiles), checked without a Docker engine: base
+image, non-root user, entry point, that each copies only the packages its process imports, and that
+everything it copies exists in (and is not excluded from) the build context."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
+# image -> the top-level package its entry point runs
+IMAGES = {"epp": "epp", "sidecar": "sidecar", "simulator": "simulator"}
+# Top-level packages of this checkout that an image might copy.
+CHECKOUT_PACKAGES = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name != "tests"}
+
+
+def instructions(image: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / image / "Dockerfile").read_text())
+    result = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def copied_sources(image: str) -> list[str]:
+    sources = []
+    for keyword, args in instructions(image):
+        if keyword == "COPY":
+            arguments = args.split()
+            sources += [a for a in arguments[:-1] if not a.startswith("--")]
+    return sources
+
+
+def imported_checkout_packages(package: str) -> set[str]:
+    """Top-level checkout packages that ``package``'s modules import (transitively)."""
+    seen: set[str] = set()
+    pending = [package]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for path in (ROOT / current).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in CHECKOUT_PACKAGES:
+                        pending.append(top)
+    return seen
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_base_image_is_python_311_slim(image: str) -> None:
+    froms = [args for keyword, args in instructions(image) if keyword == "FROM"]
+    assert len(froms) == 1 and froms[0].split("@")[0] == "python:3.11-slim", froms
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_runs_as_a_numeric_non_root_user(image: str) -> None:
+    users = [args for keyword, args in instructions(image) if keyword == "USER"]
+    assert users, "no USER instruction: the image would run as root"
+    user, _, group = users[-1].partition(":")
+    assert user.isdigit() and int(user) != 0, users[-1]
+    assert not group or (group.isdigit() and int(group) != 0)
+    # The Kubernetes manifests pin the same UID (runAsUser) for the hardened securityContext.
+    assert int(user) == 65532
+
+
+@pytest.mark.parametrize(("image", "package"), sorted(IMAGES.items()))
+def test_entry_point_runs_its_package_in_exec_form(image: str, package: str) -> None:
+    entrypoints = [args for keyword, args in instructions(image) if keyword == "ENTRYPOINT"]
+    assert [json.loads(e) for e in entrypoints] == [["python", "-m", package]]
+
+
+@pytest.mark.parametrize(("image", "package"), sorted(IMAGES.items()))
+def test_each_image_ships_exactly_the_packages_its_process_imports(image: str, package: str) -> None:
+    copied = {Path(source).parts[0] for source in copied_sources(image) if not source.endswith(".txt")}
+    assert copied == imported_checkout_packages(package)
+
+
+def _dockerignore_excludes(relative: str) -> bool:
+    """Apply .dockerignore rules in order (last match wins, ``!`` re-includes)."""
+    ignore_file = ROOT / ".dockerignore"
+    excluded = False
+    for raw in ignore_file.read_text().splitlines() if ignore_file.exists() else []:
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/").removeprefix("**/")
+        parts = relative.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, pattern) for p in prefixes) or fnmatch.fnmatch(parts[-1], pattern):
+            excluded = not negate
+    return excluded
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_every_copied_path_exists_and_is_in_the_build_context(image: str) -> None:
+    sources = copied_sources(image)
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: missing from the repository"
+        assert not _dockerignore_excludes(source), f"COPY {source}: excluded by .dockerignore"
+
+
+def _pins(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_requirements_match_pyproject_pins(image: str) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = set(project["optional-dependencies"]["runtime"])
+    requirements = _pins(ROOT / image / "requirements.txt")
+    assert requirements
+    assert [r for r in requirements if r not in pins] == []
+    assert not any(r.lower().startswith("pulumi") for r in requirements)
+
+
+@pytest.mark.parametrize(("image", "package"), sorted(IMAGES.items()))
+def test_requirements_cover_every_third_party_import(image: str, package: str) -> None:
+    """What the image's packages import from outside the standard library and the checkout must be
+    installed by its requirements (import names mapped to distribution names)."""
+    distribution = {
+        "grpc": "grpcio",
+        "grpc_health": "grpcio-health-checking",
+        "google": "protobuf",
+        "envoy": "xds-protos",
+        "yaml": "PyYAML",
+        "prometheus_client": "prometheus-client",
+        "multidict": "aiohttp",  # installed with aiohttp
+        "httpx2": "lightkube",  # lightkube's HTTP client, installed with it
+    }
+    wanted: set[str] = set()
+    for top in imported_checkout_packages(package):
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    root = name.split(".")[0]
+                    if root not in sys.stdlib_module_names and root not in CHECKOUT_PACKAGES:
+                        wanted.add(distribution.get(root, root))
+    installed = {pin.split("==")[0].lower() for pin in _pins(ROOT / image / "requirements.txt")}
+    assert {w.lower() for w in wanted} - installed == set()
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_image_writes_nothing_at_run_time(image: str) -> None:
+    env = " ".join(args for keyword, args in instructions(image) if keyword == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # read-only root filesystem: no __pycache__ writes
+    assert "HOME=/tmp" in env

@@ -1,0 +1,161 @@
+"""Shared helpers: render stacks (once per session; set_mocks is process-global) and locate shared/."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from render.engine import RenderResult, render_registrations, run_program
+from tests.support.paths import SHARED
+
+SHARED = SHARED
+CRDS = SHARED / "crds"
+EXAMPLE_STACKS = ("kind", "onprem")
+
+SIM_POOL = {"accelerator": {"count": 0}, "resources": {"cpu": "100m", "memory": "128Mi"}, "shmSize": "64Mi"}
+
+
+def kind_config(**overrides: Any) -> dict[str, Any]:
+    """A small valid kind config (camelCase keys without the llmd: prefix) to vary in tests."""
+    config: dict[str, Any] = {
+        "platform": "kind",
+        "name": "t",
+        "model": {"name": "tiny", "uri": "hf://org/tiny", "engine": "simulator"},
+        "prefill": dict(SIM_POOL),
+        "decode": dict(SIM_POOL),
+    }
+    config.update(overrides)
+    return config
+
+
+def render_config(
+    config: dict[str, Any], secrets: dict[str, str] | None = None, stack: str = "test"
+) -> RenderResult:
+    """Run the real program under mocks with this config, as Pulumi would hand it over."""
+    values = {f"llmd:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    secret_keys = []
+    for key, value in (secrets or {}).items():
+        values[f"llmd:{key}"] = value
+        secret_keys.append(f"llmd:{key}")
+    registrations, unanswered = run_program(stack, values, secret_keys)
+    return render_registrations(stack, registrations, unanswered)
+
+
+# Custom resource kinds -> the CRD file (under shared/crds) that defines them.
+CRD_FILES = {
+    (
+        "gateway.networking.k8s.io",
+        "Gateway",
+    ): "gateway-api-v1.6.1-standard/gateway.networking.k8s.io_gateways.yaml",
+    (
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+    ): "gateway-api-v1.6.1-standard/gateway.networking.k8s.io_httproutes.yaml",
+    (
+        "inference.networking.k8s.io",
+        "InferencePool",
+    ): "gie-v1.6.0-inference.networking.k8s.io_inferencepools.yaml",
+    (
+        "leaderworkerset.x-k8s.io",
+        "LeaderWorkerSet",
+    ): "lws-v0.10.0-leaderworkerset.x-k8s.io_leaderworkersets.yaml",
+    (
+        "k8s.cni.cncf.io",
+        "NetworkAttachmentDefinition",
+    ): "network-attachment-definition-client-v1.7.7-networks-crd.yaml",
+}
+CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "policy"}
+
+
+def api_group(manifest: dict[str, Any]) -> str:
+    api_version = str(manifest["apiVersion"])
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def is_core(manifest: dict[str, Any]) -> bool:
+    return api_group(manifest) in CORE_GROUPS
+
+
+def validate_core(manifest: dict[str, Any], kubernetes_version: str) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(manifest, f"{kubernetes_version}.0", strict=True)
+
+
+def crd_schema(manifest: dict[str, Any]) -> dict[str, Any]:
+    group, version = str(manifest["apiVersion"]).split("/")
+    return _crd_schema(group, version, str(manifest["kind"]))
+
+
+@functools.cache
+def _crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
+    """The CRD's openAPIV3Schema for the manifest's version, made strict about unknown fields.
+
+    The API server prunes unknown fields silently; in tests a typo must fail instead, so every
+    object schema that lists properties (and does not preserve unknown fields) gets
+    ``additionalProperties: false``. CEL rules (x-kubernetes-validations) are not evaluated.
+    """
+    import yaml
+
+    relative = CRD_FILES[(group, kind)]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large; libyaml is 10x faster
+    for document in yaml.load_all((CRDS / relative).read_text(), Loader=loader):
+        if document and document.get("kind") == "CustomResourceDefinition":
+            for served in document["spec"]["versions"]:
+                if served["name"] == version:
+                    return _strict(served["schema"]["openAPIV3Schema"], top=True)
+    raise LookupError(f"{relative} has no version {version}")
+
+
+def _strict(schema: Any, *, top: bool = False) -> Any:
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties" and isinstance(value, dict):
+            strict[key] = {name: _strict(sub) for name, sub in value.items()}
+        else:
+            strict[key] = _strict(value)
+    if isinstance(schema.get("properties"), dict):
+        if top:
+            # Every object has these, whether or not the CRD's schema spells them out.
+            strict["properties"].update(
+                {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
+            )
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            strict["additionalProperties"] = False
+    return strict
+
+
+@functools.cache
+def _validator(group: str, version: str, kind: str) -> Any:
+    import jsonschema
+
+    return jsonschema.Draft7Validator(_crd_schema(group, version, kind))
+
+
+def validate_custom(manifest: dict[str, Any]) -> None:
+    """Raises jsonschema.ValidationError (the most relevant error) when the object does not fit."""
+    import jsonschema
+
+    group, version = str(manifest["apiVersion"]).split("/")
+    error = jsonschema.exceptions.best_match(
+        _validator(group, version, str(manifest["kind"])).iter_errors(manifest)
+    )
+    if error is not None:
+        raise error
+
+
+def validate_all(result: RenderResult, kubernetes_version: str) -> int:
+    """Validate every rendered Kubernetes object; returns how many custom resources were checked."""
+    custom = 0
+    for manifest in result.manifests():
+        if is_core(manifest):
+            validate_core(manifest, kubernetes_version)
+        else:
+            validate_custom(manifest)
+            custom += 1
+    return custom
