@@ -30,6 +30,8 @@ from benchmarks.workloads import (
 )
 
 MODEL = "sim-llama"
+# A --quick run is a smoke test: its results go under build/, never over the committed ones.
+QUICK_RESULTS_DIR = report.ROOT / "build" / "bench-quick"
 
 FULL: dict[str, tuple[Workload, tuple[float, ...]]] = {
     "shared-prefix": (SharedPrefixWorkload(), (8.0, 16.0, 24.0)),
@@ -103,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results-dir",
         type=Path,
-        default=report.RESULTS_DIR,
-        help="where routing.json goes (default benchmarks/results)",
+        help=f"where routing.json goes (default benchmarks/results; with --quick {QUICK_RESULTS_DIR}, "
+        "so a smoke run never overwrites the committed results)",
     )
     parser.add_argument(
         "--no-markdown", action="store_true", help="do not write BENCHMARKS.md or plots (implied by --quick)"
@@ -133,11 +135,19 @@ def republish(path: Path) -> int:
     return 0
 
 
+def results_dir(quick: bool, given: Path | None) -> Path:
+    """Where routing.json goes: as given, else the committed results, or build/ for --quick."""
+    if given is not None:
+        return given
+    return QUICK_RESULTS_DIR if quick else report.RESULTS_DIR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.republish is not None:
         return republish(args.republish)
+    args.results_dir = results_dir(args.quick, args.results_dir)
     catalogue = QUICK if args.quick else FULL
     workload_names = args.workloads or list(catalogue)
     unknown = [name for name in workload_names if name not in catalogue]

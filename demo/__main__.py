@@ -21,7 +21,7 @@ SCENARIO_TIMEOUT_S = 45.0
 
 
 class Stop(Exception):
-    """SIGTERM/SIGHUP arrived: unwind like Ctrl-C so every process is stopped."""
+    """SIGINT/SIGTERM/SIGHUP arrived: unwind so every process is stopped."""
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cluster = DemoCluster(log_dir)
     atexit.register(cluster.stop)  # a backstop; the finally below normally runs first
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a shell starts a background job (`./dev demo --keep-running &`) with SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler, so `kill -INT` would do nothing.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
     try:
         _say(
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(3600)
         return 1 if unexpected else 0
     except (KeyboardInterrupt, Stop) as interrupted:
-        _say(f"\ninterrupted ({interrupted or 'SIGINT'}); stopping every process")
+        _say(f"\ninterrupted ({str(interrupted) or 'SIGINT'}); stopping every process")
         return 130
     except (ProcessFailed, TimeoutError) as exc:
         _say(f"\ndemo failed: {exc}")

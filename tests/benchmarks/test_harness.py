@@ -84,3 +84,14 @@ def test_bad_arguments_are_rejected_with_a_clear_message() -> None:
         timeout=60,
     )
     assert completed.returncode == 2 and "rates must be > 0" in completed.stderr
+
+
+
+def test_a_quick_run_never_writes_over_the_committed_results(tmp_path: Path) -> None:
+    from benchmarks.__main__ import results_dir
+    from benchmarks.report import RESULTS_DIR
+
+    quick = results_dir(quick=True, given=None)
+    assert quick != RESULTS_DIR and quick.relative_to(ROOT).parts[0] == "build"
+    assert results_dir(quick=False, given=None) == RESULTS_DIR
+    assert results_dir(quick=True, given=tmp_path) == tmp_path

@@ -51,7 +51,14 @@ def wait_until_gone(marker: str, timeout: float = 10.0) -> list[int]:
     return processes_with(marker)
 
 
-def start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+def _ignore_sigint() -> None:
+    """What a shell does to a background job (`./dev demo &`): SIGINT starts out ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_demo(
+    tmp_path: Path, *args: str, background_job: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     marker = uuid.uuid4().hex
     env = {**os.environ, MARKER: marker, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -61,6 +68,7 @@ def start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ignore_sigint if background_job else None,
     )
     return process, marker
 
@@ -130,12 +138,14 @@ def test_sigint_mid_run_stops_every_process(tmp_path: Path) -> None:
         leftovers = wait_until_gone(marker)
         kill_leftovers(marker)
     assert process.returncode == 130, output
-    assert "interrupted" in output and output.rstrip().endswith("stopped.")
+    assert "interrupted (SIGINT)" in output and output.rstrip().endswith("stopped.")
     assert leftovers == [], f"processes outlived the interrupted demo: {leftovers}"
 
 
-def test_keep_running_serves_curl_until_sigterm(tmp_path: Path) -> None:
-    process, marker = start_demo(tmp_path, "--keep-running")
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_keep_running_serves_curl_until_signalled(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    """SIGINT is checked with the demo started as a background job (SIGINT ignored on entry)."""
+    process, marker = start_demo(tmp_path, "--keep-running", background_job=stop_signal == signal.SIGINT)
     try:
         output = read_until(process, r"Ctrl-C stops everything", timeout=60)
         commands = re.findall(r"^curl .*$", output, flags=re.MULTILINE)
@@ -150,11 +160,11 @@ def test_keep_running_serves_curl_until_sigterm(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as reply:
             assert reply.status == 200 and b'"text_completion"' in reply.read()
         assert process.poll() is None  # still serving
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         rest, _ = process.communicate(timeout=30)
     finally:
         process.kill()
         leftovers = wait_until_gone(marker)
         kill_leftovers(marker)
-    assert "interrupted (SIGTERM)" in rest and rest.rstrip().endswith("stopped.")
+    assert f"interrupted ({stop_signal.name})" in rest and rest.rstrip().endswith("stopped.")
     assert leftovers == [], f"processes outlived the demo: {leftovers}"
