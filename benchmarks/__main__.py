@@ -1,8 +1,9 @@
 """``./dev bench`` (``python -m benchmarks``): the routing comparison on simulated pods.
 
-A full run (about 15 minutes on 2 cores) writes the BENCHMARKS.md section, one PNG per workload and
-``benchmarks/results/routing.json``. ``--quick`` runs a tiny version of everything in seconds and only
-writes JSON (to ``--results-dir``), which is what the harness test uses.
+A full run (12-15 minutes on 2 cores, more on a loaded machine) writes the BENCHMARKS.md section,
+one PNG per workload and ``benchmarks/results/routing.json``. ``--quick`` runs a tiny version of
+everything in seconds and only writes JSON (under build/ unless ``--results-dir`` says otherwise),
+which is what the harness test uses.
 """
 
 from __future__ import annotations

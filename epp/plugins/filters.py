@@ -35,11 +35,15 @@ class _RoleFilter(Filter):
 
 @register("prefill-filter")
 class PrefillFilter(_RoleFilter):
+    """Keeps endpoints whose ``llm-d.ai/role`` can prefill (prefill, encode-prefill, prefill-decode, both)."""
+
     roles = frozenset({"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"})
 
 
 @register("decode-filter")
 class DecodeFilter(_RoleFilter):
+    """Keeps endpoints whose ``llm-d.ai/role`` can decode, and unlabelled ones (a plain pool decodes)."""
+
     # llm-d keeps pods without a role label: a plain (non-P/D) pool serves decode traffic.
     roles = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
     keep_unlabelled = True
@@ -47,6 +51,8 @@ class DecodeFilter(_RoleFilter):
 
 @register("encode-filter")
 class EncodeFilter(_RoleFilter):
+    """Keeps endpoints whose ``llm-d.ai/role`` can encode (encode, encode-prefill, encode-prefill-decode)."""
+
     roles = frozenset({"encode", "encode-prefill", "encode-prefill-decode"})
 
 
@@ -108,6 +114,9 @@ class LabelSelector:
 
 @register("label-selector-filter", deprecated_aliases=("by-label-selector",))
 class LabelSelectorFilter(Filter):
+    """Keeps endpoints whose labels match a Kubernetes label selector
+    (``matchLabels`` / ``matchExpressions``)."""
+
     def __init__(self, name: str, selector: LabelSelector) -> None:
         super().__init__(name)
         self.selector = selector

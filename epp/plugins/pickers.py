@@ -49,6 +49,8 @@ class MaxScorePicker(_CountedPicker):
 
 @register("random-picker")
 class RandomPicker(_CountedPicker):
+    """Uniformly random among the candidates, whatever their scores (``maxNumOfEndpoints`` of them)."""
+
     def pick(
         self, request: SchedulingRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]
     ) -> ProfileResult:

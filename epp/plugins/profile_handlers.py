@@ -36,6 +36,8 @@ DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
 
 @register("single-profile-handler")
 class SingleProfileHandler(ProfileHandler):
+    """Runs the one configured profile; its result is the decision."""
+
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         return cls(name)
@@ -102,6 +104,8 @@ class PrefixBasedPdDecider(Decider):
 
 @register("always-disagg-pd-decider")
 class AlwaysDisaggDecider(Decider):
+    """Disaggregates every request (prefill on a prefill endpoint, then decode)."""
+
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         return cls(name)

@@ -44,6 +44,8 @@ class RunningRequestsScorer(_Stateless):
 
 @register("kv-cache-utilization-scorer")
 class KvCacheUtilizationScorer(_Stateless):
+    """Less KV-cache in use on the model server scores higher: ``1 - kv_cache_usage``."""
+
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         # kv_usage is clamped to [0, 1] when scraped, so no clamping is needed here.
         return [1.0 - endpoint.metrics.kv_usage for endpoint in endpoints]

@@ -20,6 +20,7 @@ class PluginFactory(Protocol):
 
 
 _FACTORIES: dict[str, PluginFactory] = {}
+_CLASSES: dict[str, type[Plugin]] = {}
 _DEPRECATED: dict[str, str] = {}  # old type → the type that replaces it
 _DEFAULT_PRODUCERS: dict[str, str] = {}  # data key → plugin type added when nothing produces it
 
@@ -48,6 +49,7 @@ def register(
             if alias in _FACTORIES:
                 raise TypeError(f"plugin type {alias!r} registered twice")
             _FACTORIES[alias] = factory
+            _CLASSES[alias] = cls
         for alias in deprecated_aliases:
             _DEPRECATED[alias] = type_name
         cls.type_name = type_name
@@ -78,6 +80,11 @@ def deprecated_replacement(type_name: str) -> str | None:
 def default_producer(key: str) -> str | None:
     """The plugin type registered to produce ``key`` when a config has no producer for it."""
     return _DEFAULT_PRODUCERS.get(key)
+
+
+def plugin_class(type_name: str) -> type[Plugin]:
+    """The class registered under ``type_name`` (for documentation and tests)."""
+    return _CLASSES[type_name]
 
 
 def known_types() -> list[str]:

@@ -1,4 +1,4 @@
-"""The README's "Using LlmdStack from another Pulumi program" example runs as written."""
+"""The README's "Using the components from your own program" example runs as written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ README = REPO_ROOT / "README.md"
 
 
 def readme_example() -> str:
-    section = README.read_text().split("## Using `LlmdStack` from another Pulumi program", 1)[1]
+    section = README.read_text().split("## Using the components from your own program", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "the README section has no python example"
     return match.group(1)

@@ -374,3 +374,16 @@ def test_the_stack_renders_the_same_pd_sample(non_cached_tokens: int) -> None:
 
 def test_the_stack_renders_the_same_default_config() -> None:
     assert default_config() == yaml.safe_load(DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize("parser", ["openai-parser", "vllmhttp-parser"])
+def test_parsers_of_the_openai_api_load_without_warnings(parser: str) -> None:
+    """The protocol layer parses OpenAI bodies; configs naming llm-d's parsers for them load as is."""
+    config = load_config(HEADER + f"plugins: [{{type: {parser}}}, {{type: queue-scorer}}]\n")
+    assert config.warnings == []
+    assert type(config.plugins[parser]).type_name == parser
+
+
+def test_a_parser_for_another_api_is_an_unknown_type() -> None:
+    with pytest.raises(ConfigError, match="unknown type 'sglang-parser'"):
+        load_config(HEADER + "plugins: [{type: sglang-parser}]\n")
