@@ -168,7 +168,5 @@ class BlockHasher:
         if block_size != self.block_size or len(token_ids) < block_size * len(block_hashes):
             return False
         lora = (lora_name, lora_path) if lora_name is not None and lora_path is not None else None
-        keys = self.block_keys(
-            token_ids, lora=lora, cache_salt=cache_salt, max_blocks=len(block_hashes)
-        )
+        keys = self.block_keys(token_ids, lora=lora, cache_salt=cache_salt, max_blocks=len(block_hashes))
         return keys == list(block_hashes)

@@ -6,6 +6,8 @@ series are removed when the endpoint leaves the pool (:func:`forget_endpoint`).
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 BATCHES = Counter(
@@ -37,9 +39,7 @@ GAPS = Counter(
 MISSED_BATCHES = Counter(
     "epp_kvevents_missed_batches_total", "Batches missing from the sequence when gaps were detected."
 )
-REPLAYED_BATCHES = Counter(
-    "epp_kvevents_replayed_batches_total", "Batches received from replay sockets."
-)
+REPLAYED_BATCHES = Counter("epp_kvevents_replayed_batches_total", "Batches received from replay sockets.")
 RESYNCS = Counter(
     "epp_kvevents_resyncs_total",
     "Times an endpoint's index entries were dropped to resynchronise, by reason.",
@@ -77,12 +77,8 @@ LAST_SEQUENCE = Gauge(
 
 def forget_endpoint(endpoint: str) -> None:
     for gauge in (ENDPOINT_ENTRIES, LAST_SEQUENCE):
-        try:
+        with contextlib.suppress(KeyError):
             gauge.remove(endpoint)
-        except KeyError:
-            pass
     for source in ("live", "replay"):
-        try:
+        with contextlib.suppress(KeyError):
             BATCHES.remove(endpoint, source)
-        except KeyError:
-            pass

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable
 
@@ -89,7 +90,7 @@ class KVEventSubscriptions:
             on_batch=self.on_batch,
         )
         task = asyncio.get_running_loop().create_task(subscriber.run(), name=f"kvevents:{endpoint}")
-        task.add_done_callback(lambda done, endpoint=endpoint: self._ended(endpoint, done))
+        task.add_done_callback(functools.partial(self._ended, endpoint))
         self._subscribers[endpoint] = (subscriber, task)
         metrics.SUBSCRIBERS.set(len(self._subscribers))
         log.info("kv events: subscribed to %s at %s", endpoint, source.events_address)

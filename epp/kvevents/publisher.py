@@ -40,18 +40,25 @@ class KVEventPublisher:
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_steps)
         self._next_seq = first_seq
         self._pub = context.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub.setsockopt(zmq.SNDHWM, hwm)
-        self._pub.bind(bind)
-        self.events_address: str = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._router: zmq.asyncio.Socket | None = None
         self.replay_address: str | None = None
         self._replay_task: asyncio.Task[None] | None = None
-        if replay_bind is not None:
-            self._router = context.socket(zmq.ROUTER)
-            self._router.setsockopt(zmq.LINGER, 0)
-            self._router.bind(replay_bind)
-            self.replay_address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        try:
+            self._pub.setsockopt(zmq.LINGER, 0)
+            self._pub.setsockopt(zmq.SNDHWM, hwm)
+            self._pub.bind(bind)
+            self.events_address: str = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            if replay_bind is not None:
+                self._router = context.socket(zmq.ROUTER)
+                self._router.setsockopt(zmq.LINGER, 0)
+                self._router.bind(replay_bind)
+                self.replay_address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError:
+            self._pub.close(linger=0)
+            if self._router is not None:
+                self._router.close(linger=0)
+            raise
+        if self._router is not None:
             self._replay_task = asyncio.get_running_loop().create_task(self._serve_replay())
 
     @property

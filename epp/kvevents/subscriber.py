@@ -42,7 +42,15 @@ from zmq.utils.monitor import parse_monitor_message
 from epp.kvevents import metrics
 from epp.kvevents.hashing import BlockHasher
 from epp.kvevents.index import KVBlockIndex
-from epp.kvevents.wire import END_SEQ, SEQ_BYTES, BlockStored, Frame, MalformedEvent, decode_batch, parse_frames
+from epp.kvevents.wire import (
+    END_SEQ,
+    SEQ_BYTES,
+    BlockStored,
+    Frame,
+    MalformedEvent,
+    decode_batch,
+    parse_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +189,10 @@ class KVEventSubscriber:
                 dropped = self.index.clear(self.endpoint)
                 log.warning(
                     "kv events %s: batches %d..%d lost, dropped %d entries",
-                    self.endpoint, last + 1, seq - 1, dropped,
+                    self.endpoint,
+                    last + 1,
+                    seq - 1,
+                    dropped,
                 )
             last = self.last_seq
             if last is not None and seq <= last:
@@ -217,7 +228,10 @@ class KVEventSubscriber:
                     else:
                         log.warning(
                             "kv events %s: replay from %d returned %d, expected %d",
-                            self.endpoint, start, frame.seq, expected,
+                            self.endpoint,
+                            start,
+                            frame.seq,
+                            expected,
                         )
                         return False
                 metrics.REPLAYED_BATCHES.inc()
@@ -241,8 +255,13 @@ class KVEventSubscriber:
             metrics.DROPPED.labels(f"malformed_{exc.reason}").inc()
             metrics.RESYNCS.labels("malformed").inc()
             dropped = self.index.clear(self.endpoint)
-            log.warning("kv events %s: malformed batch %d (%s), dropped %d entries",
-                        self.endpoint, frame.seq, exc, dropped)
+            log.warning(
+                "kv events %s: malformed batch %d (%s), dropped %d entries",
+                self.endpoint,
+                frame.seq,
+                exc,
+                dropped,
+            )
             self._publish_index_metrics()
             return
         if batch.unknown:
@@ -295,7 +314,10 @@ class KVEventSubscriber:
                     "kv events %s: block keys differ from the EPP's (%s, block size %d, seed %r; the "
                     "event says block size %d): check --prefix-caching-hash-algo, PYTHONHASHSEED and "
                     "--block-size against the producer's parameters",
-                    self.endpoint, self.hasher.algorithm, self.hasher.block_size, self.hasher.seed,
+                    self.endpoint,
+                    self.hasher.algorithm,
+                    self.hasher.block_size,
+                    self.hasher.seed,
                     event.block_size,
                 )
 

@@ -224,9 +224,7 @@ def _stored(fields: dict[str, Any]) -> BlockStored:
         if name not in fields:
             raise MalformedEvent("stored_missing_field", name)
     token_ids = fields["token_ids"]
-    if not isinstance(token_ids, list) or not all(
-        _is_int(t) and 0 <= t <= _MAX_TOKEN_ID for t in token_ids
-    ):
+    if not isinstance(token_ids, list) or not all(_is_int(t) and 0 <= t <= _MAX_TOKEN_ID for t in token_ids):
         raise MalformedEvent("stored_token_ids")
     block_size = fields["block_size"]
     if not _is_int(block_size) or block_size <= 0:

@@ -29,8 +29,15 @@ from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils
 from vllm.v1.request import Request
 
-def keys_for(algorithm: str, seed: str | None, block_size: int, tokens: list[int],
-             lora: tuple[str, str] | None, salt: str | None) -> list[int]:
+
+def keys_for(
+    algorithm: str,
+    seed: str | None,
+    block_size: int,
+    tokens: list[int],
+    lora: tuple[str, str] | None,
+    salt: str | None,
+) -> list[int]:
     if seed is None:
         os.environ.pop("PYTHONHASHSEED", None)
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from epp.kvevents.hashing import DEFAULT_NONE_HASH_SEED, HASH_ALGORITHMS, BlockHasher, key_of
+
 from .golden_cases import CASES
 
 # Output of: PYTHONPATH=/tmp/xxh .venv-vllm/bin/python tests/epp/kvevents/make_golden.py

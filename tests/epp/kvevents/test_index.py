@@ -68,7 +68,9 @@ def test_weighted_prefix_single_medium() -> None:
 
 def test_events_apply_and_all_blocks_cleared_drops_only_that_endpoint() -> None:
     index = KVBlockIndex()
-    result = index.apply_batch(A, EventBatch(0.0, (stored(1, 2, 3), stored(9, medium="CPU"), BlockRemoved((3,), "GPU", 0))))
+    result = index.apply_batch(
+        A, EventBatch(0.0, (stored(1, 2, 3), stored(9, medium="CPU"), BlockRemoved((3,), "GPU", 0)))
+    )
     assert (result.stored, result.removed) == (4, 1)
     index.apply_batch(B, EventBatch(0.0, (stored(1),)))
     assert index.longest_prefix([1, 2]) == {A: 2, B: 1}
@@ -79,7 +81,9 @@ def test_events_apply_and_all_blocks_cleared_drops_only_that_endpoint() -> None:
 
 def test_other_kv_cache_groups_are_skipped() -> None:
     index = KVBlockIndex(groups=(0,))
-    result = index.apply_batch(A, EventBatch(0.0, (stored(1, group=1), stored(2, group=None), BlockRemoved((2,), None, 1))))
+    result = index.apply_batch(
+        A, EventBatch(0.0, (stored(1, group=1), stored(2, group=None), BlockRemoved((2,), None, 1)))
+    )
     assert result.skipped_group == 2 and index.blocks(A) == {2}
 
 
