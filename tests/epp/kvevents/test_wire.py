@@ -273,3 +273,28 @@ def test_near_valid_events_decode_or_raise_malformed(
     for event in batch.events:  # whatever decodes is well-typed
         if isinstance(event, BlockStored | BlockRemoved):
             assert all(isinstance(h, int) and 0 <= h < 2**64 for h in event.block_hashes)
+
+
+# The same command as VLLM_0_32_PAYLOAD, for the batch in the test below.
+VLLM_0_32_ENCODED = bytes.fromhex(
+    "93cb3ff8000000000000938aa474797065ab426c6f636b53746f726564ac626c6f636b5f6861736865739201cfffff"
+    "ffffffffffffb1706172656e745f626c6f636b5f68617368c0a9746f6b656e5f69647393010203aa626c6f636b5f73"
+    "697a6510a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65c0aa65787472615f6b65797392"
+    "c091a473616c74a967726f75705f6964780084a474797065ac426c6f636b52656d6f766564ac626c6f636b5f686173"
+    "6865739101a66d656469756da3475055a967726f75705f6964780081a474797065b0416c6c426c6f636b73436c6561"
+    "72656400"
+)
+
+
+def test_encoder_is_byte_identical_to_vllm() -> None:
+    """What the simulator publishes is what vLLM 0.32 publishes, byte for byte."""
+    batch = EventBatch(
+        1.5,
+        (
+            BlockStored((1, 2**64 - 1), None, (1, 2, 3), 16, None, "GPU", None, (None, ("salt",)), 0),
+            BlockRemoved((1,), "GPU", 0),
+            AllBlocksCleared(),
+        ),
+        0,
+    )
+    assert encode_batch(batch) == VLLM_0_32_ENCODED
