@@ -82,7 +82,10 @@ class PromptTokenizer:
         return cls(tokenizer, templates, special)
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch_fast skips offset tracking: the same ids, about a third less time here.
+        ids: list[int] = self.tokenizer.encode_batch_fast([text], add_special_tokens=add_special_tokens)[
+            0
+        ].ids
         return ids
 
     def completion_tokens(self, prompt: str | Sequence[int], add_special_tokens: bool = True) -> list[int]:
