@@ -10,7 +10,7 @@ Modules, one kind of thing each:
 * :mod:`~epp.kvevents.subscriber` — one pod's event stream on asyncio (gaps, replay, resync);
 * :mod:`~epp.kvevents.pool` — subscriptions that follow the pool (add/remove endpoint);
 * :mod:`~epp.kvevents.publisher` — a vLLM-compatible publisher (simulator, tests);
-* :mod:`~epp.kvevents.metrics` — Prometheus metrics.
+* Prometheus metrics: the ``epp_kvevents_*`` series in :mod:`epp.metrics`.
 
 How llm-d-router v0.10 configures the same thing (read at llm-d/llm-d-router ebab687, tag v0.10.0;
 ``deploy/config/epp-precise-prefix-cache-config.yaml``; READMEs under

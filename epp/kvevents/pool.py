@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 import zmq.asyncio
 
-from epp.kvevents import metrics
+from epp import metrics
 from epp.kvevents.hashing import BlockHasher
 from epp.kvevents.index import KVBlockIndex
 from epp.kvevents.subscriber import EventSource, KVEventSubscriber
@@ -92,7 +92,7 @@ class KVEventSubscriptions:
         task = asyncio.get_running_loop().create_task(subscriber.run(), name=f"kvevents:{endpoint}")
         task.add_done_callback(functools.partial(self._ended, endpoint))
         self._subscribers[endpoint] = (subscriber, task)
-        metrics.SUBSCRIBERS.set(len(self._subscribers))
+        metrics.KVEVENTS_SUBSCRIBERS.set(len(self._subscribers))
         log.info("kv events: subscribed to %s at %s", endpoint, source.events_address)
         return subscriber
 
@@ -103,9 +103,9 @@ class KVEventSubscriptions:
             entry[1].cancel()
             log.info("kv events: unsubscribed from %s", endpoint)
         self.index.remove_endpoint(endpoint)
-        metrics.forget_endpoint(endpoint)
-        metrics.SUBSCRIBERS.set(len(self._subscribers))
-        metrics.INDEX_ENTRIES.set(self.index.size)
+        metrics.kvevents_forget_endpoint(endpoint)
+        metrics.KVEVENTS_SUBSCRIBERS.set(len(self._subscribers))
+        metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)
 
     def endpoints_changed(self, live: Iterable[str]) -> None:
         live = frozenset(live)
@@ -146,4 +146,4 @@ class KVEventSubscriptions:
             if entry is not None and entry[1] is task:
                 del self._subscribers[endpoint]
                 self.index.remove_endpoint(endpoint)
-                metrics.SUBSCRIBERS.set(len(self._subscribers))
+                metrics.KVEVENTS_SUBSCRIBERS.set(len(self._subscribers))

@@ -39,7 +39,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from epp.kvevents import metrics
+from epp import metrics
 from epp.kvevents.hashing import BlockHasher
 from epp.kvevents.index import KVBlockIndex
 from epp.kvevents.wire import (
@@ -116,7 +116,7 @@ class KVEventSubscriber:
                 try:
                     frame = parse_frames(frames)
                 except MalformedEvent as exc:
-                    metrics.DROPPED.labels(f"frame_{exc.reason}").inc()
+                    metrics.KVEVENTS_DROPPED.labels(f"frame_{exc.reason}").inc()
                     continue
                 async with self._lock:
                     if self._resync_reason is not None:
@@ -138,7 +138,7 @@ class KVEventSubscriber:
             elif event == zmq.EVENT_CONNECTED:
                 self.connected.set()
                 if disconnected:
-                    metrics.RECONNECTS.inc()
+                    metrics.KVEVENTS_RECONNECTS.inc()
                     self._resync_reason = "reconnect"
                     disconnected = False
                 elif not self._ever_connected and self.source.replay_address is not None:
@@ -153,7 +153,7 @@ class KVEventSubscriber:
         self._resync_reason = None
         dropped = self.index.clear(self.endpoint)  # a replay from 0 must start from nothing
         if reason != "connect":
-            metrics.RESYNCS.labels(reason).inc()
+            metrics.KVEVENTS_RESYNCS.labels(reason).inc()
             log.info("kv events %s: resync (%s), dropped %d entries", self.endpoint, reason, dropped)
         self.last_seq = None
         self._replayed_from = None
@@ -167,7 +167,7 @@ class KVEventSubscriber:
         if last is not None and seq <= last:
             if seq == last or (self._replayed_from is not None and seq >= self._replayed_from):
                 # A batch already applied (live copies of what a replay delivered stay queued).
-                metrics.DROPPED.labels("duplicate_seq").inc()
+                metrics.KVEVENTS_DROPPED.labels("duplicate_seq").inc()
                 return
             await self._resync("restart")  # numbers went backwards: a new vLLM process
             last = self.last_seq
@@ -180,12 +180,12 @@ class KVEventSubscriber:
             if last is not None and seq <= last:
                 return
         elif last is not None and seq > last + 1:
-            metrics.MISSED_BATCHES.inc(seq - last - 1)
+            metrics.KVEVENTS_MISSED_BATCHES.inc(seq - last - 1)
             if self.source.replay_address is not None and await self._replay(last + 1):
-                metrics.GAPS.labels("replayed").inc()
+                metrics.KVEVENTS_GAPS.labels("replayed").inc()
             else:
-                metrics.GAPS.labels("resynced").inc()
-                metrics.RESYNCS.labels("gap").inc()
+                metrics.KVEVENTS_GAPS.labels("resynced").inc()
+                metrics.KVEVENTS_RESYNCS.labels("gap").inc()
                 dropped = self.index.clear(self.endpoint)
                 log.warning(
                     "kv events %s: batches %d..%d lost, dropped %d entries",
@@ -223,7 +223,7 @@ class KVEventSubscriber:
                 if frame.seq != expected:
                     if start == 0 and expected == 0 and frame.seq > 0:
                         # vLLM's buffer no longer reaches back to 0: rebuild from what it has.
-                        metrics.GAPS.labels("partial_history").inc()
+                        metrics.KVEVENTS_GAPS.labels("partial_history").inc()
                         expected = frame.seq
                     else:
                         log.warning(
@@ -234,7 +234,7 @@ class KVEventSubscriber:
                             expected,
                         )
                         return False
-                metrics.REPLAYED_BATCHES.inc()
+                metrics.KVEVENTS_REPLAYED_BATCHES.inc()
                 if self._replayed_from is None or frame.seq < self._replayed_from:
                     self._replayed_from = frame.seq
                 self._apply(frame, "replay")
@@ -252,8 +252,8 @@ class KVEventSubscriber:
         try:
             batch = decode_batch(frame.payload)
         except MalformedEvent as exc:
-            metrics.DROPPED.labels(f"malformed_{exc.reason}").inc()
-            metrics.RESYNCS.labels("malformed").inc()
+            metrics.KVEVENTS_DROPPED.labels(f"malformed_{exc.reason}").inc()
+            metrics.KVEVENTS_RESYNCS.labels("malformed").inc()
             dropped = self.index.clear(self.endpoint)
             log.warning(
                 "kv events %s: malformed batch %d (%s), dropped %d entries",
@@ -265,25 +265,25 @@ class KVEventSubscriber:
             self._publish_index_metrics()
             return
         if batch.unknown:
-            metrics.DROPPED.labels("unknown_event").inc(len(batch.unknown))
+            metrics.KVEVENTS_DROPPED.labels("unknown_event").inc(len(batch.unknown))
         if self.hasher is not None:
             for event in batch.events:
                 if isinstance(event, BlockStored):
                     self._verify(event)
         result = self.index.apply_batch(self.endpoint, batch)
         if result.stored:
-            metrics.EVENTS.labels("BlockStored").inc(result.stored)
+            metrics.KVEVENTS_EVENTS.labels("BlockStored").inc(result.stored)
         if result.removed:
-            metrics.EVENTS.labels("BlockRemoved").inc(result.removed)
+            metrics.KVEVENTS_EVENTS.labels("BlockRemoved").inc(result.removed)
         if result.cleared:
-            metrics.EVENTS.labels("AllBlocksCleared").inc(result.cleared)
+            metrics.KVEVENTS_EVENTS.labels("AllBlocksCleared").inc(result.cleared)
         if result.skipped_group:
-            metrics.DROPPED.labels("group_not_indexed").inc(result.skipped_group)
+            metrics.KVEVENTS_DROPPED.labels("group_not_indexed").inc(result.skipped_group)
         if result.unknown_removals:
-            metrics.UNKNOWN_REMOVALS.inc(result.unknown_removals)
-        metrics.BATCHES.labels(self.endpoint, source).inc()
-        metrics.LAG_SECONDS.observe(max(0.0, time.time() - batch.ts))
-        metrics.LAST_SEQUENCE.labels(self.endpoint).set(frame.seq)
+            metrics.KVEVENTS_UNKNOWN_REMOVALS.inc(result.unknown_removals)
+        metrics.KVEVENTS_BATCHES.labels(self.endpoint, source).inc()
+        metrics.KVEVENTS_LAG_SECONDS.observe(max(0.0, time.time() - batch.ts))
+        metrics.KVEVENTS_LAST_SEQUENCE.labels(self.endpoint).set(frame.seq)
         self._publish_index_metrics()
         if self.on_batch is not None:
             self.on_batch(self.endpoint, frame.seq)
@@ -307,7 +307,7 @@ class KVEventSubscriber:
                 event.block_hashes[0]
             ]
         if not ok:
-            metrics.HASH_MISMATCHES.inc()
+            metrics.KVEVENTS_HASH_MISMATCHES.inc()
             if not self._warned_mismatch:
                 self._warned_mismatch = True
                 log.warning(
@@ -322,8 +322,8 @@ class KVEventSubscriber:
                 )
 
     def _publish_index_metrics(self) -> None:
-        metrics.INDEX_ENTRIES.set(self.index.size)
-        metrics.ENDPOINT_ENTRIES.labels(self.endpoint).set(self.index.endpoint_size(self.endpoint))
+        metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)
+        metrics.KVEVENTS_ENDPOINT_ENTRIES.labels(self.endpoint).set(self.index.endpoint_size(self.endpoint))
 
 
 def _tune(socket: zmq.asyncio.Socket, address: str) -> None:

@@ -150,6 +150,7 @@ def test_requirements_cover_every_third_party_import(image: str, package: str) -
         "prometheus_client": "prometheus-client",
         "multidict": "aiohttp",  # installed with aiohttp
         "httpx2": "lightkube",  # lightkube's HTTP client, installed with it
+        "zmq": "pyzmq",
     }
     wanted: set[str] = set()
     for top in imported_checkout_packages(package):

@@ -29,6 +29,7 @@ import pytest
 import requests_shim as http
 import zmq
 import zmq.asyncio
+from epp.localrun.process import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_server import SERVED_NAME, vllm_process
 
@@ -38,7 +39,6 @@ from epp.kvevents.pool import KVEventSubscriptions
 from epp.kvevents.subscriber import EventSource
 from epp.kvevents.tokenization import PromptTokenizer
 from epp.kvevents.wire import END_SEQ, SEQ_BYTES, BlockStored, decode_batch, parse_frames
-from epp.localrun.process import free_port
 
 pytestmark = pytest.mark.slow
 
