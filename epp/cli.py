@@ -1,9 +1,9 @@
 """``python -m epp``: llm-d-compatible flags → RuntimeOptions + ServerOptions → a running EPP.
 
 Flag names and defaults follow the llm-d router where one exists (``--pool-name``, ``--grpc-port``,
-``--refresh-metrics-interval`` ...). Two deliberate differences: ``--secure-serving`` defaults to
-false (local runs and the bundled Envoy speak plaintext gRPC; upstream defaults to true), and
-``--endpoints-file`` offers static discovery instead of Kubernetes.
+``--refresh-metrics-interval``, ``--secure-serving`` (on by default, self-signed without
+``--cert-path``), ``--enable-cert-reload`` ...). One addition: ``--endpoints-file`` offers static
+discovery instead of Kubernetes.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from epp.server import EppServer, ServerOptions, StreamSettings, TlsFiles
+from epp.server import EppServer, ServerOptions, StreamSettings
 from epp.server.stream import BodyMode
+from epp.server.tls import CertificateSource, TlsError
 
 if TYPE_CHECKING:
     from epp.runtime import Runtime, RuntimeOptions
@@ -106,11 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=boolean,
         nargs="?",
         const=True,
-        default=False,
-        help="serve ext_proc over TLS (default false here; needs --cert-path); "
-        "health stays plaintext for kubelet probes",
+        default=True,
+        help="serve ext_proc over TLS (default true, as upstream; gateways dial the EPP over TLS "
+        "without verification); health and metrics stay plaintext for kubelet probes and scrapers",
     )
-    net.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
+    net.add_argument(
+        "--cert-path",
+        type=Path,
+        help="directory holding tls.crt and tls.key (e.g. a mounted kubernetes.io/tls Secret); "
+        "unset: a self-signed certificate is made at start",
+    )
+    net.add_argument(
+        "--enable-cert-reload",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="re-read --cert-path's pair when it changes and serve new connections with it (no restart)",
+    )
 
     tuning = parser.add_argument_group("behaviour")
     tuning.add_argument("--refresh-metrics-interval", type=duration, default=0.05, help="scrape period")
@@ -149,12 +163,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
     config_text = _config_text(parser, args)
     tls = None
     if args.secure_serving:
-        if args.cert_path is None:
-            parser.error("--secure-serving needs --cert-path (a directory with tls.crt and tls.key)")
-        tls = TlsFiles(cert=args.cert_path / "tls.crt", key=args.cert_path / "tls.key")
-        for path in (tls.cert, tls.key):
-            if not path.is_file():
-                parser.error(f"--cert-path: {path} is missing")
+        try:
+            tls = CertificateSource(args.cert_path, reload=args.enable_cert_reload)
+        except TlsError as error:
+            parser.error(str(error))
+    elif args.cert_path is not None or args.enable_cert_reload:
+        parser.error("--cert-path and --enable-cert-reload need --secure-serving (it is off)")
     served = None
     if args.served_models:
         served = frozenset(m.strip() for m in args.served_models.split(",") if m.strip())

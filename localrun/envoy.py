@@ -102,6 +102,10 @@ class GatewayConfig:
     # False: the EPP sees response headers only (no body, no trailers): fewer ext_proc messages per
     # request, but no token usage from responses and request completion is seen at stream end.
     response_body: bool = True
+    # Dial the EPP over TLS without verifying it, as every gateway provider does (kgateway's
+    # endpoint-picker plugin, buildExtProcCluster; GIE's Istio DestinationRule with
+    # insecureSkipVerify). False dials cleartext HTTP/2, for an EPP run with --secure-serving=false.
+    ext_proc_tls: bool = True
 
     def __post_init__(self) -> None:
         if not self.pool_endpoints:
@@ -261,6 +265,8 @@ def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
             ],
         },
     }
+    if config.ext_proc_tls:
+        epp["transport_socket"] = _tls_without_verification()
     pool: dict[str, Any] = {
         "name": POOL_CLUSTER,
         "type": "STATIC",
@@ -288,6 +294,18 @@ def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_ENDPOINT},
     }
     return [epp, pool, original_dst]
+
+
+def _tls_without_verification() -> dict[str, Any]:
+    """An upstream TLS context with no validation context: encrypt, trust any certificate (the
+    EPP's self-signed one), offer h2 by ALPN."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TYPES + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"alpn_protocols": ["h2"]},
+        },
+    }
 
 
 def _override_host(fallback: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
@@ -15,6 +14,7 @@ from epp.metrics import MetricsHttpServer, ServerMetrics
 from epp.server.health import HealthServicer
 from epp.server.processor import ExternalProcessor
 from epp.server.stream import StreamSettings
+from epp.server.tls import CertificateSource
 from epp.types import Director
 
 log = logging.getLogger(__name__)
@@ -22,14 +22,6 @@ log = logging.getLogger(__name__)
 # Large request bodies arrive as many ext_proc messages of Envoy's chunk size, but a BUFFERED body is
 # one message: allow the body cap plus framing.
 _MESSAGE_OVERHEAD_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """Certificate and key for ``--secure-serving`` (PEM files)."""
-
-    cert: Path
-    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +34,8 @@ class ServerOptions:
     # After SIGTERM: readiness goes NOT_SERVING at once, ext_proc keeps serving this long so the
     # proxy can notice and move new streams elsewhere before the process exits.
     drain_timeout: float = 30.0
-    tls: TlsFiles | None = None
+    # --secure-serving: the pair the ext_proc port serves (self-signed or mounted); None = cleartext.
+    tls: CertificateSource | None = None
 
 
 class EppServer:
@@ -87,13 +80,12 @@ class EppServer:
             "ext_proc over TLS" if self.options.tls else "plaintext",
         )
 
-    def _bind(self, server: grpc.aio.Server, port: int, tls: TlsFiles | None) -> None:
+    def _bind(self, server: grpc.aio.Server, port: int, tls: CertificateSource | None) -> None:
         address = f"{self.options.host}:{port}"
         if tls is None:
             server.add_insecure_port(address)
             return
-        credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
-        server.add_secure_port(address, credentials)
+        server.add_secure_port(address, _grpc_credentials(tls))
 
     async def drain(self) -> None:
         """Report NOT_SERVING, then keep serving for the drain timeout: the proxy and Kubernetes need
@@ -110,3 +102,17 @@ class EppServer:
                 await server.stop(grace)
         self._grpc = self._health_grpc = None
         await self._metrics_http.stop()
+
+
+def _grpc_credentials(tls: CertificateSource) -> grpc.ServerCredentials:
+    """gRPC core asks the fetcher before each handshake; it answers a new configuration only when
+    the mounted pair changed (CertificateSource rate-limits the file checks)."""
+
+    def configuration(key_pem: bytes, cert_pem: bytes) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)])
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        renewed = tls.changed()
+        return None if renewed is None else configuration(renewed.key_pem, renewed.cert_pem)
+
+    return grpc.dynamic_ssl_server_credentials(configuration(tls.pair.key_pem, tls.pair.cert_pem), fetch)

@@ -26,12 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests_shim as http
 import zmq
 import zmq.asyncio
-from epp.localrun.process import free_port
 from prometheus_client.parser import text_string_to_metric_families
-from vllm_server import SERVED_NAME, vllm_process
 
 from epp.kvevents.hashing import BlockHasher
 from epp.kvevents.index import KVBlockIndex
@@ -39,6 +36,9 @@ from epp.kvevents.pool import KVEventSubscriptions
 from epp.kvevents.subscriber import EventSource
 from epp.kvevents.tokenization import PromptTokenizer
 from epp.kvevents.wire import END_SEQ, SEQ_BYTES, BlockStored, decode_batch, parse_frames
+from localrun.process import free_port
+from tests.support import requests_shim as http
+from tests.support.vllm_server import SERVED_NAME, vllm_process
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import grpc
@@ -17,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from epp.server import EppServer, ServerMetrics, ServerOptions, TlsFiles
+from epp.server import EppServer, ServerMetrics, ServerOptions
 from localrun import free_port
 from tests.support.extproc import ScriptedDirector, body_msg, request_headers, response_headers
 
@@ -123,57 +120,3 @@ async def test_metrics_endpoint_serves_epp_metrics(server: EppServer) -> None:
     assert "epp_request_body_bytes_bucket" in text
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> TlsFiles:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return TlsFiles(cert=cert, key=key)
-
-
-async def test_secure_serving_uses_tls_for_ext_proc_and_plaintext_for_probes(
-    tls_files: TlsFiles, director: ScriptedDirector
-) -> None:
-    options = ServerOptions(
-        host="127.0.0.1",
-        grpc_port=free_port(),
-        grpc_health_port=free_port(),
-        metrics_port=free_port(),
-        tls=tls_files,
-    )
-    server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
-    await server.start()
-    try:
-        credentials = grpc.ssl_channel_credentials(root_certificates=tls_files.cert.read_bytes())
-        async with grpc.aio.secure_channel(f"localhost:{options.grpc_port}", credentials) as channel:
-            call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
-            await call.write(request_headers())
-            await call.write(body_msg(BODY))
-            assert (await call.read()).request_headers.response.clear_route_cache
-            await call.done_writing()
-        assert await health(server, "liveness") == SERVING
-    finally:
-        await server.stop(grace=0)
