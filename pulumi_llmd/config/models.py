@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
 from pulumi_llmd.config.gke import GkeConfig
+from pulumi_llmd.config.images import ImageReference
 
 # RFC 1123 label: what Kubernetes accepts for namespaces and most object names.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -178,11 +179,10 @@ class PoolConfig(ConfigModel):
         description="Nodes one replica spans; > 1 renders a LeaderWorkerSet "
         "(vLLM pipeline parallel over Ray).",
     )
-    image: str | None = Field(
+    image: ImageReference | None = Field(
         default=None,
-        min_length=1,
-        description="Container image; unset picks the engine's default (the vLLM image, or this "
-        "project's simulator image).",
+        description="Container image (`name:tag`, `name@sha256:<digest>` or `name:tag@sha256:<digest>`); "
+        "unset picks the engine's default (the vLLM image, or this project's simulator image).",
     )
     extra_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments, appended last.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra container environment.")
@@ -206,10 +206,10 @@ class PrefillConfig(PoolConfig):
 
 
 class SidecarConfig(ConfigModel):
-    image: str = Field(
+    image: ImageReference = Field(
         default_factory=lambda: project_image("sidecar"),
-        min_length=1,
-        description="Sidecar image (built from sidecar/Dockerfile).",
+        description="Sidecar image (sidecar/Dockerfile, published by the release workflow); a tag, a "
+        "`@sha256:` digest or both.",
     )
     kv_connector: Literal["nixlv2"] = Field(default="nixlv2", description="Sidecar `--kv-connector`.")
     resources: ResourcesConfig = Field(
@@ -227,10 +227,10 @@ class DecodeConfig(PoolConfig):
 class EppConfig(ConfigModel):
     """The endpoint picker (`python -m epp`) and its InferencePool wiring."""
 
-    image: str = Field(
+    image: ImageReference = Field(
         default_factory=lambda: project_image("epp"),
-        min_length=1,
-        description="EPP image (built from epp/Dockerfile).",
+        description="EPP image (epp/Dockerfile, published by the release workflow); a tag, a "
+        "`@sha256:` digest or both.",
     )
     replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
     leader_election: bool = Field(
