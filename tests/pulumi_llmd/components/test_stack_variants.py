@@ -171,22 +171,21 @@ def test_secure_serving_mounts_the_certificate() -> None:
 
 
 def test_two_stacks_in_one_program_have_distinct_resources() -> None:
+    import pulumi
     import pulumi_kubernetes as k8s
 
-    from pulumi_llmd.components.platform import Platform, PodNetworking
-    from pulumi_llmd.components.stack import LlmdStack, LlmdStackArgs
-    from pulumi_llmd.config import parse_stack_config
+    from pulumi_llmd import LlmdStack, llmd_stack_args, parse_stack_config
 
     def program() -> None:
         provider = k8s.Provider("shared-cluster")
-        platform = Platform(k8s_provider=provider, pod_networking=PodNetworking())
+        opts = pulumi.ResourceOptions(providers=[provider])
         first = parse_stack_config(kind_config(name="a", namespace="team-a"), has_hf_token=False)
         # Cluster-wide pieces (CRDs, kgateway) come from the first stack only.
         shared_off = {"crds": {"install": False}, "gateway": {"installKgateway": False}}
         second_raw = kind_config(name="b", namespace="team-b", **shared_off)
         second = parse_stack_config(second_raw, has_hf_token=False)
-        LlmdStack("a", LlmdStackArgs(config=first, platform=platform))
-        LlmdStack("b", LlmdStackArgs(config=second, platform=platform))
+        LlmdStack("a", llmd_stack_args(first), opts=opts)
+        LlmdStack("b", llmd_stack_args(second), opts=opts)
 
     registrations, _ = run_program("two", {}, program=program)
     urns = [r.urn for r in registrations]
