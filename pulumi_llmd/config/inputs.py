@@ -40,4 +40,3 @@ def validate_args(model: type[ModelT], args: Mapping[str, Any], *, component: st
         return model.model_validate(dict(args))
     except ValidationError as error:
         raise ConfigError(problems_from_validation_error(error, model), subject=f"{component} args") from None
-
