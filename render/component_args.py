@@ -138,7 +138,10 @@ def _typed_dict(
     for extra in extras:
         body.append(f"    {extra.name}: {extra.annotation}")
         body += _docstring(extra.description, indent=4)
-    head = [f"class {name}(TypedDict, total=False):", *_docstring(doc, indent=4), ""]
+    if len(f"    {_literal(doc)}") > WIDTH:
+        # ruff format joins a split class docstring back into one over-long line.
+        raise ValueError(f"{model.__name__}'s docstring must fit one line of the generated {name}: {doc!r}")
+    head = [f"class {name}(TypedDict, total=False):", f"    {_literal(doc)}", ""]
     source = "\n".join(head + body)
     del module.classes[name]
     module.classes[name] = source + "\n"
@@ -209,19 +212,29 @@ def _default(value: Any) -> str | None:
         return "empty"
     if isinstance(value, enum.Enum):
         value = value.value
-    return f"`{json.dumps(value)}`"
+    return f"`{value}`" if isinstance(value, str) else f"`{json.dumps(value)}`"
 
 
 def _docstring(text: str, *, indent: int) -> list[str]:
+    """A docstring whose value is exactly ``text``: the analyzer copies it into the schema as is, so a
+    long one is split into adjacent literals (one string to the compiler) instead of wrapped lines."""
     pad = " " * indent
-    safe = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    if safe.endswith('"'):
-        safe += " "
-    one_line = f'{pad}"""{safe}"""'
-    if len(one_line) <= WIDTH:
+    if len(one_line := f"{pad}{_literal(text)}") <= WIDTH:
         return [one_line]
-    wrapped = textwrap.wrap(safe, width=WIDTH - indent - 3, break_on_hyphens=False, break_long_words=False)
-    return [f'{pad}"""{wrapped[0]}', *(f"{pad}{line}" for line in wrapped[1:]), f'{pad}"""']
+    width = WIDTH - indent - 7  # the quotes, the space kept at the end of each piece, the indent
+    while True:
+        pieces = textwrap.wrap(text, width=width, break_on_hyphens=False, break_long_words=False)
+        literals = [_literal(piece + " ") for piece in pieces[:-1]] + [_literal(pieces[-1])]
+        if all(len(pad) + 4 + len(literal) <= WIDTH for literal in literals):
+            return [f"{pad}(", *(f"{pad}    {literal}" for literal in literals), f"{pad})"]
+        width -= 2  # escapes made a piece too long
+
+
+def _literal(text: str) -> str:
+    """A string literal as ruff format writes it: double quotes unless single ones need fewer escapes."""
+    if '"' in text and "'" not in text:
+        return "'" + text.replace("\\", "\\\\") + "'"
+    return json.dumps(text, ensure_ascii=False)
 
 
 def main(argv: list[str] | None = None) -> int:

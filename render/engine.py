@@ -25,7 +25,7 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,9 +228,10 @@ def run_program(
     stack: str,
     config: dict[str, str],
     secret_keys: Sequence[str] = (),
-    program: Callable[[], None] | None = None,
+    program: Callable[[], Awaitable[None] | None] | None = None,
 ) -> tuple[list[Registration], list[str]]:
-    """Run a Pulumi program (default: pulumi_llmd.program.main) under mocks.
+    """Run a Pulumi program (default: pulumi_llmd.program.main; a coroutine function works too) under
+    mocks.
 
     Returns every registration in order, and the function calls no stub answered. ``set_mocks``
     configures process-global state, so runs are sequential: each one installs a fresh root stack,

@@ -16,385 +16,391 @@ from pulumi_llmd.config.models import Engine, FailureMode
 
 
 class ModelSettings(TypedDict, total=False):
-    """The model every pool serves."""
+    "The model every pool serves."
 
     name: Required[str]
-    """Served model name clients put in the request body (`--served-model-name`)."""
+    "Served model name clients put in the request body (`--served-model-name`)."
     uri: Required[str]
-    """Where the weights come from: `hf://org/model` (Hugging Face, token from the `llmd:hfToken` secret) or
-    `pvc://claim/path/in/claim` (a PersistentVolumeClaim in the namespace).
-    """
+    (
+        "Where the weights come from: `hf://org/model` (Hugging Face, token from the `llmd:hfToken` secret) "
+        "or `pvc://claim/path/in/claim` (a PersistentVolumeClaim in the namespace)."
+    )
     engine: Engine
-    """`vllm` for real model servers, `simulator` for the bundled vLLM simulator (no GPUs). Default: `"vllm"`.
-    """
+    "`vllm` for real model servers, `simulator` for the bundled vLLM simulator (no GPUs). Default: `vllm`."
     max_model_len: int
-    """vLLM `--max-model-len`; unset lets vLLM derive it from the model."""
+    "vLLM `--max-model-len`; unset lets vLLM derive it from the model."
     enable_prefix_caching: bool
-    """vLLM automatic prefix caching. Default: `true`."""
+    "vLLM automatic prefix caching. Default: `true`."
     cache_size: str
-    """Size limit of the emptyDir that holds hf:// downloads. Default: `"100Gi"`."""
+    "Size limit of the emptyDir that holds hf:// downloads. Default: `100Gi`."
     label: str
-    """Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`."""
+    "Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`."
 
 
 class GatewaySettings(TypedDict, total=False):
-    """kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."""
+    "kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."
 
     install_kgateway: bool
-    """Install kgateway (CRDs chart + controller chart). Default: `true`."""
+    "Install kgateway (CRDs chart + controller chart). Default: `true`."
     kgateway_version: str
-    """kgateway chart version. Default: `"v2.1.0"`."""
+    "kgateway chart version. Default: `v2.1.0`."
     kgateway_namespace: str
-    """Namespace of kgateway. Default: `"kgateway-system"`."""
+    "Namespace of kgateway. Default: `kgateway-system`."
     class_name: str
-    """GatewayClass of the Gateway. Default: `"kgateway"`."""
+    "GatewayClass of the Gateway. Default: `kgateway`."
     listener_port: int
-    """HTTP listener port of the Gateway. Default: `80`."""
+    "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    """HTTPRoute request timeout (long generations). Default: `"300s"`."""
+    "HTTPRoute request timeout (long generations). Default: `300s`."
 
 
 class CrdsSettings(TypedDict, total=False):
-    """Cluster-wide CRDs. Installed from the upstream release assets and retained on delete."""
+    "Cluster-wide CRDs. Installed from the upstream release assets and retained on delete."
 
     install: bool
-    """Install the CRDs; set false when the cluster already has them. Default: `true`."""
+    "Install the CRDs; set false when the cluster already has them. Default: `true`."
     gateway_api_version: str
-    """Gateway API release (standard channel). Default: `"v1.6.1"`."""
+    "Gateway API release (standard channel). Default: `v1.6.1`."
     inference_extension_version: str
-    """Gateway API Inference Extension release providing InferencePool v1. Default: `"v1.6.0"`."""
+    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
     lws_version: str
-    """LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1.
-    Default: `"v0.10.0"`.
-    """
+    (
+        "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
+        "Default: `v0.10.0`."
+    )
 
 
 class ResourcesSettings(TypedDict, total=False):
-    """CPU/memory per model-server container."""
+    "CPU/memory per model-server container."
 
     cpu: Required[str]
-    """CPU request (no CPU limit: throttling hurts latency)."""
+    "CPU request (no CPU limit: throttling hurts latency)."
     memory: Required[str]
-    """Memory request and limit."""
+    "Memory request and limit."
 
 
 class AcceleratorSettings(TypedDict, total=False):
-    """GPUs per pod."""
+    "GPUs per pod."
 
     resource: str
-    """Extended resource name of one accelerator. Default: `"nvidia.com/gpu"`."""
+    "Extended resource name of one accelerator. Default: `nvidia.com/gpu`."
     count: int
-    """Accelerators per pod; unset means the pool's tensorParallel. 0 disables requests."""
+    "Accelerators per pod; unset means the pool's tensorParallel. 0 disables requests."
 
 
 class PrefillSettings(TypedDict, total=False):
-    """Prefill pool (P/D)."""
+    "Prefill pool (P/D)."
 
     replicas: int
-    """Model-server replicas (groups, with nodesPerReplica > 1). Default: `1`."""
+    "Model-server replicas (groups, with nodesPerReplica > 1). Default: `1`."
     tensor_parallel: int
-    """vLLM `--tensor-parallel-size`. Default: `1`."""
+    "vLLM `--tensor-parallel-size`. Default: `1`."
     nodes_per_replica: int
-    """Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`.
-    """
+    "Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`."
     image: str
-    """Container image; unset picks the engine's default (the vLLM image, or this project's simulator image).
-    """
+    "Container image; unset picks the engine's default (the vLLM image, or this project's simulator image)."
     extra_args: list[str]
-    """Extra vLLM arguments, appended last. Default: empty."""
+    "Extra vLLM arguments, appended last. Default: empty."
     env: dict[str, str]
-    """Extra container environment. Default: empty."""
+    "Extra container environment. Default: empty."
     resources: ResourcesSettings
-    """CPU/memory per model-server container. Default: `{"cpu": "8", "memory": "64Gi"}`."""
+    'CPU/memory per model-server container. Default: `{"cpu": "8", "memory": "64Gi"}`.'
     accelerator: AcceleratorSettings
-    """GPUs per pod."""
+    "GPUs per pod."
     shm_size: str
-    """Size of the /dev/shm memory volume. Default: `"16Gi"`."""
+    "Size of the /dev/shm memory volume. Default: `16Gi`."
     enabled: bool
-    """Prefill/decode disaggregation: a prefill pool, the decode-side sidecar and NIXL KV transfer. Default:
-    `true`.
-    """
+    (
+        "Prefill/decode disaggregation: a prefill pool, the decode-side sidecar and NIXL KV transfer. "
+        "Default: `true`."
+    )
 
 
 class SidecarSettings(TypedDict, total=False):
-    """The P/D routing sidecar on decode pods."""
+    "The P/D routing sidecar on decode pods."
 
     image: str
-    """Sidecar image (built from sidecar/Dockerfile). Default: `"ghcr.io/pulumi-llmd/sidecar:0.1.0"`."""
+    "Sidecar image (built from sidecar/Dockerfile). Default: `ghcr.io/pulumi-llmd/sidecar:0.1.0`."
     kv_connector: str
-    """Sidecar `--kv-connector`. Default: `"nixlv2"`."""
+    "Sidecar `--kv-connector`. Default: `nixlv2`."
     resources: ResourcesSettings
-    """Sidecar CPU/memory. Default: `{"cpu": "1", "memory": "1Gi"}`."""
+    'Sidecar CPU/memory. Default: `{"cpu": "1", "memory": "1Gi"}`.'
 
 
 class DecodeSettings(TypedDict, total=False):
-    """Decode pool."""
+    "Decode pool."
 
     replicas: int
-    """Decode replicas (groups, with nodesPerReplica > 1). Default: `1`."""
+    "Decode replicas (groups, with nodesPerReplica > 1). Default: `1`."
     tensor_parallel: int
-    """vLLM `--tensor-parallel-size`. Default: `1`."""
+    "vLLM `--tensor-parallel-size`. Default: `1`."
     nodes_per_replica: int
-    """Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`.
-    """
+    "Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`."
     image: str
-    """Container image; unset picks the engine's default (the vLLM image, or this project's simulator image).
-    """
+    "Container image; unset picks the engine's default (the vLLM image, or this project's simulator image)."
     extra_args: list[str]
-    """Extra vLLM arguments, appended last. Default: empty."""
+    "Extra vLLM arguments, appended last. Default: empty."
     env: dict[str, str]
-    """Extra container environment. Default: empty."""
+    "Extra container environment. Default: empty."
     resources: ResourcesSettings
-    """CPU/memory per model-server container. Default: `{"cpu": "8", "memory": "64Gi"}`."""
+    'CPU/memory per model-server container. Default: `{"cpu": "8", "memory": "64Gi"}`.'
     accelerator: AcceleratorSettings
-    """GPUs per pod."""
+    "GPUs per pod."
     shm_size: str
-    """Size of the /dev/shm memory volume. Default: `"16Gi"`."""
+    "Size of the /dev/shm memory volume. Default: `16Gi`."
     sidecar: SidecarSettings
-    """The P/D routing sidecar on decode pods."""
+    "The P/D routing sidecar on decode pods."
 
 
 class EppSettings(TypedDict, total=False):
-    """The endpoint picker (`python -m epp`) and its InferencePool wiring."""
+    "The endpoint picker (`python -m epp`) and its InferencePool wiring."
 
     image: str
-    """EPP image (built from epp/Dockerfile). Default: `"ghcr.io/pulumi-llmd/epp:0.1.0"`."""
+    "EPP image (built from epp/Dockerfile). Default: `ghcr.io/pulumi-llmd/epp:0.1.0`."
     replicas: int
-    """EPP replicas. Default: `1`."""
+    "EPP replicas. Default: `1`."
     leader_election: bool
-    """Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant leases/events RBAC; only the
-    replica holding the pool's Lease reports ready (bundled and upstream EPP images alike). Default:
-    `false`.
-    """
+    (
+        "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant leases/events RBAC; only "
+        "the replica holding the pool's Lease reports ready (bundled and upstream EPP images alike). "
+        "Default: `false`."
+    )
     failure_mode: FailureMode
-    """InferencePool endpointPickerRef.failureMode: what the gateway does when the EPP is down. Default:
-    `"FailClose"`.
-    """
+    (
+        "InferencePool endpointPickerRef.failureMode: what the gateway does when the EPP is down. Default: "
+        "`FailClose`."
+    )
     secure_serving: bool
-    """`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC). Default: `false`."""
+    "`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC). Default: `false`."
     tls_secret_name: str
-    """A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path`;
-    required with secureServing.
-    """
+    (
+        "A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path`; "
+        "required with secureServing."
+    )
     config: str
-    """A full EndpointPickerConfig YAML overriding the generated one."""
+    "A full EndpointPickerConfig YAML overriding the generated one."
     pd_non_cached_tokens: int
-    """prefix-based-pd-decider `nonCachedTokens`: disaggregate when at least this many prompt tokens are not
-    cached on the chosen decode pod. Default: `16`.
-    """
+    (
+        "prefix-based-pd-decider `nonCachedTokens`: disaggregate when at least this many prompt tokens are "
+        "not cached on the chosen decode pod. Default: `16`."
+    )
     refresh_metrics_interval: float
-    """`--refresh-metrics-interval` in seconds. Default: `0.05`."""
+    "`--refresh-metrics-interval` in seconds. Default: `0.05`."
     metrics_staleness_threshold: float
-    """`--metrics-staleness-threshold` in seconds. Default: `2.0`."""
+    "`--metrics-staleness-threshold` in seconds. Default: `2.0`."
     resources: ResourcesSettings
-    """EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`."""
+    'EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`.'
 
 
 class NetworkPolicySettings(TypedDict, total=False):
-    """NetworkPolicies."""
+    "NetworkPolicies."
 
     enabled: bool
-    """Render the NetworkPolicies. Default: `true`."""
+    "Render the NetworkPolicies. Default: `true`."
     metrics_namespace_labels: dict[str, str]
-    """Namespace labels allowed to scrape EPP/model-server metrics (e.g. your Prometheus); empty allows none.
-    Default: empty.
-    """
+    (
+        "Namespace labels allowed to scrape EPP/model-server metrics (e.g. your Prometheus); empty allows "
+        "none. Default: empty."
+    )
     ucx_tcp_between_pools: bool
-    """Allow all TCP between prefill and decode pods: UCX's TCP transport (used without RDMA) picks ephemeral
-    ports. Default: `true`.
-    """
+    (
+        "Allow all TCP between prefill and decode pods: UCX's TCP transport (used without RDMA) picks "
+        "ephemeral ports. Default: `true`."
+    )
 
 
 class NetworkAttachmentSettings(TypedDict, total=False):
-    """A Multus NetworkAttachmentDefinition model-server pods attach to (created in the stack's namespace; the
-    pods name it in the ``k8s.v1.cni.cncf.io/networks`` annotation).
-    """
+    "A Multus NetworkAttachmentDefinition in the stack's namespace that model-server pods attach to."
 
     name: Required[str]
-    """NetworkAttachmentDefinition name."""
+    "NetworkAttachmentDefinition name."
     config: Required[str]
-    """The CNI configuration (JSON) the definition carries."""
+    "The CNI configuration (JSON) the definition carries."
     resource_name: str
-    """Device-plugin resource backing the network (`k8s.v1.cni.cncf.io/resourceName`)."""
+    "Device-plugin resource backing the network (`k8s.v1.cni.cncf.io/resourceName`)."
 
 
 class PodNetworkingSettings(TypedDict, total=False):
-    """Pod-template additions for the accelerator network (RDMA, EFA) and GPU-node scheduling, in Kubernetes
-    manifest (camelCase) shapes; empty on platforms without either (kind).
-    """
+    "How model-server pods attach to the accelerator network (RDMA, EFA) and reach GPU nodes."
 
     annotations: dict[str, str]
-    """Pod annotations (e.g. Multus or GKE interface lists). Default: empty."""
+    "Pod annotations (e.g. Multus or GKE interface lists). Default: empty."
     resources: dict[str, str]
-    """Extended resources each model-server container requests and limits, e.g. `{"rdma/roce_gdr": "2"}` or
-    `{"vpc.amazonaws.com/efa": "32"}`. Default: empty.
-    """
+    (
+        'Extended resources each model-server container requests and limits, e.g. `{"rdma/roce_gdr": "2"}` '
+        'or `{"vpc.amazonaws.com/efa": "32"}`. Default: empty.'
+    )
     env: dict[str, str]
-    """Environment of the engine container. Default: empty."""
+    "Environment of the engine container. Default: empty."
     volumes: list[dict[str, Any]]
-    """Extra pod volumes. Default: empty."""
+    "Extra pod volumes. Default: empty."
     volume_mounts: list[dict[str, Any]]
-    """Extra engine-container volume mounts. Default: empty."""
+    "Extra engine-container volume mounts. Default: empty."
     capabilities: list[str]
-    """Linux capabilities the engine container adds (e.g. IPC_LOCK). Default: empty."""
+    "Linux capabilities the engine container adds (e.g. IPC_LOCK). Default: empty."
     node_selector: dict[str, str]
-    """Node labels the pods require. Default: empty."""
+    "Node labels the pods require. Default: empty."
     tolerations: list[dict[str, Any]]
-    """Pod tolerations. Default: empty."""
+    "Pod tolerations. Default: empty."
     nixl_backends: list[str]
-    """NIXL transfer backends (NIXL plugin names, e.g. `LIBFABRIC` for EFA) vLLM's NixlConnector uses for P/D
-    KV transfer; empty keeps vLLM's default (UCX). Default: empty.
-    """
+    (
+        "NIXL transfer backends (NIXL plugin names, e.g. `LIBFABRIC` for EFA) vLLM's NixlConnector uses for "
+        "P/D KV transfer; empty keeps vLLM's default (UCX). Default: empty."
+    )
     network_attachments: list[NetworkAttachmentSettings]
-    """Multus networks to create in the stack's namespace for the pods to attach to. Default: empty."""
+    "Multus networks to create in the stack's namespace for the pods to attach to. Default: empty."
 
 
 class LlmdStackArgs(TypedDict, total=False):
-    """Args of ``LlmdStack`` (validated by ``LlmdStackInputs``)."""
+    "Args of ``LlmdStack`` (validated by ``LlmdStackInputs``)."
 
     name: str
-    """Prefix of every object name (pools, EPP, gateway); keep stable across updates. Default: `"llmd"`."""
+    "Prefix of every object name (pools, EPP, gateway); keep stable across updates. Default: `llmd`."
     namespace: str
-    """Namespace of the inference stack. Default: `"llm-d"`."""
+    "Namespace of the inference stack. Default: `llm-d`."
     kubernetes_version: str
-    """Kubernetes minor version the manifests target (and are validated against). Default: `"1.33"`."""
+    "Kubernetes minor version the manifests target (and are validated against). Default: `1.33`."
     model: Required[ModelSettings]
-    """The served model."""
+    "The served model."
     gateway: GatewaySettings
-    """Gateway settings."""
+    "Gateway settings."
     crds: CrdsSettings
-    """CRD installation."""
+    "CRD installation."
     prefill: PrefillSettings
-    """Prefill pool (P/D)."""
+    "Prefill pool (P/D)."
     decode: DecodeSettings
-    """Decode pool."""
+    "Decode pool."
     epp: EppSettings
-    """Endpoint picker."""
+    "Endpoint picker."
     network_policy: NetworkPolicySettings
-    """NetworkPolicies."""
+    "NetworkPolicies."
     pod_networking: PodNetworkingSettings
-    """How model-server pods reach the accelerator network and GPU nodes (extended resources, annotations,
-    env, volumes, node selection, Multus networks); empty on a cluster without RDMA/EFA.
-    """
+    (
+        "How model-server pods reach the accelerator network and GPU nodes (extended resources, annotations, "
+        "env, volumes, node selection, Multus networks); empty on a cluster without RDMA/EFA."
+    )
     hf_token: pulumi.Input[str]
-    """The Hugging Face token (pass a secret) for hf:// models served by vLLM; stored in the Secret
-    `<name>-hf-token` that the model servers read. Required for hf:// models unless model.engine is
-    simulator.
-    """
+    (
+        "The Hugging Face token (pass a secret) for hf:// models served by vLLM; stored in the Secret "
+        "`<name>-hf-token` that the model servers read. Required for hf:// models unless model.engine is "
+        "simulator."
+    )
 
 
 class EndpointPickerArgs(TypedDict, total=False):
-    """Args of ``EndpointPicker`` (validated by ``EndpointPickerInputs``)."""
+    "Args of ``EndpointPicker`` (validated by ``EndpointPickerInputs``)."
 
     pool_name: Required[str]
-    """InferencePool name; the EPP's objects are `<poolName>-epp`, and both carry `app.kubernetes.io/instance:
-    <poolName>`.
-    """
+    (
+        "InferencePool name; the EPP's objects are `<poolName>-epp`, and both carry "
+        "`app.kubernetes.io/instance: <poolName>`."
+    )
     namespace: Required[str]
-    """Namespace of the pool and the EPP."""
+    "Namespace of the pool and the EPP."
     served_models: Required[list[str]]
-    """Model names clients put in requests (the EPP's `--served-models`)."""
+    "Model names clients put in requests (the EPP's `--served-models`)."
     selector: Required[dict[str, str]]
-    """Labels of the model-server pods the InferencePool selects (its `matchLabels`)."""
+    "Labels of the model-server pods the InferencePool selects (its `matchLabels`)."
     disaggregated: Required[bool]
-    """Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."""
+    "Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
     settings: EppSettings
-    """The EPP's own settings."""
+    "The EPP's own settings."
 
 
 class PoolSettings(TypedDict, total=False):
-    """Shared shape of the prefill and decode pools."""
+    "Shared shape of the prefill and decode pools."
 
     replicas: int
-    """Model-server replicas (groups, with nodesPerReplica > 1). Default: `1`."""
+    "Model-server replicas (groups, with nodesPerReplica > 1). Default: `1`."
     tensor_parallel: int
-    """vLLM `--tensor-parallel-size`. Default: `1`."""
+    "vLLM `--tensor-parallel-size`. Default: `1`."
     nodes_per_replica: int
-    """Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`.
-    """
+    "Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`."
     image: str
-    """Container image; unset picks the engine's default (the vLLM image, or this project's simulator image).
-    """
+    "Container image; unset picks the engine's default (the vLLM image, or this project's simulator image)."
     extra_args: list[str]
-    """Extra vLLM arguments, appended last. Default: empty."""
+    "Extra vLLM arguments, appended last. Default: empty."
     env: dict[str, str]
-    """Extra container environment. Default: empty."""
+    "Extra container environment. Default: empty."
     resources: ResourcesSettings
-    """CPU/memory per model-server container. Default: `{"cpu": "8", "memory": "64Gi"}`."""
+    'CPU/memory per model-server container. Default: `{"cpu": "8", "memory": "64Gi"}`.'
     accelerator: AcceleratorSettings
-    """GPUs per pod."""
+    "GPUs per pod."
     shm_size: str
-    """Size of the /dev/shm memory volume. Default: `"16Gi"`."""
+    "Size of the /dev/shm memory volume. Default: `16Gi`."
 
 
 class ModelServerPoolArgs(TypedDict, total=False):
-    """Args of ``ModelServerPool`` (validated by ``ModelServerPoolInputs``)."""
+    "Args of ``ModelServerPool`` (validated by ``ModelServerPoolInputs``)."
 
     instance: Required[str]
-    """Stack name: the workload is `<instance>-<role>`, labelled `app.kubernetes.io/instance: <instance>`."""
+    "Stack name: the workload is `<instance>-<role>`, labelled `app.kubernetes.io/instance: <instance>`."
     namespace: Required[str]
-    """Namespace of the pool."""
+    "Namespace of the pool."
     role: Required[Role]
-    """`prefill` or `decode`."""
+    "`prefill` or `decode`."
     model: Required[ModelSettings]
-    """The served model."""
+    "The served model."
     pool: PoolSettings
-    """This role's pool settings."""
+    "This role's pool settings."
     disaggregated: Required[bool]
-    """Prefill/decode disaggregation: NIXL KV transfer on both roles, and the routing sidecar in front of vLLM
-    on decode pods.
-    """
+    (
+        "Prefill/decode disaggregation: NIXL KV transfer on both roles, and the routing sidecar in front of "
+        "vLLM on decode pods."
+    )
     sidecar: SidecarSettings
-    """The P/D routing sidecar; used by decode pools of a disaggregated stack only."""
+    "The P/D routing sidecar; used by decode pools of a disaggregated stack only."
     pod_networking: PodNetworkingSettings
-    """The platform's pod networking and GPU-node scheduling."""
+    "The platform's pod networking and GPU-node scheduling."
     hf_token_secret: str
-    """Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; unset passes no token
-    (public models).
-    """
+    (
+        "Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; unset passes no "
+        "token (public models)."
+    )
 
 
 class InferenceGatewayArgs(TypedDict, total=False):
-    """Args of ``InferenceGateway`` (validated by ``InferenceGatewayInputs``)."""
+    "Args of ``InferenceGateway`` (validated by ``InferenceGatewayInputs``)."
 
     instance: Required[str]
-    """Stack name: the Gateway is `<instance>-gateway`, labelled `app.kubernetes.io/instance: <instance>`."""
+    "Stack name: the Gateway is `<instance>-gateway`, labelled `app.kubernetes.io/instance: <instance>`."
     namespace: Required[str]
-    """Namespace of the Gateway, the HTTPRoute and the pool."""
+    "Namespace of the Gateway, the HTTPRoute and the pool."
     pool_name: Required[str]
-    """The InferencePool the route sends to (the route's name too)."""
+    "The InferencePool the route sends to (the route's name too)."
     class_name: str
-    """GatewayClass of the Gateway. Default: `"kgateway"`."""
+    "GatewayClass of the Gateway. Default: `kgateway`."
     listener_port: int
-    """HTTP listener port of the Gateway. Default: `80`."""
+    "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    """HTTPRoute request timeout (long generations). Default: `"300s"`."""
+    "HTTPRoute request timeout (long generations). Default: `300s`."
 
 
 class KgatewayArgs(TypedDict, total=False):
-    """Args of ``Kgateway`` (validated by ``KgatewayInputs``)."""
+    "Args of ``Kgateway`` (validated by ``KgatewayInputs``)."
 
     instance: Required[str]
-    """Stack name, for the `app.kubernetes.io/instance` label."""
+    "Stack name, for the `app.kubernetes.io/instance` label."
     version: str
-    """kgateway chart version. Default: `"v2.1.0"`."""
+    "kgateway chart version. Default: `v2.1.0`."
     namespace: str
-    """Namespace of kgateway. Default: `"kgateway-system"`."""
+    "Namespace of kgateway. Default: `kgateway-system`."
 
 
 class ClusterCrdsArgs(TypedDict, total=False):
-    """Args of ``ClusterCrds`` (validated by ``ClusterCrdsInputs``)."""
+    "Args of ``ClusterCrds`` (validated by ``ClusterCrdsInputs``)."
 
     gateway_api_version: str
-    """Gateway API release (standard channel). Default: `"v1.6.1"`."""
+    "Gateway API release (standard channel). Default: `v1.6.1`."
     inference_extension_version: str
-    """Gateway API Inference Extension release providing InferencePool v1. Default: `"v1.6.0"`."""
+    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
     lws_version: str
-    """LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1.
-    Default: `"v0.10.0"`.
-    """
+    (
+        "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
+        "Default: `v0.10.0`."
+    )
     leader_worker_set: Required[bool]
-    """Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 need it."""
+    "Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 need it."
 
 
 __all__ = [

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components.args import ClusterCrdsArgs
-from pulumi_llmd.components.inputs import ClusterCrdsInputs
+from pulumi_llmd.components.inputs import ClusterCrdsInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options
 from pulumi_llmd.config.inputs import validate_args
 
@@ -53,20 +53,20 @@ def crd_installs(crds: ClusterCrdsInputs) -> dict[str, str]:
     return installs
 
 
+@package_component
 class ClusterCrds(pulumi.ComponentResource):
-    """Gateway API (standard channel), InferencePool v1 and, when asked, LeaderWorkerSet (CRD and
-    controller), each from its pinned release asset and retained on delete.
-
-    Args (:class:`~pulumi_llmd.components.args.ClusterCrdsArgs`, validated by
-    :class:`~pulumi_llmd.components.inputs.ClusterCrdsInputs`): ``gateway_api_version``,
-    ``inference_extension_version``, ``lws_version`` (the ``crds`` section's versions) and
-    ``leader_worker_set``. The Kubernetes provider comes through ``opts``.
-    """
+    """Cluster-wide CRDs from their pinned release assets, retained on delete: Gateway API (standard
+    channel), InferencePool v1 and, when asked, LeaderWorkerSet (CRD and controller)."""
 
     installs: list[str]
     """The release-asset URLs installed."""
 
     def __init__(self, name: str, args: ClusterCrdsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.ClusterCrdsArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.ClusterCrdsInputs`): ``gateway_api_version``,
+        ``inference_extension_version``, ``lws_version`` (the ``crds`` section's versions) and
+        ``leader_worker_set``. The Kubernetes provider comes through ``opts``.
+        """
         crds = validate_args(ClusterCrdsInputs, args, component="ClusterCrds")
         super().__init__("llmd:index:ClusterCrds", name, None, opts)
         installs = crd_installs(crds)

@@ -8,28 +8,29 @@ import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import InferenceGatewayArgs, KgatewayArgs
-from pulumi_llmd.components.inputs import InferenceGatewayInputs, KgatewayInputs
+from pulumi_llmd.components.inputs import InferenceGatewayInputs, KgatewayInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.config.inputs import validate_args
 
 KGATEWAY_CHARTS = "oci://cr.kgateway.dev/kgateway-dev/charts"
 
 
+@package_component
 class Kgateway(pulumi.ComponentResource):
-    """kgateway: its namespace, the CRDs chart, then the controller chart with
-    ``inferenceExtension.enabled`` (so it serves InferencePool backends through the EPP).
-
-    Args (:class:`~pulumi_llmd.components.args.KgatewayArgs`, validated by
-    :class:`~pulumi_llmd.components.inputs.KgatewayInputs`): ``instance`` (for labels), ``version``
-    and ``namespace`` (the ``gateway.kgatewayVersion`` / ``gateway.kgatewayNamespace`` keys). Pass the
-    Kubernetes provider in ``opts``; ``depends_on`` (the Gateway API CRDs the controller watches) is
-    passed on to every child.
-    """
+    """kgateway, an Envoy-based Gateway API implementation: its namespace, the CRDs chart and the
+    controller chart with the inference extension enabled, so its Gateways route to InferencePools
+    through their endpoint pickers."""
 
     namespace: str
     """Namespace kgateway runs in."""
 
     def __init__(self, name: str, args: KgatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.KgatewayArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.KgatewayInputs`): ``instance`` (for labels), ``version``
+        and ``namespace`` (the ``gateway.kgatewayVersion`` / ``gateway.kgatewayNamespace`` keys). Pass
+        the Kubernetes provider in ``opts``; ``depends_on`` (the Gateway API CRDs the controller
+        watches) is passed on to every child.
+        """
         kgateway = validate_args(KgatewayInputs, args, component="Kgateway")
         super().__init__("llmd:index:Kgateway", name, None, opts)
         namespace = register(
@@ -115,16 +116,10 @@ def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
     }
 
 
+@package_component
 class InferenceGateway(pulumi.ComponentResource):
-    """A Gateway of the configured class and an HTTPRoute whose backend is the InferencePool.
-
-    Args (:class:`~pulumi_llmd.components.args.InferenceGatewayArgs`, validated by
-    :class:`~pulumi_llmd.components.inputs.InferenceGatewayInputs`): ``instance`` (the Gateway is
-    ``<instance>-gateway``), ``namespace``, ``pool_name`` (the backend, and the route's name), and
-    ``class_name``, ``listener_port``, ``request_timeout`` (the same keys of the ``gateway`` section).
-    Pass the Kubernetes provider in ``opts``; ``depends_on`` (the GatewayClass's controller, the
-    Gateway API CRDs, the InferencePool) is passed on to both objects.
-    """
+    """A Gateway of the given GatewayClass with an HTTP listener, and an HTTPRoute that sends every
+    path to an InferencePool (whose endpoint picker chooses the pod)."""
 
     gateway_name: str
     """The Gateway's name; its address serves the OpenAI API."""
@@ -134,6 +129,13 @@ class InferenceGateway(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: InferenceGatewayArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.InferenceGatewayArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.InferenceGatewayInputs`): ``instance`` (the Gateway is
+        ``<instance>-gateway``), ``namespace``, ``pool_name`` (the backend, and the route's name), and
+        ``class_name``, ``listener_port``, ``request_timeout`` (the same keys of the ``gateway``
+        section). Pass the Kubernetes provider in ``opts``; ``depends_on`` (the GatewayClass's
+        controller, the Gateway API CRDs, the InferencePool) is passed on to both objects.
+        """
         gateway = validate_args(InferenceGatewayInputs, args, component="InferenceGateway")
         super().__init__("llmd:index:InferenceGateway", name, None, opts)
         child = child_options(self, opts)

@@ -14,8 +14,9 @@ here: they travel in ``pulumi.ResourceOptions`` (children inherit the parent's p
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import pulumi
 from pydantic import Field
 
 from pulumi_llmd.components import naming
@@ -37,6 +38,17 @@ from pulumi_llmd.config.models import (
     PoolConfig,
     SidecarConfig,
 )
+
+ComponentT = TypeVar("ComponentT", bound=type[pulumi.ComponentResource])
+
+
+def package_component(component: ComponentT) -> ComponentT:
+    """Mark a component of the multi-language package. Pulumi's analyzer copies the class docstring
+    into the schema as every language's description, so it must read as one plain paragraph: this
+    joins its lines (Python-specific Args documentation belongs in ``__init__``'s docstring)."""
+    component.__doc__ = " ".join((component.__doc__ or "").split())
+    return component
+
 
 # The stack's name, as a prefix of object names ("<instance>-decode", "<instance>-epp-ingress" ...):
 # the same limit as llmd:name keeps every derived name a valid DNS label.

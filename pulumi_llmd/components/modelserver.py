@@ -22,7 +22,7 @@ import pulumi
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import ModelServerPoolArgs
-from pulumi_llmd.components.inputs import ModelServerPoolInputs
+from pulumi_llmd.components.inputs import ModelServerPoolInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.config.inputs import validate_args
@@ -284,26 +284,12 @@ def disruption_budget_manifest(spec: Spec) -> dict[str, Any]:
     }
 
 
+@package_component
 class ModelServerPool(pulumi.ComponentResource):
-    """One role's model servers: a Deployment (or a LeaderWorkerSet when one replica spans nodes) and
-    a PodDisruptionBudget that drains one pod at a time.
-
-    Args (:class:`~pulumi_llmd.components.args.ModelServerPoolArgs`, validated by
-    :class:`~pulumi_llmd.components.inputs.ModelServerPoolInputs`):
-
-    - ``instance``, ``namespace``, ``role``: the workload is ``<instance>-<role>`` in ``namespace``.
-    - ``model``: the ``model`` section (name, uri, engine, max length, prefix caching, cache size, label).
-    - ``pool``: this role's pool settings (replicas, tensor parallel, nodes per replica, image, extra
-      args, env, resources, accelerators, /dev/shm).
-    - ``disaggregated``: NIXL KV transfer on both roles; decode pods then run ``sidecar`` on port 8000.
-    - ``sidecar``: the routing sidecar's settings (decode pools of a P/D stack only).
-    - ``pod_networking``: the platform's RDMA/EFA attachments and GPU-node scheduling.
-    - ``hf_token_secret``: the Secret holding ``HF_TOKEN`` for hf:// models (unset: no token).
-
-    Serving pods carry ``serving_labels``, the selector an :class:`EndpointPicker` pool needs. The
-    Kubernetes provider and ``depends_on`` (namespace, token Secret, CRDs, platform) come through
-    ``opts``; every child inherits the one and waits for the other.
-    """
+    """One role's model servers (vLLM, or the bundled simulator): a Deployment, or a LeaderWorkerSet
+    when one replica spans nodes (pipeline parallel over Ray), and a PodDisruptionBudget that drains one
+    pod at a time. Decode pods of a disaggregated stack run the P/D routing sidecar on port 8000 in
+    front of vLLM. The serving pods carry servingLabels, the selector an EndpointPicker's pool needs."""
 
     workload_name: str
     """The Deployment or LeaderWorkerSet name (`<instance>-<role>`)."""
@@ -315,6 +301,22 @@ class ModelServerPool(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: ModelServerPoolArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.ModelServerPoolArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.ModelServerPoolInputs`):
+
+        - ``instance``, ``namespace``, ``role``: the workload is ``<instance>-<role>`` in ``namespace``.
+        - ``model``: the ``model`` section (name, uri, engine, max length, prefix caching, cache size,
+          label).
+        - ``pool``: this role's pool settings (replicas, tensor parallel, nodes per replica, image,
+          extra args, env, resources, accelerators, /dev/shm).
+        - ``disaggregated``: NIXL KV transfer on both roles; decode pods then run ``sidecar`` on 8000.
+        - ``sidecar``: the routing sidecar's settings (decode pools of a P/D stack only).
+        - ``pod_networking``: the platform's RDMA/EFA attachments and GPU-node scheduling.
+        - ``hf_token_secret``: the Secret holding ``HF_TOKEN`` for hf:// models (unset: no token).
+
+        The Kubernetes provider and ``depends_on`` (namespace, token Secret, CRDs, platform) come
+        through ``opts``; every child inherits the one and waits for the other.
+        """
         spec = validate_args(ModelServerPoolInputs, args, component="ModelServerPool")
         super().__init__("llmd:index:ModelServerPool", name, None, opts)
         manifest = pool_manifest(spec)

@@ -32,7 +32,7 @@ EPP_METRICS_PORT = 9090
 
 
 class Role(StrEnum):
-    """A model-server pool's role (the ``llm-d.ai/role`` label the EPP's prefill/decode filters read)."""
+    """A model-server pool's role (the `llm-d.ai/role` label the EPP's prefill/decode filters read)."""
 
     PREFILL = "prefill"
     """Computes the prompt's KV cache and hands it to a decode pod (P/D disaggregation)."""

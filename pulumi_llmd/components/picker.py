@@ -12,7 +12,7 @@ import pulumi
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import EndpointPickerArgs
-from pulumi_llmd.components.inputs import EndpointPickerInputs
+from pulumi_llmd.components.inputs import EndpointPickerInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.pickerconfig import render_epp_config
 from pulumi_llmd.config.inputs import validate_args
@@ -260,27 +260,12 @@ def role_binding_manifest(picker: Picker) -> dict[str, Any]:
     }
 
 
+@package_component
 class EndpointPicker(pulumi.ComponentResource):
-    """The endpoint picker (EPP) of one InferencePool, and the pool itself.
-
-    Creates a ServiceAccount, a read-only Role and its RoleBinding, the EndpointPickerConfig
-    ConfigMap, the EPP Deployment and Service (ext_proc gRPC on 9002, metrics on 9090), and the
-    InferencePool (targetPort 8000) whose ``endpointPickerRef`` names that Service.
-
-    Args (:class:`~pulumi_llmd.components.args.EndpointPickerArgs`, validated by
-    :class:`~pulumi_llmd.components.inputs.EndpointPickerInputs`):
-
-    - ``pool_name``: the InferencePool's name; the EPP's objects are ``<pool_name>-epp``.
-    - ``namespace``: where the pool and the EPP live.
-    - ``served_models``: the model names clients send (``--served-models``).
-    - ``selector``: the model-server pod labels the pool selects (``ModelServerPool.serving_labels``).
-    - ``disaggregated``: P/D profiles in the generated EndpointPickerConfig.
-    - ``settings``: the ``epp`` section of the stack config (image, replicas, leader election, failure
-      mode, TLS, a full config override, metrics timing, resources).
-
-    Providers and dependencies come through ``opts``: the Kubernetes provider is inherited by every
-    child, and ``depends_on`` (the namespace, the InferencePool CRD) is passed on to each of them.
-    """
+    """The endpoint picker (EPP) of one InferencePool, and the pool itself: a ServiceAccount with a
+    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment and Service (ext_proc gRPC on
+    9002, metrics on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that
+    Service. Select the model-server pods with selector (a ModelServerPool's servingLabels)."""
 
     pool_name: str
     """The InferencePool's name."""
@@ -290,6 +275,20 @@ class EndpointPicker(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: EndpointPickerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.EndpointPickerArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.EndpointPickerInputs`):
+
+        - ``pool_name``: the InferencePool's name; the EPP's objects are ``<pool_name>-epp``.
+        - ``namespace``: where the pool and the EPP live.
+        - ``served_models``: the model names clients send (``--served-models``).
+        - ``selector``: the model-server pod labels the pool selects (``ModelServerPool.serving_labels``).
+        - ``disaggregated``: P/D profiles in the generated EndpointPickerConfig.
+        - ``settings``: the ``epp`` section of the stack config (image, replicas, leader election,
+          failure mode, TLS, a full config override, metrics timing, resources).
+
+        Providers and dependencies come through ``opts``: the Kubernetes provider is inherited by every
+        child, and ``depends_on`` (the namespace, the InferencePool CRD) is passed on to each of them.
+        """
         picker = validate_args(EndpointPickerInputs, args, component="EndpointPicker")
         super().__init__("llmd:index:EndpointPicker", name, None, opts)
         child = child_options(self, opts)

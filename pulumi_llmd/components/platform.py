@@ -21,8 +21,7 @@ from pulumi_llmd.config.models import DnsLabel
 
 
 class NetworkAttachment(ConfigModel):
-    """A Multus NetworkAttachmentDefinition model-server pods attach to (created in the stack's
-    namespace; the pods name it in the ``k8s.v1.cni.cncf.io/networks`` annotation)."""
+    """A Multus NetworkAttachmentDefinition in the stack's namespace that model-server pods attach to."""
 
     name: DnsLabel = Field(description="NetworkAttachmentDefinition name.")
     config: str = Field(min_length=2, description="The CNI configuration (JSON) the definition carries.")
@@ -34,8 +33,10 @@ class NetworkAttachment(ConfigModel):
 
 
 class PodNetworking(ConfigModel):
-    """Pod-template additions for the accelerator network (RDMA, EFA) and GPU-node scheduling, in
-    Kubernetes manifest (camelCase) shapes; empty on platforms without either (kind)."""
+    """How model-server pods attach to the accelerator network (RDMA, EFA) and reach GPU nodes."""
+
+    # Pod-template additions in Kubernetes manifest (camelCase) shapes; empty on platforms with neither
+    # (kind). The pods name the Multus networks in the `k8s.v1.cni.cncf.io/networks` annotation.
 
     annotations: dict[str, str] = Field(
         default_factory=dict, description="Pod annotations (e.g. Multus or GKE interface lists)."

@@ -38,6 +38,7 @@ from pulumi_llmd.components.inputs import (
     InferenceNetworkPoliciesArgs,
     LlmdStackInputs,
     RdmaNetworksArgs,
+    package_component,
 )
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.modelserver import ModelServerPool
@@ -195,23 +196,14 @@ def hf_token_secret_manifest(instance: str, namespace: str, token: pulumi.Input[
     }
 
 
+@package_component
 class LlmdStack(pulumi.ComponentResource):
-    """The llm-d-style inference stack on an existing cluster: its namespace, the CRDs, kgateway, the
-    endpoint picker with its InferencePool, the prefill/decode model-server pools, the Gateway and
-    HTTPRoute, and NetworkPolicies.
-
-    Args (:class:`~pulumi_llmd.components.args.LlmdStackArgs`, validated by
-    :class:`~pulumi_llmd.components.inputs.LlmdStackInputs` and the stack rules): the in-cluster keys
-    of the ``llmd:`` stack config with the same shape (``name``, ``namespace``,
-    ``kubernetes_version``, ``model``, ``gateway``, ``crds``, ``prefill``, ``decode``, ``epp``,
-    ``network_policy``), plus ``pod_networking`` (what the platform says about RDMA/EFA and GPU
-    nodes) and ``hf_token`` (a secret, for hf:// models served by vLLM).
-
-    The Kubernetes provider comes through ``opts`` (``providers=[provider]``; children inherit it),
-    as does ``depends_on`` (e.g. GPU node pools or operators), which every child waits for.
-    Object names derive from ``name``: ``<name>-decode``, ``<name>-prefill``, ``<name>-epp``,
-    ``<name>-gateway``, InferencePool ``<name>``.
-    """
+    """The llm-d inference stack on an existing Kubernetes cluster: its namespace, the Gateway API and
+    InferencePool CRDs, kgateway, the endpoint picker (EPP) with its InferencePool, the prefill and
+    decode vLLM pools with the P/D routing sidecar, the Gateway and HTTPRoute, and NetworkPolicies. Its
+    inputs are the keys of the `llmd:` stack configuration (model, prefill, decode, epp, gateway, crds,
+    networkPolicy, name, namespace) plus podNetworking and hfToken; pass the Kubernetes provider in the
+    resource options' providers, and anything the stack must wait for (GPU nodes) in dependsOn."""
 
     namespace: str
     """Namespace of the stack's objects."""
@@ -225,6 +217,18 @@ class LlmdStack(pulumi.ComponentResource):
     """Model-server workload name per role (`prefill`, `decode`)."""
 
     def __init__(self, name: str, args: LlmdStackArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.LlmdStackArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.LlmdStackInputs` and the stack rules): the in-cluster
+        keys of the ``llmd:`` stack config with the same shape (``name``, ``namespace``,
+        ``kubernetes_version``, ``model``, ``gateway``, ``crds``, ``prefill``, ``decode``, ``epp``,
+        ``network_policy``), plus ``pod_networking`` (what the platform says about RDMA/EFA and GPU
+        nodes) and ``hf_token`` (a secret, for hf:// models served by vLLM).
+
+        The Kubernetes provider comes through ``opts`` (``providers=[provider]``; children inherit it),
+        as does ``depends_on`` (e.g. GPU node pools or operators), which every child waits for. Object
+        names derive from ``name``: ``<name>-decode``, ``<name>-prefill``, ``<name>-epp``,
+        ``<name>-gateway``, InferencePool ``<name>``. Raises :class:`ConfigError` naming every bad key.
+        """
         stack, hf_token = parse_llmd_stack_args(args)
         super().__init__("llmd:index:LlmdStack", name, None, opts)
 

@@ -63,6 +63,8 @@ class Engine(StrEnum):
 
 
 class FailureMode(StrEnum):
+    """What the gateway does with a request when the endpoint picker is unavailable."""
+
     FAIL_OPEN = "FailOpen"
     FAIL_CLOSE = "FailClose"
 
