@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pulumi_gcp as gcp
+
 from pulumi_llmd.cloud.gke import (
     gpu_node_config,
     guest_accelerators,
@@ -50,7 +52,9 @@ def test_static_autoscaling_bounds_keep_the_default_location_policy() -> None:
 def test_accelerators_follow_the_machine_catalogue_and_driver_setting() -> None:
     (accelerator,) = guest_accelerators(pool(machineType="a4-highgpu-8g", gpuDriverVersion="DEFAULT"))
     assert (accelerator.type, accelerator.count) == ("nvidia-b200", 8)
-    assert accelerator.gpu_driver_installation_config.gpu_driver_version == "DEFAULT"
+    driver = accelerator.gpu_driver_installation_config
+    assert isinstance(driver, gcp.container.NodePoolNodeConfigGuestAcceleratorGpuDriverInstallationConfigArgs)
+    assert driver.gpu_driver_version == "DEFAULT"
 
 
 def test_node_config_without_local_ssd_storage_or_rdma() -> None:
