@@ -193,3 +193,32 @@ def test_two_stacks_in_one_program_have_distinct_resources() -> None:
     pools = [r for r in registrations if r.pulumi_type.endswith(":InferencePool")]
     placed = sorted((r.inputs["metadata"]["namespace"], r.name) for r in pools)
     assert placed == [("team-a", "a"), ("team-b", "b")]
+
+
+@pytest.mark.parametrize("option", ["provider", "providers"])
+def test_the_provider_and_dependencies_in_opts_reach_every_object(option: str) -> None:
+    """A local LlmdStack takes the Kubernetes provider as `provider=` or `providers=[...]`; every
+    object (typed, custom, Helm, remote YAML) inherits it and waits for the stack's `depends_on`."""
+    import pulumi
+    import pulumi_kubernetes as k8s
+
+    from pulumi_llmd import LlmdStack, llmd_stack_args, parse_stack_config
+
+    def program() -> None:
+        cluster = k8s.Provider("cluster")
+        ready = k8s.core.v1.Namespace("gpu-nodes-ready")
+        given = {"provider": cluster} if option == "provider" else {"providers": [cluster]}
+        config = parse_stack_config(kind_config(), has_hf_token=False)
+        opts = pulumi.ResourceOptions(depends_on=[ready], **given)
+        LlmdStack("t", llmd_stack_args(config), opts=opts)
+
+    registrations, _ = run_program("opts", {}, program=program)
+    provider = next(r.urn for r in registrations if r.pulumi_type == "pulumi:providers:kubernetes")
+    ready_urn = next(r.urn for r in registrations if r.name == "gpu-nodes-ready")
+    objects = [
+        r for r in registrations if r.pulumi_type.startswith("kubernetes:") and r.name != "gpu-nodes-ready"
+    ]
+    assert len(objects) == 22  # the kind stack's 18 objects, 2 charts, 2 remote YAML installs
+    for registration in objects:
+        assert registration.provider.startswith(provider + "::"), registration.name
+        assert ready_urn in registration.dependencies, registration.name
