@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pulumi_llmd.catalog.efa import EFA_INSTANCE_TYPES
+from pulumi_llmd.config.images import image_reference_problem
 
 if TYPE_CHECKING:
     from render.engine import RenderedObject, RenderResult
@@ -45,12 +46,20 @@ class ImageRef:
         return cls(repository, tag, digest or None)
 
     @property
+    def reference(self) -> str:
+        return (
+            self.repository
+            + (f":{self.tag}" if self.tag else "")
+            + (f"@{self.digest}" if self.digest else "")
+        )
+
+    @property
     def pin(self) -> str:
-        if self.digest:
-            return f"`{self.tag}` @ `{self.digest}`" if self.tag else f"`{self.digest}`"
-        if self.tag is None:
-            return "**unpinned** (no tag: `latest`)"
-        return f"**unpinned** (`{self.tag}`)" if self.tag == "latest" else f"`{self.tag}`"
+        """The tag and digest; anything the config's image rule would refuse (no tag, `latest`, a
+        malformed digest) is spelled out in bold, as the `llmd-images-pinned` policy would."""
+        shown = " @ ".join(f"`{part}`" for part in (self.tag, self.digest) if part) or "-"
+        problem = image_reference_problem(self.reference)
+        return shown if problem is None else f"{shown} **{problem}**"
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,10 @@ class PrefillSettings(TypedDict, total=False):
     nodes_per_replica: int
     "Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`."
     image: str
-    "Container image; unset picks the engine's default (the vLLM image, or this project's simulator image)."
+    (
+        "Container image (`name:tag`, `name@sha256:<digest>` or `name:tag@sha256:<digest>`); unset picks the "
+        "engine's default (the vLLM image, or this project's simulator image)."
+    )
     extra_args: list[str]
     "Extra vLLM arguments, appended last. Default: empty."
     env: dict[str, str]
@@ -120,7 +123,10 @@ class SidecarSettings(TypedDict, total=False):
     "The P/D routing sidecar on decode pods."
 
     image: str
-    "Sidecar image (built from sidecar/Dockerfile). Default: `ghcr.io/pulumi-llmd/sidecar:0.1.0`."
+    (
+        "Sidecar image (sidecar/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest "
+        "or both. Default: `ghcr.io/pulumi-llmd/sidecar:0.1.0`."
+    )
     kv_connector: str
     "Sidecar `--kv-connector`. Default: `nixlv2`."
     resources: ResourcesSettings
@@ -137,7 +143,10 @@ class DecodeSettings(TypedDict, total=False):
     nodes_per_replica: int
     "Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`."
     image: str
-    "Container image; unset picks the engine's default (the vLLM image, or this project's simulator image)."
+    (
+        "Container image (`name:tag`, `name@sha256:<digest>` or `name:tag@sha256:<digest>`); unset picks the "
+        "engine's default (the vLLM image, or this project's simulator image)."
+    )
     extra_args: list[str]
     "Extra vLLM arguments, appended last. Default: empty."
     env: dict[str, str]
@@ -156,7 +165,10 @@ class EppSettings(TypedDict, total=False):
     "The endpoint picker (`python -m epp`) and its InferencePool wiring."
 
     image: str
-    "EPP image (built from epp/Dockerfile). Default: `ghcr.io/pulumi-llmd/epp:0.1.0`."
+    (
+        "EPP image (epp/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest or both. "
+        "Default: `ghcr.io/pulumi-llmd/epp:0.1.0`."
+    )
     replicas: int
     "EPP replicas. Default: `1`."
     leader_election: bool
@@ -317,7 +329,10 @@ class PoolSettings(TypedDict, total=False):
     nodes_per_replica: int
     "Nodes one replica spans; > 1 renders a LeaderWorkerSet (vLLM pipeline parallel over Ray). Default: `1`."
     image: str
-    "Container image; unset picks the engine's default (the vLLM image, or this project's simulator image)."
+    (
+        "Container image (`name:tag`, `name@sha256:<digest>` or `name:tag@sha256:<digest>`); unset picks the "
+        "engine's default (the vLLM image, or this project's simulator image)."
+    )
     extra_args: list[str]
     "Extra vLLM arguments, appended last. Default: empty."
     env: dict[str, str]

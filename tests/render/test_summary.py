@@ -3,13 +3,11 @@ capacity, chart versions, remote YAML URLs and object counts, read from the rend
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from render.engine import RenderResult
 from render.summary import ImageRef, accelerators, summary_markdown, workloads
-from tests.support.stacks import kind_config, render_config
+from tests.support.stacks import render_config
 
 
 def section(summary: str, title: str) -> list[list[str]]:
@@ -35,11 +33,18 @@ def test_image_references_split_into_repository_tag_and_digest(
     assert ImageRef.parse(reference) == ImageRef(repository, tag, digest)
 
 
-def test_pins_are_shown_and_floating_images_flagged() -> None:
+DIGEST = "sha256:" + "0" * 64
+
+
+def test_pins_are_shown_and_floating_images_flagged_by_the_config_rule() -> None:
     assert ImageRef.parse("a/b:1.2").pin == "`1.2`"
-    assert ImageRef.parse("a/b@sha256:f").pin == "`sha256:f`"
-    assert "unpinned" in ImageRef.parse("a/b").pin and "latest" in ImageRef.parse("a/b").pin
-    assert "unpinned" in ImageRef.parse("a/b:latest").pin
+    assert ImageRef.parse(f"a/b:1.2@{DIGEST}").pin == f"`1.2` @ `{DIGEST}`"
+    assert ImageRef.parse(f"a/b@{DIGEST}").pin == f"`{DIGEST}`"
+    assert ImageRef.parse("a/b").pin == "- **has no tag or digest (it would pull :latest); " + (
+        "pin a version tag or a digest (name@sha256:<64 hex digits>)**"
+    )
+    assert "moving tag 'latest'" in ImageRef.parse("a/b:latest").pin
+    assert "malformed digest" in ImageRef.parse("a/b@sha256:abc").pin
 
 
 def test_kind_summary_lists_images_workloads_charts_and_crd_urls(renders: dict[str, RenderResult]) -> None:
@@ -112,7 +117,17 @@ def test_leaderworkersets_show_groups_and_both_templates() -> None:
     assert accelerators(lws.templates[1].spec)["nvidia.com/gpu"] == 8
 
 
-def test_an_image_without_a_tag_is_flagged() -> None:
-    result = render_config(kind_config(decode={"image": "example.org/sim", "accelerator": {"count": 0}}))
-    (row,) = [r for r in section(summary_markdown(result), "Images") if r[0] == "`example.org/sim`"]
-    assert re.search(r"\*\*unpinned\*\*", row[1]) and row[2] == "t-decode/engine"
+def test_an_unpinned_image_in_a_rendered_workload_is_flagged(renders: dict[str, RenderResult]) -> None:
+    """The config refuses unpinned images; the summary still flags one that reaches a manifest."""
+    import copy
+
+    from render.engine import render_registrations
+
+    registrations = copy.deepcopy(renders["kind"].registrations)
+    decode = next(
+        r for r in registrations if r.pulumi_type.endswith(":Deployment") and r.name == "sim-decode"
+    )
+    decode.inputs["spec"]["template"]["spec"]["containers"][0]["image"] = "example.org/sim"
+    summary = summary_markdown(render_registrations("kind", registrations))
+    (row,) = [r for r in section(summary, "Images") if r[0] == "`example.org/sim`"]
+    assert row[1].startswith("- **has no tag or digest") and row[2] == "sim-decode/engine"
