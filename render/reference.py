@@ -68,7 +68,11 @@ def _rows(
     Inside a section whose default is a populated model (e.g. ``decode.resources``), the nested
     keys show that populated default rather than "required".
     """
-    for name, field in model.model_fields.items():
+    fields = list(model.model_fields.items())
+    if not prefix:
+        # `platform` opens the table: it decides which of the sections at the end apply.
+        fields.sort(key=lambda item: item[0] != "platform")
+    for name, field in fields:
         key = field.alias or name
         path = f"{prefix}{key}"
         value = getattr(parent_default, name) if parent_default is not None else _default_value(field)

@@ -1,89 +1,83 @@
 """kgateway (Envoy data plane with the inference extension) and the route into the InferencePool."""
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+# No `from __future__ import annotations`: Pulumi's schema analyzer reads these components' annotations.
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components import naming
-from pulumi_llmd.components.k8sobjects import register
-from pulumi_llmd.config.models import StackConfig
+from pulumi_llmd.components.args import InferenceGatewayArgs, KgatewayArgs
+from pulumi_llmd.components.inputs import InferenceGatewayInputs, KgatewayInputs, package_component
+from pulumi_llmd.components.k8sobjects import child_options, register
+from pulumi_llmd.config.inputs import validate_args
 
 KGATEWAY_CHARTS = "oci://cr.kgateway.dev/kgateway-dev/charts"
 
 
-@dataclass(frozen=True)
-class KgatewayArgs:
-    config: StackConfig
-    provider: k8s.Provider
-    # The Gateway API CRDs the controller watches.
-    depends_on: tuple[pulumi.Resource, ...] = ()
-
-
+@package_component
 class Kgateway(pulumi.ComponentResource):
-    """The kgateway CRDs chart, then the controller chart with ``inferenceExtension.enabled``."""
+    """kgateway, an Envoy-based Gateway API implementation: its namespace, the CRDs chart and the
+    controller chart with the inference extension enabled, so its Gateways route to InferencePools
+    through their endpoint pickers."""
+
+    namespace: str
+    """Namespace kgateway runs in."""
 
     def __init__(self, name: str, args: KgatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.KgatewayArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.KgatewayInputs`): ``instance`` (for labels), ``version``
+        and ``namespace`` (the ``gateway.kgatewayVersion`` / ``gateway.kgatewayNamespace`` keys). Pass
+        the Kubernetes provider in ``opts``; ``depends_on`` (the Gateway API CRDs the controller
+        watches) is passed on to every child.
+        """
+        kgateway = validate_args(KgatewayInputs, args, component="Kgateway")
         super().__init__("llmd:index:Kgateway", name, None, opts)
-        gateway = args.config.gateway
         namespace = register(
             {
                 "apiVersion": "v1",
                 "kind": "Namespace",
                 "metadata": {
-                    "name": gateway.kgateway_namespace,
-                    "labels": naming.common_labels(args.config, "gateway"),
+                    "name": kgateway.namespace,
+                    "labels": naming.common_labels(kgateway.instance, "gateway"),
                 },
             },
-            pulumi.ResourceOptions(parent=self, provider=args.provider),
-        )
-        chart_opts = pulumi.ResourceOptions(
-            parent=self, provider=args.provider, depends_on=[namespace, *args.depends_on]
+            child_options(self, opts),
         )
         crds = k8s.helm.v4.Chart(
             "kgateway-crds",
             chart=f"{KGATEWAY_CHARTS}/kgateway-crds",
-            version=gateway.kgateway_version,
-            namespace=gateway.kgateway_namespace,
-            opts=chart_opts,
+            version=kgateway.version,
+            namespace=kgateway.namespace,
+            opts=child_options(self, opts, namespace),
         )
         self.controller = k8s.helm.v4.Chart(
             "kgateway",
             chart=f"{KGATEWAY_CHARTS}/kgateway",
-            version=gateway.kgateway_version,
-            namespace=gateway.kgateway_namespace,
+            version=kgateway.version,
+            namespace=kgateway.namespace,
             values={"inferenceExtension": {"enabled": True}},
-            opts=pulumi.ResourceOptions.merge(chart_opts, pulumi.ResourceOptions(depends_on=[crds])),
+            opts=child_options(self, opts, namespace, crds),
         )
-        self.register_outputs({"namespace": gateway.kgateway_namespace})
+        self.namespace = kgateway.namespace
+        self.register_outputs({"namespace": self.namespace})
 
 
-@dataclass(frozen=True)
-class InferenceGatewayArgs:
-    config: StackConfig
-    provider: k8s.Provider
-    # The controller (GatewayClass), Gateway API CRDs and the InferencePool.
-    depends_on: tuple[pulumi.Resource, ...] = ()
-
-
-def gateway_manifest(config: StackConfig) -> dict[str, Any]:
+def gateway_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
         "metadata": {
-            "name": naming.gateway_name(config),
-            "namespace": config.namespace,
-            "labels": naming.common_labels(config, "gateway"),
+            "name": gateway.gateway_name,
+            "namespace": gateway.namespace,
+            "labels": naming.common_labels(gateway.instance, "gateway"),
         },
         "spec": {
-            "gatewayClassName": config.gateway.class_name,
+            "gatewayClassName": gateway.class_name,
             "listeners": [
                 {
                     "name": "http",
-                    "port": config.gateway.listener_port,
+                    "port": gateway.listener_port,
                     "protocol": "HTTP",
                     "allowedRoutes": {"namespaces": {"from": "Same"}},
                 }
@@ -92,18 +86,18 @@ def gateway_manifest(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def http_route_manifest(config: StackConfig) -> dict[str, Any]:
+def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": {
-            "name": naming.pool_name(config),
-            "namespace": config.namespace,
-            "labels": naming.common_labels(config, "gateway"),
+            "name": gateway.pool_name,
+            "namespace": gateway.namespace,
+            "labels": naming.common_labels(gateway.instance, "gateway"),
         },
         "spec": {
             "parentRefs": [
-                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": naming.gateway_name(config)}
+                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.gateway_name}
             ],
             "rules": [
                 {
@@ -112,25 +106,41 @@ def http_route_manifest(config: StackConfig) -> dict[str, Any]:
                         {
                             "group": naming.INFERENCE_POOL_GROUP,
                             "kind": "InferencePool",
-                            "name": naming.pool_name(config),
+                            "name": gateway.pool_name,
                         }
                     ],
-                    "timeouts": {"request": config.gateway.request_timeout},
+                    "timeouts": {"request": gateway.request_timeout},
                 }
             ],
         },
     }
 
 
+@package_component
 class InferenceGateway(pulumi.ComponentResource):
-    """A Gateway of the configured class and an HTTPRoute whose backend is the InferencePool."""
+    """A Gateway of the given GatewayClass with an HTTP listener, and an HTTPRoute that sends every
+    path to an InferencePool (whose endpoint picker chooses the pod)."""
+
+    gateway_name: str
+    """The Gateway's name; its address serves the OpenAI API."""
+    route_name: str
+    """The HTTPRoute's name."""
 
     def __init__(
         self, name: str, args: InferenceGatewayArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.InferenceGatewayArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.InferenceGatewayInputs`): ``instance`` (the Gateway is
+        ``<instance>-gateway``), ``namespace``, ``pool_name`` (the backend, and the route's name), and
+        ``class_name``, ``listener_port``, ``request_timeout`` (the same keys of the ``gateway``
+        section). Pass the Kubernetes provider in ``opts``; ``depends_on`` (the GatewayClass's
+        controller, the Gateway API CRDs, the InferencePool) is passed on to both objects.
+        """
+        gateway = validate_args(InferenceGatewayInputs, args, component="InferenceGateway")
         super().__init__("llmd:index:InferenceGateway", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
-        self.gateway = register(gateway_manifest(args.config), child)
-        self.route = register(http_route_manifest(args.config), child)
-        self.gateway_name = naming.gateway_name(args.config)
-        self.register_outputs({"gateway_name": self.gateway_name})
+        child = child_options(self, opts)
+        self.gateway = register(gateway_manifest(gateway), child)
+        self.route = register(http_route_manifest(gateway), child)
+        self.gateway_name = gateway.gateway_name
+        self.route_name = gateway.pool_name
+        self.register_outputs({"gatewayName": self.gateway_name, "routeName": self.route_name})

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from pulumi_llmd.config.models import StackConfig
+from pulumi_llmd.config.models import EppConfig
 
 API_VERSION = "llm-d.ai/v1alpha1"
 
@@ -77,11 +77,9 @@ def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
     }
 
 
-def render_epp_config(config: StackConfig) -> str:
+def render_epp_config(settings: EppConfig, *, disaggregated: bool) -> str:
     """The YAML text for the EPP ConfigMap: the operator's override, else the generated config."""
-    if config.epp.config is not None:
-        return config.epp.config
-    document = (
-        disaggregated_config(config.epp.pd_non_cached_tokens) if config.disaggregated else default_config()
-    )
+    if settings.config is not None:
+        return settings.config
+    document = disaggregated_config(settings.pd_non_cached_tokens) if disaggregated else default_config()
     return yaml.safe_dump(document, sort_keys=False)

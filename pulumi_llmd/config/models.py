@@ -63,6 +63,8 @@ class Engine(StrEnum):
 
 
 class FailureMode(StrEnum):
+    """What the gateway does with a request when the endpoint picker is unavailable."""
+
     FAIL_OPEN = "FailOpen"
     FAIL_CLOSE = "FailClose"
 
@@ -390,10 +392,14 @@ class NetworkPolicyConfig(ConfigModel):
     )
 
 
-class StackConfig(ConfigModel):
-    """The validated contents of the `llmd:` namespace of a stack."""
+class LlmdStackConfig(ConfigModel):
+    """What :class:`~pulumi_llmd.components.stack.LlmdStack` lays on a cluster: every key of the stack
+    configuration except where the cluster comes from (``platform`` and its sections).
 
-    platform: PlatformName = Field(description="Where the cluster comes from.")
+    The component package's ``LlmdStack`` args mirror exactly these keys (camelCase in the schema, as in
+    ``Pulumi.<stack>.yaml``), and are validated by this model.
+    """
+
     name: DnsLabel = Field(
         default="llmd",
         max_length=40,
@@ -411,16 +417,8 @@ class StackConfig(ConfigModel):
     prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Prefill pool (P/D).")
     decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decode pool.")
     epp: EppConfig = Field(default_factory=EppConfig, description="Endpoint picker.")
-    onprem: OnPremConfig | None = Field(default=None, description="Required for platform onprem.")
-    kind: KindConfig | None = Field(default=None, description="Settings for platform kind.")
     network_policy: NetworkPolicyConfig = Field(
         default_factory=NetworkPolicyConfig, description="NetworkPolicies."
-    )
-    gke: GkeConfig | None = Field(
-        default=None, description="Required for platform gke (cloud engineer's model)."
-    )
-    eks: EksConfig | None = Field(
-        default=None, description="Required for platform eks (cloud engineer's model)."
     )
 
     @field_validator("kubernetes_version")
@@ -434,3 +432,18 @@ class StackConfig(ConfigModel):
     @property
     def disaggregated(self) -> bool:
         return self.prefill.enabled
+
+
+class StackConfig(LlmdStackConfig):
+    """The validated contents of the `llmd:` namespace of a stack: where the cluster comes from
+    (``platform`` and that platform's section) plus everything :class:`LlmdStackConfig` lays on it."""
+
+    platform: PlatformName = Field(description="Where the cluster comes from.")
+    onprem: OnPremConfig | None = Field(default=None, description="Required for platform onprem.")
+    kind: KindConfig | None = Field(default=None, description="Settings for platform kind.")
+    gke: GkeConfig | None = Field(
+        default=None, description="Required for platform gke (cloud engineer's model)."
+    )
+    eks: EksConfig | None = Field(
+        default=None, description="Required for platform eks (cloud engineer's model)."
+    )

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from pulumi_llmd.config.errors import Problem
-from pulumi_llmd.config.models import Engine, PlatformName, StackConfig
+from pulumi_llmd.config.models import Engine, LlmdStackConfig, PlatformName, StackConfig
 
 # GatewayClasses whose data plane runs outside the cluster (GKE's Gateway controller).
 MANAGED_GATEWAY_CLASS_PREFIXES = ("gke-l7-",)
+# How a stack program gets the Hugging Face token (LlmdStack's own callers pass hfToken instead).
+STACK_HF_TOKEN_HINT = "run `pulumi config set --secret llmd:hfToken <token>`"
 
 
 def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Problem]:
+    """Every rule for a whole stack config: the platform's, then :func:`stack_problems`."""
+    problems = _platform_section_problems(config)
+    problems += stack_problems(config, has_hf_token=has_hf_token, hf_token_hint=STACK_HF_TOKEN_HINT)
+    problems += _kind_problems(config)
+    return _dedupe(problems)
+
+
+def _platform_section_problems(config: StackConfig) -> list[Problem]:
     problems: list[Problem] = []
     platform = config.platform
 
@@ -28,7 +38,12 @@ def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Pro
                     key, f"is set but llmd:platform is {platform.value}: remove it or change the platform"
                 )
             )
+    return problems
 
+
+def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint: str) -> list[Problem]:
+    """The rules of what LlmdStack lays on a cluster, whichever platform it came from."""
+    problems: list[Problem] = []
     if config.prefill.enabled and config.prefill.replicas < 1:
         problems.append(
             Problem(
@@ -70,8 +85,7 @@ def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Pro
         problems.append(
             Problem(
                 "hfToken",
-                f"is required for model.uri {config.model.uri}: run"
-                " `pulumi config set --secret llmd:hfToken <token>`",
+                f"is required for model.uri {config.model.uri}: {hf_token_hint}",
             )
         )
     if config.epp.secure_serving and config.epp.tls_secret_name is None:
@@ -90,7 +104,12 @@ def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Pro
         )
     if config.epp.leader_election and config.epp.replicas < 2:
         problems.append(Problem("epp.leaderElection", f"needs epp.replicas >= 2 (got {config.epp.replicas})"))
-    if platform is PlatformName.KIND and not simulated:
+    return _dedupe(problems)
+
+
+def _kind_problems(config: StackConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if config.platform is PlatformName.KIND and config.model.engine is not Engine.SIMULATOR:
         for key, pool in (("prefill", config.prefill), ("decode", config.decode)):
             if pool.accelerators_per_pod() > 0 and not (key == "prefill" and not config.prefill.enabled):
                 problems.append(
@@ -99,7 +118,7 @@ def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Pro
                         f"must be 0 on platform kind (no GPUs) (got {pool.accelerators_per_pod()})",
                     )
                 )
-    return _dedupe(problems)
+    return problems
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -29,6 +29,16 @@ def kind_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+def model_server_spec(config: Any, role: Any, networking: Any = None) -> Any:
+    """The validated ModelServerPool inputs LlmdStack derives for one role of a stack config."""
+    from pulumi_llmd.components.inputs import ModelServerPoolInputs
+    from pulumi_llmd.components.stack import llmd_stack_args, model_server_pool_args, parse_llmd_stack_args
+
+    args = llmd_stack_args(config, pod_networking=networking, hf_token="hf_placeholder")
+    stack, _token = parse_llmd_stack_args(args)
+    return ModelServerPoolInputs.model_validate(model_server_pool_args(stack, role))
+
+
 def render_config(
     config: dict[str, Any], secrets: dict[str, str] | None = None, stack: str = "test"
 ) -> RenderResult:

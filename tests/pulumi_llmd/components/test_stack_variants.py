@@ -171,22 +171,21 @@ def test_secure_serving_mounts_the_certificate() -> None:
 
 
 def test_two_stacks_in_one_program_have_distinct_resources() -> None:
+    import pulumi
     import pulumi_kubernetes as k8s
 
-    from pulumi_llmd.components.platform import Platform, PodNetworking
-    from pulumi_llmd.components.stack import LlmdStack, LlmdStackArgs
-    from pulumi_llmd.config import parse_stack_config
+    from pulumi_llmd import LlmdStack, llmd_stack_args, parse_stack_config
 
     def program() -> None:
         provider = k8s.Provider("shared-cluster")
-        platform = Platform(k8s_provider=provider, pod_networking=PodNetworking())
+        opts = pulumi.ResourceOptions(providers=[provider])
         first = parse_stack_config(kind_config(name="a", namespace="team-a"), has_hf_token=False)
         # Cluster-wide pieces (CRDs, kgateway) come from the first stack only.
         shared_off = {"crds": {"install": False}, "gateway": {"installKgateway": False}}
         second_raw = kind_config(name="b", namespace="team-b", **shared_off)
         second = parse_stack_config(second_raw, has_hf_token=False)
-        LlmdStack("a", LlmdStackArgs(config=first, platform=platform))
-        LlmdStack("b", LlmdStackArgs(config=second, platform=platform))
+        LlmdStack("a", llmd_stack_args(first), opts=opts)
+        LlmdStack("b", llmd_stack_args(second), opts=opts)
 
     registrations, _ = run_program("two", {}, program=program)
     urns = [r.urn for r in registrations]
@@ -194,3 +193,32 @@ def test_two_stacks_in_one_program_have_distinct_resources() -> None:
     pools = [r for r in registrations if r.pulumi_type.endswith(":InferencePool")]
     placed = sorted((r.inputs["metadata"]["namespace"], r.name) for r in pools)
     assert placed == [("team-a", "a"), ("team-b", "b")]
+
+
+@pytest.mark.parametrize("option", ["provider", "providers"])
+def test_the_provider_and_dependencies_in_opts_reach_every_object(option: str) -> None:
+    """A local LlmdStack takes the Kubernetes provider as `provider=` or `providers=[...]`; every
+    object (typed, custom, Helm, remote YAML) inherits it and waits for the stack's `depends_on`."""
+    import pulumi
+    import pulumi_kubernetes as k8s
+
+    from pulumi_llmd import LlmdStack, llmd_stack_args, parse_stack_config
+
+    def program() -> None:
+        cluster = k8s.Provider("cluster")
+        ready = k8s.core.v1.Namespace("gpu-nodes-ready")
+        given = {"provider": cluster} if option == "provider" else {"providers": [cluster]}
+        config = parse_stack_config(kind_config(), has_hf_token=False)
+        opts = pulumi.ResourceOptions(depends_on=[ready], **given)
+        LlmdStack("t", llmd_stack_args(config), opts=opts)
+
+    registrations, _ = run_program("opts", {}, program=program)
+    provider = next(r.urn for r in registrations if r.pulumi_type == "pulumi:providers:kubernetes")
+    ready_urn = next(r.urn for r in registrations if r.name == "gpu-nodes-ready")
+    objects = [
+        r for r in registrations if r.pulumi_type.startswith("kubernetes:") and r.name != "gpu-nodes-ready"
+    ]
+    assert len(objects) == 22  # the kind stack's 18 objects, 2 charts, 2 remote YAML installs
+    for registration in objects:
+        assert registration.provider.startswith(provider + "::"), registration.name
+        assert ready_urn in registration.dependencies, registration.name

@@ -1,0 +1,218 @@
+"""The narrow, validated inputs of each in-cluster component: one pydantic model per component.
+
+A component gets only what it needs, not the whole stack configuration, and its pure manifest
+builders take the same model. The models are built from the stack-config models (whole sections such
+as :class:`EppConfig`, or single fields reused with :func:`field_of`), so every default, constraint
+and description is still defined once, in :mod:`pulumi_llmd.config.models`.
+
+The components of the multi-language package take a ``TypedDict`` mirror of their model
+(:mod:`.args`, generated from this module by ``python -m render.component_args --write``) and validate
+it into the model; :class:`~.stack.LlmdStack` is the one place that maps a validated
+:class:`LlmdStackConfig` onto the other components' args. Providers and dependencies never appear
+here: they travel in ``pulumi.ResourceOptions`` (children inherit the parent's providers).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+import pulumi
+from pydantic import Field
+
+from pulumi_llmd.components import naming
+from pulumi_llmd.components.naming import Role
+from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
+from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.inputs import field_of
+from pulumi_llmd.config.models import (
+    DNS_LABEL,
+    CrdsConfig,
+    DnsLabel,
+    Engine,
+    EppConfig,
+    GatewayConfig,
+    LlmdStackConfig,
+    ModelConfig,
+    NetworkPolicyConfig,
+    OnPremConfig,
+    PoolConfig,
+    SidecarConfig,
+)
+
+ComponentT = TypeVar("ComponentT", bound=type[pulumi.ComponentResource])
+
+
+def package_component(component: ComponentT) -> ComponentT:
+    """Mark a component of the multi-language package. Pulumi's analyzer copies the class docstring
+    into the schema as every language's description, so it must read as one plain paragraph: this
+    joins its lines (Python-specific Args documentation belongs in ``__init__``'s docstring)."""
+    component.__doc__ = " ".join((component.__doc__ or "").split())
+    return component
+
+
+# The stack's name, as a prefix of object names ("<instance>-decode", "<instance>-epp-ingress" ...):
+# the same limit as llmd:name keeps every derived name a valid DNS label.
+Instance = Annotated[str, Field(pattern=DNS_LABEL, max_length=40)]
+
+
+class LlmdStackInputs(LlmdStackConfig):
+    """Everything ``LlmdStack`` lays on a cluster: the stack-config keys of :class:`LlmdStackConfig`
+    and what the platform says about pod networking. (The Hugging Face token is a secret Output and
+    travels beside this model, never in it.)"""
+
+    pod_networking: PodNetworking = Field(
+        default_factory=PodNetworking,
+        description="How model-server pods reach the accelerator network and GPU nodes (extended "
+        "resources, annotations, env, volumes, node selection, Multus networks); empty on a cluster "
+        "without RDMA/EFA.",
+    )
+
+
+class EndpointPickerInputs(ConfigModel):
+    """The endpoint picker (EPP) and the InferencePool that names it."""
+
+    pool_name: Instance = Field(
+        description="InferencePool name; the EPP's objects are `<poolName>-epp`, and both carry "
+        "`app.kubernetes.io/instance: <poolName>`."
+    )
+    namespace: DnsLabel = Field(description="Namespace of the pool and the EPP.")
+    served_models: list[Annotated[str, Field(pattern=r"^[^,]+$")]] = Field(
+        min_length=1, description="Model names clients put in requests (the EPP's `--served-models`)."
+    )
+    selector: dict[str, str] = Field(
+        min_length=1,
+        description="Labels of the model-server pods the InferencePool selects (its `matchLabels`).",
+    )
+    disaggregated: bool = Field(
+        description="Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
+    )
+    settings: EppConfig = Field(default_factory=EppConfig, description="The EPP's own settings.")
+
+    @property
+    def epp_name(self) -> str:
+        return naming.epp_name(self.pool_name)
+
+
+class ModelServerPoolInputs(ConfigModel):
+    """One role's model servers (vLLM or the bundled simulator)."""
+
+    instance: Instance = Field(
+        description="Stack name: the workload is `<instance>-<role>`, labelled "
+        "`app.kubernetes.io/instance: <instance>`."
+    )
+    namespace: DnsLabel = Field(description="Namespace of the pool.")
+    role: Role = Field(description="`prefill` or `decode`.")
+    model: ModelConfig = Field(description="The served model.")
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="This role's pool settings.")
+    disaggregated: bool = Field(
+        description="Prefill/decode disaggregation: NIXL KV transfer on both roles, and the routing "
+        "sidecar in front of vLLM on decode pods."
+    )
+    sidecar: SidecarConfig = Field(
+        default_factory=SidecarConfig,
+        description="The P/D routing sidecar; used by decode pools of a disaggregated stack only.",
+    )
+    pod_networking: PodNetworking = Field(
+        default_factory=PodNetworking, description="The platform's pod networking and GPU-node scheduling."
+    )
+    hf_token_secret: DnsLabel | None = Field(
+        default=None,
+        description="Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; "
+        "unset passes no token (public models).",
+    )
+
+    @property
+    def name(self) -> str:
+        return naming.model_server_name(self.instance, self.role)
+
+    @property
+    def simulated(self) -> bool:
+        return self.model.engine is Engine.SIMULATOR
+
+    @property
+    def has_sidecar(self) -> bool:
+        return self.role is Role.DECODE and self.disaggregated
+
+    @property
+    def engine_port(self) -> int:
+        """Where vLLM (or the simulator) listens in this role's pods."""
+        return naming.VLLM_BEHIND_SIDECAR_PORT if self.has_sidecar else naming.MODEL_SERVER_PORT
+
+    @property
+    def serving_labels(self) -> dict[str, str]:
+        """The InferencePool selector this pool's serving pods carry."""
+        return naming.pool_selector(self.model.label_value)
+
+
+class InferenceGatewayInputs(ConfigModel):
+    """The Gateway and the HTTPRoute into an InferencePool."""
+
+    instance: Instance = Field(
+        description="Stack name: the Gateway is `<instance>-gateway`, labelled "
+        "`app.kubernetes.io/instance: <instance>`."
+    )
+    namespace: DnsLabel = Field(description="Namespace of the Gateway, the HTTPRoute and the pool.")
+    pool_name: DnsLabel = Field(description="The InferencePool the route sends to (the route's name too).")
+    class_name: Annotated[str, field_of(GatewayConfig, "class_name")]
+    listener_port: Annotated[int, field_of(GatewayConfig, "listener_port")]
+    request_timeout: Annotated[str, field_of(GatewayConfig, "request_timeout")]
+
+    @property
+    def gateway_name(self) -> str:
+        return naming.gateway_name(self.instance)
+
+
+class KgatewayInputs(ConfigModel):
+    """kgateway (CRDs chart and controller chart with the inference extension)."""
+
+    instance: Instance = Field(description="Stack name, for the `app.kubernetes.io/instance` label.")
+    version: Annotated[str, field_of(GatewayConfig, "kgateway_version")]
+    namespace: Annotated[str, field_of(GatewayConfig, "kgateway_namespace")]
+
+
+class ClusterCrdsInputs(ConfigModel):
+    """Cluster-wide CRDs from their release assets (retained on delete)."""
+
+    gateway_api_version: Annotated[str, field_of(CrdsConfig, "gateway_api_version")]
+    inference_extension_version: Annotated[str, field_of(CrdsConfig, "inference_extension_version")]
+    lws_version: Annotated[str, field_of(CrdsConfig, "lws_version")]
+    leader_worker_set: bool = Field(
+        description="Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 "
+        "need it."
+    )
+
+
+# --- components used only inside LlmdStack or a platform (Python-only args) ----------------------
+
+
+class InferenceNetworkPoliciesArgs(ConfigModel):
+    """Ingress policies for the EPP and the model-server pools of one stack."""
+
+    instance: Instance = Field(description="Stack name (object names and selectors derive from it).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    disaggregated: bool = Field(description="Prefill and decode pools exist and talk to each other.")
+    multi_node_roles: list[Role] = Field(
+        default_factory=list, description="Roles whose replicas span nodes (Ray/NCCL inside a group)."
+    )
+    settings: NetworkPolicyConfig = Field(
+        default_factory=NetworkPolicyConfig, description="The networkPolicy section."
+    )
+
+    @property
+    def roles(self) -> list[Role]:
+        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class RdmaNetworksArgs(ConfigModel):
+    """The Multus networks of the platform's pod networking, in the stack's namespace."""
+
+    instance: Instance = Field(description="Stack name, for labels.")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    attachments: list[NetworkAttachment] = Field(description="The NetworkAttachmentDefinitions.")
+
+
+class OnPremAcceleratorsArgs(ConfigModel):
+    """The NVIDIA GPU and Network Operators of an on-prem cluster."""
+
+    instance: Instance = Field(description="Stack name, for labels.")
+    onprem: OnPremConfig = Field(description="The onprem section.")
