@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+import jsonbody
 from simulator.engine import Engine, RequestTooLarge, Sequence
 from simulator.params import SimParams
 from simulator.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
@@ -36,10 +37,12 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> Any:
+    """The body, parsed with the limits the EPP and the sidecar apply (jsonbody): a prompt with a
+    lone surrogate cannot be tokenised, hashed or logged, and is refused with the field named."""
     try:
-        return await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"JSON decode error: {exc}", "body") from exc
+        return jsonbody.loads(await request.read())
+    except jsonbody.BodyError as exc:
+        raise ApiError(400, exc.message, exc.field or "body") from None
 
 
 def _compact(value: Any) -> str:
@@ -144,13 +147,13 @@ class SimServer:
 
     async def _pull(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            body = await _json_body(request)
             hashes = self.exports.pull(
                 str(body["remote_engine_id"]),
                 str(body["remote_request_id"]),
                 [int(b) for b in body["remote_block_ids"]],
             )
-        except (ValueError, KeyError, TypeError):
+        except (ApiError, ValueError, KeyError, TypeError):
             return _json({"error": "no KV held for that engine/request/blocks"}, status=404)
         return _json({"block_hashes": hashes})
 
