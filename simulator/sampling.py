@@ -187,9 +187,16 @@ def _logit_bias(value: Any) -> None:
         raise SamplingError(f"logit_bias keys must be integer token ids, got {bad!r}", "logit_bias")
 
 
+# The range checks of SamplingParams._verify_args that pass ``parameter=`` to their error.
+_NAMED_IN_RANGE_ERRORS = frozenset({"temperature", "top_p", "max_tokens", "logprobs", "top_logprobs"})
+
+
 def _check_ranges(api: Api, v: Mapping[str, Any]) -> None:
     def refuse(name: str, rule: str) -> SamplingError:
-        return SamplingError(f"{name} {rule}, got {v[name]}.", name)
+        # vLLM names the parameter (error.param) only for some of its range checks.
+        return SamplingError(
+            f"{name} {rule}, got {v[name]}.", name if name in _NAMED_IN_RANGE_ERRORS else None
+        )
 
     if "seed" in v and not -_INT64 <= v["seed"] < _INT64:
         raise _type_error("seed", "less_than_equal", "Input should fit in a signed 64-bit integer", v["seed"])

@@ -352,7 +352,13 @@ class SimServer:
             "created": int(time.time()),
             "model": parsed.model,
         }
+        first = await seq.tokens.get()
+        if first is None:
+            return  # aborted before its first token
         if chat:
+            # vLLM 0.32 sends the role chunk with the first token, not when the stream opens
+            # (vllm/entrypoints/openai/chat_completion/serving.py: the role delta is emitted while
+            # handling the first engine output); sending it early made the EPP's TTFT read ~5 ms.
             yield {
                 **head,
                 "choices": [
@@ -366,7 +372,8 @@ class SimServer:
                 "prompt_token_ids": None,
                 "prompt_text": None,
             }
-        while (position := await seq.tokens.get()) is not None:
+        position: int | None = first
+        while position is not None:
             last = position + 1 >= seq.max_tokens
             text = self._text(seq, position, position + 1)
             choice: dict[str, Any] = {"index": 0}
@@ -382,6 +389,7 @@ class SimServer:
                 choice["prompt_token_ids"] = None
             choice["token_ids"] = None
             yield {**head, "choices": [choice]}
+            position = await seq.tokens.get()
         if seq.finish_reason == "abort":
             return
         if parsed.include_usage:

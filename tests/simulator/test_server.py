@@ -1,5 +1,6 @@
 """The simulator's HTTP API, in-process: routes, vLLM response shapes, SSE framing, metrics, P/D."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -400,3 +401,29 @@ async def test_tokenizer_routes_refuse_bad_bodies_like_vllm(sim, path, body, sta
         assert r.status == status
         error = (await r.json())["error"]
     assert error["param"] == param and error["code"] == status and error["message"]
+
+
+async def test_the_chat_role_chunk_waits_for_the_first_token():
+    """vLLM 0.32 emits the role delta with the first engine output, so a client (and the EPP's TTFT
+    metric) sees the first body bytes at the first token, not when the stream opens (issue 12)."""
+    from simulator.engine import Sequence
+    from simulator.requests import parse_generation
+
+    server = SimServer(SimParams(model="tiny", **FAST))
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True}
+    parsed = parse_generation("chat", chat, "tiny", 4096, 16)
+    seq = Sequence(request_id="chatcmpl-1", prompt_tokens=4, hashes=[], max_tokens=2)
+    chunks = server._chunks(parsed, seq)
+    first = asyncio.ensure_future(chunks.__anext__())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not first.done()  # no token yet: nothing to send, not even the role
+    seq.tokens.put_nowait(0)
+    role = await asyncio.wait_for(first, 1)
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    # The first token follows the role chunk without waiting for anything else.
+    token = await asyncio.wait_for(chunks.__anext__(), 1)
+    assert "content" in token["choices"][0]["delta"] and "role" not in token["choices"][0]["delta"]
+    seq.tokens.put_nowait(1)
+    seq.tokens.put_nowait(None)
+    assert [c["choices"][0]["finish_reason"] async for c in chunks] == ["length"]
