@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 import jsonbody
-from simulator.engine import Engine, RequestTooLarge, Sequence
+from simulator.engine import Engine, EngineDead, RequestTooLarge, Sequence
 from simulator.params import SimParams
 from simulator.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
 from simulator.tokens import block_hashes, output_token, token_ids, token_pieces
@@ -90,7 +90,9 @@ class SimServer:
     # --- simple routes -------------------------------------------------------------------------
 
     async def _health(self, _request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        # vLLM answers 503 once its engine is dead (vllm/entrypoints/serve/instrumentator/health.py),
+        # so a liveness probe restarts the pod instead of leaving it to time requests out.
+        return web.Response(status=200 if self.engine.healthy else 503)
 
     async def _models(self, _request: web.Request) -> web.Response:
         model = {
@@ -227,6 +229,8 @@ class SimServer:
         except RequestTooLarge as exc:
             error = ApiError(400, str(exc), "max_tokens")
             return _json(error.body(), status=400)
+        except EngineDead as exc:
+            return _json(ApiError(500, str(exc)).body(), status=500)
         try:
             if parsed.stream:
                 return await self._stream(request, parsed, seq)
