@@ -178,9 +178,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m localrun.standin", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m localrun.standin", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="standin", help="reported as served_by in every answer")

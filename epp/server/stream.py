@@ -99,6 +99,19 @@ class StreamSettings:
     decision_timeout: float = 30.0
     # Used when Envoy does not announce its processing mode (protocol_config, Envoy >= 1.33 sends it).
     default_body_mode: BodyMode = BodyMode.FULL_DUPLEX_STREAMED
+    # End the ext_proc stream as soon as the request is routed (the proxy then streams the response
+    # without the EPP: ext_proc protocol, "if the server closes the gRPC stream cleanly, the data
+    # plane proceeds without consulting the server"). An EPP restart then loses only requests being
+    # routed at that instant, not every response in progress; the price is no response-side data
+    # (token usage, TTFT, status) and in-flight counts that end at routing. A decision that rewrote
+    # the model name keeps the stream: the response must get the client's name back.
+    release_after_routing: bool = False
+
+
+# epp_requests_total{code} for requests whose stream ended at routing (the EPP never sees the status)
+# and for requests it could not route (CONNECT, upgrades: handed back to the proxy unrouted).
+RELEASED = "released"
+UNROUTED = "unrouted"
 
 
 class _StreamClosed(Exception):
@@ -150,6 +163,7 @@ class ExtProcStream:
             if not self._req.decided:
                 await self._route(send)
             await send(messages.request_trailers_done())
+            self._maybe_release()
         elif kind == "response_headers":
             await self._on_response_headers(message.response_headers, send)
         elif kind == "response_body":
@@ -173,7 +187,18 @@ class ExtProcStream:
             client_id, self._req.request_id_generated = str(uuid.uuid4()), True
         self._req.request_id = self._request_ids.claim(client_id)
 
-        if headers.end_of_stream:
+        why = _unroutable(self._req.headers)
+        if why is not None:
+            # No body will come before the gateway accepts the tunnel, and there is nothing to
+            # schedule on: waiting for one hung such requests until a timeout. Step aside at once:
+            # let the headers through and end the stream, so the proxy carries on without the EPP
+            # (and without buffering a body that never ends, in BUFFERED mode).
+            self._req.decided = True
+            log.info("request %s (%s) cannot be routed: passed through", self._req.request_id, why)
+            await send(messages.continue_request_headers(self._client_steering_headers()))
+            self._metrics.requests.labels(UNROUTED).inc()
+            raise _StreamClosed
+        elif headers.end_of_stream:
             await self._route_headers_only(send)
         elif self._req.mode is BodyMode.BUFFERED:
             # Envoy waits for this answer before sending the body; strip client steering headers now.
@@ -196,15 +221,12 @@ class ExtProcStream:
         self._req.body_parts.append(body.body)
         if body.end_of_stream:
             await self._route(send)
-        elif self._req.mode is not BodyMode.FULL_DUPLEX_STREAMED:
-            await self._reject(
-                send,
-                EppError(
-                    500,
-                    "the proxy streams the request body in a mode the EPP cannot hold; "
-                    "configure request_body_mode FULL_DUPLEX_STREAMED or BUFFERED",
-                ),
-            )
+            self._maybe_release()  # end_of_stream on a body: no trailers follow
+        elif self._req.mode is BodyMode.BUFFERED:
+            # BUFFERED hands over the whole body in one message; it is not end_of_stream only when
+            # request trailers follow (answered, then released, in _dispatch). Waiting for more
+            # body would wait forever; refusing it answered every request with trailers 500.
+            await self._route(send)
 
     async def _route(self, send: Send) -> None:
         self._req.decided = True
@@ -240,6 +262,7 @@ class ExtProcStream:
         set_headers = self._routing_headers(decision)
         remove = [h for h in self._client_steering_headers() if h not in set_headers]
         await send(messages.routed_request_headers(set_headers, remove, set_headers[DESTINATION_ENDPOINT]))
+        self._maybe_release()
 
     def _new_request(self, body: dict[str, object], parsed: ParsedBody) -> InferenceRequest:
         return InferenceRequest(
@@ -276,6 +299,15 @@ class ExtProcStream:
         if decision.target_model and decision.target_model != request.parsed.model and request.parsed.model:
             self._resp.rewriter = ModelNameRewriter(decision.target_model, request.parsed.model)
         return decision
+
+    def _maybe_release(self) -> None:
+        """With ``release_after_routing``, end the stream now that the request is on its way
+        (raises _StreamClosed): the Director hears the request is complete, the proxy carries on."""
+        if not self._settings.release_after_routing or self._req.scheduled is None or self._resp.rewriter:
+            return
+        self._complete(failed=False, count=False)
+        self._metrics.requests.labels(RELEASED).inc()
+        raise _StreamClosed
 
     def _routing_headers(self, decision: Decision) -> dict[str, str]:
         headers = {key.lower(): value for key, value in decision.headers.items()}
@@ -328,7 +360,8 @@ class ExtProcStream:
         chunk, end = body.body, body.end_of_stream
         if not self._resp.started:
             self._resp.started = True
-            self._metrics.ttft.observe(time.monotonic() - self._req.received_at)
+            if self._req.scheduled is not None:  # not for local replies or unrouted requests
+                self._metrics.ttft.observe(time.monotonic() - self._req.received_at)
         self._resp.size += len(chunk)
         if self._resp.mode is BodyMode.BUFFERED:
             await send(messages.replaced_response_body(self._track_whole_body(chunk, end)))
@@ -418,6 +451,16 @@ class ExtProcStream:
         if self._counted:
             self._metrics.in_flight.dec()
             self._counted = False
+
+
+def _unroutable(headers: Mapping[str, str]) -> str | None:
+    """What makes this request one the EPP cannot route, or None: CONNECT (HTTP/1 or an HTTP/2
+    extended CONNECT carrying ``:protocol``) or an HTTP/1 protocol upgrade (``upgrade`` header)."""
+    if headers.get(":method") == "CONNECT" or ":protocol" in headers:
+        return "CONNECT request"
+    if "upgrade" in headers:
+        return f"protocol upgrade to {headers['upgrade'][:40]!r}"
+    return None
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:
