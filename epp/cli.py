@@ -154,7 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="end each ext_proc stream once the request is routed, so an EPP restart cannot break "
         "responses in progress (no token usage, TTFT or in-flight tracking from responses then)",
     )
-    tuning.add_argument("--drain-timeout", type=duration, default=30.0, help="serving time after SIGTERM")
+    tuning.add_argument(
+        "--drain-timeout",
+        type=duration,
+        default=30.0,
+        help="after SIGTERM, the longest wait for open streams to finish before exiting",
+    )
+    tuning.add_argument(
+        "--drain-notice",
+        type=duration,
+        default=5.0,
+        help="after SIGTERM, how long new streams are still served while the gateway notices the "
+        "readiness change (at most the drain timeout)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -208,6 +220,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
             release_after_routing=args.release_stream_after_routing,
         ),
         drain_timeout=args.drain_timeout,
+        drain_notice=args.drain_notice,
         tls=tls,
     )
     return runtime_options, server_options, args.log_level
