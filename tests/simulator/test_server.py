@@ -427,3 +427,29 @@ async def test_the_chat_role_chunk_waits_for_the_first_token():
     seq.tokens.put_nowait(1)
     seq.tokens.put_nowait(None)
     assert [c["choices"][0]["finish_reason"] async for c in chunks] == ["length"]
+
+
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [
+        ("127.0.0.1/x", 80),
+        ("u@127.0.0.1", 80),
+        ("127.0.0.1", "80/x"),
+        ("127.0.0.1", 0),
+        (["h"], 80),
+        ("h", True),
+    ],
+)
+async def test_kv_pull_targets_are_a_host_and_a_port_only(host, port):
+    from simulator.transfer import TransferError, pull_remote
+
+    params = {
+        "remote_host": host,
+        "remote_port": port,
+        "remote_engine_id": "e",
+        "remote_request_id": "r",
+        "remote_block_ids": [1],
+    }
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TransferError, match="incomplete"):
+            await pull_remote(session, params, [1], 1.0)

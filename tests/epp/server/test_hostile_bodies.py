@@ -208,3 +208,17 @@ async def test_any_json_body_gets_a_routing_answer_or_a_4xx(
     body.setdefault("model", "m")
     status, _ = await _status_of(_real_director(rewrite), path, _raw(body))
     assert status == 200 or 400 <= status < 500, (status, body)
+
+
+async def test_a_model_server_answer_nested_too_deep_is_passed_through_without_usage() -> None:
+    """The response side reads ``usage`` out of the model server's JSON: the same depth limit keeps a
+    deeply nested answer from raising RecursionError in the stream (a sibling of finding 2)."""
+    from epp.server.response_body import BufferedBodyTracker, SseTracker
+
+    deep = b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    tracker = BufferedBodyTracker()
+    tracker.feed(deep, True)
+    assert tracker.usage is None
+    sse = SseTracker(None)
+    assert sse.feed(b"data: " + deep + b"\n\n", True) == b"data: " + deep + b"\n\n"
+    assert sse.usage is None
