@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -92,28 +91,33 @@ class EppServer:
         server.add_secure_port(address, _grpc_credentials(tls))
 
     async def drain(self) -> None:
-        """Report NOT_SERVING; keep serving new streams for the notice period (the gateway moves
-        new streams elsewhere meanwhile); then wait until no stream is open, the drain timeout in
-        all at most. A replica drained this way loses no request: everything it accepted finishes."""
+        """Report NOT_SERVING; keep taking new streams for the notice period (the gateway moves new
+        streams to other replicas meanwhile); then close the ext_proc listener with GOAWAY and let
+        the open streams finish, the drain timeout in all at most. GOAWAY matters for gateways that
+        reach the EPP through its Service's ClusterIP (kgateway resolves the Service name): their
+        HTTP/2 connection would otherwise keep carrying new streams here until the process exits.
+        A replica drained this way loses no request it accepted."""
         self.health.draining = True
         loop = asyncio.get_running_loop()
         started = loop.time()
         notice = min(self.options.drain_notice, self.options.drain_timeout)
         log.info(
-            "draining: readiness off, still serving for %.1fs, then up to %.1fs for %d open streams",
+            "draining: readiness off, still serving for %.1fs, then up to %.1fs for the open streams",
             notice,
             self.options.drain_timeout,
-            self.processor.active_streams,
         )
         await asyncio.sleep(notice)
-        remaining = started + self.options.drain_timeout - loop.time()
-        if remaining > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.processor.idle.wait(), remaining)
+        open_streams = self.processor.active_streams
+        if self._grpc is not None:
+            # grpc.aio: GOAWAY now, new streams refused, open ones run until done or the grace ends.
+            server, self._grpc = self._grpc, None
+            await server.stop(max(0.0, started + self.options.drain_timeout - loop.time()))
         if self.processor.active_streams:
-            log.warning("drain timeout: %d streams still open are cut", self.processor.active_streams)
+            log.warning("drain timeout: %d streams still open were cut", self.processor.active_streams)
         else:
-            log.info("drained after %.1fs", loop.time() - started)
+            log.info(
+                "drained after %.1fs (%d streams finished after GOAWAY)", loop.time() - started, open_streams
+            )
 
     async def stop(self, grace: float = 1.0) -> None:
         for server in (self._grpc, self._health_grpc):
