@@ -78,7 +78,10 @@ async def test_allowlist():
         (["--prefill-pool-dns", "prefill.ns"], "needs --enable-ssrf-protection"),
         (["--prefill-ports", "8000"], "needs --enable-ssrf-protection"),
         (["--enable-ssrf-protection", "--prefill-allowlist", "10.0.0.300"], "not an IP address, a CIDR"),
-        (["--enable-ssrf-protection", "--prefill-allowlist", "private", "--prefill-ports", "80x"], "not a TCP port"),
+        (
+            ["--enable-ssrf-protection", "--prefill-allowlist", "private", "--prefill-ports", "80x"],
+            "not a TCP port",
+        ),
         (["--prefill-timeout", "0"], "prefill_timeout_s must be > 0"),
     ],
 )
