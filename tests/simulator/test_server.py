@@ -453,3 +453,22 @@ async def test_kv_pull_targets_are_a_host_and_a_port_only(host, port):
     async with aiohttp.ClientSession() as session:
         with pytest.raises(TransferError, match="incomplete"):
             await pull_remote(session, params, [1], 1.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "message"),
+    [
+        (b'{"model":"tiny","prompt":"\\ud800"}', "prompt", "surrogate"),
+        (b'{"model":"tiny","messages":[{"role":"\\udfff","content":"x"}]}', "messages[0].role", "surrogate"),
+        (b'{"model":"tiny","prompt":"x","e":' + b"[" * 600 + b"]" * 600 + b"}", "e", "nests deeper"),
+        (b'{"model":"tiny","prompt":"x","temperature":NaN}', "body", "NaN"),
+    ],
+)
+async def test_bodies_no_stage_could_use_are_400s_naming_the_field(sim, raw, param, message):
+    """The simulator reads bodies with the EPP's and the sidecar's limits (issue 12): a prompt it
+    could not tokenise, hash or log is refused up front, never a 500 (or a dead request log)."""
+    path = "/v1/chat/completions" if b"messages" in raw else "/v1/completions"
+    async with sim.post(path, data=raw, headers={"content-type": "application/json"}) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert error["param"] == param and message in error["message"]
