@@ -28,8 +28,12 @@ from typing import Any
 # recursion limit of 1000; pydantic-core's JSON parser stops at 200.
 MAX_DEPTH = 100
 
-# A \uD800-\uDFFF escape: the only way a JSON text can produce a surrogate (raw UTF-8 cannot
-# encode one, and strict decoding refuses it). Valid pairs match too; those are checked and pass.
+# A \uD800-\uDFFF escape is the only way a JSON text can produce a surrogate (raw UTF-8 cannot
+# encode one, and strict decoding refuses it); JSON spells it with a lower-case u. Valid pairs match
+# too and pass the walk. Most bodies have no backslash at all, which a memchr-speed find rules out
+# first. Cost over json.loads, measured on the 2-core machine (load ~3.5): +0.6 us on a 1 KB chat
+# body, +4 us at 12 KB, none on a 100 KB prompt or 10k token ids; +45 % on a 115 KB prompt full of
+# escapes (\n, \", \u00e9), where this regex search runs.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -50,20 +54,33 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except UnicodeDecodeError as exc:
         raise BodyError(f"request body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = _DECODER.decode(text)
     except BodyError:
         raise
     except RecursionError:
         raise BodyError(f"request body nests deeper than {max_depth} levels") from None
     except ValueError as exc:  # JSONDecodeError, and int() refusing a number of > 4300 digits
         raise BodyError(f"request body is not valid JSON: {exc}") from None
-    # Both checks need a walk over the parsed value; skip it when the raw text rules the problem out
-    # (C-speed scans: a large prompt costs microseconds here, not a Python loop per character).
-    deep = raw.count(b"[") + raw.count(b"{") > max_depth
-    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    # Both checks need a walk over the parsed value; skip it when the raw text rules the problem out.
+    deep = not _few_containers(raw, max_depth)
+    surrogates = raw.find(b"\\") != -1 and _SURROGATE_ESCAPE.search(raw) is not None
     if deep or surrogates:
         check(value, max_depth=max_depth)
     return value
+
+
+def _few_containers(raw: bytes, limit: int) -> bool:
+    """At most ``limit`` brackets and braces in all (so no deeper nesting): memchr-speed finds that
+    stop at ``limit`` rather than a count over the whole body (bytes.count is a byte loop)."""
+    seen = 0
+    for opener in (b"[", b"{"):
+        position = raw.find(opener)
+        while position != -1:
+            seen += 1
+            if seen > limit:
+                return False
+            position = raw.find(opener, position + 1)
+    return True
 
 
 def check(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
@@ -136,3 +153,7 @@ def _finite_float(text: str) -> float:
     if math.isinf(number):
         raise BodyError(f"request body is not valid JSON: the number {text[:40]} is out of range")
     return number
+
+
+# Built once: json.loads with hooks would build a decoder (and its scanner) on every call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
