@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-chunks", type=int, default=4, help="tokens per answer (SSE events)")
     args = parser.parse_args(argv)
     standin = StandIn(args.name, args.model, args.delay_ms, args.stream_chunks)
-    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None)
+    # The accept backlog of uvicorn, which vLLM runs (aiohttp's default is 128): a burst of new
+    # connections must queue as it would at a real model server, not be dropped.
+    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None, backlog=2048)
 
 
 if __name__ == "__main__":
