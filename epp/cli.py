@@ -145,7 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="assumed request body mode when the proxy does not announce one",
     )
     tuning.add_argument("--decision-timeout", type=duration, default=30.0, help="longest scheduling wait")
-    tuning.add_argument("--drain-timeout", type=duration, default=30.0, help="serving time after SIGTERM")
+    tuning.add_argument(
+        "--release-stream-after-routing",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="end each ext_proc stream once the request is routed, so an EPP restart cannot break "
+        "responses in progress (no token usage, TTFT or in-flight tracking from responses then)",
+    )
+    tuning.add_argument(
+        "--drain-timeout",
+        type=duration,
+        default=30.0,
+        help="after SIGTERM, the longest wait for open streams to finish before exiting",
+    )
+    tuning.add_argument(
+        "--drain-notice",
+        type=duration,
+        default=5.0,
+        help="after SIGTERM, how long new streams are still served while the gateway notices the "
+        "readiness change (at most the drain timeout)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -196,8 +217,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
             max_buffered_request_bytes=args.max_buffered_request_bytes,
             decision_timeout=args.decision_timeout,
             default_body_mode=BodyMode(args.body_mode),
+            release_after_routing=args.release_stream_after_routing,
         ),
         drain_timeout=args.drain_timeout,
+        drain_notice=args.drain_notice,
         tls=tls,
     )
     return runtime_options, server_options, args.log_level

@@ -45,6 +45,10 @@ SCRAPE_SECONDS = Histogram(
 SCRAPE_ERRORS = Counter(
     "epp_metrics_scrape_errors_total", "Failed model-server /metrics scrapes.", ["endpoint"]
 )
+SCRAPE_TASK_RESTARTS = Counter(
+    "epp_metrics_scrape_task_restarts_total",
+    "Per-endpoint metrics poll tasks that ended unexpectedly and were restarted (a bug if ever > 0).",
+)
 ENDPOINTS = Gauge("epp_pool_endpoints", "Endpoints currently in the pool.")
 
 # ---- precise prefix cache: KV events from the model servers (default registry) ----------------

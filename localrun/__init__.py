@@ -10,7 +10,9 @@ Shared by the end-to-end tests, the demo and the benchmarks. The API:
   ``upstream=Upstream.ORIGINAL_DST`` (default, kgateway-like: one endpoint, no retry elsewhere) or
   ``Upstream.OVERRIDE_HOST`` (the EPP's fallback list + retries: no request lost to a dead pod);
   ``mode=BodyMode.BUFFERED`` when FailOpen must also serve requests with bodies while the EPP is
-  down; ``ext_proc=False`` for a baseline gateway without the EPP.
+  down; ``ext_proc=False`` for a baseline gateway without the EPP; ``epps=(EppEndpoint(port,
+  health_port), ...)`` for several health-checked EPP replicas; ``epp_limits``/``pool_limits``
+  (:class:`Limits`) for the circuit breakers.
 * :mod:`localrun.standin` — ``python -m localrun.standin --port N --name pod-a``: an
   instant OpenAI-compatible model-server stand-in with settable vLLM metrics.
 * :func:`epp_command` — the ``python -m epp`` command line for a static endpoints file.
@@ -18,8 +20,10 @@ Shared by the end-to-end tests, the demo and the benchmarks. The API:
 
 from localrun.envoy import (
     EnvoyGateway,
+    EppEndpoint,
     FailureMode,
     GatewayConfig,
+    Limits,
     Upstream,
     envoy_binary,
     render_bootstrap,
@@ -29,8 +33,10 @@ from localrun.stack import epp_command, write_endpoints_file
 
 __all__ = [
     "EnvoyGateway",
+    "EppEndpoint",
     "FailureMode",
     "GatewayConfig",
+    "Limits",
     "ManagedProcess",
     "ProcessFailed",
     "Upstream",

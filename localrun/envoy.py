@@ -81,6 +81,59 @@ def envoy_binary() -> Path:
 
 
 @dataclass(frozen=True)
+class EppEndpoint:
+    """One EPP replica behind the gateway: its ext_proc port and, for active health checking, its
+    gRPC health port (the ``readiness`` service goes NOT_SERVING while the EPP drains)."""
+
+    port: int
+    health_port: int | None = None
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Envoy's concurrency limits, set on purpose. Envoy's defaults (1,024 connections, pending and
+    active requests per cluster) once capped the EPP cluster: 1,100 concurrent streams gave 76 x 500
+    (every request holds one ext_proc stream, an HTTP/2 request to the EPP cluster).
+
+    What real gateways generate for the same clusters:
+
+    * kgateway: 40,000 for max_connections, max_pending_requests and max_requests on both the EPP
+      cluster and the InferencePool cluster ("derived from upstream GIE defaults";
+      kgateway-dev/kgateway internal/kgateway/extensions2/plugins/inferenceextension/endpointpicker,
+      DefaultExtProcMaxRequests);
+    * llm-d's standalone Envoy: the same 40,000s, plus max_retries 1,024 on the ext_proc cluster
+      (llm-d/llm-d-router config/charts/llm-d-router-standalone/values.yaml);
+    * Istio: every threshold at 2^32-1 unless a DestinationRule sets one (istio/istio
+      pilot/pkg/networking/core, getDefaultCircuitBreakerThresholds: Envoy's max_retries default of 3
+      caused 503s during rolling updates);
+    * agentgateway is not Envoy and has no per-cluster circuit breaker of this kind (not checked
+      in depth).
+
+    This harness follows kgateway/llm-d. The limits that remain are the machine's (file
+    descriptors, the EPP's CPU), which the load tests see directly.
+    """
+
+    max_connections: int = 40_000
+    max_pending_requests: int = 40_000
+    max_requests: int = 40_000
+    max_retries: int = 1_024
+
+    def circuit_breakers(self) -> dict[str, Any]:
+        return {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": self.max_connections,
+                    "max_pending_requests": self.max_pending_requests,
+                    "max_requests": self.max_requests,
+                    "max_retries": self.max_retries,
+                }
+            ]
+        }
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen_port: int
     ext_proc_port: int
@@ -106,6 +159,23 @@ class GatewayConfig:
     # endpoint-picker plugin, buildExtProcCluster; GIE's Istio DestinationRule with
     # insecureSkipVerify). False dials cleartext HTTP/2, for an EPP run with --secure-serving=false.
     ext_proc_tls: bool = True
+    # Several EPP replicas (each with its health port for active health checking); empty: the one
+    # EPP at ext_proc_host:ext_proc_port, without health checking.
+    epps: tuple[EppEndpoint, ...] = ()
+    # Active health checking of the EPPs, the way a Kubernetes gateway follows EPP readiness (an
+    # EPP that drains reports NOT_SERVING and leaves the endpoint set). Short, for a local harness.
+    health_check_interval_seconds: float = 0.5
+    epp_limits: Limits = field(default_factory=Limits)
+    pool_limits: Limits = field(default_factory=Limits)
+    # Connecting to a model server. A burst of new connections can wait in a pod's accept backlog
+    # for a while; 1 s turned part of a 1,100-request burst into 503s. kgateway and llm-d's
+    # standalone Envoy allow 1,000 s; a few seconds still moves a blackholed pod's request on
+    # to the next fallback (OVERRIDE_HOST) in good time.
+    pool_connect_timeout_seconds: float = 5.0
+
+    @property
+    def epp_endpoints(self) -> tuple[EppEndpoint, ...]:
+        return self.epps or (EppEndpoint(self.ext_proc_port, None, self.ext_proc_host),)
 
     def __post_init__(self) -> None:
         if not self.pool_endpoints:
@@ -137,7 +207,7 @@ def _listener(config: GatewayConfig) -> dict[str, Any]:
         "route_config": {"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(config)}]},
         "http_filters": [
             _strip_steering_headers(),
-            *([_ext_proc(config)] if config.ext_proc else []),
+            *([_mark_decoded(), _only_for_decoded_requests(_ext_proc(config))] if config.ext_proc else []),
             _router(),
         ],
     }
@@ -160,6 +230,63 @@ def _strip_steering_headers() -> dict[str, Any]:
     }
 
 
+# Set by a filter on every request whose headers went down the filter chain. Envoy's own replies to
+# requests it could not even parse (400 for a bad Content-Length, 426 for HTTP/1.0, 431 for huge
+# headers, an unknown method ...) go up the chain without ever coming down it; ext_proc would pause
+# such a reply to ask the EPP, and Envoy resets the stream in the same instant (the codec error
+# closes the connection), so the client got no status at all after ~1 s (envoyproxy/envoy#29440,
+# an open Envoy bug; the EPP never even sees those streams). Skipping ext_proc for them lets the
+# reply out at once.
+DECODED_NAMESPACE = "llm-d.gateway"
+
+
+def _mark_decoded() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.set_metadata",
+        "typed_config": {
+            "@type": _TYPES + "extensions.filters.http.set_metadata.v3.Config",
+            "metadata": [{"metadata_namespace": DECODED_NAMESPACE, "value": {"decoded": True}}],
+        },
+    }
+
+
+def _only_for_decoded_requests(filter_config: dict[str, Any]) -> dict[str, Any]:
+    not_decoded = {
+        "single_predicate": {
+            "input": {
+                "name": "decoded",
+                "typed_config": {
+                    "@type": _TYPES + "extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+                    "filter": DECODED_NAMESPACE,
+                    "path": [{"key": "decoded"}],
+                },
+            },
+            "custom_match": {
+                "name": "decoded",
+                "typed_config": {
+                    "@type": _TYPES + "extensions.matching.input_matchers.metadata.v3.Metadata",
+                    "value": {"bool_match": True},
+                    "invert": True,
+                },
+            },
+        }
+    }
+    skip = {
+        "name": "skip",
+        "typed_config": {"@type": _TYPES + "extensions.filters.common.matcher.action.v3.SkipFilter"},
+    }
+    return {
+        "name": filter_config["name"],
+        "typed_config": {
+            "@type": _TYPES + "extensions.common.matching.v3.ExtensionWithMatcher",
+            "extension_config": filter_config,
+            "xds_matcher": {
+                "matcher_list": {"matchers": [{"predicate": not_decoded, "on_match": {"action": skip}}]}
+            },
+        },
+    }
+
+
 def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
     full_duplex = config.mode is BodyMode.FULL_DUPLEX_STREAMED
     body_mode = config.mode.value
@@ -167,7 +294,18 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _TYPES + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": EPP_CLUSTER}},
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EPP_CLUSTER},
+                # A stream to an EPP that just died (before health checking noticed) is retried on
+                # another one: nothing has been sent then, so nothing is lost or repeated.
+                "retry_policy": {
+                    "retry_on": "connect-failure,refused-stream,reset-before-request,unavailable",
+                    "num_retries": max(1, len(config.epp_endpoints) - 1),
+                    "retry_host_predicate": [_previous_hosts()],
+                    "host_selection_retry_max_attempts": 3,
+                    "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+                },
+            },
             "failure_mode_allow": config.failure_mode is FailureMode.FAIL_OPEN,
             "message_timeout": f"{config.message_timeout_seconds:g}s",
             "processing_mode": {
@@ -186,6 +324,13 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
                 "receiving_namespaces": {"untyped": [LB_METADATA_NAMESPACE]},
             },
         },
+    }
+
+
+def _previous_hosts() -> dict[str, Any]:
+    return {
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": _TYPES + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
     }
 
 
@@ -210,15 +355,7 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
                     "retry_policy": {
                         "retry_on": "connect-failure,refused-stream,reset-before-request",
                         "num_retries": config.retries,
-                        "retry_host_predicate": [
-                            {
-                                "name": "envoy.retry_host_predicates.previous_hosts",
-                                "typed_config": {
-                                    "@type": _TYPES
-                                    + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                                },
-                            }
-                        ],
+                        "retry_host_predicate": [_previous_hosts()],
                         "host_selection_retry_max_attempts": 5,
                     },
                 },
@@ -244,33 +381,12 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
 
 
 def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
-    epp = {
-        "name": EPP_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _TYPES + "extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {
-            "cluster_name": EPP_CLUSTER,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": _address(config.ext_proc_host, config.ext_proc_port)}}
-                    ]
-                }
-            ],
-        },
-    }
-    if config.ext_proc_tls:
-        epp["transport_socket"] = _tls_without_verification()
+    epp = _epp_cluster(config)
     pool: dict[str, Any] = {
         "name": POOL_CLUSTER,
         "type": "STATIC",
-        "connect_timeout": "1s",
+        "connect_timeout": f"{config.pool_connect_timeout_seconds:g}s",
+        "circuit_breakers": config.pool_limits.circuit_breakers(),
         "load_assignment": {
             "cluster_name": POOL_CLUSTER,
             "endpoints": [{"lb_endpoints": [_lb_endpoint(e) for e in config.pool_endpoints]}],
@@ -290,7 +406,8 @@ def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
         "name": ORIGINAL_DST_CLUSTER,
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": "1s",
+        "connect_timeout": f"{config.pool_connect_timeout_seconds:g}s",
+        "circuit_breakers": config.pool_limits.circuit_breakers(),
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_ENDPOINT},
     }
     return [epp, pool, original_dst]
@@ -306,6 +423,90 @@ def _tls_without_verification() -> dict[str, Any]:
             "common_tls_context": {"alpn_protocols": ["h2"]},
         },
     }
+
+
+def _epp_cluster(config: GatewayConfig) -> dict[str, Any]:
+    epps = config.epp_endpoints
+    cluster: dict[str, Any] = {
+        "name": EPP_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        # As llm-d's standalone Envoy: the replica with the fewest streams takes the next one.
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": config.epp_limits.circuit_breakers(),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPES + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # A replica that vanished without closing its connections is noticed in
+                        # seconds, not at the next TCP timeout.
+                        "connection_keepalive": {"interval": "5s", "timeout": "2s"},
+                    }
+                },
+            }
+        },
+        # Connection failures eject a replica at once, before the next health check would.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            # A stream's gRPC status is no verdict on the replica: only connection failures count.
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "interval": "1s",
+            "base_ejection_time": "1s",
+            "max_ejection_percent": 100,
+        },
+        "load_assignment": {
+            "cluster_name": EPP_CLUSTER,
+            "endpoints": [{"lb_endpoints": [_epp_lb_endpoint(e) for e in epps]}],
+        },
+    }
+    if config.ext_proc_tls:
+        cluster["transport_socket"] = _tls_without_verification()
+        # The EPP's health port is always plaintext (kubelet gRPC probes cannot speak TLS).
+        cluster["transport_socket_matches"] = [
+            {
+                "name": "plaintext-health-checks",
+                "match": {"health-checks": "plaintext"},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {
+                        "@type": _TYPES + "extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                    },
+                },
+            }
+        ]
+    if all(e.health_port is not None for e in epps):
+        interval = f"{config.health_check_interval_seconds:g}s"
+        cluster["health_checks"] = [
+            {
+                "timeout": interval,
+                "interval": interval,
+                # Without traffic Envoy checks only every 60 s by default: a replica must be seen
+                # draining or back at once whether or not requests are flowing.
+                "no_traffic_interval": interval,
+                "no_traffic_healthy_interval": interval,
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": "readiness"},
+                **(
+                    {"transport_socket_match_criteria": {"health-checks": "plaintext"}}
+                    if config.ext_proc_tls
+                    else {}
+                ),
+            }
+        ]
+    return cluster
+
+
+def _epp_lb_endpoint(epp: EppEndpoint) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"address": _address(epp.host, epp.port)}
+    if epp.health_port is not None:
+        endpoint["health_check_config"] = {"port_value": epp.health_port}
+    return {"endpoint": endpoint}
 
 
 def _override_host(fallback: dict[str, Any]) -> dict[str, Any]:

@@ -31,9 +31,12 @@ class ServerOptions:
     grpc_health_port: int = 9003
     metrics_port: int = 9090
     stream: StreamSettings = field(default_factory=StreamSettings)
-    # After SIGTERM: readiness goes NOT_SERVING at once, ext_proc keeps serving this long so the
-    # proxy can notice and move new streams elsewhere before the process exits.
+    # After SIGTERM: readiness goes NOT_SERVING at once and ext_proc keeps taking new streams for
+    # drain_notice seconds (the time the gateway needs to see that and send new streams to other
+    # replicas), then waits for the open streams to finish, drain_timeout in all at most. Then the
+    # listeners close with GOAWAY.
     drain_timeout: float = 30.0
+    drain_notice: float = 5.0
     # --secure-serving: the pair the ext_proc port serves (self-signed or mounted); None = cleartext.
     tls: CertificateSource | None = None
 
@@ -88,13 +91,33 @@ class EppServer:
         server.add_secure_port(address, _grpc_credentials(tls))
 
     async def drain(self) -> None:
-        """Report NOT_SERVING, then keep serving for the drain timeout: the proxy and Kubernetes need
-        that long to stop sending new streams here."""
+        """Report NOT_SERVING; keep taking new streams for the notice period (the gateway moves new
+        streams to other replicas meanwhile); then close the ext_proc listener with GOAWAY and let
+        the open streams finish, the drain timeout in all at most. GOAWAY matters for gateways that
+        reach the EPP through its Service's ClusterIP (kgateway resolves the Service name): their
+        HTTP/2 connection would otherwise keep carrying new streams here until the process exits.
+        A replica drained this way loses no request it accepted."""
         self.health.draining = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        notice = min(self.options.drain_notice, self.options.drain_timeout)
         log.info(
-            "draining for %.1fs (%d streams open)", self.options.drain_timeout, self.processor.active_streams
+            "draining: readiness off, still serving for %.1fs, then up to %.1fs for the open streams",
+            notice,
+            self.options.drain_timeout,
         )
-        await asyncio.sleep(self.options.drain_timeout)
+        await asyncio.sleep(notice)
+        open_streams = self.processor.active_streams
+        if self._grpc is not None:
+            # grpc.aio: GOAWAY now, new streams refused, open ones run until done or the grace ends.
+            server, self._grpc = self._grpc, None
+            await server.stop(max(0.0, started + self.options.drain_timeout - loop.time()))
+        if self.processor.active_streams:
+            log.warning("drain timeout: %d streams still open were cut", self.processor.active_streams)
+        else:
+            log.info(
+                "drained after %.1fs (%d streams finished after GOAWAY)", loop.time() - started, open_streams
+            )
 
     async def stop(self, grace: float = 1.0) -> None:
         for server in (self._grpc, self._health_grpc):

@@ -176,6 +176,13 @@ def sidecar_container(spec: Spec) -> dict[str, Any]:
             str(naming.VLLM_BEHIND_SIDECAR_PORT),
             "--kv-connector",
             sidecar.kv_connector,
+            # SSRF guard on by default: prefill only on pod-network (private) addresses, on the
+            # model-server port the EPP names (issue 12). See sidecar/guard.py for the options.
+            "--enable-ssrf-protection",
+            "--prefill-allowlist",
+            "private",
+            "--prefill-ports",
+            str(naming.MODEL_SERVER_PORT),
         ],
         "ports": [{"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": naming.MODEL_SERVER_PORT}, "periodSeconds": 5},

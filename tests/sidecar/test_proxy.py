@@ -24,7 +24,7 @@ KV_FROM_PREFILL = {
     "remote_block_ids": [1, 2, 3],
     "remote_engine_id": "engine-p",
     "remote_request_id": "cmpl-p",
-    "remote_host": "10.0.0.9",
+    "remote_host": "127.0.0.1",  # the prefill stand-in's own address, as VLLM_NIXL_SIDE_CHANNEL_HOST makes it
     "remote_port": 5600,
     "tp_size": 1,
 }
@@ -164,7 +164,8 @@ async def test_the_two_phases(rig):
     assert request_id and decode.headers["X-Request-Id"] == request_id
     for leg in (prefill, decode):
         assert "X-Prefiller-Host-Port" not in leg.headers
-        assert leg.headers["Authorization"] == "Bearer t"
+    # The client's credential goes to the local model server only (--forward-credentials-to-prefill).
+    assert decode.headers["Authorization"] == "Bearer t" and "Authorization" not in prefill.headers
     assert rig.sidecar.metrics.requests.labels("disaggregated")._value.get() == 1
 
 
@@ -227,11 +228,12 @@ async def test_malformed_prefiller_header_is_a_400(rig):
     assert rig.decode.received == [] and rig.prefill.received == []
 
 
-async def test_non_json_body_goes_to_the_model_server_unsplit(rig):
+async def test_a_body_the_sidecar_cannot_split_is_a_400(rig):
     headers = {"x-prefiller-host-port": rig.prefill_addr, "content-type": "application/json"}
-    async with rig.client.post("/v1/completions", data=b"{oops", headers=headers) as r:
-        assert r.status == 200
-    assert rig.prefill.received == [] and rig.decode.received[0].body == b"{oops"
+    for body in (b"{oops", b"[1]"):
+        async with rig.client.post("/v1/completions", data=body, headers=headers) as r:
+            assert r.status == 400
+    assert rig.prefill.received == [] and rig.decode.received == []
 
 
 async def test_ssrf_guard_refuses_hosts_outside_the_allowlist():
@@ -240,6 +242,7 @@ async def test_ssrf_guard_refuses_hosts_outside_the_allowlist():
             "/v1/completions", json=REQUEST, headers={"x-prefiller-host-port": rig.prefill_addr}
         ) as r:
             assert r.status == 403
+            assert "127.0.0.1 is not an allowed prefill host" in (await r.json())["error"]["message"]
         assert rig.prefill.received == [] and rig.decode.received == []
         assert rig.sidecar.metrics.ssrf_rejections._value.get() == 1
 

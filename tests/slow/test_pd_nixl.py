@@ -52,7 +52,9 @@ def pd(
         name="vllm-prefill",
         cpu="0",
         kv_transfer_config=NIXL,
-        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port())},
+        # The address the sidecar sent the prefill to, as the stacks set it (the pod IP): the sidecar
+        # ignores transfer params naming any other host (vLLM's default is "localhost").
+        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port()), "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1"},
         log_dir=logs,
     )
     decode = vllm_process(
@@ -62,7 +64,7 @@ def pd(
         name="vllm-decode",
         cpu="1",
         kv_transfer_config=NIXL,
-        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port())},
+        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port()), "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1"},
         log_dir=logs,
     )
     sidecar = ManagedProcess(

@@ -120,3 +120,63 @@ async def test_metrics_endpoint_serves_epp_metrics(server: EppServer) -> None:
     assert "epp_request_body_bytes_bucket" in text
 
 
+async def test_drain_serves_through_the_notice_then_waits_for_open_streams(
+    director: ScriptedDirector,
+) -> None:
+    """SIGTERM on one replica of several: readiness off at once, new streams still served during the
+    notice, then the drain lasts exactly as long as the streams it accepted (issue 12, finding 6)."""
+    options = ServerOptions(
+        host="127.0.0.1",
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        drain_notice=0.3,
+        drain_timeout=10.0,
+    )
+    server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{options.grpc_port}") as channel:
+            stub = ext_proc_grpc.ExternalProcessorStub(channel)
+            open_call = stub.Process()  # a request whose response is still streaming
+            await open_call.write(request_headers())
+            await open_call.write(body_msg(BODY))
+            await open_call.read(), await open_call.read()
+            drain = asyncio.create_task(server.drain())
+            await asyncio.sleep(0.1)
+            assert await health(server, "readiness") == NOT_SERVING
+            late = stub.Process()  # the gateway has not noticed yet: still served
+            await late.write(request_headers())
+            await late.write(body_msg(BODY))
+            assert (await late.read()).request_headers.response.clear_route_cache
+            await late.read()
+            await late.write(response_headers(200, end_of_stream=True))
+            await late.read()
+            await late.done_writing()
+            assert await late.read() == grpc.aio.EOF
+            await asyncio.sleep(0.5)
+            assert not drain.done()  # past the notice, but a stream is open
+            await open_call.write(response_headers(200, end_of_stream=True))
+            await open_call.read()
+            await open_call.done_writing()
+            await asyncio.wait_for(drain, 2)  # ends with the last stream, long before the timeout
+    finally:
+        await server.stop(grace=0)
+    assert [failed for _, _, failed in director.completions] == [False, False]
+
+
+async def test_drain_gives_up_on_streams_at_the_timeout(
+    server: EppServer, director: ScriptedDirector
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(request_headers())
+        await call.write(body_msg(BODY))
+        await call.read()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(server.drain(), 5)  # the fixture's drain timeout is 0.2 s
+        assert asyncio.get_running_loop().time() - started < 2
+        # The stream that outlived the drain was cut, and the Director heard it failed.
+        assert server.processor.active_streams == 0
+        assert [failed for _, _, failed in director.completions] == [True]
+        call.cancel()

@@ -69,7 +69,24 @@ def test_ports_line_up_across_pool_service_deployments_and_sidecar(result: Rende
     sidecar = decode["routing-sidecar"]
     assert sidecar["restartPolicy"] == "Always"  # native sidecar: starts before, stops after vLLM
     assert port_numbers(sidecar) == {"http": target}
-    assert sidecar["args"] == ["--port", "8000", "--model-server-port", "8200", "--kv-connector", "nixlv2"]
+    assert sidecar["args"] == [
+        "--port",
+        "8000",
+        "--model-server-port",
+        "8200",
+        "--kv-connector",
+        "nixlv2",
+        "--enable-ssrf-protection",
+        "--prefill-allowlist",
+        "private",
+        "--prefill-ports",
+        "8000",
+    ]
+    # The args the stack renders are ones the sidecar accepts, with the guard on.
+    from sidecar.config import build_parser, options_from_args
+
+    guarded = options_from_args(build_parser().parse_args(sidecar["args"]))
+    assert guarded.guard() is not None and guarded.prefill_ports == frozenset({target})
     decode_engine = decode["engine"]
     assert port_numbers(decode_engine)["vllm-http"] == 8200
     assert decode_engine["args"][decode_engine["args"].index("--port") + 1] == "8200"
