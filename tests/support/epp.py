@@ -10,7 +10,6 @@ from epp.datastore import Endpoint, EndpointMetrics, EndpointSpec
 from epp.scheduling.framework import SchedulingRequest
 from epp.types import InferenceRequest, ParsedBody
 
-
 _ADDRESSES: dict[str, str] = {}
 
 
