@@ -84,6 +84,39 @@ _FUNCTIONS: dict[str, Callable[[Any], bytes]] = {
 }
 
 
+class DigestMemo:
+    """Recently computed block digests, keyed by the exact object hashed (parent digest, block
+    tokens, extra keys), so a prompt that repeats a cached prefix (the case prefix routing is for)
+    pays a dict lookup per block instead of a CBOR/pickle encoding and a hash: about 15x less.
+    Bounded by two generations of ``max_entries / 2``: a full generation becomes the old one and
+    the old one is dropped; a hit in the old generation is carried over. About 0.5-0.8 KB per entry
+    (the token tuple dominates)."""
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        if max_entries < 2:
+            raise ValueError(f"max_entries must be >= 2, got {max_entries}")
+        self._limit = max_entries // 2
+        self._current: dict[Any, bytes] = {}
+        self._previous: dict[Any, bytes] = {}
+
+    def get(self, key: Any) -> bytes | None:
+        digest = self._current.get(key)
+        if digest is None:
+            digest = self._previous.get(key)
+            if digest is not None:
+                self.put(key, digest)
+        return digest
+
+    def put(self, key: Any, digest: bytes) -> None:
+        self._current[key] = digest
+        if len(self._current) >= self._limit:
+            self._previous = self._current
+            self._current = {}
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+
 def key_of(digest: bytes) -> int:
     """The 64-bit key vLLM publishes for a block digest."""
     return int.from_bytes(digest[-8:], "big")
@@ -92,7 +125,13 @@ def key_of(digest: bytes) -> int:
 class BlockHasher:
     """Block keys of one vLLM configuration (algorithm, seed, block size)."""
 
-    def __init__(self, algorithm: str = "sha256", block_size: int = 16, seed: str | None = None) -> None:
+    def __init__(
+        self,
+        algorithm: str = "sha256",
+        block_size: int = 16,
+        seed: str | None = None,
+        memo: DigestMemo | None = None,
+    ) -> None:
         if algorithm not in _FUNCTIONS:
             raise ValueError(f"unknown hash algorithm {algorithm!r}; expected one of {HASH_ALGORITHMS}")
         if block_size < 1:
@@ -110,6 +149,7 @@ class BlockHasher:
         self.seed = seed
         self._function = _FUNCTIONS[algorithm]
         self.none_hash = self._function(seed)
+        self.memo = memo
 
     def digests(
         self,
@@ -125,6 +165,7 @@ class BlockHasher:
         if max_blocks is not None:
             count = min(count, max_blocks)
         function = self._function
+        memo = self.memo
         parent = self.none_hash
         out: list[bytes] = []
         append = out.append
@@ -134,7 +175,15 @@ class BlockHasher:
                 extra: tuple[Any, ...] | None = (*(lora_key or ()), ("cache_salt", cache_salt))
             else:
                 extra = lora_key
-            parent = function((parent, tuple(token_ids[index * size : (index + 1) * size]), extra))
+            block = (parent, tuple(token_ids[index * size : (index + 1) * size]), extra)
+            if memo is None:
+                parent = function(block)
+            else:
+                digest = memo.get(block)
+                if digest is None:
+                    digest = function(block)
+                    memo.put(block, digest)
+                parent = digest
             append(parent)
         return out
 

@@ -242,6 +242,10 @@ class KVBlockIndex:
     def endpoints(self) -> frozenset[str]:
         return frozenset(self._slots)
 
+    def media(self) -> list[str]:
+        """The media some endpoint currently holds a block in."""
+        return [medium for medium, masks in self._masks.items() if masks]
+
     @property
     def distinct_blocks(self) -> int:
         return sum(len(masks) for masks in self._masks.values())

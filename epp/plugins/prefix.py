@@ -234,6 +234,9 @@ class PrefixMatch:
     matched_blocks: dict[str, int]  # hostport → consecutive cached blocks from the start
     block_bytes: int = 0
     prompt_bytes: int = 0
+    # The precise producer's medium-weighted block counts over the same prefix (llm-d's
+    # LongestPrefixScorer: a block held only in CPU counts 0.8); None when they equal matched_blocks.
+    weighted_blocks: dict[str, float] | None = None
 
     def fraction(self, hostport: str) -> float:
         if not self.hashes:
@@ -393,5 +396,6 @@ class PrefixCacheScorer(Scorer):
         match: PrefixMatch | None = request.state.get(self.producer.name)
         if match is None or not match.hashes or not match.matched_blocks:
             return [0.0] * len(endpoints)
-        matched, total = match.matched_blocks, len(match.hashes)
+        total = len(match.hashes)
+        matched: Mapping[str, float] = match.weighted_blocks or match.matched_blocks
         return [matched.get(endpoint.hostport, 0) / total for endpoint in endpoints]
