@@ -36,21 +36,43 @@ def piece_id(piece: str) -> int:
 
 def token_ids(text: str) -> list[int]:
     """The simulator's ids of ``text``. ASCII text without NUL (nearly every prompt) takes a fast
-    path: each 4-byte word read little-endian has its bytes' 7-bit payloads moved together,
-    which is ``piece_id`` of that piece (a short last piece reads as zero-padded, and zeros add
-    nothing); about 10x faster than piece by piece."""
-    if text.isascii() and "\0" not in text:
-        data = text.encode()
-        words = array("I")
-        if words.itemsize != 4:  # pragma: no cover - every supported platform has a 4-byte "I"
-            return [piece_id(text[i : i + CHARS_PER_TOKEN]) for i in range(0, len(text), CHARS_PER_TOKEN)]
-        words.frombytes(data + b"\0" * (-len(data) % 4))
-        if sys.byteorder == "big":  # pragma: no cover
-            words.byteswap()
-        return [
-            (w & 0x7F) | ((w >> 1) & 0x3F80) | ((w >> 2) & 0x1FC000) | ((w >> 3) & 0xFE00000) for w in words
-        ]
-    return [piece_id(text[i : i + CHARS_PER_TOKEN]) for i in range(0, len(text), CHARS_PER_TOKEN)]
+    path: read as little-endian 32-bit words, each word's four 7-bit characters are moved together
+    (``c0 | c1 << 7 | c2 << 14 | c3 << 21`` is ``piece_id`` of that piece; a short last piece reads
+    as zero-padded, and zeros add nothing). The shifts and masks run on the whole text as one big
+    integer, so the cost is a few C-level passes rather than Python work per token (~60x faster)."""
+    if not text.isascii() or "\0" in text:
+        return [piece_id(text[i : i + CHARS_PER_TOKEN]) for i in range(0, len(text), CHARS_PER_TOKEN)]
+    data = text.encode()
+    words = -(-len(data) // 4)
+    if not words:
+        return []
+    value = int.from_bytes(data, "little")
+    m0, m1, m2, m3 = _masks(words)
+    packed = (value & m0) | ((value >> 1) & m1) | ((value >> 2) & m2) | ((value >> 3) & m3)
+    out = array("I")
+    out.frombytes(packed.to_bytes(words * 4, "little"))
+    if sys.byteorder == "big":  # pragma: no cover - the bytes above are little-endian words
+        out.byteswap()
+    return out.tolist()
+
+
+_MASK_WORDS = (b"\x7f\x00\x00\x00", b"\x80\x3f\x00\x00", b"\x00\xc0\x1f\x00", b"\x00\x00\xe0\x0f")
+_MASK_CACHE_WORDS = 1 << 16  # masks for prompts up to 256 KB are kept (4 x 256 KB)
+_cached_masks: tuple[int, ...] = ()
+_cached_words = 0
+
+
+def _masks(words: int) -> tuple[int, ...]:
+    """Per-word masks at least ``words`` long (an AND costs only as much as its shorter operand,
+    so one long cached mask serves every shorter prompt)."""
+    global _cached_masks, _cached_words
+    if words <= _cached_words:
+        return _cached_masks
+    size = max(words, min(_MASK_CACHE_WORDS, 2 * _cached_words, 4096))
+    masks = tuple(int.from_bytes(word * size, "little") for word in _MASK_WORDS)
+    if size <= _MASK_CACHE_WORDS:
+        _cached_masks, _cached_words = masks, size
+    return masks
 
 
 def render_chat(messages: Sequence[Any]) -> str:

@@ -112,6 +112,8 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         self.subscriptions: KVEventSubscriptions | None = None
         self._sources: dict[str, EventSource] = {}  # the endpoints to follow, by hostport
         self._expiries: deque[tuple[float, str, list[int]]] = deque()  # speculative entries
+        # labels() validates and locks: resolve each series once (this is the request path).
+        self._lookups = {o: metrics.PRECISE_LOOKUPS.labels(o) for o in ("hit", "miss", "no_tokens")}
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
             self._expire(time.monotonic())
         prompt = tokenized_prompt(request, self.tokens.name)
         if prompt is None:
-            metrics.PRECISE_LOOKUPS.labels("no_tokens").inc()
+            self._lookups["no_tokens"].inc()
             # Keep the prompt length for the P/D deciders (an estimate, as nothing is cached).
             estimate = -(-len(request.prompt_text) // BYTES_PER_TOKEN)
             request.state[self.name] = self._match([], estimate, {}, None)
@@ -262,7 +264,7 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         weighted = None
         if matched and any(self.medium_weights.get(m, 1.0) != 1.0 for m in self.index.media()):
             weighted = self.index.weighted_prefix(keys, self.medium_weights)
-        metrics.PRECISE_LOOKUPS.labels("hit" if matched else "miss" if keys else "no_tokens").inc()
+        self._lookups["hit" if matched else "miss" if keys else "no_tokens"].inc()
         request.state[self.name] = self._match(keys, len(prompt.token_ids), matched, weighted)
 
     def _match(
