@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 CHARS_PER_TOKEN = 4
@@ -319,3 +319,82 @@ def workload_fields(workload: Workload) -> dict[str, Any]:
     """The workload's defining sizes, for the JSON results."""
     data: dict[str, Any] = asdict(workload)  # type: ignore[call-overload]
     return data
+
+
+@dataclass(frozen=True, slots=True)
+class MultiTenantWorkload:
+    """The multi-tenant shape of llm-d's precise-scheduling blog (2025-09-24: 150 tenants, each with
+    a 6,000-token shared context, ~1,200-token queries, 8 pods), scaled by ``tenants`` and
+    ``requests_per_tenant``: every request is its tenant's context + a unique query, in random
+    order. With the pool's KV cache smaller than all contexts together, pods must evict, and only
+    a router that knows what each pod still holds keeps hitting."""
+
+    tenants: int = 48
+    requests_per_tenant: int = 6
+    context_tokens: int = 6000
+    query_tokens: int = 1200
+    output_tokens: int = 16
+    name: str = field(default="multi-tenant", init=False)
+
+    def __post_init__(self) -> None:
+        _require_positive(
+            self, "tenants", "requests_per_tenant", "context_tokens", "query_tokens", "output_tokens"
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.tenants} tenants x {self.requests_per_tenant} requests, {self.context_tokens}-token "
+            f"tenant context + {self.query_tokens}-token query, {self.output_tokens} output tokens "
+            "(/v1/completions, streaming)"
+        )
+
+    def requests(self, model: str, seed: int) -> list[RequestSpec]:
+        shape = SharedPrefixWorkload(
+            groups=self.tenants,
+            prompts_per_group=self.requests_per_tenant,
+            system_prompt_tokens=self.context_tokens,
+            question_tokens=self.query_tokens,
+            output_tokens=self.output_tokens,
+        )
+        return [replace(spec, group=f"t{spec.group[1:]}") for spec in shape.requests(model, seed)]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheChurnWorkload:
+    """A working set larger than the pool's KV cache: ``groups`` long shared prefixes, each asked
+    ``prompts_per_group`` times in random order, whose prefixes together exceed what the pods can
+    hold (the benchmark sizes the pods' KV for that). Pods evict all the time; a router's picture of
+    who holds what goes stale unless it hears the evictions."""
+
+    groups: int = 96
+    prompts_per_group: int = 4
+    prefix_tokens: int = 3000
+    question_tokens: int = 100
+    output_tokens: int = 16
+    name: str = field(default="cache-churn", init=False)
+
+    def __post_init__(self) -> None:
+        _require_positive(
+            self, "groups", "prompts_per_group", "prefix_tokens", "question_tokens", "output_tokens"
+        )
+
+    @property
+    def working_set_tokens(self) -> int:
+        return self.groups * (self.prefix_tokens + self.question_tokens)
+
+    def describe(self) -> str:
+        return (
+            f"{self.groups} prefixes x {self.prompts_per_group} requests, {self.prefix_tokens}-token prefix "
+            f"+ {self.question_tokens}-token question ({self.working_set_tokens:,} tokens of prefixes), "
+            f"{self.output_tokens} output tokens (/v1/completions, streaming)"
+        )
+
+    def requests(self, model: str, seed: int) -> list[RequestSpec]:
+        shape = SharedPrefixWorkload(
+            groups=self.groups,
+            prompts_per_group=self.prompts_per_group,
+            system_prompt_tokens=self.prefix_tokens,
+            question_tokens=self.question_tokens,
+            output_tokens=self.output_tokens,
+        )
+        return shape.requests(model, seed)
