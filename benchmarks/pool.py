@@ -41,6 +41,7 @@ class SimTiming:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
+    max_model_len: int = 4096
 
     def flags(self) -> list[str]:
         return [
@@ -62,6 +63,8 @@ class SimTiming:
             str(self.max_num_batched_tokens),
             "--block-size",
             str(self.block_size),
+            "--max-model-len",
+            str(self.max_model_len),
         ]
 
     def describe(self) -> str:

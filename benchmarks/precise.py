@@ -55,7 +55,11 @@ FULL: dict[str, tuple[Workload, SimTiming, tuple[float, ...]]] = {
     # 96 x 3,100 tokens = 298k tokens of prefixes; 8 pods x 16k = 131k tokens of KV.
     "cache-churn": (CacheChurnWorkload(), SimTiming(kv_cache_tokens=16384), (3.0, 6.0)),
     # 48 tenants x 6,000 tokens = 288k tokens of contexts; 8 pods x 32k = 262k tokens of KV.
-    "multi-tenant": (MultiTenantWorkload(), SimTiming(kv_cache_tokens=32768), (2.0, 4.0)),
+    "multi-tenant": (
+        MultiTenantWorkload(),
+        SimTiming(kv_cache_tokens=32768, max_model_len=8192),
+        (2.0, 4.0),
+    ),
 }
 QUICK: dict[str, tuple[Workload, SimTiming, tuple[float, ...]]] = {
     "cache-churn": (

@@ -361,9 +361,11 @@ class MultiTenantWorkload:
 
 @dataclass(frozen=True, slots=True)
 class CacheChurnWorkload:
-    """A working set larger than the pool's KV cache: ``groups`` long shared prefixes, each asked
-    ``prompts_per_group`` times in random order, whose prefixes together exceed what the pods can
-    hold (the benchmark sizes the pods' KV for that). Pods evict all the time; a router's picture of
+    """A working set larger than the pool's KV cache: ``groups`` long shared prefixes asked
+    ``groups x prompts_per_group`` times in random order, whose prefixes together exceed what the
+    pods can hold (the benchmark sizes the pods' KV for that). With ``zipf`` > 0 the prefixes'
+    popularity follows Zipf's law with that exponent (a few hot prefixes, a long tail), as real
+    traffic does; 0 asks every prefix equally often. Pods evict all the time; a router's picture of
     who holds what goes stale unless it hears the evictions."""
 
     groups: int = 96
@@ -371,30 +373,50 @@ class CacheChurnWorkload:
     prefix_tokens: int = 3000
     question_tokens: int = 100
     output_tokens: int = 16
+    zipf: float = 0.0
     name: str = field(default="cache-churn", init=False)
 
     def __post_init__(self) -> None:
         _require_positive(
             self, "groups", "prompts_per_group", "prefix_tokens", "question_tokens", "output_tokens"
         )
+        if self.zipf < 0:
+            raise ValueError(f"CacheChurnWorkload: zipf must be >= 0, got {self.zipf}")
 
     @property
     def working_set_tokens(self) -> int:
         return self.groups * (self.prefix_tokens + self.question_tokens)
 
     def describe(self) -> str:
+        popularity = f"Zipf({self.zipf:g}) popularity" if self.zipf else "equally popular"
         return (
-            f"{self.groups} prefixes x {self.prompts_per_group} requests, {self.prefix_tokens}-token prefix "
-            f"+ {self.question_tokens}-token question ({self.working_set_tokens:,} tokens of prefixes), "
-            f"{self.output_tokens} output tokens (/v1/completions, streaming)"
+            f"{self.groups} prefixes ({popularity}), {self.groups * self.prompts_per_group} requests, "
+            f"{self.prefix_tokens}-token prefix + {self.question_tokens}-token question "
+            f"({self.working_set_tokens:,} tokens of prefixes), {self.output_tokens} output tokens "
+            "(/v1/completions, streaming)"
         )
 
     def requests(self, model: str, seed: int) -> list[RequestSpec]:
-        shape = SharedPrefixWorkload(
-            groups=self.groups,
-            prompts_per_group=self.prompts_per_group,
-            system_prompt_tokens=self.prefix_tokens,
-            question_tokens=self.question_tokens,
-            output_tokens=self.output_tokens,
-        )
-        return shape.requests(model, seed)
+        rng = random.Random(seed)
+        prefixes = [random_text(rng, self.prefix_tokens) for _ in range(self.groups)]
+        count = self.groups * self.prompts_per_group
+        if self.zipf:
+            weights = [1 / (rank + 1) ** self.zipf for rank in range(self.groups)]
+            picks = rng.choices(range(self.groups), weights=weights, k=count)
+        else:
+            picks = [g for g in range(self.groups) for _ in range(self.prompts_per_group)]
+            rng.shuffle(picks)
+        specs = []
+        for group in picks:
+            # The newline keeps the question out of the prefix's last token.
+            prompt = prefixes[group] + "\n" + random_text(rng, self.question_tokens - 1)
+            specs.append(
+                RequestSpec(
+                    path="/v1/completions",
+                    body=_completion_body(model, prompt, self.output_tokens),
+                    group=f"p{group}",
+                    prompt_tokens=self.prefix_tokens + self.question_tokens,
+                    output_tokens=self.output_tokens,
+                )
+            )
+        return specs
