@@ -2,14 +2,15 @@
 
 Two workloads on simulated pods that publish vLLM KV events (each with its own pool size):
 
-* ``cache-churn``: prefixes that together need about twice the pool's KV cache, asked in random
-  order, so pods evict all the time;
+* ``cache-churn``: prefixes that together need about twice the pool's KV cache, with Zipf(1)
+  popularity (a few hot prefixes, a long tail), so pods evict all the time;
 * ``multi-tenant``: llm-d's blog shape (tenants with 6,000-token contexts, 1,200-token queries,
   8 pods), scaled to this machine: fewer tenants, and the pods' KV sized below the tenants'
   contexts together.
 
 Routers: round-robin (Envoy), ``epp-default`` (llm-d's default profile: approximate prefix),
-``epp-precise`` (the same profile with ``precise-prefix-cache-producer``), sglang-router
+``epp-precise`` (the same profile with ``precise-prefix-cache-producer``, ``speculativeIndexing``
+on as in llm-d-router's precise-prefix perf config), sglang-router
 ``cache_aware``, and the two EPP profiles as two active-active replicas behind one Envoy
 (``epp-default-2x``, ``epp-precise-2x``; each replica sees half of the traffic).
 
@@ -52,8 +53,9 @@ QUICK_RESULTS_DIR = report.ROOT / "build" / "bench-precise-quick"
 # name -> (workload, the pods' timing, arrival rates). The pods keep the routing benchmark's timing
 # (a prefill of 0.2 ms per token); only their KV capacity is sized per workload.
 FULL: dict[str, tuple[Workload, SimTiming, tuple[float, ...]]] = {
-    # 96 x 3,100 tokens = 298k tokens of prefixes; 8 pods x 16k = 131k tokens of KV.
-    "cache-churn": (CacheChurnWorkload(), SimTiming(kv_cache_tokens=16384), (3.0, 6.0)),
+    # 96 x 3,100 tokens = 298k tokens of prefixes, Zipf(1) popularity; 8 pods x 16k = 131k tokens
+    # of KV: the hot prefixes can stay, the long tail keeps evicting.
+    "cache-churn": (CacheChurnWorkload(zipf=1.0), SimTiming(kv_cache_tokens=16384), (6.0, 10.0)),
     # 48 tenants x 6,000 tokens = 288k tokens of contexts; 8 pods x 32k = 262k tokens of KV.
     "multi-tenant": (
         MultiTenantWorkload(),

@@ -214,18 +214,19 @@ PRECISE_ROUTERS: tuple[RouterSpec, ...] = (
         "epp-precise",
         Kind.EPP,
         "Envoy + EPP, llm-d's default profile with precise-prefix-cache-producer (the pods' KV "
-        "events; token-producer with the simulator's tokenizer) instead of the approximate producer",
-        epp_config=PRECISE_CONFIG,
-        kv_events=True,
-    ),
-    RouterSpec(
-        "epp-precise+speculative",
-        Kind.EPP,
-        "epp-precise with speculativeIndexing (a routed prompt counts as cached on its pod for 2 s, "
-        "until the pod's events confirm it)",
+        "events; token-producer with the simulator's tokenizer) instead of the approximate producer, "
+        "speculativeIndexing on as in llm-d-router's own precise-prefix perf config",
         epp_config=PRECISE_CONFIG,
         kv_events=True,
         speculative=True,
+    ),
+    RouterSpec(
+        "epp-precise-no-speculative",
+        Kind.EPP,
+        "epp-precise with speculativeIndexing off (llm-d's parameter default): a routed prompt is "
+        "known on its pod only once the pod's events say so",
+        epp_config=PRECISE_CONFIG,
+        kv_events=True,
     ),
     RouterSpec(
         "epp-default-2x",
@@ -239,6 +240,7 @@ PRECISE_ROUTERS: tuple[RouterSpec, ...] = (
         "epp-precise as two active-active EPP replicas behind one Envoy (each subscribes to every pod)",
         epp_config=PRECISE_CONFIG,
         kv_events=True,
+        speculative=True,
         epp_replicas=2,
     ),
 )
