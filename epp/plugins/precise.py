@@ -38,6 +38,8 @@ cannot be matched (they score zero).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -112,6 +114,7 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         self.subscriptions: KVEventSubscriptions | None = None
         self._sources: dict[str, EventSource] = {}  # the endpoints to follow, by hostport
         self._expiries: deque[tuple[float, str, list[int]]] = deque()  # speculative entries
+        self._sweeper: asyncio.Task[None] | None = None
         # labels() validates and locks: resolve each series once (this is the request path).
         self._lookups = {o: metrics.PRECISE_LOOKUPS.labels(o) for o in ("hit", "miss", "no_tokens")}
 
@@ -297,12 +300,23 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
                 if hostport in self._sources:
                     self.index.store(hostport, match.hashes, SPECULATIVE_MEDIUM)
                     self._expiries.append((expiry, hostport, match.hashes))
+        metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)
 
     def _expire(self, now: float) -> None:
         expiries = self._expiries
+        if not expiries or expiries[0][0] > now:
+            return
         while expiries and expiries[0][0] <= now:
             _, hostport, keys = expiries.popleft()
             self.index.remove(hostport, keys, SPECULATIVE_MEDIUM)
+        metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)
+
+    async def _sweep(self) -> None:
+        """Expire speculative entries when no request comes to do it (an idle pool)."""
+        period = min(1.0, max(0.05, self.speculative_ttl / 2))
+        while True:
+            await asyncio.sleep(period)
+            self._expire(time.monotonic())
 
     # ---- endpoints and events ----------------------------------------------------------------------
 
@@ -333,8 +347,15 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         )
         for hostport, source in self._sources.items():
             self.subscriptions.add_endpoint(hostport, source)
+        if self.speculative:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name=f"{self.name}: sweep")
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self.subscriptions is not None:
             subscriptions, self.subscriptions = self.subscriptions, None
             await subscriptions.close()

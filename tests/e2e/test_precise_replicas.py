@@ -31,6 +31,7 @@ except (FileNotFoundError, ImportError) as exc:  # pragma: no cover - depends on
 MODEL = "sim-llama"
 TIMEOUT = 30.0
 PROMPT = "You are a careful assistant who answers briefly. " * 40  # 1,960 characters: 30 blocks
+FOLLOW_UPS = 20
 
 
 def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -97,7 +98,8 @@ def test_both_replicas_hold_the_same_index_and_route_to_the_pod_that_cached(
         "every replica subscribed to every pod",
     )
     complete(url, PROMPT)
-    # Both replicas learn the blocks from the pod's events, whichever of them routed the request.
+    # Both replicas learn the blocks from the pod's events, whichever of them routed the request
+    # (the one that routed it also holds them speculatively for 2 s; then the two are equal).
     wait_for(
         lambda: (
             len({total(metrics(m), "epp_kvevents_index_entries") for m in epp_metrics}) == 1
@@ -106,7 +108,9 @@ def test_both_replicas_hold_the_same_index_and_route_to_the_pod_that_cached(
         "the same index on both replicas",
     )
     before = {name: metrics(m) for name, m in pool.metrics_urls.items()}
-    for turn in range(6):  # Envoy alternates the replicas: three decisions each
+    # Envoy's EPP cluster picks a replica per request (LEAST_REQUEST: at random among idle ones);
+    # with 20 requests both replicas decide some, except with probability 2**-19.
+    for turn in range(FOLLOW_UPS):
         complete(url, PROMPT + f" Question {turn}: why?")
     after = {name: metrics(m) for name, m in pool.metrics_urls.items()}
     served = {
@@ -119,7 +123,7 @@ def test_both_replicas_hold_the_same_index_and_route_to_the_pod_that_cached(
         - total(before[name], "vllm:prefix_cache_hits_total")
         for name in pool.names
     )
-    assert sorted(served.values()) == [0, 0, 6], served  # one pod served every follow-up
-    assert hits >= 6 * 30 * 16  # each one reused the 30 cached blocks
+    assert sorted(served.values()) == [0, 0, FOLLOW_UPS], served  # one pod served every follow-up
+    assert hits >= FOLLOW_UPS * 30 * 16  # each one reused the 30 cached blocks
     decisions = [total(metrics(m), "epp_precise_prefix_lookups_total") for m in epp_metrics]
-    assert all(count >= 3 for count in decisions), decisions  # both replicas decided some
+    assert sum(decisions) == FOLLOW_UPS + 1 and min(decisions) >= 1, decisions  # both replicas decided

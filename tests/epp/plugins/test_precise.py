@@ -455,3 +455,18 @@ async def test_events_over_zmq_route_requests_and_endpoint_removal_unsubscribes(
         finally:
             for plugin_with_life in reversed(built.lifecycles):
                 await plugin_with_life.stop()
+
+
+async def test_speculative_entries_expire_without_requests() -> None:
+    plugin = producer_of(config({"speculativeIndexing": True, "speculativeTTL": "100ms"}))
+    a = endpoint("a")
+    plugin.extract_endpoint(EndpointEvent(True, a.hostport, a.address, a.port))
+    await plugin.start()
+    try:
+        request = prepared(PROMPT)
+        plugin.produce(request, [a])
+        plugin.pre_request(request, SchedulingResult({"default": ProfileResult((a,), (0.0,))}, "default"))
+        assert plugin.index.size == 11
+        await until(lambda: plugin.index.size == 0, "the sweeper to expire the speculative entries")
+    finally:
+        await plugin.stop()
