@@ -89,11 +89,21 @@ class KvEventPorts:
     hash_seed: str = "0"  # the pods' PYTHONHASHSEED
 
 
+def _ephemeral_low(default: int = 32_768) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def free_port_block(count: int, attempts: int = 200) -> int:
-    """The first of ``count`` consecutive ports free on every interface right now."""
+    """The first of ``count`` consecutive ports free on every interface right now, below the
+    kernel's ephemeral range: ports the kernel hands out (``free_port``, outgoing connections) are
+    taken from that range, so a block there could be grabbed between the check and the pods' bind."""
     rng = random.Random()
+    top = max(11_000, _ephemeral_low()) - count
     for _ in range(attempts):
-        base = rng.randrange(20_000, 60_000 - count)
+        base = rng.randrange(10_000, top)
         try:
             for port in range(base, base + count):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
