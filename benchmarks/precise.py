@@ -107,12 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-dir", type=Path)
     parser.add_argument("--no-markdown", action="store_true")
     parser.add_argument("--log-dir", type=Path)
+    parser.add_argument(
+        "--republish",
+        type=Path,
+        metavar="PRECISE_JSON",
+        help="run nothing: rewrite the BENCHMARKS.md section from a saved precise.json",
+    )
     return parser
+
+
+def republish(path: Path) -> int:
+    try:
+        data = json.loads(path.read_text())
+        records = [RunRecord.from_json(run) for run in data["runs"]]
+        setup, command = data["setup"], data["command"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        stderr_log(f"cannot republish {path}: {type(exc).__name__}: {exc}")
+        return 2
+    report.write_section(SECTION, TITLE, markdown(records, setup), command)
+    stderr_log(f"rewrote the {SECTION} section of BENCHMARKS.md from {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.republish is not None:
+        return republish(args.republish)
     catalogue = QUICK if args.quick else FULL
     names = args.workloads or list(catalogue)
     unknown = [name for name in names if name not in catalogue]
@@ -257,7 +278,13 @@ def markdown(records: Sequence[RunRecord], setup: dict[str, Any]) -> str:
         f"TTFT SLO for the throughput column: p90 <= {setup['ttft_slo_s'] * 1000:g} ms. "
         f"{setup['pods']} pods; the 1-minute load average was {setup['load_average_1m']['before']:.1f} "
         f"before and {setup['load_average_1m']['after']:.1f} after, on {os.cpu_count()} cores shared "
-        "with the pods, routers and client.",
+        "with the pods, routers and client."
+        + (
+            " **Other work was running on the machine: the figures are indicative; repeat the run "
+            "on a quiet machine before quoting them.**"
+            if max(setup["load_average_1m"].values()) > (os.cpu_count() or 1)
+            else ""
+        ),
     ]
     by_workload: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
