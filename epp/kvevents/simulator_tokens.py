@@ -35,25 +35,35 @@ def piece_id(piece: str) -> int:
 
 
 def token_ids(text: str) -> list[int]:
-    """The simulator's ids of ``text``. ASCII text without NUL (nearly every prompt) takes a fast
-    path: read as little-endian 32-bit words, each word's four 7-bit characters are moved together
-    (``c0 | c1 << 7 | c2 << 14 | c3 << 21`` is ``piece_id`` of that piece; a short last piece reads
-    as zero-padded, and zeros add nothing). The shifts and masks run on the whole text as one big
-    integer, so the cost is a few C-level passes rather than Python work per token (~60x faster)."""
+    """The simulator's ids of ``text`` (see :func:`token_ids_packed`)."""
+    return token_ids_packed(text)[0]
+
+
+def token_ids_packed(text: str) -> tuple[list[int], bytes | None]:
+    """The simulator's ids of ``text``, and the same ids as native unsigned 32-bit bytes when they
+    come for free (the precise producer's memo keys on them).
+
+    ASCII text without NUL (nearly every prompt) takes a fast path: read as little-endian 32-bit
+    words, each word's four 7-bit characters are moved together (``c0 | c1 << 7 | c2 << 14 |
+    c3 << 21`` is ``piece_id`` of that piece; a short last piece reads as zero-padded, and zeros add
+    nothing). The shifts and masks run on the whole text as one big integer, so the cost is a few
+    C-level passes rather than Python work per token (~10x faster)."""
     if not text.isascii() or "\0" in text:
-        return [piece_id(text[i : i + CHARS_PER_TOKEN]) for i in range(0, len(text), CHARS_PER_TOKEN)]
+        return [piece_id(text[i : i + CHARS_PER_TOKEN]) for i in range(0, len(text), CHARS_PER_TOKEN)], None
     data = text.encode()
     words = -(-len(data) // 4)
     if not words:
-        return []
+        return [], b""
     value = int.from_bytes(data, "little")
     m0, m1, m2, m3 = _masks(words)
     packed = (value & m0) | ((value >> 1) & m1) | ((value >> 2) & m2) | ((value >> 3) & m3)
+    raw = packed.to_bytes(words * 4, "little")
     out = array("I")
-    out.frombytes(packed.to_bytes(words * 4, "little"))
+    out.frombytes(raw)
     if sys.byteorder == "big":  # pragma: no cover - the bytes above are little-endian words
         out.byteswap()
-    return out.tolist()
+        return out.tolist(), None
+    return out.tolist(), raw
 
 
 _MASK_WORDS = (b"\x7f\x00\x00\x00", b"\x80\x3f\x00\x00", b"\x00\xc0\x1f\x00", b"\x00\x00\xe0\x0f")
@@ -120,3 +130,7 @@ def prompt_text(body: Mapping[str, Any]) -> str:
 
 def request_tokens(body: Mapping[str, Any]) -> list[int]:
     return token_ids(prompt_text(body))
+
+
+def request_tokens_packed(body: Mapping[str, Any]) -> tuple[list[int], bytes | None]:
+    return token_ids_packed(prompt_text(body))

@@ -257,21 +257,39 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
             estimate = -(-len(request.prompt_text) // BYTES_PER_TOKEN)
             request.state[self.name] = self._match([], estimate, {}, None)
             return
-        lora = None
-        if request.lora_adapter is not None:
-            path = self.lora_paths.get(request.lora_adapter)
-            if path is not None:
-                lora = (request.lora_adapter, path)
-        keys = self.hasher.block_keys(prompt.token_ids, lora=lora, cache_salt=request.state.get("cache_salt"))
-        matched = self.index.longest_prefix(keys) if keys else {}
+        # Keys are computed lazily as the index walk draws them: the walk stops at the first block
+        # no endpoint holds, so a long prompt with a short cached prefix hashes only that prefix
+        # (speculative indexing computes the rest after the decision, off the critical path).
+        keys: list[int] = []
+        lazy = self.hasher.iter_keys(
+            prompt.token_ids,
+            lora=self._lora(request),
+            cache_salt=_salt(request),
+            record=keys,
+            packed=prompt.packed,
+        )
+        matched = self.index.longest_prefix(lazy)
+        lazy.close()  # the walk may have stopped early: the memo remembers what was computed
         weighted = None
         if matched and any(self.medium_weights.get(m, 1.0) != 1.0 for m in self.index.media()):
             weighted = self.index.weighted_prefix(keys, self.medium_weights)
-        self._lookups["hit" if matched else "miss" if keys else "no_tokens"].inc()
-        request.state[self.name] = self._match(keys, len(prompt.token_ids), matched, weighted)
+        total = len(prompt.token_ids) // self.hasher.block_size
+        self._lookups["hit" if matched else "miss" if total else "no_tokens"].inc()
+        request.state[self.name] = self._match(keys, len(prompt.token_ids), matched, weighted, total)
+
+    def _lora(self, request: SchedulingRequest) -> tuple[str, str] | None:
+        if request.lora_adapter is None:
+            return None
+        path = self.lora_paths.get(request.lora_adapter)
+        return None if path is None else (request.lora_adapter, path)
 
     def _match(
-        self, keys: list[int], tokens: int, matched: dict[str, int], weighted: dict[str, float] | None
+        self,
+        keys: list[int],
+        tokens: int,
+        matched: dict[str, int],
+        weighted: dict[str, float] | None,
+        total: int | None = None,
     ) -> PrefixMatch:
         block = self.hasher.block_size
         # Bytes stand in as 4 per token for the deprecated byte-threshold P/D decider.
@@ -283,6 +301,7 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
             block_bytes=block * BYTES_PER_TOKEN,
             prompt_bytes=tokens * BYTES_PER_TOKEN,
             weighted_blocks=weighted,
+            total_blocks=total,
         )
 
     def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:
@@ -290,16 +309,22 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         (the pods' own events take over as their prefills complete)."""
         if not self.speculative:
             return
-        match = request.state.get(self.name)
-        if not isinstance(match, PrefixMatch) or not match.hashes:
+        assert self.tokens is not None
+        prompt = tokenized_prompt(request, self.tokens.name)
+        if prompt is None or len(prompt.token_ids) < self.hasher.block_size:
             return
+        # All of the prompt's blocks (the decision computed only what it looked up; the memo makes
+        # that part a lookup here).
+        keys = self.hasher.block_keys(
+            prompt.token_ids, lora=self._lora(request), cache_salt=_salt(request), packed=prompt.packed
+        )
         expiry = time.monotonic() + self.speculative_ttl
         for profile_result in result.results.values():
             if profile_result is not None and profile_result.targets:
                 hostport = profile_result.targets[0].hostport
                 if hostport in self._sources:
-                    self.index.store(hostport, match.hashes, SPECULATIVE_MEDIUM)
-                    self._expiries.append((expiry, hostport, match.hashes))
+                    self.index.store(hostport, keys, SPECULATIVE_MEDIUM)
+                    self._expiries.append((expiry, hostport, keys))
         metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)
 
     def _expire(self, now: float) -> None:
@@ -369,3 +394,8 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
             "indexEntries": self.index.size,
             "speculativeEntries": len(self._expiries),
         }
+
+
+def _salt(request: SchedulingRequest) -> str | None:
+    salt = request.state.get("cache_salt")
+    return salt if isinstance(salt, str) else None

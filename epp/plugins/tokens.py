@@ -39,6 +39,7 @@ from epp import metrics
 from epp.datastore import Endpoint
 from epp.kvevents import simulator_tokens
 from epp.kvevents.chat_template import UnsupportedPrompt
+from epp.kvevents.hashing import pack_tokens
 from epp.kvevents.tokenization import PromptTokenizer
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import DataProducer, Lifecycle, Preparer, SchedulingRequest
@@ -64,6 +65,9 @@ class TokenizedPrompt:
     # packed bytes are not, and precise prefix matching refuses them.
     exact: bool
     backend: str
+    # The ids as native unsigned 32-bit bytes (epp.kvevents.hashing.pack_tokens), made during the
+    # preparation; None when an id does not fit.
+    packed: bytes | None = None
 
 
 class Skip(Exception):
@@ -82,8 +86,14 @@ class Backend:
     def tokenize(self, request: SchedulingRequest) -> list[int]:
         raise Skip("async_only")
 
-    async def tokenize_async(self, request: SchedulingRequest) -> list[int]:
-        return self.tokenize(request)
+    def tokenize_packed(self, request: SchedulingRequest) -> tuple[list[int], bytes | None]:
+        """The ids, and the same ids packed as the precise producer's memo keys on them (packing
+        16k ids costs ~0.3 ms: done here, in the preparation, rather than in the decision)."""
+        tokens = self.tokenize(request)
+        return tokens, pack_tokens(tokens) if self.exact else None
+
+    async def tokenize_async(self, request: SchedulingRequest) -> tuple[list[int], bytes | None]:
+        return self.tokenize_packed(request)
 
     async def start(self) -> None:
         return None
@@ -123,10 +133,14 @@ class SimulatorBackend(Backend):
     name = "simulator"
 
     def tokenize(self, request: SchedulingRequest) -> list[int]:
+        return self.tokenize_packed(request)[0]
+
+    def tokenize_packed(self, request: SchedulingRequest) -> tuple[list[int], bytes | None]:
         try:
-            return simulator_tokens.request_tokens(request.body)
+            tokens, packed = simulator_tokens.request_tokens_packed(request.body)
         except UnsupportedPrompt as exc:
             raise Skip("unsupported", str(exc)) from exc
+        return tokens, packed if packed is not None else pack_tokens(tokens)
 
 
 class LocalBackend(Backend):
@@ -175,10 +189,10 @@ class LocalBackend(Backend):
         except UnsupportedPrompt as exc:
             raise Skip("unsupported", str(exc)) from exc
 
-    async def tokenize_async(self, request: SchedulingRequest) -> list[int]:
+    async def tokenize_async(self, request: SchedulingRequest) -> tuple[list[int], bytes | None]:
         if len(request.prompt_text) <= INLINE_CHARS or self._executor is None:
-            return self.tokenize(request)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.tokenize, request)
+            return self.tokenize_packed(request)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.tokenize_packed, request)
 
     async def start(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -248,7 +262,7 @@ class VllmRenderBackend(Backend):
             await self._session.close()
             self._session = None
 
-    async def tokenize_async(self, request: SchedulingRequest) -> list[int]:
+    async def tokenize_async(self, request: SchedulingRequest) -> tuple[list[int], bytes | None]:
         if self._session is None:
             raise Skip("not_started")
         body = dict(request.body)
@@ -272,7 +286,7 @@ class VllmRenderBackend(Backend):
         tokens = _token_list(ids)
         if tokens is None:
             raise Skip("render_bad_answer")
-        return tokens
+        return tokens, pack_tokens(tokens)
 
 
 def _has_media(messages: Any) -> bool:
@@ -354,12 +368,12 @@ class TokenProducer(DataProducer, Preparer, Lifecycle):
         if self.name in request.state:
             return
         try:
-            tokens = await self.backend.tokenize_async(request)
+            tokens, packed = await self.backend.tokenize_async(request)
         except Skip as skip:
             metrics.TOKENIZATION_SKIPPED.labels(self.name, skip.reason).inc()
             log.debug("token-producer %s: request %s not tokenized: %s", self.name, request.request_id, skip)
             return
-        request.state[self.name] = TokenizedPrompt(tokens, self.backend.exact, self.backend.name)
+        request.state[self.name] = TokenizedPrompt(tokens, self.backend.exact, self.backend.name, packed)
 
     def produce(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> None:
         """Only for callers of the synchronous ``decide()`` alone (benchmarks, tests): the director
@@ -367,11 +381,11 @@ class TokenProducer(DataProducer, Preparer, Lifecycle):
         if self.name in request.state or not self.backend.synchronous:
             return
         try:
-            tokens = self.backend.tokenize(request)
+            tokens, packed = self.backend.tokenize_packed(request)
         except Skip as skip:
             metrics.TOKENIZATION_SKIPPED.labels(self.name, skip.reason).inc()
             return
-        request.state[self.name] = TokenizedPrompt(tokens, self.backend.exact, self.backend.name)
+        request.state[self.name] = TokenizedPrompt(tokens, self.backend.exact, self.backend.name, packed)
 
     async def start(self) -> None:
         await self.backend.start()

@@ -470,3 +470,17 @@ async def test_speculative_entries_expire_without_requests() -> None:
         await until(lambda: plugin.index.size == 0, "the sweeper to expire the speculative entries")
     finally:
         await plugin.stop()
+
+
+def test_keys_are_hashed_only_as_far_as_some_pod_holds_the_prefix() -> None:
+    plugin = producer_of(config())
+    a = endpoint("a")
+    plugin.index.store(a.hostport, keys(PROMPT)[:3])
+    request = prepared(PROMPT)
+    plugin.produce(request, [a])
+    match = request.state[plugin.name]
+    assert match.hashes == keys(PROMPT)[:4]  # three held, then the first block nobody holds
+    assert (match.blocks, match.matched_blocks, match.fraction(a.hostport)) == (11, {a.hostport: 3}, 3 / 11)
+    nothing = prepared("z" * 400)  # 100 tokens, 25 blocks, none held anywhere: one key computed
+    plugin.produce(nothing, [a])
+    assert len(nothing.state[plugin.name].hashes) == 1 and nothing.state[plugin.name].blocks == 25

@@ -338,3 +338,11 @@ async def test_vllm_render_backend(
         assert "token-producer" not in sync.state
     finally:
         await plugin.stop()
+
+
+@pytest.mark.parametrize("text", ["plain ascii prompt " * 30, "ünïcode and\0nul " * 10, ""])
+def test_packed_ids_are_what_the_memo_packs(text: str) -> None:
+    from epp.kvevents.hashing import pack_tokens
+
+    tokens, packed = SimulatorBackend().tokenize_packed(request({"prompt": text or "x"}))
+    assert packed == pack_tokens(tokens)
