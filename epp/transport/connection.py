@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import hpack
@@ -38,6 +39,8 @@ from epp.transport.frames import (
 )
 from epp.transport.grpc import StatusCode, parse_timeout, percent_encode
 from epp.transport.headers import (
+    DecodedBlock,
+    HeaderDecoder,
     MalformedRequest,
     RequestHead,
     check_trailers,
@@ -63,6 +66,22 @@ _MAX_STATUS_MESSAGE = 1024
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", _GRPC_CONTENT_TYPE)]
 _RESPONSE_HEADERS_BLOCK = encode_headers(_RESPONSE_HEADERS)
 _OK_TRAILERS_BLOCK = encode_headers([(b"grpc-status", b"0")])
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: Method
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    """A well-formed request that cannot be a call here: answered Trailers-Only."""
+
+    http_status: bytes
+    code: StatusCode
+    message: str
+    extra: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class ConnectionOwner(Protocol):
@@ -98,7 +117,7 @@ class H2Connection(asyncio.Protocol):
         self._need = FRAME_HEADER_SIZE
         # A header block awaiting CONTINUATION: stream id, first flags, self-dependent, parts, size.
         self._header_block: tuple[int, int, bool, list[bytes], int] | None = None
-        self._decoder = hpack.Decoder(max_header_list_size=4 * options.max_header_list_size)
+        self._decoder = HeaderDecoder(max_header_list_size=4 * options.max_header_list_size)
         self._handlers = (
             self._on_data,
             self._on_headers,
@@ -132,7 +151,7 @@ class H2Connection(asyncio.Protocol):
         self._table_size_update: int | None = None
         # Outbound
         self._out: list[bytes | memoryview] = []
-        self._flush_scheduled = False
+        self._corked = False
         self.write_paused = False
         # Lifecycle
         self.closed = False
@@ -162,6 +181,7 @@ class H2Connection(asyncio.Protocol):
             transport.abort()
             return
         options = self.options
+        self._corked = True
         settings = {
             Setting.MAX_CONCURRENT_STREAMS: options.max_concurrent_streams,
             Setting.INITIAL_WINDOW_SIZE: options.initial_window_size,
@@ -177,6 +197,7 @@ class H2Connection(asyncio.Protocol):
             self.write(frames.goaway(0, ErrorCode.ENHANCE_YOUR_CALM, b"too many connections"))
             self._close()
             return
+        self._flush()
         self._handshake = self.loop.call_later(options.handshake_timeout, self._handshake_expired)
         self._keepalive = self.loop.call_later(options.keepalive_time, self._keepalive_tick)
 
@@ -184,6 +205,7 @@ class H2Connection(asyncio.Protocol):
         if self.closed:
             return
         self._read_since_tick = True
+        self._corked = True
         try:
             if self._preface_left:
                 data = self._check_preface(data)
@@ -200,6 +222,8 @@ class H2Connection(asyncio.Protocol):
             self._parse(data)
         except ConnectionError_ as error:
             self._connection_error(error.code, error.message)
+        finally:
+            self._flush()
 
     def _parse(self, data: bytes) -> None:
         size = len(data)
@@ -290,25 +314,27 @@ class H2Connection(asyncio.Protocol):
     # ================================================================== output
 
     def write(self, data: bytes) -> None:
-        self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        if self._corked:
+            self._out.append(data)
+        elif self.transport is not None and not self.closed:
+            self.transport.write(data)
 
     def write_parts(self, *parts: bytes | memoryview) -> None:
-        self._out.extend(parts)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        if self._corked:
+            self._out.extend(parts)
+        elif self.transport is not None and not self.closed:
+            self.transport.write(b"".join(parts))
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out and self.transport is not None and not self.transport.is_closing():
+        """Write what was queued while corked. Frames produced while parsing one read are corked and
+        leave together; a handler's send() writes at once (one system call per message, and no
+        extra event-loop iteration to wait for a deferred flush)."""
+        self._corked = False
+        if self._out:
             data = b"".join(self._out)
             self._out.clear()
-            self.transport.write(data)
-        else:
-            self._out.clear()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
 
     def response_headers_frame(self, stream_id: int) -> bytes:
         block = _RESPONSE_HEADERS_BLOCK
@@ -462,7 +488,7 @@ class H2Connection(asyncio.Protocol):
     def _headers_complete(self, stream_id: int, flags: int, block: bytes, self_dependent: bool) -> None:
         # Decode first, whatever happens to the stream: the HPACK table is connection state.
         try:
-            headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
+            decoded = self._decoder.decode(block)
         except hpack.OversizedHeaderListError:
             raise ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from None
         except Exception as error:  # hpack's decoding errors, or anything malformed input provokes
@@ -477,7 +503,7 @@ class H2Connection(asyncio.Protocol):
             if not end_stream:
                 raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
             try:
-                check_trailers(headers)
+                check_trailers(decoded.headers)
             except MalformedRequest as error:
                 raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(error)) from None
             stream.receive_data(b"", 0, True)
@@ -495,72 +521,83 @@ class H2Connection(asyncio.Protocol):
         if len(self.tasks) >= self.options.max_concurrent_streams:
             self._refuse_stream(stream_id)
             return
-        self._start_call(stream_id, headers, end_stream)
+        self._start_call(stream_id, decoded, end_stream)
 
     def _refuse_stream(self, stream_id: int) -> None:
         self.write(frames.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
         self._remember_reset(stream_id)
 
-    def _start_call(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
-        try:
-            head = parse_request(headers)
-        except MalformedRequest as error:
-            raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(error)) from None
-        rejection = self._check_call(head, headers)
-        if rejection is not None:
-            http_status, code, message, extra = rejection
-            self.write(self.trailers_frame(stream_id, code, message, True, http_status, extra))
+    def _start_call(self, stream_id: int, decoded: DecodedBlock, end_stream: bool) -> None:
+        plan = decoded.derived
+        if plan is None:
+            plan = decoded.derived = self._plan_call(decoded.headers)
+        if isinstance(plan, MalformedRequest):
+            raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(plan))
+        if isinstance(plan, _Rejection):
+            self.write(
+                self.trailers_frame(stream_id, plan.code, plan.message, True, plan.http_status, plan.extra)
+            )
             if not end_stream:
                 self.write(frames.rst_stream(stream_id, ErrorCode.NO_ERROR))
                 self._remember_reset(stream_id)
             return
-        method = self._methods[head.path]
-        timeout_header = head.get(b"grpc-timeout")
-        stream = ServerStream(self, stream_id, method, self.peer_initial_window)
+        assert isinstance(plan, _Call)
+        stream = ServerStream(self, stream_id, plan.method, self.peer_initial_window)
         self.streams[stream_id] = stream
         stream.remote_closed = end_stream
-        if timeout_header is not None:
-            try:
-                timeout = parse_timeout(timeout_header)
-            except ValueError as error:
-                stream.finish(StatusCode.INTERNAL, str(error))
-                return
-            stream.deadline = self.loop.call_later(timeout, stream.on_deadline)
+        if plan.timeout is not None:
+            stream.deadline = self.loop.call_later(plan.timeout, stream.on_deadline)
         task = self.loop.create_task(stream.run())
         stream.task = task
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _check_call(
-        self, head: RequestHead, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[bytes, StatusCode, str, tuple[tuple[bytes, bytes], ...]] | None:
+    def _plan_call(self, headers: list[tuple[bytes, bytes]]) -> _Call | _Rejection | MalformedRequest:
+        """What to do with a request header block: a pure function of the headers, so the result
+        is memoized with the decoded block (Envoy repeats one block for every stream)."""
+        try:
+            head = parse_request(headers)
+        except MalformedRequest as error:
+            return error
+        rejection = self._check_call(head, headers)
+        if rejection is not None:
+            return rejection
+        timeout_header = head.get(b"grpc-timeout")
+        timeout = None
+        if timeout_header is not None:
+            try:
+                timeout = parse_timeout(timeout_header)
+            except ValueError as error:
+                return _Rejection(b"200", StatusCode.INTERNAL, str(error))
+        return _Call(self._methods[head.path], timeout)
+
+    def _check_call(self, head: RequestHead, headers: list[tuple[bytes, bytes]]) -> _Rejection | None:
         """Why a well-formed HTTP/2 request cannot be a call here (PROTOCOL-HTTP2.md), or None."""
         if head.method != b"POST":
-            return b"405", StatusCode.INTERNAL, "gRPC requires POST", ()
+            return _Rejection(b"405", StatusCode.INTERNAL, "gRPC requires POST")
         content_type = head.get(b"content-type") or b""
         if not content_type.startswith(_GRPC_CONTENT_TYPE):
             shown = content_type.decode(errors="replace")
-            return b"415", StatusCode.INTERNAL, f"content-type {shown!r} is not gRPC", ()
+            return _Rejection(b"415", StatusCode.INTERNAL, f"content-type {shown!r} is not gRPC")
         subtype = content_type[len(_GRPC_CONTENT_TYPE) :]
         if subtype not in (b"", b"+proto") and not subtype.startswith((b";", b"+proto;")):
-            return b"200", StatusCode.UNIMPLEMENTED, "only protobuf messages are supported", ()
+            return _Rejection(b"200", StatusCode.UNIMPLEMENTED, "only protobuf messages are supported")
         size = header_list_size(headers)
         if size > self.options.max_header_list_size:
-            return (
-                b"200",
-                StatusCode.RESOURCE_EXHAUSTED,
-                f"header list of {size} bytes exceeds {self.options.max_header_list_size}",
-                (),
+            limit = self.options.max_header_list_size
+            return _Rejection(
+                b"200", StatusCode.RESOURCE_EXHAUSTED, f"header list of {size} bytes exceeds {limit}"
             )
         if head.path not in self._methods:
             shown = head.path.decode(errors="replace")
-            return b"200", StatusCode.UNIMPLEMENTED, f"unknown method {shown}", ()
+            return _Rejection(b"200", StatusCode.UNIMPLEMENTED, f"unknown method {shown}")
         encoding = head.get(b"grpc-encoding")
         if encoding is not None and encoding != b"identity":
-            return (
+            shown = encoding.decode(errors="replace")
+            return _Rejection(
                 b"200",
                 StatusCode.UNIMPLEMENTED,
-                f"grpc-encoding {encoding.decode(errors='replace')} is not supported",
+                f"grpc-encoding {shown} is not supported",
                 ((b"grpc-accept-encoding", b"identity"),),
             )
         return None

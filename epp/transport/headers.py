@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import hpack
+
 # Static-table entries the server uses (RFC 7541 appendix A).
 _STATIC_FULL = {(b":status", b"200"): 8, (b":status", b"204"): 9, (b":status", b"400"): 12}
 _STATIC_NAME = {b":status": 8, b"content-type": 31}
@@ -59,6 +61,58 @@ def encode_headers(headers: Iterable[tuple[bytes, bytes]], table_size_update: in
     from the peer (RFC 7541 4.2: it must open the first block after the change)."""
     prefix = b"" if table_size_update is None else encode_integer(table_size_update, 5, 0x20)
     return prefix + b"".join(encode_header(name, value) for name, value in headers)
+
+
+class DecodedBlock:
+    """A decoded header block, with room for what the connection derives from it (memoized along
+    with the block while the decoder's cache keeps it)."""
+
+    __slots__ = ("derived", "headers")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self.derived: object = None
+
+
+class HeaderDecoder:
+    """HPACK decoding with a cache of header blocks that leave the dynamic table untouched.
+
+    A peer often repeats one header block byte for byte: Envoy's ext_proc streams all open with
+    the same block (indexed fields plus the :path as a Huffman literal that is never indexed), and
+    decoding it in pure Python costs more than a whole message. The result of a block depends only
+    on its bytes and the dynamic table; when decoding it did not change the table, the same bytes
+    decode to the same list for as long as the table stays unchanged. Any block that does change
+    it empties the cache.
+    """
+
+    _CACHE_ENTRIES = 64
+
+    def __init__(self, max_header_list_size: int) -> None:
+        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
+        self._table = self._decoder.header_table
+        self._cache: dict[bytes, DecodedBlock] = {}
+
+    def decode(self, block: bytes) -> DecodedBlock:
+        """Raises hpack's errors (the caller turns them into COMPRESSION_ERROR)."""
+        cached = self._cache.get(block)
+        if cached is not None:
+            return cached
+        entries = self._table.dynamic_entries
+        # Hold the first entry itself (not its id): a new entry can then never reuse its address.
+        length, first, size = len(entries), entries[0] if entries else None, self._table.maxsize
+        decoded = DecodedBlock(self._decoder.decode(block, raw=True))  # type: ignore[arg-type]
+        unchanged = (
+            len(entries) == length
+            and (entries[0] if entries else None) is first
+            and self._table.maxsize == size
+        )
+        if not unchanged:
+            self._cache.clear()
+        else:
+            if len(self._cache) >= self._CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[block] = decoded
+        return decoded
 
 
 class MalformedRequest(Exception):
