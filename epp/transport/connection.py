@@ -136,6 +136,9 @@ class H2Connection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._last_stream_id = 0
         self._recently_reset: OrderedDict[int, None] = OrderedDict()
+        # Streams answered Trailers-Only while the client had not half-closed (see _start_call).
+        self._answered: dict[int, None] = {}
+        self._stalled = False  # parsing waits for handler tasks to finish (see _parse)
         # Flow control: what the peer lets us send, and what we let the peer send.
         self.peer_initial_window = frames.DEFAULT_WINDOW
         self.peer_max_frame_size = frames.DEFAULT_MAX_FRAME_SIZE
@@ -205,6 +208,11 @@ class H2Connection(asyncio.Protocol):
         if self.closed:
             return
         self._read_since_tick = True
+        if self._stalled:
+            # Frames wait behind the ones held back for the handler backlog; keep their order.
+            self._chunks.append(data)
+            self._chunk_bytes += len(data)
+            return
         self._corked = True
         try:
             if self._preface_left:
@@ -223,6 +231,8 @@ class H2Connection(asyncio.Protocol):
         except ConnectionError_ as error:
             self._connection_error(error.code, error.message)
         finally:
+            if self._answered:
+                self._reset_answered()
             self._flush()
 
     def _parse(self, data: bytes) -> None:
@@ -240,6 +250,11 @@ class H2Connection(asyncio.Protocol):
             end = pos + FRAME_HEADER_SIZE + length
             if end > size:
                 break
+            if frame_type == FrameType.HEADERS and len(self.tasks) >= self.options.max_concurrent_streams:
+                # Handlers of closed streams are still winding down: read no further until one has
+                # finished (a peer that opens and resets streams in a loop cannot pile them up).
+                self._stall(data[pos:])
+                return
             payload = data[pos + FRAME_HEADER_SIZE : end]
             pos = end
             stream_id &= MAX_STREAM_ID
@@ -268,6 +283,30 @@ class H2Connection(asyncio.Protocol):
                 self._need = FRAME_HEADER_SIZE
         else:
             self._need = FRAME_HEADER_SIZE
+
+    def _stall(self, rest: bytes) -> None:
+        self._stalled = True
+        self._chunks = [rest]
+        self._chunk_bytes = len(rest)
+        self._need = FRAME_HEADER_SIZE
+        self._update_reading()
+
+    def _unstall(self) -> None:
+        if not self._stalled or self.closed or len(self.tasks) >= self.options.max_concurrent_streams:
+            return
+        self._stalled = False
+        self._update_reading()
+        self.data_received(b"")
+
+    def _update_reading(self) -> None:
+        """Read only while neither the peer's reading (write_paused) nor our handlers lag."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if self.write_paused or self._stalled:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _check_preface(self, data: bytes) -> bytes:
         expected = self._preface_left
@@ -301,13 +340,11 @@ class H2Connection(asyncio.Protocol):
         # The peer reads slower than we write: stop reading too, so that nothing it sends can make
         # us queue more (PING ACKs, RST_STREAMs), and let handlers' send() wait.
         self.write_paused = True
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self._update_reading()
         for stream in list(self.streams.values()):
             stream.wake_writer()
 
@@ -427,13 +464,23 @@ class H2Connection(asyncio.Protocol):
             self._count_control_frame()
         stream = self.streams.get(stream_id)
         if stream is None:
-            self._frame_on_closed_stream(stream_id, "DATA")
+            self._frame_on_closed_stream(stream_id, "DATA", bool(flags & Flag.END_STREAM))
             return
         if stream.remote_closed:
             raise StreamError(stream_id, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
         stream.receive_data(data, length, bool(flags & Flag.END_STREAM))
 
-    def _frame_on_closed_stream(self, stream_id: int, kind: str) -> None:
+    def _reset_answered(self) -> None:
+        for stream_id in self._answered:
+            self.write(frames.rst_stream(stream_id, ErrorCode.NO_ERROR))
+            self._remember_reset(stream_id)
+        self._answered.clear()
+
+    def _frame_on_closed_stream(self, stream_id: int, kind: str, end_stream: bool = False) -> None:
+        if stream_id in self._answered:
+            if end_stream:
+                del self._answered[stream_id]  # the client half-closed too: closed cleanly
+            return
         if stream_id > self._last_stream_id:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"{kind} on idle stream {stream_id}")
         if stream_id in self._recently_reset:
@@ -509,6 +556,9 @@ class H2Connection(asyncio.Protocol):
             stream.receive_data(b"", 0, True)
             return
         if stream_id <= self._last_stream_id:
+            if stream_id in self._answered:
+                self._frame_on_closed_stream(stream_id, "HEADERS", end_stream)
+                return
             if stream_id in self._recently_reset:
                 return
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"stream id {stream_id} is not increasing")
@@ -518,8 +568,8 @@ class H2Connection(asyncio.Protocol):
         if self._goaway_last is not None:
             self._refuse_stream(stream_id)  # after GOAWAY: not processed, the client may retry
             return
-        if len(self.tasks) >= self.options.max_concurrent_streams:
-            self._refuse_stream(stream_id)
+        if len(self.streams) >= self.options.max_concurrent_streams:
+            self._refuse_stream(stream_id)  # more open streams than SETTINGS allowed
             return
         self._start_call(stream_id, decoded, end_stream)
 
@@ -604,6 +654,8 @@ class H2Connection(asyncio.Protocol):
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        if self._stalled:
+            self._unstall()
         if not task.cancelled() and task.exception() is not None:
             log.error("stream task failed", exc_info=task.exception())
         self._maybe_finish_drain()
@@ -625,6 +677,7 @@ class H2Connection(asyncio.Protocol):
         if stream_id > self._last_stream_id:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
         self._count_control_frame()
+        self._answered.pop(stream_id, None)
         stream = self.streams.get(stream_id)
         if stream is not None:
             self._drop_stream(stream)
