@@ -250,7 +250,7 @@ class H2Connection(asyncio.Protocol):
             end = pos + FRAME_HEADER_SIZE + length
             if end > size:
                 break
-            if frame_type == FrameType.HEADERS and len(self.tasks) >= self.options.max_concurrent_streams:
+            if frame_type == FrameType.HEADERS and self._handler_backlog():
                 # Handlers of closed streams are still winding down: read no further until one has
                 # finished (a peer that opens and resets streams in a loop cannot pile them up).
                 self._stall(data[pos:])
@@ -284,6 +284,11 @@ class H2Connection(asyncio.Protocol):
         else:
             self._need = FRAME_HEADER_SIZE
 
+    def _handler_backlog(self) -> bool:
+        limit = self.options.max_concurrent_streams
+        # With the streams themselves at the limit the new one is refused instead (_headers_complete).
+        return len(self.tasks) >= limit and len(self.streams) < limit
+
     def _stall(self, rest: bytes) -> None:
         self._stalled = True
         self._chunks = [rest]
@@ -292,7 +297,7 @@ class H2Connection(asyncio.Protocol):
         self._update_reading()
 
     def _unstall(self) -> None:
-        if not self._stalled or self.closed or len(self.tasks) >= self.options.max_concurrent_streams:
+        if not self._stalled or self.closed or self._handler_backlog():
             return
         self._stalled = False
         self._update_reading()
