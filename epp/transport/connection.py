@@ -230,6 +230,10 @@ class H2Connection(asyncio.Protocol):
             self._parse(data)
         except ConnectionError_ as error:
             self._connection_error(error.code, error.message)
+        except Exception:
+            # A bug here, not the peer's fault: say so and close rather than go on in a bad state.
+            log.exception("HTTP/2 connection from %s failed", self.peer)
+            self._connection_error(ErrorCode.INTERNAL_ERROR, "internal error")
         finally:
             if self._answered:
                 self._reset_answered()
