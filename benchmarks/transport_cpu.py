@@ -31,12 +31,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.epp_latency import cpu_seconds, ext_proc_messages, measure_slice, open_loop, percentile
+from benchmarks.epp_latency import ext_proc_messages, measure_slice, open_loop, percentile
 from epp.localrun import EnvoyGateway, ManagedProcess, envoy_binary, free_port, grpc_ok, http_ok
 from epp.localrun.envoy import EPP_CLUSTER, render_bootstrap
 from epp.server.stream import BodyMode
@@ -120,7 +120,12 @@ def minimal_handler(endpoint: str) -> Any:
 
 
 async def serve(
-    transport: str, port: int, health_port: int, endpoint: str, tls_dir: Path | None, handler_name: str = "epp"
+    transport: str,
+    port: int,
+    health_port: int,
+    endpoint: str,
+    tls_dir: Path | None,
+    handler_name: str = "epp",
 ) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -146,15 +151,19 @@ async def serve(
             async def process(requests: Any, context: Any) -> None:
                 await minimal(requests, context.write)
 
-            server.processor.Process = process  # type: ignore[method-assign]
+            server.processor.Process = process  # type: ignore[method-assign, assignment]
         await server.start()
         await stop.wait()
         await server.stop(0)
         return
     from epp.transport import H2Server, TransportOptions, ext_proc_method, health_methods, server_ssl_context
 
-    handler = extproc_handler(director, settings, metrics) if handler_name == "epp" else minimal_handler(endpoint)
-    transport_options = TransportOptions(max_receive_message_bytes=settings.max_request_body_bytes + 64 * 1024)
+    handler = (
+        extproc_handler(director, settings, metrics) if handler_name == "epp" else minimal_handler(endpoint)
+    )
+    transport_options = TransportOptions(
+        max_receive_message_bytes=settings.max_request_body_bytes + 64 * 1024
+    )
     ext_proc_server = H2Server([ext_proc_method(handler)], transport_options)
     ssl_context = server_ssl_context(tls.cert, tls.key) if tls is not None else None
     await ext_proc_server.start("127.0.0.1", port, ssl_context)
@@ -192,6 +201,9 @@ def extproc_handler(director: Any, settings: Any, metrics: Any) -> Any:
 # ---------------------------------------------------------------------------- Envoy with TLS to the EPP
 
 
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
 def with_ext_proc_tls(bootstrap: dict[str, Any]) -> dict[str, Any]:
     """Dial the EPP over TLS without verifying it, as kgateway's endpoint-picker plugin does
     (``buildExtProcCluster``: an UpstreamTlsContext with an empty validation context)."""
@@ -200,7 +212,7 @@ def with_ext_proc_tls(bootstrap: dict[str, Any]) -> dict[str, Any]:
             cluster["transport_socket"] = {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "@type": _UPSTREAM_TLS,
                     "common_tls_context": {"validation_context": {}},
                 },
             }
@@ -231,8 +243,10 @@ class Gateway(EnvoyGateway):
 def make_certificate(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(directory / "tls.key")]
-        + ["-out", str(directory / "tls.crt"), "-days", "1", "-subj", "/CN=epp"],
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=epp"),
+            *("-keyout", str(directory / "tls.key"), "-out", str(directory / "tls.crt")),
+        ],
         check=True,
         capture_output=True,
         timeout=60,
@@ -305,7 +319,9 @@ def run(
         command += ["--handler", handler]
         if cert_dir is not None:
             command += ["--tls-dir", str(cert_dir)]
-        process = ManagedProcess(command, ready=grpc_ok(health_port), name=f"epp-{transport}", log_dir=log_dir)
+        process = ManagedProcess(
+            command, ready=grpc_ok(health_port), name=f"epp-{transport}", log_dir=log_dir
+        )
         epps[transport] = (process, port)
     results: list[dict[str, Any]] = []
     with backend:
@@ -313,7 +329,9 @@ def run(
             process.start()
         try:
             for mode in modes:
-                results += _run_mode(rates, duration, rounds, mode, tls, epps, backend, endpoint, log_dir)
+                for row in _run_mode(rates, duration, rounds, mode, tls, epps, backend, endpoint, log_dir):
+                    row["handler"] = handler
+                    results.append(row)
         finally:
             for process, _ in epps.values():
                 process.stop()
@@ -337,7 +355,12 @@ def _run_mode(
     }
     for transport, (_, port) in epps.items():
         gateways[transport] = Gateway(
-            free_port(), port, pool, mode=mode, ext_proc_tls=tls, log_dir=log_dir / f"{transport}-{mode.value}"
+            free_port(),
+            port,
+            pool,
+            mode=mode,
+            ext_proc_tls=tls,
+            log_dir=log_dir / f"{transport}-{mode.value}",
         )
     results = []
     for gateway in gateways.values():
@@ -369,7 +392,6 @@ def _run_mode(
                 summary = row.summary(rows["direct"] if row.path != "direct" else None)
                 summary["load_average"] = os.getloadavg()
                 summary["tls"] = tls
-                summary["handler"] = handler
                 print(_line(summary), file=sys.stderr, flush=True)
                 results.append(summary)
     finally:
@@ -420,7 +442,9 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.transport_cpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.transport_cpu", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command")
     serve_parser = sub.add_parser("serve", help="(internal) run one EPP under test")
     serve_parser.add_argument("--transport", choices=TRANSPORTS, required=True)
@@ -433,7 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per path and rate")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved slices the duration is cut into")
     parser.add_argument(
-        "--modes", nargs="+", choices=[m.value for m in BodyMode], default=[BodyMode.FULL_DUPLEX_STREAMED.value]
+        "--modes",
+        nargs="+",
+        choices=[m.value for m in BodyMode],
+        default=[BodyMode.FULL_DUPLEX_STREAMED.value],
     )
     parser.add_argument("--tls", action="store_true", help="Envoy dials the EPPs over TLS (as kgateway does)")
     parser.add_argument(
@@ -446,7 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=logging.WARNING)
-        asyncio.run(serve(args.transport, args.port, args.health_port, args.endpoint, args.tls_dir, args.handler))
+        asyncio.run(
+            serve(args.transport, args.port, args.health_port, args.endpoint, args.tls_dir, args.handler)
+        )
         return 0
     if args.duration <= 0 or args.rounds <= 0 or any(rate <= 0 for rate in args.rates):
         parser.error("--duration, --rounds and --rates must be positive")
@@ -457,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(results))
     print(f"\nload average after: {os.getloadavg()}  ({report.machine_description()})")
     if args.json is not None:
-        args.json.write_text(json.dumps({"results": [asdict(r) if not isinstance(r, dict) else r for r in results]}, indent=1))
+        args.json.write_text(json.dumps({"results": results}, indent=1))
     return 0
 
 
