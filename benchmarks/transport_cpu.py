@@ -301,6 +301,7 @@ def run(
     tls: bool,
     log_dir: Path,
     handler: str = "epp",
+    loop: str = "asyncio",
 ) -> list[dict[str, Any]]:
     backend_port = free_port()
     backend = ManagedProcess(
@@ -316,7 +317,7 @@ def run(
         port, health_port = free_port(), free_port()
         command = [sys.executable, "-m", "benchmarks.transport_cpu", "serve", "--transport", transport]
         command += ["--port", str(port), "--health-port", str(health_port), "--endpoint", endpoint]
-        command += ["--handler", handler]
+        command += ["--handler", handler, "--loop", loop]
         if cert_dir is not None:
             command += ["--tls-dir", str(cert_dir)]
         process = ManagedProcess(
@@ -331,6 +332,7 @@ def run(
             for mode in modes:
                 for row in _run_mode(rates, duration, rounds, mode, tls, epps, backend, endpoint, log_dir):
                     row["handler"] = handler
+                    row["loop"] = loop
                     results.append(row)
         finally:
             for process, _ in epps.values():
@@ -453,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument("--endpoint", required=True)
     serve_parser.add_argument("--tls-dir", type=Path)
     serve_parser.add_argument("--handler", choices=["epp", "minimal"], default="epp")
+    serve_parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 200.0, 400.0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per path and rate")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved slices the duration is cut into")
@@ -469,10 +472,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="epp",
         help="epp: ExtProcStream + a fixed Director; minimal: route and pass bodies through (transport only)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the EPP processes (uvloop must be importable; it is not a project dependency)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=logging.WARNING)
+        if args.loop == "uvloop":
+            import uvloop  # optional, not a project dependency: measured, not shipped
+
+            uvloop.install()
         asyncio.run(
             serve(args.transport, args.port, args.health_port, args.endpoint, args.tls_dir, args.handler)
         )
@@ -482,7 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="transport-cpu-") as log_dir:
         modes = [BodyMode(m) for m in args.modes]
-        results = run(args.rates, args.duration, args.rounds, modes, args.tls, Path(log_dir), args.handler)
+        results = run(
+            args.rates, args.duration, args.rounds, modes, args.tls, Path(log_dir), args.handler, args.loop
+        )
     print(markdown(results))
     print(f"\nload average after: {os.getloadavg()}  ({report.machine_description()})")
     if args.json is not None:

@@ -19,7 +19,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import hpack
 
@@ -174,14 +174,14 @@ class H2Connection(asyncio.Protocol):
     # ================================================================== asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.peer = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=self.options.write_buffer_limit)
-        ssl_object = transport.get_extra_info("ssl_object")
+        # A stream transport (asyncio's, or another loop's such as uvloop's, which does not subclass it).
+        stream_transport = self.transport = cast(asyncio.Transport, transport)
+        self.peer = stream_transport.get_extra_info("peername")
+        stream_transport.set_write_buffer_limits(high=self.options.write_buffer_limit)
+        ssl_object = stream_transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() not in (None, "h2"):
             log.debug("closing %s: ALPN %s is not h2", self.peer, ssl_object.selected_alpn_protocol())
-            transport.abort()
+            stream_transport.abort()
             return
         options = self.options
         self._corked = True

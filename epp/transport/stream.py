@@ -266,7 +266,6 @@ class ServerStream:
         except (asyncio.CancelledError, StreamClosedError):
             # Reset by the peer, connection gone, or the transport already sent the status (abort).
             return
-            return
         except Exception as error:
             log.exception("handler of %s failed", self.method.path)
             code, message = StatusCode.UNKNOWN, f"unexpected {type(error).__name__} in the method handler"
