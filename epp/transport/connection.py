@@ -148,6 +148,7 @@ class H2Connection(asyncio.Protocol):
         self._recv_unacked = 0
         self._recv_update_threshold = options.connection_window_size // 2
         self.stream_update_threshold = options.initial_window_size // 2
+        self.max_send_message_bytes = options.max_send_message_bytes
         self.buffered = 0  # inbound bytes held (incomplete + unread messages), all streams
         # HPACK: a smaller SETTINGS_HEADER_TABLE_SIZE from the peer must be acknowledged.
         self._encoder_table_size = frames.DEFAULT_HEADER_TABLE_SIZE
@@ -365,11 +366,13 @@ class H2Connection(asyncio.Protocol):
         elif self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def write_parts(self, *parts: bytes | memoryview) -> None:
+    def write_parts(self, first: bytes, second: bytes | memoryview) -> None:
+        """A frame header and its payload (joined once, when they leave)."""
         if self._corked:
-            self._out.extend(parts)
+            self._out.append(first)
+            self._out.append(second)
         elif self.transport is not None and not self.closed:
-            self.transport.write(b"".join(parts))
+            self.transport.write(first + second)
 
     def _flush(self) -> None:
         """Write what was queued while corked. Frames produced while parsing one read are corked and
@@ -460,7 +463,9 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
         self._recv_window -= length
         # Memory is bounded by max_buffered_bytes, not by this window: return it at once.
-        self._release_connection_window(length)
+        self._recv_unacked += length
+        if self._recv_unacked >= self._recv_update_threshold:
+            self._release_connection_window(0)
         if flags & Flag.PADDED:
             if not length or payload[0] >= length:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "DATA padding exceeds the payload")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DATA = FrameType.DATA
-_HEADERS = FrameType.HEADERS
+# A DATA frame header followed by the 5-byte gRPC message prefix (uncompressed, length).
+_DATA_AND_PREFIX = struct.Struct(">BHBBLBL")
 
 
 class StreamClosedError(ConnectionError):
@@ -94,19 +96,19 @@ class ServerStream:
         if flow_length > self.recv_window:
             raise frames.StreamError(self.id, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded")
         self.recv_window -= flow_length
-        before = self.reader.buffered
+        reader = self.reader
+        before = reader.buffered
         try:
-            messages = self.reader.feed(data) if data else []
+            messages = reader.feed(data) if data else ()
         except RpcError as error:
             # Oversized or compressed: end the call now, as grpcio does, whatever the handler does.
             self.abort(error.code, error.message)
             return
-        queued = 0
+        grown = reader.buffered - before
         for message in messages:
             size = len(message) + MESSAGE_PREFIX_SIZE
             self._messages.append((message, size))
-            queued += size
-        grown = self.reader.buffered - before + queued
+            grown += size
         if grown and not self.conn.hold_buffered(self, grown):
             return  # over the connection's buffer budget: the call has been ended
         if self._messages:
@@ -150,7 +152,8 @@ class ServerStream:
         while True:
             if self._messages:
                 payload, size = self._messages.popleft()
-                self.conn.release_buffered(self, size)
+                self.buffered -= size
+                self.conn.buffered -= size
                 if not self._messages and self._held:
                     held, self._held = self._held, 0
                     self.release(held)
@@ -178,29 +181,31 @@ class ServerStream:
         if self.local_closed or self.reset:
             raise StreamClosedError(f"stream {self.id} has ended")
         payload = message.SerializeToString()
-        limit = self.conn.options.max_send_message_bytes
-        if len(payload) > limit:
-            raise RpcError(
-                StatusCode.RESOURCE_EXHAUSTED, f"sent message larger than max ({len(payload)} vs. {limit})"
-            )
+        length = len(payload)
         conn = self.conn
+        if length > conn.max_send_message_bytes:
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"sent message larger than max ({length} vs. {conn.max_send_message_bytes})",
+            )
         if not self.headers_sent:
             self.headers_sent = True
             conn.write(conn.response_headers_frame(self.id))
-        size = len(payload) + MESSAGE_PREFIX_SIZE
+        size = length + MESSAGE_PREFIX_SIZE
         if (
             not self._pending
             and size <= self.send_window
             and size <= conn.send_window
             and size <= conn.peer_max_frame_size
         ):
-            # The common case: one DATA frame, written at once.
+            # The common case: one DATA frame (frame header and message prefix packed together).
             self.send_window -= size
             conn.send_window -= size
-            header = frames.frame_header(size, _DATA, 0, self.id)
-            conn.write_parts(header, message_prefix(len(payload)), payload)
+            conn.write_parts(
+                _DATA_AND_PREFIX.pack(size >> 16, size & 0xFFFF, _DATA, 0, self.id, 0, length), payload
+            )
         else:
-            self._pending.append(memoryview(message_prefix(len(payload)) + payload))
+            self._pending.append(memoryview(message_prefix(length) + payload))
             self._pending_bytes += size
             self.flush()
         if self._pending or conn.write_paused:
