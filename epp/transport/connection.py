@@ -1,9 +1,10 @@
 """One server-side HTTP/2 connection carrying gRPC calls, as an asyncio protocol.
 
-Everything runs on the event loop thread: ``data_received`` parses frames and feeds streams, each
-call's handler runs as a task, and everything written during one loop iteration leaves in one
-``transport.write`` (one system call). That, and not having a second frame layer beneath this one,
-is where this transport saves over grpc.aio (issue 16).
+Everything runs on the event loop thread: ``data_received`` parses frames and feeds streams, and
+each call's handler runs as a task whose ``send`` writes its DATA frame to the socket at once. The
+frames one read produces (PING and SETTINGS ACKs, WINDOW_UPDATEs, RST_STREAMs, early answers) leave
+together at the end of that read. No extra threads and no second frame layer: that is where this
+transport saves over grpc.aio (issue 16).
 
 Protocol rules enforced here (RFC 9113): the client preface and a first SETTINGS frame; frame size
 limits; the stream state machine (idle / open / half-closed / closed, client stream ids odd and
@@ -841,7 +842,7 @@ class H2Connection(asyncio.Protocol):
             recent.popitem(last=False)
 
     def _connection_error(self, code: ErrorCode, message: str) -> None:
-        log.debug("HTTP/2 connection error with %s: %s %s", self.peer, code.name, message)
+        log.info("HTTP/2 connection error with %s: %s %s", self.peer, code.name, message)
         if self.closed:
             return
         self.write(frames.goaway(self._last_stream_id, code, message.encode()[:256]))

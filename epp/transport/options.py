@@ -10,9 +10,12 @@ from epp.transport.frames import DEFAULT_MAX_FRAME_SIZE, MAX_MAX_FRAME_SIZE, MAX
 @dataclass(frozen=True, slots=True)
 class TransportOptions:
     # Advertised in SETTINGS and enforced: a stream beyond it gets RST_STREAM(REFUSED_STREAM), which
-    # a client may retry. Streams count until their handler has finished, so a peer that opens and
-    # resets streams in a loop cannot pile up handlers (the "rapid reset" attack, CVE-2023-44487).
-    max_concurrent_streams: int = 1000
+    # a client may retry. An ext_proc stream lives as long as its HTTP request (an LLM answer can
+    # stream for minutes) and Envoy multiplexes them all on one connection per worker, so the limit
+    # is high (grpc.aio sets none). Handlers of closed streams count too: while that many are still
+    # winding down the connection reads nothing more, so a peer that opens and resets streams in a
+    # loop cannot pile them up (the "rapid reset" attack, CVE-2023-44487).
+    max_concurrent_streams: int = 10_000
     # Connections beyond this get SETTINGS + GOAWAY(ENHANCE_YOUR_CALM) and are closed. The EPP sees
     # one connection per gateway worker, so this is only a guard.
     max_connections: int = 1000
