@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -443,11 +444,151 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     return report.markdown_table(headers, rows)
 
 
+# ---------------------------------------------------------------------------- frame layer alone
+
+
+class _NullTransport(asyncio.Transport):
+    """Takes writes and drops them: the frame layer measured without sockets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def frame_layer(messages: int, size: int) -> dict[str, float]:
+    """CPU µs per echoed message on one stream, in process, without sockets: this transport
+    (frames, flow control, message framing, the handler task's wakeup) against the h2 library's
+    state machine alone (receive one DATA frame, send one; no asyncio, no handler), which is what
+    deciding between "use h2" and "own frame layer" needs (issue 16)."""
+    import time
+
+    from epp.transport import frames as h2frames
+    from epp.transport.connection import H2Connection
+    from epp.transport.methods import bidi_method
+    from epp.transport.options import TransportOptions
+
+    results: dict[str, float] = {}
+    request = struct.pack(">BL", 0, size) + b"x" * size
+    data_frame = h2frames.frame(h2frames.FrameType.DATA, 0, 1, request)
+
+    class Raw:
+        """Bytes in, bytes out: the handler sees the raw message."""
+
+        @staticmethod
+        def FromString(data: bytes) -> Any:
+            return Raw.Reply(data)
+
+        class Reply:
+            def __init__(self, data: bytes) -> None:
+                self.data = data
+
+            def SerializeToString(self) -> bytes:
+                return self.data
+
+    async def echo(requests: AsyncIterator[Any], send: Any) -> None:
+        async for message in requests:
+            await send(message)
+
+    async def ours() -> float:
+        import hpack
+
+        connection = H2Connection({"/b.E/Echo": bidi_method("/b.E/Echo", Raw, echo)}, TransportOptions())
+        transport = _NullTransport()
+        connection.connection_made(transport)
+        request_headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/b.E/Echo"),
+            (":authority", "x"),
+        ]
+        request_headers += [("content-type", "application/grpc"), ("te", "trailers")]
+        block = bytes(hpack.Encoder().encode(request_headers))
+        connection.data_received(
+            h2frames.PREFACE
+            + h2frames.settings_frame({h2frames.Setting.INITIAL_WINDOW_SIZE: 2**31 - 1})
+            + h2frames.SETTINGS_ACK
+            + h2frames.window_update(0, 2**31 - 1 - 65_535)
+            + h2frames.frame(h2frames.FrameType.HEADERS, h2frames.Flag.END_HEADERS, 1, block)
+        )
+        await asyncio.sleep(0)
+        started = time.process_time()
+        for _ in range(messages):
+            connection.data_received(data_frame)
+            await asyncio.sleep(0)  # the handler task runs and sends its reply
+        elapsed = time.process_time() - started
+        assert transport.writes >= messages
+        return elapsed * 1e6 / messages
+
+    results["epp.transport"] = asyncio.run(ours())
+    try:
+        import h2.config
+        import h2.connection
+        import h2.events
+    except ImportError:
+        return results
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    for _ in range(2):
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())
+    client.send_headers(
+        1, [(":method", "POST"), (":scheme", "http"), (":path", "/b.E/Echo"), (":authority", "x")]
+    )
+    client.increment_flow_control_window(2**30)
+    client.increment_flow_control_window(2**30, 1)
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200"), ("content-type", "application/grpc")])
+    client.receive_data(server.data_to_send())
+    inbound = []
+    for _ in range(messages):
+        client.send_data(1, request)
+        inbound.append(client.data_to_send())
+        if client.local_flow_control_window(1) < 2 * len(request):
+            server.increment_flow_control_window(2**20)
+            server.increment_flow_control_window(2**20, 1)
+            client.receive_data(server.data_to_send())
+    started = time.process_time()
+    for chunk in inbound:
+        for event in server.receive_data(chunk):
+            if isinstance(event, h2.events.DataReceived):
+                server.acknowledge_received_data(event.flow_controlled_length, 1)
+        server.send_data(1, request)
+        server.data_to_send()
+    results["h2 library (frames only)"] = (time.process_time() - started) * 1e6 / messages
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.transport_cpu", description=__doc__.splitlines()[0]
     )
     sub = parser.add_subparsers(dest="command")
+    frame_parser = sub.add_parser("frame-layer", help="in-process CPU per message: this transport vs h2")
+    frame_parser.add_argument("--messages", type=int, default=20_000)
+    frame_parser.add_argument("--size", type=int, default=200, help="bytes per message")
     serve_parser = sub.add_parser("serve", help="(internal) run one EPP under test")
     serve_parser.add_argument("--transport", choices=TRANSPORTS, required=True)
     serve_parser.add_argument("--port", type=int, required=True)
@@ -480,6 +621,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.command == "frame-layer":
+        print(f"load average: {os.getloadavg()}")
+        for name, micros in frame_layer(args.messages, args.size).items():
+            print(f"{name:28s} {micros:6.1f} µs CPU per echoed message")
+        return 0
     if args.command == "serve":
         logging.basicConfig(level=logging.WARNING)
         if args.loop == "uvloop":
