@@ -61,6 +61,7 @@ _DRAIN_PING = b"\x00drain\x00\x01"
 # last stream id anyway.
 _DRAIN_PING_TIMEOUT = 1.0
 _RECENTLY_RESET = 1024
+_MAX_ANSWERED = 1024
 _GRPC_CONTENT_TYPE = b"application/grpc"
 _MAX_STATUS_MESSAGE = 1024
 
@@ -138,7 +139,7 @@ class H2Connection(asyncio.Protocol):
         self._last_stream_id = 0
         self._recently_reset: OrderedDict[int, None] = OrderedDict()
         # Streams answered Trailers-Only while the client had not half-closed (see _start_call).
-        self._answered: dict[int, None] = {}
+        self._answered: OrderedDict[int, None] = OrderedDict()
         self._stalled = False  # parsing waits for handler tasks to finish (see _parse)
         # Flow control: what the peer lets us send, and what we let the peer send.
         self.peer_initial_window = frames.DEFAULT_WINDOW
@@ -237,8 +238,6 @@ class H2Connection(asyncio.Protocol):
             log.exception("HTTP/2 connection from %s failed", self.peer)
             self._connection_error(ErrorCode.INTERNAL_ERROR, "internal error")
         finally:
-            if self._answered:
-                self._reset_answered()
             self._flush()
 
     def _parse(self, data: bytes) -> None:
@@ -485,12 +484,6 @@ class H2Connection(asyncio.Protocol):
             raise StreamError(stream_id, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
         stream.receive_data(data, length, bool(flags & Flag.END_STREAM))
 
-    def _reset_answered(self) -> None:
-        for stream_id in self._answered:
-            self.write(frames.rst_stream(stream_id, ErrorCode.NO_ERROR))
-            self._remember_reset(stream_id)
-        self._answered.clear()
-
     def _frame_on_closed_stream(self, stream_id: int, kind: str, end_stream: bool = False) -> None:
         if stream_id in self._answered:
             if end_stream:
@@ -583,10 +576,21 @@ class H2Connection(asyncio.Protocol):
         if self._goaway_last is not None:
             self._refuse_stream(stream_id)  # after GOAWAY: not processed, the client may retry
             return
-        if len(self.streams) >= self.options.max_concurrent_streams:
+        if len(self.streams) + len(self._answered) >= self.options.max_concurrent_streams:
             self._refuse_stream(stream_id)  # more open streams than SETTINGS allowed
             return
         self._start_call(stream_id, decoded, end_stream)
+
+    def _await_client_end(self, stream_id: int) -> None:
+        """Half-closed (local) after an early answer: let the client finish sending instead of
+        resetting the stream. A unary client's request is often still on its way, and grpcio
+        reports a send that a RST_STREAM cut short as INTERNAL, hiding the status it already has.
+        Bounded: past _MAX_ANSWERED such streams the oldest is reset with NO_ERROR after all."""
+        self._answered[stream_id] = None
+        if len(self._answered) > _MAX_ANSWERED:
+            oldest, _ = self._answered.popitem(last=False)
+            self.write(frames.rst_stream(oldest, ErrorCode.NO_ERROR))
+            self._remember_reset(oldest)
 
     def _refuse_stream(self, stream_id: int) -> None:
         self.write(frames.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
