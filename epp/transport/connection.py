@@ -807,13 +807,16 @@ class H2Connection(asyncio.Protocol):
 
     # ================================================================== streams and errors
 
-    def close_stream(self, stream: ServerStream, rst: ErrorCode | None) -> None:
-        """Both sides ended (``rst`` None), or we end it with RST_STREAM ``rst``."""
+    def close_stream(self, stream: ServerStream, rst: ErrorCode | None, last: bytes = b"") -> None:
+        """Both sides ended (``rst`` None), or we end it with RST_STREAM ``rst``; ``last`` (the
+        trailers) goes out first, in the same write."""
         if self.streams.pop(stream.id, None) is None:
-            return
+            return  # already gone: nothing more may be sent on it
         if rst is not None:
-            self.write(frames.rst_stream(stream.id, rst))
+            self.write(last + frames.rst_stream(stream.id, rst))
             self._remember_reset(stream.id)
+        elif last:
+            self.write(last)
         self._forget(stream)
         self._maybe_finish_drain()
 

@@ -188,9 +188,10 @@ class ServerStream:
                 StatusCode.RESOURCE_EXHAUSTED,
                 f"sent message larger than max ({length} vs. {conn.max_send_message_bytes})",
             )
+        headers = b""
         if not self.headers_sent:
             self.headers_sent = True
-            conn.write(conn.response_headers_frame(self.id))
+            headers = conn.response_headers_frame(self.id)
         size = length + MESSAGE_PREFIX_SIZE
         if (
             not self._pending
@@ -198,13 +199,15 @@ class ServerStream:
             and size <= conn.send_window
             and size <= conn.peer_max_frame_size
         ):
-            # The common case: one DATA frame (frame header and message prefix packed together).
+            # The common case: one DATA frame (frame header and message prefix packed together,
+            # after the response headers on the first message), one write.
             self.send_window -= size
             conn.send_window -= size
-            conn.write_parts(
-                _DATA_AND_PREFIX.pack(size >> 16, size & 0xFFFF, _DATA, 0, self.id, 0, length), payload
-            )
+            head = _DATA_AND_PREFIX.pack(size >> 16, size & 0xFFFF, _DATA, 0, self.id, 0, length)
+            conn.write_parts(headers + head if headers else head, payload)
         else:
+            if headers:
+                conn.write(headers)
             self._pending.append(memoryview(message_prefix(length) + payload))
             self._pending_bytes += size
             self.flush()
@@ -294,13 +297,11 @@ class ServerStream:
         self._pending.clear()
         self._pending_bytes = 0
         self.local_closed = True
-        conn.write(conn.trailers_frame(self.id, code, message, trailers_only=not self.headers_sent))
+        trailers = conn.trailers_frame(self.id, code, message, trailers_only=not self.headers_sent)
         self.headers_sent = True
-        if self.remote_closed:
-            conn.close_stream(self, None)
-        else:
-            # The peer may still be sending: tell it to stop (RFC 9113 8.1, as grpc-go does).
-            conn.close_stream(self, rst)
+        # While the peer may still be sending, tell it to stop (RFC 9113 8.1, as grpc-go does):
+        # RST_STREAM right behind the trailers, in the same write.
+        conn.close_stream(self, None if self.remote_closed else rst, trailers)
 
     def abort(self, code: StatusCode, message: str) -> None:
         """End the call from the transport side (input error, deadline): status to the peer now,
