@@ -7,9 +7,10 @@ frames with one write. It serves any protobuf method through a handler of the sh
 ``ExtProcStream.run`` is called.
 
 Modules, one kind of thing each: ``frames`` (wire format), ``headers`` (HPACK and request header
-rules), ``grpc`` (status, message framing, timeouts), ``methods`` (handler shapes), ``stream`` (one
-call), ``connection`` (one HTTP/2 connection), ``server`` (listeners, limits, shutdown),
-``options``, ``tls``, ``extproc`` (the ext_proc method), ``health`` (grpc.health.v1).
+rules), ``grpc`` (status, message framing, timeouts), ``calls`` (which requests become calls),
+``methods`` (handler shapes), ``stream`` (one call), ``connection`` (one HTTP/2 connection),
+``server`` (listeners, limits, shutdown), ``options``, ``tls``, ``extproc`` (the ext_proc method),
+``health`` (grpc.health.v1).
 """
 
 from epp.transport.extproc import EXT_PROC_PATH, ExtProcHandler, ext_proc_method

@@ -19,12 +19,12 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import hpack
 
 from epp.transport import frames
+from epp.transport.calls import GRPC_CONTENT_TYPE, Call, Rejection, plan_call
 from epp.transport.frames import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
@@ -38,16 +38,13 @@ from epp.transport.frames import (
     Setting,
     StreamError,
 )
-from epp.transport.grpc import StatusCode, parse_timeout, percent_encode
+from epp.transport.grpc import StatusCode, percent_encode
 from epp.transport.headers import (
     DecodedBlock,
     HeaderDecoder,
     MalformedRequest,
-    RequestHead,
     check_trailers,
     encode_headers,
-    header_list_size,
-    parse_request,
 )
 from epp.transport.methods import Method
 from epp.transport.options import TransportOptions
@@ -62,28 +59,11 @@ _DRAIN_PING = b"\x00drain\x00\x01"
 _DRAIN_PING_TIMEOUT = 1.0
 _RECENTLY_RESET = 1024
 _MAX_ANSWERED = 1024
-_GRPC_CONTENT_TYPE = b"application/grpc"
 _MAX_STATUS_MESSAGE = 1024
 
-_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", _GRPC_CONTENT_TYPE)]
+_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE)]
 _RESPONSE_HEADERS_BLOCK = encode_headers(_RESPONSE_HEADERS)
 _OK_TRAILERS_BLOCK = encode_headers([(b"grpc-status", b"0")])
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    method: Method
-    timeout: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejection:
-    """A well-formed request that cannot be a call here: answered Trailers-Only."""
-
-    http_status: bytes
-    code: StatusCode
-    message: str
-    extra: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class ConnectionOwner(Protocol):
@@ -406,7 +386,7 @@ class H2Connection(asyncio.Protocol):
         else:
             headers: list[tuple[bytes, bytes]] = []
             if trailers_only:
-                headers += [(b":status", http_status), (b"content-type", _GRPC_CONTENT_TYPE)]
+                headers += [(b":status", http_status), (b"content-type", GRPC_CONTENT_TYPE)]
             headers.append((b"grpc-status", b"%d" % code))
             if message:
                 headers.append((b"grpc-message", percent_encode(message[:_MAX_STATUS_MESSAGE])))
@@ -599,10 +579,12 @@ class H2Connection(asyncio.Protocol):
     def _start_call(self, stream_id: int, decoded: DecodedBlock, end_stream: bool) -> None:
         plan = decoded.derived
         if plan is None:
-            plan = decoded.derived = self._plan_call(decoded.headers)
+            plan = decoded.derived = plan_call(
+                decoded.headers, self._methods, self.options.max_header_list_size
+            )
         if isinstance(plan, MalformedRequest):
             raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(plan))
-        if isinstance(plan, _Rejection):
+        if isinstance(plan, Rejection):
             self.write(
                 self.trailers_frame(stream_id, plan.code, plan.message, True, plan.http_status, plan.extra)
             )
@@ -610,7 +592,7 @@ class H2Connection(asyncio.Protocol):
                 self.write(frames.rst_stream(stream_id, ErrorCode.NO_ERROR))
                 self._remember_reset(stream_id)
             return
-        assert isinstance(plan, _Call)
+        assert isinstance(plan, Call)
         stream = ServerStream(self, stream_id, plan.method, self.peer_initial_window)
         self.streams[stream_id] = stream
         stream.remote_closed = end_stream
@@ -620,56 +602,6 @@ class H2Connection(asyncio.Protocol):
         stream.task = task
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
-
-    def _plan_call(self, headers: list[tuple[bytes, bytes]]) -> _Call | _Rejection | MalformedRequest:
-        """What to do with a request header block: a pure function of the headers, so the result
-        is memoized with the decoded block (Envoy repeats one block for every stream)."""
-        try:
-            head = parse_request(headers)
-        except MalformedRequest as error:
-            return error
-        rejection = self._check_call(head, headers)
-        if rejection is not None:
-            return rejection
-        timeout_header = head.get(b"grpc-timeout")
-        timeout = None
-        if timeout_header is not None:
-            try:
-                timeout = parse_timeout(timeout_header)
-            except ValueError as error:
-                return _Rejection(b"200", StatusCode.INTERNAL, str(error))
-        return _Call(self._methods[head.path], timeout)
-
-    def _check_call(self, head: RequestHead, headers: list[tuple[bytes, bytes]]) -> _Rejection | None:
-        """Why a well-formed HTTP/2 request cannot be a call here (PROTOCOL-HTTP2.md), or None."""
-        if head.method != b"POST":
-            return _Rejection(b"405", StatusCode.INTERNAL, "gRPC requires POST")
-        content_type = head.get(b"content-type") or b""
-        if not content_type.startswith(_GRPC_CONTENT_TYPE):
-            shown = content_type.decode(errors="replace")
-            return _Rejection(b"415", StatusCode.INTERNAL, f"content-type {shown!r} is not gRPC")
-        subtype = content_type[len(_GRPC_CONTENT_TYPE) :]
-        if subtype not in (b"", b"+proto") and not subtype.startswith((b";", b"+proto;")):
-            return _Rejection(b"200", StatusCode.UNIMPLEMENTED, "only protobuf messages are supported")
-        size = header_list_size(headers)
-        if size > self.options.max_header_list_size:
-            limit = self.options.max_header_list_size
-            return _Rejection(
-                b"200", StatusCode.RESOURCE_EXHAUSTED, f"header list of {size} bytes exceeds {limit}"
-            )
-        if head.path not in self._methods:
-            shown = head.path.decode(errors="replace")
-            return _Rejection(b"200", StatusCode.UNIMPLEMENTED, f"unknown method {shown}")
-        encoding = head.get(b"grpc-encoding")
-        if encoding is not None and encoding != b"identity":
-            shown = encoding.decode(errors="replace")
-            return _Rejection(
-                b"200",
-                StatusCode.UNIMPLEMENTED,
-                f"grpc-encoding {shown} is not supported",
-                ((b"grpc-accept-encoding", b"identity"),),
-            )
-        return None
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
