@@ -253,3 +253,46 @@ async def test_tls_with_alpn(transport: str, certificate: tuple[Path, Path]) -> 
         assert [r.value async for r in call] == [b"over tls", b"x" * 100_000]
         reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
         assert reply.status == SERVING
+
+
+async def test_the_ext_proc_stream_over_grpcio(transport: str) -> None:
+    """The EPP's ExtProcStream behind each transport, driven by grpcio's ext_proc stub."""
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+
+    from .envoy_support import ExtProcUnderTest, RecordingDirector
+
+    def headers(
+        pairs: dict[str, str], end: bool = False, response: bool = False
+    ) -> ext_proc.ProcessingRequest:
+        http = ext_proc.HttpHeaders(end_of_stream=end)
+        for key, data in pairs.items():
+            http.headers.headers.add(key=key, raw_value=data.encode())
+        return ext_proc.ProcessingRequest(**{"response_headers" if response else "request_headers": http})
+
+    director = RecordingDirector("10.0.0.7:8000")
+    async with (
+        ExtProcUnderTest(transport, director, None) as epp,
+        grpc.aio.insecure_channel(f"127.0.0.1:{epp.port}") as ch,
+    ):
+        call = ext_proc_grpc.ExternalProcessorStub(ch).Process()
+        await call.write(
+            headers({":method": "POST", ":path": "/v1/completions", "content-type": "application/json"})
+        )
+        body = b'{"model": "m", "prompt": "hello"}'
+        await call.write(
+            ext_proc.ProcessingRequest(request_body=ext_proc.HttpBody(body=body, end_of_stream=True))
+        )
+        routed, streamed = await call.read(), await call.read()
+        mutation = {
+            h.header.key: h.header.raw_value
+            for h in routed.request_headers.response.header_mutation.set_headers
+        }
+        assert mutation["x-gateway-destination-endpoint"] == b"10.0.0.7:8000"
+        assert streamed.request_body.response.body_mutation.streamed_response.body == body
+        await call.write(headers({":status": "200"}, end=True, response=True))
+        assert (await call.read()).HasField("response_headers")
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+    assert [failed for _, _, failed in director.completions] == [False]
