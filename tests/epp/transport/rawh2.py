@@ -202,7 +202,7 @@ class RawClient:
     def decode_headers(self, received: Frame) -> dict[str, str]:
         """Decode a HEADERS frame's block (no padding/priority: the servers under test send none)."""
         assert received.type == FrameType.HEADERS and received.flags & Flag.END_HEADERS, received
-        return {k: v for k, v in self.decoder.decode(received.payload)}
+        return {str(k): str(v) for k, v in self.decoder.decode(received.payload)}
 
     async def response(self, stream_id: int) -> tuple[list[dict[str, str]], list[bytes], Frame | None]:
         """(header blocks, DATA payloads, RST_STREAM if any) of one stream, until it ends."""
