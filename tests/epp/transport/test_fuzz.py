@@ -97,7 +97,14 @@ _STREAM_FRAMES = st.tuples(
     ),
     st.sampled_from([0, 0, 0, Flag.END_STREAM]),
     st.sampled_from([1, 1, 3]),
-).flatmap(lambda t: _payload(t[0]).map(lambda payload: frame(t[0], t[1], t[2], payload)))
+).flatmap(lambda t: _stream_payload(t[0]).map(lambda payload: frame(t[0], t[1], t[2], payload)))
+
+
+def _stream_payload(frame_type: int) -> st.SearchStrategy[bytes]:
+    """Mostly whole messages: what fills the server's per-stream buffers."""
+    if frame_type == FrameType.DATA:
+        return st.one_of(_MESSAGES.map(grpc_message), _MESSAGES.map(grpc_message), _payload(frame_type))
+    return _payload(frame_type)
 
 
 def _opener(kind: str) -> bytes:
@@ -138,6 +145,9 @@ _OPENERS = st.sampled_from(
         "echoing",
         "two streams",
         "reset",
+        # Twice as likely: a handler that stops reading is where buffers and windows are tested.
+        "hanging",
+        "open",
     ]
 ).map(_opener)
 _TAILS = st.lists(
@@ -233,7 +243,7 @@ _FUZZ_SETTINGS = {
 }
 
 
-@settings(max_examples=600, **_FUZZ_SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=500, **_FUZZ_SETTINGS)  # type: ignore[arg-type]
 @given(_SEQUENCES)
 def test_fuzz_h2(sequence: tuple[str, list[bytes], list[int]]) -> None:
     start, parts, splits = sequence
