@@ -228,5 +228,5 @@ def test_autoscaling_refuses_leaderworkersets() -> None:
         decode={"tensorParallel": 1, "nodesPerReplica": 2, "accelerator": {"count": 0}},
         autoscaling={"enabled": True},
     )
-    with pytest.raises(ConfigError, match="autoscaling.enabled"):
+    with pytest.raises(ConfigError, match=r"autoscaling\.enabled"):
         parse_stack_config(config, has_hf_token=False)
