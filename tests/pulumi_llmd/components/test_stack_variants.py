@@ -218,7 +218,8 @@ def test_the_provider_and_dependencies_in_opts_reach_every_object(option: str) -
     objects = [
         r for r in registrations if r.pulumi_type.startswith("kubernetes:") and r.name != "gpu-nodes-ready"
     ]
-    assert len(objects) == 22  # the kind stack's 18 objects, 2 charts, 2 remote YAML installs
+    # 18 objects of the kind stack, 5 PodMonitors, a PrometheusRule, 3 dashboards; 2 charts, 2 remote YAML
+    assert len(objects) == 31
     for registration in objects:
         assert registration.provider.startswith(provider + "::"), registration.name
         assert ready_urn in registration.dependencies, registration.name
