@@ -36,9 +36,9 @@ from localrun.stack import LocalEndpoint, write_endpoints_file
 from pulumi_llmd.components.autoscaling import prometheus_adapter_rules
 from render.engine import RenderResult
 from sidecar.launch import sidecar_command
+from tests.support.observability import MODEL, rendered
 from tests.support.prometheus import LocalPod, Prometheus, prometheus_binary, scrape_job
 from tests.support.promql_names import exposed_names, expressions, metric_names, recorded
-from tests.support.stacks import kind_config, render_config
 
 pytestmark = pytest.mark.e2e
 
@@ -49,29 +49,8 @@ except (FileNotFoundError, ImportError) as exc:  # pragma: no cover - depends on
 if prometheus_binary() is None:  # pragma: no cover - .ci/run installs it
     pytest.skip("prometheus not installed (apt-get install prometheus)", allow_module_level=True)
 
-MODEL = "obs-tiny"
 NAMESPACE, STACK = "llm-d", "t"
 LONG_PROMPT = "Summarise the incident report below for the on-call engineer. " * 48
-ALL_SIGNALS = [
-    {"signal": "queue", "target": 2},
-    {"signal": "running", "target": 8},
-    {"signal": "kvCache", "target": 0.8},
-    {"signal": "requestRate", "target": 5},
-]
-CONFIG = kind_config(
-    name=STACK,
-    model={"name": MODEL, "uri": "hf://org/obs-tiny", "engine": "simulator"},
-    monitoring={
-        "scrapeInterval": "1s",
-        "alerts": {"forDuration": "2s", "queuePerReplica": 4},
-        "ttftSlo": {"thresholdSeconds": 0.25},
-    },
-    autoscaling={
-        "enabled": True,
-        "prefill": {"triggers": ALL_SIGNALS},
-        "decode": {"triggers": ALL_SIGNALS},
-    },
-)
 
 
 @dataclass
@@ -178,7 +157,7 @@ def local_pods(rendered: RenderResult, ports: Ports, admin_port: int) -> list[Lo
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     logs = tmp_path_factory.mktemp("prometheus-e2e")
-    rendered = render_config(CONFIG)
+    rendered_stack = rendered()
     ports = Ports(*(free_port() for _ in range(7)))
     endpoints_file = logs / "endpoints.json"
     processes = {
@@ -203,17 +182,19 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         free_port(), ports.grpc, [f"127.0.0.1:{ports.prefill}", f"127.0.0.1:{ports.sidecar}"], log_dir=logs
     )
     jobs = []
-    for monitor in rendered.manifests("PodMonitor"):
+    for monitor in rendered_stack.manifests("PodMonitor"):
         # kgateway serves Envoy's stats at /metrics on its own port; the local Envoy only has its admin page.
         path = "/stats/prometheus" if monitor["metadata"]["name"] == "t-gateway" else None
         jobs.append(
-            scrape_job(monitor, local_pods(rendered, ports, gateway.config.admin_port), metrics_path=path)
+            scrape_job(
+                monitor, local_pods(rendered_stack, ports, gateway.config.admin_port), metrics_path=path
+            )
         )
-    (rule,) = rendered.manifests("PrometheusRule")
+    (rule,) = rendered_stack.manifests("PrometheusRule")
     try:
         for process in processes.values():
             process.start()
-        placeholder = Running(rendered, None, gateway, ports, endpoints_file, processes)  # type: ignore[arg-type]
+        placeholder = Running(rendered_stack, None, gateway, ports, endpoints_file, processes)  # type: ignore[arg-type]
         placeholder.endpoints()
         processes["epp"] = ManagedProcess(
             epp_command(
@@ -232,7 +213,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         ).start()
         gateway.start()
         with Prometheus(logs / "prometheus", jobs, rule["spec"]["groups"]) as prometheus:
-            yield Running(rendered, prometheus, gateway, ports, endpoints_file, processes)
+            yield Running(rendered_stack, prometheus, gateway, ports, endpoints_file, processes)
     finally:
         gateway.stop()
         for process in reversed(list(processes.values())):
@@ -281,6 +262,7 @@ def metrics_page(port: int, path: str = "/metrics") -> str:
 
 def test_targets_carry_the_stack_labels(running: Running) -> None:
     prometheus = running.prometheus
+
     def all_up() -> bool:
         targets = prometheus.targets()
         return len(targets) == 5 and all(t["health"] == "up" for t in targets)
