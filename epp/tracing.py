@@ -43,19 +43,24 @@ class DecisionTracer:
         def traced(request: InferenceRequest, defer: Any = None) -> Decision:
             parent = self._propagate.extract(request.headers)
             with self._tracer.start_as_current_span(SPAN_NAME, context=parent) as span:
-                span.set_attribute("llm_d.request_id", request.request_id)
-                span.set_attribute("gen_ai.request.model", request.parsed.model)
+                # An unsampled span records nothing: skip building its attributes.
+                recording = span.is_recording()
+                if recording:
+                    span.set_attribute("llm_d.request_id", request.request_id)
+                    span.set_attribute("gen_ai.request.model", request.parsed.model)
                 try:
                     decision = decide(request, defer)
                 except EppError as error:
-                    span.set_attribute("http.response.status_code", error.status)
-                    if error.reason:
-                        span.set_attribute("llm_d.rejection_reason", error.reason)
-                    span.set_status(self._status(self._error, str(error)))
+                    if recording:
+                        span.set_attribute("http.response.status_code", error.status)
+                        if error.reason:
+                            span.set_attribute("llm_d.rejection_reason", error.reason)
+                        span.set_status(self._status(self._error, str(error)))
                     raise
-                span.set_attribute("llm_d.endpoints", list(decision.endpoints))
-                if (prefiller := decision.headers.get(PREFILLER_HEADER)) is not None:
-                    span.set_attribute("llm_d.prefill_endpoint", prefiller)
+                if recording:
+                    span.set_attribute("llm_d.endpoints", list(decision.endpoints))
+                    if (prefiller := decision.headers.get(PREFILLER_HEADER)) is not None:
+                        span.set_attribute("llm_d.prefill_endpoint", prefiller)
                 headers = dict(decision.headers)
                 self._propagate.inject(headers)  # traceparent (and tracestate) for the model server
                 return dataclasses.replace(decision, headers=headers)
