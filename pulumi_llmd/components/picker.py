@@ -95,7 +95,7 @@ def epp_arguments(picker: Picker) -> list[str]:
         args += ["--cert-path", TLS_DIR]
     if epp.leader_election:
         args.append("--ha-enable-leader-election")
-    return args + tracing_args(picker.tracing)
+    return args + tracing_args(picker.tracing, explicit_off=True)
 
 
 def picker_config(picker: Picker) -> str:

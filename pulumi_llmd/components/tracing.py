@@ -9,8 +9,13 @@ from typing import Any
 from pulumi_llmd.config.observability import TracingConfig
 
 
-def tracing_args(tracing: TracingConfig) -> list[str]:
-    return ["--tracing=true"] if tracing.enabled else []
+def tracing_args(tracing: TracingConfig, *, explicit_off: bool = False) -> list[str]:
+    """``--tracing=true`` when on. ``explicit_off`` also says ``--tracing=false`` when off: upstream's
+    EPP traces by default (llm-d-router ``--tracing`` defaults to true, GIE's chart passes false), so
+    an upstream image in the EPP's place stays quiet unless tracing is asked for."""
+    if tracing.enabled:
+        return ["--tracing=true"]
+    return ["--tracing=false"] if explicit_off else []
 
 
 def tracing_env(tracing: TracingConfig, service: str) -> list[dict[str, Any]]:

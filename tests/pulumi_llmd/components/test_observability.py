@@ -137,7 +137,7 @@ def test_tracing_reaches_the_epp_and_the_sidecar(pd_stack: RenderResult) -> None
 def test_tracing_off_adds_nothing() -> None:
     result = render()
     epp = result.get("Deployment", "t-epp").document["spec"]["template"]["spec"]["containers"][0]
-    assert "--tracing=true" not in epp["args"]
+    assert "--tracing=false" in epp["args"]  # upstream EPP images trace unless told not to
     assert not any(e["name"].startswith("OTEL_") for e in epp["env"])
     sidecar = result.get("Deployment", "t-decode").document["spec"]["template"]["spec"]["initContainers"][0]
     assert "env" not in sidecar
