@@ -335,12 +335,13 @@ def test_alerts_fire_when_forced_and_every_query_returns_data(running: Running) 
     # A saturated pool, a growing queue and TTFT past its objective: 24 requests on a decode server
     # that runs two at a time.
     flooding = flood(running, 24, 120)
-    for alert in ("LlmdPoolSaturated", "LlmdQueueGrowing", "LlmdTtftBudgetBurn"):
-        prometheus.wait_firing(alert)
-    (queue,) = _vector(
-        prometheus, f'llmd:vllm_requests_waiting:sum{{llmd_role="decode",llmd_stack="{STACK}"}}'
-    )
+    prometheus.wait_firing("LlmdPoolSaturated")
+    prometheus.wait_firing("LlmdQueueGrowing")
+    # The recording rule the queue alert reads saw the decode pool's queue (before it drains).
+    waiting = f'max_over_time(llmd:vllm_requests_waiting:sum{{llmd_role="decode",llmd_stack="{STACK}"}}[1m])'
+    (queue,) = _vector(prometheus, waiting)
     assert float(queue["value"][1]) >= 4
+    prometheus.wait_firing("LlmdTtftBudgetBurn")
     flooding.join(timeout=120)
 
     # P/D fallbacks and EPP scrape errors: the prefill pod's serving port closed, a dead endpoint added.
