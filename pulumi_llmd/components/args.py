@@ -13,6 +13,7 @@ import pulumi
 
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.config.models import Engine, FailureMode
+from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
 
 
 class ModelSettings(TypedDict, total=False):
@@ -221,6 +222,168 @@ class NetworkPolicySettings(TypedDict, total=False):
     )
 
 
+class AlertThresholdsSettings(TypedDict, total=False):
+    "When the PrometheusRule's alerts fire."
+
+    for_duration: str
+    (
+        "How long a condition must hold before an alert fires (`for`), except the burn-rate alerts, whose "
+        "windows already smooth. Default: `5m`."
+    )
+    queue_per_replica: float
+    (
+        "Queue growing: mean vLLM requests waiting per pod of a role, above which a still growing queue "
+        "alerts. Default: `8`."
+    )
+    saturation: float
+    (
+        "Pool saturated: the EPP's pool saturation (mean over endpoints of max(waiting / queue threshold, KV "
+        "use / KV threshold); 1 = every endpoint at its threshold) at or above this. Default: `1.0`."
+    )
+    fallback_ratio: float
+    (
+        "P/D fallbacks: the fraction of disaggregated requests the sidecar prefilled locally (remote prefill "
+        "failed) above which it alerts. Default: `0.05`."
+    )
+    scrape_error_ratio: float
+    (
+        "Scrape errors: the fraction of the EPP's model-server /metrics scrapes that fail above which it "
+        "alerts (the EPP routes blind on stale metrics). Default: `0.1`."
+    )
+
+
+class TtftSloSettings(TypedDict, total=False):
+    "The TTFT objective of the burn-rate alerts, as the EPP measures TTFT."
+
+    threshold_seconds: float
+    (
+        "A request is good when its TTFT is at most this; must be one of the EPP's TTFT histogram buckets. "
+        "Default: `1.0`."
+    )
+    objective: float
+    "Fraction of requests that must be good (0.99 = 99 %). Default: `0.99`."
+
+
+class DashboardsSettings(TypedDict, total=False):
+    "Grafana dashboards (EPP, pools, P/D) as ConfigMaps for Grafana's dashboard sidecar."
+
+    enabled: bool
+    "Render the dashboard ConfigMaps. Default: `true`."
+    labels: dict[str, str]
+    (
+        "Labels on the ConfigMaps: what Grafana's dashboard sidecar watches for (kube-prometheus-stack: "
+        '`grafana_dashboard: "1"`, its `sidecar.dashboards.label`). Default: `{"grafana_dashboard": "1"}`.'
+    )
+    namespace: str
+    "Namespace of the ConfigMaps (the sidecar's `searchNamespace`); unset puts them in the stack's namespace."
+    folder: str
+    (
+        "Grafana folder (the `grafana_folder` annotation, honoured when the sidecar sets `folderAnnotation: "
+        "grafana_folder`)."
+    )
+
+
+class MonitoringSettings(TypedDict, total=False):
+    "Prometheus Operator monitors and alert/recording rules, and the Grafana dashboards."
+
+    enabled: bool
+    (
+        "PodMonitors for the EPP, the model servers, the P/D sidecars and the gateway, and a PrometheusRule; "
+        "needs the Prometheus Operator CRDs (monitoring.coreos.com/v1). Default: `true`."
+    )
+    rules: bool
+    "Render the PrometheusRule (alerts and recording rules). Default: `true`."
+    labels: dict[str, str]
+    (
+        "Extra labels on the PodMonitors and the PrometheusRule: what your Prometheus selects them by "
+        "(kube-prometheus-stack: `release: <its release name>`). Default: empty."
+    )
+    scrape_interval: str
+    "Scrape interval. Default: `15s`."
+    alerts: AlertThresholdsSettings
+    "Alert thresholds."
+    ttft_slo: TtftSloSettings
+    "The TTFT objective of the burn-rate alerts."
+    dashboards: DashboardsSettings
+    "Grafana dashboards."
+
+
+class ScalingTriggerSettings(TypedDict, total=False):
+    "Signals; with several, the HPA takes the largest replica count any of them asks for."
+
+    signal: Required[ScalingSignal]
+    "The metric."
+    target: Required[float]
+    "Per-replica target value of the signal."
+
+
+class RoleAutoscalingSettings(TypedDict, total=False):
+    "One pool's autoscaler. Prefill and decode scale independently, each on its own pods' signals."
+
+    min_replicas: int
+    (
+        "Fewest replicas. Not 0: the bundled EPP has no flow-control queue to hold requests while a pool "
+        "scales up from zero. Default: `1`."
+    )
+    max_replicas: int
+    "Most replicas (your accelerator quota). Default: `4`."
+    triggers: Required[list[ScalingTriggerSettings]]
+    "Signals; with several, the HPA takes the largest replica count any of them asks for."
+
+
+class AutoscalingSettings(TypedDict, total=False):
+    'Scaling the model-server pools on EPP and vLLM metrics (docs/observability.md, "Autoscaling").'
+
+    enabled: bool
+    (
+        "Autoscale the pools; the pools' `replicas` are then only the count before the first scaling "
+        "decision. Default: `false`."
+    )
+    mode: AutoscalingMode
+    "`keda` or `hpa`. Default: `keda`."
+    prometheus_address: str
+    (
+        "Prometheus the KEDA triggers query (mode keda). Default: "
+        "`http://prometheus-operated.monitoring.svc:9090`."
+    )
+    polling_interval_seconds: int
+    "KEDA polling interval. Default: `15`."
+    scale_up_period_seconds: int
+    (
+        "Add at most one pod per this period: a new model server takes minutes to load, and the demand it "
+        "will absorb stays visible until it is Ready. Default: `180`."
+    )
+    scale_down_window_seconds: int
+    "Scale-down stabilization window; pods are removed one per 5 minutes after it. Default: `600`."
+    prefill: RoleAutoscalingSettings
+    (
+        "The prefill pool's autoscaler (P/D stacks). Default: `{\"minReplicas\": 1, \"maxReplicas\": 4, "
+        '"triggers": [{"signal": "queue", "target": 2.0}]}`.'
+    )
+    decode: RoleAutoscalingSettings
+    (
+        "The decode pool's autoscaler. Default: `{\"minReplicas\": 1, \"maxReplicas\": 4, \"triggers\": "
+        '[{"signal": "queue", "target": 4.0}, {"signal": "running", "target": 16.0}]}`.'
+    )
+
+
+class TracingSettings(TypedDict, total=False):
+    "OTLP tracing of the EPP's scheduling decision and of the P/D sidecar's prefill and decode legs."
+
+    enabled: bool
+    "Export spans (`--tracing` on the EPP and the sidecar). Default: `false`."
+    endpoint: str
+    (
+        "OTLP/gRPC collector (`OTEL_EXPORTER_OTLP_ENDPOINT`). Default: "
+        "`http://opentelemetry-collector.monitoring.svc:4317`."
+    )
+    sample_ratio: float
+    (
+        "Fraction of traces started here that are sampled (parent-based: a sampled caller's trace is always "
+        "followed). Default: `0.1`."
+    )
+
+
 class NetworkAttachmentSettings(TypedDict, total=False):
     "A Multus NetworkAttachmentDefinition in the stack's namespace that model-server pods attach to."
 
@@ -286,6 +449,12 @@ class LlmdStackArgs(TypedDict, total=False):
     "Endpoint picker."
     network_policy: NetworkPolicySettings
     "NetworkPolicies."
+    monitoring: MonitoringSettings
+    "Prometheus monitors and rules, Grafana dashboards."
+    autoscaling: AutoscalingSettings
+    "Autoscaling of the model-server pools."
+    tracing: TracingSettings
+    "OTLP tracing."
     pod_networking: PodNetworkingSettings
     (
         "How model-server pods reach the accelerator network and GPU nodes (extended resources, annotations, "
@@ -317,6 +486,8 @@ class EndpointPickerArgs(TypedDict, total=False):
     "Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
     settings: EppSettings
     "The EPP's own settings."
+    tracing: TracingSettings
+    "OTLP tracing of the scheduling decision."
 
 
 class PoolSettings(TypedDict, total=False):
@@ -372,6 +543,13 @@ class ModelServerPoolArgs(TypedDict, total=False):
         "Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; unset passes no "
         "token (public models)."
     )
+    autoscaled: bool
+    (
+        "An autoscaler owns the replica count: the workload leaves `replicas` unset, so updates do not reset "
+        "what the autoscaler chose (`pool.replicas` is then unused). Default: `false`."
+    )
+    tracing: TracingSettings
+    "OTLP tracing of the P/D sidecar's prefill and decode legs."
 
 
 class InferenceGatewayArgs(TypedDict, total=False):
@@ -420,8 +598,11 @@ class ClusterCrdsArgs(TypedDict, total=False):
 
 __all__ = [
     "AcceleratorSettings",
+    "AlertThresholdsSettings",
+    "AutoscalingSettings",
     "ClusterCrdsArgs",
     "CrdsSettings",
+    "DashboardsSettings",
     "DecodeSettings",
     "EndpointPickerArgs",
     "EppSettings",
@@ -431,11 +612,16 @@ __all__ = [
     "LlmdStackArgs",
     "ModelServerPoolArgs",
     "ModelSettings",
+    "MonitoringSettings",
     "NetworkAttachmentSettings",
     "NetworkPolicySettings",
     "PodNetworkingSettings",
     "PoolSettings",
     "PrefillSettings",
     "ResourcesSettings",
+    "RoleAutoscalingSettings",
+    "ScalingTriggerSettings",
     "SidecarSettings",
+    "TracingSettings",
+    "TtftSloSettings",
 ]

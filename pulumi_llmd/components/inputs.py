@@ -38,6 +38,7 @@ from pulumi_llmd.config.models import (
     PoolConfig,
     SidecarConfig,
 )
+from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 
 ComponentT = TypeVar("ComponentT", bound=type[pulumi.ComponentResource])
 
@@ -87,6 +88,9 @@ class EndpointPickerInputs(ConfigModel):
         description="Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
     )
     settings: EppConfig = Field(default_factory=EppConfig, description="The EPP's own settings.")
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig, description="OTLP tracing of the scheduling decision."
+    )
 
     @property
     def epp_name(self) -> str:
@@ -119,6 +123,15 @@ class ModelServerPoolInputs(ConfigModel):
         default=None,
         description="Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; "
         "unset passes no token (public models).",
+    )
+    autoscaled: bool = Field(
+        default=False,
+        description="An autoscaler owns the replica count: the workload leaves `replicas` unset, so "
+        "updates do not reset what the autoscaler chose (`pool.replicas` is then unused).",
+    )
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig,
+        description="OTLP tracing of the P/D sidecar's prefill and decode legs.",
     )
 
     @property
@@ -216,3 +229,30 @@ class OnPremAcceleratorsArgs(ConfigModel):
 
     instance: Instance = Field(description="Stack name, for labels.")
     onprem: OnPremConfig = Field(description="The onprem section.")
+
+
+class InferenceMonitoringArgs(ConfigModel):
+    """The Prometheus Operator monitors and rules, and the Grafana dashboards, of one stack."""
+
+    instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    pool_name: DnsLabel = Field(description="The InferencePool (its EPP is `<poolName>-epp`).")
+    disaggregated: bool = Field(description="Prefill and decode pools with the P/D sidecar.")
+    gateway_class: Annotated[str, field_of(GatewayConfig, "class_name")]
+    settings: MonitoringConfig = Field(
+        default_factory=MonitoringConfig, description="The monitoring section."
+    )
+
+    @property
+    def roles(self) -> list[Role]:
+        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class PoolAutoscalingArgs(ConfigModel):
+    """The autoscalers of one stack's model-server pools (KEDA ScaledObjects or HPAs)."""
+
+    instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    disaggregated: bool = Field(description="Prefill and decode pools, scaled independently.")
+    workloads: dict[Role, str] = Field(description="The Deployment of each role (what is scaled).")
+    settings: AutoscalingConfig = Field(description="The autoscaling section.")

@@ -25,6 +25,7 @@ from pulumi_llmd.components.args import ModelServerPoolArgs
 from pulumi_llmd.components.inputs import ModelServerPoolInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
+from pulumi_llmd.components.tracing import tracing_args, tracing_env
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import Engine, project_image
 
@@ -183,8 +184,19 @@ def sidecar_container(spec: Spec) -> dict[str, Any]:
             "private",
             "--prefill-ports",
             str(naming.MODEL_SERVER_PORT),
+            "--metrics-port",
+            str(naming.SIDECAR_METRICS_PORT),
+            *tracing_args(spec.tracing),
         ],
-        "ports": [{"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"}],
+        **({"env": env} if (env := tracing_env(spec.tracing, f"{spec.name}-sidecar")) else {}),
+        "ports": [
+            {"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"},
+            {
+                "name": naming.SIDECAR_METRICS_PORT_NAME,
+                "containerPort": naming.SIDECAR_METRICS_PORT,
+                "protocol": "TCP",
+            },
+        ],
         "readinessProbe": {"tcpSocket": {"port": naming.MODEL_SERVER_PORT}, "periodSeconds": 5},
         "resources": {
             "requests": {"cpu": sidecar.resources.cpu, "memory": sidecar.resources.memory},
@@ -249,7 +261,8 @@ def pool_manifest(spec: Spec) -> dict[str, Any]:
             "kind": "Deployment",
             "metadata": metadata,
             "spec": {
-                "replicas": pool.replicas,
+                # With an autoscaler, the replica count is its business (every update would reset it).
+                **({} if spec.autoscaled else {"replicas": pool.replicas}),
                 "selector": {"matchLabels": selector},
                 # A model server takes minutes to load; never drop below the configured capacity.
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},

@@ -26,6 +26,10 @@ RAY_PORT = 6379
 # 65532 is the conventional "nonroot" user of distroless-style images.
 NON_ROOT_UID = 65532
 
+# The P/D sidecar's own Prometheus metrics on decode pods (`--metrics-port`).
+SIDECAR_METRICS_PORT = 9090
+SIDECAR_METRICS_PORT_NAME = "sidecar-metrics"
+
 EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090

@@ -91,7 +91,9 @@ def model_server_policy(policies: Policies, role: Role) -> dict[str, Any]:
         # Ray and NCCL between the leader and workers of one group use many ports.
         rules.append({"from": [_pods(selector_labels(policies.instance, role))]})
     if metrics := _metrics_sources(policies):
-        rules.append({"from": metrics, "ports": _tcp(*scrape)})
+        # Monitoring also reads the sidecar's own metrics port on P/D decode pods.
+        sidecar = (naming.SIDECAR_METRICS_PORT,) if behind_sidecar else ()
+        rules.append({"from": metrics, "ports": _tcp(*scrape, *sidecar)})
     name = f"{naming.model_server_name(policies.instance, role)}-ingress"
     return _policy(policies, name, selector_labels(policies.instance, role), rules)
 

@@ -15,6 +15,7 @@ from pulumi_llmd.components.args import EndpointPickerArgs
 from pulumi_llmd.components.inputs import EndpointPickerInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.pickerconfig import render_epp_config
+from pulumi_llmd.components.tracing import tracing_args, tracing_env
 from pulumi_llmd.config.inputs import validate_args
 
 CONFIG_DIR = "/config"
@@ -94,7 +95,7 @@ def epp_arguments(picker: Picker) -> list[str]:
         args += ["--cert-path", TLS_DIR]
     if epp.leader_election:
         args.append("--ha-enable-leader-election")
-    return args
+    return args + tracing_args(picker.tracing, explicit_off=True)
 
 
 def picker_config(picker: Picker) -> str:
@@ -127,6 +128,7 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
         "env": [
             {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *tracing_env(picker.tracing, name),
         ],
         "ports": [
             {"name": "grpc", "containerPort": naming.EPP_GRPC_PORT, "protocol": "TCP"},

@@ -32,16 +32,20 @@ from pulumi_llmd.components.args import (
     LlmdStackArgs,
     ModelServerPoolArgs,
 )
+from pulumi_llmd.components.autoscaling import PoolAutoscaling
 from pulumi_llmd.components.crds import ClusterCrds
 from pulumi_llmd.components.gateway import InferenceGateway, Kgateway
 from pulumi_llmd.components.inputs import (
+    InferenceMonitoringArgs,
     InferenceNetworkPoliciesArgs,
     LlmdStackInputs,
+    PoolAutoscalingArgs,
     RdmaNetworksArgs,
     package_component,
 )
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.modelserver import ModelServerPool
+from pulumi_llmd.components.monitoring import InferenceMonitoring
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.netpol import InferenceNetworkPolicies
 from pulumi_llmd.components.onprem import RdmaNetworks
@@ -108,6 +112,7 @@ def endpoint_picker_args(stack: LlmdStackConfig) -> EndpointPickerArgs:
         "selector": naming.pool_selector(stack.model.label_value),
         "disaggregated": stack.disaggregated,
         "settings": _section(stack.epp),
+        "tracing": _section(stack.tracing),
     }
 
 
@@ -126,6 +131,8 @@ def model_server_pool_args(stack: LlmdStackInputs, role: Role) -> ModelServerPoo
         "disaggregated": stack.disaggregated,
         "sidecar": _section(stack.decode.sidecar),
         "pod_networking": _section(stack.pod_networking),
+        "autoscaled": stack.autoscaling.enabled,
+        "tracing": _section(stack.tracing),
     }
     if needs_hf_token(stack):
         args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
@@ -170,6 +177,27 @@ def network_policies_args(stack: LlmdStackConfig) -> InferenceNetworkPoliciesArg
         disaggregated=stack.disaggregated,
         multi_node_roles=multi_node_roles(stack),
         settings=stack.network_policy,
+    )
+
+
+def monitoring_args(stack: LlmdStackConfig) -> InferenceMonitoringArgs:
+    return InferenceMonitoringArgs(
+        instance=stack.name,
+        namespace=stack.namespace,
+        pool_name=naming.pool_name(stack.name),
+        disaggregated=stack.disaggregated,
+        gateway_class=stack.gateway.class_name,
+        settings=stack.monitoring,
+    )
+
+
+def autoscaling_args(stack: LlmdStackConfig) -> PoolAutoscalingArgs:
+    return PoolAutoscalingArgs(
+        instance=stack.name,
+        namespace=stack.namespace,
+        disaggregated=stack.disaggregated,
+        workloads={role: naming.model_server_name(stack.name, role) for role in serving_roles(stack)},
+        settings=stack.autoscaling,
     )
 
 
@@ -277,6 +305,17 @@ class LlmdStack(pulumi.ComponentResource):
             inference_gateway_args(stack),
             opts=child_options(self, opts, namespace, *crds, *gateway_controller, self.epp),
         )
+        monitoring = stack.monitoring
+        if monitoring.enabled or monitoring.dashboards.enabled:
+            InferenceMonitoring(
+                f"{name}-monitoring", monitoring_args(stack), opts=child_options(self, opts, namespace)
+            )
+        if stack.autoscaling.enabled:
+            PoolAutoscaling(
+                f"{name}-autoscaling",
+                autoscaling_args(stack),
+                opts=child_options(self, opts, *self.pools.values()),
+            )
         if stack.network_policy.enabled:
             InferenceNetworkPolicies(
                 f"{name}-network-policies",

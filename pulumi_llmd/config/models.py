@@ -19,6 +19,7 @@ from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
 from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
+from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 
 # RFC 1123 label: what Kubernetes accepts for namespaces and most object names.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -420,6 +421,13 @@ class LlmdStackConfig(ConfigModel):
     network_policy: NetworkPolicyConfig = Field(
         default_factory=NetworkPolicyConfig, description="NetworkPolicies."
     )
+    monitoring: MonitoringConfig = Field(
+        default_factory=MonitoringConfig, description="Prometheus monitors and rules, Grafana dashboards."
+    )
+    autoscaling: AutoscalingConfig = Field(
+        default_factory=AutoscalingConfig, description="Autoscaling of the model-server pools."
+    )
+    tracing: TracingConfig = Field(default_factory=TracingConfig, description="OTLP tracing.")
 
     @field_validator("kubernetes_version")
     @classmethod

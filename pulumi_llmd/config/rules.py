@@ -102,9 +102,38 @@ def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint
                 " (its proxies are not pods the policies can select)",
             )
         )
+    problems += _autoscaling_problems(config)
     if config.epp.leader_election and config.epp.replicas < 2:
         problems.append(Problem("epp.leaderElection", f"needs epp.replicas >= 2 (got {config.epp.replicas})"))
     return _dedupe(problems)
+
+
+def _autoscaling_problems(config: LlmdStackConfig) -> list[Problem]:
+    scaling = config.autoscaling
+    if not scaling.enabled:
+        return []
+    problems: list[Problem] = []
+    roles = (("prefill", config.prefill, scaling.prefill), ("decode", config.decode, scaling.decode))
+    for key, pool, autoscaler in roles:
+        if key == "prefill" and not config.prefill.enabled:
+            continue
+        if autoscaler.min_replicas > autoscaler.max_replicas:
+            problems.append(
+                Problem(
+                    f"autoscaling.{key}.minReplicas",
+                    f"must be <= autoscaling.{key}.maxReplicas (got {autoscaler.min_replicas} > "
+                    f"{autoscaler.max_replicas})",
+                )
+            )
+        if pool.nodes_per_replica > 1:
+            problems.append(
+                Problem(
+                    "autoscaling.enabled",
+                    f"is not supported for {key} with nodesPerReplica > 1 (a LeaderWorkerSet); scale it by "
+                    f"{key}.replicas",
+                )
+            )
+    return problems
 
 
 def _kind_problems(config: StackConfig) -> list[Problem]:

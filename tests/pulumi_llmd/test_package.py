@@ -100,6 +100,9 @@ def test_llmd_stack_inputs_are_the_stack_config_keys(schema: dict[str, Any]) -> 
         "decode",
         "epp",
         "networkPolicy",
+        "monitoring",
+        "autoscaling",
+        "tracing",
     }
     # The sections are the stack config's own types.
     assert stack["inputProperties"]["epp"]["$ref"] == f"#/types/{TOKEN}EppSettings"

@@ -12,6 +12,9 @@ from render import engine
 from render.engine import RenderResult, load_stack_file, render_stack, write_render
 
 KIND_FILES = {
+    "ConfigMap--llm-d--sim-dashboard-epp.yaml",
+    "ConfigMap--llm-d--sim-dashboard-pd.yaml",
+    "ConfigMap--llm-d--sim-dashboard-pools.yaml",
     "ConfigMap--llm-d--sim-epp.yaml",
     "Deployment--llm-d--sim-decode.yaml",
     "Deployment--llm-d--sim-epp.yaml",
@@ -41,6 +44,13 @@ ONPREM_EXTRA = {
     "Namespace--_cluster--nvidia-network-operator.yaml",
     "NetworkAttachmentDefinition--llm-d--roce-0.yaml",
     "NetworkAttachmentDefinition--llm-d--roce-1.yaml",
+    # The kind stack turns the Prometheus Operator objects off (a fresh kind cluster has no operator).
+    "PodMonitor--llm-d--llama-8b-decode-sidecar.yaml",
+    "PodMonitor--llm-d--llama-8b-decode.yaml",
+    "PodMonitor--llm-d--llama-8b-epp.yaml",
+    "PodMonitor--llm-d--llama-8b-gateway.yaml",
+    "PodMonitor--llm-d--llama-8b-prefill.yaml",
+    "PrometheusRule--llm-d--llama-8b-rules.yaml",
     "Secret--llm-d--llama-8b-hf-token.yaml",
     "_helm--gpu-operator.yaml",
     "_helm--network-operator.yaml",
@@ -185,7 +195,7 @@ def test_unknown_stack_is_a_clear_error() -> None:
 def test_cli_writes_every_requested_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert engine.main(["kind", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "kind" / "InferencePool--llm-d--sim.yaml").is_file()
-    assert "kind: 22 files (18 k8s, 2 helm, 2 yaml)" in capsys.readouterr().out
+    assert "kind: 25 files (21 k8s, 2 helm, 2 yaml)" in capsys.readouterr().out
 
 
 def test_remote_components_of_other_packages_render_as_opaque_cloud_files() -> None:

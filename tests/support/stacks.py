@@ -74,8 +74,21 @@ CRD_FILES = {
         "k8s.cni.cncf.io",
         "NetworkAttachmentDefinition",
     ): "network-attachment-definition-client-v1.7.7-networks-crd.yaml",
+    (
+        "monitoring.coreos.com",
+        "PodMonitor",
+    ): "prometheus-operator-v0.93.0/monitoring.coreos.com_podmonitors.yaml",
+    (
+        "monitoring.coreos.com",
+        "ServiceMonitor",
+    ): "prometheus-operator-v0.93.0/monitoring.coreos.com_servicemonitors.yaml",
+    (
+        "monitoring.coreos.com",
+        "PrometheusRule",
+    ): "prometheus-operator-v0.93.0/monitoring.coreos.com_prometheusrules.yaml",
+    ("keda.sh", "ScaledObject"): "keda-v2.20.2/keda.sh_scaledobjects.yaml",
 }
-CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "policy"}
+CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "policy", "autoscaling"}
 
 
 def api_group(manifest: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ def test_pd_off_is_one_decode_pool_without_sidecar() -> None:
     assert [p["containerPort"] for p in container["ports"]] == [8000]
     assert container["args"][container["args"].index("--role") + 1] == "both"
     assert not any(e["name"].startswith("VLLM_NIXL") for e in container["env"])
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     picker = config_map["data"]["epp-config.yaml"]
     assert "disagg-profile-handler" not in picker and "kv-cache-utilization-scorer" in picker
     policies = sorted(p["metadata"]["name"] for p in result.manifests("NetworkPolicy"))
@@ -145,7 +145,7 @@ def test_custom_picker_config_is_used_verbatim_and_rolls_the_epp() -> None:
 
     text = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: random-picker\n"
     result = render_config(kind_config(epp={"config": text}))
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     assert config_map["data"]["epp-config.yaml"] == text
     annotations = result.get("Deployment", "t-epp").document["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"llm-d.ai/epp-config-sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -218,7 +218,8 @@ def test_the_provider_and_dependencies_in_opts_reach_every_object(option: str) -
     objects = [
         r for r in registrations if r.pulumi_type.startswith("kubernetes:") and r.name != "gpu-nodes-ready"
     ]
-    assert len(objects) == 22  # the kind stack's 18 objects, 2 charts, 2 remote YAML installs
+    # 18 objects of the kind stack, 5 PodMonitors, a PrometheusRule, 3 dashboards; 2 charts, 2 remote YAML
+    assert len(objects) == 31
     for registration in objects:
         assert registration.provider.startswith(provider + "::"), registration.name
         assert ready_urn in registration.dependencies, registration.name

@@ -68,7 +68,7 @@ def test_ports_line_up_across_pool_service_deployments_and_sidecar(result: Rende
     decode = containers(by_name["decode"])
     sidecar = decode["routing-sidecar"]
     assert sidecar["restartPolicy"] == "Always"  # native sidecar: starts before, stops after vLLM
-    assert port_numbers(sidecar) == {"http": target}
+    assert port_numbers(sidecar) == {"http": target, "sidecar-metrics": 9090}
     assert sidecar["args"] == [
         "--port",
         "8000",
@@ -81,6 +81,8 @@ def test_ports_line_up_across_pool_service_deployments_and_sidecar(result: Rende
         "private",
         "--prefill-ports",
         "8000",
+        "--metrics-port",
+        "9090",
     ]
     # The args the stack renders are ones the sidecar accepts, with the guard on.
     from sidecar.config import build_parser, options_from_args
@@ -128,14 +130,14 @@ def test_epp_flags_follow_the_contract(result: RenderResult) -> None:
     config_path = args[args.index("--config-file") + 1]
     mount = container["volumeMounts"][0]
     assert config_path.startswith(mount["mountPath"] + "/")
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     assert config_path.rsplit("/", 1)[1] in config_map["data"]
     assert pod_spec(epp)["volumes"][0]["configMap"]["name"] == config_map["metadata"]["name"]
     assert pool["spec"]["endpointPickerRef"]["failureMode"] == "FailClose"
 
 
 def test_pd_picker_config_uses_llm_d_plugin_names(result: RenderResult) -> None:
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     document = yaml.safe_load(config_map["data"]["epp-config.yaml"])
     types = {p["type"] for p in document["plugins"]}
     assert types == {
@@ -154,7 +156,7 @@ def test_pd_picker_config_uses_llm_d_plugin_names(result: RenderResult) -> None:
 
 def test_rendered_picker_config_loads_in_the_bundled_epp(result: RenderResult) -> None:
     loader = pytest.importorskip("epp.config.loader", reason="the EPP config loader is not in this checkout")
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     loaded = loader.load_config(config_map["data"]["epp-config.yaml"])
     assert loaded.warnings == []
     assert {"prefill-filter", "decode-filter", "disagg-profile-handler"} <= set(loaded.plugins)
