@@ -26,7 +26,7 @@ from pulumi_llmd.components.inputs import ModelServerPoolInputs, package_compone
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.config.inputs import validate_args
-from pulumi_llmd.config.models import Engine, project_image
+from pulumi_llmd.config.models import Engine, EppImplementation, project_image
 
 __all__ = ["ModelServerPool", "ModelServerPoolInputs", "Role"]
 
@@ -162,14 +162,25 @@ def ray_worker_container(spec: Spec) -> dict[str, Any]:
 
 
 def sidecar_container(spec: Spec) -> dict[str, Any]:
-    """The P/D routing sidecar, as a native sidecar (init container that keeps running)."""
+    """The P/D routing sidecar, as a native sidecar (init container that keeps running): ours, or
+    llm-d's disagg sidecar with the flags llm-d's P/D guide gives it (llm-d/llm-d
+    guides/pd-disaggregation/modelserver/gpu/vllm/base/disaggregatedset.yaml; flag names from
+    llm-d-router v0.10.0 pkg/sidecar/proxy/options.go)."""
     sidecar = spec.sidecar
-    return {
-        "name": "routing-sidecar",
-        "image": sidecar.image,
-        "restartPolicy": "Always",
-        "command": ["python", "-m", "sidecar"],
-        "args": [
+    upstream = spec.implementation is EppImplementation.UPSTREAM
+    if upstream:
+        args = [
+            f"--port={naming.MODEL_SERVER_PORT}",
+            f"--model-server-port={naming.VLLM_BEHIND_SIDECAR_PORT}",
+            f"--kv-connector={sidecar.kv_connector}",
+            # Its --secure-proxy defaults to true (TLS on 8000); the InferencePool's appProtocol is
+            # http, so gateways dial the pods in cleartext, as in llm-d's guide. Its SSRF guard
+            # (--enable-ssrf-protection) allowlists by InferencePool, which needs --inference-pool and
+            # pool-read RBAC for the model servers; llm-d's guide leaves it off, and so does this.
+            "--secure-proxy=false",
+        ]
+    else:
+        args = [
             "--port",
             str(naming.MODEL_SERVER_PORT),
             "--model-server-port",
@@ -183,7 +194,14 @@ def sidecar_container(spec: Spec) -> dict[str, Any]:
             "private",
             "--prefill-ports",
             str(naming.MODEL_SERVER_PORT),
-        ],
+        ]
+    return {
+        "name": "routing-sidecar",
+        "image": sidecar.upstream_image if upstream else sidecar.image,
+        "restartPolicy": "Always",
+        # llm-d's image runs /app/pd-sidecar as its entrypoint (Dockerfile.sidecar).
+        **({} if upstream else {"command": ["python", "-m", "sidecar"]}),
+        "args": args,
         "ports": [{"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": naming.MODEL_SERVER_PORT}, "periodSeconds": 5},
         "resources": {
