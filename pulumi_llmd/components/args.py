@@ -96,7 +96,7 @@ class CrdsSettings(TypedDict, total=False):
         "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
         "GKE installs it). Default: `v1.6.2`."
     )
-    llm_d_router_version: str
+    llmd_router_version: str
     (
         "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
         "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
@@ -516,7 +516,7 @@ class ClusterCrdsArgs(TypedDict, total=False):
         "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
         "GKE installs it). Default: `v1.6.2`."
     )
-    llm_d_router_version: str
+    llmd_router_version: str
     (
         "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
         "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."

@@ -54,8 +54,8 @@ def crd_installs(crds: ClusterCrdsInputs) -> dict[str, str]:
     if crds.inference_extension_version is not None:
         version = crds.inference_extension_version
         installs[f"inference-extension-{version}"] = inference_extension_url(version)
-    if crds.llm_d_router_version is not None:
-        version = crds.llm_d_router_version
+    if crds.llmd_router_version is not None:
+        version = crds.llmd_router_version
         installs[f"llm-d-router-{version}"] = llm_d_router_url(version)
     if crds.leader_worker_set:
         installs[f"leaderworkerset-{crds.lws_version}"] = leaderworkerset_url(crds.lws_version)
@@ -74,7 +74,7 @@ class ClusterCrds(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterCrdsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         """Args (:class:`~pulumi_llmd.components.args.ClusterCrdsArgs`, validated by
         :class:`~pulumi_llmd.components.inputs.ClusterCrdsInputs`): ``gateway_api_version``,
-        ``inference_extension_version``, ``llm_d_router_version`` (each unset installs nothing),
+        ``inference_extension_version``, ``llmd_router_version`` (each unset installs nothing),
         ``lws_version`` and ``leader_worker_set``. The Kubernetes provider comes through ``opts``.
         """
         crds = validate_args(ClusterCrdsInputs, args, component="ClusterCrds")

@@ -232,7 +232,7 @@ class ClusterCrdsInputs(ConfigModel):
         "owns them, as GKE does).",
     )
     inference_extension_version: Annotated[str | None, field_of(CrdsConfig, "inference_extension_version")]
-    llm_d_router_version: Annotated[str | None, field_of(CrdsConfig, "llm_d_router_version")]
+    llmd_router_version: Annotated[str | None, field_of(CrdsConfig, "llmd_router_version")]
     lws_version: Annotated[str, field_of(CrdsConfig, "lws_version")]
     leader_worker_set: bool = Field(
         description="Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 "

@@ -176,7 +176,7 @@ def cluster_crds_args(stack: LlmdStackConfig) -> ClusterCrdsArgs:
     InferenceModelRewrite, LeaderWorkerSet for multi-node pools."""
     crds = stack.crds
     args: ClusterCrdsArgs = {
-        "llm_d_router_version": crds.llm_d_router_version,
+        "llmd_router_version": crds.llmd_router_version,
         "lws_version": crds.lws_version,
         "leader_worker_set": bool(multi_node_roles(stack)),
     }

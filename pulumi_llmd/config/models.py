@@ -145,7 +145,7 @@ class CrdsConfig(ConfigModel):
         description="Gateway API Inference Extension release providing InferencePool v1 (on GKE from "
         "Kubernetes 1.34, GKE installs it).",
     )
-    llm_d_router_version: str = Field(
+    llmd_router_version: str = Field(
         default=LLM_D_ROUTER_RELEASE,
         pattern=RELEASE_TAG,
         description="llm-d-router release providing InferenceObjective and InferenceModelRewrite "
