@@ -79,11 +79,17 @@ def control_plane_charts(plane: GatewayControlPlaneInputs) -> list[ChartSpec]:
             ),
         ]
     # Istio: base carries its CRDs (DestinationRule among them); istiod reads pilot env from `env`
-    # (istio-discovery templates/deployment.yaml), where the inference extension is switched on.
+    # (istio-discovery templates/deployment.yaml), where the inference extension is switched on. Both
+    # charts default global.istioNamespace to istio-system: set it to the namespace actually used.
+    istio_namespace = {"global": {"istioNamespace": plane.effective_namespace}}
     return [
-        ChartSpec("istio-base", "base", version, repo=ISTIO_CHARTS),
+        ChartSpec("istio-base", "base", version, repo=ISTIO_CHARTS, values=istio_namespace),
         ChartSpec(
-            "istiod", "istiod", version, repo=ISTIO_CHARTS, values={"env": {ISTIO_INFERENCE_ENV: "true"}}
+            "istiod",
+            "istiod",
+            version,
+            repo=ISTIO_CHARTS,
+            values={**istio_namespace, "env": {ISTIO_INFERENCE_ENV: "true"}},
         ),
     ]
 

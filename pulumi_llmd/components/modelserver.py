@@ -313,8 +313,9 @@ def disruption_budget_manifest(spec: Spec) -> dict[str, Any]:
 class ModelServerPool(pulumi.ComponentResource):
     """One role's model servers (vLLM, or the bundled simulator): a Deployment, or a LeaderWorkerSet
     when one replica spans nodes (pipeline parallel over Ray), and a PodDisruptionBudget that drains one
-    pod at a time. Decode pods of a disaggregated stack run the P/D routing sidecar on port 8000 in
-    front of vLLM. The serving pods carry servingLabels, the selector an EndpointPicker's pool needs."""
+    pod at a time. Decode pods of a disaggregated stack run the P/D routing sidecar (this project's, or
+    llm-d's with implementation upstream) on port 8000 in front of vLLM. The serving pods carry
+    servingLabels, the selector an EndpointPicker's pool needs."""
 
     workload_name: str
     """The Deployment or LeaderWorkerSet name (`<instance>-<role>`)."""

@@ -285,9 +285,10 @@ def role_binding_manifest(picker: Picker) -> dict[str, Any]:
 @package_component
 class EndpointPicker(pulumi.ComponentResource):
     """The endpoint picker (EPP) of one InferencePool, and the pool itself: a ServiceAccount with a
-    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment and Service (ext_proc gRPC on
-    9002, metrics on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that
-    Service. Select the model-server pods with selector (a ModelServerPool's servingLabels)."""
+    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (this project's EPP, or llm-d's
+    with settings.implementation upstream) and Service (ext_proc gRPC on 9002, TLS by default; metrics
+    on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that Service.
+    Select the model-server pods with selector (a ModelServerPool's servingLabels)."""
 
     pool_name: str
     """The InferencePool's name."""

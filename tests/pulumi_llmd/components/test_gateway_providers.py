@@ -86,7 +86,11 @@ def test_istio_turns_the_inference_extension_on_and_dials_the_epp_over_tls() -> 
     for chart in charts(result).values():
         assert chart["repository"] == "https://istio-release.storage.googleapis.com/charts"
         assert chart["version"] == "1.30.3" and chart["namespace"] == "istio-system"
-    assert charts(result)["istiod"]["values"] == {"env": {"ENABLE_GATEWAY_API_INFERENCE_EXTENSION": "true"}}
+    assert charts(result)["istiod"]["values"] == {
+        "global": {"istioNamespace": "istio-system"},
+        "env": {"ENABLE_GATEWAY_API_INFERENCE_EXTENSION": "true"},
+    }
+    assert charts(result)["istio-base"]["values"] == {"global": {"istioNamespace": "istio-system"}}
     assert gateway_class(result) == "istio"
     assert any("gateway-api/releases/download/v1.5.1/" in url for url in installs(result))
     (rule,) = result.manifests("DestinationRule")
