@@ -3,7 +3,9 @@
 Per request: model check → objective priority → candidates (subset hint) → saturation admission
 (sheddable only) → healthy-metrics candidates → data producers → scheduler → pre-request hooks →
 in-flight bookkeeping. Everything is synchronous CPU work of tens of microseconds on the event
-loop; no I/O happens in the request path.
+loop; no I/O happens in the request path. A config with preparers (a token-producer) has them
+awaited first (:meth:`SchedulingDirector.prepare`): tokenization runs in a thread or a render
+service, never inside the synchronous decision.
 """
 
 from __future__ import annotations
@@ -74,21 +76,56 @@ class SchedulingDirector:
     async def handle_request(self, request: InferenceRequest) -> Decision:
         # Deferrable pre-request hooks (the prefix-index update) run on the next loop iteration,
         # after the protocol layer has the decision, like llm-d's asynchronous PreRequest.
-        return self.decide(request, defer=asyncio.get_running_loop().call_soon)
+        defer = asyncio.get_running_loop().call_soon
+        if not self.config.preparers:  # the common case pays for nothing but this check
+            return self.decide(request, defer=defer)
+        prepared = await self.prepare(request)
+        return self.decide(request, defer=defer, prepared=prepared)
 
-    def decide(self, request: InferenceRequest, defer: Deferrer | None = None) -> Decision:
+    async def prepare(self, request: InferenceRequest) -> dict[str, Any]:
+        """Await the config's preparers (producers before consumers); returns what they put in
+        the request state, for :meth:`decide`. A preparer that raises is logged and counted; the
+        request is still scheduled, without that preparer's data (as llm-d's director continues
+        past a failed data producer)."""
+        started = time.perf_counter()
+        parsed = request.parsed
+        scratch = SchedulingRequest(
+            request_id=request.request_id,
+            target_model=parsed.model,
+            prompt_text=parsed.prompt_text,
+            headers=request.headers,
+            body=request.body,
+        )
+        for preparer in self.config.preparers:
+            try:
+                await preparer.prepare(scratch)
+            except Exception:
+                epp_metrics.PREPARE_FAILURES.labels(preparer.name).inc()
+                log.exception("preparer %s failed for request %s", preparer.name, request.request_id)
+        epp_metrics.PREPARE_SECONDS.observe(time.perf_counter() - started)
+        return scratch.state
+
+    def decide(
+        self,
+        request: InferenceRequest,
+        defer: Deferrer | None = None,
+        prepared: dict[str, Any] | None = None,
+    ) -> Decision:
         """The synchronous body of :meth:`handle_request` (what the decision benchmark times).
-        ``defer`` receives the deferrable pre-request work; without it, that work runs inline."""
+        ``defer`` receives the deferrable pre-request work; without it, that work runs inline.
+        ``prepared`` is what :meth:`prepare` returned, if the config has preparers."""
         started = time.perf_counter()
         try:
-            decision = self._decide(request, defer)
+            decision = self._decide(request, defer, prepared)
         except EppError as error:
             epp_metrics.REJECTIONS.labels(str(error.status), error.reason or "").inc()
             raise
         epp_metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return decision
 
-    def _decide(self, request: InferenceRequest, defer: Deferrer | None) -> Decision:
+    def _decide(
+        self, request: InferenceRequest, defer: Deferrer | None, prepared: dict[str, Any] | None
+    ) -> Decision:
         parsed = request.parsed
         target_model = self._target_model(request)
         # A headers-only request (api "none", e.g. GET /v1/models) names no model to check.
@@ -111,7 +148,10 @@ class SchedulingDirector:
             lora_adapter=parsed.lora_adapter or target_model or None,
             priority=priority,
             now=now,
+            body=request.body,
         )
+        if prepared:
+            scheduling_request.state.update(prepared)
         salt = request.body.get("cache_salt")
         if isinstance(salt, str):
             scheduling_request.state["cache_salt"] = salt

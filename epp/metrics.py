@@ -117,6 +117,28 @@ KVEVENTS_SUBSCRIBERS = Gauge("epp_kvevents_subscribers", "Endpoints with an acti
 KVEVENTS_LAST_SEQUENCE = Gauge(
     "epp_kvevents_last_sequence", "Last sequence number applied per endpoint.", ["endpoint"]
 )
+# Precise prefix routing's request path (token-producer, precise-prefix-cache-producer).
+PREPARE_SECONDS = Histogram(
+    "epp_scheduler_prepare_duration_seconds",
+    "Asynchronous preparation before a decision (tokenization), for configs that have some.",
+    buckets=(50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 1.0),
+)
+PREPARE_FAILURES = Counter(
+    "epp_scheduler_prepare_failures_total",
+    "Preparations that raised (the request was scheduled without what they would have produced).",
+    ["plugin"],
+)
+TOKENIZATION_SKIPPED = Counter(
+    "epp_tokenization_skipped_total",
+    "Requests a token-producer left untokenized (precise prefix routing then skips them), by reason.",
+    ["plugin", "reason"],
+)
+PRECISE_LOOKUPS = Counter(
+    "epp_precise_prefix_lookups_total",
+    "Precise prefix-cache lookups, by outcome: hit (some endpoint holds block 0), miss, no_tokens "
+    "(nothing to look up: untokenized or shorter than a block), unpredictable (LoRA without a path).",
+    ["outcome"],
+)
 
 
 def kvevents_forget_endpoint(endpoint: str) -> None:

@@ -68,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="append each generation request (path, x-request-id, body) to PATH as JSON lines",
     )
+    p.add_argument(
+        "--kv-events-config",
+        default=None,
+        metavar="JSON",
+        help="vLLM's KV-event publisher config, e.g. "
+        '\'{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557"}\'',
+    )
+    p.add_argument(
+        "--prefix-caching-hash-algo",
+        choices=("sha256", "sha256_cbor", "xxhash", "xxhash_cbor"),
+        default=d.prefix_caching_hash_algo,
+        help="block hash of the published keys (seeded by PYTHONHASHSEED, as vLLM's)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -103,6 +116,8 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
         advertise_host=args.advertise_host or advertised_host(args.host),
         advertise_port=args.port,
         request_log=args.request_log,
+        kv_events_config=args.kv_events_config,
+        prefix_caching_hash_algo=args.prefix_caching_hash_algo,
     )
 
 

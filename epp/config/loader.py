@@ -7,7 +7,10 @@ Accepted: apiVersion ``llm-d.ai/v1alpha1`` and ``inference.networking.x-k8s.io/v
 detector → ``utilization-detector``; no data layer → ``metrics-data-source`` +
 ``core-metrics-extractor``; a data key some plugin consumes and no configured plugin produces →
 the producer type registered as its default (e.g. ``approx-prefix-cache-producer`` for
-``prefix-cache-scorer``), configured from the parameters its consumers carry for it.
+``prefix-cache-scorer``), configured from the parameters its consumers carry for it. Producers
+(and preparers) run producers-before-consumers of their data keys, whatever the config's order.
+An endpoint extractor (``precise-prefix-cache-producer``) that no ``endpoint-notification-source``
+in ``dataLayer.sources`` feeds is wired to one, with a warning: without it, it never sees a pod.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from epp.config.scheduler_config import SchedulerConfig
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import (
     DataProducer,
+    EndpointExtractor,
+    EndpointNotifier,
     EndpointSetObserver,
     Filter,
+    Lifecycle,
     MetricsExtractor,
     MetricsSource,
     Picker,
     Plugin,
+    Preparer,
     PreRequest,
     ProfileHandler,
     SaturationDetector,
@@ -126,13 +133,15 @@ class _Builder:
         return SchedulerConfig(
             plugins=self.plugins,
             scheduler=Scheduler(profiles, handler),
-            producers=self._all(DataProducer),
+            producers=_dependency_order(self._all(DataProducer)),
             pre_request=self._all(PreRequest),
             observers=self._all(EndpointSetObserver),
             saturation_detector=detector,
             metrics_source=source,
             metrics_extractor=extractor,
             warnings=self.warnings,
+            preparers=_dependency_order(self._all(Preparer)),
+            lifecycles=self._all(Lifecycle),
         )
 
     # ---- sections ----------------------------------------------------------------------------
@@ -331,14 +340,19 @@ class _Builder:
         if not isinstance(sources, list):
             raise ConfigError("dataLayer.sources must be a list")
         metric_sources: list[tuple[MetricsSource, MetricsExtractor | None]] = []
+        wired: set[str] = set()
         for index, entry in enumerate(sources):
             where = f"dataLayer.sources[{index}]"
             if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
                 raise ConfigError(f"{where} needs a 'pluginRef'")
             source = self.plugins.get(entry["pluginRef"])
+            if isinstance(source, EndpointNotifier):
+                self._wire_endpoint_source(where, source, entry.get("extractors") or [], wired)
+                continue
             if not isinstance(source, MetricsSource):
                 raise ConfigError(
-                    f"{where}: pluginRef {entry['pluginRef']!r} is not a metrics-data-source plugin"
+                    f"{where}: pluginRef {entry['pluginRef']!r} is not a metrics-data-source or "
+                    "endpoint-notification-source plugin"
                 )
             extractor: MetricsExtractor | None = None
             for ext_index, ext in enumerate(entry.get("extractors") or []):
@@ -350,6 +364,7 @@ class _Builder:
                     )
                 extractor = plugin
             metric_sources.append((source, extractor))
+        self._wire_unfed_extractors(wired)
         if len(metric_sources) > 1:
             raise ConfigError("dataLayer.sources: only one metrics-data-source is supported")
         if metric_sources:
@@ -358,6 +373,37 @@ class _Builder:
             source = self._default("metrics-data-source", MetricsSource)
             extractor = None
         return source, extractor or self._default("core-metrics-extractor", MetricsExtractor)
+
+    def _wire_endpoint_source(
+        self, where: str, source: EndpointNotifier, extractors: Any, wired: set[str]
+    ) -> None:
+        if not isinstance(extractors, list):
+            raise ConfigError(f"{where}.extractors must be a list")
+        for ext_index, ext in enumerate(extractors):
+            ref = ext.get("pluginRef") if isinstance(ext, Mapping) else None
+            plugin = self.plugins.get(ref) if isinstance(ref, str) else None
+            if not isinstance(plugin, EndpointExtractor):
+                raise ConfigError(
+                    f"{where}.extractors[{ext_index}]: {ref!r} is not an endpoint extractor plugin "
+                    f"(e.g. precise-prefix-cache-producer), so {source.name!r} cannot feed it"
+                )
+            if plugin.name in wired:
+                raise ConfigError(f"{where}.extractors[{ext_index}]: {ref!r} is already fed by a source")
+            source.attach(plugin)
+            wired.add(plugin.name)
+
+    def _wire_unfed_extractors(self, wired: set[str]) -> None:
+        unfed = [p for p in self._all(EndpointExtractor) if p.name not in wired]
+        if not unfed:
+            return
+        source = self._default("endpoint-notification-source", EndpointNotifier)
+        for extractor in unfed:
+            self.warn(
+                f"plugin {extractor.name!r} (type {extractor.type_name}) is not an extractor of any "
+                f"endpoint-notification-source in dataLayer.sources; wired to {source.name!r} (it "
+                "would otherwise never see a pod)"
+            )
+            source.attach(extractor)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _all(self, kind: type[T]) -> list[T]:
@@ -376,3 +422,18 @@ class _Builder:
         assert isinstance(created, kind)
         self.plugins[name] = created
         return created
+
+
+def _dependency_order(plugins: list[T]) -> list[T]:
+    """Producers of a data key before the plugins that consume it; otherwise the config's order
+    (llm-d orders its data producers as a DAG the same way)."""
+    ordered: list[T] = []
+    pending = list(plugins)
+    while pending:
+        waiting_keys = {key for plugin in pending for key in plugin.produces}
+        ready = [p for p in pending if not (p.consumes() & (waiting_keys - p.produces))]
+        if not ready:  # a cycle: keep the config's order for what is left
+            ready = pending
+        ordered += ready
+        pending = [p for p in pending if p not in ready]
+    return ordered

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from epp.scheduling.framework import (
     DataProducer,
     EndpointSetObserver,
+    Lifecycle,
     MetricsExtractor,
     MetricsSource,
     Plugin,
+    Preparer,
     PreRequest,
     SaturationDetector,
 )
@@ -28,3 +30,7 @@ class SchedulerConfig:
     metrics_source: MetricsSource
     metrics_extractor: MetricsExtractor
     warnings: list[str] = field(default_factory=list)
+    # Awaited before each decision, producers before consumers (empty for most configs).
+    preparers: list[Preparer] = field(default_factory=list)
+    # Plugins with background work, started and stopped with the EPP.
+    lifecycles: list[Lifecycle] = field(default_factory=list)

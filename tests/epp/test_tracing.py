@@ -30,7 +30,9 @@ def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 
 
-def director(exporter: InMemorySpanExporter | None) -> tuple[SchedulingDirector, Datastore]:
+def director(
+    exporter: InMemorySpanExporter | None, config_text: str = PD_SAMPLE
+) -> tuple[SchedulingDirector, Datastore]:
     wrap = None
     if exporter is not None:
         provider = TracerProvider()
@@ -38,7 +40,7 @@ def director(exporter: InMemorySpanExporter | None) -> tuple[SchedulingDirector,
         wrap = decision_tracer(provider).wrap
     datastore = Datastore()
     picker = SchedulingDirector(
-        datastore, load_config(PD_SAMPLE), served_models=frozenset({"m"}), wrap_decide=wrap
+        datastore, load_config(config_text), served_models=frozenset({"m"}), wrap_decide=wrap
     )
     roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
     datastore.replace_endpoints(spec(f"pod-{i}", i + 1, labels=roles[i]) for i in range(2))
@@ -75,6 +77,33 @@ def test_a_rejection_is_an_error_span(exporter: InMemorySpanExporter) -> None:
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None and span.attributes["http.response.status_code"] == 404
+
+
+PRECISE = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: token-producer, parameters: {simulator: {}}}
+- type: precise-prefix-cache-producer
+  parameters: {tokenProcessorConfig: {blockSizeTokens: 4}}
+- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+"""
+
+
+async def test_a_traced_decision_still_gets_the_prepared_tokens(exporter: InMemorySpanExporter) -> None:
+    # A config with preparers (the token-producer) has decide() called with what they prepared:
+    # the tracing wrapper passes it through, so precise routing follows the cache with tracing on.
+    picker, datastore = director(exporter, PRECISE)
+    producer = picker.config.plugins["precise-prefix-cache-producer"]
+    holder = datastore.endpoints()[1]
+    request = inference_request("abcd" * 40)  # 40 simulator tokens, 10 blocks of 4
+    tokens = (await picker.prepare(request))["token-producer"].token_ids
+    producer.index.store(holder.hostport, producer.hasher.block_keys(tokens))  # type: ignore[attr-defined]
+    decision = await picker.handle_request(request)
+    assert decision.endpoints[0] == holder.hostport
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert list(span.attributes["llm_d.endpoints"]) == [holder.hostport]
 
 
 def test_without_tracing_decide_is_the_plain_method() -> None:
