@@ -73,6 +73,8 @@ class Registration:
     protect: bool
     transforms: int
     secret_paths: list[str]
+    # customTimeouts as sent ({"create": "65m", ...}; only the ones set).
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +205,11 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 protect=bool(request.protect),
                 transforms=len(request.transforms),
                 secret_paths=sorted(_secret_paths(raw)),
+                custom_timeouts={
+                    operation: value
+                    for operation in ("create", "update", "delete")
+                    if (value := getattr(request.customTimeouts, operation))
+                },
             )
         )
         return response

@@ -63,7 +63,7 @@ class CrdsSettings(TypedDict, total=False):
     gateway_api_version: str
     "Gateway API release (standard channel). Default: `v1.6.1`."
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
+    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.2`."
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
@@ -87,6 +87,28 @@ class AcceleratorSettings(TypedDict, total=False):
     "Extended resource name of one accelerator. Default: `nvidia.com/gpu`."
     count: int
     "Accelerators per pod; unset means the pool's tensorParallel. 0 disables requests."
+
+
+class RolloutSettings(TypedDict, total=False):
+    "How a pool replaces its pods, and how long one new pod may take to become ready."
+
+    max_surge: int
+    (
+        "Pods a rollout may add above `replicas`; each needs free GPUs for a whole pod. Unset: 0 for pools "
+        "with accelerators, 1 without."
+    )
+    max_unavailable: int
+    (
+        "Pods a rollout may take down before their replacements are ready. Unset: 1 for pools with "
+        "accelerators, 0 without. With a spare GPU node, set maxSurge 1 and maxUnavailable 0 to roll without "
+        "losing capacity."
+    )
+    ready_timeout_minutes: int
+    (
+        "How long one new pod may take to become ready: image pull, weight download, load and compile. Sizes "
+        "the startup probe, the Deployment's progressDeadlineSeconds and Pulumi's customTimeouts (create: "
+        "one such wait; update: one per batch of the rollout). Default: `60`."
+    )
 
 
 class PrefillSettings(TypedDict, total=False):
@@ -113,6 +135,8 @@ class PrefillSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
     enabled: bool
     (
         "Prefill/decode disaggregation: a prefill pool, the decode-side sidecar and NIXL KV transfer. "
@@ -158,6 +182,8 @@ class DecodeSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
     sidecar: SidecarSettings
     "The P/D routing sidecar on decode pods."
 
@@ -384,6 +410,17 @@ class TracingSettings(TypedDict, total=False):
     )
 
 
+class MultiNodeNetworkingSettings(TypedDict, total=False):
+    "Additions for the pods of pools whose replicas span nodes."
+
+    env: dict[str, str]
+    "Extra engine-container environment. Default: empty."
+    volumes: list[dict[str, Any]]
+    "Extra pod volumes. Default: empty."
+    volume_mounts: list[dict[str, Any]]
+    "Extra engine-container volume mounts. Default: empty."
+
+
 class NetworkAttachmentSettings(TypedDict, total=False):
     "A Multus NetworkAttachmentDefinition in the stack's namespace that model-server pods attach to."
 
@@ -407,6 +444,13 @@ class PodNetworkingSettings(TypedDict, total=False):
     )
     env: dict[str, str]
     "Environment of the engine container. Default: empty."
+    single_node_env: dict[str, str]
+    (
+        "Engine environment only for pools whose replicas fit one node (tensor parallel inside the node), "
+        "e.g. turning off NCCL network plugins that only cross-node traffic needs. Default: empty."
+    )
+    multi_node: MultiNodeNetworkingSettings
+    "Additions only for pools whose replicas span nodes (nodesPerReplica > 1)."
     volumes: list[dict[str, Any]]
     "Extra pod volumes. Default: empty."
     volume_mounts: list[dict[str, Any]]
@@ -514,6 +558,8 @@ class PoolSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
 
 
 class ModelServerPoolArgs(TypedDict, total=False):
@@ -586,7 +632,7 @@ class ClusterCrdsArgs(TypedDict, total=False):
     gateway_api_version: str
     "Gateway API release (standard channel). Default: `v1.6.1`."
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
+    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.2`."
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
@@ -613,6 +659,7 @@ __all__ = [
     "ModelServerPoolArgs",
     "ModelSettings",
     "MonitoringSettings",
+    "MultiNodeNetworkingSettings",
     "NetworkAttachmentSettings",
     "NetworkPolicySettings",
     "PodNetworkingSettings",
@@ -620,6 +667,7 @@ __all__ = [
     "PrefillSettings",
     "ResourcesSettings",
     "RoleAutoscalingSettings",
+    "RolloutSettings",
     "ScalingTriggerSettings",
     "SidecarSettings",
     "TracingSettings",

@@ -181,12 +181,16 @@ class EksNodeGroupConfig(ConfigModel):
 
 
 class EksAddonsConfig(ConfigModel):
+    # aws/eks-charts stable/aws-efa-k8s-device-plugin/Chart.yaml: `version: v0.5.30` (image v0.5.20),
+    # commit bfe91c4 (2026-07-21); its supportedInstanceLabels list p4d/p4de, p5, p5e and p5en.
     efa_device_plugin_version: str = Field(
-        default="v0.5.7",
+        default="v0.5.30",
         description="aws/eks-charts `aws-efa-k8s-device-plugin` chart version (these carry a leading v).",
     )
+    # NVIDIA/k8s-device-plugin tag v0.20.0 (2026-08-19), chart deployments/helm/nvidia-device-plugin
+    # `version: "0.20.0"`; its node affinity still accepts the nvidia.com/gpu.present=true label.
     nvidia_device_plugin_version: str = Field(
-        default="0.17.1",
+        default="0.20.0",
         description="`nvidia-device-plugin` chart version; the AL2023 NVIDIA AMI ships the driver and "
         "container toolkit but not the device plugin.",
     )

@@ -120,8 +120,10 @@ class CrdsConfig(ConfigModel):
     gateway_api_version: str = Field(
         default="v1.6.1", pattern=RELEASE_TAG, description="Gateway API release (standard channel)."
     )
+    # v1.6.2: the newest GIE release (kubernetes-sigs/gateway-api-inference-extension releases; its
+    # v1-manifests.yaml asset is built by the Makefile's `release` target); InferencePool v1 unchanged.
     inference_extension_version: str = Field(
-        default="v1.6.0",
+        default="v1.6.2",
         pattern=RELEASE_TAG,
         description="Gateway API Inference Extension release providing InferencePool v1.",
     )
@@ -168,6 +170,44 @@ class AcceleratorConfig(ConfigModel):
     )
 
 
+# A model-server pod usually takes a whole GPU node (or all the GPUs a node has free), so a surge pod
+# stays Pending until some other pod goes away and a maxSurge 1 / maxUnavailable 0 rollout never
+# finishes. GPU pools therefore default to maxSurge 0 / maxUnavailable 1, as llm-d rolls its prefill
+# pools (llm-d guides/pd-disaggregation/modelserver/gpu/vllm/base/disaggregatedset.yaml, which also
+# warns that a decode surge needs spare GPUs); pools without accelerators (the simulator) keep full
+# capacity with maxSurge 1 / maxUnavailable 0.
+class RolloutConfig(ConfigModel):
+    """How a pool replaces its pods, and how long one new pod may take to become ready."""
+
+    max_surge: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pods a rollout may add above `replicas`; each needs free GPUs for a whole pod. "
+        "Unset: 0 for pools with accelerators, 1 without.",
+    )
+    max_unavailable: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pods a rollout may take down before their replacements are ready. Unset: 1 for "
+        "pools with accelerators, 0 without. With a spare GPU node, set maxSurge 1 and "
+        "maxUnavailable 0 to roll without losing capacity.",
+    )
+    ready_timeout_minutes: int = Field(
+        default=60,
+        ge=5,
+        le=24 * 60,
+        description="How long one new pod may take to become ready: image pull, weight download, "
+        "load and compile. Sizes the startup probe, the Deployment's progressDeadlineSeconds and "
+        "Pulumi's customTimeouts (create: one such wait; update: one per batch of the rollout).",
+    )
+
+    def strategy(self, *, accelerated: bool) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) with the defaults for this kind of pool filled in."""
+        surge = self.max_surge if self.max_surge is not None else (0 if accelerated else 1)
+        unavailable = self.max_unavailable if self.max_unavailable is not None else (1 if accelerated else 0)
+        return surge, unavailable
+
+
 class PoolConfig(ConfigModel):
     """Shared shape of the prefill and decode pools."""
 
@@ -195,9 +235,17 @@ class PoolConfig(ConfigModel):
     )
     accelerator: AcceleratorConfig = Field(default_factory=AcceleratorConfig, description="GPUs per pod.")
     shm_size: Quantity = Field(default="16Gi", description="Size of the /dev/shm memory volume.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="Rollout strategy and how long a new pod may take to become ready.",
+    )
 
     def accelerators_per_pod(self) -> int:
         return self.tensor_parallel if self.accelerator.count is None else self.accelerator.count
+
+    def rollout_strategy(self) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) of this pool's rollouts."""
+        return self.rollout.strategy(accelerated=self.accelerators_per_pod() > 0)
 
 
 class PrefillConfig(PoolConfig):
@@ -342,7 +390,9 @@ class OnPremConfig(ConfigModel):
         description="NVIDIA GPU Operator chart (helm.ngc.nvidia.com/nvidia/gpu-operator).",
     )
     network_operator: OperatorChartConfig = Field(
-        default_factory=lambda: OperatorChartConfig(version="v26.4.0", namespace="nvidia-network-operator"),
+        # v26.4.1: newest stable tag of Mellanox/network-operator (chart `version: 26.4.1`; Helm
+        # resolves the leading v); its NicClusterPolicy CRD is the one the tests validate against.
+        default_factory=lambda: OperatorChartConfig(version="v26.4.1", namespace="nvidia-network-operator"),
         description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator). With "
         "rdmaNetworks, our values deploy its NicClusterPolicy: Multus, CNI plugins, whereabouts and the RDMA "
         "shared device plugin for rdmaResource on the networks' interfaces (`values` override them).",

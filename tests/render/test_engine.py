@@ -36,7 +36,7 @@ KIND_FILES = {
     "_helm--kgateway-crds.yaml",
     "_helm--kgateway.yaml",
     "_yaml--gateway-api-v1.6.1.yaml",
-    "_yaml--inference-extension-v1.6.0.yaml",
+    "_yaml--inference-extension-v1.6.2.yaml",
 }
 
 ONPREM_EXTRA = {

@@ -95,7 +95,7 @@ def test_gpu_node_group_on_the_nvidia_al2023_ami_in_one_subnet(eks: RenderResult
     assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
     assert group["nodeRoleArn"] == "arn:aws:iam::123456789012:role/eks-node-role"
     cluster = one(eks, "aws:eks/cluster:Cluster").inputs
-    assert cluster["version"] == "1.33"
+    assert cluster["version"] == "1.35"
     assert cluster["vpcConfig"]["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
 
 
@@ -117,14 +117,14 @@ def test_device_plugin_charts_are_pinned_and_tolerate_the_gpu_taint(eks: RenderR
     assert (efa["chart"], efa["repository"], efa["version"]) == (
         "aws-efa-k8s-device-plugin",
         "https://aws.github.io/eks-charts",
-        "v0.5.7",
+        "v0.5.30",
     )
     assert efa["values"]["tolerations"] == [{"operator": "Exists"}]
     nvidia = eks.get("Chart", "eks-nvidia-device-plugin").document
     assert (nvidia["chart"], nvidia["repository"], nvidia["version"]) == (
         "nvidia-device-plugin",
         "https://nvidia.github.io/k8s-device-plugin",
-        "0.17.1",
+        "0.20.0",
     )
     taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
     assert tolerates(nvidia["values"]["tolerations"], taint)

@@ -27,7 +27,7 @@ def test_valid_kind_config_fills_every_default() -> None:
     assert config.namespace == "llm-d"
     assert config.kubernetes_version == "1.33"
     assert config.gateway.class_name == "kgateway"
-    assert config.crds.inference_extension_version == "v1.6.0"
+    assert config.crds.inference_extension_version == "v1.6.2"
     assert config.epp.failure_mode.value == "FailClose"
     assert config.disaggregated
 
