@@ -8,12 +8,13 @@ module only describes shapes and single-field constraints.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
@@ -40,6 +41,11 @@ def project_image(name: str) -> str:
     """``epp``, ``sidecar`` or ``simulator`` as published by this project."""
     return f"{PROJECT_IMAGE_REGISTRY}/{name}:{PROJECT_IMAGE_TAG}"
 
+
+# The RDMA shared device plugin's resources (Mellanox/k8s-rdma-shared-dev-plugin: resourcePrefix
+# "rdma"), and the resource name the Network Operator's examples configure.
+SHARED_RDMA_PREFIX = "rdma/"
+DEFAULT_SHARED_RDMA_RESOURCE = "rdma/rdma_shared_device_a"
 
 # The two EndpointPickerConfig API versions in use (llm-d, and GIE up to v1.5).
 EPP_CONFIG_API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
@@ -367,7 +373,13 @@ class RdmaNetworkConfig(ConfigModel):
     )
     ipam_range: str = Field(
         pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$",
-        description="CIDR the whereabouts IPAM hands addresses out of.",
+        description="CIDR of the network's nv-ipam IPPool, which hands the pods their addresses.",
+    )
+    ips_per_node: int = Field(
+        default=16,
+        ge=2,
+        description="Addresses nv-ipam gives each node out of ipamRange (the IPPool's perNodeBlockSize): "
+        "at least the model-server pods one node runs.",
     )
     resource_name: str | None = Field(
         default=None,
@@ -377,6 +389,21 @@ class RdmaNetworkConfig(ConfigModel):
     interface: str | None = Field(
         default=None, pattern=r"^[a-z0-9]{1,15}$", description="Interface name inside the pod (e.g. net1)."
     )
+
+    @model_validator(mode="after")
+    def _block_fits_the_range(self) -> Self:
+        try:
+            network = ipaddress.IPv4Network(self.ipam_range)
+        except ValueError as error:
+            raise ValueError(f"ipamRange {self.ipam_range!r} is not an IPv4 network ({error})") from None
+        usable = max(network.num_addresses - 2, 0)  # network and broadcast addresses
+        if self.ips_per_node >= usable:
+            # nv-ipam: perNodeBlockSize "must be less than amount of available IPs in the subnet".
+            raise ValueError(
+                f"ipsPerNode {self.ips_per_node} must be less than the {usable} usable addresses of "
+                f"ipamRange {self.ipam_range}"
+            )
+        return self
 
 
 class OnPremConfig(ConfigModel):
@@ -393,19 +420,28 @@ class OnPremConfig(ConfigModel):
         # v26.4.1: newest stable tag of Mellanox/network-operator (chart `version: 26.4.1`; Helm
         # resolves the leading v); its NicClusterPolicy CRD is the one the tests validate against.
         default_factory=lambda: OperatorChartConfig(version="v26.4.1", namespace="nvidia-network-operator"),
-        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator). With "
-        "rdmaNetworks, our values deploy its NicClusterPolicy: Multus, CNI plugins, whereabouts and the RDMA "
-        "shared device plugin for rdmaResource on the networks' interfaces (`values` override them).",
+        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator); it "
+        "installs the operator and its CRDs only (since v24.10 the chart creates no NicClusterPolicy).",
+    )
+    nic_cluster_policy: bool = Field(
+        default=True,
+        description="With rdmaNetworks, create the cluster's NicClusterPolicy (one per cluster, named "
+        "nic-cluster-policy): Multus, the CNI plugins, nv-ipam and the RDMA shared device plugin on the "
+        "networks' interfaces. false when you manage that policy yourself.",
     )
     rdma_networks: list[RdmaNetworkConfig] = Field(
         default_factory=list, description="Multus networks attached to every model-server pod."
     )
     rdma_resource: str | None = Field(
-        default="rdma/rdma_shared_device_a",
+        default=None,
         pattern=r"^[a-z0-9.-]+/[a-z0-9_.-]+$",
-        description="RDMA device-plugin resource each model-server container requests; null for none.",
+        description="RDMA device-plugin resource each model-server container requests. Unset: "
+        "`rdma/rdma_shared_device_a` (advertised by the NicClusterPolicy's shared device plugin) when "
+        "rdmaNetworks name host interfaces, none otherwise.",
     )
-    rdma_resource_count: int = Field(default=1, ge=1, description="How many of `rdmaResource` per container.")
+    rdma_resource_count: int = Field(
+        default=1, ge=0, description="How many of `rdmaResource` per container; 0 requests none."
+    )
     node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},
         description="Node labels model-server pods require.",
@@ -421,6 +457,39 @@ class OnPremConfig(ConfigModel):
         description="`UCX_NET_DEVICES` (e.g. mlx5_0:1) to pin NIXL to the RDMA NICs.",
     )
     nccl_ib_hca: str | None = Field(default=None, min_length=1, description="`NCCL_IB_HCA` (e.g. mlx5).")
+
+    @property
+    def rdma_interfaces(self) -> list[str]:
+        """Host interfaces of the RDMA networks: where the shared device plugin finds devices."""
+        return sorted({n.master for n in self.rdma_networks if n.master})
+
+    @property
+    def effective_rdma_resource(self) -> str | None:
+        if self.rdma_resource_count == 0:
+            return None
+        if self.rdma_resource is not None:
+            return self.rdma_resource
+        return DEFAULT_SHARED_RDMA_RESOURCE if self.rdma_interfaces else None
+
+    @model_validator(mode="after")
+    def _rdma_resource_is_advertised(self) -> Self:
+        # A resource nothing advertises leaves every model-server pod Pending. Ours is advertised by
+        # the shared device plugin of the NicClusterPolicy we create, which selects devices by the
+        # networks' host interfaces; without any there is nothing to advertise.
+        resource = self.effective_rdma_resource
+        if (
+            self.nic_cluster_policy
+            and resource is not None
+            and resource.startswith(SHARED_RDMA_PREFIX)
+            and not self.rdma_interfaces
+        ):
+            raise ValueError(
+                f"rdmaResource {resource!r} would be advertised by nothing: the NicClusterPolicy's RDMA "
+                "shared device plugin selects devices by the rdmaNetworks' master interfaces, and none "
+                "is set; add rdmaNetworks with a master, set rdmaResourceCount: 0, or set "
+                "nicClusterPolicy: false if you run the device plugin yourself"
+            )
+        return self
 
 
 class KindConfig(ConfigModel):

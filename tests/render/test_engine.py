@@ -51,6 +51,9 @@ ONPREM_EXTRA = {
     "PodMonitor--llm-d--llama-8b-gateway.yaml",
     "PodMonitor--llm-d--llama-8b-prefill.yaml",
     "PrometheusRule--llm-d--llama-8b-rules.yaml",
+    "NicClusterPolicy--_cluster--nic-cluster-policy.yaml",
+    "IPPool--nvidia-network-operator--llama-8b-roce-0.yaml",
+    "IPPool--nvidia-network-operator--llama-8b-roce-1.yaml",
     "Secret--llm-d--llama-8b-hf-token.yaml",
     "_helm--gpu-operator.yaml",
     "_helm--network-operator.yaml",
@@ -138,12 +141,10 @@ def test_helm_and_remote_yaml_say_they_are_opaque(renders: dict[str, RenderResul
     assert gpu["repository"] == "https://helm.ngc.nvidia.com/nvidia"
     # The Network Operator deploys NFD; a second NFD from the GPU Operator would fight it.
     assert gpu["values"] == {"nfd": {"enabled": False}}
-    network = renders["onprem"].get("Chart", "network-operator").document["values"]
-    assert network["deployCR"] is True
-    plugin = {"name": "rdma_shared_device_a", "ifNames": ["ens1f0np0", "ens1f1np1"], "rdmaHcaMax": 63}
-    assert network["rdmaSharedDevicePlugin"] == {"deploy": True, "resources": [plugin]}
-    assert network["secondaryNetwork"]["multus"] == {"deploy": True}
-    assert network["secondaryNetwork"]["ipamPlugin"] == {"deploy": True}  # whereabouts, used by the NADs
+    # Since v24.10 the chart creates no NicClusterPolicy; the stack creates it (tests/pulumi_llmd/
+    # components/test_onprem_rdma.py), and passes only values the v26.4 chart has.
+    network = renders["onprem"].get("Chart", "network-operator").document
+    assert (network["version"], network["values"]) == ("v26.4.1", {"nfd": {"enabled": True}})
     crds = renders["onprem"].get("ConfigFile", "gateway-api-v1.6.1").document
     assert crds["file"].endswith("/v1.6.1/standard-install.yaml")
     assert "not rendered" in crds["note"]
