@@ -93,7 +93,12 @@ class EksNodeGroupConfig(ConfigModel):
     capacity_reservation_id: str | None = Field(
         default=None, description="Target this capacity reservation / capacity block (`cr-...`)."
     )
-    placement_group: bool = Field(default=True, description="Launch into a new cluster placement group.")
+    placement_group: bool | None = Field(
+        default=None,
+        description="Launch into a new cluster placement group. Unset: yes, except with CAPACITY_BLOCK "
+        "(Capacity Blocks come colocated in an EC2 UltraCluster, and a cluster placement group on them "
+        "fails with InsufficientInstanceCapacity), where true is refused.",
+    )
     disk_size_gib: int = Field(default=500, ge=50, description="Root volume (gp3) size.")
     node_role_arn: str | None = Field(
         default=None, description="Use this node IAM role instead of creating one."
@@ -159,6 +164,15 @@ class EksNodeGroupConfig(ConfigModel):
             )
         if self.capacity_type == "CAPACITY_BLOCK" and self.capacity_reservation_id is None:
             raise ValueError("capacityType CAPACITY_BLOCK needs capacityReservationId")
+        if self.capacity_type == "CAPACITY_BLOCK" and self.placement_group:
+            # Reported to fail with InsufficientInstanceCapacity: aws-parallelcluster PR #6311 refuses
+            # the combination, terraform-aws-eks PR #3730 and eksctl #7949 drop it. The block's
+            # instances are already placed together (EC2 user guide, Capacity Blocks for ML).
+            raise ValueError(
+                "placementGroup true cannot be combined with capacityType CAPACITY_BLOCK: a cluster "
+                "placement group on Capacity Block instances fails with InsufficientInstanceCapacity, "
+                "and the block's instances are already colocated; remove placementGroup"
+            )
         if self.capacity_type == "SPOT" and self.capacity_reservation_id is not None:
             raise ValueError(
                 "capacityType SPOT cannot use capacityReservationId "
@@ -174,6 +188,12 @@ class EksNodeGroupConfig(ConfigModel):
     @property
     def instance(self) -> EfaInstanceType:
         return efa_instance_type(self.instance_type)
+
+    @property
+    def effective_placement_group(self) -> bool:
+        if self.placement_group is not None:
+            return self.placement_group
+        return self.capacity_type != "CAPACITY_BLOCK"
 
     @property
     def effective_efa_per_pod(self) -> int:
