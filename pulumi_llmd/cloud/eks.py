@@ -21,9 +21,9 @@ import pulumi_kubernetes as k8s
 from pulumi_llmd.catalog.efa import efa_interface_layout
 from pulumi_llmd.cloud.kubeconfig import eks_kubeconfig
 from pulumi_llmd.cloud.pools import check_gpus_per_pod, serving_pools
+from pulumi_llmd.components.modelserver import DEFAULT_VLLM_IMAGE
 from pulumi_llmd.components.platform import Platform, PodNetworking
 from pulumi_llmd.config.eks import EksConfig
-from pulumi_llmd.components.modelserver import DEFAULT_VLLM_IMAGE
 from pulumi_llmd.config.errors import ConfigError, Problem
 from pulumi_llmd.config.models import Engine, StackConfig
 from pulumi_llmd.config.nodes import pool_tolerations
@@ -426,7 +426,11 @@ def eks_pod_networking(config: EksConfig) -> PodNetworking:
 # gpu-vllm/aws-efa/kustomization.yaml); the upstream vllm/vllm-openai image has no EFA provider for
 # NIXL's LIBFABRIC backend to open.
 EFA_VLLM_IMAGE_EXAMPLE = "public.ecr.aws/deep-learning-containers/vllm:0.26.0-gpu-py312-cu130-ubuntu22.04-ec2"
-UPSTREAM_VLLM_REPOSITORIES = ("vllm/vllm-openai", "docker.io/vllm/vllm-openai", "index.docker.io/vllm/vllm-openai")
+UPSTREAM_VLLM_REPOSITORIES = (
+    "vllm/vllm-openai",
+    "docker.io/vllm/vllm-openai",
+    "index.docker.io/vllm/vllm-openai",
+)
 
 
 def _repository(image: str) -> str:

@@ -197,12 +197,16 @@ class EppSettings(TypedDict, total=False):
         "Default: `ghcr.io/pulumi-llmd/epp:0.1.0`."
     )
     replicas: int
-    "EPP replicas. Default: `1`."
+    (
+        "EPP replicas, active-active: the gateway spreads requests over the ready ones, so a restart or a "
+        "rollout of one replica loses nothing (one replica is an outage on every restart). Each keeps its "
+        "own approximate prefix index. Default: `2`."
+    )
     leader_election: bool
     (
-        "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant leases/events RBAC; only "
-        "the replica holding the pool's Lease reports ready (bundled and upstream EPP images alike). "
-        "Default: `false`."
+        "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to the pool's "
+        "Lease; only the replica holding it reports ready (bundled and upstream EPP images alike). A rollout "
+        "or a kill of the leader then loses requests until a standby takes over. Default: `false`."
     )
     failure_mode: FailureMode
     (

@@ -289,12 +289,19 @@ class EppConfig(ConfigModel):
         description="EPP image (epp/Dockerfile, published by the release workflow); a tag, a "
         "`@sha256:` digest or both.",
     )
-    replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
+    replicas: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="EPP replicas, active-active: the gateway spreads requests over the ready ones, so a "
+        "restart or a rollout of one replica loses nothing (one replica is an outage on every restart). "
+        "Each keeps its own approximate prefix index.",
+    )
     leader_election: bool = Field(
         default=False,
-        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant "
-        "leases/events RBAC; only the replica holding the pool's Lease reports ready (bundled and "
-        "upstream EPP images alike).",
+        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to "
+        "the pool's Lease; only the replica holding it reports ready (bundled and upstream EPP images "
+        "alike). A rollout or a kill of the leader then loses requests until a standby takes over.",
     )
     failure_mode: FailureMode = Field(
         default=FailureMode.FAIL_CLOSE,

@@ -28,6 +28,7 @@ KIND_FILES = {
     "NetworkPolicy--llm-d--sim-epp-ingress.yaml",
     "NetworkPolicy--llm-d--sim-prefill-ingress.yaml",
     "PodDisruptionBudget--llm-d--sim-decode.yaml",
+    "PodDisruptionBudget--llm-d--sim-epp.yaml",
     "PodDisruptionBudget--llm-d--sim-prefill.yaml",
     "Role--llm-d--sim-epp.yaml",
     "RoleBinding--llm-d--sim-epp.yaml",
@@ -196,7 +197,7 @@ def test_unknown_stack_is_a_clear_error() -> None:
 def test_cli_writes_every_requested_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert engine.main(["kind", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "kind" / "InferencePool--llm-d--sim.yaml").is_file()
-    assert "kind: 25 files (21 k8s, 2 helm, 2 yaml)" in capsys.readouterr().out
+    assert "kind: 26 files (22 k8s, 2 helm, 2 yaml)" in capsys.readouterr().out
 
 
 def test_remote_components_of_other_packages_render_as_opaque_cloud_files() -> None:

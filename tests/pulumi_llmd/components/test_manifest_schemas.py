@@ -41,7 +41,7 @@ def test_core_objects_validate_strictly(renders: dict[str, RenderResult]) -> Non
         values, _ = load_stack_file(STACKS_DIR / f"Pulumi.{stack}.yaml")
         validate_core(manifest, values["llmd:kubernetesVersion"])
         checked += 1
-    assert checked == 39  # 18 for kind, 21 for onprem (3 dashboard ConfigMaps each)
+    assert checked == 41  # 19 for kind, 22 for onprem (3 dashboard ConfigMaps each)
 
 
 def test_strict_core_validation_catches_a_typo(renders: dict[str, RenderResult]) -> None:
