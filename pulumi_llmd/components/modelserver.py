@@ -42,6 +42,8 @@ DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.32.0"
 # llm-d guides/recipes/modelserver/components/images/gpu-vllm/release/kustomization.yaml).
 VLLM_USER_ENV = {"name": "USER", "value": "llm-d"}
 SIDECAR_SCRATCH: dict[str, Any] = {"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+# /tmp (HOME in the simulator image) under a read-only root filesystem.
+SIMULATOR_SCRATCH: dict[str, Any] = {"name": "simulator-tmp", "emptyDir": {"sizeLimit": "64Mi"}}
 STARTUP_PROBE_PERIOD_SECONDS = 30
 # Added to Pulumi's waits on top of the pods' own budget: scheduling, the controller's reconcile and
 # Pulumi's watch noticing the last ready pod.
@@ -160,6 +162,13 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
     }
     if leader:
         container.update(_engine_probes(port_name, ready_timeout_seconds(spec)))
+    if simulated:
+        # The simulator is a plain Python server in its own non-root image (simulator/Dockerfile,
+        # USER 65532): none of vLLM's root user, pinned-memory capability or writable image. It
+        # registers no RDMA memory, so the platform's capabilities (IPC_LOCK) are not added.
+        container["securityContext"] = naming.hardened_security_context()
+        container["volumeMounts"].append({"name": SIMULATOR_SCRATCH["name"], "mountPath": "/tmp"})
+        return container
     # vLLM keeps its image's user (root, for its caches) but never gains privileges beyond that.
     security: dict[str, Any] = {"allowPrivilegeEscalation": False}
     if networking.capabilities:
@@ -484,7 +493,9 @@ def _volumes(spec: Spec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.pool.shm_size}}
     ]
-    if not spec.simulated:
+    if spec.simulated:
+        volumes.append(dict(SIMULATOR_SCRATCH))
+    else:
         if spec.model.source == "hf":
             volumes.append({"name": "model-cache", "emptyDir": {"sizeLimit": spec.model.cache_size}})
         else:
