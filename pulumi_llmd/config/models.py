@@ -20,6 +20,7 @@ from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
 from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
+from pulumi_llmd.config.mirrors import MirrorsConfig
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 
 # RFC 1123 label: what Kubernetes accepts for namespaces and most object names.
@@ -580,4 +581,9 @@ class StackConfig(LlmdStackConfig):
     )
     eks: EksConfig | None = Field(
         default=None, description="Required for platform eks (cloud engineer's model)."
+    )
+    mirrors: MirrorsConfig = Field(
+        default_factory=MirrorsConfig,
+        description="Private or air-gapped clusters: image registry, Helm chart and remote YAML mirrors, "
+        "and image pull secrets, applied to everything the stack deploys.",
     )
