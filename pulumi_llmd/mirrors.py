@@ -13,9 +13,10 @@ transforms"). So one function rewrites:
 * the URLs of every ``kubernetes:yaml/v2:ConfigFile`` / ``ConfigGroup``.
 
 Objects that operators create at run time from their own settings (the GPU Operator's driver and
-toolkit daemonsets, kgateway's proxies) are not Pulumi resources: point those operators at the mirror
-through their values (``onprem.gpuOperator.values``). Python programs that use ``LlmdStack`` directly
-register the same transform: ``pulumi.runtime.register_resource_transform(mirror_transform(mirrors))``.
+toolkit daemonsets, the gateway provider's proxies) are not Pulumi resources: point those operators
+at the mirror through their values (``onprem.gpuOperator.values``). Python programs that use
+``LlmdStack`` directly register the same transform:
+``pulumi.runtime.register_resource_transform(mirror_transform(mirrors))``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from typing import Any, Required, TypedDict
 import pulumi
 
 from pulumi_llmd.components.naming import Role
-from pulumi_llmd.config.models import Engine, FailureMode
+from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
+from pulumi_llmd.config.models import Engine, EppImplementation, FailureMode
 from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
 
 
@@ -39,20 +40,46 @@ class ModelSettings(TypedDict, total=False):
 
 
 class GatewaySettings(TypedDict, total=False):
-    "kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."
+    "The gateway provider and the Gateway/HTTPRoute in front of the InferencePool."
 
-    install_kgateway: bool
-    "Install kgateway (CRDs chart + controller chart). Default: `true`."
-    kgateway_version: str
-    "kgateway chart version. Default: `v2.1.0`."
-    kgateway_namespace: str
-    "Namespace of kgateway. Default: `kgateway-system`."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
+    install: bool
+    (
+        "Install the provider's control plane (charts); false when the cluster already runs it. GKE's is "
+        "managed: nothing to install. Default: `true`."
+    )
+    version: str
+    (
+        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
+        "v2.1.3)."
+    )
+    namespace: str
+    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
     class_name: str
-    "GatewayClass of the Gateway. Default: `kgateway`."
+    (
+        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
+        "class, gke-l7-regional-external-managed)."
+    )
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
     listener_port: int
     "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    "HTTPRoute request timeout (long generations). Default: `300s`."
+    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
+    paths: list[str]
+    (
+        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
+        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
+        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
+    )
 
 
 class CrdsSettings(TypedDict, total=False):
@@ -61,9 +88,20 @@ class CrdsSettings(TypedDict, total=False):
     install: bool
     "Install the CRDs; set false when the cluster already has them. Default: `true`."
     gateway_api_version: str
-    "Gateway API release (standard channel). Default: `v1.6.1`."
+    (
+        "Gateway API release (standard channel); unset: the one the gateway provider is built against "
+        "(agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own."
+    )
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.2`."
+    (
+        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
+        "GKE installs it). Default: `v1.6.2`."
+    )
+    llmd_router_version: str
+    (
+        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
+        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
+    )
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
@@ -152,6 +190,11 @@ class SidecarSettings(TypedDict, total=False):
         "Sidecar image (sidecar/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest "
         "or both. Default: `ghcr.io/pulumi-llmd/sidecar:0.1.0`."
     )
+    upstream_image: str
+    (
+        "llm-d's disagg sidecar image, run instead with `epp.implementation: upstream`. Default: "
+        "`ghcr.io/llm-d/llm-d-router-disagg-sidecar:v0.10.0`."
+    )
     kv_connector: str
     "Sidecar `--kv-connector`. Default: `nixlv2`."
     resources: ResourcesSettings
@@ -189,12 +232,22 @@ class DecodeSettings(TypedDict, total=False):
 
 
 class EppSettings(TypedDict, total=False):
-    "The endpoint picker (`python -m epp`) and its InferencePool wiring."
+    "The endpoint picker (`python -m epp`, or llm-d's) and its InferencePool wiring."
 
+    implementation: EppImplementation
+    (
+        "`bundled` (this project's EPP and P/D sidecar) or `upstream` (llm-d-router's images, same Service, "
+        "RBAC, config and InferencePool: A/B the two on one cluster). Default: `bundled`."
+    )
     image: str
     (
         "EPP image (epp/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest or both. "
         "Default: `ghcr.io/pulumi-llmd/epp:0.1.0`."
+    )
+    upstream_image: str
+    (
+        "llm-d's endpoint-picker image, run with `implementation: upstream`. Default: "
+        "`ghcr.io/llm-d/llm-d-router-endpoint-picker:v0.10.0`."
     )
     replicas: int
     (
@@ -205,8 +258,9 @@ class EppSettings(TypedDict, total=False):
     leader_election: bool
     (
         "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to the pool's "
-        "Lease; only the replica holding it reports ready (bundled and upstream EPP images alike). A rollout "
-        "or a kill of the leader then loses requests until a standby takes over. Default: `false`."
+        "Lease (and Events for the upstream EPP, which records leadership changes); only the replica holding "
+        "it reports ready (bundled and upstream EPP images alike). A rollout or a kill of the leader then "
+        "loses requests until a standby takes over. Default: `false`."
     )
     failure_mode: FailureMode
     (
@@ -214,11 +268,15 @@ class EppSettings(TypedDict, total=False):
         "`FailClose`."
     )
     secure_serving: bool
-    "`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC). Default: `false`."
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
     tls_secret_name: str
     (
-        "A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path`; "
-        "required with secureServing."
+        "A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path` "
+        "with `--enable-cert-reload` (a renewed certificate is served without a restart); unset: the EPP "
+        "makes a self-signed one at start."
     )
     config: str
     "A full EndpointPickerConfig YAML overriding the generated one."
@@ -600,6 +658,11 @@ class ModelServerPoolArgs(TypedDict, total=False):
     )
     tracing: TracingSettings
     "OTLP tracing of the P/D sidecar's prefill and decode legs."
+    implementation: EppImplementation
+    (
+        "Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's disagg "
+        "sidecar), following the stack's epp.implementation. Default: `bundled`."
+    )
 
 
 class InferenceGatewayArgs(TypedDict, total=False):
@@ -611,32 +674,82 @@ class InferenceGatewayArgs(TypedDict, total=False):
     "Namespace of the Gateway, the HTTPRoute and the pool."
     pool_name: Required[str]
     "The InferencePool the route sends to (the route's name too)."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
     class_name: str
-    "GatewayClass of the Gateway. Default: `kgateway`."
+    (
+        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
+        "class, gke-l7-regional-external-managed)."
+    )
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
     listener_port: int
     "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    "HTTPRoute request timeout (long generations). Default: `300s`."
+    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
+    paths: list[str]
+    (
+        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
+        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
+        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
+    )
+    epp_secure_serving: bool
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
 
 
-class KgatewayArgs(TypedDict, total=False):
-    "Args of ``Kgateway`` (validated by ``KgatewayInputs``)."
+class GatewayControlPlaneArgs(TypedDict, total=False):
+    "Args of ``GatewayControlPlane`` (validated by ``GatewayControlPlaneInputs``)."
 
     instance: Required[str]
     "Stack name, for the `app.kubernetes.io/instance` label."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
     version: str
-    "kgateway chart version. Default: `v2.1.0`."
+    (
+        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
+        "v2.1.3)."
+    )
     namespace: str
-    "Namespace of kgateway. Default: `kgateway-system`."
+    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
 
 
 class ClusterCrdsArgs(TypedDict, total=False):
     "Args of ``ClusterCrds`` (validated by ``ClusterCrdsInputs``)."
 
     gateway_api_version: str
-    "Gateway API release (standard channel). Default: `v1.6.1`."
+    (
+        "Gateway API release (standard channel) to install; unset installs none (the platform owns them, as "
+        "GKE does)."
+    )
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.2`."
+    (
+        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
+        "GKE installs it). Default: `v1.6.2`."
+    )
+    llmd_router_version: str
+    (
+        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
+        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
+    )
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
@@ -656,9 +769,9 @@ __all__ = [
     "DecodeSettings",
     "EndpointPickerArgs",
     "EppSettings",
+    "GatewayControlPlaneArgs",
     "GatewaySettings",
     "InferenceGatewayArgs",
-    "KgatewayArgs",
     "LlmdStackArgs",
     "ModelServerPoolArgs",
     "ModelSettings",

@@ -17,6 +17,7 @@ from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.pickerconfig import render_epp_config
 from pulumi_llmd.components.tracing import tracing_args, tracing_env
 from pulumi_llmd.config.inputs import validate_args
+from pulumi_llmd.config.models import EppImplementation
 
 CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
@@ -57,8 +58,11 @@ def role_rules(picker: Picker) -> list[dict[str, Any]]:
     """Exactly what the EPP reads, read-only: pods (endpoints), its InferencePool, the
     InferenceObjectives and the InferenceModelRewrites. With leader election, its own Lease only:
     get and update by name, and create, which RBAC cannot restrict to a name (the object's name is
-    not known at authorization time: kubernetes.io RBAC docs, "Referring to resources"). The EPP
-    never lists, watches, patches or deletes Leases and records no Events (epp/leader.py)."""
+    not known at authorization time: kubernetes.io RBAC docs, "Referring to resources"). The bundled
+    EPP never lists, watches, patches or deletes Leases and records no Events (epp/leader.py);
+    llm-d's EPP (controller-runtime leader election) records leadership changes as Events, so with
+    ``implementation: upstream`` it also gets events create/patch, as its chart grants
+    (llm-d-router config/charts/routerlib/templates/_leader-election-rbac.yaml)."""
     read = ["get", "list", "watch"]
     rules: list[dict[str, Any]] = [
         {"apiGroups": [""], "resources": ["pods"], "verbs": read},
@@ -76,10 +80,15 @@ def role_rules(picker: Picker) -> list[dict[str, Any]]:
             },
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         ]
+        if picker.settings.implementation is EppImplementation.UPSTREAM:
+            rules.append({"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]})
     return rules
 
 
 def epp_arguments(picker: Picker) -> list[str]:
+    """The EPP's flags. Both implementations take llm-d's names (``--pool-name``, ``--config-file``,
+    ``--secure-serving`` ...; llm-d-router v0.10.0 pkg/epp/server/options.go), durations in Go form;
+    each gets the few flags only it has (see the README's bundled/upstream table)."""
     epp = picker.settings
     args = [
         "--pool-name",
@@ -98,16 +107,28 @@ def epp_arguments(picker: Picker) -> list[str]:
         str(naming.EPP_METRICS_PORT),
         f"--secure-serving={'true' if epp.secure_serving else 'false'}",
         "--refresh-metrics-interval",
-        _seconds(epp.refresh_metrics_interval),
+        go_duration(epp.refresh_metrics_interval),
         "--metrics-staleness-threshold",
-        _seconds(epp.metrics_staleness_threshold),
-        "--served-models",
-        ",".join(picker.served_models),
+        go_duration(epp.metrics_staleness_threshold),
     ]
-    if epp.secure_serving:
-        args += ["--cert-path", TLS_DIR]
+    if epp.secure_serving and epp.tls_secret_name is not None:
+        # A mounted Secret (cert-manager renews it in place): serve it, and the renewed pair to new
+        # connections without a restart, as upstream's --enable-cert-reload does.
+        args += ["--cert-path", TLS_DIR, "--enable-cert-reload"]
     if epp.leader_election:
         args.append("--ha-enable-leader-election")
+    if epp.implementation is EppImplementation.UPSTREAM:
+        args += [
+            # Same RBAC as the bundled EPP: no TokenReview/SubjectAccessReview for /metrics (the chart's
+            # default needs a ClusterRole; routerlib templates/_rbac.yaml), no pprof handlers on the
+            # metrics port (both default on upstream). Tracing below: off unless llmd:tracing is on
+            # (upstream traces to localhost:4317 by default).
+            "--metrics-endpoint-auth=false",
+            "--enable-pprof=false",
+        ]
+    else:
+        # The bundled EPP's own: answer 404 for models the pool does not serve.
+        args += ["--served-models", ",".join(picker.served_models)]
     return args + tracing_args(picker.tracing, explicit_off=True)
 
 
@@ -133,10 +154,12 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
     name = picker.epp_name
     epp = picker.settings
     health = naming.EPP_HEALTH_PORT
+    upstream = epp.implementation is EppImplementation.UPSTREAM
     container: dict[str, Any] = {
         "name": "epp",
-        "image": epp.image,
-        "command": ["python", "-m", "epp"],
+        # llm-d's image runs its EPP as the entrypoint; ours is a Python image with three programs.
+        "image": epp.upstream_image if upstream else epp.image,
+        **({} if upstream else {"command": ["python", "-m", "epp"]}),
         "args": epp_arguments(picker),
         "env": [
             {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -246,7 +269,11 @@ def service_manifest(picker: Picker) -> dict[str, Any]:
                     "targetPort": "grpc",
                     "protocol": "TCP",
                     # gRPC: cleartext HTTP/2 unless the EPP serves TLS.
-                    "appProtocol": "https" if picker.settings.secure_serving else "kubernetes.io/h2c",
+                    # HTTP/2, as upstream declares it with or without TLS (llm-d-router v0.10.0
+                    # config/charts/routerlib/templates/_service.yaml): gateways add TLS themselves
+                    # (kgateway, agentgateway) or by DestinationRule (Istio); "https" would make Istio
+                    # treat the port as opaque TLS and drop the HTTP/2 gRPC needs.
+                    "appProtocol": "kubernetes.io/h2c",
                 },
                 {
                     "name": "http-metrics",
@@ -310,10 +337,11 @@ def role_binding_manifest(picker: Picker) -> dict[str, Any]:
 @package_component
 class EndpointPicker(pulumi.ComponentResource):
     """The endpoint picker (EPP) of one InferencePool, and the pool itself: a ServiceAccount with a
-    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (several active replicas by
-    default, rolled without downtime, with a PodDisruptionBudget) and Service (ext_proc gRPC on 9002,
-    metrics on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that
-    Service. Select the model-server pods with selector (a ModelServerPool's servingLabels)."""
+    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (this project's EPP, or llm-d's
+    with settings.implementation upstream; several active replicas by default, rolled without downtime,
+    with a PodDisruptionBudget) and Service (ext_proc gRPC on 9002, TLS by default; metrics on 9090), and
+    the InferencePool (target port 8000) whose endpointPickerRef names that Service. Select the
+    model-server pods with selector (a ModelServerPool's servingLabels)."""
 
     pool_name: str
     """The InferencePool's name."""
@@ -360,5 +388,11 @@ def _metadata(picker: Picker) -> dict[str, Any]:
     return {"name": picker.epp_name, "namespace": picker.namespace, "labels": epp_labels(picker)}
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}"
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration (``50ms``, ``2s``), the form both EPPs parse."""
+    milliseconds = round(seconds * 1000)
+    if milliseconds % 1000 == 0:
+        return f"{milliseconds // 1000}s"
+    if milliseconds > 0 and abs(milliseconds - seconds * 1000) < 1e-6:
+        return f"{milliseconds}ms"
+    return f"{round(seconds * 1_000_000)}us"

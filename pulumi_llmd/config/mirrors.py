@@ -59,7 +59,7 @@ class MirrorsConfig(ConfigModel):
         default_factory=dict,
         description="Helm chart source prefix -> mirror: a repository URL "
         "(`https://helm.ngc.nvidia.com/nvidia`) or an OCI prefix "
-        "(`oci://cr.kgateway.dev/kgateway-dev/charts`), mapped to a repository URL or an OCI prefix "
+        "(`oci://cr.agentgateway.dev/charts`), mapped to a repository URL or an OCI prefix "
         "of yours.",
     )
     urls: dict[str, str] = Field(

@@ -82,6 +82,19 @@ def test_leader_election_rbac_is_the_one_lease_and_no_events() -> None:
     assert not [r for r in role["rules"] if "events" in r["resources"]]
 
 
+def test_the_upstream_epp_also_records_its_leadership_events() -> None:
+    # llm-d's EPP elects through controller-runtime, which records Events; its chart grants them.
+    epp = {"replicas": 2, "leaderElection": True, "implementation": "upstream"}
+    result = render_config(kind_config(epp=epp))
+    (role,) = result.manifests("Role")
+    validate_core(role, "1.33")
+    assert [r for r in role["rules"] if "events" in r["resources"]] == [
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}
+    ]
+    leases = [r for r in role["rules"] if "leases" in r["resources"]]
+    assert [r.get("resourceNames") for r in leases] == [[epp_lease_name("llm-d", "t")], None]
+
+
 def test_without_leader_election_no_lease_access(renders: dict[str, RenderResult]) -> None:
     (role,) = renders["kind"].manifests("Role")
     assert not [r for r in role["rules"] if r["apiGroups"] == ["coordination.k8s.io"]]

@@ -24,6 +24,7 @@ MIRRORS: dict[str, Any] = {
     "charts": {
         "https://helm.ngc.nvidia.com/nvidia": "oci://registry.example.com/charts/nvidia",
         "oci://cr.kgateway.dev/kgateway-dev/charts": "https://charts.example.com/kgateway",
+        "oci://cr.agentgateway.dev/charts": "https://charts.example.com/agentgateway",
     },
     "urls": {"https://github.com/": "https://artifacts.example.com/github/"},
     "imagePullSecrets": ["regcred"],
@@ -210,8 +211,9 @@ def test_the_stack_renders_every_image_chart_and_url_from_the_mirrors() -> None:
         document = result.get("Chart", chart).document
         assert document["chart"] == f"oci://registry.example.com/charts/nvidia/{chart}"
         assert document.get("repository") is None
-    kgateway = result.get("Chart", "kgateway").document
-    assert (kgateway["chart"], kgateway["repository"]) == ("kgateway", "https://charts.example.com/kgateway")
+    for chart in ("agentgateway-crds", "agentgateway"):  # the default gateway provider's charts
+        document = result.get("Chart", chart).document
+        assert (document["chart"], document["repository"]) == (chart, "https://charts.example.com/agentgateway")
     urls = [o.document["file"] for o in result.of_source("yaml")]
     assert urls and all(url.startswith("https://artifacts.example.com/github/") for url in urls)
 
