@@ -121,12 +121,14 @@ def replaced_response_body(new_body: bytes | None) -> ext_proc.ProcessingRespons
     return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=common))
 
 
-def continue_response_headers(remove: Iterable[str] = ()) -> ext_proc.ProcessingResponse:
-    if not remove:
+def continue_response_headers(
+    remove: Iterable[str] = (), set_headers: Mapping[str, str] | None = None
+) -> ext_proc.ProcessingResponse:
+    if not remove and not set_headers:
         return _CONTINUE_RESPONSE_HEADERS
     return ext_proc.ProcessingResponse(
         response_headers=ext_proc.HeadersResponse(
-            response=ext_proc.CommonResponse(header_mutation=header_mutation(remove=remove))
+            response=ext_proc.CommonResponse(header_mutation=header_mutation(set_headers, remove=remove))
         )
     )
 

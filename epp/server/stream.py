@@ -26,6 +26,7 @@ from epp.server import messages
 from epp.server.body import parse_request_body
 from epp.server.protocol import (
     CONSUMED_HEADERS,
+    DEBUG_ENDPOINT,
     DEFAULT_FAIRNESS_ID,
     DESTINATION_ENDPOINT,
     DESTINATION_ENDPOINT_SERVED,
@@ -33,7 +34,9 @@ from epp.server.protocol import (
     FAIRNESS_ID_HEADERS,
     LB_METADATA_NAMESPACE,
     OBJECTIVE_HEADERS,
+    PREFILL_ENDPOINT,
     REQUEST_ID,
+    SERVED_BY,
     STEERING_HEADERS,
     SUBSET_HINT_NAMESPACE,
 )
@@ -293,7 +296,7 @@ class ExtProcStream:
             await self._reject(send, EppError(500, "internal error while scheduling the request"))
         finally:
             self._metrics.scheduling.observe(time.perf_counter() - started)
-        self._req.scheduled = request
+        self._req.scheduled, self._req.decision = request, decision
         if not decision.endpoints or not all(decision.endpoints):
             await self._reject(send, EppError(503, "no endpoint available", "rejected-no-endpoints"))
         if decision.target_model and decision.target_model != request.parsed.model and request.parsed.model:
@@ -351,7 +354,8 @@ class ExtProcStream:
                 log.exception("director.handle_response_headers failed for %s", self._req.request_id)
         # A rewritten model name changes the body length: let the proxy re-frame the response.
         rewriting = self._resp.rewriter is not None and self._resp.mode is not None
-        await send(messages.continue_response_headers(["content-length"] if rewriting else []))
+        remove = ["content-length"] if rewriting else []
+        await send(messages.continue_response_headers(remove, self._served_by()))
         if headers.end_of_stream:
             self._resp.ended = True
             self._complete(failed=self._resp.server_failed())
@@ -393,6 +397,16 @@ class ExtProcStream:
         else:
             self._resp.buffered.feed(chunk, end)
         return self._resp.rewriter(chunk) if self._resp.rewriter is not None else None
+
+    def _served_by(self) -> dict[str, str]:
+        """The opt-in debug answer: which endpoint served (as the proxy reports it, else the pick)."""
+        decision = self._req.decision
+        if self._req.headers.get(DEBUG_ENDPOINT, "").strip().lower() != "true" or decision is None:
+            return {}
+        served = f"endpoint={self._resp.served or decision.endpoints[0]}"
+        if prefill := decision.headers.get(PREFILL_ENDPOINT):
+            served += f", prefill={prefill}"
+        return {SERVED_BY: served}
 
     # ----------------------------------------------------------------- bookkeeping
 

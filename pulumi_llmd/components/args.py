@@ -127,6 +127,28 @@ class AcceleratorSettings(TypedDict, total=False):
     "Accelerators per pod; unset means the pool's tensorParallel. 0 disables requests."
 
 
+class RolloutSettings(TypedDict, total=False):
+    "How a pool replaces its pods, and how long one new pod may take to become ready."
+
+    max_surge: int
+    (
+        "Pods a rollout may add above `replicas`; each needs free GPUs for a whole pod. Unset: 0 for pools "
+        "with accelerators, 1 without."
+    )
+    max_unavailable: int
+    (
+        "Pods a rollout may take down before their replacements are ready. Unset: 1 for pools with "
+        "accelerators, 0 without. With a spare GPU node, set maxSurge 1 and maxUnavailable 0 to roll without "
+        "losing capacity."
+    )
+    ready_timeout_minutes: int
+    (
+        "How long one new pod may take to become ready: image pull, weight download, load and compile. Sizes "
+        "the startup probe, the Deployment's progressDeadlineSeconds and Pulumi's customTimeouts (create: "
+        "one such wait; update: one per batch of the rollout). Default: `60`."
+    )
+
+
 class PrefillSettings(TypedDict, total=False):
     "Prefill pool (P/D)."
 
@@ -151,6 +173,8 @@ class PrefillSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
     enabled: bool
     (
         "Prefill/decode disaggregation: a prefill pool, the decode-side sidecar and NIXL KV transfer. "
@@ -201,6 +225,8 @@ class DecodeSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
     sidecar: SidecarSettings
     "The P/D routing sidecar on decode pods."
 
@@ -224,12 +250,17 @@ class EppSettings(TypedDict, total=False):
         "`ghcr.io/llm-d/llm-d-router-endpoint-picker:v0.10.0`."
     )
     replicas: int
-    "EPP replicas. Default: `1`."
+    (
+        "EPP replicas, active-active: the gateway spreads requests over the ready ones, so a restart or a "
+        "rollout of one replica loses nothing (one replica is an outage on every restart). Each keeps its "
+        "own approximate prefix index. Default: `2`."
+    )
     leader_election: bool
     (
-        "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant leases/events RBAC; only "
-        "the replica holding the pool's Lease reports ready (bundled and upstream EPP images alike). "
-        "Default: `false`."
+        "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to the pool's "
+        "Lease (and Events for the upstream EPP, which records leadership changes); only the replica holding "
+        "it reports ready (bundled and upstream EPP images alike). A rollout or a kill of the leader then "
+        "loses requests until a standby takes over. Default: `false`."
     )
     failure_mode: FailureMode
     (
@@ -441,6 +472,17 @@ class TracingSettings(TypedDict, total=False):
     )
 
 
+class MultiNodeNetworkingSettings(TypedDict, total=False):
+    "Additions for the pods of pools whose replicas span nodes."
+
+    env: dict[str, str]
+    "Extra engine-container environment. Default: empty."
+    volumes: list[dict[str, Any]]
+    "Extra pod volumes. Default: empty."
+    volume_mounts: list[dict[str, Any]]
+    "Extra engine-container volume mounts. Default: empty."
+
+
 class NetworkAttachmentSettings(TypedDict, total=False):
     "A Multus NetworkAttachmentDefinition in the stack's namespace that model-server pods attach to."
 
@@ -464,6 +506,13 @@ class PodNetworkingSettings(TypedDict, total=False):
     )
     env: dict[str, str]
     "Environment of the engine container. Default: empty."
+    single_node_env: dict[str, str]
+    (
+        "Engine environment only for pools whose replicas fit one node (tensor parallel inside the node), "
+        "e.g. turning off NCCL network plugins that only cross-node traffic needs. Default: empty."
+    )
+    multi_node: MultiNodeNetworkingSettings
+    "Additions only for pools whose replicas span nodes (nodesPerReplica > 1)."
     volumes: list[dict[str, Any]]
     "Extra pod volumes. Default: empty."
     volume_mounts: list[dict[str, Any]]
@@ -571,6 +620,8 @@ class PoolSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
 
 
 class ModelServerPoolArgs(TypedDict, total=False):
@@ -725,6 +776,7 @@ __all__ = [
     "ModelServerPoolArgs",
     "ModelSettings",
     "MonitoringSettings",
+    "MultiNodeNetworkingSettings",
     "NetworkAttachmentSettings",
     "NetworkPolicySettings",
     "PodNetworkingSettings",
@@ -732,6 +784,7 @@ __all__ = [
     "PrefillSettings",
     "ResourcesSettings",
     "RoleAutoscalingSettings",
+    "RolloutSettings",
     "ScalingTriggerSettings",
     "SidecarSettings",
     "TracingSettings",

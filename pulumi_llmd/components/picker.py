@@ -23,6 +23,9 @@ CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
 TLS_DIR = "/etc/epp/tls"
 CONFIG_CHECKSUM_ANNOTATION = "llm-d.ai/epp-config-sha256"
+# The bundled EPP's drain is bounded by --drain-timeout (default 30 s, epp/cli.py) plus the short
+# notice before it; this leaves room for both and for a slow exit.
+TERMINATION_GRACE_SECONDS = 130
 
 
 Picker = EndpointPickerInputs
@@ -45,9 +48,21 @@ def epp_selector(pool_name: str) -> dict[str, str]:
 OBJECTIVE_GROUPS = ["llm-d.ai", "inference.networking.x-k8s.io"]
 
 
+def lease_name(pool_namespace: str, pool_name: str) -> str:
+    """The Lease one pool's EPP replicas compete for: upstream's name, which the bundled EPP uses too
+    (epp/leader.py lease_name; a test holds the two equal)."""
+    return f"epp-{pool_namespace}-{pool_name}.gateway-api-inference-extension.sigs.k8s.io"
+
+
 def role_rules(picker: Picker) -> list[dict[str, Any]]:
     """Exactly what the EPP reads, read-only: pods (endpoints), its InferencePool, the
-    InferenceObjectives and the InferenceModelRewrites; leases and events only with leader election."""
+    InferenceObjectives and the InferenceModelRewrites. With leader election, its own Lease only:
+    get and update by name, and create, which RBAC cannot restrict to a name (the object's name is
+    not known at authorization time: kubernetes.io RBAC docs, "Referring to resources"). The bundled
+    EPP never lists, watches, patches or deletes Leases and records no Events (epp/leader.py);
+    llm-d's EPP (controller-runtime leader election) records leadership changes as Events, so with
+    ``implementation: upstream`` it also gets events create/patch, as its chart grants
+    (llm-d-router config/charts/routerlib/templates/_leader-election-rbac.yaml)."""
     read = ["get", "list", "watch"]
     rules: list[dict[str, Any]] = [
         {"apiGroups": [""], "resources": ["pods"], "verbs": read},
@@ -60,10 +75,13 @@ def role_rules(picker: Picker) -> list[dict[str, Any]]:
             {
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                "resourceNames": [lease_name(picker.namespace, picker.pool_name)],
+                "verbs": ["get", "update"],
             },
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         ]
+        if picker.settings.implementation is EppImplementation.UPSTREAM:
+            rules.append({"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]})
     return rules
 
 
@@ -158,7 +176,13 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
             "initialDelaySeconds": 5,
             "periodSeconds": 10,
         },
-        "readinessProbe": {"grpc": {"port": health, "service": "readiness"}, "periodSeconds": 2},
+        # One failed check takes a replica out of the Service: a draining EPP turns readiness off
+        # first, and the gateway must stop sending it new streams at once.
+        "readinessProbe": {
+            "grpc": {"port": health, "service": "readiness"},
+            "periodSeconds": 2,
+            "failureThreshold": 1,
+        },
         "resources": {
             "requests": {"cpu": epp.resources.cpu, "memory": epp.resources.memory},
             "limits": {"memory": epp.resources.memory},
@@ -183,8 +207,10 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
         "metadata": _metadata(picker),
         "spec": {
             "replicas": epp.replicas,
-            # Never run two differently configured pickers side by side during a rollout.
-            "strategy": {"type": "Recreate"},
+            # A new replica must be ready before an old one goes: a rollout never leaves the gateway
+            # without a picker (Recreate made every rollout an outage). Old and new configs serve
+            # side by side for the seconds a rollout takes; each request is still routed whole by one.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": epp_selector(picker.pool_name)},
             "template": {
                 "metadata": {
@@ -194,13 +220,37 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
                 },
                 "spec": {
                     "serviceAccountName": name,
-                    # Longer than the EPP's 30 s drain so in-flight streams finish on shutdown.
-                    "terminationGracePeriodSeconds": 130,
+                    # Longer than the EPP's drain on SIGTERM (readiness off, new streams served for a
+                    # few seconds while the gateway notices, then open streams finish within the
+                    # 30 s --drain-timeout) so no stream is cut by SIGKILL.
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    # One node failure must not take every replica.
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": epp_selector(picker.pool_name)},
+                        }
+                    ],
                     "containers": [container],
                     "volumes": volumes,
                 },
             },
         },
+    }
+
+
+def disruption_budget_manifest(picker: Picker) -> dict[str, Any] | None:
+    """Voluntary evictions (node drains, cluster upgrades) take one EPP replica at a time; with a
+    single replica there is nothing to keep, so no budget (it would only block drains)."""
+    if picker.settings.replicas < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(picker),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": epp_selector(picker.pool_name)}},
     }
 
 
@@ -288,9 +338,10 @@ def role_binding_manifest(picker: Picker) -> dict[str, Any]:
 class EndpointPicker(pulumi.ComponentResource):
     """The endpoint picker (EPP) of one InferencePool, and the pool itself: a ServiceAccount with a
     read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (this project's EPP, or llm-d's
-    with settings.implementation upstream) and Service (ext_proc gRPC on 9002, TLS by default; metrics
-    on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that Service.
-    Select the model-server pods with selector (a ModelServerPool's servingLabels)."""
+    with settings.implementation upstream; several active replicas by default, rolled without downtime,
+    with a PodDisruptionBudget) and Service (ext_proc gRPC on 9002, TLS by default; metrics on 9090), and
+    the InferencePool (target port 8000) whose endpointPickerRef names that Service. Select the
+    model-server pods with selector (a ModelServerPool's servingLabels)."""
 
     pool_name: str
     """The InferencePool's name."""
@@ -324,6 +375,8 @@ class EndpointPicker(pulumi.ComponentResource):
         settings = register(config_map_manifest(picker), child)
         self.deployment = register(deployment_manifest(picker), child_options(self, opts, binding, settings))
         self.service = register(service_manifest(picker), child)
+        budget = disruption_budget_manifest(picker)
+        self.disruption_budget = register(budget, child) if budget is not None else None
         # The pool names the Service as its picker; create it once the Service exists.
         self.pool = register(inference_pool_manifest(picker), child_options(self, opts, self.service))
         self.pool_name = picker.pool_name

@@ -8,12 +8,13 @@ module only describes shapes and single-field constraints.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
@@ -26,6 +27,7 @@ from pulumi_llmd.config.gateways import (
 )
 from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
+from pulumi_llmd.config.mirrors import MirrorsConfig
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 
 # RFC 1123 label: what Kubernetes accepts for namespaces and most object names.
@@ -50,13 +52,17 @@ def project_image(name: str) -> str:
     return f"{PROJECT_IMAGE_REGISTRY}/{name}:{PROJECT_IMAGE_TAG}"
 
 
+# The RDMA shared device plugin's resources (Mellanox/k8s-rdma-shared-dev-plugin: resourcePrefix
+# "rdma"), and the resource name the Network Operator's examples configure.
+SHARED_RDMA_PREFIX = "rdma/"
+DEFAULT_SHARED_RDMA_RESOURCE = "rdma/rdma_shared_device_a"
+
 # llm-d's own endpoint picker and P/D sidecar at the release llm-d v0.10 documents (llm-d-router v0.10.0;
 # image names from its Makefile EPP_IMAGE_NAME / SIDECAR_IMAGE_NAME, registry ghcr.io/llm-d as in
 # config/charts/routerlib/values.yaml), for `llmd:epp.implementation: upstream`.
 LLM_D_ROUTER_RELEASE = "v0.10.0"
 UPSTREAM_EPP_IMAGE = f"ghcr.io/llm-d/llm-d-router-endpoint-picker:{LLM_D_ROUTER_RELEASE}"
 UPSTREAM_SIDECAR_IMAGE = f"ghcr.io/llm-d/llm-d-router-disagg-sidecar:{LLM_D_ROUTER_RELEASE}"
-
 
 # The two EndpointPickerConfig API versions in use (llm-d, and GIE up to v1.5).
 EPP_CONFIG_API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
@@ -140,6 +146,8 @@ class CrdsConfig(ConfigModel):
         description="Gateway API release (standard channel); unset: the one the gateway provider is built "
         "against (agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own.",
     )
+    # v1.6.2: the newest GIE release (kubernetes-sigs/gateway-api-inference-extension releases; its
+    # v1-manifests.yaml asset is built by the Makefile's `release` target); InferencePool v1 unchanged.
     inference_extension_version: str = Field(
         default="v1.6.2",
         pattern=RELEASE_TAG,
@@ -274,6 +282,44 @@ class AcceleratorConfig(ConfigModel):
     )
 
 
+# A model-server pod usually takes a whole GPU node (or all the GPUs a node has free), so a surge pod
+# stays Pending until some other pod goes away and a maxSurge 1 / maxUnavailable 0 rollout never
+# finishes. GPU pools therefore default to maxSurge 0 / maxUnavailable 1, as llm-d rolls its prefill
+# pools (llm-d guides/pd-disaggregation/modelserver/gpu/vllm/base/disaggregatedset.yaml, which also
+# warns that a decode surge needs spare GPUs); pools without accelerators (the simulator) keep full
+# capacity with maxSurge 1 / maxUnavailable 0.
+class RolloutConfig(ConfigModel):
+    """How a pool replaces its pods, and how long one new pod may take to become ready."""
+
+    max_surge: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pods a rollout may add above `replicas`; each needs free GPUs for a whole pod. "
+        "Unset: 0 for pools with accelerators, 1 without.",
+    )
+    max_unavailable: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pods a rollout may take down before their replacements are ready. Unset: 1 for "
+        "pools with accelerators, 0 without. With a spare GPU node, set maxSurge 1 and "
+        "maxUnavailable 0 to roll without losing capacity.",
+    )
+    ready_timeout_minutes: int = Field(
+        default=60,
+        ge=5,
+        le=24 * 60,
+        description="How long one new pod may take to become ready: image pull, weight download, "
+        "load and compile. Sizes the startup probe, the Deployment's progressDeadlineSeconds and "
+        "Pulumi's customTimeouts (create: one such wait; update: one per batch of the rollout).",
+    )
+
+    def strategy(self, *, accelerated: bool) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) with the defaults for this kind of pool filled in."""
+        surge = self.max_surge if self.max_surge is not None else (0 if accelerated else 1)
+        unavailable = self.max_unavailable if self.max_unavailable is not None else (1 if accelerated else 0)
+        return surge, unavailable
+
+
 class PoolConfig(ConfigModel):
     """Shared shape of the prefill and decode pools."""
 
@@ -301,9 +347,17 @@ class PoolConfig(ConfigModel):
     )
     accelerator: AcceleratorConfig = Field(default_factory=AcceleratorConfig, description="GPUs per pod.")
     shm_size: Quantity = Field(default="16Gi", description="Size of the /dev/shm memory volume.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="Rollout strategy and how long a new pod may take to become ready.",
+    )
 
     def accelerators_per_pod(self) -> int:
         return self.tensor_parallel if self.accelerator.count is None else self.accelerator.count
+
+    def rollout_strategy(self) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) of this pool's rollouts."""
+        return self.rollout.strategy(accelerated=self.accelerators_per_pod() > 0)
 
 
 class PrefillConfig(PoolConfig):
@@ -363,12 +417,20 @@ class EppConfig(ConfigModel):
         default=UPSTREAM_EPP_IMAGE,
         description="llm-d's endpoint-picker image, run with `implementation: upstream`.",
     )
-    replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
+    replicas: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="EPP replicas, active-active: the gateway spreads requests over the ready ones, so a "
+        "restart or a rollout of one replica loses nothing (one replica is an outage on every restart). "
+        "Each keeps its own approximate prefix index.",
+    )
     leader_election: bool = Field(
         default=False,
-        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant "
-        "leases/events RBAC; only the replica holding the pool's Lease reports ready (bundled and "
-        "upstream EPP images alike).",
+        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to "
+        "the pool's Lease (and Events for the upstream EPP, which records leadership changes); only the "
+        "replica holding it reports ready (bundled and upstream EPP images alike). A rollout or a kill of "
+        "the leader then loses requests until a standby takes over.",
     )
     failure_mode: FailureMode = Field(
         default=FailureMode.FAIL_CLOSE,
@@ -451,7 +513,13 @@ class RdmaNetworkConfig(ConfigModel):
     )
     ipam_range: str = Field(
         pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$",
-        description="CIDR the whereabouts IPAM hands addresses out of.",
+        description="CIDR of the network's nv-ipam IPPool, which hands the pods their addresses.",
+    )
+    ips_per_node: int = Field(
+        default=16,
+        ge=2,
+        description="Addresses nv-ipam gives each node out of ipamRange (the IPPool's perNodeBlockSize): "
+        "at least the model-server pods one node runs.",
     )
     resource_name: str | None = Field(
         default=None,
@@ -461,6 +529,21 @@ class RdmaNetworkConfig(ConfigModel):
     interface: str | None = Field(
         default=None, pattern=r"^[a-z0-9]{1,15}$", description="Interface name inside the pod (e.g. net1)."
     )
+
+    @model_validator(mode="after")
+    def _block_fits_the_range(self) -> Self:
+        try:
+            network = ipaddress.IPv4Network(self.ipam_range)
+        except ValueError as error:
+            raise ValueError(f"ipamRange {self.ipam_range!r} is not an IPv4 network ({error})") from None
+        usable = max(network.num_addresses - 2, 0)  # network and broadcast addresses
+        if self.ips_per_node >= usable:
+            # nv-ipam: perNodeBlockSize "must be less than amount of available IPs in the subnet".
+            raise ValueError(
+                f"ipsPerNode {self.ips_per_node} must be less than the {usable} usable addresses of "
+                f"ipamRange {self.ipam_range}"
+            )
+        return self
 
 
 class OnPremConfig(ConfigModel):
@@ -474,20 +557,31 @@ class OnPremConfig(ConfigModel):
         description="NVIDIA GPU Operator chart (helm.ngc.nvidia.com/nvidia/gpu-operator).",
     )
     network_operator: OperatorChartConfig = Field(
-        default_factory=lambda: OperatorChartConfig(version="v26.4.0", namespace="nvidia-network-operator"),
-        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator). With "
-        "rdmaNetworks, our values deploy its NicClusterPolicy: Multus, CNI plugins, whereabouts and the RDMA "
-        "shared device plugin for rdmaResource on the networks' interfaces (`values` override them).",
+        # v26.4.1: newest stable tag of Mellanox/network-operator (chart `version: 26.4.1`; Helm
+        # resolves the leading v); its NicClusterPolicy CRD is the one the tests validate against.
+        default_factory=lambda: OperatorChartConfig(version="v26.4.1", namespace="nvidia-network-operator"),
+        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator); it "
+        "installs the operator and its CRDs only (since v24.10 the chart creates no NicClusterPolicy).",
+    )
+    nic_cluster_policy: bool = Field(
+        default=True,
+        description="With rdmaNetworks, create the cluster's NicClusterPolicy (one per cluster, named "
+        "nic-cluster-policy): Multus, the CNI plugins, nv-ipam and the RDMA shared device plugin on the "
+        "networks' interfaces. false when you manage that policy yourself.",
     )
     rdma_networks: list[RdmaNetworkConfig] = Field(
         default_factory=list, description="Multus networks attached to every model-server pod."
     )
     rdma_resource: str | None = Field(
-        default="rdma/rdma_shared_device_a",
+        default=None,
         pattern=r"^[a-z0-9.-]+/[a-z0-9_.-]+$",
-        description="RDMA device-plugin resource each model-server container requests; null for none.",
+        description="RDMA device-plugin resource each model-server container requests. Unset: "
+        "`rdma/rdma_shared_device_a` (advertised by the NicClusterPolicy's shared device plugin) when "
+        "rdmaNetworks name host interfaces, none otherwise.",
     )
-    rdma_resource_count: int = Field(default=1, ge=1, description="How many of `rdmaResource` per container.")
+    rdma_resource_count: int = Field(
+        default=1, ge=0, description="How many of `rdmaResource` per container; 0 requests none."
+    )
     node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},
         description="Node labels model-server pods require.",
@@ -503,6 +597,39 @@ class OnPremConfig(ConfigModel):
         description="`UCX_NET_DEVICES` (e.g. mlx5_0:1) to pin NIXL to the RDMA NICs.",
     )
     nccl_ib_hca: str | None = Field(default=None, min_length=1, description="`NCCL_IB_HCA` (e.g. mlx5).")
+
+    @property
+    def rdma_interfaces(self) -> list[str]:
+        """Host interfaces of the RDMA networks: where the shared device plugin finds devices."""
+        return sorted({n.master for n in self.rdma_networks if n.master})
+
+    @property
+    def effective_rdma_resource(self) -> str | None:
+        if self.rdma_resource_count == 0:
+            return None
+        if self.rdma_resource is not None:
+            return self.rdma_resource
+        return DEFAULT_SHARED_RDMA_RESOURCE if self.rdma_interfaces else None
+
+    @model_validator(mode="after")
+    def _rdma_resource_is_advertised(self) -> Self:
+        # A resource nothing advertises leaves every model-server pod Pending. Ours is advertised by
+        # the shared device plugin of the NicClusterPolicy we create, which selects devices by the
+        # networks' host interfaces; without any there is nothing to advertise.
+        resource = self.effective_rdma_resource
+        if (
+            self.nic_cluster_policy
+            and resource is not None
+            and resource.startswith(SHARED_RDMA_PREFIX)
+            and not self.rdma_interfaces
+        ):
+            raise ValueError(
+                f"rdmaResource {resource!r} would be advertised by nothing: the NicClusterPolicy's RDMA "
+                "shared device plugin selects devices by the rdmaNetworks' master interfaces, and none "
+                "is set; add rdmaNetworks with a master, set rdmaResourceCount: 0, or set "
+                "nicClusterPolicy: false if you run the device plugin yourself"
+            )
+        return self
 
 
 class KindConfig(ConfigModel):
@@ -586,4 +713,9 @@ class StackConfig(LlmdStackConfig):
     )
     eks: EksConfig | None = Field(
         default=None, description="Required for platform eks (cloud engineer's model)."
+    )
+    mirrors: MirrorsConfig = Field(
+        default_factory=MirrorsConfig,
+        description="Private or air-gapped clusters: image registry, Helm chart and remote YAML mirrors, "
+        "and image pull secrets, applied to everything the stack deploys.",
     )

@@ -83,6 +83,14 @@ def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint
                     f" (got {pool.accelerators_per_pod()})",
                 )
             )
+        surge, unavailable = pool.rollout_strategy()
+        if surge == 0 and unavailable == 0:
+            problems.append(
+                Problem(
+                    f"{key}.rollout.maxUnavailable",
+                    "must be >= 1 when rollout.maxSurge is 0 (a rollout could neither add nor replace a pod)",
+                )
+            )
         if pool.nodes_per_replica > 1 and pool.accelerator.count not in (None, pool.tensor_parallel):
             problems.append(
                 Problem(
