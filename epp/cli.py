@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="after SIGTERM, how long new streams are still served while the gateway notices the "
         "readiness change (at most the drain timeout)",
     )
+    tuning.add_argument(
+        "--tracing",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="export an OTLP span per scheduling decision, configured by the OTEL_* environment "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER[_ARG]); off by default",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -215,6 +224,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         metrics_staleness_threshold=args.metrics_staleness_threshold,
         served_models=served,
         leader_election=args.ha_enable_leader_election,
+        tracing=args.tracing,
     )
     server_options = ServerOptions(
         host=args.host,

@@ -51,6 +51,7 @@ class SchedulingDirector:
         served_models: frozenset[str] | None = None,
         metrics_staleness: float = 2.0,
         leadership: Callable[[], bool] | None = None,
+        wrap_decide: Callable[[Callable[..., Decision]], Callable[..., Decision]] | None = None,
     ) -> None:
         self.datastore = datastore
         # With leader election only the leader reports ready (the Service then sends traffic to it).
@@ -62,6 +63,10 @@ class SchedulingDirector:
         self._pick_counters: dict[tuple[str, str], Any] = {}
         self._rng = random.Random()
         datastore.add_listener(self._endpoints_changed)
+        if wrap_decide is not None:
+            # Tracing (epp.tracing): only then is decide() wrapped; without it decide() stays the plain
+            # method below, so the decision path carries no tracing branch at all.
+            self.decide = wrap_decide(self.decide)  # type: ignore[method-assign]
 
     def ready(self) -> bool:
         return self.datastore.synced and (self.leadership is None or self.leadership())

@@ -34,6 +34,7 @@ class SidecarOptions:
     # credential must not follow wherever a header points.
     forward_credentials_to_prefill: bool = False
     metrics_port: int = 0  # 0 = no metrics listener
+    tracing: bool = False  # OTLP spans of the two legs (sidecar/tracing.py)
 
     def __post_init__(self) -> None:
         if self.kv_connector not in SUPPORTED_CONNECTORS:
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.metrics_port,
         help="serve the sidecar's own Prometheus metrics here (0 = off)",
     )
+    p.add_argument(
+        "--tracing",
+        choices=["true", "false"],
+        nargs="?",
+        const="true",
+        default="false",
+        help="export OTLP spans of the prefill and decode legs, configured by the OTEL_* environment",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -159,4 +168,5 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         prefill_ports=ports,
         forward_credentials_to_prefill=args.forward_credentials_to_prefill,
         metrics_port=args.metrics_port,
+        tracing=args.tracing == "true",
     )

@@ -9,11 +9,12 @@ never into a half-sent response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -94,8 +95,10 @@ class PrefillFailed(Exception):
 
 
 class Sidecar:
-    def __init__(self, options: SidecarOptions) -> None:
+    def __init__(self, options: SidecarOptions, tracer: Any = None) -> None:
+        """``tracer``: an OpenTelemetry Tracer (``--tracing``; see sidecar/tracing.py), None when off."""
         self.options = options
+        self.tracer = tracer
         self.metrics = SidecarMetrics()
         self.model_server = f"http://{options.model_server_host}:{options.model_server_port}"
         self.guard = options.guard()
@@ -162,7 +165,34 @@ class Sidecar:
         if not disaggregate or prefiller is None:
             self.metrics.requests.labels("passthrough").inc()
             return await self._forward(request, body, _forward_headers(request.headers))
-        return await self._disaggregated(request, parsed, prefiller)
+        if self.tracer is None:
+            return await self._disaggregated(request, parsed, prefiller)
+        from opentelemetry import propagate
+
+        parent = propagate.extract(request.headers)
+        with self.tracer.start_as_current_span("llm_d.sidecar.pd", context=parent) as span:
+            span.set_attribute("llm_d.prefill_endpoint", prefiller)
+            response = await self._disaggregated(request, parsed, prefiller)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    def _leg(self, name: str, headers: CIMultiDict[str]) -> Any:
+        """A child span for one leg (and its ``traceparent`` on the leg's request); nothing when off."""
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        from opentelemetry import propagate
+
+        span = self.tracer.start_as_current_span(name)
+        carrier: dict[str, str] = {}
+
+        @contextlib.contextmanager
+        def leg() -> Iterator[Any]:
+            with span as current:
+                propagate.inject(carrier)
+                headers.update(carrier)
+                yield current
+
+        return leg()
 
     async def _disaggregated(self, request: web.Request, original: Any, prefiller: str) -> web.StreamResponse:
         try:
@@ -190,7 +220,13 @@ class Sidecar:
                 prefill_headers.popall(name, None)
         prefill_headers["Accept-Encoding"] = "identity"
         try:
-            kv_params = await self._prefill(url, prefill_body(original), prefill_headers, host)
+            with self._leg("llm_d.sidecar.prefill", prefill_headers) as leg:
+                try:
+                    kv_params = await self._prefill(url, prefill_body(original), prefill_headers, host)
+                except PrefillFailed as exc:
+                    if leg is not None:
+                        leg.set_attribute("llm_d.fallback_reason", exc.reason)
+                    raise
         except PrefillFailed as exc:
             self.metrics.fallbacks.labels(exc.reason).inc()
             log.warning(
@@ -200,15 +236,19 @@ class Sidecar:
                 exc.reason,
                 exc,
             )
-            return await self._forward(request, json.dumps(original).encode(), headers)
+            with self._leg("llm_d.sidecar.decode", headers) as leg:
+                if leg is not None:
+                    leg.set_attribute("llm_d.local_prefill", True)
+                return await self._forward(request, json.dumps(original).encode(), headers)
         # vLLM answers 500 when it cannot load the remote KV (kv_load_failure_policy "fail", e.g. a
         # NIXL handshake timing out); nothing has reached the client yet, so run it locally instead.
-        return await self._forward(
-            request,
-            json.dumps(decode_body(original, kv_params)).encode(),
-            headers,
-            local_retry=json.dumps(original).encode(),
-        )
+        with self._leg("llm_d.sidecar.decode", headers):
+            return await self._forward(
+                request,
+                json.dumps(decode_body(original, kv_params)).encode(),
+                headers,
+                local_retry=json.dumps(original).encode(),
+            )
 
     async def _prefill(
         self, url: str, body: dict[str, Any], headers: CIMultiDict[str], host: str
@@ -338,7 +378,12 @@ def _error(status: int, message: str, param: str | None = None) -> web.Response:
 
 
 async def serve(options: SidecarOptions) -> None:
-    sidecar = Sidecar(options)
+    provider = None
+    if options.tracing:
+        from sidecar.tracing import tracer_provider
+
+        provider = tracer_provider()
+    sidecar = Sidecar(options, provider.get_tracer("llm-d.sidecar") if provider is not None else None)
     runners = [web.AppRunner(sidecar.app(), access_log=None)]
     if options.metrics_port:
         runners.append(web.AppRunner(sidecar.metrics_app(), access_log=None))
@@ -359,3 +404,5 @@ async def serve(options: SidecarOptions) -> None:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        if provider is not None:
+            await asyncio.to_thread(provider.shutdown)  # export the last batch of spans

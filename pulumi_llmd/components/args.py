@@ -12,7 +12,9 @@ from typing import Any, Required, TypedDict
 import pulumi
 
 from pulumi_llmd.components.naming import Role
-from pulumi_llmd.config.models import Engine, FailureMode
+from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
+from pulumi_llmd.config.models import Engine, EppImplementation, FailureMode
+from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
 
 
 class ModelSettings(TypedDict, total=False):
@@ -38,20 +40,46 @@ class ModelSettings(TypedDict, total=False):
 
 
 class GatewaySettings(TypedDict, total=False):
-    "kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."
+    "The gateway provider and the Gateway/HTTPRoute in front of the InferencePool."
 
-    install_kgateway: bool
-    "Install kgateway (CRDs chart + controller chart). Default: `true`."
-    kgateway_version: str
-    "kgateway chart version. Default: `v2.1.0`."
-    kgateway_namespace: str
-    "Namespace of kgateway. Default: `kgateway-system`."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
+    install: bool
+    (
+        "Install the provider's control plane (charts); false when the cluster already runs it. GKE's is "
+        "managed: nothing to install. Default: `true`."
+    )
+    version: str
+    (
+        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
+        "v2.1.3)."
+    )
+    namespace: str
+    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
     class_name: str
-    "GatewayClass of the Gateway. Default: `kgateway`."
+    (
+        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
+        "class, gke-l7-regional-external-managed)."
+    )
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
     listener_port: int
     "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    "HTTPRoute request timeout (long generations). Default: `300s`."
+    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
+    paths: list[str]
+    (
+        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
+        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
+        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
+    )
 
 
 class CrdsSettings(TypedDict, total=False):
@@ -60,9 +88,20 @@ class CrdsSettings(TypedDict, total=False):
     install: bool
     "Install the CRDs; set false when the cluster already has them. Default: `true`."
     gateway_api_version: str
-    "Gateway API release (standard channel). Default: `v1.6.1`."
+    (
+        "Gateway API release (standard channel); unset: the one the gateway provider is built against "
+        "(agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own."
+    )
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
+    (
+        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
+        "GKE installs it). Default: `v1.6.2`."
+    )
+    llmd_router_version: str
+    (
+        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
+        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
+    )
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
@@ -127,6 +166,11 @@ class SidecarSettings(TypedDict, total=False):
         "Sidecar image (sidecar/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest "
         "or both. Default: `ghcr.io/pulumi-llmd/sidecar:0.1.0`."
     )
+    upstream_image: str
+    (
+        "llm-d's disagg sidecar image, run instead with `epp.implementation: upstream`. Default: "
+        "`ghcr.io/llm-d/llm-d-router-disagg-sidecar:v0.10.0`."
+    )
     kv_connector: str
     "Sidecar `--kv-connector`. Default: `nixlv2`."
     resources: ResourcesSettings
@@ -162,12 +206,22 @@ class DecodeSettings(TypedDict, total=False):
 
 
 class EppSettings(TypedDict, total=False):
-    "The endpoint picker (`python -m epp`) and its InferencePool wiring."
+    "The endpoint picker (`python -m epp`, or llm-d's) and its InferencePool wiring."
 
+    implementation: EppImplementation
+    (
+        "`bundled` (this project's EPP and P/D sidecar) or `upstream` (llm-d-router's images, same Service, "
+        "RBAC, config and InferencePool: A/B the two on one cluster). Default: `bundled`."
+    )
     image: str
     (
         "EPP image (epp/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest or both. "
         "Default: `ghcr.io/pulumi-llmd/epp:0.1.0`."
+    )
+    upstream_image: str
+    (
+        "llm-d's endpoint-picker image, run with `implementation: upstream`. Default: "
+        "`ghcr.io/llm-d/llm-d-router-endpoint-picker:v0.10.0`."
     )
     replicas: int
     "EPP replicas. Default: `1`."
@@ -183,11 +237,15 @@ class EppSettings(TypedDict, total=False):
         "`FailClose`."
     )
     secure_serving: bool
-    "`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC). Default: `false`."
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
     tls_secret_name: str
     (
-        "A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path`; "
-        "required with secureServing."
+        "A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path` "
+        "with `--enable-cert-reload` (a renewed certificate is served without a restart); unset: the EPP "
+        "makes a self-signed one at start."
     )
     config: str
     "A full EndpointPickerConfig YAML overriding the generated one."
@@ -218,6 +276,168 @@ class NetworkPolicySettings(TypedDict, total=False):
     (
         "Allow all TCP between prefill and decode pods: UCX's TCP transport (used without RDMA) picks "
         "ephemeral ports. Default: `true`."
+    )
+
+
+class AlertThresholdsSettings(TypedDict, total=False):
+    "When the PrometheusRule's alerts fire."
+
+    for_duration: str
+    (
+        "How long a condition must hold before an alert fires (`for`), except the burn-rate alerts, whose "
+        "windows already smooth. Default: `5m`."
+    )
+    queue_per_replica: float
+    (
+        "Queue growing: mean vLLM requests waiting per pod of a role, above which a still growing queue "
+        "alerts. Default: `8`."
+    )
+    saturation: float
+    (
+        "Pool saturated: the EPP's pool saturation (mean over endpoints of max(waiting / queue threshold, KV "
+        "use / KV threshold); 1 = every endpoint at its threshold) at or above this. Default: `1.0`."
+    )
+    fallback_ratio: float
+    (
+        "P/D fallbacks: the fraction of disaggregated requests the sidecar prefilled locally (remote prefill "
+        "failed) above which it alerts. Default: `0.05`."
+    )
+    scrape_error_ratio: float
+    (
+        "Scrape errors: the fraction of the EPP's model-server /metrics scrapes that fail above which it "
+        "alerts (the EPP routes blind on stale metrics). Default: `0.1`."
+    )
+
+
+class TtftSloSettings(TypedDict, total=False):
+    "The TTFT objective of the burn-rate alerts, as the EPP measures TTFT."
+
+    threshold_seconds: float
+    (
+        "A request is good when its TTFT is at most this; must be one of the EPP's TTFT histogram buckets. "
+        "Default: `1.0`."
+    )
+    objective: float
+    "Fraction of requests that must be good (0.99 = 99 %). Default: `0.99`."
+
+
+class DashboardsSettings(TypedDict, total=False):
+    "Grafana dashboards (EPP, pools, P/D) as ConfigMaps for Grafana's dashboard sidecar."
+
+    enabled: bool
+    "Render the dashboard ConfigMaps. Default: `true`."
+    labels: dict[str, str]
+    (
+        "Labels on the ConfigMaps: what Grafana's dashboard sidecar watches for (kube-prometheus-stack: "
+        '`grafana_dashboard: "1"`, its `sidecar.dashboards.label`). Default: `{"grafana_dashboard": "1"}`.'
+    )
+    namespace: str
+    "Namespace of the ConfigMaps (the sidecar's `searchNamespace`); unset puts them in the stack's namespace."
+    folder: str
+    (
+        "Grafana folder (the `grafana_folder` annotation, honoured when the sidecar sets `folderAnnotation: "
+        "grafana_folder`)."
+    )
+
+
+class MonitoringSettings(TypedDict, total=False):
+    "Prometheus Operator monitors and alert/recording rules, and the Grafana dashboards."
+
+    enabled: bool
+    (
+        "PodMonitors for the EPP, the model servers, the P/D sidecars and the gateway, and a PrometheusRule; "
+        "needs the Prometheus Operator CRDs (monitoring.coreos.com/v1). Default: `true`."
+    )
+    rules: bool
+    "Render the PrometheusRule (alerts and recording rules). Default: `true`."
+    labels: dict[str, str]
+    (
+        "Extra labels on the PodMonitors and the PrometheusRule: what your Prometheus selects them by "
+        "(kube-prometheus-stack: `release: <its release name>`). Default: empty."
+    )
+    scrape_interval: str
+    "Scrape interval. Default: `15s`."
+    alerts: AlertThresholdsSettings
+    "Alert thresholds."
+    ttft_slo: TtftSloSettings
+    "The TTFT objective of the burn-rate alerts."
+    dashboards: DashboardsSettings
+    "Grafana dashboards."
+
+
+class ScalingTriggerSettings(TypedDict, total=False):
+    "Signals; with several, the HPA takes the largest replica count any of them asks for."
+
+    signal: Required[ScalingSignal]
+    "The metric."
+    target: Required[float]
+    "Per-replica target value of the signal."
+
+
+class RoleAutoscalingSettings(TypedDict, total=False):
+    "One pool's autoscaler. Prefill and decode scale independently, each on its own pods' signals."
+
+    min_replicas: int
+    (
+        "Fewest replicas. Not 0: the bundled EPP has no flow-control queue to hold requests while a pool "
+        "scales up from zero. Default: `1`."
+    )
+    max_replicas: int
+    "Most replicas (your accelerator quota). Default: `4`."
+    triggers: Required[list[ScalingTriggerSettings]]
+    "Signals; with several, the HPA takes the largest replica count any of them asks for."
+
+
+class AutoscalingSettings(TypedDict, total=False):
+    'Scaling the model-server pools on EPP and vLLM metrics (docs/observability.md, "Autoscaling").'
+
+    enabled: bool
+    (
+        "Autoscale the pools; the pools' `replicas` are then only the count before the first scaling "
+        "decision. Default: `false`."
+    )
+    mode: AutoscalingMode
+    "`keda` or `hpa`. Default: `keda`."
+    prometheus_address: str
+    (
+        "Prometheus the KEDA triggers query (mode keda). Default: "
+        "`http://prometheus-operated.monitoring.svc:9090`."
+    )
+    polling_interval_seconds: int
+    "KEDA polling interval. Default: `15`."
+    scale_up_period_seconds: int
+    (
+        "Add at most one pod per this period: a new model server takes minutes to load, and the demand it "
+        "will absorb stays visible until it is Ready. Default: `180`."
+    )
+    scale_down_window_seconds: int
+    "Scale-down stabilization window; pods are removed one per 5 minutes after it. Default: `600`."
+    prefill: RoleAutoscalingSettings
+    (
+        "The prefill pool's autoscaler (P/D stacks). Default: `{\"minReplicas\": 1, \"maxReplicas\": 4, "
+        '"triggers": [{"signal": "queue", "target": 2.0}]}`.'
+    )
+    decode: RoleAutoscalingSettings
+    (
+        "The decode pool's autoscaler. Default: `{\"minReplicas\": 1, \"maxReplicas\": 4, \"triggers\": "
+        '[{"signal": "queue", "target": 4.0}, {"signal": "running", "target": 16.0}]}`.'
+    )
+
+
+class TracingSettings(TypedDict, total=False):
+    "OTLP tracing of the EPP's scheduling decision and of the P/D sidecar's prefill and decode legs."
+
+    enabled: bool
+    "Export spans (`--tracing` on the EPP and the sidecar). Default: `false`."
+    endpoint: str
+    (
+        "OTLP/gRPC collector (`OTEL_EXPORTER_OTLP_ENDPOINT`). Default: "
+        "`http://opentelemetry-collector.monitoring.svc:4317`."
+    )
+    sample_ratio: float
+    (
+        "Fraction of traces started here that are sampled (parent-based: a sampled caller's trace is always "
+        "followed). Default: `0.1`."
     )
 
 
@@ -286,6 +506,12 @@ class LlmdStackArgs(TypedDict, total=False):
     "Endpoint picker."
     network_policy: NetworkPolicySettings
     "NetworkPolicies."
+    monitoring: MonitoringSettings
+    "Prometheus monitors and rules, Grafana dashboards."
+    autoscaling: AutoscalingSettings
+    "Autoscaling of the model-server pools."
+    tracing: TracingSettings
+    "OTLP tracing."
     pod_networking: PodNetworkingSettings
     (
         "How model-server pods reach the accelerator network and GPU nodes (extended resources, annotations, "
@@ -317,6 +543,8 @@ class EndpointPickerArgs(TypedDict, total=False):
     "Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
     settings: EppSettings
     "The EPP's own settings."
+    tracing: TracingSettings
+    "OTLP tracing of the scheduling decision."
 
 
 class PoolSettings(TypedDict, total=False):
@@ -372,6 +600,18 @@ class ModelServerPoolArgs(TypedDict, total=False):
         "Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; unset passes no "
         "token (public models)."
     )
+    autoscaled: bool
+    (
+        "An autoscaler owns the replica count: the workload leaves `replicas` unset, so updates do not reset "
+        "what the autoscaler chose (`pool.replicas` is then unused). Default: `false`."
+    )
+    tracing: TracingSettings
+    "OTLP tracing of the P/D sidecar's prefill and decode legs."
+    implementation: EppImplementation
+    (
+        "Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's disagg "
+        "sidecar), following the stack's epp.implementation. Default: `bundled`."
+    )
 
 
 class InferenceGatewayArgs(TypedDict, total=False):
@@ -383,32 +623,82 @@ class InferenceGatewayArgs(TypedDict, total=False):
     "Namespace of the Gateway, the HTTPRoute and the pool."
     pool_name: Required[str]
     "The InferencePool the route sends to (the route's name too)."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
     class_name: str
-    "GatewayClass of the Gateway. Default: `kgateway`."
+    (
+        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
+        "class, gke-l7-regional-external-managed)."
+    )
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
     listener_port: int
     "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    "HTTPRoute request timeout (long generations). Default: `300s`."
+    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
+    paths: list[str]
+    (
+        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
+        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
+        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
+    )
+    epp_secure_serving: bool
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
 
 
-class KgatewayArgs(TypedDict, total=False):
-    "Args of ``Kgateway`` (validated by ``KgatewayInputs``)."
+class GatewayControlPlaneArgs(TypedDict, total=False):
+    "Args of ``GatewayControlPlane`` (validated by ``GatewayControlPlaneInputs``)."
 
     instance: Required[str]
     "Stack name, for the `app.kubernetes.io/instance` label."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
     version: str
-    "kgateway chart version. Default: `v2.1.0`."
+    (
+        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
+        "v2.1.3)."
+    )
     namespace: str
-    "Namespace of kgateway. Default: `kgateway-system`."
+    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
 
 
 class ClusterCrdsArgs(TypedDict, total=False):
     "Args of ``ClusterCrds`` (validated by ``ClusterCrdsInputs``)."
 
     gateway_api_version: str
-    "Gateway API release (standard channel). Default: `v1.6.1`."
+    (
+        "Gateway API release (standard channel) to install; unset installs none (the platform owns them, as "
+        "GKE does)."
+    )
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
+    (
+        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
+        "GKE installs it). Default: `v1.6.2`."
+    )
+    llmd_router_version: str
+    (
+        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
+        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
+    )
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
@@ -420,22 +710,30 @@ class ClusterCrdsArgs(TypedDict, total=False):
 
 __all__ = [
     "AcceleratorSettings",
+    "AlertThresholdsSettings",
+    "AutoscalingSettings",
     "ClusterCrdsArgs",
     "CrdsSettings",
+    "DashboardsSettings",
     "DecodeSettings",
     "EndpointPickerArgs",
     "EppSettings",
+    "GatewayControlPlaneArgs",
     "GatewaySettings",
     "InferenceGatewayArgs",
-    "KgatewayArgs",
     "LlmdStackArgs",
     "ModelServerPoolArgs",
     "ModelSettings",
+    "MonitoringSettings",
     "NetworkAttachmentSettings",
     "NetworkPolicySettings",
     "PodNetworkingSettings",
     "PoolSettings",
     "PrefillSettings",
     "ResourcesSettings",
+    "RoleAutoscalingSettings",
+    "ScalingTriggerSettings",
     "SidecarSettings",
+    "TracingSettings",
+    "TtftSloSettings",
 ]

@@ -23,13 +23,16 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
 from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
 from pulumi_llmd.config.inputs import field_of
 from pulumi_llmd.config.models import (
     DNS_LABEL,
+    RELEASE_TAG,
     CrdsConfig,
     DnsLabel,
     Engine,
     EppConfig,
+    EppImplementation,
     GatewayConfig,
     LlmdStackConfig,
     ModelConfig,
@@ -38,6 +41,7 @@ from pulumi_llmd.config.models import (
     PoolConfig,
     SidecarConfig,
 )
+from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 
 ComponentT = TypeVar("ComponentT", bound=type[pulumi.ComponentResource])
 
@@ -87,6 +91,9 @@ class EndpointPickerInputs(ConfigModel):
         description="Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
     )
     settings: EppConfig = Field(default_factory=EppConfig, description="The EPP's own settings.")
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig, description="OTLP tracing of the scheduling decision."
+    )
 
     @property
     def epp_name(self) -> str:
@@ -120,6 +127,20 @@ class ModelServerPoolInputs(ConfigModel):
         description="Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; "
         "unset passes no token (public models).",
     )
+    autoscaled: bool = Field(
+        default=False,
+        description="An autoscaler owns the replica count: the workload leaves `replicas` unset, so "
+        "updates do not reset what the autoscaler chose (`pool.replicas` is then unused).",
+    )
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig,
+        description="OTLP tracing of the P/D sidecar's prefill and decode legs.",
+    )
+    implementation: EppImplementation = Field(
+        default=EppImplementation.BUNDLED,
+        description="Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's "
+        "disagg sidecar), following the stack's epp.implementation.",
+    )
 
     @property
     def name(self) -> str:
@@ -145,7 +166,7 @@ class ModelServerPoolInputs(ConfigModel):
 
 
 class InferenceGatewayInputs(ConfigModel):
-    """The Gateway and the HTTPRoute into an InferencePool."""
+    """The Gateway, the HTTPRoute into an InferencePool, and the provider's objects for that pool."""
 
     instance: Instance = Field(
         description="Stack name: the Gateway is `<instance>-gateway`, labelled "
@@ -153,28 +174,78 @@ class InferenceGatewayInputs(ConfigModel):
     )
     namespace: DnsLabel = Field(description="Namespace of the Gateway, the HTTPRoute and the pool.")
     pool_name: DnsLabel = Field(description="The InferencePool the route sends to (the route's name too).")
-    class_name: Annotated[str, field_of(GatewayConfig, "class_name")]
+    provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+    class_name: Annotated[str | None, field_of(GatewayConfig, "class_name")]
+    kgateway_data_plane: Annotated[KgatewayDataPlane | None, field_of(GatewayConfig, "kgateway_data_plane")]
     listener_port: Annotated[int, field_of(GatewayConfig, "listener_port")]
     request_timeout: Annotated[str, field_of(GatewayConfig, "request_timeout")]
+    paths: Annotated[list[str], field_of(GatewayConfig, "paths")]
+    epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
 
     @property
     def gateway_name(self) -> str:
         return naming.gateway_name(self.instance)
 
+    @property
+    def epp_service(self) -> str:
+        """The pool's EPP Service (`<pool>-epp`, the EndpointPicker's name)."""
+        return naming.epp_name(self.pool_name)
 
-class KgatewayInputs(ConfigModel):
-    """kgateway (CRDs chart and controller chart with the inference extension)."""
+    @property
+    def effective_class_name(self) -> str:
+        return self._gateway_settings().effective_class_name
+
+    def _gateway_settings(self) -> GatewayConfig:
+        return GatewayConfig(
+            provider=self.provider, class_name=self.class_name, kgateway_data_plane=self.kgateway_data_plane
+        )
+
+
+class GatewayControlPlaneInputs(ConfigModel):
+    """A gateway provider's control plane (charts) with InferencePool support on."""
 
     instance: Instance = Field(description="Stack name, for the `app.kubernetes.io/instance` label.")
-    version: Annotated[str, field_of(GatewayConfig, "kgateway_version")]
-    namespace: Annotated[str, field_of(GatewayConfig, "kgateway_namespace")]
+    provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+    version: Annotated[str | None, field_of(GatewayConfig, "version")]
+    namespace: Annotated[str | None, field_of(GatewayConfig, "namespace")]
+    kgateway_data_plane: Annotated[KgatewayDataPlane | None, field_of(GatewayConfig, "kgateway_data_plane")]
+
+    def _gateway_settings(self) -> GatewayConfig:
+        return GatewayConfig(
+            provider=self.provider,
+            version=self.version,
+            namespace=self.namespace,
+            kgateway_data_plane=self.kgateway_data_plane,
+        )
+
+    @property
+    def effective_version(self) -> str | None:
+        return self._gateway_settings().effective_version
+
+    @property
+    def effective_namespace(self) -> str | None:
+        return self._gateway_settings().effective_namespace
+
+    @property
+    def effective_data_plane(self) -> KgatewayDataPlane:
+        return self._gateway_settings().effective_data_plane
+
+    @property
+    def effective_class_name(self) -> str:
+        return self._gateway_settings().effective_class_name
 
 
 class ClusterCrdsInputs(ConfigModel):
     """Cluster-wide CRDs from their release assets (retained on delete)."""
 
-    gateway_api_version: Annotated[str, field_of(CrdsConfig, "gateway_api_version")]
-    inference_extension_version: Annotated[str, field_of(CrdsConfig, "inference_extension_version")]
+    gateway_api_version: str | None = Field(
+        default=None,
+        pattern=RELEASE_TAG,
+        description="Gateway API release (standard channel) to install; unset installs none (the platform "
+        "owns them, as GKE does).",
+    )
+    inference_extension_version: Annotated[str | None, field_of(CrdsConfig, "inference_extension_version")]
+    llmd_router_version: Annotated[str | None, field_of(CrdsConfig, "llmd_router_version")]
     lws_version: Annotated[str, field_of(CrdsConfig, "lws_version")]
     leader_worker_set: bool = Field(
         description="Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 "
@@ -197,6 +268,7 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
     settings: NetworkPolicyConfig = Field(
         default_factory=NetworkPolicyConfig, description="The networkPolicy section."
     )
+    gateway_provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
 
     @property
     def roles(self) -> list[Role]:
@@ -216,3 +288,30 @@ class OnPremAcceleratorsArgs(ConfigModel):
 
     instance: Instance = Field(description="Stack name, for labels.")
     onprem: OnPremConfig = Field(description="The onprem section.")
+
+
+class InferenceMonitoringArgs(ConfigModel):
+    """The Prometheus Operator monitors and rules, and the Grafana dashboards, of one stack."""
+
+    instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    pool_name: DnsLabel = Field(description="The InferencePool (its EPP is `<poolName>-epp`).")
+    disaggregated: bool = Field(description="Prefill and decode pools with the P/D sidecar.")
+    gateway_class: Annotated[str, field_of(GatewayConfig, "class_name")]
+    settings: MonitoringConfig = Field(
+        default_factory=MonitoringConfig, description="The monitoring section."
+    )
+
+    @property
+    def roles(self) -> list[Role]:
+        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class PoolAutoscalingArgs(ConfigModel):
+    """The autoscalers of one stack's model-server pools (KEDA ScaledObjects or HPAs)."""
+
+    instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    disaggregated: bool = Field(description="Prefill and decode pools, scaled independently.")
+    workloads: dict[Role, str] = Field(description="The Deployment of each role (what is scaled).")
+    settings: AutoscalingConfig = Field(description="The autoscaling section.")

@@ -9,7 +9,7 @@ from typing import Any
 SERVING_LABEL = "llm-d.ai/inference-serving"
 MODEL_LABEL = "llm-d.ai/model"
 ROLE_LABEL = "llm-d.ai/role"
-# Gateway API's recommended label on in-cluster gateway proxy pods (kgateway sets it).
+# Gateway API's recommended label on in-cluster gateway proxy pods (agentgateway, Istio and kgateway set it).
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 INFERENCE_POOL_GROUP = "inference.networking.k8s.io"
 
@@ -25,6 +25,10 @@ RAY_PORT = 6379
 # The EPP image's processes (EPP, P/D sidecar) need no root, no writable image, no extra syscalls.
 # 65532 is the conventional "nonroot" user of distroless-style images.
 NON_ROOT_UID = 65532
+
+# The P/D sidecar's own Prometheus metrics on decode pods (`--metrics-port`).
+SIDECAR_METRICS_PORT = 9090
+SIDECAR_METRICS_PORT_NAME = "sidecar-metrics"
 
 EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003

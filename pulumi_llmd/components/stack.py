@@ -27,27 +27,32 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import (
     ClusterCrdsArgs,
     EndpointPickerArgs,
+    GatewayControlPlaneArgs,
     InferenceGatewayArgs,
-    KgatewayArgs,
     LlmdStackArgs,
     ModelServerPoolArgs,
 )
+from pulumi_llmd.components.autoscaling import PoolAutoscaling
 from pulumi_llmd.components.crds import ClusterCrds
-from pulumi_llmd.components.gateway import InferenceGateway, Kgateway
+from pulumi_llmd.components.gateway import GatewayControlPlane, InferenceGateway
 from pulumi_llmd.components.inputs import (
+    InferenceMonitoringArgs,
     InferenceNetworkPoliciesArgs,
     LlmdStackInputs,
+    PoolAutoscalingArgs,
     RdmaNetworksArgs,
     package_component,
 )
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.modelserver import ModelServerPool
+from pulumi_llmd.components.monitoring import InferenceMonitoring
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.netpol import InferenceNetworkPolicies
 from pulumi_llmd.components.onprem import RdmaNetworks
 from pulumi_llmd.components.picker import EndpointPicker
 from pulumi_llmd.components.platform import PodNetworking
 from pulumi_llmd.config.errors import ConfigError
+from pulumi_llmd.config.gateways import GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR, GatewayProvider
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import Engine, LlmdStackConfig
 from pulumi_llmd.config.rules import stack_problems
@@ -108,6 +113,7 @@ def endpoint_picker_args(stack: LlmdStackConfig) -> EndpointPickerArgs:
         "selector": naming.pool_selector(stack.model.label_value),
         "disaggregated": stack.disaggregated,
         "settings": _section(stack.epp),
+        "tracing": _section(stack.tracing),
     }
 
 
@@ -126,6 +132,9 @@ def model_server_pool_args(stack: LlmdStackInputs, role: Role) -> ModelServerPoo
         "disaggregated": stack.disaggregated,
         "sidecar": _section(stack.decode.sidecar),
         "pod_networking": _section(stack.pod_networking),
+        "autoscaled": stack.autoscaling.enabled,
+        "tracing": _section(stack.tracing),
+        "implementation": stack.epp.implementation,
     }
     if needs_hf_token(stack):
         args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
@@ -134,33 +143,62 @@ def model_server_pool_args(stack: LlmdStackInputs, role: Role) -> ModelServerPoo
 
 def inference_gateway_args(stack: LlmdStackConfig) -> InferenceGatewayArgs:
     gateway = stack.gateway
-    return {
+    args: InferenceGatewayArgs = {
         "instance": stack.name,
         "namespace": stack.namespace,
         "pool_name": naming.pool_name(stack.name),
-        "class_name": gateway.class_name,
+        "provider": gateway.provider,
         "listener_port": gateway.listener_port,
         "request_timeout": gateway.request_timeout,
+        "paths": list(gateway.paths),
+        "epp_secure_serving": stack.epp.secure_serving,
     }
+    if gateway.class_name is not None:
+        args["class_name"] = gateway.class_name
+    if gateway.kgateway_data_plane is not None:
+        args["kgateway_data_plane"] = gateway.kgateway_data_plane
+    return args
 
 
-def kgateway_args(stack: LlmdStackConfig) -> KgatewayArgs:
+def gateway_control_plane_args(stack: LlmdStackConfig) -> GatewayControlPlaneArgs:
     gateway = stack.gateway
-    return {
-        "instance": stack.name,
-        "version": gateway.kgateway_version,
-        "namespace": gateway.kgateway_namespace,
-    }
+    args: GatewayControlPlaneArgs = {"instance": stack.name, "provider": gateway.provider}
+    if gateway.version is not None:
+        args["version"] = gateway.version
+    if gateway.namespace is not None:
+        args["namespace"] = gateway.namespace
+    if gateway.kgateway_data_plane is not None:
+        args["kgateway_data_plane"] = gateway.kgateway_data_plane
+    return args
+
+
+def installs_gateway_control_plane(stack: LlmdStackConfig) -> bool:
+    """A provider's charts are installed unless the stack says not to; GKE's controller is managed."""
+    return stack.gateway.install and stack.gateway.pins.control_plane_version is not None
 
 
 def cluster_crds_args(stack: LlmdStackConfig) -> ClusterCrdsArgs:
+    """The CRDs the gateway provider expects: Gateway API at the release it is built against (unless
+    the platform owns them, as GKE does), InferencePool, llm-d's InferenceObjective and
+    InferenceModelRewrite, LeaderWorkerSet for multi-node pools."""
     crds = stack.crds
-    return {
-        "gateway_api_version": crds.gateway_api_version,
-        "inference_extension_version": crds.inference_extension_version,
+    args: ClusterCrdsArgs = {
+        "llmd_router_version": crds.llmd_router_version,
         "lws_version": crds.lws_version,
         "leader_worker_set": bool(multi_node_roles(stack)),
     }
+    gateway_api = crds.gateway_api_version or stack.gateway.pins.gateway_api_version
+    if gateway_api is not None:
+        args["gateway_api_version"] = gateway_api
+    gke_installs_pool_crd = (
+        stack.gateway.provider is GatewayProvider.GKE
+        and int(stack.kubernetes_version.split(".")[1]) >= GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR
+    )
+    # None: GKE installs InferencePool itself (the args type has no None; the model accepts it).
+    args["inference_extension_version"] = (
+        cast(Any, None) if gke_installs_pool_crd else crds.inference_extension_version
+    )
+    return args
 
 
 def network_policies_args(stack: LlmdStackConfig) -> InferenceNetworkPoliciesArgs:
@@ -170,6 +208,28 @@ def network_policies_args(stack: LlmdStackConfig) -> InferenceNetworkPoliciesArg
         disaggregated=stack.disaggregated,
         multi_node_roles=multi_node_roles(stack),
         settings=stack.network_policy,
+        gateway_provider=stack.gateway.provider,
+    )
+
+
+def monitoring_args(stack: LlmdStackConfig) -> InferenceMonitoringArgs:
+    return InferenceMonitoringArgs(
+        instance=stack.name,
+        namespace=stack.namespace,
+        pool_name=naming.pool_name(stack.name),
+        disaggregated=stack.disaggregated,
+        gateway_class=stack.gateway.effective_class_name,
+        settings=stack.monitoring,
+    )
+
+
+def autoscaling_args(stack: LlmdStackConfig) -> PoolAutoscalingArgs:
+    return PoolAutoscalingArgs(
+        instance=stack.name,
+        namespace=stack.namespace,
+        disaggregated=stack.disaggregated,
+        workloads={role: naming.model_server_name(stack.name, role) for role in serving_roles(stack)},
+        settings=stack.autoscaling,
     )
 
 
@@ -198,9 +258,11 @@ def hf_token_secret_manifest(instance: str, namespace: str, token: pulumi.Input[
 
 @package_component
 class LlmdStack(pulumi.ComponentResource):
-    """The llm-d inference stack on an existing Kubernetes cluster: its namespace, the Gateway API and
-    InferencePool CRDs, kgateway, the endpoint picker (EPP) with its InferencePool, the prefill and
-    decode vLLM pools with the P/D routing sidecar, the Gateway and HTTPRoute, and NetworkPolicies. Its
+    """The llm-d inference stack on an existing Kubernetes cluster: its namespace, the Gateway API,
+    InferencePool and InferenceObjective CRDs, the gateway provider's control plane (agentgateway, Istio
+    or kgateway; GKE's is managed), the endpoint picker (EPP, this project's or llm-d's) with its
+    InferencePool, the prefill and decode vLLM pools with the P/D routing sidecar, the Gateway and
+    HTTPRoute with the provider's policies, and NetworkPolicies. Its
     inputs are the keys of the `llmd:` stack configuration (model, prefill, decode, epp, gateway, crds,
     networkPolicy, name, namespace) plus podNetworking and hfToken; pass the Kubernetes provider in the
     resource options' providers, and anything the stack must wait for (GPU nodes) in dependsOn."""
@@ -239,11 +301,13 @@ class LlmdStack(pulumi.ComponentResource):
         if stack.crds.install:
             crds.append(ClusterCrds(f"{name}-crds", cluster_crds_args(stack), opts=child_options(self, opts)))
         gateway_controller: list[pulumi.Resource] = []
-        if stack.gateway.install_kgateway:
-            kgateway = Kgateway(
-                f"{name}-kgateway", kgateway_args(stack), opts=child_options(self, opts, *crds)
+        if installs_gateway_control_plane(stack):
+            control_plane = GatewayControlPlane(
+                f"{name}-{stack.gateway.provider.value}",
+                gateway_control_plane_args(stack),
+                opts=child_options(self, opts, *crds),
             )
-            gateway_controller.append(kgateway)
+            gateway_controller.append(control_plane)
 
         # Model servers wait for their namespace, the token Secret and Multus networks they use, and
         # (for LeaderWorkerSets) the LWS install.
@@ -277,6 +341,17 @@ class LlmdStack(pulumi.ComponentResource):
             inference_gateway_args(stack),
             opts=child_options(self, opts, namespace, *crds, *gateway_controller, self.epp),
         )
+        monitoring = stack.monitoring
+        if monitoring.enabled or monitoring.dashboards.enabled:
+            InferenceMonitoring(
+                f"{name}-monitoring", monitoring_args(stack), opts=child_options(self, opts, namespace)
+            )
+        if stack.autoscaling.enabled:
+            PoolAutoscaling(
+                f"{name}-autoscaling",
+                autoscaling_args(stack),
+                opts=child_options(self, opts, *self.pools.values()),
+            )
         if stack.network_policy.enabled:
             InferenceNetworkPolicies(
                 f"{name}-network-policies",

@@ -312,3 +312,42 @@ async def test_stream_chunks_reach_the_client_as_they_are_produced(rig):
         rig.decode.hold_stream.set()
         rest = await asyncio.wait_for(r.content.read(), 5)
     assert rest.endswith(b"data: [DONE]\n\n") and rest.count(b"data: ") == 3
+
+
+async def test_tracing_spans_both_legs_under_the_callers_trace() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async for rig in build_rig(prefill_timeout_s=0.5):
+        rig.sidecar.tracer = provider.get_tracer("test")
+        caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        headers = {"x-prefiller-host-port": rig.prefill_addr, "traceparent": caller}
+        async with rig.client.post("/v1/completions", json=REQUEST, headers=headers) as response:
+            assert response.status == 200
+            await response.read()
+        spans = {span.name: span for span in exporter.get_finished_spans()}
+        assert set(spans) == {"llm_d.sidecar.pd", "llm_d.sidecar.prefill", "llm_d.sidecar.decode"}
+        root = spans["llm_d.sidecar.pd"]
+        assert format(root.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+        for leg in ("llm_d.sidecar.prefill", "llm_d.sidecar.decode"):
+            assert spans[leg].parent is not None and spans[leg].parent.span_id == root.context.span_id
+        # Each leg hands its own span's context to the server it calls.
+        (prefill,) = rig.prefill.received
+        (decode,) = rig.decode.received
+        assert (
+            format(spans["llm_d.sidecar.prefill"].context.span_id, "016x") in prefill.headers["traceparent"]
+        )
+        assert format(spans["llm_d.sidecar.decode"].context.span_id, "016x") in decode.headers["traceparent"]
+
+
+async def test_without_tracing_no_traceparent_is_added(rig):
+    headers = {"x-prefiller-host-port": rig.prefill_addr}
+    async with rig.client.post("/v1/completions", json=REQUEST, headers=headers) as response:
+        assert response.status == 200
+        await response.read()
+    assert rig.sidecar.tracer is None
+    assert all("traceparent" not in r.headers for r in rig.prefill.received + rig.decode.received)

@@ -162,3 +162,17 @@ def test_simulator_kv_transfer_params_match_vllm(pd):
     assert isinstance(real_kv["remote_block_ids"][0], list) and isinstance(
         sim_kv["remote_block_ids"][0], list
     )
+
+
+def test_every_vllm_metric_the_monitoring_reads_is_on_real_vllm(pd):
+    """Dashboards, alerts, recording rules and scalers read these from real vLLM (here with the
+    NixlConnector, whose transfer metrics the P/D dashboard shows): each is served by its /metrics."""
+    from tests.support.observability import vllm_names_used
+    from tests.support.promql_names import exposed_names
+
+    served = set()
+    for role in ("prefill", "decode"):
+        served |= exposed_names(http.request("GET", f"http://127.0.0.1:{pd[role]}/metrics").body.decode())
+    used = vllm_names_used()
+    assert len(used) >= 12
+    assert sorted(used - served) == []
