@@ -37,7 +37,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from prometheus_client import CollectorRegistry
 
-from epp.metrics import ServerMetrics
+from epp.server import ServerMetrics
 from epp.server.stream import ActiveRequestIds, BufferBudget, ExtProcStream, StreamSettings
 from epp.types import Decision, InferenceRequest, Usage
 
@@ -95,7 +95,7 @@ def envoy_messages(streamed_chunks: int = 0) -> list[bytes]:
         del headers["content-length"]
         messages.append(ext_proc.ProcessingRequest(response_headers=_headers(headers, False)))
         for i in range(streamed_chunks):
-            event = {
+            event: dict[str, Any] = {
                 "id": "cmpl-1",
                 "object": "text_completion",
                 "model": MODEL,
