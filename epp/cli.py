@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from epp.server import EppServer, ServerOptions, StreamSettings
+from epp.server.listeners import Transport
 from epp.server.stream import BodyMode
 from epp.server.tls import CertificateSource, TlsError
 
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--grpc-port", type=port, default=9002, help="ext_proc gRPC port")
     net.add_argument("--grpc-health-port", type=port, default=9003, help="gRPC health port")
     net.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
+    net.add_argument(
+        "--transport",
+        choices=[t.value for t in Transport],
+        default=Transport.H2.value,
+        help="gRPC server of the ext_proc and health ports: h2 (default; the asyncio HTTP/2 server in "
+        "epp.transport, under half of grpc.aio's CPU per message, and it accepts TLS clients that "
+        "offer no ALPN, as kgateway's ext_proc cluster does) or grpc (grpc.aio, the reference)",
+    )
     net.add_argument(
         "--secure-serving",
         type=boolean,
@@ -232,6 +241,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         drain_timeout=args.drain_timeout,
         drain_notice=args.drain_notice,
         tls=tls,
+        transport=Transport(args.transport),
     )
     return runtime_options, server_options, args.log_level
 

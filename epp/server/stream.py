@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -172,7 +172,7 @@ class ExtProcStream:
         elif kind == "response_body":
             await self._on_response_body(message.response_body, send)
         elif kind == "response_trailers":
-            self._complete(failed=False)
+            self._complete(failed=False)  # before the last answer: see _answer_last
             await send(messages.response_trailers_done())
 
     # ----------------------------------------------------------------- request path
@@ -355,10 +355,10 @@ class ExtProcStream:
         # A rewritten model name changes the body length: let the proxy re-frame the response.
         rewriting = self._resp.rewriter is not None and self._resp.mode is not None
         remove = ["content-length"] if rewriting else []
-        await send(messages.continue_response_headers(remove, self._served_by()))
         if headers.end_of_stream:
             self._resp.ended = True
-            self._complete(failed=self._resp.server_failed())
+            self._complete(failed=self._resp.server_failed())  # before the last answer: see _answer_last
+        await send(messages.continue_response_headers(remove, self._served_by()))
 
     async def _on_response_body(self, body: ext_proc.HttpBody, send: Send) -> None:
         chunk, end = body.body, body.end_of_stream
@@ -367,28 +367,28 @@ class ExtProcStream:
             if self._req.scheduled is not None:  # not for local replies or unrouted requests
                 self._metrics.ttft.observe(time.monotonic() - self._req.received_at)
         self._resp.size += len(chunk)
+        answers: Iterable[ext_proc.ProcessingResponse]
         if self._resp.mode is BodyMode.BUFFERED:
-            await send(messages.replaced_response_body(self._track_whole_body(chunk, end)))
+            answers = [messages.replaced_response_body(self._track_whole_body(chunk, end))]
         elif self._resp.sse is not None:
-            out = self._resp.sse.feed(chunk, end)
-            for message in messages.streamed_response_body(out, end, chunked=False):
-                await send(message)
+            answers = messages.streamed_response_body(self._resp.sse.feed(chunk, end), end, chunked=False)
         elif self._resp.rewriter is not None:
             # A JSON body can only be rewritten whole: hold it until the end.
             self._resp.held.append(chunk)
+            answers = []
             if end:
                 whole = b"".join(self._resp.held)
                 self._resp.held.clear()
                 self._resp.buffered.feed(whole, True)
-                for message in messages.streamed_response_body(self._resp.rewriter(whole), True):
-                    await send(message)
+                answers = messages.streamed_response_body(self._resp.rewriter(whole), True)
         else:
             self._resp.buffered.feed(chunk, end)
-            for message in messages.streamed_response_body(chunk, end, chunked=False):
-                await send(message)
+            answers = messages.streamed_response_body(chunk, end, chunked=False)
         if end:
             self._resp.ended = True
-            self._complete(failed=self._resp.server_failed())
+            self._complete(failed=self._resp.server_failed())  # before the last answer: see _answer_last
+        for answer in answers:
+            await send(answer)
 
     def _track_whole_body(self, chunk: bytes, end: bool) -> bytes | None:
         """Feed a (buffered) body to the usage tracker; return the rewritten body or None if unchanged."""
@@ -427,6 +427,13 @@ class ExtProcStream:
             fields = filter_metadata[LB_METADATA_NAMESPACE].fields
             if DESTINATION_ENDPOINT_SERVED in fields:
                 self._resp.served = fields[DESTINATION_ENDPOINT_SERVED].string_value or None
+
+    # _answer_last: the request is complete before the EPP sends the answer that ends the exchange
+    # (the last response body chunk, the response trailers, headers of a bodyless response). Envoy
+    # closes the ext_proc stream as soon as it has that answer (ext_proc.cc,
+    # closeGrpcStreamIfLastRespReceived: Envoy 1.40 sends RST_STREAM), and on grpc.aio the handler
+    # can still be inside that last write when the reset cancels it: completing afterwards reported
+    # ~4% of successful FULL_DUPLEX_STREAMED requests to the Director as failed.
 
     def _complete(self, failed: bool, count: bool = True) -> None:
         if self._completed:

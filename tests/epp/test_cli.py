@@ -9,6 +9,7 @@ import pytest
 
 from epp.cli import duration, parse_args
 from epp.config.loader import DEFAULT_CONFIG
+from epp.server import Transport
 from epp.server.stream import BodyMode
 
 
@@ -29,6 +30,8 @@ def test_defaults_match_the_contract(endpoints: Path) -> None:
     assert server.stream.default_body_mode is BodyMode.FULL_DUPLEX_STREAMED
     # Secure serving is on by default, as upstream, with a self-signed pair made at start.
     assert server.tls is not None and server.tls.pair.origin == "self-signed" and level == "info"
+    # The asyncio HTTP/2 transport by default (issue 16); grpc.aio stays behind --transport grpc.
+    assert server.transport is Transport.H2
 
 
 def test_llm_d_style_flags(tmp_path: Path) -> None:
@@ -51,6 +54,8 @@ def test_llm_d_style_flags(tmp_path: Path) -> None:
             "--grpc-port=19002",
             "--body-mode",
             "BUFFERED",
+            "--transport",
+            "grpc",
         ]
     )
     assert (runtime.pool_name, runtime.pool_namespace) == ("pool", "llm")
@@ -60,6 +65,7 @@ def test_llm_d_style_flags(tmp_path: Path) -> None:
     assert runtime.served_models == frozenset({"a", "b"})
     assert server.grpc_port == 19002 and server.tls is None
     assert server.stream.default_body_mode is BodyMode.BUFFERED
+    assert server.transport is Transport.GRPC
 
 
 def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path) -> None:
@@ -88,6 +94,7 @@ def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path
         (["--endpoints-file", "{endpoints}", "--grpc-port", "70000"], "port out of range"),
         (["--endpoints-file", "{endpoints}", "--refresh-metrics-interval", "fast"], "not a duration"),
         (["--endpoints-file", "{endpoints}", "--secure-serving=maybe"], "not a boolean"),
+        (["--endpoints-file", "{endpoints}", "--transport", "grpclib"], "invalid choice: 'grpclib'"),
         (["--endpoints-file", "{endpoints}", "--config-text", "x", "--config-file", "y"], "not allowed with"),
     ],
 )
