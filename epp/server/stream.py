@@ -239,7 +239,7 @@ class ExtProcStream:
             body, parsed = parse_request_body(self._path, raw)
         except EppError as error:
             await self._reject(send, error)
-        decision = await self._schedule(self._new_request(body, parsed), send)
+        decision = await self._schedule(self._new_request(body, parsed, len(raw)), send)
 
         out_body = decision.body if decision.body is not None else raw
         set_headers = self._routing_headers(decision)
@@ -265,7 +265,9 @@ class ExtProcStream:
         remove = [h for h in self._client_steering_headers() if h not in set_headers]
         await send(messages.routed_request_headers(set_headers, remove, set_headers[DESTINATION_ENDPOINT]))
 
-    def _new_request(self, body: dict[str, object], parsed: ParsedBody) -> InferenceRequest:
+    def _new_request(
+        self, body: dict[str, object], parsed: ParsedBody, body_bytes: int = 0
+    ) -> InferenceRequest:
         return InferenceRequest(
             request_id=self._request_id,
             path=self._path,
@@ -276,6 +278,7 @@ class ExtProcStream:
             fairness_id=_first_header(self._headers, FAIRNESS_ID_HEADERS) or DEFAULT_FAIRNESS_ID,
             subset=self._subset,
             received_at=self._received_at,
+            body_bytes=body_bytes,
         )
 
     async def _schedule(self, request: InferenceRequest, send: Send) -> Decision:
