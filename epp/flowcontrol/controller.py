@@ -111,8 +111,12 @@ class FlowController:
         pool_name: str = "",
         clock: Callable[[], float] = time.monotonic,
         tick: float = DEFAULT_TICK,
+        dispatcher: bool = True,
     ) -> None:
+        """``dispatcher=False``: no background task; the caller drives :meth:`dispatch_cycle` and
+        :meth:`expire` (deterministic tests on an injected ``clock``)."""
         self.config = config
+        self._dispatcher = dispatcher
         self._endpoints = endpoints
         self.pool_name = pool_name
         self._clock = clock
@@ -425,7 +429,7 @@ class FlowController:
 
     # ---- the dispatcher task -----------------------------------------------------------------
     def _ensure_dispatcher(self) -> None:
-        if self._task is None or self._task.done():
+        if self._dispatcher and (self._task is None or self._task.done()):
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="flow-control dispatcher")
 

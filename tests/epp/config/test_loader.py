@@ -171,8 +171,10 @@ def test_llm_d_header_handlers_and_parsers_are_accepted() -> None:
 
 
 def test_unimplemented_sections_warn_instead_of_failing() -> None:
-    config = load_config(HEADER + "plugins: [{type: queue-scorer}]\nflowControl: {maxRequests: 10}\n")
-    assert any("flowControl" in warning for warning in config.warnings)
+    config = load_config(
+        HEADER + "plugins: [{type: queue-scorer}]\nrequestHandler: {parsers: [{pluginRef: x}]}\n"
+    )
+    assert any("requestHandler ignored" in warning for warning in config.warnings)
 
 
 def test_deprecated_alias_warns() -> None:
