@@ -210,8 +210,9 @@ def _config_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
 
 # Past the queue's TTL: the request is answered by flow control (429/503 with a reason), not cut off.
 DECISION_TIMEOUT_MARGIN = 10.0
-# With no TTL a queued request waits for its client; Envoy's ext_proc message_timeout tops out here.
-UNBOUNDED_QUEUE_DECISION_TIMEOUT = 3600.0
+# With no TTL a queued request waits for its client; stay under the 1000 s ext_proc message_timeout
+# that llm-d's Envoy config and Istio set (it applies when the body mode is not FULL_DUPLEX_STREAMED).
+UNBOUNDED_QUEUE_DECISION_TIMEOUT = 900.0
 
 
 def fit_decision_timeout(options: ServerOptions, longest_ttl: float) -> ServerOptions:

@@ -116,3 +116,13 @@ def test_invalid_scheduler_config_exits_2_with_the_loader_message(
     assert main(["--endpoints-file", str(endpoints), "--config-text", bad]) == 2
     err = capsys.readouterr().err
     assert "invalid configuration" in err and "no-such-plugin" in err
+
+
+def test_the_decision_timeout_is_raised_to_cover_the_flow_control_queue() -> None:
+    from epp.cli import UNBOUNDED_QUEUE_DECISION_TIMEOUT, fit_decision_timeout
+    from epp.server import ServerOptions, StreamSettings
+
+    options = ServerOptions(stream=StreamSettings(decision_timeout=30.0))
+    assert fit_decision_timeout(options, 60.0).stream.decision_timeout == 70.0  # TTL + 10 s margin
+    assert fit_decision_timeout(options, 5.0) is options  # already longer than a 5 s queue
+    assert fit_decision_timeout(options, 0.0).stream.decision_timeout == UNBOUNDED_QUEUE_DECISION_TIMEOUT

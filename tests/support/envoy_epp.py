@@ -132,10 +132,21 @@ class Stack:
                 closer()
 
 
-def start_pod(name: str, log_dir: Path) -> Pod:
+def start_pod(name: str, log_dir: Path, *extra: str) -> Pod:
     port = free_port()
     process = ManagedProcess(
-        [sys.executable, "-m", "localrun.standin", "--port", str(port), "--name", name, "--model", MODEL],
+        [
+            sys.executable,
+            "-m",
+            "localrun.standin",
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--model",
+            MODEL,
+            *extra,
+        ],
         ready=http_ok(f"http://127.0.0.1:{port}/health"),
         name=name,
         log_dir=log_dir,
@@ -155,13 +166,14 @@ def gateway_stack(
     fail_open: bool = False,
     upstream: Upstream = Upstream.ORIGINAL_DST,
     before_epp: Callable[[list[Pod]], None] | None = None,
+    pod_args: tuple[str, ...] = (),
     **gateway_options: Any,
 ) -> Iterator[Stack]:
     grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
     stack = Stack(pods=[], gateway=None, epp=None, metrics_port=metrics_port, grpc_port=grpc_port)
     try:
         for index in range(pods):
-            pod = start_pod(f"pod-{index}", log_dir)
+            pod = start_pod(f"pod-{index}", log_dir, *pod_args)
             stack.pods.append(pod)
             stack._closers.append(pod.process.stop)
         if before_epp is not None:
