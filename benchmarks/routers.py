@@ -103,6 +103,8 @@ class RouterSpec:
     envoy_lb_policy: str | None = None  # ENVOY_LB: ROUND_ROBIN | RANDOM
     epp_config: str | None = None  # EPP: EndpointPickerConfig text; None = the EPP's built-in default
     epp_flags: tuple[str, ...] = ()  # EPP: extra `python -m epp` flags
+    # EPP: InferenceObjective priorities by name (written into the static endpoints file).
+    epp_objectives: tuple[tuple[str, int], ...] = ()
 
 
 ROUTERS: tuple[RouterSpec, ...] = (
@@ -285,6 +287,7 @@ def _start_epp(spec: RouterSpec, pod_names: list[str], endpoints: list[str], log
             )
             for name, endpoint in zip(pod_names, endpoints, strict=True)
         ],
+        objectives=dict(spec.epp_objectives),
     )
     grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
     extra = ["--log-level", "warning"]

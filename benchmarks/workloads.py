@@ -97,6 +97,8 @@ class RequestSpec:
     group: str
     prompt_tokens: int
     output_tokens: int
+    # Extra request headers (a tenant's fairness id, an InferenceObjective name).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Workload(Protocol):

@@ -6,7 +6,12 @@ from typing import Any
 
 import yaml
 
-from pulumi_llmd.config.models import StackConfig
+from pulumi_llmd.config.models import (
+    EppFlowControlConfig,
+    FlowControlBand,
+    FlowControlPriorityBand,
+    StackConfig,
+)
 
 API_VERSION = "llm-d.ai/v1alpha1"
 
@@ -77,6 +82,65 @@ def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
     }
 
 
+def with_flow_control(document: dict[str, Any], flow: EppFlowControlConfig) -> dict[str, Any]:
+    """``document`` plus llm-d's flow control: the feature gate, the detector and policy plugins it
+    names, and the ``flowControl`` section (llm-d-router apix/config/v1alpha1 FlowControlConfig)."""
+    if not flow.enabled:
+        return document
+    detector = flow.saturation_detector
+    bands = [
+        band
+        for band in (flow.default_priority_band, flow.default_negative_priority_band, *flow.priority_bands)
+        if band is not None
+    ]
+    policies = sorted(
+        {p for band in bands for p in (band.fairness_policy, band.ordering_policy) if p is not None}
+    )
+    plugin: dict[str, Any] = {"type": detector.type}
+    if detector.parameters():
+        plugin["parameters"] = detector.parameters()
+    section: dict[str, Any] = {"defaultRequestTTL": flow.default_request_ttl}
+    if flow.no_endpoint_request_ttl is not None:
+        section["noEndpointRequestTTL"] = flow.no_endpoint_request_ttl
+    for key, value in (("maxRequests", flow.max_requests), ("maxBytes", flow.max_bytes)):
+        if value is not None:
+            section[key] = value
+    section["defaultPriorityBand"] = _band(flow.default_priority_band)
+    if flow.default_negative_priority_band is not None:
+        section["defaultNegativePriorityBand"] = _band(flow.default_negative_priority_band)
+    if flow.priority_bands:
+        section["priorityBands"] = [_band(band) for band in flow.priority_bands]
+    section["saturationDetector"] = {"pluginRef": detector.type}
+    profiles = document["schedulingProfiles"]
+    if detector.filter:
+        profiles = [
+            {**profile, "plugins": [{"pluginRef": detector.type}, *profile["plugins"]]}
+            for profile in profiles
+        ]
+    return {
+        **document,
+        "featureGates": ["flowControl"],
+        "plugins": [*document["plugins"], plugin, *({"type": p} for p in policies)],
+        "schedulingProfiles": profiles,
+        "flowControl": section,
+    }
+
+
+def _band(band: FlowControlBand) -> dict[str, Any]:
+    rendered: dict[str, Any] = (
+        {"priority": band.priority} if isinstance(band, FlowControlPriorityBand) else {}
+    )
+    for key, value in (
+        ("maxRequests", band.max_requests),
+        ("maxBytes", band.max_bytes),
+        ("fairnessPolicyRef", band.fairness_policy),
+        ("orderingPolicyRef", band.ordering_policy),
+    ):
+        if value is not None:
+            rendered[key] = value
+    return rendered
+
+
 def render_epp_config(config: StackConfig) -> str:
     """The YAML text for the EPP ConfigMap: the operator's override, else the generated config."""
     if config.epp.config is not None:
@@ -84,4 +148,4 @@ def render_epp_config(config: StackConfig) -> str:
     document = (
         disaggregated_config(config.epp.pd_non_cached_tokens) if config.disaggregated else default_config()
     )
-    return yaml.safe_dump(document, sort_keys=False)
+    return yaml.safe_dump(with_flow_control(document, config.epp.flow_control), sort_keys=False)

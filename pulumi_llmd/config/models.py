@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
@@ -224,6 +224,133 @@ class DecodeConfig(PoolConfig):
     )
 
 
+# Go durations as llm-d's metav1.Duration takes them ("60s", "1m30s", "500ms"; "0s" = no limit).
+GO_DURATION = r"^(0|([0-9]+(\.[0-9]+)?(h|m|s|ms|us|ns))+)$"
+# Kubernetes quantities for flow-control limits ("5000", "5k", "1Gi").
+FlowQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+FairnessPolicy = Literal["round-robin-fairness-policy", "global-strict-fairness-policy"]
+OrderingPolicy = Literal["fcfs-ordering-policy", "edf-ordering-policy", "slo-deadline-ordering-policy"]
+
+
+class FlowControlBand(ConfigModel):
+    """A priority band's limits and policies (llm-d's `PriorityBandConfig`); as a template it has no
+    priority of its own."""
+
+    max_requests: FlowQuantity | None = Field(
+        default=None, description="Queued requests the band holds before it rejects (llm-d default 5000)."
+    )
+    max_bytes: FlowQuantity | None = Field(
+        default=None, description="Queued request bytes the band holds (llm-d default 1G)."
+    )
+    fairness_policy: FairnessPolicy | None = Field(
+        default=None,
+        description="Which flow (fairness id) of the band goes next (llm-d default global-strict).",
+    )
+    ordering_policy: OrderingPolicy | None = Field(
+        default=None, description="Which request of a flow goes next (llm-d default fcfs)."
+    )
+
+
+class FlowControlPriorityBand(FlowControlBand):
+    priority: int = Field(description="The InferenceObjective priority this band serves.")
+
+
+class SaturationDetectorConfig(ConfigModel):
+    """What tells flow control that the pool is full (llm-d's detector plugins and their parameters)."""
+
+    type: Literal["utilization-detector", "concurrency-detector"] = Field(
+        default="utilization-detector",
+        description="`utilization-detector`: scraped queue depth and KV-cache use (llm-d's default); "
+        "`concurrency-detector`: the EPP's own in-flight count per pod, current to the request.",
+    )
+    queue_depth_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        description="utilization-detector: waiting requests per pod that count as full (5).",
+    )
+    kv_cache_util_threshold: float | None = Field(
+        default=None, gt=0, le=1, description="utilization-detector: KV-cache use that counts as full (0.8)."
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="concurrency-detector: requests in flight per pod at which the pool is full (100); "
+        "size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
+    )
+    headroom: float | None = Field(
+        default=None, ge=0, description="Burst above the limit a single pod may take as a filter (0)."
+    )
+    filter: bool = Field(
+        default=False,
+        description="Also a scheduling filter: no pod gets more than its limit x (1 + headroom), so a "
+        "burst cannot herd onto one pod.",
+    )
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_type(self) -> SaturationDetectorConfig:
+        utilization_only = {
+            "queueDepthThreshold": self.queue_depth_threshold,
+            "kvCacheUtilThreshold": self.kv_cache_util_threshold,
+        }
+        if self.type == "concurrency-detector":
+            wrong = [key for key, value in utilization_only.items() if value is not None]
+        else:
+            wrong = ["maxConcurrency"] if self.max_concurrency is not None else []
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        """The plugin's parameters under llm-d's names (only the ones set)."""
+        values = {
+            "queueDepthThreshold": self.queue_depth_threshold,
+            "kvCacheUtilThreshold": self.kv_cache_util_threshold,
+            "maxConcurrency": self.max_concurrency,
+            "headroom": self.headroom,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+class EppFlowControlConfig(ConfigModel):
+    """llm-d's flow control: requests wait in the EPP, per priority band and fairness id, until the
+    saturation detector says the pool has room; a request whose wait outlasts its TTL, or that finds
+    its band full, gets 429 (503 when the pool has no endpoints)."""
+
+    enabled: bool = Field(default=True, description="Render `featureGates: [flowControl]` and the section.")
+    default_request_ttl: str = Field(
+        default="60s",
+        alias="defaultRequestTTL",
+        pattern=GO_DURATION,
+        description='Longest queue wait while the pool has endpoints ("0s": until the client leaves). '
+        "Keep it below gateway.requestTimeout.",
+    )
+    no_endpoint_request_ttl: str | None = Field(
+        default=None,
+        alias="noEndpointRequestTTL",
+        pattern=GO_DURATION,
+        description="Longest queue wait while the pool has no endpoints (scale from zero); unset follows "
+        "defaultRequestTTL.",
+    )
+    max_requests: FlowQuantity | None = Field(default=None, description="Global queued-request limit.")
+    max_bytes: FlowQuantity | None = Field(default=None, description="Global queued-byte limit.")
+    default_priority_band: FlowControlBand = Field(
+        default_factory=lambda: FlowControlBand(fairness_policy="round-robin-fairness-policy"),
+        description="Template of every priority not listed (here: round-robin across fairness ids).",
+    )
+    default_negative_priority_band: FlowControlBand | None = Field(
+        default_factory=lambda: FlowControlBand(
+            max_requests="64", fairness_policy="round-robin-fairness-policy"
+        ),
+        description="Template of bands below priority 0 (sheddable): a short queue, so they are shed first.",
+    )
+    priority_bands: list[FlowControlPriorityBand] = Field(
+        default_factory=list, description="Bands of particular priorities."
+    )
+    saturation_detector: SaturationDetectorConfig = Field(
+        default_factory=SaturationDetectorConfig, description="The dispatch gate."
+    )
+
+
 class EppConfig(ConfigModel):
     """The endpoint picker (`python -m epp`) and its InferencePool wiring."""
 
@@ -272,6 +399,10 @@ class EppConfig(ConfigModel):
     )
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
+    )
+    flow_control: EppFlowControlConfig = Field(
+        default_factory=EppFlowControlConfig,
+        description="llm-d's flow control in the generated EPP config (ignored with `config`).",
     )
 
     @field_validator("config")

@@ -389,3 +389,40 @@ def test_parsers_of_the_openai_api_load_without_warnings(parser: str) -> None:
 def test_a_parser_for_another_api_is_an_unknown_type() -> None:
     with pytest.raises(ConfigError, match="unknown type 'sglang-parser'"):
         load_config(HEADER + "plugins: [{type: sglang-parser}]\n")
+
+
+@pytest.mark.parametrize("disaggregated", [False, True])
+def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregated: bool) -> None:
+    from epp.flowcontrol.policies import EdfOrderingPolicy, RoundRobinFairnessPolicy
+    from epp.plugins.saturation import ConcurrencyDetector
+    from pulumi_llmd.components.pickerconfig import with_flow_control
+    from pulumi_llmd.config.models import EppFlowControlConfig
+
+    base = disaggregated_config(16) if disaggregated else default_config()
+    # The stack's defaults: llm-d's detector, round-robin fairness, a short sheddable queue.
+    config = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig())))
+    flow = config.flow_control
+    assert flow is not None and config.warnings == []
+    assert isinstance(flow.detector, UtilizationDetector) and flow.default_request_ttl == 60.0
+    assert isinstance(flow.band_for(0).fairness, RoundRobinFairnessPolicy)
+    assert flow.band_for(-1).max_requests == 64 and flow.band_for(5).max_requests == 5000
+    # Every knob the stack exposes reaches the EPP under llm-d's name.
+    custom = EppFlowControlConfig.model_validate(
+        {
+            "defaultRequestTTL": "2s",
+            "noEndpointRequestTTL": "5m",
+            "maxRequests": "10k",
+            "priorityBands": [{"priority": 10, "maxRequests": "50", "orderingPolicy": "edf-ordering-policy"}],
+            "saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 8, "filter": True},
+        }
+    )
+    loaded = load_config(yaml.safe_dump(with_flow_control(base, custom)))
+    flow = loaded.flow_control
+    assert flow is not None and loaded.warnings == []
+    assert (flow.default_request_ttl, flow.no_endpoint_request_ttl, flow.max_requests) == (2.0, 300.0, 10_000)
+    assert isinstance(flow.detector, ConcurrencyDetector) and flow.detector.max_concurrency == 8
+    assert isinstance(flow.band_for(10).ordering, EdfOrderingPolicy) and flow.band_for(10).max_requests == 50
+    for profile in loaded.scheduler.profiles.values():
+        assert profile.filters[0] is flow.detector  # no pod is sent more than its limit
+    off = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig(enabled=False))))
+    assert off.flow_control is None and off.warnings == []

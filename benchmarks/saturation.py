@@ -1,0 +1,606 @@
+"""Throughput under a TTFT SLO from light load to past saturation, and what flow control adds there.
+
+``python -m benchmarks.saturation``: the same simulated pool (``--pods`` pods with the routing
+benchmark's timing, restarted cold before every run) behind each router, open-loop Poisson arrivals
+for ``--duration`` seconds per point, at offered rates given as multiples of ``--capacity`` (the
+pool's saturation point, measured with ``python -m benchmarks.capacity`` and by this sweep's own
+round-robin runs). Three parts:
+
+* **sweep**: unique prompts (``random``: nothing to cache, only balance and admission help) and
+  GIE's shared-prefix shape, for round-robin (Envoy), the EPP without flow control (llm-d's default
+  profile), the EPP with flow control (the profile the stacks ship) and sglang-router cache-aware.
+  Per point: served req/s, TTFT of the served requests, goodput within the SLO, what was shed
+  (429/503 with a reason) and what was lost (anything else: must be 0).
+* **tenants**: one tenant floods at several times the pool's capacity while another sends a modest
+  rate; with round-robin fairness across fairness ids the quiet tenant keeps its SLO and its share.
+* **priorities**: critical traffic (an InferenceObjective with priority 10) beside sheddable traffic
+  (priority -1) that alone would saturate the pool; critical keeps its SLO, sheddable is shed first.
+
+Writes BENCHMARKS.md's ``saturation`` section, ``benchmarks/results/saturation.json`` and two plots
+per workload (TTFT p90 and goodput against offered load). ``--quick`` is a seconds-long smoke run
+that writes only JSON under build/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.pool import SimPool, SimTiming
+from benchmarks.routers import Kind, RouterSpec, start_router
+from benchmarks.sweep import Point, describe, run_point, throughput_at_slo
+from benchmarks.workloads import RandomWorkload, RequestSpec, SharedPrefixWorkload, poisson_offsets
+
+SECTION_ID = "saturation"
+SECTION_TITLE = "Saturation: throughput under a TTFT SLO, flow control, tenants and priorities"
+MODEL = "sim-llama"
+FAIRNESS = "x-llm-d-inference-fairness-id"
+OBJECTIVE = "x-llm-d-inference-objective"
+OBJECTIVES = (("critical", 10), ("batch", -1))
+QUICK_DIR = report.ROOT / "build" / "bench-saturation-quick"
+
+
+def flow_control_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
+    """The EPP profile with flow control: llm-d's default scorers plus the in-flight scorer, a
+    per-pod in-flight cap (concurrency-detector as filter and as the dispatch gate), round-robin
+    fairness across fairness ids, a short queue TTL and a small sheddable band."""
+    return f"""\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: active-request-scorer
+- type: concurrency-detector
+  parameters: {{maxConcurrency: {max_concurrency}, headroom: 0.25}}
+- type: round-robin-fairness-policy
+- type: metrics-data-source
+  parameters: {{scheme: http, path: /metrics}}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {{pluginRef: concurrency-detector}}
+  - {{pluginRef: queue-scorer, weight: 2}}
+  - {{pluginRef: kv-cache-utilization-scorer, weight: 2}}
+  - {{pluginRef: prefix-cache-scorer, weight: 3}}
+  - {{pluginRef: active-request-scorer, weight: 2}}
+dataLayer:
+  sources: [{{pluginRef: metrics-data-source, extractors: [{{pluginRef: core-metrics-extractor}}]}}]
+flowControl:
+  defaultRequestTTL: {ttl}
+  saturationDetector: {{pluginRef: concurrency-detector}}
+  defaultPriorityBand: {{fairnessPolicyRef: round-robin-fairness-policy}}
+  defaultNegativePriorityBand:
+    maxRequests: {sheddable_queue}
+    fairnessPolicyRef: round-robin-fairness-policy
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    pods: int = 4
+    capacity_rps: float = 20.0  # the pool's knee (TTFT p90 within the SLO), measured
+    multiples: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    duration_s: float = 20.0
+    ttft_slo_s: float = 1.0
+    max_concurrency: int = 6  # per pod; between round-robin's in-flight at 0.75x and 1x capacity
+    ttl: str = "100ms"  # queue-wait budget: the SLO minus the service TTFT p90 at that concurrency
+    sheddable_queue: int = 8
+    timing: SimTiming = field(default_factory=SimTiming)
+    seed: int = 1
+
+
+def routers(settings: Settings) -> list[RouterSpec]:
+    return [
+        RouterSpec(
+            "round-robin", Kind.ENVOY_LB, "Envoy, lb_policy ROUND_ROBIN", envoy_lb_policy="ROUND_ROBIN"
+        ),
+        RouterSpec(
+            "epp-default",
+            Kind.EPP,
+            "Envoy + EPP, llm-d's default profile, no flow control "
+            "(sheddable requests dropped while saturated)",
+            epp_objectives=OBJECTIVES,
+        ),
+        RouterSpec(
+            "epp-flow-control",
+            Kind.EPP,
+            f"Envoy + EPP, default scorers + active-request-scorer, concurrency-detector (maxConcurrency "
+            f"{settings.max_concurrency}/pod) as filter and gate, round-robin fairness, TTL {settings.ttl}, "
+            f"sheddable band {settings.sheddable_queue}",
+            epp_config=flow_control_config(settings.max_concurrency, settings.ttl, settings.sheddable_queue),
+            epp_objectives=OBJECTIVES,
+        ),
+        RouterSpec(
+            "sglang-cache-aware",
+            Kind.SGLANG,
+            "`sglang-router launch --policy cache_aware` (0.3.2)",
+        ),
+    ]
+
+
+# ---- workloads --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """One class of traffic: a workload at a rate, tagged (group) and with its headers."""
+
+    name: str
+    rate: float
+    make: Callable[[int, int], list[RequestSpec]]  # (count, seed) -> requests
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def random_requests(count: int, seed: int) -> list[RequestSpec]:
+    return RandomWorkload(count=count, prompt_tokens=800, output_tokens=24).requests(MODEL, seed)
+
+
+def shared_prefix_requests(count: int, seed: int) -> list[RequestSpec]:
+    groups = 16
+    workload = SharedPrefixWorkload(groups=groups, prompts_per_group=max(1, math.ceil(count / groups)))
+    return workload.requests(MODEL, seed)[:count]
+
+
+WORKLOADS: dict[str, Callable[[int, int], list[RequestSpec]]] = {
+    "random": random_requests,
+    "shared-prefix": shared_prefix_requests,
+}
+WORKLOAD_TEXT = {
+    "random": "unique prompts of 800 tokens, 24 output tokens (nothing to cache)",
+    "shared-prefix": "16 groups sharing a 1,500-token system prompt, 60-token questions, 24 output tokens",
+}
+
+
+def mixture(streams: Sequence[Stream], duration_s: float, seed: int) -> tuple[list[RequestSpec], list[float]]:
+    """Merge independent Poisson streams into one send schedule."""
+    tagged: list[tuple[float, RequestSpec]] = []
+    for index, stream in enumerate(streams):
+        count = max(1, round(stream.rate * duration_s))
+        specs = stream.make(count, seed * 100 + index)
+        offsets = poisson_offsets(count, stream.rate, seed * 100 + index + 50)
+        for spec, offset in zip(specs, offsets, strict=True):
+            tagged.append((offset, replace(spec, group=stream.name, headers=dict(stream.headers))))
+    tagged.sort(key=lambda entry: entry[0])
+    return [spec for _, spec in tagged], [offset for offset, _ in tagged]
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    part: str  # sweep | tenants | priorities
+    workload: str
+    router: str
+    multiple: float  # offered load as a multiple of the pool's capacity
+    point: Point
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "part": self.part,
+            "workload": self.workload,
+            "router": self.router,
+            "multiple": self.multiple,
+            "point": self.point.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        return cls(
+            data["part"], data["workload"], data["router"], data["multiple"], Point.from_json(data["point"])
+        )
+
+
+def run_streams(
+    pool: SimPool,
+    router: RouterSpec,
+    streams: Sequence[Stream],
+    settings: Settings,
+    log_dir: Path,
+) -> Point:
+    specs, offsets = mixture(streams, settings.duration_s, settings.seed)
+    pool.restart()
+    running = start_router(router, pool.names, pool.endpoints, log_dir / router.name)
+    try:
+        total = sum(s.rate for s in streams)
+        return run_point(running.url, specs, total, settings.ttft_slo_s, offsets=offsets)
+    finally:
+        running.stop()
+
+
+def plan(
+    settings: Settings, parts: Sequence[str], workloads: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, str, str, float, list[Stream]]]:
+    chosen = [r for r in routers(settings) if r.name in names]
+    cells: list[tuple[str, str, str, float, list[Stream]]] = []
+    capacity = settings.capacity_rps
+    if "sweep" in parts:
+        for workload in workloads:
+            for multiple in settings.multiples:
+                for router in chosen:
+                    stream = Stream("all", capacity * multiple, WORKLOADS[workload])
+                    cells.append(("sweep", workload, router.name, multiple, [stream]))
+    # Fairness and priority need the EPP (round-robin knows neither): compared with round-robin.
+    contrast = [r.name for r in chosen if r.name in ("round-robin", "epp-flow-control")]
+    if "tenants" in parts:
+        quiet = Stream("quiet", 0.3 * capacity, random_requests, ((FAIRNESS, "quiet"),))
+        flood = Stream("flood", 2.0 * capacity, random_requests, ((FAIRNESS, "flood"),))
+        for name in contrast:
+            cells.append(("tenants", "random", name, 2.3, [quiet, flood]))
+    if "priorities" in parts:
+        critical = Stream("critical", 0.5 * capacity, random_requests, ((OBJECTIVE, "critical"),))
+        batch = Stream("sheddable", 1.5 * capacity, random_requests, ((OBJECTIVE, "batch"),))
+        for name in [*contrast, "epp-default"]:
+            if name in names:
+                cells.append(("priorities", "random", name, 2.0, [critical, batch]))
+    return cells
+
+
+def execute(
+    settings: Settings, cells: Sequence[tuple[str, str, str, float, list[Stream]]], log_dir: Path
+) -> list[Run]:
+    by_name = {r.name: r for r in routers(settings)}
+    runs: list[Run] = []
+    with SimPool(settings.pods, MODEL, settings.timing, log_dir / "pods") as pool:
+        for index, (part, workload, router, multiple, streams) in enumerate(cells, 1):
+            print(
+                f"[{index}/{len(cells)}] {part} {workload} x{multiple:g} -> {router}",
+                file=sys.stderr,
+                flush=True,
+            )
+            point = run_streams(pool, by_name[router], streams, settings, log_dir)
+            print(describe(point), file=sys.stderr, flush=True)
+            if point.by_group and part != "sweep":
+                print(f"    by class: {json.dumps(point.by_group)}", file=sys.stderr, flush=True)
+            runs.append(Run(part, workload, router, multiple, point))
+    return runs
+
+
+# ---- reporting --------------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def sweep_table(runs: Sequence[Run]) -> str:
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.multiple, r.router)):
+        p = run.point
+        rows.append(
+            [
+                run.router,
+                f"{p.rate_rps:.1f} ({run.multiple:g}x)",
+                f"{p.throughput_rps:.2f}",
+                _ms(p.ttft.p50 if p.ttft else None),
+                _ms(p.ttft.p90 if p.ttft else None),
+                f"{p.goodput_rps:.2f}",
+                ", ".join(f"{n} {k}" for k, n in sorted(p.shed.items())) or "0",
+                str(p.lost),
+                "yes" if p.meets_slo else "no",
+            ]
+        )
+    return report.markdown_table(
+        [
+            "router",
+            "offered req/s",
+            "served req/s",
+            "TTFT p50 (ms)",
+            "TTFT p90 (ms)",
+            "goodput (req/s)",
+            "shed",
+            "lost",
+            "meets SLO",
+        ],
+        rows,
+    )
+
+
+def summary(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    per_router: dict[str, list[Run]] = {}
+    for run in runs:
+        per_router.setdefault(run.router, []).append(run)
+    base = per_router.get("round-robin", [])
+    base_best = throughput_at_slo([r.point for r in base])
+    top = max((r.multiple for r in runs), default=0.0)
+    base_top = next((r.point for r in base if r.multiple == top), None)
+    rows = []
+    for router, mine in sorted(per_router.items()):
+        best = throughput_at_slo([r.point for r in mine])
+        at_top = next((r.point for r in mine if r.multiple == top), None)
+        rows.append(
+            {
+                "router": router,
+                "throughput_at_slo_rps": best.throughput_rps if best else None,
+                "at_offered_rps": best.rate_rps if best else None,
+                "vs_round_robin": (best.throughput_rps / base_best.throughput_rps)
+                if best and base_best and base_best.throughput_rps
+                else None,
+                "goodput_at_top_rps": at_top.goodput_rps if at_top else None,
+                "goodput_at_top_vs_round_robin": (at_top.goodput_rps / base_top.goodput_rps)
+                if at_top and base_top and base_top.goodput_rps
+                else None,
+                "top_multiple": top,
+                "shed_at_top": at_top.shed_total if at_top else None,
+                "lost": sum(r.point.lost for r in mine),
+            }
+        )
+    return rows
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    def fmt(value: float | None, pattern: str = "{:.2f}") -> str:
+        return "n/a" if value is None else pattern.format(value)
+
+    body = [
+        [
+            row["router"],
+            fmt(row["throughput_at_slo_rps"]),
+            fmt(row["vs_round_robin"], "{:.2f}x"),
+            fmt(row["goodput_at_top_rps"]),
+            fmt(row["goodput_at_top_vs_round_robin"], "{:.2f}x"),
+            str(row["shed_at_top"]),
+            str(row["lost"]),
+        ]
+        for row in rows
+    ]
+    top = rows[0]["top_multiple"] if rows else 0
+    return report.markdown_table(
+        [
+            "router",
+            "throughput at SLO (req/s)",
+            "vs round-robin",
+            f"goodput at {top:g}x capacity (req/s)",
+            "vs round-robin",
+            f"shed at {top:g}x",
+            "lost (all points)",
+        ],
+        body,
+    )
+
+
+def class_table(runs: Sequence[Run]) -> str:
+    rows = []
+    for run in runs:
+        for name, data in run.point.by_group.items():
+            rows.append(
+                [
+                    run.router,
+                    name,
+                    str(data["sent"]),
+                    str(data["served"]),
+                    f"{data['throughput_rps']:.2f}",
+                    _ms(data["ttft_p90_s"]),
+                    f"{data['goodput_rps']:.2f}",
+                    str(data["shed"]),
+                    str(data["lost"]),
+                ]
+            )
+    return report.markdown_table(
+        [
+            "router",
+            "class",
+            "sent",
+            "served",
+            "served req/s",
+            "TTFT p90 (ms)",
+            "goodput (req/s)",
+            "shed",
+            "lost",
+        ],
+        rows,
+    )
+
+
+def plot(workload: str, runs: Sequence[Run], path: Path, slo_s: float, capacity: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_router: dict[str, list[Run]] = {}
+    for run in runs:
+        per_router.setdefault(run.router, []).append(run)
+    figure, (ax_ttft, ax_good) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for router, mine in sorted(per_router.items()):
+        mine = sorted(mine, key=lambda r: r.multiple)
+        offered = [r.point.rate_rps for r in mine]
+        ax_ttft.plot(
+            offered,
+            [r.point.ttft.p90 * 1000 if r.point.ttft else float("nan") for r in mine],
+            marker="o",
+            label=router,
+        )
+        ax_good.plot(offered, [r.point.goodput_rps for r in mine], marker="o", label=router)
+    ax_ttft.axhline(slo_s * 1000, color="grey", linestyle="--", linewidth=1, label="SLO")
+    ax_ttft.set_yscale("log")
+    ax_ttft.set_title("TTFT p90 of served requests (ms)")
+    ax_good.set_title(f"goodput: served within the {slo_s * 1000:.0f} ms SLO (req/s)")
+    for axis in (ax_ttft, ax_good):
+        axis.axvline(capacity, color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel("offered load (req/s, Poisson; dotted line = capacity)")
+        axis.grid(True, alpha=0.3)
+    ax_ttft.legend(fontsize=8)
+    figure.suptitle(f"saturation sweep: {workload}")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def publish(
+    runs: Sequence[Run],
+    settings: Settings,
+    setup: dict[str, Any],
+    command: str,
+    results_dir: Path,
+    markdown: bool,
+) -> dict[str, Any]:
+    sweeps = [r for r in runs if r.part == "sweep"]
+    workloads = sorted({r.workload for r in sweeps})
+    summaries = {w: summary([r for r in sweeps if r.workload == w]) for w in workloads}
+    data = {
+        "setup": setup,
+        "command": command,
+        "machine": report.machine_description(),
+        "runs": [r.to_json() for r in runs],
+        "summary": summaries,
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "saturation.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if not markdown:
+        return data
+    lines = [
+        f"Pool: {settings.pods} `python -m simulator` pods, {settings.timing.describe()}; restarted "
+        "cold before every run. Capacity (the pool's knee with TTFT p90 within the SLO, from "
+        "`python -m benchmarks.capacity` and this sweep's round-robin runs): "
+        f"**{settings.capacity_rps:g} req/s**; offered loads are multiples of it. Each point: "
+        f"{settings.duration_s:g} s of Poisson arrivals. TTFT SLO: p90 <= "
+        f"{settings.ttft_slo_s * 1000:.0f} ms.",
+        "",
+        f"Machine load (1-minute load average) before / after: {setup['load_average_1m']['before']:.1f} / "
+        f"{setup['load_average_1m']['after']:.1f} (2 shared cores; above 2, other work competed).",
+        "",
+        "Served = 200 with tokens; shed = refused on purpose (429, or 503 with "
+        "`x-llm-d-request-dropped-reason`); lost = anything else (must be 0). TTFT percentiles are over "
+        "served requests; a point meets the SLO when their p90 is within it and nothing was lost. "
+        "Throughput at SLO = the best served req/s among points that meet it; goodput = served within "
+        "the SLO per second.",
+        "",
+        "Routers:",
+        "",
+    ]
+    lines += [f"- `{name}`: {text}" for name, text in setup["routers"].items()]
+    for workload in workloads:
+        mine = [r for r in sweeps if r.workload == workload]
+        plot_path = report.RESULTS_DIR / f"saturation-{workload}.png"
+        plot(workload, mine, plot_path, settings.ttft_slo_s, settings.capacity_rps)
+        lines += [
+            "",
+            f"### Sweep: `{workload}` ({WORKLOAD_TEXT[workload]})",
+            "",
+            summary_table(summaries[workload]),
+            "",
+            sweep_table(mine),
+            "",
+            f"![saturation {workload}](benchmarks/results/{plot_path.name})",
+        ]
+    for part, title, text in (
+        (
+            "tenants",
+            "Two tenants, one flooding",
+            f"`quiet` sends {0.3 * settings.capacity_rps:g} req/s, "
+            f"`flood` {2.0 * settings.capacity_rps:g} req/s "
+            f"(fairness ids in `{FAIRNESS}`), unique prompts.",
+        ),
+        (
+            "priorities",
+            "Critical beside sheddable traffic",
+            f"`critical` (objective priority 10) at {0.5 * settings.capacity_rps:g} req/s, `sheddable` "
+            f"(priority -1) at {1.5 * settings.capacity_rps:g} req/s, unique prompts.",
+        ),
+    ):
+        mine = [r for r in runs if r.part == part]
+        if mine:
+            lines += ["", f"### {title}", "", text, "", class_table(mine)]
+    lines += ["", "Raw results: `benchmarks/results/saturation.json`."]
+    report.write_section(SECTION_ID, SECTION_TITLE, "\n".join(lines), command)
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.saturation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = Settings()
+    parser.add_argument("--parts", default="sweep,tenants,priorities")
+    parser.add_argument("--workloads", default="random,shared-prefix")
+    parser.add_argument("--routers", default=",".join(r.name for r in routers(defaults)))
+    parser.add_argument("--pods", type=int, default=defaults.pods)
+    parser.add_argument(
+        "--capacity", type=float, default=defaults.capacity_rps, help="the pool's knee (req/s)"
+    )
+    parser.add_argument("--multiples", default=",".join(f"{m:g}" for m in defaults.multiples))
+    parser.add_argument("--duration", type=float, default=defaults.duration_s)
+    parser.add_argument("--ttft-slo-ms", type=float, default=defaults.ttft_slo_s * 1000)
+    parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
+    parser.add_argument("--ttl", default=defaults.ttl)
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run; JSON under build/ only")
+    parser.add_argument("--no-markdown", action="store_true")
+    args = parser.parse_args(argv)
+    settings = Settings(
+        pods=args.pods,
+        capacity_rps=args.capacity,
+        multiples=tuple(float(m) for m in args.multiples.split(",")),
+        duration_s=args.duration,
+        ttft_slo_s=args.ttft_slo_ms / 1000,
+        max_concurrency=args.max_concurrency,
+        ttl=args.ttl,
+    )
+    if args.quick:
+        settings = replace(
+            settings,
+            pods=2,
+            capacity_rps=4.0,
+            multiples=(0.5, 2.0),
+            duration_s=2.0,
+            timing=SimTiming(kv_cache_tokens=16384),
+        )
+    parts = [p for p in args.parts.split(",") if p]
+    workloads = [w for w in args.workloads.split(",") if w]
+    names = [n for n in args.routers.split(",") if n]
+    known = {r.name for r in routers(settings)}
+    if bad := [n for n in names if n not in known] + [w for w in workloads if w not in WORKLOADS]:
+        parser.error(f"unknown router/workload {bad}")
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-saturation-"))
+    cells = plan(settings, parts, workloads, names)
+    print(f"{len(cells)} runs; logs in {log_dir}", file=sys.stderr)
+    load_before = os.getloadavg()[0]
+    runs = execute(settings, cells, log_dir)
+    load_after = os.getloadavg()[0]
+    setup = {
+        "settings": {
+            k: getattr(settings, k)
+            for k in (
+                "pods",
+                "capacity_rps",
+                "multiples",
+                "duration_s",
+                "ttft_slo_s",
+                "max_concurrency",
+                "ttl",
+                "sheddable_queue",
+                "seed",
+            )
+        },
+        "timing": settings.timing.describe(),
+        "load_average_1m": {"before": load_before, "after": load_after},
+        "routers": {r.name: r.description for r in routers(settings) if r.name in names},
+    }
+    command = "python -m benchmarks.saturation" + "".join(
+        f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    results_dir = QUICK_DIR if args.quick else report.RESULTS_DIR
+    data = publish(runs, settings, setup, command, results_dir, markdown=not (args.quick or args.no_markdown))
+    print(json.dumps(data["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
