@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from epp import metrics as m
 from epp.datastore import Endpoint
@@ -48,7 +49,9 @@ ROLE_LABEL = "llm-d.ai/role"
 _PREFILL_ROLES = frozenset({"prefill", "encode-prefill"})
 _DECODE_ROLES = frozenset({"decode", ""})
 _BOTH_ROLES = frozenset({"prefill-decode", "both", "encode-prefill-decode"})
-DEFAULT_TICK = 0.002
+# While blocked, the dispatcher re-checks the gate this often: scraped metrics change without telling
+# anyone (every 50 ms by default), completions and arrivals wake it at once.
+DEFAULT_TICK = 0.005
 
 
 class Outcome(Enum):
@@ -140,6 +143,9 @@ class FlowController:
             stage: m.FLOW_POOL_SATURATION.labels(pool_name, stage)
             for stage in ("prefill", "decode", "effective")
         }
+        # labels() validates and locks on every call: look each series up once (label values are
+        # bounded: BoundedLabel caps the request-derived ones).
+        self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.last_saturation = 1.0
 
     # ---- the public surface ------------------------------------------------------------------
@@ -210,10 +216,18 @@ class FlowController:
             if self._length == 1:
                 self.dispatch_cycle(now)
             if item.state is ItemState.QUEUED:
+                # Still waiting: now it counts in the queue gauges (an item dispatched within its
+                # own enqueue never does, which keeps the idle-pool path cheap).
+                item.gauged = True
+                self._queue_gauges(item, 1)
+                self._capacity_gauges(band)
                 item.future = asyncio.get_running_loop().create_future()
                 self.notify()
-        m.FLOW_ENQUEUE_DURATION.labels(
-            _fairness_label(item.fairness_id), str(item.priority), self._enqueue_label(item)
+        self._series_of(
+            m.FLOW_ENQUEUE_DURATION,
+            _fairness_label(item.fairness_id),
+            str(item.priority),
+            self._enqueue_label(item),
         ).observe(time.perf_counter() - started)
         return item
 
@@ -351,8 +365,6 @@ class FlowController:
         item.deadline = start + budget if budget > 0 else float("inf")
         if item.deadline != float("inf"):
             heapq.heappush(self._deadlines, (item.deadline, item.seq, item))
-        self._queue_gauges(item, 1)
-        self._capacity_gauges(band)
 
     def _finalize(self, item: QueueItem, outcome: Outcome, *, queued: bool = True) -> None:
         """``item`` leaves flow control with ``outcome``; wakes its waiter."""
@@ -368,13 +380,15 @@ class FlowController:
             band.bytes -= item.byte_size
             self._length -= 1
             self._bytes -= item.byte_size
-            self._queue_gauges(item, -1)
-            self._capacity_gauges(band)
+            if item.gauged:
+                self._queue_gauges(item, -1)
+                self._capacity_gauges(band)
         else:
             item.state = ItemState.DISPATCHED if outcome is Outcome.DISPATCHED else ItemState.FINALIZED
         priority = str(item.priority)
-        m.FLOW_REQUESTS.labels(outcome.value, priority, self.pool_name).inc()
-        m.FLOW_QUEUE_DURATION.labels(
+        self._series_of(m.FLOW_REQUESTS, outcome.value, priority, self.pool_name).inc()
+        self._series_of(
+            m.FLOW_QUEUE_DURATION,
             _fairness_label(item.fairness_id),
             priority,
             outcome.value,
@@ -395,19 +409,30 @@ class FlowController:
             _model_label(item.model_name),
             _model_label(item.target_model_name),
         )
-        m.FLOW_QUEUE_SIZE.labels(*labels).inc(sign)
-        m.FLOW_QUEUE_BYTES.labels(*labels).inc(sign * item.byte_size)
+        self._series_of(m.FLOW_QUEUE_SIZE, *labels).inc(sign)
+        self._series_of(m.FLOW_QUEUE_BYTES, *labels).inc(sign * item.byte_size)
 
     def _capacity_gauges(self, band: _Band) -> None:
         priority = str(band.config.priority)
-        m.FLOW_CAPACITY_REQUESTS.labels(priority, self.pool_name).set(band.length / band.config.max_requests)
-        m.FLOW_CAPACITY_BYTES.labels(priority, self.pool_name).set(band.bytes / band.config.max_bytes)
+        self._series_of(m.FLOW_CAPACITY_REQUESTS, priority, self.pool_name).set(
+            band.length / band.config.max_requests
+        )
+        self._series_of(m.FLOW_CAPACITY_BYTES, priority, self.pool_name).set(
+            band.bytes / band.config.max_bytes
+        )
         if self.config.max_requests:
             m.FLOW_GLOBAL_CAPACITY_REQUESTS.labels(self.pool_name).set(
                 self._length / self.config.max_requests
             )
         if self.config.max_bytes:
             m.FLOW_GLOBAL_CAPACITY_BYTES.labels(self.pool_name).set(self._bytes / self.config.max_bytes)
+
+    def _series_of(self, metric: Any, *labels: str) -> Any:
+        key = (metric, labels)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = metric.labels(*labels)
+        return series
 
     def _enqueue_label(self, item: QueueItem) -> str:
         if item.state is ItemState.QUEUED:

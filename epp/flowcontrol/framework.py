@@ -48,6 +48,7 @@ class QueueItem:
     key: tuple[float, ...] = ()  # the ordering policy's sort key, computed once at enqueue
     deadline: float = float("inf")  # when the item expires in the current regime
     future: asyncio.Future[None] | None = None
+    gauged: bool = False  # counted in the queue gauges (not if dispatched within its enqueue)
 
 
 class FlowQueue:
