@@ -24,6 +24,7 @@ that writes only JSON under build/.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -35,11 +36,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+import aiohttp
+import yaml
+
+from benchmarks import podmetrics, report
 from benchmarks.pool import SimPool, SimTiming
 from benchmarks.routers import Kind, RouterSpec, start_router
 from benchmarks.sweep import Point, describe, run_point, throughput_at_slo
-from benchmarks.workloads import RandomWorkload, RequestSpec, SharedPrefixWorkload, poisson_offsets
+from benchmarks.workloads import (
+    AgenticWorkload,
+    RandomWorkload,
+    RequestSpec,
+    SharedPrefixWorkload,
+    poisson_offsets,
+)
+from epp.config.samples import IN_FLIGHT_AWARE_CONFIG
 
 SECTION_ID = "saturation"
 SECTION_TITLE = "Saturation: throughput under a TTFT SLO, flow control, tenants and priorities"
@@ -50,43 +61,55 @@ OBJECTIVES = (("critical", 10), ("batch", -1))
 QUICK_DIR = report.ROOT / "build" / "bench-saturation-quick"
 
 
-def flow_control_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
-    """The EPP profile with flow control: llm-d's default scorers plus the in-flight scorer, a
-    per-pod in-flight cap (concurrency-detector as filter and as the dispatch gate), round-robin
-    fairness across fairness ids, a short queue TTL and a small sheddable band."""
-    return f"""\
-apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-featureGates: [flowControl]
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-- type: active-request-scorer
-- type: concurrency-detector
-  parameters: {{maxConcurrency: {max_concurrency}, headroom: 0.25}}
-- type: round-robin-fairness-policy
-- type: metrics-data-source
-  parameters: {{scheme: http, path: /metrics}}
-- type: core-metrics-extractor
-schedulingProfiles:
-- name: default
-  plugins:
-  - {{pluginRef: concurrency-detector}}
-  - {{pluginRef: queue-scorer, weight: 2}}
-  - {{pluginRef: kv-cache-utilization-scorer, weight: 2}}
-  - {{pluginRef: prefix-cache-scorer, weight: 3}}
-  - {{pluginRef: active-request-scorer, weight: 2}}
-dataLayer:
-  sources: [{{pluginRef: metrics-data-source, extractors: [{{pluginRef: core-metrics-extractor}}]}}]
-flowControl:
-  defaultRequestTTL: {ttl}
-  saturationDetector: {{pluginRef: concurrency-detector}}
-  defaultPriorityBand: {{fairnessPolicyRef: round-robin-fairness-policy}}
-  defaultNegativePriorityBand:
-    maxRequests: {sheddable_queue}
-    fairnessPolicyRef: round-robin-fairness-policy
-"""
+def _with_flow_control(
+    detector: dict[str, Any], section: dict[str, Any], *, detector_filter: bool = False
+) -> str:
+    """The stacks' profile (``IN_FLIGHT_AWARE_CONFIG``) with flow control: the feature gate, the
+    detector plugin, round-robin fairness and the ``flowControl`` section."""
+    document = yaml.safe_load(IN_FLIGHT_AWARE_CONFIG)
+    document["featureGates"] = ["flowControl"]
+    document["plugins"] += [detector, {"type": "round-robin-fairness-policy"}]
+    if detector_filter:
+        profile = document["schedulingProfiles"][0]
+        profile["plugins"] = [{"pluginRef": detector["type"]}, *profile["plugins"]]
+    document["flowControl"] = {**section, "saturationDetector": {"pluginRef": detector["type"]}}
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def stack_config() -> str:
+    """What the stacks render by default (pulumi_llmd's pickerconfig with ``llmd:epp.flowControl``
+    left at its defaults; a test keeps the two equal): llm-d's utilization detector as the gate,
+    round-robin fairness, a 64-request sheddable queue, llm-d's 60 s TTL."""
+    return _with_flow_control(
+        {"type": "utilization-detector"},
+        {
+            "defaultRequestTTL": "60s",
+            "defaultPriorityBand": {"fairnessPolicyRef": "round-robin-fairness-policy"},
+            "defaultNegativePriorityBand": {
+                "maxRequests": "64",
+                "fairnessPolicyRef": "round-robin-fairness-policy",
+            },
+        },
+    )
+
+
+def tuned_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
+    """Flow control tuned to the pool the way an operator would after measuring it: the
+    concurrency detector with the per-pod in-flight count at the capacity knee, as the dispatch
+    gate and as a per-pod filter (headroom 0.25), and a queue TTL that leaves room in the TTFT SLO
+    for the service time."""
+    return _with_flow_control(
+        {"type": "concurrency-detector", "parameters": {"maxConcurrency": max_concurrency, "headroom": 0.25}},
+        {
+            "defaultRequestTTL": ttl,
+            "defaultPriorityBand": {"fairnessPolicyRef": "round-robin-fairness-policy"},
+            "defaultNegativePriorityBand": {
+                "maxRequests": str(sheddable_queue),
+                "fairnessPolicyRef": "round-robin-fairness-policy",
+            },
+        },
+        detector_filter=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +119,12 @@ class Settings:
     multiples: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     duration_s: float = 20.0
     ttft_slo_s: float = 1.0
-    max_concurrency: int = 6  # per pod; between round-robin's in-flight at 0.75x and 1x capacity
-    ttl: str = "100ms"  # queue-wait budget: the SLO minus the service TTFT p90 at that concurrency
+    # Per pod: round-robin carried ~4 per pod at 0.8x capacity with TTFT p90 ~300 ms (the sweep's
+    # own round-robin rows); a higher limit buys throughput with service TTFT.
+    max_concurrency: int = 4
+    # Queue-wait budget: the SLO minus the service TTFT p90 at that concurrency, and long enough for
+    # a quiet tenant or a critical request to wait its turn behind a few completions.
+    ttl: str = "400ms"
     sheddable_queue: int = 8
     timing: SimTiming = field(default_factory=SimTiming)
     seed: int = 1
@@ -111,24 +138,36 @@ def routers(settings: Settings) -> list[RouterSpec]:
         RouterSpec(
             "epp-default",
             Kind.EPP,
-            "Envoy + EPP, llm-d's default profile, no flow control "
-            "(sheddable requests dropped while saturated)",
+            "Envoy + EPP, llm-d's default profile (queue 2, KV 2, prefix 3), no flow control "
+            "(legacy admission: sheddable requests dropped while saturated)",
+            epp_objectives=OBJECTIVES,
+        ),
+        RouterSpec(
+            "epp-in-flight",
+            Kind.EPP,
+            "Envoy + EPP, the stacks' profile without flow control: llm-d's default + "
+            "active-request-scorer 2",
+            epp_config=IN_FLIGHT_AWARE_CONFIG,
+            epp_objectives=OBJECTIVES,
+        ),
+        RouterSpec(
+            "epp-stack",
+            Kind.EPP,
+            "Envoy + EPP as the stacks ship it: the profile above + flow control with llm-d's "
+            "utilization-detector gate, round-robin fairness, TTL 60 s, sheddable queue 64",
+            epp_config=stack_config(),
             epp_objectives=OBJECTIVES,
         ),
         RouterSpec(
             "epp-flow-control",
             Kind.EPP,
-            f"Envoy + EPP, default scorers + active-request-scorer, concurrency-detector (maxConcurrency "
-            f"{settings.max_concurrency}/pod) as filter and gate, round-robin fairness, TTL {settings.ttl}, "
-            f"sheddable band {settings.sheddable_queue}",
-            epp_config=flow_control_config(settings.max_concurrency, settings.ttl, settings.sheddable_queue),
+            f"Envoy + EPP, the stacks' profile + flow control tuned to this pool: concurrency-detector "
+            f"(maxConcurrency {settings.max_concurrency}/pod, headroom 0.25) as gate and filter, "
+            f"TTL {settings.ttl}, round-robin fairness, sheddable queue {settings.sheddable_queue}",
+            epp_config=tuned_config(settings.max_concurrency, settings.ttl, settings.sheddable_queue),
             epp_objectives=OBJECTIVES,
         ),
-        RouterSpec(
-            "sglang-cache-aware",
-            Kind.SGLANG,
-            "`sglang-router launch --policy cache_aware` (0.3.2)",
-        ),
+        RouterSpec("sglang-cache-aware", Kind.SGLANG, "`sglang-router launch --policy cache_aware` (0.3.2)"),
     ]
 
 
@@ -155,13 +194,22 @@ def shared_prefix_requests(count: int, seed: int) -> list[RequestSpec]:
     return workload.requests(MODEL, seed)[:count]
 
 
+def agentic_requests(count: int, seed: int) -> list[RequestSpec]:
+    turns = 6
+    return AgenticWorkload(sessions=max(1, math.ceil(count / turns)), turns=turns).requests(MODEL, seed)[
+        :count
+    ]
+
+
 WORKLOADS: dict[str, Callable[[int, int], list[RequestSpec]]] = {
     "random": random_requests,
     "shared-prefix": shared_prefix_requests,
+    "agentic": agentic_requests,
 }
 WORKLOAD_TEXT = {
     "random": "unique prompts of 800 tokens, 24 output tokens (nothing to cache)",
     "shared-prefix": "16 groups sharing a 1,500-token system prompt, 60-token questions, 24 output tokens",
+    "agentic": AgenticWorkload().describe().replace("16 sessions", "sessions"),
 }
 
 
@@ -183,11 +231,22 @@ def mixture(streams: Sequence[Stream], duration_s: float, seed: int) -> tuple[li
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    part: str  # sweep | tenants | priorities
+    part: str  # sweep | tenants | priorities | placement
     workload: str
     router: str
     multiple: float  # offered load as a multiple of the pool's capacity
     point: Point
+    prefix_hit_rate: float = 0.0  # from the pods' own counters
+    per_pod: dict[str, int] = field(default_factory=dict)  # requests each pod served
+
+    @property
+    def idle_pods(self) -> int:
+        """Pods that served less than a quarter of the mean: left (nearly) idle."""
+        counts = list(self.per_pod.values())
+        if not counts or not sum(counts):
+            return 0
+        mean = sum(counts) / len(counts)
+        return sum(1 for c in counts if c < 0.25 * mean)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,13 +255,26 @@ class Run:
             "router": self.router,
             "multiple": self.multiple,
             "point": self.point.to_json(),
+            "prefix_hit_rate": self.prefix_hit_rate,
+            "per_pod": self.per_pod,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Run:
         return cls(
-            data["part"], data["workload"], data["router"], data["multiple"], Point.from_json(data["point"])
+            data["part"],
+            data["workload"],
+            data["router"],
+            data["multiple"],
+            Point.from_json(data["point"]),
+            data.get("prefix_hit_rate", 0.0),
+            dict(data.get("per_pod", {})),
         )
+
+
+async def _scrape(urls: dict[str, str]) -> dict[str, podmetrics.PodCounters]:
+    async with aiohttp.ClientSession() as session:
+        return await podmetrics.scrape(session, urls)
 
 
 def run_streams(
@@ -211,13 +283,16 @@ def run_streams(
     streams: Sequence[Stream],
     settings: Settings,
     log_dir: Path,
-) -> Point:
+) -> tuple[Point, podmetrics.PoolDelta]:
     specs, offsets = mixture(streams, settings.duration_s, settings.seed)
     pool.restart()
     running = start_router(router, pool.names, pool.endpoints, log_dir / router.name)
     try:
+        before = asyncio.run(_scrape(pool.metrics_urls))
         total = sum(s.rate for s in streams)
-        return run_point(running.url, specs, total, settings.ttft_slo_s, offsets=offsets)
+        point = run_point(running.url, specs, total, settings.ttft_slo_s, offsets=offsets)
+        after = asyncio.run(_scrape(pool.metrics_urls))
+        return point, podmetrics.delta(before, after)
     finally:
         running.stop()
 
@@ -235,12 +310,17 @@ def plan(
                     stream = Stream("all", capacity * multiple, WORKLOADS[workload])
                     cells.append(("sweep", workload, router.name, multiple, [stream]))
     # Fairness and priority need the EPP (round-robin knows neither): compared with round-robin.
-    contrast = [r.name for r in chosen if r.name in ("round-robin", "epp-flow-control")]
+    contrast = [r.name for r in chosen if r.name in ("round-robin", "epp-stack", "epp-flow-control")]
     if "tenants" in parts:
         quiet = Stream("quiet", 0.3 * capacity, random_requests, ((FAIRNESS, "quiet"),))
         flood = Stream("flood", 2.0 * capacity, random_requests, ((FAIRNESS, "flood"),))
         for name in contrast:
             cells.append(("tenants", "random", name, 2.3, [quiet, flood]))
+    if "placement" in parts:
+        # Agent sessions sharing a system prompt, below capacity: does anyone leave pods idle?
+        for name in names:
+            stream = Stream("all", 0.6 * capacity, agentic_requests)
+            cells.append(("placement", "agentic", name, 0.6, [stream]))
     if "priorities" in parts:
         critical = Stream("critical", 0.5 * capacity, random_requests, ((OBJECTIVE, "critical"),))
         batch = Stream("sheddable", 1.5 * capacity, random_requests, ((OBJECTIVE, "batch"),))
@@ -262,11 +342,17 @@ def execute(
                 file=sys.stderr,
                 flush=True,
             )
-            point = run_streams(pool, by_name[router], streams, settings, log_dir)
+            point, pods = run_streams(pool, by_name[router], streams, settings, log_dir)
+            run = Run(part, workload, router, multiple, point, pods.prefix_hit_rate, pods.requests_per_pod)
             print(describe(point), file=sys.stderr, flush=True)
-            if point.by_group and part != "sweep":
+            print(
+                f"    prefix hits {run.prefix_hit_rate:.0%}, per pod {sorted(run.per_pod.values())}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if point.by_group and part not in ("sweep", "placement"):
                 print(f"    by class: {json.dumps(point.by_group)}", file=sys.stderr, flush=True)
-            runs.append(Run(part, workload, router, multiple, point))
+            runs.append(run)
     return runs
 
 
@@ -406,6 +492,35 @@ def class_table(runs: Sequence[Run]) -> str:
     )
 
 
+def placement_table(runs: Sequence[Run]) -> str:
+    rows = []
+    for run in sorted(runs, key=lambda r: r.router):
+        p = run.point
+        rows.append(
+            [
+                run.router,
+                _ms(p.ttft.p50 if p.ttft else None),
+                _ms(p.ttft.p90 if p.ttft else None),
+                f"{run.prefix_hit_rate * 100:.0f}",
+                " / ".join(str(c) for c in sorted(run.per_pod.values(), reverse=True)),
+                str(run.idle_pods),
+                f"{p.served}/{p.requests}",
+            ]
+        )
+    return report.markdown_table(
+        [
+            "router",
+            "TTFT p50 (ms)",
+            "TTFT p90 (ms)",
+            "prefix hit %",
+            "requests per pod",
+            "idle pods",
+            "served",
+        ],
+        rows,
+    )
+
+
 def plot(workload: str, runs: Sequence[Run], path: Path, slo_s: float, capacity: float) -> None:
     import matplotlib
 
@@ -517,6 +632,17 @@ def publish(
         mine = [r for r in runs if r.part == part]
         if mine:
             lines += ["", f"### {title}", "", text, "", class_table(mine)]
+    placement = [r for r in runs if r.part == "placement"]
+    if placement:
+        lines += [
+            "",
+            "### Placement: agent sessions sharing a system prompt",
+            "",
+            f"{WORKLOAD_TEXT['agentic']}, at {0.6 * settings.capacity_rps:g} req/s (0.6x capacity). "
+            "Idle pods: pods that served under a quarter of the mean.",
+            "",
+            placement_table(placement),
+        ]
     lines += ["", "Raw results: `benchmarks/results/saturation.json`."]
     report.write_section(SECTION_ID, SECTION_TITLE, "\n".join(lines), command)
     return data
@@ -529,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = Settings()
-    parser.add_argument("--parts", default="sweep,tenants,priorities")
+    parser.add_argument("--parts", default="sweep,tenants,priorities,placement")
     parser.add_argument("--workloads", default="random,shared-prefix")
     parser.add_argument("--routers", default=",".join(r.name for r in routers(defaults)))
     parser.add_argument("--pods", type=int, default=defaults.pods)

@@ -49,6 +49,18 @@ def default_config() -> dict[str, Any]:
     }
 
 
+def in_flight_aware_config() -> dict[str, Any]:
+    """What the stacks run on a single pool: llm-d's default plus ``active-request-scorer`` (weight
+    2) on the EPP's own in-flight counts, which are current where the scraped load metrics lag, so
+    bursts of unique prompts do not herd onto one pod and agent sessions sharing a system prompt do
+    not pack onto a few (measurements: BENCHMARKS.md, "saturation"). The EPP's copy of it is
+    ``epp.config.samples.IN_FLIGHT_AWARE_CONFIG``; a test keeps the two equal."""
+    document = default_config()
+    document["plugins"].insert(3, {"type": "active-request-scorer"})
+    document["schedulingProfiles"][0]["plugins"].append({"pluginRef": "active-request-scorer", "weight": 2})
+    return document
+
+
 def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
     """P/D: always pick a decode pod; add a prefill pod when enough of the prompt is not cached there."""
 
@@ -146,6 +158,8 @@ def render_epp_config(config: StackConfig) -> str:
     if config.epp.config is not None:
         return config.epp.config
     document = (
-        disaggregated_config(config.epp.pd_non_cached_tokens) if config.disaggregated else default_config()
+        disaggregated_config(config.epp.pd_non_cached_tokens)
+        if config.disaggregated
+        else in_flight_aware_config()
     )
     return yaml.safe_dump(with_flow_control(document, config.epp.flow_control), sort_keys=False)

@@ -378,6 +378,24 @@ def test_the_stack_renders_the_same_default_config() -> None:
     assert default_config() == yaml.safe_load(DEFAULT_CONFIG)
 
 
+def test_the_stack_profile_is_the_epp_sample_and_loads_with_the_in_flight_scorer() -> None:
+    from epp.config.samples import IN_FLIGHT_AWARE_CONFIG
+    from epp.plugins.scorers import ActiveRequestScorer
+    from pulumi_llmd.components.pickerconfig import in_flight_aware_config
+
+    assert in_flight_aware_config() == yaml.safe_load(IN_FLIGHT_AWARE_CONFIG)
+    config = load_config(IN_FLIGHT_AWARE_CONFIG)
+    (profile,) = config.scheduler.profiles.values()
+    weights = {type(scorer): weight for scorer, weight in profile.scorers}
+    assert weights == {
+        QueueScorer: 2.0,
+        KvCacheUtilizationScorer: 2.0,
+        PrefixCacheScorer: 3.0,
+        ActiveRequestScorer: 2.0,
+    }
+    assert config.warnings == []
+
+
 @pytest.mark.parametrize("parser", ["openai-parser", "vllmhttp-parser"])
 def test_parsers_of_the_openai_api_load_without_warnings(parser: str) -> None:
     """The protocol layer parses OpenAI bodies; configs naming llm-d's parsers for them load as is."""
