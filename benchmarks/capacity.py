@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -229,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", help="override every target's rates (req/s, comma-separated)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in TARGETS]
     if unknown:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -557,6 +558,53 @@ def plot(workload: str, runs: Sequence[Run], path: Path, slo_s: float, capacity:
     plt.close(figure)
 
 
+GOAL_ROUTER = "epp-flow-control"
+
+
+def goal_check(workload: str, rows: Sequence[dict[str, Any]]) -> str:
+    """The issue's goal on one workload: at least 2x round-robin's throughput at the SLO, and what
+    that means past saturation (goodput at the highest offered load)."""
+    by_router = {row["router"]: row for row in rows}
+    mine, base = by_router.get(GOAL_ROUTER), by_router.get("round-robin")
+    if mine is None or base is None:
+        return f"Goal not evaluated on `{workload}`: needs round-robin and {GOAL_ROUTER} runs."
+    ratio = mine["vs_round_robin"]
+    met = "met" if ratio is not None and ratio >= 2 else "NOT met"
+    best = "none" if mine["throughput_at_slo_rps"] is None else f"{mine['throughput_at_slo_rps']:.2f} req/s"
+    base_best = (
+        "none" if base["throughput_at_slo_rps"] is None else f"{base['throughput_at_slo_rps']:.2f} req/s"
+    )
+    good = mine["goodput_at_top_vs_round_robin"]
+    return (
+        f"**Goal check (`{workload}`):** throughput at the SLO, {GOAL_ROUTER} {best} against round-robin "
+        f"{base_best} ({'n/a' if ratio is None else f'{ratio:.2f}x'}: {met}); goodput at "
+        f"{mine['top_multiple']:g}x capacity {'n/a' if good is None else f'{good:.1f}x'} round-robin's."
+    )
+
+
+NOTES = (
+    "Capacity is measured, not assumed: BENCHMARKS.md's capacity section has one pool pod's knee, and "
+    "this sweep's own round-robin rows show the pool's (the offered rate whose TTFT p90 is still within "
+    "the SLO). Real vLLM on this machine's CPU is in the capacity section too: it saturates where its "
+    "API server and engine run out of CPU, which the simulator does not model, so the pool here uses "
+    "GPU-like timing whose capacity sits well below what the machine can drive.",
+    "Past capacity, round-robin and the EPP without flow control accept everything: the pods' queues "
+    "grow for the whole run, so TTFT grows with the run's length and goodput collapses. With flow "
+    "control the excess waits at most the TTL and is then shed with a 429; what is served keeps its "
+    "latency. Under one flow's overload, FCFS means every served request waited about the TTL, which "
+    "is why the tuned TTL is short.",
+    "`epp-stack` is what the stacks ship: llm-d's utilization detector only closes the gate when the "
+    "pods' own queues fill (`vllm:num_requests_waiting`), and the simulator, like vLLM, queues only "
+    "once its batch limit (64 here) or KV cache is full, long after TTFT has left the SLO. So on this "
+    "pool it behaves like no flow control for latency; what it adds is bounded waiting, priorities and "
+    "fairness once the servers do queue. `epp-flow-control` is the tuning docs/flow-control.md "
+    "describes: the concurrency detector at the pods' in-flight knee.",
+    "Everything shares 2 cores: the EPP's CPU per request (mostly gRPC, see the routing section) rises "
+    "with the offered rate, shed requests included, and a loaded machine delays the EPP's dispatches "
+    "and scrapes; compare rows of one run, and re-run on a quiet machine before quoting absolute figures.",
+)
+
+
 def publish(
     runs: Sequence[Run],
     settings: Settings,
@@ -580,7 +628,7 @@ def publish(
     if not markdown:
         return data
     lines = [
-        f"Pool: {settings.pods} `python -m simulator` pods, {settings.timing.describe()}; restarted "
+        f"Pool: {settings.pods} `python -m simulator` pods, {setup['timing']}; restarted "
         "cold before every run. Capacity (the pool's knee with TTFT p90 within the SLO, from "
         "`python -m benchmarks.capacity` and this sweep's round-robin runs): "
         f"**{settings.capacity_rps:g} req/s**; offered loads are multiples of it. Each point: "
@@ -607,6 +655,8 @@ def publish(
         lines += [
             "",
             f"### Sweep: `{workload}` ({WORKLOAD_TEXT[workload]})",
+            "",
+            goal_check(workload, summaries[workload]),
             "",
             summary_table(summaries[workload]),
             "",
@@ -643,9 +693,22 @@ def publish(
             "",
             placement_table(placement),
         ]
+    lines += ["", "How to read these numbers:", ""]
+    lines += [f"- {note}" for note in NOTES]
     lines += ["", "Raw results: `benchmarks/results/saturation.json`."]
     report.write_section(SECTION_ID, SECTION_TITLE, "\n".join(lines), command)
     return data
+
+
+def republish(path: Path) -> int:
+    data = json.loads(path.read_text())
+    saved = dict(data["setup"]["settings"])
+    saved["multiples"] = tuple(saved["multiples"])
+    settings = Settings(**saved)
+    runs = [Run.from_json(run) for run in data["runs"]]
+    publish(runs, settings, data["setup"], data["command"], path.parent, markdown=True)
+    print(f"rewrote the saturation section from {path}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -669,7 +732,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ttl", default=defaults.ttl)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run; JSON under build/ only")
     parser.add_argument("--no-markdown", action="store_true")
+    parser.add_argument(
+        "--republish",
+        type=Path,
+        metavar="SATURATION_JSON",
+        help="run nothing: rewrite the section from saved results",
+    )
     args = parser.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.republish is not None:
+        return republish(args.republish)
     settings = Settings(
         pods=args.pods,
         capacity_rps=args.capacity,
