@@ -465,8 +465,15 @@ class FlowController:
         while not self._closed:
             wake.clear()
             now = self._clock()
-            self.expire(now)
-            if self._length and self.dispatch_cycle(now):
+            try:
+                self.expire(now)
+                dispatched = bool(self._length) and self.dispatch_cycle(now)
+            except Exception:
+                # A failing plugin must not strand the queue: log, and try again after a tick (the
+                # requests still leave by their TTL or their client's timeout).
+                log.exception("flow-control dispatch cycle failed")
+                dispatched = False
+            if dispatched:
                 # Let the dispatched request reach the scheduler before the next cycle.
                 await asyncio.sleep(0)
                 continue

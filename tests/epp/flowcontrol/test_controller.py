@@ -445,3 +445,28 @@ async def test_the_dispatcher_task_moves_requests_when_notified() -> None:
     await asyncio.wait_for(task, timeout=10)
     assert fc.queued == 0
     await fc.close()
+
+
+async def test_a_failing_detector_does_not_stop_the_dispatcher(caplog: pytest.LogCaptureFixture) -> None:
+    from epp.flowcontrol.controller import FlowController
+
+    class Flaky(SetSaturation):
+        def __init__(self) -> None:
+            super().__init__(1.0)
+            self.failures = 0
+
+        def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+            if self.value == 0.0 and self.failures < 2:
+                self.failures += 1
+                raise RuntimeError("detector bug")
+            return super().pool_saturation(endpoints, now)
+
+    detector = Flaky()
+    fc = FlowController(flow_config(detector), Pool(), pool_name="flaky")
+    task = asyncio.create_task(fc.admit(request("r")))
+    await queued_task(task)
+    detector.value = 0.0
+    fc.notify()
+    await asyncio.wait_for(task, timeout=10)
+    assert detector.failures == 2 and "dispatch cycle failed" in caplog.text
+    await fc.close()
