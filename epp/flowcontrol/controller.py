@@ -52,6 +52,9 @@ _BOTH_ROLES = frozenset({"prefill-decode", "both", "encode-prefill-decode"})
 # While blocked, the dispatcher re-checks the gate this often: scraped metrics change without telling
 # anyone (every 50 ms by default), completions and arrivals wake it at once.
 DEFAULT_TICK = 0.005
+# A band provisioned for an unlisted priority is dropped after this long empty, as llm-d's registry
+# does (PriorityBandGCTimeout, 10 min): the set of bands decides the usage-limit ceilings.
+BAND_IDLE_TIMEOUT = 600.0
 
 
 class Outcome(Enum):
@@ -92,13 +95,15 @@ class FlowRequest:
 
 
 class _Band:
-    __slots__ = ("bytes", "config", "length", "view")
+    __slots__ = ("bytes", "config", "configured", "last_used", "length", "view")
 
-    def __init__(self, config: BandConfig) -> None:
+    def __init__(self, config: BandConfig, configured: bool, now: float) -> None:
         self.config = config
+        self.configured = configured  # listed in priorityBands (never collected)
         self.view = BandView(config.priority, config.ordering, config.fairness.new_state())
         self.length = 0
         self.bytes = 0
+        self.last_used = now
 
 
 _fairness_label = m.BoundedLabel()
@@ -127,7 +132,8 @@ class FlowController:
         self._bands: dict[int, _Band] = {}
         self._order: list[int] = []  # band priorities, highest first
         for priority in sorted(config.bands):
-            self._band(priority)
+            self._bands[priority] = _Band(config.bands[priority], True, clock())
+        self._order = sorted(self._bands, reverse=True)
         self._length = 0
         self._bytes = 0
         self._seq = 0
@@ -139,6 +145,7 @@ class FlowController:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._last_collection = clock()
         self._saturation_gauges = {
             stage: m.FLOW_POOL_SATURATION.labels(pool_name, stage)
             for stage in ("prefill", "decode", "effective")
@@ -190,7 +197,7 @@ class FlowController:
         started = time.perf_counter()
         now = self._clock()
         self._observe_regime(now)
-        band = self._band(request.priority)
+        band = self._band(request.priority, now)
         self._seq += 1
         item = QueueItem(
             request_id=request.request_id,
@@ -334,12 +341,27 @@ class FlowController:
         self._deadlines = deadlines
 
     # ---- queue bookkeeping -------------------------------------------------------------------
-    def _band(self, priority: int) -> _Band:
+    def _band(self, priority: int, now: float) -> _Band:
         band = self._bands.get(priority)
         if band is None:
-            band = self._bands[priority] = _Band(self.config.band_for(priority))
+            band = self._bands[priority] = _Band(self.config.band_for(priority), False, now)
             self._order = sorted(self._bands, reverse=True)
+        band.last_used = now
         return band
+
+    def collect_idle_bands(self, now: float | None = None) -> list[int]:
+        """Drop the unlisted bands that have been empty for BAND_IDLE_TIMEOUT; returns their priorities."""
+        now = self._clock() if now is None else now
+        idle = [
+            priority
+            for priority, band in self._bands.items()
+            if not band.configured and band.length == 0 and now - band.last_used >= BAND_IDLE_TIMEOUT
+        ]
+        for priority in idle:
+            del self._bands[priority]
+        if idle:
+            self._order = sorted(self._bands, reverse=True)
+        return idle
 
     def _has_capacity(self, band: _Band, size: int) -> bool:
         config = self.config
@@ -378,6 +400,7 @@ class FlowController:
                 del band.view.flows[item.fairness_id]
             band.length -= 1
             band.bytes -= item.byte_size
+            band.last_used = self._clock()
             self._length -= 1
             self._bytes -= item.byte_size
             if item.gauged:
@@ -467,6 +490,9 @@ class FlowController:
             now = self._clock()
             try:
                 self.expire(now)
+                if now - self._last_collection >= BAND_IDLE_TIMEOUT / 10:
+                    self._last_collection = now
+                    self.collect_idle_bands(now)
                 dispatched = bool(self._length) and self.dispatch_cycle(now)
             except Exception:
                 # A failing plugin must not strand the queue: log, and try again after a tick (the

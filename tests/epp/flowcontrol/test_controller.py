@@ -470,3 +470,26 @@ async def test_a_failing_detector_does_not_stop_the_dispatcher(caplog: pytest.Lo
     await asyncio.wait_for(task, timeout=10)
     assert detector.failures == 2 and "dispatch cycle failed" in caplog.text
     await fc.close()
+
+
+async def test_an_unlisted_band_is_dropped_after_ten_idle_minutes() -> None:
+    """Bands decide the usage-limit ceilings (priority-holdback spreads them over the bands that
+    exist), so a priority nobody uses any more must stop holding the others back."""
+    clock = Clock()
+    detector = SetSaturation(1.0)
+    holdback = PriorityHoldbackPolicy("holdback", "rank", 0.5, 1.0)
+    fc = controller(flow_config(detector, usage_limit=holdback), clock=clock)
+    task = asyncio.create_task(fc.admit(request("urgent", priority=5)))  # provisions band 5
+    await queued_task(task)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    detector.value = 0.8  # band 0's ceiling is 0.5 below band 5, 1.0 on its own
+    waiting = asyncio.create_task(fc.admit(request("normal")))
+    await queued_task(waiting)
+    assert not fc.dispatch_cycle()
+    clock.advance(599)
+    assert fc.collect_idle_bands() == []
+    clock.advance(1)
+    assert fc.collect_idle_bands() == [5]  # the configured band 0 is never collected
+    assert fc.dispatch_cycle()
+    await waiting
