@@ -97,9 +97,10 @@ def stack_config() -> str:
 def tuned_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
     """Flow control tuned to the pool the way an operator would after measuring it: the
     concurrency detector with the per-pod in-flight count at the capacity knee, as the dispatch
-    gate and as a per-pod filter (headroom 0.25), and a queue TTL that leaves room in the TTFT SLO
-    for the service time."""
-    return _with_flow_control(
+    gate and as a per-pod filter (headroom 0.25); a queue TTL that leaves room in the TTFT SLO for
+    the service time; and priority holdback, so that lower bands stop short of the gate (sheddable
+    at 75% of it) and a critical request finds a free slot instead of waiting for a completion."""
+    text = _with_flow_control(
         {"type": "concurrency-detector", "parameters": {"maxConcurrency": max_concurrency, "headroom": 0.25}},
         {
             "defaultRequestTTL": ttl,
@@ -108,9 +109,13 @@ def tuned_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
                 "maxRequests": str(sheddable_queue),
                 "fairnessPolicyRef": "round-robin-fairness-policy",
             },
+            "usageLimitPolicyPluginRef": "priority-holdback-policy",
         },
         detector_filter=True,
     )
+    document = yaml.safe_load(text)
+    document["plugins"].append({"type": "priority-holdback-policy", "parameters": {"minCeiling": 0.75}})
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +169,8 @@ def routers(settings: Settings) -> list[RouterSpec]:
             Kind.EPP,
             f"Envoy + EPP, the stacks' profile + flow control tuned to this pool: concurrency-detector "
             f"(maxConcurrency {settings.max_concurrency}/pod, headroom 0.25) as gate and filter, "
-            f"TTL {settings.ttl}, round-robin fairness, sheddable queue {settings.sheddable_queue}",
+            f"TTL {settings.ttl}, round-robin fairness, priority holdback (lowest band at 0.75 of the "
+            f"gate), sheddable queue {settings.sheddable_queue}",
             epp_config=tuned_config(settings.max_concurrency, settings.ttl, settings.sheddable_queue),
             epp_objectives=OBJECTIVES,
         ),
