@@ -77,10 +77,10 @@ def _with_flow_control(
     return yaml.safe_dump(document, sort_keys=False)
 
 
-def stack_config() -> str:
-    """What the stacks render by default (pulumi_llmd's pickerconfig with ``llmd:epp.flowControl``
-    left at its defaults; a test keeps the two equal): llm-d's utilization detector as the gate,
-    round-robin fairness, a 64-request sheddable queue, llm-d's 60 s TTL."""
+def fc_defaults_config() -> str:
+    """The stacks' profile with ``llmd:epp.flowControl.enabled: true`` and nothing else set (a test
+    keeps it equal to what pulumi_llmd's pickerconfig renders): llm-d's utilization detector as the
+    gate, round-robin fairness, a 64-request sheddable queue, llm-d's 60 s TTL."""
     return _with_flow_control(
         {"type": "utilization-detector"},
         {
@@ -151,17 +151,16 @@ def routers(settings: Settings) -> list[RouterSpec]:
         RouterSpec(
             "epp-in-flight",
             Kind.EPP,
-            "Envoy + EPP, the stacks' profile without flow control: llm-d's default + "
-            "active-request-scorer 2",
+            "Envoy + EPP as the stacks ship it: llm-d's default + active-request-scorer 2, flow control off",
             epp_config=IN_FLIGHT_AWARE_CONFIG,
             epp_objectives=OBJECTIVES,
         ),
         RouterSpec(
-            "epp-stack",
+            "epp-fc-defaults",
             Kind.EPP,
-            "Envoy + EPP as the stacks ship it: the profile above + flow control with llm-d's "
-            "utilization-detector gate, round-robin fairness, TTL 60 s, sheddable queue 64",
-            epp_config=stack_config(),
+            "Envoy + EPP, the stacks' profile with `llmd:epp.flowControl.enabled: true` and nothing else: "
+            "llm-d's utilization-detector gate, round-robin fairness, TTL 60 s, sheddable queue 64",
+            epp_config=fc_defaults_config(),
             epp_objectives=OBJECTIVES,
         ),
         RouterSpec(
@@ -317,7 +316,7 @@ def plan(
                     stream = Stream("all", capacity * multiple, WORKLOADS[workload])
                     cells.append(("sweep", workload, router.name, multiple, [stream]))
     # Fairness and priority need the EPP (round-robin knows neither): compared with round-robin.
-    contrast = [r.name for r in chosen if r.name in ("round-robin", "epp-stack", "epp-flow-control")]
+    contrast = [r.name for r in chosen if r.name in ("round-robin", "epp-fc-defaults", "epp-flow-control")]
     if "tenants" in parts:
         quiet = Stream("quiet", 0.3 * capacity, random_requests, ((FAIRNESS, "quiet"),))
         flood = Stream("flood", 2.0 * capacity, random_requests, ((FAIRNESS, "flood"),))
@@ -599,12 +598,13 @@ NOTES = (
     "control the excess waits at most the TTL and is then shed with a 429; what is served keeps its "
     "latency. Under one flow's overload, FCFS means every served request waited about the TTL, which "
     "is why the tuned TTL is short.",
-    "`epp-stack` is what the stacks ship: llm-d's utilization detector only closes the gate when the "
-    "pods' own queues fill (`vllm:num_requests_waiting`), and the simulator, like vLLM, queues only "
-    "once its batch limit (64 here) or KV cache is full, long after TTFT has left the SLO. So on this "
-    "pool it behaves like no flow control for latency; what it adds is bounded waiting, priorities and "
-    "fairness once the servers do queue. `epp-flow-control` is the tuning docs/flow-control.md "
-    "describes: the concurrency detector at the pods' in-flight knee.",
+    "`epp-fc-defaults` is flow control switched on with llm-d's defaults: its utilization detector only "
+    "closes the gate when the pods' own queues fill (`vllm:num_requests_waiting` >= 5 on average), and "
+    "the simulator, like vLLM, queues only once its batch limit (64 here) or KV cache is full, long "
+    "after TTFT has left the SLO; from then on the gate follows 50 ms-old scrapes, so it opens and "
+    "closes late and the pods alternate between starved and overfull. That is why the stacks ship "
+    "with flow control off and docs/flow-control.md describes the tuning `epp-flow-control` uses: "
+    "the concurrency detector at the pods' in-flight knee.",
     "Everything shares 2 cores: the EPP's CPU per request (mostly gRPC, see the routing section) rises "
     "with the offered rate, shed requests included, and a loaded machine delays the EPP's dispatches "
     "and scrapes; compare rows of one run, and re-run on a quiet machine before quoting absolute figures.",

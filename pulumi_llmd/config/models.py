@@ -316,7 +316,12 @@ class EppFlowControlConfig(ConfigModel):
     saturation detector says the pool has room; a request whose wait outlasts its TTL, or that finds
     its band full, gets 429 (503 when the pool has no endpoints)."""
 
-    enabled: bool = Field(default=True, description="Render `featureGates: [flowControl]` and the section.")
+    enabled: bool = Field(
+        default=False,
+        description="Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: "
+        "the gate that protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, "
+        "measured with `python -m benchmarks.capacity`); docs/flow-control.md.",
+    )
     default_request_ttl: str = Field(
         default="60s",
         alias="defaultRequestTTL",

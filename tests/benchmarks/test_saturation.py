@@ -13,10 +13,10 @@ from benchmarks.saturation import (
     Run,
     Settings,
     Stream,
+    fc_defaults_config,
     mixture,
     plan,
     random_requests,
-    stack_config,
     summary,
     tuned_config,
 )
@@ -143,16 +143,20 @@ def test_agentic_sessions_share_the_head_and_grow_their_own_tail() -> None:
     assert all(lengths == [2, 4, 6] for lengths in by_session.values())  # turns in order
 
 
-def test_the_measured_stack_config_is_what_the_stacks_render() -> None:
+def test_the_measured_stack_configs_are_what_the_stacks_render() -> None:
+    from epp.config.samples import IN_FLIGHT_AWARE_CONFIG
     from pulumi_llmd.components.pickerconfig import in_flight_aware_config, with_flow_control
     from pulumi_llmd.config.models import EppFlowControlConfig
 
-    rendered = with_flow_control(in_flight_aware_config(), EppFlowControlConfig())
-    assert yaml.safe_load(stack_config()) == rendered
+    assert with_flow_control(in_flight_aware_config(), EppFlowControlConfig()) == yaml.safe_load(
+        IN_FLIGHT_AWARE_CONFIG
+    )
+    switched_on = with_flow_control(in_flight_aware_config(), EppFlowControlConfig(enabled=True))
+    assert yaml.safe_load(fc_defaults_config()) == switched_on
 
 
 def test_both_flow_control_configs_load_cleanly() -> None:
-    for text in (stack_config(), tuned_config(4, "400ms", 8)):
+    for text in (fc_defaults_config(), tuned_config(4, "400ms", 8)):
         config = load_config(text)
         assert config.flow_control is not None and config.warnings == []
     tuned = load_config(tuned_config(4, "400ms", 8))

@@ -417,8 +417,9 @@ def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregate
     from pulumi_llmd.config.models import EppFlowControlConfig
 
     base = disaggregated_config(16) if disaggregated else default_config()
-    # The stack's defaults: llm-d's detector, round-robin fairness, a short sheddable queue.
-    config = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig())))
+    # The stack's defaults once switched on: llm-d's detector, round-robin fairness, a short
+    # sheddable queue.
+    config = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig(enabled=True))))
     flow = config.flow_control
     assert flow is not None and config.warnings == []
     assert isinstance(flow.detector, UtilizationDetector) and flow.default_request_ttl == 60.0
@@ -427,6 +428,7 @@ def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregate
     # Every knob the stack exposes reaches the EPP under llm-d's name.
     custom = EppFlowControlConfig.model_validate(
         {
+            "enabled": True,
             "defaultRequestTTL": "2s",
             "noEndpointRequestTTL": "5m",
             "maxRequests": "10k",
@@ -442,5 +444,5 @@ def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregate
     assert isinstance(flow.band_for(10).ordering, EdfOrderingPolicy) and flow.band_for(10).max_requests == 50
     for profile in loaded.scheduler.profiles.values():
         assert profile.filters[0] is flow.detector  # no pod is sent more than its limit
-    off = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig(enabled=False))))
+    off = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig())))
     assert off.flow_control is None and off.warnings == []

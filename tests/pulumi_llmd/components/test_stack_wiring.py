@@ -129,11 +129,8 @@ def test_pd_picker_config_uses_llm_d_plugin_names(result: RenderResult) -> None:
         "max-score-picker",
         "disagg-profile-handler",
         "prefix-based-pd-decider",
-        # llm-d's flow control, on by default in the stacks (pickerconfig.with_flow_control)
-        "utilization-detector",
-        "round-robin-fairness-policy",
     }
-    assert document["featureGates"] == ["flowControl"]
+    assert "featureGates" not in document  # flow control is off unless epp.flowControl.enabled
     handler = next(p for p in document["plugins"] if p["type"] == "disagg-profile-handler")
     assert handler["parameters"] == {"deciders": {"prefill": "prefix-based-pd-decider"}}
     assert [p["name"] for p in document["schedulingProfiles"]] == ["prefill", "decode"]

@@ -12,7 +12,8 @@ from pulumi_llmd.config.rules import go_seconds
 
 def test_defaults_are_llm_d_flow_control_with_round_robin_fairness() -> None:
     flow = EppConfig().flow_control
-    assert flow.enabled and flow.default_request_ttl == "60s"
+    assert not flow.enabled  # off by default, as in llm-d
+    assert flow.default_request_ttl == "60s"
     assert flow.default_priority_band.fairness_policy == "round-robin-fairness-policy"
     assert flow.default_negative_priority_band is not None
     assert flow.default_negative_priority_band.max_requests == "64"
@@ -70,11 +71,14 @@ def test_the_queue_ttl_must_fit_inside_the_gateway_timeout() -> None:
     from tests.pulumi_llmd.config.test_stack_config import kind_config, problems_of
 
     fits = parse_stack_config(
-        kind_config(epp={"flowControl": {"defaultRequestTTL": "60s"}}), has_hf_token=False
+        kind_config(epp={"flowControl": {"enabled": True, "defaultRequestTTL": "60s"}}), has_hf_token=False
     )
     assert fits.gateway.request_timeout == "300s"
     assert problems_of(
-        kind_config(gateway={"requestTimeout": "30s"}, epp={"flowControl": {"noEndpointRequestTTL": "0s"}})
+        kind_config(
+            gateway={"requestTimeout": "30s"},
+            epp={"flowControl": {"enabled": True, "noEndpointRequestTTL": "0s"}},
+        )
     ) == [
         "llmd:epp.flowControl.defaultRequestTTL must be shorter than gateway.requestTimeout (30s), or "
         "queued requests are cut off by the gateway (got 60s)",
@@ -82,5 +86,5 @@ def test_the_queue_ttl_must_fit_inside_the_gateway_timeout() -> None:
         "queued requests are cut off by the gateway (got 0s)",
     ]
     # With flow control off, or a hand-written EPP config, the stack does not second-guess it.
-    off = kind_config(gateway={"requestTimeout": "30s"}, epp={"flowControl": {"enabled": False}})
+    off = kind_config(gateway={"requestTimeout": "30s"}, epp={"flowControl": {"defaultRequestTTL": "60s"}})
     assert not parse_stack_config(off, has_hf_token=False).epp.flow_control.enabled
