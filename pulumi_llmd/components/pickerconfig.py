@@ -123,6 +123,15 @@ def with_flow_control(document: dict[str, Any], flow: EppFlowControlConfig) -> d
     if flow.priority_bands:
         section["priorityBands"] = [_band(band) for band in flow.priority_bands]
     section["saturationDetector"] = {"pluginRef": detector.type}
+    # The loader defaults to static-usage-limit-policy at 1.0 (llm-d-router's default), so the
+    # plugin and its ref are rendered only when the stack asks for something else.
+    usage_plugins: list[dict[str, Any]] = []
+    usage: dict[str, Any] = {"type": flow.usage_limit.type}
+    if flow.usage_limit.parameters():
+        usage["parameters"] = flow.usage_limit.parameters()
+    if usage != {"type": "static-usage-limit-policy"}:
+        usage_plugins.append(usage)
+        section["usageLimitPolicyPluginRef"] = usage["type"]
     profiles = document["schedulingProfiles"]
     if detector.filter:
         profiles = [
@@ -132,7 +141,7 @@ def with_flow_control(document: dict[str, Any], flow: EppFlowControlConfig) -> d
     return {
         **document,
         "featureGates": ["flowControl"],
-        "plugins": [*document["plugins"], plugin, *({"type": p} for p in policies)],
+        "plugins": [*document["plugins"], plugin, *({"type": p} for p in policies), *usage_plugins],
         "schedulingProfiles": profiles,
         "flowControl": section,
     }

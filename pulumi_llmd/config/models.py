@@ -311,6 +311,55 @@ class SaturationDetectorConfig(ConfigModel):
         return {key: value for key, value in values.items() if value is not None}
 
 
+class UsageLimitConfig(ConfigModel):
+    """How the gate's ceiling varies by priority (llm-d's usage-limit policy plugins)."""
+
+    type: Literal["static-usage-limit-policy", "priority-holdback-policy"] = Field(
+        default="static-usage-limit-policy",
+        description="`static-usage-limit-policy`: one ceiling for all; `priority-holdback-policy`: lower "
+        "priorities stop at lower saturation, leaving room for higher ones.",
+    )
+    threshold: float | None = Field(
+        default=None, gt=0, le=1, description="static: the ceiling (1.0 = up to the detector's limit)."
+    )
+    min_ceiling: float | None = Field(
+        default=None, ge=0, lt=1, description="holdback (required): the lowest priority's ceiling."
+    )
+    max_ceiling: float | None = Field(
+        default=None, gt=0, le=1, description="holdback: the highest priority's ceiling (1.0)."
+    )
+    domain: Literal["rank", "value"] | None = Field(
+        default=None, description="holdback: spread the ceilings by rank (default) or by priority value."
+    )
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_type(self) -> UsageLimitConfig:
+        holdback = {"minCeiling": self.min_ceiling, "maxCeiling": self.max_ceiling, "domain": self.domain}
+        if self.type == "static-usage-limit-policy":
+            wrong = [key for key, value in holdback.items() if value is not None]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+        else:
+            if self.threshold is not None:
+                raise ValueError(f"threshold does not apply to {self.type}")
+            if self.min_ceiling is None:
+                raise ValueError("minCeiling is required for priority-holdback-policy")
+            if self.max_ceiling is not None and self.min_ceiling > self.max_ceiling:
+                raise ValueError(
+                    f"minCeiling ({self.min_ceiling}) must not exceed maxCeiling ({self.max_ceiling})"
+                )
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        values = {
+            "threshold": self.threshold,
+            "minCeiling": self.min_ceiling,
+            "maxCeiling": self.max_ceiling,
+            "domain": self.domain,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
 class EppFlowControlConfig(ConfigModel):
     """llm-d's flow control: requests wait in the EPP, per priority band and fairness id, until the
     saturation detector says the pool has room; a request whose wait outlasts its TTL, or that finds
@@ -353,6 +402,9 @@ class EppFlowControlConfig(ConfigModel):
     )
     saturation_detector: SaturationDetectorConfig = Field(
         default_factory=SaturationDetectorConfig, description="The dispatch gate."
+    )
+    usage_limit: UsageLimitConfig = Field(
+        default_factory=UsageLimitConfig, description="The gate's ceiling per priority."
     )
 
 

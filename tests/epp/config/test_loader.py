@@ -411,7 +411,12 @@ def test_a_parser_for_another_api_is_an_unknown_type() -> None:
 
 @pytest.mark.parametrize("disaggregated", [False, True])
 def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregated: bool) -> None:
-    from epp.flowcontrol.policies import EdfOrderingPolicy, RoundRobinFairnessPolicy
+    from epp.flowcontrol.policies import (
+        EdfOrderingPolicy,
+        PriorityHoldbackPolicy,
+        RoundRobinFairnessPolicy,
+        StaticUsageLimitPolicy,
+    )
     from epp.plugins.saturation import ConcurrencyDetector
     from pulumi_llmd.components.pickerconfig import with_flow_control
     from pulumi_llmd.config.models import EppFlowControlConfig
@@ -434,6 +439,7 @@ def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregate
             "maxRequests": "10k",
             "priorityBands": [{"priority": 10, "maxRequests": "50", "orderingPolicy": "edf-ordering-policy"}],
             "saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 8, "filter": True},
+            "usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.75},
         }
     )
     loaded = load_config(yaml.safe_dump(with_flow_control(base, custom)))
@@ -442,7 +448,12 @@ def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregate
     assert (flow.default_request_ttl, flow.no_endpoint_request_ttl, flow.max_requests) == (2.0, 300.0, 10_000)
     assert isinstance(flow.detector, ConcurrencyDetector) and flow.detector.max_concurrency == 8
     assert isinstance(flow.band_for(10).ordering, EdfOrderingPolicy) and flow.band_for(10).max_requests == 50
+    assert isinstance(flow.usage_limit, PriorityHoldbackPolicy) and flow.usage_limit.min_ceiling == 0.75
     for profile in loaded.scheduler.profiles.values():
         assert profile.filters[0] is flow.detector  # no pod is sent more than its limit
+    static = EppFlowControlConfig.model_validate({"enabled": True, "usageLimit": {"threshold": 0.9}})
+    capped = load_config(yaml.safe_dump(with_flow_control(base, static))).flow_control
+    assert capped is not None and isinstance(capped.usage_limit, StaticUsageLimitPolicy)
+    assert capped.usage_limit.threshold == 0.9
     off = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig())))
     assert off.flow_control is None and off.warnings == []

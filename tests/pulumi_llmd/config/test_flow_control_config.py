@@ -48,6 +48,18 @@ def test_keys_are_spelled_as_llm_d_spells_them() -> None:
         ),
         ({"saturationDetector": {"maxConcurrency": 3}}, "maxConcurrency"),
         ({"saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 0}}, "maxConcurrency"),
+        ({"usageLimit": {"type": "priority-holdback-policy"}}, "minCeiling is required"),
+        ({"usageLimit": {"minCeiling": 0.5}}, "minCeiling does not apply"),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.5, "threshold": 0.9}},
+            "threshold",
+        ),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.9, "maxCeiling": 0.5}},
+            "must not exceed maxCeiling",
+        ),
+        ({"usageLimit": {"threshold": 0}}, "threshold"),
+        ({"usageLimit": {"type": "lottery"}}, "type"),
     ],
 )
 def test_bad_values_name_the_key(section: dict[str, object], where: str) -> None:
