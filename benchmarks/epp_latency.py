@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -170,6 +171,7 @@ def run(
     log_dir: Path,
     rounds: int = 5,
     response_headers_only: bool = False,
+    plaintext: bool = False,
 ) -> list[PhaseResult]:
     """Each (rate, path) gets ``duration`` seconds of load, cut into ``rounds`` slices that alternate
     between the paths, so background load on a shared machine hits every path alike."""
@@ -189,8 +191,18 @@ def run(
         name="epp",
         log_dir=log_dir,
     )
+    # The same EPP serving cleartext, behind a gateway that dials it so: what TLS costs per request.
+    plain_ports = (free_port(), free_port(), free_port())
+    plain_epp = ManagedProcess(
+        epp_command(endpoints, *plain_ports, "--log-level", "warning", "--secure-serving=false"),
+        ready=grpc_ok(plain_ports[1]),
+        name="epp-plaintext",
+        log_dir=log_dir,
+    )
     pool = [f"127.0.0.1:{backend_port}"]
-    with backend, epp:
+    with backend, epp, contextlib.ExitStack() as extra:
+        if plaintext:
+            extra.enter_context(plain_epp)
         gateways = {
             "direct": EnvoyGateway(free_port(), grpc_port, pool, ext_proc=False, log_dir=log_dir / "direct")
         }
@@ -201,6 +213,10 @@ def run(
         if response_headers_only:
             gateways["epp-FULL_DUPLEX_STREAMED-no-resp-body"] = EnvoyGateway(
                 free_port(), grpc_port, pool, response_body=False, log_dir=log_dir / "no-resp-body"
+            )
+        if plaintext:
+            gateways["epp-FULL_DUPLEX_STREAMED-plaintext"] = EnvoyGateway(
+                free_port(), plain_ports[0], pool, ext_proc_tls=False, log_dir=log_dir / "plaintext"
             )
         for gateway in gateways.values():
             gateway.start()
@@ -213,7 +229,9 @@ def run(
                 for _ in range(rounds):
                     for path, gateway in gateways.items():
                         processes = {"envoy": gateway.process, "backend": backend}
-                        if path != "direct":
+                        if path.endswith("-plaintext"):
+                            processes["epp"] = plain_epp
+                        elif path != "direct":
                             processes["epp"] = epp
                         url = gateway.url + "/v1/completions"
                         slices[path].add(*measure_slice(url, rate, duration / rounds, processes))
@@ -333,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the extra row where the EPP sees response headers but not response bodies",
     )
+    parser.add_argument(
+        "--no-plaintext-row",
+        action="store_true",
+        help="skip the row where the gateway dials a cleartext EPP (the others dial TLS, as gateways do)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.rounds <= 0 or any(rate <= 0 for rate in args.rates):
@@ -345,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(log_dir),
             args.rounds,
             response_headers_only=not args.no_response_body_row,
+            plaintext=not args.no_plaintext_row,
         )
     if not args.no_write:
         command = "python -m benchmarks.epp_latency " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -1,9 +1,9 @@
 """``python -m epp``: llm-d-compatible flags → RuntimeOptions + ServerOptions → a running EPP.
 
 Flag names and defaults follow the llm-d router where one exists (``--pool-name``, ``--grpc-port``,
-``--refresh-metrics-interval`` ...). Two deliberate differences: ``--secure-serving`` defaults to
-false (local runs and the bundled Envoy speak plaintext gRPC; upstream defaults to true), and
-``--endpoints-file`` offers static discovery instead of Kubernetes.
+``--refresh-metrics-interval``, ``--secure-serving`` (on by default, self-signed without
+``--cert-path``), ``--enable-cert-reload`` ...). One addition: ``--endpoints-file`` offers static
+discovery instead of Kubernetes.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from epp.server import EppServer, ServerOptions, StreamSettings, TlsFiles
+from epp.server import EppServer, ServerOptions, StreamSettings
 from epp.server.stream import BodyMode
+from epp.server.tls import CertificateSource, TlsError
 
 if TYPE_CHECKING:
     from epp.runtime import Runtime, RuntimeOptions
+    from epp.scheduling.framework import SaturationDetector
 
 log = logging.getLogger("epp")
 
@@ -107,11 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=boolean,
         nargs="?",
         const=True,
-        default=False,
-        help="serve ext_proc over TLS (default false here; needs --cert-path); "
-        "health stays plaintext for kubelet probes",
+        default=True,
+        help="serve ext_proc over TLS (default true, as upstream; gateways dial the EPP over TLS "
+        "without verification); health and metrics stay plaintext for kubelet probes and scrapers",
     )
-    net.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
+    net.add_argument(
+        "--cert-path",
+        type=Path,
+        help="directory holding tls.crt and tls.key (e.g. a mounted kubernetes.io/tls Secret); "
+        "unset: a self-signed certificate is made at start",
+    )
+    net.add_argument(
+        "--enable-cert-reload",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="re-read --cert-path's pair when it changes and serve new connections with it (no restart)",
+    )
 
     tuning = parser.add_argument_group("behaviour")
     tuning.add_argument("--refresh-metrics-interval", type=duration, default=0.05, help="scrape period")
@@ -137,7 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="longest scheduling wait; with flow control, raised to cover the queue's TTL",
     )
-    tuning.add_argument("--drain-timeout", type=duration, default=30.0, help="serving time after SIGTERM")
+    tuning.add_argument(
+        "--release-stream-after-routing",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="end each ext_proc stream once the request is routed, so an EPP restart cannot break "
+        "responses in progress (no token usage, TTFT or in-flight tracking from responses then)",
+    )
+    tuning.add_argument(
+        "--drain-timeout",
+        type=duration,
+        default=30.0,
+        help="after SIGTERM, the longest wait for open streams to finish before exiting",
+    )
+    tuning.add_argument(
+        "--drain-notice",
+        type=duration,
+        default=5.0,
+        help="after SIGTERM, how long new streams are still served while the gateway notices the "
+        "readiness change (at most the drain timeout)",
+    )
+    tuning.add_argument(
+        "--tracing",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="export an OTLP span per scheduling decision, configured by the OTEL_* environment "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER[_ARG]); off by default",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -155,12 +200,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
     config_text = _config_text(parser, args)
     tls = None
     if args.secure_serving:
-        if args.cert_path is None:
-            parser.error("--secure-serving needs --cert-path (a directory with tls.crt and tls.key)")
-        tls = TlsFiles(cert=args.cert_path / "tls.crt", key=args.cert_path / "tls.key")
-        for path in (tls.cert, tls.key):
-            if not path.is_file():
-                parser.error(f"--cert-path: {path} is missing")
+        try:
+            tls = CertificateSource(args.cert_path, reload=args.enable_cert_reload)
+        except TlsError as error:
+            parser.error(str(error))
+    elif args.cert_path is not None or args.enable_cert_reload:
+        parser.error("--cert-path and --enable-cert-reload need --secure-serving (it is off)")
     served = None
     if args.served_models:
         served = frozenset(m.strip() for m in args.served_models.split(",") if m.strip())
@@ -177,6 +222,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         metrics_staleness_threshold=args.metrics_staleness_threshold,
         served_models=served,
         leader_election=args.ha_enable_leader_election,
+        tracing=args.tracing,
     )
     server_options = ServerOptions(
         host=args.host,
@@ -188,8 +234,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
             max_buffered_request_bytes=args.max_buffered_request_bytes,
             decision_timeout=args.decision_timeout,
             default_body_mode=BodyMode(args.body_mode),
+            release_after_routing=args.release_stream_after_routing,
         ),
         drain_timeout=args.drain_timeout,
+        drain_notice=args.drain_notice,
         tls=tls,
     )
     return runtime_options, server_options, args.log_level
@@ -229,6 +277,19 @@ def fit_decision_timeout(options: ServerOptions, longest_ttl: float) -> ServerOp
         f"{longest_ttl:g}s" if longest_ttl > 0 else "none",
     )
     return dataclasses.replace(options, stream=dataclasses.replace(options.stream, decision_timeout=needed))
+
+
+def flow_control_conflict(options: ServerOptions, detector: SaturationDetector) -> str | None:
+    """Why these server options defeat the flow-control gate, or None. With
+    ``--release-stream-after-routing`` the director hears each request complete as soon as it is
+    routed, so in-flight counts stay at zero and a detector reading them would admit everything."""
+    if options.stream.release_after_routing and detector.reads_in_flight:
+        return (
+            "--release-stream-after-routing cannot be combined with flow control gated by "
+            f"{detector.name!r}: it counts requests in flight until their response ends, which a "
+            "released stream never reports; use utilization-detector or keep the stream"
+        )
+    return None
 
 
 async def serve(runtime: Runtime, options: ServerOptions) -> None:
@@ -281,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     flow_control = runtime.config.flow_control
     if flow_control is not None:
+        if (conflict := flow_control_conflict(server_options, flow_control.detector)) is not None:
+            print(f"epp: invalid configuration: {conflict}", file=sys.stderr)
+            return 2
         server_options = fit_decision_timeout(server_options, flow_control.longest_ttl)
     try:
         asyncio.run(serve(runtime, server_options))

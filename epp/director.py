@@ -58,6 +58,7 @@ class SchedulingDirector:
         metrics_staleness: float = 2.0,
         leadership: Callable[[], bool] | None = None,
         pool_name: str = "",
+        wrap_decide: Callable[[Callable[..., Decision]], Callable[..., Decision]] | None = None,
     ) -> None:
         self.datastore = datastore
         # With leader election only the leader reports ready (the Service then sends traffic to it).
@@ -72,6 +73,10 @@ class SchedulingDirector:
         if config.flow_control is not None:
             self.flow_control = FlowController(config.flow_control, datastore.endpoints, pool_name=pool_name)
         datastore.add_listener(self._endpoints_changed)
+        if wrap_decide is not None:
+            # Tracing (epp.tracing): only then is decide() wrapped; without it decide() stays the plain
+            # method below, so the decision path carries no tracing branch at all.
+            self.decide = wrap_decide(self.decide)  # type: ignore[method-assign]
 
     def ready(self) -> bool:
         return self.datastore.synced and (self.leadership is None or self.leadership())

@@ -8,6 +8,7 @@ their own). :class:`MetricsHttpServer` serves both registries on one page.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import prometheus_client
@@ -43,6 +44,10 @@ SCRAPE_SECONDS = Histogram(
 )
 SCRAPE_ERRORS = Counter(
     "epp_metrics_scrape_errors_total", "Failed model-server /metrics scrapes.", ["endpoint"]
+)
+SCRAPE_TASK_RESTARTS = Counter(
+    "epp_metrics_scrape_task_restarts_total",
+    "Per-endpoint metrics poll tasks that ended unexpectedly and were restarted (a bug if ever > 0).",
 )
 ENDPOINTS = Gauge("epp_pool_endpoints", "Endpoints currently in the pool.")
 
@@ -130,6 +135,84 @@ class BoundedLabel:
             return OVERFLOW_LABEL
         self._seen.add(value)
         return value
+
+
+# ---- precise prefix cache: KV events from the model servers (default registry) ----------------
+KVEVENTS_BATCHES = Counter(
+    "epp_kvevents_batches_total",
+    "KV-event batches applied to the index, by how they arrived (live or replay).",
+    ["endpoint", "source"],
+)
+KVEVENTS_EVENTS = Counter(
+    "epp_kvevents_events_total",
+    "KV events applied, by type (BlockStored, BlockRemoved, AllBlocksCleared).",
+    ["type"],
+)
+KVEVENTS_DROPPED = Counter(
+    "epp_kvevents_dropped_total",
+    "Frames, batches or events dropped, by reason (malformed payload, unknown event type, "
+    "KV-cache group not indexed, duplicate or stale sequence number).",
+    ["reason"],
+)
+KVEVENTS_UNKNOWN_REMOVALS = Counter(
+    "epp_kvevents_unknown_removals_total",
+    "BlockRemoved keys the index did not hold (events missed before subscribing or bound-evicted).",
+)
+KVEVENTS_GAPS = Counter(
+    "epp_kvevents_gaps_total",
+    "Sequence gaps detected, by outcome (replayed: filled from the pod's replay buffer; "
+    "resynced: the pod's entries were dropped).",
+    ["outcome"],
+)
+KVEVENTS_MISSED_BATCHES = Counter(
+    "epp_kvevents_missed_batches_total", "Batches missing from the sequence when gaps were detected."
+)
+KVEVENTS_REPLAYED_BATCHES = Counter(
+    "epp_kvevents_replayed_batches_total", "Batches received from replay sockets."
+)
+KVEVENTS_RESYNCS = Counter(
+    "epp_kvevents_resyncs_total",
+    "Times an endpoint's index entries were dropped to resynchronise, by reason.",
+    ["reason"],
+)
+KVEVENTS_RECONNECTS = Counter(
+    "epp_kvevents_reconnects_total", "Subscriber connections re-established after a disconnect."
+)
+KVEVENTS_HASH_MISMATCHES = Counter(
+    "epp_kvevents_hash_mismatch_total",
+    "Chain-start BlockStored events whose keys differ from the EPP's own computation from their "
+    "token ids: the EPP's hash algorithm, seed or block size does not match the pod's.",
+)
+KVEVENTS_LAG_SECONDS = Histogram(
+    "epp_kvevents_lag_seconds",
+    "Batch age when applied: local time minus the batch timestamp set by vLLM (includes clock skew "
+    "between nodes).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+KVEVENTS_INDEX_ENTRIES = Gauge(
+    "epp_kvevents_index_entries", "(block, endpoint, medium) entries in the precise prefix index."
+)
+KVEVENTS_INDEX_BLOCKS = Gauge("epp_kvevents_index_blocks", "Distinct (block, medium) keys in the index.")
+KVEVENTS_INDEX_EVICTIONS = Counter(
+    "epp_kvevents_index_evictions_total", "Entries evicted to keep the index within its memory bound."
+)
+KVEVENTS_ENDPOINT_ENTRIES = Gauge(
+    "epp_kvevents_endpoint_entries", "Index entries held by each endpoint.", ["endpoint"]
+)
+KVEVENTS_SUBSCRIBERS = Gauge("epp_kvevents_subscribers", "Endpoints with an active KV-event subscription.")
+KVEVENTS_LAST_SEQUENCE = Gauge(
+    "epp_kvevents_last_sequence", "Last sequence number applied per endpoint.", ["endpoint"]
+)
+
+
+def kvevents_forget_endpoint(endpoint: str) -> None:
+    """Drop a departed endpoint's KV-event series."""
+    for gauge in (KVEVENTS_ENDPOINT_ENTRIES, KVEVENTS_LAST_SEQUENCE):
+        with contextlib.suppress(KeyError):
+            gauge.remove(endpoint)
+    for source in ("live", "replay"):
+        with contextlib.suppress(KeyError):
+            KVEVENTS_BATCHES.remove(endpoint, source)
 
 
 # ---- protocol layer (one registry per server) -------------------------------------------------

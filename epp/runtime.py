@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from epp import metrics as epp_metrics
 from epp.config.loader import load_config
@@ -43,6 +43,8 @@ class RuntimeOptions:
     served_models: frozenset[str] | None = None
     # Active-passive HA on a Lease (Kubernetes discovery only); POD_NAME is the holder identity.
     leader_election: bool = False
+    # OTLP spans of each scheduling decision (epp.tracing), configured by the OTEL_* environment.
+    tracing: bool = False
 
 
 class _Discovery(Protocol):
@@ -59,8 +61,10 @@ class Runtime:
         discovery: _Discovery,
         scraper: MetricsScraper,
         elector: LeaderElector | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.director = director
+        self.tracer_provider = tracer_provider
         self.datastore = datastore
         self.config = config
         self.discovery = discovery
@@ -92,6 +96,9 @@ class Runtime:
             await self.elector.close()
         await self.discovery.stop()
         await self.scraper.stop()
+        if self.tracer_provider is not None:
+            # Flushes the batch of spans not yet exported (blocking, bounded by the exporter's timeout).
+            await asyncio.to_thread(self.tracer_provider.shutdown)
 
     async def _update_saturation_gauge(self) -> None:
         detector = self.config.saturation_detector
@@ -123,6 +130,12 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
     config = load_config(options.config_text)
     datastore = Datastore()
     elector = _leader_elector(options) if options.leader_election else None
+    provider, wrap_decide = None, None
+    if options.tracing:
+        from epp.tracing import decision_tracer, tracer_provider
+
+        provider = tracer_provider()
+        wrap_decide = decision_tracer(provider).wrap
     director = SchedulingDirector(
         datastore,
         config,
@@ -130,6 +143,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
         metrics_staleness=options.metrics_staleness_threshold,
         leadership=(lambda: elector.is_leader) if elector is not None else None,
         pool_name=options.pool_name or "",
+        wrap_decide=wrap_decide,
     )
     source = config.metrics_source
     scraper = MetricsScraper(
@@ -155,7 +169,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
             namespace=options.pool_namespace,
             pool_group=options.pool_group,
         )
-    return Runtime(director, datastore, config, discovery, scraper, elector)
+    return Runtime(director, datastore, config, discovery, scraper, elector, provider)
 
 
 def _leader_elector(options: RuntimeOptions) -> LeaderElector:

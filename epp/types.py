@@ -97,9 +97,7 @@ class Director(Protocol):
         """The model server answered; ``served`` is the endpoint Envoy actually used, if known."""
         ...
 
-    def handle_response_complete(
-        self, request: InferenceRequest, usage: Usage | None, failed: bool
-    ) -> None:
+    def handle_response_complete(self, request: InferenceRequest, usage: Usage | None, failed: bool) -> None:
         """The stream ended (normally, by error, or by client cancel). Called exactly once per
         request that got a Decision, so in-flight counts stay exact."""
         ...

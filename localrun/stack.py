@@ -54,9 +54,11 @@ def epp_command(
     metrics_port: int,
     *extra: str,
     drain_timeout: float = 0.0,
+    drain_notice: float = 0.0,
 ) -> list[str]:
-    """``python -m epp`` on loopback with a static endpoints file. ``drain_timeout`` defaults to 0
-    so a local stop is immediate; pass ``--config-text``/``--config-file`` etc. in ``extra``."""
+    """``python -m epp`` on loopback with a static endpoints file. ``drain_timeout`` and
+    ``drain_notice`` default to 0 so a local stop is immediate; pass ``--config-text``/
+    ``--config-file`` etc. in ``extra``."""
     return [
         sys.executable,
         "-m",
@@ -73,5 +75,7 @@ def epp_command(
         str(metrics_port),
         "--drain-timeout",
         f"{drain_timeout:g}",
+        "--drain-notice",
+        f"{drain_notice:g}",
         *extra,
     ]

@@ -178,9 +178,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m localrun.standin", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m localrun.standin", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="standin", help="reported as served_by in every answer")
@@ -191,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-chunks", type=int, default=4, help="tokens per answer (SSE events)")
     args = parser.parse_args(argv)
     standin = StandIn(args.name, args.model, args.delay_ms, args.stream_chunks)
-    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None)
+    # The accept backlog of uvicorn, which vLLM runs (aiohttp's default is 128): a burst of new
+    # connections must queue as it would at a real model server, not be dropped.
+    web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None, backlog=2048)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pulumi
 
-from pulumi_llmd.components.stack import LlmdStack, LlmdStackArgs
+from pulumi_llmd.components.stack import LlmdStack, llmd_stack_args
 from pulumi_llmd.config import load_stack_config
 from pulumi_llmd.provision import provision_platform
 
@@ -14,7 +14,13 @@ def main() -> None:
     loaded = load_stack_config()
     config = loaded.config
     platform = provision_platform(config)
-    stack = LlmdStack(config.name, LlmdStackArgs(config=config, platform=platform, hf_token=loaded.hf_token))
-    pulumi.export("namespace", config.namespace)
+    stack = LlmdStack(
+        config.name,
+        llmd_stack_args(config, pod_networking=platform.pod_networking, hf_token=loaded.hf_token),
+        # The platform's cluster: every in-cluster object inherits its provider, and waits for what the
+        # platform says pods need first (GPU node pools, device plugins, operators).
+        opts=pulumi.ResourceOptions(providers=[platform.k8s_provider], depends_on=platform.depends_on),
+    )
+    pulumi.export("namespace", stack.namespace)
     pulumi.export("gateway", stack.gateway_name)
     pulumi.export("inferencePool", stack.pool_name)

@@ -7,7 +7,8 @@ import importlib
 import pulumi
 import pulumi_kubernetes as k8s
 
-from pulumi_llmd.components.onprem import OnPremAccelerators, OnPremAcceleratorsArgs
+from pulumi_llmd.components.inputs import OnPremAcceleratorsArgs
+from pulumi_llmd.components.onprem import OnPremAccelerators
 from pulumi_llmd.components.platform import Platform, PodNetworking
 from pulumi_llmd.config.models import PlatformName, StackConfig
 
@@ -32,7 +33,9 @@ def _onprem(config: StackConfig, opts: pulumi.ResourceOptions | None) -> Platfor
     # An explicit provider: never the ambient default, so every object says which cluster it targets.
     provider = k8s.Provider("onprem", context=onprem.kube_context, opts=opts)
     accelerators = OnPremAccelerators(
-        "onprem-accelerators", OnPremAcceleratorsArgs(config=config, provider=provider), opts=opts
+        "onprem-accelerators",
+        OnPremAcceleratorsArgs(instance=config.name, onprem=onprem),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(providers=[provider])),
     )
     return Platform(
         k8s_provider=provider,

@@ -9,7 +9,8 @@ recording mock monitor, and writes ``DIR/<stack>/``:
   components that Pulumi does not expand under mocks, so their templates are not rendered;
 * ``_yaml--<name>.yaml``: each remote YAML install (its URL), opaque for the same reason;
 * ``_cloud--<pulumi-type>--<name>.yaml``: each cloud resource (GKE/EKS) with its inputs;
-* ``index.json`` and ``SUMMARY.md``.
+* ``index.json``, and ``SUMMARY.md`` for review (:mod:`render.summary`: images, replicas,
+  accelerators per pod, charts, remote YAML URLs, object counts).
 
 Secret values are written as ``[secret]``; secure config values (which only the CLI can decrypt)
 enter the program as a visible placeholder that is still marked secret. Output is deterministic:
@@ -25,7 +26,7 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from pulumi_llmd.config import ConfigError
+from render.summary import summary_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACKS_DIR = REPO_ROOT / "stacks"
@@ -228,9 +230,10 @@ def run_program(
     stack: str,
     config: dict[str, str],
     secret_keys: Sequence[str] = (),
-    program: Callable[[], None] | None = None,
+    program: Callable[[], Awaitable[None] | None] | None = None,
 ) -> tuple[list[Registration], list[str]]:
-    """Run a Pulumi program (default: pulumi_llmd.program.main) under mocks.
+    """Run a Pulumi program (default: pulumi_llmd.program.main; a coroutine function works too) under
+    mocks.
 
     Returns every registration in order, and the function calls no stub answered. ``set_mocks``
     configures process-global state, so runs are sequential: each one installs a fresh root stack,
@@ -309,24 +312,6 @@ def write_render(result: RenderResult, out_dir: Path) -> Path:
     (target / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     (target / "SUMMARY.md").write_text(summary_markdown(result))
     return target
-
-
-def summary_markdown(result: RenderResult) -> str:
-    lines = [
-        f"# Offline render of stack `{result.stack}`",
-        "",
-        f"{len(result.objects)} files. Helm charts and remote YAML are listed with their inputs only:",
-        "Pulumi does not expand remote components under mocks.",
-        "",
-        "| kind | name | namespace | source |",
-        "|---|---|---|---|",
-    ]
-    rows = sorted(result.objects, key=lambda o: (o.source != "k8s", o.kind, o.namespace or "", o.name))
-    lines += [f"| {o.kind} | {o.name} | {o.namespace or '-'} | {o.source} |" for o in rows]
-    if result.unanswered_calls:
-        lines += ["", "Function calls answered with an empty result (no offline stub):", ""]
-        lines += [f"- `{token}`" for token in result.unanswered_calls]
-    return "\n".join(lines) + "\n"
 
 
 def _render_one(registration: Registration) -> RenderedObject | None:

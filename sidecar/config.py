@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from dataclasses import dataclass
 
+from sidecar.guard import Network, PoolMembership, PrefillGuard, parse_allowlist, parse_ports
 from sidecar.pd import SUPPORTED_CONNECTORS
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["SidecarOptions", "build_parser", "options_from_args", "parse_allowlist"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +25,16 @@ class SidecarOptions:
     read_timeout_s: float = 300.0
     max_conns_per_host: int = 100
     max_body_bytes: int = 16 * 1024 * 1024
-    prefill_allowlist: tuple[Network, ...] | None = None  # None = SSRF guard off
+    # The SSRF guard (sidecar.guard): on when an allowlist or a pool name is set.
+    prefill_allowlist: tuple[Network, ...] | None = None
+    prefill_pool_dns: str | None = None
+    prefill_ports: frozenset[int] | None = None  # None = any port (only with the guard on)
+    # The client's credentials (Authorization, Cookie, X-Api-Key) go to the local model server,
+    # never to the prefill pod unless this is set: a prefill host is named by a header, and a
+    # credential must not follow wherever a header points.
+    forward_credentials_to_prefill: bool = False
     metrics_port: int = 0  # 0 = no metrics listener
+    tracing: bool = False  # OTLP spans of the two legs (sidecar/tracing.py)
 
     def __post_init__(self) -> None:
         if self.kv_connector not in SUPPORTED_CONNECTORS:
@@ -43,26 +51,16 @@ class SidecarOptions:
         if self.max_conns_per_host < 1 or self.max_body_bytes < 1:
             raise ValueError("max_conns_per_host and max_body_bytes must be >= 1")
 
-    def prefill_allowed(self, host: str) -> bool:
-        if self.prefill_allowlist is None:
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False  # names are not resolved here: the EPP always sends pod IPs
-        return any(address in network for network in self.prefill_allowlist)
+    @property
+    def ssrf_protection(self) -> bool:
+        return self.prefill_allowlist is not None or self.prefill_pool_dns is not None
 
-
-def parse_allowlist(text: str) -> tuple[Network, ...]:
-    networks = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"--prefill-allowlist: {item!r} is not an IP address or CIDR") from exc
-    if not networks:
-        raise ValueError("--prefill-allowlist is empty")
-    return tuple(networks)
+    def guard(self) -> PrefillGuard | None:
+        """The SSRF guard these options describe, or None when it is off."""
+        if not self.ssrf_protection:
+            return None
+        pool = PoolMembership(self.prefill_pool_dns) if self.prefill_pool_dns else None
+        return PrefillGuard(self.prefill_allowlist or (), pool, self.prefill_ports)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,13 +93,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--enable-ssrf-protection",
         action="store_true",
-        help="only prefill on hosts in --prefill-allowlist (403 otherwise)",
+        help="only prefill on hosts in --prefill-allowlist or --prefill-pool-dns (403 otherwise)",
     )
     p.add_argument(
         "--prefill-allowlist",
         default="",
         metavar="CIDR[,CIDR...]",
-        help="IPs/CIDRs allowed in x-prefiller-host-port (pod CIDR in a cluster)",
+        help="IPs/CIDRs allowed in x-prefiller-host-port (the pod CIDR); 'private' = RFC 1918, "
+        "100.64.0.0/10 and fc00::/7",
+    )
+    p.add_argument(
+        "--prefill-pool-dns",
+        default="",
+        metavar="NAME",
+        help="allow the IPs this name resolves to: a headless Service selecting the prefill pods",
+    )
+    p.add_argument(
+        "--prefill-ports",
+        default="",
+        metavar="PORT[,PORT...]",
+        help="with the guard on, only these prefill ports (the model-server port)",
+    )
+    p.add_argument(
+        "--forward-credentials-to-prefill",
+        action="store_true",
+        help="send the client's Authorization/Cookie/X-Api-Key to the prefill pod too (default: "
+        "only to the local model server)",
     )
     p.add_argument(
         "--metrics-port",
@@ -109,16 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.metrics_port,
         help="serve the sidecar's own Prometheus metrics here (0 = off)",
     )
+    p.add_argument(
+        "--tracing",
+        choices=["true", "false"],
+        nargs="?",
+        const="true",
+        default="false",
+        help="export OTLP spans of the prefill and decode legs, configured by the OTEL_* environment",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> SidecarOptions:
-    allowlist = None
-    if args.enable_ssrf_protection:
-        allowlist = parse_allowlist(args.prefill_allowlist)
-    elif args.prefill_allowlist:
-        raise ValueError("--prefill-allowlist needs --enable-ssrf-protection")
+    allowlist = parse_allowlist(args.prefill_allowlist) if args.prefill_allowlist else None
+    pool_dns = args.prefill_pool_dns.strip() or None
+    ports = parse_ports(args.prefill_ports) if args.prefill_ports else None
+    if args.enable_ssrf_protection and allowlist is None and pool_dns is None:
+        raise ValueError("--enable-ssrf-protection needs --prefill-allowlist or --prefill-pool-dns")
+    if not args.enable_ssrf_protection:
+        for flag, value in (
+            ("--prefill-allowlist", allowlist),
+            ("--prefill-pool-dns", pool_dns),
+            ("--prefill-ports", ports),
+        ):
+            if value is not None:
+                raise ValueError(f"{flag} needs --enable-ssrf-protection")
     return SidecarOptions(
         port=args.port,
         host=args.host,
@@ -131,5 +164,9 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         max_conns_per_host=args.max_conns_per_host,
         max_body_bytes=args.max_body_bytes,
         prefill_allowlist=allowlist,
+        prefill_pool_dns=pool_dns,
+        prefill_ports=ports,
+        forward_credentials_to_prefill=args.forward_credentials_to_prefill,
         metrics_port=args.metrics_port,
+        tracing=args.tracing == "true",
     )

@@ -9,11 +9,12 @@ never into a half-sent response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,12 +22,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+import jsonbody
 from sidecar.config import SidecarOptions
 from sidecar.pd import (
     DISAGGREGATED_PATHS,
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
     InvalidPrefillResponse,
+    client_transfer_field,
     decode_body,
     kv_params_from_prefill,
     parse_host_port,
@@ -51,6 +54,9 @@ _NOT_FORWARDED = frozenset(
         "content-length",
     }
 )
+
+# Client credentials: sent to the local model server, not to a prefill pod (see SidecarOptions).
+_CREDENTIALS = frozenset({"authorization", "cookie", "x-api-key", "api-key"})
 
 
 class SidecarMetrics:
@@ -89,10 +95,13 @@ class PrefillFailed(Exception):
 
 
 class Sidecar:
-    def __init__(self, options: SidecarOptions) -> None:
+    def __init__(self, options: SidecarOptions, tracer: Any = None) -> None:
+        """``tracer``: an OpenTelemetry Tracer (``--tracing``; see sidecar/tracing.py), None when off."""
         self.options = options
+        self.tracer = tracer
         self.metrics = SidecarMetrics()
         self.model_server = f"http://{options.model_server_host}:{options.model_server_port}"
+        self.guard = options.guard()
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -137,28 +146,67 @@ class Sidecar:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         prefiller = request.headers.get(PREFILLER_HEADER)
         body = await request.read() if request.can_read_body else b""
-        if prefiller is None or request.method != "POST" or request.path not in DISAGGREGATED_PATHS:
+        disaggregate = (
+            prefiller is not None and request.method == "POST" and request.path in DISAGGREGATED_PATHS
+        )
+        parsed: Any = None
+        if disaggregate or _may_carry_transfer_fields(body):
+            # Client-supplied transfer parameters must never reach the model server, whatever the
+            # path: they make vLLM connect to the host they name. Checking needs the parsed body.
+            try:
+                parsed = jsonbody.loads(body)
+            except jsonbody.BodyError as exc:
+                return _error(400, exc.message, exc.field)
+            field = client_transfer_field(parsed)
+            if field is not None:
+                return _error(
+                    400, f"'{field}' is set by the serving stack and must not come from a client", field
+                )
+        if not disaggregate or prefiller is None:
             self.metrics.requests.labels("passthrough").inc()
             return await self._forward(request, body, _forward_headers(request.headers))
-        return await self._disaggregated(request, body, prefiller)
+        if self.tracer is None:
+            return await self._disaggregated(request, parsed, prefiller)
+        from opentelemetry import propagate
 
-    async def _disaggregated(self, request: web.Request, raw: bytes, prefiller: str) -> web.StreamResponse:
+        parent = propagate.extract(request.headers)
+        with self.tracer.start_as_current_span("llm_d.sidecar.pd", context=parent) as span:
+            span.set_attribute("llm_d.prefill_endpoint", prefiller)
+            response = await self._disaggregated(request, parsed, prefiller)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    def _leg(self, name: str, headers: CIMultiDict[str]) -> Any:
+        """A child span for one leg (and its ``traceparent`` on the leg's request); nothing when off."""
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        from opentelemetry import propagate
+
+        span = self.tracer.start_as_current_span(name)
+        carrier: dict[str, str] = {}
+
+        @contextlib.contextmanager
+        def leg() -> Iterator[Any]:
+            with span as current:
+                propagate.inject(carrier)
+                headers.update(carrier)
+                yield current
+
+        return leg()
+
+    async def _disaggregated(self, request: web.Request, original: Any, prefiller: str) -> web.StreamResponse:
         try:
             host, port = parse_host_port(prefiller)
         except ValueError as exc:
             return _error(400, str(exc))
-        if not self.options.prefill_allowed(host):
-            self.metrics.ssrf_rejections.inc()
-            log.warning("refusing prefill on %s: not in the allowlist", prefiller)
-            return _error(403, f"prefill host {host} is not allowed")
-        try:
-            original = json.loads(raw)
-        except ValueError:
-            original = None
+        if self.guard is not None:
+            refusal = await self.guard.allows(host, port)
+            if refusal is not None:
+                self.metrics.ssrf_rejections.inc()
+                log.warning("refusing prefill on %r: %s", prefiller[:100], refusal)
+                return _error(403, f"prefill target refused: {refusal}")
         if not isinstance(original, dict):
-            # Not something to split: let the model server produce its own error.
-            self.metrics.requests.labels("passthrough").inc()
-            return await self._forward(request, raw, _forward_headers(request.headers))
+            return _error(400, "the request body must be a JSON object")
 
         self.metrics.requests.labels("disaggregated").inc()
         headers = _forward_headers(request.headers)
@@ -167,9 +215,18 @@ class Sidecar:
         # The sidecar itself parses the prefill answer and the session does not decompress:
         # ask for it uncompressed (aiohttp would otherwise offer gzip on its own).
         prefill_headers = CIMultiDict(headers)
+        if not self.options.forward_credentials_to_prefill:
+            for name in _CREDENTIALS:
+                prefill_headers.popall(name, None)
         prefill_headers["Accept-Encoding"] = "identity"
         try:
-            kv_params = await self._prefill(url, prefill_body(original), prefill_headers)
+            with self._leg("llm_d.sidecar.prefill", prefill_headers) as leg:
+                try:
+                    kv_params = await self._prefill(url, prefill_body(original), prefill_headers, host)
+                except PrefillFailed as exc:
+                    if leg is not None:
+                        leg.set_attribute("llm_d.fallback_reason", exc.reason)
+                    raise
         except PrefillFailed as exc:
             self.metrics.fallbacks.labels(exc.reason).inc()
             log.warning(
@@ -179,23 +236,32 @@ class Sidecar:
                 exc.reason,
                 exc,
             )
-            return await self._forward(request, json.dumps(original).encode(), headers)
+            with self._leg("llm_d.sidecar.decode", headers) as leg:
+                if leg is not None:
+                    leg.set_attribute("llm_d.local_prefill", True)
+                return await self._forward(request, json.dumps(original).encode(), headers)
         # vLLM answers 500 when it cannot load the remote KV (kv_load_failure_policy "fail", e.g. a
         # NIXL handshake timing out); nothing has reached the client yet, so run it locally instead.
-        return await self._forward(
-            request,
-            json.dumps(decode_body(original, kv_params)).encode(),
-            headers,
-            local_retry=json.dumps(original).encode(),
-        )
+        with self._leg("llm_d.sidecar.decode", headers):
+            return await self._forward(
+                request,
+                json.dumps(decode_body(original, kv_params)).encode(),
+                headers,
+                local_retry=json.dumps(original).encode(),
+            )
 
-    async def _prefill(self, url: str, body: dict[str, Any], headers: CIMultiDict[str]) -> dict[str, Any]:
+    async def _prefill(
+        self, url: str, body: dict[str, Any], headers: CIMultiDict[str], host: str
+    ) -> dict[str, Any]:
         started = time.monotonic()
         timeout = aiohttp.ClientTimeout(
             total=self.options.prefill_timeout_s, sock_connect=self.options.connect_timeout_s
         )
         try:
-            async with self.session.post(url, json=body, headers=headers, timeout=timeout) as response:
+            # No redirects: the answer must come from the host the EPP chose, not one it points to.
+            async with self.session.post(
+                url, json=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
                 payload = await response.read()
                 if response.status // 100 != 2:
                     raise PrefillFailed("status", f"HTTP {response.status}: {payload[:200]!r}")
@@ -204,8 +270,8 @@ class Sidecar:
         except aiohttp.ClientError as exc:
             raise PrefillFailed("connect", repr(exc)) from exc
         try:
-            params = kv_params_from_prefill(json.loads(payload))
-        except (ValueError, InvalidPrefillResponse) as exc:
+            params = kv_params_from_prefill(jsonbody.loads(payload), prefill_host=host)
+        except (jsonbody.BodyError, InvalidPrefillResponse) as exc:
             raise PrefillFailed("invalid_response", str(exc)) from exc
         self.metrics.prefill_seconds.observe(time.monotonic() - started)
         return params
@@ -297,14 +363,27 @@ def _join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _error(status: int, message: str) -> web.Response:
+def _may_carry_transfer_fields(body: bytes) -> bool:
+    """False when the body cannot be a JSON object holding a transfer field: not an object, or
+    neither the name nor a \\u escape (which could spell it) appears. Most pass-through requests
+    skip the JSON parse, and non-JSON bodies (multipart uploads) are never parsed."""
+    return body.lstrip()[:1] == b"{" and (b"transfer_params" in body or b"\\u" in body)
+
+
+def _error(status: int, message: str, param: str | None = None) -> web.Response:
+    # vLLM's error shape (message, type, param, code), so clients parse both the same way.
     return web.json_response(
-        {"error": {"message": message, "type": "SidecarError", "code": status}}, status=status
+        {"error": {"message": message, "type": "SidecarError", "param": param, "code": status}}, status=status
     )
 
 
 async def serve(options: SidecarOptions) -> None:
-    sidecar = Sidecar(options)
+    provider = None
+    if options.tracing:
+        from sidecar.tracing import tracer_provider
+
+        provider = tracer_provider()
+    sidecar = Sidecar(options, provider.get_tracer("llm-d.sidecar") if provider is not None else None)
     runners = [web.AppRunner(sidecar.app(), access_log=None)]
     if options.metrics_port:
         runners.append(web.AppRunner(sidecar.metrics_app(), access_log=None))
@@ -325,3 +404,5 @@ async def serve(options: SidecarOptions) -> None:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        if provider is not None:
+            await asyncio.to_thread(provider.shutdown)  # export the last batch of spans

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 
 from simulator.kvcache import BlockPool, BlockTable
 from simulator.params import SimParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False, slots=True)
@@ -81,6 +84,10 @@ class RequestTooLarge(ValueError):
     pass
 
 
+class EngineDead(RuntimeError):
+    """The engine loop has ended: nothing submitted now would ever run."""
+
+
 class Engine:
     def __init__(
         self,
@@ -101,9 +108,24 @@ class Engine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._preempted_this_step: set[Sequence] = set()
+        self.step_failures = 0
+        self.dead: BaseException | None = None  # why the loop ended, if it ever does
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sim-engine")
+        self._task.add_done_callback(self._engine_ended)
+
+    @property
+    def healthy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _engine_ended(self, task: asyncio.Task[None]) -> None:
+        """The loop only ends by cancellation (stop()); anything else must be loud: vLLM's
+        /health reports a dead engine, and so does the simulator's (server.py)."""
+        if task.cancelled():
+            return
+        self.dead = task.exception() or RuntimeError("engine loop returned")
+        log.critical("the engine loop died; every request will fail", exc_info=self.dead)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -113,6 +135,8 @@ class Engine:
             self._task = None
 
     def submit(self, seq: Sequence) -> None:
+        if self.dead is not None:
+            raise EngineDead(f"the engine loop died: {self.dead!r}")
         blocks_needed = -(-(seq.prompt_tokens + seq.max_tokens) // self.params.block_size)
         if blocks_needed > self.params.num_blocks:
             raise RequestTooLarge(
@@ -132,22 +156,47 @@ class Engine:
 
     async def _run(self) -> None:
         while True:
-            self._drop_aborted()
-            self._admit()
-            if not self.running:
+            try:
+                busy = await self._step()
+            except Exception:
+                # A bug in one step must not stop the engine for good (it once froze a pod with
+                # 62 requests waiting and an empty log): say so, fail what was in flight, go on.
+                log.exception(
+                    "engine step failed; aborting %d running and %d waiting requests",
+                    len(self.running),
+                    len(self.waiting),
+                )
+                self.step_failures += 1
+                self._fail_all()
+                continue
+            if not busy:
                 self._wake.clear()
                 await self._wake.wait()
-                continue
-            prefill_chunks, decoders = self._plan()
-            p = self.params
-            step = (
-                p.step_overhead_s
-                + p.prefill_per_token_s * sum(prefill_chunks.values())
-                + p.decode_per_seq_s * len(decoders)
-            )
-            await self._sleep(step)
-            self.steps += 1
-            self._advance(prefill_chunks, decoders)
+
+    async def _step(self) -> bool:
+        """One engine step; False when there is nothing to run."""
+        self._drop_aborted()
+        self._admit()
+        if not self.running:
+            return False
+        prefill_chunks, decoders = self._plan()
+        p = self.params
+        step = (
+            p.step_overhead_s
+            + p.prefill_per_token_s * sum(prefill_chunks.values())
+            + p.decode_per_seq_s * len(decoders)
+        )
+        await self._sleep(step)
+        self.steps += 1
+        self._advance(prefill_chunks, decoders)
+        return True
+
+    def _fail_all(self) -> None:
+        for seq in [*self.running, *self.waiting]:
+            if seq.finished_at is None:
+                self._finish(seq, "abort")
+        self.running.clear()
+        self.waiting.clear()
 
     def _drop_aborted(self) -> None:
         if any(seq.aborted for seq in self.waiting):
@@ -168,7 +217,9 @@ class Engine:
             cacheable = (seq.prompt_tokens - 1) // p.block_size
             matched = min(self.pool.cached_prefix(seq.hashes), cacheable)
             needed = -(-(seq.context_tokens + 1) // p.block_size) - matched
-            if needed > self.pool.allocatable:
+            # Exact, as vLLM admits: matched blocks nobody holds are counted as allocatable, and
+            # sharing them takes them out of that count.
+            if needed + self.pool.free_cached(seq.hashes[:matched]) > self.pool.allocatable:
                 break
             self.waiting.popleft()
             self.pool.acquire_prefix(seq.table, seq.hashes[:matched])

@@ -61,6 +61,12 @@ class BlockPool:
             matched += 1
         return matched
 
+    def free_cached(self, hashes: list[int]) -> int:
+        """How many of these cached blocks nobody holds: sharing them takes them out of the
+        allocatable count (vLLM counts them the same way when it admits a request:
+        vllm/v1/core/single_type_kv_cache_manager.py, get_num_blocks_to_allocate)."""
+        return sum(1 for block_hash in hashes if block_hash in self._evictable)
+
     def contains(self, block_hash: int) -> bool:
         return block_hash in self._refs or block_hash in self._evictable
 

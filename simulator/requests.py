@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from simulator.sampling import SamplingError, validate_sampling
 from simulator.tokens import count_tokens, id_piece, render_chat
 
 Api = Literal["completions", "chat"]
@@ -13,14 +14,19 @@ Api = Literal["completions", "chat"]
 class ApiError(Exception):
     """An error vLLM would answer with ``{"error": {message, type, param, code}}``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self._error_type = error_type
 
     @property
     def error_type(self) -> str:
+        if self._error_type is not None:
+            return self._error_type
         return {400: "BadRequestError", 404: "NotFoundError"}.get(self.status, "InternalServerError")
 
     def body(self) -> dict[str, Any]:
@@ -52,12 +58,22 @@ def parse_generation(
 ) -> GenerationRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    try:
+        sampling = validate_sampling(api, body)
+    except SamplingError as exc:
+        # pydantic's type errors are typed "Bad Request" by vLLM, its own range checks BadRequestError.
+        raise ApiError(400, exc.message, exc.param, "Bad Request" if exc.validation else None) from None
     model = body.get("model", served_model)
     if model != served_model:
         raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {served_model}.", "model")
     prompt_text = _prompt_text(api, body)
     prompt_tokens = count_tokens(prompt_text)
-    max_tokens = _max_tokens(api, body)
+    # Chat prefers max_completion_tokens (the newer name); completions only know max_tokens.
+    max_tokens = (
+        sampling.get("max_completion_tokens", sampling.get("max_tokens"))
+        if api == "chat"
+        else sampling.get("max_tokens")
+    )
     if max_tokens is not None and max_tokens > max_model_len:
         raise ApiError(
             400,
@@ -74,15 +90,13 @@ def parse_generation(
             "Please reduce the length of the input messages or the completion.",
             "input_tokens",
         )
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream must be a boolean", "stream")
+    stream = sampling.get("stream", False)
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise ApiError(400, "stream_options must be an object", "stream_options")
     if stream_options is not None and not stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
-    choices = body.get("n", 1)
+    choices = sampling.get("n", 1)
     if choices != 1:
         raise ApiError(
             400, f"the simulator generates one choice per request; n={choices!r} is not supported", "n"
@@ -126,19 +140,6 @@ def _prompt_text(api: Api, body: dict[str, Any]) -> str:
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
     return prompt
-
-
-def _max_tokens(api: Api, body: dict[str, Any]) -> int | None:
-    # Chat prefers max_completion_tokens (the newer name); completions only know max_tokens.
-    names = ("max_completion_tokens", "max_tokens") if api == "chat" else ("max_tokens",)
-    for name in names:
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ApiError(400, f"{name} must be an integer >= 1, got {value!r}", name)
-        return value
-    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from simulator.engine import Engine, RequestTooLarge, Sequence
+import jsonbody
+from simulator.engine import Engine, EngineDead, RequestTooLarge, Sequence
 from simulator.params import SimParams
 from simulator.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
 from simulator.tokens import block_hashes, output_token, token_ids, token_pieces
@@ -36,10 +37,12 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> Any:
+    """The body, parsed with the limits the EPP and the sidecar apply (jsonbody): a prompt with a
+    lone surrogate cannot be tokenised, hashed or logged, and is refused with the field named."""
     try:
-        return await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"JSON decode error: {exc}", "body") from exc
+        return jsonbody.loads(await request.read())
+    except jsonbody.BodyError as exc:
+        raise ApiError(400, exc.message, exc.field or "body") from None
 
 
 def _compact(value: Any) -> str:
@@ -87,7 +90,9 @@ class SimServer:
     # --- simple routes -------------------------------------------------------------------------
 
     async def _health(self, _request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        # vLLM answers 503 once its engine is dead (vllm/entrypoints/serve/instrumentator/health.py),
+        # so a liveness probe restarts the pod instead of leaving it to time requests out.
+        return web.Response(status=200 if self.engine.healthy else 503)
 
     async def _models(self, _request: web.Request) -> web.Response:
         model = {
@@ -144,13 +149,13 @@ class SimServer:
 
     async def _pull(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            body = await _json_body(request)
             hashes = self.exports.pull(
                 str(body["remote_engine_id"]),
                 str(body["remote_request_id"]),
                 [int(b) for b in body["remote_block_ids"]],
             )
-        except (ValueError, KeyError, TypeError):
+        except (ApiError, ValueError, KeyError, TypeError):
             return _json({"error": "no KV held for that engine/request/blocks"}, status=404)
         return _json({"block_hashes": hashes})
 
@@ -224,6 +229,8 @@ class SimServer:
         except RequestTooLarge as exc:
             error = ApiError(400, str(exc), "max_tokens")
             return _json(error.body(), status=400)
+        except EngineDead as exc:
+            return _json(ApiError(500, str(exc)).body(), status=500)
         try:
             if parsed.stream:
                 return await self._stream(request, parsed, seq)
@@ -349,7 +356,13 @@ class SimServer:
             "created": int(time.time()),
             "model": parsed.model,
         }
+        first = await seq.tokens.get()
+        if first is None:
+            return  # aborted before its first token
         if chat:
+            # vLLM 0.32 sends the role chunk with the first token, not when the stream opens
+            # (vllm/entrypoints/openai/chat_completion/serving.py: the role delta is emitted while
+            # handling the first engine output); sending it early made the EPP's TTFT read ~5 ms.
             yield {
                 **head,
                 "choices": [
@@ -363,7 +376,8 @@ class SimServer:
                 "prompt_token_ids": None,
                 "prompt_text": None,
             }
-        while (position := await seq.tokens.get()) is not None:
+        position: int | None = first
+        while position is not None:
             last = position + 1 >= seq.max_tokens
             text = self._text(seq, position, position + 1)
             choice: dict[str, Any] = {"index": 0}
@@ -379,6 +393,7 @@ class SimServer:
                 choice["prompt_token_ids"] = None
             choice["token_ids"] = None
             yield {**head, "choices": [choice]}
+            position = await seq.tokens.get()
         if seq.finish_reason == "abort":
             return
         if parsed.include_usage:

@@ -11,8 +11,10 @@ simulator pulls over its own HTTP port (``POST /sim/kv/pull``), so ``remote_port
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+import jsonbody
 from simulator.engine import Engine, Sequence
 from simulator.params import SimParams
 
@@ -33,6 +36,28 @@ KV_BYTES_PER_TOKEN = 2 * 2 * 4 * 64 * 2
 
 class TransferError(Exception):
     pass
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _host_port(host: Any, port: Any) -> tuple[str, int]:
+    """``remote_host``/``remote_port`` as a host and a port only: the host becomes part of a URL, so
+    "h/x" or "u@h" must not slip a path or userinfo in (the sidecar parses its header the same way)."""
+    if isinstance(port, bool) or not isinstance(port, int | str):
+        raise TypeError(f"remote_port must be a port number, got {port!r}")
+    text = str(port)
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise ValueError(f"remote_port must be a TCP port, got {port!r}")
+    if not isinstance(host, str):
+        raise TypeError(f"remote_host must be a string, got {type(host).__name__}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        if not host.isascii() or len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"remote_host must be an IP address or a host name, got {host[:80]!r}") from None
+    return host, int(text)
 
 
 def _flatten(block_ids: Any) -> list[int]:
@@ -120,7 +145,7 @@ async def pull_remote(
 ) -> tuple[list[int], float]:
     """Fetch the prefilled blocks a request's kv_transfer_params point at; returns (hashes, seconds)."""
     try:
-        host, port = params["remote_host"], int(params["remote_port"])
+        host, port = _host_port(params["remote_host"], params["remote_port"])
         payload = {
             "remote_engine_id": params["remote_engine_id"],
             "remote_request_id": params["remote_request_id"],
@@ -130,13 +155,18 @@ async def pull_remote(
         raise TransferError(f"kv_transfer_params incomplete for a remote prefill: {exc!r}") from exc
     started = time.monotonic()
     try:
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         async with session.post(
-            f"http://{host}:{port}{PULL_PATH}", json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            f"http://{authority}{PULL_PATH}",
+            json=payload,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,  # the blocks come from the host named, or not at all
         ) as response:
             if response.status != 200:
                 raise TransferError(f"prefill instance {host}:{port} answered {response.status} to the pull")
-            hashes = (await response.json())["block_hashes"]
-    except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+            # The same limits as every body this stack parses (depth, surrogates): jsonbody.
+            hashes = jsonbody.loads(await response.read())["block_hashes"]
+    except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError) as exc:
         raise TransferError(f"pull from {host}:{port} failed: {exc!r}") from exc
     if not isinstance(hashes, list) or hashes != expected[: len(hashes)]:
         # The prefill instance computed a different prompt: its KV is useless here.

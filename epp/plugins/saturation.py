@@ -59,6 +59,8 @@ class ConcurrencyDetector(SaturationDetector, Filter):
     in-flight requests (no fail-open, as in llm-d). Only ``concurrencyMode: requests`` is
     implemented; the token modes are a start-up error rather than a silent substitute."""
 
+    reads_in_flight = True
+
     def __init__(self, name: str, max_concurrency: int, headroom: float) -> None:
         super().__init__(name)
         self.max_concurrency = max_concurrency

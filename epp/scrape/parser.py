@@ -106,13 +106,15 @@ def parse_metrics(text: str, now: float, names: MetricNames = VLLM) -> EndpointM
             kv_usage = value if kv_usage is None else max(kv_usage, value)
         if kv_usage is not None:
             break
-    missing = [
-        n
-        for n, v in ((names.waiting, waiting), (names.running, running), ("/".join(names.kv_usage), kv_usage))
-        if v is None
-    ]
+    core = ((names.waiting, waiting), (names.running, running), ("/".join(names.kv_usage), kv_usage))
+    missing = [n for n, v in core if v is None]
     if missing:
         raise MetricsParseError(f"metrics page lacks {', '.join(missing)}")
+    # +Inf/NaN are legal in the exposition format but mean nothing as a queue length or a usage
+    # fraction: the page is unusable, like one without the metric (a counted scrape failure).
+    broken = [f"{n}={v}" for n, v in core if v is not None and not math.isfinite(v)]
+    if broken:
+        raise MetricsParseError(f"metrics page reports non-finite {', '.join(broken)}")
     assert waiting is not None and running is not None and kv_usage is not None
 
     running_loras: frozenset[str] = frozenset()
@@ -138,7 +140,7 @@ def parse_metrics(text: str, now: float, names: MetricNames = VLLM) -> EndpointM
     return EndpointMetrics(
         waiting=_count(waiting),
         running=_count(running),
-        kv_usage=min(1.0, max(0.0, kv_usage)) if not math.isnan(kv_usage) else 0.0,
+        kv_usage=min(1.0, max(0.0, kv_usage)),
         running_loras=running_loras,
         waiting_loras=waiting_loras,
         max_loras=max_loras,
@@ -149,13 +151,22 @@ def parse_metrics(text: str, now: float, names: MetricNames = VLLM) -> EndpointM
 
 
 def _count(value: float) -> int:
-    return 0 if math.isnan(value) or value < 0 else round(value)
+    return 0 if value < 0 else round(value)  # finite: parse_metrics refused the rest
+
+
+# Label values are free text: a count in one must be a plain, sane integer to be used at all.
+_MAX_LABEL_INT = 2**53
 
 
 def _int(value: str | None, default: int | None) -> int | None:
+    """An integer label value ("16", "16.0"); ``default`` for anything else, "1e999" and "inf"
+    included (int(inf) raises OverflowError, which once killed a pod's poll task for good)."""
     if value is None:
         return default
     try:
-        return int(float(value))
+        number = float(value)
     except ValueError:
         return default
+    if not math.isfinite(number) or not -_MAX_LABEL_INT <= number <= _MAX_LABEL_INT:
+        return default
+    return int(number)

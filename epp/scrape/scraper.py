@@ -94,11 +94,30 @@ class MetricsScraper:
         for hostport, endpoint in live.items():
             if hostport not in self._tasks:
                 self._targets[hostport] = endpoint
-                self._tasks[hostport] = asyncio.create_task(self._poll(endpoint), name=f"scrape {hostport}")
+                self._start(endpoint, first_delay=random.uniform(0, self.interval))
 
-    async def _poll(self, endpoint: Endpoint) -> None:
+    def _start(self, endpoint: Endpoint, first_delay: float) -> None:
+        task = asyncio.create_task(self._poll(endpoint, first_delay), name=f"scrape {endpoint.hostport}")
+        self._tasks[endpoint.hostport] = task
+        task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A poll task only ends by cancellation. If one ever ends otherwise (a bug), its endpoint
+        would silently keep its last metrics forever: log it and start a new one."""
+        if task.cancelled():
+            return
+        hostport = next((hp for hp, t in self._tasks.items() if t is task), None)
+        if hostport is None or self._session is None:
+            return
+        endpoint = self._targets[hostport]
+        error = task.exception()
+        log.error("metrics poll task of %s ended (%r); restarting it", endpoint.name, error, exc_info=error)
+        epp_metrics.SCRAPE_TASK_RESTARTS.inc()
+        self._start(endpoint, first_delay=self.interval)
+
+    async def _poll(self, endpoint: Endpoint, first_delay: float) -> None:
         # A random first delay spreads the pool's scrapes over the interval instead of in bursts.
-        await asyncio.sleep(random.uniform(0, self.interval))
+        await asyncio.sleep(first_delay)
         while True:
             started = time.monotonic()
             await self.scrape(endpoint)
@@ -116,6 +135,10 @@ class MetricsScraper:
                 raise MetricsParseError(f"HTTP {status}")
             endpoint.metrics = parse_metrics(body.decode("utf-8", "replace"), time.monotonic(), self.names)
         except (aiohttp.ClientError, HttpError, TimeoutError, MetricsParseError, OSError) as exc:
+            self._failed(endpoint, url, exc)
+            return False
+        except Exception as exc:  # a parser or client bug: still one failed scrape, never a dead task
+            log.exception("unexpected error scraping %s (%s)", endpoint.name, url)
             self._failed(endpoint, url, exc)
             return False
         finally:

@@ -5,7 +5,7 @@
 """
 
 from epp.metrics import ServerMetrics
-from epp.server.app import EppServer, ServerOptions, TlsFiles
+from epp.server.app import EppServer, ServerOptions
 from epp.server.body import parse_request_body
 from epp.server.stream import BodyMode, ExtProcStream, StreamSettings
 
@@ -16,6 +16,5 @@ __all__ = [
     "ServerMetrics",
     "ServerOptions",
     "StreamSettings",
-    "TlsFiles",
     "parse_request_body",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
@@ -15,6 +14,7 @@ from epp.metrics import MetricsHttpServer, ServerMetrics
 from epp.server.health import HealthServicer
 from epp.server.processor import ExternalProcessor
 from epp.server.stream import StreamSettings
+from epp.server.tls import CertificateSource
 from epp.types import Director
 
 log = logging.getLogger(__name__)
@@ -25,24 +25,20 @@ _MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """Certificate and key for ``--secure-serving`` (PEM files)."""
-
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True, slots=True)
 class ServerOptions:
     host: str = "0.0.0.0"
     grpc_port: int = 9002
     grpc_health_port: int = 9003
     metrics_port: int = 9090
     stream: StreamSettings = field(default_factory=StreamSettings)
-    # After SIGTERM: readiness goes NOT_SERVING at once, ext_proc keeps serving this long so the
-    # proxy can notice and move new streams elsewhere before the process exits.
+    # After SIGTERM: readiness goes NOT_SERVING at once and ext_proc keeps taking new streams for
+    # drain_notice seconds (the time the gateway needs to see that and send new streams to other
+    # replicas), then waits for the open streams to finish, drain_timeout in all at most. Then the
+    # listeners close with GOAWAY.
     drain_timeout: float = 30.0
-    tls: TlsFiles | None = None
+    drain_notice: float = 5.0
+    # --secure-serving: the pair the ext_proc port serves (self-signed or mounted); None = cleartext.
+    tls: CertificateSource | None = None
 
 
 class EppServer:
@@ -87,22 +83,41 @@ class EppServer:
             "ext_proc over TLS" if self.options.tls else "plaintext",
         )
 
-    def _bind(self, server: grpc.aio.Server, port: int, tls: TlsFiles | None) -> None:
+    def _bind(self, server: grpc.aio.Server, port: int, tls: CertificateSource | None) -> None:
         address = f"{self.options.host}:{port}"
         if tls is None:
             server.add_insecure_port(address)
             return
-        credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
-        server.add_secure_port(address, credentials)
+        server.add_secure_port(address, _grpc_credentials(tls))
 
     async def drain(self) -> None:
-        """Report NOT_SERVING, then keep serving for the drain timeout: the proxy and Kubernetes need
-        that long to stop sending new streams here."""
+        """Report NOT_SERVING; keep taking new streams for the notice period (the gateway moves new
+        streams to other replicas meanwhile); then close the ext_proc listener with GOAWAY and let
+        the open streams finish, the drain timeout in all at most. GOAWAY matters for gateways that
+        reach the EPP through its Service's ClusterIP (kgateway resolves the Service name): their
+        HTTP/2 connection would otherwise keep carrying new streams here until the process exits.
+        A replica drained this way loses no request it accepted."""
         self.health.draining = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        notice = min(self.options.drain_notice, self.options.drain_timeout)
         log.info(
-            "draining for %.1fs (%d streams open)", self.options.drain_timeout, self.processor.active_streams
+            "draining: readiness off, still serving for %.1fs, then up to %.1fs for the open streams",
+            notice,
+            self.options.drain_timeout,
         )
-        await asyncio.sleep(self.options.drain_timeout)
+        await asyncio.sleep(notice)
+        open_streams = self.processor.active_streams
+        if self._grpc is not None:
+            # grpc.aio: GOAWAY now, new streams refused, open ones run until done or the grace ends.
+            server, self._grpc = self._grpc, None
+            await server.stop(max(0.0, started + self.options.drain_timeout - loop.time()))
+        if self.processor.active_streams:
+            log.warning("drain timeout: %d streams still open were cut", self.processor.active_streams)
+        else:
+            log.info(
+                "drained after %.1fs (%d streams finished after GOAWAY)", loop.time() - started, open_streams
+            )
 
     async def stop(self, grace: float = 1.0) -> None:
         for server in (self._grpc, self._health_grpc):
@@ -110,3 +125,17 @@ class EppServer:
                 await server.stop(grace)
         self._grpc = self._health_grpc = None
         await self._metrics_http.stop()
+
+
+def _grpc_credentials(tls: CertificateSource) -> grpc.ServerCredentials:
+    """gRPC core asks the fetcher before each handshake; it answers a new configuration only when
+    the mounted pair changed (CertificateSource rate-limits the file checks)."""
+
+    def configuration(key_pem: bytes, cert_pem: bytes) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)])
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        renewed = tls.changed()
+        return None if renewed is None else configuration(renewed.key_pem, renewed.cert_pem)
+
+    return grpc.dynamic_ssl_server_credentials(configuration(tls.pair.key_pem, tls.pair.cert_pem), fetch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonbody
 from epp.types import EppError, ParsedBody
 
 _CHAT_SUFFIX = "/chat/completions"
@@ -18,6 +19,7 @@ _COMPLETIONS_SUFFIX = "/completions"
 def parse_request_body(path: str, raw: bytes) -> tuple[dict[str, Any], ParsedBody]:
     """Decode ``raw`` and extract what scheduling needs. ``path`` may carry a query string."""
     body = _decode_json_object(raw)
+    _refuse_transfer_params(body)
     model = body.get("model")
     if model is None:
         raise EppError(400, "request body has no 'model' field")
@@ -43,18 +45,33 @@ def _decode_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise EppError(400, "request body is empty; expected a JSON object")
     try:
-        text = raw.decode("utf-8")  # JSON on the wire is UTF-8; no guessing of other encodings
-    except UnicodeDecodeError as exc:
-        raise EppError(400, f"request body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    try:
-        body = json.loads(text)
-    except ValueError as exc:
-        raise EppError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise EppError(400, "request body is not valid JSON: nested too deeply") from None
+        body = jsonbody.loads(raw)
+    except jsonbody.BodyError as error:
+        raise EppError(400, error.message) from None
     if not isinstance(body, dict):
         raise EppError(400, f"request body must be a JSON object, got {_describe(body)}")
     return body
+
+
+# Fields that make a vLLM server open connections to hosts named in them: NixlConnector's side
+# channel (kv_transfer_params.remote_host/remote_port) and the encoder-cache connector
+# (ec_transfer_params). Only the P/D sidecar behind the gateway may set them; from a client they are
+# an SSRF vector. vLLM also copies ``vllm_xargs`` into the same extra_args dict these two land in
+# (vllm/entrypoints/openai/completion/protocol.py, to_sampling_params), so they are refused there too.
+TRANSFER_FIELDS = ("kv_transfer_params", "ec_transfer_params")
+
+
+def _refuse_transfer_params(body: dict[str, Any]) -> None:
+    for name in TRANSFER_FIELDS:
+        if name in body:
+            raise EppError(400, f"'{name}' is set by the serving stack and must not come from a client")
+    xargs = body.get("vllm_xargs")
+    if isinstance(xargs, dict):
+        for name in TRANSFER_FIELDS:
+            if name in xargs:
+                raise EppError(
+                    400, f"'vllm_xargs.{name}' is set by the serving stack and must not come from a client"
+                )
 
 
 def _render_prompt(prompt: Any, field: str = "prompt") -> str:

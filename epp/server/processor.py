@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,8 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self._budget = BufferBudget(settings.max_buffered_request_bytes)
         self._request_ids = ActiveRequestIds()
         self.active_streams = 0
+        self.idle = asyncio.Event()  # set while no stream is open (what a drain waits for)
+        self.idle.set()
 
     # A coroutine writing through the context (not an async generator): cancellation then runs the
     # stream's cleanup deterministically, which keeps the Director's in-flight counts exact.
@@ -34,6 +37,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     ) -> None:
         stream = ExtProcStream(self._director, self._settings, self._metrics, self._budget, self._request_ids)
         self.active_streams += 1
+        self.idle.clear()
         try:
             await stream.run(request_iterator, context.write)
         except Exception:
@@ -43,3 +47,5 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "endpoint picker stream failed")
         finally:
             self.active_streams -= 1
+            if not self.active_streams:
+                self.idle.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonbody
 from epp.types import Usage
 
 # A buffered (non-SSE) body larger than this is passed through without looking for usage.
@@ -86,7 +87,8 @@ class SseTracker:
             if not line.startswith(b"data:") or b'"usage"' not in line:
                 continue
             try:
-                found = usage_from_payload(json.loads(line[5:]))
+                # jsonbody: a model server's deeply nested answer must not raise RecursionError here.
+                found = usage_from_payload(jsonbody.loads(line[5:].strip()))
             except ValueError:
                 continue
             if found is not None:
@@ -109,6 +111,6 @@ class BufferedBodyTracker:
             self._parts.clear()
         if end_of_stream and self._parts:
             try:
-                self.usage = usage_from_payload(json.loads(b"".join(self._parts)))
+                self.usage = usage_from_payload(jsonbody.loads(b"".join(self._parts)))
             except ValueError:
                 self.usage = None

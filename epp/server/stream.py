@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import NoReturn
 
 from envoy.config.core.v3 import base_pb2
@@ -38,17 +37,13 @@ from epp.server.protocol import (
     STEERING_HEADERS,
     SUBSET_HINT_NAMESPACE,
 )
-from epp.server.response_body import BufferedBodyTracker, ModelNameRewriter, SseTracker
-from epp.types import Decision, Director, EppError, InferenceRequest, ParsedBody, Usage
+from epp.server.response_body import ModelNameRewriter, SseTracker
+from epp.server.state import BodyMode, RequestState, ResponseState
+from epp.types import Decision, Director, EppError, InferenceRequest, ParsedBody
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[ext_proc.ProcessingResponse], Awaitable[None]]
-
-
-class BodyMode(Enum):
-    FULL_DUPLEX_STREAMED = "FULL_DUPLEX_STREAMED"
-    BUFFERED = "BUFFERED"
 
 
 _PROTO_BODY_MODES = {
@@ -104,6 +99,19 @@ class StreamSettings:
     decision_timeout: float = 30.0
     # Used when Envoy does not announce its processing mode (protocol_config, Envoy >= 1.33 sends it).
     default_body_mode: BodyMode = BodyMode.FULL_DUPLEX_STREAMED
+    # End the ext_proc stream as soon as the request is routed (the proxy then streams the response
+    # without the EPP: ext_proc protocol, "if the server closes the gRPC stream cleanly, the data
+    # plane proceeds without consulting the server"). An EPP restart then loses only requests being
+    # routed at that instant, not every response in progress; the price is no response-side data
+    # (token usage, TTFT, status) and in-flight counts that end at routing. A decision that rewrote
+    # the model name keeps the stream: the response must get the client's name back.
+    release_after_routing: bool = False
+
+
+# epp_requests_total{code} for requests whose stream ended at routing (the EPP never sees the status)
+# and for requests it could not route (CONNECT, upgrades: handed back to the proxy unrouted).
+RELEASED = "released"
+UNROUTED = "unrouted"
 
 
 class _StreamClosed(Exception):
@@ -124,29 +132,10 @@ class ExtProcStream:
         self._metrics = metrics
         self._budget = budget if budget is not None else BufferBudget(settings.max_buffered_request_bytes)
         self._request_ids = request_ids if request_ids is not None else ActiveRequestIds()
-        self._request_mode = settings.default_body_mode
-        self._response_mode: BodyMode | None = settings.default_body_mode
-        self._headers: dict[str, str] = {}
-        self._path = "/"
-        self._request_id = ""
-        self._request_id_generated = False
-        self._received_at = 0.0
-        self._body_parts: list[bytes] = []
-        self._body_size = 0
-        self._subset: list[str] | None = None
-        self._served: str | None = None
-        self._decided = False
-        # Set only once the Director returned a Decision: from then on it must hear about the end.
-        self._request: InferenceRequest | None = None
+        self._req = RequestState(mode=settings.default_body_mode)
+        self._resp = ResponseState(mode=settings.default_body_mode)
+        # Lifecycle: the Director heard of the end / the in-flight gauge holds this stream.
         self._completed = False
-        self._response_status: int | None = None
-        self._response_started = False
-        self._response_ended = False
-        self._rewriter: ModelNameRewriter | None = None
-        self._sse: SseTracker | None = None
-        self._buffered = BufferedBodyTracker()
-        self._held_response: list[bytes] = []
-        self._response_bytes = 0
         self._counted = False
 
     async def run(self, requests: AsyncIterator[ext_proc.ProcessingRequest], send: Send) -> None:
@@ -171,9 +160,10 @@ class ExtProcStream:
         elif kind == "request_body":
             await self._on_request_body(message.request_body, send)
         elif kind == "request_trailers":
-            if not self._decided:
+            if not self._req.decided:
                 await self._route(send)
             await send(messages.request_trailers_done())
+            self._maybe_release()
         elif kind == "response_headers":
             await self._on_response_headers(message.response_headers, send)
         elif kind == "response_body":
@@ -185,29 +175,40 @@ class ExtProcStream:
     # ----------------------------------------------------------------- request path
 
     async def _on_request_headers(self, headers: ext_proc.HttpHeaders, send: Send) -> None:
-        self._received_at = time.monotonic()
+        self._req.received_at = time.monotonic()
         self._metrics.in_flight.inc()
         self._counted = True
         for header in headers.headers.headers:
             value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
-            self._headers[header.key.lower()] = value
-        self._path = self._headers.get(":path", "/")
-        client_id = self._headers.get(REQUEST_ID, "")
+            self._req.headers[header.key.lower()] = value
+        self._req.path = self._req.headers.get(":path", "/")
+        client_id = self._req.headers.get(REQUEST_ID, "")
         if not client_id:
-            client_id, self._request_id_generated = str(uuid.uuid4()), True
-        self._request_id = self._request_ids.claim(client_id)
+            client_id, self._req.request_id_generated = str(uuid.uuid4()), True
+        self._req.request_id = self._request_ids.claim(client_id)
 
-        if headers.end_of_stream:
+        why = _unroutable(self._req.headers)
+        if why is not None:
+            # No body will come before the gateway accepts the tunnel, and there is nothing to
+            # schedule on: waiting for one hung such requests until a timeout. Step aside at once:
+            # let the headers through and end the stream, so the proxy carries on without the EPP
+            # (and without buffering a body that never ends, in BUFFERED mode).
+            self._req.decided = True
+            log.info("request %s (%s) cannot be routed: passed through", self._req.request_id, why)
+            await send(messages.continue_request_headers(self._client_steering_headers()))
+            self._metrics.requests.labels(UNROUTED).inc()
+            raise _StreamClosed
+        elif headers.end_of_stream:
             await self._route_headers_only(send)
-        elif self._request_mode is BodyMode.BUFFERED:
+        elif self._req.mode is BodyMode.BUFFERED:
             # Envoy waits for this answer before sending the body; strip client steering headers now.
             await send(messages.continue_request_headers(self._client_steering_headers()))
         # FULL_DUPLEX_STREAMED: the header answer waits until the body has been scheduled.
 
     async def _on_request_body(self, body: ext_proc.HttpBody, send: Send) -> None:
-        if self._decided:
+        if self._req.decided:
             return
-        if self._body_size + len(body.body) > self._settings.max_request_body_bytes:
+        if self._req.body_size + len(body.body) > self._settings.max_request_body_bytes:
             await self._reject(
                 send,
                 EppError(413, f"request body exceeds {self._settings.max_request_body_bytes} bytes"),
@@ -216,27 +217,24 @@ class ExtProcStream:
             await self._reject(
                 send, EppError(503, "the endpoint picker is buffering too many request bodies; retry later")
             )
-        self._body_size += len(body.body)
-        self._body_parts.append(body.body)
+        self._req.body_size += len(body.body)
+        self._req.body_parts.append(body.body)
         if body.end_of_stream:
             await self._route(send)
-        elif self._request_mode is not BodyMode.FULL_DUPLEX_STREAMED:
-            await self._reject(
-                send,
-                EppError(
-                    500,
-                    "the proxy streams the request body in a mode the EPP cannot hold; "
-                    "configure request_body_mode FULL_DUPLEX_STREAMED or BUFFERED",
-                ),
-            )
+            self._maybe_release()  # end_of_stream on a body: no trailers follow
+        elif self._req.mode is BodyMode.BUFFERED:
+            # BUFFERED hands over the whole body in one message; it is not end_of_stream only when
+            # request trailers follow (answered, then released, in _dispatch). Waiting for more
+            # body would wait forever; refusing it answered every request with trailers 500.
+            await self._route(send)
 
     async def _route(self, send: Send) -> None:
-        self._decided = True
-        raw = b"".join(self._body_parts)
+        self._req.decided = True
+        raw = b"".join(self._req.body_parts)
         self._release_body()
         self._metrics.request_bytes.observe(len(raw))
         try:
-            body, parsed = parse_request_body(self._path, raw)
+            body, parsed = parse_request_body(self._req.path, raw)
         except EppError as error:
             await self._reject(send, error)
         decision = await self._schedule(self._new_request(body, parsed, len(raw)), send)
@@ -245,7 +243,7 @@ class ExtProcStream:
         set_headers = self._routing_headers(decision)
         remove = [h for h in self._client_steering_headers() if h not in set_headers]
         destination = set_headers[DESTINATION_ENDPOINT]
-        if self._request_mode is BodyMode.FULL_DUPLEX_STREAMED:
+        if self._req.mode is BodyMode.FULL_DUPLEX_STREAMED:
             set_headers["content-length"] = str(len(out_body))
             await send(messages.routed_request_headers(set_headers, remove, destination))
             for chunk in messages.streamed_request_body(out_body):
@@ -258,26 +256,27 @@ class ExtProcStream:
     async def _route_headers_only(self, send: Send) -> None:
         """A request without a body (GET /v1/models, health probes through the gateway): there is no
         prompt to schedule on, so the Director picks with an empty one."""
-        self._decided = True
+        self._req.decided = True
         parsed = ParsedBody(model="", prompt_text="", stream=False, api="none")
         decision = await self._schedule(self._new_request({}, parsed), send)
         set_headers = self._routing_headers(decision)
         remove = [h for h in self._client_steering_headers() if h not in set_headers]
         await send(messages.routed_request_headers(set_headers, remove, set_headers[DESTINATION_ENDPOINT]))
+        self._maybe_release()
 
     def _new_request(
         self, body: dict[str, object], parsed: ParsedBody, body_bytes: int = 0
     ) -> InferenceRequest:
         return InferenceRequest(
-            request_id=self._request_id,
-            path=self._path,
-            headers={k: v for k, v in self._headers.items() if k not in CONSUMED_HEADERS},
+            request_id=self._req.request_id,
+            path=self._req.path,
+            headers={k: v for k, v in self._req.headers.items() if k not in CONSUMED_HEADERS},
             body=body,
             parsed=parsed,
-            objective=_first_header(self._headers, OBJECTIVE_HEADERS),
-            fairness_id=_first_header(self._headers, FAIRNESS_ID_HEADERS) or DEFAULT_FAIRNESS_ID,
-            subset=self._subset,
-            received_at=self._received_at,
+            objective=_first_header(self._req.headers, OBJECTIVE_HEADERS),
+            fairness_id=_first_header(self._req.headers, FAIRNESS_ID_HEADERS) or DEFAULT_FAIRNESS_ID,
+            subset=self._req.subset,
+            received_at=self._req.received_at,
             body_bytes=body_bytes,
         )
 
@@ -297,29 +296,38 @@ class ExtProcStream:
             await self._reject(send, EppError(500, "internal error while scheduling the request"))
         finally:
             self._metrics.scheduling.observe(time.perf_counter() - started)
-        self._request = request
+        self._req.scheduled = request
         if not decision.endpoints or not all(decision.endpoints):
             await self._reject(send, EppError(503, "no endpoint available", "rejected-no-endpoints"))
         if decision.target_model and decision.target_model != request.parsed.model and request.parsed.model:
-            self._rewriter = ModelNameRewriter(decision.target_model, request.parsed.model)
+            self._resp.rewriter = ModelNameRewriter(decision.target_model, request.parsed.model)
         return decision
+
+    def _maybe_release(self) -> None:
+        """With ``release_after_routing``, end the stream now that the request is on its way
+        (raises _StreamClosed): the Director hears the request is complete, the proxy carries on."""
+        if not self._settings.release_after_routing or self._req.scheduled is None or self._resp.rewriter:
+            return
+        self._complete(failed=False, count=False)
+        self._metrics.requests.labels(RELEASED).inc()
+        raise _StreamClosed
 
     def _routing_headers(self, decision: Decision) -> dict[str, str]:
         headers = {key.lower(): value for key, value in decision.headers.items()}
         headers[DESTINATION_ENDPOINT] = ",".join(decision.endpoints)
-        if self._request_id_generated:  # a fresh uuid is unique already: no suffix to strip
-            headers[REQUEST_ID] = self._request_id
+        if self._req.request_id_generated:  # a fresh uuid is unique already: no suffix to strip
+            headers[REQUEST_ID] = self._req.request_id
         return headers
 
     def _client_steering_headers(self) -> list[str]:
-        return [name for name in STEERING_HEADERS if name in self._headers]
+        return [name for name in STEERING_HEADERS if name in self._req.headers]
 
     async def _reject(self, send: Send, error: EppError) -> NoReturn:
         """Answer the client through Envoy and end the stream (raises _StreamClosed)."""
-        log.info("rejecting request %s with %d: %s", self._request_id, error.status, error.message)
+        log.info("rejecting request %s with %d: %s", self._req.request_id, error.status, error.message)
         self._metrics.rejections.labels(str(error.status), error.reason or "").inc()
         self._metrics.requests.labels(str(error.status)).inc()
-        self._response_status = error.status
+        self._resp.status = error.status
         await send(messages.immediate_error(error.status, error.message, error.reason))
         self._complete(failed=True, count=False)
         raise _StreamClosed
@@ -332,72 +340,70 @@ class ExtProcStream:
             key = header.key.lower()
             value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
             if key == ":status":
-                self._response_status = int(value) if value.isdigit() else 0
+                self._resp.status = int(value) if value.isdigit() else 0
             elif key == "content-type":
                 content_type = value.lower()
         if "text/event-stream" in content_type:
-            self._sse = SseTracker(self._rewriter)
-        if self._request is not None:
+            self._resp.sse = SseTracker(self._resp.rewriter)
+        if self._req.scheduled is not None:
             try:
                 self._director.handle_response_headers(
-                    self._request, self._served, self._response_status or 0
+                    self._req.scheduled, self._resp.served, self._resp.status or 0
                 )
             except Exception:
-                log.exception("director.handle_response_headers failed for %s", self._request_id)
+                log.exception("director.handle_response_headers failed for %s", self._req.request_id)
         # A rewritten model name changes the body length: let the proxy re-frame the response.
-        rewriting = self._rewriter is not None and self._response_mode is not None
+        rewriting = self._resp.rewriter is not None and self._resp.mode is not None
         await send(messages.continue_response_headers(["content-length"] if rewriting else []))
         if headers.end_of_stream:
-            self._response_ended = True
-            self._complete(failed=self._server_failed())
+            self._resp.ended = True
+            self._complete(failed=self._resp.server_failed())
 
     async def _on_response_body(self, body: ext_proc.HttpBody, send: Send) -> None:
         chunk, end = body.body, body.end_of_stream
-        if not self._response_started:
-            self._response_started = True
-            self._metrics.ttft.observe(time.monotonic() - self._received_at)
-        self._response_bytes += len(chunk)
-        if self._response_mode is BodyMode.BUFFERED:
+        if not self._resp.started:
+            self._resp.started = True
+            if self._req.scheduled is not None:  # not for local replies or unrouted requests
+                self._metrics.ttft.observe(time.monotonic() - self._req.received_at)
+        self._resp.size += len(chunk)
+        if self._resp.mode is BodyMode.BUFFERED:
             await send(messages.replaced_response_body(self._track_whole_body(chunk, end)))
-        elif self._sse is not None:
-            out = self._sse.feed(chunk, end)
+        elif self._resp.sse is not None:
+            out = self._resp.sse.feed(chunk, end)
             for message in messages.streamed_response_body(out, end, chunked=False):
                 await send(message)
-        elif self._rewriter is not None:
+        elif self._resp.rewriter is not None:
             # A JSON body can only be rewritten whole: hold it until the end.
-            self._held_response.append(chunk)
+            self._resp.held.append(chunk)
             if end:
-                whole = b"".join(self._held_response)
-                self._held_response.clear()
-                self._buffered.feed(whole, True)
-                for message in messages.streamed_response_body(self._rewriter(whole), True):
+                whole = b"".join(self._resp.held)
+                self._resp.held.clear()
+                self._resp.buffered.feed(whole, True)
+                for message in messages.streamed_response_body(self._resp.rewriter(whole), True):
                     await send(message)
         else:
-            self._buffered.feed(chunk, end)
+            self._resp.buffered.feed(chunk, end)
             for message in messages.streamed_response_body(chunk, end, chunked=False):
                 await send(message)
         if end:
-            self._response_ended = True
-            self._complete(failed=self._server_failed())
+            self._resp.ended = True
+            self._complete(failed=self._resp.server_failed())
 
     def _track_whole_body(self, chunk: bytes, end: bool) -> bytes | None:
         """Feed a (buffered) body to the usage tracker; return the rewritten body or None if unchanged."""
-        if self._sse is not None:
-            self._sse.feed(chunk, end)
+        if self._resp.sse is not None:
+            self._resp.sse.feed(chunk, end)
         else:
-            self._buffered.feed(chunk, end)
-        return self._rewriter(chunk) if self._rewriter is not None else None
-
-    def _server_failed(self) -> bool:
-        return self._response_status is None or self._response_status >= 500
+            self._resp.buffered.feed(chunk, end)
+        return self._resp.rewriter(chunk) if self._resp.rewriter is not None else None
 
     # ----------------------------------------------------------------- bookkeeping
 
     def _absorb_protocol_config(self, config: ext_proc.ProtocolConfiguration) -> None:
         request_mode = _PROTO_BODY_MODES.get(config.request_body_mode)
         if request_mode is not None:
-            self._request_mode = request_mode
-        self._response_mode = _PROTO_BODY_MODES.get(config.response_body_mode)
+            self._req.mode = request_mode
+        self._resp.mode = _PROTO_BODY_MODES.get(config.response_body_mode)
 
     def _absorb_metadata(self, context: base_pb2.Metadata) -> None:
         filter_metadata = context.filter_metadata
@@ -405,52 +411,59 @@ class ExtProcStream:
             fields = filter_metadata[SUBSET_HINT_NAMESPACE].fields
             if DESTINATION_ENDPOINT_SUBSET in fields:
                 values = fields[DESTINATION_ENDPOINT_SUBSET].list_value.values
-                self._subset = [v.string_value for v in values if v.WhichOneof("kind") == "string_value"]
+                self._req.subset = [v.string_value for v in values if v.WhichOneof("kind") == "string_value"]
         if LB_METADATA_NAMESPACE in filter_metadata:
             fields = filter_metadata[LB_METADATA_NAMESPACE].fields
             if DESTINATION_ENDPOINT_SERVED in fields:
-                self._served = fields[DESTINATION_ENDPOINT_SERVED].string_value or None
+                self._resp.served = fields[DESTINATION_ENDPOINT_SERVED].string_value or None
 
     def _complete(self, failed: bool, count: bool = True) -> None:
         if self._completed:
             return
         self._completed = True
-        usage = self._usage()
+        usage = self._resp.usage()
         if count:
-            self._metrics.requests.labels(str(self._response_status or 0)).inc()
-        if self._received_at:
-            self._metrics.duration.observe(time.monotonic() - self._received_at)
-        if self._response_bytes:
-            self._metrics.response_bytes.observe(self._response_bytes)
+            self._metrics.requests.labels(str(self._resp.status or 0)).inc()
+        if self._req.received_at:
+            self._metrics.duration.observe(time.monotonic() - self._req.received_at)
+        if self._resp.size:
+            self._metrics.response_bytes.observe(self._resp.size)
         if usage is not None:
             self._metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
             self._metrics.tokens.labels("completion").inc(usage.completion_tokens)
-        if self._request is not None:
+        if self._req.scheduled is not None:
             try:
-                self._director.handle_response_complete(self._request, usage, failed)
+                self._director.handle_response_complete(self._req.scheduled, usage, failed)
             except Exception:
-                log.exception("director.handle_response_complete failed for %s", self._request_id)
-
-    def _usage(self) -> Usage | None:
-        return self._sse.usage if self._sse is not None else self._buffered.usage
+                log.exception("director.handle_response_complete failed for %s", self._req.request_id)
 
     def _release_body(self) -> None:
-        self._body_parts.clear()
-        self._budget.release(self._body_size)
-        self._body_size = 0
+        self._req.body_parts.clear()
+        self._budget.release(self._req.body_size)
+        self._req.body_size = 0
 
     def _finish(self) -> None:
         """The stream is over (normally, by error or by cancellation)."""
         self._release_body()
-        if self._request_id:
-            self._request_ids.release(self._request_id)
-        if not self._completed and self._request is not None:
+        if self._req.request_id:
+            self._request_ids.release(self._req.request_id)
+        if not self._completed and self._req.scheduled is not None:
             # With response_body_mode NONE a finished response never shows its body: judge by status.
-            cut_short = self._response_started and not self._response_ended
-            self._complete(failed=cut_short or self._server_failed())
+            cut_short = self._resp.started and not self._resp.ended
+            self._complete(failed=cut_short or self._resp.server_failed())
         if self._counted:
             self._metrics.in_flight.dec()
             self._counted = False
+
+
+def _unroutable(headers: Mapping[str, str]) -> str | None:
+    """What makes this request one the EPP cannot route, or None: CONNECT (HTTP/1 or an HTTP/2
+    extended CONNECT carrying ``:protocol``) or an HTTP/1 protocol upgrade (``upgrade`` header)."""
+    if headers.get(":method") == "CONNECT" or ":protocol" in headers:
+        return "CONNECT request"
+    if "upgrade" in headers:
+        return f"protocol upgrade to {headers['upgrade'][:40]!r}"
+    return None
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:

@@ -21,7 +21,8 @@ import pulumi_kubernetes as k8s
 from pulumi_llmd.cloud.kubeconfig import gke_kubeconfig
 from pulumi_llmd.cloud.pools import check_gpus_per_pod
 from pulumi_llmd.components.platform import Platform, PodNetworking
-from pulumi_llmd.config.gke import GkeConfig
+from pulumi_llmd.config.gateways import GatewayProvider
+from pulumi_llmd.config.gke import GkeConfig, GkeNodePoolConfig
 from pulumi_llmd.config.models import StackConfig
 from pulumi_llmd.config.nodes import pool_tolerations
 
@@ -208,9 +209,19 @@ class GkeGpuCapacity(pulumi.ComponentResource):
     k8s_provider: k8s.Provider
     node_pool: gcp.container.NodePool
 
-    def __init__(self, name: str, config: GkeConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: GkeConfig,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        gateway_api: bool = False,
+    ) -> None:
         super().__init__("llmd:cloud:GkeGpuCapacity", name, None, opts)
         self.config = config
+        # GKE's Gateway controller (llmd:gateway.provider gke) serves only clusters with the Gateway
+        # API enabled ("Enable Gateway API in your cluster", llm-d docs/infrastructure/gateway/gke.md).
+        self.gateway_api = gateway_api
         gcp_provider = gcp.Provider(
             f"{name}-gcp",
             project=config.project,
@@ -285,6 +296,11 @@ class GkeGpuCapacity(pulumi.ComponentResource):
             remove_default_node_pool=True,
             initial_node_count=1,
             deletion_protection=spec.deletion_protection,
+            gateway_api_config=(
+                gcp.container.ClusterGatewayApiConfigArgs(channel="CHANNEL_STANDARD")
+                if self.gateway_api
+                else None
+            ),
             opts=opts,
         )
         ready: list[pulumi.Resource] = [cluster]
@@ -351,77 +367,10 @@ class GkeGpuCapacity(pulumi.ComponentResource):
         cluster_ready: list[pulumi.Resource],
         opts: pulumi.ResourceOptions,
     ) -> gcp.container.NodePool:
+        """The GPU node pool, assembled from one function per concern (below)."""
         config = self.config
         pool = config.node_pool
-        machine = pool.machine
-        flex_start = pool.provisioning == "flex-start"
-
-        autoscaling = None
-        if pool.autoscaling is not None:
-            autoscaling = gcp.container.NodePoolAutoscalingArgs(
-                min_node_count=pool.autoscaling.min_nodes,
-                max_node_count=pool.autoscaling.max_nodes,
-                # Flex-start takes capacity wherever it is obtainable within the pool's zones.
-                location_policy="ANY" if flex_start else None,
-            )
-
-        if pool.reservation is not None:
-            reservation = gcp.container.NodePoolNodeConfigReservationAffinityArgs(
-                consume_reservation_type="SPECIFIC_RESERVATION",
-                key="compute.googleapis.com/reservation-name",
-                values=[pool.reservation.affinity_value],
-            )
-        elif pool.provisioning != "standard":
-            # Spot and flex-start VMs must not be matched against reservations.
-            reservation = gcp.container.NodePoolNodeConfigReservationAffinityArgs(
-                consume_reservation_type="NO_RESERVATION"
-            )
-        else:
-            reservation = None
-
-        network_config = None
-        if self.networks is not None:
-            network_config = gcp.container.NodePoolNetworkConfigArgs(
-                additional_node_network_configs=self.networks.additional_node_network_configs()
-            )
-
-        node_config = gcp.container.NodePoolNodeConfigArgs(
-            machine_type=machine.name,
-            image_type="COS_CONTAINERD",
-            disk_size_gb=pool.disk_size_gb,
-            disk_type=pool.effective_disk_type,
-            guest_accelerators=[
-                gcp.container.NodePoolNodeConfigGuestAcceleratorArgs(
-                    type=machine.accelerator_type,
-                    count=machine.accelerator_count,
-                    gpu_driver_installation_config=gcp.container.NodePoolNodeConfigGuestAcceleratorGpuDriverInstallationConfigArgs(
-                        gpu_driver_version=pool.gpu_driver_version
-                    ),
-                )
-            ],
-            gvnic=gcp.container.NodePoolNodeConfigGvnicArgs(enabled=True),
-            ephemeral_storage_local_ssd_config=(
-                gcp.container.NodePoolNodeConfigEphemeralStorageLocalSsdConfigArgs(
-                    local_ssd_count=machine.local_ssd_count
-                )
-                if pool.local_ssd_ephemeral_storage
-                else None
-            ),
-            reservation_affinity=reservation,
-            spot=True if pool.provisioning == "spot" else None,
-            flex_start=True if flex_start else None,
-            labels=dict(pool.labels),
-            taints=[
-                gcp.container.NodePoolNodeConfigTaintArgs(key=t.key, value=t.value, effect=t.cloud_effect)
-                for t in pool.taints
-            ],
-            workload_metadata_config=gcp.container.NodePoolNodeConfigWorkloadMetadataConfigArgs(
-                mode="GKE_METADATA"
-            ),
-            service_account=pool.service_account,
-            oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
-        )
-
+        autoscaling = node_pool_autoscaling(pool)
         return gcp.container.NodePool(
             f"{name}-{pool.name}",
             name=pool.name,
@@ -434,22 +383,117 @@ class GkeGpuCapacity(pulumi.ComponentResource):
             management=gcp.container.NodePoolManagementArgs(
                 auto_repair=pool.effective_auto_repair, auto_upgrade=True
             ),
-            placement_policy=(
-                gcp.container.NodePoolPlacementPolicyArgs(
-                    type="COMPACT", policy_name=pool.placement_policy_name
-                )
-                if pool.placement == "compact"
-                else None
-            ),
-            queued_provisioning=(
-                gcp.container.NodePoolQueuedProvisioningArgs(enabled=True)
-                if pool.queued_provisioning
-                else None
-            ),
-            network_config=network_config,
-            node_config=node_config,
+            placement_policy=placement_policy(pool),
+            queued_provisioning=queued_provisioning(pool),
+            network_config=node_network_config(self.networks),
+            node_config=gpu_node_config(pool),
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=cluster_ready)),
         )
+
+
+# --- the GPU node pool, one concern per function ------------------------------------------------------
+
+
+def guest_accelerators(pool: GkeNodePoolConfig) -> list[gcp.container.NodePoolNodeConfigGuestAcceleratorArgs]:
+    """Accelerators and driver: every GPU of the machine, with GKE installing the NVIDIA driver."""
+    machine = pool.machine
+    driver = gcp.container.NodePoolNodeConfigGuestAcceleratorGpuDriverInstallationConfigArgs(
+        gpu_driver_version=pool.gpu_driver_version
+    )
+    return [
+        gcp.container.NodePoolNodeConfigGuestAcceleratorArgs(
+            type=machine.accelerator_type,
+            count=machine.accelerator_count,
+            gpu_driver_installation_config=driver,
+        )
+    ]
+
+
+def node_network_config(networks: GkeNetworks | None) -> gcp.container.NodePoolNetworkConfigArgs | None:
+    """Networking: the extra host NICs (gVNIC, then one per RDMA NIC) when RDMA is on."""
+    if networks is None:
+        return None
+    return gcp.container.NodePoolNetworkConfigArgs(
+        additional_node_network_configs=networks.additional_node_network_configs()
+    )
+
+
+def node_pool_autoscaling(pool: GkeNodePoolConfig) -> gcp.container.NodePoolAutoscalingArgs | None:
+    """Provisioning: cluster-autoscaler bounds, or None for a static pool."""
+    if pool.autoscaling is None:
+        return None
+    return gcp.container.NodePoolAutoscalingArgs(
+        min_node_count=pool.autoscaling.min_nodes,
+        max_node_count=pool.autoscaling.max_nodes,
+        # Flex-start takes capacity wherever it is obtainable within the pool's zones.
+        location_policy="ANY" if pool.provisioning == "flex-start" else None,
+    )
+
+
+def reservation_affinity(
+    pool: GkeNodePoolConfig,
+) -> gcp.container.NodePoolNodeConfigReservationAffinityArgs | None:
+    """Reservation: a specific reservation (or block), none for spot/flex-start, GKE's default otherwise."""
+    if pool.reservation is not None:
+        return gcp.container.NodePoolNodeConfigReservationAffinityArgs(
+            consume_reservation_type="SPECIFIC_RESERVATION",
+            key="compute.googleapis.com/reservation-name",
+            values=[pool.reservation.affinity_value],
+        )
+    if pool.provisioning != "standard":
+        # Spot and flex-start VMs must not be matched against reservations.
+        return gcp.container.NodePoolNodeConfigReservationAffinityArgs(
+            consume_reservation_type="NO_RESERVATION"
+        )
+    return None
+
+
+def placement_policy(pool: GkeNodePoolConfig) -> gcp.container.NodePoolPlacementPolicyArgs | None:
+    """Placement: COMPACT keeps the nodes (and their RDMA fabric hops) close, optionally in a named
+    resource policy."""
+    if pool.placement != "compact":
+        return None
+    return gcp.container.NodePoolPlacementPolicyArgs(type="COMPACT", policy_name=pool.placement_policy_name)
+
+
+def queued_provisioning(pool: GkeNodePoolConfig) -> gcp.container.NodePoolQueuedProvisioningArgs | None:
+    """Provisioning: DWS queued provisioning (flex-start with ProvisioningRequests)."""
+    return gcp.container.NodePoolQueuedProvisioningArgs(enabled=True) if pool.queued_provisioning else None
+
+
+def gpu_node_config(pool: GkeNodePoolConfig) -> gcp.container.NodePoolNodeConfigArgs:
+    """Node config: machine, disks, accelerators, gVNIC, capacity type, scheduling labels and taints,
+    and Workload Identity."""
+    machine = pool.machine
+    local_ssd = (
+        gcp.container.NodePoolNodeConfigEphemeralStorageLocalSsdConfigArgs(
+            local_ssd_count=machine.local_ssd_count
+        )
+        if pool.local_ssd_ephemeral_storage
+        else None
+    )
+    return gcp.container.NodePoolNodeConfigArgs(
+        machine_type=machine.name,
+        image_type="COS_CONTAINERD",
+        disk_size_gb=pool.disk_size_gb,
+        disk_type=pool.effective_disk_type,
+        guest_accelerators=guest_accelerators(pool),
+        gvnic=gcp.container.NodePoolNodeConfigGvnicArgs(enabled=True),
+        ephemeral_storage_local_ssd_config=local_ssd,
+        reservation_affinity=reservation_affinity(pool),
+        spot=True if pool.provisioning == "spot" else None,
+        flex_start=True if pool.provisioning == "flex-start" else None,
+        labels=dict(pool.labels),
+        taints=[
+            gcp.container.NodePoolNodeConfigTaintArgs(key=t.key, value=t.value, effect=t.cloud_effect)
+            for t in pool.taints
+        ],
+        workload_metadata_config=gcp.container.NodePoolNodeConfigWorkloadMetadataConfigArgs(
+            mode="GKE_METADATA"
+        ),
+        service_account=pool.service_account,
+        oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
+    )
 
 
 def gke_pod_networking(config: GkeConfig) -> PodNetworking:
@@ -507,7 +551,9 @@ def provision(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -
         whole_node=config.gke.rdma.enabled,
         reason="GKE gives a node's RDMA NICs to a single pod; set gke.rdma.enabled: false to share nodes",
     )
-    capacity = GkeGpuCapacity("gke", config.gke, opts=opts)
+    capacity = GkeGpuCapacity(
+        "gke", config.gke, opts=opts, gateway_api=config.gateway.provider is GatewayProvider.GKE
+    )
     return Platform(
         k8s_provider=capacity.k8s_provider,
         pod_networking=capacity.pod_networking,

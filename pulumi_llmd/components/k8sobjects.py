@@ -24,7 +24,25 @@ _TYPED: dict[tuple[str, str], Any] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): k8s.rbac.v1.RoleBinding,
     ("networking.k8s.io/v1", "NetworkPolicy"): k8s.networking.v1.NetworkPolicy,
     ("policy/v1", "PodDisruptionBudget"): k8s.policy.v1.PodDisruptionBudget,
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): k8s.autoscaling.v2.HorizontalPodAutoscaler,
 }
+
+
+def child_options(
+    component: pulumi.Resource, opts: pulumi.ResourceOptions | None, *after: pulumi.Resource
+) -> pulumi.ResourceOptions:
+    """Options for a component's child: parented to the component, so it inherits the providers the
+    component was given (``providers=`` / ``provider=`` in its opts), and after everything the
+    component itself was told to wait for (``opts.depends_on``) plus ``after``.
+
+    Pulumi does not pass a component's ``depends_on`` down to its children; forwarding it makes
+    "this component comes after X" hold for every object it creates, and puts the edge in the
+    engine's graph (previews, targeted updates, delete order) rather than only in registration timing.
+    """
+    inherited = pulumi.ResourceOptions(parent=component, depends_on=opts.depends_on if opts else None)
+    if not after:
+        return inherited
+    return pulumi.ResourceOptions.merge(inherited, pulumi.ResourceOptions(depends_on=list(after)))
 
 
 def _snake(key: str) -> str:

@@ -7,80 +7,66 @@ spans several nodes (vLLM pipeline parallel over Ray: the leader serves, workers
 Port layout (the cross-team contract): the InferencePool targets 8000 on every serving pod. On P/D
 decode pods 8000 is the routing sidecar and vLLM moves to 8200; prefill pods and decode-only pools
 run vLLM on 8000 directly.
+
+Builders take the validated :class:`ModelServerPoolInputs` (the role, the model, that role's pool
+settings, P/D or not, the sidecar settings and the platform's pod networking), never the whole stack
+configuration.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Pulumi's schema analyzer reads ModelServerPool's annotations.
 import json
 import shlex
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components import naming
-from pulumi_llmd.components.k8sobjects import register
-from pulumi_llmd.components.platform import PodNetworking
-from pulumi_llmd.config.models import Engine, PoolConfig, StackConfig, project_image
+from pulumi_llmd.components.args import ModelServerPoolArgs
+from pulumi_llmd.components.inputs import ModelServerPoolInputs, package_component
+from pulumi_llmd.components.k8sobjects import child_options, register
+from pulumi_llmd.components.naming import Role
+from pulumi_llmd.components.tracing import tracing_args, tracing_env
+from pulumi_llmd.config.inputs import validate_args
+from pulumi_llmd.config.models import Engine, EppImplementation, project_image
 
-Role = Literal["prefill", "decode"]
+__all__ = ["ModelServerPool", "ModelServerPoolInputs", "Role"]
+
 MODEL_CACHE_PATH = "/model-cache"
 DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.19.1"
 SIDECAR_SCRATCH: dict[str, Any] = {"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "64Mi"}}
 
-
-@dataclass(frozen=True)
-class ModelServerPoolArgs:
-    config: StackConfig
-    role: Role
-    pod_networking: PodNetworking
-    provider: k8s.Provider
-    # Resources the pool must wait for (namespace, token Secret, CRDs, platform operators).
-    depends_on: tuple[pulumi.Resource, ...] = ()
+Spec = ModelServerPoolInputs
 
 
-def pool_config(config: StackConfig, role: Role) -> PoolConfig:
-    return config.prefill if role == "prefill" else config.decode
-
-
-def has_sidecar(config: StackConfig, role: Role) -> bool:
-    return role == "decode" and config.disaggregated
-
-
-def engine_port(config: StackConfig, role: Role) -> int:
-    """Where vLLM (or the simulator) listens in this role's pods."""
-    return naming.VLLM_BEHIND_SIDECAR_PORT if has_sidecar(config, role) else naming.MODEL_SERVER_PORT
-
-
-def pod_labels(config: StackConfig, role: Role, *, serving: bool) -> dict[str, str]:
-    labels = {**naming.common_labels(config, "model-server"), naming.ROLE_LABEL: role}
+def pod_labels(spec: Spec, *, serving: bool) -> dict[str, str]:
+    labels = {**naming.common_labels(spec.instance, "model-server"), naming.ROLE_LABEL: str(spec.role)}
     if serving:
-        labels.update(naming.pool_selector(config))
+        labels.update(spec.serving_labels)
     return labels
 
 
-def selector_labels(config: StackConfig, role: Role) -> dict[str, str]:
-    return {"app.kubernetes.io/instance": config.name, naming.ROLE_LABEL: role}
+def selector_labels(instance: str, role: Role) -> dict[str, str]:
+    """The labels a role's workload selects its pods by (and the NetworkPolicies select them by)."""
+    return {"app.kubernetes.io/instance": instance, naming.ROLE_LABEL: str(role)}
 
 
-def model_argument(config: StackConfig) -> str:
+def model_argument(spec: Spec) -> str:
     """What vLLM loads: the HF repo id, or the path inside the mounted PVC."""
-    location = config.model.uri.split("://", 1)[1]
-    if config.model.source == "hf":
+    location = spec.model.uri.split("://", 1)[1]
+    if spec.model.source == "hf":
         return location
     _claim, _, path = location.partition("/")
     return f"{MODEL_CACHE_PATH}/{path}".rstrip("/")
 
 
-def vllm_arguments(config: StackConfig, role: Role, *, nixl_backends: tuple[str, ...] = ()) -> list[str]:
-    pool = pool_config(config, role)
+def vllm_arguments(spec: Spec) -> list[str]:
+    pool = spec.pool
     args = [
-        model_argument(config),
+        model_argument(spec),
         "--port",
-        str(engine_port(config, role)),
+        str(spec.engine_port),
         "--served-model-name",
-        config.model.name,
+        spec.model.name,
         "--tensor-parallel-size",
         str(pool.tensor_parallel),
     ]
@@ -91,48 +77,46 @@ def vllm_arguments(config: StackConfig, role: Role, *, nixl_backends: tuple[str,
             "--distributed-executor-backend",
             "ray",
         ]
-    if config.model.max_model_len is not None:
-        args += ["--max-model-len", str(config.model.max_model_len)]
+    if spec.model.max_model_len is not None:
+        args += ["--max-model-len", str(spec.model.max_model_len)]
     args.append(
-        "--enable-prefix-caching" if config.model.enable_prefix_caching else "--no-enable-prefix-caching"
+        "--enable-prefix-caching" if spec.model.enable_prefix_caching else "--no-enable-prefix-caching"
     )
-    if config.disaggregated:
+    if spec.disaggregated:
         # kv_both on both roles, as llm-d does: the sidecar decides per request who produces the KV.
         transfer: dict[str, Any] = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
-        if nixl_backends:
+        if backends := spec.pod_networking.nixl_backends:
             # The platform's fabric decides the transport (e.g. LIBFABRIC on EFA, where UCX has none).
-            transfer["kv_connector_extra_config"] = {"backends": list(nixl_backends)}
+            transfer["kv_connector_extra_config"] = {"backends": list(backends)}
         args += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
     args += ["--disable-access-log-for-endpoints", "/health,/metrics,/v1/models"]
     return args + list(pool.extra_args)
 
 
-def engine_container(
-    config: StackConfig, role: Role, networking: PodNetworking, *, leader: bool
-) -> dict[str, Any]:
-    pool = pool_config(config, role)
-    port = engine_port(config, role)
-    simulated = config.model.engine is Engine.SIMULATOR
-    port_name = "vllm-http" if has_sidecar(config, role) else "http"
-    nixl_backends = networking.nixl_backends
+def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
+    pool = spec.pool
+    networking = spec.pod_networking
+    port = spec.engine_port
+    simulated = spec.simulated
+    port_name = "vllm-http" if spec.has_sidecar else "http"
 
     if simulated:
-        sim_role = role if config.disaggregated else "both"
+        sim_role = str(spec.role) if spec.disaggregated else "both"
         command = ["python", "-m", "simulator"]
-        args = ["--host", "0.0.0.0", "--port", str(port), "--model", config.model.name, "--role", sim_role]
+        args = ["--host", "0.0.0.0", "--port", str(port), "--model", spec.model.name, "--role", sim_role]
     elif pool.nodes_per_replica > 1:
         # Ray head first, then vLLM in the foreground so the container lives as long as the server.
-        serve = shlex.join(["vllm", "serve", *vllm_arguments(config, role, nixl_backends=nixl_backends)])
+        serve = shlex.join(["vllm", "serve", *vllm_arguments(spec)])
         command = ["/bin/sh", "-c"]
         args = [f"ray start --head --port={naming.RAY_PORT} && exec {serve}"]
     else:
         command = ["vllm", "serve"]
-        args = vllm_arguments(config, role, nixl_backends=nixl_backends)
+        args = vllm_arguments(spec)
 
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(pool.env.items())]
     if not simulated:
-        env += model_source_env(config)
-    if config.disaggregated:
+        env += model_source_env(spec)
+    if spec.disaggregated:
         env += [
             {"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(naming.NIXL_SIDE_CHANNEL_PORT)},
@@ -144,7 +128,7 @@ def engine_container(
     env += [{"name": k, "value": v} for k, v in sorted(networking.env.items()) if k not in pool.env]
 
     ports = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
-    if config.disaggregated:
+    if spec.disaggregated:
         ports.append({"name": "nixl", "containerPort": naming.NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"})
     if pool.nodes_per_replica > 1 and leader:
         ports.append({"name": "ray", "containerPort": naming.RAY_PORT, "protocol": "TCP"})
@@ -156,8 +140,8 @@ def engine_container(
         "args": args,
         "env": env,
         "ports": ports,
-        "resources": _engine_resources(pool, networking, simulated=simulated),
-        "volumeMounts": _engine_mounts(config, networking),
+        "resources": _engine_resources(spec),
+        "volumeMounts": _engine_mounts(spec),
     }
     if leader:
         container.update(_engine_probes(port_name))
@@ -169,8 +153,8 @@ def engine_container(
     return container
 
 
-def ray_worker_container(config: StackConfig, role: Role, networking: PodNetworking) -> dict[str, Any]:
-    worker = engine_container(config, role, networking, leader=False)
+def ray_worker_container(spec: Spec) -> dict[str, Any]:
+    worker = engine_container(spec, leader=False)
     worker["command"] = ["/bin/sh", "-c"]
     # LWS injects LWS_LEADER_ADDRESS (the leader pod's stable DNS name) into every pod of a group.
     worker["args"] = [f'ray start --address="$LWS_LEADER_ADDRESS:{naming.RAY_PORT}" --block']
@@ -178,23 +162,58 @@ def ray_worker_container(config: StackConfig, role: Role, networking: PodNetwork
     return worker
 
 
-def sidecar_container(config: StackConfig) -> dict[str, Any]:
-    """The P/D routing sidecar, as a native sidecar (init container that keeps running)."""
-    sidecar = config.decode.sidecar
-    return {
-        "name": "routing-sidecar",
-        "image": sidecar.image,
-        "restartPolicy": "Always",
-        "command": ["python", "-m", "sidecar"],
-        "args": [
+def sidecar_container(spec: Spec) -> dict[str, Any]:
+    """The P/D routing sidecar, as a native sidecar (init container that keeps running): ours, or
+    llm-d's disagg sidecar with the flags llm-d's P/D guide gives it (llm-d/llm-d
+    guides/pd-disaggregation/modelserver/gpu/vllm/base/disaggregatedset.yaml; flag names from
+    llm-d-router v0.10.0 pkg/sidecar/proxy/options.go)."""
+    sidecar = spec.sidecar
+    upstream = spec.implementation is EppImplementation.UPSTREAM
+    if upstream:
+        args = [
+            f"--port={naming.MODEL_SERVER_PORT}",
+            f"--model-server-port={naming.VLLM_BEHIND_SIDECAR_PORT}",
+            f"--kv-connector={sidecar.kv_connector}",
+            # Its --secure-proxy defaults to true (TLS on 8000); the InferencePool's appProtocol is
+            # http, so gateways dial the pods in cleartext, as in llm-d's guide. Its SSRF guard
+            # (--enable-ssrf-protection) allowlists by InferencePool, which needs --inference-pool and
+            # pool-read RBAC for the model servers; llm-d's guide leaves it off, and so does this.
+            "--secure-proxy=false",
+        ]
+    else:
+        args = [
             "--port",
             str(naming.MODEL_SERVER_PORT),
             "--model-server-port",
             str(naming.VLLM_BEHIND_SIDECAR_PORT),
             "--kv-connector",
             sidecar.kv_connector,
-        ],
-        "ports": [{"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"}],
+            # SSRF guard on by default: prefill only on pod-network (private) addresses, on the
+            # model-server port the EPP names (issue 12). See sidecar/guard.py for the options.
+            "--enable-ssrf-protection",
+            "--prefill-allowlist",
+            "private",
+            "--prefill-ports",
+            str(naming.MODEL_SERVER_PORT),
+            "--metrics-port",
+            str(naming.SIDECAR_METRICS_PORT),
+            *tracing_args(spec.tracing),
+        ]
+    ports = [{"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"}]
+    if not upstream:
+        # Our sidecar serves its own metrics (P/D fallbacks, leg latencies) for the PodMonitor.
+        metrics = {"name": naming.SIDECAR_METRICS_PORT_NAME, "containerPort": naming.SIDECAR_METRICS_PORT}
+        ports.append({**metrics, "protocol": "TCP"})
+    env = tracing_env(spec.tracing, f"{spec.name}-sidecar") if not upstream else []
+    return {
+        "name": "routing-sidecar",
+        "image": sidecar.upstream_image if upstream else sidecar.image,
+        "restartPolicy": "Always",
+        # llm-d's image runs /app/pd-sidecar as its entrypoint (Dockerfile.sidecar).
+        **({} if upstream else {"command": ["python", "-m", "sidecar"]}),
+        "args": args,
+        **({"env": env} if env else {}),
+        "ports": ports,
         "readinessProbe": {"tcpSocket": {"port": naming.MODEL_SERVER_PORT}, "periodSeconds": 5},
         "resources": {
             "requests": {"cpu": sidecar.resources.cpu, "memory": sidecar.resources.memory},
@@ -206,79 +225,69 @@ def sidecar_container(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def model_source_env(config: StackConfig) -> list[dict[str, Any]]:
-    if config.model.source != "hf":
+def model_source_env(spec: Spec) -> list[dict[str, Any]]:
+    if spec.model.source != "hf":
         return []
-    return [
-        {"name": "HF_HOME", "value": MODEL_CACHE_PATH},
-        {
-            "name": "HF_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": naming.hf_token_secret_name(config), "key": "HF_TOKEN"}},
-        },
-    ]
+    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": MODEL_CACHE_PATH}]
+    if spec.hf_token_secret is not None:
+        reference = {"name": spec.hf_token_secret, "key": "HF_TOKEN"}
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": reference}})
+    return env
 
 
-def pod_spec(
-    config: StackConfig, role: Role, networking: PodNetworking, *, leader: bool = True
-) -> dict[str, Any]:
-    pool = pool_config(config, role)
-    simulated = config.model.engine is Engine.SIMULATOR
-    engine = (
-        engine_container(config, role, networking, leader=True)
-        if leader
-        else ray_worker_container(config, role, networking)
-    )
-    spec: dict[str, Any] = {
+def pod_spec(spec: Spec, *, leader: bool = True) -> dict[str, Any]:
+    networking = spec.pod_networking
+    engine = engine_container(spec, leader=True) if leader else ray_worker_container(spec)
+    pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # model servers never talk to the Kubernetes API
         "terminationGracePeriodSeconds": 120,
         "containers": [engine],
-        "volumes": _volumes(config, pool, networking, simulated=simulated),
+        "volumes": _volumes(spec),
     }
-    if has_sidecar(config, role) and leader:
-        spec["initContainers"] = [sidecar_container(config)]
-        spec["volumes"].append(dict(SIDECAR_SCRATCH))
+    if spec.has_sidecar and leader:
+        pod["initContainers"] = [sidecar_container(spec)]
+        pod["volumes"].append(dict(SIDECAR_SCRATCH))
     if networking.node_selector:
-        spec["nodeSelector"] = dict(sorted(networking.node_selector.items()))
+        pod["nodeSelector"] = dict(sorted(networking.node_selector.items()))
     if networking.tolerations:
-        spec["tolerations"] = list(networking.tolerations)
-    return spec
+        pod["tolerations"] = list(networking.tolerations)
+    return pod
 
 
-def pod_template(
-    config: StackConfig, role: Role, networking: PodNetworking, *, leader: bool = True
-) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"labels": pod_labels(config, role, serving=leader)}
-    if networking.annotations:
-        metadata["annotations"] = dict(sorted(networking.annotations.items()))
-    return {"metadata": metadata, "spec": pod_spec(config, role, networking, leader=leader)}
+def pod_template(spec: Spec, *, leader: bool = True) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"labels": pod_labels(spec, serving=leader)}
+    if annotations := spec.pod_networking.annotations:
+        metadata["annotations"] = dict(sorted(annotations.items()))
+    return {"metadata": metadata, "spec": pod_spec(spec, leader=leader)}
 
 
-def pool_manifest(config: StackConfig, role: Role, networking: PodNetworking) -> dict[str, Any]:
+def pool_manifest(spec: Spec) -> dict[str, Any]:
     """The Deployment (one node per replica) or LeaderWorkerSet (several) of one role."""
-    pool = pool_config(config, role)
-    name = naming.model_server_name(config, role)
+    pool = spec.pool
+    selector = selector_labels(spec.instance, spec.role)
     metadata = {
-        "name": name,
-        "namespace": config.namespace,
-        "labels": pod_labels(config, role, serving=False),
+        "name": spec.name,
+        "namespace": spec.namespace,
+        "labels": pod_labels(spec, serving=False),
     }
     if pool.nodes_per_replica == 1:
-        template = pod_template(config, role, networking)
-        template["metadata"]["labels"].update(selector_labels(config, role))
+        template = pod_template(spec)
+        template["metadata"]["labels"].update(selector)
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": metadata,
             "spec": {
-                "replicas": pool.replicas,
-                "selector": {"matchLabels": selector_labels(config, role)},
+                # With an autoscaler, the replica count is its business (every update would reset it).
+                **({} if spec.autoscaled else {"replicas": pool.replicas}),
+                "selector": {"matchLabels": selector},
                 # A model server takes minutes to load; never drop below the configured capacity.
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
                 "template": template,
             },
         }
-    leader = pod_template(config, role, networking, leader=True)
-    worker = pod_template(config, role, networking, leader=False)
+    leader = pod_template(spec, leader=True)
+    worker = pod_template(spec, leader=False)
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
@@ -297,35 +306,71 @@ def pool_manifest(config: StackConfig, role: Role, networking: PodNetworking) ->
     }
 
 
-def disruption_budget_manifest(config: StackConfig, role: Role) -> dict[str, Any]:
+def disruption_budget_manifest(spec: Spec) -> dict[str, Any]:
     """Node drains take one model-server pod at a time: capacity (and warm KV caches) go down
     gradually instead of all at once."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": {
-            "name": naming.model_server_name(config, role),
-            "namespace": config.namespace,
-            "labels": pod_labels(config, role, serving=False),
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": pod_labels(spec, serving=False),
         },
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(config, role)}},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(spec.instance, spec.role)}},
     }
 
 
+@package_component
 class ModelServerPool(pulumi.ComponentResource):
-    """One role's model servers (Deployment or LeaderWorkerSet) and their disruption budget."""
+    """One role's model servers (vLLM, or the bundled simulator): a Deployment, or a LeaderWorkerSet
+    when one replica spans nodes (pipeline parallel over Ray), and a PodDisruptionBudget that drains one
+    pod at a time. Decode pods of a disaggregated stack run the P/D routing sidecar (this project's, or
+    llm-d's with implementation upstream) on port 8000 in front of vLLM. The serving pods carry
+    servingLabels, the selector an EndpointPicker's pool needs."""
+
+    workload_name: str
+    """The Deployment or LeaderWorkerSet name (`<instance>-<role>`)."""
+    workload_kind: str
+    """`Deployment`, or `LeaderWorkerSet` when a replica spans nodes."""
+    serving_labels: dict[str, str]
+    """Labels of the serving pods: the InferencePool selector for this pool."""
 
     def __init__(
         self, name: str, args: ModelServerPoolArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.ModelServerPoolArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.ModelServerPoolInputs`):
+
+        - ``instance``, ``namespace``, ``role``: the workload is ``<instance>-<role>`` in ``namespace``.
+        - ``model``: the ``model`` section (name, uri, engine, max length, prefix caching, cache size,
+          label).
+        - ``pool``: this role's pool settings (replicas, tensor parallel, nodes per replica, image,
+          extra args, env, resources, accelerators, /dev/shm).
+        - ``disaggregated``: NIXL KV transfer on both roles; decode pods then run ``sidecar`` on 8000.
+        - ``sidecar``: the routing sidecar's settings (decode pools of a P/D stack only).
+        - ``pod_networking``: the platform's RDMA/EFA attachments and GPU-node scheduling.
+        - ``hf_token_secret``: the Secret holding ``HF_TOKEN`` for hf:// models (unset: no token).
+
+        The Kubernetes provider and ``depends_on`` (namespace, token Secret, CRDs, platform) come
+        through ``opts``; every child inherits the one and waits for the other.
+        """
+        spec = validate_args(ModelServerPoolInputs, args, component="ModelServerPool")
         super().__init__("llmd:index:ModelServerPool", name, None, opts)
-        manifest = pool_manifest(args.config, args.role, args.pod_networking)
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
+        manifest = pool_manifest(spec)
+        child = child_options(self, opts)
         self.workload = register(manifest, child)
-        self.disruption_budget = register(disruption_budget_manifest(args.config, args.role), child)
-        self.kind = manifest["kind"]
+        self.disruption_budget = register(disruption_budget_manifest(spec), child)
+        self.workload_kind = manifest["kind"]
         self.workload_name = manifest["metadata"]["name"]
-        self.register_outputs({"kind": self.kind, "name": self.workload_name})
+        self.serving_labels = spec.serving_labels
+        self.register_outputs(
+            {
+                "workloadKind": self.workload_kind,
+                "workloadName": self.workload_name,
+                "servingLabels": self.serving_labels,
+            }
+        )
 
 
 def _engine_probes(port_name: str) -> dict[str, Any]:
@@ -353,43 +398,42 @@ def _engine_probes(port_name: str) -> dict[str, Any]:
     }
 
 
-def _engine_resources(pool: PoolConfig, networking: PodNetworking, *, simulated: bool) -> dict[str, Any]:
+def _engine_resources(spec: Spec) -> dict[str, Any]:
+    pool = spec.pool
     requests: dict[str, str] = {"cpu": pool.resources.cpu, "memory": pool.resources.memory}
     limits: dict[str, str] = {"memory": pool.resources.memory}
     accelerators = pool.accelerators_per_pod()
     if accelerators > 0:
         requests[pool.accelerator.resource] = str(accelerators)
         limits[pool.accelerator.resource] = str(accelerators)
-    if not simulated:
+    if not spec.simulated:
         # Extended resources (RDMA/EFA) must be requested and limited equally.
-        for resource, count in sorted(networking.resources.items()):
+        for resource, count in sorted(spec.pod_networking.resources.items()):
             requests[resource] = count
             limits[resource] = count
     return {"requests": requests, "limits": limits}
 
 
-def _engine_mounts(config: StackConfig, networking: PodNetworking) -> list[dict[str, Any]]:
+def _engine_mounts(spec: Spec) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [{"name": "shm", "mountPath": "/dev/shm"}]
-    if config.model.engine is Engine.VLLM:
+    if spec.model.engine is Engine.VLLM:
         mount: dict[str, Any] = {"name": "model-cache", "mountPath": MODEL_CACHE_PATH}
-        if config.model.source == "pvc":
+        if spec.model.source == "pvc":
             mount["readOnly"] = True
         mounts.append(mount)
-    return mounts + list(networking.volume_mounts)
+    return mounts + list(spec.pod_networking.volume_mounts)
 
 
-def _volumes(
-    config: StackConfig, pool: PoolConfig, networking: PodNetworking, *, simulated: bool
-) -> list[dict[str, Any]]:
+def _volumes(spec: Spec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": pool.shm_size}}
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.pool.shm_size}}
     ]
-    if not simulated:
-        if config.model.source == "hf":
-            volumes.append({"name": "model-cache", "emptyDir": {"sizeLimit": config.model.cache_size}})
+    if not spec.simulated:
+        if spec.model.source == "hf":
+            volumes.append({"name": "model-cache", "emptyDir": {"sizeLimit": spec.model.cache_size}})
         else:
-            claim = config.model.uri.split("://", 1)[1].split("/", 1)[0]
+            claim = spec.model.uri.split("://", 1)[1].split("/", 1)[0]
             volumes.append(
                 {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
             )
-    return volumes + list(networking.volumes)
+    return volumes + list(spec.pod_networking.volumes)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
-
-from pulumi_llmd.config.models import StackConfig
 
 # Pool selector and role labels (llm-d conventions; the EPP's prefill/decode filters read the role).
 SERVING_LABEL = "llm-d.ai/inference-serving"
 MODEL_LABEL = "llm-d.ai/model"
 ROLE_LABEL = "llm-d.ai/role"
-# Gateway API's recommended label on in-cluster gateway proxy pods (kgateway sets it).
+# Gateway API's recommended label on in-cluster gateway proxy pods (agentgateway, Istio and kgateway set it).
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 INFERENCE_POOL_GROUP = "inference.networking.k8s.io"
 
@@ -27,43 +26,60 @@ RAY_PORT = 6379
 # 65532 is the conventional "nonroot" user of distroless-style images.
 NON_ROOT_UID = 65532
 
+# The P/D sidecar's own Prometheus metrics on decode pods (`--metrics-port`).
+SIDECAR_METRICS_PORT = 9090
+SIDECAR_METRICS_PORT_NAME = "sidecar-metrics"
+
 EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090
 
 
-def common_labels(config: StackConfig, component: str) -> dict[str, str]:
+class Role(StrEnum):
+    """A model-server pool's role (the `llm-d.ai/role` label the EPP's prefill/decode filters read)."""
+
+    PREFILL = "prefill"
+    """Computes the prompt's KV cache and hands it to a decode pod (P/D disaggregation)."""
+    DECODE = "decode"
+    """Generates tokens; without P/D it serves whole requests."""
+
+
+# Every name below derives from the stack's instance name (``llmd:name``): two stacks in one
+# namespace or cluster never collide, and an object's name says which stack owns it.
+
+
+def common_labels(instance: str, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/part-of": "llmd",
-        "app.kubernetes.io/instance": config.name,
+        "app.kubernetes.io/instance": instance,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "pulumi",
     }
 
 
-def pool_selector(config: StackConfig) -> dict[str, str]:
+def pool_selector(model_label: str) -> dict[str, str]:
     """The InferencePool's matchLabels: every serving model-server pod (both roles) carries these."""
-    return {SERVING_LABEL: "true", MODEL_LABEL: config.model.label_value}
+    return {SERVING_LABEL: "true", MODEL_LABEL: model_label}
 
 
-def pool_name(config: StackConfig) -> str:
-    return config.name
+def pool_name(instance: str) -> str:
+    return instance
 
 
-def epp_name(config: StackConfig) -> str:
-    return f"{config.name}-epp"
+def epp_name(instance: str) -> str:
+    return f"{instance}-epp"
 
 
-def gateway_name(config: StackConfig) -> str:
-    return f"{config.name}-gateway"
+def gateway_name(instance: str) -> str:
+    return f"{instance}-gateway"
 
 
-def model_server_name(config: StackConfig, role: str) -> str:
-    return f"{config.name}-{role}"
+def model_server_name(instance: str, role: Role) -> str:
+    return f"{instance}-{role}"
 
 
-def hf_token_secret_name(config: StackConfig) -> str:
-    return f"{config.name}-hf-token"
+def hf_token_secret_name(instance: str) -> str:
+    return f"{instance}-hf-token"
 
 
 def hardened_security_context() -> dict[str, Any]:

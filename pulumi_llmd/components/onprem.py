@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components import naming
-from pulumi_llmd.components.k8sobjects import register
-from pulumi_llmd.components.platform import PodNetworking
-from pulumi_llmd.config.models import OnPremConfig, OperatorChartConfig, RdmaNetworkConfig, StackConfig
+from pulumi_llmd.components.inputs import OnPremAcceleratorsArgs, RdmaNetworksArgs
+from pulumi_llmd.components.k8sobjects import child_options, register
+from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
+from pulumi_llmd.config.models import OnPremConfig, OperatorChartConfig, RdmaNetworkConfig
 
 NVIDIA_HELM_REPO = "https://helm.ngc.nvidia.com/nvidia"
 MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
@@ -84,19 +84,25 @@ def cni_config(network: RdmaNetworkConfig) -> str:
     return json.dumps(plugin, sort_keys=True)
 
 
-def network_attachment_manifest(config: StackConfig, network: RdmaNetworkConfig) -> dict[str, Any]:
+def network_attachment(network: RdmaNetworkConfig) -> NetworkAttachment:
+    return NetworkAttachment(
+        name=network.name, config=cni_config(network), resource_name=network.resource_name
+    )
+
+
+def network_attachment_manifest(networks: RdmaNetworksArgs, attachment: NetworkAttachment) -> dict[str, Any]:
     metadata: dict[str, Any] = {
-        "name": network.name,
-        "namespace": config.namespace,
-        "labels": naming.common_labels(config, "rdma-network"),
+        "name": attachment.name,
+        "namespace": networks.namespace,
+        "labels": naming.common_labels(networks.instance, "rdma-network"),
     }
-    if network.resource_name:
-        metadata["annotations"] = {NAD_RESOURCE_ANNOTATION: network.resource_name}
+    if attachment.resource_name:
+        metadata["annotations"] = {NAD_RESOURCE_ANNOTATION: attachment.resource_name}
     return {
         "apiVersion": "k8s.cni.cncf.io/v1",
         "kind": "NetworkAttachmentDefinition",
         "metadata": metadata,
-        "spec": {"config": cni_config(network)},
+        "spec": {"config": attachment.config},
     }
 
 
@@ -127,29 +133,24 @@ def onprem_pod_networking(onprem: OnPremConfig) -> PodNetworking:
         capabilities=["IPC_LOCK"] if (onprem.rdma_resource or onprem.rdma_networks) else [],
         node_selector=dict(onprem.node_selector),
         tolerations=tolerations,
+        network_attachments=[network_attachment(n) for n in onprem.rdma_networks],
     )
-
-
-@dataclass(frozen=True)
-class OnPremAcceleratorsArgs:
-    config: StackConfig
-    provider: k8s.Provider
 
 
 class OnPremAccelerators(pulumi.ComponentResource):
     """Cluster-wide GPU Operator and Network Operator, and the pod networking they make possible.
 
-    The namespaced Multus networks are a separate component (:class:`RdmaNetworks`) created by the
-    stack inside its own namespace, after these operators.
+    Args (:class:`~pulumi_llmd.components.inputs.OnPremAcceleratorsArgs`, Python only): the stack's
+    ``instance`` (for labels) and the ``onprem`` section. The Kubernetes provider comes through
+    ``opts``. The namespaced Multus networks are part of :attr:`pod_networking`; the stack creates
+    them in its own namespace (:class:`RdmaNetworks`), after these operators.
     """
 
     def __init__(
         self, name: str, args: OnPremAcceleratorsArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("llmd:index:OnPremAccelerators", name, None, opts)
-        onprem = args.config.onprem
-        if onprem is None:
-            raise ValueError("OnPremAccelerators needs config.onprem")
+        onprem = args.onprem
         self.operators: list[pulumi.Resource] = []
         charts = (
             ("gpu-operator", onprem.gpu_operator, gpu_operator_values(onprem)),
@@ -157,7 +158,7 @@ class OnPremAccelerators(pulumi.ComponentResource):
         )
         for chart_name, chart, values in charts:
             if chart.install:
-                self.operators.append(self._operator(chart_name, chart, values, args))
+                self.operators.append(self._operator(chart_name, chart, values, args.instance, opts))
         self.pod_networking = onprem_pod_networking(onprem)
         self.register_outputs({"operators": [c[0] for c in charts if c[1].install]})
 
@@ -166,7 +167,8 @@ class OnPremAccelerators(pulumi.ComponentResource):
         chart_name: str,
         chart: OperatorChartConfig,
         values: dict[str, Any],
-        args: OnPremAcceleratorsArgs,
+        instance: str,
+        opts: pulumi.ResourceOptions | None,
     ) -> pulumi.Resource:
         namespace = register(
             {
@@ -175,13 +177,13 @@ class OnPremAccelerators(pulumi.ComponentResource):
                 "metadata": {
                     "name": chart.namespace,
                     "labels": {
-                        **naming.common_labels(args.config, chart_name),
+                        **naming.common_labels(instance, chart_name),
                         # Driver and device-plugin daemonsets need host access.
                         "pod-security.kubernetes.io/enforce": "privileged",
                     },
                 },
             },
-            pulumi.ResourceOptions(parent=self, provider=args.provider),
+            child_options(self, opts),
         )
         return k8s.helm.v4.Chart(
             chart_name,
@@ -190,24 +192,21 @@ class OnPremAccelerators(pulumi.ComponentResource):
             namespace=chart.namespace,
             repository_opts={"repo": NVIDIA_HELM_REPO},
             values=values,
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace]),
+            opts=child_options(self, opts, namespace),
         )
 
 
-@dataclass(frozen=True)
-class RdmaNetworksArgs:
-    config: StackConfig
-    provider: k8s.Provider
-    # The stack namespace and the operators that install Multus (and with it the NAD CRD).
-    depends_on: tuple[pulumi.Resource, ...] = ()
-
-
 class RdmaNetworks(pulumi.ComponentResource):
-    """One NetworkAttachmentDefinition per configured RDMA network, in the stack namespace."""
+    """One NetworkAttachmentDefinition per Multus network of the platform's pod networking, in the
+    stack's namespace.
+
+    Args (:class:`~pulumi_llmd.components.inputs.RdmaNetworksArgs`, Python only): ``instance``,
+    ``namespace`` and the ``attachments``. ``depends_on`` in ``opts``: the namespace, and the operators
+    that install Multus (and with it the NetworkAttachmentDefinition CRD).
+    """
 
     def __init__(self, name: str, args: RdmaNetworksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("llmd:index:RdmaNetworks", name, None, opts)
-        networks = args.config.onprem.rdma_networks if args.config.onprem else []
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
-        self.attachments = [register(network_attachment_manifest(args.config, n), child) for n in networks]
-        self.register_outputs({"networks": [n.name for n in networks]})
+        child = child_options(self, opts)
+        self.attachments = [register(network_attachment_manifest(args, a), child) for a in args.attachments]
+        self.register_outputs({"networks": [a.name for a in args.attachments]})

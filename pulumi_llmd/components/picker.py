@@ -1,18 +1,23 @@
-"""The endpoint picker: RBAC, config, Deployment, Service and the InferencePool that points at it."""
+"""The endpoint picker: RBAC, config, Deployment, Service and the InferencePool that points at it.
 
-from __future__ import annotations
+Builders take the validated :class:`EndpointPickerInputs` (pool name, namespace, served models, the
+pool's pod selector, P/D or not, and the ``epp`` settings), never the whole stack configuration.
+"""
 
+# No `from __future__ import annotations`: Pulumi's schema analyzer reads EndpointPicker's annotations.
 import hashlib
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components import naming
-from pulumi_llmd.components.k8sobjects import register
+from pulumi_llmd.components.args import EndpointPickerArgs
+from pulumi_llmd.components.inputs import EndpointPickerInputs, package_component
+from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.pickerconfig import render_epp_config
-from pulumi_llmd.config.models import StackConfig
+from pulumi_llmd.components.tracing import tracing_args, tracing_env
+from pulumi_llmd.config.inputs import validate_args
+from pulumi_llmd.config.models import EppImplementation
 
 CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
@@ -20,23 +25,19 @@ TLS_DIR = "/etc/epp/tls"
 CONFIG_CHECKSUM_ANNOTATION = "llm-d.ai/epp-config-sha256"
 
 
-@dataclass(frozen=True)
-class EndpointPickerArgs:
-    config: StackConfig
-    provider: k8s.Provider
-    # The namespace, and the InferencePool CRD install the pool object needs.
-    depends_on: tuple[pulumi.Resource, ...] = ()
+Picker = EndpointPickerInputs
 
 
-def epp_labels(config: StackConfig) -> dict[str, str]:
+def epp_labels(picker: Picker) -> dict[str, str]:
     return {
-        **naming.common_labels(config, "endpoint-picker"),
-        "app.kubernetes.io/name": naming.epp_name(config),
+        **naming.common_labels(picker.pool_name, "endpoint-picker"),
+        "app.kubernetes.io/name": picker.epp_name,
     }
 
 
-def epp_selector(config: StackConfig) -> dict[str, str]:
-    return {"app.kubernetes.io/instance": config.name, "app.kubernetes.io/name": naming.epp_name(config)}
+def epp_selector(pool_name: str) -> dict[str, str]:
+    """The EPP pods' labels that its Service (and the NetworkPolicies) select."""
+    return {"app.kubernetes.io/instance": pool_name, "app.kubernetes.io/name": naming.epp_name(pool_name)}
 
 
 # InferenceObjective (request priorities) and InferenceModelRewrite (model-name rules) live in
@@ -44,7 +45,7 @@ def epp_selector(config: StackConfig) -> dict[str, str]:
 OBJECTIVE_GROUPS = ["llm-d.ai", "inference.networking.x-k8s.io"]
 
 
-def role_rules(config: StackConfig) -> list[dict[str, Any]]:
+def role_rules(picker: Picker) -> list[dict[str, Any]]:
     """Exactly what the EPP reads, read-only: pods (endpoints), its InferencePool, the
     InferenceObjectives and the InferenceModelRewrites; leases and events only with leader election."""
     read = ["get", "list", "watch"]
@@ -54,7 +55,7 @@ def role_rules(config: StackConfig) -> list[dict[str, Any]]:
         {"apiGroups": OBJECTIVE_GROUPS, "resources": ["inferenceobjectives"], "verbs": read},
         {"apiGroups": OBJECTIVE_GROUPS, "resources": ["inferencemodelrewrites"], "verbs": read},
     ]
-    if config.epp.leader_election:
+    if picker.settings.leader_election:
         rules += [
             {
                 "apiGroups": ["coordination.k8s.io"],
@@ -66,13 +67,16 @@ def role_rules(config: StackConfig) -> list[dict[str, Any]]:
     return rules
 
 
-def epp_arguments(config: StackConfig) -> list[str]:
-    epp = config.epp
+def epp_arguments(picker: Picker) -> list[str]:
+    """The EPP's flags. Both implementations take llm-d's names (``--pool-name``, ``--config-file``,
+    ``--secure-serving`` ...; llm-d-router v0.10.0 pkg/epp/server/options.go), durations in Go form;
+    each gets the few flags only it has (see the README's bundled/upstream table)."""
+    epp = picker.settings
     args = [
         "--pool-name",
-        naming.pool_name(config),
+        picker.pool_name,
         "--pool-namespace",
-        config.namespace,
+        picker.namespace,
         "--pool-group",
         naming.INFERENCE_POOL_GROUP,
         "--config-file",
@@ -85,44 +89,64 @@ def epp_arguments(config: StackConfig) -> list[str]:
         str(naming.EPP_METRICS_PORT),
         f"--secure-serving={'true' if epp.secure_serving else 'false'}",
         "--refresh-metrics-interval",
-        _seconds(epp.refresh_metrics_interval),
+        go_duration(epp.refresh_metrics_interval),
         "--metrics-staleness-threshold",
-        _seconds(epp.metrics_staleness_threshold),
-        "--served-models",
-        config.model.name,
+        go_duration(epp.metrics_staleness_threshold),
     ]
-    if epp.secure_serving:
-        args += ["--cert-path", TLS_DIR]
+    if epp.secure_serving and epp.tls_secret_name is not None:
+        # A mounted Secret (cert-manager renews it in place): serve it, and the renewed pair to new
+        # connections without a restart, as upstream's --enable-cert-reload does.
+        args += ["--cert-path", TLS_DIR, "--enable-cert-reload"]
     if epp.leader_election:
         args.append("--ha-enable-leader-election")
-    return args
+    if epp.implementation is EppImplementation.UPSTREAM:
+        args += [
+            # Same RBAC as the bundled EPP: no TokenReview/SubjectAccessReview for /metrics (the chart's
+            # default needs a ClusterRole; routerlib templates/_rbac.yaml), no pprof handlers on the
+            # metrics port (both default on upstream). Tracing below: off unless llmd:tracing is on
+            # (upstream traces to localhost:4317 by default).
+            "--metrics-endpoint-auth=false",
+            "--enable-pprof=false",
+        ]
+    else:
+        # The bundled EPP's own: answer 404 for models the pool does not serve.
+        args += ["--served-models", ",".join(picker.served_models)]
+    return args + tracing_args(picker.tracing, explicit_off=True)
 
 
-def config_checksum(config: StackConfig) -> str:
-    return hashlib.sha256(render_epp_config(config).encode()).hexdigest()
+def picker_config(picker: Picker) -> str:
+    """The EndpointPickerConfig YAML the EPP loads."""
+    return render_epp_config(picker.settings, disaggregated=picker.disaggregated)
 
 
-def config_map_manifest(config: StackConfig) -> dict[str, Any]:
+def config_checksum(picker: Picker) -> str:
+    return hashlib.sha256(picker_config(picker).encode()).hexdigest()
+
+
+def config_map_manifest(picker: Picker) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(config),
-        "data": {CONFIG_FILE: render_epp_config(config)},
+        "metadata": _metadata(picker),
+        "data": {CONFIG_FILE: picker_config(picker)},
     }
 
 
-def deployment_manifest(config: StackConfig) -> dict[str, Any]:
-    name = naming.epp_name(config)
-    epp = config.epp
+def deployment_manifest(picker: Picker) -> dict[str, Any]:
+    name = picker.epp_name
+    epp = picker.settings
     health = naming.EPP_HEALTH_PORT
+    upstream = epp.implementation is EppImplementation.UPSTREAM
     container: dict[str, Any] = {
         "name": "epp",
-        "image": epp.image,
-        "command": ["python", "-m", "epp"],
-        "args": epp_arguments(config),
+        # llm-d's image runs its EPP as the entrypoint; ours is a Python image with three programs.
+        "image": epp.upstream_image if upstream else epp.image,
+        **({} if upstream else {"command": ["python", "-m", "epp"]}),
+        "args": epp_arguments(picker),
         "env": [
             {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *tracing_env(picker.tracing, name),
         ],
         "ports": [
             {"name": "grpc", "containerPort": naming.EPP_GRPC_PORT, "protocol": "TCP"},
@@ -156,17 +180,17 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(config),
+        "metadata": _metadata(picker),
         "spec": {
             "replicas": epp.replicas,
             # Never run two differently configured pickers side by side during a rollout.
             "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": epp_selector(config)},
+            "selector": {"matchLabels": epp_selector(picker.pool_name)},
             "template": {
                 "metadata": {
-                    "labels": {**epp_labels(config), **epp_selector(config)},
+                    "labels": {**epp_labels(picker), **epp_selector(picker.pool_name)},
                     # The EPP reads its config once: a changed ConfigMap must roll the pods.
-                    "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(config)},
+                    "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(picker)},
                 },
                 "spec": {
                     "serviceAccountName": name,
@@ -180,14 +204,14 @@ def deployment_manifest(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def service_manifest(config: StackConfig) -> dict[str, Any]:
+def service_manifest(picker: Picker) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(config),
+        "metadata": _metadata(picker),
         "spec": {
             "type": "ClusterIP",
-            "selector": epp_selector(config),
+            "selector": epp_selector(picker.pool_name),
             "ports": [
                 {
                     "name": "grpc-ext-proc",
@@ -195,7 +219,11 @@ def service_manifest(config: StackConfig) -> dict[str, Any]:
                     "targetPort": "grpc",
                     "protocol": "TCP",
                     # gRPC: cleartext HTTP/2 unless the EPP serves TLS.
-                    "appProtocol": "https" if config.epp.secure_serving else "kubernetes.io/h2c",
+                    # HTTP/2, as upstream declares it with or without TLS (llm-d-router v0.10.0
+                    # config/charts/routerlib/templates/_service.yaml): gateways add TLS themselves
+                    # (kgateway, agentgateway) or by DestinationRule (Istio); "https" would make Istio
+                    # treat the port as opaque TLS and drop the HTTP/2 gRPC needs.
+                    "appProtocol": "kubernetes.io/h2c",
                 },
                 {
                     "name": "http-metrics",
@@ -208,80 +236,110 @@ def service_manifest(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def inference_pool_manifest(config: StackConfig) -> dict[str, Any]:
+def inference_pool_manifest(picker: Picker) -> dict[str, Any]:
     return {
         "apiVersion": f"{naming.INFERENCE_POOL_GROUP}/v1",
         "kind": "InferencePool",
         "metadata": {
-            "name": naming.pool_name(config),
-            "namespace": config.namespace,
-            "labels": naming.common_labels(config, "inference-pool"),
+            "name": picker.pool_name,
+            "namespace": picker.namespace,
+            "labels": naming.common_labels(picker.pool_name, "inference-pool"),
         },
         "spec": {
-            "selector": {"matchLabels": naming.pool_selector(config)},
+            "selector": {"matchLabels": dict(picker.selector)},
             "targetPorts": [{"number": naming.MODEL_SERVER_PORT}],
             "appProtocol": "http",
             "endpointPickerRef": {
                 "group": "",
                 "kind": "Service",
-                "name": naming.epp_name(config),
+                "name": picker.epp_name,
                 "port": {"number": naming.EPP_GRPC_PORT},
-                "failureMode": config.epp.failure_mode.value,
+                "failureMode": picker.settings.failure_mode.value,
             },
         },
     }
 
 
-def service_account_manifest(config: StackConfig) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(config)}
+def service_account_manifest(picker: Picker) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(picker)}
 
 
-def role_manifest(config: StackConfig) -> dict[str, Any]:
+def role_manifest(picker: Picker) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(config),
-        "rules": role_rules(config),
+        "metadata": _metadata(picker),
+        "rules": role_rules(picker),
     }
 
 
-def role_binding_manifest(config: StackConfig) -> dict[str, Any]:
-    name = naming.epp_name(config)
+def role_binding_manifest(picker: Picker) -> dict[str, Any]:
+    name = picker.epp_name
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(config),
+        "metadata": _metadata(picker),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": config.namespace}],
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": picker.namespace}],
     }
 
 
+@package_component
 class EndpointPicker(pulumi.ComponentResource):
+    """The endpoint picker (EPP) of one InferencePool, and the pool itself: a ServiceAccount with a
+    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (this project's EPP, or llm-d's
+    with settings.implementation upstream) and Service (ext_proc gRPC on 9002, TLS by default; metrics
+    on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that Service.
+    Select the model-server pods with selector (a ModelServerPool's servingLabels)."""
+
+    pool_name: str
+    """The InferencePool's name."""
+    service_name: str
+    """The EPP Service the pool's endpointPickerRef names."""
+
     def __init__(
         self, name: str, args: EndpointPickerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        """Args (:class:`~pulumi_llmd.components.args.EndpointPickerArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.EndpointPickerInputs`):
+
+        - ``pool_name``: the InferencePool's name; the EPP's objects are ``<pool_name>-epp``.
+        - ``namespace``: where the pool and the EPP live.
+        - ``served_models``: the model names clients send (``--served-models``).
+        - ``selector``: the model-server pod labels the pool selects (``ModelServerPool.serving_labels``).
+        - ``disaggregated``: P/D profiles in the generated EndpointPickerConfig.
+        - ``settings``: the ``epp`` section of the stack config (image, replicas, leader election,
+          failure mode, TLS, a full config override, metrics timing, resources).
+
+        Providers and dependencies come through ``opts``: the Kubernetes provider is inherited by every
+        child, and ``depends_on`` (the namespace, the InferencePool CRD) is passed on to each of them.
+        """
+        picker = validate_args(EndpointPickerInputs, args, component="EndpointPicker")
         super().__init__("llmd:index:EndpointPicker", name, None, opts)
-        config = args.config
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
+        child = child_options(self, opts)
 
-        def after(*resources: pulumi.Resource) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(resources)))
-
-        account = register(service_account_manifest(config), child)
-        role = register(role_manifest(config), child)
-        binding = register(role_binding_manifest(config), after(account, role))
-        settings = register(config_map_manifest(config), child)
-        self.deployment = register(deployment_manifest(config), after(binding, settings))
-        self.service = register(service_manifest(config), child)
+        account = register(service_account_manifest(picker), child)
+        role = register(role_manifest(picker), child)
+        binding = register(role_binding_manifest(picker), child_options(self, opts, account, role))
+        settings = register(config_map_manifest(picker), child)
+        self.deployment = register(deployment_manifest(picker), child_options(self, opts, binding, settings))
+        self.service = register(service_manifest(picker), child)
         # The pool names the Service as its picker; create it once the Service exists.
-        self.pool = register(inference_pool_manifest(config), after(self.service))
-        self.pool_name = naming.pool_name(config)
-        self.register_outputs({"pool_name": self.pool_name, "service_name": naming.epp_name(config)})
+        self.pool = register(inference_pool_manifest(picker), child_options(self, opts, self.service))
+        self.pool_name = picker.pool_name
+        self.service_name = picker.epp_name
+        self.register_outputs({"poolName": self.pool_name, "serviceName": self.service_name})
 
 
-def _metadata(config: StackConfig) -> dict[str, Any]:
-    return {"name": naming.epp_name(config), "namespace": config.namespace, "labels": epp_labels(config)}
+def _metadata(picker: Picker) -> dict[str, Any]:
+    return {"name": picker.epp_name, "namespace": picker.namespace, "labels": epp_labels(picker)}
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}"
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration (``50ms``, ``2s``), the form both EPPs parse."""
+    milliseconds = round(seconds * 1000)
+    if milliseconds % 1000 == 0:
+        return f"{milliseconds // 1000}s"
+    if milliseconds > 0 and abs(milliseconds - seconds * 1000) < 1e-6:
+        return f"{milliseconds}ms"
+    return f"{round(seconds * 1_000_000)}us"

@@ -7,10 +7,10 @@ from typing import Any
 import yaml
 
 from pulumi_llmd.config.models import (
+    EppConfig,
     EppFlowControlConfig,
     FlowControlBand,
     FlowControlPriorityBand,
-    StackConfig,
 )
 
 API_VERSION = "llm-d.ai/v1alpha1"
@@ -111,9 +111,9 @@ def with_flow_control(document: dict[str, Any], flow: EppFlowControlConfig) -> d
     plugin: dict[str, Any] = {"type": detector.type}
     if detector.parameters():
         plugin["parameters"] = detector.parameters()
-    section: dict[str, Any] = {"defaultRequestTTL": flow.default_request_ttl}
-    if flow.no_endpoint_request_ttl is not None:
-        section["noEndpointRequestTTL"] = flow.no_endpoint_request_ttl
+    section: dict[str, Any] = {"defaultRequestTTL": flow.default_request_TTL}
+    if flow.no_endpoint_request_TTL is not None:
+        section["noEndpointRequestTTL"] = flow.no_endpoint_request_TTL
     for key, value in (("maxRequests", flow.max_requests), ("maxBytes", flow.max_bytes)):
         if value is not None:
             section[key] = value
@@ -162,13 +162,11 @@ def _band(band: FlowControlBand) -> dict[str, Any]:
     return rendered
 
 
-def render_epp_config(config: StackConfig) -> str:
+def render_epp_config(settings: EppConfig, *, disaggregated: bool) -> str:
     """The YAML text for the EPP ConfigMap: the operator's override, else the generated config."""
-    if config.epp.config is not None:
-        return config.epp.config
+    if settings.config is not None:
+        return settings.config
     document = (
-        disaggregated_config(config.epp.pd_non_cached_tokens)
-        if config.disaggregated
-        else in_flight_aware_config()
+        disaggregated_config(settings.pd_non_cached_tokens) if disaggregated else in_flight_aware_config()
     )
-    return yaml.safe_dump(with_flow_control(document, config.epp.flow_control), sort_keys=False)
+    return yaml.safe_dump(with_flow_control(document, settings.flow_control), sort_keys=False)

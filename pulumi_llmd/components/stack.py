@@ -1,156 +1,380 @@
-"""LlmdStack: the whole llm-d-style inference stack on a cluster, from one validated StackConfig.
+"""LlmdStack: the whole llm-d-style inference stack on a cluster, from the ``llmd:`` stack-config keys.
 
-Another Pulumi program can reuse it with its own cluster and config::
+Another Python program reuses it with its own cluster (the same keys as ``Pulumi.<stack>.yaml``,
+snake_case or camelCase; validated by the same pydantic models)::
 
-    from pulumi_llmd.config import parse_stack_config
-    from pulumi_llmd.components.platform import Platform, PodNetworking
-    from pulumi_llmd.components.stack import LlmdStack, LlmdStackArgs
+    from pulumi_llmd import LlmdStack, LlmdStackArgs
 
-    config = parse_stack_config({...}, has_hf_token=True)
-    LlmdStack("inference", LlmdStackArgs(config, Platform(my_provider, PodNetworking()), hf_token=token))
+    LlmdStack(
+        "inference",
+        LlmdStackArgs(model={"name": "m", "uri": "hf://org/m"}, hf_token=token),
+        opts=pulumi.ResourceOptions(providers=[my_k8s_provider]),
+    )
+
+Programs in other languages get the same component from the multi-language package
+(``pulumi package add``; see :mod:`pulumi_llmd.package`). This module is also the one place that maps
+the validated stack configuration onto the narrow args of the other components.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
+# No `from __future__ import annotations`: Pulumi's schema analyzer reads LlmdStack's annotations.
+from collections.abc import Mapping
+from typing import Any, cast
 
 import pulumi
+from pydantic import BaseModel
 
 from pulumi_llmd.components import naming
-from pulumi_llmd.components.crds import ClusterCrds, ClusterCrdsArgs
-from pulumi_llmd.components.gateway import InferenceGateway, InferenceGatewayArgs, Kgateway, KgatewayArgs
-from pulumi_llmd.components.k8sobjects import register
-from pulumi_llmd.components.modelserver import ModelServerPool, ModelServerPoolArgs, Role
-from pulumi_llmd.components.netpol import InferenceNetworkPolicies, InferenceNetworkPoliciesArgs
-from pulumi_llmd.components.onprem import RdmaNetworks, RdmaNetworksArgs
-from pulumi_llmd.components.picker import EndpointPicker, EndpointPickerArgs
-from pulumi_llmd.components.platform import Platform
-from pulumi_llmd.config.models import Engine, StackConfig
+from pulumi_llmd.components.args import (
+    ClusterCrdsArgs,
+    EndpointPickerArgs,
+    GatewayControlPlaneArgs,
+    InferenceGatewayArgs,
+    LlmdStackArgs,
+    ModelServerPoolArgs,
+)
+from pulumi_llmd.components.autoscaling import PoolAutoscaling
+from pulumi_llmd.components.crds import ClusterCrds
+from pulumi_llmd.components.gateway import GatewayControlPlane, InferenceGateway
+from pulumi_llmd.components.inputs import (
+    InferenceMonitoringArgs,
+    InferenceNetworkPoliciesArgs,
+    LlmdStackInputs,
+    PoolAutoscalingArgs,
+    RdmaNetworksArgs,
+    package_component,
+)
+from pulumi_llmd.components.k8sobjects import child_options, register
+from pulumi_llmd.components.modelserver import ModelServerPool
+from pulumi_llmd.components.monitoring import InferenceMonitoring
+from pulumi_llmd.components.naming import Role
+from pulumi_llmd.components.netpol import InferenceNetworkPolicies
+from pulumi_llmd.components.onprem import RdmaNetworks
+from pulumi_llmd.components.picker import EndpointPicker
+from pulumi_llmd.components.platform import PodNetworking
+from pulumi_llmd.config.errors import ConfigError
+from pulumi_llmd.config.gateways import GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR, GatewayProvider
+from pulumi_llmd.config.inputs import validate_args
+from pulumi_llmd.config.models import Engine, LlmdStackConfig
+from pulumi_llmd.config.rules import stack_problems
+
+COMPONENT = "LlmdStack"
+# How LlmdStack's callers supply the token (the stack program's rule says `pulumi config set` instead).
+HF_TOKEN_HINT = "pass hfToken (a secret) to LlmdStack"
 
 
-def hf_token_secret_manifest(config: StackConfig, token: pulumi.Input[str]) -> dict[str, Any]:
+def parse_llmd_stack_args(args: Mapping[str, Any]) -> tuple[LlmdStackInputs, pulumi.Input[str] | None]:
+    """Validate ``LlmdStack`` args: every bad key at once, as a :class:`ConfigError` naming the key."""
+    raw: Any = dict(args) if isinstance(args, Mapping) else args  # validate_args names a non-mapping
+    hf_token: pulumi.Input[str] | None = None
+    if isinstance(raw, dict):
+        for key in ("hf_token", "hfToken"):  # a secret Output: never part of the validated model
+            if (value := raw.pop(key, None)) is not None:
+                hf_token = value
+    stack = validate_args(LlmdStackInputs, raw, component=COMPONENT)
+    problems = stack_problems(stack, has_hf_token=hf_token is not None, hf_token_hint=HF_TOKEN_HINT)
+    if problems:
+        raise ConfigError(problems, subject=f"{COMPONENT} args")
+    return stack, hf_token
+
+
+def llmd_stack_args(
+    config: LlmdStackConfig,
+    *,
+    pod_networking: PodNetworking | None = None,
+    hf_token: pulumi.Input[str] | None = None,
+) -> LlmdStackArgs:
+    """The ``LlmdStack`` args for a validated stack configuration (its in-cluster keys) on a platform."""
+    args: dict[str, Any] = config.model_dump(include=set(LlmdStackConfig.model_fields))
+    if pod_networking is not None:
+        args["pod_networking"] = pod_networking.model_dump()
+    if hf_token is not None:
+        args["hf_token"] = hf_token
+    return cast(LlmdStackArgs, args)
+
+
+def needs_hf_token(stack: LlmdStackConfig) -> bool:
+    return stack.model.source == "hf" and stack.model.engine is Engine.VLLM
+
+
+def serving_roles(stack: LlmdStackConfig) -> list[Role]:
+    return [Role.PREFILL, Role.DECODE] if stack.disaggregated else [Role.DECODE]
+
+
+def multi_node_roles(stack: LlmdStackConfig) -> list[Role]:
+    pools = {Role.PREFILL: stack.prefill, Role.DECODE: stack.decode}
+    return [role for role in serving_roles(stack) if pools[role].nodes_per_replica > 1]
+
+
+def endpoint_picker_args(stack: LlmdStackConfig) -> EndpointPickerArgs:
+    return {
+        "pool_name": naming.pool_name(stack.name),
+        "namespace": stack.namespace,
+        "served_models": [stack.model.name],
+        "selector": naming.pool_selector(stack.model.label_value),
+        "disaggregated": stack.disaggregated,
+        "settings": _section(stack.epp),
+        "tracing": _section(stack.tracing),
+    }
+
+
+def model_server_pool_args(stack: LlmdStackInputs, role: Role) -> ModelServerPoolArgs:
+    pool = (
+        stack.prefill.model_dump(exclude={"enabled"})
+        if role is Role.PREFILL
+        else stack.decode.model_dump(exclude={"sidecar"})
+    )
+    args: ModelServerPoolArgs = {
+        "instance": stack.name,
+        "namespace": stack.namespace,
+        "role": role,
+        "model": _section(stack.model),
+        "pool": cast(Any, pool),
+        "disaggregated": stack.disaggregated,
+        "sidecar": _section(stack.decode.sidecar),
+        "pod_networking": _section(stack.pod_networking),
+        "autoscaled": stack.autoscaling.enabled,
+        "tracing": _section(stack.tracing),
+        "implementation": stack.epp.implementation,
+    }
+    if needs_hf_token(stack):
+        args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
+    return args
+
+
+def inference_gateway_args(stack: LlmdStackConfig) -> InferenceGatewayArgs:
+    gateway = stack.gateway
+    args: InferenceGatewayArgs = {
+        "instance": stack.name,
+        "namespace": stack.namespace,
+        "pool_name": naming.pool_name(stack.name),
+        "provider": gateway.provider,
+        "listener_port": gateway.listener_port,
+        "request_timeout": gateway.request_timeout,
+        "paths": list(gateway.paths),
+        "epp_secure_serving": stack.epp.secure_serving,
+    }
+    if gateway.class_name is not None:
+        args["class_name"] = gateway.class_name
+    if gateway.kgateway_data_plane is not None:
+        args["kgateway_data_plane"] = gateway.kgateway_data_plane
+    return args
+
+
+def gateway_control_plane_args(stack: LlmdStackConfig) -> GatewayControlPlaneArgs:
+    gateway = stack.gateway
+    args: GatewayControlPlaneArgs = {"instance": stack.name, "provider": gateway.provider}
+    if gateway.version is not None:
+        args["version"] = gateway.version
+    if gateway.namespace is not None:
+        args["namespace"] = gateway.namespace
+    if gateway.kgateway_data_plane is not None:
+        args["kgateway_data_plane"] = gateway.kgateway_data_plane
+    return args
+
+
+def installs_gateway_control_plane(stack: LlmdStackConfig) -> bool:
+    """A provider's charts are installed unless the stack says not to; GKE's controller is managed."""
+    return stack.gateway.install and stack.gateway.pins.control_plane_version is not None
+
+
+def cluster_crds_args(stack: LlmdStackConfig) -> ClusterCrdsArgs:
+    """The CRDs the gateway provider expects: Gateway API at the release it is built against (unless
+    the platform owns them, as GKE does), InferencePool, llm-d's InferenceObjective and
+    InferenceModelRewrite, LeaderWorkerSet for multi-node pools."""
+    crds = stack.crds
+    args: ClusterCrdsArgs = {
+        "llmd_router_version": crds.llmd_router_version,
+        "lws_version": crds.lws_version,
+        "leader_worker_set": bool(multi_node_roles(stack)),
+    }
+    gateway_api = crds.gateway_api_version or stack.gateway.pins.gateway_api_version
+    if gateway_api is not None:
+        args["gateway_api_version"] = gateway_api
+    gke_installs_pool_crd = (
+        stack.gateway.provider is GatewayProvider.GKE
+        and int(stack.kubernetes_version.split(".")[1]) >= GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR
+    )
+    # None: GKE installs InferencePool itself (the args type has no None; the model accepts it).
+    args["inference_extension_version"] = (
+        cast(Any, None) if gke_installs_pool_crd else crds.inference_extension_version
+    )
+    return args
+
+
+def network_policies_args(stack: LlmdStackConfig) -> InferenceNetworkPoliciesArgs:
+    return InferenceNetworkPoliciesArgs(
+        instance=stack.name,
+        namespace=stack.namespace,
+        disaggregated=stack.disaggregated,
+        multi_node_roles=multi_node_roles(stack),
+        settings=stack.network_policy,
+        gateway_provider=stack.gateway.provider,
+    )
+
+
+def monitoring_args(stack: LlmdStackConfig) -> InferenceMonitoringArgs:
+    return InferenceMonitoringArgs(
+        instance=stack.name,
+        namespace=stack.namespace,
+        pool_name=naming.pool_name(stack.name),
+        disaggregated=stack.disaggregated,
+        gateway_class=stack.gateway.effective_class_name,
+        settings=stack.monitoring,
+    )
+
+
+def autoscaling_args(stack: LlmdStackConfig) -> PoolAutoscalingArgs:
+    return PoolAutoscalingArgs(
+        instance=stack.name,
+        namespace=stack.namespace,
+        disaggregated=stack.disaggregated,
+        workloads={role: naming.model_server_name(stack.name, role) for role in serving_roles(stack)},
+        settings=stack.autoscaling,
+    )
+
+
+def namespace_manifest(stack: LlmdStackConfig) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": stack.namespace, "labels": naming.common_labels(stack.name, "namespace")},
+    }
+
+
+def hf_token_secret_manifest(instance: str, namespace: str, token: pulumi.Input[str]) -> dict[str, Any]:
     """The token reaches pods only through this Secret (env valueFrom), and stays a Pulumi secret."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": naming.hf_token_secret_name(config),
-            "namespace": config.namespace,
-            "labels": naming.common_labels(config, "model-server"),
+            "name": naming.hf_token_secret_name(instance),
+            "namespace": namespace,
+            "labels": naming.common_labels(instance, "model-server"),
         },
         "type": "Opaque",
         "stringData": {"HF_TOKEN": pulumi.Output.secret(token)},
     }
 
 
-@dataclass(frozen=True)
-class LlmdStackArgs:
-    config: StackConfig
-    platform: Platform
-    # The Hugging Face token (a Pulumi secret) for hf:// models served by vLLM.
-    hf_token: pulumi.Input[str] | None = None
-
-
+@package_component
 class LlmdStack(pulumi.ComponentResource):
+    """The llm-d inference stack on an existing Kubernetes cluster: its namespace, the Gateway API,
+    InferencePool and InferenceObjective CRDs, the gateway provider's control plane (agentgateway, Istio
+    or kgateway; GKE's is managed), the endpoint picker (EPP, this project's or llm-d's) with its
+    InferencePool, the prefill and decode vLLM pools with the P/D routing sidecar, the Gateway and
+    HTTPRoute with the provider's policies, and NetworkPolicies. Its
+    inputs are the keys of the `llmd:` stack configuration (model, prefill, decode, epp, gateway, crds,
+    networkPolicy, name, namespace) plus podNetworking and hfToken; pass the Kubernetes provider in the
+    resource options' providers, and anything the stack must wait for (GPU nodes) in dependsOn."""
+
+    namespace: str
+    """Namespace of the stack's objects."""
+    gateway_name: str
+    """The Gateway serving the OpenAI API (`<name>-gateway`)."""
+    pool_name: str
+    """The InferencePool (`<name>`)."""
+    epp_service_name: str
+    """The endpoint picker's Service (`<name>-epp`)."""
+    workloads: dict[str, str]
+    """Model-server workload name per role (`prefill`, `decode`)."""
+
     def __init__(self, name: str, args: LlmdStackArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        config = args.config
-        needs_token = config.model.source == "hf" and config.model.engine is Engine.VLLM
-        if needs_token and args.hf_token is None:
-            raise ValueError(f"model.uri {config.model.uri} needs hf_token (the llmd:hfToken secret)")
+        """Args (:class:`~pulumi_llmd.components.args.LlmdStackArgs`, validated by
+        :class:`~pulumi_llmd.components.inputs.LlmdStackInputs` and the stack rules): the in-cluster
+        keys of the ``llmd:`` stack config with the same shape (``name``, ``namespace``,
+        ``kubernetes_version``, ``model``, ``gateway``, ``crds``, ``prefill``, ``decode``, ``epp``,
+        ``network_policy``), plus ``pod_networking`` (what the platform says about RDMA/EFA and GPU
+        nodes) and ``hf_token`` (a secret, for hf:// models served by vLLM).
+
+        The Kubernetes provider comes through ``opts`` (``providers=[provider]``; children inherit it),
+        as does ``depends_on`` (e.g. GPU node pools or operators), which every child waits for. Object
+        names derive from ``name``: ``<name>-decode``, ``<name>-prefill``, ``<name>-epp``,
+        ``<name>-gateway``, InferencePool ``<name>``. Raises :class:`ConfigError` naming every bad key.
+        """
+        stack, hf_token = parse_llmd_stack_args(args)
         super().__init__("llmd:index:LlmdStack", name, None, opts)
-        provider = args.platform.k8s_provider
-        platform_ready = tuple(args.platform.depends_on)
 
-        self.namespace = register(
-            {
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {"name": config.namespace, "labels": naming.common_labels(config, "namespace")},
-            },
-            pulumi.ResourceOptions(parent=self, provider=provider, depends_on=list(platform_ready)),
-        )
-        in_namespace: tuple[pulumi.Resource, ...] = (self.namespace,)
+        namespace = register(namespace_manifest(stack), child_options(self, opts))
+        self.namespace_resource = namespace
 
-        roles: list[Role] = ["prefill", "decode"] if config.disaggregated else ["decode"]
-        multi_node = any(
-            (config.prefill if role == "prefill" else config.decode).nodes_per_replica > 1 for role in roles
-        )
-        crds: tuple[pulumi.Resource, ...] = ()
-        if config.crds.install:
-            installed = ClusterCrds(
-                f"{name}-crds",
-                ClusterCrdsArgs(crds=config.crds, provider=provider, with_leaderworkerset=multi_node),
-                opts=pulumi.ResourceOptions(parent=self),
+        crds: list[pulumi.Resource] = []
+        if stack.crds.install:
+            crds.append(ClusterCrds(f"{name}-crds", cluster_crds_args(stack), opts=child_options(self, opts)))
+        gateway_controller: list[pulumi.Resource] = []
+        if installs_gateway_control_plane(stack):
+            control_plane = GatewayControlPlane(
+                f"{name}-{stack.gateway.provider.value}",
+                gateway_control_plane_args(stack),
+                opts=child_options(self, opts, *crds),
             )
-            crds = (installed,)
+            gateway_controller.append(control_plane)
 
-        gateway_controller: tuple[pulumi.Resource, ...] = ()
-        if config.gateway.install_kgateway:
-            kgateway = Kgateway(
-                f"{name}-kgateway",
-                KgatewayArgs(config=config, provider=provider, depends_on=crds),
-                opts=pulumi.ResourceOptions(parent=self),
-            )
-            gateway_controller = (kgateway,)
-
-        model_prerequisites = in_namespace + platform_ready + (crds if multi_node else ())
-        if needs_token and args.hf_token is not None:
-            token = register(
-                hf_token_secret_manifest(config, args.hf_token),
-                pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[self.namespace]),
-            )
-            model_prerequisites += (token,)
-        if config.onprem is not None and config.onprem.rdma_networks:
+        # Model servers wait for their namespace, the token Secret and Multus networks they use, and
+        # (for LeaderWorkerSets) the LWS install.
+        model_prerequisites: list[pulumi.Resource] = [namespace, *(crds if multi_node_roles(stack) else [])]
+        if needs_hf_token(stack) and hf_token is not None:
+            token = hf_token_secret_manifest(stack.name, stack.namespace, hf_token)
+            model_prerequisites.append(register(token, child_options(self, opts, namespace)))
+        if attachments := stack.pod_networking.network_attachments:
             networks = RdmaNetworks(
                 f"{name}-rdma-networks",
-                RdmaNetworksArgs(config=config, provider=provider, depends_on=in_namespace + platform_ready),
-                opts=pulumi.ResourceOptions(parent=self),
+                RdmaNetworksArgs(instance=stack.name, namespace=stack.namespace, attachments=attachments),
+                opts=child_options(self, opts, namespace),
             )
-            model_prerequisites += (networks,)
+            model_prerequisites.append(networks)
 
         self.epp = EndpointPicker(
-            naming.epp_name(config),
-            EndpointPickerArgs(config=config, provider=provider, depends_on=in_namespace + crds),
-            opts=pulumi.ResourceOptions(parent=self),
+            naming.epp_name(stack.name),
+            endpoint_picker_args(stack),
+            opts=child_options(self, opts, namespace, *crds),
         )
         self.pools = {
             role: ModelServerPool(
-                naming.model_server_name(config, role),
-                ModelServerPoolArgs(
-                    config=config,
-                    role=role,
-                    pod_networking=args.platform.pod_networking,
-                    provider=provider,
-                    depends_on=model_prerequisites,
-                ),
-                opts=pulumi.ResourceOptions(parent=self),
+                naming.model_server_name(stack.name, role),
+                model_server_pool_args(stack, role),
+                opts=child_options(self, opts, *model_prerequisites),
             )
-            for role in roles
+            for role in serving_roles(stack)
         }
         self.gateway = InferenceGateway(
-            naming.gateway_name(config),
-            InferenceGatewayArgs(
-                config=config,
-                provider=provider,
-                depends_on=in_namespace + crds + gateway_controller + (self.epp,),
-            ),
-            opts=pulumi.ResourceOptions(parent=self),
+            naming.gateway_name(stack.name),
+            inference_gateway_args(stack),
+            opts=child_options(self, opts, namespace, *crds, *gateway_controller, self.epp),
         )
-        if config.network_policy.enabled:
+        monitoring = stack.monitoring
+        if monitoring.enabled or monitoring.dashboards.enabled:
+            InferenceMonitoring(
+                f"{name}-monitoring", monitoring_args(stack), opts=child_options(self, opts, namespace)
+            )
+        if stack.autoscaling.enabled:
+            PoolAutoscaling(
+                f"{name}-autoscaling",
+                autoscaling_args(stack),
+                opts=child_options(self, opts, *self.pools.values()),
+            )
+        if stack.network_policy.enabled:
             InferenceNetworkPolicies(
                 f"{name}-network-policies",
-                InferenceNetworkPoliciesArgs(config=config, provider=provider, depends_on=in_namespace),
-                opts=pulumi.ResourceOptions(parent=self),
+                network_policies_args(stack),
+                opts=child_options(self, opts, namespace),
             )
 
-        self.gateway_name = naming.gateway_name(config)
-        self.pool_name = naming.pool_name(config)
+        self.namespace = stack.namespace
+        self.gateway_name = self.gateway.gateway_name
+        self.pool_name = self.epp.pool_name
+        self.epp_service_name = self.epp.service_name
+        self.workloads = {str(role): pool.workload_name for role, pool in self.pools.items()}
         self.register_outputs(
             {
-                "namespace": config.namespace,
-                "gateway": self.gateway_name,
-                "inference_pool": self.pool_name,
-                "pools": {role: pool.workload_name for role, pool in self.pools.items()},
+                "namespace": self.namespace,
+                "gatewayName": self.gateway_name,
+                "poolName": self.pool_name,
+                "eppServiceName": self.epp_service_name,
+                "workloads": self.workloads,
             }
         )
+
+
+def _section(model: BaseModel) -> Any:
+    """A validated section as the plain dict the next component's args take (and validate again)."""
+    return model.model_dump()

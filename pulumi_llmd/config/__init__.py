@@ -5,6 +5,7 @@ from pulumi_llmd.config.loader import LoadedConfig, load_stack_config, parse_sta
 from pulumi_llmd.config.models import (
     Engine,
     FailureMode,
+    LlmdStackConfig,
     PlatformName,
     StackConfig,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "ConfigError",
     "Engine",
     "FailureMode",
+    "LlmdStackConfig",
     "LoadedConfig",
     "PlatformName",
     "Problem",

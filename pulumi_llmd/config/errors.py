@@ -32,13 +32,20 @@ class Problem:
 
 
 class ConfigError(ValueError):
-    """The stack configuration is invalid; raised before any resource is registered."""
+    """The stack configuration (or a component's args) is invalid; raised before any resource is
+    registered. ``subject`` names what was checked: the stack's ``llmd:`` keys by default, or e.g.
+    ``LlmdStack args``, whose keys are then printed without the namespace."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], *, subject: str | None = None) -> None:
         self.problems = list(problems)
-        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        self.subject = subject
+        if subject is None:
+            lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        else:
+            lines = "\n".join(f"  - {problem.path} {problem.message}" for problem in self.problems)
         noun = "problem" if len(self.problems) == 1 else "problems"
-        super().__init__(f"invalid stack configuration ({len(self.problems)} {noun}):\n{lines}")
+        what = subject or "stack configuration"
+        super().__init__(f"invalid {what} ({len(self.problems)} {noun}):\n{lines}")
 
 
 def format_path(loc: Iterable[int | str]) -> str:
@@ -52,7 +59,29 @@ def format_path(loc: Iterable[int | str]) -> str:
 
 
 def problems_from_validation_error(error: ValidationError, root: type[BaseModel]) -> list[Problem]:
-    return [Problem(format_path(detail["loc"]), _describe(detail, root)) for detail in error.errors()]
+    return [
+        Problem(format_path(_camel_loc(root, detail["loc"])), _describe(detail, root))
+        for detail in error.errors()
+    ]
+
+
+def _camel_loc(root: type[BaseModel], loc: Sequence[int | str]) -> list[int | str]:
+    """The error location with every field as its camelCase key, whichever spelling the input used
+    (Python callers may pass snake_case names), so a problem always names the documented key."""
+    model: type[BaseModel] | None = root
+    parts: list[int | str] = []
+    for part in loc:
+        field = None
+        if model is not None and isinstance(part, str):
+            field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            parts.append(part)
+            if isinstance(part, str):
+                model = None  # a dict key (or a key the model rejected): nothing below is a field
+            continue
+        parts.append(field.alias or part)
+        model = _model_in(field.annotation)
+    return parts
 
 
 def _describe(detail: ErrorDetails, root: type[BaseModel]) -> str:

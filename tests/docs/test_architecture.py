@@ -18,6 +18,7 @@ PACKAGES = (
     "epp",
     "render",
     "runloop",
+    "jsonbody",
     "simulator",
     "sidecar",
     "localrun",

@@ -282,3 +282,35 @@ def test_epp_stopping_with_sigterm_exits_cleanly(tmp_path: Path) -> None:
         assert s.epp is not None
         assert s.epp.stop() == 0
         assert "stopped" in s.epp.log_tail()
+
+
+def test_the_gateway_dials_the_epp_over_tls_by_default(tmp_path: Path) -> None:
+    """The harness speaks like the gateways: TLS without verification to a self-signed EPP."""
+    with gateway_stack(tmp_path, pods=1) as s:
+        assert s.pod_of(s.post({"model": MODEL, "prompt": "over tls"})) == "pod-0"
+        assert s.gateway is not None
+        stats = s.gateway.stats("cluster.epp.ssl")
+        assert stats.get("cluster.epp.ssl.handshake", 0) >= 1, stats
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_a_plaintext_epp_behind_a_tls_gateway_fails_loudly(tmp_path: Path, fail_open: bool) -> None:
+    """The mismatch this project shipped before: the EPP serving cleartext while every gateway dials
+    TLS. With FailClose each request gets a 5xx at once; with FailOpen (BUFFERED) requests skip the
+    EPP. Either way Envoy counts the failed TLS handshakes, and the EPP never schedules anything."""
+    mode = BodyMode.BUFFERED if fail_open else BodyMode.FULL_DUPLEX_STREAMED
+    with gateway_stack(
+        tmp_path, pods=1, epp_args=("--secure-serving=false",), fail_open=fail_open, mode=mode
+    ) as s:
+        started = time.monotonic()
+        replies = [s.post({"model": MODEL, "prompt": f"p{i}"}) for i in range(3)]
+        assert time.monotonic() - started < 15  # answered, not hung
+        if fail_open:
+            assert {r.status for r in replies} == {200}  # served, but without the EPP's choice
+        else:
+            assert all(500 <= r.status < 600 for r in replies), [r.status for r in replies]
+            assert s.pods[0].received() == []
+        assert s.gateway is not None
+        failures = s.gateway.stats("cluster.epp.ssl.connection_error")
+        assert failures.get("cluster.epp.ssl.connection_error", 0) >= 1, s.gateway.stats("cluster.epp")
+        assert s.epp_metric("epp_scheduler_picks_total") == 0

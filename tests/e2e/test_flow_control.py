@@ -49,14 +49,12 @@ def test_two_tenants_take_turns_on_a_busy_pod(tmp_path: Path) -> None:
     within A's next turns, where one FCFS queue would serve B last. (The second per answer leaves a
     loaded machine ample time to queue everything behind the first request.)"""
     config = (
-        HEADER + "plugins:\n- {type: queue-scorer}\n- {type: global-strict-fairness-policy}\n"
+        HEADER + "plugins:\n- {type: queue-scorer}\n- {type: round-robin-fairness-policy}\n"
         "- {type: concurrency-detector, parameters: {maxConcurrency: 1}}\n"
         "flowControl:\n  saturationDetector: {pluginRef: concurrency-detector}\n"
         "  defaultPriorityBand: {fairnessPolicyRef: round-robin-fairness-policy}\n"
     )
-    with gateway_stack(
-        tmp_path, pods=1, epp_args=("--config-text", config), pod_args=("--delay-ms", "1000")
-    ) as stack:
+    with gateway_stack(tmp_path, pods=1, epp_args=("--config-text", config), pod_delay_ms=1000) as stack:
         replies: list[Reply] = []
         lock = threading.Lock()
 

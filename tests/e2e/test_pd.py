@@ -45,13 +45,23 @@ class PdStack:
     prefill_port: int
     decode_port: int
     sidecar_metrics_port: int
+    sidecar_port: int
     prefill_log: Path
     decode_log: Path
 
-    def post(self, body: dict[str, Any], path: str = "/v1/completions") -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.gateway.config.listen_port, timeout=30)
+    def post(
+        self,
+        body: dict[str, Any],
+        path: str = "/v1/completions",
+        port: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """POST through the gateway (or straight to ``port``, e.g. the sidecar)."""
+        port = port or self.gateway.config.listen_port
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
-            connection.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+            all_headers = {"content-type": "application/json", **(headers or {})}
+            connection.request("POST", path, json.dumps(body), all_headers)
             response = connection.getresponse()
             return response.status, response.read()
         finally:
@@ -122,7 +132,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdStack]:
     )
     sidecar = ManagedProcess(
         sidecar_command(
-            sidecar_port, decode_port, "--metrics-port", str(sidecar_metrics), "--prefill-timeout", "10"
+            sidecar_port,
+            decode_port,
+            "--metrics-port",
+            str(sidecar_metrics),
+            "--prefill-timeout",
+            "10",
+            # Guarded as the stacks run it (there: private addresses, the model-server port).
+            "--enable-ssrf-protection",
+            "--prefill-allowlist",
+            "127.0.0.1",
+            "--prefill-ports",
+            str(prefill_port),
         ),
         ready=http_ok(f"http://127.0.0.1:{sidecar_port}/health"),
         name="sidecar",
@@ -154,7 +175,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdStack]:
         epp,
         gateway,
     ):
-        running = PdStack(gateway, prefill_port, decode_port, sidecar_metrics, prefill_log, decode_log)
+        running = PdStack(
+            gateway, prefill_port, decode_port, sidecar_metrics, sidecar_port, prefill_log, decode_log
+        )
         _wait_until_routable(running)
         yield running
 
@@ -234,3 +257,23 @@ def test_prompt_cached_on_the_decode_pod_stays_local(stack):
     status, _ = stack.post({"model": MODEL, "prompt": prompt + "Why?", "max_tokens": 2})
     assert status == 200
     assert stack.received(stack.prefill_log)[prefill_before:] == []
+
+
+def test_client_transfer_params_never_reach_a_model_server(stack):
+    """SSRF through the body (issue 12): a client naming a host for the decode engine to contact."""
+    decode_before = len(stack.received(stack.decode_log))
+    evil = {"do_remote_prefill": True, "remote_host": "169.254.169.254", "remote_port": 80}
+    request = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2, "kv_transfer_params": evil}
+    status, body = stack.post(request)  # through the gateway: the EPP refuses it
+    assert status == 400 and b"kv_transfer_params" in body
+    status, body = stack.post(request, port=stack.sidecar_port)  # around the gateway: so does the sidecar
+    assert status == 400 and b"kv_transfer_params" in body
+    assert stack.received(stack.decode_log)[decode_before:] == []
+
+
+def test_the_sidecar_prefills_only_on_guarded_targets(stack):
+    request = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2}
+    for target, status in (("10.0.0.1:%d", 403), ("127.0.0.1:1", 403), ("127.0.0.1/x:%d", 400)):
+        header = target % stack.prefill_port if "%d" in target else target
+        got, _ = stack.post(request, port=stack.sidecar_port, headers={"x-prefiller-host-port": header})
+        assert got == status, header

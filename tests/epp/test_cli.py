@@ -9,7 +9,9 @@ import pytest
 
 from epp.cli import duration, parse_args
 from epp.config.loader import DEFAULT_CONFIG
+from epp.scheduling.framework import SaturationDetector
 from epp.server.stream import BodyMode
+from tests.support.epp_configs import HEADER
 
 
 @pytest.fixture
@@ -27,7 +29,8 @@ def test_defaults_match_the_contract(endpoints: Path) -> None:
     assert (server.grpc_port, server.grpc_health_port, server.metrics_port) == (9002, 9003, 9090)
     assert server.stream.max_request_body_bytes == 4194304
     assert server.stream.default_body_mode is BodyMode.FULL_DUPLEX_STREAMED
-    assert server.tls is None and level == "info"
+    # Secure serving is on by default, as upstream, with a self-signed pair made at start.
+    assert server.tls is not None and server.tls.pair.origin == "self-signed" and level == "info"
 
 
 def test_llm_d_style_flags(tmp_path: Path) -> None:
@@ -62,12 +65,16 @@ def test_llm_d_style_flags(tmp_path: Path) -> None:
 
 
 def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path) -> None:
-    (tmp_path / "tls.crt").write_text("cert")
-    (tmp_path / "tls.key").write_text("key")
+    from epp.server.tls import self_signed
+
+    pair = self_signed()
+    (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "tls.key").write_bytes(pair.key_pem)
     _, server, _ = parse_args(
         ["--endpoints-file", str(endpoints), "--secure-serving", "--cert-path", str(tmp_path)]
     )
-    assert server.tls is not None and server.tls.cert == tmp_path / "tls.crt"
+    assert server.tls is not None and server.tls.pair.cert_pem == pair.cert_pem
+    assert server.tls.pair.origin == str(tmp_path / "tls.crt")
 
 
 @pytest.mark.parametrize(
@@ -76,7 +83,8 @@ def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path
         ([], "exactly one of --pool-name or --endpoints-file"),
         (["--pool-name", "p", "--endpoints-file", "{endpoints}"], "exactly one of"),
         (["--endpoints-file", "/nonexistent/endpoints.yaml"], "no such file"),
-        (["--endpoints-file", "{endpoints}", "--secure-serving"], "needs --cert-path"),
+        (["--endpoints-file", "{endpoints}", "--cert-path", "/nonexistent"], "cannot read"),
+        (["--endpoints-file", "{endpoints}", "--enable-cert-reload"], "needs --cert-path"),
         (["--endpoints-file", "{endpoints}", "--config-file", "/nonexistent.yaml"], "--config-file"),
         (["--endpoints-file", "{endpoints}", "--served-models", ","], "names no model"),
         (["--endpoints-file", "{endpoints}", "--grpc-port", "70000"], "port out of range"),
@@ -126,3 +134,24 @@ def test_the_decision_timeout_is_raised_to_cover_the_flow_control_queue() -> Non
     assert fit_decision_timeout(options, 60.0).stream.decision_timeout == 70.0  # TTL + 10 s margin
     assert fit_decision_timeout(options, 5.0) is options  # already longer than a 5 s queue
     assert fit_decision_timeout(options, 0.0).stream.decision_timeout == UNBOUNDED_QUEUE_DECISION_TIMEOUT
+
+
+def test_a_released_stream_cannot_feed_the_concurrency_gate() -> None:
+    from epp.cli import flow_control_conflict
+    from epp.config.loader import load_config
+    from epp.server import ServerOptions, StreamSettings
+
+    def flow(detector: str) -> SaturationDetector:
+        text = (
+            f"{HEADER}featureGates: [flowControl]\nplugins: [{{type: queue-scorer}}, {{type: {detector}}}]\n"
+            f"flowControl: {{saturationDetector: {{pluginRef: {detector}}}}}\n"
+        )
+        loaded = load_config(text).flow_control
+        assert loaded is not None
+        return loaded.detector
+
+    released = ServerOptions(stream=StreamSettings(release_after_routing=True))
+    message = flow_control_conflict(released, flow("concurrency-detector"))
+    assert message is not None and "--release-stream-after-routing" in message
+    assert flow_control_conflict(released, flow("utilization-detector")) is None  # scraped, still works
+    assert flow_control_conflict(ServerOptions(), flow("concurrency-detector")) is None

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.paths import REPO_ROOT
 
@@ -67,10 +68,36 @@ def imported_checkout_packages(package: str) -> set[str]:
     return seen
 
 
+BASE = re.compile(r"python:3\.11-slim@(sha256:[0-9a-f]{64})")
+
+
 @pytest.mark.parametrize("image", sorted(IMAGES))
-def test_base_image_is_python_311_slim(image: str) -> None:
+def test_base_image_is_python_311_slim_pinned_by_digest(image: str) -> None:
     froms = [args for keyword, args in instructions(image) if keyword == "FROM"]
-    assert len(froms) == 1 and froms[0].split("@")[0] == "python:3.11-slim", froms
+    assert len(froms) == 1 and BASE.fullmatch(froms[0]), froms
+
+
+def test_the_images_share_one_base_digest() -> None:
+    """One base for the three images (one Dependabot update moves them together)."""
+    digests = {
+        image: BASE.fullmatch(args)[1]  # type: ignore[index]
+        for image in IMAGES
+        for keyword, args in instructions(image)
+        if keyword == "FROM" and BASE.fullmatch(args)
+    }
+    assert len(digests) == len(IMAGES) and len(set(digests.values())) == 1, digests
+
+
+def test_dependabot_keeps_the_base_digest_and_the_action_pins_fresh() -> None:
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    updates = {u["package-ecosystem"]: u for u in config["updates"]}
+
+    docker = updates["docker"]
+    assert set(docker["directories"]) == {f"/{image}" for image in IMAGES}
+    # Digest updates within python:3.11-slim only: moving to 3.12 is a decision, not a refresh.
+    ignored = {i["dependency-name"]: set(i["update-types"]) for i in docker["ignore"]}
+    assert ignored["python"] == {"version-update:semver-major", "version-update:semver-minor"}
+    assert updates["github-actions"]["directories"] == ["/"]
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
@@ -150,6 +177,8 @@ def test_requirements_cover_every_third_party_import(image: str, package: str) -
         "prometheus_client": "prometheus-client",
         "multidict": "aiohttp",  # installed with aiohttp
         "httpx2": "lightkube",  # lightkube's HTTP client, installed with it
+        "zmq": "pyzmq",
+        "opentelemetry": "opentelemetry-sdk",  # api, sdk and the OTLP exporter share the namespace
     }
     wanted: set[str] = set()
     for top in imported_checkout_packages(package):

@@ -14,8 +14,10 @@ import pytest
 
 from epp.server.stream import BodyMode
 from localrun import (
+    EppEndpoint,
     FailureMode,
     GatewayConfig,
+    Limits,
     ManagedProcess,
     ProcessFailed,
     Upstream,
@@ -58,6 +60,7 @@ def test_client_steering_headers_are_stripped_before_ext_proc() -> None:
     filters = _filters(GatewayConfig(1, 2, POOL))
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.header_mutation",
+        "envoy.filters.http.set_metadata",
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
     ]
@@ -65,12 +68,17 @@ def test_client_steering_headers_are_stripped_before_ext_proc() -> None:
     assert {"x-gateway-destination-endpoint", "x-prefiller-host-port"} <= removed
 
 
+def _ext_proc(config: GatewayConfig) -> dict:
+    wrapper = _filters(config)[2]["typed_config"]
+    return dict(wrapper["extension_config"]["typed_config"])
+
+
 def test_failure_mode_and_processing_mode_reach_ext_proc() -> None:
-    ext_proc = _filters(GatewayConfig(1, 2, POOL, failure_mode=FailureMode.FAIL_OPEN))[1]["typed_config"]
+    ext_proc = _ext_proc(GatewayConfig(1, 2, POOL, failure_mode=FailureMode.FAIL_OPEN))
     assert ext_proc["failure_mode_allow"] is True
     assert ext_proc["processing_mode"]["request_body_mode"] == "FULL_DUPLEX_STREAMED"
     assert ext_proc["processing_mode"]["request_trailer_mode"] == "SEND"
-    buffered = _filters(GatewayConfig(1, 2, POOL, mode=BodyMode.BUFFERED))[1]["typed_config"]
+    buffered = _ext_proc(GatewayConfig(1, 2, POOL, mode=BodyMode.BUFFERED))
     assert buffered["failure_mode_allow"] is False
     assert buffered["processing_mode"]["request_body_mode"] == "BUFFERED"
 
@@ -162,3 +170,77 @@ def test_process_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(ProcessFailed, match="not ready within"):
         process.start()
     assert not process.running()
+
+
+def test_several_epps_are_health_checked_on_their_readiness() -> None:
+    epps = (EppEndpoint(9002, 9003), EppEndpoint(9012, 9013, "127.0.0.2"))
+    [epp] = [
+        c
+        for c in render_bootstrap(GatewayConfig(1, 2, POOL, epps=epps))["static_resources"]["clusters"]
+        if c["name"] == "epp"
+    ]
+    endpoints = [e["endpoint"] for e in epp["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert [
+        (e["address"]["socket_address"]["port_value"], e["health_check_config"]["port_value"])
+        for e in endpoints
+    ] == [
+        (9002, 9003),
+        (9012, 9013),
+    ]
+    [check] = epp["health_checks"]
+    assert check["grpc_health_check"] == {"service_name": "readiness"}
+    assert check["no_traffic_interval"] == check["interval"] == "0.5s"
+    assert epp["outlier_detection"]["consecutive_local_origin_failure"] == 1
+    retry = _ext_proc(GatewayConfig(1, 2, POOL, epps=epps))["grpc_service"]["retry_policy"]
+    assert retry["num_retries"] == 1 and "connect-failure" in retry["retry_on"]
+    # One EPP given by port only: no health port, so no active checks (nothing to check against).
+    [single] = [
+        c
+        for c in render_bootstrap(GatewayConfig(1, 2, POOL))["static_resources"]["clusters"]
+        if c["name"] == "epp"
+    ]
+    assert "health_checks" not in single
+
+
+def test_limits_are_set_deliberately_on_every_cluster() -> None:
+    for upstream in Upstream:
+        clusters = render_bootstrap(GatewayConfig(1, 2, POOL, upstream=upstream))["static_resources"][
+            "clusters"
+        ]
+        for cluster in clusters:
+            [threshold] = cluster["circuit_breakers"]["thresholds"]
+            # Envoy's defaults are 1,024 (3 retries): far below a busy gateway's concurrency.
+            assert threshold["max_requests"] == threshold["max_pending_requests"] == 40_000, cluster["name"]
+            assert threshold["max_connections"] == 40_000 and threshold["max_retries"] == 1_024
+    small = Limits(max_requests=10, max_pending_requests=5)
+    [epp] = [
+        c
+        for c in render_bootstrap(GatewayConfig(1, 2, POOL, epp_limits=small))["static_resources"]["clusters"]
+        if c["name"] == "epp"
+    ]
+    assert epp["circuit_breakers"]["thresholds"][0]["max_requests"] == 10
+
+
+def test_ext_proc_is_skipped_for_requests_envoy_never_decoded() -> None:
+    marker, wrapped = _filters(GatewayConfig(1, 2, POOL))[1:3]
+    assert marker["typed_config"]["metadata"][0]["metadata_namespace"] == "llm-d.gateway"
+    matcher = wrapped["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
+    predicate = matcher["predicate"]["single_predicate"]
+    assert predicate["input"]["typed_config"]["filter"] == "llm-d.gateway"
+    assert predicate["custom_match"]["typed_config"]["invert"] is True
+    assert matcher["on_match"]["action"]["name"] == "skip"
+
+
+def test_bootstrap_with_several_epps_passes_envoy_validation(tmp_path: Path) -> None:
+    config = GatewayConfig(
+        10000, 9002, POOL, admin_port=9901, epps=(EppEndpoint(9002, 9003), EppEndpoint(9004, 9005))
+    )
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(render_bootstrap(config)))
+    result = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -43,3 +43,14 @@ def test_update_rewrites_only_the_marked_block(tmp_path: Path) -> None:
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no config reference markers"):
         update_readme(readme)
+
+
+def test_component_reference_is_up_to_date() -> None:
+    """`python -m render.component_docs --write` after changing a component's args or outputs."""
+    from render import component_docs
+
+    document = component_docs.TARGET.read_text()
+    expected = component_docs.replace_reference(
+        document, component_docs.reference_markdown(component_docs.package_schema())
+    )
+    assert document == expected

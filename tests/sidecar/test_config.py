@@ -51,26 +51,37 @@ def test_bad_host_port(value):
 def test_cli_defaults_match_the_contract():
     options = options_from_args(build_parser().parse_args([]))
     assert (options.port, options.model_server_port, options.kv_connector) == (8000, 8200, "nixlv2")
-    assert options.prefill_allowlist is None and options.prefill_allowed("203.0.113.5")
+    assert options.prefill_allowlist is None and options.guard() is None
+    assert not options.forward_credentials_to_prefill
 
 
-def test_allowlist():
+async def test_allowlist():
     options = options_from_args(
         build_parser().parse_args(
             ["--enable-ssrf-protection", "--prefill-allowlist", "10.0.0.0/8, 192.168.1.7"]
         )
     )
-    assert options.prefill_allowed("10.4.5.6") and options.prefill_allowed("192.168.1.7")
-    assert not options.prefill_allowed("192.168.1.8") and not options.prefill_allowed("evil.example")
+    guard = options.guard()
+    assert guard is not None
+    assert await guard.allows("10.4.5.6", 8000) is None and await guard.allows("192.168.1.7", 1) is None
+    assert await guard.allows("192.168.1.8", 8000) == "192.168.1.8 is not an allowed prefill host"
+    assert await guard.allows("evil.example", 8000) == "evil.example is not an IP address"
 
 
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
         (["--kv-connector", "lmcache"], "--kv-connector 'lmcache' is not supported"),
-        (["--enable-ssrf-protection"], "--prefill-allowlist is empty"),
+        (["--enable-ssrf-protection"], "needs --prefill-allowlist or --prefill-pool-dns"),
+        (["--enable-ssrf-protection", "--prefill-allowlist", " , "], "--prefill-allowlist is empty"),
         (["--prefill-allowlist", "10.0.0.0/8"], "needs --enable-ssrf-protection"),
-        (["--enable-ssrf-protection", "--prefill-allowlist", "10.0.0.300"], "not an IP address or CIDR"),
+        (["--prefill-pool-dns", "prefill.ns"], "needs --enable-ssrf-protection"),
+        (["--prefill-ports", "8000"], "needs --enable-ssrf-protection"),
+        (["--enable-ssrf-protection", "--prefill-allowlist", "10.0.0.300"], "not an IP address, a CIDR"),
+        (
+            ["--enable-ssrf-protection", "--prefill-allowlist", "private", "--prefill-ports", "80x"],
+            "not a TCP port",
+        ),
         (["--prefill-timeout", "0"], "prefill_timeout_s must be > 0"),
     ],
 )

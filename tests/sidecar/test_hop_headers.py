@@ -14,7 +14,8 @@ from multidict import CIMultiDict
 from sidecar.config import SidecarOptions
 from sidecar.proxy import Sidecar, _forward_headers
 
-KV_PARAMS = {"remote_engine_id": "engine-p", "remote_block_ids": [1], "remote_host": "10.0.0.9"}
+# remote_host is the prefill stand-in's own address: the sidecar refuses parameters naming another host.
+KV_PARAMS = {"remote_engine_id": "engine-p", "remote_block_ids": [1], "remote_host": "127.0.0.1"}
 
 
 @dataclass

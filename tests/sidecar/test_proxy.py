@@ -24,7 +24,7 @@ KV_FROM_PREFILL = {
     "remote_block_ids": [1, 2, 3],
     "remote_engine_id": "engine-p",
     "remote_request_id": "cmpl-p",
-    "remote_host": "10.0.0.9",
+    "remote_host": "127.0.0.1",  # the prefill stand-in's own address, as VLLM_NIXL_SIDE_CHANNEL_HOST makes it
     "remote_port": 5600,
     "tp_size": 1,
 }
@@ -164,7 +164,8 @@ async def test_the_two_phases(rig):
     assert request_id and decode.headers["X-Request-Id"] == request_id
     for leg in (prefill, decode):
         assert "X-Prefiller-Host-Port" not in leg.headers
-        assert leg.headers["Authorization"] == "Bearer t"
+    # The client's credential goes to the local model server only (--forward-credentials-to-prefill).
+    assert decode.headers["Authorization"] == "Bearer t" and "Authorization" not in prefill.headers
     assert rig.sidecar.metrics.requests.labels("disaggregated")._value.get() == 1
 
 
@@ -227,11 +228,12 @@ async def test_malformed_prefiller_header_is_a_400(rig):
     assert rig.decode.received == [] and rig.prefill.received == []
 
 
-async def test_non_json_body_goes_to_the_model_server_unsplit(rig):
+async def test_a_body_the_sidecar_cannot_split_is_a_400(rig):
     headers = {"x-prefiller-host-port": rig.prefill_addr, "content-type": "application/json"}
-    async with rig.client.post("/v1/completions", data=b"{oops", headers=headers) as r:
-        assert r.status == 200
-    assert rig.prefill.received == [] and rig.decode.received[0].body == b"{oops"
+    for body in (b"{oops", b"[1]"):
+        async with rig.client.post("/v1/completions", data=body, headers=headers) as r:
+            assert r.status == 400
+    assert rig.prefill.received == [] and rig.decode.received == []
 
 
 async def test_ssrf_guard_refuses_hosts_outside_the_allowlist():
@@ -240,6 +242,7 @@ async def test_ssrf_guard_refuses_hosts_outside_the_allowlist():
             "/v1/completions", json=REQUEST, headers={"x-prefiller-host-port": rig.prefill_addr}
         ) as r:
             assert r.status == 403
+            assert "127.0.0.1 is not an allowed prefill host" in (await r.json())["error"]["message"]
         assert rig.prefill.received == [] and rig.decode.received == []
         assert rig.sidecar.metrics.ssrf_rejections._value.get() == 1
 
@@ -309,3 +312,42 @@ async def test_stream_chunks_reach_the_client_as_they_are_produced(rig):
         rig.decode.hold_stream.set()
         rest = await asyncio.wait_for(r.content.read(), 5)
     assert rest.endswith(b"data: [DONE]\n\n") and rest.count(b"data: ") == 3
+
+
+async def test_tracing_spans_both_legs_under_the_callers_trace() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async for rig in build_rig(prefill_timeout_s=0.5):
+        rig.sidecar.tracer = provider.get_tracer("test")
+        caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        headers = {"x-prefiller-host-port": rig.prefill_addr, "traceparent": caller}
+        async with rig.client.post("/v1/completions", json=REQUEST, headers=headers) as response:
+            assert response.status == 200
+            await response.read()
+        spans = {span.name: span for span in exporter.get_finished_spans()}
+        assert set(spans) == {"llm_d.sidecar.pd", "llm_d.sidecar.prefill", "llm_d.sidecar.decode"}
+        root = spans["llm_d.sidecar.pd"]
+        assert format(root.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+        for leg in ("llm_d.sidecar.prefill", "llm_d.sidecar.decode"):
+            assert spans[leg].parent is not None and spans[leg].parent.span_id == root.context.span_id
+        # Each leg hands its own span's context to the server it calls.
+        (prefill,) = rig.prefill.received
+        (decode,) = rig.decode.received
+        assert (
+            format(spans["llm_d.sidecar.prefill"].context.span_id, "016x") in prefill.headers["traceparent"]
+        )
+        assert format(spans["llm_d.sidecar.decode"].context.span_id, "016x") in decode.headers["traceparent"]
+
+
+async def test_without_tracing_no_traceparent_is_added(rig):
+    headers = {"x-prefiller-host-port": rig.prefill_addr}
+    async with rig.client.post("/v1/completions", json=REQUEST, headers=headers) as response:
+        assert response.status == 200
+        await response.read()
+    assert rig.sidecar.tracer is None
+    assert all("traceparent" not in r.headers for r in rig.prefill.received + rig.decode.received)

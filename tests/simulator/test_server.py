@@ -1,5 +1,6 @@
 """The simulator's HTTP API, in-process: routes, vLLM response shapes, SSE framing, metrics, P/D."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -192,9 +193,9 @@ async def test_chat_stream_without_usage_starts_with_the_role(sim):
         ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
         (
             "/v1/completions",
-            {"model": "tiny", "prompt": "x", "stream": "yes"},
+            {"model": "tiny", "prompt": "x", "stream": "maybe"},
             400,
-            "stream must be a boolean",
+            "Input should be a valid boolean",
         ),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "stream_options": {}}, 400, "`stream=True`"),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "one choice per request"),
@@ -205,7 +206,7 @@ async def test_bad_requests_get_vllm_style_errors(sim, path, body, status, messa
         assert r.status == status
         error = (await r.json())["error"]
     assert message in error["message"]
-    assert error["code"] == status and error["type"] in ("BadRequestError", "NotFoundError")
+    assert error["code"] == status and error["type"] in ("BadRequestError", "NotFoundError", "Bad Request")
 
 
 async def test_invalid_json_is_a_400(sim):
@@ -400,3 +401,74 @@ async def test_tokenizer_routes_refuse_bad_bodies_like_vllm(sim, path, body, sta
         assert r.status == status
         error = (await r.json())["error"]
     assert error["param"] == param and error["code"] == status and error["message"]
+
+
+async def test_the_chat_role_chunk_waits_for_the_first_token():
+    """vLLM 0.32 emits the role delta with the first engine output, so a client (and the EPP's TTFT
+    metric) sees the first body bytes at the first token, not when the stream opens (issue 12)."""
+    from simulator.engine import Sequence
+    from simulator.requests import parse_generation
+
+    server = SimServer(SimParams(model="tiny", **FAST))
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True}
+    parsed = parse_generation("chat", chat, "tiny", 4096, 16)
+    seq = Sequence(request_id="chatcmpl-1", prompt_tokens=4, hashes=[], max_tokens=2)
+    chunks = server._chunks(parsed, seq)
+    first = asyncio.ensure_future(chunks.__anext__())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not first.done()  # no token yet: nothing to send, not even the role
+    seq.tokens.put_nowait(0)
+    role = await asyncio.wait_for(first, 1)
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    # The first token follows the role chunk without waiting for anything else.
+    token = await asyncio.wait_for(chunks.__anext__(), 1)
+    assert "content" in token["choices"][0]["delta"] and "role" not in token["choices"][0]["delta"]
+    seq.tokens.put_nowait(1)
+    seq.tokens.put_nowait(None)
+    assert [c["choices"][0]["finish_reason"] async for c in chunks] == ["length"]
+
+
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [
+        ("127.0.0.1/x", 80),
+        ("u@127.0.0.1", 80),
+        ("127.0.0.1", "80/x"),
+        ("127.0.0.1", 0),
+        (["h"], 80),
+        ("h", True),
+    ],
+)
+async def test_kv_pull_targets_are_a_host_and_a_port_only(host, port):
+    from simulator.transfer import TransferError, pull_remote
+
+    params = {
+        "remote_host": host,
+        "remote_port": port,
+        "remote_engine_id": "e",
+        "remote_request_id": "r",
+        "remote_block_ids": [1],
+    }
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TransferError, match="incomplete"):
+            await pull_remote(session, params, [1], 1.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "message"),
+    [
+        (b'{"model":"tiny","prompt":"\\ud800"}', "prompt", "surrogate"),
+        (b'{"model":"tiny","messages":[{"role":"\\udfff","content":"x"}]}', "messages[0].role", "surrogate"),
+        (b'{"model":"tiny","prompt":"x","e":' + b"[" * 600 + b"]" * 600 + b"}", "e", "nests deeper"),
+        (b'{"model":"tiny","prompt":"x","temperature":NaN}', "body", "NaN"),
+    ],
+)
+async def test_bodies_no_stage_could_use_are_400s_naming_the_field(sim, raw, param, message):
+    """The simulator reads bodies with the EPP's and the sidecar's limits (issue 12): a prompt it
+    could not tokenise, hash or log is refused up front, never a 500 (or a dead request log)."""
+    path = "/v1/chat/completions" if b"messages" in raw else "/v1/completions"
+    async with sim.post(path, data=raw, headers={"content-type": "application/json"}) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert error["param"] == param and message in error["message"]

@@ -52,7 +52,9 @@ def pd(
         name="vllm-prefill",
         cpu="0",
         kv_transfer_config=NIXL,
-        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port())},
+        # The address the sidecar sent the prefill to, as the stacks set it (the pod IP): the sidecar
+        # ignores transfer params naming any other host (vLLM's default is "localhost").
+        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port()), "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1"},
         log_dir=logs,
     )
     decode = vllm_process(
@@ -62,7 +64,7 @@ def pd(
         name="vllm-decode",
         cpu="1",
         kv_transfer_config=NIXL,
-        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port())},
+        env={"VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port()), "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1"},
         log_dir=logs,
     )
     sidecar = ManagedProcess(
@@ -160,3 +162,17 @@ def test_simulator_kv_transfer_params_match_vllm(pd):
     assert isinstance(real_kv["remote_block_ids"][0], list) and isinstance(
         sim_kv["remote_block_ids"][0], list
     )
+
+
+def test_every_vllm_metric_the_monitoring_reads_is_on_real_vllm(pd):
+    """Dashboards, alerts, recording rules and scalers read these from real vLLM (here with the
+    NixlConnector, whose transfer metrics the P/D dashboard shows): each is served by its /metrics."""
+    from tests.support.observability import vllm_names_used
+    from tests.support.promql_names import exposed_names
+
+    served = set()
+    for role in ("prefill", "decode"):
+        served |= exposed_names(http.request("GET", f"http://127.0.0.1:{pd[role]}/metrics").body.decode())
+    used = vllm_names_used()
+    assert len(used) >= 12
+    assert sorted(used - served) == []

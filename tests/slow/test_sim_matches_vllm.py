@@ -3,8 +3,11 @@ framing, error shapes, metric names, types and label names."""
 
 from __future__ import annotations
 
+import http.client as httpclient
 import json
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from localrun.process import ManagedProcess, free_port, http_ok
 from tests.support import requests_shim as http
 from tests.support.vllm_server import SERVED_NAME, vllm_process
+from tests.support.vllm_verdicts import BASE, VERDICTS
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +61,12 @@ def servers(
         yield {"real": f"http://127.0.0.1:{real_port}", "sim": f"http://127.0.0.1:{sim_port}"}
 
 
+# Generation requests compared field by field must produce the same number of tokens on both
+# servers: without these, the real model samples and may emit EOS early (it once sent 2 chunks
+# where the simulator sent 3, and the framing test failed).
+DETERMINISTIC = {"temperature": 0, "ignore_eos": True}
+
+
 def both(servers: dict[str, str], method: str, path: str, body: Any = None) -> dict[str, http.Reply]:
     return {name: http.request(method, url + path, body) for name, url in servers.items()}
 
@@ -81,10 +91,18 @@ def test_health_and_models(servers):
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/v1/completions", {"model": SERVED_NAME, "prompt": "def main():", "max_tokens": 3}),
+        (
+            "/v1/completions",
+            {"model": SERVED_NAME, "prompt": "def main():", "max_tokens": 3, **DETERMINISTIC},
+        ),
         (
             "/v1/chat/completions",
-            {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+            {
+                "model": SERVED_NAME,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 3,
+                **DETERMINISTIC,
+            },
         ),
     ],
 )
@@ -104,6 +122,7 @@ def test_response_bodies_have_the_same_fields(servers, path, body):
                 "model": SERVED_NAME,
                 "prompt": "import os",
                 "max_tokens": 3,
+                **DETERMINISTIC,
                 "stream": True,
                 "stream_options": {"include_usage": True},
             },
@@ -114,6 +133,7 @@ def test_response_bodies_have_the_same_fields(servers, path, body):
                 "model": SERVED_NAME,
                 "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 3,
+                **DETERMINISTIC,
                 "stream": True,
                 "stream_options": {"include_usage": True},
             },
@@ -132,6 +152,59 @@ def test_sse_framing_and_chunks_match(servers, path, body):
         assert all(f.startswith("data: ") and "\n" not in f for f in frames), name
         events[name] = [json.loads(f[len("data: ") :]) for f in frames[:-1]]
     assert [shape(e) for e in events["sim"]] == [shape(e) for e in events["real"]]
+
+
+def timed_events(
+    url: str, path: str, body: dict[str, Any]
+) -> tuple[float, list[tuple[float, dict[str, Any]]]]:
+    """Seconds from sending to the response headers, and each SSE event with its arrival time."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = httpclient.HTTPConnection(host, int(port), timeout=120)
+    started = time.perf_counter()
+    connection.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+    response = connection.getresponse()
+    headers_at = time.perf_counter() - started
+    events, pending = [], b""
+    while chunk := response.read1(65536):
+        arrived = time.perf_counter() - started
+        pending += chunk
+        *complete, pending = pending.split(b"\n\n")
+        events += [(arrived, json.loads(e[6:])) for e in complete if e.startswith(b"data: {")]
+    connection.close()
+    return headers_at, events
+
+
+def test_chat_role_chunk_arrives_with_the_first_token(servers):
+    """vLLM sends the role delta when the first token is ready, so TTFT measured at the first body
+    byte (what the EPP does) is the real TTFT. The prompt is long and new, so the prefill takes a
+    while on both servers; the role chunk must not arrive before most of that wait is over."""
+    for name, url in servers.items():
+        prompt = f"{uuid.uuid4()} " + "tokens to prefill before the first one comes out " * 150
+        body = {
+            "model": SERVED_NAME,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 3,
+            **DETERMINISTIC,
+            "stream": True,
+        }
+        headers_at, events = timed_events(url, "/v1/chat/completions", body)
+        (role_at, role), (first_at, first) = events[0], events[1]
+        assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}, name
+        assert first["choices"][0]["delta"].get("content") is not None, name
+        ttft = first_at - headers_at
+        # Back to back on both servers; the old simulator sent the role chunk at the headers.
+        assert first_at - role_at <= 0.5 * ttft, (name, headers_at, role_at, first_at)
+
+
+@pytest.mark.parametrize(("api", "field", "value", "status"), VERDICTS)
+def test_sampling_fields_get_the_same_verdict(servers, api, field, value, status):
+    path, base = BASE[api]
+    replies = both(servers, "POST", path, {**base, field: value})
+    assert replies["real"].status == status, "vLLM changed its verdict: update tests/support/vllm_verdicts.py"
+    assert replies["sim"].status == status
+    if status == 400:
+        real, sim = replies["real"].json()["error"], replies["sim"].json()["error"]
+        assert (sim["type"], sim["param"]) == (real["type"], real["param"]), (real, sim)
 
 
 @pytest.mark.parametrize(

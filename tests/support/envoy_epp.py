@@ -18,6 +18,7 @@ from typing import Any
 
 from epp.server.stream import BodyMode
 from localrun import EnvoyGateway, ManagedProcess, Upstream, epp_command, free_port, grpc_ok, http_ok
+from localrun.profiles import GatewayProfile, profile_options
 from localrun.stack import LocalEndpoint, write_endpoints_file
 
 MODEL = "tiny"
@@ -132,7 +133,7 @@ class Stack:
                 closer()
 
 
-def start_pod(name: str, log_dir: Path, *extra: str) -> Pod:
+def start_pod(name: str, log_dir: Path, delay_ms: float = 0.0) -> Pod:
     port = free_port()
     process = ManagedProcess(
         [
@@ -145,7 +146,8 @@ def start_pod(name: str, log_dir: Path, *extra: str) -> Pod:
             name,
             "--model",
             MODEL,
-            *extra,
+            "--delay-ms",
+            f"{delay_ms:g}",
         ],
         ready=http_ok(f"http://127.0.0.1:{port}/health"),
         name=name,
@@ -166,14 +168,22 @@ def gateway_stack(
     fail_open: bool = False,
     upstream: Upstream = Upstream.ORIGINAL_DST,
     before_epp: Callable[[list[Pod]], None] | None = None,
-    pod_args: tuple[str, ...] = (),
+    pod_delay_ms: float = 0.0,
+    profile: GatewayProfile | None = None,
     **gateway_options: Any,
 ) -> Iterator[Stack]:
+    """``profile`` configures Envoy as that provider's generated config does (localrun/profiles.py);
+    explicit ``gateway_options`` still win."""
+    if profile is not None:
+        options = profile_options(profile)
+        mode = options.pop("mode", mode)
+        upstream = options.pop("upstream", upstream)
+        gateway_options = {**options, **gateway_options}
     grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
     stack = Stack(pods=[], gateway=None, epp=None, metrics_port=metrics_port, grpc_port=grpc_port)
     try:
         for index in range(pods):
-            pod = start_pod(f"pod-{index}", log_dir, *pod_args)
+            pod = start_pod(f"pod-{index}", log_dir, pod_delay_ms)
             stack.pods.append(pod)
             stack._closers.append(pod.process.stop)
         if before_epp is not None:

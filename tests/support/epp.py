@@ -10,6 +10,17 @@ from epp.datastore import Endpoint, EndpointMetrics, EndpointSpec
 from epp.scheduling.framework import SchedulingRequest
 from epp.types import InferenceRequest, ParsedBody
 
+_ADDRESSES: dict[str, str] = {}
+
+
+def _address_for(name: str) -> str:
+    """A distinct address per endpoint name (hash(name) % 250 made two names collide about once in
+    250 runs, under Python's per-process hash randomisation)."""
+    if name not in _ADDRESSES:
+        index = len(_ADDRESSES)
+        _ADDRESSES[name] = f"10.0.{index // 250}.{index % 250 + 1}"
+    return _ADDRESSES[name]
+
 
 def endpoint(
     name: str,
@@ -26,7 +37,7 @@ def endpoint(
     waiting_loras: frozenset[str] = frozenset(),
     max_loras: int = 0,
 ) -> Endpoint:
-    address = address or f"10.0.0.{abs(hash(name)) % 250 + 1}"
+    address = address or _address_for(name)
     ep = Endpoint(EndpointSpec(name, address, port, port, dict(labels or {})))
     ep.metrics = EndpointMetrics(
         waiting=waiting,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Any
 
 from render.engine import RenderResult, render_registrations, run_program
@@ -27,6 +28,16 @@ def kind_config(**overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+def model_server_spec(config: Any, role: Any, networking: Any = None) -> Any:
+    """The validated ModelServerPool inputs LlmdStack derives for one role of a stack config."""
+    from pulumi_llmd.components.inputs import ModelServerPoolInputs
+    from pulumi_llmd.components.stack import llmd_stack_args, model_server_pool_args, parse_llmd_stack_args
+
+    args = llmd_stack_args(config, pod_networking=networking, hf_token="hf_placeholder")
+    stack, _token = parse_llmd_stack_args(args)
+    return ModelServerPoolInputs.model_validate(model_server_pool_args(stack, role))
 
 
 def render_config(
@@ -64,8 +75,35 @@ CRD_FILES = {
         "k8s.cni.cncf.io",
         "NetworkAttachmentDefinition",
     ): "network-attachment-definition-client-v1.7.7-networks-crd.yaml",
+    (
+        "monitoring.coreos.com",
+        "PodMonitor",
+    ): "prometheus-operator-v0.93.0/monitoring.coreos.com_podmonitors.yaml",
+    (
+        "monitoring.coreos.com",
+        "ServiceMonitor",
+    ): "prometheus-operator-v0.93.0/monitoring.coreos.com_servicemonitors.yaml",
+    (
+        "monitoring.coreos.com",
+        "PrometheusRule",
+    ): "prometheus-operator-v0.93.0/monitoring.coreos.com_prometheusrules.yaml",
+    ("keda.sh", "ScaledObject"): "keda-v2.20.2/keda.sh_scaledobjects.yaml",
+    ("networking.istio.io", "DestinationRule"): "istio-1.30.3/networking.istio.io_destinationrules.yaml",
+    (
+        "networking.gke.io",
+        "HealthCheckPolicy",
+    ): "gke-gateway-api-v1.4.0/networking.gke.io_healthcheckpolicies.yaml",
+    (
+        "networking.gke.io",
+        "GCPBackendPolicy",
+    ): "gke-gateway-api-v1.4.0/networking.gke.io_gcpbackendpolicies.yaml",
 }
-CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "policy"}
+# Gateway API releases whose CRDs are in ../shared/crds. Upstream CRD files are not copied into this
+# repository, so Gateways and HTTPRoutes for a provider pinned to an older release (kgateway 2.1:
+# v1.4.1, Istio 1.30: v1.5.1) are validated against the newest release available here.
+GATEWAY_API_CRDS = {"v1.6.1": CRDS / "gateway-api-v1.6.1-standard"}
+NEWEST_GATEWAY_API = "v1.6.1"
+CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "policy", "autoscaling"}
 
 
 def api_group(manifest: dict[str, Any]) -> str:
@@ -83,13 +121,21 @@ def validate_core(manifest: dict[str, Any], kubernetes_version: str) -> None:
     kubernetes_validate.validate(manifest, f"{kubernetes_version}.0", strict=True)
 
 
-def crd_schema(manifest: dict[str, Any]) -> dict[str, Any]:
+def crd_schema(manifest: dict[str, Any], gateway_api: str | None = None) -> dict[str, Any]:
     group, version = str(manifest["apiVersion"]).split("/")
-    return _crd_schema(group, version, str(manifest["kind"]))
+    return _crd_schema(group, version, str(manifest["kind"]), gateway_api)
+
+
+def _crd_file(group: str, kind: str, gateway_api: str | None) -> Path:
+    relative = CRD_FILES[(group, kind)]
+    if group == "gateway.networking.k8s.io" and gateway_api is not None:
+        release = GATEWAY_API_CRDS.get(gateway_api, GATEWAY_API_CRDS[NEWEST_GATEWAY_API])
+        return release / relative.split("/", 1)[1]
+    return CRDS / relative
 
 
 @functools.cache
-def _crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
+def _crd_schema(group: str, version: str, kind: str, gateway_api: str | None = None) -> dict[str, Any]:
     """The CRD's openAPIV3Schema for the manifest's version, made strict about unknown fields.
 
     The API server prunes unknown fields silently; in tests a typo must fail instead, so every
@@ -98,14 +144,14 @@ def _crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
     """
     import yaml
 
-    relative = CRD_FILES[(group, kind)]
+    path = _crd_file(group, kind, gateway_api)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large; libyaml is 10x faster
-    for document in yaml.load_all((CRDS / relative).read_text(), Loader=loader):
+    for document in yaml.load_all(path.read_text(), Loader=loader):
         if document and document.get("kind") == "CustomResourceDefinition":
             for served in document["spec"]["versions"]:
                 if served["name"] == version:
                     return _strict(served["schema"]["openAPIV3Schema"], top=True)
-    raise LookupError(f"{relative} has no version {version}")
+    raise LookupError(f"{path} has no version {version}")
 
 
 def _strict(schema: Any, *, top: bool = False) -> Any:
@@ -131,31 +177,32 @@ def _strict(schema: Any, *, top: bool = False) -> Any:
 
 
 @functools.cache
-def _validator(group: str, version: str, kind: str) -> Any:
+def _validator(group: str, version: str, kind: str, gateway_api: str | None = None) -> Any:
     import jsonschema
 
-    return jsonschema.Draft7Validator(_crd_schema(group, version, kind))
+    return jsonschema.Draft7Validator(_crd_schema(group, version, kind, gateway_api))
 
 
-def validate_custom(manifest: dict[str, Any]) -> None:
-    """Raises jsonschema.ValidationError (the most relevant error) when the object does not fit."""
+def validate_custom(manifest: dict[str, Any], gateway_api: str | None = None) -> None:
+    """Raises jsonschema.ValidationError (the most relevant error) when the object does not fit;
+    Gateway API kinds against the CRDs of release ``gateway_api`` when given (else v1.6.1)."""
     import jsonschema
 
     group, version = str(manifest["apiVersion"]).split("/")
     error = jsonschema.exceptions.best_match(
-        _validator(group, version, str(manifest["kind"])).iter_errors(manifest)
+        _validator(group, version, str(manifest["kind"]), gateway_api).iter_errors(manifest)
     )
     if error is not None:
         raise error
 
 
-def validate_all(result: RenderResult, kubernetes_version: str) -> int:
+def validate_all(result: RenderResult, kubernetes_version: str, gateway_api: str | None = None) -> int:
     """Validate every rendered Kubernetes object; returns how many custom resources were checked."""
     custom = 0
     for manifest in result.manifests():
         if is_core(manifest):
             validate_core(manifest, kubernetes_version)
         else:
-            validate_custom(manifest)
+            validate_custom(manifest, gateway_api)
             custom += 1
     return custom

@@ -88,7 +88,7 @@ _fast_bytes = settings(max_examples=200, deadline=None)
         ),
         ("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "u"}]}', "neither 'content'"),
         ("/other", b'{"model": "m"}', "none of 'messages', 'prompt' or 'input'"),
-        ("/v1/completions", b"[" * 100_000, "not valid JSON"),
+        ("/v1/completions", b"[" * 100_000, "nests deeper than 100 levels"),
     ],
 )
 def test_errors_are_400_with_a_specific_message(path: str, raw: bytes, message: str) -> None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import grpc
@@ -17,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from epp.server import EppServer, ServerMetrics, ServerOptions, TlsFiles
+from epp.server import EppServer, ServerMetrics, ServerOptions
 from localrun import free_port
 from tests.support.extproc import ScriptedDirector, body_msg, request_headers, response_headers
 
@@ -123,57 +120,63 @@ async def test_metrics_endpoint_serves_epp_metrics(server: EppServer) -> None:
     assert "epp_request_body_bytes_bucket" in text
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> TlsFiles:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return TlsFiles(cert=cert, key=key)
-
-
-async def test_secure_serving_uses_tls_for_ext_proc_and_plaintext_for_probes(
-    tls_files: TlsFiles, director: ScriptedDirector
+async def test_drain_serves_through_the_notice_then_waits_for_open_streams(
+    director: ScriptedDirector,
 ) -> None:
+    """SIGTERM on one replica of several: readiness off at once, new streams still served during the
+    notice, then the drain lasts exactly as long as the streams it accepted (issue 12, finding 6)."""
     options = ServerOptions(
         host="127.0.0.1",
         grpc_port=free_port(),
         grpc_health_port=free_port(),
         metrics_port=free_port(),
-        tls=tls_files,
+        drain_notice=0.3,
+        drain_timeout=10.0,
     )
     server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
     await server.start()
     try:
-        credentials = grpc.ssl_channel_credentials(root_certificates=tls_files.cert.read_bytes())
-        async with grpc.aio.secure_channel(f"localhost:{options.grpc_port}", credentials) as channel:
-            call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
-            await call.write(request_headers())
-            await call.write(body_msg(BODY))
-            assert (await call.read()).request_headers.response.clear_route_cache
-            await call.done_writing()
-        assert await health(server, "liveness") == SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{options.grpc_port}") as channel:
+            stub = ext_proc_grpc.ExternalProcessorStub(channel)
+            open_call = stub.Process()  # a request whose response is still streaming
+            await open_call.write(request_headers())
+            await open_call.write(body_msg(BODY))
+            await open_call.read(), await open_call.read()
+            drain = asyncio.create_task(server.drain())
+            await asyncio.sleep(0.1)
+            assert await health(server, "readiness") == NOT_SERVING
+            late = stub.Process()  # the gateway has not noticed yet: still served
+            await late.write(request_headers())
+            await late.write(body_msg(BODY))
+            assert (await late.read()).request_headers.response.clear_route_cache
+            await late.read()
+            await late.write(response_headers(200, end_of_stream=True))
+            await late.read()
+            await late.done_writing()
+            assert await late.read() == grpc.aio.EOF
+            await asyncio.sleep(0.5)
+            assert not drain.done()  # past the notice, but a stream is open
+            await open_call.write(response_headers(200, end_of_stream=True))
+            await open_call.read()
+            await open_call.done_writing()
+            await asyncio.wait_for(drain, 2)  # ends with the last stream, long before the timeout
     finally:
         await server.stop(grace=0)
+    assert [failed for _, _, failed in director.completions] == [False, False]
+
+
+async def test_drain_gives_up_on_streams_at_the_timeout(
+    server: EppServer, director: ScriptedDirector
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(request_headers())
+        await call.write(body_msg(BODY))
+        await call.read()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(server.drain(), 5)  # the fixture's drain timeout is 0.2 s
+        assert asyncio.get_running_loop().time() - started < 2
+        # The stream that outlived the drain was cut, and the Director heard it failed.
+        assert server.processor.active_streams == 0
+        assert [failed for _, _, failed in director.completions] == [True]
+        call.cancel()

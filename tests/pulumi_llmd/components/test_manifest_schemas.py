@@ -40,7 +40,7 @@ def test_core_objects_validate_strictly(renders: dict[str, RenderResult]) -> Non
         values, _ = load_stack_file(STACKS_DIR / f"Pulumi.{stack}.yaml")
         validate_core(manifest, values["llmd:kubernetesVersion"])
         checked += 1
-    assert checked == 33  # 15 for kind, 18 for onprem
+    assert checked == 39  # 18 for kind, 21 for onprem (3 dashboard ConfigMaps each)
 
 
 def test_strict_core_validation_catches_a_typo(renders: dict[str, RenderResult]) -> None:
@@ -57,7 +57,14 @@ def test_custom_resources_validate_against_their_crds(renders: dict[str, RenderR
         assert (api_group(manifest), manifest["kind"]) in CRD_FILES, f"{file}: no CRD known for this kind"
         validate_custom(manifest)
         kinds.add(manifest["kind"])
-    assert kinds == {"Gateway", "HTTPRoute", "InferencePool", "NetworkAttachmentDefinition"}
+    assert kinds == {
+        "Gateway",
+        "HTTPRoute",
+        "InferencePool",
+        "NetworkAttachmentDefinition",
+        "PodMonitor",
+        "PrometheusRule",
+    }
 
 
 @needs_crds

@@ -10,7 +10,7 @@ import pytest
 from pulumi_llmd.components.modelserver import Role, engine_container
 from pulumi_llmd.components.platform import PodNetworking
 from pulumi_llmd.config import StackConfig, parse_stack_config
-from tests.support.stacks import kind_config
+from tests.support.stacks import kind_config, model_server_spec
 
 VLLM_MODEL = {"name": "tiny", "uri": "hf://org/tiny", "engine": "vllm"}
 
@@ -20,7 +20,7 @@ def vllm_config(**overrides: Any) -> StackConfig:
 
 
 def kv_transfer(config: StackConfig, role: Role, networking: PodNetworking) -> dict[str, Any] | None:
-    args = engine_container(config, role, networking, leader=True)["args"]
+    args = engine_container(model_server_spec(config, role, networking), leader=True)["args"]
     if "--kv-transfer-config" not in args:
         return None
     parsed: dict[str, Any] = json.loads(args[args.index("--kv-transfer-config") + 1])

@@ -42,7 +42,7 @@ def test_pd_off_is_one_decode_pool_without_sidecar() -> None:
     assert [p["containerPort"] for p in container["ports"]] == [8000]
     assert container["args"][container["args"].index("--role") + 1] == "both"
     assert not any(e["name"].startswith("VLLM_NIXL") for e in container["env"])
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     picker = config_map["data"]["epp-config.yaml"]
     assert "disagg-profile-handler" not in picker and "kv-cache-utilization-scorer" in picker
     policies = sorted(p["metadata"]["name"] for p in result.manifests("NetworkPolicy"))
@@ -131,13 +131,11 @@ def test_leader_election_adds_leases_and_the_flag() -> None:
 
 def test_switches_drop_crds_gateway_controller_and_policies() -> None:
     result = render_config(
-        kind_config(
-            crds={"install": False}, gateway={"installKgateway": False}, networkPolicy={"enabled": False}
-        )
+        kind_config(crds={"install": False}, gateway={"install": False}, networkPolicy={"enabled": False})
     )
     assert result.of_source("yaml") == [] and result.of_source("helm") == []
     assert result.manifests("NetworkPolicy") == []
-    assert [g["spec"]["gatewayClassName"] for g in result.manifests("Gateway")] == ["kgateway"]
+    assert [g["spec"]["gatewayClassName"] for g in result.manifests("Gateway")] == ["agentgateway"]
 
 
 def test_custom_picker_config_is_used_verbatim_and_rolls_the_epp() -> None:
@@ -145,7 +143,7 @@ def test_custom_picker_config_is_used_verbatim_and_rolls_the_epp() -> None:
 
     text = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: random-picker\n"
     result = render_config(kind_config(epp={"config": text}))
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     assert config_map["data"]["epp-config.yaml"] == text
     annotations = result.get("Deployment", "t-epp").document["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"llm-d.ai/epp-config-sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -157,36 +155,46 @@ def test_other_kubernetes_versions_validate(version: str) -> None:
     validate(result, version)
 
 
-def test_secure_serving_mounts_the_certificate() -> None:
-    result = render_config(kind_config(epp={"secureServing": True, "tlsSecretName": "epp-cert"}))
+def test_a_tls_secret_is_mounted_and_reloaded() -> None:
+    result = render_config(kind_config(epp={"tlsSecretName": "epp-cert"}))
     spec = result.get("Deployment", "t-epp").document["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     assert "--secure-serving=true" in container["args"]
     assert container["args"][container["args"].index("--cert-path") + 1] == "/etc/epp/tls"
+    assert "--enable-cert-reload" in container["args"]
     assert {"name": "tls", "mountPath": "/etc/epp/tls", "readOnly": True} in container["volumeMounts"]
     assert {"name": "tls", "secret": {"secretName": "epp-cert"}} in spec["volumes"]
-    (service,) = result.manifests("Service")
-    assert service["spec"]["ports"][0]["appProtocol"] == "https"
     validate(result)
 
 
+def test_the_epp_serves_tls_by_default_with_a_certificate_it_makes() -> None:
+    result = render_config(kind_config())
+    spec = result.get("Deployment", "t-epp").document["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "--secure-serving=true" in container["args"]
+    assert "--cert-path" not in container["args"] and "--enable-cert-reload" not in container["args"]
+    assert "tls" not in {v["name"] for v in spec["volumes"]}
+    (service,) = result.manifests("Service")
+    # HTTP/2 whether or not TLS wraps it, as llm-d-router's chart declares it.
+    assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
+
+
 def test_two_stacks_in_one_program_have_distinct_resources() -> None:
+    import pulumi
     import pulumi_kubernetes as k8s
 
-    from pulumi_llmd.components.platform import Platform, PodNetworking
-    from pulumi_llmd.components.stack import LlmdStack, LlmdStackArgs
-    from pulumi_llmd.config import parse_stack_config
+    from pulumi_llmd import LlmdStack, llmd_stack_args, parse_stack_config
 
     def program() -> None:
         provider = k8s.Provider("shared-cluster")
-        platform = Platform(k8s_provider=provider, pod_networking=PodNetworking())
+        opts = pulumi.ResourceOptions(providers=[provider])
         first = parse_stack_config(kind_config(name="a", namespace="team-a"), has_hf_token=False)
-        # Cluster-wide pieces (CRDs, kgateway) come from the first stack only.
-        shared_off = {"crds": {"install": False}, "gateway": {"installKgateway": False}}
+        # Cluster-wide pieces (CRDs, the gateway control plane) come from the first stack only.
+        shared_off = {"crds": {"install": False}, "gateway": {"install": False}}
         second_raw = kind_config(name="b", namespace="team-b", **shared_off)
         second = parse_stack_config(second_raw, has_hf_token=False)
-        LlmdStack("a", LlmdStackArgs(config=first, platform=platform))
-        LlmdStack("b", LlmdStackArgs(config=second, platform=platform))
+        LlmdStack("a", llmd_stack_args(first), opts=opts)
+        LlmdStack("b", llmd_stack_args(second), opts=opts)
 
     registrations, _ = run_program("two", {}, program=program)
     urns = [r.urn for r in registrations]
@@ -194,3 +202,33 @@ def test_two_stacks_in_one_program_have_distinct_resources() -> None:
     pools = [r for r in registrations if r.pulumi_type.endswith(":InferencePool")]
     placed = sorted((r.inputs["metadata"]["namespace"], r.name) for r in pools)
     assert placed == [("team-a", "a"), ("team-b", "b")]
+
+
+@pytest.mark.parametrize("option", ["provider", "providers"])
+def test_the_provider_and_dependencies_in_opts_reach_every_object(option: str) -> None:
+    """A local LlmdStack takes the Kubernetes provider as `provider=` or `providers=[...]`; every
+    object (typed, custom, Helm, remote YAML) inherits it and waits for the stack's `depends_on`."""
+    import pulumi
+    import pulumi_kubernetes as k8s
+
+    from pulumi_llmd import LlmdStack, llmd_stack_args, parse_stack_config
+
+    def program() -> None:
+        cluster = k8s.Provider("cluster")
+        ready = k8s.core.v1.Namespace("gpu-nodes-ready")
+        given = {"provider": cluster} if option == "provider" else {"providers": [cluster]}
+        config = parse_stack_config(kind_config(), has_hf_token=False)
+        opts = pulumi.ResourceOptions(depends_on=[ready], **given)
+        LlmdStack("t", llmd_stack_args(config), opts=opts)
+
+    registrations, _ = run_program("opts", {}, program=program)
+    provider = next(r.urn for r in registrations if r.pulumi_type == "pulumi:providers:kubernetes")
+    ready_urn = next(r.urn for r in registrations if r.name == "gpu-nodes-ready")
+    objects = [
+        r for r in registrations if r.pulumi_type.startswith("kubernetes:") and r.name != "gpu-nodes-ready"
+    ]
+    # 18 objects of the kind stack, 5 PodMonitors, a PrometheusRule, 3 dashboards; 2 charts, 3 remote YAML
+    assert len(objects) == 32
+    for registration in objects:
+        assert registration.provider.startswith(provider + "::"), registration.name
+        assert ready_urn in registration.dependencies, registration.name

@@ -68,8 +68,27 @@ def test_ports_line_up_across_pool_service_deployments_and_sidecar(result: Rende
     decode = containers(by_name["decode"])
     sidecar = decode["routing-sidecar"]
     assert sidecar["restartPolicy"] == "Always"  # native sidecar: starts before, stops after vLLM
-    assert port_numbers(sidecar) == {"http": target}
-    assert sidecar["args"] == ["--port", "8000", "--model-server-port", "8200", "--kv-connector", "nixlv2"]
+    assert port_numbers(sidecar) == {"http": target, "sidecar-metrics": 9090}
+    assert sidecar["args"] == [
+        "--port",
+        "8000",
+        "--model-server-port",
+        "8200",
+        "--kv-connector",
+        "nixlv2",
+        "--enable-ssrf-protection",
+        "--prefill-allowlist",
+        "private",
+        "--prefill-ports",
+        "8000",
+        "--metrics-port",
+        "9090",
+    ]
+    # The args the stack renders are ones the sidecar accepts, with the guard on.
+    from sidecar.config import build_parser, options_from_args
+
+    guarded = options_from_args(build_parser().parse_args(sidecar["args"]))
+    assert guarded.guard() is not None and guarded.prefill_ports == frozenset({target})
     decode_engine = decode["engine"]
     assert port_numbers(decode_engine)["vllm-http"] == 8200
     assert decode_engine["args"][decode_engine["args"].index("--port") + 1] == "8200"
@@ -107,18 +126,18 @@ def test_epp_flags_follow_the_contract(result: RenderResult) -> None:
     assert flags["--pool-name"] == pool["metadata"]["name"]
     assert flags["--pool-namespace"] == pool["metadata"]["namespace"]
     assert flags["--pool-group"] == "inference.networking.k8s.io"
-    assert "--secure-serving=false" in args
+    assert "--secure-serving=true" in args
     config_path = args[args.index("--config-file") + 1]
     mount = container["volumeMounts"][0]
     assert config_path.startswith(mount["mountPath"] + "/")
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     assert config_path.rsplit("/", 1)[1] in config_map["data"]
     assert pod_spec(epp)["volumes"][0]["configMap"]["name"] == config_map["metadata"]["name"]
     assert pool["spec"]["endpointPickerRef"]["failureMode"] == "FailClose"
 
 
 def test_pd_picker_config_uses_llm_d_plugin_names(result: RenderResult) -> None:
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     document = yaml.safe_load(config_map["data"]["epp-config.yaml"])
     types = {p["type"] for p in document["plugins"]}
     assert types == {
@@ -138,7 +157,7 @@ def test_pd_picker_config_uses_llm_d_plugin_names(result: RenderResult) -> None:
 
 def test_rendered_picker_config_loads_in_the_bundled_epp(result: RenderResult) -> None:
     loader = pytest.importorskip("epp.config.loader", reason="the EPP config loader is not in this checkout")
-    (config_map,) = result.manifests("ConfigMap")
+    [config_map] = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
     loaded = loader.load_config(config_map["data"]["epp-config.yaml"])
     assert loaded.warnings == []
     assert {"prefill-filter", "decode-filter", "disagg-profile-handler"} <= set(loaded.plugins)
@@ -224,17 +243,28 @@ def test_rbac_covers_every_resource_the_bundled_epp_watches(result: RenderResult
         assert (info.resource.group, info.plural) in granted, f"{info.resource} is watched but not granted"
 
 
-def test_route_sends_everything_to_the_pool_through_the_gateway(result: RenderResult) -> None:
+def test_route_sends_the_openai_api_to_the_pool_through_the_gateway(result: RenderResult) -> None:
     (gateway,) = result.manifests("Gateway")
     (route,) = result.manifests("HTTPRoute")
     (pool,) = result.manifests("InferencePool")
-    assert gateway["spec"]["gatewayClassName"] == "kgateway"
+    assert gateway["spec"]["gatewayClassName"] == "agentgateway"
     assert route["spec"]["parentRefs"][0]["name"] == gateway["metadata"]["name"]
     (rule,) = route["spec"]["rules"]
     assert rule["backendRefs"] == [
         {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool["metadata"]["name"]}
     ]
     assert rule["timeouts"] == {"request": "300s"}
+    # Only the OpenAI API, exactly: no /metrics, /tokenize or admin routes of the model servers.
+    assert [m["path"] for m in rule["matches"]] == [
+        {"type": "Exact", "value": path}
+        for path in (
+            "/v1/completions",
+            "/v1/chat/completions",
+            "/v1/models",
+            "/v1/embeddings",
+            "/v1/responses",
+        )
+    ]
 
 
 def test_network_policies_admit_only_the_gateway_plus_what_pd_needs(result: RenderResult) -> None:
@@ -290,9 +320,10 @@ def test_crds_are_retained_and_custom_resources_wait_for_them(result: RenderResu
     for kind in ("InferencePool", "Gateway", "HTTPRoute"):
         (obj,) = [o for o in result.of_source("k8s") if o.kind == kind]
         assert install_urns <= set(obj.registration.dependencies), kind
-    kgateway_charts = {o.registration.urn for o in result.of_source("helm") if "kgateway" in o.name}
+    control_plane_charts = {o.registration.urn for o in result.of_source("helm") if "agentgateway" in o.name}
+    assert len(control_plane_charts) == 2
     route = next(o for o in result.of_source("k8s") if o.kind == "Gateway")
-    assert kgateway_charts <= set(route.registration.dependencies)
+    assert control_plane_charts <= set(route.registration.dependencies)
 
 
 def test_retain_transform_marks_expanded_objects() -> None:

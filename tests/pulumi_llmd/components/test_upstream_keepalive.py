@@ -14,7 +14,7 @@ import pytest
 from pulumi_llmd.components.modelserver import Role, engine_container
 from pulumi_llmd.components.platform import PodNetworking
 from pulumi_llmd.config import parse_stack_config
-from tests.support.stacks import kind_config
+from tests.support.stacks import kind_config, model_server_spec
 
 SIDECAR_IDLE_KEEPALIVE_S = 15  # aiohttp.TCPConnector's default keepalive_timeout
 VLLM_MODEL = {"name": "tiny", "uri": "hf://org/tiny", "engine": "vllm"}
@@ -24,7 +24,6 @@ VLLM_MODEL = {"name": "tiny", "uri": "hf://org/tiny", "engine": "vllm"}
 def test_pd_engines_keep_connections_longer_than_the_sidecar(role: Role) -> None:
     config = parse_stack_config(kind_config(model=VLLM_MODEL), has_hf_token=True)
     assert config.disaggregated
-    env = {
-        e["name"]: e.get("value") for e in engine_container(config, role, PodNetworking(), leader=True)["env"]
-    }
+    engine = engine_container(model_server_spec(config, role, PodNetworking()), leader=True)
+    env = {e["name"]: e.get("value") for e in engine["env"]}
     assert int(env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) > SIDECAR_IDLE_KEEPALIVE_S

@@ -13,7 +13,7 @@ from pulumi_llmd.config.rules import go_seconds
 def test_defaults_are_llm_d_flow_control_with_round_robin_fairness() -> None:
     flow = EppConfig().flow_control
     assert not flow.enabled  # off by default, as in llm-d
-    assert flow.default_request_ttl == "60s"
+    assert flow.default_request_TTL == "60s"
     assert flow.default_priority_band.fairness_policy == "round-robin-fairness-policy"
     assert flow.default_negative_priority_band is not None
     assert flow.default_negative_priority_band.max_requests == "64"
@@ -30,7 +30,7 @@ def test_keys_are_spelled_as_llm_d_spells_them() -> None:
             }
         }
     )
-    assert epp.flow_control.default_request_ttl == "30s"
+    assert epp.flow_control.default_request_TTL == "30s"
     assert epp.flow_control.priority_bands[0].priority == -5
 
 

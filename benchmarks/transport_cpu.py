@@ -1,0 +1,659 @@
+"""CPU per ext_proc message and added latency of the two ext_proc transports: grpc.aio as shipped
+(``epp.server.EppServer``) and the asyncio HTTP/2 server in ``epp.transport`` (issue 16).
+
+Both transports run the same protocol layer (``ExtProcStream``) behind a fixed Director that sends
+every request to one stand-in model server, each in its own process, so the only difference is
+the transport. Envoy (one worker) sits in front; an open-loop client sends POSTs at a fixed rate
+through: Envoy alone (``direct``), Envoy + ext_proc to the grpc.aio process, and Envoy + ext_proc
+to the h2 process, in slices that alternate between the paths so background load hits all alike.
+
+CPU per message = the EPP process's user + system CPU over a slice (``/proc/<pid>/stat``) divided
+by the ext_proc messages Envoy counted both ways in that slice (``stream_msgs_sent`` +
+``stream_msgs_received``). The machine's load average is printed with every table: numbers from a
+busy machine are not comparable with quiet ones.
+
+    python -m benchmarks.transport_cpu                       # 100/200/400 req/s, 10 s each
+    python -m benchmarks.transport_cpu --rates 200 --duration 4 --tls
+    python -m benchmarks.transport_cpu --json out.json
+
+Goal (issue 16): <= 40 µs CPU per message; <= 0.7 ms added p50 and <= 1 ms added p99 at 200 req/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.epp_latency import ext_proc_messages, measure_slice, open_loop, percentile
+from epp.server.stream import BodyMode
+from localrun import EnvoyGateway, ManagedProcess, envoy_binary, free_port, grpc_ok, http_ok
+from localrun.envoy import EPP_CLUSTER, render_bootstrap
+
+TRANSPORTS = ("grpc", "h2")
+MODEL = "tiny"
+
+
+# ---------------------------------------------------------------------------- the EPP under test
+
+
+@dataclass
+class FixedDirector:
+    """Every request goes to ``endpoint``: the scheduler is not what this benchmark measures."""
+
+    endpoint: str
+
+    def ready(self) -> bool:
+        return True
+
+    async def handle_request(self, request: Any) -> Any:
+        from epp.types import Decision
+
+        return Decision(endpoints=(self.endpoint,))
+
+    def handle_response_headers(self, request: Any, served: str | None, status: int) -> None:
+        pass
+
+    def handle_response_complete(self, request: Any, usage: Any, failed: bool) -> None:
+        pass
+
+
+def minimal_handler(endpoint: str) -> Any:
+    """The least an ext_proc server can do for Envoy in FULL_DUPLEX_STREAMED mode (route every
+    request to ``endpoint``, pass bodies through), so that what is measured is the transport."""
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+
+    from epp.server import messages
+
+    routed = messages.routed_request_headers({"x-gateway-destination-endpoint": endpoint}, [], endpoint)
+    continue_response = messages.continue_response_headers()
+    request_trailers = messages.request_trailers_done()
+    response_trailers = messages.response_trailers_done()
+
+    async def handle(requests: AsyncIterator[Any], send: Any) -> None:
+        body: list[bytes] = []
+        async for request in requests:
+            kind = request.WhichOneof("request")
+            if kind == "request_headers":
+                if request.request_headers.end_of_stream:
+                    await send(routed)
+            elif kind == "request_body":
+                body.append(request.request_body.body)
+                if request.request_body.end_of_stream:
+                    await send(routed)
+                    for message in messages.streamed_request_body(b"".join(body)):
+                        await send(message)
+            elif kind == "request_trailers":
+                await send(request_trailers)
+            elif kind == "response_headers":
+                await send(continue_response)
+            elif kind == "response_body":
+                chunk = request.response_body
+                await send(
+                    ext_proc.ProcessingResponse(
+                        response_body=ext_proc.BodyResponse(
+                            response=ext_proc.CommonResponse(
+                                body_mutation=ext_proc.BodyMutation(
+                                    streamed_response=ext_proc.StreamedBodyResponse(
+                                        body=chunk.body, end_of_stream=chunk.end_of_stream
+                                    )
+                                )
+                            )
+                        )
+                    )
+                )
+            elif kind == "response_trailers":
+                await send(response_trailers)
+
+    return handle
+
+
+async def serve(
+    transport: str,
+    port: int,
+    health_port: int,
+    endpoint: str,
+    tls_dir: Path | None,
+    handler_name: str = "epp",
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from epp.server import EppServer, ServerMetrics, ServerOptions, StreamSettings
+    from epp.server.health import HealthServicer
+    from epp.server.tls import CertificateSource
+
+    director = FixedDirector(endpoint)
+    metrics = ServerMetrics(CollectorRegistry())
+    settings = StreamSettings()
+    tls = CertificateSource(tls_dir) if tls_dir is not None else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if transport == "grpc":
+        options = ServerOptions(
+            host="127.0.0.1", grpc_port=port, grpc_health_port=health_port, metrics_port=free_port(), tls=tls
+        )
+        server = EppServer(director, options, metrics)
+        if handler_name == "minimal":
+            minimal = minimal_handler(endpoint)
+
+            async def process(requests: Any, context: Any) -> None:
+                await minimal(requests, context.write)
+
+            server.processor.Process = process  # type: ignore[method-assign, assignment]
+        await server.start()
+        await stop.wait()
+        await server.stop(0)
+        return
+    from epp.transport import H2Server, TransportOptions, ext_proc_method, health_methods, server_ssl_context
+
+    handler = (
+        extproc_handler(director, settings, metrics) if handler_name == "epp" else minimal_handler(endpoint)
+    )
+    transport_options = TransportOptions(
+        max_receive_message_bytes=settings.max_request_body_bytes + 64 * 1024
+    )
+    ext_proc_server = H2Server([ext_proc_method(handler)], transport_options)
+    ssl_context = None
+    if tls_dir is not None:
+        ssl_context = server_ssl_context(tls_dir / "tls.crt", tls_dir / "tls.key")
+    await ext_proc_server.start("127.0.0.1", port, ssl_context)
+    health_server = H2Server(health_methods(HealthServicer(director.ready).status))
+    await health_server.start("127.0.0.1", health_port)
+    await stop.wait()
+    await ext_proc_server.shutdown(0)
+    await health_server.shutdown(0)
+
+
+def extproc_handler(director: Any, settings: Any, metrics: Any) -> Any:
+    """``ExtProcStream`` on the h2 transport, with the error handling of the grpc.aio servicer
+    (``epp.server.processor.ExternalProcessor``): a failing stream ends with INTERNAL."""
+    from epp.server.stream import ActiveRequestIds, BufferBudget, ExtProcStream
+    from epp.transport import RpcError, StatusCode
+
+    budget = BufferBudget(settings.max_buffered_request_bytes)
+    request_ids = ActiveRequestIds()
+    log = logging.getLogger("epp.transport.bench")
+
+    async def handle(requests: AsyncIterator[Any], send: Any) -> None:
+        stream = ExtProcStream(director, settings, metrics, budget, request_ids)
+        try:
+            await stream.run(requests, send)
+        except RpcError:
+            raise
+        except Exception:
+            metrics.stream_errors.inc()
+            log.exception("ext_proc stream failed")
+            raise RpcError(StatusCode.INTERNAL, "endpoint picker stream failed") from None
+
+    return handle
+
+
+# ---------------------------------------------------------------------------- Envoy with TLS to the EPP
+
+
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def with_ext_proc_tls(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """Dial the EPP over TLS without verifying it, as kgateway's endpoint-picker plugin does
+    (``buildExtProcCluster``: an UpstreamTlsContext with an empty validation context)."""
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        if cluster["name"] == EPP_CLUSTER:
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": _UPSTREAM_TLS,
+                    "common_tls_context": {"validation_context": {}},
+                },
+            }
+    return bootstrap
+
+
+class Gateway(EnvoyGateway):
+    """``EnvoyGateway`` that can dial the EPP over TLS (localrun's bootstrap has no such option yet)."""
+
+    def __init__(self, *args: Any, ext_proc_tls: bool = False, **kwargs: Any) -> None:
+        # The base renders cleartext; TLS is added below the way kgateway builds it (no ALPN).
+        super().__init__(*args, ext_proc_tls=False, **kwargs)
+        self.ext_proc_tls = ext_proc_tls
+
+    def start(self) -> Gateway:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        bootstrap = render_bootstrap(self.config)
+        if self.ext_proc_tls:
+            bootstrap = with_ext_proc_tls(bootstrap)
+        self.bootstrap_path.write_text(json.dumps(bootstrap, indent=1))
+        command = [str(envoy_binary()), "-c", str(self.bootstrap_path), "--concurrency", "1"]
+        command += ["--log-level", "warning", "--disable-hot-restart"]
+        self._process = ManagedProcess(
+            command, ready=http_ok(self.admin_url + "/ready"), name="envoy", log_dir=self._log_dir
+        ).start()
+        return self
+
+
+def make_certificate(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=epp"),
+            *("-keyout", str(directory / "tls.key"), "-out", str(directory / "tls.crt")),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return directory
+
+
+# ---------------------------------------------------------------------------- measurement
+
+
+@dataclass
+class Row:
+    path: str  # "direct" | "grpc" | "h2"
+    mode: str
+    rate: float
+    seconds: float = 0.0
+    ok: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    messages: int = 0
+    streams: int = 0
+
+    def summary(self, direct: Row | None) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        p = {q: percentile(lat, q / 100) * 1000 for q in (50, 90, 99)}
+        out: dict[str, Any] = {
+            "path": self.path,
+            "mode": self.mode,
+            "rate": self.rate,
+            "achieved_rps": self.ok / self.seconds if self.seconds else 0.0,
+            "ok": self.ok,
+            "errors": self.errors,
+            **{f"p{q}_ms": v for q, v in p.items()},
+            "cpu_ms_per_request": {k: v * 1000 / max(1, self.ok + self.errors) for k, v in self.cpu.items()},
+        }
+        if direct is not None:
+            base = sorted(direct.latencies)
+            for q in (50, 90, 99):
+                out[f"added_p{q}_ms"] = p[q] - percentile(base, q / 100) * 1000
+        if self.messages:
+            out["messages_per_request"] = self.messages / max(1, self.streams)
+            out["epp_cpu_us_per_message"] = self.cpu.get("epp", 0.0) * 1e6 / self.messages
+        return out
+
+
+def run(
+    rates: Sequence[float],
+    duration: float,
+    rounds: int,
+    modes: Sequence[BodyMode],
+    tls: bool,
+    log_dir: Path,
+    handler: str = "epp",
+    loop: str = "asyncio",
+) -> list[dict[str, Any]]:
+    backend_port = free_port()
+    backend = ManagedProcess(
+        [sys.executable, "-m", "localrun.standin", "--port", str(backend_port), "--model", MODEL],
+        ready=http_ok(f"http://127.0.0.1:{backend_port}/health"),
+        name="backend",
+        log_dir=log_dir,
+    )
+    endpoint = f"127.0.0.1:{backend_port}"
+    cert_dir = make_certificate(log_dir / "certs") if tls else None
+    epps: dict[str, tuple[ManagedProcess, int]] = {}
+    for transport in TRANSPORTS:
+        port, health_port = free_port(), free_port()
+        command = [sys.executable, "-m", "benchmarks.transport_cpu", "serve", "--transport", transport]
+        command += ["--port", str(port), "--health-port", str(health_port), "--endpoint", endpoint]
+        command += ["--handler", handler, "--loop", loop]
+        if cert_dir is not None:
+            command += ["--tls-dir", str(cert_dir)]
+        process = ManagedProcess(
+            command, ready=grpc_ok(health_port), name=f"epp-{transport}", log_dir=log_dir
+        )
+        epps[transport] = (process, port)
+    results: list[dict[str, Any]] = []
+    with backend:
+        for process, _ in epps.values():
+            process.start()
+        try:
+            for mode in modes:
+                for row in _run_mode(rates, duration, rounds, mode, tls, epps, backend, endpoint, log_dir):
+                    row["handler"] = handler
+                    row["loop"] = loop
+                    results.append(row)
+        finally:
+            for process, _ in epps.values():
+                process.stop()
+    return results
+
+
+def _run_mode(
+    rates: Sequence[float],
+    duration: float,
+    rounds: int,
+    mode: BodyMode,
+    tls: bool,
+    epps: dict[str, tuple[ManagedProcess, int]],
+    backend: ManagedProcess,
+    endpoint: str,
+    log_dir: Path,
+) -> list[dict[str, Any]]:
+    pool = [endpoint]
+    gateways: dict[str, Gateway] = {
+        "direct": Gateway(free_port(), free_port(), pool, ext_proc=False, log_dir=log_dir / "direct")
+    }
+    for transport, (_, port) in epps.items():
+        gateways[transport] = Gateway(
+            free_port(),
+            port,
+            pool,
+            mode=mode,
+            ext_proc_tls=tls,
+            log_dir=log_dir / f"{transport}-{mode.value}",
+        )
+    results = []
+    for gateway in gateways.values():
+        gateway.start()
+    try:
+        for gateway in gateways.values():  # warm connections and first-request code paths
+            asyncio.run(open_loop(gateway.url + "/v1/completions", 50, 1.0))
+        for rate in rates:
+            rows = {path: Row(path, mode.value, rate) for path in gateways}
+            for _ in range(rounds):
+                for path, gateway in gateways.items():
+                    processes = {"envoy": gateway.process, "backend": backend}
+                    if path in epps:
+                        processes["epp"] = epps[path][0]
+                    before = ext_proc_messages(gateway)
+                    latencies, ok, errors, seconds, cpu = measure_slice(
+                        gateway.url + "/v1/completions", rate, duration / rounds, processes
+                    )
+                    after = ext_proc_messages(gateway)
+                    row = rows[path]
+                    row.latencies += latencies
+                    row.ok += ok
+                    row.errors += errors
+                    row.seconds += seconds
+                    row.cpu = {k: row.cpu.get(k, 0.0) + v for k, v in cpu.items()}
+                    row.messages += after[0] - before[0]
+                    row.streams += after[1] - before[1]
+            for row in rows.values():
+                summary = row.summary(rows["direct"] if row.path != "direct" else None)
+                summary["load_average"] = os.getloadavg()
+                summary["tls"] = tls
+                print(_line(summary), file=sys.stderr, flush=True)
+                results.append(summary)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+    return results
+
+
+def _line(s: dict[str, Any]) -> str:
+    line = (
+        f"{s['path']:6s} {s['mode']:21s} {s['rate']:4.0f} rps: ok {s['ok']} err {s['errors']}"
+        f"  p50 {s['p50_ms']:.2f} p90 {s['p90_ms']:.2f} p99 {s['p99_ms']:.2f} ms"
+    )
+    if "added_p50_ms" in s:
+        line += f"  added p50 {s['added_p50_ms']:.2f} p90 {s['added_p90_ms']:.2f} p99 {s['added_p99_ms']:.2f}"
+    if "epp_cpu_us_per_message" in s:
+        line += f"  EPP {s['epp_cpu_us_per_message']:.1f} µs/msg ({s['messages_per_request']:.1f} msg/req)"
+    load = s["load_average"]
+    return line + f"  load {load[0]:.2f}"
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for s in results:
+        cpu = s["cpu_ms_per_request"]
+        rows.append(
+            [
+                s["path"],
+                s["mode"] + (" TLS" if s["tls"] and s["path"] != "direct" else ""),
+                f"{s['rate']:g}",
+                f"{s['achieved_rps']:.0f}",
+                f"{s['ok']}/{s['errors']}",
+                f"{s['p50_ms']:.2f}",
+                f"{s['p90_ms']:.2f}",
+                f"{s['p99_ms']:.2f}",
+                f"{s['added_p50_ms']:.2f}" if "added_p50_ms" in s else "-",
+                f"{s['added_p90_ms']:.2f}" if "added_p90_ms" in s else "-",
+                f"{s['added_p99_ms']:.2f}" if "added_p99_ms" in s else "-",
+                f"{cpu['epp']:.3f}" if "epp" in cpu else "-",
+                f"{s['epp_cpu_us_per_message']:.1f}" if "epp_cpu_us_per_message" in s else "-",
+                f"{cpu.get('envoy', 0.0):.3f}",
+                f"{s['load_average'][0]:.2f}",
+            ]
+        )
+    headers = ["transport", "mode", "rate", "achieved", "ok/err", "p50 ms", "p90 ms", "p99 ms", "added p50"]
+    headers += ["added p90", "added p99", "EPP CPU ms/req", "EPP µs/msg", "Envoy CPU ms/req", "load 1m"]
+    return report.markdown_table(headers, rows)
+
+
+# ---------------------------------------------------------------------------- frame layer alone
+
+
+class _NullTransport(asyncio.Transport):
+    """Takes writes and drops them: the frame layer measured without sockets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def frame_layer(messages: int, size: int) -> dict[str, float]:
+    """CPU µs per echoed message on one stream, in process, without sockets: this transport
+    (frames, flow control, message framing, the handler task's wakeup) against the h2 library's
+    state machine alone (receive one DATA frame, send one; no asyncio, no handler), which is what
+    deciding between "use h2" and "own frame layer" needs (issue 16)."""
+    import time
+
+    from epp.transport import frames as h2frames
+    from epp.transport.connection import H2Connection
+    from epp.transport.methods import bidi_method
+    from epp.transport.options import TransportOptions
+
+    results: dict[str, float] = {}
+    request = struct.pack(">BL", 0, size) + b"x" * size
+    data_frame = h2frames.frame(h2frames.FrameType.DATA, 0, 1, request)
+
+    class Raw:
+        """Bytes in, bytes out: the handler sees the raw message."""
+
+        @staticmethod
+        def FromString(data: bytes) -> Any:
+            return Raw.Reply(data)
+
+        class Reply:
+            def __init__(self, data: bytes) -> None:
+                self.data = data
+
+            def SerializeToString(self) -> bytes:
+                return self.data
+
+    async def echo(requests: AsyncIterator[Any], send: Any) -> None:
+        async for message in requests:
+            await send(message)
+
+    async def ours() -> float:
+        import hpack
+
+        connection = H2Connection({"/b.E/Echo": bidi_method("/b.E/Echo", Raw, echo)}, TransportOptions())
+        transport = _NullTransport()
+        connection.connection_made(transport)
+        request_headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/b.E/Echo"),
+            (":authority", "x"),
+        ]
+        request_headers += [("content-type", "application/grpc"), ("te", "trailers")]
+        block = bytes(hpack.Encoder().encode(request_headers))
+        connection.data_received(
+            h2frames.PREFACE
+            + h2frames.settings_frame({h2frames.Setting.INITIAL_WINDOW_SIZE: 2**31 - 1})
+            + h2frames.SETTINGS_ACK
+            + h2frames.window_update(0, 2**31 - 1 - 65_535)
+            + h2frames.frame(h2frames.FrameType.HEADERS, h2frames.Flag.END_HEADERS, 1, block)
+        )
+        await asyncio.sleep(0)
+        started = time.process_time()
+        for _ in range(messages):
+            connection.data_received(data_frame)
+            await asyncio.sleep(0)  # the handler task runs and sends its reply
+        elapsed = time.process_time() - started
+        assert transport.writes >= messages
+        return elapsed * 1e6 / messages
+
+    results["epp.transport"] = asyncio.run(ours())
+    try:
+        import h2.config
+        import h2.connection
+        import h2.events
+    except ImportError:
+        return results
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    for _ in range(2):
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())
+    client.send_headers(
+        1, [(":method", "POST"), (":scheme", "http"), (":path", "/b.E/Echo"), (":authority", "x")]
+    )
+    client.increment_flow_control_window(2**30)
+    client.increment_flow_control_window(2**30, 1)
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200"), ("content-type", "application/grpc")])
+    client.receive_data(server.data_to_send())
+    inbound = []
+    for _ in range(messages):
+        client.send_data(1, request)
+        inbound.append(client.data_to_send())
+        if client.local_flow_control_window(1) < 2 * len(request):
+            server.increment_flow_control_window(2**20)
+            server.increment_flow_control_window(2**20, 1)
+            client.receive_data(server.data_to_send())
+    started = time.process_time()
+    for chunk in inbound:
+        for event in server.receive_data(chunk):
+            if isinstance(event, h2.events.DataReceived):
+                server.acknowledge_received_data(event.flow_controlled_length, 1)
+        server.send_data(1, request)
+        server.data_to_send()
+    results["h2 library (frames only)"] = (time.process_time() - started) * 1e6 / messages
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.transport_cpu", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command")
+    frame_parser = sub.add_parser("frame-layer", help="in-process CPU per message: this transport vs h2")
+    frame_parser.add_argument("--messages", type=int, default=20_000)
+    frame_parser.add_argument("--size", type=int, default=200, help="bytes per message")
+    serve_parser = sub.add_parser("serve", help="(internal) run one EPP under test")
+    serve_parser.add_argument("--transport", choices=TRANSPORTS, required=True)
+    serve_parser.add_argument("--port", type=int, required=True)
+    serve_parser.add_argument("--health-port", type=int, required=True)
+    serve_parser.add_argument("--endpoint", required=True)
+    serve_parser.add_argument("--tls-dir", type=Path)
+    serve_parser.add_argument("--handler", choices=["epp", "minimal"], default="epp")
+    serve_parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 200.0, 400.0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per path and rate")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices the duration is cut into")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=[m.value for m in BodyMode],
+        default=[BodyMode.FULL_DUPLEX_STREAMED.value],
+    )
+    parser.add_argument("--tls", action="store_true", help="Envoy dials the EPPs over TLS (as kgateway does)")
+    parser.add_argument(
+        "--handler",
+        choices=["epp", "minimal"],
+        default="epp",
+        help="epp: ExtProcStream + a fixed Director; minimal: route and pass bodies through (transport only)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the EPP processes (uvloop must be importable; it is not a project dependency)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.command == "frame-layer":
+        print(f"load average: {os.getloadavg()}")
+        for name, micros in frame_layer(args.messages, args.size).items():
+            print(f"{name:28s} {micros:6.1f} µs CPU per echoed message")
+        return 0
+    if args.command == "serve":
+        logging.basicConfig(level=logging.WARNING)
+        if args.loop == "uvloop":
+            import uvloop  # optional, not a project dependency: measured, not shipped
+
+            uvloop.install()
+        asyncio.run(
+            serve(args.transport, args.port, args.health_port, args.endpoint, args.tls_dir, args.handler)
+        )
+        return 0
+    if args.duration <= 0 or args.rounds <= 0 or any(rate <= 0 for rate in args.rates):
+        parser.error("--duration, --rounds and --rates must be positive")
+    print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="transport-cpu-") as log_dir:
+        modes = [BodyMode(m) for m in args.modes]
+        results = run(
+            args.rates, args.duration, args.rounds, modes, args.tls, Path(log_dir), args.handler, args.loop
+        )
+    print(markdown(results))
+    print(f"\nload average after: {os.getloadavg()}  ({report.machine_description()})")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""One pod's KV-event stream: a ZMQ SUB socket on asyncio, sequence tracking, replay, resync.
+
+The pod's vLLM binds its publisher (``--kv-events-config`` ``endpoint: tcp://*:5557``) and, when
+configured, a replay ROUTER (``replay_endpoint: tcp://*:5558``); the EPP connects to both. This is
+llm-d's "pod discovery" mode (``kvEventsConfig.discoverPods`` with ``podDiscoveryConfig.socketPort``
+and ``replaySocketPort``; ``pkg/kvevents/zmq_subscriber.go``), written for asyncio: nothing here
+blocks the event loop, and a replay in progress pauses only this pod's stream (ZMQ keeps queueing
+its live messages meanwhile).
+
+Sequence numbers (8 bytes big-endian, from 0 per vLLM process) drive the consistency rules:
+
+* next expected → apply;
+* a gap (missed batches: slow joiner, high-water mark, network) → ask the replay socket for the
+  batches from the first missing one. If the replay returns them contiguously, nothing is lost;
+  otherwise (no replay socket, buffer rolled over, timeout) the pod is *resynced*: its entries are
+  dropped and the stream continues from here, so the index can only under-report that pod;
+* a number at or below the last applied one → a duplicate (dropped) when equal, otherwise vLLM
+  restarted (its cache is empty now): resync, then replay from 0 when possible;
+* a TCP reconnect (seen on the socket monitor) may hide a restart whose numbers happen to continue
+  upward, so it also resyncs and replays from 0;
+* the first message after subscribing with a number above 0 means history was missed: replay from
+  0 when possible (a full rebuild while vLLM's buffer still reaches back to 0, else a partial one).
+  With a replay socket the subscriber also replays from 0 right after connecting, so an idle pod's
+  cache is known before its next batch.
+
+A payload that fails to decode resyncs the pod (its events are lost; replaying the same bytes would
+fail again). ``AllBlocksCleared`` clears the pod like vLLM does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from epp import metrics
+from epp.kvevents.hashing import BlockHasher
+from epp.kvevents.index import KVBlockIndex
+from epp.kvevents.wire import (
+    END_SEQ,
+    SEQ_BYTES,
+    BlockStored,
+    Frame,
+    MalformedEvent,
+    decode_batch,
+    parse_frames,
+)
+
+log = logging.getLogger(__name__)
+
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 5000
+RCVHWM = 100_000  # as vLLM's publisher hwm: queue, rather than drop, while a replay runs
+
+
+@dataclass(frozen=True, slots=True)
+class EventSource:
+    """Where one endpoint's events come from. ``endpoint`` is the index identity (the serving
+    ``ip:port``); the topic's pod id is ignored, as llm-d does in pod-discovery mode."""
+
+    endpoint: str
+    events_address: str
+    replay_address: str | None = None
+
+
+class KVEventSubscriber:
+    def __init__(
+        self,
+        source: EventSource,
+        index: KVBlockIndex,
+        context: zmq.asyncio.Context,
+        *,
+        topic_filter: str = "kv@",
+        hasher: BlockHasher | None = None,
+        replay_timeout: float = 2.0,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.index = index
+        self.context = context
+        self.topic_filter = topic_filter
+        self.hasher = hasher
+        self.replay_timeout = replay_timeout
+        self.on_batch = on_batch  # (endpoint, seq) after each applied batch; tests and tracing
+        self.last_seq: int | None = None
+        self.connected = asyncio.Event()
+        self._resync_reason: str | None = None
+        self._replayed_from: int | None = None  # first seq of the applied range that came by replay
+        self._ever_connected = False
+        self._warned_mismatch = False
+        # Live handling and monitor-driven resyncs both await (replay); one at a time keeps order.
+        self._lock = asyncio.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return self.source.endpoint
+
+    async def run(self) -> None:
+        """Receive and apply until cancelled."""
+        sub = self.context.socket(zmq.SUB)
+        _tune(sub, self.source.events_address)
+        sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        sub.setsockopt(zmq.SUBSCRIBE, self.topic_filter.encode())
+        monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        watcher = asyncio.get_running_loop().create_task(self._watch(monitor))
+        try:
+            sub.connect(self.source.events_address)
+            while True:
+                frames = await sub.recv_multipart()
+                try:
+                    frame = parse_frames(frames)
+                except MalformedEvent as exc:
+                    metrics.KVEVENTS_DROPPED.labels(f"frame_{exc.reason}").inc()
+                    continue
+                async with self._lock:
+                    if self._resync_reason is not None:
+                        await self._resync(self._resync_reason)
+                    await self._on_live(frame)
+        finally:
+            watcher.cancel()
+            sub.disable_monitor()
+            monitor.close(linger=0)
+            sub.close(linger=0)
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        disconnected = False
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                disconnected = True
+                self.connected.clear()
+            elif event == zmq.EVENT_CONNECTED:
+                self.connected.set()
+                if disconnected:
+                    metrics.KVEVENTS_RECONNECTS.inc()
+                    self._resync_reason = "reconnect"
+                    disconnected = False
+                elif not self._ever_connected and self.source.replay_address is not None:
+                    self._resync_reason = "connect"  # proactive replay from 0 on the first connect
+                self._ever_connected = True
+                async with self._lock:
+                    if self._resync_reason is not None:
+                        await self._resync(self._resync_reason)
+
+    async def _resync(self, reason: str) -> None:
+        """Drop the pod's entries and rebuild from the replay buffer when there is one."""
+        self._resync_reason = None
+        dropped = self.index.clear(self.endpoint)  # a replay from 0 must start from nothing
+        if reason != "connect":
+            metrics.KVEVENTS_RESYNCS.labels(reason).inc()
+            log.info("kv events %s: resync (%s), dropped %d entries", self.endpoint, reason, dropped)
+        self.last_seq = None
+        self._replayed_from = None
+        if self.source.replay_address is not None:
+            await self._replay(0)
+        self._publish_index_metrics()
+
+    async def _on_live(self, frame: Frame) -> None:
+        seq = frame.seq
+        last = self.last_seq
+        if last is not None and seq <= last:
+            if seq == last or (self._replayed_from is not None and seq >= self._replayed_from):
+                # A batch already applied (live copies of what a replay delivered stay queued).
+                metrics.KVEVENTS_DROPPED.labels("duplicate_seq").inc()
+                return
+            await self._resync("restart")  # numbers went backwards: a new vLLM process
+            last = self.last_seq
+            if last is not None and seq <= last:
+                return
+        if last is None and seq > 0 and self.source.replay_address is not None:
+            self.index.clear(self.endpoint)
+            await self._replay(0)
+            last = self.last_seq
+            if last is not None and seq <= last:
+                return
+        elif last is not None and seq > last + 1:
+            metrics.KVEVENTS_MISSED_BATCHES.inc(seq - last - 1)
+            if self.source.replay_address is not None and await self._replay(last + 1):
+                metrics.KVEVENTS_GAPS.labels("replayed").inc()
+            else:
+                metrics.KVEVENTS_GAPS.labels("resynced").inc()
+                metrics.KVEVENTS_RESYNCS.labels("gap").inc()
+                dropped = self.index.clear(self.endpoint)
+                log.warning(
+                    "kv events %s: batches %d..%d lost, dropped %d entries",
+                    self.endpoint,
+                    last + 1,
+                    seq - 1,
+                    dropped,
+                )
+            last = self.last_seq
+            if last is not None and seq <= last:
+                return
+        self._apply(frame, "live")
+
+    async def _replay(self, start: int) -> bool:
+        """Apply buffered batches from ``start``; True when they arrived contiguously from ``start``."""
+        assert self.source.replay_address is not None
+        dealer = self.context.socket(zmq.DEALER)
+        _tune(dealer, self.source.replay_address)
+        complete = False
+        expected = start
+        try:
+            dealer.connect(self.source.replay_address)
+            # A DEALER with no connected peer blocks on send: bound that wait too.
+            await asyncio.wait_for(
+                dealer.send_multipart([b"", start.to_bytes(SEQ_BYTES, "big")]), self.replay_timeout
+            )
+            while True:
+                frames = await asyncio.wait_for(dealer.recv_multipart(), self.replay_timeout)
+                if frames and not frames[0]:
+                    frames = frames[1:]
+                if len(frames) == 3 and frames[1] == END_SEQ and not frames[2]:
+                    complete = True
+                    break
+                frame = parse_frames(frames)
+                if frame.seq != expected:
+                    if start == 0 and expected == 0 and frame.seq > 0:
+                        # vLLM's buffer no longer reaches back to 0: rebuild from what it has.
+                        metrics.KVEVENTS_GAPS.labels("partial_history").inc()
+                        expected = frame.seq
+                    else:
+                        log.warning(
+                            "kv events %s: replay from %d returned %d, expected %d",
+                            self.endpoint,
+                            start,
+                            frame.seq,
+                            expected,
+                        )
+                        return False
+                metrics.KVEVENTS_REPLAYED_BATCHES.inc()
+                if self._replayed_from is None or frame.seq < self._replayed_from:
+                    self._replayed_from = frame.seq
+                self._apply(frame, "replay")
+                expected += 1
+        except (TimeoutError, MalformedEvent, zmq.ZMQError) as exc:
+            log.warning("kv events %s: replay from %d failed: %r", self.endpoint, start, exc)
+            return False
+        finally:
+            dealer.close(linger=0)
+        # An empty answer is fine from 0 (nothing published yet), not for a gap's first batch.
+        return complete and (expected > start or start == 0)
+
+    def _apply(self, frame: Frame, source: str) -> None:
+        self.last_seq = frame.seq
+        try:
+            batch = decode_batch(frame.payload)
+        except MalformedEvent as exc:
+            metrics.KVEVENTS_DROPPED.labels(f"malformed_{exc.reason}").inc()
+            metrics.KVEVENTS_RESYNCS.labels("malformed").inc()
+            dropped = self.index.clear(self.endpoint)
+            log.warning(
+                "kv events %s: malformed batch %d (%s), dropped %d entries",
+                self.endpoint,
+                frame.seq,
+                exc,
+                dropped,
+            )
+            self._publish_index_metrics()
+            return
+        if batch.unknown:
+            metrics.KVEVENTS_DROPPED.labels("unknown_event").inc(len(batch.unknown))
+        if self.hasher is not None:
+            for event in batch.events:
+                if isinstance(event, BlockStored):
+                    self._verify(event)
+        result = self.index.apply_batch(self.endpoint, batch)
+        if result.stored:
+            metrics.KVEVENTS_EVENTS.labels("BlockStored").inc(result.stored)
+        if result.removed:
+            metrics.KVEVENTS_EVENTS.labels("BlockRemoved").inc(result.removed)
+        if result.cleared:
+            metrics.KVEVENTS_EVENTS.labels("AllBlocksCleared").inc(result.cleared)
+        if result.skipped_group:
+            metrics.KVEVENTS_DROPPED.labels("group_not_indexed").inc(result.skipped_group)
+        if result.unknown_removals:
+            metrics.KVEVENTS_UNKNOWN_REMOVALS.inc(result.unknown_removals)
+        metrics.KVEVENTS_BATCHES.labels(self.endpoint, source).inc()
+        metrics.KVEVENTS_LAG_SECONDS.observe(max(0.0, time.time() - batch.ts))
+        metrics.KVEVENTS_LAST_SEQUENCE.labels(self.endpoint).set(frame.seq)
+        self._publish_index_metrics()
+        if self.on_batch is not None:
+            self.on_batch(self.endpoint, frame.seq)
+
+    def _verify(self, event: BlockStored) -> None:
+        """Check the first block of a chain-start store against our own key computation."""
+        assert self.hasher is not None
+        if event.parent_block_hash is not None or not event.block_hashes or event.lora_name is not None:
+            return
+        if event.block_size != self.hasher.block_size:
+            ok = False
+        else:
+            salt = None
+            if event.extra_keys and event.extra_keys[0] is not None:
+                first = event.extra_keys[0]
+                if len(first) != 1 or not isinstance(first[0], str):
+                    return  # multimodal or prompt-embeds keys: not predictable from text
+                salt = first[0]
+            size = self.hasher.block_size
+            ok = self.hasher.block_keys(event.token_ids[:size], cache_salt=salt)[:1] == [
+                event.block_hashes[0]
+            ]
+        if not ok:
+            metrics.KVEVENTS_HASH_MISMATCHES.inc()
+            if not self._warned_mismatch:
+                self._warned_mismatch = True
+                log.warning(
+                    "kv events %s: block keys differ from the EPP's (%s, block size %d, seed %r; the "
+                    "event says block size %d): check --prefix-caching-hash-algo, PYTHONHASHSEED and "
+                    "--block-size against the producer's parameters",
+                    self.endpoint,
+                    self.hasher.algorithm,
+                    self.hasher.block_size,
+                    self.hasher.seed,
+                    event.block_size,
+                )
+
+    def _publish_index_metrics(self) -> None:
+        metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)
+        metrics.KVEVENTS_ENDPOINT_ENTRIES.labels(self.endpoint).set(self.index.endpoint_size(self.endpoint))
+
+
+def _tune(socket: zmq.asyncio.Socket, address: str) -> None:
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    if address.startswith("tcp://["):
+        socket.setsockopt(zmq.IPV6, 1)

