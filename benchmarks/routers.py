@@ -155,6 +155,8 @@ class RouterSpec:
     # EPP: epp_config has $-placeholders for the pool's KV-event ports (the pods must publish).
     kv_events: bool = False
     speculative: bool = False  # kv_events configs: speculativeIndexing
+    # EPP: InferenceObjective priorities by name (written into the static endpoints file).
+    epp_objectives: tuple[tuple[str, int], ...] = ()
 
 
 ROUTERS: tuple[RouterSpec, ...] = (
@@ -399,6 +401,7 @@ def _start_epp(
             )
             for name, endpoint in zip(pod_names, endpoints, strict=True)
         ],
+        objectives=dict(spec.epp_objectives),
     )
     extra = ["--log-level", "warning"]
     if config_text is not None:

@@ -97,6 +97,8 @@ class RequestSpec:
     group: str
     prompt_tokens: int
     output_tokens: int
+    # Extra request headers (a tenant's fairness id, an InferenceObjective name).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Workload(Protocol):
@@ -266,6 +268,85 @@ class MultiTurnChatWorkload:
         for conversation in draws:
             ordered.append(per_conversation[conversation][next_turn[conversation]])
             next_turn[conversation] += 1
+        return ordered
+
+
+@dataclass(frozen=True, slots=True)
+class AgenticWorkload:
+    """Agent sessions: every session starts with the same long system prompt and tool definitions,
+    then grows its own history turn by turn (tool results and short replies) and resends it.
+
+    The shared head makes every pod that has served any session look like a cache hit for every new
+    session, which is what lets a prefix-affinity scorer pack sessions onto a few pods; the growing
+    per-session tail is what makes keeping a session on its pod worth something.
+    """
+
+    sessions: int = 16
+    turns: int = 6
+    shared_prompt_tokens: int = 2000
+    turn_tokens: int = 150
+    assistant_turn_tokens: int = 40
+    output_tokens: int = 24
+    name: str = field(default="agentic", init=False)
+
+    def __post_init__(self) -> None:
+        _require_positive(
+            self,
+            "sessions",
+            "turns",
+            "shared_prompt_tokens",
+            "turn_tokens",
+            "assistant_turn_tokens",
+            "output_tokens",
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.sessions} sessions x {self.turns} turns sharing a {self.shared_prompt_tokens}-token "
+            f"system prompt, {self.turn_tokens}-token tool results, {self.assistant_turn_tokens}-token "
+            f"earlier replies, {self.output_tokens} output tokens (/v1/chat/completions, streaming)"
+        )
+
+    def requests(self, model: str, seed: int) -> list[RequestSpec]:
+        rng = random.Random(seed)
+        shared = random_text(rng, self.shared_prompt_tokens)
+        per_session: list[list[RequestSpec]] = []
+        for session in range(self.sessions):
+            messages: list[dict[str, str]] = [{"role": "system", "content": shared}]
+            tokens = self.shared_prompt_tokens
+            turns: list[RequestSpec] = []
+            for turn in range(self.turns):
+                if turn > 0:
+                    messages.append(
+                        {"role": "assistant", "content": random_text(rng, self.assistant_turn_tokens)}
+                    )
+                    tokens += self.assistant_turn_tokens
+                messages.append({"role": "user", "content": random_text(rng, self.turn_tokens)})
+                tokens += self.turn_tokens
+                turns.append(
+                    RequestSpec(
+                        path="/v1/chat/completions",
+                        body={
+                            "model": model,
+                            "messages": [dict(m) for m in messages],
+                            "max_tokens": self.output_tokens,
+                            "ignore_eos": True,
+                            "stream": True,
+                            "stream_options": {"include_usage": True},
+                        },
+                        group=f"s{session}",
+                        prompt_tokens=tokens,
+                        output_tokens=self.output_tokens,
+                    )
+                )
+            per_session.append(turns)
+        draws = [s for s in range(self.sessions) for _ in range(self.turns)]
+        rng.shuffle(draws)
+        next_turn = [0] * self.sessions
+        ordered: list[RequestSpec] = []
+        for session in draws:
+            ordered.append(per_session[session][next_turn[session]])
+            next_turn[session] += 1
         return ordered
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import re
@@ -26,6 +27,7 @@ from epp.server.tls import CertificateSource, TlsError
 
 if TYPE_CHECKING:
     from epp.runtime import Runtime, RuntimeOptions
+    from epp.scheduling.framework import SaturationDetector
 
 log = logging.getLogger("epp")
 
@@ -153,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=BodyMode.FULL_DUPLEX_STREAMED.value,
         help="assumed request body mode when the proxy does not announce one",
     )
-    tuning.add_argument("--decision-timeout", type=duration, default=30.0, help="longest scheduling wait")
+    tuning.add_argument(
+        "--decision-timeout",
+        type=duration,
+        default=30.0,
+        help="longest scheduling wait; with flow control, raised to cover the queue's TTL",
+    )
     tuning.add_argument(
         "--release-stream-after-routing",
         type=boolean,
@@ -259,6 +266,42 @@ def _config_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
     return DEFAULT_CONFIG
 
 
+# Past the queue's TTL: the request is answered by flow control (429/503 with a reason), not cut off.
+DECISION_TIMEOUT_MARGIN = 10.0
+# With no TTL a queued request waits for its client; stay under the 1000 s ext_proc message_timeout
+# that llm-d's Envoy config and Istio set (it applies when the body mode is not FULL_DUPLEX_STREAMED).
+UNBOUNDED_QUEUE_DECISION_TIMEOUT = 900.0
+
+
+def fit_decision_timeout(options: ServerOptions, longest_ttl: float) -> ServerOptions:
+    """Raise ``--decision-timeout`` above the flow-control queue's longest TTL (0 = no TTL), so a
+    queued request is answered by flow control's own 429/503 rather than by the stream's timeout."""
+    needed = UNBOUNDED_QUEUE_DECISION_TIMEOUT if longest_ttl <= 0 else longest_ttl + DECISION_TIMEOUT_MARGIN
+    current = options.stream.decision_timeout
+    if current >= needed:
+        return options
+    log.info(
+        "decision timeout raised from %gs to %gs to cover the flow-control queue TTL (%s)",
+        current,
+        needed,
+        f"{longest_ttl:g}s" if longest_ttl > 0 else "none",
+    )
+    return dataclasses.replace(options, stream=dataclasses.replace(options.stream, decision_timeout=needed))
+
+
+def flow_control_conflict(options: ServerOptions, detector: SaturationDetector) -> str | None:
+    """Why these server options defeat the flow-control gate, or None. With
+    ``--release-stream-after-routing`` the director hears each request complete as soon as it is
+    routed, so in-flight counts stay at zero and a detector reading them would admit everything."""
+    if options.stream.release_after_routing and detector.reads_in_flight:
+        return (
+            "--release-stream-after-routing cannot be combined with flow control gated by "
+            f"{detector.name!r}: it counts requests in flight until their response ends, which a "
+            "released stream never reports; use utilization-detector or keep the stream"
+        )
+    return None
+
+
 async def serve(runtime: Runtime, options: ServerOptions) -> None:
     """Run until SIGTERM (drain, then stop) or SIGINT / a second signal (stop now)."""
     loop = asyncio.get_running_loop()
@@ -307,6 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"epp: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    flow_control = runtime.config.flow_control
+    if flow_control is not None:
+        if (conflict := flow_control_conflict(server_options, flow_control.detector)) is not None:
+            print(f"epp: invalid configuration: {conflict}", file=sys.stderr)
+            return 2
+        server_options = fit_decision_timeout(server_options, flow_control.longest_ttl)
     try:
         asyncio.run(serve(runtime, server_options))
     except OSError as exc:  # typically a port already in use

@@ -59,6 +59,92 @@ SCRAPE_TASK_RESTARTS = Counter(
 )
 ENDPOINTS = Gauge("epp_pool_endpoints", "Endpoints currently in the pool.")
 
+# ---- flow control (default registry) ----------------------------------------------------------
+# llm-d's names (llm-d-router pkg/epp/metrics/llm_d_router_metrics.go).
+# llm-d emits these under the ``llm_d_epp`` subsystem only (no legacy twin for the newer ones).
+# ``fairness_id`` and the model labels come from the request, so their values are capped (llm-d caps
+# them at 1,000 distinct values each, pkg/epp/metrics/cardinality.go); see BoundedLabel.
+_MODEL_LABELS = ("model_name", "target_model_name")
+FLOW_QUEUE_DURATION = Histogram(
+    "llm_d_epp_flow_control_request_queue_duration_seconds",
+    "Distribution of total time requests spend in the Flow Control layer (from enqueue to final outcome).",
+    ["fairness_id", "priority", "outcome", "inference_pool", *_MODEL_LABELS],
+    buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+FLOW_DISPATCH_CYCLE = Histogram(
+    "llm_d_epp_flow_control_dispatch_cycle_duration_seconds",
+    "Distribution of time taken for each internal dispatch cycle in the Flow Control layer.",
+    buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1),
+)
+FLOW_ENQUEUE_DURATION = Histogram(
+    "llm_d_epp_flow_control_request_enqueue_duration_seconds",
+    "Distribution of time taken to enqueue requests into the Flow Control layer.",
+    ["fairness_id", "priority", "outcome"],
+    buckets=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1),
+)
+FLOW_QUEUE_SIZE = Gauge(
+    "llm_d_epp_flow_control_queue_size",
+    "Current number of requests actively held in the Flow Control queue.",
+    ["fairness_id", "priority", "inference_pool", *_MODEL_LABELS],
+)
+FLOW_QUEUE_BYTES = Gauge(
+    "llm_d_epp_flow_control_queue_bytes",
+    "Current total size in bytes of requests actively held in the Flow Control queue.",
+    ["fairness_id", "priority", "inference_pool", *_MODEL_LABELS],
+)
+FLOW_POOL_SATURATION = Gauge(
+    "llm_d_epp_flow_control_pool_saturation",
+    "Pool saturation signal gating Flow Control dispatch, by stage (prefill, decode, and 'effective' = "
+    "their maximum, the value compared with each band's usage limit; an empty pool reads 1.0).",
+    ["inference_pool", "stage"],
+)
+FLOW_CAPACITY_REQUESTS = Gauge(
+    "llm_d_epp_flow_control_capacity_utilization_requests",
+    "Fraction of a priority band's request-count capacity currently occupied (0.0-1.0).",
+    ["priority", "inference_pool"],
+)
+FLOW_CAPACITY_BYTES = Gauge(
+    "llm_d_epp_flow_control_capacity_utilization_bytes",
+    "Fraction of a priority band's byte-size capacity currently occupied (0.0-1.0).",
+    ["priority", "inference_pool"],
+)
+FLOW_GLOBAL_CAPACITY_REQUESTS = Gauge(
+    "llm_d_epp_flow_control_global_capacity_utilization_requests",
+    "Fraction of the global request-count capacity occupied across all bands (only when one is configured).",
+    ["inference_pool"],
+)
+FLOW_GLOBAL_CAPACITY_BYTES = Gauge(
+    "llm_d_epp_flow_control_global_capacity_utilization_bytes",
+    "Fraction of the global byte-size capacity occupied across all bands (only when one is configured).",
+    ["inference_pool"],
+)
+FLOW_REQUESTS = Counter(
+    "llm_d_epp_flow_control_requests",  # exported as llm_d_epp_flow_control_requests_total
+    "Total number of requests processed by the Flow Control layer, by final outcome.",
+    ["outcome", "priority", "inference_pool"],
+)
+
+OVERFLOW_LABEL = "other"
+
+
+class BoundedLabel:
+    """Caps the distinct values a request-derived label may take (a client picks its fairness id
+    and model name); values past the cap collapse to ``other``. A value once admitted always maps
+    to itself, so paired gauge increments and decrements stay balanced."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if not value or value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return OVERFLOW_LABEL
+        self._seen.add(value)
+        return value
+
+
 # ---- precise prefix cache: KV events from the model servers (default registry) ----------------
 KVEVENTS_BATCHES = Counter(
     "epp_kvevents_batches_total",

@@ -91,6 +91,7 @@ class Runtime:
             await self.elector.stop()
 
     async def stop(self) -> None:
+        await self.director.close()  # queued requests get their 503 before the server goes
         if self._gauge_task is not None:
             self._gauge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,6 +152,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
         served_models=options.served_models,
         metrics_staleness=options.metrics_staleness_threshold,
         leadership=(lambda: elector.is_leader) if elector is not None else None,
+        pool_name=options.pool_name or "",
         wrap_decide=wrap_decide,
     )
     source = config.metrics_source

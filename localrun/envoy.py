@@ -152,9 +152,12 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     ext_proc_host: str = "127.0.0.1"
     route_timeout_seconds: float = 300.0
-    # Bound on each EPP answer; longer than the EPP's own --decision-timeout (30 s) so the client
-    # gets the EPP's clear 503 rather than Envoy's bare timeout.
-    message_timeout_seconds: float = 40.0
+    # Bound on each EPP answer. Envoy applies it only outside FULL_DUPLEX_STREAMED (its
+    # ext_proc processor_state.cc skips the timer in that mode; measured here: BUFFERED answers 504
+    # when it fires). It must outlast the EPP's own decision bound, which with flow control is the
+    # queue TTL plus a margin, so a queued request gets flow control's 429/503 and not Envoy's bare
+    # 504. 1000 s is what llm-d's own Envoy config and Istio's InferencePool filter set.
+    message_timeout_seconds: float = 1000.0
     retries: int = 2  # OVERRIDE_HOST only: attempts after the first, walking the fallback list
     # False renders the same gateway without the EPP (round robin over the pool): the baseline that
     # the added-latency benchmark compares against.

@@ -150,6 +150,10 @@ class EndpointSetObserver(Plugin):
 
 
 class SaturationDetector(Plugin):
+    # True when saturation is read from the EPP's own in-flight counts, which fall only when a
+    # response ends: such a detector needs the response to pass through the EPP.
+    reads_in_flight: ClassVar[bool] = False
+
     def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         """0 = idle; >= 1.0 = saturated."""
         raise NotImplementedError

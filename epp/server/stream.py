@@ -240,7 +240,7 @@ class ExtProcStream:
             body, parsed = parse_request_body(self._req.path, raw)
         except EppError as error:
             await self._reject(send, error)
-        decision = await self._schedule(self._new_request(body, parsed), send)
+        decision = await self._schedule(self._new_request(body, parsed, len(raw)), send)
 
         out_body = decision.body if decision.body is not None else raw
         set_headers = self._routing_headers(decision)
@@ -267,7 +267,9 @@ class ExtProcStream:
         await send(messages.routed_request_headers(set_headers, remove, set_headers[DESTINATION_ENDPOINT]))
         self._maybe_release()
 
-    def _new_request(self, body: dict[str, object], parsed: ParsedBody) -> InferenceRequest:
+    def _new_request(
+        self, body: dict[str, object], parsed: ParsedBody, body_bytes: int = 0
+    ) -> InferenceRequest:
         return InferenceRequest(
             request_id=self._req.request_id,
             path=self._req.path,
@@ -278,6 +280,7 @@ class ExtProcStream:
             fairness_id=_first_header(self._req.headers, FAIRNESS_ID_HEADERS) or DEFAULT_FAIRNESS_ID,
             subset=self._req.subset,
             received_at=self._req.received_at,
+            body_bytes=body_bytes,
         )
 
     async def _schedule(self, request: InferenceRequest, send: Send) -> Decision:

@@ -231,6 +231,119 @@ class DecodeSettings(TypedDict, total=False):
     "The P/D routing sidecar on decode pods."
 
 
+class FlowControlBandSettings(TypedDict, total=False):
+    "A priority band's limits and policies (llm-d's `PriorityBandConfig`)."
+
+    max_requests: str
+    "Queued requests the band holds before it rejects (llm-d default 5000)."
+    max_bytes: str
+    "Queued request bytes the band holds (llm-d default 1G)."
+    fairness_policy: str
+    "Which flow (fairness id) of the band goes next (llm-d default global-strict)."
+    ordering_policy: str
+    "Which request of a flow goes next (llm-d default fcfs)."
+
+
+class FlowControlPriorityBandSettings(TypedDict, total=False):
+    "Bands of particular priorities."
+
+    max_requests: str
+    "Queued requests the band holds before it rejects (llm-d default 5000)."
+    max_bytes: str
+    "Queued request bytes the band holds (llm-d default 1G)."
+    fairness_policy: str
+    "Which flow (fairness id) of the band goes next (llm-d default global-strict)."
+    ordering_policy: str
+    "Which request of a flow goes next (llm-d default fcfs)."
+    priority: Required[int]
+    "The InferenceObjective priority this band serves."
+
+
+class SaturationDetectorSettings(TypedDict, total=False):
+    "What tells flow control that the pool is full (llm-d's detector plugins and their parameters)."
+
+    type: str
+    (
+        "`utilization-detector`: scraped queue depth and KV-cache use (llm-d's default); "
+        "`concurrency-detector`: the EPP's own in-flight count per pod, current to the request. Default: "
+        "`utilization-detector`."
+    )
+    queue_depth_threshold: int
+    "utilization-detector: waiting requests per pod that count as full (5)."
+    kv_cache_util_threshold: float
+    "utilization-detector: KV-cache use that counts as full (0.8)."
+    max_concurrency: int
+    (
+        "concurrency-detector: requests in flight per pod at which the pool is full (100); size it with "
+        "`python -m benchmarks.capacity` (in flight at the pod's SLO knee)."
+    )
+    headroom: float
+    "Burst above the limit a single pod may take as a filter (0)."
+    filter: bool
+    (
+        "Also a scheduling filter: no pod gets more than its limit x (1 + headroom), so a burst cannot herd "
+        "onto one pod. Default: `false`."
+    )
+
+
+class UsageLimitSettings(TypedDict, total=False):
+    "How the gate's ceiling varies by priority (llm-d's usage-limit policy plugins)."
+
+    type: str
+    (
+        "`static-usage-limit-policy`: one ceiling for all; `priority-holdback-policy`: lower priorities stop "
+        "at lower saturation, leaving room for higher ones. Default: `static-usage-limit-policy`."
+    )
+    threshold: float
+    "static: the ceiling (1.0 = up to the detector's limit)."
+    min_ceiling: float
+    "holdback (required): the lowest priority's ceiling."
+    max_ceiling: float
+    "holdback: the highest priority's ceiling (1.0)."
+    domain: str
+    "holdback: spread the ceilings by rank (default) or by priority value."
+
+
+class EppFlowControlSettings(TypedDict, total=False):
+    "llm-d's flow control: queue in the EPP until the pool has room, shed with 429/503."
+
+    enabled: bool
+    (
+        "Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: the gate that "
+        "protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, measured with "
+        "`python -m benchmarks.capacity`); docs/flow-control.md. Default: `false`."
+    )
+    default_request_TTL: str
+    (
+        'Longest queue wait while the pool has endpoints ("0s": until the client leaves). Keep it below '
+        "gateway.requestTimeout. Default: `60s`."
+    )
+    no_endpoint_request_TTL: str
+    "Longest queue wait while the pool has no endpoints (scale from zero); unset follows defaultRequestTTL."
+    max_requests: str
+    "Global queued-request limit."
+    max_bytes: str
+    "Global queued-byte limit."
+    default_priority_band: FlowControlBandSettings
+    (
+        "Template of every priority not listed (here: round-robin across fairness ids). Default: "
+        '`{"maxRequests": null, "maxBytes": null, "fairnessPolicy": "round-robin-fairness-policy", '
+        '"orderingPolicy": null}`.'
+    )
+    default_negative_priority_band: FlowControlBandSettings
+    (
+        "Template of bands below priority 0 (sheddable): a short queue, so they are shed first. Default: "
+        '`{"maxRequests": "64", "maxBytes": null, "fairnessPolicy": "round-robin-fairness-policy", '
+        '"orderingPolicy": null}`.'
+    )
+    priority_bands: list[FlowControlPriorityBandSettings]
+    "Bands of particular priorities. Default: empty."
+    saturation_detector: SaturationDetectorSettings
+    "The dispatch gate."
+    usage_limit: UsageLimitSettings
+    "The gate's ceiling per priority."
+
+
 class EppSettings(TypedDict, total=False):
     "The endpoint picker (`python -m epp`, or llm-d's) and its InferencePool wiring."
 
@@ -291,6 +404,8 @@ class EppSettings(TypedDict, total=False):
     "`--metrics-staleness-threshold` in seconds. Default: `2.0`."
     resources: ResourcesSettings
     'EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`.'
+    flow_control: EppFlowControlSettings
+    "llm-d's flow control in the generated EPP config (ignored with `config`)."
 
 
 class NetworkPolicySettings(TypedDict, total=False):
@@ -410,7 +525,7 @@ class RoleAutoscalingSettings(TypedDict, total=False):
 
     min_replicas: int
     (
-        "Fewest replicas. Not 0: the bundled EPP has no flow-control queue to hold requests while a pool "
+        "Fewest replicas. Not 0: with flow control off (the default) nothing holds requests while a pool "
         "scales up from zero. Default: `1`."
     )
     max_replicas: int
@@ -768,7 +883,10 @@ __all__ = [
     "DashboardsSettings",
     "DecodeSettings",
     "EndpointPickerArgs",
+    "EppFlowControlSettings",
     "EppSettings",
+    "FlowControlBandSettings",
+    "FlowControlPriorityBandSettings",
     "GatewayControlPlaneArgs",
     "GatewaySettings",
     "InferenceGatewayArgs",
@@ -785,8 +903,10 @@ __all__ = [
     "ResourcesSettings",
     "RoleAutoscalingSettings",
     "RolloutSettings",
+    "SaturationDetectorSettings",
     "ScalingTriggerSettings",
     "SidecarSettings",
     "TracingSettings",
     "TtftSloSettings",
+    "UsageLimitSettings",
 ]

@@ -6,7 +6,12 @@ from typing import Any
 
 import yaml
 
-from pulumi_llmd.config.models import EppConfig
+from pulumi_llmd.config.models import (
+    EppConfig,
+    EppFlowControlConfig,
+    FlowControlBand,
+    FlowControlPriorityBand,
+)
 
 API_VERSION = "llm-d.ai/v1alpha1"
 
@@ -44,6 +49,18 @@ def default_config() -> dict[str, Any]:
     }
 
 
+def in_flight_aware_config() -> dict[str, Any]:
+    """What the stacks run on a single pool: llm-d's default plus ``active-request-scorer`` (weight
+    2) on the EPP's own in-flight counts, which are current where the scraped load metrics lag, so
+    bursts of unique prompts do not herd onto one pod and agent sessions sharing a system prompt do
+    not pack onto a few (measurements: BENCHMARKS.md, "saturation"). The EPP's copy of it is
+    ``epp.config.samples.IN_FLIGHT_AWARE_CONFIG``; a test keeps the two equal."""
+    document = default_config()
+    document["plugins"].insert(3, {"type": "active-request-scorer"})
+    document["schedulingProfiles"][0]["plugins"].append({"pluginRef": "active-request-scorer", "weight": 2})
+    return document
+
+
 def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
     """P/D: always pick a decode pod; add a prefill pod when enough of the prompt is not cached there."""
 
@@ -77,9 +94,79 @@ def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
     }
 
 
+def with_flow_control(document: dict[str, Any], flow: EppFlowControlConfig) -> dict[str, Any]:
+    """``document`` plus llm-d's flow control: the feature gate, the detector and policy plugins it
+    names, and the ``flowControl`` section (llm-d-router apix/config/v1alpha1 FlowControlConfig)."""
+    if not flow.enabled:
+        return document
+    detector = flow.saturation_detector
+    bands = [
+        band
+        for band in (flow.default_priority_band, flow.default_negative_priority_band, *flow.priority_bands)
+        if band is not None
+    ]
+    policies = sorted(
+        {p for band in bands for p in (band.fairness_policy, band.ordering_policy) if p is not None}
+    )
+    plugin: dict[str, Any] = {"type": detector.type}
+    if detector.parameters():
+        plugin["parameters"] = detector.parameters()
+    section: dict[str, Any] = {"defaultRequestTTL": flow.default_request_TTL}
+    if flow.no_endpoint_request_TTL is not None:
+        section["noEndpointRequestTTL"] = flow.no_endpoint_request_TTL
+    for key, value in (("maxRequests", flow.max_requests), ("maxBytes", flow.max_bytes)):
+        if value is not None:
+            section[key] = value
+    section["defaultPriorityBand"] = _band(flow.default_priority_band)
+    if flow.default_negative_priority_band is not None:
+        section["defaultNegativePriorityBand"] = _band(flow.default_negative_priority_band)
+    if flow.priority_bands:
+        section["priorityBands"] = [_band(band) for band in flow.priority_bands]
+    section["saturationDetector"] = {"pluginRef": detector.type}
+    # The loader defaults to static-usage-limit-policy at 1.0 (llm-d-router's default), so the
+    # plugin and its ref are rendered only when the stack asks for something else.
+    usage_plugins: list[dict[str, Any]] = []
+    usage: dict[str, Any] = {"type": flow.usage_limit.type}
+    if flow.usage_limit.parameters():
+        usage["parameters"] = flow.usage_limit.parameters()
+    if usage != {"type": "static-usage-limit-policy"}:
+        usage_plugins.append(usage)
+        section["usageLimitPolicyPluginRef"] = usage["type"]
+    profiles = document["schedulingProfiles"]
+    if detector.filter:
+        profiles = [
+            {**profile, "plugins": [{"pluginRef": detector.type}, *profile["plugins"]]}
+            for profile in profiles
+        ]
+    return {
+        **document,
+        "featureGates": ["flowControl"],
+        "plugins": [*document["plugins"], plugin, *({"type": p} for p in policies), *usage_plugins],
+        "schedulingProfiles": profiles,
+        "flowControl": section,
+    }
+
+
+def _band(band: FlowControlBand) -> dict[str, Any]:
+    rendered: dict[str, Any] = (
+        {"priority": band.priority} if isinstance(band, FlowControlPriorityBand) else {}
+    )
+    for key, value in (
+        ("maxRequests", band.max_requests),
+        ("maxBytes", band.max_bytes),
+        ("fairnessPolicyRef", band.fairness_policy),
+        ("orderingPolicyRef", band.ordering_policy),
+    ):
+        if value is not None:
+            rendered[key] = value
+    return rendered
+
+
 def render_epp_config(settings: EppConfig, *, disaggregated: bool) -> str:
     """The YAML text for the EPP ConfigMap: the operator's override, else the generated config."""
     if settings.config is not None:
         return settings.config
-    document = disaggregated_config(settings.pd_non_cached_tokens) if disaggregated else default_config()
-    return yaml.safe_dump(document, sort_keys=False)
+    document = (
+        disaggregated_config(settings.pd_non_cached_tokens) if disaggregated else in_flight_aware_config()
+    )
+    return yaml.safe_dump(with_flow_control(document, settings.flow_control), sort_keys=False)

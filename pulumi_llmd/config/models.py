@@ -391,6 +391,193 @@ class DecodeConfig(PoolConfig):
     )
 
 
+# Go durations as llm-d's metav1.Duration takes them ("60s", "1m30s", "500ms"; "0s" = no limit).
+GO_DURATION = r"^(0|([0-9]+(\.[0-9]+)?(h|m|s|ms|us|ns))+)$"
+# Kubernetes quantities for flow-control limits ("5000", "5k", "1Gi").
+FlowQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+FairnessPolicy = Literal["round-robin-fairness-policy", "global-strict-fairness-policy"]
+OrderingPolicy = Literal["fcfs-ordering-policy", "edf-ordering-policy", "slo-deadline-ordering-policy"]
+
+
+# As a template (defaultPriorityBand, defaultNegativePriorityBand) a band has no priority of its own.
+class FlowControlBand(ConfigModel):
+    """A priority band's limits and policies (llm-d's `PriorityBandConfig`)."""
+
+    max_requests: FlowQuantity | None = Field(
+        default=None, description="Queued requests the band holds before it rejects (llm-d default 5000)."
+    )
+    max_bytes: FlowQuantity | None = Field(
+        default=None, description="Queued request bytes the band holds (llm-d default 1G)."
+    )
+    fairness_policy: FairnessPolicy | None = Field(
+        default=None,
+        description="Which flow (fairness id) of the band goes next (llm-d default global-strict).",
+    )
+    ordering_policy: OrderingPolicy | None = Field(
+        default=None, description="Which request of a flow goes next (llm-d default fcfs)."
+    )
+
+
+class FlowControlPriorityBand(FlowControlBand):
+    priority: int = Field(description="The InferenceObjective priority this band serves.")
+
+
+class SaturationDetectorConfig(ConfigModel):
+    """What tells flow control that the pool is full (llm-d's detector plugins and their parameters)."""
+
+    type: Literal["utilization-detector", "concurrency-detector"] = Field(
+        default="utilization-detector",
+        description="`utilization-detector`: scraped queue depth and KV-cache use (llm-d's default); "
+        "`concurrency-detector`: the EPP's own in-flight count per pod, current to the request.",
+    )
+    queue_depth_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        description="utilization-detector: waiting requests per pod that count as full (5).",
+    )
+    kv_cache_util_threshold: float | None = Field(
+        default=None, gt=0, le=1, description="utilization-detector: KV-cache use that counts as full (0.8)."
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="concurrency-detector: requests in flight per pod at which the pool is full (100); "
+        "size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
+    )
+    headroom: float | None = Field(
+        default=None, ge=0, description="Burst above the limit a single pod may take as a filter (0)."
+    )
+    filter: bool = Field(
+        default=False,
+        description="Also a scheduling filter: no pod gets more than its limit x (1 + headroom), so a "
+        "burst cannot herd onto one pod.",
+    )
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_type(self) -> SaturationDetectorConfig:
+        utilization_only = {
+            "queueDepthThreshold": self.queue_depth_threshold,
+            "kvCacheUtilThreshold": self.kv_cache_util_threshold,
+        }
+        if self.type == "concurrency-detector":
+            wrong = [key for key, value in utilization_only.items() if value is not None]
+        else:
+            wrong = ["maxConcurrency"] if self.max_concurrency is not None else []
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        """The plugin's parameters under llm-d's names (only the ones set)."""
+        values = {
+            "queueDepthThreshold": self.queue_depth_threshold,
+            "kvCacheUtilThreshold": self.kv_cache_util_threshold,
+            "maxConcurrency": self.max_concurrency,
+            "headroom": self.headroom,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+class UsageLimitConfig(ConfigModel):
+    """How the gate's ceiling varies by priority (llm-d's usage-limit policy plugins)."""
+
+    type: Literal["static-usage-limit-policy", "priority-holdback-policy"] = Field(
+        default="static-usage-limit-policy",
+        description="`static-usage-limit-policy`: one ceiling for all; `priority-holdback-policy`: lower "
+        "priorities stop at lower saturation, leaving room for higher ones.",
+    )
+    threshold: float | None = Field(
+        default=None, gt=0, le=1, description="static: the ceiling (1.0 = up to the detector's limit)."
+    )
+    min_ceiling: float | None = Field(
+        default=None, ge=0, lt=1, description="holdback (required): the lowest priority's ceiling."
+    )
+    max_ceiling: float | None = Field(
+        default=None, gt=0, le=1, description="holdback: the highest priority's ceiling (1.0)."
+    )
+    domain: Literal["rank", "value"] | None = Field(
+        default=None, description="holdback: spread the ceilings by rank (default) or by priority value."
+    )
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_type(self) -> UsageLimitConfig:
+        holdback = {"minCeiling": self.min_ceiling, "maxCeiling": self.max_ceiling, "domain": self.domain}
+        if self.type == "static-usage-limit-policy":
+            wrong = [key for key, value in holdback.items() if value is not None]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+        else:
+            if self.threshold is not None:
+                raise ValueError(f"threshold does not apply to {self.type}")
+            if self.min_ceiling is None:
+                raise ValueError("minCeiling is required for priority-holdback-policy")
+            if self.max_ceiling is not None and self.min_ceiling > self.max_ceiling:
+                raise ValueError(
+                    f"minCeiling ({self.min_ceiling}) must not exceed maxCeiling ({self.max_ceiling})"
+                )
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        values = {
+            "threshold": self.threshold,
+            "minCeiling": self.min_ceiling,
+            "maxCeiling": self.max_ceiling,
+            "domain": self.domain,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+# Requests wait in the EPP, per priority band and fairness id, until the saturation detector says the
+# pool has room; a request whose wait outlasts its TTL, or that finds its band full, gets 429 (503 when
+# the pool has no endpoints).
+class EppFlowControlConfig(ConfigModel):
+    """llm-d's flow control: queue in the EPP until the pool has room, shed with 429/503."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: "
+        "the gate that protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, "
+        "measured with `python -m benchmarks.capacity`); docs/flow-control.md.",
+    )
+    # llm-d spells these keys with "TTL"; the Python names keep its capitals because the package
+    # schema's key is the field name camel-cased (pulumi's analyzer), and it must equal the stack key.
+    default_request_TTL: str = Field(
+        default="60s",
+        alias="defaultRequestTTL",
+        pattern=GO_DURATION,
+        description='Longest queue wait while the pool has endpoints ("0s": until the client leaves). '
+        "Keep it below gateway.requestTimeout.",
+    )
+    no_endpoint_request_TTL: str | None = Field(
+        default=None,
+        alias="noEndpointRequestTTL",
+        pattern=GO_DURATION,
+        description="Longest queue wait while the pool has no endpoints (scale from zero); unset follows "
+        "defaultRequestTTL.",
+    )
+    max_requests: FlowQuantity | None = Field(default=None, description="Global queued-request limit.")
+    max_bytes: FlowQuantity | None = Field(default=None, description="Global queued-byte limit.")
+    default_priority_band: FlowControlBand = Field(
+        default_factory=lambda: FlowControlBand(fairness_policy="round-robin-fairness-policy"),
+        description="Template of every priority not listed (here: round-robin across fairness ids).",
+    )
+    default_negative_priority_band: FlowControlBand | None = Field(
+        default_factory=lambda: FlowControlBand(
+            max_requests="64", fairness_policy="round-robin-fairness-policy"
+        ),
+        description="Template of bands below priority 0 (sheddable): a short queue, so they are shed first.",
+    )
+    priority_bands: list[FlowControlPriorityBand] = Field(
+        default_factory=list, description="Bands of particular priorities."
+    )
+    saturation_detector: SaturationDetectorConfig = Field(
+        default_factory=SaturationDetectorConfig, description="The dispatch gate."
+    )
+    usage_limit: UsageLimitConfig = Field(
+        default_factory=UsageLimitConfig, description="The gate's ceiling per priority."
+    )
+
+
 class EppImplementation(StrEnum):
     """Which endpoint picker (and P/D sidecar) runs behind the same Service, RBAC, config and pool."""
 
@@ -469,6 +656,10 @@ class EppConfig(ConfigModel):
     )
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
+    )
+    flow_control: EppFlowControlConfig = Field(
+        default_factory=EppFlowControlConfig,
+        description="llm-d's flow control in the generated EPP config (ignored with `config`).",
     )
 
     @field_validator("config")

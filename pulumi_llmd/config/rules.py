@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pulumi_llmd.config.errors import Problem
 from pulumi_llmd.config.gateways import (
     GKE_CLASS_PREFIX,
@@ -239,6 +241,23 @@ def gateway_problems(config: LlmdStackConfig) -> list[Problem]:
                 "balancers, not pods the policies can select)",
             )
         )
+    flow = config.epp.flow_control
+    if flow.enabled and config.epp.config is None:
+        # The gateway must wait at least as long as a request may queue in the EPP, or it cuts the
+        # request off before flow control answers with its 429/503.
+        route = go_seconds(config.gateway.request_timeout)
+        for key, ttl in (
+            ("defaultRequestTTL", flow.default_request_TTL),
+            ("noEndpointRequestTTL", flow.no_endpoint_request_TTL),
+        ):
+            if ttl is not None and (go_seconds(ttl) == 0 or go_seconds(ttl) >= route):
+                problems.append(
+                    Problem(
+                        f"epp.flowControl.{key}",
+                        f"must be shorter than gateway.requestTimeout ({config.gateway.request_timeout}), "
+                        f"or queued requests are cut off by the gateway (got {ttl})",
+                    )
+                )
     problems += _autoscaling_problems(config)
     if config.epp.leader_election and config.epp.replicas < 2:
         problems.append(Problem("epp.leaderElection", f"needs epp.replicas >= 2 (got {config.epp.replicas})"))
@@ -285,6 +304,14 @@ def _kind_problems(config: StackConfig) -> list[Problem]:
                     )
                 )
     return problems
+
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_seconds(text: str) -> float:
+    """A Go duration the models' patterns admit ("300s", "1m30s", "500ms", "0") in seconds."""
+    return sum(float(n) * _GO_UNITS[u] for n, u in re.findall(r"([0-9.]+)(ns|us|ms|s|m|h)", text))
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -130,3 +130,40 @@ def test_precise_quick_run(tmp_path: Path) -> None:
     checks = data["summary"]["multi-tenant"]["checks"]
     assert set(checks["replicas"]) == {"epp-precise @ 10"}
     assert "10" in checks["precise_vs_approx"]
+
+
+def test_quick_saturation_run_serves_or_sheds_every_request() -> None:
+    """Real pods, Envoy and the EPP for a few seconds: every request is served or deliberately shed."""
+    from benchmarks.saturation import QUICK_DIR
+    from localrun import envoy_binary
+
+    try:
+        envoy_binary()
+    except (FileNotFoundError, ImportError) as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Envoy binary not available: {exc}")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.saturation",
+            "--quick",
+            "--routers",
+            "round-robin,epp-flow-control",
+            "--parts",
+            "sweep,tenants",
+            "--workloads",
+            "random",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    data = json.loads((QUICK_DIR / "saturation.json").read_text())
+    runs = data["runs"]
+    assert {r["part"] for r in runs} == {"sweep", "tenants"}
+    for run in runs:
+        point = run["point"]
+        assert point["lost"] == 0, point["lost_samples"]
+        assert point["served"] + sum(point["shed"].values()) == point["requests"]

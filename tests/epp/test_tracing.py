@@ -19,7 +19,7 @@ from epp.director import SchedulingDirector
 from epp.tracing import SPAN_NAME, decision_tracer
 from epp.types import EppError
 from tests.support.epp import inference_request, spec
-from tests.support.epp_configs import PD_SAMPLE
+from tests.support.epp_configs import HEADER, PD_SAMPLE
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
@@ -116,3 +116,25 @@ def test_tracing_flag_is_off_by_default() -> None:
     base = ["--endpoints-file", __file__, "--secure-serving=false"]
     assert parse_args(base)[0].tracing is False
     assert parse_args([*base, "--tracing"])[0].tracing is True
+
+
+async def test_with_flow_control_an_admitted_request_is_traced(exporter: InMemorySpanExporter) -> None:
+    # Flow control hands decide() the (model, priority) it worked out before admission; the tracing
+    # wrapper must pass that on rather than fail every admitted request.
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    datastore = Datastore()
+    picker = SchedulingDirector(
+        datastore,
+        load_config(HEADER + "featureGates: [flowControl]\nplugins: [{type: queue-scorer}]\n"),
+        wrap_decide=decision_tracer(provider).wrap,
+    )
+    datastore.replace_endpoints([spec("pod-0", 1)])
+    for endpoint in datastore.endpoints():
+        endpoint.metrics = EndpointMetrics(updated_at=time.monotonic())
+    request = dataclasses.replace(inference_request(request_id="r-fc"), headers={"traceparent": CALLER})
+    decision = await picker.handle_request(request)
+    await picker.close()
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["llm_d.request_id"] == "r-fc"
+    assert decision.headers["traceparent"].startswith(f"00-{CALLER_TRACE}-")

@@ -37,6 +37,12 @@ UPSTREAM_PLUGIN_TYPES = {
     "queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer", "metrics-data-source",
     "core-metrics-extractor", "prefill-filter", "decode-filter", "max-score-picker",
     "prefix-based-pd-decider", "disagg-profile-handler",
+    # The stacks' single-pool profile adds it (scorer/active_request.go ActiveRequestType); the flow
+    # control plugins the stack can render (reference/epp.md, registered plugin types).
+    "active-request-scorer", "utilization-detector", "concurrency-detector",
+    "round-robin-fairness-policy", "global-strict-fairness-policy", "fcfs-ordering-policy",
+    "edf-ordering-policy", "slo-deadline-ordering-policy", "static-usage-limit-policy",
+    "priority-holdback-policy",
 }  # fmt: skip
 
 SHARED_KINDS = ("Service", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "InferencePool")
@@ -111,7 +117,17 @@ def test_both_implementations_share_service_rbac_config_and_pool(
 
 
 def test_generated_configs_use_only_plugins_upstream_registers(upstream: RenderResult) -> None:
-    for config in (kind_config(epp={"implementation": "upstream"}), kind_config(prefill={"enabled": False})):
+    flow = {
+        "enabled": True,
+        "saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 8},
+        "priorityBands": [{"priority": 1, "orderingPolicy": "edf-ordering-policy"}],
+        "usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.75},
+    }
+    for config in (
+        kind_config(epp={"implementation": "upstream"}),
+        kind_config(prefill={"enabled": False}),
+        kind_config(epp={"implementation": "upstream", "flowControl": flow}, prefill={"enabled": False}),
+    ):
         # The EPP's ConfigMap is the one carrying its config (the others hold dashboards).
         (config_map,) = [
             m for m in render_config(config).manifests("ConfigMap") if "epp-config.yaml" in m.get("data", {})

@@ -149,6 +149,7 @@ def test_pd_picker_config_uses_llm_d_plugin_names(result: RenderResult) -> None:
         "disagg-profile-handler",
         "prefix-based-pd-decider",
     }
+    assert "featureGates" not in document  # flow control is off unless epp.flowControl.enabled
     handler = next(p for p in document["plugins"] if p["type"] == "disagg-profile-handler")
     assert handler["parameters"] == {"deciders": {"prefill": "prefix-based-pd-decider"}}
     assert [p["name"] for p in document["schedulingProfiles"]] == ["prefill", "decode"]
