@@ -15,6 +15,7 @@ from pulumi_llmd.components.naming import Role
 from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
 from pulumi_llmd.config.models import Engine, EppImplementation, FailureMode
 from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
+from pulumi_llmd.config.precise import EppTokenizer, PrefixCacheMode
 
 
 class ModelSettings(TypedDict, total=False):
@@ -37,6 +38,21 @@ class ModelSettings(TypedDict, total=False):
     "Size limit of the emptyDir that holds hf:// downloads. Default: `100Gi`."
     label: str
     "Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`."
+    block_size: int
+    (
+        "vLLM `--block-size` (tokens per KV block); unset lets vLLM choose (16 on CUDA, 128 on CPU). "
+        "Required with epp.prefixCache precise, whose EPP computes the pods' block keys."
+    )
+    prefix_caching_hash_algo: str
+    (
+        "vLLM `--prefix-caching-hash-algo` of the block keys (llm-d recommends sha256_cbor); set on the pods "
+        "and the EPP with epp.prefixCache precise only. Default: `sha256_cbor`."
+    )
+    hash_seed: str
+    (
+        "`PYTHONHASHSEED` of the model servers, which seeds vLLM's block keys; set on the pods and the EPP "
+        "with epp.prefixCache precise only. Default: `0`."
+    )
 
 
 class GatewaySettings(TypedDict, total=False):
@@ -393,6 +409,18 @@ class EppSettings(TypedDict, total=False):
     )
     config: str
     "A full EndpointPickerConfig YAML overriding the generated one."
+    prefix_cache: PrefixCacheMode
+    (
+        "`approximate` (the EPP guesses each pod's cache from its own routing) or `precise` (model servers "
+        "publish vLLM KV events on ports 5557/5558 and the EPP indexes them; needs model.blockSize; "
+        "docs/precise-prefix.md). Default: `approximate`."
+    )
+    tokenizer: EppTokenizer
+    (
+        "Precise mode: the EPP's tokenizer, `hub` (downloaded from the Hugging Face Hub at start), `path` "
+        "(the model's PVC mounted read-only) or `simulator` (simulated pools); unset picks simulator, hub or "
+        "path from model.engine and model.uri."
+    )
     pd_non_cached_tokens: int
     (
         "prefix-based-pd-decider `nonCachedTokens`: disaggregate when at least this many prompt tokens are "
@@ -709,6 +737,16 @@ class EndpointPickerArgs(TypedDict, total=False):
     "The EPP's own settings."
     tracing: TracingSettings
     "OTLP tracing of the scheduling decision."
+    model: ModelSettings
+    (
+        "The served model; required with settings.prefixCache precise (the token-producer's tokenizer, and "
+        "the block size, hash and seed of the pods' block keys)."
+    )
+    hf_token_secret: str
+    (
+        "Secret (key `HF_TOKEN`) the EPP reads to download a gated model's tokenizer from the Hub "
+        "(settings.prefixCache precise with tokenizer hub); unset passes no token."
+    )
 
 
 class PoolSettings(TypedDict, total=False):
@@ -777,6 +815,12 @@ class ModelServerPoolArgs(TypedDict, total=False):
     (
         "Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's disagg "
         "sidecar), following the stack's epp.implementation. Default: `bundled`."
+    )
+    prefix_cache: PrefixCacheMode
+    (
+        "`approximate` (the EPP guesses each pod's cache from its own routing) or `precise` (model servers "
+        "publish vLLM KV events on ports 5557/5558 and the EPP indexes them; needs model.blockSize; "
+        "docs/precise-prefix.md). Default: `approximate`."
     )
 
 

@@ -27,8 +27,10 @@ from pulumi_llmd.components.inputs import ModelServerPoolInputs, package_compone
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.tracing import tracing_args, tracing_env
+from pulumi_llmd.config.errors import ConfigError
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import Engine, EppImplementation, project_image
+from pulumi_llmd.config.precise import pool_env_problems
 
 __all__ = ["ModelServerPool", "ModelServerPoolInputs", "Role"]
 
@@ -73,6 +75,37 @@ def model_argument(spec: Spec) -> str:
     return f"{MODEL_CACHE_PATH}/{path}".rstrip("/")
 
 
+def kv_events_config(spec: Spec) -> str:
+    """vLLM's ``--kv-events-config`` for precise prefix routing: a PUB socket and a replay ROUTER bound
+    on every interface (the ``*`` makes vLLM bind; an address would make it connect out), and llm-d's
+    ``kv@<pod>:<port>@<model>`` topic, which the EPP's ``topicFilter`` (``kv@``) matches. ``$(POD_IP)``
+    is expanded by Kubernetes from the container's ``POD_IP`` variable (downward API); the port is the
+    pool port the EPP knows the endpoint by (8000, also behind the P/D sidecar)."""
+    config = {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"tcp://*:{naming.KV_EVENTS_PORT}",
+        "replay_endpoint": f"tcp://*:{naming.KV_REPLAY_PORT}",
+        "topic": f"kv@$(POD_IP):{naming.MODEL_SERVER_PORT}@{spec.model.name}",
+    }
+    return json.dumps(config, separators=(",", ":"))
+
+
+def kv_cache_arguments(spec: Spec) -> list[str]:
+    """The block size (when set) and, for precise prefix routing, the block hash and the KV-event
+    publisher: vLLM's flags, which the simulator takes too (``python -m simulator --help``)."""
+    model = spec.model
+    args = [] if model.block_size is None else ["--block-size", str(model.block_size)]
+    if spec.precise:
+        args += [
+            "--prefix-caching-hash-algo",
+            model.prefix_caching_hash_algo,
+            "--kv-events-config",
+            kv_events_config(spec),
+        ]
+    return args
+
+
 def vllm_arguments(spec: Spec) -> list[str]:
     pool = spec.pool
     args = [
@@ -96,6 +129,7 @@ def vllm_arguments(spec: Spec) -> list[str]:
     args.append(
         "--enable-prefix-caching" if spec.model.enable_prefix_caching else "--no-enable-prefix-caching"
     )
+    args += kv_cache_arguments(spec)
     if spec.disaggregated:
         # kv_both on both roles, as llm-d does: the sidecar decides per request who produces the KV.
         transfer: dict[str, Any] = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
@@ -118,6 +152,7 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
         sim_role = str(spec.role) if spec.disaggregated else "both"
         command = ["python", "-m", "simulator"]
         args = ["--host", "0.0.0.0", "--port", str(port), "--model", spec.model.name, "--role", sim_role]
+        args += kv_cache_arguments(spec)
     elif pool.nodes_per_replica > 1:
         # Ray head first, then vLLM in the foreground so the container lives as long as the server.
         serve = shlex.join(["vllm", "serve", *vllm_arguments(spec)])
@@ -141,10 +176,23 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
         # and to the decode pod's own vLLM alike: uvicorn's default 5 s lets it close a connection
         # the sidecar is about to reuse, and on the decode leg that fails the client's request.
         env.append({"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": "120"})
+    if spec.precise:
+        env += [
+            # The KV-event topic names the pod ($(POD_IP) in --kv-events-config); the seed makes the
+            # block keys the EPP computes (model.hashSeed, the same value) equal to vLLM's.
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "PYTHONHASHSEED", "value": spec.model.hash_seed},
+        ]
     platform_env = {**networking.env, **pool_networking_env(spec)}
     env += [{"name": k, "value": v} for k, v in sorted(platform_env.items()) if k not in pool.env]
 
     ports = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
+    if spec.precise:
+        # vLLM's own process publishes, behind the P/D sidecar too; the EPP subscribes to both.
+        ports += [
+            {"name": "kv-events", "containerPort": naming.KV_EVENTS_PORT, "protocol": "TCP"},
+            {"name": "kv-replay", "containerPort": naming.KV_REPLAY_PORT, "protocol": "TCP"},
+        ]
     if spec.disaggregated:
         ports.append({"name": "nixl", "containerPort": naming.NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"})
     if pool.nodes_per_replica > 1 and leader:
@@ -429,6 +477,10 @@ class ModelServerPool(pulumi.ComponentResource):
         through ``opts``; every child inherits the one and waits for the other.
         """
         spec = validate_args(ModelServerPoolInputs, args, component="ModelServerPool")
+        if spec.precise and (
+            problems := pool_env_problems(spec.pool.env, env_key="pool.env", mode_key="prefixCache")
+        ):
+            raise ConfigError(problems, subject="ModelServerPool args")
         super().__init__("llmd:index:ModelServerPool", name, None, opts)
         manifest = pool_manifest(spec)
         child = child_options(self, opts)

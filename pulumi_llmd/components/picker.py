@@ -14,10 +14,12 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import EndpointPickerArgs
 from pulumi_llmd.components.inputs import EndpointPickerInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
-from pulumi_llmd.components.pickerconfig import render_epp_config
+from pulumi_llmd.components.pickerconfig import PreciseSettings, render_epp_config
 from pulumi_llmd.components.tracing import tracing_args, tracing_env
+from pulumi_llmd.config.errors import ConfigError, Problem
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import EppImplementation
+from pulumi_llmd.config.precise import EppTokenizer, PrefixCacheMode, effective_tokenizer, precise_problems
 
 CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
@@ -26,6 +28,13 @@ CONFIG_CHECKSUM_ANNOTATION = "llm-d.ai/epp-config-sha256"
 # The bundled EPP's drain is bounded by --drain-timeout (default 30 s, epp/cli.py) plus the short
 # notice before it; this leaves room for both and for a slow exit.
 TERMINATION_GRACE_SECONDS = 130
+
+# Precise mode with tokenizer path: the model's PVC, mounted read-only (the token-producer's local.path).
+MODEL_DIR = "/model"
+# /tmp holds the Hub tokenizer download in precise mode (local.cacheDir /tmp/tokenizers): a
+# tokenizer.json is up to ~20 MB.
+TMP_SIZE = "64Mi"
+TMP_SIZE_WITH_TOKENIZER = "256Mi"
 
 
 Picker = EndpointPickerInputs
@@ -132,9 +141,67 @@ def epp_arguments(picker: Picker) -> list[str]:
     return args + tracing_args(picker.tracing, explicit_off=True)
 
 
+def picker_problems(picker: Picker) -> list[Problem]:
+    """EndpointPicker args that cannot work together (the stack rules check the same on its keys)."""
+    settings = picker.settings
+    if picker.model is not None:
+        return precise_problems(picker.model, settings, model_key="model", epp_key="settings")
+    if settings.prefix_cache is PrefixCacheMode.PRECISE:
+        return [Problem("model", "is required with settings.prefixCache precise (tokenizer and block keys)")]
+    if settings.tokenizer is not None:
+        return [Problem("settings.tokenizer", "applies to settings.prefixCache precise only")]
+    return []
+
+
+def precise(picker: Picker) -> bool:
+    return picker.settings.prefix_cache is PrefixCacheMode.PRECISE and picker.model is not None
+
+
+def tokenizer(picker: Picker) -> EppTokenizer | None:
+    """The precise mode's tokenizer source (None in approximate mode)."""
+    if not precise(picker):
+        return None
+    assert picker.model is not None
+    return effective_tokenizer(picker.model, picker.settings)
+
+
+def _pvc_location(uri: str) -> tuple[str, str]:
+    """``pvc://claim/path/in/claim`` as (claim, path)."""
+    claim, _, path = uri.split("://", 1)[1].partition("/")
+    return claim, path
+
+
+def token_producer_parameters(picker: Picker) -> dict[str, Any]:
+    """The token-producer backend for the model (docs/precise-prefix.md, "token-producer")."""
+    model = picker.model
+    assert model is not None
+    source = tokenizer(picker)
+    if source is EppTokenizer.SIMULATOR:
+        return {"simulator": {}}
+    if source is EppTokenizer.PATH:
+        _claim, path = _pvc_location(model.uri)
+        return {"local": {"path": f"{MODEL_DIR}/{path}".rstrip("/")}}
+    # hub: the repo vLLM loads; the Hub token (gated models) comes from HF_TOKEN, the default tokenEnv.
+    return {"local": {"huggingFace": {"repo": model.uri.split("://", 1)[1], "revision": "main"}}}
+
+
+def precise_settings(picker: Picker) -> PreciseSettings | None:
+    model = picker.model
+    if not precise(picker) or model is None or model.block_size is None:
+        return None
+    return PreciseSettings(
+        token_producer=token_producer_parameters(picker),
+        block_size=model.block_size,
+        hash_algorithm=model.prefix_caching_hash_algo,
+        hash_seed=model.hash_seed,
+    )
+
+
 def picker_config(picker: Picker) -> str:
     """The EndpointPickerConfig YAML the EPP loads."""
-    return render_epp_config(picker.settings, disaggregated=picker.disaggregated)
+    return render_epp_config(
+        picker.settings, disaggregated=picker.disaggregated, precise=precise_settings(picker)
+    )
 
 
 def config_checksum(picker: Picker) -> str:
@@ -165,6 +232,7 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
             {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             *tracing_env(picker.tracing, name),
+            *_hub_token_env(picker),
         ],
         "ports": [
             {"name": "grpc", "containerPort": naming.EPP_GRPC_PORT, "protocol": "TCP"},
@@ -194,10 +262,17 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    source = tokenizer(picker)
+    tmp_size = TMP_SIZE_WITH_TOKENIZER if source is EppTokenizer.HUB else TMP_SIZE
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": name}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}},
     ]
+    if source is EppTokenizer.PATH and picker.model is not None:
+        # The model's own tokenizer files, read-only (the files must be readable by uid 65532).
+        claim, _path = _pvc_location(picker.model.uri)
+        container["volumeMounts"].append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     if epp.secure_serving and epp.tls_secret_name is not None:
         container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": epp.tls_secret_name}})
@@ -252,6 +327,14 @@ def disruption_budget_manifest(picker: Picker) -> dict[str, Any] | None:
         "metadata": _metadata(picker),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": epp_selector(picker.pool_name)}},
     }
+
+
+def _hub_token_env(picker: Picker) -> list[dict[str, Any]]:
+    """The Hub token for a gated model's tokenizer download (tokenizer hub), from the model's Secret."""
+    if tokenizer(picker) is not EppTokenizer.HUB or picker.hf_token_secret is None:
+        return []
+    reference = {"name": picker.hf_token_secret, "key": "HF_TOKEN"}
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": reference}}]
 
 
 def service_manifest(picker: Picker) -> dict[str, Any]:
@@ -366,6 +449,14 @@ class EndpointPicker(pulumi.ComponentResource):
         child, and ``depends_on`` (the namespace, the InferencePool CRD) is passed on to each of them.
         """
         picker = validate_args(EndpointPickerInputs, args, component="EndpointPicker")
+        if problems := picker_problems(picker):
+            raise ConfigError(problems, subject="EndpointPicker args")
+        if picker.settings.config is not None and precise(picker):
+            # Allowed: the pods still publish KV events; whether the EPP reads them is the override's.
+            pulumi.log.warn(
+                "settings.config overrides the generated EndpointPickerConfig: with settings.prefixCache "
+                "precise it must configure the precise plugins itself (docs/precise-prefix.md)"
+            )
         super().__init__("llmd:index:EndpointPicker", name, None, opts)
         child = child_options(self, opts)
 

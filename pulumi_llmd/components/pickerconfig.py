@@ -2,18 +2,68 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from pulumi_llmd.components import naming
 from pulumi_llmd.config.models import (
     EppConfig,
     EppFlowControlConfig,
     FlowControlBand,
     FlowControlPriorityBand,
 )
+from pulumi_llmd.config.precise import PrefixCacheMode
 
 API_VERSION = "llm-d.ai/v1alpha1"
+PRECISE_PRODUCER = "precise-prefix-cache-producer"
+
+
+@dataclass(frozen=True)
+class PreciseSettings:
+    """What the precise plugins must agree on with the pods (docs/precise-prefix.md, "Block keys"):
+    the token-producer's backend parameters and the pods' block size, block hash and hash seed."""
+
+    token_producer: dict[str, Any]
+    block_size: int
+    hash_algorithm: str
+    hash_seed: str
+
+
+def precise_plugins(precise: PreciseSettings) -> list[dict[str, Any]]:
+    """token-producer, endpoint-notification-source, the precise producer and a prefix-cache-scorer
+    reading it, with llm-d-router v0.10's names and parameters (speculativeIndexing on, as in its own
+    precise-prefix perf config)."""
+    return [
+        {"type": "token-producer", "parameters": precise.token_producer},
+        {"type": "endpoint-notification-source"},
+        {
+            "type": PRECISE_PRODUCER,
+            "parameters": {
+                "tokenProcessorConfig": {
+                    "blockSizeTokens": precise.block_size,
+                    "hashAlgorithm": precise.hash_algorithm,
+                    "hashSeed": precise.hash_seed,
+                },
+                "kvEventsConfig": {
+                    "podDiscoveryConfig": {
+                        "socketPort": naming.KV_EVENTS_PORT,
+                        "replaySocketPort": naming.KV_REPLAY_PORT,
+                    }
+                },
+                "speculativeIndexing": True,
+            },
+        },
+        {"type": "prefix-cache-scorer", "parameters": {"prefixMatchInfoProducerName": PRECISE_PRODUCER}},
+    ]
+
+
+# The endpoint notifications feed the precise producer (subscribe on add, forget on delete).
+PRECISE_SOURCE = {
+    "pluginRef": "endpoint-notification-source",
+    "extractors": [{"pluginRef": PRECISE_PRODUCER}],
+}
 
 
 def default_config() -> dict[str, Any]:
@@ -61,8 +111,21 @@ def in_flight_aware_config() -> dict[str, Any]:
     return document
 
 
-def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
-    """P/D: always pick a decode pod; add a prefill pod when enough of the prompt is not cached there."""
+def precise_config(precise: PreciseSettings) -> dict[str, Any]:
+    """The stacks' single-pool profile (:func:`in_flight_aware_config`: llm-d's default plus the
+    in-flight scorer) with the prefix scorer reading the precise producer instead of the
+    approximate one."""
+    document = in_flight_aware_config()
+    others = [plugin for plugin in document["plugins"] if plugin["type"] != "prefix-cache-scorer"]
+    document["plugins"] = [*precise_plugins(precise), *others]
+    document["dataLayer"]["sources"].append(PRECISE_SOURCE)
+    return document
+
+
+def disaggregated_config(non_cached_tokens: int, precise: PreciseSettings | None = None) -> dict[str, Any]:
+    """P/D: always pick a decode pod; add a prefill pod when enough of the prompt is not cached there.
+    With ``precise``, both profiles' prefix-cache-scorer and the decider read the precise producer
+    (prefill pods publish their events too)."""
 
     def profile(name: str, role_filter: str) -> dict[str, Any]:
         return {
@@ -75,16 +138,19 @@ def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
             ],
         }
 
-    return {
+    decider: dict[str, Any] = {"nonCachedTokens": non_cached_tokens}
+    if precise is not None:
+        decider["prefixMatchInfoProducerName"] = PRECISE_PRODUCER
+    document: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "EndpointPickerConfig",
         "plugins": [
-            {"type": "prefix-cache-scorer"},
+            *(precise_plugins(precise) if precise is not None else [{"type": "prefix-cache-scorer"}]),
             {"type": "queue-scorer"},
             {"type": "prefill-filter"},
             {"type": "decode-filter"},
             {"type": "max-score-picker"},
-            {"type": "prefix-based-pd-decider", "parameters": {"nonCachedTokens": non_cached_tokens}},
+            {"type": "prefix-based-pd-decider", "parameters": decider},
             {
                 "type": "disagg-profile-handler",
                 "parameters": {"deciders": {"prefill": "prefix-based-pd-decider"}},
@@ -92,6 +158,9 @@ def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
         ],
         "schedulingProfiles": [profile("prefill", "prefill-filter"), profile("decode", "decode-filter")],
     }
+    if precise is not None:
+        document["dataLayer"] = {"sources": [PRECISE_SOURCE]}
+    return document
 
 
 def with_flow_control(document: dict[str, Any], flow: EppFlowControlConfig) -> dict[str, Any]:
@@ -162,11 +231,20 @@ def _band(band: FlowControlBand) -> dict[str, Any]:
     return rendered
 
 
-def render_epp_config(settings: EppConfig, *, disaggregated: bool) -> str:
-    """The YAML text for the EPP ConfigMap: the operator's override, else the generated config."""
+def render_epp_config(
+    settings: EppConfig, *, disaggregated: bool, precise: PreciseSettings | None = None
+) -> str:
+    """The YAML text for the EPP ConfigMap: the operator's override, else the generated config
+    (``precise`` is required with ``settings.prefix_cache`` precise), with flow control when on."""
     if settings.config is not None:
         return settings.config
-    document = (
-        disaggregated_config(settings.pd_non_cached_tokens) if disaggregated else in_flight_aware_config()
-    )
+    if settings.prefix_cache is PrefixCacheMode.PRECISE:
+        if precise is None:
+            raise ValueError("precise prefix-cache mode needs the model's PreciseSettings")
+    else:
+        precise = None
+    if disaggregated:
+        document = disaggregated_config(settings.pd_non_cached_tokens, precise)
+    else:
+        document = in_flight_aware_config() if precise is None else precise_config(precise)
     return yaml.safe_dump(with_flow_control(document, settings.flow_control), sort_keys=False)

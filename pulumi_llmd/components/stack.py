@@ -55,6 +55,7 @@ from pulumi_llmd.config.errors import ConfigError
 from pulumi_llmd.config.gateways import GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR, GatewayProvider
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import Engine, LlmdStackConfig
+from pulumi_llmd.config.precise import PrefixCacheMode
 from pulumi_llmd.config.rules import stack_problems
 
 COMPONENT = "LlmdStack"
@@ -106,7 +107,7 @@ def multi_node_roles(stack: LlmdStackConfig) -> list[Role]:
 
 
 def endpoint_picker_args(stack: LlmdStackConfig) -> EndpointPickerArgs:
-    return {
+    args: EndpointPickerArgs = {
         "pool_name": naming.pool_name(stack.name),
         "namespace": stack.namespace,
         "served_models": [stack.model.name],
@@ -115,6 +116,12 @@ def endpoint_picker_args(stack: LlmdStackConfig) -> EndpointPickerArgs:
         "settings": _section(stack.epp),
         "tracing": _section(stack.tracing),
     }
+    if stack.epp.prefix_cache is PrefixCacheMode.PRECISE:
+        # The token-producer's tokenizer and the pods' block keys (docs/precise-prefix.md).
+        args["model"] = _section(stack.model)
+        if needs_hf_token(stack):
+            args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
+    return args
 
 
 def model_server_pool_args(stack: LlmdStackInputs, role: Role) -> ModelServerPoolArgs:
@@ -135,6 +142,7 @@ def model_server_pool_args(stack: LlmdStackInputs, role: Role) -> ModelServerPoo
         "autoscaled": stack.autoscaling.enabled,
         "tracing": _section(stack.tracing),
         "implementation": stack.epp.implementation,
+        "prefix_cache": stack.epp.prefix_cache,
     }
     if needs_hf_token(stack):
         args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
@@ -209,6 +217,7 @@ def network_policies_args(stack: LlmdStackConfig) -> InferenceNetworkPoliciesArg
         multi_node_roles=multi_node_roles(stack),
         settings=stack.network_policy,
         gateway_provider=stack.gateway.provider,
+        prefix_cache=stack.epp.prefix_cache,
     )
 
 
@@ -312,9 +321,11 @@ class LlmdStack(pulumi.ComponentResource):
         # Model servers wait for their namespace, the token Secret and Multus networks they use, and
         # (for LeaderWorkerSets) the LWS install.
         model_prerequisites: list[pulumi.Resource] = [namespace, *(crds if multi_node_roles(stack) else [])]
+        token_secret: list[pulumi.Resource] = []
         if needs_hf_token(stack) and hf_token is not None:
             token = hf_token_secret_manifest(stack.name, stack.namespace, hf_token)
-            model_prerequisites.append(register(token, child_options(self, opts, namespace)))
+            token_secret.append(register(token, child_options(self, opts, namespace)))
+            model_prerequisites += token_secret
         if attachments := stack.pod_networking.network_attachments:
             networks = RdmaNetworks(
                 f"{name}-rdma-networks",
@@ -323,10 +334,14 @@ class LlmdStack(pulumi.ComponentResource):
             )
             model_prerequisites.append(networks)
 
+        picker_args = endpoint_picker_args(stack)
         self.epp = EndpointPicker(
             naming.epp_name(stack.name),
-            endpoint_picker_args(stack),
-            opts=child_options(self, opts, namespace, *crds),
+            picker_args,
+            # In precise mode the EPP may read the token Secret (tokenizer download).
+            opts=child_options(
+                self, opts, namespace, *crds, *(token_secret if "hf_token_secret" in picker_args else [])
+            ),
         )
         self.pools = {
             role: ModelServerPool(

@@ -29,6 +29,7 @@ from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
 from pulumi_llmd.config.mirrors import MirrorsConfig
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
+from pulumi_llmd.config.precise import MAX_HASH_SEED, EppTokenizer, PrefixCacheMode, PrefixCachingHashAlgo
 
 # RFC 1123 label: what Kubernetes accepts for namespaces and most object names.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -121,6 +122,34 @@ class ModelConfig(ConfigModel):
         pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
         description="Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`.",
     )
+    # Precise prefix routing (epp.prefixCache precise) needs the pods and the EPP to agree on these.
+    block_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="vLLM `--block-size` (tokens per KV block); unset lets vLLM choose (16 on CUDA, 128 on "
+        "CPU). Required with epp.prefixCache precise, whose EPP computes the pods' block keys.",
+    )
+    prefix_caching_hash_algo: PrefixCachingHashAlgo = Field(
+        default="sha256_cbor",
+        description="vLLM `--prefix-caching-hash-algo` of the block keys (llm-d recommends sha256_cbor); "
+        "set on the pods and the EPP with epp.prefixCache precise only.",
+    )
+    hash_seed: str = Field(
+        default="0",
+        pattern=r"^[0-9]{1,10}$",
+        description="`PYTHONHASHSEED` of the model servers, which seeds vLLM's block keys; set on the pods "
+        "and the EPP with epp.prefixCache precise only.",
+    )
+
+    @field_validator("hash_seed", mode="before")
+    @classmethod
+    def _python_hash_seed(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `hashSeed: 0` in YAML is a number
+        if isinstance(value, str) and value.isdigit() and int(value) > MAX_HASH_SEED:
+            raise ValueError(f"must be at most {MAX_HASH_SEED} (Python's PYTHONHASHSEED range)")
+        return value
 
     @property
     def source(self) -> Literal["hf", "pvc"]:
@@ -641,6 +670,18 @@ class EppConfig(ConfigModel):
         default=None,
         min_length=1,
         description="A full EndpointPickerConfig YAML overriding the generated one.",
+    )
+    prefix_cache: PrefixCacheMode = Field(
+        default=PrefixCacheMode.APPROXIMATE,
+        description="`approximate` (the EPP guesses each pod's cache from its own routing) or `precise` "
+        "(model servers publish vLLM KV events on ports 5557/5558 and the EPP indexes them; needs "
+        "model.blockSize; docs/precise-prefix.md).",
+    )
+    tokenizer: EppTokenizer | None = Field(
+        default=None,
+        description="Precise mode: the EPP's tokenizer, `hub` (downloaded from the Hugging Face Hub at "
+        "start), `path` (the model's PVC mounted read-only) or `simulator` (simulated pools); unset picks "
+        "simulator, hub or path from model.engine and model.uri.",
     )
     pd_non_cached_tokens: int = Field(
         default=16,

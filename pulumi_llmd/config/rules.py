@@ -11,6 +11,7 @@ from pulumi_llmd.config.gateways import (
     GatewayProvider,
 )
 from pulumi_llmd.config.models import Engine, LlmdStackConfig, PlatformName, StackConfig
+from pulumi_llmd.config.precise import PrefixCacheMode, pool_env_problems, precise_problems
 
 # How a stack program gets the Hugging Face token (LlmdStack's own callers pass hfToken instead).
 STACK_HF_TOKEN_HINT = "run `pulumi config set --secret llmd:hfToken <token>`"
@@ -93,6 +94,8 @@ def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint
                     "must be >= 1 when rollout.maxSurge is 0 (a rollout could neither add nor replace a pod)",
                 )
             )
+        if config.epp.prefix_cache is PrefixCacheMode.PRECISE:
+            problems += pool_env_problems(pool.env, env_key=f"{key}.env", mode_key="epp.prefixCache")
         if pool.nodes_per_replica > 1 and pool.accelerator.count not in (None, pool.tensor_parallel):
             problems.append(
                 Problem(
@@ -110,6 +113,7 @@ def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint
             )
         )
     problems += _epp_tls_problems(config)
+    problems += precise_problems(config.model, config.epp, model_key="model", epp_key="epp")
     problems += gateway_problems(config)
     if config.epp.leader_election and config.epp.replicas < 2:
         problems.append(Problem("epp.leaderElection", f"needs epp.replicas >= 2 (got {config.epp.replicas})"))
