@@ -23,6 +23,10 @@ def monitored_config(model: str = MODEL) -> dict[str, Any]:
     return kind_config(
         name="t",
         model={"name": model, "uri": "hf://org/obs-tiny", "engine": "simulator"},
+        # The local gateway is a real Envoy, so the stack under test uses the one data plane whose
+        # proxies are Envoy (kgateway 2.1's, deprecated): its PodMonitor and dashboard panels then
+        # name series the live Envoy serves. agentgateway's and Istio's are checked by render tests.
+        gateway={"provider": "kgateway", "kgatewayDataPlane": "envoy"},
         monitoring={
             "scrapeInterval": "1s",
             # Low enough that a third of the scrapes failing crosses it within seconds even after
