@@ -16,6 +16,77 @@ from pulumi_llmd.config.models import Engine, FailureMode
 from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
 
 
+class LoraAdapterSettings(TypedDict, total=False):
+    "One LoRA adapter of a model: a name clients send, served by the model's pools."
+
+    name: Required[str]
+    (
+        "Adapter name clients put in the request body's `model` (vLLM's LoRA name); unique across the "
+        "stack's models and adapters."
+    )
+    uri: str
+    (
+        "Where the adapter's files are: `hf://org/adapter` (vLLM downloads it, with the `llmd:hfToken` "
+        "token) or `pvc://claim/path/in/claim` (mounted read-only); loaded at start-up with "
+        "`--lora-modules`. Unset: the adapter is loaded at run time (needs `lora.runtimeLoading`), from "
+        "`lora.resolverDir` on its first request or through vLLM's `/v1/load_lora_adapter`."
+    )
+
+
+class LoraSettings(TypedDict, total=False):
+    "LoRA adapters on a model's pools (vLLM `--enable-lora`)."
+
+    adapters: list[LoraAdapterSettings]
+    "The adapters clients may name; every pod of the model serves them. Default: empty."
+    max_loras: int
+    "vLLM `--max-loras`: adapters one batch may mix (GPU slots); unset keeps vLLM's default (1)."
+    max_lora_rank: int
+    "vLLM `--max-lora-rank` (1, 8, 16, 32, 64, 128, 256, 320 or 512); unset keeps vLLM's default (16)."
+    max_cpu_loras: int
+    "vLLM `--max-cpu-loras`: adapters kept in CPU memory; unset keeps vLLM's default (maxLoras)."
+    runtime_loading: bool
+    (
+        "`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`: vLLM's `/v1/load_lora_adapter` and "
+        "`/v1/unload_lora_adapter`, and loading adapters from `resolverDir` on first use. Default: `false`."
+    )
+    resolver_dir: str
+    (
+        "`pvc://claim/dir`: a directory of adapters (`<dir>/<adapter name>`) that vLLM's filesystem LoRA "
+        "resolver loads on an adapter's first request (`VLLM_LORA_RESOLVER_CACHE_DIR`); needs "
+        "runtimeLoading."
+    )
+
+
+class RewriteTargetSettings(TypedDict, total=False):
+    "Where those requests go, chosen per request by weight."
+
+    model: Required[str]
+    "The base model or adapter (of the same model) requests go to."
+    weight: int
+    "Relative share of traffic; set it on every target of a rule or on none (an even split)."
+
+
+class ModelRewriteSettings(TypedDict, total=False):
+    "An InferenceModelRewrite rule: requests naming `model` go to one of `targets`."
+
+    model: Required[str]
+    "The model name clients send (matched exactly)."
+    targets: Required[list[RewriteTargetSettings]]
+    "Where those requests go, chosen per request by weight."
+
+
+class ObjectiveSettings(TypedDict, total=False):
+    "An InferenceObjective: a request priority clients select with a header."
+
+    name: Required[str]
+    "Object name, which requests name in `x-llm-d-inference-objective`; unique in the stack."
+    priority: int
+    (
+        "Higher is served first under load; negative priorities are sheddable (429 when the pool is "
+        "saturated). Default: `0`."
+    )
+
+
 class ModelSettings(TypedDict, total=False):
     "The model every pool serves."
 
@@ -36,39 +107,15 @@ class ModelSettings(TypedDict, total=False):
     "Size limit of the emptyDir that holds hf:// downloads. Default: `100Gi`."
     label: str
     "Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`."
-
-
-class GatewaySettings(TypedDict, total=False):
-    "kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."
-
-    install_kgateway: bool
-    "Install kgateway (CRDs chart + controller chart). Default: `true`."
-    kgateway_version: str
-    "kgateway chart version. Default: `v2.1.0`."
-    kgateway_namespace: str
-    "Namespace of kgateway. Default: `kgateway-system`."
-    class_name: str
-    "GatewayClass of the Gateway. Default: `kgateway`."
-    listener_port: int
-    "HTTP listener port of the Gateway. Default: `80`."
-    request_timeout: str
-    "HTTPRoute request timeout (long generations). Default: `300s`."
-
-
-class CrdsSettings(TypedDict, total=False):
-    "Cluster-wide CRDs. Installed from the upstream release assets and retained on delete."
-
-    install: bool
-    "Install the CRDs; set false when the cluster already has them. Default: `true`."
-    gateway_api_version: str
-    "Gateway API release (standard channel). Default: `v1.6.1`."
-    inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
-    lws_version: str
+    lora: LoraSettings
+    "LoRA adapters served with the model."
+    rewrites: list[ModelRewriteSettings]
     (
-        "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
-        "Default: `v0.10.0`."
+        "InferenceModelRewrite rules: names clients send that go to this model or its adapters, with "
+        "weighted splits. Default: empty."
     )
+    objectives: list[ObjectiveSettings]
+    "InferenceObjectives (request priorities) of the model's pool. Default: empty."
 
 
 class ResourcesSettings(TypedDict, total=False):
@@ -90,7 +137,7 @@ class AcceleratorSettings(TypedDict, total=False):
 
 
 class PrefillSettings(TypedDict, total=False):
-    "Prefill pool (P/D)."
+    "This model's prefill pool (P/D)."
 
     replicas: int
     "Model-server replicas (groups, with nodesPerReplica > 1). Default: `1`."
@@ -135,7 +182,7 @@ class SidecarSettings(TypedDict, total=False):
 
 
 class DecodeSettings(TypedDict, total=False):
-    "Decode pool."
+    "This model's decode pool."
 
     replicas: int
     "Decode replicas (groups, with nodesPerReplica > 1). Default: `1`."
@@ -203,6 +250,115 @@ class EppSettings(TypedDict, total=False):
     "`--metrics-staleness-threshold` in seconds. Default: `2.0`."
     resources: ResourcesSettings
     'EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`.'
+
+
+class ModelEntrySettings(TypedDict, total=False):
+    "One model of a multi-model stack (`llmd:models`): the model, and its own pools and picker."
+
+    name: Required[str]
+    "Served model name clients put in the request body (`--served-model-name`)."
+    uri: Required[str]
+    (
+        "Where the weights come from: `hf://org/model` (Hugging Face, token from the `llmd:hfToken` secret) "
+        "or `pvc://claim/path/in/claim` (a PersistentVolumeClaim in the namespace)."
+    )
+    engine: Engine
+    "`vllm` for real model servers, `simulator` for the bundled vLLM simulator (no GPUs). Default: `vllm`."
+    max_model_len: int
+    "vLLM `--max-model-len`; unset lets vLLM derive it from the model."
+    enable_prefix_caching: bool
+    "vLLM automatic prefix caching. Default: `true`."
+    cache_size: str
+    "Size limit of the emptyDir that holds hf:// downloads. Default: `100Gi`."
+    label: str
+    "Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`."
+    lora: LoraSettings
+    "LoRA adapters served with the model."
+    rewrites: list[ModelRewriteSettings]
+    (
+        "InferenceModelRewrite rules: names clients send that go to this model or its adapters, with "
+        "weighted splits. Default: empty."
+    )
+    objectives: list[ObjectiveSettings]
+    "InferenceObjectives (request priorities) of the model's pool. Default: empty."
+    id: str
+    (
+        "Short name in this model's object names (`<name>-<id>`, `<name>-<id>-decode`, `<name>-<id>-epp`); "
+        "defaults to a DNS-label form of `name`. Keep it stable: changing it replaces the model's objects."
+    )
+    prefill: PrefillSettings
+    "This model's prefill pool (P/D)."
+    decode: DecodeSettings
+    "This model's decode pool."
+    epp: EppSettings
+    "This model's endpoint picker."
+
+
+class BodyRouterSettings(TypedDict, total=False):
+    "The body-based router (`python -m bbr`) in front of the endpoint pickers of a multi-model stack."
+
+    image: str
+    (
+        "Body-router image (bbr/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest "
+        "or both. Default: `ghcr.io/pulumi-llmd/bbr:0.1.0`."
+    )
+    replicas: int
+    "Body-router replicas (stateless). Default: `1`."
+    failure_mode: FailureMode
+    (
+        "What the gateway does when the body router is down: FailClose answers an error; FailOpen sends the "
+        "request on without the model header, to the first model's pool. Default: `FailClose`."
+    )
+    secure_serving: bool
+    (
+        "TLS on the ext_proc port, as the gateway providers dial it (self-signed unless tlsSecretName is "
+        "set). Default: `true`."
+    )
+    tls_secret_name: str
+    (
+        "A `kubernetes.io/tls` Secret (tls.crt, tls.key) the body router serves instead of a self-signed "
+        "certificate."
+    )
+    resources: ResourcesSettings
+    'Body-router CPU/memory. Default: `{"cpu": "500m", "memory": "256Mi"}`.'
+
+
+class GatewaySettings(TypedDict, total=False):
+    "kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."
+
+    install_kgateway: bool
+    "Install kgateway (CRDs chart + controller chart). Default: `true`."
+    kgateway_version: str
+    "kgateway chart version. Default: `v2.1.0`."
+    kgateway_namespace: str
+    "Namespace of kgateway. Default: `kgateway-system`."
+    class_name: str
+    "GatewayClass of the Gateway. Default: `kgateway`."
+    listener_port: int
+    "HTTP listener port of the Gateway. Default: `80`."
+    request_timeout: str
+    "HTTPRoute request timeout (long generations). Default: `300s`."
+
+
+class CrdsSettings(TypedDict, total=False):
+    "Cluster-wide CRDs. Installed from the upstream release assets and retained on delete."
+
+    install: bool
+    "Install the CRDs; set false when the cluster already has them. Default: `true`."
+    gateway_api_version: str
+    "Gateway API release (standard channel). Default: `v1.6.1`."
+    inference_extension_version: str
+    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
+    lws_version: str
+    (
+        "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
+        "Default: `v0.10.0`."
+    )
+    llm_d_router_version: str
+    (
+        "llm-d-router release whose InferenceObjective and InferenceModelRewrite CRDs (`llm-d.ai/v1alpha2`) "
+        "are installed; only when a model has objectives or rewrites. Default: `v0.10.0`."
+    )
 
 
 class NetworkPolicySettings(TypedDict, total=False):
@@ -435,8 +591,15 @@ class LlmdStackArgs(TypedDict, total=False):
     "Namespace of the inference stack. Default: `llm-d`."
     kubernetes_version: str
     "Kubernetes minor version the manifests target (and are validated against). Default: `1.33`."
-    model: Required[ModelSettings]
-    "The served model."
+    model: ModelSettings
+    "The served model (one model; its pools are `prefill`, `decode`, its picker `epp`). Set this or `models`."
+    models: list[ModelEntrySettings]
+    (
+        "Several models behind one gateway, each with its own pools, picker and InferencePool; a body router "
+        "sends each request to the model its body names. Set this or `model`."
+    )
+    body_router: BodyRouterSettings
+    "The body router (with `models` only)."
     gateway: GatewaySettings
     "Gateway settings."
     crds: CrdsSettings
@@ -488,6 +651,18 @@ class EndpointPickerArgs(TypedDict, total=False):
     "The EPP's own settings."
     tracing: TracingSettings
     "OTLP tracing of the scheduling decision."
+    lora: bool
+    (
+        "The pool serves LoRA adapters: the generated EndpointPickerConfig adds the lora-affinity-scorer. "
+        "Default: `false`."
+    )
+    rewrites: list[ModelRewriteSettings]
+    (
+        "Model-name rules of the pool, rendered as one InferenceModelRewrite (`<poolName>-rewrites`). "
+        "Default: empty."
+    )
+    objectives: list[ObjectiveSettings]
+    "Request priorities of the pool, one InferenceObjective each. Default: empty."
 
 
 class PoolSettings(TypedDict, total=False):
@@ -552,6 +727,18 @@ class ModelServerPoolArgs(TypedDict, total=False):
     "OTLP tracing of the P/D sidecar's prefill and decode legs."
 
 
+class ModelRouteSettings(TypedDict, total=False):
+    "One model behind a shared Gateway: requests whose body names it go to its InferencePool."
+
+    model: Required[str]
+    (
+        "The base model name the body router puts in `X-Gateway-Base-Model-Name` for every name this model "
+        "serves (the value the route rule matches)."
+    )
+    pool_name: Required[str]
+    "The model's InferencePool."
+
+
 class InferenceGatewayArgs(TypedDict, total=False):
     "Args of ``InferenceGateway`` (validated by ``InferenceGatewayInputs``)."
 
@@ -560,13 +747,23 @@ class InferenceGatewayArgs(TypedDict, total=False):
     namespace: Required[str]
     "Namespace of the Gateway, the HTTPRoute and the pool."
     pool_name: Required[str]
-    "The InferencePool the route sends to (the route's name too)."
+    "The InferencePool the route sends every request to when modelRoutes is empty; the route's name too."
     class_name: str
     "GatewayClass of the Gateway. Default: `kgateway`."
     listener_port: int
     "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
     "HTTPRoute request timeout (long generations). Default: `300s`."
+    model_routes: list[ModelRouteSettings]
+    (
+        "Several models behind the Gateway: one route rule each, matching `X-Gateway-Base-Model-Name` (set "
+        "by the body router) to the model's pool. Default: empty."
+    )
+    unmatched_to_first: bool
+    (
+        "With modelRoutes, a last rule without a header match sends requests the body router did not mark "
+        "(it failed open) to the first model's pool. Default: `false`."
+    )
 
 
 class KgatewayArgs(TypedDict, total=False):
@@ -594,12 +791,23 @@ class ClusterCrdsArgs(TypedDict, total=False):
     )
     leader_worker_set: Required[bool]
     "Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 need it."
+    llm_d_router_version: str
+    (
+        "llm-d-router release whose InferenceObjective and InferenceModelRewrite CRDs (`llm-d.ai/v1alpha2`) "
+        "are installed; only when a model has objectives or rewrites. Default: `v0.10.0`."
+    )
+    request_management: bool
+    (
+        "Also install llm-d-router's InferenceObjective and InferenceModelRewrite CRDs (`llm-d.ai`): pools "
+        "with objectives or rewrites need them. Default: `false`."
+    )
 
 
 __all__ = [
     "AcceleratorSettings",
     "AlertThresholdsSettings",
     "AutoscalingSettings",
+    "BodyRouterSettings",
     "ClusterCrdsArgs",
     "CrdsSettings",
     "DashboardsSettings",
@@ -610,15 +818,22 @@ __all__ = [
     "InferenceGatewayArgs",
     "KgatewayArgs",
     "LlmdStackArgs",
+    "LoraAdapterSettings",
+    "LoraSettings",
+    "ModelEntrySettings",
+    "ModelRewriteSettings",
+    "ModelRouteSettings",
     "ModelServerPoolArgs",
     "ModelSettings",
     "MonitoringSettings",
     "NetworkAttachmentSettings",
     "NetworkPolicySettings",
+    "ObjectiveSettings",
     "PodNetworkingSettings",
     "PoolSettings",
     "PrefillSettings",
     "ResourcesSettings",
+    "RewriteTargetSettings",
     "RoleAutoscalingSettings",
     "ScalingTriggerSettings",
     "SidecarSettings",

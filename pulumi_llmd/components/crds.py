@@ -32,6 +32,15 @@ def leaderworkerset_url(version: str) -> str:
     return f"https://github.com/kubernetes-sigs/lws/releases/download/{version}/manifests.yaml"
 
 
+# llm-d-router publishes no install asset for its CRDs that we could confirm, so they come from the
+# tagged source (the same files as /work/shared/crds/llm-d-router-v0.10.0-*).
+LLM_D_ROUTER_CRDS = ("inferenceobjectives", "inferencemodelrewrites")
+
+
+def llm_d_router_crd_url(version: str, plural: str) -> str:
+    return f"https://raw.githubusercontent.com/llm-d/llm-d-router/{version}/config/crd/bases/llm-d.ai_{plural}.yaml"
+
+
 def retain_children(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult:
     """Transform marking every object of a remote YAML install retained on delete."""
     return pulumi.ResourceTransformResult(
@@ -50,13 +59,19 @@ def crd_installs(crds: ClusterCrdsInputs) -> dict[str, str]:
     }
     if crds.leader_worker_set:
         installs[f"leaderworkerset-{crds.lws_version}"] = leaderworkerset_url(crds.lws_version)
+    if crds.request_management:
+        for plural in LLM_D_ROUTER_CRDS:
+            installs[f"llm-d-router-{crds.llm_d_router_version}-{plural}"] = llm_d_router_crd_url(
+                crds.llm_d_router_version, plural
+            )
     return installs
 
 
 @package_component
 class ClusterCrds(pulumi.ComponentResource):
     """Cluster-wide CRDs from their pinned release assets, retained on delete: Gateway API (standard
-    channel), InferencePool v1 and, when asked, LeaderWorkerSet (CRD and controller)."""
+    channel), InferencePool v1 and, when asked, LeaderWorkerSet (CRD and controller) and llm-d-router's
+    InferenceObjective and InferenceModelRewrite."""
 
     installs: list[str]
     """The release-asset URLs installed."""
@@ -64,8 +79,9 @@ class ClusterCrds(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterCrdsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         """Args (:class:`~pulumi_llmd.components.args.ClusterCrdsArgs`, validated by
         :class:`~pulumi_llmd.components.inputs.ClusterCrdsInputs`): ``gateway_api_version``,
-        ``inference_extension_version``, ``lws_version`` (the ``crds`` section's versions) and
-        ``leader_worker_set``. The Kubernetes provider comes through ``opts``.
+        ``inference_extension_version``, ``lws_version``, ``llm_d_router_version`` (the ``crds``
+        section's versions), ``leader_worker_set`` and ``request_management``. The Kubernetes provider
+        comes through ``opts``.
         """
         crds = validate_args(ClusterCrdsInputs, args, component="ClusterCrds")
         super().__init__("llmd:index:ClusterCrds", name, None, opts)

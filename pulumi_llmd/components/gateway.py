@@ -86,6 +86,31 @@ def gateway_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
     }
 
 
+def _pool_rule(gateway: InferenceGatewayInputs, pool: str, model: str | None = None) -> dict[str, Any]:
+    match: dict[str, Any] = {"path": {"type": "PathPrefix", "value": "/"}}
+    if model is not None:
+        # The body router put the base model of the body's `model` in this header (Gateway API matches
+        # header names case-insensitively).
+        match["headers"] = [{"type": "Exact", "name": naming.BASE_MODEL_HEADER, "value": model}]
+    return {
+        "matches": [match],
+        "backendRefs": [{"group": naming.INFERENCE_POOL_GROUP, "kind": "InferencePool", "name": pool}],
+        "timeouts": {"request": gateway.request_timeout},
+    }
+
+
+def route_rules(gateway: InferenceGatewayInputs) -> list[dict[str, Any]]:
+    """One rule into the pool; with several models one per model, matched on the header the body router
+    sets (llm-d guides/multi-model-routing), and a catch-all to the first model when the router fails
+    open. A request matching no rule gets the gateway's 404."""
+    if not gateway.model_routes:
+        return [_pool_rule(gateway, gateway.pool_name)]
+    rules = [_pool_rule(gateway, route.pool_name, route.model) for route in gateway.model_routes]
+    if gateway.unmatched_to_first:
+        rules.append(_pool_rule(gateway, gateway.model_routes[0].pool_name))
+    return rules
+
+
 def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -99,19 +124,7 @@ def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
             "parentRefs": [
                 {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.gateway_name}
             ],
-            "rules": [
-                {
-                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                    "backendRefs": [
-                        {
-                            "group": naming.INFERENCE_POOL_GROUP,
-                            "kind": "InferencePool",
-                            "name": gateway.pool_name,
-                        }
-                    ],
-                    "timeouts": {"request": gateway.request_timeout},
-                }
-            ],
+            "rules": route_rules(gateway),
         },
     }
 
@@ -119,7 +132,8 @@ def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
 @package_component
 class InferenceGateway(pulumi.ComponentResource):
     """A Gateway of the given GatewayClass with an HTTP listener, and an HTTPRoute that sends every
-    path to an InferencePool (whose endpoint picker chooses the pod)."""
+    path to an InferencePool (whose endpoint picker chooses the pod), or with modelRoutes each model's
+    requests to its own pool."""
 
     gateway_name: str
     """The Gateway's name; its address serves the OpenAI API."""
@@ -133,7 +147,8 @@ class InferenceGateway(pulumi.ComponentResource):
         :class:`~pulumi_llmd.components.inputs.InferenceGatewayInputs`): ``instance`` (the Gateway is
         ``<instance>-gateway``), ``namespace``, ``pool_name`` (the backend, and the route's name), and
         ``class_name``, ``listener_port``, ``request_timeout`` (the same keys of the ``gateway``
-        section). Pass the Kubernetes provider in ``opts``; ``depends_on`` (the GatewayClass's
+        section); ``model_routes`` (several models: one rule per model on the body router's header) and
+        ``unmatched_to_first``. Pass the Kubernetes provider in ``opts``; ``depends_on`` (the GatewayClass's
         controller, the Gateway API CRDs, the InferencePool) is passed on to both objects.
         """
         gateway = validate_args(InferenceGatewayInputs, args, component="InferenceGateway")

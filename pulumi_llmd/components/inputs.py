@@ -14,7 +14,7 @@ here: they travel in ``pulumi.ResourceOptions`` (children inherit the parent's p
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import pulumi
 from pydantic import Field
@@ -26,6 +26,7 @@ from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.inputs import field_of
 from pulumi_llmd.config.models import (
     DNS_LABEL,
+    BodyRouterConfig,
     CrdsConfig,
     DnsLabel,
     Engine,
@@ -33,7 +34,9 @@ from pulumi_llmd.config.models import (
     GatewayConfig,
     LlmdStackConfig,
     ModelConfig,
+    ModelRewriteConfig,
     NetworkPolicyConfig,
+    ObjectiveConfig,
     OnPremConfig,
     PoolConfig,
     SidecarConfig,
@@ -90,6 +93,19 @@ class EndpointPickerInputs(ConfigModel):
     settings: EppConfig = Field(default_factory=EppConfig, description="The EPP's own settings.")
     tracing: TracingConfig = Field(
         default_factory=TracingConfig, description="OTLP tracing of the scheduling decision."
+    )
+    lora: bool = Field(
+        default=False,
+        description="The pool serves LoRA adapters: the generated EndpointPickerConfig adds the "
+        "lora-affinity-scorer.",
+    )
+    rewrites: list[ModelRewriteConfig] = Field(
+        default_factory=list,
+        description="Model-name rules of the pool, rendered as one InferenceModelRewrite "
+        "(`<poolName>-rewrites`).",
+    )
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=list, description="Request priorities of the pool, one InferenceObjective each."
     )
 
     @property
@@ -157,6 +173,18 @@ class ModelServerPoolInputs(ConfigModel):
         return naming.pool_selector(self.model.label_value)
 
 
+class ModelRoute(ConfigModel):
+    """One model behind a shared Gateway: requests whose body names it go to its InferencePool."""
+
+    model: str = Field(
+        min_length=1,
+        max_length=4096,
+        description=f"The base model name the body router puts in `{naming.BASE_MODEL_HEADER}` for every "
+        "name this model serves (the value the route rule matches).",
+    )
+    pool_name: DnsLabel = Field(description="The model's InferencePool.")
+
+
 class InferenceGatewayInputs(ConfigModel):
     """The Gateway and the HTTPRoute into an InferencePool."""
 
@@ -165,10 +193,23 @@ class InferenceGatewayInputs(ConfigModel):
         "`app.kubernetes.io/instance: <instance>`."
     )
     namespace: DnsLabel = Field(description="Namespace of the Gateway, the HTTPRoute and the pool.")
-    pool_name: DnsLabel = Field(description="The InferencePool the route sends to (the route's name too).")
+    pool_name: DnsLabel = Field(
+        description="The InferencePool the route sends every request to when modelRoutes is empty; the "
+        "route's name too."
+    )
     class_name: Annotated[str, field_of(GatewayConfig, "class_name")]
     listener_port: Annotated[int, field_of(GatewayConfig, "listener_port")]
     request_timeout: Annotated[str, field_of(GatewayConfig, "request_timeout")]
+    model_routes: list[ModelRoute] = Field(
+        default_factory=list,
+        description="Several models behind the Gateway: one route rule each, matching "
+        f"`{naming.BASE_MODEL_HEADER}` (set by the body router) to the model's pool.",
+    )
+    unmatched_to_first: bool = Field(
+        default=False,
+        description="With modelRoutes, a last rule without a header match sends requests the body router "
+        "did not mark (it failed open) to the first model's pool.",
+    )
 
     @property
     def gateway_name(self) -> str:
@@ -193,6 +234,12 @@ class ClusterCrdsInputs(ConfigModel):
         description="Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 "
         "need it."
     )
+    llm_d_router_version: Annotated[str, field_of(CrdsConfig, "llm_d_router_version")]
+    request_management: bool = Field(
+        default=False,
+        description="Also install llm-d-router's InferenceObjective and InferenceModelRewrite CRDs "
+        "(`llm-d.ai`): pools with objectives or rewrites need them.",
+    )
 
 
 # --- components used only inside LlmdStack or a platform (Python-only args) ----------------------
@@ -201,8 +248,15 @@ class ClusterCrdsInputs(ConfigModel):
 class InferenceNetworkPoliciesArgs(ConfigModel):
     """Ingress policies for the EPP and the model-server pools of one stack."""
 
-    instance: Instance = Field(description="Stack name (object names and selectors derive from it).")
+    instance: Instance = Field(
+        description="Stack name, or a model's prefix in a multi-model stack (object names and selectors "
+        "derive from it)."
+    )
     namespace: DnsLabel = Field(description="Namespace of the stack.")
+    gateway_instance: Instance | None = Field(
+        default=None,
+        description="The stack name whose Gateway (`<name>-gateway`) may reach the pods; unset: instance.",
+    )
     disaggregated: bool = Field(description="Prefill and decode pools exist and talk to each other.")
     multi_node_roles: list[Role] = Field(
         default_factory=list, description="Roles whose replicas span nodes (Ray/NCCL inside a group)."
@@ -214,6 +268,41 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
     @property
     def roles(self) -> list[Role]:
         return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class RoutedModel(ConfigModel):
+    """A model as the body router knows it: the names that reach its pool."""
+
+    model: str = Field(min_length=1, description="The base model: the route key the router sets.")
+    names: list[str] = Field(
+        min_length=1, description="Every name a request body may carry for it (model, adapters, rewrites)."
+    )
+    pool_name: DnsLabel = Field(description="Its InferencePool.")
+
+
+class BodyRouterArgs(ConfigModel):
+    """The body router of a multi-model stack and how its Gateway calls it."""
+
+    instance: Instance = Field(description="Stack name: the router is `<instance>-body-router`.")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    provider: Literal["istio", "gke", "agentgateway"] = Field(
+        description="How the Gateway calls the router (see pulumi_llmd.config.rules.body_router_provider)."
+    )
+    models: list[RoutedModel] = Field(min_length=1, description="The routing table, in config order.")
+    settings: BodyRouterConfig = Field(
+        default_factory=BodyRouterConfig, description="The bodyRouter section."
+    )
+    network_policy: NetworkPolicyConfig | None = Field(
+        default=None, description="The networkPolicy section when policies are on (None: no policy)."
+    )
+
+    @property
+    def name(self) -> str:
+        return naming.body_router_name(self.instance)
+
+    @property
+    def gateway_name(self) -> str:
+        return naming.gateway_name(self.instance)
 
 
 class RdmaNetworksArgs(ConfigModel):
@@ -241,6 +330,14 @@ class InferenceMonitoringArgs(ConfigModel):
     gateway_class: Annotated[str, field_of(GatewayConfig, "class_name")]
     settings: MonitoringConfig = Field(
         default_factory=MonitoringConfig, description="The monitoring section."
+    )
+    gateway_instance: Instance | None = Field(
+        default=None,
+        description="The stack whose Gateway (`<name>-gateway`) this watches; unset: instance (with "
+        "llmd:models, instance is a model's prefix and the Gateway the stack's).",
+    )
+    watch_gateway: bool = Field(
+        default=True, description="Render the Gateway proxies' PodMonitor (one model of a multi-model stack)."
     )
 
     @property

@@ -179,9 +179,10 @@ GATEWAY_MONITORS: dict[str, GatewayMonitorHook] = {"kgateway": kgateway_envoy_mo
 
 def gateway_monitor(monitoring: Monitoring) -> dict[str, Any] | None:
     hook = GATEWAY_MONITORS.get(monitoring.gateway_class)
-    if hook is None:
+    if hook is None or not monitoring.watch_gateway:
         return None
-    return hook(GatewayTarget(monitoring, naming.gateway_name(monitoring.instance)))
+    gateway = naming.gateway_name(monitoring.gateway_instance or monitoring.instance)
+    return hook(GatewayTarget(monitoring, gateway))
 
 
 def monitor_manifests(monitoring: Monitoring) -> list[dict[str, Any]]:

@@ -23,7 +23,12 @@ Policies = InferenceNetworkPoliciesArgs
 
 
 def _gateway_pods(policies: Policies) -> dict[str, Any]:
-    gateway = naming.gateway_name(policies.instance)
+    return gateway_pods(policies.gateway_instance or policies.instance)
+
+
+def gateway_pods(instance: str) -> dict[str, Any]:
+    """The in-cluster proxy pods of the stack's Gateway (the only way in)."""
+    gateway = naming.gateway_name(instance)
     return {"podSelector": {"matchLabels": {naming.GATEWAY_NAME_LABEL: gateway}}}
 
 

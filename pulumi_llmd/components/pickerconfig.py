@@ -77,9 +77,28 @@ def disaggregated_config(non_cached_tokens: int) -> dict[str, Any]:
     }
 
 
-def render_epp_config(settings: EppConfig, *, disaggregated: bool) -> str:
-    """The YAML text for the EPP ConfigMap: the operator's override, else the generated config."""
+# Adapter affinity next to the load and prefix scorers, at the weight llm-d's documented multi-scorer
+# profile gives it (prefix 3, queue 2, kv-cache 2, lora-affinity 1): it breaks ties towards a pod
+# already running the adapter without overriding load (llm-d-router docs; the scorer itself is
+# pkg/epp/framework/plugins/scheduling/scorer/loraaffinity).
+LORA_AFFINITY_WEIGHT = 1
+
+
+def with_lora_affinity(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the lora-affinity-scorer in every scheduling profile (P/D: both roles need
+    the adapter, so both profiles prefer pods running it)."""
+    document["plugins"].append({"type": "lora-affinity-scorer"})
+    for profile in document["schedulingProfiles"]:
+        profile["plugins"].append({"pluginRef": "lora-affinity-scorer", "weight": LORA_AFFINITY_WEIGHT})
+    return document
+
+
+def render_epp_config(settings: EppConfig, *, disaggregated: bool, lora: bool = False) -> str:
+    """The YAML text for the EPP ConfigMap: the operator's override, else the generated config (with
+    adapter affinity when the pool serves LoRA adapters)."""
     if settings.config is not None:
         return settings.config
     document = disaggregated_config(settings.pd_non_cached_tokens) if disaggregated else default_config()
+    if lora:
+        document = with_lora_affinity(document)
     return yaml.safe_dump(document, sort_keys=False)
