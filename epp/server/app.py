@@ -88,7 +88,7 @@ class EppServer:
         if tls is None:
             server.add_insecure_port(address)
             return
-        server.add_secure_port(address, _grpc_credentials(tls))
+        server.add_secure_port(address, grpc_credentials(tls))
 
     async def drain(self) -> None:
         """Report NOT_SERVING; keep taking new streams for the notice period (the gateway moves new
@@ -127,7 +127,7 @@ class EppServer:
         await self._metrics_http.stop()
 
 
-def _grpc_credentials(tls: CertificateSource) -> grpc.ServerCredentials:
+def grpc_credentials(tls: CertificateSource) -> grpc.ServerCredentials:
     """gRPC core asks the fetcher before each handshake; it answers a new configuration only when
     the mounted pair changed (CertificateSource rate-limits the file checks)."""
 
