@@ -1,0 +1,388 @@
+"""Multi-model stacks (llmd:models) and LoRA, rendered through the real program: every object
+validated (core kinds strictly, custom resources against their CRDs in ../shared/crds, llm-d-router's
+InferenceObjective/InferenceModelRewrite included), names unique and derived per model, one route
+rule per model, the body router's table and the Gateway provider's attachment, and the adapters in
+vLLM's flags and the pickers' served models."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from render.engine import STACKS_DIR, RenderResult, load_stack_file
+from tests.support.stacks import (
+    CRDS,
+    SIM_POOL,
+    api_group,
+    is_core,
+    render_config,
+    validate_all,
+    validate_core,
+)
+
+
+def validate(result: RenderResult) -> int:
+    if CRDS.is_dir():
+        return validate_all(result, "1.33")
+    for manifest in result.manifests():
+        if is_core(manifest):
+            validate_core(manifest, "1.33")
+    return 0
+
+
+def stack_file(name: str) -> dict[str, Any]:
+    values, _secrets = load_stack_file(STACKS_DIR / f"Pulumi.{name}.yaml")
+    return {key.removeprefix("llmd:"): yaml.safe_load(value) for key, value in values.items()}
+
+
+@pytest.fixture(scope="module")
+def example() -> RenderResult:
+    return render_config(stack_file("multimodel"), stack="multimodel")
+
+
+def entry(name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "uri": f"hf://org/{name}",
+        "engine": "simulator",
+        "prefill": {"enabled": False},
+        "decode": SIM_POOL,
+        **extra,
+    }
+
+
+def two_models(class_name: str = "istio", **overrides: Any) -> dict[str, Any]:
+    return {
+        "platform": "kind",
+        "name": "mm",
+        "gateway": {"className": class_name, "installKgateway": False},
+        "models": [entry("org/llama-3", id="llama"), entry("qwen")],
+        **overrides,
+    }
+
+
+def engine_args(result: RenderResult, workload: str) -> list[str]:
+    spec = result.get("Deployment", workload).document["spec"]["template"]["spec"]
+    return next(c for c in spec["containers"] if c["name"] == "engine")["args"]
+
+
+def epp_args(result: RenderResult, epp: str) -> list[str]:
+    spec = result.get("Deployment", epp).document["spec"]["template"]["spec"]
+    return spec["containers"][0]["args"]
+
+
+def test_the_example_validates_and_every_object_has_a_unique_name_of_its_model(example: RenderResult) -> None:
+    checked = validate(example)
+    if CRDS.is_dir():
+        assert checked == 9  # Gateway, HTTPRoute, 2 InferencePools, 2 objectives, 1 rewrite, 2 policies
+    names = [(m["kind"], m["metadata"]["name"]) for m in example.manifests()]
+    assert len(names) == len(set(names))
+    deployments = sorted(m["metadata"]["name"] for m in example.manifests("Deployment"))
+    assert deployments == [
+        "mm-body-router",
+        "mm-llama-decode",
+        "mm-llama-epp",
+        "mm-qwen-decode",
+        "mm-qwen-epp",
+    ]
+    pools = {m["metadata"]["name"]: m["spec"] for m in example.manifests("InferencePool")}
+    assert set(pools) == {"mm-llama", "mm-qwen"}
+    # Each pool selects its own model's pods and names its own picker.
+    assert pools["mm-llama"]["selector"]["matchLabels"]["llm-d.ai/model"] == "sim-llama"
+    assert pools["mm-qwen"]["endpointPickerRef"]["name"] == "mm-qwen-epp"
+    for workload in ("mm-llama-decode", "mm-qwen-decode"):
+        labels = example.get("Deployment", workload).document["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == workload.removesuffix("-decode")
+
+
+def test_one_route_rule_per_model_on_the_routers_header(example: RenderResult) -> None:
+    (route,) = example.manifests("HTTPRoute")
+    assert route["metadata"]["name"] == "mm"
+    rules = [
+        (rule["matches"][0]["headers"][0]["value"], rule["backendRefs"][0]["name"])
+        for rule in route["spec"]["rules"]
+    ]
+    assert rules == [("sim-llama", "mm-llama"), ("sim-qwen", "mm-qwen")]
+    assert route["spec"]["rules"][0]["matches"][0]["headers"][0]["name"] == "X-Gateway-Base-Model-Name"
+
+
+def test_the_routers_table_lists_every_name_under_its_base_model(example: RenderResult) -> None:
+    table = yaml.safe_load(example.get("ConfigMap", "mm-body-router").document["data"]["routes.yaml"])
+    assert table["models"] == [
+        {"model": "sim-llama", "names": ["sim-llama", "sql-v1", "sql-v2", "support", "sql"]},
+        {"model": "sim-qwen", "names": ["sim-qwen"]},
+    ]
+    router = example.get("Deployment", "mm-body-router").document["spec"]["template"]
+    container = router["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "bbr"] and "--secure-serving=true" in container["args"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert router["spec"]["automountServiceAccountToken"] is False
+    assert router["metadata"]["annotations"]["llm-d.ai/body-router-config-sha256"]
+
+
+def test_agentgateway_calls_the_router_before_routing_over_tls(example: RenderResult) -> None:
+    policy = example.get("AgentgatewayPolicy", "mm-body-router").document["spec"]
+    assert policy["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mm-gateway"}
+    ]
+    assert policy["traffic"]["phase"] == "PreRouting"
+    ext_proc = policy["traffic"]["extProc"]
+    assert ext_proc["backendRef"] == {"group": "", "kind": "Service", "name": "mm-body-router", "port": 9004}
+    assert ext_proc["failureMode"] == "FailClosed"
+    assert ext_proc["processingOptions"]["requestBodyMode"] == "FullDuplexStreamed"
+    tls = example.get("AgentgatewayPolicy", "mm-body-router-tls").document["spec"]
+    assert tls["targetRefs"] == [{"group": "", "kind": "Service", "name": "mm-body-router"}]
+    assert tls["backend"]["tls"]["insecureSkipVerify"] == "All"
+
+
+def test_adapters_reach_vllms_flags_and_the_pickers_served_models(example: RenderResult) -> None:
+    args = engine_args(example, "mm-llama-decode")
+    assert args[args.index("--max-loras") + 1] == "2" and "--enable-lora" in args
+    modules = args[args.index("--lora-modules") + 1 : args.index("--lora-modules") + 4]
+    assert modules == [
+        "sql-v1=simulated/sql-lora-v1",
+        "sql-v2=simulated/sql-lora-v2",
+        "support=simulated/support-lora",
+    ]
+    served = epp_args(example, "mm-llama-epp")
+    assert served[served.index("--served-models") + 1] == "sim-llama,sql-v1,sql-v2,support,sql"
+    picker = yaml.safe_load(example.get("ConfigMap", "mm-llama-epp").document["data"]["epp-config.yaml"])
+    assert {"pluginRef": "lora-affinity-scorer", "weight": 1} in picker["schedulingProfiles"][0]["plugins"]
+    qwen = yaml.safe_load(example.get("ConfigMap", "mm-qwen-epp").document["data"]["epp-config.yaml"])
+    assert "lora-affinity-scorer" not in str(qwen)
+    assert "--enable-lora" not in engine_args(example, "mm-qwen-decode")
+
+
+def test_rewrites_and_objectives_are_llm_d_router_objects_on_their_pool(example: RenderResult) -> None:
+    rewrite = example.get("InferenceModelRewrite", "mm-llama-rewrites").document
+    assert rewrite["apiVersion"] == "llm-d.ai/v1alpha2"
+    assert rewrite["spec"]["poolRef"] == {
+        "group": "inference.networking.k8s.io",
+        "kind": "InferencePool",
+        "name": "mm-llama",
+    }
+    assert rewrite["spec"]["rules"] == [
+        {
+            "matches": [{"model": {"type": "Exact", "value": "sql"}}],
+            "targets": [{"modelRewrite": "sql-v1", "weight": 90}, {"modelRewrite": "sql-v2", "weight": 10}],
+        }
+    ]
+    objectives = {m["metadata"]["name"]: m["spec"] for m in example.manifests("InferenceObjective")}
+    assert objectives == {
+        "interactive": {"poolRef": rewrite["spec"]["poolRef"], "priority": 10},
+        "batch": {"poolRef": rewrite["spec"]["poolRef"], "priority": -1},
+    }
+    urls = {o.document["file"] for o in example.of_source("yaml")}
+    assert (
+        "https://raw.githubusercontent.com/llm-d/llm-d-router/v0.10.0/config/crd/bases/llm-d.ai_inferenceobjectives.yaml"
+        in urls
+    )
+
+
+@pytest.mark.skipif(not CRDS.is_dir(), reason="CRD files not found")
+def test_the_crd_validation_catches_a_bad_rewrite_weight(example: RenderResult) -> None:
+    import jsonschema
+
+    from tests.support.stacks import validate_custom
+
+    rewrite = copy.deepcopy(example.get("InferenceModelRewrite", "mm-llama-rewrites").document)
+    rewrite["spec"]["rules"][0]["targets"][0]["weight"] = 0
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom(rewrite)
+
+
+def test_the_body_router_and_each_model_get_network_policies(example: RenderResult) -> None:
+    policies = {m["metadata"]["name"]: m["spec"] for m in example.manifests("NetworkPolicy")}
+    assert set(policies) == {
+        "mm-body-router-ingress",
+        "mm-llama-decode-ingress",
+        "mm-llama-epp-ingress",
+        "mm-qwen-decode-ingress",
+        "mm-qwen-epp-ingress",
+    }
+    gateway = {"podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": "mm-gateway"}}}
+    assert policies["mm-body-router-ingress"]["ingress"][0] == {
+        "from": [gateway],
+        "ports": [{"protocol": "TCP", "port": 9004}],
+    }
+    # Each model's pods admit the one Gateway, and scrapes from their own EPP only.
+    decode = policies["mm-qwen-decode-ingress"]["ingress"]
+    assert decode[0]["from"] == [gateway]
+    assert decode[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "mm-qwen-epp"
+
+
+def test_istio_gets_an_envoy_filter_first_in_the_gateways_chain_and_tls_without_verification() -> None:
+    result = render_config(two_models("istio"))
+    validate(result)
+    envoy_filter = result.get("EnvoyFilter", "mm-body-router").document["spec"]
+    assert envoy_filter["targetRefs"][0]["name"] == "mm-gateway"
+    (patch,) = envoy_filter["configPatches"]
+    assert patch["applyTo"] == "HTTP_FILTER" and patch["patch"]["operation"] == "INSERT_FIRST"
+    config = patch["patch"]["value"]["typed_config"]
+    assert config["failure_mode_allow"] is False
+    assert (
+        config["grpc_service"]["envoy_grpc"]["cluster_name"]
+        == "outbound|9004||mm-body-router.llm-d.svc.cluster.local"
+    )
+    assert config["processing_mode"]["request_body_mode"] == "FULL_DUPLEX_STREAMED"
+    rule = result.get("DestinationRule", "mm-body-router").document["spec"]
+    assert rule["trafficPolicy"]["tls"] == {"mode": "SIMPLE", "insecureSkipVerify": True}
+    # The id defaults to a DNS-label form of the name when set: here given as "llama"; qwen's derived.
+    assert {m["metadata"]["name"] for m in result.manifests("InferencePool")} == {"mm-llama", "mm-qwen"}
+
+
+def test_gke_gets_a_routing_extension_and_a_grpc_health_check() -> None:
+    result = render_config(two_models("gke-l7-regional-external-managed", networkPolicy={"enabled": False}))
+    validate(result)
+    extension = result.get("GCPRoutingExtension", "mm-body-router").document["spec"]
+    (chain,) = extension["extensionChains"]
+    (call,) = chain["extensions"]
+    assert call["backendRef"] == {"group": "", "kind": "Service", "name": "mm-body-router", "port": 9004}
+    assert call["requestBodySendMode"] == "FullDuplexStreamed" and "failOpen" not in call
+    health = result.get("HealthCheckPolicy", "mm-body-router").document["spec"]
+    assert health["default"]["config"]["grpcHealthCheck"]["port"] == 9005
+    service = result.get("Service", "mm-body-router").document["spec"]
+    assert service["ports"][0]["appProtocol"] == "HTTP2"
+
+
+def test_fail_open_adds_a_catch_all_rule_to_the_first_model() -> None:
+    result = render_config(two_models(bodyRouter={"failureMode": "FailOpen"}))
+    (route,) = result.manifests("HTTPRoute")
+    last = route["spec"]["rules"][-1]
+    assert "headers" not in last["matches"][0] and last["backendRefs"][0]["name"] == "mm-llama"
+    config = result.get("EnvoyFilter", "mm-body-router").document["spec"]["configPatches"][0]
+    assert config["patch"]["value"]["typed_config"]["failure_mode_allow"] is True
+
+
+def test_a_single_model_with_adapters_keeps_its_names_and_needs_no_router() -> None:
+    model = {
+        "name": "tiny",
+        "uri": "hf://org/tiny",
+        "engine": "simulator",
+        "lora": {"adapters": [{"name": "sql", "uri": "pvc://adapters/sql"}], "maxLoras": 4},
+        "rewrites": [{"model": "sql-latest", "targets": [{"model": "sql"}]}],
+    }
+    result = render_config(
+        {"platform": "kind", "name": "t", "model": model, "prefill": SIM_POOL, "decode": SIM_POOL}
+    )
+    validate(result)
+    assert not result.manifests("AgentgatewayPolicy") and not any(
+        m["metadata"]["name"].endswith("body-router") for m in result.manifests()
+    )
+    served = epp_args(result, "t-epp")
+    assert served[served.index("--served-models") + 1] == "tiny,sql,sql-latest"
+    # Decode and prefill serve the adapter alike: P/D needs it on both.
+    for workload in ("t-decode", "t-prefill"):
+        args = engine_args(result, workload)
+        assert args[args.index("--lora-modules") + 1] == "sql=/lora/adapters/sql"
+    (route,) = result.manifests("HTTPRoute")
+    assert "headers" not in route["spec"]["rules"][0]["matches"][0]
+    assert result.get("InferenceModelRewrite", "t-rewrites").document["spec"]["rules"][0]["targets"] == [
+        {"modelRewrite": "sql"}
+    ]
+
+
+def test_vllm_pools_mount_adapter_claims_and_turn_on_run_time_loading() -> None:
+    model = {
+        "name": "org/m",
+        "uri": "pvc://models/org/m",
+        "lora": {
+            "adapters": [
+                {"name": "a", "uri": "pvc://adapters/a"},
+                {"name": "b", "uri": "hf://org/b"},
+                {"name": "c"},
+            ],
+            "runtimeLoading": True,
+            "resolverDir": "pvc://adapters/dynamic",
+            "maxLoras": 2,
+            "maxLoraRank": 64,
+            "maxCpuLoras": 8,
+        },
+    }
+    config = {
+        "platform": "onprem",
+        "name": "big",
+        "onprem": {"gpuOperator": {"install": False, "version": "v26.7.0", "namespace": "gpu-operator"}},
+        "model": model,
+        "prefill": {"enabled": False},
+    }
+    result = render_config(config, secrets={"hfToken": "hf_test"})
+    validate(result)
+    spec = result.get("Deployment", "big-decode").document["spec"]["template"]["spec"]
+    container = next(c for c in spec["containers"] if c["name"] == "engine")
+    args = container["args"]
+    assert args[args.index("--max-lora-rank") + 1] == "64" and args[args.index("--max-cpu-loras") + 1] == "8"
+    start = args.index("--lora-modules") + 1
+    assert args[start : start + 2] == ["a=/lora/adapters/a", "b=org/b"]  # c loads at run time
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert env["VLLM_LORA_RESOLVER_CACHE_DIR"] == "/lora/adapters/dynamic"
+    # The adapters' claim is mounted once, read-only; hf:// adapters of a pvc:// model download to a
+    # writable cache of their own, with the token.
+    assert {"name": "lora-0", "mountPath": "/lora/adapters", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "lora-0", "persistentVolumeClaim": {"claimName": "adapters", "readOnly": True}} in spec[
+        "volumes"
+    ]
+    assert env["HF_HOME"] == "/lora-cache" and "HF_TOKEN" in env
+    served = epp_args(result, "big-epp")
+    assert served[served.index("--served-models") + 1] == "org/m,a,b,c"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"models": [entry("a"), entry("a")]}, "llmd:models[1].name 'a' is already served by models[0].name"),
+        (
+            {"models": [entry("a", decode={**SIM_POOL, "replicas": 0}), entry("b")]},
+            "llmd:models[0].decode.replicas must be >= 1 (got 0)",
+        ),
+        (
+            {"models": [entry("a", lora={"adapters": [{"name": "b", "uri": "hf://o/b"}]}), entry("b")]},
+            "llmd:models[1].name 'b' is already served by models[0].lora.adapters[0].name",
+        ),
+        (
+            {"models": [entry("a", id="x"), entry("b", id="x")]},
+            "llmd:models[1].id gives the object prefix 'mm-x'",
+        ),
+        (
+            {"models": [entry("a", id="a" * 32), entry("b")], "name": "n" * 10},
+            "llmd:models[0].id makes the object prefix",
+        ),
+        ({"decode": {"replicas": 3}}, "llmd:decode is set but llmd:models is used"),
+        ({"model": {"name": "c", "uri": "hf://o/c"}}, "llmd:models is set together with llmd:model"),
+    ],
+)
+def test_bad_multi_model_configs_name_the_key(overrides: dict[str, Any], problem: str) -> None:
+    from pulumi_llmd.config import ConfigError, parse_stack_config
+
+    with pytest.raises(ConfigError) as raised:
+        parse_stack_config(two_models(**overrides), has_hf_token=False)
+    messages = [str(p) for p in raised.value.problems]
+    assert any(m.startswith(problem) for m in messages), messages
+
+
+def test_kgateway_cannot_route_by_body_and_says_so() -> None:
+    from pulumi_llmd.config import ConfigError, parse_stack_config
+
+    with pytest.raises(ConfigError) as raised:
+        parse_stack_config(two_models("kgateway"), has_hf_token=False)
+    [problem] = raised.value.problems
+    assert problem.path == "gateway.className" and "kgateway-dev/kgateway#11568" in problem.message
+
+
+def test_api_groups_of_the_example_are_known(example: RenderResult) -> None:
+    groups = {api_group(m) for m in example.manifests()}
+    assert groups == {
+        "",
+        "apps",
+        "policy",
+        "rbac.authorization.k8s.io",
+        "networking.k8s.io",
+        "gateway.networking.k8s.io",
+        "inference.networking.k8s.io",
+        "llm-d.ai",
+        "agentgateway.dev",
+    }
