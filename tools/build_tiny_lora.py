@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if an adapter is complete")
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file():
-        raise SystemExit(f"{args.model} has no config.json: build the model first (tools/build_tiny_model.py)")
+        raise SystemExit(f"{args.model} has no config.json: build it first with tools/build_tiny_model.py")
     base_model = args.base_model or str(args.model)
     for name in args.names:
         target = args.out / name

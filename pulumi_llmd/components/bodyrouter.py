@@ -54,7 +54,7 @@ def router_labels(router: Router) -> dict[str, str]:
 
 
 def router_selector(router: Router) -> dict[str, str]:
-    return {"app.kubernetes.io/instance": router.instance, "app.kubernetes.io/name": router.name}
+    return naming.body_router_selector(router.instance)
 
 
 def routing_table(router: Router) -> str:

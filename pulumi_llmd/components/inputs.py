@@ -339,10 +339,21 @@ class InferenceMonitoringArgs(ConfigModel):
     watch_gateway: bool = Field(
         default=True, description="Render the Gateway proxies' PodMonitor (one model of a multi-model stack)."
     )
+    watch_body_router: bool = Field(
+        default=False,
+        description="Render the body router's PodMonitor (`<gatewayInstance>-body-router`; one model of a "
+        "multi-model stack).",
+    )
 
     @property
     def roles(self) -> list[Role]:
         return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+    @property
+    def gateway_stack(self) -> str:
+        """The `llmd_stack` value of the Gateway proxies' (and the body router's) series: the stack
+        owning them, so every model's dashboard of a multi-model stack reads the one monitor's series."""
+        return self.gateway_instance or self.instance
 
 
 class PoolAutoscalingArgs(ConfigModel):

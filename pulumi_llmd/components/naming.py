@@ -98,6 +98,11 @@ def body_router_name(instance: str) -> str:
     return f"{instance}-body-router"
 
 
+def body_router_selector(instance: str) -> dict[str, str]:
+    """The body router's pods (its Deployment, Service and PodMonitor select them alike)."""
+    return {"app.kubernetes.io/instance": instance, "app.kubernetes.io/name": body_router_name(instance)}
+
+
 def model_rewrites_name(pool: str) -> str:
     return f"{pool}-rewrites"
 

@@ -251,7 +251,7 @@ def body_router_args(stack: LlmdStackConfig) -> BodyRouterArgs:
 
 def monitoring_args(stack: LlmdStackConfig, served: ServedModel | None = None) -> InferenceMonitoringArgs:
     """One model's monitors, rules and dashboards. With llmd:models, only the first model's also
-    watch the one Gateway's proxies (no two PodMonitors for the same pods)."""
+    watch the one Gateway's proxies and the body router (no two PodMonitors for the same pods)."""
     model = _only(stack, served)
     first = stack.served()[0]
     return InferenceMonitoringArgs(
@@ -263,6 +263,7 @@ def monitoring_args(stack: LlmdStackConfig, served: ServedModel | None = None) -
         settings=stack.monitoring,
         gateway_instance=stack.name if model.multi else None,
         watch_gateway=model.key == first.key,
+        watch_body_router=stack.multi_model and model.key == first.key,
     )
 
 

@@ -7,6 +7,7 @@ vLLM's flags and the pickers' served models."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -386,3 +387,152 @@ def test_api_groups_of_the_example_are_known(example: RenderResult) -> None:
         "llm-d.ai",
         "agentgateway.dev",
     }
+
+
+@pytest.fixture(scope="module")
+def observed() -> RenderResult:
+    """Two models, the first with P/D, monitoring and KEDA autoscaling on."""
+    config = two_models(
+        "agentgateway",
+        monitoring={"labels": {"release": "kube-prometheus-stack"}},
+        autoscaling={"enabled": True},
+    )
+    config["models"][0]["prefill"] = dict(SIM_POOL)
+    result = render_config(config, stack="observed")
+    validate(result)
+    return result
+
+
+def test_each_model_gets_its_own_monitors_rules_dashboards_and_scalers(observed: RenderResult) -> None:
+    monitors = {m["metadata"]["name"]: m for m in observed.manifests("PodMonitor")}
+    per_model = {name for name in monitors if name.startswith(("mm-llama", "mm-qwen"))}
+    assert per_model == {
+        "mm-llama-decode",
+        "mm-llama-decode-sidecar",
+        "mm-llama-epp",
+        "mm-llama-prefill",
+        "mm-qwen-decode",
+        "mm-qwen-epp",
+    }
+    templates = [d["spec"]["template"] for d in observed.manifests("Deployment")]
+    for name in per_model:
+        (endpoint,) = monitors[name]["spec"]["podMetricsEndpoints"]
+        wanted = monitors[name]["spec"]["selector"]["matchLabels"]
+        selected = [t for t in templates if wanted.items() <= t["metadata"]["labels"].items()]
+        assert selected, f"{name} selects no rendered pod"
+        for pod in selected:
+            # A model's monitor never reaches the other model's pods (or the body router's).
+            assert (
+                pod["metadata"]["labels"]["app.kubernetes.io/instance"]
+                == wanted["app.kubernetes.io/instance"]
+            )
+            containers = pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+            assert endpoint["port"] in {p["name"] for c in containers for p in c.get("ports", [])}
+        stack = next(r for r in endpoint["relabelings"] if r["targetLabel"] == "llmd_stack")
+        assert stack["replacement"] == name.removesuffix("-sidecar").rsplit("-", 1)[0]
+    for model in ("mm-llama", "mm-qwen"):
+        rules = observed.get("PrometheusRule", f"{model}-rules").document["spec"]["groups"]
+        exprs = [rule["expr"] for group in rules for rule in group["rules"]]
+        assert all(f'llmd_stack="{model}"' in expr for expr in exprs if "llmd_stack=" in expr)
+    scaled = {
+        m["metadata"]["name"]: m["spec"]["scaleTargetRef"]["name"] for m in observed.manifests("ScaledObject")
+    }
+    assert scaled == {name: name for name in ("mm-llama-prefill", "mm-llama-decode", "mm-qwen-decode")}
+    for workload in scaled:
+        assert "replicas" not in observed.get("Deployment", workload).document["spec"]
+    boards = {
+        c["metadata"]["name"]: c
+        for c in observed.manifests("ConfigMap")
+        if "-dashboard-" in c["metadata"]["name"]
+    }
+    assert sorted(boards) == [
+        "mm-llama-dashboard-epp",
+        "mm-llama-dashboard-pd",
+        "mm-llama-dashboard-pools",
+        "mm-qwen-dashboard-epp",
+        "mm-qwen-dashboard-pools",
+    ]
+    uids = [json.loads(next(iter(c["data"].values())))["uid"] for c in boards.values()]
+    assert len(set(uids)) == len(uids)
+
+
+def test_long_names_keep_dashboard_uids_unique_and_within_grafanas_limit() -> None:
+    from pulumi_llmd.components.dashboards import UID_MAX, dashboard_uid, dashboards
+    from pulumi_llmd.components.inputs import InferenceMonitoringArgs
+
+    uids = []
+    for model in ("llama-3-70b-instruct", "llama-3-8b-instruct"):
+        instance = f"inference-{model}"
+        monitoring = InferenceMonitoringArgs(
+            instance=instance,
+            namespace="llm-d-production",
+            pool_name=instance,
+            disaggregated=True,
+            gateway_class="agentgateway",
+        )
+        uids += [dashboard_uid(monitoring, board) for board in dashboards(monitoring)]
+    assert len(set(uids)) == len(uids) == 6
+    assert all(len(uid) <= UID_MAX and uid.startswith("llmd-llm-d-production-inf") for uid in uids)
+    short = InferenceMonitoringArgs(
+        instance="t", namespace="llm-d", pool_name="t", disaggregated=False, gateway_class="kgateway"
+    )
+    assert dashboard_uid(short, dashboards(short)[0]) == "llmd-llm-d-t-epp"  # short uids unchanged
+
+
+def test_the_gateways_series_belong_to_the_stack_for_every_models_dashboard() -> None:
+    """One PodMonitor watches the Gateway's proxies (the first model's monitoring renders it); its
+    series carry the stack's name, which every model's gateway panels read."""
+    from pulumi_llmd.components.dashboards import dashboard_json, dashboards
+    from pulumi_llmd.components.inputs import InferenceMonitoringArgs
+    from pulumi_llmd.components.monitoring import monitor_manifests
+
+    def monitoring(instance: str, first: bool) -> InferenceMonitoringArgs:
+        return InferenceMonitoringArgs(
+            instance=instance,
+            namespace="llm-d",
+            pool_name=instance,
+            disaggregated=False,
+            gateway_class="kgateway",
+            gateway_instance="mm",
+            watch_gateway=first,
+        )
+
+    gateways = []
+    for instance, first in (("mm-llama", True), ("mm-qwen", False)):
+        args = monitoring(instance, first)
+        gateways += [m for m in monitor_manifests(args) if m["metadata"]["name"] == "mm-gateway"]
+        epp_board = dashboard_json(args, dashboards(args)[0])
+        gateway_exprs = [
+            t["expr"] for p in epp_board["panels"] if p["title"].startswith("Gateway") for t in p["targets"]
+        ]
+        assert gateway_exprs and all('llmd_stack="mm",llmd_component="gateway"' in e for e in gateway_exprs)
+    (gateway,) = gateways
+    (endpoint,) = gateway["spec"]["podMetricsEndpoints"]
+    assert {"action": "replace", "targetLabel": "llmd_stack", "replacement": "mm"} in endpoint["relabelings"]
+    assert gateway["spec"]["selector"]["matchLabels"] == {
+        "gateway.networking.k8s.io/gateway-name": "mm-gateway"
+    }
+
+
+def test_one_monitor_watches_the_body_router_under_the_stacks_name(observed: RenderResult) -> None:
+    (monitor,) = [m for m in observed.manifests("PodMonitor") if m["metadata"]["name"] == "mm-body-router"]
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    router = observed.get("Deployment", "mm-body-router").document["spec"]["template"]
+    assert wanted.items() <= router["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in router["spec"]["containers"][0]["ports"]}
+    assert ports[endpoint["port"]] == 9090
+    relabel = {r["targetLabel"]: r.get("replacement") for r in endpoint["relabelings"]}
+    assert relabel == {"llmd_stack": "mm", "llmd_component": "body-router"}
+    # A single-model stack has no router and so no such monitor.
+    single = render_config(
+        {
+            "platform": "kind",
+            "name": "one",
+            "model": {"name": "m", "uri": "hf://org/m", "engine": "simulator"},
+            "prefill": {"enabled": False},
+            "decode": SIM_POOL,
+        },
+        stack="single",
+    )
+    assert not any("body-router" in m["metadata"]["name"] for m in single.manifests("PodMonitor"))
