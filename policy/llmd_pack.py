@@ -2,9 +2,9 @@
 
 Only ``kubernetes:*`` resources are inspected; their Pulumi inputs are the manifest fields, so the
 rules see the same dict the offline tests feed them. Objects created by third-party Helm charts or
-remote YAML (GPU/Network Operator, kgateway, LeaderWorkerSet controller) are recognised by their
-parent in the URN and only get the rules that hold for any software (pinned images, no plain
-secrets); their privileges and sizing are the chart authors' decisions.
+remote YAML (GPU/Network Operator, the gateway control plane, LeaderWorkerSet controller) are
+recognised by their parent in the URN and only get the rules that hold for any software (pinned
+images, no plain secrets); their privileges and sizing are the chart authors' decisions.
 """
 
 from __future__ import annotations

@@ -334,7 +334,8 @@ class Rule:
     description: str
     check: Callable[[Mapping[str, Any]], list[str]]
     # Whether the rule also applies to objects that come from third-party Helm charts (GPU/Network
-    # Operator, kgateway): their privileges and resources are the chart authors' decisions.
+    # Operator, the gateway control plane): their privileges and resources are the chart authors'
+    # decisions.
     applies_to_chart_children: bool
 
 

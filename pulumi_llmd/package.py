@@ -17,7 +17,7 @@ from __future__ import annotations
 from pulumi import ComponentResource
 
 from pulumi_llmd.components.crds import ClusterCrds
-from pulumi_llmd.components.gateway import InferenceGateway, Kgateway
+from pulumi_llmd.components.gateway import GatewayControlPlane, InferenceGateway
 from pulumi_llmd.components.modelserver import ModelServerPool
 from pulumi_llmd.components.picker import EndpointPicker
 from pulumi_llmd.components.stack import LlmdStack
@@ -31,7 +31,7 @@ COMPONENTS: tuple[type[ComponentResource], ...] = (
     EndpointPicker,
     ModelServerPool,
     InferenceGateway,
-    Kgateway,
+    GatewayControlPlane,
     ClusterCrds,
 )
 

@@ -67,7 +67,7 @@ COMPONENTS: tuple[ComponentArgs, ...] = (
     ComponentArgs("EndpointPickerArgs", inputs.EndpointPickerInputs, "EndpointPicker"),
     ComponentArgs("ModelServerPoolArgs", inputs.ModelServerPoolInputs, "ModelServerPool"),
     ComponentArgs("InferenceGatewayArgs", inputs.InferenceGatewayInputs, "InferenceGateway"),
-    ComponentArgs("KgatewayArgs", inputs.KgatewayInputs, "Kgateway"),
+    ComponentArgs("GatewayControlPlaneArgs", inputs.GatewayControlPlaneInputs, "GatewayControlPlane"),
     ComponentArgs("ClusterCrdsArgs", inputs.ClusterCrdsInputs, "ClusterCrds"),
 )
 

@@ -21,6 +21,7 @@ import pulumi_kubernetes as k8s
 from pulumi_llmd.cloud.kubeconfig import gke_kubeconfig
 from pulumi_llmd.cloud.pools import check_gpus_per_pod
 from pulumi_llmd.components.platform import Platform, PodNetworking
+from pulumi_llmd.config.gateways import GatewayProvider
 from pulumi_llmd.config.gke import GkeConfig, GkeNodePoolConfig
 from pulumi_llmd.config.models import StackConfig
 from pulumi_llmd.config.nodes import pool_tolerations
@@ -208,9 +209,19 @@ class GkeGpuCapacity(pulumi.ComponentResource):
     k8s_provider: k8s.Provider
     node_pool: gcp.container.NodePool
 
-    def __init__(self, name: str, config: GkeConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: GkeConfig,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        gateway_api: bool = False,
+    ) -> None:
         super().__init__("llmd:cloud:GkeGpuCapacity", name, None, opts)
         self.config = config
+        # GKE's Gateway controller (llmd:gateway.provider gke) serves only clusters with the Gateway
+        # API enabled ("Enable Gateway API in your cluster", llm-d docs/infrastructure/gateway/gke.md).
+        self.gateway_api = gateway_api
         gcp_provider = gcp.Provider(
             f"{name}-gcp",
             project=config.project,
@@ -285,6 +296,11 @@ class GkeGpuCapacity(pulumi.ComponentResource):
             remove_default_node_pool=True,
             initial_node_count=1,
             deletion_protection=spec.deletion_protection,
+            gateway_api_config=(
+                gcp.container.ClusterGatewayApiConfigArgs(channel="CHANNEL_STANDARD")
+                if self.gateway_api
+                else None
+            ),
             opts=opts,
         )
         ready: list[pulumi.Resource] = [cluster]
@@ -535,7 +551,9 @@ def provision(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -
         whole_node=config.gke.rdma.enabled,
         reason="GKE gives a node's RDMA NICs to a single pod; set gke.rdma.enabled: false to share nodes",
     )
-    capacity = GkeGpuCapacity("gke", config.gke, opts=opts)
+    capacity = GkeGpuCapacity(
+        "gke", config.gke, opts=opts, gateway_api=config.gateway.provider is GatewayProvider.GKE
+    )
     return Platform(
         k8s_provider=capacity.k8s_provider,
         pod_networking=capacity.pod_networking,

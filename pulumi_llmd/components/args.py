@@ -12,7 +12,8 @@ from typing import Any, Required, TypedDict
 import pulumi
 
 from pulumi_llmd.components.naming import Role
-from pulumi_llmd.config.models import Engine, FailureMode
+from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
+from pulumi_llmd.config.models import Engine, EppImplementation, FailureMode
 from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
 
 
@@ -175,6 +176,11 @@ class SidecarSettings(TypedDict, total=False):
         "Sidecar image (sidecar/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest "
         "or both. Default: `ghcr.io/pulumi-llmd/sidecar:0.1.0`."
     )
+    upstream_image: str
+    (
+        "llm-d's disagg sidecar image, run instead with `epp.implementation: upstream`. Default: "
+        "`ghcr.io/llm-d/llm-d-router-disagg-sidecar:v0.10.0`."
+    )
     kv_connector: str
     "Sidecar `--kv-connector`. Default: `nixlv2`."
     resources: ResourcesSettings
@@ -210,12 +216,22 @@ class DecodeSettings(TypedDict, total=False):
 
 
 class EppSettings(TypedDict, total=False):
-    "The endpoint picker (`python -m epp`) and its InferencePool wiring."
+    "The endpoint picker (`python -m epp`, or llm-d's) and its InferencePool wiring."
 
+    implementation: EppImplementation
+    (
+        "`bundled` (this project's EPP and P/D sidecar) or `upstream` (llm-d-router's images, same Service, "
+        "RBAC, config and InferencePool: A/B the two on one cluster). Default: `bundled`."
+    )
     image: str
     (
         "EPP image (epp/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest or both. "
         "Default: `ghcr.io/pulumi-llmd/epp:0.1.0`."
+    )
+    upstream_image: str
+    (
+        "llm-d's endpoint-picker image, run with `implementation: upstream`. Default: "
+        "`ghcr.io/llm-d/llm-d-router-endpoint-picker:v0.10.0`."
     )
     replicas: int
     "EPP replicas. Default: `1`."
@@ -231,11 +247,15 @@ class EppSettings(TypedDict, total=False):
         "`FailClose`."
     )
     secure_serving: bool
-    "`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC). Default: `false`."
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
     tls_secret_name: str
     (
-        "A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path`; "
-        "required with secureServing."
+        "A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for `--cert-path` "
+        "with `--enable-cert-reload` (a renewed certificate is served without a restart); unset: the EPP "
+        "makes a self-signed one at start."
     )
     config: str
     "A full EndpointPickerConfig YAML overriding the generated one."
@@ -324,20 +344,46 @@ class BodyRouterSettings(TypedDict, total=False):
 
 
 class GatewaySettings(TypedDict, total=False):
-    "kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."
+    "The gateway provider and the Gateway/HTTPRoute in front of the InferencePool."
 
-    install_kgateway: bool
-    "Install kgateway (CRDs chart + controller chart). Default: `true`."
-    kgateway_version: str
-    "kgateway chart version. Default: `v2.1.0`."
-    kgateway_namespace: str
-    "Namespace of kgateway. Default: `kgateway-system`."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
+    install: bool
+    (
+        "Install the provider's control plane (charts); false when the cluster already runs it. GKE's is "
+        "managed: nothing to install. Default: `true`."
+    )
+    version: str
+    (
+        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
+        "v2.1.3)."
+    )
+    namespace: str
+    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
     class_name: str
-    "GatewayClass of the Gateway. Default: `kgateway`."
+    (
+        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
+        "class, gke-l7-regional-external-managed)."
+    )
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
     listener_port: int
     "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    "HTTPRoute request timeout (long generations). Default: `300s`."
+    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
+    paths: list[str]
+    (
+        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
+        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
+        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
+    )
 
 
 class CrdsSettings(TypedDict, total=False):
@@ -346,18 +392,24 @@ class CrdsSettings(TypedDict, total=False):
     install: bool
     "Install the CRDs; set false when the cluster already has them. Default: `true`."
     gateway_api_version: str
-    "Gateway API release (standard channel). Default: `v1.6.1`."
+    (
+        "Gateway API release (standard channel); unset: the one the gateway provider is built against "
+        "(agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own."
+    )
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
+    (
+        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
+        "GKE installs it). Default: `v1.6.2`."
+    )
+    llmd_router_version: str
+    (
+        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
+        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
+    )
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
         "Default: `v0.10.0`."
-    )
-    llm_d_router_version: str
-    (
-        "llm-d-router release whose InferenceObjective and InferenceModelRewrite CRDs (`llm-d.ai/v1alpha2`) "
-        "are installed; only when a model has objectives or rewrites. Default: `v0.10.0`."
     )
 
 
@@ -725,6 +777,11 @@ class ModelServerPoolArgs(TypedDict, total=False):
     )
     tracing: TracingSettings
     "OTLP tracing of the P/D sidecar's prefill and decode legs."
+    implementation: EppImplementation
+    (
+        "Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's disagg "
+        "sidecar), following the stack's epp.implementation. Default: `bundled`."
+    )
 
 
 class ModelRouteSettings(TypedDict, total=False):
@@ -737,6 +794,11 @@ class ModelRouteSettings(TypedDict, total=False):
     )
     pool_name: Required[str]
     "The model's InferencePool."
+    epp_secure_serving: bool
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
 
 
 class InferenceGatewayArgs(TypedDict, total=False):
@@ -748,16 +810,41 @@ class InferenceGatewayArgs(TypedDict, total=False):
     "Namespace of the Gateway, the HTTPRoute and the pool."
     pool_name: Required[str]
     "The InferencePool the route sends every request to when modelRoutes is empty; the route's name too."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
     class_name: str
-    "GatewayClass of the Gateway. Default: `kgateway`."
+    (
+        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
+        "class, gke-l7-regional-external-managed)."
+    )
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
     listener_port: int
     "HTTP listener port of the Gateway. Default: `80`."
     request_timeout: str
-    "HTTPRoute request timeout (long generations). Default: `300s`."
+    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
+    paths: list[str]
+    (
+        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
+        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
+        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
+    )
+    epp_secure_serving: bool
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
     model_routes: list[ModelRouteSettings]
     (
         "Several models behind the Gateway: one route rule each, matching `X-Gateway-Base-Model-Name` (set "
-        "by the body router) to the model's pool. Default: empty."
+        "by the body router) to the model's pool, with the provider's objects for each pool. Default: empty."
     )
     unmatched_to_first: bool
     (
@@ -766,24 +853,49 @@ class InferenceGatewayArgs(TypedDict, total=False):
     )
 
 
-class KgatewayArgs(TypedDict, total=False):
-    "Args of ``Kgateway`` (validated by ``KgatewayInputs``)."
+class GatewayControlPlaneArgs(TypedDict, total=False):
+    "Args of ``GatewayControlPlane`` (validated by ``GatewayControlPlaneInputs``)."
 
     instance: Required[str]
     "Stack name, for the `app.kubernetes.io/instance` label."
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
     version: str
-    "kgateway chart version. Default: `v2.1.0`."
+    (
+        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
+        "v2.1.3)."
+    )
     namespace: str
-    "Namespace of kgateway. Default: `kgateway-system`."
+    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
 
 
 class ClusterCrdsArgs(TypedDict, total=False):
     "Args of ``ClusterCrds`` (validated by ``ClusterCrdsInputs``)."
 
     gateway_api_version: str
-    "Gateway API release (standard channel). Default: `v1.6.1`."
+    (
+        "Gateway API release (standard channel) to install; unset installs none (the platform owns them, as "
+        "GKE does)."
+    )
     inference_extension_version: str
-    "Gateway API Inference Extension release providing InferencePool v1. Default: `v1.6.0`."
+    (
+        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
+        "GKE installs it). Default: `v1.6.2`."
+    )
+    llmd_router_version: str
+    (
+        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
+        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
+    )
     lws_version: str
     (
         "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
@@ -791,16 +903,6 @@ class ClusterCrdsArgs(TypedDict, total=False):
     )
     leader_worker_set: Required[bool]
     "Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 need it."
-    llm_d_router_version: str
-    (
-        "llm-d-router release whose InferenceObjective and InferenceModelRewrite CRDs (`llm-d.ai/v1alpha2`) "
-        "are installed; only when a model has objectives or rewrites. Default: `v0.10.0`."
-    )
-    request_management: bool
-    (
-        "Also install llm-d-router's InferenceObjective and InferenceModelRewrite CRDs (`llm-d.ai`): pools "
-        "with objectives or rewrites need them. Default: `false`."
-    )
 
 
 __all__ = [
@@ -814,9 +916,9 @@ __all__ = [
     "DecodeSettings",
     "EndpointPickerArgs",
     "EppSettings",
+    "GatewayControlPlaneArgs",
     "GatewaySettings",
     "InferenceGatewayArgs",
-    "KgatewayArgs",
     "LlmdStackArgs",
     "LoraAdapterSettings",
     "LoraSettings",

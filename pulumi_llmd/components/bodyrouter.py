@@ -9,7 +9,7 @@ This is what llm-d's guides/multi-model-routing does with llm-d-inference-payloa
 successor of GIE's body-based router), with the adapter table rendered by the stack instead of read
 from labelled ConfigMaps.
 
-How each Gateway provider calls it (the provider follows from the GatewayClass:
+How each Gateway provider calls it (``llmd:gateway.provider``; kgateway 2.1 is refused, see
 :func:`pulumi_llmd.config.rules.body_router_provider`):
 
 * ``istio``: an EnvoyFilter inserting the ext_proc filter first in the Gateway's HTTP filters, and a
@@ -38,6 +38,7 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.inputs import BodyRouterArgs
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.netpol import gateway_pods
+from pulumi_llmd.config.gateways import GatewayProvider
 from pulumi_llmd.config.models import FailureMode
 
 CONFIG_DIR = "/config"
@@ -374,7 +375,7 @@ def network_policy_manifest(router: Router) -> dict[str, Any] | None:
         return None
     rules: list[dict[str, Any]] = [
         {
-            "from": [gateway_pods(router.instance)],
+            "from": [gateway_pods(GatewayProvider(router.provider), router.instance)],
             "ports": [{"protocol": "TCP", "port": naming.BODY_ROUTER_GRPC_PORT}],
         }
     ]

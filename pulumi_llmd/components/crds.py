@@ -27,18 +27,15 @@ def inference_extension_url(version: str) -> str:
     )
 
 
+def llm_d_router_url(version: str) -> str:
+    # llm-d-router's release asset: the llm-d.ai CRDs (InferenceObjective, InferenceModelRewrite),
+    # built by `make artifacts` (v0.10.0 Makefile) and uploaded by .github/workflows/ci-release.yaml.
+    return f"https://github.com/llm-d/llm-d-router/releases/download/{version}/manifests.yaml"
+
+
 def leaderworkerset_url(version: str) -> str:
     # CRD plus controller: LeaderWorkerSet needs its controller to create pods.
     return f"https://github.com/kubernetes-sigs/lws/releases/download/{version}/manifests.yaml"
-
-
-# llm-d-router publishes no install asset for its CRDs that we could confirm, so they come from the
-# tagged source (the same files as /work/shared/crds/llm-d-router-v0.10.0-*).
-LLM_D_ROUTER_CRDS = ("inferenceobjectives", "inferencemodelrewrites")
-
-
-def llm_d_router_crd_url(version: str, plural: str) -> str:
-    return f"https://raw.githubusercontent.com/llm-d/llm-d-router/{version}/config/crd/bases/llm-d.ai_{plural}.yaml"
 
 
 def retain_children(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult:
@@ -51,27 +48,25 @@ def retain_children(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransf
 
 def crd_installs(crds: ClusterCrdsInputs) -> dict[str, str]:
     """Install name -> release-asset URL, in install order."""
-    installs = {
-        f"gateway-api-{crds.gateway_api_version}": gateway_api_url(crds.gateway_api_version),
-        f"inference-extension-{crds.inference_extension_version}": inference_extension_url(
-            crds.inference_extension_version
-        ),
-    }
+    installs: dict[str, str] = {}
+    if crds.gateway_api_version is not None:
+        installs[f"gateway-api-{crds.gateway_api_version}"] = gateway_api_url(crds.gateway_api_version)
+    if crds.inference_extension_version is not None:
+        version = crds.inference_extension_version
+        installs[f"inference-extension-{version}"] = inference_extension_url(version)
+    if crds.llmd_router_version is not None:
+        version = crds.llmd_router_version
+        installs[f"llm-d-router-{version}"] = llm_d_router_url(version)
     if crds.leader_worker_set:
         installs[f"leaderworkerset-{crds.lws_version}"] = leaderworkerset_url(crds.lws_version)
-    if crds.request_management:
-        for plural in LLM_D_ROUTER_CRDS:
-            installs[f"llm-d-router-{crds.llm_d_router_version}-{plural}"] = llm_d_router_crd_url(
-                crds.llm_d_router_version, plural
-            )
     return installs
 
 
 @package_component
 class ClusterCrds(pulumi.ComponentResource):
     """Cluster-wide CRDs from their pinned release assets, retained on delete: Gateway API (standard
-    channel), InferencePool v1 and, when asked, LeaderWorkerSet (CRD and controller) and llm-d-router's
-    InferenceObjective and InferenceModelRewrite."""
+    channel), InferencePool v1, llm-d's InferenceObjective and InferenceModelRewrite (each when given a
+    version) and, when asked, LeaderWorkerSet (CRD and controller)."""
 
     installs: list[str]
     """The release-asset URLs installed."""
@@ -79,9 +74,8 @@ class ClusterCrds(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterCrdsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         """Args (:class:`~pulumi_llmd.components.args.ClusterCrdsArgs`, validated by
         :class:`~pulumi_llmd.components.inputs.ClusterCrdsInputs`): ``gateway_api_version``,
-        ``inference_extension_version``, ``lws_version``, ``llm_d_router_version`` (the ``crds``
-        section's versions), ``leader_worker_set`` and ``request_management``. The Kubernetes provider
-        comes through ``opts``.
+        ``inference_extension_version``, ``llmd_router_version`` (each unset installs nothing),
+        ``lws_version`` and ``leader_worker_set``. The Kubernetes provider comes through ``opts``.
         """
         crds = validate_args(ClusterCrdsInputs, args, component="ClusterCrds")
         super().__init__("llmd:index:ClusterCrds", name, None, opts)

@@ -173,8 +173,53 @@ def envoy_gateway_panels(scope: Scope) -> list[Panel]:
     ]
 
 
+def agentgateway_panels(scope: Scope) -> list[Panel]:
+    """agentgateway's own metrics: ``agentgateway_requests_total`` by ``status`` and the
+    ``agentgateway_request_duration_seconds`` histogram (agentgateway's observability docs)."""
+    gateway = scope.select(Component.GATEWAY)
+    return [
+        Panel(
+            "Gateway requests by status",
+            [Query(f"sum by (status) (rate(agentgateway_requests_total{{{gateway}}}[5m]))", "{{status}}")],
+            unit="reqps",
+        ),
+        Panel(
+            "Gateway request latency",
+            _quantiles("agentgateway_request_duration_seconds", gateway, (), ""),
+            unit="s",
+        ),
+    ]
+
+
+def istio_gateway_panels(scope: Scope) -> list[Panel]:
+    """Istio's standard metrics from the gateway's Envoy: ``istio_requests_total`` by
+    ``response_code`` and ``istio_request_duration_milliseconds``."""
+    gateway = scope.select(Component.GATEWAY)
+    return [
+        Panel(
+            "Gateway requests by response code",
+            [
+                Query(
+                    f"sum by (response_code) (rate(istio_requests_total{{{gateway}}}[5m]))",
+                    "{{response_code}}",
+                )
+            ],
+            unit="reqps",
+        ),
+        Panel(
+            "Gateway request latency",
+            _quantiles("istio_request_duration_milliseconds", gateway, (), ""),
+            unit="ms",
+        ),
+    ]
+
+
 # GatewayClass -> its dashboard panels (beside monitoring.GATEWAY_MONITORS: same keys).
-GATEWAY_PANELS = {"kgateway": envoy_gateway_panels}
+GATEWAY_PANELS = {
+    "agentgateway": agentgateway_panels,
+    "istio": istio_gateway_panels,
+    "kgateway": envoy_gateway_panels,
+}
 
 
 def pools_dashboard(monitoring: Monitoring) -> Dashboard:

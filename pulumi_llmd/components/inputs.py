@@ -23,14 +23,17 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
 from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
 from pulumi_llmd.config.inputs import field_of
 from pulumi_llmd.config.models import (
     DNS_LABEL,
+    RELEASE_TAG,
     BodyRouterConfig,
     CrdsConfig,
     DnsLabel,
     Engine,
     EppConfig,
+    EppImplementation,
     GatewayConfig,
     LlmdStackConfig,
     ModelConfig,
@@ -149,6 +152,11 @@ class ModelServerPoolInputs(ConfigModel):
         default_factory=TracingConfig,
         description="OTLP tracing of the P/D sidecar's prefill and decode legs.",
     )
+    implementation: EppImplementation = Field(
+        default=EppImplementation.BUNDLED,
+        description="Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's "
+        "disagg sidecar), following the stack's epp.implementation.",
+    )
 
     @property
     def name(self) -> str:
@@ -183,10 +191,11 @@ class ModelRoute(ConfigModel):
         "name this model serves (the value the route rule matches).",
     )
     pool_name: DnsLabel = Field(description="The model's InferencePool.")
+    epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
 
 
 class InferenceGatewayInputs(ConfigModel):
-    """The Gateway and the HTTPRoute into an InferencePool."""
+    """The Gateway, the HTTPRoute into an InferencePool, and the provider's objects for that pool."""
 
     instance: Instance = Field(
         description="Stack name: the Gateway is `<instance>-gateway`, labelled "
@@ -197,13 +206,18 @@ class InferenceGatewayInputs(ConfigModel):
         description="The InferencePool the route sends every request to when modelRoutes is empty; the "
         "route's name too."
     )
-    class_name: Annotated[str, field_of(GatewayConfig, "class_name")]
+    provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+    class_name: Annotated[str | None, field_of(GatewayConfig, "class_name")]
+    kgateway_data_plane: Annotated[KgatewayDataPlane | None, field_of(GatewayConfig, "kgateway_data_plane")]
     listener_port: Annotated[int, field_of(GatewayConfig, "listener_port")]
     request_timeout: Annotated[str, field_of(GatewayConfig, "request_timeout")]
+    paths: Annotated[list[str], field_of(GatewayConfig, "paths")]
+    epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
     model_routes: list[ModelRoute] = Field(
         default_factory=list,
         description="Several models behind the Gateway: one route rule each, matching "
-        f"`{naming.BASE_MODEL_HEADER}` (set by the body router) to the model's pool.",
+        f"`{naming.BASE_MODEL_HEADER}` (set by the body router) to the model's pool, with the provider's "
+        "objects for each pool.",
     )
     unmatched_to_first: bool = Field(
         default=False,
@@ -215,30 +229,77 @@ class InferenceGatewayInputs(ConfigModel):
     def gateway_name(self) -> str:
         return naming.gateway_name(self.instance)
 
+    @property
+    def epp_service(self) -> str:
+        """The pool's EPP Service (`<pool>-epp`, the EndpointPicker's name)."""
+        return naming.epp_name(self.pool_name)
 
-class KgatewayInputs(ConfigModel):
-    """kgateway (CRDs chart and controller chart with the inference extension)."""
+    @property
+    def backends(self) -> list[tuple[str, bool]]:
+        """Every InferencePool the route sends to, with whether its EPP serves TLS."""
+        if self.model_routes:
+            return [(route.pool_name, route.epp_secure_serving) for route in self.model_routes]
+        return [(self.pool_name, self.epp_secure_serving)]
+
+    @property
+    def effective_class_name(self) -> str:
+        return self._gateway_settings().effective_class_name
+
+    def _gateway_settings(self) -> GatewayConfig:
+        return GatewayConfig(
+            provider=self.provider, class_name=self.class_name, kgateway_data_plane=self.kgateway_data_plane
+        )
+
+
+class GatewayControlPlaneInputs(ConfigModel):
+    """A gateway provider's control plane (charts) with InferencePool support on."""
 
     instance: Instance = Field(description="Stack name, for the `app.kubernetes.io/instance` label.")
-    version: Annotated[str, field_of(GatewayConfig, "kgateway_version")]
-    namespace: Annotated[str, field_of(GatewayConfig, "kgateway_namespace")]
+    provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+    version: Annotated[str | None, field_of(GatewayConfig, "version")]
+    namespace: Annotated[str | None, field_of(GatewayConfig, "namespace")]
+    kgateway_data_plane: Annotated[KgatewayDataPlane | None, field_of(GatewayConfig, "kgateway_data_plane")]
+
+    def _gateway_settings(self) -> GatewayConfig:
+        return GatewayConfig(
+            provider=self.provider,
+            version=self.version,
+            namespace=self.namespace,
+            kgateway_data_plane=self.kgateway_data_plane,
+        )
+
+    @property
+    def effective_version(self) -> str | None:
+        return self._gateway_settings().effective_version
+
+    @property
+    def effective_namespace(self) -> str | None:
+        return self._gateway_settings().effective_namespace
+
+    @property
+    def effective_data_plane(self) -> KgatewayDataPlane:
+        return self._gateway_settings().effective_data_plane
+
+    @property
+    def effective_class_name(self) -> str:
+        return self._gateway_settings().effective_class_name
 
 
 class ClusterCrdsInputs(ConfigModel):
     """Cluster-wide CRDs from their release assets (retained on delete)."""
 
-    gateway_api_version: Annotated[str, field_of(CrdsConfig, "gateway_api_version")]
-    inference_extension_version: Annotated[str, field_of(CrdsConfig, "inference_extension_version")]
+    gateway_api_version: str | None = Field(
+        default=None,
+        pattern=RELEASE_TAG,
+        description="Gateway API release (standard channel) to install; unset installs none (the platform "
+        "owns them, as GKE does).",
+    )
+    inference_extension_version: Annotated[str | None, field_of(CrdsConfig, "inference_extension_version")]
+    llmd_router_version: Annotated[str | None, field_of(CrdsConfig, "llmd_router_version")]
     lws_version: Annotated[str, field_of(CrdsConfig, "lws_version")]
     leader_worker_set: bool = Field(
         description="Also install LeaderWorkerSet (CRD and controller): pools with nodesPerReplica > 1 "
         "need it."
-    )
-    llm_d_router_version: Annotated[str, field_of(CrdsConfig, "llm_d_router_version")]
-    request_management: bool = Field(
-        default=False,
-        description="Also install llm-d-router's InferenceObjective and InferenceModelRewrite CRDs "
-        "(`llm-d.ai`): pools with objectives or rewrites need them.",
     )
 
 
@@ -264,6 +325,7 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
     settings: NetworkPolicyConfig = Field(
         default_factory=NetworkPolicyConfig, description="The networkPolicy section."
     )
+    gateway_provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
 
     @property
     def roles(self) -> list[Role]:

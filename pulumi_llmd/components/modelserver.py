@@ -27,7 +27,7 @@ from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.tracing import tracing_args, tracing_env
 from pulumi_llmd.config.inputs import validate_args
-from pulumi_llmd.config.models import Engine, project_image
+from pulumi_llmd.config.models import Engine, EppImplementation, project_image
 
 __all__ = ["ModelServerPool", "ModelServerPoolInputs", "Role"]
 
@@ -228,14 +228,25 @@ def ray_worker_container(spec: Spec) -> dict[str, Any]:
 
 
 def sidecar_container(spec: Spec) -> dict[str, Any]:
-    """The P/D routing sidecar, as a native sidecar (init container that keeps running)."""
+    """The P/D routing sidecar, as a native sidecar (init container that keeps running): ours, or
+    llm-d's disagg sidecar with the flags llm-d's P/D guide gives it (llm-d/llm-d
+    guides/pd-disaggregation/modelserver/gpu/vllm/base/disaggregatedset.yaml; flag names from
+    llm-d-router v0.10.0 pkg/sidecar/proxy/options.go)."""
     sidecar = spec.sidecar
-    return {
-        "name": "routing-sidecar",
-        "image": sidecar.image,
-        "restartPolicy": "Always",
-        "command": ["python", "-m", "sidecar"],
-        "args": [
+    upstream = spec.implementation is EppImplementation.UPSTREAM
+    if upstream:
+        args = [
+            f"--port={naming.MODEL_SERVER_PORT}",
+            f"--model-server-port={naming.VLLM_BEHIND_SIDECAR_PORT}",
+            f"--kv-connector={sidecar.kv_connector}",
+            # Its --secure-proxy defaults to true (TLS on 8000); the InferencePool's appProtocol is
+            # http, so gateways dial the pods in cleartext, as in llm-d's guide. Its SSRF guard
+            # (--enable-ssrf-protection) allowlists by InferencePool, which needs --inference-pool and
+            # pool-read RBAC for the model servers; llm-d's guide leaves it off, and so does this.
+            "--secure-proxy=false",
+        ]
+    else:
+        args = [
             "--port",
             str(naming.MODEL_SERVER_PORT),
             "--model-server-port",
@@ -252,16 +263,22 @@ def sidecar_container(spec: Spec) -> dict[str, Any]:
             "--metrics-port",
             str(naming.SIDECAR_METRICS_PORT),
             *tracing_args(spec.tracing),
-        ],
-        **({"env": env} if (env := tracing_env(spec.tracing, f"{spec.name}-sidecar")) else {}),
-        "ports": [
-            {"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"},
-            {
-                "name": naming.SIDECAR_METRICS_PORT_NAME,
-                "containerPort": naming.SIDECAR_METRICS_PORT,
-                "protocol": "TCP",
-            },
-        ],
+        ]
+    ports = [{"name": "http", "containerPort": naming.MODEL_SERVER_PORT, "protocol": "TCP"}]
+    if not upstream:
+        # Our sidecar serves its own metrics (P/D fallbacks, leg latencies) for the PodMonitor.
+        metrics = {"name": naming.SIDECAR_METRICS_PORT_NAME, "containerPort": naming.SIDECAR_METRICS_PORT}
+        ports.append({**metrics, "protocol": "TCP"})
+    env = tracing_env(spec.tracing, f"{spec.name}-sidecar") if not upstream else []
+    return {
+        "name": "routing-sidecar",
+        "image": sidecar.upstream_image if upstream else sidecar.image,
+        "restartPolicy": "Always",
+        # llm-d's image runs /app/pd-sidecar as its entrypoint (Dockerfile.sidecar).
+        **({} if upstream else {"command": ["python", "-m", "sidecar"]}),
+        "args": args,
+        **({"env": env} if env else {}),
+        "ports": ports,
         "readinessProbe": {"tcpSocket": {"port": naming.MODEL_SERVER_PORT}, "periodSeconds": 5},
         "resources": {
             "requests": {"cpu": sidecar.resources.cpu, "memory": sidecar.resources.memory},
@@ -379,8 +396,9 @@ def disruption_budget_manifest(spec: Spec) -> dict[str, Any]:
 class ModelServerPool(pulumi.ComponentResource):
     """One role's model servers (vLLM, or the bundled simulator): a Deployment, or a LeaderWorkerSet
     when one replica spans nodes (pipeline parallel over Ray), and a PodDisruptionBudget that drains one
-    pod at a time. Decode pods of a disaggregated stack run the P/D routing sidecar on port 8000 in
-    front of vLLM. The serving pods carry servingLabels, the selector an EndpointPicker's pool needs."""
+    pod at a time. Decode pods of a disaggregated stack run the P/D routing sidecar (this project's, or
+    llm-d's with implementation upstream) on port 8000 in front of vLLM. The serving pods carry
+    servingLabels, the selector an EndpointPicker's pool needs."""
 
     workload_name: str
     """The Deployment or LeaderWorkerSet name (`<instance>-<role>`)."""

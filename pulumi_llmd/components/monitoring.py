@@ -174,10 +174,46 @@ def kgateway_envoy_monitor(target: GatewayTarget) -> dict[str, Any]:
     )
 
 
+def agentgateway_monitor(target: GatewayTarget) -> dict[str, Any]:
+    """agentgateway's proxies (its own controller, or kgateway 2.1's agentgateway data plane): pods
+    labelled with their Gateway's name; Prometheus text on the container port ``metrics`` (15020) at
+    ``/metrics`` (the agentgateway deployer's container ports: http, readiness 15021, metrics 15020)."""
+    return pod_monitor(
+        target.monitoring,
+        target.gateway_name,
+        {naming.GATEWAY_NAME_LABEL: target.gateway_name},
+        port="metrics",
+        component=Component.GATEWAY,
+        pool_pod=False,
+    )
+
+
+def istio_gateway_monitor(target: GatewayTarget) -> dict[str, Any]:
+    """Istio's automated Gateway deployment: pods labelled with their Gateway's name; Envoy's stats,
+    including Istio's standard ``istio_requests_total``, on ``http-envoy-prom`` (15090) at
+    ``/stats/prometheus`` (istio/istio manifests/charts/istio-control/istio-discovery/files/
+    kube-gateway.yaml; the path Istio's own prometheus-operator sample scrapes)."""
+    return pod_monitor(
+        target.monitoring,
+        target.gateway_name,
+        {naming.GATEWAY_NAME_LABEL: target.gateway_name},
+        port="http-envoy-prom",
+        path="/stats/prometheus",
+        component=Component.GATEWAY,
+        pool_pod=False,
+    )
+
+
 GatewayMonitorHook = Callable[[GatewayTarget], dict[str, Any]]
 # GatewayClass -> the PodMonitor of its proxies. A provider added to the stack adds its hook here; a
 # class missing here (e.g. GKE's managed gke-l7-* classes, whose proxies are Google's) gets none.
-GATEWAY_MONITORS: dict[str, GatewayMonitorHook] = {"kgateway": kgateway_envoy_monitor}
+# "agentgateway" is the class of both the agentgateway provider and kgateway 2.1's agentgateway data
+# plane; "kgateway" is kgateway 2.1's deprecated Envoy data plane.
+GATEWAY_MONITORS: dict[str, GatewayMonitorHook] = {
+    "agentgateway": agentgateway_monitor,
+    "istio": istio_gateway_monitor,
+    "kgateway": kgateway_envoy_monitor,
+}
 
 
 def gateway_monitor(monitoring: Monitoring) -> dict[str, Any] | None:

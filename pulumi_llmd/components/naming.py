@@ -9,7 +9,7 @@ from typing import Any
 SERVING_LABEL = "llm-d.ai/inference-serving"
 MODEL_LABEL = "llm-d.ai/model"
 ROLE_LABEL = "llm-d.ai/role"
-# Gateway API's recommended label on in-cluster gateway proxy pods (kgateway sets it).
+# Gateway API's recommended label on in-cluster gateway proxy pods (agentgateway, Istio and kgateway set it).
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 INFERENCE_POOL_GROUP = "inference.networking.k8s.io"
 

@@ -18,18 +18,40 @@ from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.modelserver import selector_labels
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.picker import epp_selector
+from pulumi_llmd.config.errors import ConfigError, Problem
+from pulumi_llmd.config.gateways import GatewayProvider, pins
 
 Policies = InferenceNetworkPoliciesArgs
 
 
+def gateway_pod_labels(provider: GatewayProvider, gateway: str) -> dict[str, str]:
+    """The labels the provider's proxy pods for ``gateway`` carry, read from each provider's source
+    (agentgateway v1.4.1 controller/pkg/helm/agentgateway/templates/_helpers.tpl, kgateway 2.1
+    internal/kgateway/helm/kgateway/templates/_helpers.tpl for both its data planes, Istio 1.30.3
+    manifests/charts/istio-control/istio-discovery/files/kube-gateway.yaml): all three use Gateway
+    API's gateway-name label. GKE's proxies are Google's load balancers, not pods: no selector exists,
+    and the stack rules refuse NetworkPolicies with provider gke."""
+    if not pins(provider).in_cluster_proxies:
+        raise ConfigError(
+            [
+                Problem(
+                    "gatewayProvider",
+                    f"{provider.value} has no proxy pods in the cluster for NetworkPolicies to admit",
+                )
+            ],
+            subject="InferenceNetworkPolicies args",
+        )
+    return {naming.GATEWAY_NAME_LABEL: gateway}
+
+
 def _gateway_pods(policies: Policies) -> dict[str, Any]:
-    return gateway_pods(policies.gateway_instance or policies.instance)
+    return gateway_pods(policies.gateway_provider, policies.gateway_instance or policies.instance)
 
 
-def gateway_pods(instance: str) -> dict[str, Any]:
+def gateway_pods(provider: GatewayProvider, instance: str) -> dict[str, Any]:
     """The in-cluster proxy pods of the stack's Gateway (the only way in)."""
     gateway = naming.gateway_name(instance)
-    return {"podSelector": {"matchLabels": {naming.GATEWAY_NAME_LABEL: gateway}}}
+    return {"podSelector": {"matchLabels": gateway_pod_labels(provider, gateway)}}
 
 
 def _pods(labels: dict[str, str]) -> dict[str, Any]:
@@ -113,8 +135,9 @@ class InferenceNetworkPolicies(pulumi.ComponentResource):
 
     Args (:class:`~pulumi_llmd.components.inputs.InferenceNetworkPoliciesArgs`, Python only): the
     stack's ``instance`` and ``namespace``, whether it is ``disaggregated``, the
-    ``multi_node_roles`` (Ray groups), and the ``networkPolicy`` section as ``settings``. Provider and
-    ``depends_on`` come through ``opts``.
+    ``multi_node_roles`` (Ray groups), the ``networkPolicy`` section as ``settings`` and the
+    ``gateway_provider`` (whose proxy pods are admitted). Provider and ``depends_on`` come through
+    ``opts``.
     """
 
     def __init__(

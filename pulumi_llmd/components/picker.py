@@ -17,6 +17,7 @@ from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.pickerconfig import render_epp_config
 from pulumi_llmd.components.tracing import tracing_args, tracing_env
 from pulumi_llmd.config.inputs import validate_args
+from pulumi_llmd.config.models import EppImplementation
 
 CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
@@ -67,6 +68,9 @@ def role_rules(picker: Picker) -> list[dict[str, Any]]:
 
 
 def epp_arguments(picker: Picker) -> list[str]:
+    """The EPP's flags. Both implementations take llm-d's names (``--pool-name``, ``--config-file``,
+    ``--secure-serving`` ...; llm-d-router v0.10.0 pkg/epp/server/options.go), durations in Go form;
+    each gets the few flags only it has (see the README's bundled/upstream table)."""
     epp = picker.settings
     args = [
         "--pool-name",
@@ -85,16 +89,28 @@ def epp_arguments(picker: Picker) -> list[str]:
         str(naming.EPP_METRICS_PORT),
         f"--secure-serving={'true' if epp.secure_serving else 'false'}",
         "--refresh-metrics-interval",
-        _seconds(epp.refresh_metrics_interval),
+        go_duration(epp.refresh_metrics_interval),
         "--metrics-staleness-threshold",
-        _seconds(epp.metrics_staleness_threshold),
-        "--served-models",
-        ",".join(picker.served_models),
+        go_duration(epp.metrics_staleness_threshold),
     ]
-    if epp.secure_serving:
-        args += ["--cert-path", TLS_DIR]
+    if epp.secure_serving and epp.tls_secret_name is not None:
+        # A mounted Secret (cert-manager renews it in place): serve it, and the renewed pair to new
+        # connections without a restart, as upstream's --enable-cert-reload does.
+        args += ["--cert-path", TLS_DIR, "--enable-cert-reload"]
     if epp.leader_election:
         args.append("--ha-enable-leader-election")
+    if epp.implementation is EppImplementation.UPSTREAM:
+        args += [
+            # Same RBAC as the bundled EPP: no TokenReview/SubjectAccessReview for /metrics (the chart's
+            # default needs a ClusterRole; routerlib templates/_rbac.yaml), no pprof handlers on the
+            # metrics port (both default on upstream). Tracing below: off unless llmd:tracing is on
+            # (upstream traces to localhost:4317 by default).
+            "--metrics-endpoint-auth=false",
+            "--enable-pprof=false",
+        ]
+    else:
+        # The bundled EPP's own: answer 404 for models the pool does not serve.
+        args += ["--served-models", ",".join(picker.served_models)]
     return args + tracing_args(picker.tracing, explicit_off=True)
 
 
@@ -120,10 +136,12 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
     name = picker.epp_name
     epp = picker.settings
     health = naming.EPP_HEALTH_PORT
+    upstream = epp.implementation is EppImplementation.UPSTREAM
     container: dict[str, Any] = {
         "name": "epp",
-        "image": epp.image,
-        "command": ["python", "-m", "epp"],
+        # llm-d's image runs its EPP as the entrypoint; ours is a Python image with three programs.
+        "image": epp.upstream_image if upstream else epp.image,
+        **({} if upstream else {"command": ["python", "-m", "epp"]}),
         "args": epp_arguments(picker),
         "env": [
             {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -201,7 +219,11 @@ def service_manifest(picker: Picker) -> dict[str, Any]:
                     "targetPort": "grpc",
                     "protocol": "TCP",
                     # gRPC: cleartext HTTP/2 unless the EPP serves TLS.
-                    "appProtocol": "https" if picker.settings.secure_serving else "kubernetes.io/h2c",
+                    # HTTP/2, as upstream declares it with or without TLS (llm-d-router v0.10.0
+                    # config/charts/routerlib/templates/_service.yaml): gateways add TLS themselves
+                    # (kgateway, agentgateway) or by DestinationRule (Istio); "https" would make Istio
+                    # treat the port as opaque TLS and drop the HTTP/2 gRPC needs.
+                    "appProtocol": "kubernetes.io/h2c",
                 },
                 {
                     "name": "http-metrics",
@@ -319,10 +341,11 @@ def role_binding_manifest(picker: Picker) -> dict[str, Any]:
 @package_component
 class EndpointPicker(pulumi.ComponentResource):
     """The endpoint picker (EPP) of one InferencePool, and the pool itself: a ServiceAccount with a
-    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment and Service (ext_proc gRPC on
-    9002, metrics on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that
-    Service, plus the pool's InferenceObjectives and InferenceModelRewrite when given. Select the
-    model-server pods with selector (a ModelServerPool's servingLabels)."""
+    read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (this project's EPP, or llm-d's
+    with settings.implementation upstream) and Service (ext_proc gRPC on 9002, TLS by default; metrics
+    on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that Service, plus
+    the pool's InferenceObjectives and InferenceModelRewrite when given. Select the model-server pods
+    with selector (a ModelServerPool's servingLabels)."""
 
     pool_name: str
     """The InferencePool's name."""
@@ -376,5 +399,11 @@ def _metadata(picker: Picker) -> dict[str, Any]:
     return {"name": picker.epp_name, "namespace": picker.namespace, "labels": epp_labels(picker)}
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}"
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration (``50ms``, ``2s``), the form both EPPs parse."""
+    milliseconds = round(seconds * 1000)
+    if milliseconds % 1000 == 0:
+        return f"{milliseconds // 1000}s"
+    if milliseconds > 0 and abs(milliseconds - seconds * 1000) < 1e-6:
+        return f"{milliseconds}ms"
+    return f"{round(seconds * 1_000_000)}us"

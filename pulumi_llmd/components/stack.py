@@ -27,15 +27,15 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import (
     ClusterCrdsArgs,
     EndpointPickerArgs,
+    GatewayControlPlaneArgs,
     InferenceGatewayArgs,
-    KgatewayArgs,
     LlmdStackArgs,
     ModelServerPoolArgs,
 )
 from pulumi_llmd.components.autoscaling import PoolAutoscaling
 from pulumi_llmd.components.bodyrouter import BodyRouter
 from pulumi_llmd.components.crds import ClusterCrds
-from pulumi_llmd.components.gateway import InferenceGateway, Kgateway
+from pulumi_llmd.components.gateway import GatewayControlPlane, InferenceGateway
 from pulumi_llmd.components.inputs import (
     BodyRouterArgs,
     InferenceMonitoringArgs,
@@ -55,6 +55,7 @@ from pulumi_llmd.components.onprem import RdmaNetworks
 from pulumi_llmd.components.picker import EndpointPicker
 from pulumi_llmd.components.platform import PodNetworking
 from pulumi_llmd.config.errors import ConfigError
+from pulumi_llmd.config.gateways import GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR, GatewayProvider
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import Engine, FailureMode, LlmdStackConfig, ModelConfig, ServedModel
 from pulumi_llmd.config.rules import body_router_provider, stack_problems
@@ -167,6 +168,7 @@ def model_server_pool_args(
         "pod_networking": _section(stack.pod_networking),
         "autoscaled": stack.autoscaling.enabled,
         "tracing": _section(stack.tracing),
+        "implementation": model.epp.implementation,
     }
     if needs_hf_token(stack):
         args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
@@ -179,39 +181,67 @@ def inference_gateway_args(stack: LlmdStackConfig) -> InferenceGatewayArgs:
         "instance": stack.name,
         "namespace": stack.namespace,
         "pool_name": naming.pool_name(stack.name),
-        "class_name": gateway.class_name,
+        "provider": gateway.provider,
         "listener_port": gateway.listener_port,
         "request_timeout": gateway.request_timeout,
+        "paths": list(gateway.paths),
+        "epp_secure_serving": stack.served()[0].epp.secure_serving,
     }
+    if gateway.class_name is not None:
+        args["class_name"] = gateway.class_name
+    if gateway.kgateway_data_plane is not None:
+        args["kgateway_data_plane"] = gateway.kgateway_data_plane
     if stack.multi_model:
         args["model_routes"] = [
-            {"model": served.model.name, "pool_name": naming.pool_name(served.prefix)}
+            {
+                "model": served.model.name,
+                "pool_name": naming.pool_name(served.prefix),
+                "epp_secure_serving": served.epp.secure_serving,
+            }
             for served in stack.served()
         ]
         args["unmatched_to_first"] = stack.body_router.failure_mode is FailureMode.FAIL_OPEN
     return args
 
 
-def kgateway_args(stack: LlmdStackConfig) -> KgatewayArgs:
+def gateway_control_plane_args(stack: LlmdStackConfig) -> GatewayControlPlaneArgs:
     gateway = stack.gateway
-    return {
-        "instance": stack.name,
-        "version": gateway.kgateway_version,
-        "namespace": gateway.kgateway_namespace,
-    }
+    args: GatewayControlPlaneArgs = {"instance": stack.name, "provider": gateway.provider}
+    if gateway.version is not None:
+        args["version"] = gateway.version
+    if gateway.namespace is not None:
+        args["namespace"] = gateway.namespace
+    if gateway.kgateway_data_plane is not None:
+        args["kgateway_data_plane"] = gateway.kgateway_data_plane
+    return args
+
+
+def installs_gateway_control_plane(stack: LlmdStackConfig) -> bool:
+    """A provider's charts are installed unless the stack says not to; GKE's controller is managed."""
+    return stack.gateway.install and stack.gateway.pins.control_plane_version is not None
 
 
 def cluster_crds_args(stack: LlmdStackConfig) -> ClusterCrdsArgs:
+    """The CRDs the gateway provider expects: Gateway API at the release it is built against (unless
+    the platform owns them, as GKE does), InferencePool, llm-d's InferenceObjective and
+    InferenceModelRewrite, LeaderWorkerSet for multi-node pools."""
     crds = stack.crds
     args: ClusterCrdsArgs = {
-        "gateway_api_version": crds.gateway_api_version,
-        "inference_extension_version": crds.inference_extension_version,
+        "llmd_router_version": crds.llmd_router_version,
         "lws_version": crds.lws_version,
         "leader_worker_set": any(multi_node_roles(served) for served in stack.served()),
     }
-    if any(served.model.objectives or served.model.rewrites for served in stack.served()):
-        args["llm_d_router_version"] = crds.llm_d_router_version
-        args["request_management"] = True
+    gateway_api = crds.gateway_api_version or stack.gateway.pins.gateway_api_version
+    if gateway_api is not None:
+        args["gateway_api_version"] = gateway_api
+    gke_installs_pool_crd = (
+        stack.gateway.provider is GatewayProvider.GKE
+        and int(stack.kubernetes_version.split(".")[1]) >= GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR
+    )
+    # None: GKE installs InferencePool itself (the args type has no None; the model accepts it).
+    args["inference_extension_version"] = (
+        cast(Any, None) if gke_installs_pool_crd else crds.inference_extension_version
+    )
     return args
 
 
@@ -226,12 +256,13 @@ def network_policies_args(
         disaggregated=model.disaggregated,
         multi_node_roles=multi_node_roles(model),
         settings=stack.network_policy,
+        gateway_provider=stack.gateway.provider,
     )
 
 
 def body_router_args(stack: LlmdStackConfig) -> BodyRouterArgs:
-    provider = body_router_provider(stack.gateway.class_name)
-    assert provider is not None  # the stack rules refuse llmd:models on other gateway classes
+    provider = body_router_provider(stack.gateway.provider)
+    assert provider is not None  # the stack rules refuse llmd:models with other gateway providers
     return BodyRouterArgs(
         instance=stack.name,
         namespace=stack.namespace,
@@ -259,7 +290,7 @@ def monitoring_args(stack: LlmdStackConfig, served: ServedModel | None = None) -
         namespace=stack.namespace,
         pool_name=naming.pool_name(model.prefix),
         disaggregated=model.disaggregated,
-        gateway_class=stack.gateway.class_name,
+        gateway_class=stack.gateway.effective_class_name,
         settings=stack.monitoring,
         gateway_instance=stack.name if model.multi else None,
         watch_gateway=model.key == first.key,
@@ -303,12 +334,14 @@ def hf_token_secret_manifest(instance: str, namespace: str, token: pulumi.Input[
 
 @package_component
 class LlmdStack(pulumi.ComponentResource):
-    """The llm-d inference stack on an existing Kubernetes cluster: its namespace, the Gateway API and
-    InferencePool CRDs, kgateway, the endpoint picker (EPP) with its InferencePool, the prefill and
-    decode vLLM pools with the P/D routing sidecar, the Gateway and HTTPRoute, and NetworkPolicies; with
-    several models (models), each its own pools, EPP and InferencePool behind the one Gateway, and a
-    body router that routes each request by the model its body names. Its inputs are the keys of the
-    `llmd:` stack configuration (model or models, prefill, decode, epp, bodyRouter, gateway, crds,
+    """The llm-d inference stack on an existing Kubernetes cluster: its namespace, the Gateway API,
+    InferencePool and InferenceObjective CRDs, the gateway provider's control plane (agentgateway, Istio
+    or kgateway; GKE's is managed), the endpoint picker (EPP, this project's or llm-d's) with its
+    InferencePool, the prefill and decode vLLM pools with the P/D routing sidecar, the Gateway and
+    HTTPRoute with the provider's policies, and NetworkPolicies; with several models (models), each its
+    own pools, EPP and InferencePool behind the one Gateway, and a body router that routes each request
+    by the model its body names. Its inputs are the keys of the `llmd:` stack configuration (model or
+    models, prefill, decode, epp, bodyRouter, gateway, crds,
     networkPolicy, name, namespace) plus podNetworking and hfToken; pass the Kubernetes provider in the
     resource options' providers, and anything the stack must wait for (GPU nodes) in dependsOn."""
 
@@ -350,11 +383,13 @@ class LlmdStack(pulumi.ComponentResource):
         if stack.crds.install:
             crds.append(ClusterCrds(f"{name}-crds", cluster_crds_args(stack), opts=child_options(self, opts)))
         gateway_controller: list[pulumi.Resource] = []
-        if stack.gateway.install_kgateway:
-            kgateway = Kgateway(
-                f"{name}-kgateway", kgateway_args(stack), opts=child_options(self, opts, *crds)
+        if installs_gateway_control_plane(stack):
+            control_plane = GatewayControlPlane(
+                f"{name}-{stack.gateway.provider.value}",
+                gateway_control_plane_args(stack),
+                opts=child_options(self, opts, *crds),
             )
-            gateway_controller.append(kgateway)
+            gateway_controller.append(control_plane)
 
         # Model servers wait for their namespace, the token Secret and Multus networks they use, and
         # (for LeaderWorkerSets) the LWS install.

@@ -18,6 +18,13 @@ from pydantic import Field, field_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
+from pulumi_llmd.config.gateways import (
+    KGATEWAY_ENVOY_CLASS,
+    GatewayProvider,
+    KgatewayDataPlane,
+    ProviderPins,
+    pins,
+)
 from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
@@ -28,6 +35,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # Release tags of the upstream projects we pin ("v1.6.1").
 RELEASE_TAG = r"^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$"
+# A DNS subdomain (GatewayClass names, Secret names).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Go-style durations as Gateway API accepts them ("300s", "5m", "1h").
 DURATION = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
 
@@ -40,6 +49,14 @@ PROJECT_IMAGE_TAG = "0.1.0"
 def project_image(name: str) -> str:
     """``epp``, ``sidecar`` or ``simulator`` as published by this project."""
     return f"{PROJECT_IMAGE_REGISTRY}/{name}:{PROJECT_IMAGE_TAG}"
+
+
+# llm-d's own endpoint picker and P/D sidecar at the release llm-d v0.10 documents (llm-d-router v0.10.0;
+# image names from its Makefile EPP_IMAGE_NAME / SIDECAR_IMAGE_NAME, registry ghcr.io/llm-d as in
+# config/charts/routerlib/values.yaml), for `llmd:epp.implementation: upstream`.
+LLM_D_ROUTER_RELEASE = "v0.10.0"
+UPSTREAM_EPP_IMAGE = f"ghcr.io/llm-d/llm-d-router-endpoint-picker:{LLM_D_ROUTER_RELEASE}"
+UPSTREAM_SIDECAR_IMAGE = f"ghcr.io/llm-d/llm-d-router-disagg-sidecar:{LLM_D_ROUTER_RELEASE}"
 
 
 # The two EndpointPickerConfig API versions in use (llm-d, and GIE up to v1.5).
@@ -255,13 +272,23 @@ class CrdsConfig(ConfigModel):
     install: bool = Field(
         default=True, description="Install the CRDs; set false when the cluster already has them."
     )
-    gateway_api_version: str = Field(
-        default="v1.6.1", pattern=RELEASE_TAG, description="Gateway API release (standard channel)."
+    gateway_api_version: str | None = Field(
+        default=None,
+        pattern=RELEASE_TAG,
+        description="Gateway API release (standard channel); unset: the one the gateway provider is built "
+        "against (agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own.",
     )
     inference_extension_version: str = Field(
-        default="v1.6.0",
+        default="v1.6.2",
         pattern=RELEASE_TAG,
-        description="Gateway API Inference Extension release providing InferencePool v1.",
+        description="Gateway API Inference Extension release providing InferencePool v1 (on GKE from "
+        "Kubernetes 1.34, GKE installs it).",
+    )
+    llmd_router_version: str = Field(
+        default=LLM_D_ROUTER_RELEASE,
+        pattern=RELEASE_TAG,
+        description="llm-d-router release providing InferenceObjective and InferenceModelRewrite "
+        "(`llm-d.ai/v1alpha2`), which llm-d's EPP requires and both EPPs read.",
     )
     lws_version: str = Field(
         default="v0.10.0",
@@ -269,29 +296,102 @@ class CrdsConfig(ConfigModel):
         description="LeaderWorkerSet release (CRD + controller); installed only when a pool has "
         "nodesPerReplica > 1.",
     )
-    llm_d_router_version: str = Field(
-        default="v0.10.0",
-        pattern=RELEASE_TAG,
-        description="llm-d-router release whose InferenceObjective and InferenceModelRewrite CRDs "
-        "(`llm-d.ai/v1alpha2`) are installed; only when a model has objectives or rewrites.",
-    )
+
+
+# The OpenAI API paths clients call that vLLM serves (vLLM 0.32 vllm/entrypoints/openai/{completion,
+# chat_completion,responses}/api_router.py, pooling/embed/api_router.py, the /v1/models route) and
+# both EPPs parse (epp/server/body.py; llm-d-router v0.10.0 .../parsers/openai/openai.go). Exact
+# matches: GET /v1/responses/{id} is left out (a stored response lives on one pod, which the EPP
+# cannot find), as are /metrics, /tokenize, /health and the admin routes (issue 12, finding 8).
+OPENAI_API_PATHS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/embeddings",
+    "/v1/responses",
+)
+# An HTTP path as Gateway API's HTTPRoute accepts it (no query, no fragment, no spaces).
+HTTP_PATH = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
+# Chart versions: release tags with or without the "v" (Istio's charts have none).
+CHART_VERSION = r"^v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$"
 
 
 class GatewayConfig(ConfigModel):
-    """kgateway control plane and the Gateway/HTTPRoute in front of the InferencePool."""
+    """The gateway provider and the Gateway/HTTPRoute in front of the InferencePool."""
 
-    install_kgateway: bool = Field(
-        default=True, description="Install kgateway (CRDs chart + controller chart)."
+    # Every unset key follows the provider (pulumi_llmd/config/gateways.py): switching is one key.
+
+    provider: GatewayProvider = Field(
+        default=GatewayProvider.AGENTGATEWAY,
+        description="Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's "
+        "default), `kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's "
+        "managed gateway; platform gke only).",
     )
-    kgateway_version: str = Field(
-        default="v2.1.0", pattern=RELEASE_TAG, description="kgateway chart version."
+    install: bool = Field(
+        default=True,
+        description="Install the provider's control plane (charts); false when the cluster already runs "
+        "it. GKE's is managed: nothing to install.",
     )
-    kgateway_namespace: DnsLabel = Field(default="kgateway-system", description="Namespace of kgateway.")
-    class_name: str = Field(default="kgateway", min_length=1, description="GatewayClass of the Gateway.")
+    version: str | None = Field(
+        default=None,
+        pattern=CHART_VERSION,
+        description="Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio "
+        "1.30.3, kgateway v2.1.3).",
+    )
+    namespace: DnsLabel | None = Field(
+        default=None,
+        description="Namespace of the control plane; unset: agentgateway-system, istio-system or "
+        "kgateway-system.",
+    )
+    class_name: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=DNS_SUBDOMAIN,
+        description="GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's "
+        "data-plane class, gke-l7-regional-external-managed).",
+    )
+    kgateway_data_plane: KgatewayDataPlane | None = Field(
+        default=None,
+        description="kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or "
+        "`envoy` (deprecated in 2.1, removed in 2.2).",
+    )
     listener_port: int = Field(default=80, ge=1, le=65535, description="HTTP listener port of the Gateway.")
     request_timeout: str = Field(
-        default="300s", pattern=DURATION, description="HTTPRoute request timeout (long generations)."
+        default="300s",
+        pattern=DURATION,
+        description="Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout.",
     )
+    paths: list[Annotated[str, Field(pattern=HTTP_PATH, max_length=1024)]] = Field(
+        default_factory=lambda: list(OPENAI_API_PATHS),
+        min_length=1,
+        max_length=64,
+        description="Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model "
+        "servers' /metrics, /tokenize or admin routes.",
+    )
+
+    @property
+    def pins(self) -> ProviderPins:
+        return pins(self.provider)
+
+    @property
+    def effective_version(self) -> str | None:
+        return self.version or self.pins.control_plane_version
+
+    @property
+    def effective_namespace(self) -> str | None:
+        return self.namespace or self.pins.namespace
+
+    @property
+    def effective_data_plane(self) -> KgatewayDataPlane:
+        return self.kgateway_data_plane or KgatewayDataPlane.AGENTGATEWAY
+
+    @property
+    def effective_class_name(self) -> str:
+        if self.class_name is not None:
+            return self.class_name
+        if self.provider is GatewayProvider.KGATEWAY and self.effective_data_plane is KgatewayDataPlane.ENVOY:
+            return KGATEWAY_ENVOY_CLASS
+        return self.pins.class_name
 
 
 class ResourcesConfig(ConfigModel):
@@ -358,6 +458,10 @@ class SidecarConfig(ConfigModel):
         description="Sidecar image (sidecar/Dockerfile, published by the release workflow); a tag, a "
         "`@sha256:` digest or both.",
     )
+    upstream_image: ImageReference = Field(
+        default=UPSTREAM_SIDECAR_IMAGE,
+        description="llm-d's disagg sidecar image, run instead with `epp.implementation: upstream`.",
+    )
     kv_connector: Literal["nixlv2"] = Field(default="nixlv2", description="Sidecar `--kv-connector`.")
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="1", memory="1Gi"), description="Sidecar CPU/memory."
@@ -371,13 +475,31 @@ class DecodeConfig(PoolConfig):
     )
 
 
-class EppConfig(ConfigModel):
-    """The endpoint picker (`python -m epp`) and its InferencePool wiring."""
+class EppImplementation(StrEnum):
+    """Which endpoint picker (and P/D sidecar) runs behind the same Service, RBAC, config and pool."""
 
+    # This project's Python EPP (`python -m epp`) and sidecar (`python -m sidecar`).
+    BUNDLED = "bundled"
+    # llm-d's own: llm-d-router's endpoint-picker and disagg-sidecar images.
+    UPSTREAM = "upstream"
+
+
+class EppConfig(ConfigModel):
+    """The endpoint picker (`python -m epp`, or llm-d's) and its InferencePool wiring."""
+
+    implementation: EppImplementation = Field(
+        default=EppImplementation.BUNDLED,
+        description="`bundled` (this project's EPP and P/D sidecar) or `upstream` (llm-d-router's images, "
+        "same Service, RBAC, config and InferencePool: A/B the two on one cluster).",
+    )
     image: ImageReference = Field(
         default_factory=lambda: project_image("epp"),
         description="EPP image (epp/Dockerfile, published by the release workflow); a tag, a "
         "`@sha256:` digest or both.",
+    )
+    upstream_image: ImageReference = Field(
+        default=UPSTREAM_EPP_IMAGE,
+        description="llm-d's endpoint-picker image, run with `implementation: upstream`.",
     )
     replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
     leader_election: bool = Field(
@@ -392,13 +514,17 @@ class EppConfig(ConfigModel):
         "when the EPP is down.",
     )
     secure_serving: bool = Field(
-        default=False, description="`--secure-serving`: TLS on the ext_proc port (off: plaintext gRPC)."
+        default=True,
+        description="`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway "
+        "expect (a self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC.",
     )
     tls_secret_name: str | None = Field(
         default=None,
-        pattern=DNS_LABEL,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
         description="A `kubernetes.io/tls` Secret (tls.crt, tls.key; e.g. from cert-manager) mounted for "
-        "`--cert-path`; required with secureServing.",
+        "`--cert-path` with `--enable-cert-reload` (a renewed certificate is served without a restart); "
+        "unset: the EPP makes a self-signed one at start.",
     )
     config: str | None = Field(
         default=None,

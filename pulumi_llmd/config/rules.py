@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pulumi_llmd.config.errors import Problem
+from pulumi_llmd.config.gateways import (
+    GKE_CLASS_PREFIX,
+    KGATEWAY_INFERENCE_LINE,
+    GatewayProvider,
+)
 from pulumi_llmd.config.models import (
     BodyRouterConfig,
     DecodeConfig,
     Engine,
     EppConfig,
+    FailureMode,
     LlmdStackConfig,
     ModelConfig,
     PlatformName,
@@ -16,18 +24,28 @@ from pulumi_llmd.config.models import (
     StackConfig,
 )
 
-# GatewayClasses whose data plane runs outside the cluster (GKE's Gateway controller).
-MANAGED_GATEWAY_CLASS_PREFIXES = ("gke-l7-",)
 # How a stack program gets the Hugging Face token (LlmdStack's own callers pass hfToken instead).
 STACK_HF_TOKEN_HINT = "run `pulumi config set --secret llmd:hfToken <token>`"
 # Object-name prefix of a model (``<name>`` or ``<name>-<id>``): what llmd:name allows, so every name
 # derived from it (``<prefix>-prefill-ingress`` ...) stays a DNS label.
 MAX_PREFIX = 40
+# Gateway API v1.6.1 HTTPRoute: spec.rules maxItems 16, and a CEL rule caps the matches of all rules
+# together at 128 (gateway.networking.k8s.io_httproutes.yaml).
+MAX_ROUTE_RULES = 16
+MAX_ROUTE_MATCHES = 128
 
 
 def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Problem]:
     """Every rule for a whole stack config: the platform's, then :func:`stack_problems`."""
     problems = _platform_section_problems(config)
+    if config.gateway.provider is GatewayProvider.GKE and config.platform is not PlatformName.GKE:
+        problems.append(
+            Problem(
+                "gateway.provider",
+                f"gke needs llmd:platform gke (GKE's managed Gateway controller); llmd:platform is "
+                f"{config.platform.value}: choose agentgateway, istio or kgateway",
+            )
+        )
     problems += stack_problems(config, has_hf_token=has_hf_token, hf_token_hint=STACK_HF_TOKEN_HINT)
     problems += _kind_problems(config)
     return _dedupe(problems)
@@ -55,17 +73,23 @@ def _platform_section_problems(config: StackConfig) -> list[Problem]:
     return problems
 
 
-def body_router_provider(class_name: str) -> str | None:
-    """How the body router attaches to a Gateway of this class: ``istio`` (an EnvoyFilter, as
+BodyRouterProvider = Literal["istio", "gke", "agentgateway"]
+
+
+def body_router_provider(provider: GatewayProvider) -> BodyRouterProvider | None:
+    """How the body router attaches to the provider's Gateway: ``istio`` (an EnvoyFilter, as
     llm-d-inference-payload-processor's chart does: config/charts/payload-processor/templates/istio.yaml),
     ``gke`` (a GCPRoutingExtension, same chart, gke.yaml), ``agentgateway`` (a PreRouting
-    AgentgatewayPolicy with extProc), or None: kgateway's Envoy data plane runs no ext_proc before
-    routing that we could rely on (kgateway-dev/kgateway#11568 is open), nor does an unknown class."""
-    if class_name == "istio":
+    AgentgatewayPolicy with extProc, agentgateway.dev/v1alpha1 as agentgateway v1.4.1 defines it), or
+    None for kgateway 2.1: its Envoy data plane runs no ext_proc before routing that we could rely on
+    (kgateway-dev/kgateway#11568 is open), and its agentgateway data plane is configured through
+    kgateway 2.1's own TrafficPolicy (gateway.kgateway.dev), not agentgateway.dev's AgentgatewayPolicy,
+    which arrived with the 2.2 split (shared reference gateways.md, section 1)."""
+    if provider is GatewayProvider.ISTIO:
         return "istio"
-    if class_name.startswith(MANAGED_GATEWAY_CLASS_PREFIXES):
+    if provider is GatewayProvider.GKE:
         return "gke"
-    if class_name == "agentgateway":
+    if provider is GatewayProvider.AGENTGATEWAY:
         return "agentgateway"
     return None
 
@@ -78,6 +102,7 @@ def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint
         return problems
     for model in served:
         problems += _pool_problems(model)
+        problems += _epp_tls_problems(model, config)
         problems += _lora_problems(model)
         problems += _rewrite_problems(model)
         if needs_token(model.model) and not has_hf_token:
@@ -100,16 +125,7 @@ def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint
     problems += _autoscaling_problems(config)
     if config.multi_model:
         problems += _multi_model_problems(config, served)
-    if config.network_policy.enabled and config.gateway.class_name.startswith(MANAGED_GATEWAY_CLASS_PREFIXES):
-        # The policies admit the gateway's proxy pods by label; a cloud-managed gateway has no pods in
-        # the cluster, so with them on every request would be dropped.
-        problems.append(
-            Problem(
-                "networkPolicy.enabled",
-                f"must be false with the managed gateway class {config.gateway.class_name!r}"
-                " (its proxies are not pods the policies can select)",
-            )
-        )
+    problems += gateway_problems(config)
     return _dedupe(problems)
 
 
@@ -186,16 +202,141 @@ def _pool_problems(model: ServedModel) -> list[Problem]:
                 )
             )
     epp_key = model.section_key("epp")
-    if model.epp.secure_serving and model.epp.tls_secret_name is None:
-        problems.append(
-            Problem(
-                f"{epp_key}.tlsSecretName",
-                "is required when epp.secureServing is true (the EPP's certificate)",
-            )
-        )
     if model.epp.leader_election and model.epp.replicas < 2:
         problems.append(
             Problem(f"{epp_key}.leaderElection", f"needs epp.replicas >= 2 (got {model.epp.replicas})")
+        )
+    return problems
+
+
+def _epp_tls_problems(model: ServedModel, config: LlmdStackConfig) -> list[Problem]:
+    epp, gateway = model.epp, config.gateway
+    epp_key = model.section_key("epp")
+    problems: list[Problem] = []
+    if epp.tls_secret_name is not None and not epp.secure_serving:
+        problems.append(
+            Problem(
+                f"{epp_key}.tlsSecretName",
+                "needs epp.secureServing true (the certificate serves the TLS port)",
+            )
+        )
+    if not epp.secure_serving and gateway.pins.dials_epp_with_tls:
+        # kgateway builds the ext_proc cluster with TLS (endpointpicker plugin.go, buildExtProcCluster)
+        # and agentgateway adds a BackendTLS policy for the EPP (inference_plugin.go), always.
+        problems.append(
+            Problem(
+                f"{epp_key}.secureServing",
+                f"must be true with gateway provider {gateway.provider.value}: it always dials the EPP over "
+                "TLS, so a plaintext EPP would fail every request",
+            )
+        )
+    return problems
+
+
+def gateway_problems(config: LlmdStackConfig) -> list[Problem]:
+    """Combinations of gateway keys a provider cannot serve (every unset key follows the provider)."""
+    gateway, crds = config.gateway, config.crds
+    provider = gateway.provider
+    pins = gateway.pins
+    problems: list[Problem] = []
+    if gateway.kgateway_data_plane is not None and provider is not GatewayProvider.KGATEWAY:
+        problems.append(
+            Problem(
+                "gateway.kgatewayDataPlane",
+                f"applies to provider kgateway only (provider is {provider.value})",
+            )
+        )
+    if provider is GatewayProvider.GKE:
+        for key, value in (("version", gateway.version), ("namespace", gateway.namespace)):
+            if value is not None:
+                problems.append(
+                    Problem(
+                        f"gateway.{key}",
+                        "must be unset with provider gke (GKE runs its own gateway controller)",
+                    )
+                )
+        if crds.gateway_api_version is not None:
+            problems.append(
+                Problem(
+                    "crds.gatewayApiVersion",
+                    "must be unset with gateway provider gke: GKE installs and upgrades the Gateway API CRDs",
+                )
+            )
+        if not gateway.effective_class_name.startswith(GKE_CLASS_PREFIX):
+            problems.append(
+                Problem(
+                    "gateway.className",
+                    f"must be a GKE managed class ({GKE_CLASS_PREFIX}…, e.g. "
+                    "gke-l7-regional-external-managed or gke-l7-rilb) with provider gke "
+                    f"(got {gateway.effective_class_name!r})",
+                )
+            )
+    elif gateway.effective_class_name.startswith(GKE_CLASS_PREFIX):
+        problems.append(
+            Problem(
+                "gateway.className",
+                f"{gateway.effective_class_name!r} is GKE's managed class: set gateway.provider gke "
+                "to use it",
+            )
+        )
+    version = gateway.version
+    if version is not None:
+        if provider is GatewayProvider.KGATEWAY and not version.startswith(KGATEWAY_INFERENCE_LINE):
+            problems.append(
+                Problem(
+                    "gateway.version",
+                    f"must be a kgateway {KGATEWAY_INFERENCE_LINE}x release (got {version}): later lines "
+                    "dropped inference support; set gateway.provider agentgateway instead",
+                )
+            )
+        if provider is GatewayProvider.ISTIO and version.startswith("v"):
+            problems.append(
+                Problem(
+                    "gateway.version", f"is an Istio chart version without the v, e.g. 1.30.3 (got {version})"
+                )
+            )
+        if provider in (GatewayProvider.AGENTGATEWAY, GatewayProvider.KGATEWAY) and not version.startswith(
+            "v"
+        ):
+            problems.append(
+                Problem(
+                    "gateway.version",
+                    f"is a {provider.value} chart tag with the v, e.g. v1.4.1 (got {version})",
+                )
+            )
+    if pins.gateway_api_minors is not None and crds.gateway_api_version is not None:
+        low, high = pins.gateway_api_minors
+        minor = int(crds.gateway_api_version.split(".")[1])
+        if not low <= minor <= high:
+            problems.append(
+                Problem(
+                    "crds.gatewayApiVersion",
+                    f"must be a Gateway API v1.{low}.x release with gateway provider {provider.value} "
+                    f"(got {crds.gateway_api_version})"
+                    if low == high
+                    else f"must be Gateway API v1.{low}-v1.{high} with gateway provider {provider.value}",
+                )
+            )
+    if pins.kubernetes_minors is not None:
+        low, high = pins.kubernetes_minors
+        minor = int(config.kubernetes_version.split(".")[1])
+        if not low <= minor <= high:
+            problems.append(
+                Problem(
+                    "kubernetesVersion",
+                    f"must be 1.{low}-1.{high} with gateway provider {provider.value} (its documented range; "
+                    f"got {config.kubernetes_version})",
+                )
+            )
+    if config.network_policy.enabled and not pins.in_cluster_proxies:
+        # The policies admit the gateway's proxy pods by label; a cloud-managed gateway has no pods in
+        # the cluster, so with them on every request would be dropped.
+        problems.append(
+            Problem(
+                "networkPolicy.enabled",
+                f"must be false with gateway provider {provider.value} (its proxies are Google's load "
+                "balancers, not pods the policies can select)",
+            )
         )
     return problems
 
@@ -348,13 +489,35 @@ def _multi_model_problems(config: LlmdStackConfig, served: list[ServedModel]) ->
                 )
             )
         labels.setdefault(label, model.model_key("label"))
-    if body_router_provider(config.gateway.class_name) is None:
+    if body_router_provider(config.gateway.provider) is None:
         problems.append(
             Problem(
-                "gateway.className",
-                f"is {config.gateway.class_name!r}, which cannot run the body router before routing;"
-                " llmd:models needs istio, agentgateway or a gke-l7-* class (kgateway's Envoy data plane"
-                " has no supported pre-routing ext_proc: kgateway-dev/kgateway#11568)",
+                "gateway.provider",
+                f"is {config.gateway.provider.value}, which cannot run the body router before routing;"
+                " llmd:models needs agentgateway, istio or gke (kgateway 2.1's Envoy data plane has no"
+                " supported pre-routing ext_proc, kgateway-dev/kgateway#11568, and its agentgateway data"
+                " plane takes kgateway's own TrafficPolicy, not agentgateway's AgentgatewayPolicy)",
+            )
+        )
+    # One HTTPRoute rule per model (and a catch-all when the router fails open), each matching every
+    # gateway.paths entry: Gateway API v1.6.1's HTTPRoute allows 16 rules and 128 matches in all.
+    rules = len(served) + (1 if config.body_router.failure_mode is FailureMode.FAIL_OPEN else 0)
+    matches = rules * len(config.gateway.paths)
+    if rules > MAX_ROUTE_RULES:
+        problems.append(
+            Problem(
+                "models",
+                f"has {len(served)} models: the HTTPRoute would need {rules} rules, Gateway API allows"
+                f" {MAX_ROUTE_RULES}",
+            )
+        )
+    elif matches > MAX_ROUTE_MATCHES:
+        problems.append(
+            Problem(
+                "gateway.paths",
+                f"has {len(config.gateway.paths)} paths: with {rules} route rules that is {matches} matches,"
+                f" Gateway API allows {MAX_ROUTE_MATCHES} per HTTPRoute (list fewer paths or serve fewer"
+                " models)",
             )
         )
     router = config.body_router

@@ -40,7 +40,7 @@ OUTPUTS = {
     "EndpointPicker": {"poolName", "serviceName"},
     "ModelServerPool": {"workloadName", "workloadKind", "servingLabels"},
     "InferenceGateway": {"gatewayName", "routeName"},
-    "Kgateway": {"namespace"},
+    "GatewayControlPlane": {"namespace", "gatewayClassName"},
     "ClusterCrds": {"installs"},
 }
 REQUIRED_INPUTS = {
@@ -48,7 +48,7 @@ REQUIRED_INPUTS = {
     "EndpointPicker": ["disaggregated", "namespace", "poolName", "selector", "servedModels"],
     "ModelServerPool": ["disaggregated", "instance", "model", "namespace", "role"],
     "InferenceGateway": ["instance", "namespace", "poolName"],
-    "Kgateway": ["instance"],
+    "GatewayControlPlane": ["instance"],
     "ClusterCrds": ["leaderWorkerSet"],
 }
 INPUT_MODELS: dict[str, type[BaseModel]] = {
@@ -56,7 +56,7 @@ INPUT_MODELS: dict[str, type[BaseModel]] = {
     "EndpointPicker": inputs.EndpointPickerInputs,
     "ModelServerPool": inputs.ModelServerPoolInputs,
     "InferenceGateway": inputs.InferenceGatewayInputs,
-    "Kgateway": inputs.KgatewayInputs,
+    "GatewayControlPlane": inputs.GatewayControlPlaneInputs,
     "ClusterCrds": inputs.ClusterCrdsInputs,
 }
 
@@ -366,7 +366,11 @@ STANDALONE: dict[str, tuple[dict[str, Any], set[str], dict[str, Any]]] = {
         {"Gateway", "HTTPRoute"},
         {"gatewayName": "solo-gateway", "routeName": "solo"},
     ),
-    "Kgateway": ({"instance": "solo"}, {"Namespace", "Chart"}, {"namespace": "kgateway-system"}),
+    "GatewayControlPlane": (
+        {"instance": "solo"},
+        {"Namespace", "Chart"},
+        {"namespace": "agentgateway-system", "gatewayClassName": "agentgateway"},
+    ),
     "ClusterCrds": (
         {"leaderWorkerSet": True},
         {"ConfigFile"},
@@ -401,8 +405,11 @@ def test_standalone_picker_serves_both_models_from_the_given_selector() -> None:
 
 
 def test_lws_install_is_listed_only_when_asked() -> None:
+    # InferencePool and llm-d's InferenceObjective by default; Gateway API only with a version.
     assert len(construct("ClusterCrds", {"leaderWorkerSet": True}).state["installs"]) == 3
     assert len(construct("ClusterCrds", {"leaderWorkerSet": False}).state["installs"]) == 2
+    given = {"leaderWorkerSet": False, "gatewayApiVersion": "v1.5.1"}
+    assert len(construct("ClusterCrds", given).state["installs"]) == 3
 
 
 def test_a_missing_required_input_is_named_before_anything_is_built() -> None:

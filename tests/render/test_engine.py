@@ -22,7 +22,7 @@ KIND_FILES = {
     "Gateway--llm-d--sim-gateway.yaml",
     "HTTPRoute--llm-d--sim.yaml",
     "InferencePool--llm-d--sim.yaml",
-    "Namespace--_cluster--kgateway-system.yaml",
+    "Namespace--_cluster--agentgateway-system.yaml",
     "Namespace--_cluster--llm-d.yaml",
     "NetworkPolicy--llm-d--sim-decode-ingress.yaml",
     "NetworkPolicy--llm-d--sim-epp-ingress.yaml",
@@ -33,10 +33,11 @@ KIND_FILES = {
     "RoleBinding--llm-d--sim-epp.yaml",
     "Service--llm-d--sim-epp.yaml",
     "ServiceAccount--llm-d--sim-epp.yaml",
-    "_helm--kgateway-crds.yaml",
-    "_helm--kgateway.yaml",
+    "_helm--agentgateway-crds.yaml",
+    "_helm--agentgateway.yaml",
     "_yaml--gateway-api-v1.6.1.yaml",
-    "_yaml--inference-extension-v1.6.0.yaml",
+    "_yaml--inference-extension-v1.6.2.yaml",
+    "_yaml--llm-d-router-v0.10.0.yaml",
 }
 
 ONPREM_EXTRA = {
@@ -71,7 +72,7 @@ def test_component_tree(renders: dict[str, RenderResult]) -> None:
     assert {
         "llmd:index:LlmdStack",
         "llmd:index:ClusterCrds",
-        "llmd:index:Kgateway",
+        "llmd:index:GatewayControlPlane",
         "llmd:index:EndpointPicker",
         "llmd:index:ModelServerPool",
         "llmd:index:InferenceGateway",
@@ -109,7 +110,7 @@ def test_written_layout_index_and_summary(renders: dict[str, RenderResult], tmp_
     summary = (target / "SUMMARY.md").read_text()
     assert "| kind | name | namespace | source |" in summary
     assert "| InferencePool | sim | llm-d | k8s |" in summary
-    assert "| Chart | kgateway | kgateway-system | helm |" in summary
+    assert "| Chart | agentgateway | agentgateway-system | helm |" in summary
     assert "remote components under mocks" in summary
 
 
@@ -129,9 +130,9 @@ def test_rewrite_removes_stale_files(renders: dict[str, RenderResult], tmp_path:
 
 
 def test_helm_and_remote_yaml_say_they_are_opaque(renders: dict[str, RenderResult]) -> None:
-    controller = renders["onprem"].get("Chart", "kgateway").document
-    assert controller["chart"] == "oci://cr.kgateway.dev/kgateway-dev/charts/kgateway"
-    assert controller["version"] == "v2.1.0"
+    controller = renders["onprem"].get("Chart", "agentgateway").document
+    assert controller["chart"] == "oci://cr.agentgateway.dev/charts/agentgateway"
+    assert controller["version"] == "v1.4.1"
     assert controller["values"] == {"inferenceExtension": {"enabled": True}}
     assert "not rendered" in controller["note"]
     gpu = renders["onprem"].get("Chart", "gpu-operator").document
@@ -195,7 +196,7 @@ def test_unknown_stack_is_a_clear_error() -> None:
 def test_cli_writes_every_requested_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert engine.main(["kind", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "kind" / "InferencePool--llm-d--sim.yaml").is_file()
-    assert "kind: 25 files (21 k8s, 2 helm, 2 yaml)" in capsys.readouterr().out
+    assert "kind: 26 files (21 k8s, 2 helm, 3 yaml)" in capsys.readouterr().out
 
 
 def test_remote_components_of_other_packages_render_as_opaque_cloud_files() -> None:

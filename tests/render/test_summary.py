@@ -61,8 +61,8 @@ def test_kind_summary_lists_images_workloads_charts_and_crd_urls(renders: dict[s
     ]
     charts = {row[0]: row[1] for row in section(summary, "Helm charts")}
     assert charts == {
-        "`oci://cr.kgateway.dev/kgateway-dev/charts/kgateway-crds`": "`v2.1.0`",
-        "`oci://cr.kgateway.dev/kgateway-dev/charts/kgateway`": "`v2.1.0`",
+        "`oci://cr.agentgateway.dev/charts/agentgateway-crds`": "`v1.4.1`",
+        "`oci://cr.agentgateway.dev/charts/agentgateway`": "`v1.4.1`",
     }
     urls = {row[0]: (row[1], row[2]) for row in section(summary, "Remote YAML")}
     assert urls["gateway-api-v1.6.1"] == (

@@ -18,6 +18,7 @@ from typing import Any
 
 from epp.server.stream import BodyMode
 from localrun import EnvoyGateway, ManagedProcess, Upstream, epp_command, free_port, grpc_ok, http_ok
+from localrun.profiles import GatewayProfile, profile_options
 from localrun.stack import LocalEndpoint, write_endpoints_file
 
 MODEL = "tiny"
@@ -168,8 +169,16 @@ def gateway_stack(
     upstream: Upstream = Upstream.ORIGINAL_DST,
     before_epp: Callable[[list[Pod]], None] | None = None,
     pod_delay_ms: float = 0.0,
+    profile: GatewayProfile | None = None,
     **gateway_options: Any,
 ) -> Iterator[Stack]:
+    """``profile`` configures Envoy as that provider's generated config does (localrun/profiles.py);
+    explicit ``gateway_options`` still win."""
+    if profile is not None:
+        options = profile_options(profile)
+        mode = options.pop("mode", mode)
+        upstream = options.pop("upstream", upstream)
+        gateway_options = {**options, **gateway_options}
     grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
     stack = Stack(pods=[], gateway=None, epp=None, metrics_port=metrics_port, grpc_port=grpc_port)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Any
 
 from render.engine import RenderResult, render_registrations, run_program
@@ -98,10 +99,19 @@ CRD_FILES = {
         "networking.gke.io",
         "HealthCheckPolicy",
     ): "gke-gateway-api-v1.4.0/networking.gke.io_healthcheckpolicies.yaml",
+    (
+        "networking.gke.io",
+        "GCPBackendPolicy",
+    ): "gke-gateway-api-v1.4.0/networking.gke.io_gcpbackendpolicies.yaml",
 }
 # Kinds the stack renders whose CRD is not among ../shared/crds (checked by shape in their tests):
 # Istio's EnvoyFilter and GKE's GCPRoutingExtension (the body router's attachment on those gateways).
 UNVALIDATED_KINDS = {("networking.istio.io", "EnvoyFilter"), ("networking.gke.io", "GCPRoutingExtension")}
+# Gateway API releases whose CRDs are in ../shared/crds. Upstream CRD files are not copied into this
+# repository, so Gateways and HTTPRoutes for a provider pinned to an older release (kgateway 2.1:
+# v1.4.1, Istio 1.30: v1.5.1) are validated against the newest release available here.
+GATEWAY_API_CRDS = {"v1.6.1": CRDS / "gateway-api-v1.6.1-standard"}
+NEWEST_GATEWAY_API = "v1.6.1"
 CORE_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "policy", "autoscaling"}
 
 
@@ -120,13 +130,21 @@ def validate_core(manifest: dict[str, Any], kubernetes_version: str) -> None:
     kubernetes_validate.validate(manifest, f"{kubernetes_version}.0", strict=True)
 
 
-def crd_schema(manifest: dict[str, Any]) -> dict[str, Any]:
+def crd_schema(manifest: dict[str, Any], gateway_api: str | None = None) -> dict[str, Any]:
     group, version = str(manifest["apiVersion"]).split("/")
-    return _crd_schema(group, version, str(manifest["kind"]))
+    return _crd_schema(group, version, str(manifest["kind"]), gateway_api)
+
+
+def _crd_file(group: str, kind: str, gateway_api: str | None) -> Path:
+    relative = CRD_FILES[(group, kind)]
+    if group == "gateway.networking.k8s.io" and gateway_api is not None:
+        release = GATEWAY_API_CRDS.get(gateway_api, GATEWAY_API_CRDS[NEWEST_GATEWAY_API])
+        return release / relative.split("/", 1)[1]
+    return CRDS / relative
 
 
 @functools.cache
-def _crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
+def _crd_schema(group: str, version: str, kind: str, gateway_api: str | None = None) -> dict[str, Any]:
     """The CRD's openAPIV3Schema for the manifest's version, made strict about unknown fields.
 
     The API server prunes unknown fields silently; in tests a typo must fail instead, so every
@@ -135,14 +153,14 @@ def _crd_schema(group: str, version: str, kind: str) -> dict[str, Any]:
     """
     import yaml
 
-    relative = CRD_FILES[(group, kind)]
+    path = _crd_file(group, kind, gateway_api)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large; libyaml is 10x faster
-    for document in yaml.load_all((CRDS / relative).read_text(), Loader=loader):
+    for document in yaml.load_all(path.read_text(), Loader=loader):
         if document and document.get("kind") == "CustomResourceDefinition":
             for served in document["spec"]["versions"]:
                 if served["name"] == version:
                     return _strict(served["schema"]["openAPIV3Schema"], top=True)
-    raise LookupError(f"{relative} has no version {version}")
+    raise LookupError(f"{path} has no version {version}")
 
 
 def _strict(schema: Any, *, top: bool = False) -> Any:
@@ -168,31 +186,32 @@ def _strict(schema: Any, *, top: bool = False) -> Any:
 
 
 @functools.cache
-def _validator(group: str, version: str, kind: str) -> Any:
+def _validator(group: str, version: str, kind: str, gateway_api: str | None = None) -> Any:
     import jsonschema
 
-    return jsonschema.Draft7Validator(_crd_schema(group, version, kind))
+    return jsonschema.Draft7Validator(_crd_schema(group, version, kind, gateway_api))
 
 
-def validate_custom(manifest: dict[str, Any]) -> None:
-    """Raises jsonschema.ValidationError (the most relevant error) when the object does not fit."""
+def validate_custom(manifest: dict[str, Any], gateway_api: str | None = None) -> None:
+    """Raises jsonschema.ValidationError (the most relevant error) when the object does not fit;
+    Gateway API kinds against the CRDs of release ``gateway_api`` when given (else v1.6.1)."""
     import jsonschema
 
     group, version = str(manifest["apiVersion"]).split("/")
     error = jsonschema.exceptions.best_match(
-        _validator(group, version, str(manifest["kind"])).iter_errors(manifest)
+        _validator(group, version, str(manifest["kind"]), gateway_api).iter_errors(manifest)
     )
     if error is not None:
         raise error
 
 
-def validate_all(result: RenderResult, kubernetes_version: str) -> int:
+def validate_all(result: RenderResult, kubernetes_version: str, gateway_api: str | None = None) -> int:
     """Validate every rendered Kubernetes object; returns how many custom resources were checked."""
     custom = 0
     for manifest in result.manifests():
         if is_core(manifest):
             validate_core(manifest, kubernetes_version)
         elif (api_group(manifest), str(manifest["kind"])) not in UNVALIDATED_KINDS:
-            validate_custom(manifest)
+            validate_custom(manifest, gateway_api)
             custom += 1
     return custom

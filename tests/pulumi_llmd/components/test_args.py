@@ -23,7 +23,7 @@ PAIRS: list[tuple[type, type[BaseModel]]] = [
     (component_args.EndpointPickerArgs, inputs.EndpointPickerInputs),
     (component_args.ModelServerPoolArgs, inputs.ModelServerPoolInputs),
     (component_args.InferenceGatewayArgs, inputs.InferenceGatewayInputs),
-    (component_args.KgatewayArgs, inputs.KgatewayInputs),
+    (component_args.GatewayControlPlaneArgs, inputs.GatewayControlPlaneInputs),
     (component_args.ClusterCrdsArgs, inputs.ClusterCrdsInputs),
 ]
 

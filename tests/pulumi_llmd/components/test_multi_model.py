@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from render.engine import STACKS_DIR, RenderResult, load_stack_file
+from tests.support.cloud import render_edited
 from tests.support.stacks import (
     CRDS,
     SIM_POOL,
@@ -22,6 +24,7 @@ from tests.support.stacks import (
     render_config,
     validate_all,
     validate_core,
+    validate_custom,
 )
 
 
@@ -55,11 +58,11 @@ def entry(name: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def two_models(class_name: str = "istio", **overrides: Any) -> dict[str, Any]:
+def two_models(provider: str = "istio", **overrides: Any) -> dict[str, Any]:
     return {
         "platform": "kind",
         "name": "mm",
-        "gateway": {"className": class_name, "installKgateway": False},
+        "gateway": {"provider": provider, "install": False},
         "models": [entry("org/llama-3", id="llama"), entry("qwen")],
         **overrides,
     }
@@ -176,11 +179,9 @@ def test_rewrites_and_objectives_are_llm_d_router_objects_on_their_pool(example:
         "interactive": {"poolRef": rewrite["spec"]["poolRef"], "priority": 10},
         "batch": {"poolRef": rewrite["spec"]["poolRef"], "priority": -1},
     }
+    # Their CRDs come with every stack now (llm-d-router's release asset, crds.llmdRouterVersion).
     urls = {o.document["file"] for o in example.of_source("yaml")}
-    assert (
-        "https://raw.githubusercontent.com/llm-d/llm-d-router/v0.10.0/config/crd/bases/llm-d.ai_inferenceobjectives.yaml"
-        in urls
-    )
+    assert "https://github.com/llm-d/llm-d-router/releases/download/v0.10.0/manifests.yaml" in urls
 
 
 @pytest.mark.skipif(not CRDS.is_dir(), reason="CRD files not found")
@@ -235,18 +236,56 @@ def test_istio_gets_an_envoy_filter_first_in_the_gateways_chain_and_tls_without_
     assert {m["metadata"]["name"] for m in result.manifests("InferencePool")} == {"mm-llama", "mm-qwen"}
 
 
-def test_gke_gets_a_routing_extension_and_a_grpc_health_check() -> None:
-    result = render_config(two_models("gke-l7-regional-external-managed", networkPolicy={"enabled": False}))
-    validate(result)
-    extension = result.get("GCPRoutingExtension", "mm-body-router").document["spec"]
+def test_istio_dials_every_models_tls_epp_through_its_own_destination_rule() -> None:
+    result = render_config(two_models("istio"))
+    rules = {m["metadata"]["name"]: m["spec"] for m in result.manifests("DestinationRule")}
+    assert set(rules) == {"mm-body-router", "mm-llama-epp", "mm-qwen-epp"}
+    for epp in ("mm-llama-epp", "mm-qwen-epp"):
+        assert rules[epp]["host"] == f"{epp}.llm-d.svc.cluster.local"
+        assert rules[epp]["trafficPolicy"]["tls"] == {"mode": "SIMPLE", "insecureSkipVerify": True}
+    # A plaintext EPP (allowed with Istio) gets no TLS rule; the other model's keeps its own.
+    plain = two_models("istio")
+    plain["models"][1]["epp"] = {"secureServing": False}
+    names = {m["metadata"]["name"] for m in render_config(plain).manifests("DestinationRule")}
+    assert names == {"mm-body-router", "mm-llama-epp"}
+
+
+def _gke_two_models(config: dict[str, Any]) -> None:
+    """The gke example with its one model moved into llmd:models beside a second one."""
+    first = {**config.pop("llmd:model"), "id": "llama"}
+    for section in ("prefill", "decode", "epp"):
+        if f"llmd:{section}" in config:
+            first[section] = config.pop(f"llmd:{section}")
+    second = {**copy.deepcopy(first), "name": "org/other", "id": "other"}
+    second.pop("label", None)
+    config["llmd:models"] = [first, second]
+    config["llmd:gateway"] = {"provider": "gke"}
+    config["llmd:networkPolicy"] = {"enabled": False}
+
+
+def test_gke_gets_a_routing_extension_a_grpc_health_check_and_each_pools_policies(tmp_path: Path) -> None:
+    result = render_edited("gke", _gke_two_models, tmp_path)
+    if CRDS.is_dir():
+        for kind in ("Gateway", "HTTPRoute", "InferencePool", "HealthCheckPolicy", "GCPBackendPolicy"):
+            for manifest in result.manifests(kind):
+                validate_custom(manifest)
+    extension = result.get("GCPRoutingExtension", "llama-70b-body-router").document["spec"]
     (chain,) = extension["extensionChains"]
     (call,) = chain["extensions"]
-    assert call["backendRef"] == {"group": "", "kind": "Service", "name": "mm-body-router", "port": 9004}
+    router = "llama-70b-body-router"
+    assert call["backendRef"] == {"group": "", "kind": "Service", "name": router, "port": 9004}
     assert call["requestBodySendMode"] == "FullDuplexStreamed" and "failOpen" not in call
-    health = result.get("HealthCheckPolicy", "mm-body-router").document["spec"]
+    health = result.get("HealthCheckPolicy", "llama-70b-body-router").document["spec"]
     assert health["default"]["config"]["grpcHealthCheck"]["port"] == 9005
-    service = result.get("Service", "mm-body-router").document["spec"]
+    service = result.get("Service", "llama-70b-body-router").document["spec"]
     assert service["ports"][0]["appProtocol"] == "HTTP2"
+    # Every model's pool gets GKE's endpoint health check and backend timeout.
+    pools = {"llama-70b-llama", "llama-70b-other"}
+    for kind in ("HealthCheckPolicy", "GCPBackendPolicy"):
+        targets = {m["spec"]["targetRef"]["name"] for m in result.manifests(kind)}
+        assert pools <= targets
+    (route,) = result.manifests("HTTPRoute")
+    assert all("timeouts" not in rule for rule in route["spec"]["rules"])  # GKE's backend policy has it
 
 
 def test_fail_open_adds_a_catch_all_rule_to_the_first_model() -> None:
@@ -354,6 +393,17 @@ def test_vllm_pools_mount_adapter_claims_and_turn_on_run_time_loading() -> None:
         ),
         ({"decode": {"replicas": 3}}, "llmd:decode is set but llmd:models is used"),
         ({"model": {"name": "c", "uri": "hf://o/c"}}, "llmd:models is set together with llmd:model"),
+        (
+            {"models": [entry(f"m{i}") for i in range(17)]},
+            "llmd:models has 17 models: the HTTPRoute would need 17 rules, Gateway API allows 16",
+        ),
+        (
+            {
+                "models": [entry(f"m{i}") for i in range(16)],
+                "gateway": {"provider": "istio", "paths": [f"/v1/p{i}" for i in range(9)]},
+            },
+            "llmd:gateway.paths has 9 paths: with 16 route rules that is 144 matches, Gateway API allows 128",
+        ),
     ],
 )
 def test_bad_multi_model_configs_name_the_key(overrides: dict[str, Any], problem: str) -> None:
@@ -365,13 +415,20 @@ def test_bad_multi_model_configs_name_the_key(overrides: dict[str, Any], problem
     assert any(m.startswith(problem) for m in messages), messages
 
 
-def test_kgateway_cannot_route_by_body_and_says_so() -> None:
+@pytest.mark.parametrize("data_plane", [None, "agentgateway", "envoy"])
+def test_kgateway_cannot_route_by_body_and_says_so(data_plane: str | None) -> None:
+    """kgateway 2.1's agentgateway data plane (its default) is configured through kgateway's own
+    TrafficPolicy, not agentgateway.dev's AgentgatewayPolicy; its Envoy data plane has no pre-routing
+    ext_proc: both are refused rather than rendered with an attachment nothing would read."""
     from pulumi_llmd.config import ConfigError, parse_stack_config
 
+    config = two_models("kgateway")
+    if data_plane is not None:
+        config["gateway"]["kgatewayDataPlane"] = data_plane
     with pytest.raises(ConfigError) as raised:
-        parse_stack_config(two_models("kgateway"), has_hf_token=False)
+        parse_stack_config(config, has_hf_token=False)
     [problem] = raised.value.problems
-    assert problem.path == "gateway.className" and "kgateway-dev/kgateway#11568" in problem.message
+    assert problem.path == "gateway.provider" and "kgateway-dev/kgateway#11568" in problem.message
 
 
 def test_api_groups_of_the_example_are_known(example: RenderResult) -> None:
@@ -536,3 +593,17 @@ def test_one_monitor_watches_the_body_router_under_the_stacks_name(observed: Ren
         stack="single",
     )
     assert not any("body-router" in m["metadata"]["name"] for m in single.manifests("PodMonitor"))
+
+
+def test_agentgateways_one_monitor_feeds_every_models_gateway_panels(observed: RenderResult) -> None:
+    gateways = [m for m in observed.manifests("PodMonitor") if m["metadata"]["name"] == "mm-gateway"]
+    (gateway,) = gateways  # one PodMonitor for the shared proxies, not one per model
+    (endpoint,) = gateway["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    assert {"action": "replace", "targetLabel": "llmd_stack", "replacement": "mm"} in endpoint["relabelings"]
+    for model in ("mm-llama", "mm-qwen"):
+        board = json.loads(
+            next(iter(observed.get("ConfigMap", f"{model}-dashboard-epp").document["data"].values()))
+        )
+        exprs = [t["expr"] for p in board["panels"] if p["title"].startswith("Gateway") for t in p["targets"]]
+        assert exprs and all("agentgateway_" in e and 'llmd_stack="mm"' in e for e in exprs)

@@ -16,6 +16,7 @@ import yaml
 from pulumi_llmd.config.errors import ConfigError
 from pulumi_llmd.config.loader import parse_stack_config
 from render.engine import RenderResult
+from tests.support.cloud import render_edited
 from tests.support.stacks import CRDS, kind_config, render_config, validate_all, validate_core
 
 MONITORED: dict[str, Any] = {"monitoring": {"labels": {"release": "kube-prometheus-stack"}}}
@@ -56,9 +57,9 @@ def test_every_pod_monitor_selects_pods_that_expose_its_port(pd_stack: RenderRes
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         wanted = monitor["spec"]["selector"]["matchLabels"]
         selected = [p for p in pods(pd_stack) if wanted.items() <= p["metadata"]["labels"].items()]
-        if name == "t-gateway":  # kgateway's Envoy pods are made by its controller, not rendered here
+        if name == "t-gateway":  # agentgateway's proxy pods are made by its controller, not rendered here
             assert wanted == {"gateway.networking.k8s.io/gateway-name": "t-gateway"}
-            assert endpoint["port"] == "http-monitoring"
+            assert endpoint["port"] == "metrics"
             continue
         assert selected, f"{name} selects no rendered pod"
         for pod in selected:
@@ -230,3 +231,48 @@ def test_autoscaling_refuses_leaderworkersets() -> None:
     )
     with pytest.raises(ConfigError, match=r"autoscaling\.enabled"):
         parse_stack_config(config, has_hf_token=False)
+
+
+@pytest.mark.parametrize(
+    ("gateway", "port", "path", "latency_metric"),
+    [
+        ({}, "metrics", "/metrics", "agentgateway_request_duration_seconds_bucket"),
+        ({"provider": "kgateway"}, "metrics", "/metrics", "agentgateway_request_duration_seconds_bucket"),
+        (
+            {"provider": "kgateway", "kgatewayDataPlane": "envoy"},
+            "http-monitoring",
+            "/metrics",
+            "envoy_http_downstream_rq_time_bucket",
+        ),
+        (
+            {"provider": "istio"},
+            "http-envoy-prom",
+            "/stats/prometheus",
+            "istio_request_duration_milliseconds_bucket",
+        ),
+    ],
+    ids=["agentgateway", "kgateway", "kgateway-envoy", "istio"],
+)
+def test_each_in_cluster_gateway_gets_a_monitor_and_panels_for_its_own_proxies(
+    gateway: dict[str, Any], port: str, path: str, latency_metric: str
+) -> None:
+    result = render(gateway=gateway)
+    monitor = result.get("PodMonitor", "t-gateway").document
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (port, path)
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "gateway.networking.k8s.io/gateway-name": "t-gateway"
+    }
+    dashboards = "\n".join(json.dumps(m["data"]) for m in result.manifests("ConfigMap"))
+    assert latency_metric in dashboards
+
+
+def test_a_cloud_managed_gateway_gets_no_gateway_monitor(tmp_path: Path) -> None:
+    def managed_gateway_with_monitoring(config: dict[str, Any]) -> None:
+        config["llmd:gateway"] = {"provider": "gke"}
+        config["llmd:networkPolicy"] = {"enabled": False}  # GKE's proxies are not pods a policy selects
+        config["llmd:monitoring"] = MONITORED["monitoring"]
+
+    result = render_edited("gke", managed_gateway_with_monitoring, tmp_path)
+    assert result.manifests("PodMonitor"), "monitoring is on: the EPP and pools still get monitors"
+    assert "t-gateway" not in {m["metadata"]["name"] for m in result.manifests("PodMonitor")}

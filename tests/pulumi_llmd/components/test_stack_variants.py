@@ -131,13 +131,11 @@ def test_leader_election_adds_leases_and_the_flag() -> None:
 
 def test_switches_drop_crds_gateway_controller_and_policies() -> None:
     result = render_config(
-        kind_config(
-            crds={"install": False}, gateway={"installKgateway": False}, networkPolicy={"enabled": False}
-        )
+        kind_config(crds={"install": False}, gateway={"install": False}, networkPolicy={"enabled": False})
     )
     assert result.of_source("yaml") == [] and result.of_source("helm") == []
     assert result.manifests("NetworkPolicy") == []
-    assert [g["spec"]["gatewayClassName"] for g in result.manifests("Gateway")] == ["kgateway"]
+    assert [g["spec"]["gatewayClassName"] for g in result.manifests("Gateway")] == ["agentgateway"]
 
 
 def test_custom_picker_config_is_used_verbatim_and_rolls_the_epp() -> None:
@@ -157,17 +155,28 @@ def test_other_kubernetes_versions_validate(version: str) -> None:
     validate(result, version)
 
 
-def test_secure_serving_mounts_the_certificate() -> None:
-    result = render_config(kind_config(epp={"secureServing": True, "tlsSecretName": "epp-cert"}))
+def test_a_tls_secret_is_mounted_and_reloaded() -> None:
+    result = render_config(kind_config(epp={"tlsSecretName": "epp-cert"}))
     spec = result.get("Deployment", "t-epp").document["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     assert "--secure-serving=true" in container["args"]
     assert container["args"][container["args"].index("--cert-path") + 1] == "/etc/epp/tls"
+    assert "--enable-cert-reload" in container["args"]
     assert {"name": "tls", "mountPath": "/etc/epp/tls", "readOnly": True} in container["volumeMounts"]
     assert {"name": "tls", "secret": {"secretName": "epp-cert"}} in spec["volumes"]
-    (service,) = result.manifests("Service")
-    assert service["spec"]["ports"][0]["appProtocol"] == "https"
     validate(result)
+
+
+def test_the_epp_serves_tls_by_default_with_a_certificate_it_makes() -> None:
+    result = render_config(kind_config())
+    spec = result.get("Deployment", "t-epp").document["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "--secure-serving=true" in container["args"]
+    assert "--cert-path" not in container["args"] and "--enable-cert-reload" not in container["args"]
+    assert "tls" not in {v["name"] for v in spec["volumes"]}
+    (service,) = result.manifests("Service")
+    # HTTP/2 whether or not TLS wraps it, as llm-d-router's chart declares it.
+    assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_two_stacks_in_one_program_have_distinct_resources() -> None:
@@ -180,8 +189,8 @@ def test_two_stacks_in_one_program_have_distinct_resources() -> None:
         provider = k8s.Provider("shared-cluster")
         opts = pulumi.ResourceOptions(providers=[provider])
         first = parse_stack_config(kind_config(name="a", namespace="team-a"), has_hf_token=False)
-        # Cluster-wide pieces (CRDs, kgateway) come from the first stack only.
-        shared_off = {"crds": {"install": False}, "gateway": {"installKgateway": False}}
+        # Cluster-wide pieces (CRDs, the gateway control plane) come from the first stack only.
+        shared_off = {"crds": {"install": False}, "gateway": {"install": False}}
         second_raw = kind_config(name="b", namespace="team-b", **shared_off)
         second = parse_stack_config(second_raw, has_hf_token=False)
         LlmdStack("a", llmd_stack_args(first), opts=opts)
@@ -218,8 +227,8 @@ def test_the_provider_and_dependencies_in_opts_reach_every_object(option: str) -
     objects = [
         r for r in registrations if r.pulumi_type.startswith("kubernetes:") and r.name != "gpu-nodes-ready"
     ]
-    # 18 objects of the kind stack, 5 PodMonitors, a PrometheusRule, 3 dashboards; 2 charts, 2 remote YAML
-    assert len(objects) == 31
+    # 18 objects of the kind stack, 5 PodMonitors, a PrometheusRule, 3 dashboards; 2 charts, 3 remote YAML
+    assert len(objects) == 32
     for registration in objects:
         assert registration.provider.startswith(provider + "::"), registration.name
         assert ready_urn in registration.dependencies, registration.name

@@ -126,7 +126,7 @@ def test_epp_flags_follow_the_contract(result: RenderResult) -> None:
     assert flags["--pool-name"] == pool["metadata"]["name"]
     assert flags["--pool-namespace"] == pool["metadata"]["namespace"]
     assert flags["--pool-group"] == "inference.networking.k8s.io"
-    assert "--secure-serving=false" in args
+    assert "--secure-serving=true" in args
     config_path = args[args.index("--config-file") + 1]
     mount = container["volumeMounts"][0]
     assert config_path.startswith(mount["mountPath"] + "/")
@@ -242,17 +242,28 @@ def test_rbac_covers_every_resource_the_bundled_epp_watches(result: RenderResult
         assert (info.resource.group, info.plural) in granted, f"{info.resource} is watched but not granted"
 
 
-def test_route_sends_everything_to_the_pool_through_the_gateway(result: RenderResult) -> None:
+def test_route_sends_the_openai_api_to_the_pool_through_the_gateway(result: RenderResult) -> None:
     (gateway,) = result.manifests("Gateway")
     (route,) = result.manifests("HTTPRoute")
     (pool,) = result.manifests("InferencePool")
-    assert gateway["spec"]["gatewayClassName"] == "kgateway"
+    assert gateway["spec"]["gatewayClassName"] == "agentgateway"
     assert route["spec"]["parentRefs"][0]["name"] == gateway["metadata"]["name"]
     (rule,) = route["spec"]["rules"]
     assert rule["backendRefs"] == [
         {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool["metadata"]["name"]}
     ]
     assert rule["timeouts"] == {"request": "300s"}
+    # Only the OpenAI API, exactly: no /metrics, /tokenize or admin routes of the model servers.
+    assert [m["path"] for m in rule["matches"]] == [
+        {"type": "Exact", "value": path}
+        for path in (
+            "/v1/completions",
+            "/v1/chat/completions",
+            "/v1/models",
+            "/v1/embeddings",
+            "/v1/responses",
+        )
+    ]
 
 
 def test_network_policies_admit_only_the_gateway_plus_what_pd_needs(result: RenderResult) -> None:
@@ -308,9 +319,10 @@ def test_crds_are_retained_and_custom_resources_wait_for_them(result: RenderResu
     for kind in ("InferencePool", "Gateway", "HTTPRoute"):
         (obj,) = [o for o in result.of_source("k8s") if o.kind == kind]
         assert install_urns <= set(obj.registration.dependencies), kind
-    kgateway_charts = {o.registration.urn for o in result.of_source("helm") if "kgateway" in o.name}
+    control_plane_charts = {o.registration.urn for o in result.of_source("helm") if "agentgateway" in o.name}
+    assert len(control_plane_charts) == 2
     route = next(o for o in result.of_source("k8s") if o.kind == "Gateway")
-    assert kgateway_charts <= set(route.registration.dependencies)
+    assert control_plane_charts <= set(route.registration.dependencies)
 
 
 def test_retain_transform_marks_expanded_objects() -> None:

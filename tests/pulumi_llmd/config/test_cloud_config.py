@@ -244,9 +244,7 @@ def test_eks_pods_must_fit_their_efa_share_of_a_node(tmp_path: Path) -> None:
 
 def test_example_stack_files_are_plain_yaml_with_only_llmd_keys() -> None:
     for stack in ("gke", "eks"):
-        document = yaml.safe_load(
-            (REPO_ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text()
-        )
+        document = yaml.safe_load((REPO_ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())
         assert set(document) == {"config"}
         assert all(key.startswith("llmd:") for key in document["config"])
 

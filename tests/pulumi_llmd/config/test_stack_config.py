@@ -26,8 +26,10 @@ def test_valid_kind_config_fills_every_default() -> None:
     config = parse_stack_config(kind_config(), has_hf_token=False)
     assert config.namespace == "llm-d"
     assert config.kubernetes_version == "1.33"
-    assert config.gateway.class_name == "kgateway"
-    assert config.crds.inference_extension_version == "v1.6.0"
+    assert config.gateway.provider.value == "agentgateway"
+    assert config.gateway.effective_class_name == "agentgateway"
+    assert config.crds.inference_extension_version == "v1.6.2"
+    assert config.epp.secure_serving and config.epp.implementation.value == "bundled"
     assert config.epp.failure_mode.value == "FailClose"
     assert config.disaggregated
 
@@ -138,10 +140,10 @@ def test_picker_config_override_is_checked_early(text: str, problem: str) -> Non
     assert message.startswith(f"llmd:epp.config {problem}")
 
 
-def test_secure_serving_needs_a_certificate_secret() -> None:
-    assert problems_of(kind_config(epp={"secureServing": True})) == [
-        "llmd:epp.tlsSecretName is required when epp.secureServing is true (the EPP's certificate)"
-    ]
+def test_a_certificate_secret_needs_secure_serving() -> None:
+    assert problems_of(
+        kind_config(gateway={"provider": "istio"}, epp={"secureServing": False, "tlsSecretName": "c"})
+    ) == ["llmd:epp.tlsSecretName needs epp.secureServing true (the certificate serves the TLS port)"]
 
 
 def test_leader_election_needs_several_replicas() -> None:
@@ -150,14 +152,10 @@ def test_leader_election_needs_several_replicas() -> None:
     ]
 
 
-def test_network_policies_refuse_a_managed_gateway() -> None:
-    config = kind_config(gateway={"className": "gke-l7-rilb"})
-    assert problems_of(config) == [
-        "llmd:networkPolicy.enabled must be false with the managed gateway class 'gke-l7-rilb'"
-        " (its proxies are not pods the policies can select)"
+def test_a_managed_gke_class_needs_the_gke_provider() -> None:
+    assert problems_of(kind_config(gateway={"className": "gke-l7-rilb"})) == [
+        "llmd:gateway.className 'gke-l7-rilb' is GKE's managed class: set gateway.provider gke to use it"
     ]
-    without_policies = kind_config(gateway={"className": "gke-l7-rilb"}, networkPolicy={"enabled": False})
-    assert parse_stack_config(without_policies, has_hf_token=False).gateway.class_name == "gke-l7-rilb"
 
 
 def test_models_forbid_extra_keys_everywhere() -> None:
