@@ -3,8 +3,8 @@ Prometheus metrics, with the EPP's drain: readiness off, a notice period, then G
 streams finish.
 
 The TLS setup (self-signed or a mounted pair, reloaded on change) and the health service are the
-EPP's own (:mod:`epp.server.tls`, :mod:`epp.server.health`, :func:`epp.server.app.grpc_credentials`),
-so the Gateway dials both the same way.
+EPP's own (:mod:`epp.server.tls`, :mod:`epp.server.health`, :mod:`epp.server.listeners`), so the
+Gateway dials both the same way.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
-from grpc_health.v1 import health_pb2_grpc
 
 from bbr.metrics import MetricsHttpServer, RouterMetrics
 from bbr.stream import RouterSettings, RouterStream
 from bbr.table import RoutingTable
-from epp.server.app import grpc_credentials
-from epp.server.health import HealthServicer
+from epp.server.health import HealthStatus
+from epp.server.listeners import Listener, Transport, grpc_credentials, make_listener
 from epp.server.stream import BufferBudget
 from epp.server.tls import CertificateSource
+from epp.transport import health_methods
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,11 @@ class RouterServer:
         self.options = options
         self.metrics = metrics if metrics is not None else RouterMetrics()
         # Ready as soon as it listens: the table is loaded before the server starts.
-        self.health = HealthServicer(lambda: True)
+        self.health = HealthStatus(lambda: True)
         self.processor = BodyRouterProcessor(table, options.settings, self.metrics)
         self._metrics_http = MetricsHttpServer(self.metrics, options.host, options.metrics_port)
         self._grpc: grpc.aio.Server | None = None
-        self._health_grpc: grpc.aio.Server | None = None
+        self._health: Listener | None = None
 
     async def start(self) -> None:
         max_message = self.options.settings.max_request_body_bytes + _MESSAGE_OVERHEAD_BYTES
@@ -108,11 +108,14 @@ class RouterServer:
             self._grpc.add_insecure_port(address)
         else:
             self._grpc.add_secure_port(address, grpc_credentials(self.options.tls))
-        self._health_grpc = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
-        self._health_grpc.add_insecure_port(f"{self.options.host}:{self.options.grpc_health_port}")
+        self._health = make_listener(
+            Transport.GRPC,
+            health_methods(self.health.status),
+            self.options.host,
+            self.options.grpc_health_port,
+        )
         await self._grpc.start()
-        await self._health_grpc.start()
+        await self._health.start()
         await self._metrics_http.start()
         log.info(
             "body router: ext_proc on %s (%s), health on :%d, metrics on :%d",
@@ -135,8 +138,9 @@ class RouterServer:
         log.info("drained after %.1fs", loop.time() - started)
 
     async def stop(self, grace: float = 1.0) -> None:
-        for server in (self._grpc, self._health_grpc):
-            if server is not None:
-                await server.stop(grace)
-        self._grpc = self._health_grpc = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._health is not None:
+            await self._health.shutdown(grace)
+        self._grpc = self._health = None
         await self._metrics_http.stop()

@@ -8,12 +8,19 @@ filters/scorers/picker, pre-request index update, in-flight bookkeeping. The req
 built before timing (the protocol layer builds them while parsing). Completions are reported
 after each decision (untimed) so in-flight counts stay bounded, as in steady state.
 
+``precise`` rows run llm-d's default profile with the precise prefix producer instead
+(``token-producer`` with the simulator's tokenizer, ``precise-prefix-cache-producer`` with vLLM's
+``sha256_cbor`` keys over 16-token blocks): the decision then hashes the prepared token ids and
+looks them up in the event index, and the preparation (tokenizing, awaited before the decision)
+is timed on its own. The index is fed what the chosen pod would publish after each decision.
+
 Usage: ``python -m benchmarks.epp_decision [--requests N] [--no-write]``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
 import random
@@ -30,6 +37,29 @@ from epp.plugins.prefix import block_hashes
 from epp.types import InferenceRequest, ParsedBody
 
 PD_CONFIG = pd_config()  # llm-d's sample as written: nonCachedTokens 16
+PRECISE_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- {type: token-producer, parameters: {simulator: {}}}
+- type: precise-prefix-cache-producer
+  parameters: {tokenProcessorConfig: {blockSizeTokens: 16, hashSeed: "0", hashAlgorithm: sha256_cbor}}
+- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+- type: endpoint-notification-source
+dataLayer:
+  sources:
+  - pluginRef: endpoint-notification-source
+    extractors: [{pluginRef: precise-prefix-cache-producer}]
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+"""
+CONFIGS = {"default": DEFAULT_CONFIG, "pd": PD_CONFIG, "precise": PRECISE_CONFIG}
 
 BYTES_PER_TOKEN = 4
 GROUPS = 32
@@ -37,8 +67,9 @@ RUNS = 3
 QUESTION_BYTES = 400
 
 
-def _pool(size: int, rng: random.Random, pd: bool) -> tuple[SchedulingDirector, Datastore]:
-    config = load_config(PD_CONFIG if pd else DEFAULT_CONFIG)
+def _pool(size: int, rng: random.Random, kind: str) -> tuple[SchedulingDirector, Datastore]:
+    pd = kind == "pd"
+    config = load_config(CONFIGS[kind])
     datastore = Datastore()
     director = SchedulingDirector(datastore, config)
     specs = []
@@ -67,7 +98,8 @@ def _requests(count: int, prompt_tokens: int, rng: random.Random) -> list[Infere
         question = f"question {i} " + "".join(rng.choice("abcdefghij ") for _ in range(QUESTION_BYTES))
         prompt = systems[rng.randrange(GROUPS)] + question[:QUESTION_BYTES]
         parsed = ParsedBody(model="llama", prompt_text=prompt, stream=True, api="completions")
-        requests.append(InferenceRequest(f"r{i}", "/v1/completions", {}, {"model": "llama"}, parsed))
+        body = {"model": "llama", "prompt": prompt}
+        requests.append(InferenceRequest(f"r{i}", "/v1/completions", {}, body, parsed))
     return requests
 
 
@@ -76,17 +108,45 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(pods: int, prompt_tokens: int, requests: int, pd: bool = False) -> dict[str, Any]:
+class _Events:
+    """What the chosen pod would publish: for the precise config, the prompt's block keys land in
+    the event index after each decision (untimed), as the pod's BlockStored events would."""
+
+    def __init__(self, director: SchedulingDirector) -> None:
+        self.producer: Any = director.config.plugins.get("precise-prefix-cache-producer")
+        self.tokens: Any = director.config.plugins.get("token-producer")
+        self.loop = asyncio.new_event_loop() if self.producer is not None else None
+
+    def prepare(self, director: SchedulingDirector, request: InferenceRequest) -> dict[str, Any] | None:
+        if self.loop is None:
+            return None
+        return self.loop.run_until_complete(director.prepare(request))
+
+    def stored(self, prepared: dict[str, Any] | None, endpoint: str) -> None:
+        if self.producer is not None and prepared is not None:
+            keys = self.producer.hasher.block_keys(prepared[self.tokens.name].token_ids)
+            self.producer.index.store(endpoint, keys)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+
+
+def measure(pods: int, prompt_tokens: int, requests: int, kind: str = "default") -> dict[str, Any]:
     rng = random.Random(pods * 100003 + prompt_tokens)
-    director, _ = _pool(pods, rng, pd)
+    director, _ = _pool(pods, rng, kind)
+    events = _Events(director)
     warmup = _requests(max(200, GROUPS * 4), prompt_tokens, rng)
     timed = _requests(requests, prompt_tokens, rng)
     for request in warmup:
-        director.decide(request)
+        prepared = events.prepare(director, request)
+        decision = director.decide(request, prepared=prepared)
+        events.stored(prepared, decision.endpoints[0])
         director.handle_response_complete(request, None, failed=False)
     wall_us: list[float] = []
     cpu_us: list[float] = []
     deferred_us: list[float] = []
+    prepare_us: list[float] = []
     deferred: list[tuple[Any, tuple[Any, ...]]] = []
 
     def defer(callback: Any, *args: Any) -> None:  # stands in for loop.call_soon
@@ -96,10 +156,14 @@ def measure(pods: int, prompt_tokens: int, requests: int, pd: bool = False) -> d
     gc.disable()  # a collection pause is real, but it is the process's, not the decision's
     try:
         for request in timed:
+            cpu_started = time.thread_time_ns()
+            prepared = events.prepare(director, request)
+            prepare_us.append((time.thread_time_ns() - cpu_started) / 1000)
             cpu_started, started = time.thread_time_ns(), time.perf_counter_ns()
-            director.decide(request, defer=defer)
+            decision = director.decide(request, defer=defer, prepared=prepared)
             wall_us.append((time.perf_counter_ns() - started) / 1000)
             cpu_us.append((time.thread_time_ns() - cpu_started) / 1000)
+            events.stored(prepared, decision.endpoints[0])
             cpu_started = time.thread_time_ns()
             for callback, args in deferred:  # the prefix-index update, after the response
                 callback(*args)
@@ -108,10 +172,11 @@ def measure(pods: int, prompt_tokens: int, requests: int, pd: bool = False) -> d
             director.handle_response_complete(request, None, failed=False)
     finally:
         gc.enable()
+        events.close()
     return {
         "pods": pods,
         "prompt_tokens": prompt_tokens,
-        "config": "pd" if pd else "default",
+        "config": kind,
         "requests": requests,
         "p50_us": _percentile(wall_us, 0.50),
         "p99_us": _percentile(wall_us, 0.99),
@@ -120,6 +185,7 @@ def measure(pods: int, prompt_tokens: int, requests: int, pd: bool = False) -> d
         "cpu_p50_us": _percentile(cpu_us, 0.50),
         "cpu_p99_us": _percentile(cpu_us, 0.99),
         "deferred_cpu_p50_us": _percentile(deferred_us, 0.50),
+        "prepare_cpu_p50_us": _percentile(prepare_us, 0.50) if events.producer is not None else None,
     }
 
 
@@ -139,13 +205,13 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
-    cells = [(pods, tokens, False) for tokens in (1024, 16384) for pods in (8, 64, 256)]
-    cells += [(64, tokens, True) for tokens in (1024, 16384)]
-    for pods, prompt_tokens, pd in cells:
+    cells = [(pods, tokens, "default") for tokens in (1024, 16384) for pods in (8, 64, 256)]
+    cells += [(64, tokens, kind) for kind in ("pd", "precise") for tokens in (1024, 16384)]
+    for pods, prompt_tokens, kind in cells:
         # Three runs per cell, keeping the one with the median p99: one burst of outside load
         # neither sinks nor flatters a row.
         runs = sorted(
-            (measure(pods, prompt_tokens, args.requests, pd=pd) for _ in range(RUNS)),
+            (measure(pods, prompt_tokens, args.requests, kind=kind) for _ in range(RUNS)),
             key=lambda run: run["p99_us"],
         )
         rows.append(runs[len(runs) // 2])
@@ -166,10 +232,28 @@ def main() -> None:
         "CPU p50 (us)",
         "CPU p99 (us)",
         "deferred index update, CPU p50 (us)",
+        "preparation (tokenize), CPU p50 (us)",
     ]
-    keys = ("p50_us", "p99_us", "mean_us", "cpu_p50_us", "cpu_p99_us", "deferred_cpu_p50_us")
+    keys = (
+        "p50_us",
+        "p99_us",
+        "mean_us",
+        "cpu_p50_us",
+        "cpu_p99_us",
+        "deferred_cpu_p50_us",
+        "prepare_cpu_p50_us",
+    )
     table = report.markdown_table(
-        headers, [[r["config"], r["pods"], r["prompt_tokens"], *(round(r[k], 1) for k in keys)] for r in rows]
+        headers,
+        [
+            [
+                r["config"],
+                r["pods"],
+                r["prompt_tokens"],
+                *("" if r[k] is None else round(r[k], 1) for k in keys),
+            ]
+            for r in rows
+        ],
     )
     at_64 = [r for r in rows if r["pods"] == 64 and r["config"] == "default"]
     p99_64, cpu_p99_64 = max(r["p99_us"] for r in at_64), max(r["cpu_p99_us"] for r in at_64)
@@ -185,9 +269,14 @@ shared-prefix workload (32 system prompts + unique 100-token questions),
 {args.requests} decisions per run, three runs per row (the row shows the run with the median
 p99), GC paused during the timed loop. `default` is llm-d's default
 config (queue 2, kv-util 2, prefix 3, max-score); `pd` is the llm-d P/D sample (decode + prefill
-profiles, `prefix-based-pd-decider` with `nonCachedTokens: 16`, 1 in 4 pods prefill). The
+profiles, `prefix-based-pd-decider` with `nonCachedTokens: 16`, 1 in 4 pods prefill); `precise`
+is the default profile with the precise prefix producer (`token-producer` with the simulator's
+tokenizer, `precise-prefix-cache-producer` with vLLM's `sha256_cbor` keys over 16-token blocks,
+its index fed what the chosen pod would publish). The
 prefix-index update runs after the decision is returned (`loop.call_soon` in the server, as
-llm-d's PreRequest runs asynchronously); its CPU cost is the last column, timed separately.
+llm-d's PreRequest runs asynchronously); its CPU cost is timed separately, and so is the precise
+config's preparation (tokenizing, awaited before the decision; a real model's tokenizer costs
+about 1 us per token and runs in a worker thread for prompts over 256 characters).
 
 {table}
 

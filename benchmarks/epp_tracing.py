@@ -45,7 +45,7 @@ def _percentile(samples: list[float], q: float) -> float:
 
 def measure(blocks: int) -> dict[str, dict[str, float]]:
     rng = random.Random(64)
-    director, _ = _pool(64, rng, False)
+    director, _ = _pool(64, rng, "default")  # llm-d's default profile
     providers = {"10 %": _provider(0.1), "100 %": _provider(1.0)}
     plain = director.decide
     variants: dict[str, Callable[..., Any]] = {"off": plain}

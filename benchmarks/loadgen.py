@@ -30,10 +30,22 @@ class RequestResult:
     latency: float | None  # seconds from send to the end of the response; None on failure
     output_tokens: int
     error: str | None = None
+    # x-llm-d-request-dropped-reason of a refused request: the router shed it on purpose.
+    dropped_reason: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.status == 200
+
+    @property
+    def shed(self) -> bool:
+        """Refused on purpose: a 429, or a 503 that names why (flow control's answers)."""
+        return self.status == 429 or (self.status == 503 and bool(self.dropped_reason))
+
+    @property
+    def lost(self) -> bool:
+        """Neither served nor deliberately shed: a timeout, a reset, a 5xx without a reason."""
+        return not self.ok and not self.shed
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -61,21 +73,28 @@ def _usage_completion_tokens(event: dict[str, object]) -> int | None:
     return None
 
 
+DROPPED_REASON = "x-llm-d-request-dropped-reason"
+
+
 async def send_streaming(
     session: aiohttp.ClientSession, base_url: str, spec: RequestSpec, request_timeout_s: float
-) -> tuple[int, float | None, float | None, int, str | None]:
-    """POST one streaming request; returns (status, ttft, latency, output tokens, error)."""
+) -> tuple[int, float | None, float | None, int, str | None, str | None]:
+    """POST one streaming request; returns (status, ttft, latency, output tokens, error, drop reason)."""
     started = time.perf_counter()
     ttft: float | None = None
     text_events = 0
     reported_tokens: int | None = None
     try:
         async with session.post(
-            base_url + spec.path, json=dict(spec.body), timeout=aiohttp.ClientTimeout(total=request_timeout_s)
+            base_url + spec.path,
+            json=dict(spec.body),
+            headers=dict(spec.headers) or None,
+            timeout=aiohttp.ClientTimeout(total=request_timeout_s),
         ) as response:
             if response.status != 200:
                 detail = (await response.text())[:200]
-                return response.status, None, None, 0, f"HTTP {response.status}: {detail}"
+                reason = response.headers.get(DROPPED_REASON)
+                return response.status, None, None, 0, f"HTTP {response.status}: {detail}", reason
             async for raw_line in response.content:
                 line = raw_line.strip()
                 if not line.startswith(b"data:"):
@@ -93,10 +112,11 @@ async def send_streaming(
                     reported_tokens = usage_tokens
             latency = time.perf_counter() - started
     except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-        return 0, ttft, None, text_events, f"{type(exc).__name__}: {exc}"[:200]
+        return 0, ttft, None, text_events, f"{type(exc).__name__}: {exc}"[:200], None
     if ttft is None:
-        return 200, None, latency, 0, "stream ended without any generated text"
-    return 200, ttft, latency, reported_tokens if reported_tokens is not None else text_events, None
+        return 200, None, latency, 0, "stream ended without any generated text", None
+    tokens = reported_tokens if reported_tokens is not None else text_events
+    return 200, ttft, latency, tokens, None, None
 
 
 async def run_open_loop(
@@ -126,12 +146,12 @@ async def run_open_loop(
             nonlocal finished, in_flight
             spec = specs[index]
             sent_at = time.perf_counter() - start
-            status, ttft, latency, tokens, error = await send_streaming(
+            status, ttft, latency, tokens, error, reason = await send_streaming(
                 session, base_url, spec, request_timeout_s
             )
             in_flight -= 1
             results[index] = RequestResult(
-                index, spec.group, offsets[index], sent_at, status, ttft, latency, tokens, error
+                index, spec.group, offsets[index], sent_at, status, ttft, latency, tokens, error, reason
             )
             finished += 1
             if progress is not None:

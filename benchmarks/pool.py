@@ -6,6 +6,9 @@ cold prefix caches, empty queues and fresh counters, and the routers' worker lis
 
 from __future__ import annotations
 
+import json
+import random
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +41,7 @@ class SimTiming:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
+    max_model_len: int = 4096
 
     def flags(self) -> list[str]:
         return [
@@ -59,6 +63,8 @@ class SimTiming:
             str(self.max_num_batched_tokens),
             "--block-size",
             str(self.block_size),
+            "--max-model-len",
+            str(self.max_model_len),
         ]
 
     def describe(self) -> str:
@@ -71,11 +77,56 @@ class SimTiming:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class KvEventPorts:
+    """Where the pods publish KV events, as the EPP's precise producer finds them: all pods share
+    127.0.0.1, so, as llm-d does for a data-parallel pod's ranks, the pod whose serving port is the
+    r-th lowest publishes on ``socket_port + r`` and replays on ``replay_port + r``."""
+
+    socket_port: int
+    replay_port: int
+    hash_algorithm: str = "sha256_cbor"  # what the stacks configure (llm-d's recommendation)
+    hash_seed: str = "0"  # the pods' PYTHONHASHSEED
+
+
+def _ephemeral_low(default: int = 32_768) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port_block(count: int, attempts: int = 200) -> int:
+    """The first of ``count`` consecutive ports free on every interface right now, below the
+    kernel's ephemeral range: ports the kernel hands out (``free_port``, outgoing connections) are
+    taken from that range, so a block there could be grabbed between the check and the pods' bind."""
+    rng = random.Random()
+    top = max(11_000, _ephemeral_low()) - count
+    for _ in range(attempts):
+        base = rng.randrange(10_000, top)
+        try:
+            for port in range(base, base + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return base
+    raise OSError(f"no block of {count} free ports found")
+
+
 class SimPool:
-    """``size`` simulated vLLM pods named ``pod-0``.. on free loopback ports."""
+    """``size`` simulated vLLM pods named ``pod-0``.. on free loopback ports; with ``kv_events``
+    each publishes its KV-cache events (vLLM's ``--kv-events-config``)."""
 
     def __init__(
-        self, size: int, model: str, timing: SimTiming, log_dir: Path, ready_timeout_s: float = 30.0
+        self,
+        size: int,
+        model: str,
+        timing: SimTiming,
+        log_dir: Path,
+        ready_timeout_s: float = 30.0,
+        *,
+        kv_events: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"pool size must be >= 1, got {size}")
@@ -83,9 +134,29 @@ class SimPool:
         self.timing = timing
         self.names = [f"pod-{i}" for i in range(size)]
         self.ports = [free_port() for _ in range(size)]
+        self.kv_events = KvEventPorts(free_port_block(size), free_port_block(size)) if kv_events else None
         self._log_dir = log_dir
         self._ready_timeout_s = ready_timeout_s
         self._processes: list[ManagedProcess] = []
+
+    def _events_flags(self, port: int) -> tuple[list[str], dict[str, str]]:
+        if self.kv_events is None:
+            return [], {}
+        rank = sorted(self.ports).index(port)
+        config = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{self.kv_events.socket_port + rank}",
+            "replay_endpoint": f"tcp://*:{self.kv_events.replay_port + rank}",
+            "topic": f"kv@127.0.0.1:{port}@{self.model}",
+        }
+        flags = [
+            "--kv-events-config",
+            json.dumps(config),
+            "--prefix-caching-hash-algo",
+            self.kv_events.hash_algorithm,
+        ]
+        return flags, {"PYTHONHASHSEED": self.kv_events.hash_seed}
 
     @property
     def endpoints(self) -> list[str]:
@@ -102,6 +173,7 @@ class SimPool:
     def start(self) -> SimPool:
         # Start every process first, then wait: the pods import and bind in parallel.
         for name, port in zip(self.names, self.ports, strict=True):
+            events_flags, env = self._events_flags(port)
             command = [
                 sys.executable,
                 "-m",
@@ -115,9 +187,10 @@ class SimPool:
                 "--log-level",
                 "WARNING",
                 *self.timing.flags(),
+                *events_flags,
             ]
             # A generous stop timeout: on a saturated 2-core machine even SIGKILL's reaping can lag.
-            process = ManagedProcess(command, name=name, log_dir=self._log_dir, stop_timeout=20.0)
+            process = ManagedProcess(command, name=name, env=env, log_dir=self._log_dir, stop_timeout=20.0)
             self._processes.append(process.start())
         checks = [http_ok(f"{url}/health") for url in self.urls]
         deadline = time.monotonic() + self._ready_timeout_s

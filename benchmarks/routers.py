@@ -14,13 +14,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import string
 import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
-from localrun import EnvoyGateway, ManagedProcess, envoy_binary, epp_command, free_port, grpc_ok, http_ok
+from benchmarks.pool import KvEventPorts
+from localrun import (
+    EnvoyGateway,
+    EppEndpoint,
+    ManagedProcess,
+    envoy_binary,
+    epp_command,
+    free_port,
+    grpc_ok,
+    http_ok,
+)
 from localrun.stack import LocalEndpoint, write_endpoints_file
 
 PREFIX_ONLY_CONFIG = """\
@@ -88,6 +99,42 @@ dataLayer:
 """
 
 
+# llm-d's default profile with the precise prefix producer in place of the approximate one: the pods'
+# KV events (every pod at 127.0.0.1, publishing on socketPort + its rank, see benchmarks.pool), the
+# simulator's tokenizer (the pods are simulators), vLLM's block keys as the pods compute them.
+# $-placeholders are filled from the pool's KvEventPorts.
+PRECISE_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- {type: token-producer, parameters: {simulator: {}}}
+- type: precise-prefix-cache-producer
+  parameters:
+    tokenProcessorConfig:
+      {blockSizeTokens: $block_size, hashSeed: "$hash_seed", hashAlgorithm: $hash_algorithm}
+    kvEventsConfig:
+      podDiscoveryConfig: {socketPort: $socket_port, replaySocketPort: $replay_port}
+    speculativeIndexing: $speculative
+- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+- type: endpoint-notification-source
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+dataLayer:
+  sources:
+  - {pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}
+  - {pluginRef: endpoint-notification-source, extractors: [{pluginRef: precise-prefix-cache-producer}]}
+"""
+
+
 class Kind(Enum):
     ENVOY_LB = "envoy-lb"
     EPP = "epp"
@@ -103,6 +150,13 @@ class RouterSpec:
     envoy_lb_policy: str | None = None  # ENVOY_LB: ROUND_ROBIN | RANDOM
     epp_config: str | None = None  # EPP: EndpointPickerConfig text; None = the EPP's built-in default
     epp_flags: tuple[str, ...] = ()  # EPP: extra `python -m epp` flags
+    # EPP: active-active replicas behind one Envoy (the ext_proc cluster balances over them).
+    epp_replicas: int = 1
+    # EPP: epp_config has $-placeholders for the pool's KV-event ports (the pods must publish).
+    kv_events: bool = False
+    speculative: bool = False  # kv_events configs: speculativeIndexing
+    # EPP: InferenceObjective priorities by name (written into the static endpoints file).
+    epp_objectives: tuple[tuple[str, int], ...] = ()
 
 
 ROUTERS: tuple[RouterSpec, ...] = (
@@ -156,11 +210,50 @@ ROUTERS: tuple[RouterSpec, ...] = (
 )
 
 
+# The precise-prefix comparison (python -m benchmarks.precise): they need pods that publish KV events.
+PRECISE_ROUTERS: tuple[RouterSpec, ...] = (
+    RouterSpec(
+        "epp-precise",
+        Kind.EPP,
+        "Envoy + EPP, llm-d's default profile with precise-prefix-cache-producer (the pods' KV "
+        "events; token-producer with the simulator's tokenizer) instead of the approximate producer, "
+        "speculativeIndexing on as in llm-d-router's own precise-prefix perf config",
+        epp_config=PRECISE_CONFIG,
+        kv_events=True,
+        speculative=True,
+    ),
+    RouterSpec(
+        "epp-precise-no-speculative",
+        Kind.EPP,
+        "epp-precise with speculativeIndexing off (llm-d's parameter default): a routed prompt is "
+        "known on its pod only once the pod's events say so",
+        epp_config=PRECISE_CONFIG,
+        kv_events=True,
+    ),
+    RouterSpec(
+        "epp-default-2x",
+        Kind.EPP,
+        "epp-default (approximate prefix) as two active-active EPP replicas behind one Envoy",
+        epp_replicas=2,
+    ),
+    RouterSpec(
+        "epp-precise-2x",
+        Kind.EPP,
+        "epp-precise as two active-active EPP replicas behind one Envoy (each subscribes to every pod)",
+        epp_config=PRECISE_CONFIG,
+        kv_events=True,
+        speculative=True,
+        epp_replicas=2,
+    ),
+)
+
+
 def router_by_name(name: str) -> RouterSpec:
-    for spec in ROUTERS:
+    for spec in (*ROUTERS, *PRECISE_ROUTERS):
         if spec.name == name:
             return spec
-    raise ValueError(f"unknown router {name!r}; choose from {', '.join(s.name for s in ROUTERS)}")
+    known = ", ".join(s.name for s in (*ROUTERS, *PRECISE_ROUTERS))
+    raise ValueError(f"unknown router {name!r}; choose from {known}")
 
 
 class RunningRouter(Protocol):
@@ -274,7 +367,30 @@ def _start_envoy_lb(spec: RouterSpec, endpoints: list[str], log_dir: Path) -> _P
     return _Processes(f"http://127.0.0.1:{listen_port}", [envoy])
 
 
-def _start_epp(spec: RouterSpec, pod_names: list[str], endpoints: list[str], log_dir: Path) -> _Processes:
+def epp_config_text(spec: RouterSpec, kv_events: KvEventPorts | None, block_size: int) -> str | None:
+    """The spec's EndpointPickerConfig, with the pool's KV-event ports filled in if it needs them."""
+    if not spec.kv_events:
+        return spec.epp_config
+    if kv_events is None:
+        raise ValueError(f"router {spec.name!r} needs pods that publish KV events (SimPool kv_events=True)")
+    assert spec.epp_config is not None
+    return string.Template(spec.epp_config).substitute(
+        block_size=block_size,
+        hash_seed=kv_events.hash_seed,
+        hash_algorithm=kv_events.hash_algorithm,
+        socket_port=kv_events.socket_port,
+        replay_port=kv_events.replay_port,
+        speculative="true" if spec.speculative else "false",
+    )
+
+
+def _start_epp(
+    spec: RouterSpec,
+    pod_names: list[str],
+    endpoints: list[str],
+    log_dir: Path,
+    config_text: str | None,
+) -> _Processes:
     endpoints_file = write_endpoints_file(
         log_dir / f"endpoints-{spec.name}.json",
         [
@@ -285,26 +401,39 @@ def _start_epp(spec: RouterSpec, pod_names: list[str], endpoints: list[str], log
             )
             for name, endpoint in zip(pod_names, endpoints, strict=True)
         ],
+        objectives=dict(spec.epp_objectives),
     )
-    grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
     extra = ["--log-level", "warning"]
-    if spec.epp_config is not None:
-        extra += ["--config-text", spec.epp_config]
+    if config_text is not None:
+        extra += ["--config-text", config_text]
     extra += spec.epp_flags
-    epp = ManagedProcess(
-        epp_command(endpoints_file, grpc_port, health_port, metrics_port, *extra),
-        ready=grpc_ok(health_port),
-        name=f"epp-{spec.name}",
-        log_dir=log_dir,
-    ).start()
+    epps: list[ManagedProcess] = []
+    replicas: list[EppEndpoint] = []
     try:
+        for replica in range(spec.epp_replicas):
+            grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+            epps.append(
+                ManagedProcess(
+                    epp_command(endpoints_file, grpc_port, health_port, metrics_port, *extra),
+                    ready=grpc_ok(health_port),
+                    name=f"epp-{spec.name}" + (f"-{replica}" if spec.epp_replicas > 1 else ""),
+                    log_dir=log_dir,
+                ).start()
+            )
+            replicas.append(EppEndpoint(grpc_port, health_port))
+        # Several replicas: the gateway balances over them, health-checking each (llm-d's HA).
         gateway = EnvoyGateway(
-            free_port(), grpc_port, endpoints, log_dir=log_dir / f"envoy-{spec.name}"
+            free_port(),
+            replicas[0].port,
+            endpoints,
+            log_dir=log_dir / f"envoy-{spec.name}",
+            epps=tuple(replicas) if spec.epp_replicas > 1 else (),
         ).start()
     except BaseException:
-        epp.stop()
+        for epp in epps:
+            epp.stop()
         raise
-    return _Processes(gateway.url, [epp, gateway])
+    return _Processes(gateway.url, [*epps, gateway])
 
 
 def _peer_binary(name: str) -> str:
@@ -366,12 +495,20 @@ def _start_peer(spec: RouterSpec, urls: list[str], log_dir: Path) -> _Processes:
 
 
 def start_router(
-    spec: RouterSpec, pod_names: list[str], endpoints: list[str], log_dir: Path
+    spec: RouterSpec,
+    pod_names: list[str],
+    endpoints: list[str],
+    log_dir: Path,
+    *,
+    kv_events: KvEventPorts | None = None,
+    block_size: int = 16,
 ) -> RunningRouter:
-    """Start ``spec`` in front of the pods at ``endpoints`` ("ip:port"); returns once it is ready."""
+    """Start ``spec`` in front of the pods at ``endpoints`` ("ip:port"); returns once it is ready.
+    ``kv_events``/``block_size``: where and how the pods publish KV events (precise routers)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     if spec.kind is Kind.ENVOY_LB:
         return _start_envoy_lb(spec, endpoints, log_dir)
     if spec.kind is Kind.EPP:
-        return _start_epp(spec, pod_names, endpoints, log_dir)
+        config_text = epp_config_text(spec, kv_events, block_size)
+        return _start_epp(spec, pod_names, endpoints, log_dir, config_text)
     return _start_peer(spec, [f"http://{endpoint}" for endpoint in endpoints], log_dir)

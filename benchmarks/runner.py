@@ -69,7 +69,14 @@ def run_cell(
     specs = workload.requests(plan.model, plan.seed)
     offsets = poisson_offsets(len(specs), rate, plan.seed)
     pool.restart()
-    running = start_router(router, pool.names, pool.endpoints, log_dir / router.name)
+    running = start_router(
+        router,
+        pool.names,
+        pool.endpoints,
+        log_dir / router.name,
+        kv_events=pool.kv_events,
+        block_size=pool.timing.block_size,
+    )
     try:
         before = asyncio.run(_scrape(pool.metrics_urls))
         results = asyncio.run(

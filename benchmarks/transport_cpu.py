@@ -1,11 +1,12 @@
-"""CPU per ext_proc message and added latency of the two ext_proc transports: grpc.aio as shipped
-(``epp.server.EppServer``) and the asyncio HTTP/2 server in ``epp.transport`` (issue 16).
+"""CPU per ext_proc message and added latency of the EPP's two transports (``--transport h2``, the
+asyncio HTTP/2 server in ``epp.transport``, and ``--transport grpc``, grpc.aio; issue 16).
 
-Both transports run the same protocol layer (``ExtProcStream``) behind a fixed Director that sends
-every request to one stand-in model server, each in its own process, so the only difference is
-the transport. Envoy (one worker) sits in front; an open-loop client sends POSTs at a fixed rate
-through: Envoy alone (``direct``), Envoy + ext_proc to the grpc.aio process, and Envoy + ext_proc
-to the h2 process, in slices that alternate between the paths so background load hits all alike.
+Both run as ``epp.server.EppServer`` (the protocol layer, ``ExtProcStream``, and the listeners
+``python -m epp`` starts) behind a fixed Director that sends every request to one stand-in model
+server, each in its own process, so the only difference is the transport. Envoy (one worker)
+sits in front; an open-loop client sends POSTs at a fixed rate through: Envoy alone (``direct``),
+Envoy + ext_proc to the grpc.aio process, and Envoy + ext_proc to the h2 process, in slices that
+alternate between the paths so background load hits all alike.
 
 CPU per message = the EPP process's user + system CPU over a slice (``/proc/<pid>/stat``) divided
 by the ext_proc messages Envoy counted both ways in that slice (``stream_msgs_sent`` +
@@ -13,8 +14,9 @@ by the ext_proc messages Envoy counted both ways in that slice (``stream_msgs_se
 busy machine are not comparable with quiet ones.
 
     python -m benchmarks.transport_cpu                       # 100/200/400 req/s, 10 s each
-    python -m benchmarks.transport_cpu --rates 200 --duration 4 --tls
-    python -m benchmarks.transport_cpu --json out.json
+    python -m benchmarks.transport_cpu --rates 200 --duration 4 --tls          # as gateways dial
+    python -m benchmarks.transport_cpu --tls --runs 5 --json out.json         # with the spread
+    python -m benchmarks.transport_cpu --tls --alpn none --rates 200          # kgateway's TLS (h2 only)
 
 Goal (issue 16): <= 40 µs CPU per message; <= 0.7 ms added p50 and <= 1 ms added p99 at 200 req/s.
 """
@@ -39,8 +41,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.epp_latency import ext_proc_messages, measure_slice, open_loop, percentile
 from epp.server.stream import BodyMode
-from localrun import EnvoyGateway, ManagedProcess, envoy_binary, free_port, grpc_ok, http_ok
-from localrun.envoy import EPP_CLUSTER, render_bootstrap
+from localrun import EnvoyGateway, ManagedProcess, free_port, grpc_ok, http_ok
 
 TRANSPORTS = ("grpc", "h2")
 MODEL = "tiny"
@@ -128,121 +129,53 @@ async def serve(
     tls_dir: Path | None,
     handler_name: str = "epp",
 ) -> None:
+    """One EPP under test: ``EppServer`` (what ``python -m epp --transport ...`` runs) with a fixed
+    Director, or the same listeners (``epp.server.listeners``) around the minimal handler."""
     from prometheus_client import CollectorRegistry
 
-    from epp.server import EppServer, ServerMetrics, ServerOptions, StreamSettings
-    from epp.server.health import HealthServicer
+    from epp.server import EppServer, ServerMetrics, ServerOptions, Transport
+    from epp.server.health import HealthStatus
+    from epp.server.listeners import make_listener
     from epp.server.tls import CertificateSource
+    from epp.transport import ext_proc_method, health_methods
 
     director = FixedDirector(endpoint)
-    metrics = ServerMetrics(CollectorRegistry())
-    settings = StreamSettings()
-    tls = CertificateSource(tls_dir) if tls_dir is not None else None
+    options = ServerOptions(
+        host="127.0.0.1",
+        grpc_port=port,
+        grpc_health_port=health_port,
+        metrics_port=free_port(),
+        tls=CertificateSource(tls_dir) if tls_dir is not None else None,
+        transport=Transport(transport),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if transport == "grpc":
-        options = ServerOptions(
-            host="127.0.0.1", grpc_port=port, grpc_health_port=health_port, metrics_port=free_port(), tls=tls
-        )
-        server = EppServer(director, options, metrics)
-        if handler_name == "minimal":
-            minimal = minimal_handler(endpoint)
-
-            async def process(requests: Any, context: Any) -> None:
-                await minimal(requests, context.write)
-
-            server.processor.Process = process  # type: ignore[method-assign, assignment]
+    if handler_name == "epp":
+        server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
         await server.start()
         await stop.wait()
         await server.stop(0)
         return
-    from epp.transport import H2Server, TransportOptions, ext_proc_method, health_methods, server_ssl_context
-
-    handler = (
-        extproc_handler(director, settings, metrics) if handler_name == "epp" else minimal_handler(endpoint)
-    )
-    transport_options = TransportOptions(
-        max_receive_message_bytes=settings.max_request_body_bytes + 64 * 1024
-    )
-    ext_proc_server = H2Server([ext_proc_method(handler)], transport_options)
-    ssl_context = None
-    if tls_dir is not None:
-        ssl_context = server_ssl_context(tls_dir / "tls.crt", tls_dir / "tls.key")
-    await ext_proc_server.start("127.0.0.1", port, ssl_context)
-    health_server = H2Server(health_methods(HealthServicer(director.ready).status))
-    await health_server.start("127.0.0.1", health_port)
+    listeners = [
+        make_listener(
+            options.transport,
+            [ext_proc_method(minimal_handler(endpoint))],
+            options.host,
+            port,
+            tls=options.tls,
+            options=options.transport_options(),
+        ),
+        make_listener(
+            options.transport, health_methods(HealthStatus(director.ready).status), options.host, health_port
+        ),
+    ]
+    for listener in listeners:
+        await listener.start()
     await stop.wait()
-    await ext_proc_server.shutdown(0)
-    await health_server.shutdown(0)
-
-
-def extproc_handler(director: Any, settings: Any, metrics: Any) -> Any:
-    """``ExtProcStream`` on the h2 transport, with the error handling of the grpc.aio servicer
-    (``epp.server.processor.ExternalProcessor``): a failing stream ends with INTERNAL."""
-    from epp.server.stream import ActiveRequestIds, BufferBudget, ExtProcStream
-    from epp.transport import RpcError, StatusCode
-
-    budget = BufferBudget(settings.max_buffered_request_bytes)
-    request_ids = ActiveRequestIds()
-    log = logging.getLogger("epp.transport.bench")
-
-    async def handle(requests: AsyncIterator[Any], send: Any) -> None:
-        stream = ExtProcStream(director, settings, metrics, budget, request_ids)
-        try:
-            await stream.run(requests, send)
-        except RpcError:
-            raise
-        except Exception:
-            metrics.stream_errors.inc()
-            log.exception("ext_proc stream failed")
-            raise RpcError(StatusCode.INTERNAL, "endpoint picker stream failed") from None
-
-    return handle
-
-
-# ---------------------------------------------------------------------------- Envoy with TLS to the EPP
-
-
-_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-
-
-def with_ext_proc_tls(bootstrap: dict[str, Any]) -> dict[str, Any]:
-    """Dial the EPP over TLS without verifying it, as kgateway's endpoint-picker plugin does
-    (``buildExtProcCluster``: an UpstreamTlsContext with an empty validation context)."""
-    for cluster in bootstrap["static_resources"]["clusters"]:
-        if cluster["name"] == EPP_CLUSTER:
-            cluster["transport_socket"] = {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": _UPSTREAM_TLS,
-                    "common_tls_context": {"validation_context": {}},
-                },
-            }
-    return bootstrap
-
-
-class Gateway(EnvoyGateway):
-    """``EnvoyGateway`` that can dial the EPP over TLS (localrun's bootstrap has no such option yet)."""
-
-    def __init__(self, *args: Any, ext_proc_tls: bool = False, **kwargs: Any) -> None:
-        # The base renders cleartext; TLS is added below the way kgateway builds it (no ALPN).
-        super().__init__(*args, ext_proc_tls=False, **kwargs)
-        self.ext_proc_tls = ext_proc_tls
-
-    def start(self) -> Gateway:
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        bootstrap = render_bootstrap(self.config)
-        if self.ext_proc_tls:
-            bootstrap = with_ext_proc_tls(bootstrap)
-        self.bootstrap_path.write_text(json.dumps(bootstrap, indent=1))
-        command = [str(envoy_binary()), "-c", str(self.bootstrap_path), "--concurrency", "1"]
-        command += ["--log-level", "warning", "--disable-hot-restart"]
-        self._process = ManagedProcess(
-            command, ready=http_ok(self.admin_url + "/ready"), name="envoy", log_dir=self._log_dir
-        ).start()
-        return self
+    for listener in listeners:
+        await listener.shutdown(0)
 
 
 def make_certificate(directory: Path) -> Path:
@@ -307,6 +240,8 @@ def run(
     log_dir: Path,
     handler: str = "epp",
     loop: str = "asyncio",
+    alpn: tuple[str, ...] = ("h2",),
+    runs: int = 1,
 ) -> list[dict[str, Any]]:
     backend_port = free_port()
     backend = ManagedProcess(
@@ -318,7 +253,9 @@ def run(
     endpoint = f"127.0.0.1:{backend_port}"
     cert_dir = make_certificate(log_dir / "certs") if tls else None
     epps: dict[str, tuple[ManagedProcess, int]] = {}
-    for transport in TRANSPORTS:
+    # grpc.aio refuses TLS clients that offer no ALPN (kgateway's way): only h2 can be measured so.
+    transports = [t for t in TRANSPORTS if not (tls and not alpn and t == "grpc")]
+    for transport in transports:
         port, health_port = free_port(), free_port()
         command = [sys.executable, "-m", "benchmarks.transport_cpu", "serve", "--transport", transport]
         command += ["--port", str(port), "--health-port", str(health_port), "--endpoint", endpoint]
@@ -335,7 +272,10 @@ def run(
             process.start()
         try:
             for mode in modes:
-                for row in _run_mode(rates, duration, rounds, mode, tls, epps, backend, endpoint, log_dir):
+                rows = _run_mode(
+                    rates, duration, rounds, mode, (tls, alpn), runs, epps, backend, endpoint, log_dir
+                )
+                for row in rows:
                     row["handler"] = handler
                     row["loop"] = loop
                     results.append(row)
@@ -350,23 +290,26 @@ def _run_mode(
     duration: float,
     rounds: int,
     mode: BodyMode,
-    tls: bool,
+    dial: tuple[bool, tuple[str, ...]],
+    runs: int,
     epps: dict[str, tuple[ManagedProcess, int]],
     backend: ManagedProcess,
     endpoint: str,
     log_dir: Path,
 ) -> list[dict[str, Any]]:
     pool = [endpoint]
-    gateways: dict[str, Gateway] = {
-        "direct": Gateway(free_port(), free_port(), pool, ext_proc=False, log_dir=log_dir / "direct")
+    tls, alpn = dial
+    gateways: dict[str, EnvoyGateway] = {
+        "direct": EnvoyGateway(free_port(), free_port(), pool, ext_proc=False, log_dir=log_dir / "direct")
     }
     for transport, (_, port) in epps.items():
-        gateways[transport] = Gateway(
+        gateways[transport] = EnvoyGateway(
             free_port(),
             port,
             pool,
             mode=mode,
             ext_proc_tls=tls,
+            ext_proc_alpn=alpn,
             log_dir=log_dir / f"{transport}-{mode.value}",
         )
     results = []
@@ -375,7 +318,7 @@ def _run_mode(
     try:
         for gateway in gateways.values():  # warm connections and first-request code paths
             asyncio.run(open_loop(gateway.url + "/v1/completions", 50, 1.0))
-        for rate in rates:
+        for run_index, rate in ((i, rate) for rate in rates for i in range(runs)):
             rows = {path: Row(path, mode.value, rate) for path in gateways}
             for _ in range(rounds):
                 for path, gateway in gateways.items():
@@ -399,6 +342,8 @@ def _run_mode(
                 summary = row.summary(rows["direct"] if row.path != "direct" else None)
                 summary["load_average"] = os.getloadavg()
                 summary["tls"] = tls
+                summary["alpn"] = list(alpn) if tls else None
+                summary["run"] = run_index
                 print(_line(summary), file=sys.stderr, flush=True)
                 results.append(summary)
     finally:
@@ -427,7 +372,7 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         rows.append(
             [
                 s["path"],
-                s["mode"] + (" TLS" if s["tls"] and s["path"] != "direct" else ""),
+                s["mode"] + _dial(s),
                 f"{s['rate']:g}",
                 f"{s['achieved_rps']:.0f}",
                 f"{s['ok']}/{s['errors']}",
@@ -445,6 +390,46 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         )
     headers = ["transport", "mode", "rate", "achieved", "ok/err", "p50 ms", "p90 ms", "p99 ms", "added p50"]
     headers += ["added p90", "added p99", "EPP CPU ms/req", "EPP µs/msg", "Envoy CPU ms/req", "load 1m"]
+    return report.markdown_table(headers, rows)
+
+
+def _dial(s: dict[str, Any]) -> str:
+    if not s.get("tls") or s["path"] == "direct":
+        return ""
+    return " TLS" + (f" ALPN {','.join(s['alpn'])}" if s.get("alpn") else " no ALPN")
+
+
+def spread(results: Sequence[dict[str, Any]]) -> str:
+    """Per transport, mode and rate over the repeated runs: min / median / max of the EPP's CPU per
+    message and of the added p50 and p99 (each run is its own interleaved measurement)."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for s in results:
+        if s["path"] != "direct":
+            groups.setdefault((s["path"], s["mode"] + _dial(s), s["rate"]), []).append(s)
+
+    def mmm(values: list[float], digits: int) -> str:
+        ordered = sorted(values)
+        middle = (
+            ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1 :][:2]) / 2
+        )
+        return f"{ordered[0]:.{digits}f} / {middle:.{digits}f} / {ordered[-1]:.{digits}f}"
+
+    rows = []
+    for (path, mode, rate), runs in groups.items():
+        rows.append(
+            [
+                path,
+                mode,
+                f"{rate:g}",
+                str(len(runs)),
+                mmm([r.get("epp_cpu_us_per_message", float("nan")) for r in runs], 1),
+                mmm([r["added_p50_ms"] for r in runs], 2),
+                mmm([r["added_p99_ms"] for r in runs], 2),
+                mmm([r["load_average"][0] for r in runs], 1),
+            ]
+        )
+    headers = ["transport", "mode", "rate", "runs", "EPP µs/msg min/median/max", "added p50 ms"]
+    headers += ["added p99 ms", "load 1m"]
     return report.markdown_table(headers, rows)
 
 
@@ -610,7 +595,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=[m.value for m in BodyMode],
         default=[BodyMode.FULL_DUPLEX_STREAMED.value],
     )
-    parser.add_argument("--tls", action="store_true", help="Envoy dials the EPPs over TLS (as kgateway does)")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="Envoy dials the EPPs over TLS without verification (as gateways do)",
+    )
+    parser.add_argument(
+        "--alpn",
+        choices=["h2", "none"],
+        default="h2",
+        help="with --tls: offer ALPN h2 (Istio, agentgateway) or nothing (kgateway; grpc.aio refuses it, "
+        "so only h2 is measured)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="independent measurements per rate, for the spread table"
+    )
     parser.add_argument(
         "--handler",
         choices=["epp", "minimal"],
@@ -640,15 +639,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(args.transport, args.port, args.health_port, args.endpoint, args.tls_dir, args.handler)
         )
         return 0
-    if args.duration <= 0 or args.rounds <= 0 or any(rate <= 0 for rate in args.rates):
-        parser.error("--duration, --rounds and --rates must be positive")
+    if args.duration <= 0 or args.rounds <= 0 or args.runs <= 0 or any(rate <= 0 for rate in args.rates):
+        parser.error("--duration, --rounds, --runs and --rates must be positive")
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="transport-cpu-") as log_dir:
         modes = [BodyMode(m) for m in args.modes]
         results = run(
-            args.rates, args.duration, args.rounds, modes, args.tls, Path(log_dir), args.handler, args.loop
+            args.rates,
+            args.duration,
+            args.rounds,
+            modes,
+            args.tls,
+            Path(log_dir),
+            args.handler,
+            args.loop,
+            alpn=("h2",) if args.alpn == "h2" else (),
+            runs=args.runs,
         )
     print(markdown(results))
+    if args.runs > 1:
+        print("\nSpread over the runs:\n")
+        print(spread(results))
     print(f"\nload average after: {os.getloadavg()}  ({report.machine_description()})")
     if args.json is not None:
         args.json.write_text(json.dumps({"results": results}, indent=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import re
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from epp.server import EppServer, ServerOptions, StreamSettings
+from epp.server.listeners import Transport
 from epp.server.stream import BodyMode
 from epp.server.tls import CertificateSource, TlsError
 
 if TYPE_CHECKING:
     from epp.runtime import Runtime, RuntimeOptions
+    from epp.scheduling.framework import SaturationDetector
 
 log = logging.getLogger("epp")
 
@@ -103,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--grpc-health-port", type=port, default=9003, help="gRPC health port")
     net.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     net.add_argument(
+        "--transport",
+        choices=[t.value for t in Transport],
+        default=Transport.H2.value,
+        help="gRPC server of the ext_proc and health ports: h2 (default; the asyncio HTTP/2 server in "
+        "epp.transport, under half of grpc.aio's CPU per message, and it accepts TLS clients that "
+        "offer no ALPN, as kgateway's ext_proc cluster does) or grpc (grpc.aio, the reference)",
+    )
+    net.add_argument(
         "--secure-serving",
         type=boolean,
         nargs="?",
@@ -144,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=BodyMode.FULL_DUPLEX_STREAMED.value,
         help="assumed request body mode when the proxy does not announce one",
     )
-    tuning.add_argument("--decision-timeout", type=duration, default=30.0, help="longest scheduling wait")
+    tuning.add_argument(
+        "--decision-timeout",
+        type=duration,
+        default=30.0,
+        help="longest scheduling wait; with flow control, raised to cover the queue's TTL",
+    )
     tuning.add_argument(
         "--release-stream-after-routing",
         type=boolean,
@@ -232,6 +248,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         drain_timeout=args.drain_timeout,
         drain_notice=args.drain_notice,
         tls=tls,
+        transport=Transport(args.transport),
     )
     return runtime_options, server_options, args.log_level
 
@@ -247,6 +264,42 @@ def _config_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
         except OSError as exc:
             parser.error(f"--config-file {args.config_file}: {exc.strerror}")
     return DEFAULT_CONFIG
+
+
+# Past the queue's TTL: the request is answered by flow control (429/503 with a reason), not cut off.
+DECISION_TIMEOUT_MARGIN = 10.0
+# With no TTL a queued request waits for its client; stay under the 1000 s ext_proc message_timeout
+# that llm-d's Envoy config and Istio set (it applies when the body mode is not FULL_DUPLEX_STREAMED).
+UNBOUNDED_QUEUE_DECISION_TIMEOUT = 900.0
+
+
+def fit_decision_timeout(options: ServerOptions, longest_ttl: float) -> ServerOptions:
+    """Raise ``--decision-timeout`` above the flow-control queue's longest TTL (0 = no TTL), so a
+    queued request is answered by flow control's own 429/503 rather than by the stream's timeout."""
+    needed = UNBOUNDED_QUEUE_DECISION_TIMEOUT if longest_ttl <= 0 else longest_ttl + DECISION_TIMEOUT_MARGIN
+    current = options.stream.decision_timeout
+    if current >= needed:
+        return options
+    log.info(
+        "decision timeout raised from %gs to %gs to cover the flow-control queue TTL (%s)",
+        current,
+        needed,
+        f"{longest_ttl:g}s" if longest_ttl > 0 else "none",
+    )
+    return dataclasses.replace(options, stream=dataclasses.replace(options.stream, decision_timeout=needed))
+
+
+def flow_control_conflict(options: ServerOptions, detector: SaturationDetector) -> str | None:
+    """Why these server options defeat the flow-control gate, or None. With
+    ``--release-stream-after-routing`` the director hears each request complete as soon as it is
+    routed, so in-flight counts stay at zero and a detector reading them would admit everything."""
+    if options.stream.release_after_routing and detector.reads_in_flight:
+        return (
+            "--release-stream-after-routing cannot be combined with flow control gated by "
+            f"{detector.name!r}: it counts requests in flight until their response ends, which a "
+            "released stream never reports; use utilization-detector or keep the stream"
+        )
+    return None
 
 
 async def serve(runtime: Runtime, options: ServerOptions) -> None:
@@ -297,6 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"epp: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    flow_control = runtime.config.flow_control
+    if flow_control is not None:
+        if (conflict := flow_control_conflict(server_options, flow_control.detector)) is not None:
+            print(f"epp: invalid configuration: {conflict}", file=sys.stderr)
+            return 2
+        server_options = fit_decision_timeout(server_options, flow_control.longest_ttl)
     try:
         asyncio.run(serve(runtime, server_options))
     except OSError as exc:  # typically a port already in use

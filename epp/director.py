@@ -1,9 +1,14 @@
 """The scheduling core's implementation of :class:`epp.types.Director`.
 
-Per request: model check → objective priority → candidates (subset hint) → saturation admission
-(sheddable only) → healthy-metrics candidates → data producers → scheduler → pre-request hooks →
-in-flight bookkeeping. Everything is synchronous CPU work of tens of microseconds on the event
-loop; no I/O happens in the request path.
+Per request: model check → objective priority → admission → candidates (subset hint) →
+healthy-metrics candidates → data producers → scheduler → pre-request hooks → in-flight bookkeeping.
+Admission is llm-d's legacy check (a sheddable request gets 429 while the pool is saturated) or,
+with the flowControl feature gate on, :mod:`epp.flowcontrol`: the request waits in its band's queue
+(without blocking the loop) until dispatched, or gets 429/503 when shed. Everything else is
+synchronous CPU work of tens of microseconds on the event loop; no I/O happens in the request path.
+A config with preparers (a token-producer) has them awaited after admission
+(:meth:`SchedulingDirector.prepare`): tokenization runs in a thread or a render service, never
+inside the synchronous decision.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from epp import metrics as epp_metrics
 from epp.config.scheduler_config import SchedulerConfig
 from epp.datastore import Datastore, Endpoint, RewriteTarget
+from epp.flowcontrol import FlowController, FlowControlRejected, FlowRequest, Outcome
 from epp.scheduling.framework import SchedulingRequest, SchedulingResult
 from epp.types import Decision, EppError, InferenceRequest, Usage
 
@@ -30,6 +36,9 @@ Deferrer = Callable[..., Any]  # e.g. loop.call_soon(callback, *args)
 
 REJECTED_NO_ENDPOINTS = "rejected-no-endpoints"
 REJECTED_SATURATED = "rejected-saturated"
+REJECTED_TTL_EXPIRED = "rejected-ttl-expired"
+REJECTED_CONTEXT_CANCELLED = "rejected-context-cancelled"
+REJECTED_SHUTTING_DOWN = "rejected-shutting-down"
 MODEL_REWRITE_HEADERS = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")  # current, legacy
 
 
@@ -51,6 +60,7 @@ class SchedulingDirector:
         served_models: frozenset[str] | None = None,
         metrics_staleness: float = 2.0,
         leadership: Callable[[], bool] | None = None,
+        pool_name: str = "",
         wrap_decide: Callable[[Callable[..., Decision]], Callable[..., Decision]] | None = None,
     ) -> None:
         self.datastore = datastore
@@ -62,6 +72,9 @@ class SchedulingDirector:
         self._flights: dict[str, _Flight] = {}
         self._pick_counters: dict[tuple[str, str], Any] = {}
         self._rng = random.Random()
+        self.flow_control: FlowController | None = None
+        if config.flow_control is not None:
+            self.flow_control = FlowController(config.flow_control, datastore.endpoints, pool_name=pool_name)
         datastore.add_listener(self._endpoints_changed)
         if wrap_decide is not None:
             # Tracing (epp.tracing): only then is decide() wrapped; without it decide() stays the plain
@@ -74,31 +87,106 @@ class SchedulingDirector:
     async def handle_request(self, request: InferenceRequest) -> Decision:
         # Deferrable pre-request hooks (the prefix-index update) run on the next loop iteration,
         # after the protocol layer has the decision, like llm-d's asynchronous PreRequest.
-        return self.decide(request, defer=asyncio.get_running_loop().call_soon)
+        defer = asyncio.get_running_loop().call_soon
+        admitted: tuple[str, int] | None = None
+        if self.flow_control is not None:
+            try:
+                admitted = self._model_and_priority(request)
+                await self._admit(request, *admitted)
+            except EppError as error:
+                epp_metrics.REJECTIONS.labels(str(error.status), error.reason or "").inc()
+                raise
+        if not self.config.preparers:  # the common case pays for nothing but this check
+            return self.decide(request, defer=defer, admitted=admitted)
+        # After admission, as llm-d prepares request data only for dispatched requests: a queued
+        # request costs no tokenization until it may run.
+        prepared = await self.prepare(request)
+        return self.decide(request, defer=defer, prepared=prepared, admitted=admitted)
 
-    def decide(self, request: InferenceRequest, defer: Deferrer | None = None) -> Decision:
+    async def prepare(self, request: InferenceRequest) -> dict[str, Any]:
+        """Await the config's preparers (producers before consumers); returns what they put in
+        the request state, for :meth:`decide`. A preparer that raises is logged and counted; the
+        request is still scheduled, without that preparer's data (as llm-d's director continues
+        past a failed data producer)."""
+        started = time.perf_counter()
+        parsed = request.parsed
+        scratch = SchedulingRequest(
+            request_id=request.request_id,
+            target_model=parsed.model,
+            prompt_text=parsed.prompt_text,
+            headers=request.headers,
+            body=request.body,
+        )
+        for preparer in self.config.preparers:
+            try:
+                await preparer.prepare(scratch)
+            except Exception:
+                epp_metrics.PREPARE_FAILURES.labels(preparer.name).inc()
+                log.exception("preparer %s failed for request %s", preparer.name, request.request_id)
+        epp_metrics.PREPARE_SECONDS.observe(time.perf_counter() - started)
+        return scratch.state
+
+    def decide(
+        self,
+        request: InferenceRequest,
+        defer: Deferrer | None = None,
+        prepared: dict[str, Any] | None = None,
+        admitted: tuple[str, int] | None = None,
+    ) -> Decision:
         """The synchronous body of :meth:`handle_request` (what the decision benchmark times).
-        ``defer`` receives the deferrable pre-request work; without it, that work runs inline."""
+        ``defer`` receives the deferrable pre-request work; without it, that work runs inline.
+        ``prepared`` is what :meth:`prepare` returned, if the config has preparers; ``admitted``
+        is (target model, priority) when flow control already worked them out."""
         started = time.perf_counter()
         try:
-            decision = self._decide(request, defer)
+            decision = self._decide(request, defer, prepared, admitted)
         except EppError as error:
             epp_metrics.REJECTIONS.labels(str(error.status), error.reason or "").inc()
             raise
         epp_metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return decision
 
-    def _decide(self, request: InferenceRequest, defer: Deferrer | None) -> Decision:
+    def _model_and_priority(self, request: InferenceRequest) -> tuple[str, int]:
+        """The target model (404 if not served) and the priority of the request's objective."""
         parsed = request.parsed
         target_model = self._target_model(request)
         # A headers-only request (api "none", e.g. GET /v1/models) names no model to check.
         if self.served_models is not None and parsed.api != "none" and target_model not in self.served_models:
             raise EppError(404, f"model {target_model!r} is not served by this pool")
-        priority = self.datastore.priority(request.objective)
+        return target_model, self.datastore.priority(request.objective)
+
+    async def _admit(self, request: InferenceRequest, target_model: str, priority: int) -> None:
+        """Wait for flow control to dispatch the request; its refusals become 429/503 as in llm-d
+        (requestcontrol/admission.go translateFlowControlOutcome)."""
+        assert self.flow_control is not None
+        flow = FlowRequest(
+            request_id=request.request_id,
+            fairness_id=request.fairness_id,
+            priority=priority,
+            byte_size=request.body_bytes,
+            received_at=request.received_at or None,
+            headers=request.headers,
+            model_name=request.parsed.model,
+            target_model_name=target_model,
+        )
+        try:
+            await self.flow_control.admit(flow)
+        except FlowControlRejected as rejected:
+            raise _flow_control_error(rejected, pool_empty=not self.datastore.endpoints()) from None
+
+    def _decide(
+        self,
+        request: InferenceRequest,
+        defer: Deferrer | None,
+        prepared: dict[str, Any] | None,
+        admitted: tuple[str, int] | None,
+    ) -> Decision:
+        parsed = request.parsed
+        target_model, priority = admitted if admitted is not None else self._model_and_priority(request)
         candidates = self._candidates(request.subset)
         now = time.monotonic()
         detector = self.config.saturation_detector
-        if priority < 0 and detector.is_saturated(candidates, now):
+        if self.flow_control is None and priority < 0 and detector.is_saturated(candidates, now):
             raise EppError(429, "system saturated, sheddable request dropped", REJECTED_SATURATED)
 
         scheduling_request = SchedulingRequest(
@@ -111,7 +199,10 @@ class SchedulingDirector:
             lora_adapter=parsed.lora_adapter or target_model or None,
             priority=priority,
             now=now,
+            body=request.body,
         )
+        if prepared:
+            scheduling_request.state.update(prepared)
         salt = request.body.get("cache_salt")
         if isinstance(salt, str):
             scheduling_request.state["cache_salt"] = salt
@@ -218,6 +309,8 @@ class SchedulingDirector:
             log.debug("response completion for unknown or finished request %s", request.request_id)
             return
         self._release(flight)
+        if self.flow_control is not None:
+            self.flow_control.notify()  # capacity freed: a queued request may go
 
     def in_flight(self) -> int:
         return len(self._flights)
@@ -236,6 +329,31 @@ class SchedulingDirector:
                 epp_metrics.PICKS.remove(*key)
         for observer in self.config.observers:
             observer.endpoints_changed(live)
+        if self.flow_control is not None:
+            self.flow_control.notify()
+
+    async def close(self) -> None:
+        """Answer every queued request (503, shutting down) and stop the dispatcher."""
+        if self.flow_control is not None:
+            await self.flow_control.close()
+
+
+def _flow_control_error(rejected: FlowControlRejected, *, pool_empty: bool) -> EppError:
+    """429 = capacity exists but is contended (backpressure); 503 = no capacity at all."""
+    outcome = rejected.outcome
+    if rejected.shutting_down:
+        return EppError(503, f"flow controller shutting down: {rejected.message}", REJECTED_SHUTTING_DOWN)
+    if outcome is Outcome.REJECTED_CAPACITY:
+        return EppError(429, rejected.message, REJECTED_SATURATED)
+    if outcome in (Outcome.REJECTED_NO_ENDPOINTS, Outcome.EVICTED_NO_ENDPOINTS) or (
+        outcome is Outcome.EVICTED_TTL and pool_empty
+    ):
+        return EppError(503, f"no endpoints available: {rejected.message}", REJECTED_NO_ENDPOINTS)
+    if outcome is Outcome.EVICTED_TTL:
+        return EppError(429, rejected.message, REJECTED_TTL_EXPIRED)
+    if outcome is Outcome.EVICTED_CONTEXT_CANCELLED:
+        return EppError(503, rejected.message, REJECTED_CONTEXT_CANCELLED)
+    return EppError(500, f"internal flow control error: {rejected.message}")
 
 
 def _ip_of(hostport: str) -> str:

@@ -73,6 +73,10 @@ class Runtime:
         self._gauge_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Plugins' background work first (KV-event subscriptions, a tokenizer download), so they
+        # follow the endpoint set from the first one discovery delivers.
+        for plugin in self.config.lifecycles:
+            await plugin.start()
         await self.scraper.start()  # before discovery, so it sees the first endpoint set
         await self.discovery.start()
         if self.elector is not None:
@@ -87,6 +91,7 @@ class Runtime:
             await self.elector.stop()
 
     async def stop(self) -> None:
+        await self.director.close()  # queued requests get their 503 before the server goes
         if self._gauge_task is not None:
             self._gauge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -95,8 +100,14 @@ class Runtime:
             await self.elector.close()
         await self.discovery.stop()
         await self.scraper.stop()
+        for plugin in reversed(self.config.lifecycles):
+            try:
+                await plugin.stop()
+            except Exception:  # one plugin failing to stop must not keep the others running
+                log.exception("stopping plugin %s failed", plugin.name)
         if self.tracer_provider is not None:
-            # Flushes the batch of spans not yet exported (blocking, bounded by the exporter's timeout).
+            # Last, after the plugins: flushes the batch of spans not yet exported (blocking,
+            # bounded by the exporter's timeout).
             await asyncio.to_thread(self.tracer_provider.shutdown)
 
     async def _update_saturation_gauge(self) -> None:
@@ -141,6 +152,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
         served_models=options.served_models,
         metrics_staleness=options.metrics_staleness_threshold,
         leadership=(lambda: elector.is_leader) if elector is not None else None,
+        pool_name=options.pool_name or "",
         wrap_decide=wrap_decide,
     )
     source = config.metrics_source

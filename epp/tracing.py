@@ -40,7 +40,12 @@ class DecisionTracer:
         self._error = trace.StatusCode.ERROR
 
     def wrap(self, decide: Decide) -> Decide:
-        def traced(request: InferenceRequest, defer: Any = None) -> Decision:
+        # The director's decide() signature: ``prepared`` carries what a config's preparers (the
+        # token-producer) put in the request state, ``admitted`` flow control's (target model,
+        # priority) worked out before admission; both must reach the scheduling unchanged.
+        def traced(
+            request: InferenceRequest, defer: Any = None, prepared: Any = None, admitted: Any = None
+        ) -> Decision:
             parent = self._propagate.extract(request.headers)
             with self._tracer.start_as_current_span(SPAN_NAME, context=parent) as span:
                 # An unsampled span records nothing: skip building its attributes.
@@ -49,7 +54,7 @@ class DecisionTracer:
                     span.set_attribute("llm_d.request_id", request.request_id)
                     span.set_attribute("gen_ai.request.model", request.parsed.model)
                 try:
-                    decision = decide(request, defer)
+                    decision = decide(request, defer, prepared, admitted)
                 except EppError as error:
                     if recording:
                         span.set_attribute("http.response.status_code", error.status)

@@ -54,6 +54,7 @@ class InferenceRequest:
     # [] = nothing eligible (the director answers 503).
     subset: list[str] | None = None
     received_at: float = 0.0  # time.monotonic() when the headers arrived
+    body_bytes: int = 0  # size of the request body as received (flow control's byte limits)
 
 
 @dataclass(frozen=True, slots=True)

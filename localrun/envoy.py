@@ -152,9 +152,12 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     ext_proc_host: str = "127.0.0.1"
     route_timeout_seconds: float = 300.0
-    # Bound on each EPP answer; longer than the EPP's own --decision-timeout (30 s) so the client
-    # gets the EPP's clear 503 rather than Envoy's bare timeout.
-    message_timeout_seconds: float = 40.0
+    # Bound on each EPP answer. Envoy applies it only outside FULL_DUPLEX_STREAMED (its
+    # ext_proc processor_state.cc skips the timer in that mode; measured here: BUFFERED answers 504
+    # when it fires). It must outlast the EPP's own decision bound, which with flow control is the
+    # queue TTL plus a margin, so a queued request gets flow control's 429/503 and not Envoy's bare
+    # 504. 1000 s is what llm-d's own Envoy config and Istio's InferencePool filter set.
+    message_timeout_seconds: float = 1000.0
     retries: int = 2  # OVERRIDE_HOST only: attempts after the first, walking the fallback list
     # False renders the same gateway without the EPP (round robin over the pool): the baseline that
     # the added-latency benchmark compares against.
@@ -166,6 +169,11 @@ class GatewayConfig:
     # endpoint-picker plugin, buildExtProcCluster; GIE's Istio DestinationRule with
     # insecureSkipVerify). False dials cleartext HTTP/2, for an EPP run with --secure-serving=false.
     ext_proc_tls: bool = True
+    # ALPN protocols offered when dialing the EPP over TLS. Empty: offer none, as kgateway's ext_proc
+    # cluster does (an UpstreamTlsContext with no alpn_protocols); Istio offers h2 for an HTTP/2 port
+    # and agentgateway h2 for its gRPC client. grpc.aio (C-core) refuses a TLS client that offers
+    # none; the EPP's default h2 transport then speaks HTTP/2 by prior knowledge.
+    ext_proc_alpn: tuple[str, ...] = ("h2",)
     # Several EPP replicas (each with its health port for active health checking); empty: the one
     # EPP at ext_proc_host:ext_proc_port, without health checking.
     epps: tuple[EppEndpoint, ...] = ()
@@ -473,14 +481,15 @@ def _clusters(config: GatewayConfig) -> list[dict[str, Any]]:
     return [epp, pool, original_dst]
 
 
-def _tls_without_verification() -> dict[str, Any]:
+def _tls_without_verification(alpn: tuple[str, ...]) -> dict[str, Any]:
     """An upstream TLS context with no validation context: encrypt, trust any certificate (the
-    EPP's self-signed one), offer h2 by ALPN."""
+    EPP's self-signed one), offer ``alpn`` (nothing when empty)."""
+    common: dict[str, Any] = {"alpn_protocols": list(alpn)} if alpn else {}
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": _TYPES + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": {"alpn_protocols": ["h2"]},
+            "common_tls_context": common,
         },
     }
 
@@ -525,7 +534,7 @@ def _epp_cluster(config: GatewayConfig) -> dict[str, Any]:
         },
     }
     if config.ext_proc_tls:
-        cluster["transport_socket"] = _tls_without_verification()
+        cluster["transport_socket"] = _tls_without_verification(config.ext_proc_alpn)
         # The EPP's health port is always plaintext (kubelet gRPC probes cannot speak TLS).
         cluster["transport_socket_matches"] = [
             {

@@ -226,7 +226,8 @@ def _clusters(config: MultiModelConfig) -> list[dict[str, Any]]:
         },
     }
     if config.tls:
-        router["transport_socket"] = _tls_without_verification()
+        # The body router serves grpc.aio, which closes a TLS connection that negotiated no ALPN.
+        router["transport_socket"] = _tls_without_verification(("h2",))
     clusters = [router]
     for pool in config.pools:
         epp = _epp_cluster(_pool_config(config, pool))

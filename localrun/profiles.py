@@ -8,7 +8,9 @@ an InferencePool, as far as its source shows them (docs/gateways.md has the tabl
   inferenceextension/endpointpicker/{plugin.go,backends.go}, main before the 2.2 rolling release):
   all six modes SEND/FULL_DUPLEX_STREAMED/SEND, message timeout 5 s, gRPC timeout 10 s, no mode
   override, ``envoy.lb.subset_hint`` forwarded and ``envoy.lb`` accepted, header_to_metadata plus a
-  subset-load-balanced pool cluster falling back to any endpoint.
+  subset-load-balanced pool cluster falling back to any endpoint; its ext_proc cluster's
+  UpstreamTlsContext has no ``alpn_protocols``, so the EPP is dialed offering no ALPN (grpc.aio
+  refuses such a client; the h2 transport speaks HTTP/2 to it by prior knowledge).
 * ``ISTIO``: Istio 1.30.3 (pilot/pkg/xds/filters/filters.go InferencePoolExtProc, route/route.go,
   cluster_builder.go applyOverrideHostPolicy, route/retry/retry.go): the same modes per route,
   message timeout 1000 s, gRPC timeout 10 s, ``envoy.lb`` both ways, override_host reading only the
@@ -63,6 +65,7 @@ def profile_options(profile: GatewayProfile, *, route_timeout_seconds: float = 3
         return {
             **common,
             "upstream": Upstream.SUBSET,
+            "ext_proc_alpn": (),
             "message_timeout_seconds": 5.0,
             "grpc_timeout_seconds": 10.0,
             "forwarding_namespaces": (SUBSET_HINT_NAMESPACE,),

@@ -24,9 +24,12 @@ class LocalEndpoint:
         return f"{self.address}:{self.port}"
 
 
-def write_endpoints_file(path: Path, endpoints: Sequence[LocalEndpoint]) -> Path:
-    """Write the ``--endpoints-file`` document (JSON, which the YAML reader accepts too)."""
-    document = {
+def write_endpoints_file(
+    path: Path, endpoints: Sequence[LocalEndpoint], objectives: Mapping[str, int] | None = None
+) -> Path:
+    """Write the ``--endpoints-file`` document (JSON, which the YAML reader accepts too), with
+    InferenceObjective priorities by name if given."""
+    document: dict[str, object] = {
         "endpoints": [
             {
                 "name": e.name,
@@ -38,6 +41,8 @@ def write_endpoints_file(path: Path, endpoints: Sequence[LocalEndpoint]) -> Path
             for e in endpoints
         ]
     }
+    if objectives:
+        document["objectives"] = [{"name": name, "priority": p} for name, p in objectives.items()]
     path.write_text(json.dumps(document, indent=1))
     return path
 

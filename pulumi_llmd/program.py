@@ -6,6 +6,7 @@ import pulumi
 
 from pulumi_llmd.components.stack import LlmdStack, llmd_stack_args
 from pulumi_llmd.config import load_stack_config
+from pulumi_llmd.mirrors import register_mirrors
 from pulumi_llmd.provision import provision_platform
 
 
@@ -13,6 +14,8 @@ def main() -> None:
     # Validation first: a bad config fails before any resource is registered.
     loaded = load_stack_config()
     config = loaded.config
+    # Before the first resource: the transform sees every one registered after it.
+    register_mirrors(config.mirrors)
     platform = provision_platform(config)
     stack = LlmdStack(
         config.name,

@@ -40,7 +40,7 @@ def _onprem(config: StackConfig, opts: pulumi.ResourceOptions | None) -> Platfor
     return Platform(
         k8s_provider=provider,
         pod_networking=accelerators.pod_networking,
-        depends_on=list(accelerators.operators),
+        depends_on=accelerators.ready,
     )
 
 

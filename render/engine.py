@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import inspect
 import json
 import re
 import sys
@@ -35,6 +36,7 @@ import pulumi
 import yaml
 from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
@@ -73,6 +75,8 @@ class Registration:
     protect: bool
     transforms: int
     secret_paths: list[str]
+    # customTimeouts as sent ({"create": "65m", ...}; only the ones set).
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,6 +189,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         self.registrations: list[Registration] = []
 
     def RegisterResource(self, request: Any) -> Any:
+        if request.type != "pulumi:pulumi:Stack" and self._stack_transforms:
+            request = self._transformed(request)
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack":
             return response
@@ -203,9 +209,42 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 protect=bool(request.protect),
                 transforms=len(request.transforms),
                 secret_paths=sorted(_secret_paths(raw)),
+                custom_timeouts={
+                    operation: value
+                    for operation in ("create", "update", "delete")
+                    if (value := getattr(request.customTimeouts, operation))
+                },
             )
         )
         return response
+
+    def _transformed(self, request: Any) -> Any:
+        """Run the stack transforms the program registered, as the engine would before registering
+        (the mock monitor records them but does not run them), so the render shows their effect.
+        Only props are applied; a transform that leaves a resource alone returns None."""
+        pulumi_mocks._ensure_event_loop()
+        props = rpc.deserialize_properties(request.object, keep_unknowns=True)
+        changed = False
+        for transform in self._stack_transforms:
+            result = transform(
+                pulumi.ResourceTransformArgs(
+                    custom=bool(request.custom),
+                    type_=request.type,
+                    name=request.name,
+                    props=props,
+                    opts=pulumi.ResourceOptions(),
+                )
+            )
+            if inspect.isawaitable(result):
+                result = _sync_await(result)
+            if result is not None:
+                props, changed = result.props, True
+        if not changed:
+            return request
+        transformed = type(request)()
+        transformed.CopyFrom(request)
+        transformed.object.CopyFrom(_sync_await(rpc.serialize_properties(props, {})))
+        return transformed
 
 
 def load_stack_file(path: Path) -> tuple[dict[str, str], list[str]]:

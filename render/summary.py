@@ -186,6 +186,13 @@ def _workloads(result: RenderResult) -> list[str]:
 def _capacity(result: RenderResult) -> list[str]:
     """GPU machines a cloud stack provisions (GKE node pools, EKS node groups)."""
     rows = []
+    # A node group whose launch template names the instance type lists none itself; the render's
+    # mock ids are "<resource name>-id", which is what the node group's launchTemplate.id holds.
+    template_types = {
+        f"{r.registration.name}-id": (r.document.get("inputs") or {}).get("instanceType")
+        for r in result.of_source("cloud")
+        if r.registration.pulumi_type == "aws:ec2/launchTemplate:LaunchTemplate"
+    }
     for rendered in result.of_source("cloud"):
         inputs = rendered.document.get("inputs") or {}
         typ = rendered.registration.pulumi_type
@@ -212,6 +219,9 @@ def _capacity(result: RenderResult) -> list[str]:
             nodes = f"{scaling.get('desiredSize')} ({scaling.get('minSize')}-{scaling.get('maxSize')})"
             kind = inputs.get("amiType", "")
             types = inputs.get("instanceTypes") or []
+            template_id = str((inputs.get("launchTemplate") or {}).get("id", ""))
+            if not types and (from_template := template_types.get(template_id)):
+                types = [from_template]
             # EC2 reports no accelerators on a node group: the GPUs come from the instance catalogue.
             gpus = ", ".join(
                 f"{EFA_INSTANCE_TYPES[t].gpus} x {EFA_INSTANCE_TYPES[t].gpu_model}"

@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="append each generation request (path, x-request-id, body) to PATH as JSON lines",
     )
+    p.add_argument(
+        "--kv-events-config",
+        default=None,
+        metavar="JSON",
+        help="vLLM's KV-event publisher config, e.g. "
+        '\'{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557"}\'',
+    )
+    p.add_argument(
+        "--prefix-caching-hash-algo",
+        choices=("sha256", "sha256_cbor", "xxhash", "xxhash_cbor"),
+        default=d.prefix_caching_hash_algo,
+        help="block hash of the published keys (seeded by PYTHONHASHSEED, as vLLM's)",
+    )
     lora = p.add_argument_group("LoRA (vLLM's flags; see simulator.lora)")
     lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters")
     lora.add_argument(
@@ -133,6 +146,8 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
         max_loras=args.max_loras,
         lora_load_s=args.lora_load_time,
         runtime_lora_updating=args.enable_lora and runtime_lora_updating(),
+        kv_events_config=args.kv_events_config,
+        prefix_caching_hash_algo=args.prefix_caching_hash_algo,
     )
 
 

@@ -9,7 +9,9 @@ the empty ones first, then by evicting the least recently freed cached block.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -24,6 +26,13 @@ class BlockTable:
         return len(self.hashed) + self.anonymous
 
 
+class PoolObserver(Protocol):
+    """Told which cached blocks the pool gains and evicts (the KV-event publisher)."""
+
+    def blocks_stored(self, hashes: Sequence[int]) -> None: ...
+    def blocks_removed(self, hashes: Sequence[int]) -> None: ...
+
+
 class OutOfBlocks(Exception):
     """Raised when an allocation needs more free blocks than the pool has."""
 
@@ -35,6 +44,7 @@ class BlockPool:
         self._evictable: OrderedDict[int, None] = OrderedDict()  # hashed free blocks, oldest first
         self._anonymous_in_use = 0
         self.evictions = 0
+        self.observer: PoolObserver | None = None
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -95,6 +105,7 @@ class BlockPool:
         A hash another sequence committed in the meantime stays a private duplicate (vLLM keeps
         duplicates too rather than copying), so it costs capacity but no correctness.
         """
+        stored = []
         for block_hash in hashes:
             if table.anonymous == 0:
                 break
@@ -104,6 +115,9 @@ class BlockPool:
             self._anonymous_in_use -= 1
             self._refs[block_hash] = 1
             table.hashed.append(block_hash)
+            stored.append(block_hash)
+        if stored and self.observer is not None:
+            self.observer.blocks_stored(stored)
 
     def release(self, table: BlockTable) -> None:
         """Drop the sequence's references. Tail blocks are freed first so they are evicted first."""
@@ -120,6 +134,7 @@ class BlockPool:
 
     def _make_room(self, count: int) -> None:
         empty = self.num_blocks - self.blocks_in_use - len(self._evictable)
-        for _ in range(max(0, count - empty)):
-            self._evictable.popitem(last=False)
-            self.evictions += 1
+        evicted = [self._evictable.popitem(last=False)[0] for _ in range(max(0, count - empty))]
+        self.evictions += len(evicted)
+        if evicted and self.observer is not None:
+            self.observer.blocks_removed(evicted)

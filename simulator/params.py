@@ -96,6 +96,10 @@ class SimParams:
     max_loras: int = 1
     lora_load_s: float = 0.0
     runtime_lora_updating: bool = False
+    # vLLM's --kv-events-config (JSON) and --prefix-caching-hash-algo: with events on, block keys
+    # are vLLM's (simulator/kvevents.py) and every cached or evicted block is published.
+    kv_events_config: str | None = None
+    prefix_caching_hash_algo: str = "sha256"
 
     def __post_init__(self) -> None:
         problems = []
@@ -127,6 +131,17 @@ class SimParams:
         if self.kv_load_failure_policy not in ("fail", "recompute"):
             problems.append(
                 f"kv_load_failure_policy must be fail or recompute, got {self.kv_load_failure_policy!r}"
+            )
+        if self.kv_events_config is not None:
+            from simulator.kvevents import KvEventsConfig
+
+            try:
+                KvEventsConfig.parse(self.kv_events_config)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if self.prefix_caching_hash_algo not in ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor"):
+            problems.append(
+                f"prefix_caching_hash_algo {self.prefix_caching_hash_algo!r} is not one of vLLM's"
             )
         if self.role not in ("prefill", "decode", "both"):
             problems.append(f"role must be prefill, decode or both, got {self.role!r}")

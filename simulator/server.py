@@ -20,6 +20,7 @@ from aiohttp import web
 
 import jsonbody
 from simulator.engine import Engine, EngineDead, RequestTooLarge, Sequence
+from simulator.kvevents import BlockKeyer, KvEventPublisher, KvEventsConfig, none_hash_seed
 from simulator.lora import LoraError
 from simulator.params import SimParams
 from simulator.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
@@ -63,6 +64,16 @@ class SimServer:
         self.exports = KvExports(self.engine, params)
         self.created = int(time.time())
         self._session: aiohttp.ClientSession | None = None
+        # KV events (--kv-events-config): vLLM's block keys, and a publisher watching the pool.
+        self.events: KvEventPublisher | None = None
+        self.keyer: BlockKeyer | None = None
+        self._untracking: set[asyncio.Task[None]] = set()
+        events = KvEventsConfig.parse(params.kv_events_config) if params.kv_events_config else None
+        if events is not None and events.enabled:
+            algorithm = params.prefix_caching_hash_algo
+            self.keyer = BlockKeyer(algorithm, params.block_size, none_hash_seed(algorithm))
+            self.events = KvEventPublisher(events, params.block_size)
+            self.engine.pool.observer = self.events
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -86,10 +97,14 @@ class SimServer:
 
     async def _on_startup(self, _app: web.Application) -> None:
         self._session = aiohttp.ClientSession()
+        if self.events is not None:
+            await self.events.start()
         await self.engine.start()
 
     async def _on_cleanup(self, _app: web.Application) -> None:
         await self.engine.stop()
+        if self.events is not None:
+            await self.events.stop()
         self.exports.close()
         if self._session is not None:
             await self._session.close()
@@ -245,16 +260,19 @@ class SimServer:
             return _json(exc.body(), status=exc.status)
 
         request_id = f"{'chatcmpl' if api == 'chat' else 'cmpl'}-{secrets.token_hex(8)}"
-        adapter = (
-            parsed.model
-            if self.engine.lora is not None and self.engine.lora.is_adapter(parsed.model)
-            else None
-        )
-        # vLLM keys cached blocks by adapter too (its block hashes carry the LoRA as an extra key): an
-        # adapter never reuses the base model's or another adapter's KV.
-        hashes = block_hashes(
-            parsed.prompt_text, self.params.block_size, salt=f"lora:{adapter}" if adapter else ""
-        )
+        lora = self.engine.lora
+        adapter = parsed.model if lora is not None and lora.is_adapter(parsed.model) else None
+        # vLLM keys cached blocks by adapter too (its block hashes carry the LoRA's name and path as
+        # an extra key, vllm/v1/core/kv_cache_utils.py _gen_lora_extra_hash_keys): an adapter never
+        # reuses the base model's or another adapter's KV.
+        tokens = token_ids(parsed.prompt_text) if self.keyer is not None else []
+        if self.keyer is not None:
+            extra = None if adapter is None or lora is None else (("lora", adapter, lora.adapters[adapter]),)
+            hashes = self.keyer.keys(tokens, extra)
+        else:
+            hashes = block_hashes(
+                parsed.prompt_text, self.params.block_size, salt=f"lora:{adapter}" if adapter else ""
+            )
         # API server work (tokenising, detokenising) happens before the engine sees the request.
         await asyncio.sleep(
             self.params.request_overhead_s + self.params.tokenize_per_token_s * parsed.prompt_tokens
@@ -282,6 +300,11 @@ class SimServer:
             return _json(error.body(), status=400)
         except EngineDead as exc:
             return _json(ApiError(500, str(exc)).body(), status=500)
+        if self.events is not None:  # before the engine's next step, so no store goes undescribed
+            self.events.track(hashes, tokens)
+            task = asyncio.get_running_loop().create_task(self._untrack(seq))
+            self._untracking.add(task)
+            task.add_done_callback(self._untracking.discard)
         try:
             if parsed.stream:
                 return await self._stream(request, parsed, seq)
@@ -293,6 +316,11 @@ class SimServer:
             return _json(ApiError(500, "request aborted").body(), status=500)
         kv_out = self.exports.export(request_id, seq) if exporting else None
         return _json(self._full_response(parsed, seq, kv_out))
+
+    async def _untrack(self, seq: Sequence) -> None:
+        await seq.done.wait()
+        assert self.events is not None
+        self.events.untrack(seq.hashes)
 
     def _log_request(self, request: web.Request, body: Any) -> None:
         # A small append per request, on the loop: this is a debugging aid, not a serving path.

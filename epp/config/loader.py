@@ -4,10 +4,15 @@ Accepted: apiVersion ``llm-d.ai/v1alpha1`` and ``inference.networking.x-k8s.io/v
 ``EndpointPickerConfig``. Auto-defaults as llm-d's loader applies them: no profiles → one
 ``default`` profile with every filter, scorer and picker; one profile and no handler →
 ``single-profile-handler``; a profile without picker → ``max-score-picker``; no saturation
-detector → ``utilization-detector``; no data layer → ``metrics-data-source`` +
+detector → ``utilization-detector``; flow control on (``featureGates: [flowControl]``) → the
+``flowControl`` section with llm-d's default policies (``fcfs-ordering-policy``,
+``global-strict-fairness-policy``, ``static-usage-limit-policy``); no data layer → ``metrics-data-source`` +
 ``core-metrics-extractor``; a data key some plugin consumes and no configured plugin produces →
 the producer type registered as its default (e.g. ``approx-prefix-cache-producer`` for
-``prefix-cache-scorer``), configured from the parameters its consumers carry for it.
+``prefix-cache-scorer``), configured from the parameters its consumers carry for it. Producers
+(and preparers) run producers-before-consumers of their data keys, whatever the config's order.
+An endpoint extractor (``precise-prefix-cache-producer``) that no ``endpoint-notification-source``
+in ``dataLayer.sources`` feeds is wired to one, with a warning: without it, it never sees a pod.
 """
 
 from __future__ import annotations
@@ -21,15 +26,21 @@ import yaml
 
 import epp.plugins  # noqa: F401 - registers the built-in plugins
 from epp.config.scheduler_config import SchedulerConfig
+from epp.flowcontrol import config as flow_config
+from epp.flowcontrol.config import FlowControlConfig
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import (
     DataProducer,
+    EndpointExtractor,
+    EndpointNotifier,
     EndpointSetObserver,
     Filter,
+    Lifecycle,
     MetricsExtractor,
     MetricsSource,
     Picker,
     Plugin,
+    Preparer,
     PreRequest,
     ProfileHandler,
     SaturationDetector,
@@ -78,15 +89,18 @@ _TOP_LEVEL = {
     "parser",
     "requestHandler",
 }
+# Feature gates llm-d registers, with their defaults (llm-d-router cmd/epp/runner/runner.go); any
+# other name is an error, as in llm-d's loader (config/loader/validation.go validateFeatureGates).
+FEATURE_GATES = {flow_config.FEATURE_GATE: False, "haPopulateNonLeaderDatastore": True}
 # Sections llm-d understands that this EPP does not implement: accepted, with a warning.
 _UNIMPLEMENTED = {
-    "flowControl": "flow control queues are not implemented; admission uses the saturation detector only",
     "parser": "only the OpenAI completions/chat parser is built in",
     "requestHandler": "custom request handlers are not supported",
 }
 
 
 T = TypeVar("T", bound=Plugin)
+_BOOLEANS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 
 
 def load_config(text: str | None) -> SchedulerConfig:
@@ -122,17 +136,24 @@ class _Builder:
             plugin.resolve(self.plugins)
         handler.validate_profiles(list(profiles))
         source, extractor = self._data_layer()
-        detector = self._saturation_detector()
+        gates = self._feature_gates()
+        section = flow_config.check_section(self.doc.get("flowControl"))
+        detector = self._saturation_detector(section)
+        flow_control = self._flow_control(section, detector, enabled=gates[flow_config.FEATURE_GATE])
         return SchedulerConfig(
             plugins=self.plugins,
             scheduler=Scheduler(profiles, handler),
-            producers=self._all(DataProducer),
+            producers=_dependency_order(self._all(DataProducer)),
             pre_request=self._all(PreRequest),
             observers=self._all(EndpointSetObserver),
             saturation_detector=detector,
             metrics_source=source,
             metrics_extractor=extractor,
+            flow_control=flow_control,
+            feature_gates=gates,
             warnings=self.warnings,
+            preparers=_dependency_order(self._all(Preparer)),
+            lifecycles=self._all(Lifecycle),
         )
 
     # ---- sections ----------------------------------------------------------------------------
@@ -296,24 +317,95 @@ class _Builder:
             )
         return self._default("single-profile-handler", ProfileHandler)
 
-    def _saturation_detector(self) -> SaturationDetector:
-        section = self.doc.get("saturationDetector")
+    def _saturation_detector(self, flow_section: Mapping[str, Any]) -> SaturationDetector:
+        """``flowControl.saturationDetector.pluginRef``; the top-level ``saturationDetector`` is its
+        deprecated spelling (llm-d config/loader/configloader.go: the new field wins)."""
+        legacy = self.doc.get("saturationDetector")
+        current = flow_section.get("saturationDetector")
+        if legacy:
+            self.warn(
+                "saturationDetector is deprecated, use flowControl.saturationDetector"
+                + (" (both are set: flowControl.saturationDetector is used)" if current else "")
+            )
+        where = "flowControl.saturationDetector" if current else "saturationDetector"
+        section = current or legacy
         if section:
-            if not isinstance(section, Mapping) or not isinstance(section.get("pluginRef"), str):
-                raise ConfigError("saturationDetector must be a mapping with a 'pluginRef'")
-            plugin = self.plugins.get(section["pluginRef"])
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"{where} must be a mapping with a 'pluginRef'")
+            unknown = sorted(set(section) - {"pluginRef"})
+            if unknown:
+                raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+            ref = section.get("pluginRef") or flow_config.DEFAULT_SATURATION_DETECTOR
+            if not isinstance(ref, str):
+                raise ConfigError(f"{where}.pluginRef must be a plugin name, got {ref!r}")
+            plugin = self.plugins.get(ref)
+            if plugin is None and ref == flow_config.DEFAULT_SATURATION_DETECTOR:
+                plugin = self.plugins[ref] = create(ref, ref, None)
             if not isinstance(plugin, SaturationDetector):
-                raise ConfigError(
-                    f"saturationDetector.pluginRef {section['pluginRef']!r} "
-                    "is not a configured saturation detector"
-                )
+                raise ConfigError(f"{where}.pluginRef {ref!r} is not a configured saturation detector")
             return plugin
         detectors = self._all(SaturationDetector)
         if len(detectors) > 1:
             raise ConfigError(
-                "more than one saturation detector; choose one with saturationDetector.pluginRef"
+                "more than one saturation detector; choose one with flowControl.saturationDetector.pluginRef"
             )
         return detectors[0] if detectors else self._default("utilization-detector", SaturationDetector)
+
+    def _feature_gates(self) -> dict[str, bool]:
+        raw = self.doc.get("featureGates") or []
+        if not isinstance(raw, list):
+            raise ConfigError(f"featureGates must be a list of gate names, got {raw!r}")
+        gates = dict(FEATURE_GATES)
+        for index, entry in enumerate(raw):
+            if not isinstance(entry, str) or not entry.strip():
+                raise ConfigError(
+                    f"featureGates[{index}] must be a gate name like 'flowControl', got {entry!r}"
+                )
+            name, _, value = entry.partition("=")
+            name = name.strip()
+            if name not in FEATURE_GATES:
+                raise ConfigError(
+                    f"featureGates[{index}]: unknown feature gate {name!r} "
+                    f"(known: {', '.join(sorted(FEATURE_GATES))})"
+                )
+            enabled = True
+            if value:
+                text = value.strip().lower()
+                if text not in _BOOLEANS:
+                    raise ConfigError(
+                        f"featureGates[{index}]: {value!r} is not true or false for gate {name!r}"
+                    )
+                enabled = _BOOLEANS[text]
+            gates[name] = enabled
+        return gates
+
+    def _flow_control(
+        self, section: Mapping[str, Any], detector: SaturationDetector, *, enabled: bool
+    ) -> FlowControlConfig | None:
+        if not enabled:
+            configured = sorted(key for key in section if key in flow_config.SETTINGS_KEYS)
+            if configured:
+                self.warn(
+                    f"flowControl settings ({', '.join(configured)}) ignored: the flowControl feature "
+                    "gate is off (add featureGates: [flowControl]); only saturationDetector applies"
+                )
+            return None
+        return flow_config.parse_flow_control(section, detector, self._policy, self.warn)
+
+    def _policy(self, name: str, kind: type[T], where: str) -> T:
+        """The plugin ``name``; llm-d's default policies are created under their type names."""
+        plugin = self.plugins.get(name)
+        if plugin is None:
+            if name not in {
+                flow_config.DEFAULT_FAIRNESS_POLICY,
+                flow_config.DEFAULT_ORDERING_POLICY,
+                flow_config.DEFAULT_USAGE_LIMIT_POLICY,
+            }:
+                raise ConfigError(f"{where}: {name!r} names no plugin in 'plugins'")
+            plugin = self.plugins[name] = create(name, name, None)
+        if not isinstance(plugin, kind):
+            raise ConfigError(f"{where}: plugin {name!r} (type {plugin.type_name}) is not a {kind.__name__}")
+        return plugin
 
     def _data_layer(self) -> tuple[MetricsSource, MetricsExtractor]:
         section = self.doc.get("dataLayer") or {}
@@ -331,14 +423,19 @@ class _Builder:
         if not isinstance(sources, list):
             raise ConfigError("dataLayer.sources must be a list")
         metric_sources: list[tuple[MetricsSource, MetricsExtractor | None]] = []
+        wired: set[str] = set()
         for index, entry in enumerate(sources):
             where = f"dataLayer.sources[{index}]"
             if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
                 raise ConfigError(f"{where} needs a 'pluginRef'")
             source = self.plugins.get(entry["pluginRef"])
+            if isinstance(source, EndpointNotifier):
+                self._wire_endpoint_source(where, source, entry.get("extractors") or [], wired)
+                continue
             if not isinstance(source, MetricsSource):
                 raise ConfigError(
-                    f"{where}: pluginRef {entry['pluginRef']!r} is not a metrics-data-source plugin"
+                    f"{where}: pluginRef {entry['pluginRef']!r} is not a metrics-data-source or "
+                    "endpoint-notification-source plugin"
                 )
             extractor: MetricsExtractor | None = None
             for ext_index, ext in enumerate(entry.get("extractors") or []):
@@ -350,6 +447,7 @@ class _Builder:
                     )
                 extractor = plugin
             metric_sources.append((source, extractor))
+        self._wire_unfed_extractors(wired)
         if len(metric_sources) > 1:
             raise ConfigError("dataLayer.sources: only one metrics-data-source is supported")
         if metric_sources:
@@ -358,6 +456,37 @@ class _Builder:
             source = self._default("metrics-data-source", MetricsSource)
             extractor = None
         return source, extractor or self._default("core-metrics-extractor", MetricsExtractor)
+
+    def _wire_endpoint_source(
+        self, where: str, source: EndpointNotifier, extractors: Any, wired: set[str]
+    ) -> None:
+        if not isinstance(extractors, list):
+            raise ConfigError(f"{where}.extractors must be a list")
+        for ext_index, ext in enumerate(extractors):
+            ref = ext.get("pluginRef") if isinstance(ext, Mapping) else None
+            plugin = self.plugins.get(ref) if isinstance(ref, str) else None
+            if not isinstance(plugin, EndpointExtractor):
+                raise ConfigError(
+                    f"{where}.extractors[{ext_index}]: {ref!r} is not an endpoint extractor plugin "
+                    f"(e.g. precise-prefix-cache-producer), so {source.name!r} cannot feed it"
+                )
+            if plugin.name in wired:
+                raise ConfigError(f"{where}.extractors[{ext_index}]: {ref!r} is already fed by a source")
+            source.attach(plugin)
+            wired.add(plugin.name)
+
+    def _wire_unfed_extractors(self, wired: set[str]) -> None:
+        unfed = [p for p in self._all(EndpointExtractor) if p.name not in wired]
+        if not unfed:
+            return
+        source = self._default("endpoint-notification-source", EndpointNotifier)
+        for extractor in unfed:
+            self.warn(
+                f"plugin {extractor.name!r} (type {extractor.type_name}) is not an extractor of any "
+                f"endpoint-notification-source in dataLayer.sources; wired to {source.name!r} (it "
+                "would otherwise never see a pod)"
+            )
+            source.attach(extractor)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _all(self, kind: type[T]) -> list[T]:
@@ -376,3 +505,18 @@ class _Builder:
         assert isinstance(created, kind)
         self.plugins[name] = created
         return created
+
+
+def _dependency_order(plugins: list[T]) -> list[T]:
+    """Producers of a data key before the plugins that consume it; otherwise the config's order
+    (llm-d orders its data producers as a DAG the same way)."""
+    ordered: list[T] = []
+    pending = list(plugins)
+    while pending:
+        waiting_keys = {key for plugin in pending for key in plugin.produces}
+        ready = [p for p in pending if not (p.consumes() & (waiting_keys - p.produces))]
+        if not ready:  # a cycle: keep the config's order for what is left
+            ready = pending
+        ordered += ready
+        pending = [p for p in pending if p not in ready]
+    return ordered

@@ -1,4 +1,6 @@
-"""llm-d's prefill/decode EndpointPickerConfig, as the demo, the end-to-end tests and the benchmarks load it.
+"""EndpointPickerConfigs shared by the demo, the end-to-end tests, the benchmarks and (through a test
+that ties the two spellings) the stacks: llm-d's prefill/decode sample, and the stacks' default
+single-pool profile.
 
 The source is llm-d Router's ``deploy/config/pd-epp-config.yaml``: two profiles (``prefill`` and
 ``decode``), each a role filter, ``max-score-picker``, ``prefix-cache-scorer`` (weight 2) and
@@ -33,6 +35,35 @@ def _profile(name: str, role_filter: str) -> dict[str, Any]:
             {"pluginRef": "queue-scorer", "weight": 1},
         ],
     }
+
+
+# The stacks' default profile: llm-d's default (queue 2, KV utilisation 2, prefix 3) plus the
+# in-flight scorer llm-d users add against bursts. The load scorers read metrics up to one scrape
+# interval old, so a burst of unique prompts all sees the same "least loaded" pod (herding) and
+# agentic sessions that share a system prompt all see the same cache hits (packing); the EPP's own
+# in-flight counts are current to the request and spread both. BENCHMARKS.md ("saturation") has
+# the measurements behind the choice.
+IN_FLIGHT_AWARE_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: active-request-scorer
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics, insecureSkipVerify: true}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: active-request-scorer, weight: 2}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+"""
 
 
 def pd_config(

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from epp.flowcontrol.config import FlowControlConfig
 from epp.scheduling.framework import (
     DataProducer,
     EndpointSetObserver,
+    Lifecycle,
     MetricsExtractor,
     MetricsSource,
     Plugin,
+    Preparer,
     PreRequest,
     SaturationDetector,
 )
@@ -27,4 +30,11 @@ class SchedulerConfig:
     saturation_detector: SaturationDetector
     metrics_source: MetricsSource
     metrics_extractor: MetricsExtractor
+    # None unless the flowControl feature gate is on.
+    flow_control: FlowControlConfig | None = None
+    feature_gates: dict[str, bool] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Awaited before each decision, producers before consumers (empty for most configs).
+    preparers: list[Preparer] = field(default_factory=list)
+    # Plugins with background work, started and stopped with the EPP.
+    lifecycles: list[Lifecycle] = field(default_factory=list)

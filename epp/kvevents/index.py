@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat
 
 from epp.kvevents.wire import AllBlocksCleared, BlockRemoved, BlockStored, Event, EventBatch
 
@@ -168,17 +168,18 @@ class KVBlockIndex:
 
     # ---- queries --------------------------------------------------------------------------
 
-    def longest_prefix(self, keys: Sequence[int]) -> dict[str, int]:
+    def longest_prefix(self, keys: Iterable[int]) -> dict[str, int]:
         """For every endpoint holding ``keys[0]``: how many consecutive keys from the start it
-        holds (in any medium)."""
-        if not keys or not self._masks:
+        holds (in any medium). ``keys`` may be a lazy iterator: the walk stops drawing from it at
+        the first key no endpoint holds (so later keys need not be computed)."""
+        if (isinstance(keys, Sequence) and not keys) or not self._masks:
             return {}
         tiers = [m for m in self._masks.values() if m]
         if not tiers:
             return {}
+        masks: Iterable[int]
         if len(tiers) == 1:
-            get = tiers[0].get
-            masks = (get(key, 0) for key in keys)
+            masks = map(tiers[0].get, keys, repeat(0))  # get(key, 0) per key, called from C
         else:
             masks = (self._union(tiers, key) for key in keys)
         owners = self._slot_owner
@@ -241,6 +242,10 @@ class KVBlockIndex:
 
     def endpoints(self) -> frozenset[str]:
         return frozenset(self._slots)
+
+    def media(self) -> list[str]:
+        """The media some endpoint currently holds a block in."""
+        return [medium for medium, masks in self._masks.items() if masks]
 
     @property
     def distinct_blocks(self) -> int:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Self
 
-from epp.scheduling.framework import DataLayerPlugin, MetricsExtractor, MetricsSource
+from epp.scheduling.framework import (
+    DataLayerPlugin,
+    EndpointEvent,
+    EndpointExtractor,
+    EndpointNotifier,
+    EndpointSetObserver,
+    MetricsExtractor,
+    MetricsSource,
+)
 from epp.scheduling.params import Params
 from epp.scheduling.registry import register
 
@@ -57,3 +66,53 @@ class InflightLoadProducer(DataLayerPlugin):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         return cls(name)
+
+
+@register("endpoint-notification-source")
+class EndpointNotificationSource(EndpointNotifier, EndpointSetObserver):
+    """Tells the extractors wired to it in dataLayer.sources (precise-prefix-cache-producer) about every
+    endpoint added to or removed from the pool, with its address and data-parallel rank."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.extractors: list[EndpointExtractor] = []
+        self._known: dict[str, EndpointEvent] = {}
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        return cls(name)
+
+    def attach(self, extractor: EndpointExtractor) -> None:
+        self.extractors.append(extractor)
+        for event in self._known.values():  # an extractor attached late still sees the pool
+            extractor.extract_endpoint(event)
+
+    def endpoints_changed(self, live_hostports: frozenset[str]) -> None:
+        current = _events(live_hostports)
+        for hostport in [h for h in self._known if h not in current]:
+            removed = self._known.pop(hostport)
+            self._notify(EndpointEvent(False, hostport, removed.address, removed.port, removed.rank))
+        for hostport, event in current.items():
+            if self._known.get(hostport) != event:  # new, or its rank moved
+                self._known[hostport] = event
+                self._notify(event)
+
+    def _notify(self, event: EndpointEvent) -> None:
+        for extractor in self.extractors:
+            extractor.extract_endpoint(event)
+
+
+def _events(hostports: frozenset[str]) -> dict[str, EndpointEvent]:
+    """Add events for the live set; an endpoint's rank is its place among its pod's ports (the
+    InferencePool lists a data-parallel pod's ports in rank order; ascending here)."""
+    by_address: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for hostport in hostports:
+        host, _, port_text = hostport.rpartition(":")
+        if not host or not port_text.isdigit():
+            continue
+        by_address[host.strip("[]")].append((int(port_text), hostport))
+    events: dict[str, EndpointEvent] = {}
+    for address, ports in by_address.items():
+        for rank, (number, hostport) in enumerate(sorted(ports)):
+            events[hostport] = EndpointEvent(True, hostport, address, number, rank)
+    return events

@@ -234,11 +234,21 @@ class PrefixMatch:
     matched_blocks: dict[str, int]  # hostport → consecutive cached blocks from the start
     block_bytes: int = 0
     prompt_bytes: int = 0
+    # The precise producer's medium-weighted block counts over the same prefix (llm-d's
+    # LongestPrefixScorer: a block held only in CPU counts 0.8); None when they equal matched_blocks.
+    weighted_blocks: dict[str, float] | None = None
+    # The prompt's full blocks when ``hashes`` holds only the ones looked up (the precise producer
+    # stops hashing at the first block no endpoint holds); None: ``len(hashes)``.
+    total_blocks: int | None = None
+
+    @property
+    def blocks(self) -> int:
+        return len(self.hashes) if self.total_blocks is None else self.total_blocks
 
     def fraction(self, hostport: str) -> float:
-        if not self.hashes:
+        if not self.blocks:
             return 0.0
-        return self.matched_blocks.get(hostport, 0) / len(self.hashes)
+        return self.matched_blocks.get(hostport, 0) / self.blocks
 
     def cached_bytes(self, hostport: str) -> int:
         return min(self.prompt_bytes, self.matched_blocks.get(hostport, 0) * self.block_bytes)
@@ -391,7 +401,8 @@ class PrefixCacheScorer(Scorer):
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         assert self.producer is not None, "resolve() not called"
         match: PrefixMatch | None = request.state.get(self.producer.name)
-        if match is None or not match.hashes or not match.matched_blocks:
+        if match is None or not match.matched_blocks:
             return [0.0] * len(endpoints)
-        matched, total = match.matched_blocks, len(match.hashes)
+        total = match.blocks
+        matched: Mapping[str, float] = match.weighted_blocks or match.matched_blocks
         return [matched.get(endpoint.hostport, 0) / total for endpoint in endpoints]

@@ -1,4 +1,5 @@
-"""The ``utilization-detector`` saturation detector (llm-d defaults)."""
+"""Saturation detectors (llm-d defaults): ``utilization-detector`` on scraped model-server metrics,
+``concurrency-detector`` on the EPP's own in-flight counts."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 from typing import Self
 
 from epp.datastore import Endpoint
-from epp.scheduling.framework import SaturationDetector
+from epp.scheduling.framework import Filter, SaturationDetector, SchedulingRequest
 from epp.scheduling.params import Params
 from epp.scheduling.registry import register
 
@@ -48,3 +49,48 @@ class UtilizationDetector(SaturationDetector):
 
     def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         return self.pool_saturation(endpoints, now) >= 1.0 + self.headroom
+
+
+@register("concurrency-detector")
+class ConcurrencyDetector(SaturationDetector, Filter):
+    """Saturation from the EPP's own in-flight counts, current to the request (scraped metrics lag
+    by up to a refresh interval): pool saturation = requests in flight / (endpoints x
+    ``maxConcurrency``). As a filter it drops endpoints at ``maxConcurrency x (1 + headroom)``
+    in-flight requests (no fail-open, as in llm-d). Only ``concurrencyMode: requests`` is
+    implemented; the token modes are a start-up error rather than a silent substitute."""
+
+    reads_in_flight = True
+
+    def __init__(self, name: str, max_concurrency: int, headroom: float) -> None:
+        super().__init__(name)
+        self.max_concurrency = max_concurrency
+        self.headroom = headroom
+        self.limit = max_concurrency * (1.0 + headroom)
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        mode = params.string("concurrencyMode", "requests", choices=("requests", "tokens", "hybrid"))
+        if mode != "requests":
+            raise params.error(
+                "concurrencyMode",
+                f"{mode!r} is not supported (this EPP counts requests in flight, not tokens)",
+            )
+        params.integer("maxTokenConcurrency", 1_000_000, minimum=1)
+        params.string("inFlightLoadProducerName", "inflight-load-producer")
+        return cls(
+            name,
+            max_concurrency=params.integer("maxConcurrency", 100, minimum=1),
+            headroom=params.number("headroom", 0.0, minimum=0.0),
+        )
+
+    def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+        if not endpoints:
+            return 1.0
+        return sum(e.in_flight for e in endpoints) / (len(endpoints) * self.max_concurrency)
+
+    def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
+        return self.pool_saturation(endpoints, now) >= 1.0
+
+    def filter(self, request: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        limit = self.limit
+        return [e for e in endpoints if e.in_flight < limit]

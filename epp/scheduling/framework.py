@@ -24,6 +24,9 @@ class SchedulingRequest:
     lora_adapter: str | None = None
     priority: int = 0
     now: float = 0.0  # time.monotonic() when scheduling started
+    # The request's parsed JSON body (prompt or messages, cache_salt ...), for producers that need
+    # more than the prompt text (a tokenizer renders chat messages through the model's template).
+    body: Mapping[str, Any] = field(default_factory=dict)
     # Per-request scratch space shared by plugins (e.g. the prefix producer's block hashes and
     # per-endpoint match lengths), keyed by the producing plugin's name.
     state: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +103,32 @@ class DataProducer(Plugin):
         raise NotImplementedError
 
 
+class Preparer(Plugin):
+    """Per-request work that must not run inside the synchronous decision: I/O (a tokenizer
+    service) or CPU work handed to a thread (tokenizing a long prompt). The director awaits every
+    preparer, producers before their consumers, before it decides, and the decision's producers see
+    what the preparers wrote in ``request.state``. Configs without preparers never await anything,
+    so their decision path is unchanged.
+
+    ``prepare`` must bound its own time and must not raise for what a request contains (an
+    unsupported prompt is simply left unprepared; consumers then skip the request); an exception
+    is logged and counted by the director, and the request is still scheduled."""
+
+    async def prepare(self, request: SchedulingRequest) -> None:
+        raise NotImplementedError
+
+
+class Lifecycle(Plugin):
+    """A plugin with background work (sockets, tasks, downloads): started before discovery, after
+    the config has loaded, and stopped when the EPP stops."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
 class PreRequest(Plugin):
     """Runs once per request after a successful scheduling decision.
 
@@ -121,6 +150,10 @@ class EndpointSetObserver(Plugin):
 
 
 class SaturationDetector(Plugin):
+    # True when saturation is read from the EPP's own in-flight counts, which fall only when a
+    # response ends: such a detector needs the response to pass through the EPP.
+    reads_in_flight: ClassVar[bool] = False
+
     def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         """0 = idle; >= 1.0 = saturated."""
         raise NotImplementedError
@@ -138,6 +171,34 @@ class Decider(Plugin):
 
 class DataLayerPlugin(Plugin):
     """Configures the metrics scraper; does not take part in scheduling."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointEvent:
+    """An endpoint added to (``added``) or removed from (not ``added``) the pool. ``rank`` is the
+    endpoint's data-parallel rank: its position among the same pod's endpoints by port (llm-d's
+    ``GetRankIndex``; 0 for a pod serving on one port)."""
+
+    added: bool
+    hostport: str
+    address: str
+    port: int
+    rank: int = 0
+
+
+class EndpointExtractor(Plugin):
+    """Told about every endpoint the pool gains or loses (llm-d's ``EndpointExtractor``), through
+    the ``endpoint-notification-source`` it is wired to in ``dataLayer.sources``."""
+
+    def extract_endpoint(self, event: EndpointEvent) -> None:
+        raise NotImplementedError
+
+
+class EndpointNotifier(DataLayerPlugin):
+    """Delivers endpoint add/delete events to the extractors wired to it."""
+
+    def attach(self, extractor: EndpointExtractor) -> None:
+        raise NotImplementedError
 
 
 class MetricsSource(DataLayerPlugin):

@@ -17,14 +17,26 @@ from epp.scheduling.errors import ConfigError
 
 
 class Params:
-    def __init__(self, plugin_name: str, plugin_type: str, raw: Any) -> None:
+    def __init__(self, plugin_name: str, plugin_type: str, raw: Any, *, prefix: str = "") -> None:
         self.plugin = f"plugin {plugin_name!r} (type {plugin_type})"
+        self._names = (plugin_name, plugin_type)
+        self.prefix = prefix  # "section." for a nested mapping's keys, so errors name the full path
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"{self.plugin}: 'parameters' must be a mapping, got {type(raw).__name__}")
+            where = f"parameter {prefix[:-1]!r}" if prefix else "'parameters'"
+            raise ConfigError(f"{self.plugin}: {where} must be a mapping, got {type(raw).__name__}")
         self._raw: dict[str, Any] = dict(raw)
         self._used: set[str] = set()
+
+    def section(self, key: str) -> Params:
+        """The nested mapping under ``key`` (empty when absent), read with the same strictness;
+        its errors name ``key.inner``. Call :meth:`finish` on it to reject unknown inner keys."""
+        return Params(*self._names, self._take(key), prefix=f"{self.prefix}{key}.")
+
+    def keys(self) -> frozenset[str]:
+        """The keys given (read or not)."""
+        return frozenset(self._raw)
 
     def _take(self, key: str) -> Any:
         self._used.add(key)
@@ -38,7 +50,7 @@ class Params:
         return self._raw.get(key) is not None
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.plugin}: parameter {key!r} {problem}")
+        return ConfigError(f"{self.plugin}: parameter {self.prefix + key!r} {problem}")
 
     def integer(
         self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
@@ -124,7 +136,8 @@ class Params:
         unknown = sorted(set(self._raw) - self._used)
         if not unknown:
             return
-        message = f"{self.plugin}: unknown parameter(s) {', '.join(map(repr, unknown))}"
+        names = ", ".join(repr(self.prefix + key) for key in unknown)
+        message = f"{self.plugin}: unknown parameter(s) {names}"
         if on_unknown is None:
             raise ConfigError(message)
         on_unknown(message)

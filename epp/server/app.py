@@ -6,15 +6,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
-from grpc_health.v1 import health_pb2_grpc
-
 from epp.metrics import MetricsHttpServer, ServerMetrics
-from epp.server.health import HealthServicer
-from epp.server.processor import ExternalProcessor
+from epp.server.health import HealthStatus
+from epp.server.listeners import Listener, Transport, make_listener
+from epp.server.processor import ExtProcService
 from epp.server.stream import StreamSettings
 from epp.server.tls import CertificateSource
+from epp.transport import TransportOptions, health_methods
 from epp.types import Director
 
 log = logging.getLogger(__name__)
@@ -39,6 +37,18 @@ class ServerOptions:
     drain_notice: float = 5.0
     # --secure-serving: the pair the ext_proc port serves (self-signed or mounted); None = cleartext.
     tls: CertificateSource | None = None
+    # --transport: the asyncio HTTP/2 server (epp.transport) or grpc.aio, the reference.
+    transport: Transport = Transport.H2
+
+    def transport_options(self) -> TransportOptions:
+        """ext_proc's limits: messages up to the body cap plus framing, both ways."""
+        max_message = self.stream.max_request_body_bytes + _MESSAGE_OVERHEAD_BYTES
+        defaults = TransportOptions()
+        return TransportOptions(
+            max_receive_message_bytes=max_message,
+            max_send_message_bytes=max_message,
+            max_buffered_bytes=max(defaults.max_buffered_bytes, 2 * max_message),
+        )
 
 
 class EppServer:
@@ -47,48 +57,46 @@ class EppServer:
     ) -> None:
         self.options = options
         self.metrics = metrics if metrics is not None else ServerMetrics()
-        self.health = HealthServicer(director.ready)
-        self.processor = ExternalProcessor(director, options.stream, self.metrics)
+        self.health = HealthStatus(director.ready)
+        self.processor = ExtProcService(director, options.stream, self.metrics)
         self._metrics_http = MetricsHttpServer(self.metrics, options.host, options.metrics_port)
-        self._grpc: grpc.aio.Server | None = None
-        self._health_grpc: grpc.aio.Server | None = None
+        self._ext_proc: Listener | None = None
+        self._health: Listener | None = None
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """(ext_proc, health) as bound (a configured 0 picks a free port)."""
+        return (
+            self._ext_proc.port if self._ext_proc is not None else self.options.grpc_port,
+            self._health.port if self._health is not None else self.options.grpc_health_port,
+        )
 
     async def start(self) -> None:
-        max_message = self.options.stream.max_request_body_bytes + _MESSAGE_OVERHEAD_BYTES
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_message),
-                ("grpc.max_send_message_length", max_message),
-                # Notice a vanished proxy instead of keeping its streams (and their buffers) forever.
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ]
+        options = self.options
+        self._ext_proc = make_listener(
+            options.transport,
+            [self.processor.method()],
+            options.host,
+            options.grpc_port,
+            tls=options.tls,
+            options=options.transport_options(),
         )
-        ext_proc_grpc.add_ExternalProcessorServicer_to_server(self.processor, self._grpc)
-        self._bind(self._grpc, self.options.grpc_port, self.options.tls)
-        self._health_grpc = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
         # Always plaintext: Kubernetes gRPC probes cannot speak TLS (the reference EPP does the same).
-        self._bind(self._health_grpc, self.options.grpc_health_port, None)
-        await self._grpc.start()
-        await self._health_grpc.start()
+        self._health = make_listener(
+            options.transport, health_methods(self.health.status), options.host, options.grpc_health_port
+        )
+        await self._ext_proc.start()
+        await self._health.start()
         await self._metrics_http.start()
         log.info(
-            "ext_proc on %s:%d, health on :%d, metrics on :%d (%s)",
-            self.options.host,
-            self.options.grpc_port,
-            self.options.grpc_health_port,
-            self.options.metrics_port,
-            "ext_proc over TLS" if self.options.tls else "plaintext",
+            "ext_proc on %s:%d (%s, %s), health on :%d, metrics on :%d",
+            options.host,
+            self._ext_proc.port,
+            options.transport.value,
+            "TLS" if options.tls else "plaintext",
+            self._health.port,
+            options.metrics_port,
         )
-
-    def _bind(self, server: grpc.aio.Server, port: int, tls: CertificateSource | None) -> None:
-        address = f"{self.options.host}:{port}"
-        if tls is None:
-            server.add_insecure_port(address)
-            return
-        server.add_secure_port(address, grpc_credentials(tls))
 
     async def drain(self) -> None:
         """Report NOT_SERVING; keep taking new streams for the notice period (the gateway moves new
@@ -108,10 +116,10 @@ class EppServer:
         )
         await asyncio.sleep(notice)
         open_streams = self.processor.active_streams
-        if self._grpc is not None:
-            # grpc.aio: GOAWAY now, new streams refused, open ones run until done or the grace ends.
-            server, self._grpc = self._grpc, None
-            await server.stop(max(0.0, started + self.options.drain_timeout - loop.time()))
+        if self._ext_proc is not None:
+            # GOAWAY now, new streams refused, open ones run until done or the drain timeout ends.
+            listener, self._ext_proc = self._ext_proc, None
+            await listener.shutdown(max(0.0, started + self.options.drain_timeout - loop.time()))
         if self.processor.active_streams:
             log.warning("drain timeout: %d streams still open were cut", self.processor.active_streams)
         else:
@@ -120,22 +128,8 @@ class EppServer:
             )
 
     async def stop(self, grace: float = 1.0) -> None:
-        for server in (self._grpc, self._health_grpc):
-            if server is not None:
-                await server.stop(grace)
-        self._grpc = self._health_grpc = None
+        for listener in (self._ext_proc, self._health):
+            if listener is not None:
+                await listener.shutdown(grace)
+        self._ext_proc = self._health = None
         await self._metrics_http.stop()
-
-
-def grpc_credentials(tls: CertificateSource) -> grpc.ServerCredentials:
-    """gRPC core asks the fetcher before each handshake; it answers a new configuration only when
-    the mounted pair changed (CertificateSource rate-limits the file checks)."""
-
-    def configuration(key_pem: bytes, cert_pem: bytes) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)])
-
-    def fetch() -> grpc.ServerCertificateConfiguration | None:
-        renewed = tls.changed()
-        return None if renewed is None else configuration(renewed.key_pem, renewed.cert_pem)
-
-    return grpc.dynamic_ssl_server_credentials(configuration(tls.pair.key_pem, tls.pair.cert_pem), fetch)

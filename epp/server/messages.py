@@ -2,6 +2,12 @@
 
 Pure functions from plain values to protobuf, so the state machine reads as protocol steps and the
 exact wire shape is testable on its own.
+
+They fill one new message in place (``response.request_body.response.body_mutation...``) rather
+than nesting constructors: upb copies every sub-message passed to a constructor. One request's
+answers in FULL_DUPLEX_STREAMED mode, built and serialized, cost 25-51 µs of CPU nested and 11-19 µs
+filled in place (timeit, interleaved, 2-core machine at load 2.8); tests/epp/server/test_messages.py
+checks each builder against the nested form, byte for byte.
 """
 
 from __future__ import annotations
@@ -23,43 +29,54 @@ def header_mutation(
     set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()
 ) -> ext_proc.HeaderMutation:
     """Headers to set (always overwriting a client-sent value) and headers to remove."""
-    return ext_proc.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
-            )
-            for key, value in (set_headers or {}).items()
-        ],
-        remove_headers=sorted(remove),
-    )
+    mutation = ext_proc.HeaderMutation()
+    _fill_mutation(mutation, set_headers, remove)
+    return mutation
+
+
+def _fill_mutation(
+    mutation: ext_proc.HeaderMutation, set_headers: Mapping[str, str] | None, remove: Iterable[str]
+) -> None:
+    mutation.SetInParent()  # present even when empty, as it always was
+    if set_headers:
+        add = mutation.set_headers.add
+        for key, value in set_headers.items():
+            option = add()
+            option.header.key = key
+            option.header.raw_value = value.encode()
+            option.append_action = _OVERWRITE
+    if remove:
+        mutation.remove_headers.extend(sorted(remove))
 
 
 def destination_metadata(destination: str) -> struct_pb2.Struct:
     metadata = struct_pb2.Struct()
-    metadata.update({LB_METADATA_NAMESPACE: {DESTINATION_ENDPOINT: destination}})
+    _fill_destination(metadata, destination)
     return metadata
+
+
+def _fill_destination(metadata: struct_pb2.Struct, destination: str) -> None:
+    namespace = metadata.fields[LB_METADATA_NAMESPACE].struct_value
+    namespace.fields[DESTINATION_ENDPOINT].string_value = destination
 
 
 def continue_request_headers(remove: Iterable[str] = ()) -> ext_proc.ProcessingResponse:
     """Let the request headers through unchanged except for ``remove`` (BUFFERED mode, first answer)."""
-    mutation = header_mutation(remove=remove)
-    return ext_proc.ProcessingResponse(
-        request_headers=ext_proc.HeadersResponse(response=ext_proc.CommonResponse(header_mutation=mutation))
-    )
+    response = ext_proc.ProcessingResponse()
+    _fill_mutation(response.request_headers.response.header_mutation, None, remove)
+    return response
 
 
 def routed_request_headers(
     set_headers: Mapping[str, str], remove: Iterable[str], destination: str
 ) -> ext_proc.ProcessingResponse:
     """The deferred header answer of FULL_DUPLEX_STREAMED mode: where to go, and a fresh route match."""
-    return ext_proc.ProcessingResponse(
-        request_headers=ext_proc.HeadersResponse(
-            response=ext_proc.CommonResponse(
-                header_mutation=header_mutation(set_headers, remove), clear_route_cache=True
-            )
-        ),
-        dynamic_metadata=destination_metadata(destination),
-    )
+    response = ext_proc.ProcessingResponse()
+    common = response.request_headers.response
+    _fill_mutation(common.header_mutation, set_headers, remove)
+    common.clear_route_cache = True
+    _fill_destination(response.dynamic_metadata, destination)
+    return response
 
 
 def routed_request_body(
@@ -67,41 +84,43 @@ def routed_request_body(
 ) -> ext_proc.ProcessingResponse:
     """BUFFERED mode: the routing headers ride on the body answer (Envoy applies them before host
     selection); the body is replaced only when the decision rewrote it."""
-    common = ext_proc.CommonResponse(
-        header_mutation=header_mutation(set_headers, remove), clear_route_cache=True
-    )
+    response = ext_proc.ProcessingResponse()
+    common = response.request_body.response
+    _fill_mutation(common.header_mutation, set_headers, remove)
+    common.clear_route_cache = True
     if new_body is not None:
         common.body_mutation.body = new_body
-    return ext_proc.ProcessingResponse(
-        request_body=ext_proc.BodyResponse(response=common),
-        dynamic_metadata=destination_metadata(destination),
-    )
+    _fill_destination(response.dynamic_metadata, destination)
+    return response
 
 
 def streamed_request_body(body: bytes) -> Iterator[ext_proc.ProcessingResponse]:
     """The whole request body in chunks, ``end_of_stream`` on the last (an empty body: one empty chunk)."""
     for chunk, last in _chunks(body):
-        yield ext_proc.ProcessingResponse(request_body=_streamed_body(chunk, last))
+        response = ext_proc.ProcessingResponse()
+        _fill_streamed(response.request_body, chunk, last)
+        yield response
 
 
 def streamed_response_body(
     body: bytes, end_of_stream: bool, chunked: bool = True
 ) -> Iterator[ext_proc.ProcessingResponse]:
     if not chunked or len(body) <= BODY_CHUNK_BYTES:
-        yield ext_proc.ProcessingResponse(response_body=_streamed_body(body, end_of_stream))
+        response = ext_proc.ProcessingResponse()
+        _fill_streamed(response.response_body, body, end_of_stream)
+        yield response
         return
     for chunk, last in _chunks(body):
-        yield ext_proc.ProcessingResponse(response_body=_streamed_body(chunk, last and end_of_stream))
+        response = ext_proc.ProcessingResponse()
+        _fill_streamed(response.response_body, chunk, last and end_of_stream)
+        yield response
 
 
-def _streamed_body(chunk: bytes, end_of_stream: bool) -> ext_proc.BodyResponse:
-    return ext_proc.BodyResponse(
-        response=ext_proc.CommonResponse(
-            body_mutation=ext_proc.BodyMutation(
-                streamed_response=ext_proc.StreamedBodyResponse(body=chunk, end_of_stream=end_of_stream)
-            )
-        )
-    )
+def _fill_streamed(answer: ext_proc.BodyResponse, chunk: bytes, end_of_stream: bool) -> None:
+    streamed = answer.response.body_mutation.streamed_response
+    streamed.body = chunk
+    streamed.end_of_stream = end_of_stream
+    streamed.SetInParent()  # present even for an empty last chunk (body b"", end_of_stream False)
 
 
 def _chunks(body: bytes) -> Iterator[tuple[bytes, bool]]:
@@ -115,20 +134,22 @@ def _chunks(body: bytes) -> Iterator[tuple[bytes, bool]]:
 
 def replaced_response_body(new_body: bytes | None) -> ext_proc.ProcessingResponse:
     """BUFFERED response mode: keep the body (None) or replace it."""
-    common = ext_proc.CommonResponse()
+    response = ext_proc.ProcessingResponse()
+    common = response.response_body.response
+    common.SetInParent()
     if new_body is not None:
         common.body_mutation.body = new_body
-    return ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=common))
+    return response
 
 
-def continue_response_headers(remove: Iterable[str] = ()) -> ext_proc.ProcessingResponse:
-    if not remove:
+def continue_response_headers(
+    remove: Iterable[str] = (), set_headers: Mapping[str, str] | None = None
+) -> ext_proc.ProcessingResponse:
+    if not remove and not set_headers:
         return _CONTINUE_RESPONSE_HEADERS
-    return ext_proc.ProcessingResponse(
-        response_headers=ext_proc.HeadersResponse(
-            response=ext_proc.CommonResponse(header_mutation=header_mutation(remove=remove))
-        )
-    )
+    response = ext_proc.ProcessingResponse()
+    _fill_mutation(response.response_headers.response.header_mutation, set_headers, remove)
+    return response
 
 
 def request_trailers_done() -> ext_proc.ProcessingResponse:

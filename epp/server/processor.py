@@ -1,4 +1,9 @@
-"""The gRPC ``ExternalProcessor`` service: one :class:`ExtProcStream` per ``Process`` call."""
+"""The ext_proc service: one :class:`ExtProcStream` per ``Process`` call, on either transport.
+
+``handle(requests, send)`` is the method handler both listeners call (``epp.server.listeners``): the
+h2 transport directly, grpc.aio through ``context.write``. This is the one place that adapts the
+stream state machine to a transport.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from epp.metrics import ServerMetrics
-from epp.server.stream import ActiveRequestIds, BufferBudget, ExtProcStream, StreamSettings
+from epp.server.stream import ActiveRequestIds, BufferBudget, ExtProcStream, Send, StreamSettings
+from epp.transport import RpcError, StatusCode, ext_proc_method
+from epp.transport.methods import Method
 from epp.types import Director
 
 log = logging.getLogger(__name__)
 
 
-class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
+class ExtProcService:
     def __init__(self, director: Director, settings: StreamSettings, metrics: ServerMetrics) -> None:
         self._director = director
         self._settings = settings
@@ -28,23 +33,22 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self.idle = asyncio.Event()  # set while no stream is open (what a drain waits for)
         self.idle.set()
 
-    # A coroutine writing through the context (not an async generator): cancellation then runs the
-    # stream's cleanup deterministically, which keeps the Director's in-flight counts exact.
-    async def Process(
-        self,
-        request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> None:
+    def method(self) -> Method:
+        return ext_proc_method(self.handle)
+
+    async def handle(self, requests: AsyncIterator[ext_proc.ProcessingRequest], send: Send) -> None:
         stream = ExtProcStream(self._director, self._settings, self._metrics, self._budget, self._request_ids)
         self.active_streams += 1
         self.idle.clear()
         try:
-            await stream.run(request_iterator, context.write)
+            await stream.run(requests, send)
+        except RpcError:
+            raise
         except Exception:
             # The proxy applies its failure mode (FailOpen/FailClose) to a stream that ends in error.
             self._metrics.stream_errors.inc()
             log.exception("ext_proc stream failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "endpoint picker stream failed")
+            raise RpcError(StatusCode.INTERNAL, "endpoint picker stream failed") from None
         finally:
             self.active_streams -= 1
             if not self.active_streams:

@@ -16,6 +16,11 @@ SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
 DESTINATION_ENDPOINT_SUBSET = "x-gateway-destination-endpoint-subset"
 
 DROPPED_REASON = "x-llm-d-request-dropped-reason"
+# Opt-in debugging (smoke tests): a request carrying DEBUG_ENDPOINT: true gets SERVED_BY in its
+# response, naming the endpoint that answered ("endpoint=ip:port", plus "prefill=ip:port" under P/D).
+DEBUG_ENDPOINT = "x-llm-d-debug-endpoint"
+SERVED_BY = "x-llm-d-served-by"
+PREFILL_ENDPOINT = "x-prefiller-host-port"
 REQUEST_ID = "x-request-id"
 
 # Current spelling first, legacy alias second.

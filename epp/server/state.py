@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from epp.server.response_body import BufferedBodyTracker, ModelNameRewriter, SseTracker
-from epp.types import InferenceRequest, Usage
+from epp.types import Decision, InferenceRequest, Usage
 
 
 class BodyMode(Enum):
@@ -37,6 +37,7 @@ class RequestState:
     decided: bool = False  # a routing answer (or a rejection) has been produced
     # Set only once the Director returned a Decision: from then on it must hear about the end.
     scheduled: InferenceRequest | None = None
+    decision: Decision | None = None  # the Director's answer (the opt-in served-by header reads it)
 
 
 @dataclass(slots=True)

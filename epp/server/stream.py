@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -26,6 +26,7 @@ from epp.server import messages
 from epp.server.body import parse_request_body
 from epp.server.protocol import (
     CONSUMED_HEADERS,
+    DEBUG_ENDPOINT,
     DEFAULT_FAIRNESS_ID,
     DESTINATION_ENDPOINT,
     DESTINATION_ENDPOINT_SERVED,
@@ -33,7 +34,9 @@ from epp.server.protocol import (
     FAIRNESS_ID_HEADERS,
     LB_METADATA_NAMESPACE,
     OBJECTIVE_HEADERS,
+    PREFILL_ENDPOINT,
     REQUEST_ID,
+    SERVED_BY,
     STEERING_HEADERS,
     SUBSET_HINT_NAMESPACE,
 )
@@ -169,7 +172,7 @@ class ExtProcStream:
         elif kind == "response_body":
             await self._on_response_body(message.response_body, send)
         elif kind == "response_trailers":
-            self._complete(failed=False)
+            self._complete(failed=False)  # before the last answer: see _answer_last
             await send(messages.response_trailers_done())
 
     # ----------------------------------------------------------------- request path
@@ -237,7 +240,7 @@ class ExtProcStream:
             body, parsed = parse_request_body(self._req.path, raw)
         except EppError as error:
             await self._reject(send, error)
-        decision = await self._schedule(self._new_request(body, parsed), send)
+        decision = await self._schedule(self._new_request(body, parsed, len(raw)), send)
 
         out_body = decision.body if decision.body is not None else raw
         set_headers = self._routing_headers(decision)
@@ -264,7 +267,9 @@ class ExtProcStream:
         await send(messages.routed_request_headers(set_headers, remove, set_headers[DESTINATION_ENDPOINT]))
         self._maybe_release()
 
-    def _new_request(self, body: dict[str, object], parsed: ParsedBody) -> InferenceRequest:
+    def _new_request(
+        self, body: dict[str, object], parsed: ParsedBody, body_bytes: int = 0
+    ) -> InferenceRequest:
         return InferenceRequest(
             request_id=self._req.request_id,
             path=self._req.path,
@@ -275,6 +280,7 @@ class ExtProcStream:
             fairness_id=_first_header(self._req.headers, FAIRNESS_ID_HEADERS) or DEFAULT_FAIRNESS_ID,
             subset=self._req.subset,
             received_at=self._req.received_at,
+            body_bytes=body_bytes,
         )
 
     async def _schedule(self, request: InferenceRequest, send: Send) -> Decision:
@@ -293,7 +299,7 @@ class ExtProcStream:
             await self._reject(send, EppError(500, "internal error while scheduling the request"))
         finally:
             self._metrics.scheduling.observe(time.perf_counter() - started)
-        self._req.scheduled = request
+        self._req.scheduled, self._req.decision = request, decision
         if not decision.endpoints or not all(decision.endpoints):
             await self._reject(send, EppError(503, "no endpoint available", "rejected-no-endpoints"))
         if decision.target_model and decision.target_model != request.parsed.model and request.parsed.model:
@@ -351,10 +357,11 @@ class ExtProcStream:
                 log.exception("director.handle_response_headers failed for %s", self._req.request_id)
         # A rewritten model name changes the body length: let the proxy re-frame the response.
         rewriting = self._resp.rewriter is not None and self._resp.mode is not None
-        await send(messages.continue_response_headers(["content-length"] if rewriting else []))
+        remove = ["content-length"] if rewriting else []
         if headers.end_of_stream:
             self._resp.ended = True
-            self._complete(failed=self._resp.server_failed())
+            self._complete(failed=self._resp.server_failed())  # before the last answer: see _answer_last
+        await send(messages.continue_response_headers(remove, self._served_by()))
 
     async def _on_response_body(self, body: ext_proc.HttpBody, send: Send) -> None:
         chunk, end = body.body, body.end_of_stream
@@ -363,28 +370,28 @@ class ExtProcStream:
             if self._req.scheduled is not None:  # not for local replies or unrouted requests
                 self._metrics.ttft.observe(time.monotonic() - self._req.received_at)
         self._resp.size += len(chunk)
+        answers: Iterable[ext_proc.ProcessingResponse]
         if self._resp.mode is BodyMode.BUFFERED:
-            await send(messages.replaced_response_body(self._track_whole_body(chunk, end)))
+            answers = [messages.replaced_response_body(self._track_whole_body(chunk, end))]
         elif self._resp.sse is not None:
-            out = self._resp.sse.feed(chunk, end)
-            for message in messages.streamed_response_body(out, end, chunked=False):
-                await send(message)
+            answers = messages.streamed_response_body(self._resp.sse.feed(chunk, end), end, chunked=False)
         elif self._resp.rewriter is not None:
             # A JSON body can only be rewritten whole: hold it until the end.
             self._resp.held.append(chunk)
+            answers = []
             if end:
                 whole = b"".join(self._resp.held)
                 self._resp.held.clear()
                 self._resp.buffered.feed(whole, True)
-                for message in messages.streamed_response_body(self._resp.rewriter(whole), True):
-                    await send(message)
+                answers = messages.streamed_response_body(self._resp.rewriter(whole), True)
         else:
             self._resp.buffered.feed(chunk, end)
-            for message in messages.streamed_response_body(chunk, end, chunked=False):
-                await send(message)
+            answers = messages.streamed_response_body(chunk, end, chunked=False)
         if end:
             self._resp.ended = True
-            self._complete(failed=self._resp.server_failed())
+            self._complete(failed=self._resp.server_failed())  # before the last answer: see _answer_last
+        for answer in answers:
+            await send(answer)
 
     def _track_whole_body(self, chunk: bytes, end: bool) -> bytes | None:
         """Feed a (buffered) body to the usage tracker; return the rewritten body or None if unchanged."""
@@ -393,6 +400,16 @@ class ExtProcStream:
         else:
             self._resp.buffered.feed(chunk, end)
         return self._resp.rewriter(chunk) if self._resp.rewriter is not None else None
+
+    def _served_by(self) -> dict[str, str]:
+        """The opt-in debug answer: which endpoint served (as the proxy reports it, else the pick)."""
+        decision = self._req.decision
+        if self._req.headers.get(DEBUG_ENDPOINT, "").strip().lower() != "true" or decision is None:
+            return {}
+        served = f"endpoint={self._resp.served or decision.endpoints[0]}"
+        if prefill := decision.headers.get(PREFILL_ENDPOINT):
+            served += f", prefill={prefill}"
+        return {SERVED_BY: served}
 
     # ----------------------------------------------------------------- bookkeeping
 
@@ -413,6 +430,13 @@ class ExtProcStream:
             fields = filter_metadata[LB_METADATA_NAMESPACE].fields
             if DESTINATION_ENDPOINT_SERVED in fields:
                 self._resp.served = fields[DESTINATION_ENDPOINT_SERVED].string_value or None
+
+    # _answer_last: the request is complete before the EPP sends the answer that ends the exchange
+    # (the last response body chunk, the response trailers, headers of a bodyless response). Envoy
+    # closes the ext_proc stream as soon as it has that answer (ext_proc.cc,
+    # closeGrpcStreamIfLastRespReceived: Envoy 1.40 sends RST_STREAM), and on grpc.aio the handler
+    # can still be inside that last write when the reset cancels it: completing afterwards reported
+    # ~4% of successful FULL_DUPLEX_STREAMED requests to the Director as failed.
 
     def _complete(self, failed: bool, count: bool = True) -> None:
         if self._completed:

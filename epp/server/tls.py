@@ -15,10 +15,16 @@ DestinationRule with ``insecureSkipVerify``), and upstream EPPs serve TLS by def
   Kubernetes replaces a Secret volume's files by swapping a symlink, so the pair is re-read when
   either resolved file changes, checked to match, and only then used for new connections. A
   broken renewal keeps the previous pair and is logged and counted.
+
+Each transport serves the pair its own way: grpc.aio asks ``CertificateSource.changed()`` before
+each handshake (dynamic credentials); the h2 transport gets :class:`ReloadingSslContext`, one
+``ssl.SSLContext`` per certificate generation handed to new handshakes by an SNI callback, with the
+files checked by a task off the event loop thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -29,13 +35,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from epp.transport.tls import server_ssl_context
+
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
@@ -95,15 +105,23 @@ def self_signed(now: datetime.datetime | None = None) -> KeyPair:
 
 def check_pair(pair: KeyPair) -> None:
     """Raise TlsError unless the pair loads into a TLS server context (PEM valid, key matches)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    # ssl loads chains from files only: a private temporary file, removed at once.
+    _with_files(pair, lambda cert, key: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key))
+
+
+def h2_ssl_context(pair: KeyPair) -> ssl.SSLContext:
+    """The h2 transport's server context (TLS 1.2+, ALPN h2: ``epp.transport.tls``) serving ``pair``."""
+    return _with_files(pair, server_ssl_context)
+
+
+def _with_files(pair: KeyPair, load: Callable[[Path, Path], _T]) -> _T:
+    # ssl loads chains from files only: a private temporary directory, removed at once.
     with tempfile.TemporaryDirectory(prefix="epp-tls-") as scratch:
         cert, key = Path(scratch, CERT_FILE), Path(scratch, KEY_FILE)
         cert.write_bytes(pair.cert_pem)
         key.write_bytes(pair.key_pem)
         os.chmod(key, 0o600)
         try:
-            context.load_cert_chain(cert, key)
+            return load(cert, key)
         except (ssl.SSLError, ValueError) as error:
             raise TlsError(f"{pair.origin}: not a usable certificate/key pair ({error})") from None
 
@@ -139,7 +157,7 @@ class CertificateSource:
             )
         self.cert_dir = cert_dir
         self.reload = reload
-        self._interval = check_interval
+        self.check_interval = check_interval
         self._clock = clock
         self._on_reload_error = on_reload_error
         self._lock = threading.Lock()
@@ -160,7 +178,7 @@ class CertificateSource:
         with self._lock:
             if now < self._next_check:
                 return None
-            self._next_check = now + self._interval
+            self._next_check = now + self.check_interval
             stamp = self._file_stamp()
             if stamp == self._stamp:
                 return None
@@ -190,3 +208,41 @@ class CertificateSource:
                 continue
             stamps.append((info.st_ino, info.st_mtime_ns, info.st_size))
         return tuple(stamps)
+
+
+class ReloadingSslContext:
+    """TLS for the h2 transport's listener, following a :class:`CertificateSource`.
+
+    asyncio fixes a listener's ``ssl.SSLContext`` when it starts, so the listener gets
+    ``listener_context`` and, with reloading on, an SNI callback on it: OpenSSL calls it for every
+    ClientHello (with or without a server name) and it hands the handshake the context of the newest
+    certificate generation. ``watch()`` checks the files every ``check_interval`` seconds in a worker
+    thread (stat, and read + verify on a change), so the event loop never waits on the filesystem,
+    and a connection already open keeps the certificate it was served.
+    """
+
+    def __init__(self, source: CertificateSource) -> None:
+        self.source = source
+        self.listener_context = h2_ssl_context(source.pair)
+        self.current = self.listener_context
+        if source.reload:
+            self.listener_context.sni_callback = self._pick
+
+    def _pick(self, connection: ssl.SSLObject, server_name: str | None, offered: ssl.SSLContext) -> None:
+        current = self.current
+        if current is not offered:
+            connection.context = current
+
+    async def watch(self) -> None:
+        """Runs until cancelled; a no-op when reloading is off."""
+        if not self.source.reload:
+            return
+        while True:
+            await asyncio.sleep(self.source.check_interval)
+            renewed = await asyncio.to_thread(self.source.changed)
+            if renewed is None:
+                continue
+            try:
+                self.current = await asyncio.to_thread(h2_ssl_context, renewed)
+            except TlsError as error:  # checked by the source already; a race with a second swap
+                log.error("could not serve the reloaded certificate, keeping the previous one: %s", error)

@@ -1,7 +1,7 @@
 """The gRPC health service (grpc/grpc doc/health-checking.md) on this transport, so an EPP serving
 ext_proc here needs no grpc.aio server for its probes either.
 
-``status(service)`` decides the answer; the EPP passes ``epp.server.health.HealthServicer.status``,
+``status(service)`` decides the answer; the EPP passes ``epp.server.health.HealthStatus.status``,
 which keeps its probe semantics (liveness, readiness, draining) in one place.
 """
 

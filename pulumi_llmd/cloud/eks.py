@@ -20,10 +20,12 @@ import pulumi_kubernetes as k8s
 
 from pulumi_llmd.catalog.efa import efa_interface_layout
 from pulumi_llmd.cloud.kubeconfig import eks_kubeconfig
-from pulumi_llmd.cloud.pools import check_gpus_per_pod
+from pulumi_llmd.cloud.pools import check_gpus_per_pod, serving_pools
+from pulumi_llmd.components.modelserver import DEFAULT_VLLM_IMAGE
 from pulumi_llmd.components.platform import Platform, PodNetworking
 from pulumi_llmd.config.eks import EksConfig
-from pulumi_llmd.config.models import StackConfig
+from pulumi_llmd.config.errors import ConfigError, Problem
+from pulumi_llmd.config.models import Engine, StackConfig
 from pulumi_llmd.config.nodes import pool_tolerations
 
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
@@ -108,7 +110,7 @@ class EksGpuCapacity(pulumi.ComponentResource):
         self.efa_security_group = self._efa_security_group(vpc_id)
         self.placement_group = (
             aws.ec2.PlacementGroup(f"{name}-gpu-placement", strategy="cluster", opts=self._child)
-            if config.node_group.placement_group
+            if config.node_group.effective_placement_group
             else None
         )
         self.launch_template = self._launch_template(cluster_sg)
@@ -308,6 +310,11 @@ class EksGpuCapacity(pulumi.ComponentResource):
         return aws.ec2.LaunchTemplate(
             f"{self._name}-{pool.name}",
             description=f"{pool.instance_type} GPU nodes, {pool.instance.efa_interfaces} EFA interfaces",
+            # In the launch template, not the node group: AWS requires it there for Capacity Blocks
+            # (EKS user guide, capacity-blocks-mng: "InstanceType set to an instance type that supports
+            # Capacity Blocks"), and EKS then refuses instanceTypes on the node group (CreateNodegroup
+            # API, instanceTypes). One place for every capacity type.
+            instance_type=pool.instance_type,
             network_interfaces=interfaces,
             placement=(
                 aws.ec2.LaunchTemplatePlacementArgs(group_name=self.placement_group.name)
@@ -350,7 +357,7 @@ class EksGpuCapacity(pulumi.ComponentResource):
             ami_type="AL2023_x86_64_NVIDIA",
             # CAPACITY_BLOCK is an EKS API value newer than the SDK's docstring (ON_DEMAND, SPOT).
             capacity_type=pool.capacity_type,
-            instance_types=[pool.instance_type],
+            # The instance type comes from the launch template (see _launch_template).
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
                 id=self.launch_template.id,
                 version=self.launch_template.latest_version.apply(str),
@@ -414,10 +421,55 @@ def eks_pod_networking(config: EksConfig) -> PodNetworking:
     )
 
 
+# llm-d's AWS overlays run an AWS Deep Learning Container vLLM image, which carries the EFA
+# installer's libfabric and aws-ofi-nccl (llm-d guides/recipes/modelserver/components/images/
+# gpu-vllm/aws-efa/kustomization.yaml); the upstream vllm/vllm-openai image has no EFA provider for
+# NIXL's LIBFABRIC backend to open.
+EFA_VLLM_IMAGE_EXAMPLE = "public.ecr.aws/deep-learning-containers/vllm:0.26.0-gpu-py312-cu130-ubuntu22.04-ec2"
+UPSTREAM_VLLM_REPOSITORIES = (
+    "vllm/vllm-openai",
+    "docker.io/vllm/vllm-openai",
+    "index.docker.io/vllm/vllm-openai",
+)
+
+
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    slash, colon = name.rfind("/"), name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def check_efa_images(config: StackConfig) -> None:
+    """P/D KV transfer on EKS goes over NIXL's LIBFABRIC backend, which needs libfabric with the EFA
+    provider in the image: refuse pools that would run the upstream vLLM image, naming the key."""
+    # Only disaggregated models transfer KV (each models[] entry decides for its own pools).
+    disaggregated = {
+        model.section_key(role)
+        for model in config.served()
+        if model.disaggregated and model.model.engine is not Engine.SIMULATOR
+        for role in ("prefill", "decode")
+    }
+    problems = [
+        Problem(
+            f"{key}.image",
+            f"must be a vLLM image that carries the EFA libfabric stack on platform eks (got "
+            f"{pool.image or 'the default ' + DEFAULT_VLLM_IMAGE}): P/D KV transfer uses NIXL's "
+            f"{NIXL_EFA_BACKEND} backend over EFA, which the upstream vllm/vllm-openai image lacks; "
+            f"use an AWS Deep Learning Container as llm-d's AWS guide does, e.g. {EFA_VLLM_IMAGE_EXAMPLE}",
+        )
+        for key, pool in serving_pools(config)
+        if key in disaggregated
+        and (pool.image is None or _repository(pool.image) in UPSTREAM_VLLM_REPOSITORIES)
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
 def provision(config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> Platform:
     """Entry point for `llmd:platform: eks` (called by the spine's provision_platform)."""
     if config.eks is None:
         raise ValueError("llmd:eks is required when llmd:platform is 'eks'")
+    check_efa_images(config)
     pool = config.eks.node_group
     pods_per_node = pool.instance.efa_interfaces // pool.effective_efa_per_pod
     share = (

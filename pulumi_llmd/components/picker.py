@@ -14,15 +14,27 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import EndpointPickerArgs
 from pulumi_llmd.components.inputs import EndpointPickerInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
-from pulumi_llmd.components.pickerconfig import render_epp_config
+from pulumi_llmd.components.pickerconfig import PreciseSettings, render_epp_config
 from pulumi_llmd.components.tracing import tracing_args, tracing_env
+from pulumi_llmd.config.errors import ConfigError, Problem
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import EppImplementation
+from pulumi_llmd.config.precise import EppTokenizer, PrefixCacheMode, effective_tokenizer, precise_problems
 
 CONFIG_DIR = "/config"
 CONFIG_FILE = "epp-config.yaml"
 TLS_DIR = "/etc/epp/tls"
 CONFIG_CHECKSUM_ANNOTATION = "llm-d.ai/epp-config-sha256"
+# The bundled EPP's drain is bounded by --drain-timeout (default 30 s, epp/cli.py) plus the short
+# notice before it; this leaves room for both and for a slow exit.
+TERMINATION_GRACE_SECONDS = 130
+
+# Precise mode with tokenizer path: the model's PVC, mounted read-only (the token-producer's local.path).
+MODEL_DIR = "/model"
+# /tmp holds the Hub tokenizer download in precise mode (local.cacheDir /tmp/tokenizers): a
+# tokenizer.json is up to ~20 MB.
+TMP_SIZE = "64Mi"
+TMP_SIZE_WITH_TOKENIZER = "256Mi"
 
 
 Picker = EndpointPickerInputs
@@ -45,9 +57,21 @@ def epp_selector(pool_name: str) -> dict[str, str]:
 OBJECTIVE_GROUPS = ["llm-d.ai", "inference.networking.x-k8s.io"]
 
 
+def lease_name(pool_namespace: str, pool_name: str) -> str:
+    """The Lease one pool's EPP replicas compete for: upstream's name, which the bundled EPP uses too
+    (epp/leader.py lease_name; a test holds the two equal)."""
+    return f"epp-{pool_namespace}-{pool_name}.gateway-api-inference-extension.sigs.k8s.io"
+
+
 def role_rules(picker: Picker) -> list[dict[str, Any]]:
     """Exactly what the EPP reads, read-only: pods (endpoints), its InferencePool, the
-    InferenceObjectives and the InferenceModelRewrites; leases and events only with leader election."""
+    InferenceObjectives and the InferenceModelRewrites. With leader election, its own Lease only:
+    get and update by name, and create, which RBAC cannot restrict to a name (the object's name is
+    not known at authorization time: kubernetes.io RBAC docs, "Referring to resources"). The bundled
+    EPP never lists, watches, patches or deletes Leases and records no Events (epp/leader.py);
+    llm-d's EPP (controller-runtime leader election) records leadership changes as Events, so with
+    ``implementation: upstream`` it also gets events create/patch, as its chart grants
+    (llm-d-router config/charts/routerlib/templates/_leader-election-rbac.yaml)."""
     read = ["get", "list", "watch"]
     rules: list[dict[str, Any]] = [
         {"apiGroups": [""], "resources": ["pods"], "verbs": read},
@@ -60,10 +84,13 @@ def role_rules(picker: Picker) -> list[dict[str, Any]]:
             {
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                "resourceNames": [lease_name(picker.namespace, picker.pool_name)],
+                "verbs": ["get", "update"],
             },
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         ]
+        if picker.settings.implementation is EppImplementation.UPSTREAM:
+            rules.append({"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]})
     return rules
 
 
@@ -114,9 +141,70 @@ def epp_arguments(picker: Picker) -> list[str]:
     return args + tracing_args(picker.tracing, explicit_off=True)
 
 
+def picker_problems(picker: Picker) -> list[Problem]:
+    """EndpointPicker args that cannot work together (the stack rules check the same on its keys)."""
+    settings = picker.settings
+    if picker.model is not None:
+        return precise_problems(picker.model, settings, model_key="model", epp_key="settings")
+    if settings.prefix_cache is PrefixCacheMode.PRECISE:
+        return [Problem("model", "is required with settings.prefixCache precise (tokenizer and block keys)")]
+    if settings.tokenizer is not None:
+        return [Problem("settings.tokenizer", "applies to settings.prefixCache precise only")]
+    return []
+
+
+def precise(picker: Picker) -> bool:
+    return picker.settings.prefix_cache is PrefixCacheMode.PRECISE and picker.model is not None
+
+
+def tokenizer(picker: Picker) -> EppTokenizer | None:
+    """The precise mode's tokenizer source (None in approximate mode)."""
+    if not precise(picker):
+        return None
+    assert picker.model is not None
+    return effective_tokenizer(picker.model, picker.settings)
+
+
+def _pvc_location(uri: str) -> tuple[str, str]:
+    """``pvc://claim/path/in/claim`` as (claim, path)."""
+    claim, _, path = uri.split("://", 1)[1].partition("/")
+    return claim, path
+
+
+def token_producer_parameters(picker: Picker) -> dict[str, Any]:
+    """The token-producer backend for the model (docs/precise-prefix.md, "token-producer")."""
+    model = picker.model
+    assert model is not None
+    source = tokenizer(picker)
+    if source is EppTokenizer.SIMULATOR:
+        return {"simulator": {}}
+    if source is EppTokenizer.PATH:
+        _claim, path = _pvc_location(model.uri)
+        return {"local": {"path": f"{MODEL_DIR}/{path}".rstrip("/")}}
+    # hub: the repo vLLM loads; the Hub token (gated models) comes from HF_TOKEN, the default tokenEnv.
+    return {"local": {"huggingFace": {"repo": model.uri.split("://", 1)[1], "revision": "main"}}}
+
+
+def precise_settings(picker: Picker) -> PreciseSettings | None:
+    model = picker.model
+    if not precise(picker) or model is None or model.block_size is None:
+        return None
+    return PreciseSettings(
+        token_producer=token_producer_parameters(picker),
+        block_size=model.block_size,
+        hash_algorithm=model.prefix_caching_hash_algo,
+        hash_seed=model.hash_seed,
+    )
+
+
 def picker_config(picker: Picker) -> str:
     """The EndpointPickerConfig YAML the EPP loads."""
-    return render_epp_config(picker.settings, disaggregated=picker.disaggregated, lora=picker.lora)
+    return render_epp_config(
+        picker.settings,
+        disaggregated=picker.disaggregated,
+        precise=precise_settings(picker),
+        lora=picker.lora,
+    )
 
 
 def config_checksum(picker: Picker) -> str:
@@ -147,6 +235,7 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
             {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             *tracing_env(picker.tracing, name),
+            *_hub_token_env(picker),
         ],
         "ports": [
             {"name": "grpc", "containerPort": naming.EPP_GRPC_PORT, "protocol": "TCP"},
@@ -158,7 +247,13 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
             "initialDelaySeconds": 5,
             "periodSeconds": 10,
         },
-        "readinessProbe": {"grpc": {"port": health, "service": "readiness"}, "periodSeconds": 2},
+        # One failed check takes a replica out of the Service: a draining EPP turns readiness off
+        # first, and the gateway must stop sending it new streams at once.
+        "readinessProbe": {
+            "grpc": {"port": health, "service": "readiness"},
+            "periodSeconds": 2,
+            "failureThreshold": 1,
+        },
         "resources": {
             "requests": {"cpu": epp.resources.cpu, "memory": epp.resources.memory},
             "limits": {"memory": epp.resources.memory},
@@ -170,10 +265,17 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    source = tokenizer(picker)
+    tmp_size = TMP_SIZE_WITH_TOKENIZER if source is EppTokenizer.HUB else TMP_SIZE
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": name}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}},
     ]
+    if source is EppTokenizer.PATH and picker.model is not None:
+        # The model's own tokenizer files, read-only (the files must be readable by uid 65532).
+        claim, _path = _pvc_location(picker.model.uri)
+        container["volumeMounts"].append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     if epp.secure_serving and epp.tls_secret_name is not None:
         container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": epp.tls_secret_name}})
@@ -183,8 +285,10 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
         "metadata": _metadata(picker),
         "spec": {
             "replicas": epp.replicas,
-            # Never run two differently configured pickers side by side during a rollout.
-            "strategy": {"type": "Recreate"},
+            # A new replica must be ready before an old one goes: a rollout never leaves the gateway
+            # without a picker (Recreate made every rollout an outage). Old and new configs serve
+            # side by side for the seconds a rollout takes; each request is still routed whole by one.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": epp_selector(picker.pool_name)},
             "template": {
                 "metadata": {
@@ -194,14 +298,46 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
                 },
                 "spec": {
                     "serviceAccountName": name,
-                    # Longer than the EPP's 30 s drain so in-flight streams finish on shutdown.
-                    "terminationGracePeriodSeconds": 130,
+                    # Longer than the EPP's drain on SIGTERM (readiness off, new streams served for a
+                    # few seconds while the gateway notices, then open streams finish within the
+                    # 30 s --drain-timeout) so no stream is cut by SIGKILL.
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    # One node failure must not take every replica.
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": epp_selector(picker.pool_name)},
+                        }
+                    ],
                     "containers": [container],
                     "volumes": volumes,
                 },
             },
         },
     }
+
+
+def disruption_budget_manifest(picker: Picker) -> dict[str, Any] | None:
+    """Voluntary evictions (node drains, cluster upgrades) take one EPP replica at a time; with a
+    single replica there is nothing to keep, so no budget (it would only block drains)."""
+    if picker.settings.replicas < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(picker),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": epp_selector(picker.pool_name)}},
+    }
+
+
+def _hub_token_env(picker: Picker) -> list[dict[str, Any]]:
+    """The Hub token for a gated model's tokenizer download (tokenizer hub), from the model's Secret."""
+    if tokenizer(picker) is not EppTokenizer.HUB or picker.hf_token_secret is None:
+        return []
+    reference = {"name": picker.hf_token_secret, "key": "HF_TOKEN"}
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": reference}}]
 
 
 def service_manifest(picker: Picker) -> dict[str, Any]:
@@ -342,10 +478,11 @@ def role_binding_manifest(picker: Picker) -> dict[str, Any]:
 class EndpointPicker(pulumi.ComponentResource):
     """The endpoint picker (EPP) of one InferencePool, and the pool itself: a ServiceAccount with a
     read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (this project's EPP, or llm-d's
-    with settings.implementation upstream) and Service (ext_proc gRPC on 9002, TLS by default; metrics
-    on 9090), and the InferencePool (target port 8000) whose endpointPickerRef names that Service, plus
-    the pool's InferenceObjectives and InferenceModelRewrite when given. Select the model-server pods
-    with selector (a ModelServerPool's servingLabels)."""
+    with settings.implementation upstream; several active replicas by default, rolled without downtime,
+    with a PodDisruptionBudget) and Service (ext_proc gRPC on 9002, TLS by default; metrics on 9090), and
+    the InferencePool (target port 8000) whose endpointPickerRef names that Service, plus the pool's
+    InferenceObjectives and InferenceModelRewrite when given. Select the model-server pods with selector
+    (a ModelServerPool's servingLabels)."""
 
     pool_name: str
     """The InferencePool's name."""
@@ -373,6 +510,14 @@ class EndpointPicker(pulumi.ComponentResource):
         child, and ``depends_on`` (the namespace, the InferencePool CRD) is passed on to each of them.
         """
         picker = validate_args(EndpointPickerInputs, args, component="EndpointPicker")
+        if problems := picker_problems(picker):
+            raise ConfigError(problems, subject="EndpointPicker args")
+        if picker.settings.config is not None and precise(picker):
+            # Allowed: the pods still publish KV events; whether the EPP reads them is the override's.
+            pulumi.log.warn(
+                "settings.config overrides the generated EndpointPickerConfig: with settings.prefixCache "
+                "precise it must configure the precise plugins itself (docs/precise-prefix.md)"
+            )
         super().__init__("llmd:index:EndpointPicker", name, None, opts)
         child = child_options(self, opts)
 
@@ -382,6 +527,8 @@ class EndpointPicker(pulumi.ComponentResource):
         settings = register(config_map_manifest(picker), child)
         self.deployment = register(deployment_manifest(picker), child_options(self, opts, binding, settings))
         self.service = register(service_manifest(picker), child)
+        budget = disruption_budget_manifest(picker)
+        self.disruption_budget = register(budget, child) if budget is not None else None
         # The pool names the Service as its picker; create it once the Service exists.
         self.pool = register(inference_pool_manifest(picker), child_options(self, opts, self.service))
         # Objectives and rewrites name the pool; the EPP reads them once it watches the pool.

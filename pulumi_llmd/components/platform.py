@@ -32,6 +32,18 @@ class NetworkAttachment(ConfigModel):
     )
 
 
+# What only the pods of a pool whose replicas span nodes get: the collective-communication (NCCL)
+# fabric between nodes, e.g. a host-installed NCCL network plugin, its settings and its host paths.
+class MultiNodeNetworking(ConfigModel):
+    """Additions for the pods of pools whose replicas span nodes."""
+
+    env: dict[str, str] = Field(default_factory=dict, description="Extra engine-container environment.")
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="Extra pod volumes.")
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra engine-container volume mounts."
+    )
+
+
 class PodNetworking(ConfigModel):
     """How model-server pods attach to the accelerator network (RDMA, EFA) and reach GPU nodes."""
 
@@ -47,6 +59,15 @@ class PodNetworking(ConfigModel):
         '`{"rdma/roce_gdr": "2"}` or `{"vpc.amazonaws.com/efa": "32"}`.',
     )
     env: dict[str, str] = Field(default_factory=dict, description="Environment of the engine container.")
+    single_node_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Engine environment only for pools whose replicas fit one node (tensor parallel "
+        "inside the node), e.g. turning off NCCL network plugins that only cross-node traffic needs.",
+    )
+    multi_node: MultiNodeNetworking = Field(
+        default_factory=MultiNodeNetworking,
+        description="Additions only for pools whose replicas span nodes (nodesPerReplica > 1).",
+    )
     volumes: list[dict[str, Any]] = Field(default_factory=list, description="Extra pod volumes.")
     volume_mounts: list[dict[str, Any]] = Field(
         default_factory=list, description="Extra engine-container volume mounts."

@@ -58,6 +58,7 @@ from pulumi_llmd.config.errors import ConfigError
 from pulumi_llmd.config.gateways import GKE_MANAGES_INFERENCE_CRDS_FROM_MINOR, GatewayProvider
 from pulumi_llmd.config.inputs import validate_args
 from pulumi_llmd.config.models import Engine, FailureMode, LlmdStackConfig, ModelConfig, ServedModel
+from pulumi_llmd.config.precise import PrefixCacheMode
 from pulumi_llmd.config.rules import body_router_provider, stack_problems
 
 COMPONENT = "LlmdStack"
@@ -143,6 +144,11 @@ def endpoint_picker_args(stack: LlmdStackConfig, served: ServedModel | None = No
         args["rewrites"] = [_section(rule) for rule in model.model.rewrites]
     if model.model.objectives:
         args["objectives"] = [_section(objective) for objective in model.model.objectives]
+    if model.epp.prefix_cache is PrefixCacheMode.PRECISE:
+        # The token-producer's tokenizer and the pods' block keys (docs/precise-prefix.md).
+        args["model"] = _section(_model_section(model))
+        if needs_hf_token(stack):
+            args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
     return args
 
 
@@ -155,13 +161,11 @@ def model_server_pool_args(
         if role is Role.PREFILL
         else model.decode.model_dump(exclude={"sidecar"})
     )
-    # A models[] entry carries its pools and picker; the pool component takes the model alone.
-    model_section = ModelConfig.model_validate(model.model.model_dump(include=set(ModelConfig.model_fields)))
     args: ModelServerPoolArgs = {
         "instance": model.prefix,
         "namespace": stack.namespace,
         "role": role,
-        "model": _section(model_section),
+        "model": _section(_model_section(model)),
         "pool": cast(Any, pool),
         "disaggregated": model.disaggregated,
         "sidecar": _section(model.decode.sidecar),
@@ -169,6 +173,7 @@ def model_server_pool_args(
         "autoscaled": stack.autoscaling.enabled,
         "tracing": _section(stack.tracing),
         "implementation": model.epp.implementation,
+        "prefix_cache": model.epp.prefix_cache,
     }
     if needs_hf_token(stack):
         args["hf_token_secret"] = naming.hf_token_secret_name(stack.name)
@@ -257,6 +262,7 @@ def network_policies_args(
         multi_node_roles=multi_node_roles(model),
         settings=stack.network_policy,
         gateway_provider=stack.gateway.provider,
+        prefix_cache=model.epp.prefix_cache,
     )
 
 
@@ -395,9 +401,11 @@ class LlmdStack(pulumi.ComponentResource):
         # (for LeaderWorkerSets) the LWS install.
         multi_node = any(multi_node_roles(served) for served in stack.served())
         model_prerequisites: list[pulumi.Resource] = [namespace, *(crds if multi_node else [])]
+        token_secret: list[pulumi.Resource] = []
         if needs_hf_token(stack) and hf_token is not None:
             token = hf_token_secret_manifest(stack.name, stack.namespace, hf_token)
-            model_prerequisites.append(register(token, child_options(self, opts, namespace)))
+            token_secret.append(register(token, child_options(self, opts, namespace)))
+            model_prerequisites += token_secret
         if attachments := stack.pod_networking.network_attachments:
             networks = RdmaNetworks(
                 f"{name}-rdma-networks",
@@ -409,11 +417,15 @@ class LlmdStack(pulumi.ComponentResource):
         self.pickers: dict[str, EndpointPicker] = {}
         self.model_pools: dict[str, dict[Role, ModelServerPool]] = {}
         for served in stack.served():
+            picker_args = endpoint_picker_args(stack, served)
             # Single-model stacks keep their component names (and so their objects' URNs).
             picker = EndpointPicker(
                 naming.epp_name(served.prefix),
-                endpoint_picker_args(stack, served),
-                opts=child_options(self, opts, namespace, *crds),
+                picker_args,
+                # In precise mode the EPP may read the token Secret (tokenizer download).
+                opts=child_options(
+                    self, opts, namespace, *crds, *(token_secret if "hf_token_secret" in picker_args else [])
+                ),
             )
             self.pickers[served.model.name] = picker
             self.model_pools[served.model.name] = {
@@ -489,6 +501,11 @@ class LlmdStack(pulumi.ComponentResource):
                 "poolNames": self.pool_names,
             }
         )
+
+
+def _model_section(served: ServedModel) -> ModelConfig:
+    """A models[] entry carries its pools and picker; the components take the model alone."""
+    return ModelConfig.model_validate(served.model.model_dump(include=set(ModelConfig.model_fields)))
 
 
 def _section(model: BaseModel) -> Any:

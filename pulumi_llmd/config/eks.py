@@ -93,7 +93,12 @@ class EksNodeGroupConfig(ConfigModel):
     capacity_reservation_id: str | None = Field(
         default=None, description="Target this capacity reservation / capacity block (`cr-...`)."
     )
-    placement_group: bool = Field(default=True, description="Launch into a new cluster placement group.")
+    placement_group: bool | None = Field(
+        default=None,
+        description="Launch into a new cluster placement group. Unset: yes, except with CAPACITY_BLOCK "
+        "(Capacity Blocks come colocated in an EC2 UltraCluster, and a cluster placement group on them "
+        "fails with InsufficientInstanceCapacity), where true is refused.",
+    )
     disk_size_gib: int = Field(default=500, ge=50, description="Root volume (gp3) size.")
     node_role_arn: str | None = Field(
         default=None, description="Use this node IAM role instead of creating one."
@@ -159,6 +164,15 @@ class EksNodeGroupConfig(ConfigModel):
             )
         if self.capacity_type == "CAPACITY_BLOCK" and self.capacity_reservation_id is None:
             raise ValueError("capacityType CAPACITY_BLOCK needs capacityReservationId")
+        if self.capacity_type == "CAPACITY_BLOCK" and self.placement_group:
+            # Reported to fail with InsufficientInstanceCapacity: aws-parallelcluster PR #6311 refuses
+            # the combination, terraform-aws-eks PR #3730 and eksctl #7949 drop it. The block's
+            # instances are already placed together (EC2 user guide, Capacity Blocks for ML).
+            raise ValueError(
+                "placementGroup true cannot be combined with capacityType CAPACITY_BLOCK: a cluster "
+                "placement group on Capacity Block instances fails with InsufficientInstanceCapacity, "
+                "and the block's instances are already colocated; remove placementGroup"
+            )
         if self.capacity_type == "SPOT" and self.capacity_reservation_id is not None:
             raise ValueError(
                 "capacityType SPOT cannot use capacityReservationId "
@@ -176,17 +190,27 @@ class EksNodeGroupConfig(ConfigModel):
         return efa_instance_type(self.instance_type)
 
     @property
+    def effective_placement_group(self) -> bool:
+        if self.placement_group is not None:
+            return self.placement_group
+        return self.capacity_type != "CAPACITY_BLOCK"
+
+    @property
     def effective_efa_per_pod(self) -> int:
         return self.efa_per_pod or self.instance.efa_interfaces
 
 
 class EksAddonsConfig(ConfigModel):
+    # aws/eks-charts stable/aws-efa-k8s-device-plugin/Chart.yaml: `version: v0.5.30` (image v0.5.20),
+    # commit bfe91c4 (2026-07-21); its supportedInstanceLabels list p4d/p4de, p5, p5e and p5en.
     efa_device_plugin_version: str = Field(
-        default="v0.5.7",
+        default="v0.5.30",
         description="aws/eks-charts `aws-efa-k8s-device-plugin` chart version (these carry a leading v).",
     )
+    # NVIDIA/k8s-device-plugin tag v0.20.0 (2026-08-19), chart deployments/helm/nvidia-device-plugin
+    # `version: "0.20.0"`; its node affinity still accepts the nvidia.com/gpu.present=true label.
     nvidia_device_plugin_version: str = Field(
-        default="0.17.1",
+        default="0.20.0",
         description="`nvidia-device-plugin` chart version; the AL2023 NVIDIA AMI ships the driver and "
         "container toolkit but not the device plugin.",
     )

@@ -8,13 +8,14 @@ module only describes shapes and single-field constraints.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
@@ -27,7 +28,9 @@ from pulumi_llmd.config.gateways import (
 )
 from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
+from pulumi_llmd.config.mirrors import MirrorsConfig
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
+from pulumi_llmd.config.precise import MAX_HASH_SEED, EppTokenizer, PrefixCacheMode, PrefixCachingHashAlgo
 
 # RFC 1123 label: what Kubernetes accepts for namespaces and most object names.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -51,13 +54,17 @@ def project_image(name: str) -> str:
     return f"{PROJECT_IMAGE_REGISTRY}/{name}:{PROJECT_IMAGE_TAG}"
 
 
+# The RDMA shared device plugin's resources (Mellanox/k8s-rdma-shared-dev-plugin: resourcePrefix
+# "rdma"), and the resource name the Network Operator's examples configure.
+SHARED_RDMA_PREFIX = "rdma/"
+DEFAULT_SHARED_RDMA_RESOURCE = "rdma/rdma_shared_device_a"
+
 # llm-d's own endpoint picker and P/D sidecar at the release llm-d v0.10 documents (llm-d-router v0.10.0;
 # image names from its Makefile EPP_IMAGE_NAME / SIDECAR_IMAGE_NAME, registry ghcr.io/llm-d as in
 # config/charts/routerlib/values.yaml), for `llmd:epp.implementation: upstream`.
 LLM_D_ROUTER_RELEASE = "v0.10.0"
 UPSTREAM_EPP_IMAGE = f"ghcr.io/llm-d/llm-d-router-endpoint-picker:{LLM_D_ROUTER_RELEASE}"
 UPSTREAM_SIDECAR_IMAGE = f"ghcr.io/llm-d/llm-d-router-disagg-sidecar:{LLM_D_ROUTER_RELEASE}"
-
 
 # The two EndpointPickerConfig API versions in use (llm-d, and GIE up to v1.5).
 EPP_CONFIG_API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
@@ -241,6 +248,34 @@ class ModelConfig(ConfigModel):
     objectives: list[ObjectiveConfig] = Field(
         default_factory=list, description="InferenceObjectives (request priorities) of the model's pool."
     )
+    # Precise prefix routing (epp.prefixCache precise) needs the pods and the EPP to agree on these.
+    block_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="vLLM `--block-size` (tokens per KV block); unset lets vLLM choose (16 on CUDA, 128 on "
+        "CPU). Required with epp.prefixCache precise, whose EPP computes the pods' block keys.",
+    )
+    prefix_caching_hash_algo: PrefixCachingHashAlgo = Field(
+        default="sha256_cbor",
+        description="vLLM `--prefix-caching-hash-algo` of the block keys (llm-d recommends sha256_cbor); "
+        "set on the pods and the EPP with epp.prefixCache precise only.",
+    )
+    hash_seed: str = Field(
+        default="0",
+        pattern=r"^[0-9]{1,10}$",
+        description="`PYTHONHASHSEED` of the model servers, which seeds vLLM's block keys; set on the pods "
+        "and the EPP with epp.prefixCache precise only.",
+    )
+
+    @field_validator("hash_seed", mode="before")
+    @classmethod
+    def _python_hash_seed(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `hashSeed: 0` in YAML is a number
+        if isinstance(value, str) and value.isdigit() and int(value) > MAX_HASH_SEED:
+            raise ValueError(f"must be at most {MAX_HASH_SEED} (Python's PYTHONHASHSEED range)")
+        return value
 
     @property
     def source(self) -> Literal["hf", "pvc"]:
@@ -278,6 +313,8 @@ class CrdsConfig(ConfigModel):
         description="Gateway API release (standard channel); unset: the one the gateway provider is built "
         "against (agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own.",
     )
+    # v1.6.2: the newest GIE release (kubernetes-sigs/gateway-api-inference-extension releases; its
+    # v1-manifests.yaml asset is built by the Makefile's `release` target); InferencePool v1 unchanged.
     inference_extension_version: str = Field(
         default="v1.6.2",
         pattern=RELEASE_TAG,
@@ -412,6 +449,44 @@ class AcceleratorConfig(ConfigModel):
     )
 
 
+# A model-server pod usually takes a whole GPU node (or all the GPUs a node has free), so a surge pod
+# stays Pending until some other pod goes away and a maxSurge 1 / maxUnavailable 0 rollout never
+# finishes. GPU pools therefore default to maxSurge 0 / maxUnavailable 1, as llm-d rolls its prefill
+# pools (llm-d guides/pd-disaggregation/modelserver/gpu/vllm/base/disaggregatedset.yaml, which also
+# warns that a decode surge needs spare GPUs); pools without accelerators (the simulator) keep full
+# capacity with maxSurge 1 / maxUnavailable 0.
+class RolloutConfig(ConfigModel):
+    """How a pool replaces its pods, and how long one new pod may take to become ready."""
+
+    max_surge: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pods a rollout may add above `replicas`; each needs free GPUs for a whole pod. "
+        "Unset: 0 for pools with accelerators, 1 without.",
+    )
+    max_unavailable: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pods a rollout may take down before their replacements are ready. Unset: 1 for "
+        "pools with accelerators, 0 without. With a spare GPU node, set maxSurge 1 and "
+        "maxUnavailable 0 to roll without losing capacity.",
+    )
+    ready_timeout_minutes: int = Field(
+        default=60,
+        ge=5,
+        le=24 * 60,
+        description="How long one new pod may take to become ready: image pull, weight download, "
+        "load and compile. Sizes the startup probe, the Deployment's progressDeadlineSeconds and "
+        "Pulumi's customTimeouts (create: one such wait; update: one per batch of the rollout).",
+    )
+
+    def strategy(self, *, accelerated: bool) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) with the defaults for this kind of pool filled in."""
+        surge = self.max_surge if self.max_surge is not None else (0 if accelerated else 1)
+        unavailable = self.max_unavailable if self.max_unavailable is not None else (1 if accelerated else 0)
+        return surge, unavailable
+
+
 class PoolConfig(ConfigModel):
     """Shared shape of the prefill and decode pools."""
 
@@ -439,9 +514,17 @@ class PoolConfig(ConfigModel):
     )
     accelerator: AcceleratorConfig = Field(default_factory=AcceleratorConfig, description="GPUs per pod.")
     shm_size: Quantity = Field(default="16Gi", description="Size of the /dev/shm memory volume.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="Rollout strategy and how long a new pod may take to become ready.",
+    )
 
     def accelerators_per_pod(self) -> int:
         return self.tensor_parallel if self.accelerator.count is None else self.accelerator.count
+
+    def rollout_strategy(self) -> tuple[int, int]:
+        """(maxSurge, maxUnavailable) of this pool's rollouts."""
+        return self.rollout.strategy(accelerated=self.accelerators_per_pod() > 0)
 
 
 class PrefillConfig(PoolConfig):
@@ -475,6 +558,193 @@ class DecodeConfig(PoolConfig):
     )
 
 
+# Go durations as llm-d's metav1.Duration takes them ("60s", "1m30s", "500ms"; "0s" = no limit).
+GO_DURATION = r"^(0|([0-9]+(\.[0-9]+)?(h|m|s|ms|us|ns))+)$"
+# Kubernetes quantities for flow-control limits ("5000", "5k", "1Gi").
+FlowQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+FairnessPolicy = Literal["round-robin-fairness-policy", "global-strict-fairness-policy"]
+OrderingPolicy = Literal["fcfs-ordering-policy", "edf-ordering-policy", "slo-deadline-ordering-policy"]
+
+
+# As a template (defaultPriorityBand, defaultNegativePriorityBand) a band has no priority of its own.
+class FlowControlBand(ConfigModel):
+    """A priority band's limits and policies (llm-d's `PriorityBandConfig`)."""
+
+    max_requests: FlowQuantity | None = Field(
+        default=None, description="Queued requests the band holds before it rejects (llm-d default 5000)."
+    )
+    max_bytes: FlowQuantity | None = Field(
+        default=None, description="Queued request bytes the band holds (llm-d default 1G)."
+    )
+    fairness_policy: FairnessPolicy | None = Field(
+        default=None,
+        description="Which flow (fairness id) of the band goes next (llm-d default global-strict).",
+    )
+    ordering_policy: OrderingPolicy | None = Field(
+        default=None, description="Which request of a flow goes next (llm-d default fcfs)."
+    )
+
+
+class FlowControlPriorityBand(FlowControlBand):
+    priority: int = Field(description="The InferenceObjective priority this band serves.")
+
+
+class SaturationDetectorConfig(ConfigModel):
+    """What tells flow control that the pool is full (llm-d's detector plugins and their parameters)."""
+
+    type: Literal["utilization-detector", "concurrency-detector"] = Field(
+        default="utilization-detector",
+        description="`utilization-detector`: scraped queue depth and KV-cache use (llm-d's default); "
+        "`concurrency-detector`: the EPP's own in-flight count per pod, current to the request.",
+    )
+    queue_depth_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        description="utilization-detector: waiting requests per pod that count as full (5).",
+    )
+    kv_cache_util_threshold: float | None = Field(
+        default=None, gt=0, le=1, description="utilization-detector: KV-cache use that counts as full (0.8)."
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="concurrency-detector: requests in flight per pod at which the pool is full (100); "
+        "size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
+    )
+    headroom: float | None = Field(
+        default=None, ge=0, description="Burst above the limit a single pod may take as a filter (0)."
+    )
+    filter: bool = Field(
+        default=False,
+        description="Also a scheduling filter: no pod gets more than its limit x (1 + headroom), so a "
+        "burst cannot herd onto one pod.",
+    )
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_type(self) -> SaturationDetectorConfig:
+        utilization_only = {
+            "queueDepthThreshold": self.queue_depth_threshold,
+            "kvCacheUtilThreshold": self.kv_cache_util_threshold,
+        }
+        if self.type == "concurrency-detector":
+            wrong = [key for key, value in utilization_only.items() if value is not None]
+        else:
+            wrong = ["maxConcurrency"] if self.max_concurrency is not None else []
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        """The plugin's parameters under llm-d's names (only the ones set)."""
+        values = {
+            "queueDepthThreshold": self.queue_depth_threshold,
+            "kvCacheUtilThreshold": self.kv_cache_util_threshold,
+            "maxConcurrency": self.max_concurrency,
+            "headroom": self.headroom,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+class UsageLimitConfig(ConfigModel):
+    """How the gate's ceiling varies by priority (llm-d's usage-limit policy plugins)."""
+
+    type: Literal["static-usage-limit-policy", "priority-holdback-policy"] = Field(
+        default="static-usage-limit-policy",
+        description="`static-usage-limit-policy`: one ceiling for all; `priority-holdback-policy`: lower "
+        "priorities stop at lower saturation, leaving room for higher ones.",
+    )
+    threshold: float | None = Field(
+        default=None, gt=0, le=1, description="static: the ceiling (1.0 = up to the detector's limit)."
+    )
+    min_ceiling: float | None = Field(
+        default=None, ge=0, lt=1, description="holdback (required): the lowest priority's ceiling."
+    )
+    max_ceiling: float | None = Field(
+        default=None, gt=0, le=1, description="holdback: the highest priority's ceiling (1.0)."
+    )
+    domain: Literal["rank", "value"] | None = Field(
+        default=None, description="holdback: spread the ceilings by rank (default) or by priority value."
+    )
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_type(self) -> UsageLimitConfig:
+        holdback = {"minCeiling": self.min_ceiling, "maxCeiling": self.max_ceiling, "domain": self.domain}
+        if self.type == "static-usage-limit-policy":
+            wrong = [key for key, value in holdback.items() if value is not None]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+        else:
+            if self.threshold is not None:
+                raise ValueError(f"threshold does not apply to {self.type}")
+            if self.min_ceiling is None:
+                raise ValueError("minCeiling is required for priority-holdback-policy")
+            if self.max_ceiling is not None and self.min_ceiling > self.max_ceiling:
+                raise ValueError(
+                    f"minCeiling ({self.min_ceiling}) must not exceed maxCeiling ({self.max_ceiling})"
+                )
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        values = {
+            "threshold": self.threshold,
+            "minCeiling": self.min_ceiling,
+            "maxCeiling": self.max_ceiling,
+            "domain": self.domain,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+# Requests wait in the EPP, per priority band and fairness id, until the saturation detector says the
+# pool has room; a request whose wait outlasts its TTL, or that finds its band full, gets 429 (503 when
+# the pool has no endpoints).
+class EppFlowControlConfig(ConfigModel):
+    """llm-d's flow control: queue in the EPP until the pool has room, shed with 429/503."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: "
+        "the gate that protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, "
+        "measured with `python -m benchmarks.capacity`); docs/flow-control.md.",
+    )
+    # llm-d spells these keys with "TTL"; the Python names keep its capitals because the package
+    # schema's key is the field name camel-cased (pulumi's analyzer), and it must equal the stack key.
+    default_request_TTL: str = Field(
+        default="60s",
+        alias="defaultRequestTTL",
+        pattern=GO_DURATION,
+        description='Longest queue wait while the pool has endpoints ("0s": until the client leaves). '
+        "Keep it below gateway.requestTimeout.",
+    )
+    no_endpoint_request_TTL: str | None = Field(
+        default=None,
+        alias="noEndpointRequestTTL",
+        pattern=GO_DURATION,
+        description="Longest queue wait while the pool has no endpoints (scale from zero); unset follows "
+        "defaultRequestTTL.",
+    )
+    max_requests: FlowQuantity | None = Field(default=None, description="Global queued-request limit.")
+    max_bytes: FlowQuantity | None = Field(default=None, description="Global queued-byte limit.")
+    default_priority_band: FlowControlBand = Field(
+        default_factory=lambda: FlowControlBand(fairness_policy="round-robin-fairness-policy"),
+        description="Template of every priority not listed (here: round-robin across fairness ids).",
+    )
+    default_negative_priority_band: FlowControlBand | None = Field(
+        default_factory=lambda: FlowControlBand(
+            max_requests="64", fairness_policy="round-robin-fairness-policy"
+        ),
+        description="Template of bands below priority 0 (sheddable): a short queue, so they are shed first.",
+    )
+    priority_bands: list[FlowControlPriorityBand] = Field(
+        default_factory=list, description="Bands of particular priorities."
+    )
+    saturation_detector: SaturationDetectorConfig = Field(
+        default_factory=SaturationDetectorConfig, description="The dispatch gate."
+    )
+    usage_limit: UsageLimitConfig = Field(
+        default_factory=UsageLimitConfig, description="The gate's ceiling per priority."
+    )
+
+
 class EppImplementation(StrEnum):
     """Which endpoint picker (and P/D sidecar) runs behind the same Service, RBAC, config and pool."""
 
@@ -501,12 +771,20 @@ class EppConfig(ConfigModel):
         default=UPSTREAM_EPP_IMAGE,
         description="llm-d's endpoint-picker image, run with `implementation: upstream`.",
     )
-    replicas: int = Field(default=1, ge=1, le=16, description="EPP replicas.")
+    replicas: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="EPP replicas, active-active: the gateway spreads requests over the ready ones, so a "
+        "restart or a rollout of one replica loses nothing (one replica is an outage on every restart). "
+        "Each keeps its own approximate prefix index.",
+    )
     leader_election: bool = Field(
         default=False,
-        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant "
-        "leases/events RBAC; only the replica holding the pool's Lease reports ready (bundled and "
-        "upstream EPP images alike).",
+        description="Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to "
+        "the pool's Lease (and Events for the upstream EPP, which records leadership changes); only the "
+        "replica holding it reports ready (bundled and upstream EPP images alike). A rollout or a kill of "
+        "the leader then loses requests until a standby takes over.",
     )
     failure_mode: FailureMode = Field(
         default=FailureMode.FAIL_CLOSE,
@@ -531,6 +809,18 @@ class EppConfig(ConfigModel):
         min_length=1,
         description="A full EndpointPickerConfig YAML overriding the generated one.",
     )
+    prefix_cache: PrefixCacheMode = Field(
+        default=PrefixCacheMode.APPROXIMATE,
+        description="`approximate` (the EPP guesses each pod's cache from its own routing) or `precise` "
+        "(model servers publish vLLM KV events on ports 5557/5558 and the EPP indexes them; needs "
+        "model.blockSize; docs/precise-prefix.md).",
+    )
+    tokenizer: EppTokenizer | None = Field(
+        default=None,
+        description="Precise mode: the EPP's tokenizer, `hub` (downloaded from the Hugging Face Hub at "
+        "start), `path` (the model's PVC mounted read-only) or `simulator` (simulated pools); unset picks "
+        "simulator, hub or path from model.engine and model.uri.",
+    )
     pd_non_cached_tokens: int = Field(
         default=16,
         ge=0,
@@ -545,6 +835,10 @@ class EppConfig(ConfigModel):
     )
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
+    )
+    flow_control: EppFlowControlConfig = Field(
+        default_factory=EppFlowControlConfig,
+        description="llm-d's flow control in the generated EPP config (ignored with `config`).",
     )
 
     @field_validator("config")
@@ -676,7 +970,13 @@ class RdmaNetworkConfig(ConfigModel):
     )
     ipam_range: str = Field(
         pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$",
-        description="CIDR the whereabouts IPAM hands addresses out of.",
+        description="CIDR of the network's nv-ipam IPPool, which hands the pods their addresses.",
+    )
+    ips_per_node: int = Field(
+        default=16,
+        ge=2,
+        description="Addresses nv-ipam gives each node out of ipamRange (the IPPool's perNodeBlockSize): "
+        "at least the model-server pods one node runs.",
     )
     resource_name: str | None = Field(
         default=None,
@@ -686,6 +986,21 @@ class RdmaNetworkConfig(ConfigModel):
     interface: str | None = Field(
         default=None, pattern=r"^[a-z0-9]{1,15}$", description="Interface name inside the pod (e.g. net1)."
     )
+
+    @model_validator(mode="after")
+    def _block_fits_the_range(self) -> Self:
+        try:
+            network = ipaddress.IPv4Network(self.ipam_range)
+        except ValueError as error:
+            raise ValueError(f"ipamRange {self.ipam_range!r} is not an IPv4 network ({error})") from None
+        usable = max(network.num_addresses - 2, 0)  # network and broadcast addresses
+        if self.ips_per_node >= usable:
+            # nv-ipam: perNodeBlockSize "must be less than amount of available IPs in the subnet".
+            raise ValueError(
+                f"ipsPerNode {self.ips_per_node} must be less than the {usable} usable addresses of "
+                f"ipamRange {self.ipam_range}"
+            )
+        return self
 
 
 class OnPremConfig(ConfigModel):
@@ -699,20 +1014,31 @@ class OnPremConfig(ConfigModel):
         description="NVIDIA GPU Operator chart (helm.ngc.nvidia.com/nvidia/gpu-operator).",
     )
     network_operator: OperatorChartConfig = Field(
-        default_factory=lambda: OperatorChartConfig(version="v26.4.0", namespace="nvidia-network-operator"),
-        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator). With "
-        "rdmaNetworks, our values deploy its NicClusterPolicy: Multus, CNI plugins, whereabouts and the RDMA "
-        "shared device plugin for rdmaResource on the networks' interfaces (`values` override them).",
+        # v26.4.1: newest stable tag of Mellanox/network-operator (chart `version: 26.4.1`; Helm
+        # resolves the leading v); its NicClusterPolicy CRD is the one the tests validate against.
+        default_factory=lambda: OperatorChartConfig(version="v26.4.1", namespace="nvidia-network-operator"),
+        description="NVIDIA Network Operator chart (helm.ngc.nvidia.com/nvidia/network-operator); it "
+        "installs the operator and its CRDs only (since v24.10 the chart creates no NicClusterPolicy).",
+    )
+    nic_cluster_policy: bool = Field(
+        default=True,
+        description="With rdmaNetworks, create the cluster's NicClusterPolicy (one per cluster, named "
+        "nic-cluster-policy): Multus, the CNI plugins, nv-ipam and the RDMA shared device plugin on the "
+        "networks' interfaces. false when you manage that policy yourself.",
     )
     rdma_networks: list[RdmaNetworkConfig] = Field(
         default_factory=list, description="Multus networks attached to every model-server pod."
     )
     rdma_resource: str | None = Field(
-        default="rdma/rdma_shared_device_a",
+        default=None,
         pattern=r"^[a-z0-9.-]+/[a-z0-9_.-]+$",
-        description="RDMA device-plugin resource each model-server container requests; null for none.",
+        description="RDMA device-plugin resource each model-server container requests. Unset: "
+        "`rdma/rdma_shared_device_a` (advertised by the NicClusterPolicy's shared device plugin) when "
+        "rdmaNetworks name host interfaces, none otherwise.",
     )
-    rdma_resource_count: int = Field(default=1, ge=1, description="How many of `rdmaResource` per container.")
+    rdma_resource_count: int = Field(
+        default=1, ge=0, description="How many of `rdmaResource` per container; 0 requests none."
+    )
     node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},
         description="Node labels model-server pods require.",
@@ -728,6 +1054,39 @@ class OnPremConfig(ConfigModel):
         description="`UCX_NET_DEVICES` (e.g. mlx5_0:1) to pin NIXL to the RDMA NICs.",
     )
     nccl_ib_hca: str | None = Field(default=None, min_length=1, description="`NCCL_IB_HCA` (e.g. mlx5).")
+
+    @property
+    def rdma_interfaces(self) -> list[str]:
+        """Host interfaces of the RDMA networks: where the shared device plugin finds devices."""
+        return sorted({n.master for n in self.rdma_networks if n.master})
+
+    @property
+    def effective_rdma_resource(self) -> str | None:
+        if self.rdma_resource_count == 0:
+            return None
+        if self.rdma_resource is not None:
+            return self.rdma_resource
+        return DEFAULT_SHARED_RDMA_RESOURCE if self.rdma_interfaces else None
+
+    @model_validator(mode="after")
+    def _rdma_resource_is_advertised(self) -> Self:
+        # A resource nothing advertises leaves every model-server pod Pending. Ours is advertised by
+        # the shared device plugin of the NicClusterPolicy we create, which selects devices by the
+        # networks' host interfaces; without any there is nothing to advertise.
+        resource = self.effective_rdma_resource
+        if (
+            self.nic_cluster_policy
+            and resource is not None
+            and resource.startswith(SHARED_RDMA_PREFIX)
+            and not self.rdma_interfaces
+        ):
+            raise ValueError(
+                f"rdmaResource {resource!r} would be advertised by nothing: the NicClusterPolicy's RDMA "
+                "shared device plugin selects devices by the rdmaNetworks' master interfaces, and none "
+                "is set; add rdmaNetworks with a master, set rdmaResourceCount: 0, or set "
+                "nicClusterPolicy: false if you run the device plugin yourself"
+            )
+        return self
 
 
 class KindConfig(ConfigModel):
@@ -859,4 +1218,9 @@ class StackConfig(LlmdStackConfig):
     )
     eks: EksConfig | None = Field(
         default=None, description="Required for platform eks (cloud engineer's model)."
+    )
+    mirrors: MirrorsConfig = Field(
+        default_factory=MirrorsConfig,
+        description="Private or air-gapped clusters: image registry, Helm chart and remote YAML mirrors, "
+        "and image pull secrets, applied to everything the stack deploys.",
     )

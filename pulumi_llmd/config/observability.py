@@ -221,7 +221,7 @@ class RoleAutoscalingConfig(ConfigModel):
     min_replicas: int = Field(
         default=1,
         ge=1,
-        description="Fewest replicas. Not 0: the bundled EPP has no flow-control queue to hold requests "
+        description="Fewest replicas. Not 0: with flow control off (the default) nothing holds requests "
         "while a pool scales up from zero.",
     )
     max_replicas: int = Field(default=4, ge=1, description="Most replicas (your accelerator quota).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pulumi_llmd.config.errors import Problem
@@ -23,6 +24,7 @@ from pulumi_llmd.config.models import (
     ServedModel,
     StackConfig,
 )
+from pulumi_llmd.config.precise import PrefixCacheMode, pool_env_problems, precise_problems
 
 # How a stack program gets the Hugging Face token (LlmdStack's own callers pass hfToken instead).
 STACK_HF_TOKEN_HINT = "run `pulumi config set --secret llmd:hfToken <token>`"
@@ -103,6 +105,10 @@ def stack_problems(config: LlmdStackConfig, *, has_hf_token: bool, hf_token_hint
     for model in served:
         problems += _pool_problems(model)
         problems += _epp_tls_problems(model, config)
+        problems += precise_problems(
+            model.model, model.epp, model_key=model.key, epp_key=model.section_key("epp")
+        )
+        problems += _flow_control_problems(model, config)
         problems += _lora_problems(model)
         problems += _rewrite_problems(model)
         if needs_token(model.model) and not has_hf_token:
@@ -193,6 +199,18 @@ def _pool_problems(model: ServedModel) -> list[Problem]:
                     f" (got {pool.accelerators_per_pod()})",
                 )
             )
+        surge, unavailable = pool.rollout_strategy()
+        if surge == 0 and unavailable == 0:
+            problems.append(
+                Problem(
+                    f"{key}.rollout.maxUnavailable",
+                    "must be >= 1 when rollout.maxSurge is 0 (a rollout could neither add nor replace a pod)",
+                )
+            )
+        if model.epp.prefix_cache is PrefixCacheMode.PRECISE:
+            problems += pool_env_problems(
+                pool.env, env_key=f"{key}.env", mode_key=f"{model.section_key('epp')}.prefixCache"
+            )
         if pool.nodes_per_replica > 1 and pool.accelerator.count not in (None, pool.tensor_parallel):
             problems.append(
                 Problem(
@@ -230,6 +248,29 @@ def _epp_tls_problems(model: ServedModel, config: LlmdStackConfig) -> list[Probl
                 "TLS, so a plaintext EPP would fail every request",
             )
         )
+    return problems
+
+
+def _flow_control_problems(model: ServedModel, config: LlmdStackConfig) -> list[Problem]:
+    flow = model.epp.flow_control
+    if not flow.enabled or model.epp.config is not None:
+        return []
+    # The gateway must wait at least as long as a request may queue in the EPP, or it cuts the
+    # request off before flow control answers with its 429/503.
+    problems: list[Problem] = []
+    route = go_seconds(config.gateway.request_timeout)
+    for key, ttl in (
+        ("defaultRequestTTL", flow.default_request_TTL),
+        ("noEndpointRequestTTL", flow.no_endpoint_request_TTL),
+    ):
+        if ttl is not None and (go_seconds(ttl) == 0 or go_seconds(ttl) >= route):
+            problems.append(
+                Problem(
+                    f"{model.section_key('epp')}.flowControl.{key}",
+                    f"must be shorter than gateway.requestTimeout ({config.gateway.request_timeout}), "
+                    f"or queued requests are cut off by the gateway (got {ttl})",
+                )
+            )
     return problems
 
 
@@ -573,6 +614,14 @@ def _kind_problems(config: StackConfig) -> list[Problem]:
                     )
                 )
     return problems
+
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_seconds(text: str) -> float:
+    """A Go duration the models' patterns admit ("300s", "1m30s", "500ms", "0") in seconds."""
+    return sum(float(n) * _GO_UNITS[u] for n, u in re.findall(r"([0-9.]+)(ns|us|ms|s|m|h)", text))
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

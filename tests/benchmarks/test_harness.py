@@ -86,7 +86,6 @@ def test_bad_arguments_are_rejected_with_a_clear_message() -> None:
     assert completed.returncode == 2 and "rates must be > 0" in completed.stderr
 
 
-
 def test_a_quick_run_never_writes_over_the_committed_results(tmp_path: Path) -> None:
     from benchmarks.__main__ import results_dir
     from benchmarks.report import RESULTS_DIR
@@ -95,3 +94,76 @@ def test_a_quick_run_never_writes_over_the_committed_results(tmp_path: Path) -> 
     assert quick != RESULTS_DIR and quick.relative_to(ROOT).parts[0] == "build"
     assert results_dir(quick=False, given=None) == RESULTS_DIR
     assert results_dir(quick=True, given=tmp_path) == tmp_path
+
+
+def test_precise_quick_run(tmp_path: Path) -> None:
+    """``python -m benchmarks.precise --quick``: pods publishing KV events, precise and approximate
+    EPPs (one and two replicas), sglang-router and round-robin, all completing every request."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.precise",
+            "--quick",
+            "--routers",
+            "round-robin,epp-default,epp-precise,epp-precise-2x",
+            "--results-dir",
+            str(tmp_path),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    data = json.loads((tmp_path / "precise.json").read_text())
+    assert {(r["workload"], r["router"]) for r in data["runs"]} == {
+        (w, r)
+        for w in ("cache-churn", "multi-tenant")
+        for r in ("round-robin", "epp-default", "epp-precise", "epp-precise-2x")
+    }
+    for run in data["runs"]:
+        assert run["stats"]["failed"] == 0, run["error_samples"]
+        assert 0.0 <= run["prefix_hit_rate"] <= 1.0
+    checks = data["summary"]["multi-tenant"]["checks"]
+    assert set(checks["replicas"]) == {"epp-precise @ 10"}
+    assert "10" in checks["precise_vs_approx"]
+
+
+def test_quick_saturation_run_serves_or_sheds_every_request() -> None:
+    """Real pods, Envoy and the EPP for a few seconds: every request is served or deliberately shed."""
+    from benchmarks.saturation import QUICK_DIR
+    from localrun import envoy_binary
+
+    try:
+        envoy_binary()
+    except (FileNotFoundError, ImportError) as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Envoy binary not available: {exc}")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.saturation",
+            "--quick",
+            "--routers",
+            "round-robin,epp-flow-control",
+            "--parts",
+            "sweep,tenants",
+            "--workloads",
+            "random",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    data = json.loads((QUICK_DIR / "saturation.json").read_text())
+    runs = data["runs"]
+    assert {r["part"] for r in runs} == {"sweep", "tenants"}
+    for run in runs:
+        point = run["point"]
+        assert point["lost"] == 0, point["lost_samples"]
+        assert point["served"] + sum(point["shed"].values()) == point["requests"]

@@ -44,3 +44,28 @@ def test_epp_router_configs_load_and_the_burst_variant_adds_to_the_default_score
     assert "active-request-scorer" in variant.plugins and "active-request-scorer" not in default.plugins
     for name in ("queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"):
         assert name in variant.plugins and name in default.plugins
+
+
+def test_precise_routers_fill_in_the_pools_event_ports_and_load() -> None:
+    from benchmarks.pool import KvEventPorts
+    from benchmarks.routers import PRECISE_ROUTERS, epp_config_text
+    from epp.plugins.precise import PrecisePrefixCacheProducer
+
+    ports = KvEventPorts(socket_port=31000, replay_port=32000)
+    for spec in PRECISE_ROUTERS:
+        text = epp_config_text(spec, ports, block_size=16)
+        if not spec.kv_events:
+            assert text is None and spec.epp_replicas == 2  # epp-default-2x: the built-in default
+            continue
+        producer = load_config(text).plugins["precise-prefix-cache-producer"]
+        assert isinstance(producer, PrecisePrefixCacheProducer)
+        assert (producer.socket_port, producer.replay_port) == (31000, 32000)
+        assert (producer.hasher.algorithm, producer.hasher.seed, producer.hasher.block_size) == (
+            "sha256_cbor",
+            "0",
+            16,
+        )
+        assert producer.speculative is spec.speculative
+        with pytest.raises(ValueError, match="needs pods that publish KV events"):
+            epp_config_text(spec, None, block_size=16)
+    assert router_by_name("epp-precise-2x").epp_replicas == 2

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections import Counter
 
 import pytest
 
 from benchmarks.workloads import (
     CHARS_PER_TOKEN,
+    CacheChurnWorkload,
+    MultiTenantWorkload,
     MultiTurnChatWorkload,
     RandomWorkload,
     SharedPrefixWorkload,
@@ -84,3 +87,29 @@ def test_poisson_offsets_have_the_requested_mean_gap() -> None:
     gaps = [b - a for a, b in itertools.pairwise(offsets)]
     assert offsets[0] == 0.0 and all(g >= 0 for g in gaps)
     assert statistics.fmean(gaps) == pytest.approx(1 / 20.0, rel=0.06)
+
+
+def test_multi_tenant_requests_are_a_tenant_context_plus_a_unique_query() -> None:
+    workload = MultiTenantWorkload(tenants=3, requests_per_tenant=4, context_tokens=50, query_tokens=10)
+    specs = workload.requests("m", seed=2)
+    assert len(specs) == 12 and {s.group for s in specs} == {"t0", "t1", "t2"}
+    for tenant in ("t0", "t1", "t2"):
+        prompts = [s.body["prompt"] for s in specs if s.group == tenant]
+        assert len({p[:200] for p in prompts}) == 1 and len(set(prompts)) == 4
+        assert all(p[200] == "\n" for p in prompts)  # the context ends where the query begins
+    assert {s.prompt_tokens for s in specs} == {60}
+    assert specs == workload.requests("m", seed=2)
+
+
+def test_cache_churn_is_uniform_or_zipf_skewed() -> None:
+    uniform = CacheChurnWorkload(groups=10, prompts_per_group=5, prefix_tokens=20, question_tokens=5)
+    counts = Counter(s.group for s in uniform.requests("m", seed=1))
+    assert set(counts.values()) == {5} and len(counts) == 10
+    assert uniform.working_set_tokens == 250
+    skewed = CacheChurnWorkload(
+        groups=10, prompts_per_group=50, prefix_tokens=20, question_tokens=5, zipf=1.2
+    )
+    counts = Counter(s.group for s in skewed.requests("m", seed=1))
+    assert sum(counts.values()) == 500 and counts["p0"] > 3 * counts.get("p9", 0)
+    with pytest.raises(ValueError, match="zipf must be >= 0"):
+        CacheChurnWorkload(zipf=-1)

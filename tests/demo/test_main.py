@@ -56,9 +56,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def start_demo(
-    tmp_path: Path, *args: str, background_job: bool = False
-) -> tuple[subprocess.Popen[str], str]:
+def start_demo(tmp_path: Path, *args: str, background_job: bool = False) -> tuple[subprocess.Popen[str], str]:
     marker = uuid.uuid4().hex
     env = {**os.environ, MARKER: marker, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(

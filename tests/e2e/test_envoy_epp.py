@@ -60,6 +60,15 @@ def test_request_reaches_the_pod_the_epp_picked(stack: Stack) -> None:
     assert stack.epp_metric("epp_requests_total", {"code": "200"}) >= 1
 
 
+def test_debug_header_names_the_pod_that_answered_through_envoy(stack: Stack) -> None:
+    # The README's smoke test: one request through the gateway shows which pod served it.
+    reply = stack.post({"model": MODEL, "prompt": "who answers?"}, x_llm_d_debug_endpoint="true")
+    pod = next(p for p in stack.pods if p.name == stack.pod_of(reply))
+    assert reply.headers["x-llm-d-served-by"] == f"endpoint={pod.hostport}"
+    plain = stack.post({"model": MODEL, "prompt": "who answers?"})
+    assert "x-llm-d-served-by" not in plain.headers
+
+
 def test_client_sent_destination_header_is_ignored(stack: Stack) -> None:
     decoy = "127.0.0.1:1"  # nothing listens there; honouring it would fail the request
     for pod in stack.pods:

@@ -9,7 +9,10 @@ import pytest
 
 from epp.cli import duration, parse_args
 from epp.config.loader import DEFAULT_CONFIG
+from epp.scheduling.framework import SaturationDetector
+from epp.server import Transport
 from epp.server.stream import BodyMode
+from tests.support.epp_configs import HEADER
 
 
 @pytest.fixture
@@ -29,6 +32,8 @@ def test_defaults_match_the_contract(endpoints: Path) -> None:
     assert server.stream.default_body_mode is BodyMode.FULL_DUPLEX_STREAMED
     # Secure serving is on by default, as upstream, with a self-signed pair made at start.
     assert server.tls is not None and server.tls.pair.origin == "self-signed" and level == "info"
+    # The asyncio HTTP/2 transport by default (issue 16); grpc.aio stays behind --transport grpc.
+    assert server.transport is Transport.H2
 
 
 def test_llm_d_style_flags(tmp_path: Path) -> None:
@@ -51,6 +56,8 @@ def test_llm_d_style_flags(tmp_path: Path) -> None:
             "--grpc-port=19002",
             "--body-mode",
             "BUFFERED",
+            "--transport",
+            "grpc",
         ]
     )
     assert (runtime.pool_name, runtime.pool_namespace) == ("pool", "llm")
@@ -60,6 +67,7 @@ def test_llm_d_style_flags(tmp_path: Path) -> None:
     assert runtime.served_models == frozenset({"a", "b"})
     assert server.grpc_port == 19002 and server.tls is None
     assert server.stream.default_body_mode is BodyMode.BUFFERED
+    assert server.transport is Transport.GRPC
 
 
 def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path) -> None:
@@ -88,6 +96,7 @@ def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path
         (["--endpoints-file", "{endpoints}", "--grpc-port", "70000"], "port out of range"),
         (["--endpoints-file", "{endpoints}", "--refresh-metrics-interval", "fast"], "not a duration"),
         (["--endpoints-file", "{endpoints}", "--secure-serving=maybe"], "not a boolean"),
+        (["--endpoints-file", "{endpoints}", "--transport", "grpclib"], "invalid choice: 'grpclib'"),
         (["--endpoints-file", "{endpoints}", "--config-text", "x", "--config-file", "y"], "not allowed with"),
     ],
 )
@@ -122,3 +131,34 @@ def test_invalid_scheduler_config_exits_2_with_the_loader_message(
     assert main(["--endpoints-file", str(endpoints), "--config-text", bad]) == 2
     err = capsys.readouterr().err
     assert "invalid configuration" in err and "no-such-plugin" in err
+
+
+def test_the_decision_timeout_is_raised_to_cover_the_flow_control_queue() -> None:
+    from epp.cli import UNBOUNDED_QUEUE_DECISION_TIMEOUT, fit_decision_timeout
+    from epp.server import ServerOptions, StreamSettings
+
+    options = ServerOptions(stream=StreamSettings(decision_timeout=30.0))
+    assert fit_decision_timeout(options, 60.0).stream.decision_timeout == 70.0  # TTL + 10 s margin
+    assert fit_decision_timeout(options, 5.0) is options  # already longer than a 5 s queue
+    assert fit_decision_timeout(options, 0.0).stream.decision_timeout == UNBOUNDED_QUEUE_DECISION_TIMEOUT
+
+
+def test_a_released_stream_cannot_feed_the_concurrency_gate() -> None:
+    from epp.cli import flow_control_conflict
+    from epp.config.loader import load_config
+    from epp.server import ServerOptions, StreamSettings
+
+    def flow(detector: str) -> SaturationDetector:
+        text = (
+            f"{HEADER}featureGates: [flowControl]\nplugins: [{{type: queue-scorer}}, {{type: {detector}}}]\n"
+            f"flowControl: {{saturationDetector: {{pluginRef: {detector}}}}}\n"
+        )
+        loaded = load_config(text).flow_control
+        assert loaded is not None
+        return loaded.detector
+
+    released = ServerOptions(stream=StreamSettings(release_after_routing=True))
+    message = flow_control_conflict(released, flow("concurrency-detector"))
+    assert message is not None and "--release-stream-after-routing" in message
+    assert flow_control_conflict(released, flow("utilization-detector")) is None  # scraped, still works
+    assert flow_control_conflict(ServerOptions(), flow("concurrency-detector")) is None

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointMetrics
@@ -347,3 +348,54 @@ async def test_prefill_hold_is_released_with_the_request() -> None:
     assert [e.in_flight for e in datastore.endpoints()] == [1, 1]
     director.handle_response_complete(request, None, failed=False)
     assert [e.in_flight for e in datastore.endpoints()] == [0, 0]
+
+
+PRECISE = (
+    HEADER
+    + """\
+plugins:
+- {type: token-producer, parameters: {simulator: {}}}
+- type: precise-prefix-cache-producer
+  parameters: {tokenProcessorConfig: {blockSizeTokens: 4}}
+- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+"""
+)
+
+
+async def test_configs_without_preparers_never_prepare() -> None:
+    director, _ = _director()
+    assert director.config.preparers == []
+
+    async def forbidden(request: InferenceRequest) -> dict[str, object]:
+        raise AssertionError("prepared a request without preparers")
+
+    director.prepare = forbidden  # type: ignore[method-assign]
+    await schedule(director, inference_request())
+
+
+async def test_prepared_tokens_reach_the_producers() -> None:
+    director, datastore = _director(PRECISE)
+    producer = director.config.plugins["precise-prefix-cache-producer"]
+    holder = datastore.endpoints()[1]
+    prompt = "abcd" * 40  # 40 simulator tokens, 10 blocks of 4
+    request = inference_request(prompt)
+    prepared = await director.prepare(request)
+    tokens = prepared["token-producer"].token_ids
+    producer.index.store(holder.hostport, producer.hasher.block_keys(tokens))  # type: ignore[attr-defined]
+    decision = await schedule(director, request)
+    assert decision.endpoints[0] == holder.hostport
+
+
+async def test_a_failing_preparer_is_counted_and_the_request_still_scheduled() -> None:
+    director, _ = _director(PRECISE)
+    token_producer = director.config.preparers[0]
+
+    async def broken(request: object) -> None:
+        raise RuntimeError("tokenizer exploded")
+
+    token_producer.prepare = broken  # type: ignore[method-assign]
+    before = REGISTRY.get_sample_value("epp_scheduler_prepare_failures_total", {"plugin": "token-producer"})
+    decision = await schedule(director, inference_request("abcd" * 40))
+    assert decision.endpoints
+    after = REGISTRY.get_sample_value("epp_scheduler_prepare_failures_total", {"plugin": "token-producer"})
+    assert (after or 0) == (before or 0) + 1

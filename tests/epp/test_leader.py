@@ -23,7 +23,7 @@ from epp.director import SchedulingDirector
 from epp.leader import LeaderElector, LeaseTiming, lease_name
 from epp.runtime import RuntimeOptions, build_runtime
 from epp.scheduling.errors import ConfigError
-from epp.server.health import NOT_SERVING, SERVING, HealthServicer
+from epp.server.health import NOT_SERVING, SERVING, HealthStatus
 from tests.support.epp import wait_until
 from tests.support.fake_kube import FakeKubeApi, crd_path, pods_path
 
@@ -261,7 +261,7 @@ async def test_readiness_is_serving_only_while_leader(api: FakeKubeApi) -> None:
     a = _elector(api, "a")
     datastore = Datastore()
     director = SchedulingDirector(datastore, _config(), leadership=lambda: a.is_leader)
-    health = HealthServicer(director.ready)
+    health = HealthStatus(director.ready)
     try:
         datastore.replace_endpoints([EndpointSpec("p", "10.0.0.1", 8000, 8000, {})])
         assert health.status("readiness") == NOT_SERVING  # synced, but not the leader

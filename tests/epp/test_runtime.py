@@ -103,3 +103,37 @@ async def test_static_runtime_end_to_end(tmp_path: Path) -> None:
         await runtime.stop()
         await busy.stop()
         await idle.stop()
+
+
+PRECISE = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: token-producer, parameters: {simulator: {}}}
+- type: precise-prefix-cache-producer
+  parameters:
+    tokenProcessorConfig: {blockSizeTokens: 4}
+    kvEventsConfig: {podDiscoveryConfig: {socketPort: 15557}}
+- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+"""
+
+
+async def test_plugins_with_a_lifecycle_start_with_the_runtime_and_stop_with_it(tmp_path: Path) -> None:
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text(
+        "endpoints:\n"
+        "- {name: a, address: 127.0.0.1, port: 18000}\n"
+        "- {name: b, address: 127.0.0.2, port: 18000}\n"
+    )
+    runtime = build_runtime(RuntimeOptions(PRECISE, endpoints_file=endpoints))
+    producer = runtime.config.plugins["precise-prefix-cache-producer"]
+    assert producer.subscriptions is None  # type: ignore[attr-defined]
+    await runtime.start()
+    try:
+        # The static pool was known before start; the subscriptions follow it from the start.
+        assert producer.subscriptions.endpoints() == {"127.0.0.1:18000", "127.0.0.2:18000"}  # type: ignore[attr-defined]
+        subscriber = producer.subscriptions.subscriber("127.0.0.2:18000")  # type: ignore[attr-defined]
+        assert subscriber.source.events_address == "tcp://127.0.0.2:15557"
+    finally:
+        await runtime.stop()
+    assert producer.subscriptions is None  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from epp.director import SchedulingDirector
 from epp.tracing import SPAN_NAME, decision_tracer
 from epp.types import EppError
 from tests.support.epp import inference_request, spec
-from tests.support.epp_configs import PD_SAMPLE
+from tests.support.epp_configs import HEADER, PD_SAMPLE
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
@@ -30,7 +30,9 @@ def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 
 
-def director(exporter: InMemorySpanExporter | None) -> tuple[SchedulingDirector, Datastore]:
+def director(
+    exporter: InMemorySpanExporter | None, config_text: str = PD_SAMPLE
+) -> tuple[SchedulingDirector, Datastore]:
     wrap = None
     if exporter is not None:
         provider = TracerProvider()
@@ -38,7 +40,7 @@ def director(exporter: InMemorySpanExporter | None) -> tuple[SchedulingDirector,
         wrap = decision_tracer(provider).wrap
     datastore = Datastore()
     picker = SchedulingDirector(
-        datastore, load_config(PD_SAMPLE), served_models=frozenset({"m"}), wrap_decide=wrap
+        datastore, load_config(config_text), served_models=frozenset({"m"}), wrap_decide=wrap
     )
     roles = [{"llm-d.ai/role": "prefill"}, {"llm-d.ai/role": "decode"}]
     datastore.replace_endpoints(spec(f"pod-{i}", i + 1, labels=roles[i]) for i in range(2))
@@ -77,6 +79,33 @@ def test_a_rejection_is_an_error_span(exporter: InMemorySpanExporter) -> None:
     assert span.attributes is not None and span.attributes["http.response.status_code"] == 404
 
 
+PRECISE = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: token-producer, parameters: {simulator: {}}}
+- type: precise-prefix-cache-producer
+  parameters: {tokenProcessorConfig: {blockSizeTokens: 4}}
+- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+"""
+
+
+async def test_a_traced_decision_still_gets_the_prepared_tokens(exporter: InMemorySpanExporter) -> None:
+    # A config with preparers (the token-producer) has decide() called with what they prepared:
+    # the tracing wrapper passes it through, so precise routing follows the cache with tracing on.
+    picker, datastore = director(exporter, PRECISE)
+    producer = picker.config.plugins["precise-prefix-cache-producer"]
+    holder = datastore.endpoints()[1]
+    request = inference_request("abcd" * 40)  # 40 simulator tokens, 10 blocks of 4
+    tokens = (await picker.prepare(request))["token-producer"].token_ids
+    producer.index.store(holder.hostport, producer.hasher.block_keys(tokens))  # type: ignore[attr-defined]
+    decision = await picker.handle_request(request)
+    assert decision.endpoints[0] == holder.hostport
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert list(span.attributes["llm_d.endpoints"]) == [holder.hostport]
+
+
 def test_without_tracing_decide_is_the_plain_method() -> None:
     picker, _ = director(None)
     assert picker.decide.__func__ is SchedulingDirector.decide  # type: ignore[attr-defined]
@@ -87,3 +116,25 @@ def test_tracing_flag_is_off_by_default() -> None:
     base = ["--endpoints-file", __file__, "--secure-serving=false"]
     assert parse_args(base)[0].tracing is False
     assert parse_args([*base, "--tracing"])[0].tracing is True
+
+
+async def test_with_flow_control_an_admitted_request_is_traced(exporter: InMemorySpanExporter) -> None:
+    # Flow control hands decide() the (model, priority) it worked out before admission; the tracing
+    # wrapper must pass that on rather than fail every admitted request.
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    datastore = Datastore()
+    picker = SchedulingDirector(
+        datastore,
+        load_config(HEADER + "featureGates: [flowControl]\nplugins: [{type: queue-scorer}]\n"),
+        wrap_decide=decision_tracer(provider).wrap,
+    )
+    datastore.replace_endpoints([spec("pod-0", 1)])
+    for endpoint in datastore.endpoints():
+        endpoint.metrics = EndpointMetrics(updated_at=time.monotonic())
+    request = dataclasses.replace(inference_request(request_id="r-fc"), headers={"traceparent": CALLER})
+    decision = await picker.handle_request(request)
+    await picker.close()
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["llm_d.request_id"] == "r-fc"
+    assert decision.headers["traceparent"].startswith(f"00-{CALLER_TRACE}-")

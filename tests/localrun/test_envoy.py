@@ -244,3 +244,25 @@ def test_bootstrap_with_several_epps_passes_envoy_validation(tmp_path: Path) -> 
         timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("alpn", "offered"), [(("h2",), ["h2"]), ((), None)], ids=["h2", "none"])
+def test_the_epp_is_dialed_over_tls_offering_the_chosen_alpn(
+    tmp_path: Path, alpn: tuple[str, ...], offered: list[str] | None
+) -> None:
+    """Empty: no ALPN at all, as kgateway's ext_proc cluster (an UpstreamTlsContext without
+    alpn_protocols); the rendered bootstrap still passes Envoy's validation."""
+    config = GatewayConfig(10000, 9002, POOL, admin_port=9901, ext_proc_alpn=alpn)
+    [epp] = [c for c in render_bootstrap(config)["static_resources"]["clusters"] if c["name"] == "epp"]
+    context = epp["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context.get("alpn_protocols") == offered
+    assert "validation_context" not in context  # nothing is verified, as every gateway dials the EPP
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(render_bootstrap(config)))
+    result = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

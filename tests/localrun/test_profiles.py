@@ -53,6 +53,19 @@ def test_every_provider_streams_both_bodies_full_duplex_over_tls(profile: Gatewa
     assert cluster(document, "epp")["transport_socket"]["name"] == "envoy.transport_sockets.tls"
 
 
+@pytest.mark.parametrize(
+    ("profile", "offered"),
+    [(GatewayProfile.KGATEWAY, None), (GatewayProfile.ISTIO, ["h2"]), (GatewayProfile.AGENTGATEWAY, ["h2"])],
+)
+def test_each_provider_offers_its_own_alpn_to_the_epp(
+    profile: GatewayProfile, offered: list[str] | None
+) -> None:
+    """kgateway 2.1's ext_proc cluster sets no alpn_protocols (endpointpicker/plugin.go
+    buildExtProcCluster); Istio offers h2 to an HTTP/2 port, agentgateway's gRPC client h2."""
+    socket = cluster(bootstrap(profile), "epp")["transport_socket"]
+    assert socket["typed_config"]["common_tls_context"].get("alpn_protocols") == offered
+
+
 def test_kgateway_profile() -> None:
     document = bootstrap(GatewayProfile.KGATEWAY)
     config = ext_proc(document)

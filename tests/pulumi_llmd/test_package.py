@@ -342,7 +342,16 @@ STANDALONE: dict[str, tuple[dict[str, Any], set[str], dict[str, Any]]] = {
             "disaggregated": False,
             "settings": {"replicas": 2, "leaderElection": True},
         },
-        {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service", "InferencePool"},
+        {
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "InferencePool",
+        },
         {"poolName": "solo", "serviceName": "solo-epp"},
     ),
     "ModelServerPool": (

@@ -28,6 +28,7 @@ KIND_FILES = {
     "NetworkPolicy--llm-d--sim-epp-ingress.yaml",
     "NetworkPolicy--llm-d--sim-prefill-ingress.yaml",
     "PodDisruptionBudget--llm-d--sim-decode.yaml",
+    "PodDisruptionBudget--llm-d--sim-epp.yaml",
     "PodDisruptionBudget--llm-d--sim-prefill.yaml",
     "Role--llm-d--sim-epp.yaml",
     "RoleBinding--llm-d--sim-epp.yaml",
@@ -52,6 +53,9 @@ ONPREM_EXTRA = {
     "PodMonitor--llm-d--llama-8b-gateway.yaml",
     "PodMonitor--llm-d--llama-8b-prefill.yaml",
     "PrometheusRule--llm-d--llama-8b-rules.yaml",
+    "NicClusterPolicy--_cluster--nic-cluster-policy.yaml",
+    "IPPool--nvidia-network-operator--llama-8b-roce-0.yaml",
+    "IPPool--nvidia-network-operator--llama-8b-roce-1.yaml",
     "Secret--llm-d--llama-8b-hf-token.yaml",
     "_helm--gpu-operator.yaml",
     "_helm--network-operator.yaml",
@@ -139,12 +143,10 @@ def test_helm_and_remote_yaml_say_they_are_opaque(renders: dict[str, RenderResul
     assert gpu["repository"] == "https://helm.ngc.nvidia.com/nvidia"
     # The Network Operator deploys NFD; a second NFD from the GPU Operator would fight it.
     assert gpu["values"] == {"nfd": {"enabled": False}}
-    network = renders["onprem"].get("Chart", "network-operator").document["values"]
-    assert network["deployCR"] is True
-    plugin = {"name": "rdma_shared_device_a", "ifNames": ["ens1f0np0", "ens1f1np1"], "rdmaHcaMax": 63}
-    assert network["rdmaSharedDevicePlugin"] == {"deploy": True, "resources": [plugin]}
-    assert network["secondaryNetwork"]["multus"] == {"deploy": True}
-    assert network["secondaryNetwork"]["ipamPlugin"] == {"deploy": True}  # whereabouts, used by the NADs
+    # Since v24.10 the chart creates no NicClusterPolicy; the stack creates it (tests/pulumi_llmd/
+    # components/test_onprem_rdma.py), and passes only values the v26.4 chart has.
+    network = renders["onprem"].get("Chart", "network-operator").document
+    assert (network["version"], network["values"]) == ("v26.4.1", {"nfd": {"enabled": True}})
     crds = renders["onprem"].get("ConfigFile", "gateway-api-v1.6.1").document
     assert crds["file"].endswith("/v1.6.1/standard-install.yaml")
     assert "not rendered" in crds["note"]
@@ -196,7 +198,7 @@ def test_unknown_stack_is_a_clear_error() -> None:
 def test_cli_writes_every_requested_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert engine.main(["kind", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "kind" / "InferencePool--llm-d--sim.yaml").is_file()
-    assert "kind: 26 files (21 k8s, 2 helm, 3 yaml)" in capsys.readouterr().out
+    assert "kind: 27 files (22 k8s, 2 helm, 3 yaml)" in capsys.readouterr().out
 
 
 def test_remote_components_of_other_packages_render_as_opaque_cloud_files() -> None:

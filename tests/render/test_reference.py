@@ -17,8 +17,7 @@ def test_readme_reference_is_up_to_date() -> None:
     text = README.read_text()
     block = text.split(BEGIN, 1)[1].split(END, 1)[0]
     assert block == "\n" + reference_markdown(), (
-        "README.md's config reference is stale: run"
-        " `./dev python -m render.reference --write README.md`"
+        "README.md's config reference is stale: run `./dev python -m render.reference --write README.md`"
     )
 
 

@@ -56,7 +56,7 @@ def test_kind_summary_lists_images_workloads_charts_and_crd_urls(renders: dict[s
     ]
     assert section(summary, "Workloads") == [
         ["sim-decode", "Deployment", "llm-d", "2", "routing-sidecar (sidecar), engine", "-"],
-        ["sim-epp", "Deployment", "llm-d", "1", "epp", "-"],
+        ["sim-epp", "Deployment", "llm-d", "2", "epp", "-"],
         ["sim-prefill", "Deployment", "llm-d", "1", "engine", "-"],
     ]
     charts = {row[0]: row[1] for row in section(summary, "Helm charts")}

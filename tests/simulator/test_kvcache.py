@@ -64,3 +64,34 @@ def test_commit_of_a_hash_someone_else_cached_keeps_a_private_duplicate():
     pool.release(a)
     pool.release(b)
     assert pool.blocks_in_use == 0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.stored: list[list[int]] = []
+        self.removed: list[list[int]] = []
+
+    def blocks_stored(self, hashes) -> None:
+        self.stored.append(list(hashes))
+
+    def blocks_removed(self, hashes) -> None:
+        self.removed.append(list(hashes))
+
+
+def test_observer_sees_new_cached_blocks_and_evictions_only():
+    pool = BlockPool(4)
+    pool.observer = recorder = Recorder()
+    first = BlockTable()
+    pool.allocate(first, 3)
+    pool.commit(first, [11, 12, 13])
+    assert recorder.stored == [[11, 12, 13]]
+    second = BlockTable()
+    pool.acquire_prefix(second, [11])  # a cache hit stores nothing
+    pool.allocate(second, 1)
+    pool.commit(second, [11, 14])  # 11 is already cached: only 14 is new
+    assert recorder.stored[-1] == [14]
+    pool.release(first)
+    pool.release(second)
+    third = BlockTable()
+    pool.allocate(third, 2)  # no empty block left: the two least recently freed go
+    assert recorder.removed == [[13, 12]]

@@ -12,7 +12,11 @@ subscriber (events over ZMQ, replay socket on), the real tokenizer and the real 
   the hashes vLLM published), and every chain-start ``BlockStored`` vLLM published has exactly the
   keys the EPP computes from its token ids;
 * at the end, the live index equals a rebuild from vLLM's whole replay buffer, and
-  ``/reset_prefix_cache`` (AllBlocksCleared) empties it.
+  ``/reset_prefix_cache`` (AllBlocksCleared) empties it;
+* the plugins as llm-d users configure them (``token-producer`` with the model's tokenizer.json,
+  ``precise-prefix-cache-producer`` subscribed through ``endpoint-notification-source``) route a
+  prompt to the pod whose real cache holds it, predict vLLM's cached tokens, and the ``vllm``
+  render backend gives the same token ids as the local tokenizer.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,12 +35,20 @@ import zmq
 import zmq.asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from epp.config.loader import load_config
+from epp.datastore import Datastore, EndpointMetrics, EndpointSpec
+from epp.director import SchedulingDirector
 from epp.kvevents.hashing import BlockHasher
 from epp.kvevents.index import KVBlockIndex
 from epp.kvevents.pool import KVEventSubscriptions
 from epp.kvevents.subscriber import EventSource
 from epp.kvevents.tokenization import PromptTokenizer
 from epp.kvevents.wire import END_SEQ, SEQ_BYTES, BlockStored, decode_batch, parse_frames
+from epp.plugins.precise import PrecisePrefixCacheProducer
+from epp.plugins.tokens import TokenProducer
+from epp.scheduling.framework import SchedulingRequest
+from epp.scheduling.registry import create
+from epp.types import InferenceRequest, ParsedBody
 from localrun.process import free_port
 from tests.support import requests_shim as http
 from tests.support.vllm_server import SERVED_NAME, vllm_process
@@ -85,6 +98,7 @@ def server(
         "--max-model-len",
         "1024",
         "--enable-prompt-tokens-details",
+        "--enable-scale-out",  # the /render endpoints token-producer's vllm backend calls
     ]
     with process:
         yield {
@@ -92,6 +106,8 @@ def server(
             "endpoint": endpoint,
             "events": f"tcp://127.0.0.1:{events_port}",
             "replay": f"tcp://127.0.0.1:{replay_port}",
+            "events_port": events_port,
+            "replay_port": replay_port,
         }
 
 
@@ -252,3 +268,86 @@ async def test_index_tracks_vllm_under_eviction(server: dict[str, Any], tiny_mod
         await settle(lambda: subscriber.last_seq)
         assert not index.blocks(endpoint) & before
         assert index.blocks(endpoint) == set(keys)
+
+
+async def test_plugins_route_by_vllms_real_cache(server: dict[str, Any], tiny_model: Path) -> None:
+    url, endpoint = server["url"], server["endpoint"]
+    port = int(endpoint.rsplit(":", 1)[1])
+    config = f"""\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: token-producer
+  parameters: {{local: {{path: "{tiny_model}"}}}}
+- type: endpoint-notification-source
+- type: precise-prefix-cache-producer
+  parameters:
+    tokenProcessorConfig:
+      {{blockSizeTokens: {BLOCK_SIZE}, hashSeed: "{HASH_SEED}", hashAlgorithm: {HASH_ALGO}}}
+    kvEventsConfig:
+      podDiscoveryConfig: {{socketPort: {server["events_port"]}, replaySocketPort: {server["replay_port"]}}}
+- type: prefix-cache-scorer
+  parameters: {{prefixMatchInfoProducerName: precise-prefix-cache-producer}}
+dataLayer:
+  sources:
+  - {{pluginRef: endpoint-notification-source, extractors: [{{pluginRef: precise-prefix-cache-producer}}]}}
+"""
+    built = load_config(config)
+    producer = built.plugins["precise-prefix-cache-producer"]
+    assert isinstance(producer, PrecisePrefixCacheProducer)
+    datastore = Datastore()
+    director = SchedulingDirector(datastore, built)
+    # The real vLLM, and a pod with nothing cached (nothing publishes at its address).
+    datastore.replace_endpoints(
+        [EndpointSpec("vllm", "127.0.0.1", port, port), EndpointSpec("cold", "127.0.0.2", port, port)]
+    )
+    for ep in datastore.endpoints():
+        ep.metrics = EndpointMetrics(updated_at=time.monotonic() + 3600)
+    for plugin in built.lifecycles:
+        await plugin.start()
+    try:
+        assert producer.subscriptions is not None
+        subscriber = producer.subscriptions.subscriber(endpoint)
+        assert subscriber is not None
+        await until(subscriber.connected.is_set, "subscription")
+        rng = random.Random(41)
+        document = " ".join(rng.choice(WORDS) for _ in range(150))
+        reply = await call(
+            "POST", f"{url}/v1/completions", {"model": SERVED_NAME, "prompt": document, "max_tokens": 1}
+        )
+        assert reply.status == 200, reply.body
+        await settle(lambda: subscriber.last_seq)
+        follow_up = document + " and then " + " ".join(rng.choice(WORDS) for _ in range(20))
+        body = {"model": SERVED_NAME, "prompt": follow_up, "max_tokens": 1}
+        parsed = ParsedBody(model=SERVED_NAME, prompt_text=follow_up, stream=False, api="completions")
+        request = InferenceRequest("precise-1", "/v1/completions", {}, dict(body), parsed)
+        prepared = await director.prepare(request)
+        decision = director.decide(request, prepared=prepared)
+        assert decision.endpoints[0] == endpoint  # the pod whose real cache holds the document
+        # The producer's match is vLLM's own cache hit.
+        scratch = SchedulingRequest("precise-2", SERVED_NAME, follow_up, {}, body=body)
+        scratch.state.update(prepared)
+        producer.produce(scratch, datastore.endpoints())
+        match = scratch.state[producer.name]
+        tokens = len(prepared["token-producer"].token_ids)
+        expected = min(match.matched_blocks.get(endpoint, 0), (tokens - 1) // BLOCK_SIZE) * BLOCK_SIZE
+        reply = await call("POST", f"{url}/v1/completions", body)
+        assert reply.status == 200, reply.body
+        cached = (reply.json()["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        assert cached == expected > 0
+        # token-producer's vllm backend (vLLM's /render) gives the local tokenizer's ids.
+        render = create("token-producer", "render", {"modelName": SERVED_NAME, "vllm": {"url": url}})
+        assert isinstance(render, TokenProducer)
+        await render.start()
+        try:
+            chat = {"messages": [{"role": "user", "content": document[:400]}]}
+            for sample in ({"prompt": follow_up}, chat):
+                rendered = SchedulingRequest("r", SERVED_NAME, "", {}, body=sample)
+                await render.prepare(rendered)
+                local = PromptTokenizer.from_dir(tiny_model).request_tokens(sample)
+                assert list(rendered.state["render"].token_ids) == local, sample
+        finally:
+            await render.stop()
+    finally:
+        for plugin in reversed(built.lifecycles):
+            await plugin.stop()

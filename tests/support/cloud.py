@@ -6,12 +6,22 @@ import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from render.engine import STACKS_DIR, Registration, RenderResult, render_stack
+from render.engine import (
+    STACKS_DIR,
+    Registration,
+    RenderResult,
+    load_stack_file,
+    render_stack,
+    run_program,
+)
 from tests.support.paths import SHARED
+
+if TYPE_CHECKING:
+    from pulumi_llmd.config import ConfigError
 
 SHARED = SHARED
 CRDS = SHARED / "crds"
@@ -32,6 +42,30 @@ def render_edited(stack: str, edit: StackEdit, tmp_path: Path) -> RenderResult:
     edit(config)
     (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": config}))
     return render_stack(stack, stacks_dir=tmp_path)
+
+
+def refusal_before_any_resource(stack: str, edit: StackEdit, tmp_path: Path) -> ConfigError:
+    """Run the program on an edited example stack and return the ConfigError it raised, checking
+    that nothing was registered before it (a bad combination must not leave half a stack)."""
+    from pulumi_llmd.config import ConfigError
+    from pulumi_llmd.program import main
+
+    config = copy.deepcopy(stack_config(stack))
+    edit(config)
+    (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": config}))
+    values, secret_keys = load_stack_file(tmp_path / f"Pulumi.{stack}.yaml")
+    raised: list[ConfigError] = []
+
+    def program() -> None:
+        try:
+            main()
+        except ConfigError as error:
+            raised.append(error)
+
+    registrations, _ = run_program(stack, values, secret_keys, program=program)
+    assert raised, "the program did not refuse the config"
+    assert registrations == [], f"registered before refusing: {[r.name for r in registrations]}"
+    return raised[0]
 
 
 def cloud(result: RenderResult, pulumi_type: str, name: str | None = None) -> list[Registration]:

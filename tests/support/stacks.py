@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from render.engine import RenderResult, render_registrations, run_program
+from tests.support.nv_ipam_schema import IP_POOL
 from tests.support.paths import SHARED
 
 SHARED = SHARED
@@ -94,6 +95,7 @@ CRD_FILES = {
         "agentgateway.dev",
         "AgentgatewayPolicy",
     ): "agentgateway-v1.4.1/agentgateway.dev_agentgatewaypolicies.yaml",
+    ("mellanox.com", "NicClusterPolicy"): "network-operator-v26.4.1/mellanox.com_nicclusterpolicies.yaml",
     ("networking.istio.io", "DestinationRule"): "istio-1.30.3/networking.istio.io_destinationrules.yaml",
     (
         "networking.gke.io",
@@ -107,6 +109,8 @@ CRD_FILES = {
 # Kinds the stack renders whose CRD is not among ../shared/crds (checked by shape in their tests):
 # Istio's EnvoyFilter and GKE's GCPRoutingExtension (the body router's attachment on those gateways).
 UNVALIDATED_KINDS = {("networking.istio.io", "EnvoyFilter"), ("networking.gke.io", "GCPRoutingExtension")}
+# Custom kinds whose CRD is not published as a file here: a schema stated in tests/support.
+OWN_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {("nv-ipam.nvidia.com", "IPPool"): IP_POOL}
 # Gateway API releases whose CRDs are in ../shared/crds. Upstream CRD files are not copied into this
 # repository, so Gateways and HTTPRoutes for a provider pinned to an older release (kgateway 2.1:
 # v1.4.1, Istio 1.30: v1.5.1) are validated against the newest release available here.
@@ -198,6 +202,9 @@ def validate_custom(manifest: dict[str, Any], gateway_api: str | None = None) ->
     import jsonschema
 
     group, version = str(manifest["apiVersion"]).split("/")
+    if (group, str(manifest["kind"])) in OWN_SCHEMAS:
+        jsonschema.validate(manifest, OWN_SCHEMAS[(group, str(manifest["kind"]))])
+        return
     error = jsonschema.exceptions.best_match(
         _validator(group, version, str(manifest["kind"]), gateway_api).iter_errors(manifest)
     )

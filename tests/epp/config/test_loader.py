@@ -171,8 +171,10 @@ def test_llm_d_header_handlers_and_parsers_are_accepted() -> None:
 
 
 def test_unimplemented_sections_warn_instead_of_failing() -> None:
-    config = load_config(HEADER + "plugins: [{type: queue-scorer}]\nflowControl: {maxRequests: 10}\n")
-    assert any("flowControl" in warning for warning in config.warnings)
+    config = load_config(
+        HEADER + "plugins: [{type: queue-scorer}]\nrequestHandler: {parsers: [{pluginRef: x}]}\n"
+    )
+    assert any("requestHandler ignored" in warning for warning in config.warnings)
 
 
 def test_deprecated_alias_warns() -> None:
@@ -376,6 +378,24 @@ def test_the_stack_renders_the_same_default_config() -> None:
     assert default_config() == yaml.safe_load(DEFAULT_CONFIG)
 
 
+def test_the_stack_profile_is_the_epp_sample_and_loads_with_the_in_flight_scorer() -> None:
+    from epp.config.samples import IN_FLIGHT_AWARE_CONFIG
+    from epp.plugins.scorers import ActiveRequestScorer
+    from pulumi_llmd.components.pickerconfig import in_flight_aware_config
+
+    assert in_flight_aware_config() == yaml.safe_load(IN_FLIGHT_AWARE_CONFIG)
+    config = load_config(IN_FLIGHT_AWARE_CONFIG)
+    (profile,) = config.scheduler.profiles.values()
+    weights = {type(scorer): weight for scorer, weight in profile.scorers}
+    assert weights == {
+        QueueScorer: 2.0,
+        KvCacheUtilizationScorer: 2.0,
+        PrefixCacheScorer: 3.0,
+        ActiveRequestScorer: 2.0,
+    }
+    assert config.warnings == []
+
+
 @pytest.mark.parametrize("parser", ["openai-parser", "vllmhttp-parser"])
 def test_parsers_of_the_openai_api_load_without_warnings(parser: str) -> None:
     """The protocol layer parses OpenAI bodies; configs naming llm-d's parsers for them load as is."""
@@ -403,3 +423,53 @@ def test_the_stacks_lora_configs_load_with_adapter_affinity_in_every_profile(dis
     for profile in config.scheduler.profiles.values():
         weights = {type(scorer): weight for scorer, weight in profile.scorers}
         assert weights[LoraAffinityScorer] == 1.0
+
+
+@pytest.mark.parametrize("disaggregated", [False, True])
+def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregated: bool) -> None:
+    from epp.flowcontrol.policies import (
+        EdfOrderingPolicy,
+        PriorityHoldbackPolicy,
+        RoundRobinFairnessPolicy,
+        StaticUsageLimitPolicy,
+    )
+    from epp.plugins.saturation import ConcurrencyDetector
+    from pulumi_llmd.components.pickerconfig import with_flow_control
+    from pulumi_llmd.config.models import EppFlowControlConfig
+
+    base = disaggregated_config(16) if disaggregated else default_config()
+    # The stack's defaults once switched on: llm-d's detector, round-robin fairness, a short
+    # sheddable queue.
+    config = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig(enabled=True))))
+    flow = config.flow_control
+    assert flow is not None and config.warnings == []
+    assert isinstance(flow.detector, UtilizationDetector) and flow.default_request_ttl == 60.0
+    assert isinstance(flow.band_for(0).fairness, RoundRobinFairnessPolicy)
+    assert flow.band_for(-1).max_requests == 64 and flow.band_for(5).max_requests == 5000
+    # Every knob the stack exposes reaches the EPP under llm-d's name.
+    custom = EppFlowControlConfig.model_validate(
+        {
+            "enabled": True,
+            "defaultRequestTTL": "2s",
+            "noEndpointRequestTTL": "5m",
+            "maxRequests": "10k",
+            "priorityBands": [{"priority": 10, "maxRequests": "50", "orderingPolicy": "edf-ordering-policy"}],
+            "saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 8, "filter": True},
+            "usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.75},
+        }
+    )
+    loaded = load_config(yaml.safe_dump(with_flow_control(base, custom)))
+    flow = loaded.flow_control
+    assert flow is not None and loaded.warnings == []
+    assert (flow.default_request_ttl, flow.no_endpoint_request_ttl, flow.max_requests) == (2.0, 300.0, 10_000)
+    assert isinstance(flow.detector, ConcurrencyDetector) and flow.detector.max_concurrency == 8
+    assert isinstance(flow.band_for(10).ordering, EdfOrderingPolicy) and flow.band_for(10).max_requests == 50
+    assert isinstance(flow.usage_limit, PriorityHoldbackPolicy) and flow.usage_limit.min_ceiling == 0.75
+    for profile in loaded.scheduler.profiles.values():
+        assert profile.filters[0] is flow.detector  # no pod is sent more than its limit
+    static = EppFlowControlConfig.model_validate({"enabled": True, "usageLimit": {"threshold": 0.9}})
+    capped = load_config(yaml.safe_dump(with_flow_control(base, static))).flow_control
+    assert capped is not None and isinstance(capped.usage_limit, StaticUsageLimitPolicy)
+    assert capped.usage_limit.threshold == 0.9
+    off = load_config(yaml.safe_dump(with_flow_control(base, EppFlowControlConfig())))
+    assert off.flow_control is None and off.warnings == []

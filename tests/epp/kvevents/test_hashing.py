@@ -3,9 +3,13 @@ produced (tests/epp/kvevents/make_golden.py, run under .venv-vllm; the command i
 
 from __future__ import annotations
 
-import pytest
+import random
 
-from epp.kvevents.hashing import DEFAULT_NONE_HASH_SEED, HASH_ALGORITHMS, BlockHasher, key_of
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epp.kvevents.hashing import DEFAULT_NONE_HASH_SEED, HASH_ALGORITHMS, BlockHasher, DigestMemo, key_of
 
 from .golden_cases import CASES
 
@@ -92,3 +96,56 @@ def test_bad_configurations_are_refused() -> None:
         if algorithm.startswith("xxhash"):
             with pytest.raises(ValueError, match="PYTHONHASHSEED"):
                 BlockHasher(algorithm)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=200),
+    st.sampled_from(["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"]),
+    st.sampled_from([None, ("sql", "/adapters/sql")]),
+    st.sampled_from([None, "tenant-1"]),
+)
+def test_the_memo_and_lazy_keys_equal_the_plain_ones(
+    tokens: list[int], algorithm: str, lora: tuple[str, str] | None, salt: str | None
+) -> None:
+    plain = BlockHasher(algorithm, 4, "7")
+    memo = BlockHasher(algorithm, 4, "7", DigestMemo(max_entries=8))  # tiny: generations rotate
+    expected = plain.block_keys(tokens, lora=lora, cache_salt=salt)
+    assert expected == [key_of(d) for d in plain.digests(tokens, lora=lora, cache_salt=salt)]
+    for _ in range(2):  # cold, then from the memo
+        assert memo.block_keys(tokens, lora=lora, cache_salt=salt) == expected
+    assert list(memo.iter_keys(tokens, lora=lora, cache_salt=salt)) == expected
+    assert memo.block_keys(tokens, lora=lora, cache_salt=salt, max_blocks=3) == expected[:3]
+    assert memo.memo is not None and len(memo.memo) <= 8
+
+
+def test_ids_beyond_32_bits_skip_the_memo_with_the_same_keys() -> None:
+    tokens = [2**40, 1, 2, 3, 4, 5, 6, 7]
+    memoized = BlockHasher("sha256", 4, memo=DigestMemo())
+    assert memoized.block_keys(tokens) == BlockHasher("sha256", 4).block_keys(tokens)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_memoized_keys_equal_vllm(name: str) -> None:
+    algorithm, seed, block_size, tokens, lora, salt = CASES[name]
+    hasher = BlockHasher(algorithm, block_size, seed, DigestMemo())
+    assert hasher.block_keys(tokens, lora=lora, cache_salt=salt) == GOLDEN_KEYS[name]
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(min_value=0, max_value=120), st.integers(min_value=0, max_value=120), st.randoms())
+def test_prompts_that_share_a_prefix_with_a_recent_one_get_the_plain_keys(
+    diverge: int, extra: int, rng: random.Random
+) -> None:
+    """The chain cache: a prompt that starts like a remembered one (for any number of blocks, then
+    anything) reuses the shared blocks' keys and hashes the rest; each result equals plain hashing."""
+    base = [rng.randrange(2**32) for _ in range(400)]  # 100 blocks of 4
+    other = base[:diverge] + [rng.randrange(2**32) for _ in range(extra)]
+    plain = BlockHasher("sha256_cbor", 4, "1")
+    memo = BlockHasher("sha256_cbor", 4, "1", DigestMemo(max_entries=64, chains=2))
+    for tokens in (base, other, base[: 4 * 30], other, base):
+        assert memo.block_keys(tokens) == plain.block_keys(tokens)
+    walked = memo.iter_keys(other)
+    assert [next(walked, None) for _ in range(3)] == (plain.block_keys(other) + [None] * 3)[:3]
+    walked.close()  # stopped early: what it computed is remembered, and still exact
+    assert memo.block_keys(other) == plain.block_keys(other)

@@ -29,8 +29,6 @@ def test_every_plugin_type_documents_itself(entry: object) -> None:
 
 
 def test_every_plugin_type_is_named_by_a_test() -> None:
-    texts = "\n".join(
-        p.read_text() for p in TESTS.rglob("*.py") if p.name != "test_reference.py"
-    )
+    texts = "\n".join(p.read_text() for p in TESTS.rglob("*.py") if p.name != "test_reference.py")
     unnamed = [t for t in registry.known_types() if t not in texts]
     assert unnamed == [], f"no test mentions these plugin types: {unnamed}"

@@ -1,4 +1,5 @@
-"""EppServer over real gRPC on loopback: ext_proc stream, health semantics, /metrics, cancellation."""
+"""EppServer over real gRPC on loopback, on each transport: ext_proc stream, health semantics,
+/metrics, cancellation, drain."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from epp.server import EppServer, ServerMetrics, ServerOptions
+from epp.server import EppServer, ServerMetrics, ServerOptions, Transport
 from localrun import free_port
 from tests.support.extproc import ScriptedDirector, body_msg, request_headers, response_headers
 
@@ -23,14 +24,20 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 BODY = json.dumps({"model": "m", "prompt": "p"}).encode()
 
 
+@pytest.fixture(params=list(Transport), ids=[t.value for t in Transport])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    return Transport(request.param)
+
+
 @pytest.fixture
-async def server(director: ScriptedDirector) -> AsyncIterator[EppServer]:
+async def server(director: ScriptedDirector, transport: Transport) -> AsyncIterator[EppServer]:
     options = ServerOptions(
         host="127.0.0.1",
         grpc_port=free_port(),
         grpc_health_port=free_port(),
         metrics_port=free_port(),
         drain_timeout=0.2,
+        transport=transport,
     )
     running = EppServer(director, options, ServerMetrics(CollectorRegistry()))
     await running.start()
@@ -121,7 +128,7 @@ async def test_metrics_endpoint_serves_epp_metrics(server: EppServer) -> None:
 
 
 async def test_drain_serves_through_the_notice_then_waits_for_open_streams(
-    director: ScriptedDirector,
+    director: ScriptedDirector, transport: Transport
 ) -> None:
     """SIGTERM on one replica of several: readiness off at once, new streams still served during the
     notice, then the drain lasts exactly as long as the streams it accepted (issue 12, finding 6)."""
@@ -132,6 +139,7 @@ async def test_drain_serves_through_the_notice_then_waits_for_open_streams(
         metrics_port=free_port(),
         drain_notice=0.3,
         drain_timeout=10.0,
+        transport=transport,
     )
     server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
     await server.start()

@@ -490,3 +490,31 @@ async def test_concurrent_duplicate_request_ids_stay_distinct_for_the_director(d
     await asyncio.gather(*tasks)
     assert sorted(rid for rid, _, _ in director.completions) == ["dup", "dup#2"]
     assert ids.claim("dup") == "dup"  # released when the streams ended
+
+
+async def test_opt_in_header_names_the_endpoint_that_served(director, metrics):
+    director.decision = Decision(
+        endpoints=("10.0.0.1:8000", "10.0.0.2:8000"), headers={"x-prefiller-host-port": "10.0.0.9:8000"}
+    )
+    served = {"envoy.lb": {"x-gateway-destination-endpoint-served": "10.0.0.2:8000"}}
+
+    async def answer(debug: str | None, metadata: dict | None) -> dict[str, str]:
+        extra = {"x-llm-d-debug-endpoint": debug} if debug is not None else {}
+        kwargs = {"metadata": metadata} if metadata else {}
+        out = await run(
+            director,
+            metrics,
+            [request_headers(extra=extra), body_msg(COMPLETION), response_headers(200, **kwargs)],
+        )
+        header_answer = next(m for m in out.sent if m.HasField("response_headers"))
+        return set_headers(header_answer.response_headers.response)
+
+    # The proxy's report of the endpoint it used wins over the pick; P/D names the prefill pod too.
+    assert await answer("true", served) == {
+        "x-llm-d-served-by": "endpoint=10.0.0.2:8000, prefill=10.0.0.9:8000"
+    }
+    director.decision = Decision(endpoints=("10.0.0.1:8000",))
+    assert await answer(" True ", None) == {"x-llm-d-served-by": "endpoint=10.0.0.1:8000"}
+    # Off unless asked for.
+    assert await answer(None, None) == {}
+    assert await answer("yes", None) == {}

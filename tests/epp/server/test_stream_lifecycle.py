@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
 from epp.metrics import ServerMetrics
 from epp.server.stream import RELEASED, UNROUTED, ExtProcStream, StreamSettings
@@ -169,3 +170,36 @@ async def test_a_buffered_body_followed_by_trailers_is_routed(
     assert out.kinds() == ["request_headers", "request_body", "request_trailers"]
     assert out.sent[1].request_body.response.header_mutation.set_headers
     assert len(director.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("last", "final"),
+    [
+        ([body_msg(b'{"usage":{"prompt_tokens":3,"completion_tokens":2}}', response=True)], "response_body"),
+        ([body_msg(b"{}", end_of_stream=False, response=True), "trailers"], "response_trailers"),
+        ([], "response_headers"),  # a response without a body: its headers are the last message
+    ],
+    ids=["last-body-chunk", "trailers", "bodyless-response"],
+)
+async def test_the_request_is_complete_before_the_answer_that_ends_the_exchange(
+    director: ScriptedDirector, metrics: ServerMetrics, last: list, final: str
+) -> None:
+    """Envoy resets the ext_proc stream as soon as it has the last answer (Envoy 1.40:
+    closeGrpcStreamIfLastRespReceived), which cancels a handler still inside that send (grpc.aio's
+    context.write). The Director must already have heard the request succeeded."""
+    completed_before_final: list[bool] = []
+
+    async def send(message: ext_proc.ProcessingResponse) -> None:
+        if message.WhichOneof("response") == final:
+            completed_before_final.append(bool(director.completions))
+            raise asyncio.CancelledError  # the reset arrives while this write is in progress
+
+    trailers = ext_proc.ProcessingRequest(response_trailers=ext_proc.HttpTrailers())
+    last = [trailers if m == "trailers" else m for m in last]
+    stream = ExtProcStream(director, StreamSettings(), metrics)
+    messages = [request_headers(), body_msg(COMPLETION), response_headers(end_of_stream=not last), *last]
+    with pytest.raises(asyncio.CancelledError):
+        await stream.run(feed(messages), send)
+    assert completed_before_final == [True]
+    assert [failed for _, _, failed in director.completions] == [False]
+    assert sample(metrics, "epp_requests_in_flight") == 0

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from epp.cli import parse_args
-from epp.server import EppServer, ServerMetrics, ServerOptions
+from epp.server import EppServer, ServerMetrics, ServerOptions, Transport
 from epp.server.tls import SELF_SIGNED_ORGANIZATION, CertificateSource, KeyPair, TlsError, self_signed
 from localrun import free_port
 from tests.support.extproc import ScriptedDirector, body_msg, request_headers
@@ -188,14 +188,16 @@ def der(pair: KeyPair) -> bytes:
     return x509.load_pem_x509_certificate(pair.cert_pem).public_bytes(serialization.Encoding.DER)
 
 
-async def test_grpc_serves_ext_proc_over_tls_probes_in_plaintext_and_renewed_pairs_to_new_connections(
-    tmp_path: Path, director: ScriptedDirector
+@pytest.mark.parametrize("transport", list(Transport), ids=[t.value for t in Transport])
+async def test_ext_proc_over_tls_probes_in_plaintext_and_renewed_pairs_to_new_connections(
+    tmp_path: Path, director: ScriptedDirector, transport: Transport
 ) -> None:
     first, second = localhost_pair("first"), localhost_pair("second")
     clock = Clock()
-    source = CertificateSource(mount(tmp_path, first, 1), reload=True, check_interval=1.0, clock=clock)
+    # h2 checks the files every check_interval seconds of real time, in a worker thread.
+    source = CertificateSource(mount(tmp_path, first, 1), reload=True, check_interval=0.05, clock=clock)
     ports = {"grpc_port": free_port(), "grpc_health_port": free_port(), "metrics_port": free_port()}
-    options = ServerOptions(host="127.0.0.1", tls=source, **ports)
+    options = ServerOptions(host="127.0.0.1", tls=source, transport=transport, **ports)
     server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
     await server.start()
     try:
@@ -216,7 +218,9 @@ async def test_grpc_serves_ext_proc_over_tls_probes_in_plaintext_and_renewed_pai
 
         mount(tmp_path, second, 2)
         clock.now = 1.0  # the next check may look at the files
-        assert await served_certificate(options.grpc_port) == der(second)
+        async with asyncio.timeout(30):  # hang guard: grpc.aio checks at the next handshake, h2 soon
+            while await served_certificate(options.grpc_port) != der(second):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         credentials = grpc.ssl_channel_credentials(root_certificates=second.cert_pem)
         async with grpc.aio.secure_channel(f"localhost:{options.grpc_port}", credentials) as channel:
             call = ext_proc_grpc.ExternalProcessorStub(channel).Process()

@@ -1,9 +1,10 @@
 """Both ext_proc transports behind one interface, and the test methods the suite calls on them.
 
-``ServerUnderTest`` starts either grpc.aio (the reference transport, as ``epp.server.EppServer``
-configures it) or ``epp.transport.H2Server`` with the same methods, the same message limits and
-the same health service, on a free loopback port. Every test in the suite that can run against
-both takes the ``transport`` fixture and runs twice.
+``ServerUnderTest`` starts the listener the EPP itself starts (``epp.server.listeners.make_listener``,
+what ``EppServer`` calls for ``--transport h2`` and ``--transport grpc``) with the test's methods plus
+the EPP's health service, the same limits and the same TLS setup (a ``CertificateSource``), on a
+free loopback port. Every test in the suite that can run against both takes the ``transport``
+fixture and runs twice.
 """
 
 from __future__ import annotations
@@ -20,18 +21,11 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import wrappers_pb2
-from grpc_health.v1 import health_pb2_grpc
 
-from epp.server.health import HealthServicer
-from epp.transport import (
-    H2Server,
-    RpcError,
-    StatusCode,
-    TransportOptions,
-    bidi_method,
-    health_methods,
-    server_ssl_context,
-)
+from epp.server.health import HealthStatus
+from epp.server.listeners import H2Listener, Listener, Transport, make_listener
+from epp.server.tls import CertificateSource
+from epp.transport import H2Server, RpcError, StatusCode, TransportOptions, bidi_method, health_methods
 
 TRANSPORTS = ("grpc", "h2")
 ECHO = "/test.Echo/Bidi"
@@ -108,7 +102,7 @@ def echo_handler(probe: Probe) -> Handler:
 class HealthState:
     def __init__(self) -> None:
         self.ready = True
-        self.servicer = HealthServicer(lambda: self.ready)
+        self.status = HealthStatus(lambda: self.ready)
 
 
 class ServerUnderTest:
@@ -129,75 +123,38 @@ class ServerUnderTest:
         self.tls = tls
         self.health = HealthState()
         self.port = 0
-        self.h2: H2Server | None = None
-        self.aio: grpc.aio.Server | None = None
+        self.listener: Listener | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def h2(self) -> H2Server | None:
+        """The h2 transport's server (for its connections' internal state), else None."""
+        return self.listener.server if isinstance(self.listener, H2Listener) else None
+
     async def start(self) -> ServerUnderTest:
-        if self.transport == "h2":
-            methods = [bidi_method(m.path, m.request_type, m.handler) for m in self.methods]
-            methods += health_methods(self.health.servicer.status, watch_period=0.05)
-            self.h2 = H2Server(methods, self.options)
-            ssl_context = server_ssl_context(*self.tls) if self.tls else None
-            self.port = await self.h2.start("127.0.0.1", 0, ssl_context)
-            return self
-        self.aio = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.options.max_receive_message_bytes),
-                ("grpc.max_send_message_length", self.options.max_send_message_bytes),
-                ("grpc.max_concurrent_streams", self.options.max_concurrent_streams),
-            ]
+        methods = [bidi_method(m.path, m.request_type, m.handler) for m in self.methods]
+        methods += health_methods(self.health.status.status, watch_period=0.05)
+        # The certificate directory holds tls.crt and tls.key, as --cert-path does.
+        source = CertificateSource(self.tls[0].parent) if self.tls else None
+        self.listener = make_listener(
+            Transport(self.transport), methods, "127.0.0.1", 0, tls=source, options=self.options
         )
-        handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        for method in self.methods:
-            service, name = method.path.removeprefix("/").split("/")
-            handlers.setdefault(service, {})[name] = grpc.stream_stream_rpc_method_handler(
-                _aio_behavior(method.handler),
-                request_deserializer=method.request_type.FromString,
-                response_serializer=lambda message: message.SerializeToString(),
-            )
-        for service, table in handlers.items():
-            self.aio.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, table)])
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.aio)
-        if self.tls:
-            cert, key = self.tls
-            credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-            self.port = self.aio.add_secure_port("127.0.0.1:0", credentials)
-        else:
-            self.port = self.aio.add_insecure_port("127.0.0.1:0")
-        await self.aio.start()
+        self.port = await self.listener.start()
         return self
 
     async def shutdown(self, grace: float) -> None:
         """Graceful: stop taking calls, let open ones finish within ``grace`` seconds."""
-        if self.h2 is not None:
-            await self.h2.shutdown(grace)
-        if self.aio is not None:
-            await self.aio.stop(grace)
+        if self.listener is not None:
+            await self.listener.shutdown(grace)
 
     async def __aenter__(self) -> ServerUnderTest:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown(0)
-
-
-AioBehavior = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[None]]
-
-
-def _aio_behavior(handler: Handler) -> AioBehavior:
-    """The transport-neutral handler on grpc.aio: what ``epp.server.processor`` does with ExtProcStream."""
-
-    async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        try:
-            await handler(requests, context.write)
-        except RpcError as error:
-            await context.abort(grpc.StatusCode[error.code.name], error.message)
-
-    return behavior
 
 
 def echo_stub(channel: grpc.aio.Channel) -> Any:

@@ -1,22 +1,9 @@
-"""benchmarks.transport_cpu's pieces that need no Envoy: the TLS bootstrap, the summary arithmetic,
-the table, and the in-process frame-layer measurement."""
+"""benchmarks.transport_cpu's pieces that need no Envoy: the summary arithmetic, the tables (the
+spread over repeated runs), and the in-process frame-layer measurement."""
 
 from __future__ import annotations
 
 from benchmarks import transport_cpu
-from localrun.envoy import EPP_CLUSTER, GatewayConfig, render_bootstrap
-
-
-def test_ext_proc_tls_is_added_to_the_epp_cluster_only() -> None:
-    bootstrap = transport_cpu.with_ext_proc_tls(
-        render_bootstrap(GatewayConfig(listen_port=1, ext_proc_port=2, pool_endpoints=("127.0.0.1:3",)))
-    )
-    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
-    tls = clusters[EPP_CLUSTER]["transport_socket"]["typed_config"]
-    assert tls["@type"].endswith("UpstreamTlsContext") and tls["common_tls_context"] == {
-        "validation_context": {}
-    }
-    assert all("transport_socket" not in c for name, c in clusters.items() if name != EPP_CLUSTER)
 
 
 def test_summary_reports_added_latency_and_cpu_per_message() -> None:
@@ -40,6 +27,30 @@ def test_summary_reports_added_latency_and_cpu_per_message() -> None:
     summary["load_average"], summary["tls"] = (1.0, 1.0, 1.0), False
     table = transport_cpu.markdown([summary])
     assert "| h2 | FULL_DUPLEX_STREAMED | 100 |" in table and "| 10.0 |" in table
+
+
+def test_spread_over_runs_is_min_median_max_per_transport_and_rate() -> None:
+    def result(run: int, micros: float, p50: float) -> dict[str, object]:
+        return {
+            "path": "h2",
+            "mode": "FULL_DUPLEX_STREAMED",
+            "rate": 200.0,
+            "tls": True,
+            "alpn": [],
+            "run": run,
+            "epp_cpu_us_per_message": micros,
+            "added_p50_ms": p50,
+            "added_p99_ms": 2 * p50,
+            "load_average": (1.0, 1.0, 1.0),
+        }
+
+    direct = {"path": "direct", "mode": "FULL_DUPLEX_STREAMED", "rate": 200.0, "tls": True}
+    table = transport_cpu.spread([direct, result(0, 40.0, 0.5), result(1, 30.0, 0.7), result(2, 35.0, 0.6)])
+    assert (
+        "| h2 | FULL_DUPLEX_STREAMED TLS no ALPN | 200 | 3 | 30.0 / 35.0 / 40.0 | 0.50 / 0.60 / 0.70 |"
+        in table
+    )
+    assert "direct" not in table
 
 
 def test_frame_layer_measures_this_transport() -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.transport import H2Server, health_methods
+from epp.server.listeners import Transport, make_listener
+from epp.transport import health_methods
 
-from .rawh2 import ErrorCode, FrameType, RawClient, grpc_message, request_headers
+from .rawh2 import PREFACE, ErrorCode, FrameType, RawClient, grpc_message, request_headers, settings
 from .support import ECHO, Probe, ServedMethod, ServerUnderTest, channel, echo_handler
 
 
@@ -54,6 +55,21 @@ async def test_tls_without_alpn_is_http2_by_prior_knowledge(certificate: tuple[P
         client.abort()
 
 
+async def test_grpc_refuses_tls_without_alpn(certificate: tuple[Path, Path]) -> None:
+    """Why h2 is the EPP's default transport: grpc.aio's C-core closes a TLS connection that
+    negotiated no ALPN, which is how kgateway's ext_proc cluster dials the EPP."""
+    method = ServedMethod(ECHO, wrappers_pb2.BytesValue, echo_handler(Probe()))
+    async with ServerUnderTest("grpc", [method], tls=certificate) as server:
+        try:
+            client = await RawClient.connect(server.port, ssl_context=_client_context(None), handshake=False)
+        except (ssl.SSLError, ConnectionError):
+            return  # refused during the handshake
+        client.send(PREFACE + settings())
+        await client.drain()
+        assert await client.read_to_end() == []  # closed without a single HTTP/2 frame
+        client.abort()
+
+
 async def test_tls_offering_only_http11_is_refused(certificate: tuple[Path, Path]) -> None:
     method = ServedMethod(ECHO, wrappers_pb2.BytesValue, echo_handler(Probe()))
     async with ServerUnderTest("h2", [method], tls=certificate) as server:
@@ -68,16 +84,19 @@ async def test_tls_offering_only_http11_is_refused(certificate: tuple[Path, Path
         client.abort()
 
 
-async def test_health_alone_on_its_own_port() -> None:
-    """What the EPP runs on --grpc-health-port: a second server of the same transport with only
+async def test_health_alone_on_its_own_port(transport: str) -> None:
+    """What the EPP runs on --grpc-health-port: a second listener of the same transport with only
     grpc.health.v1, plaintext (Kubernetes probes cannot speak TLS)."""
     statuses = {"liveness": health_pb2.HealthCheckResponse.SERVING}
-    health = H2Server(
-        health_methods(lambda service: statuses.get(service, health_pb2.HealthCheckResponse.NOT_SERVING))
+    health = make_listener(
+        Transport(transport),
+        health_methods(lambda service: statuses.get(service, health_pb2.HealthCheckResponse.NOT_SERVING)),
+        "127.0.0.1",
+        0,
     )
-    port = await health.start("127.0.0.1", 0)
+    port = await health.start()
     try:
-        probe_target = ServerUnderTest("h2", [])
+        probe_target = ServerUnderTest(transport, [])
         probe_target.port = port
         async with channel(probe_target) as ch:
             stub = health_pb2_grpc.HealthStub(ch)

@@ -15,6 +15,7 @@ from tests.support.cloud import (
     kv_transfer_config,
     one,
     provider_urn,
+    refusal_before_any_resource,
     render_edited,
     tolerates,
 )
@@ -70,11 +71,15 @@ def test_efa_security_group_allows_all_traffic_to_and_from_itself(eks: RenderRes
         assert "cidrIpv4" not in rule
 
 
-def test_capacity_block_placement_group_and_disk(eks: RenderResult) -> None:
+def test_capacity_block_launch_template_has_the_instance_type_and_no_placement_group(
+    eks: RenderResult,
+) -> None:
     template = one(eks, LAUNCH_TEMPLATE).inputs
-    placement_group = one(eks, "aws:ec2/placementGroup:PlacementGroup")
-    assert placement_group.inputs["strategy"] == "cluster"
-    assert template["placement"] == {"groupName": placement_group.name}
+    # A cluster placement group on Capacity Block instances fails with InsufficientInstanceCapacity;
+    # AWS wants the instance type in a Capacity Block launch template.
+    assert cloud(eks, "aws:ec2/placementGroup:PlacementGroup") == []
+    assert "placement" not in template
+    assert template["instanceType"] == "p5en.48xlarge"
     assert template["instanceMarketOptions"] == {"marketType": "capacity-block"}
     assert template["capacityReservationSpecification"] == {
         "capacityReservationTarget": {"capacityReservationId": "cr-0a1b2c3d4e5f60718"}
@@ -86,7 +91,8 @@ def test_capacity_block_placement_group_and_disk(eks: RenderResult) -> None:
 def test_gpu_node_group_on_the_nvidia_al2023_ami_in_one_subnet(eks: RenderResult) -> None:
     group = one(eks, NODE_GROUP, "eks-h200").inputs
     assert group["amiType"] == "AL2023_x86_64_NVIDIA"
-    assert group["instanceTypes"] == ["p5en.48xlarge"]
+    # From the launch template: EKS refuses instanceTypes beside a template that names one.
+    assert "instanceTypes" not in group
     assert group["capacityType"] == "CAPACITY_BLOCK"
     assert group["subnetIds"] == ["subnet-0a1b2c3d4e5f60001"]
     assert group["scalingConfig"] == {"desiredSize": 2, "minSize": 0, "maxSize": 2}
@@ -95,7 +101,7 @@ def test_gpu_node_group_on_the_nvidia_al2023_ami_in_one_subnet(eks: RenderResult
     assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
     assert group["nodeRoleArn"] == "arn:aws:iam::123456789012:role/eks-node-role"
     cluster = one(eks, "aws:eks/cluster:Cluster").inputs
-    assert cluster["version"] == "1.33"
+    assert cluster["version"] == "1.35"
     assert cluster["vpcConfig"]["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
 
 
@@ -117,14 +123,14 @@ def test_device_plugin_charts_are_pinned_and_tolerate_the_gpu_taint(eks: RenderR
     assert (efa["chart"], efa["repository"], efa["version"]) == (
         "aws-efa-k8s-device-plugin",
         "https://aws.github.io/eks-charts",
-        "v0.5.7",
+        "v0.5.30",
     )
     assert efa["values"]["tolerations"] == [{"operator": "Exists"}]
     nvidia = eks.get("Chart", "eks-nvidia-device-plugin").document
     assert (nvidia["chart"], nvidia["repository"], nvidia["version"]) == (
         "nvidia-device-plugin",
         "https://nvidia.github.io/k8s-device-plugin",
-        "0.17.1",
+        "0.20.0",
     )
     taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
     assert tolerates(nvidia["values"]["tolerations"], taint)
@@ -180,6 +186,58 @@ def test_pd_pools_move_kv_over_libfabric(eks: RenderResult) -> None:
 
 
 # --- variants -------------------------------------------------------------------------------------
+
+
+def test_on_demand_gets_a_cluster_placement_group_by_default(tmp_path: Path) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        group = config["llmd:eks"]["nodeGroup"]
+        group["capacityType"] = "ON_DEMAND"
+
+    result = render_edited("eks", edit, tmp_path)
+    placement_group = one(result, "aws:ec2/placementGroup:PlacementGroup")
+    assert placement_group.inputs["strategy"] == "cluster"
+    template = one(result, LAUNCH_TEMPLATE).inputs
+    assert template["placement"] == {"groupName": placement_group.name}
+    assert template["instanceType"] == "p5en.48xlarge"
+    assert "instanceTypes" not in one(result, NODE_GROUP, "eks-h200").inputs
+
+
+def test_a_placement_group_on_a_capacity_block_is_refused_before_any_resource(tmp_path: Path) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["llmd:eks"]["nodeGroup"]["placementGroup"] = True
+
+    (problem,) = refusal_before_any_resource("eks", edit, tmp_path).problems
+    assert str(problem).startswith(
+        "llmd:eks.nodeGroup placementGroup true cannot be combined with capacityType CAPACITY_BLOCK"
+    )
+
+
+@pytest.mark.parametrize("image", [None, "vllm/vllm-openai:v0.32.0", "docker.io/vllm/vllm-openai:v0.32.0"])
+def test_pd_on_eks_refuses_an_image_without_the_efa_libfabric_stack(
+    image: str | None, tmp_path: Path
+) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        for role in ("llmd:prefill", "llmd:decode"):
+            config[role].pop("image")
+            if image is not None:
+                config[role]["image"] = image
+
+    problems = refusal_before_any_resource("eks", edit, tmp_path).problems
+    assert [p.path for p in problems] == ["prefill.image", "decode.image"]
+    message = str(problems[0])
+    assert "LIBFABRIC" in message and "public.ecr.aws/deep-learning-containers/vllm" in message
+
+
+def test_decode_only_on_eks_needs_no_efa_image(tmp_path: Path) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["llmd:prefill"] = {"enabled": False}
+        config["llmd:decode"].pop("image")
+
+    result = render_edited("eks", edit, tmp_path)
+    engine = result.get("Deployment", "llama-70b-decode").document["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    assert engine["image"] == "docker.io/vllm/vllm-openai:v0.32.0"
 
 
 def test_p5_on_demand_without_placement_group(tmp_path: Path) -> None:

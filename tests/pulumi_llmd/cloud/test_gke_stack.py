@@ -20,6 +20,7 @@ from tests.support.cloud import (
     render_edited,
     tolerates,
 )
+from tests.support.stacks import validate_custom
 
 NODE_POOL = "gcp:container/nodePool:NodePool"
 CLUSTER = "gcp:container/cluster:Cluster"
@@ -105,8 +106,8 @@ def test_created_cluster_has_dataplane_v2_multi_networking_and_workload_identity
     assert cluster["enableMultiNetworking"] is True
     assert cluster["networkingMode"] == "VPC_NATIVE"
     assert cluster["workloadIdentityConfig"] == {"workloadPool": "my-gcp-project.svc.id.goog"}
-    assert cluster["releaseChannel"] == {"channel": "RAPID"}
-    assert cluster["minMasterVersion"] == "1.33"
+    assert cluster["releaseChannel"] == {"channel": "REGULAR"}
+    assert cluster["minMasterVersion"] == "1.35"
     assert cluster["removeDefaultNodePool"] is True
     system = one(gke, NODE_POOL, "gke-system").inputs
     assert "guestAccelerators" not in system["nodeConfig"] and "taints" not in system["nodeConfig"]
@@ -132,7 +133,11 @@ def test_llm_d_objects_wait_for_the_gpu_pool_and_the_rdma_networks(gke: RenderRe
     assert {pool.urn, installer.urn, *(n.urn for n in networks)} <= set(namespace.dependencies)
 
 
-def test_model_server_pods_attach_every_rdma_nic_and_the_gib_paths(gke: RenderResult) -> None:
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_model_server_pods_attach_every_rdma_nic(gke: RenderResult) -> None:
     network_names = {r.inputs["metadata"]["name"] for r in cloud(gke, GKE_NETWORK)}
     for role in ("prefill", "decode"):
         template = gke.get("Deployment", f"llama-70b-{role}").document["spec"]["template"]
@@ -144,14 +149,9 @@ def test_model_server_pods_attach_every_rdma_nic_and_the_gib_paths(gke: RenderRe
         assert {i["network"] for i in interfaces[1:]} <= network_names
         spec = template["spec"]
         engine = spec["containers"][0]
-        env = {e["name"]: e.get("value") for e in engine["env"]}
-        assert env["NCCL_NET"] == "gIB"
-        assert env["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
+        assert env_of(engine)["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
         assert engine["resources"]["limits"]["nvidia.com/gpu"] == "8"
         assert "IPC_LOCK" in engine["securityContext"]["capabilities"]["add"]
-        mounts = {m["name"]: m["mountPath"] for m in engine["volumeMounts"]}
-        volumes = {v["name"]: v.get("hostPath", {}).get("path") for v in spec["volumes"]}
-        assert (mounts["gib"], volumes["gib"]) == ("/usr/local/gib", "/home/kubernetes/bin/gib")
         assert spec["nodeSelector"] == {"llm-d.ai/accelerator-pool": "h200"}
         # The configured taint, and the one GKE itself puts on every GPU node.
         assert tolerates(
@@ -161,6 +161,46 @@ def test_model_server_pods_attach_every_rdma_nic_and_the_gib_paths(gke: RenderRe
             spec["tolerations"], {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
         )
         assert not tolerates(spec["tolerations"], {"key": "other", "value": "x", "effect": "NoSchedule"})
+
+
+def test_single_node_pools_turn_gke_nccl_plugins_off_and_mount_no_host_paths(gke: RenderResult) -> None:
+    # Tensor parallel 8 inside one a3-ultragpu-8g: llm-d's disable-gke-nccl-tuner-patch, and no gIB.
+    for role in ("prefill", "decode"):
+        spec = gke.get("Deployment", f"llama-70b-{role}").document["spec"]["template"]["spec"]
+        env = env_of(spec["containers"][0])
+        assert (env["NCCL_TUNER_PLUGIN"], env["NCCL_NET_PLUGIN"]) == ("none", "")
+        assert "NCCL_NET" not in env and not any(k.startswith("NCCL_IB_") for k in env)
+        assert not [v for v in spec["volumes"] if "hostPath" in v]
+
+
+def test_multi_node_pools_get_gib_read_only_and_no_single_node_nccl_env(tmp_path: Path) -> None:
+    def two_nodes_per_decode(config: dict[str, Any]) -> None:
+        config["llmd:decode"] = {**config["llmd:decode"], "nodesPerReplica": 2}
+
+    result = render_edited("gke", two_nodes_per_decode, tmp_path)
+    lws = result.get("LeaderWorkerSet", "llama-70b-decode").document
+    validate_custom(lws)
+    workers = lws["spec"]["leaderWorkerTemplate"]
+    for template in (workers["leaderTemplate"], workers["workerTemplate"]):
+        spec = template["spec"]
+        engine = spec["containers"][0]
+        env = env_of(engine)
+        assert env["NCCL_NET"] == "gIB"
+        assert "NCCL_TUNER_PLUGIN" not in env and "NCCL_NET_PLUGIN" not in env
+        mounts = {m["name"]: m for m in engine["volumeMounts"]}
+        volumes = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+        assert volumes == {
+            "gib": {"path": "/home/kubernetes/bin/gib", "type": "Directory"},
+            "nvidia-install-dir": {"path": "/home/kubernetes/bin/nvidia", "type": "Directory"},
+        }
+        assert (mounts["gib"]["mountPath"], mounts["nvidia-install-dir"]["mountPath"]) == (
+            "/usr/local/gib",
+            "/usr/local/nvidia",
+        )
+        assert all(mounts[name]["readOnly"] is True for name in volumes)
+    # The prefill pool still fits one node.
+    prefill = result.get("Deployment", "llama-70b-prefill").document["spec"]["template"]["spec"]
+    assert env_of(prefill["containers"][0])["NCCL_TUNER_PLUGIN"] == "none"
 
 
 def test_pd_pools_keep_vllms_default_nixl_backend(gke: RenderResult) -> None:

@@ -78,11 +78,11 @@ def test_gke_schema_catches_wrong_device_mode_missing_subnet_and_dangling_device
         validate_gke_networking(network)
 
 
-def test_strict_core_validation_catches_a_bad_rdma_volume(cloud_renders: dict[str, RenderResult]) -> None:
+def test_strict_core_validation_catches_a_bad_volume(cloud_renders: dict[str, RenderResult]) -> None:
     import kubernetes_validate
 
     deployment = copy.deepcopy(cloud_renders["gke"].get("Deployment", "llama-70b-decode").document)
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
-    next(v for v in volumes if v["name"] == "gib")["hostPath"]["paht"] = "/home/kubernetes/bin/gib"
+    next(v for v in volumes if v["name"] == "shm")["emptyDir"]["medum"] = "Memory"
     with pytest.raises(kubernetes_validate.ValidationError):
-        validate_core(deployment, "1.33")
+        validate_core(deployment, "1.35")

@@ -91,7 +91,7 @@ def test_typed_dict_args_mirror_the_pydantic_inputs(typed: type, model: type[Bas
 
 def test_llmd_stack_args_are_the_stack_config_keys_without_the_platform() -> None:
     platform_keys = set(StackConfig.model_fields) - set(LlmdStackConfig.model_fields)
-    assert platform_keys == {"platform", "onprem", "kind", "gke", "eks"}
+    assert platform_keys == {"platform", "onprem", "kind", "gke", "eks", "mirrors"}
     keys = set(component_args.LlmdStackArgs.__annotations__)
     assert keys == set(LlmdStackConfig.model_fields) | {"pod_networking", "hf_token"}
     # Same shapes as the stack file: every section is the stack config's own model.

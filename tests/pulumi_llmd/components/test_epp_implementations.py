@@ -3,6 +3,7 @@ with this project's EPP and sidecar or llm-d's (llm-d-router v0.10.0), so the tw
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,12 @@ UPSTREAM_PLUGIN_TYPES = {
     "queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer", "metrics-data-source",
     "core-metrics-extractor", "prefill-filter", "decode-filter", "max-score-picker",
     "prefix-based-pd-decider", "disagg-profile-handler",
+    # The stacks' single-pool profile adds it (scorer/active_request.go ActiveRequestType); the flow
+    # control plugins the stack can render (reference/epp.md, registered plugin types).
+    "active-request-scorer", "utilization-detector", "concurrency-detector",
+    "round-robin-fairness-policy", "global-strict-fairness-policy", "fcfs-ordering-policy",
+    "edf-ordering-policy", "slo-deadline-ordering-policy", "static-usage-limit-policy",
+    "priority-holdback-policy",
 }  # fmt: skip
 
 SHARED_KINDS = ("Service", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "InferencePool")
@@ -110,7 +117,17 @@ def test_both_implementations_share_service_rbac_config_and_pool(
 
 
 def test_generated_configs_use_only_plugins_upstream_registers(upstream: RenderResult) -> None:
-    for config in (kind_config(epp={"implementation": "upstream"}), kind_config(prefill={"enabled": False})):
+    flow = {
+        "enabled": True,
+        "saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 8},
+        "priorityBands": [{"priority": 1, "orderingPolicy": "edf-ordering-policy"}],
+        "usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.75},
+    }
+    for config in (
+        kind_config(epp={"implementation": "upstream"}),
+        kind_config(prefill={"enabled": False}),
+        kind_config(epp={"implementation": "upstream", "flowControl": flow}, prefill={"enabled": False}),
+    ):
         # The EPP's ConfigMap is the one carrying its config (the others hold dashboards).
         (config_map,) = [
             m for m in render_config(config).manifests("ConfigMap") if "epp-config.yaml" in m.get("data", {})
@@ -138,3 +155,28 @@ def test_upstream_images_can_be_pinned_elsewhere() -> None:
     result = render_config(config)
     assert container(result, "t-epp", "epp")["image"] == f"registry.example/epp@{digest}"
     assert container(result, "t-decode", "routing-sidecar")["image"] == f"registry.example/sidecar@{digest}"
+
+
+def test_bundled_epp_serves_tls_by_default_on_its_h2_transport(bundled: RenderResult, tmp_path: Path) -> None:
+    """The bundled EPP's rendered command, with its rendered config file, runs its default transport
+    (h2, epp.server.listeners) with TLS on: a self-signed pair without a Secret, as upstream.
+    ``--transport`` is the bundled EPP's own flag; llm-d's EPP has none (UPSTREAM_EPP_FLAGS above
+    keeps it off the upstream Deployment)."""
+    epp_cli = pytest.importorskip("epp.cli", reason="the EPP CLI is not in this checkout")
+    listeners = pytest.importorskip("epp.server.listeners", reason="the EPP server is not in this checkout")
+    args = list(container(bundled, "t-epp", "epp")["args"])
+    (config_map,) = [m for m in bundled.manifests("ConfigMap") if "epp-config.yaml" in m.get("data", {})]
+    config_file = tmp_path / "epp-config.yaml"
+    config_file.write_text(config_map["data"]["epp-config.yaml"])
+    args[args.index("--config-file") + 1] = str(config_file)
+    _, server, _ = epp_cli.parse_args(args)
+    assert server.transport is listeners.Transport.H2
+    assert server.tls is not None and server.tls.pair.origin == "self-signed" and not server.tls.reload
+
+
+def test_bundled_epp_reloads_a_mounted_certificate_on_its_h2_transport() -> None:
+    epp_cli = pytest.importorskip("epp.cli", reason="the EPP CLI is not in this checkout")
+    result = render_config(kind_config(epp={"tlsSecretName": "epp-cert"}))
+    parsed = epp_cli.build_parser().parse_args(container(result, "t-epp", "epp")["args"])
+    assert (parsed.transport, parsed.secure_serving) == ("h2", True)
+    assert str(parsed.cert_path) == "/etc/epp/tls" and parsed.enable_cert_reload

@@ -151,7 +151,13 @@ def _gke_provider(config: dict[str, Any]) -> None:
 
 
 def test_gke_uses_the_managed_class_and_the_policies_gke_needs(tmp_path: Path) -> None:
-    result = render_edited("gke", _gke_provider, tmp_path)
+    def edit(config: dict[str, Any]) -> None:
+        # Before 1.34 (the example stack runs a newer minor): the stack installs InferencePool itself.
+        _gke_provider(config)
+        config["llmd:kubernetesVersion"] = "1.33"
+        config["llmd:gke"]["cluster"]["minMasterVersion"] = "1.33"
+
+    result = render_edited("gke", edit, tmp_path)
     if CRDS.is_dir():  # GKE's own Network objects have no public CRD; the gateway's objects do
         for kind in ("Gateway", "HTTPRoute", "InferencePool", "HealthCheckPolicy", "GCPBackendPolicy"):
             for manifest in result.manifests(kind):

@@ -404,6 +404,51 @@ def test_vllm_pools_mount_adapter_claims_and_turn_on_run_time_loading() -> None:
             },
             "llmd:gateway.paths has 9 paths: with 16 route rules that is 144 matches, Gateway API allows 128",
         ),
+        # Main's single-model rules apply to each model and name its own keys.
+        (
+            {
+                "models": [
+                    entry("a"),
+                    entry("b", epp={"flowControl": {"enabled": True, "defaultRequestTTL": "10m"}}),
+                ]
+            },
+            "llmd:models[1].epp.flowControl.defaultRequestTTL must be shorter than gateway.requestTimeout",
+        ),
+        (
+            {"models": [entry("a"), entry("b", epp={"leaderElection": True, "replicas": 1})]},
+            "llmd:models[1].epp.leaderElection needs epp.replicas >= 2",
+        ),
+        (
+            {"models": [entry("a", epp={"prefixCache": "precise"}), entry("b")]},
+            "llmd:models[0].blockSize is required with models[0].epp.prefixCache precise",
+        ),
+        (
+            {
+                "models": [
+                    entry("a"),
+                    entry(
+                        "b",
+                        blockSize=16,
+                        epp={"prefixCache": "precise"},
+                        decode={**SIM_POOL, "env": {"PYTHONHASHSEED": "1"}},
+                    ),
+                ]
+            },
+            "llmd:models[1].decode.env must not set PYTHONHASHSEED with models[1].epp.prefixCache precise",
+        ),
+        (
+            {"models": [entry("a"), entry("b", epp={"tokenizer": "simulator"})]},
+            "llmd:models[1].epp.tokenizer applies to models[1].epp.prefixCache precise only",
+        ),
+        (
+            {
+                "models": [
+                    entry("a", decode={**SIM_POOL, "rollout": {"maxSurge": 0, "maxUnavailable": 0}}),
+                    entry("b"),
+                ]
+            },
+            "llmd:models[0].decode.rollout.maxUnavailable must be >= 1 when rollout.maxSurge is 0",
+        ),
     ],
 )
 def test_bad_multi_model_configs_name_the_key(overrides: dict[str, Any], problem: str) -> None:
@@ -413,6 +458,39 @@ def test_bad_multi_model_configs_name_the_key(overrides: dict[str, Any], problem
         parse_stack_config(two_models(**overrides), has_hf_token=False)
     messages = [str(p) for p in raised.value.problems]
     assert any(m.startswith(problem) for m in messages), messages
+
+
+def test_precise_flow_control_and_lora_are_per_model() -> None:
+    """One model with precise prefix routing, flow control and an adapter, one with none: each EPP's
+    config, pod flags and NetworkPolicy follow its own model's settings."""
+    from epp.config.loader import load_config
+
+    tuned = entry(
+        "qwen",
+        blockSize=16,
+        lora={"adapters": [{"name": "sql", "uri": "pvc://adapters/sql"}]},
+        epp={"prefixCache": "precise", "flowControl": {"enabled": True, "defaultRequestTTL": "30s"}},
+    )
+    result = render_config(two_models(models=[entry("org/llama-3", id="llama"), tuned]))
+    validate(result)
+
+    def picker_config(pool: str) -> dict[str, Any]:
+        text = result.get("ConfigMap", f"{pool}-epp").document["data"]["epp-config.yaml"]
+        assert load_config(text).warnings == []
+        document: dict[str, Any] = yaml.safe_load(text)
+        return document
+
+    plain, rich = picker_config("mm-llama"), picker_config("mm-qwen")
+    types = {plugin["type"] for plugin in rich["plugins"]}
+    assert {"lora-affinity-scorer", "precise-prefix-cache-producer", "utilization-detector"} <= types
+    assert rich["featureGates"] == ["flowControl"] and rich["flowControl"]["defaultRequestTTL"] == "30s"
+    assert not {"lora-affinity-scorer", "precise-prefix-cache-producer"} & {
+        p["type"] for p in plain["plugins"]
+    }
+    assert "flowControl" not in plain
+    qwen, llama = engine_args(result, "mm-qwen-decode"), engine_args(result, "mm-llama-decode")
+    assert "--kv-events-config" in qwen and "--enable-lora" in qwen
+    assert "--kv-events-config" not in llama and "--enable-lora" not in llama
 
 
 @pytest.mark.parametrize("data_plane", [None, "agentgateway", "envoy"])

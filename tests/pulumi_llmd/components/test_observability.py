@@ -97,7 +97,7 @@ def test_autoscaled_pools_leave_replicas_to_keda(pd_stack: RenderResult) -> None
             assert f'llmd_role="{role}"' in query and query.endswith("or vector(0)")
         behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
         assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 180}]
-    assert pd_stack.get("Deployment", "t-epp").document["spec"]["replicas"] == 1
+    assert pd_stack.get("Deployment", "t-epp").document["spec"]["replicas"] == 2  # its default, not scaled
 
 
 def test_hpa_mode_renders_external_metric_hpas() -> None:

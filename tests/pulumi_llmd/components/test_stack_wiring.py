@@ -149,6 +149,7 @@ def test_pd_picker_config_uses_llm_d_plugin_names(result: RenderResult) -> None:
         "disagg-profile-handler",
         "prefix-based-pd-decider",
     }
+    assert "featureGates" not in document  # flow control is off unless epp.flowControl.enabled
     handler = next(p for p in document["plugins"] if p["type"] == "disagg-profile-handler")
     assert handler["parameters"] == {"deciders": {"prefill": "prefix-based-pd-decider"}}
     assert [p["name"] for p in document["schedulingProfiles"]] == ["prefill", "decode"]
@@ -164,11 +165,8 @@ def test_rendered_picker_config_loads_in_the_bundled_epp(result: RenderResult) -
 
 def test_disruption_budgets_cover_exactly_each_pool(result: RenderResult) -> None:
     budgets = {b["metadata"]["name"]: b["spec"] for b in result.manifests("PodDisruptionBudget")}
-    workloads = {
-        d["metadata"]["name"]: d
-        for d in result.manifests("Deployment")
-        if not d["metadata"]["name"].endswith("-epp")
-    }
+    # Every pool and the EPP (two replicas by default): drains take one pod of each at a time.
+    workloads = {d["metadata"]["name"]: d for d in result.manifests("Deployment")}
     assert set(budgets) == set(workloads)
     for name, spec in budgets.items():
         assert spec["maxUnavailable"] == 1

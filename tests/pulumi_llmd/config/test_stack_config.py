@@ -147,7 +147,7 @@ def test_a_certificate_secret_needs_secure_serving() -> None:
 
 
 def test_leader_election_needs_several_replicas() -> None:
-    assert problems_of(kind_config(epp={"leaderElection": True})) == [
+    assert problems_of(kind_config(epp={"leaderElection": True, "replicas": 1})) == [
         "llmd:epp.leaderElection needs epp.replicas >= 2 (got 1)"
     ]
 

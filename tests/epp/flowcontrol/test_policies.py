@@ -1,0 +1,121 @@
+"""Flow-control policy plugins: their choices on hand-made queues and their parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp.flowcontrol.framework import BandView, FlowQueue, QueueItem
+from epp.flowcontrol.policies import (
+    FcfsOrderingPolicy,
+    GlobalStrictFairnessPolicy,
+    PriorityHoldbackPolicy,
+    RoundRobinFairnessPolicy,
+    StaticUsageLimitPolicy,
+)
+from epp.scheduling.errors import ConfigError
+from epp.scheduling.registry import create
+
+FCFS = FcfsOrderingPolicy("fcfs-ordering-policy")
+
+
+def item(seq: int, flow: str) -> QueueItem:
+    entry = QueueItem(f"r{seq}", flow, 0, 10, 0.0, float(seq), seq, 60.0, {})
+    entry.key = FCFS.key(entry)
+    return entry
+
+
+def band_with(
+    fairness: RoundRobinFairnessPolicy | GlobalStrictFairnessPolicy, flows: dict[str, list[int]]
+) -> BandView:
+    view = BandView(0, FCFS, fairness.new_state())
+    for flow, seqs in flows.items():
+        queue = view.flows[flow] = FlowQueue(flow, 0)
+        for seq in seqs:
+            queue.push(item(seq, flow))
+    return view
+
+
+def test_round_robin_cycles_in_id_order_and_skips_empty_flows() -> None:
+    policy = RoundRobinFairnessPolicy("round-robin-fairness-policy")
+    view = band_with(policy, {"c": [1], "a": [2, 3], "b": []})
+    picks = []
+    for _ in range(4):
+        queue = policy.pick(view)
+        assert queue is not None
+        picks.append(queue.fairness_id)
+    assert picks == ["a", "c", "a", "c"]
+    view.flows["b"].push(item(9, "b"))
+    assert policy.pick(view).fairness_id == "a"  # type: ignore[union-attr]
+    assert policy.pick(view).fairness_id == "b"  # type: ignore[union-attr]
+
+
+def test_round_robin_on_an_empty_band_resets_its_cursor() -> None:
+    policy = RoundRobinFairnessPolicy("rr")
+    view = band_with(policy, {})
+    assert policy.pick(view) is None
+    assert view.state.last is None
+
+
+def test_global_strict_takes_the_earliest_head_across_flows() -> None:
+    policy = GlobalStrictFairnessPolicy("global-strict-fairness-policy")
+    view = band_with(policy, {"a": [5, 6], "b": [3], "c": []})
+    assert policy.pick(view).fairness_id == "b"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("domain", "priorities", "expected"),
+    [
+        ("rank", [10, 0, -5], [1.0, 0.75, 0.5]),
+        ("value", [10, 0, -10], [1.0, 0.75, 0.5]),
+        ("value", [3, 3], [1.0, 1.0]),
+        ("rank", [7], [1.0]),
+    ],
+)
+def test_priority_holdback_ceilings(domain: str, priorities: list[int], expected: list[float]) -> None:
+    policy = PriorityHoldbackPolicy("h", domain, 0.5, 1.0)
+    assert policy.ceilings(0.3, priorities) == pytest.approx(expected)
+
+
+def test_static_usage_limit_is_one_threshold_for_all() -> None:
+    policy = create("static-usage-limit-policy", "s", {"threshold": 0.8})
+    assert isinstance(policy, StaticUsageLimitPolicy)
+    assert policy.ceilings(0.0, [1, 0, -1]) == [0.8, 0.8, 0.8]
+
+
+@pytest.mark.parametrize(
+    ("type_name", "params", "message"),
+    [
+        ("static-usage-limit-policy", {"threshold": 0}, "'threshold' must be in (0.0, 1.0]"),
+        ("static-usage-limit-policy", {"threshold": 1.5}, "'threshold' must be <= 1.0"),
+        ("priority-holdback-policy", {}, "'minCeiling' is required"),
+        ("priority-holdback-policy", {"minCeiling": 1.0}, "'minCeiling' must be in [0.0, 1.0)"),
+        ("priority-holdback-policy", {"minCeiling": 0.5, "maxCeiling": 0.4}, "must not exceed maxCeiling"),
+        ("priority-holdback-policy", {"minCeiling": 0.5, "shape": "cubic"}, "'shape' must be one of linear"),
+        (
+            "priority-holdback-policy",
+            {"minCeiling": 0.5, "domain": "age"},
+            "'domain' must be one of rank, value",
+        ),
+        ("fcfs-ordering-policy", {"typo": 1}, "unknown parameter(s) 'typo'"),
+        ("concurrency-detector", {"concurrencyMode": "tokens"}, "'tokens' is not supported"),
+        ("concurrency-detector", {"maxConcurrency": 0}, "'maxConcurrency' must be >= 1"),
+    ],
+)
+def test_bad_parameters_name_the_key(type_name: str, params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create(type_name, type_name, params)
+    assert message in str(caught.value)
+
+
+def test_every_flow_control_type_is_registered() -> None:
+    for type_name in (
+        "fcfs-ordering-policy",
+        "edf-ordering-policy",
+        "slo-deadline-ordering-policy",
+        "global-strict-fairness-policy",
+        "round-robin-fairness-policy",
+        "static-usage-limit-policy",
+        "priority-holdback-policy",
+    ):
+        params = {"minCeiling": 0.2} if type_name == "priority-holdback-policy" else None
+        assert create(type_name, type_name, params).type_name == type_name

@@ -1,0 +1,102 @@
+"""The EPP survives its own restarts and rollouts (issue 12.6, deployment side): several active
+replicas, a rolling update that never drops below them, a PodDisruptionBudget, readiness that takes
+a draining replica out at once, a grace period longer than the drain; and RBAC for leader election
+narrowed to the one Lease the EPP uses (issue 12.8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from epp.cli import build_parser
+from epp.leader import lease_name as epp_lease_name
+from pulumi_llmd.components.picker import lease_name
+from render.engine import RenderResult
+from tests.support.stacks import kind_config, render_config, validate_core
+
+
+def epp_deployment(result: RenderResult, name: str = "sim-epp") -> dict[str, Any]:
+    return result.get("Deployment", name).document
+
+
+def test_epp_runs_several_replicas_and_rolls_without_dropping_below_them(
+    renders: dict[str, RenderResult],
+) -> None:
+    spec = epp_deployment(renders["kind"])["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = spec["template"]["spec"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"] == {"matchLabels": spec["selector"]["matchLabels"]}
+    # Active-active: no leader election unless asked for.
+    assert "--ha-enable-leader-election" not in pod["containers"][0]["args"]
+
+
+def test_readiness_gates_traffic_and_the_grace_period_outlasts_the_drain(
+    renders: dict[str, RenderResult],
+) -> None:
+    pod = epp_deployment(renders["kind"])["spec"]["template"]["spec"]
+    readiness = pod["containers"][0]["readinessProbe"]
+    assert readiness["grpc"]["service"] == "readiness"
+    assert (readiness["periodSeconds"], readiness["failureThreshold"]) == (2, 1)
+    defaults = build_parser().parse_args([])
+    drain = defaults.drain_timeout + getattr(defaults, "drain_notice", 0.0)
+    assert pod["terminationGracePeriodSeconds"] > drain + readiness["periodSeconds"]
+
+
+def test_a_disruption_budget_keeps_all_but_one_replica(renders: dict[str, RenderResult]) -> None:
+    deployment = epp_deployment(renders["kind"])
+    budget = renders["kind"].get("PodDisruptionBudget", "sim-epp").document
+    validate_core(budget, "1.33")
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+    single = render_config(kind_config(epp={"replicas": 1}))
+    assert [b["metadata"]["name"] for b in single.manifests("PodDisruptionBudget")] == [
+        "t-decode",
+        "t-prefill",
+    ]
+
+
+def test_leader_election_rbac_is_the_one_lease_and_no_events() -> None:
+    result = render_config(kind_config(epp={"replicas": 3, "leaderElection": True}))
+    (role,) = result.manifests("Role")
+    validate_core(role, "1.33")
+    leases = [r for r in role["rules"] if "leases" in r["resources"]]
+    assert leases == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            # The name the EPP itself computes: upstream's naming, in the bundled EPP too.
+            "resourceNames": [epp_lease_name("llm-d", "t")],
+            "verbs": ["get", "update"],
+        },
+        # create cannot be limited by name; it is the only verb granted without one.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    assert lease_name("llm-d", "t") == epp_lease_name("llm-d", "t")
+    assert not [r for r in role["rules"] if "events" in r["resources"]]
+
+
+def test_the_upstream_epp_also_records_its_leadership_events() -> None:
+    # llm-d's EPP elects through controller-runtime, which records Events; its chart grants them.
+    epp = {"replicas": 2, "leaderElection": True, "implementation": "upstream"}
+    result = render_config(kind_config(epp=epp))
+    (role,) = result.manifests("Role")
+    validate_core(role, "1.33")
+    assert [r for r in role["rules"] if "events" in r["resources"]] == [
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}
+    ]
+    leases = [r for r in role["rules"] if "leases" in r["resources"]]
+    assert [r.get("resourceNames") for r in leases] == [[epp_lease_name("llm-d", "t")], None]
+
+
+def test_without_leader_election_no_lease_access(renders: dict[str, RenderResult]) -> None:
+    (role,) = renders["kind"].manifests("Role")
+    assert not [r for r in role["rules"] if r["apiGroups"] == ["coordination.k8s.io"]]
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}

@@ -1,0 +1,102 @@
+"""The stack's `llmd:epp.flowControl` section: shapes, llm-d's names, and the rule that ties its TTL
+to the gateway's request timeout."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pulumi_llmd.config.models import EppConfig, SaturationDetectorConfig
+from pulumi_llmd.config.rules import go_seconds
+
+
+def test_defaults_are_llm_d_flow_control_with_round_robin_fairness() -> None:
+    flow = EppConfig().flow_control
+    assert not flow.enabled  # off by default, as in llm-d
+    assert flow.default_request_TTL == "60s"
+    assert flow.default_priority_band.fairness_policy == "round-robin-fairness-policy"
+    assert flow.default_negative_priority_band is not None
+    assert flow.default_negative_priority_band.max_requests == "64"
+    assert flow.saturation_detector.type == "utilization-detector"
+
+
+def test_keys_are_spelled_as_llm_d_spells_them() -> None:
+    epp = EppConfig.model_validate(
+        {
+            "flowControl": {
+                "defaultRequestTTL": "30s",
+                "noEndpointRequestTTL": "10m",
+                "priorityBands": [{"priority": -5, "maxRequests": "1k"}],
+            }
+        }
+    )
+    assert epp.flow_control.default_request_TTL == "30s"
+    assert epp.flow_control.priority_bands[0].priority == -5
+
+
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ({"defaultRequestTTL": "60"}, "defaultRequestTTL"),
+        ({"defaultRequestTtl": "60s"}, "defaultRequestTtl"),
+        ({"maxRequests": "lots"}, "maxRequests"),
+        ({"priorityBands": [{"maxRequests": "5"}]}, "priority"),
+        ({"defaultPriorityBand": {"fairnessPolicy": "lottery"}}, "fairnessPolicy"),
+        (
+            {"saturationDetector": {"type": "concurrency-detector", "queueDepthThreshold": 3}},
+            "queueDepthThreshold",
+        ),
+        ({"saturationDetector": {"maxConcurrency": 3}}, "maxConcurrency"),
+        ({"saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 0}}, "maxConcurrency"),
+        ({"usageLimit": {"type": "priority-holdback-policy"}}, "minCeiling is required"),
+        ({"usageLimit": {"minCeiling": 0.5}}, "minCeiling does not apply"),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.5, "threshold": 0.9}},
+            "threshold",
+        ),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.9, "maxCeiling": 0.5}},
+            "must not exceed maxCeiling",
+        ),
+        ({"usageLimit": {"threshold": 0}}, "threshold"),
+        ({"usageLimit": {"type": "lottery"}}, "type"),
+    ],
+)
+def test_bad_values_name_the_key(section: dict[str, object], where: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        EppConfig.model_validate({"flowControl": section})
+    assert where in str(caught.value)
+
+
+def test_detector_parameters_use_llm_d_names() -> None:
+    detector = SaturationDetectorConfig(type="concurrency-detector", max_concurrency=8, headroom=0.25)
+    assert detector.parameters() == {"maxConcurrency": 8, "headroom": 0.25}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("300s", 300.0), ("1m30s", 90.0), ("500ms", 0.5), ("0", 0.0)])
+def test_go_seconds(text: str, seconds: float) -> None:
+    assert go_seconds(text) == seconds
+
+
+def test_the_queue_ttl_must_fit_inside_the_gateway_timeout() -> None:
+    from pulumi_llmd.config import parse_stack_config
+    from tests.pulumi_llmd.config.test_stack_config import kind_config, problems_of
+
+    fits = parse_stack_config(
+        kind_config(epp={"flowControl": {"enabled": True, "defaultRequestTTL": "60s"}}), has_hf_token=False
+    )
+    assert fits.gateway.request_timeout == "300s"
+    assert problems_of(
+        kind_config(
+            gateway={"requestTimeout": "30s"},
+            epp={"flowControl": {"enabled": True, "noEndpointRequestTTL": "0s"}},
+        )
+    ) == [
+        "llmd:epp.flowControl.defaultRequestTTL must be shorter than gateway.requestTimeout (30s), or "
+        "queued requests are cut off by the gateway (got 60s)",
+        "llmd:epp.flowControl.noEndpointRequestTTL must be shorter than gateway.requestTimeout (30s), or "
+        "queued requests are cut off by the gateway (got 0s)",
+    ]
+    # With flow control off, or a hand-written EPP config, the stack does not second-guess it.
+    off = kind_config(gateway={"requestTimeout": "30s"}, epp={"flowControl": {"defaultRequestTTL": "60s"}})
+    assert not parse_stack_config(off, has_hf_token=False).epp.flow_control.enabled
