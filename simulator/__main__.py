@@ -8,6 +8,7 @@ import socket
 import sys
 
 from runloop import configure_logging, run_until_signalled
+from simulator.lora import parse_lora_modules
 from simulator.params import SimParams
 from simulator.server import serve
 
@@ -81,8 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.prefix_caching_hash_algo,
         help="block hash of the published keys (seeded by PYTHONHASHSEED, as vLLM's)",
     )
+    lora = p.add_argument_group("LoRA (vLLM's flags; see simulator.lora)")
+    lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters")
+    lora.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help='adapters served from start-up: name=path, or vLLM\'s JSON form {"name": ..., "path": ...}',
+    )
+    lora.add_argument("--max-loras", type=int, default=d.max_loras, help="adapters one batch may mix")
+    lora.add_argument("--max-lora-rank", type=int, default=None, help="accepted for vLLM compatibility")
+    lora.add_argument("--max-cpu-loras", type=int, default=None, help="accepted for vLLM compatibility")
+    lora.add_argument(
+        "--lora-load-time",
+        type=float,
+        default=d.lora_load_s,
+        metavar="SECONDS",
+        help="engine time to put an adapter into a GPU slot (counted in simulator:lora_loads_total)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def runtime_lora_updating() -> bool:
+    """vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING (vllm/envs.py: "1" or "true", any case)."""
+    return os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true")
 
 
 def advertised_host(listen_host: str) -> str:
@@ -116,6 +141,11 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
         advertise_host=args.advertise_host or advertised_host(args.host),
         advertise_port=args.port,
         request_log=args.request_log,
+        enable_lora=args.enable_lora,
+        lora_modules=tuple(parse_lora_modules(args.lora_modules)),
+        max_loras=args.max_loras,
+        lora_load_s=args.lora_load_time,
+        runtime_lora_updating=args.enable_lora and runtime_lora_updating(),
         kv_events_config=args.kv_events_config,
         prefix_caching_hash_algo=args.prefix_caching_hash_algo,
     )

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from simulator.kvcache import BlockPool, BlockTable
+from simulator.lora import LoraRegistry
 from simulator.params import SimParams
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Sequence:
     # Why the sequence ends when it reaches max_tokens: "length" for an explicit limit, "stop" when
     # the limit stands in for the EOS a real model would emit.
     limit_reason: str = "length"
+    # The LoRA adapter the request names (None: the base model).
+    lora: str | None = None
     arrival: float = field(default_factory=time.monotonic)
 
     table: BlockTable = field(default_factory=BlockTable)
@@ -78,6 +81,7 @@ class EngineObserver:
     def on_token(self, seq: Sequence, gap_s: float) -> None: ...
     def on_finished(self, seq: Sequence) -> None: ...
     def on_preempted(self, seq: Sequence) -> None: ...
+    def on_lora_load(self, adapter: str) -> None: ...
 
 
 class RequestTooLarge(ValueError):
@@ -108,6 +112,17 @@ class Engine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._preempted_this_step: set[Sequence] = set()
+        self.lora = (
+            LoraRegistry(
+                params.model,
+                params.lora_modules,
+                max_loras=params.max_loras,
+                runtime_updates=params.runtime_lora_updating,
+            )
+            if params.enable_lora
+            else None
+        )
+        self._pending_load_s = 0.0  # adapter loads of this step's admissions, paid in its time
         self.step_failures = 0
         self.dead: BaseException | None = None  # why the loop ended, if it ever does
 
@@ -185,7 +200,9 @@ class Engine:
             p.step_overhead_s
             + p.prefill_per_token_s * sum(prefill_chunks.values())
             + p.decode_per_seq_s * len(decoders)
+            + self._pending_load_s
         )
+        self._pending_load_s = 0.0
         await self._sleep(step)
         self.steps += 1
         self._advance(prefill_chunks, decoders)
@@ -207,11 +224,31 @@ class Engine:
             self.running.remove(seq)
             self._finish(seq, "abort")
 
+    def active_loras(self) -> set[str]:
+        """The adapters of the running requests (what vLLM lists in vllm:lora_requests_info)."""
+        return {seq.lora for seq in self.running if seq.lora is not None}
+
     def _admit(self) -> None:
-        """First come, first served: the head waits until a slot and its blocks are free."""
+        """First come, first served: the head waits until a slot and its blocks are free. A request
+        whose adapter would exceed max_loras is passed over (it keeps its place) and the next one
+        considered, as vLLM's scheduler skips LoRA-deferred requests."""
+        deferred: list[Sequence] = []
+        try:
+            self._admit_in_order(deferred)
+        finally:
+            self.waiting.extendleft(reversed(deferred))
+
+    def _admit_in_order(self, deferred: list[Sequence]) -> None:
         p = self.params
         while self.waiting and len(self.running) < p.max_num_seqs:
             seq = self.waiting[0]
+            if (
+                seq.lora is not None
+                and self.lora is not None
+                and not self.lora.fits(seq.lora, self.active_loras())
+            ):
+                deferred.append(self.waiting.popleft())
+                continue
             # The last prompt token is always computed (it yields the first output token), so a
             # fully cached prompt still leaves its final block to compute, as in vLLM.
             cacheable = (seq.prompt_tokens - 1) // p.block_size
@@ -235,6 +272,13 @@ class Engine:
                 seq.external_cached_tokens = seq.prompt_tokens - seq.cached_tokens
                 seq.computed = seq.prompt_tokens - 1
             seq.admitted_at = self._clock()
+            if (
+                seq.lora is not None
+                and self.lora is not None
+                and self.lora.use(seq.lora, self.active_loras())
+            ):
+                self._pending_load_s += p.lora_load_s
+                self.observer.on_lora_load(seq.lora)
             self.running.append(seq)
             self.observer.on_scheduled(seq)
 

@@ -87,7 +87,7 @@ def none_hash_seed(algorithm: str) -> str:
 
 
 class BlockKeyer:
-    """vLLM's block keys of a token sequence (text prompts: no LoRA, no extra keys). Digests are
+    """vLLM's block keys of a token sequence (text prompts: no multimodal or salt keys). Digests are
     memoized per (parent, block) in two bounded generations, so a repeated prefix costs a dict
     lookup per block rather than an encoding and a hash."""
 
@@ -102,12 +102,14 @@ class BlockKeyer:
         self._current: dict[Any, bytes] = {}
         self._previous: dict[Any, bytes] = {}
 
-    def keys(self, token_ids: Sequence[int]) -> list[int]:
+    def keys(self, token_ids: Sequence[int], extra_keys: tuple[Any, ...] | None = None) -> list[int]:
+        """``extra_keys`` is vLLM's per-request extra key of every block (a LoRA request's
+        ``(("lora", name, path),)``), None for the base model."""
         size = self.block_size
         parent = self.none_hash
         out: list[int] = []
         for start in range(0, len(token_ids) - size + 1, size):
-            block = (parent, tuple(token_ids[start : start + size]), None)
+            block = (parent, tuple(token_ids[start : start + size]), extra_keys)
             digest = self._current.get(block) or self._previous.get(block)
             if digest is None:
                 digest = self._function(block)

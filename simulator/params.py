@@ -44,6 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from simulator.lora import LoraModule
+
 Role = Literal["prefill", "decode", "both"]
 KvLoadFailurePolicy = Literal["fail", "recompute"]
 
@@ -86,6 +88,14 @@ class SimParams:
     advertise_port: int = 8000
     # Debugging and tests: append every generation request (path, x-request-id, body) as JSON lines.
     request_log: str | None = None
+    # LoRA (vLLM's --enable-lora, --lora-modules, --max-loras; simulator.lora): the adapters served
+    # from start-up, how many one batch may mix, what putting one in a GPU slot costs, and whether
+    # the run-time load/unload API is on (VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    enable_lora: bool = False
+    lora_modules: tuple[LoraModule, ...] = ()
+    max_loras: int = 1
+    lora_load_s: float = 0.0
+    runtime_lora_updating: bool = False
     # vLLM's --kv-events-config (JSON) and --prefix-caching-hash-algo: with events on, block keys
     # are vLLM's (simulator/kvevents.py) and every cached or evicted block is published.
     kv_events_config: str | None = None
@@ -137,6 +147,17 @@ class SimParams:
             problems.append(f"role must be prefill, decode or both, got {self.role!r}")
         if not self.model:
             problems.append("model (the served model name) must not be empty")
+        if self.lora_modules and not self.enable_lora:
+            problems.append("lora_modules need enable_lora (vLLM's --enable-lora)")
+        names = [module.name for module in self.lora_modules]
+        if self.model in names:
+            problems.append(f"the lora adapter '{self.model}' conflicts with a served base model")
+        if len(set(names)) != len(names):
+            problems.append(f"lora_modules name an adapter twice ({', '.join(names)})")
+        if self.max_loras < 1:
+            problems.append(f"max_loras must be >= 1, got {self.max_loras}")
+        if self.lora_load_s < 0:
+            problems.append(f"lora_load_s must be >= 0, got {self.lora_load_s}")
         if problems:
             raise ValueError("invalid simulator parameters: " + "; ".join(problems))
 

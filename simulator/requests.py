@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,7 +55,12 @@ class GenerationRequest:
 
 
 def parse_generation(
-    api: Api, body: Any, served_model: str, max_model_len: int, default_output_tokens: int
+    api: Api,
+    body: Any,
+    served_model: str,
+    max_model_len: int,
+    default_output_tokens: int,
+    adapters: Container[str] = (),
 ) -> GenerationRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -64,7 +70,8 @@ def parse_generation(
         # pydantic's type errors are typed "Bad Request" by vLLM, its own range checks BadRequestError.
         raise ApiError(400, exc.message, exc.param, "Bad Request" if exc.validation else None) from None
     model = body.get("model", served_model)
-    if model != served_model:
+    # LoRA adapters are served under their own names; vLLM's 404 still lists only the base model.
+    if model != served_model and not (isinstance(model, str) and model in adapters):
         raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {served_model}.", "model")
     prompt_text = _prompt_text(api, body)
     prompt_tokens = count_tokens(prompt_text)

@@ -21,6 +21,7 @@ from aiohttp import web
 import jsonbody
 from simulator.engine import Engine, EngineDead, RequestTooLarge, Sequence
 from simulator.kvevents import BlockKeyer, KvEventPublisher, KvEventsConfig, none_hash_seed
+from simulator.lora import LoraError
 from simulator.params import SimParams
 from simulator.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
 from simulator.tokens import block_hashes, output_token, token_ids, token_pieces
@@ -84,6 +85,12 @@ class SimServer:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._detokenize)
         app.router.add_post(PULL_PATH, self._pull)
+        lora = self.engine.lora
+        if lora is not None and lora.runtime_updates:
+            # Only with VLLM_ALLOW_RUNTIME_LORA_UPDATING, as vLLM attaches these routes
+            # (vllm/entrypoints/serve/lora/api_router.py).
+            app.router.add_post("/v1/load_lora_adapter", self._load_lora)
+            app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -110,14 +117,27 @@ class SimServer:
         return web.Response(status=200 if self.engine.healthy else 503)
 
     async def _models(self, _request: web.Request) -> web.Response:
-        model = {
-            "id": self.params.model,
+        models = [self._model_card(self.params.model, self.params.model, None, self.params.max_model_len)]
+        if self.engine.lora is not None:
+            # Adapters follow the base model, each with its path as root and the base as parent, and
+            # no max_model_len of their own (vllm/entrypoints/openai/models/serving.py).
+            models += [
+                self._model_card(name, path, self.params.model, None)
+                for name, path in self.engine.lora.adapters.items()
+            ]
+        return _json({"object": "list", "data": models})
+
+    def _model_card(
+        self, name: str, root: str, parent: str | None, max_model_len: int | None
+    ) -> dict[str, Any]:
+        return {
+            "id": name,
             "object": "model",
             "created": self.created,
             "owned_by": "vllm",
-            "root": self.params.model,
-            "parent": None,
-            "max_model_len": self.params.max_model_len,
+            "root": root,
+            "parent": parent,
+            "max_model_len": max_model_len,
             "permission": [
                 {
                     "id": f"modelperm-{secrets.token_hex(8)}",
@@ -135,7 +155,26 @@ class SimServer:
                 }
             ],
         }
-        return _json({"object": "list", "data": [model]})
+
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        return await self._lora_call(request, load=True)
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        return await self._lora_call(request, load=False)
+
+    async def _lora_call(self, request: web.Request, *, load: bool) -> web.Response:
+        lora = self.engine.lora
+        assert lora is not None
+        try:
+            body = await _json_body(request)
+            text = lora.load(body) if load else lora.unload(body)
+        except ApiError as exc:
+            return _json(exc.body(), status=exc.status)
+        except LoraError as exc:
+            error = {"message": exc.message, "type": exc.error_type, "param": None, "code": exc.status}
+            return _json({"error": error}, status=exc.status)
+        # vLLM answers success as a plain body, without a JSON content type.
+        return web.Response(text=text, status=200)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -187,12 +226,14 @@ class SimServer:
             body = await _json_body(request)
             if self.params.request_log:
                 self._log_request(request, body)
+            lora = self.engine.lora
             parsed = parse_generation(
                 "chat" if api == "chat" else "completions",
                 body,
                 self.params.model,
                 self.params.max_model_len,
                 self.params.default_output_tokens,
+                adapters=lora.adapters if lora is not None else (),
             )
             kv = parsed.kv_transfer_params or {}
             exporting = bool(kv.get("do_remote_decode"))
@@ -219,12 +260,19 @@ class SimServer:
             return _json(exc.body(), status=exc.status)
 
         request_id = f"{'chatcmpl' if api == 'chat' else 'cmpl'}-{secrets.token_hex(8)}"
+        lora = self.engine.lora
+        adapter = parsed.model if lora is not None and lora.is_adapter(parsed.model) else None
+        # vLLM keys cached blocks by adapter too (its block hashes carry the LoRA's name and path as
+        # an extra key, vllm/v1/core/kv_cache_utils.py _gen_lora_extra_hash_keys): an adapter never
+        # reuses the base model's or another adapter's KV.
         tokens = token_ids(parsed.prompt_text) if self.keyer is not None else []
-        hashes = (
-            self.keyer.keys(tokens)
-            if self.keyer
-            else block_hashes(parsed.prompt_text, self.params.block_size)
-        )
+        if self.keyer is not None:
+            extra = None if adapter is None or lora is None else (("lora", adapter, lora.adapters[adapter]),)
+            hashes = self.keyer.keys(tokens, extra)
+        else:
+            hashes = block_hashes(
+                parsed.prompt_text, self.params.block_size, salt=f"lora:{adapter}" if adapter else ""
+            )
         # API server work (tokenising, detokenising) happens before the engine sees the request.
         await asyncio.sleep(
             self.params.request_overhead_s + self.params.tokenize_per_token_s * parsed.prompt_tokens
@@ -236,6 +284,7 @@ class SimServer:
             max_tokens=parsed.max_tokens,
             hold_blocks=exporting,
             limit_reason="length" if parsed.explicit_max_tokens else "stop",
+            lora=adapter,
         )
         if importing:
             pulled = await self._pull_kv(kv, hashes)

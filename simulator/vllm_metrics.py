@@ -6,6 +6,8 @@ the engine's hooks as things happen, like vLLM's logger does.
 
 from __future__ import annotations
 
+import time
+
 from simulator.engine import Engine, EngineObserver, Sequence
 from simulator.exposition import CONTENT_TYPE, CounterFamily, HistogramFamily, Registry
 from simulator.params import SimParams
@@ -166,6 +168,24 @@ class SimMetrics(EngineObserver):
         self.nixl_failed = counter(
             "vllm:nixl_num_failed_transfers", "Number of failed NIXL KV Cache transfers."
         )
+        # LoRA: vLLM creates this gauge only with --enable-lora (vllm/v1/metrics/loggers.py), without
+        # the engine/model_name labels; its value is the time of the update (set_to_current_time).
+        self._max_loras = str(params.max_loras)
+        self.lora_info = (
+            r.gauge(
+                "vllm:lora_requests_info",
+                "Running stats on lora requests.",
+                ("max_lora", "waiting_lora_adapters", "running_lora_adapters"),
+            )
+            if params.enable_lora
+            else None
+        )
+        # Not a vLLM series: the adapter loads into GPU slots the simulator models (simulator.lora).
+        self.lora_loads = (
+            r.counter("simulator:lora_loads", "LoRA adapters put into a GPU slot (simulated).", labels)
+            if params.enable_lora
+            else None
+        )
         # vLLM exports every series from startup, zero-valued, so dashboards and scrapers see them at once.
         for metric in (
             self.waiting,
@@ -191,6 +211,8 @@ class SimMetrics(EngineObserver):
             metric.labels(**self._labels)
         for reason in FINISH_REASONS:
             self.success.labels(**self._labels, finished_reason=reason)
+        if self.lora_loads is not None:
+            self.lora_loads.labels(**self._labels)
         self._engine: Engine | None = None
 
     def bind(self, engine: Engine) -> None:
@@ -201,7 +223,18 @@ class SimMetrics(EngineObserver):
             self.waiting.labels(**self._labels).set(len(self._engine.waiting))
             self.running.labels(**self._labels).set(len(self._engine.running))
             self.kv_usage.labels(**self._labels).set(self._engine.pool.usage)
+            if self.lora_info is not None:
+                # Adapters with running requests, in both lists, as real vLLM 0.32 lists them; each
+                # label set seen stays with its last time, the current one is the newest.
+                active = ",".join(sorted(self._engine.active_loras()))
+                self.lora_info.labels(
+                    max_lora=self._max_loras, waiting_lora_adapters=active, running_lora_adapters=active
+                ).set(time.time())
         return self.registry.render()
+
+    def on_lora_load(self, adapter: str) -> None:
+        if self.lora_loads is not None:
+            self.lora_loads.labels(**self._labels).inc()
 
     def nixl_transfer(self, seconds: float, num_bytes: int) -> None:
         self.nixl_xfer_time.labels(**self._labels).observe(seconds)

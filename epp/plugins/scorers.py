@@ -77,9 +77,16 @@ class LoadAwareScorer(Scorer):
 
 @register("lora-affinity-scorer")
 class LoraAffinityScorer(_Stateless):
-    """1.0 adapter already loaded; 0.8 room to load it; 0.6 it is waiting to load; 0 no room.
-    The director names the request's target model as the adapter (llm-d matches that name), so
-    on a pool without LoRA every endpoint scores the same; a request with no model scores 1.0."""
+    """1.0 adapter active on the server; 0.8 room for one more adapter; 0.6 it is waiting there;
+    0 no room. The director names the request's target model as the adapter (llm-d matches that
+    name), so on a pool without LoRA every endpoint scores the same; a request with no model
+    scores 1.0.
+
+    "Room" counts the adapters in the running and waiting lists once each: vLLM 0.32 fills both
+    labels of ``vllm:lora_requests_info`` from the same set (the adapters with running requests;
+    see tests/epp/scrape/fixtures/vllm-0.32-lora-busy.txt), so adding the two lengths counted every
+    adapter twice and a server with one free slot looked full. llm-d-router's scorer takes the
+    union the same way (pkg/epp/framework/plugins/scheduling/scorer/loraaffinity)."""
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         adapter = request.lora_adapter
@@ -88,11 +95,12 @@ class LoraAffinityScorer(_Stateless):
         scores = []
         for endpoint in endpoints:
             metrics = endpoint.metrics
-            if adapter in metrics.running_loras:
+            running, waiting = metrics.running_loras, metrics.waiting_loras
+            if adapter in running:
                 scores.append(1.0)
-            elif len(metrics.running_loras) + len(metrics.waiting_loras) < metrics.max_loras:
+            elif len(running | waiting) < metrics.max_loras:
                 scores.append(0.8)
-            elif adapter in metrics.waiting_loras:
+            elif adapter in waiting:
                 scores.append(0.6)
             else:
                 scores.append(0.0)

@@ -442,8 +442,13 @@ def _repository(image: str) -> str:
 def check_efa_images(config: StackConfig) -> None:
     """P/D KV transfer on EKS goes over NIXL's LIBFABRIC backend, which needs libfabric with the EFA
     provider in the image: refuse pools that would run the upstream vLLM image, naming the key."""
-    if not config.disaggregated or config.model.engine is Engine.SIMULATOR:
-        return
+    # Only disaggregated models transfer KV (each models[] entry decides for its own pools).
+    disaggregated = {
+        model.section_key(role)
+        for model in config.served()
+        if model.disaggregated and model.model.engine is not Engine.SIMULATOR
+        for role in ("prefill", "decode")
+    }
     problems = [
         Problem(
             f"{key}.image",
@@ -453,7 +458,8 @@ def check_efa_images(config: StackConfig) -> None:
             f"use an AWS Deep Learning Container as llm-d's AWS guide does, e.g. {EFA_VLLM_IMAGE_EXAMPLE}",
         )
         for key, pool in serving_pools(config)
-        if pool.image is None or _repository(pool.image) in UPSTREAM_VLLM_REPOSITORIES
+        if key in disaggregated
+        and (pool.image is None or _repository(pool.image) in UPSTREAM_VLLM_REPOSITORIES)
     ]
     if problems:
         raise ConfigError(problems)

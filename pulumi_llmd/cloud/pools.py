@@ -12,10 +12,14 @@ from pulumi_llmd.config.models import Engine, PoolConfig, StackConfig
 
 
 def serving_pools(config: StackConfig) -> list[tuple[str, PoolConfig]]:
-    """The pools that will run on GPU nodes, with their config key."""
-    pools: list[tuple[str, PoolConfig]] = [("decode", config.decode)]
-    if config.prefill.enabled:
-        pools.insert(0, ("prefill", config.prefill))
+    """The pools that will run on GPU nodes (simulated models' pods need none), with their config key."""
+    pools: list[tuple[str, PoolConfig]] = []
+    for model in config.served():
+        if model.model.engine is Engine.SIMULATOR:
+            continue  # simulator pods request no GPUs and need no fabric
+        if model.prefill.enabled:
+            pools.append((model.section_key("prefill"), model.prefill))
+        pools.append((model.section_key("decode"), model.decode))
     return pools
 
 
@@ -23,8 +27,6 @@ def check_gpus_per_pod(
     config: StackConfig, machine: str, gpus_per_node: int, *, whole_node: bool, reason: str = ""
 ) -> None:
     """Each pod's accelerators must fit one node; with `whole_node` they must be all of them."""
-    if config.model.engine is Engine.SIMULATOR:
-        return  # simulator pods request no GPUs and need no fabric
     problems: list[Problem] = []
     for key, pool in serving_pools(config):
         wanted = pool.accelerators_per_pod()

@@ -18,6 +18,77 @@ from pulumi_llmd.config.observability import AutoscalingMode, ScalingSignal
 from pulumi_llmd.config.precise import EppTokenizer, PrefixCacheMode
 
 
+class LoraAdapterSettings(TypedDict, total=False):
+    "One LoRA adapter of a model: a name clients send, served by the model's pools."
+
+    name: Required[str]
+    (
+        "Adapter name clients put in the request body's `model` (vLLM's LoRA name); unique across the "
+        "stack's models and adapters."
+    )
+    uri: str
+    (
+        "Where the adapter's files are: `hf://org/adapter` (vLLM downloads it, with the `llmd:hfToken` "
+        "token) or `pvc://claim/path/in/claim` (mounted read-only); loaded at start-up with "
+        "`--lora-modules`. Unset: the adapter is loaded at run time (needs `lora.runtimeLoading`), from "
+        "`lora.resolverDir` on its first request or through vLLM's `/v1/load_lora_adapter`."
+    )
+
+
+class LoraSettings(TypedDict, total=False):
+    "LoRA adapters on a model's pools (vLLM `--enable-lora`)."
+
+    adapters: list[LoraAdapterSettings]
+    "The adapters clients may name; every pod of the model serves them. Default: empty."
+    max_loras: int
+    "vLLM `--max-loras`: adapters one batch may mix (GPU slots); unset keeps vLLM's default (1)."
+    max_lora_rank: int
+    "vLLM `--max-lora-rank` (1, 8, 16, 32, 64, 128, 256, 320 or 512); unset keeps vLLM's default (16)."
+    max_cpu_loras: int
+    "vLLM `--max-cpu-loras`: adapters kept in CPU memory; unset keeps vLLM's default (maxLoras)."
+    runtime_loading: bool
+    (
+        "`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`: vLLM's `/v1/load_lora_adapter` and "
+        "`/v1/unload_lora_adapter`, and loading adapters from `resolverDir` on first use. Default: `false`."
+    )
+    resolver_dir: str
+    (
+        "`pvc://claim/dir`: a directory of adapters (`<dir>/<adapter name>`) that vLLM's filesystem LoRA "
+        "resolver loads on an adapter's first request (`VLLM_LORA_RESOLVER_CACHE_DIR`); needs "
+        "runtimeLoading."
+    )
+
+
+class RewriteTargetSettings(TypedDict, total=False):
+    "Where those requests go, chosen per request by weight."
+
+    model: Required[str]
+    "The base model or adapter (of the same model) requests go to."
+    weight: int
+    "Relative share of traffic; set it on every target of a rule or on none (an even split)."
+
+
+class ModelRewriteSettings(TypedDict, total=False):
+    "An InferenceModelRewrite rule: requests naming `model` go to one of `targets`."
+
+    model: Required[str]
+    "The model name clients send (matched exactly)."
+    targets: Required[list[RewriteTargetSettings]]
+    "Where those requests go, chosen per request by weight."
+
+
+class ObjectiveSettings(TypedDict, total=False):
+    "An InferenceObjective: a request priority clients select with a header."
+
+    name: Required[str]
+    "Object name, which requests name in `x-llm-d-inference-objective`; unique in the stack."
+    priority: int
+    (
+        "Higher is served first under load; negative priorities are sheddable (429 when the pool is "
+        "saturated). Default: `0`."
+    )
+
+
 class ModelSettings(TypedDict, total=False):
     "The model every pool serves."
 
@@ -38,6 +109,15 @@ class ModelSettings(TypedDict, total=False):
     "Size limit of the emptyDir that holds hf:// downloads. Default: `100Gi`."
     label: str
     "Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`."
+    lora: LoraSettings
+    "LoRA adapters served with the model."
+    rewrites: list[ModelRewriteSettings]
+    (
+        "InferenceModelRewrite rules: names clients send that go to this model or its adapters, with "
+        "weighted splits. Default: empty."
+    )
+    objectives: list[ObjectiveSettings]
+    "InferenceObjectives (request priorities) of the model's pool. Default: empty."
     block_size: int
     (
         "vLLM `--block-size` (tokens per KV block); unset lets vLLM choose (16 on CUDA, 128 on CPU). "
@@ -52,76 +132,6 @@ class ModelSettings(TypedDict, total=False):
     (
         "`PYTHONHASHSEED` of the model servers, which seeds vLLM's block keys; set on the pods and the EPP "
         "with epp.prefixCache precise only. Default: `0`."
-    )
-
-
-class GatewaySettings(TypedDict, total=False):
-    "The gateway provider and the Gateway/HTTPRoute in front of the InferencePool."
-
-    provider: GatewayProvider
-    (
-        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
-        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
-        "gateway; platform gke only). Default: `agentgateway`."
-    )
-    install: bool
-    (
-        "Install the provider's control plane (charts); false when the cluster already runs it. GKE's is "
-        "managed: nothing to install. Default: `true`."
-    )
-    version: str
-    (
-        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
-        "v2.1.3)."
-    )
-    namespace: str
-    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
-    class_name: str
-    (
-        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
-        "class, gke-l7-regional-external-managed)."
-    )
-    kgateway_data_plane: KgatewayDataPlane
-    (
-        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
-        "(deprecated in 2.1, removed in 2.2)."
-    )
-    listener_port: int
-    "HTTP listener port of the Gateway. Default: `80`."
-    request_timeout: str
-    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
-    paths: list[str]
-    (
-        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
-        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
-        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
-    )
-
-
-class CrdsSettings(TypedDict, total=False):
-    "Cluster-wide CRDs. Installed from the upstream release assets and retained on delete."
-
-    install: bool
-    "Install the CRDs; set false when the cluster already has them. Default: `true`."
-    gateway_api_version: str
-    (
-        "Gateway API release (standard channel); unset: the one the gateway provider is built against "
-        "(agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own."
-    )
-    inference_extension_version: str
-    (
-        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
-        "GKE installs it). Default: `v1.6.2`."
-    )
-    llmd_router_version: str
-    (
-        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
-        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
-    )
-    lws_version: str
-    (
-        "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
-        "Default: `v0.10.0`."
     )
 
 
@@ -166,7 +176,7 @@ class RolloutSettings(TypedDict, total=False):
 
 
 class PrefillSettings(TypedDict, total=False):
-    "Prefill pool (P/D)."
+    "This model's prefill pool (P/D)."
 
     replicas: int
     "Model-server replicas (groups, with nodesPerReplica > 1). Default: `1`."
@@ -218,7 +228,7 @@ class SidecarSettings(TypedDict, total=False):
 
 
 class DecodeSettings(TypedDict, total=False):
-    "Decode pool."
+    "This model's decode pool."
 
     replicas: int
     "Decode replicas (groups, with nodesPerReplica > 1). Default: `1`."
@@ -434,6 +444,162 @@ class EppSettings(TypedDict, total=False):
     'EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`.'
     flow_control: EppFlowControlSettings
     "llm-d's flow control in the generated EPP config (ignored with `config`)."
+
+
+class ModelEntrySettings(TypedDict, total=False):
+    "One model of a multi-model stack (`llmd:models`): the model, and its own pools and picker."
+
+    name: Required[str]
+    "Served model name clients put in the request body (`--served-model-name`)."
+    uri: Required[str]
+    (
+        "Where the weights come from: `hf://org/model` (Hugging Face, token from the `llmd:hfToken` secret) "
+        "or `pvc://claim/path/in/claim` (a PersistentVolumeClaim in the namespace)."
+    )
+    engine: Engine
+    "`vllm` for real model servers, `simulator` for the bundled vLLM simulator (no GPUs). Default: `vllm`."
+    max_model_len: int
+    "vLLM `--max-model-len`; unset lets vLLM derive it from the model."
+    enable_prefix_caching: bool
+    "vLLM automatic prefix caching. Default: `true`."
+    cache_size: str
+    "Size limit of the emptyDir that holds hf:// downloads. Default: `100Gi`."
+    label: str
+    "Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`."
+    lora: LoraSettings
+    "LoRA adapters served with the model."
+    rewrites: list[ModelRewriteSettings]
+    (
+        "InferenceModelRewrite rules: names clients send that go to this model or its adapters, with "
+        "weighted splits. Default: empty."
+    )
+    objectives: list[ObjectiveSettings]
+    "InferenceObjectives (request priorities) of the model's pool. Default: empty."
+    block_size: int
+    (
+        "vLLM `--block-size` (tokens per KV block); unset lets vLLM choose (16 on CUDA, 128 on CPU). "
+        "Required with epp.prefixCache precise, whose EPP computes the pods' block keys."
+    )
+    prefix_caching_hash_algo: str
+    (
+        "vLLM `--prefix-caching-hash-algo` of the block keys (llm-d recommends sha256_cbor); set on the pods "
+        "and the EPP with epp.prefixCache precise only. Default: `sha256_cbor`."
+    )
+    hash_seed: str
+    (
+        "`PYTHONHASHSEED` of the model servers, which seeds vLLM's block keys; set on the pods and the EPP "
+        "with epp.prefixCache precise only. Default: `0`."
+    )
+    id: str
+    (
+        "Short name in this model's object names (`<name>-<id>`, `<name>-<id>-decode`, `<name>-<id>-epp`); "
+        "defaults to a DNS-label form of `name`. Keep it stable: changing it replaces the model's objects."
+    )
+    prefill: PrefillSettings
+    "This model's prefill pool (P/D)."
+    decode: DecodeSettings
+    "This model's decode pool."
+    epp: EppSettings
+    "This model's endpoint picker."
+
+
+class BodyRouterSettings(TypedDict, total=False):
+    "The body-based router (`python -m bbr`) in front of the endpoint pickers of a multi-model stack."
+
+    image: str
+    (
+        "Body-router image (bbr/Dockerfile, published by the release workflow); a tag, a `@sha256:` digest "
+        "or both. Default: `ghcr.io/pulumi-llmd/bbr:0.1.0`."
+    )
+    replicas: int
+    "Body-router replicas (stateless). Default: `1`."
+    failure_mode: FailureMode
+    (
+        "What the gateway does when the body router is down: FailClose answers an error; FailOpen sends the "
+        "request on without the model header, to the first model's pool. Default: `FailClose`."
+    )
+    secure_serving: bool
+    (
+        "TLS on the ext_proc port, as the gateway providers dial it (self-signed unless tlsSecretName is "
+        "set). Default: `true`."
+    )
+    tls_secret_name: str
+    (
+        "A `kubernetes.io/tls` Secret (tls.crt, tls.key) the body router serves instead of a self-signed "
+        "certificate."
+    )
+    resources: ResourcesSettings
+    'Body-router CPU/memory. Default: `{"cpu": "500m", "memory": "256Mi"}`.'
+
+
+class GatewaySettings(TypedDict, total=False):
+    "The gateway provider and the Gateway/HTTPRoute in front of the InferencePool."
+
+    provider: GatewayProvider
+    (
+        "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
+        "`kgateway` (2.1, its last line with inference; deprecated upstream) or `gke` (GKE's managed "
+        "gateway; platform gke only). Default: `agentgateway`."
+    )
+    install: bool
+    (
+        "Install the provider's control plane (charts); false when the cluster already runs it. GKE's is "
+        "managed: nothing to install. Default: `true`."
+    )
+    version: str
+    (
+        "Control-plane chart version; unset pins the provider's (agentgateway v1.4.1, istio 1.30.3, kgateway "
+        "v2.1.3)."
+    )
+    namespace: str
+    "Namespace of the control plane; unset: agentgateway-system, istio-system or kgateway-system."
+    class_name: str
+    (
+        "GatewayClass of the Gateway; unset: the provider's (agentgateway, istio, kgateway's data-plane "
+        "class, gke-l7-regional-external-managed)."
+    )
+    kgateway_data_plane: KgatewayDataPlane
+    (
+        "kgateway only: `agentgateway` (unset; what kgateway 2.1 recommends for inference) or `envoy` "
+        "(deprecated in 2.1, removed in 2.2)."
+    )
+    listener_port: int
+    "HTTP listener port of the Gateway. Default: `80`."
+    request_timeout: str
+    "Request timeout (long generations): the HTTPRoute's, or GKE's backend timeout. Default: `300s`."
+    paths: list[str]
+    (
+        "Exact request paths the HTTPRoute sends to the pool: the OpenAI API, not the model servers' "
+        '/metrics, /tokenize or admin routes. Default: `["/v1/completions", "/v1/chat/completions", '
+        '"/v1/models", "/v1/embeddings", "/v1/responses"]`.'
+    )
+
+
+class CrdsSettings(TypedDict, total=False):
+    "Cluster-wide CRDs. Installed from the upstream release assets and retained on delete."
+
+    install: bool
+    "Install the CRDs; set false when the cluster already has them. Default: `true`."
+    gateway_api_version: str
+    (
+        "Gateway API release (standard channel); unset: the one the gateway provider is built against "
+        "(agentgateway v1.6.1, istio v1.5.1, kgateway v1.4.1). GKE installs its own."
+    )
+    inference_extension_version: str
+    (
+        "Gateway API Inference Extension release providing InferencePool v1 (on GKE from Kubernetes 1.34, "
+        "GKE installs it). Default: `v1.6.2`."
+    )
+    llmd_router_version: str
+    (
+        "llm-d-router release providing InferenceObjective and InferenceModelRewrite (`llm-d.ai/v1alpha2`), "
+        "which llm-d's EPP requires and both EPPs read. Default: `v0.10.0`."
+    )
+    lws_version: str
+    (
+        "LeaderWorkerSet release (CRD + controller); installed only when a pool has nodesPerReplica > 1. "
+        "Default: `v0.10.0`."
+    )
 
 
 class NetworkPolicySettings(TypedDict, total=False):
@@ -684,8 +850,15 @@ class LlmdStackArgs(TypedDict, total=False):
     "Namespace of the inference stack. Default: `llm-d`."
     kubernetes_version: str
     "Kubernetes minor version the manifests target (and are validated against). Default: `1.33`."
-    model: Required[ModelSettings]
-    "The served model."
+    model: ModelSettings
+    "The served model (one model; its pools are `prefill`, `decode`, its picker `epp`). Set this or `models`."
+    models: list[ModelEntrySettings]
+    (
+        "Several models behind one gateway, each with its own pools, picker and InferencePool; a body router "
+        "sends each request to the model its body names. Set this or `model`."
+    )
+    body_router: BodyRouterSettings
+    "The body router (with `models` only)."
     gateway: GatewaySettings
     "Gateway settings."
     crds: CrdsSettings
@@ -737,6 +910,18 @@ class EndpointPickerArgs(TypedDict, total=False):
     "The EPP's own settings."
     tracing: TracingSettings
     "OTLP tracing of the scheduling decision."
+    lora: bool
+    (
+        "The pool serves LoRA adapters: the generated EndpointPickerConfig adds the lora-affinity-scorer. "
+        "Default: `false`."
+    )
+    rewrites: list[ModelRewriteSettings]
+    (
+        "Model-name rules of the pool, rendered as one InferenceModelRewrite (`<poolName>-rewrites`). "
+        "Default: empty."
+    )
+    objectives: list[ObjectiveSettings]
+    "Request priorities of the pool, one InferenceObjective each. Default: empty."
     model: ModelSettings
     (
         "The served model; required with settings.prefixCache precise (the token-producer's tokenizer, and "
@@ -824,6 +1009,23 @@ class ModelServerPoolArgs(TypedDict, total=False):
     )
 
 
+class ModelRouteSettings(TypedDict, total=False):
+    "One model behind a shared Gateway: requests whose body names it go to its InferencePool."
+
+    model: Required[str]
+    (
+        "The base model name the body router puts in `X-Gateway-Base-Model-Name` for every name this model "
+        "serves (the value the route rule matches)."
+    )
+    pool_name: Required[str]
+    "The model's InferencePool."
+    epp_secure_serving: bool
+    (
+        "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
+        "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
+
+
 class InferenceGatewayArgs(TypedDict, total=False):
     "Args of ``InferenceGateway`` (validated by ``InferenceGatewayInputs``)."
 
@@ -832,7 +1034,7 @@ class InferenceGatewayArgs(TypedDict, total=False):
     namespace: Required[str]
     "Namespace of the Gateway, the HTTPRoute and the pool."
     pool_name: Required[str]
-    "The InferencePool the route sends to (the route's name too)."
+    "The InferencePool the route sends every request to when modelRoutes is empty; the route's name too."
     provider: GatewayProvider
     (
         "Gateway implementation: `agentgateway` (llm-d's preferred gateway), `istio` (llm-d's default), "
@@ -863,6 +1065,16 @@ class InferenceGatewayArgs(TypedDict, total=False):
     (
         "`--secure-serving`: TLS on the ext_proc port, as upstream EPPs and every gateway expect (a "
         "self-signed certificate unless tlsSecretName is set); off serves plaintext gRPC. Default: `true`."
+    )
+    model_routes: list[ModelRouteSettings]
+    (
+        "Several models behind the Gateway: one route rule each, matching `X-Gateway-Base-Model-Name` (set "
+        "by the body router) to the model's pool, with the provider's objects for each pool. Default: empty."
+    )
+    unmatched_to_first: bool
+    (
+        "With modelRoutes, a last rule without a header match sends requests the body router did not mark "
+        "(it failed open) to the first model's pool. Default: `false`."
     )
 
 
@@ -922,6 +1134,7 @@ __all__ = [
     "AcceleratorSettings",
     "AlertThresholdsSettings",
     "AutoscalingSettings",
+    "BodyRouterSettings",
     "ClusterCrdsArgs",
     "CrdsSettings",
     "DashboardsSettings",
@@ -935,16 +1148,23 @@ __all__ = [
     "GatewaySettings",
     "InferenceGatewayArgs",
     "LlmdStackArgs",
+    "LoraAdapterSettings",
+    "LoraSettings",
+    "ModelEntrySettings",
+    "ModelRewriteSettings",
+    "ModelRouteSettings",
     "ModelServerPoolArgs",
     "ModelSettings",
     "MonitoringSettings",
     "MultiNodeNetworkingSettings",
     "NetworkAttachmentSettings",
     "NetworkPolicySettings",
+    "ObjectiveSettings",
     "PodNetworkingSettings",
     "PoolSettings",
     "PrefillSettings",
     "ResourcesSettings",
+    "RewriteTargetSettings",
     "RoleAutoscalingSettings",
     "RolloutSettings",
     "SaturationDetectorSettings",

@@ -9,6 +9,7 @@ fixed windows rather than Grafana's ``$__rate_interval``, so the same text runs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,7 +145,8 @@ def epp_dashboard(monitoring: Monitoring) -> Dashboard:
         ),
     ]
     if monitoring.gateway_class in GATEWAY_PANELS:
-        panels += GATEWAY_PANELS[monitoring.gateway_class](scope)
+        gateway_scope = Scope(monitoring.namespace, monitoring.gateway_stack)
+        panels += GATEWAY_PANELS[monitoring.gateway_class](gateway_scope)
     return Dashboard("epp", f"llm-d {monitoring.instance}: endpoint picker", panels)
 
 
@@ -380,6 +382,21 @@ def dashboards(monitoring: Monitoring) -> list[Dashboard]:
     return boards
 
 
+# Grafana refuses longer dashboard uids (Grafana's Dashboard HTTP API docs: "maximum length of 40").
+UID_MAX = 40
+
+
+def dashboard_uid(monitoring: Monitoring, board: Dashboard) -> str:
+    """Stable per stack and board, so a re-deploy replaces the dashboard instead of adding one. A uid
+    too long for Grafana keeps its readable start and ends with a hash of the whole: cutting it off
+    alone gave two models of one stack (or two boards) the same uid once their names ran past 40."""
+    uid = f"llmd-{monitoring.namespace}-{monitoring.instance}-{board.key}"
+    if len(uid) <= UID_MAX:
+        return uid
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:10]
+    return f"{uid[: UID_MAX - len(digest) - 1]}-{digest}"
+
+
 def dashboard_json(monitoring: Monitoring, board: Dashboard) -> dict[str, Any]:
     panels = []
     for index, panel in enumerate(board.panels):
@@ -405,8 +422,7 @@ def dashboard_json(monitoring: Monitoring, board: Dashboard) -> dict[str, Any]:
             }
         )
     return {
-        # Stable per stack and board, so a re-deploy replaces the dashboard instead of adding one.
-        "uid": f"llmd-{monitoring.namespace}-{monitoring.instance}-{board.key}"[:40],
+        "uid": dashboard_uid(monitoring, board),
         "title": board.title,
         "tags": ["llm-d", "pulumi-llmd"],
         "timezone": "browser",

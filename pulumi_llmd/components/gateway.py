@@ -179,18 +179,38 @@ def gateway_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
     }
 
 
-def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
+def _pool_rule(gateway: InferenceGatewayInputs, pool: str, model: str | None = None) -> dict[str, Any]:
+    # Exact paths: the OpenAI API by default, never the model servers' /metrics or admin routes.
+    matches: list[dict[str, Any]] = [{"path": {"type": "Exact", "value": path}} for path in gateway.paths]
+    if model is not None:
+        # The body router put the base model of the body's `model` in this header (Gateway API matches
+        # header names case-insensitively); a match is its path AND its headers.
+        for match in matches:
+            match["headers"] = [{"type": "Exact", "name": naming.BASE_MODEL_HEADER, "value": model}]
     rule: dict[str, Any] = {
-        # Exact paths: the OpenAI API by default, never the model servers' /metrics or admin routes.
-        "matches": [{"path": {"type": "Exact", "value": path}} for path in gateway.paths],
-        "backendRefs": [
-            {"group": naming.INFERENCE_POOL_GROUP, "kind": "InferencePool", "name": gateway.pool_name}
-        ],
+        "matches": matches,
+        "backendRefs": [{"group": naming.INFERENCE_POOL_GROUP, "kind": "InferencePool", "name": pool}],
     }
     if gateway.provider is not GatewayProvider.GKE:
         # GKE takes the timeout from GCPBackendPolicy; llm-d's chart leaves it off the route there
         # (llm-d-router v0.10.0 config/charts/llm-d-router-gateway/templates/httproute.yaml).
         rule["timeouts"] = {"request": gateway.request_timeout}
+    return rule
+
+
+def route_rules(gateway: InferenceGatewayInputs) -> list[dict[str, Any]]:
+    """One rule into the pool; with several models one per model, matched on the header the body router
+    sets (llm-d guides/multi-model-routing), and a catch-all to the first model when the router fails
+    open. A request matching no rule gets the gateway's 404."""
+    if not gateway.model_routes:
+        return [_pool_rule(gateway, gateway.pool_name)]
+    rules = [_pool_rule(gateway, route.pool_name, route.model) for route in gateway.model_routes]
+    if gateway.unmatched_to_first:
+        rules.append(_pool_rule(gateway, gateway.model_routes[0].pool_name))
+    return rules
+
+
+def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -203,16 +223,16 @@ def http_route_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
             "parentRefs": [
                 {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.gateway_name}
             ],
-            "rules": [rule],
+            "rules": route_rules(gateway),
         },
     }
 
 
-def istio_destination_rule_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
+def istio_destination_rule_manifest(gateway: InferenceGatewayInputs, pool: str) -> dict[str, Any]:
     """TLS origination to the EPP without verification: Istio dials a Service as its Service says
     (h2c), so a TLS EPP needs this, as GIE's chart (v1.1.0 config/charts/inferencepool/templates/
     istio.yaml) and llm-d's (v0.10.0 config/charts/llm-d-router-gateway/templates/istio.yaml) add."""
-    epp = gateway.epp_service
+    epp = naming.epp_name(pool)
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
@@ -228,11 +248,11 @@ def istio_destination_rule_manifest(gateway: InferenceGatewayInputs) -> dict[str
     }
 
 
-def _pool_target(gateway: InferenceGatewayInputs) -> dict[str, str]:
-    return {"group": naming.INFERENCE_POOL_GROUP, "kind": "InferencePool", "name": gateway.pool_name}
+def _pool_target(pool: str) -> dict[str, str]:
+    return {"group": naming.INFERENCE_POOL_GROUP, "kind": "InferencePool", "name": pool}
 
 
-def gke_health_check_policy_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
+def gke_health_check_policy_manifest(gateway: InferenceGatewayInputs, pool: str) -> dict[str, Any]:
     """GKE health-checks InferencePool endpoints by this policy: vLLM's /health on the pool's target
     port, every 2 s, as llm-d's chart sets it for a fast switch-over (llm-d-router v0.10.0
     config/charts/llm-d-router-gateway/templates/gke.yaml). The EPP itself is checked on gRPC 9003,
@@ -241,12 +261,12 @@ def gke_health_check_policy_manifest(gateway: InferenceGatewayInputs) -> dict[st
         "apiVersion": "networking.gke.io/v1",
         "kind": "HealthCheckPolicy",
         "metadata": {
-            "name": gateway.pool_name,
+            "name": pool,
             "namespace": gateway.namespace,
             "labels": naming.common_labels(gateway.instance, "gateway"),
         },
         "spec": {
-            "targetRef": _pool_target(gateway),
+            "targetRef": _pool_target(pool),
             "default": {
                 "timeoutSec": 2,
                 "checkIntervalSec": 2,
@@ -259,19 +279,19 @@ def gke_health_check_policy_manifest(gateway: InferenceGatewayInputs) -> dict[st
     }
 
 
-def gke_backend_policy_manifest(gateway: InferenceGatewayInputs) -> dict[str, Any]:
+def gke_backend_policy_manifest(gateway: InferenceGatewayInputs, pool: str) -> dict[str, Any]:
     """The backend timeout (GKE's default is 30 s, too short for long generations) and request logging
     for the InferencePool backend, as llm-d's chart sets them (same file)."""
     return {
         "apiVersion": "networking.gke.io/v1",
         "kind": "GCPBackendPolicy",
         "metadata": {
-            "name": gateway.pool_name,
+            "name": pool,
             "namespace": gateway.namespace,
             "labels": naming.common_labels(gateway.instance, "gateway"),
         },
         "spec": {
-            "targetRef": _pool_target(gateway),
+            "targetRef": _pool_target(pool),
             "default": {
                 "timeoutSec": duration_seconds(gateway.request_timeout),
                 "logging": {"enabled": True},
@@ -291,21 +311,24 @@ def duration_seconds(duration: str) -> int:
 
 
 def gateway_manifests(gateway: InferenceGatewayInputs) -> list[dict[str, Any]]:
-    """Everything the InferenceGateway registers, in order."""
+    """Everything the InferenceGateway registers, in order: the provider's objects for every pool the
+    route sends to (each model's, with modelRoutes)."""
     manifests = [gateway_manifest(gateway), http_route_manifest(gateway)]
-    if gateway.provider is GatewayProvider.ISTIO and gateway.epp_secure_serving:
-        manifests.append(istio_destination_rule_manifest(gateway))
-    if gateway.provider is GatewayProvider.GKE:
-        manifests += [gke_health_check_policy_manifest(gateway), gke_backend_policy_manifest(gateway)]
+    for pool, epp_secure_serving in gateway.backends:
+        if gateway.provider is GatewayProvider.ISTIO and epp_secure_serving:
+            manifests.append(istio_destination_rule_manifest(gateway, pool))
+        if gateway.provider is GatewayProvider.GKE:
+            manifests.append(gke_health_check_policy_manifest(gateway, pool))
+            manifests.append(gke_backend_policy_manifest(gateway, pool))
     return manifests
 
 
 @package_component
 class InferenceGateway(pulumi.ComponentResource):
     """A Gateway of the provider's GatewayClass with an HTTP listener, an HTTPRoute that sends the OpenAI
-    API paths to an InferencePool (whose endpoint picker chooses the pod), and what the provider needs
-    for that pool: Istio a DestinationRule that dials the EPP over TLS, GKE a HealthCheckPolicy and a
-    GCPBackendPolicy for the pool."""
+    API paths to an InferencePool (whose endpoint picker chooses the pod), or with modelRoutes each
+    model's requests to its own pool, and what the provider needs for each pool: Istio a DestinationRule
+    that dials the EPP over TLS, GKE a HealthCheckPolicy and a GCPBackendPolicy."""
 
     gateway_name: str
     """The Gateway's name; its address serves the OpenAI API."""
@@ -320,9 +343,10 @@ class InferenceGateway(pulumi.ComponentResource):
         ``<instance>-gateway``), ``namespace``, ``pool_name`` (the backend, and the route's name),
         ``provider``, ``epp_secure_serving`` (whether Istio must dial the EPP over TLS), and
         ``class_name``, ``listener_port``, ``request_timeout``, ``paths`` (the same keys of the
-        ``gateway`` section; an unset class follows the provider). Pass the Kubernetes provider in
-        ``opts``; ``depends_on`` (the GatewayClass's controller, the CRDs, the InferencePool) is passed
-        on to every object.
+        ``gateway`` section; an unset class follows the provider); ``model_routes`` (several models: one
+        rule per model on the body router's header, each with its pool and EPP TLS) and
+        ``unmatched_to_first``. Pass the Kubernetes provider in ``opts``; ``depends_on`` (the
+        GatewayClass's controller, the CRDs, the InferencePool) is passed on to every object.
         """
         gateway = validate_args(InferenceGatewayInputs, args, component="InferenceGateway")
         super().__init__("llmd:index:InferenceGateway", name, None, opts)

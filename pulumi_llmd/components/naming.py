@@ -38,6 +38,18 @@ EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090
 
+# The body router's ports: ext_proc and gRPC health as llm-d-inference-payload-processor's chart
+# publishes them (config/charts/payload-processor/values.yaml: port 9004, healthCheckPort 9005).
+BODY_ROUTER_GRPC_PORT = 9004
+BODY_ROUTER_HEALTH_PORT = 9005
+BODY_ROUTER_METRICS_PORT = 9090
+# The header the body router sets from the request body and the HTTPRoute rules match: the base model
+# that serves the requested name (llm-d-inference-payload-processor's base-model-to-header plugin,
+# pkg/plugins/basemodelextractor; llm-d's guides/multi-model-routing matches it the same way). The
+# body's model as sent goes into MODEL_HEADER (its body-field-to-header default).
+BASE_MODEL_HEADER = "X-Gateway-Base-Model-Name"
+MODEL_HEADER = "X-Gateway-Model-Name"
+
 
 class Role(StrEnum):
     """A model-server pool's role (the `llm-d.ai/role` label the EPP's prefill/decode filters read)."""
@@ -84,6 +96,19 @@ def model_server_name(instance: str, role: Role) -> str:
 
 def hf_token_secret_name(instance: str) -> str:
     return f"{instance}-hf-token"
+
+
+def body_router_name(instance: str) -> str:
+    return f"{instance}-body-router"
+
+
+def body_router_selector(instance: str) -> dict[str, str]:
+    """The body router's pods (its Deployment, Service and PodMonitor select them alike)."""
+    return {"app.kubernetes.io/instance": instance, "app.kubernetes.io/name": body_router_name(instance)}
+
+
+def model_rewrites_name(pool: str) -> str:
+    return f"{pool}-rewrites"
 
 
 def hardened_security_context() -> dict[str, Any]:

@@ -47,8 +47,13 @@ def gateway_pod_labels(provider: GatewayProvider, gateway: str) -> dict[str, str
 
 
 def _gateway_pods(policies: Policies) -> dict[str, Any]:
-    gateway = naming.gateway_name(policies.instance)
-    return {"podSelector": {"matchLabels": gateway_pod_labels(policies.gateway_provider, gateway)}}
+    return gateway_pods(policies.gateway_provider, policies.gateway_instance or policies.instance)
+
+
+def gateway_pods(provider: GatewayProvider, instance: str) -> dict[str, Any]:
+    """The in-cluster proxy pods of the stack's Gateway (the only way in)."""
+    gateway = naming.gateway_name(instance)
+    return {"podSelector": {"matchLabels": gateway_pod_labels(provider, gateway)}}
 
 
 def _pods(labels: dict[str, str]) -> dict[str, Any]:

@@ -200,7 +200,10 @@ def precise_settings(picker: Picker) -> PreciseSettings | None:
 def picker_config(picker: Picker) -> str:
     """The EndpointPickerConfig YAML the EPP loads."""
     return render_epp_config(
-        picker.settings, disaggregated=picker.disaggregated, precise=precise_settings(picker)
+        picker.settings,
+        disaggregated=picker.disaggregated,
+        precise=precise_settings(picker),
+        lora=picker.lora,
     )
 
 
@@ -393,6 +396,60 @@ def inference_pool_manifest(picker: Picker) -> dict[str, Any]:
     }
 
 
+# The request-management kinds moved from GIE to llm-d-router (llm-d.ai/v1alpha2; GIE v1.6 dropped the
+# x-k8s CRDs): llm-d-router apix/v1alpha2, config/crd/bases/llm-d.ai_*.yaml at v0.10.0.
+REQUEST_MANAGEMENT_API_VERSION = "llm-d.ai/v1alpha2"
+
+
+def _pool_ref(picker: Picker) -> dict[str, str]:
+    return {"group": naming.INFERENCE_POOL_GROUP, "kind": "InferencePool", "name": picker.pool_name}
+
+
+def objective_manifests(picker: Picker) -> list[dict[str, Any]]:
+    """One InferenceObjective per objective: requests name it in ``x-llm-d-inference-objective`` (the EPP
+    looks it up by object name), and its priority orders them under load."""
+    return [
+        {
+            "apiVersion": REQUEST_MANAGEMENT_API_VERSION,
+            "kind": "InferenceObjective",
+            "metadata": {
+                "name": objective.name,
+                "namespace": picker.namespace,
+                "labels": naming.common_labels(picker.pool_name, "inference-objective"),
+            },
+            "spec": {"poolRef": _pool_ref(picker), "priority": objective.priority},
+        }
+        for objective in picker.objectives
+    ]
+
+
+def model_rewrite_manifest(picker: Picker) -> dict[str, Any] | None:
+    """The pool's InferenceModelRewrite: one rule per incoming name (Exact match), its targets with their
+    weights. The EPP picks a target per request by weight (none weighted: evenly) and answers the client
+    under the name it sent (llm-d-router pkg/epp/requestcontrol: model rewrite)."""
+    if not picker.rewrites:
+        return None
+    rules = []
+    for rewrite in picker.rewrites:
+        targets = []
+        for target in rewrite.targets:
+            entry: dict[str, Any] = {"modelRewrite": target.model}
+            if target.weight is not None:
+                entry["weight"] = target.weight
+            targets.append(entry)
+        rules.append({"matches": [{"model": {"type": "Exact", "value": rewrite.model}}], "targets": targets})
+    return {
+        "apiVersion": REQUEST_MANAGEMENT_API_VERSION,
+        "kind": "InferenceModelRewrite",
+        "metadata": {
+            "name": naming.model_rewrites_name(picker.pool_name),
+            "namespace": picker.namespace,
+            "labels": naming.common_labels(picker.pool_name, "inference-model-rewrite"),
+        },
+        "spec": {"poolRef": _pool_ref(picker), "rules": rules},
+    }
+
+
 def service_account_manifest(picker: Picker) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(picker)}
 
@@ -423,8 +480,9 @@ class EndpointPicker(pulumi.ComponentResource):
     read-only Role, the EndpointPickerConfig ConfigMap, the EPP Deployment (this project's EPP, or llm-d's
     with settings.implementation upstream; several active replicas by default, rolled without downtime,
     with a PodDisruptionBudget) and Service (ext_proc gRPC on 9002, TLS by default; metrics on 9090), and
-    the InferencePool (target port 8000) whose endpointPickerRef names that Service. Select the
-    model-server pods with selector (a ModelServerPool's servingLabels)."""
+    the InferencePool (target port 8000) whose endpointPickerRef names that Service, plus the pool's
+    InferenceObjectives and InferenceModelRewrite when given. Select the model-server pods with selector
+    (a ModelServerPool's servingLabels)."""
 
     pool_name: str
     """The InferencePool's name."""
@@ -444,6 +502,9 @@ class EndpointPicker(pulumi.ComponentResource):
         - ``disaggregated``: P/D profiles in the generated EndpointPickerConfig.
         - ``settings``: the ``epp`` section of the stack config (image, replicas, leader election,
           failure mode, TLS, a full config override, metrics timing, resources).
+        - ``lora``: the pool serves LoRA adapters (adds the lora-affinity-scorer to the generated config).
+        - ``rewrites`` / ``objectives``: the model's InferenceModelRewrite rules and InferenceObjectives,
+          rendered against this pool (``llm-d.ai/v1alpha2``).
 
         Providers and dependencies come through ``opts``: the Kubernetes provider is inherited by every
         child, and ``depends_on`` (the namespace, the InferencePool CRD) is passed on to each of them.
@@ -470,6 +531,12 @@ class EndpointPicker(pulumi.ComponentResource):
         self.disruption_budget = register(budget, child) if budget is not None else None
         # The pool names the Service as its picker; create it once the Service exists.
         self.pool = register(inference_pool_manifest(picker), child_options(self, opts, self.service))
+        # Objectives and rewrites name the pool; the EPP reads them once it watches the pool.
+        self.request_management = [
+            register(manifest, child_options(self, opts, self.pool))
+            for manifest in [*objective_manifests(picker), model_rewrite_manifest(picker)]
+            if manifest is not None
+        ]
         self.pool_name = picker.pool_name
         self.service_name = picker.epp_name
         self.register_outputs({"poolName": self.pool_name, "serviceName": self.service_name})

@@ -111,11 +111,11 @@ def in_flight_aware_config() -> dict[str, Any]:
     return document
 
 
-def precise_config(precise: PreciseSettings) -> dict[str, Any]:
-    """The stacks' single-pool profile (:func:`in_flight_aware_config`: llm-d's default plus the
-    in-flight scorer) with the prefix scorer reading the precise producer instead of the
-    approximate one."""
-    document = in_flight_aware_config()
+def precise_config(precise: PreciseSettings, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stacks' single-pool profile (``base``, by default :func:`in_flight_aware_config`: llm-d's
+    default plus the in-flight scorer) with the prefix scorer reading the precise producer instead of
+    the approximate one."""
+    document = base if base is not None else in_flight_aware_config()
     others = [plugin for plugin in document["plugins"] if plugin["type"] != "prefix-cache-scorer"]
     document["plugins"] = [*precise_plugins(precise), *others]
     document["dataLayer"]["sources"].append(PRECISE_SOURCE)
@@ -160,6 +160,22 @@ def disaggregated_config(non_cached_tokens: int, precise: PreciseSettings | None
     }
     if precise is not None:
         document["dataLayer"] = {"sources": [PRECISE_SOURCE]}
+    return document
+
+
+# Adapter affinity next to the load and prefix scorers, at the weight llm-d's documented multi-scorer
+# profile gives it (prefix 3, queue 2, kv-cache 2, lora-affinity 1): it breaks ties towards a pod
+# already running the adapter without overriding load (llm-d-router docs; the scorer itself is
+# pkg/epp/framework/plugins/scheduling/scorer/loraaffinity).
+LORA_AFFINITY_WEIGHT = 1
+
+
+def with_lora_affinity(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the lora-affinity-scorer in every scheduling profile (P/D: both roles need
+    the adapter, so both profiles prefer pods running it)."""
+    document["plugins"].append({"type": "lora-affinity-scorer"})
+    for profile in document["schedulingProfiles"]:
+        profile["plugins"].append({"pluginRef": "lora-affinity-scorer", "weight": LORA_AFFINITY_WEIGHT})
     return document
 
 
@@ -232,10 +248,11 @@ def _band(band: FlowControlBand) -> dict[str, Any]:
 
 
 def render_epp_config(
-    settings: EppConfig, *, disaggregated: bool, precise: PreciseSettings | None = None
+    settings: EppConfig, *, disaggregated: bool, precise: PreciseSettings | None = None, lora: bool = False
 ) -> str:
     """The YAML text for the EPP ConfigMap: the operator's override, else the generated config
-    (``precise`` is required with ``settings.prefix_cache`` precise), with flow control when on."""
+    (``precise`` is required with ``settings.prefix_cache`` precise), with adapter affinity when the
+    pool serves LoRA adapters and flow control when on."""
     if settings.config is not None:
         return settings.config
     if settings.prefix_cache is PrefixCacheMode.PRECISE:
@@ -246,5 +263,12 @@ def render_epp_config(
     if disaggregated:
         document = disaggregated_config(settings.pd_non_cached_tokens, precise)
     else:
-        document = in_flight_aware_config() if precise is None else precise_config(precise)
+        # A pool with adapters keeps llm-d's default profile: the in-flight scorer (weight 2, a full
+        # swing between a pod with one more request and one without) would outweigh adapter affinity
+        # (weight 1, 1.0 against 0.8 for a free slot) whenever the pod running the adapter is busier,
+        # which is nearly always; measured with it: BENCHMARKS.md, "lora-affinity".
+        base = default_config() if lora else in_flight_aware_config()
+        document = base if precise is None else precise_config(precise, base)
+    if lora:
+        document = with_lora_affinity(document)
     return yaml.safe_dump(with_flow_control(document, settings.flow_control), sort_keys=False)

@@ -5,7 +5,7 @@ dashboards and autoscalers select a stack's series the same way whatever Prometh
 
 - ``namespace`` (the Prometheus Operator's own),
 - ``llmd_stack``: the stack's instance name,
-- ``llmd_component``: ``epp``, ``model-server``, ``sidecar`` or ``gateway``,
+- ``llmd_component``: ``epp``, ``model-server``, ``sidecar``, ``gateway`` or ``body-router``,
 - ``llmd_role``: ``prefill`` / ``decode`` (model servers and sidecars, from the ``llm-d.ai/role`` label),
 - ``llmd_model``: the ``llm-d.ai/model`` label (model servers and sidecars).
 
@@ -33,6 +33,7 @@ class Component:
     MODEL_SERVER = "model-server"
     SIDECAR = "sidecar"
     GATEWAY = "gateway"
+    BODY_ROUTER = "body-router"
 
 
 @dataclass(frozen=True)

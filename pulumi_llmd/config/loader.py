@@ -45,11 +45,11 @@ def load_stack_config() -> LoadedConfig:
         value = pulumi_config.get(key)
         if value is None:
             continue
-        if _expects_object(field):
+        if (shape := _structured_shape(field)) is not None:
             try:
                 raw[key] = json.loads(value)
             except json.JSONDecodeError:
-                problems.append(Problem(key, f"must be a YAML mapping, not a plain value (got {value!r})"))
+                problems.append(Problem(key, f"must be a YAML {shape}, not a plain value (got {value!r})"))
                 continue
         else:
             raw[key] = value
@@ -108,7 +108,13 @@ def _field_for_key(key: str) -> Any:
     return None
 
 
-def _expects_object(field: Any) -> bool:
+def _structured_shape(field: Any) -> str | None:
+    """ "mapping" or "list" when the key holds one (Pulumi hands structured values over as JSON text),
+    else None (a plain value, passed on as the string it is)."""
     annotation = field.annotation
     candidates = typing.get_args(annotation) or (annotation,)
-    return any(isinstance(c, type) and issubclass(c, BaseModel) for c in candidates)
+    if any(isinstance(c, type) and issubclass(c, BaseModel) for c in candidates):
+        return "mapping"
+    if any(typing.get_origin(c) is list for c in (annotation, *candidates)):
+        return "list"
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
@@ -94,6 +95,122 @@ class FailureMode(StrEnum):
     FAIL_CLOSE = "FailClose"
 
 
+# Model names clients send: vLLM's --served-model-name and --lora-modules take them as given, and
+# --served-models / the body router's table are comma- and newline-free lists of them.
+ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^,\s]+$")]
+# The LoRA ranks vLLM 0.32 accepts (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# InferenceModelRewrite target weights (llm-d-router apix/v1alpha2, llm-d.ai_inferencemodelrewrites.yaml).
+MAX_REWRITE_WEIGHT = 1_000_000
+INT32 = 2**31
+
+
+class LoraAdapterConfig(ConfigModel):
+    """One LoRA adapter of a model: a name clients send, served by the model's pools."""
+
+    name: ModelName = Field(
+        description="Adapter name clients put in the request body's `model` (vLLM's LoRA name); unique "
+        "across the stack's models and adapters."
+    )
+    uri: str | None = Field(
+        default=None,
+        pattern=r"^(hf|pvc)://[^/\s]+(/\S*)?$",
+        description="Where the adapter's files are: `hf://org/adapter` (vLLM downloads it, with the "
+        "`llmd:hfToken` token) or `pvc://claim/path/in/claim` (mounted read-only); loaded at start-up with "
+        "`--lora-modules`. Unset: the adapter is loaded at run time (needs `lora.runtimeLoading`), from "
+        "`lora.resolverDir` on its first request or through vLLM's `/v1/load_lora_adapter`.",
+    )
+
+    @property
+    def source(self) -> Literal["hf", "pvc"] | None:
+        if self.uri is None:
+            return None
+        return "hf" if self.uri.startswith("hf://") else "pvc"
+
+
+class LoraConfig(ConfigModel):
+    """LoRA adapters on a model's pools (vLLM `--enable-lora`)."""
+
+    adapters: list[LoraAdapterConfig] = Field(
+        default_factory=list, description="The adapters clients may name; every pod of the model serves them."
+    )
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="vLLM `--max-loras`: adapters one batch may mix (GPU slots); unset keeps vLLM's "
+        "default (1).",
+    )
+    max_lora_rank: int | None = Field(
+        default=None,
+        description="vLLM `--max-lora-rank` (1, 8, 16, 32, 64, 128, 256, 320 or 512); unset keeps vLLM's "
+        "default (16).",
+    )
+    max_cpu_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="vLLM `--max-cpu-loras`: adapters kept in CPU memory; unset keeps vLLM's default "
+        "(maxLoras).",
+    )
+    runtime_loading: bool = Field(
+        default=False,
+        description="`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`: vLLM's `/v1/load_lora_adapter` and "
+        "`/v1/unload_lora_adapter`, and loading adapters from `resolverDir` on first use.",
+    )
+    resolver_dir: str | None = Field(
+        default=None,
+        pattern=r"^pvc://[^/\s]+(/\S*)?$",
+        description="`pvc://claim/dir`: a directory of adapters (`<dir>/<adapter name>`) that vLLM's "
+        "filesystem LoRA resolver loads on an adapter's first request (`VLLM_LORA_RESOLVER_CACHE_DIR`); "
+        "needs runtimeLoading.",
+    )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, rank: int | None) -> int | None:
+        if rank is not None and rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"must be one of {', '.join(map(str, VLLM_LORA_RANKS))} (vLLM's ranks)")
+        return rank
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.adapters) or self.runtime_loading
+
+
+class RewriteTargetConfig(ConfigModel):
+    model: ModelName = Field(description="The base model or adapter (of the same model) requests go to.")
+    weight: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REWRITE_WEIGHT,
+        description="Relative share of traffic; set it on every target of a rule or on none (an even split).",
+    )
+
+
+class ModelRewriteConfig(ConfigModel):
+    """An InferenceModelRewrite rule: requests naming `model` go to one of `targets`."""
+
+    model: ModelName = Field(description="The model name clients send (matched exactly).")
+    targets: list[RewriteTargetConfig] = Field(
+        min_length=1, description="Where those requests go, chosen per request by weight."
+    )
+
+
+class ObjectiveConfig(ConfigModel):
+    """An InferenceObjective: a request priority clients select with a header."""
+
+    name: DnsLabel = Field(
+        description="Object name, which requests name in `x-llm-d-inference-objective`; unique in the stack."
+    )
+    priority: int = Field(
+        default=0,
+        ge=-INT32,
+        lt=INT32,
+        description="Higher is served first under load; negative priorities are sheddable (429 when the "
+        "pool is saturated).",
+    )
+
+
 class ModelConfig(ConfigModel):
     """The model every pool serves."""
 
@@ -121,6 +238,15 @@ class ModelConfig(ConfigModel):
         default=None,
         pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
         description="Value of the `llm-d.ai/model` label; defaults to a label-safe form of `name`.",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters served with the model.")
+    rewrites: list[ModelRewriteConfig] = Field(
+        default_factory=list,
+        description="InferenceModelRewrite rules: names clients send that go to this model or its adapters, "
+        "with weighted splits.",
+    )
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=list, description="InferenceObjectives (request priorities) of the model's pool."
     )
     # Precise prefix routing (epp.prefixCache precise) needs the pods and the EPP to agree on these.
     block_size: int | None = Field(
@@ -161,6 +287,18 @@ class ModelConfig(ConfigModel):
             return self.label
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name)[:63]
         return safe.strip("-_.") or "model"
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return [adapter.name for adapter in self.lora.adapters]
+
+    @property
+    def served_names(self) -> list[str]:
+        """Every model name a request may carry for this model, in order: the base model, its adapters,
+        then the names its rewrite rules take in."""
+        names = [self.name, *self.adapter_names]
+        names += [rule.model for rule in self.rewrites if rule.model not in names]
+        return names
 
 
 class CrdsConfig(ConfigModel):
@@ -724,6 +862,93 @@ class EppConfig(ConfigModel):
         return text
 
 
+class BodyRouterConfig(ConfigModel):
+    """The body-based router (`python -m bbr`) in front of the endpoint pickers of a multi-model stack."""
+
+    image: ImageReference = Field(
+        default_factory=lambda: project_image("bbr"),
+        description="Body-router image (bbr/Dockerfile, published by the release workflow); a tag, a "
+        "`@sha256:` digest or both.",
+    )
+    replicas: int = Field(default=1, ge=1, le=16, description="Body-router replicas (stateless).")
+    failure_mode: FailureMode = Field(
+        default=FailureMode.FAIL_CLOSE,
+        description="What the gateway does when the body router is down: FailClose answers an error; "
+        "FailOpen sends the request on without the model header, to the first model's pool.",
+    )
+    secure_serving: bool = Field(
+        default=True,
+        description="TLS on the ext_proc port, as the gateway providers dial it (self-signed unless "
+        "tlsSecretName is set).",
+    )
+    tls_secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="A `kubernetes.io/tls` Secret (tls.crt, tls.key) the body router serves instead of a "
+        "self-signed certificate.",
+    )
+    resources: ResourcesConfig = Field(
+        default_factory=lambda: ResourcesConfig(cpu="500m", memory="256Mi"),
+        description="Body-router CPU/memory.",
+    )
+
+
+class ModelEntryConfig(ModelConfig):
+    """One model of a multi-model stack (`llmd:models`): the model, and its own pools and picker."""
+
+    id: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=32,
+        description="Short name in this model's object names (`<name>-<id>`, `<name>-<id>-decode`, "
+        "`<name>-<id>-epp`); defaults to a DNS-label form of `name`. Keep it stable: changing it "
+        "replaces the model's objects.",
+    )
+    prefill: PrefillConfig = Field(
+        default_factory=PrefillConfig, description="This model's prefill pool (P/D)."
+    )
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="This model's decode pool.")
+    epp: EppConfig = Field(default_factory=EppConfig, description="This model's endpoint picker.")
+
+    @property
+    def resolved_id(self) -> str:
+        if self.id is not None:
+            return self.id
+        safe = re.sub(r"[^a-z0-9]+", "-", self.name.lower())[:32].strip("-")
+        return safe or "model"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model as the stack lays it out, whichever form the config used.
+
+    ``key`` is where its settings are in the config (``model`` or ``models[1]``), so rules name the
+    right key; ``prefix`` starts its object names: the stack's name in the single-model form (the
+    names stacks have always had), ``<name>-<id>`` with ``llmd:models``."""
+
+    key: str
+    prefix: str
+    model: ModelConfig
+    prefill: PrefillConfig
+    decode: DecodeConfig
+    epp: EppConfig
+    multi: bool
+    id: str | None = None  # the entry's (resolved) id with llmd:models
+
+    def model_key(self, field: str) -> str:
+        """The config key of one of the model's own fields (``model.uri``, ``models[1].uri``)."""
+        return f"{self.key}.{field}"
+
+    def section_key(self, section: str) -> str:
+        """The config key of its pool or picker settings (``decode.replicas``,
+        ``models[1].decode.replicas``)."""
+        return f"{self.key}.{section}" if self.multi else section
+
+    @property
+    def disaggregated(self) -> bool:
+        return self.prefill.enabled
+
+
 class OperatorChartConfig(ConfigModel):
     install: bool = Field(default=True, description="Install the chart; false when already installed.")
     version: str = Field(pattern=RELEASE_TAG, description="Chart version.")
@@ -903,7 +1128,20 @@ class LlmdStackConfig(ConfigModel):
         pattern=r"^1\.[0-9]{2}$",
         description="Kubernetes minor version the manifests target (and are validated against).",
     )
-    model: ModelConfig = Field(description="The served model.")
+    model: ModelConfig | None = Field(
+        default=None,
+        description="The served model (one model; its pools are `prefill`, `decode`, its picker `epp`). "
+        "Set this or `models`.",
+    )
+    models: list[ModelEntryConfig] | None = Field(
+        default=None,
+        min_length=1,
+        description="Several models behind one gateway, each with its own pools, picker and InferencePool; "
+        "a body router sends each request to the model its body names. Set this or `model`.",
+    )
+    body_router: BodyRouterConfig = Field(
+        default_factory=BodyRouterConfig, description="The body router (with `models` only)."
+    )
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Gateway settings.")
     crds: CrdsConfig = Field(default_factory=CrdsConfig, description="CRD installation.")
     prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Prefill pool (P/D).")
@@ -930,7 +1168,42 @@ class LlmdStackConfig(ConfigModel):
 
     @property
     def disaggregated(self) -> bool:
+        """P/D in the single-model form (each entry of `models` has its own: ServedModel)."""
         return self.prefill.enabled
+
+    @property
+    def multi_model(self) -> bool:
+        return self.models is not None
+
+    def served(self) -> list[ServedModel]:
+        """The models the stack serves, in config order (empty while neither form is set)."""
+        if self.models is not None:
+            return [
+                ServedModel(
+                    key=f"models[{index}]",
+                    prefix=f"{self.name}-{entry.resolved_id}",
+                    model=entry,
+                    prefill=entry.prefill,
+                    decode=entry.decode,
+                    epp=entry.epp,
+                    multi=True,
+                    id=entry.resolved_id,
+                )
+                for index, entry in enumerate(self.models)
+            ]
+        if self.model is None:
+            return []
+        return [
+            ServedModel(
+                key="model",
+                prefix=self.name,
+                model=self.model,
+                prefill=self.prefill,
+                decode=self.decode,
+                epp=self.epp,
+                multi=False,
+            )
+        ]
 
 
 class StackConfig(LlmdStackConfig):

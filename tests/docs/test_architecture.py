@@ -16,6 +16,7 @@ DOC = REPO_ROOT / "docs" / "ARCHITECTURE.md"
 PACKAGES = (
     "pulumi_llmd",
     "epp",
+    "bbr",
     "render",
     "runloop",
     "jsonbody",

@@ -262,7 +262,7 @@ def test_csharp_example_uses_the_generated_names(schema: dict[str, Any]) -> None
 def test_the_checks_catch_a_misspelt_key_a_wrong_type_and_a_missing_pointer(schema: dict[str, Any]) -> None:
     resource = stack_resource(schema)
     bad_go = (
-        '{ Model: llmd.ModelSettings{Name: "m", URI: "hf://o/m"}, Decode: llmd.DecodeSettings{Replicas: 4} }'
+        '{ Model: &llmd.ModelSettings{Name: "m", URI: "hf://o/m"}, Decode: llmd.DecodeSettings{Replicas: 4} }'
     )
     literal, _ = parse_literal(bad_go, 0, GO_KEY)
     assert check_literal(

@@ -1,6 +1,7 @@
-"""The three images (epp/, sidecar/, simulator/ Dockerfiles), checked without a Docker engine: base
-image, non-root user, entry point, that each copies only the packages its process imports, and that
-everything it copies exists in (and is not excluded from) the build context."""
+"""The four images (epp/, bbr/, sidecar/, simulator/ Dockerfiles), checked without a Docker engine:
+base image, non-root user, entry point, that each copies every module its process imports and no
+package it does not, and that everything it copies exists in (and is not excluded from) the build
+context."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.support.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
 # image -> the top-level package its entry point runs
-IMAGES = {"epp": "epp", "sidecar": "sidecar", "simulator": "simulator"}
+IMAGES = {"epp": "epp", "bbr": "bbr", "sidecar": "sidecar", "simulator": "simulator"}
 # Top-level packages of this checkout that an image might copy.
 CHECKOUT_PACKAGES = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name != "tests"}
 
@@ -45,27 +46,65 @@ def copied_sources(image: str) -> list[str]:
     return sources
 
 
-def imported_checkout_packages(package: str) -> set[str]:
-    """Top-level checkout packages that ``package``'s modules import (transitively)."""
-    seen: set[str] = set()
-    pending = [package]
+def _imported_names(path: Path) -> list[str]:
+    """Absolute module names a file imports (``from a.b import c`` gives ``a.b`` and ``a.b.c``: the
+    latter counts only when it is a module)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+def _module_file(parts: list[str]) -> Path | None:
+    base = ROOT.joinpath(*parts)
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+def needed_files(package: str) -> set[Path]:
+    """Every checkout file ``package``'s process loads: all of the package, and (transitively) each
+    module it imports from elsewhere with the ``__init__`` of every package above it, which Python
+    runs on import. Module by module, so an image can ship part of another package (the body
+    router ships the EPP's ext_proc modules, not its scheduler)."""
+    pending = sorted((ROOT / package).rglob("*.py"))
+    seen: set[Path] = set()
     while pending:
-        current = pending.pop()
-        if current in seen:
+        path = pending.pop()
+        if path in seen:
             continue
-        seen.add(current)
-        for path in (ROOT / current).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names: list[str] = []
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                for name in names:
-                    top = name.split(".")[0]
-                    if top in CHECKOUT_PACKAGES:
-                        pending.append(top)
+        seen.add(path)
+        for name in _imported_names(path):
+            parts = name.split(".")
+            if parts[0] not in CHECKOUT_PACKAGES:
+                continue
+            for depth in range(1, len(parts) + 1):
+                found = _module_file(parts[:depth])
+                if found is not None:
+                    pending.append(found)
     return seen
+
+
+def imported_checkout_packages(package: str) -> set[str]:
+    """Top-level checkout packages ``package``'s process loads modules of."""
+    return {path.relative_to(ROOT).parts[0] for path in needed_files(package)}
+
+
+def copied_files(image: str) -> set[Path]:
+    files: set[Path] = set()
+    for source in copied_sources(image):
+        path = ROOT / source
+        if path.is_dir():
+            files |= set(path.rglob("*.py"))
+        elif path.suffix == ".py":
+            files.add(path)
+    return files
 
 
 BASE = re.compile(r"python:3\.11-slim@(sha256:[0-9a-f]{64})")
@@ -123,6 +162,20 @@ def test_each_image_ships_exactly_the_packages_its_process_imports(image: str, p
     assert copied == imported_checkout_packages(package)
 
 
+@pytest.mark.parametrize(("image", "package"), sorted(IMAGES.items()))
+def test_each_image_ships_every_module_its_process_loads(image: str, package: str) -> None:
+    missing = needed_files(package) - copied_files(image)
+    assert sorted(str(p.relative_to(ROOT)) for p in missing) == []
+
+
+def test_module_closure_follows_package_inits_and_stops_at_what_is_imported() -> None:
+    """The body router loads epp.server (and so epp/__init__.py and what epp.server imports), not
+    the EPP's scheduler or discovery."""
+    files = {str(p.relative_to(ROOT)) for p in needed_files("bbr")}
+    assert {"epp/__init__.py", "epp/server/__init__.py", "epp/server/tls.py", "jsonbody/__init__.py"} <= files
+    assert not any(f.startswith(("epp/scheduling/", "epp/discovery/", "epp/plugins/")) for f in files)
+
+
 def _dockerignore_excludes(relative: str) -> bool:
     """Apply .dockerignore rules in order (last match wins, ``!`` re-includes)."""
     ignore_file = ROOT / ".dockerignore"
@@ -166,8 +219,8 @@ def test_requirements_match_pyproject_pins(image: str) -> None:
 
 @pytest.mark.parametrize(("image", "package"), sorted(IMAGES.items()))
 def test_requirements_cover_every_third_party_import(image: str, package: str) -> None:
-    """What the image's packages import from outside the standard library and the checkout must be
-    installed by its requirements (import names mapped to distribution names)."""
+    """What the modules the image's process loads import from outside the standard library and the
+    checkout must be installed by its requirements (import names mapped to distribution names)."""
     distribution = {
         "grpc": "grpcio",
         "grpc_health": "grpcio-health-checking",
@@ -181,19 +234,11 @@ def test_requirements_cover_every_third_party_import(image: str, package: str) -
         "opentelemetry": "opentelemetry-sdk",  # api, sdk and the OTLP exporter share the namespace
     }
     wanted: set[str] = set()
-    for top in imported_checkout_packages(package):
-        for path in (ROOT / top).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    root = name.split(".")[0]
-                    if root not in sys.stdlib_module_names and root not in CHECKOUT_PACKAGES:
-                        wanted.add(distribution.get(root, root))
+    for path in needed_files(package):
+        for name in _imported_names(path):
+            root = name.split(".")[0]
+            if root not in sys.stdlib_module_names and root not in CHECKOUT_PACKAGES:
+                wanted.add(distribution.get(root, root))
     installed = {pin.split("==")[0].lower() for pin in _pins(ROOT / image / "requirements.txt")}
     assert {w.lower() for w in wanted} - installed == set()
 

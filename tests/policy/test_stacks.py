@@ -6,8 +6,9 @@ from pathlib import Path
 
 import llmd_rules
 import pytest
+import yaml
 
-from tests.support.policy import EXAMPLE_STACKS, RenderedManifest
+from tests.support.policy import EXAMPLE_STACKS, REPO, RenderedManifest
 
 
 def test_every_example_stack_is_rendered(render_root: Path) -> None:
@@ -32,5 +33,8 @@ def test_the_rules_had_model_servers_and_an_epp_to_inspect(
 
     assert any(llmd_rules.is_model_server(pod) for pod in pods), f"{stack}: no model-server pod found"
     epp_pods = [pod for pod in pods if llmd_rules.is_epp_pod(pod)]
-    assert len(epp_pods) == 1, f"{stack}: expected one EPP pod template, found {len(epp_pods)}"
+    # One picker per model: llmd:models stacks have several.
+    config = yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+    models = len(config.get("llmd:models") or [None])
+    assert len(epp_pods) == models, f"{stack}: expected {models} EPP pod template(s), found {len(epp_pods)}"
     assert all(c.body.get("image") for pod in pods for c in llmd_rules.containers(pod))

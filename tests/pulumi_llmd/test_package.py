@@ -36,7 +36,7 @@ PLUGIN_DIR = REPO_ROOT / "provider"
 TOKEN = "llmd:index:"
 
 OUTPUTS = {
-    "LlmdStack": {"namespace", "gatewayName", "poolName", "eppServiceName", "workloads"},
+    "LlmdStack": {"namespace", "gatewayName", "poolName", "eppServiceName", "workloads", "poolNames"},
     "EndpointPicker": {"poolName", "serviceName"},
     "ModelServerPool": {"workloadName", "workloadKind", "servingLabels"},
     "InferenceGateway": {"gatewayName", "routeName"},
@@ -44,7 +44,7 @@ OUTPUTS = {
     "ClusterCrds": {"installs"},
 }
 REQUIRED_INPUTS = {
-    "LlmdStack": ["model"],
+    "LlmdStack": [],  # `model` or `models`: the stack rules name the key when both are missing
     "EndpointPicker": ["disaggregated", "namespace", "poolName", "selector", "servedModels"],
     "ModelServerPool": ["disaggregated", "instance", "model", "namespace", "role"],
     "InferenceGateway": ["instance", "namespace", "poolName"],
@@ -94,6 +94,8 @@ def test_llmd_stack_inputs_are_the_stack_config_keys(schema: dict[str, Any]) -> 
         "namespace",
         "kubernetesVersion",
         "model",
+        "models",
+        "bodyRouter",
         "gateway",
         "crds",
         "prefill",
@@ -305,6 +307,7 @@ def test_constructed_stack_returns_its_outputs(remote_stack: Any) -> None:
         "poolName": "remote",
         "eppServiceName": "remote-epp",
         "workloads": {"prefill": "remote-prefill", "decode": "remote-decode"},
+        "poolNames": {"org/m": "remote"},
     }
 
 
@@ -420,8 +423,18 @@ def test_lws_install_is_listed_only_when_asked() -> None:
 
 def test_a_missing_required_input_is_named_before_anything_is_built() -> None:
     with pytest.raises(InputPropertyError) as raised:
+        component_provider().construct("x", f"{TOKEN}InferenceGateway", {"instance": "i", "namespace": "n"})
+    assert raised.value.property_path == "poolName"
+
+
+def test_a_stack_without_a_model_is_refused_naming_the_key() -> None:
+    with pytest.raises(ComponentInitError) as raised:
         component_provider().construct("x", f"{TOKEN}LlmdStack", {"decode": {"replicas": 2}})
-    assert raised.value.property_path == "model"
+    error = raised.value.inner
+    assert isinstance(error, ConfigError)
+    assert [(p.path, p.message) for p in error.problems] == [
+        ("model", "is required (one model; or set llmd:models for several)")
+    ]
 
 
 def test_a_bad_value_is_named_by_its_camel_case_key() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ def vllm_process(
     kv_transfer_config: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     log_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> ManagedProcess:
     cmd = [
         str(python),
@@ -50,6 +51,7 @@ def vllm_process(
     ]
     if kv_transfer_config is not None:
         cmd += ["--kv-transfer-config", json.dumps(kv_transfer_config)]
+    cmd += list(extra_args)
     environment = {
         # Without it, vLLM's EngineCore<->Worker shared-memory queue can lose a wake-up and sleep
         # out its 5 s recheck, several times in a row while a request waits for remote KV: the

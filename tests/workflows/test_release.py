@@ -28,7 +28,7 @@ from tests.support.paths import REPO_ROOT
 
 RELEASE = REPO_ROOT / ".github" / "workflows" / "release.yml"
 SCRIPT = REPO_ROOT / "tools" / "release_version.py"
-# What must be built: every image directory with a Dockerfile (epp, sidecar, simulator).
+# What must be built: every image directory with a Dockerfile (bbr, epp, sidecar, simulator).
 DOCKERFILES = sorted(p.parent.name for p in REPO_ROOT.glob("*/Dockerfile"))
 PLATFORMS = {"linux/amd64", "linux/arm64"}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -237,7 +237,7 @@ def test_the_release_workflow_meets_every_rule() -> None:
 
 
 def test_it_builds_every_dockerfile_there_is() -> None:
-    assert DOCKERFILES == ["epp", "sidecar", "simulator"]
+    assert DOCKERFILES == ["bbr", "epp", "sidecar", "simulator"]
 
 
 def _drop_image(w: dict[str, Any]) -> None:

@@ -410,6 +410,22 @@ def test_a_parser_for_another_api_is_an_unknown_type() -> None:
 
 
 @pytest.mark.parametrize("disaggregated", [False, True])
+def test_the_stacks_lora_configs_load_with_adapter_affinity_in_every_profile(disaggregated: bool) -> None:
+    """What the stack renders for a pool serving LoRA adapters loads without warnings, and every
+    profile scores adapter affinity (P/D: both roles need the adapter)."""
+    from epp.plugins.scorers import LoraAffinityScorer
+    from pulumi_llmd.components.pickerconfig import render_epp_config
+    from pulumi_llmd.config.models import EppConfig
+
+    text = render_epp_config(EppConfig(), disaggregated=disaggregated, lora=True)
+    config = load_config(text)
+    assert config.warnings == []
+    for profile in config.scheduler.profiles.values():
+        weights = {type(scorer): weight for scorer, weight in profile.scorers}
+        assert weights[LoraAffinityScorer] == 1.0
+
+
+@pytest.mark.parametrize("disaggregated", [False, True])
 def test_the_stack_flow_control_section_loads_as_the_stack_means_it(disaggregated: bool) -> None:
     from epp.flowcontrol.policies import (
         EdfOrderingPolicy,

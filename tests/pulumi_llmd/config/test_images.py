@@ -14,12 +14,40 @@ from tests.support.stacks import SIM_POOL, kind_config, render_config
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
+
+def multi_model(entry: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Overrides turning kind_config into a two-model stack (llmd:models), the first entry extended."""
+    first = {"name": "a", "uri": "hf://org/a", "engine": "simulator", "prefill": SIM_POOL, "decode": SIM_POOL}
+    second = {
+        "name": "b",
+        "uri": "hf://org/b",
+        "engine": "simulator",
+        "prefill": SIM_POOL,
+        "decode": SIM_POOL,
+    }
+    return {
+        "model": None,
+        "prefill": {},
+        "decode": {},
+        "gateway": {"className": "istio"},
+        "models": [{**first, **(entry or {})}, second],
+        **overrides,
+    }
+
+
 # Every config key that takes an image, as (camelCase path, how to set it in a kind config).
 IMAGE_KEYS = {
     "epp.image": lambda image: {"epp": {"image": image}},
     "decode.sidecar.image": lambda image: {"decode": {**SIM_POOL, "sidecar": {"image": image}}},
     "prefill.image": lambda image: {"prefill": {**SIM_POOL, "image": image}},
     "decode.image": lambda image: {"decode": {**SIM_POOL, "image": image}},
+    "bodyRouter.image": lambda image: multi_model(bodyRouter={"image": image}),
+    "models[0].epp.image": lambda image: multi_model({"epp": {"image": image}}),
+    "models[0].decode.sidecar.image": lambda image: multi_model(
+        {"decode": {**SIM_POOL, "sidecar": {"image": image}}}
+    ),
+    "models[0].prefill.image": lambda image: multi_model({"prefill": {**SIM_POOL, "image": image}}),
+    "models[0].decode.image": lambda image: multi_model({"decode": {**SIM_POOL, "image": image}}),
 }
 
 ACCEPTED = [
@@ -71,7 +99,10 @@ def test_every_image_key_takes_tags_digests_and_both(key: str, image: str) -> No
 
     value: Any = config
     for part in key.split("."):
-        value = getattr(value, part)
+        name, _, index = part.partition("[")
+        value = getattr(value, {"bodyRouter": "body_router"}.get(name, name))
+        if index:
+            value = value[int(index.rstrip("]"))]
     assert value == image  # kept verbatim: the manifests carry exactly what the stack says
 
 
@@ -98,12 +129,19 @@ def test_every_image_key_of_the_config_is_covered() -> None:
             for candidate in getattr(field.annotation, "__args__", (field.annotation,)):
                 if isinstance(candidate, type) and hasattr(candidate, "model_fields"):
                     walk(candidate, f"{key}.")
+                for item in (
+                    getattr(candidate, "__args__", ())
+                    if getattr(candidate, "__origin__", None) is list
+                    else ()
+                ):
+                    if isinstance(item, type) and hasattr(item, "model_fields"):
+                        walk(item, f"{key}[0].")
 
     walk(models.StackConfig, "")
     assert found == set(IMAGE_KEYS)
 
 
-@pytest.mark.parametrize("image", ["epp", "sidecar", "simulator"])
+@pytest.mark.parametrize("image", ["epp", "sidecar", "simulator", "bbr"])
 def test_the_published_defaults_are_valid_pinned_references(image: str) -> None:
     assert image_reference_problem(project_image(image)) is None
 
