@@ -157,6 +157,12 @@ def _crd_schema(group: str, version: str, kind: str, gateway_api: str | None = N
     """
     import yaml
 
+    if not CRDS.is_dir():
+        # Every caller that validates a custom resource needs ../shared: skip, naming why, rather than
+        # fail on a checkout without it (the brief: such tests skip with a clear reason).
+        import pytest
+
+        pytest.skip(f"{CRDS} is absent: the upstream CRDs that {kind} is validated against live in ../shared")
     path = _crd_file(group, kind, gateway_api)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large; libyaml is 10x faster
     for document in yaml.load_all(path.read_text(), Loader=loader):
