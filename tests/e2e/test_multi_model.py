@@ -19,6 +19,7 @@ import http.client
 import json
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ except (FileNotFoundError, ImportError) as exc:  # pragma: no cover - depends on
 START_TIMEOUT = 90.0
 # Let the EPPs' scrapers (50 ms period) see the pods' LoRA metrics change.
 SCRAPE_SETTLE = 0.5
+# Five scrape periods: long enough for the EPP to read a queue emptied by a finished request.
+QUEUE_SETTLE = 0.25
 # Simulated timing: fast, but a long request really runs for a while.
 SIM_TIMING = ["--request-overhead", "0", "--tokenize-per-token", "0", "--step-overhead", "0.002"]
 
@@ -97,6 +100,14 @@ class MultiStack:
     gateway: MultiModelGateway
     pods: dict[str, list[Pod]]
     router_metrics_port: int
+    epp_metrics_ports: dict[str, int]
+
+    def epp_scrape_state(self, model: str) -> str:
+        """The EPP's scrape counters and per-pod LoRA view, for a routing assertion's message."""
+        url = f"http://127.0.0.1:{self.epp_metrics_ports[model]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as page:
+            lines = page.read().decode().splitlines()
+        return "\n".join(line for line in lines if "scrape" in line and not line.startswith("#"))
 
     def call(
         self,
@@ -182,6 +193,7 @@ def multi_stack(log_dir: Path, *, router: bool = True, **gateway_options: Any) -
     try:
         pods: dict[str, list[Pod]] = {}
         pools: list[ModelPool] = []
+        epp_metrics_ports: dict[str, int] = {}
         routed: list[RoutedModel] = []
         for model, replicas in ((LLAMA, 2), (QWEN, 1)):
             pool_name = f"mm-{model.name}"
@@ -213,6 +225,7 @@ def multi_stack(log_dir: Path, *, router: bool = True, **gateway_options: Any) -
                 ready_timeout=START_TIMEOUT,
             )
             processes.append(epp.start())
+            epp_metrics_ports[model.name] = metrics_port
             pools.append(
                 ModelPool(model.name, grpc_port, tuple(f"127.0.0.1:{p.port}" for p in pods[model.name]))
             )
@@ -239,7 +252,7 @@ def multi_stack(log_dir: Path, *, router: bool = True, **gateway_options: Any) -
         )
         gateway.start()
         try:
-            yield MultiStack(gateway, pods, router_metrics)
+            yield MultiStack(gateway, pods, router_metrics, epp_metrics_ports)
         finally:
             gateway.stop()
     finally:
@@ -341,11 +354,18 @@ def test_adapter_affinity_follows_the_pods_real_lora_metrics(stack: MultiStack) 
         time.sleep(SCRAPE_SETTLE)
         [busy] = [name for name, models in stack.served_by("llama").items() if models]
         for index in range(4):
+            # Each request sits in the pod's waiting queue until the simulator's next engine step
+            # picks it up; a scrape that lands in those few milliseconds shows vllm:num_requests_waiting
+            # 1 there, and queue-scorer (weight 2) then outweighs lora-affinity (weight 1) for the next
+            # request, as it would with real vLLM. Wait for the scrapes to see every queue empty, so
+            # the adapters are the only difference between the pods.
             assert stack.call(completion("sql-v1", f"same adapter {index}")).status == 200
+            time.sleep(QUEUE_SETTLE)
             assert stack.call(completion("sql-v2", f"other adapter {index}")).status == 200
+            time.sleep(QUEUE_SETTLE)
         served = stack.served_by("llama")
         other = next(name for name in served if name != busy)
-        assert served[busy] == ["sql-v1"] * 5, served
+        assert served[busy] == ["sql-v1"] * 5, f"{served}\nEPP scrapes:\n{stack.epp_scrape_state('llama')}"
         assert served[other] == ["sql-v2"] * 4, served
     finally:
         connection.close()
