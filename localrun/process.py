@@ -120,6 +120,10 @@ class ManagedProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def start(self) -> ManagedProcess:
+        if self._popen is not None and self._popen.poll() is None:
+            # A second start would orphan the running process (stop() only knows the newest), e.g.
+            # ``with proc.start():`` starting it twice.
+            raise RuntimeError(f"{self.name} is already running (pid {self._popen.pid})")
         log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="localrun-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{self.name}.log"

@@ -143,7 +143,7 @@ def served(
     )
     with (
         vllm,
-        epp.start(),
+        epp,
         EnvoyGateway(free_port(), grpc_port, [f"127.0.0.1:{port}"], log_dir=logs) as gateway,
     ):
         yield {"gateway": gateway.url, "vllm": f"http://127.0.0.1:{port}", "adapters": adapters}
