@@ -19,33 +19,11 @@ from pathlib import Path
 from bbr.server import RouterOptions, RouterServer
 from bbr.stream import RouterSettings
 from bbr.table import RoutingTable, TableError
+from epp.server.cliargs import boolean, port, positive_int
 from epp.server.state import BodyMode
 from epp.server.tls import CertificateSource, TlsError
 
 log = logging.getLogger("bbr")
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in {"true", "1", "yes", "on"}:
-        return True
-    if lowered in {"false", "0", "no", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -61,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", type=Path, required=True, help="the routing table (YAML or JSON)")
     parser.add_argument("--host", default="0.0.0.0", help="bind address of all listeners (default: 0.0.0.0)")
-    parser.add_argument("--grpc-port", type=_port, default=9004, help="ext_proc gRPC port")
-    parser.add_argument("--grpc-health-port", type=_port, default=9005, help="gRPC health port")
-    parser.add_argument("--metrics-port", type=_port, default=9090, help="Prometheus /metrics port")
+    parser.add_argument("--grpc-port", type=port, default=9004, help="ext_proc gRPC port")
+    parser.add_argument("--grpc-health-port", type=port, default=9005, help="gRPC health port")
+    parser.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     parser.add_argument(
         "--secure-serving",
-        type=_boolean,
+        type=boolean,
         nargs="?",
         const=True,
         default=True,
@@ -77,18 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--enable-cert-reload",
-        type=_boolean,
+        type=boolean,
         nargs="?",
         const=True,
         default=False,
         help="re-read --cert-path's pair when it changes (no restart)",
     )
     parser.add_argument(
-        "--max-request-body-bytes", type=_positive, default=4 * 1024 * 1024, help="larger bodies get 413"
+        "--max-request-body-bytes", type=positive_int, default=4 * 1024 * 1024, help="larger bodies get 413"
     )
     parser.add_argument(
         "--max-buffered-request-bytes",
-        type=_positive,
+        type=positive_int,
         default=256 * 1024 * 1024,
         help="request bytes all streams may hold together; beyond it new bodies get 503",
     )

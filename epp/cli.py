@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from epp.server import EppServer, ServerOptions, StreamSettings
+from epp.server.cliargs import boolean, port, positive_int
 from epp.server.listeners import Transport
 from epp.server.stream import BodyMode
 from epp.server.tls import CertificateSource, TlsError
@@ -48,29 +49,6 @@ def duration(text: str) -> float:
         value = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     if value < 0:
         raise argparse.ArgumentTypeError(f"duration must not be negative: {text!r}")
-    return value
-
-
-def boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in {"true", "1", "yes", "on"}:
-        return True
-    if lowered in {"false", "0", "no", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
-
-
-def port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
     return value
 
 
