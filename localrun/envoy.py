@@ -606,6 +606,31 @@ def _lb_endpoint(endpoint: str, *, subset_key: bool = False) -> dict[str, Any]:
     return entry
 
 
+def start_envoy(
+    bootstrap: dict[str, Any], bootstrap_path: Path, admin_url: str, name: str, log_dir: Path
+) -> ManagedProcess:
+    """Write ``bootstrap`` to ``bootstrap_path`` and start one Envoy on it, ready once its admin
+    ``/ready`` answers (every local gateway: the single-pool one and localrun.multimodel's)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    bootstrap_path.write_text(json.dumps(bootstrap, indent=1))
+    return ManagedProcess(
+        [
+            str(envoy_binary()),
+            "-c",
+            str(bootstrap_path),
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+            # Several gateways may run side by side: no shared-memory hot-restart region.
+            "--disable-hot-restart",
+        ],
+        ready=http_ok(admin_url + "/ready"),
+        name=name,
+        log_dir=log_dir,
+    ).start()
+
+
 class EnvoyGateway:
     """The Envoy process for one :class:`GatewayConfig`; a context manager that always stops it."""
 
@@ -650,24 +675,9 @@ class EnvoyGateway:
         return self._process
 
     def start(self) -> EnvoyGateway:
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(json.dumps(render_bootstrap(self.config), indent=1))
-        self._process = ManagedProcess(
-            [
-                str(envoy_binary()),
-                "-c",
-                str(self.bootstrap_path),
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warning",
-                # Several gateways may run side by side: no shared-memory hot-restart region.
-                "--disable-hot-restart",
-            ],
-            ready=http_ok(self.admin_url + "/ready"),
-            name="envoy",
-            log_dir=self._log_dir,
-        ).start()
+        self._process = start_envoy(
+            render_bootstrap(self.config), self.bootstrap_path, self.admin_url, "envoy", self._log_dir
+        )
         return self
 
     def stop(self) -> None:

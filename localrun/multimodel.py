@@ -45,9 +45,9 @@ from localrun.envoy import (
     _only_for_decoded_requests,
     _router,
     _tls_without_verification,
-    envoy_binary,
+    start_envoy,
 )
-from localrun.process import ManagedProcess, free_port, http_ok
+from localrun.process import ManagedProcess, free_port
 
 BASE_MODEL_HEADER = "x-gateway-base-model-name"
 MODEL_HEADER = "x-gateway-model-name"
@@ -265,23 +265,13 @@ class MultiModelGateway:
         return f"http://{self.config.host}:{self.config.admin_port}"
 
     def start(self) -> MultiModelGateway:
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(json.dumps(render_multi_model_bootstrap(self.config), indent=1))
-        self._process = ManagedProcess(
-            [
-                str(envoy_binary()),
-                "-c",
-                str(self.bootstrap_path),
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warning",
-                "--disable-hot-restart",
-            ],
-            ready=http_ok(self.admin_url + "/ready"),
-            name="envoy-multimodel",
-            log_dir=self._log_dir,
-        ).start()
+        self._process = start_envoy(
+            render_multi_model_bootstrap(self.config),
+            self.bootstrap_path,
+            self.admin_url,
+            "envoy-multimodel",
+            self._log_dir,
+        )
         return self
 
     def stop(self) -> None:
