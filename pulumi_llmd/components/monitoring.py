@@ -160,48 +160,39 @@ class GatewayTarget:
     gateway_name: str
 
 
-def kgateway_envoy_monitor(target: GatewayTarget) -> dict[str, Any]:
-    """kgateway's Envoy proxies: pods labelled with their Gateway's name in its namespace; Envoy's stats
-    on port ``http-monitoring`` (9091) at ``/metrics``
-    (kgateway-dev/kgateway internal/kgateway/helm/kgateway/templates/gateway/proxy-deployment.yaml)."""
+def _proxy_monitor(target: GatewayTarget, port: str, path: str = "/metrics") -> dict[str, Any]:
+    """Every in-cluster provider labels its proxy pods with their Gateway's name; they differ in the
+    metrics port and path only."""
     return pod_monitor(
         target.monitoring,
         target.gateway_name,
         {naming.GATEWAY_NAME_LABEL: target.gateway_name},
-        port="http-monitoring",
+        port=port,
+        path=path,
         component=Component.GATEWAY,
         pool_pod=False,
     )
+
+
+def kgateway_envoy_monitor(target: GatewayTarget) -> dict[str, Any]:
+    """kgateway's Envoy proxies: Envoy's stats on port ``http-monitoring`` (9091) at ``/metrics``
+    (kgateway-dev/kgateway internal/kgateway/helm/kgateway/templates/gateway/proxy-deployment.yaml)."""
+    return _proxy_monitor(target, "http-monitoring")
 
 
 def agentgateway_monitor(target: GatewayTarget) -> dict[str, Any]:
-    """agentgateway's proxies (its own controller, or kgateway 2.1's agentgateway data plane): pods
-    labelled with their Gateway's name; Prometheus text on the container port ``metrics`` (15020) at
-    ``/metrics`` (the agentgateway deployer's container ports: http, readiness 15021, metrics 15020)."""
-    return pod_monitor(
-        target.monitoring,
-        target.gateway_name,
-        {naming.GATEWAY_NAME_LABEL: target.gateway_name},
-        port="metrics",
-        component=Component.GATEWAY,
-        pool_pod=False,
-    )
+    """agentgateway's proxies (its own controller, or kgateway 2.1's agentgateway data plane):
+    Prometheus text on the container port ``metrics`` (15020) at ``/metrics`` (the agentgateway
+    deployer's container ports: http, readiness 15021, metrics 15020)."""
+    return _proxy_monitor(target, "metrics")
 
 
 def istio_gateway_monitor(target: GatewayTarget) -> dict[str, Any]:
-    """Istio's automated Gateway deployment: pods labelled with their Gateway's name; Envoy's stats,
-    including Istio's standard ``istio_requests_total``, on ``http-envoy-prom`` (15090) at
-    ``/stats/prometheus`` (istio/istio manifests/charts/istio-control/istio-discovery/files/
-    kube-gateway.yaml; the path Istio's own prometheus-operator sample scrapes)."""
-    return pod_monitor(
-        target.monitoring,
-        target.gateway_name,
-        {naming.GATEWAY_NAME_LABEL: target.gateway_name},
-        port="http-envoy-prom",
-        path="/stats/prometheus",
-        component=Component.GATEWAY,
-        pool_pod=False,
-    )
+    """Istio's automated Gateway deployment: Envoy's stats, including Istio's standard
+    ``istio_requests_total``, on ``http-envoy-prom`` (15090) at ``/stats/prometheus`` (istio/istio
+    manifests/charts/istio-control/istio-discovery/files/kube-gateway.yaml; the path Istio's own
+    prometheus-operator sample scrapes)."""
+    return _proxy_monitor(target, "http-envoy-prom", "/stats/prometheus")
 
 
 GatewayMonitorHook = Callable[[GatewayTarget], dict[str, Any]]
