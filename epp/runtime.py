@@ -39,6 +39,8 @@ class RuntimeOptions:
     pool_group: str = "inference.networking.k8s.io"
     endpoints_file: Path | None = None
     refresh_metrics_interval: float = 0.05
+    # Quiet pods (idle, unchanged, nothing routed there since) are scraped this often; 0 = off.
+    refresh_metrics_idle_interval: float = 0.5
     metrics_staleness_threshold: float = 2.0
     served_models: frozenset[str] | None = None
     # Active-passive HA on a Lease (Kubernetes discovery only); POD_NAME is the holder identity.
@@ -127,6 +129,12 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
             f"--refresh-metrics-interval must be >= {MIN_REFRESH_INTERVAL}s, "
             f"got {options.refresh_metrics_interval}"
         )
+    idle = options.refresh_metrics_idle_interval
+    if idle != 0 and idle < options.refresh_metrics_interval:
+        raise ConfigError(
+            f"--refresh-metrics-idle-interval must be 0 (off) or >= --refresh-metrics-interval "
+            f"({options.refresh_metrics_interval}s), got {idle}"
+        )
     if options.metrics_staleness_threshold <= 0:
         raise ConfigError(
             f"--metrics-staleness-threshold must be > 0, got {options.metrics_staleness_threshold}"
@@ -159,6 +167,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
     scraper = MetricsScraper(
         datastore,
         interval=options.refresh_metrics_interval,
+        idle_interval=options.refresh_metrics_idle_interval,
         timeout=min(1.0, options.metrics_staleness_threshold),
         scheme=source.scheme,
         path=source.path,
