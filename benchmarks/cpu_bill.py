@@ -67,6 +67,23 @@ ROUTERS: tuple[RouterSpec, ...] = (
     router_by_name("sglang-cache-aware"),
     router_by_name("vllm-router-cache-aware"),
 )
+# Two active-active replicas (the stack's default): each sees the other's requests on a quiet pod
+# only at that pod's next idle scrape. Not in the default run; --routers picks them.
+HA_ROUTERS: tuple[RouterSpec, ...] = (
+    RouterSpec(
+        "epp-2x-scrape-every-tick",
+        Kind.EPP,
+        "epp-scrape-every-tick as two active-active EPP replicas behind one Envoy",
+        epp_flags=("--refresh-metrics-idle-interval", "0"),
+        epp_replicas=2,
+    ),
+    RouterSpec(
+        "epp-2x",
+        Kind.EPP,
+        "epp-default as two active-active EPP replicas behind one Envoy (the stack's default replicas)",
+        epp_replicas=2,
+    ),
+)
 REFERENCE = "sglang-cache-aware"
 
 
@@ -121,7 +138,10 @@ class Cell:
 
 
 def _simplify(name: str) -> str:
-    return "epp" if name.startswith("epp-") else name
+    """Process names as the table shows them: ``epp`` (``epp-0``, ``epp-1`` with replicas), ``envoy``."""
+    if name.startswith("epp-"):
+        return f"epp-{name[-1]}" if name[-2:] in ("-0", "-1") else "epp"
+    return name
 
 
 def run_cell(pool: SimPool, spec: RouterSpec, rate: float, idle_s: float, log_dir: Path) -> Cell:
@@ -186,7 +206,7 @@ def section(cells: list[Cell], load: tuple[float, float], pods: int, idle_s: flo
     for rate in rates:
         reference = by[(REFERENCE, rate)]
         ref_bill = bill(reference, reference)["bill_ms"]
-        for spec in ROUTERS:
+        for spec in (*ROUTERS, *HA_ROUTERS):
             cell = by.get((spec.name, rate))
             if cell is None:
                 continue
@@ -228,7 +248,10 @@ def section(cells: list[Cell], load: tuple[float, float], pods: int, idle_s: flo
         ],
         rows,
     )
-    routers = "\n".join(f"- `{spec.name}`: {spec.description}" for spec in ROUTERS)
+    ran = {c.router for c in cells}
+    routers = "\n".join(
+        f"- `{spec.name}`: {spec.description}" for spec in (*ROUTERS, *HA_ROUTERS) if spec.name in ran
+    )
     return f"""
 Workload: the routing benchmark's `shared-prefix` ({SharedPrefixWorkload().describe()}), Poisson
 arrivals, {pods} simulated pods restarted cold for every run, seed {SEED}. Before each load window the
@@ -258,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, default=8)
     parser.add_argument("--idle", type=float, default=5.0, help="idle window per run, seconds")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    parser.add_argument("--json", default="cpu_bill", help="results file name under benchmarks/results")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     wanted = args.routers.split(",")
-    specs = [s for s in ROUTERS if s.name in wanted]
+    specs = [s for s in (*ROUTERS, *HA_ROUTERS) if s.name in wanted]
     if REFERENCE not in wanted:
         parser.error(f"--routers must include the reference {REFERENCE}")
     log_dir = Path("/tmp") / f"cpu-bill-{os.getpid()}"
@@ -284,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         print(body)
     else:
-        report.write_json("cpu_bill", {"load": load, "cells": [asdict(c) for c in cells]})
+        report.write_json(args.json, {"load": load, "cells": [asdict(c) for c in cells]})
         report.write_section(
             "cpu-bill",
             "The whole CPU bill per request: gateway + EPP + the pods' scrape share, "
