@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh-metrics-idle-interval",
         type=duration,
         default=0.5,
-        help="scrape period of a quiet pod (idle, unchanged, nothing routed to it since); "
-        "0 scrapes every pod every --refresh-metrics-interval",
+        help="scrape period of a quiet pod (idle, unchanged, nothing routed to it since); 0 (or "
+        "anything not above --refresh-metrics-interval) scrapes every pod every tick",
     )
     tuning.add_argument("--metrics-staleness-threshold", type=duration, default=2.0, help="stale metrics age")
     tuning.add_argument(

@@ -67,14 +67,11 @@ class MetricsScraper:
     ) -> None:
         if interval <= 0:
             raise ValueError(f"scrape interval must be positive, got {interval}")
-        if idle_interval != 0 and idle_interval < interval:
-            raise ValueError(
-                f"idle scrape interval must be 0 (off) or >= the scrape interval {interval}, "
-                f"got {idle_interval}"
-            )
+        if idle_interval < 0:
+            raise ValueError(f"idle scrape interval must not be negative, got {idle_interval}")
         self.datastore = datastore
         self.interval = interval
-        # 0 (or == interval): every tick scrapes, as upstream does.
+        # 0, or anything not above interval: every tick scrapes, as upstream does.
         self.idle_interval = idle_interval
         self.timeout = timeout
         self.scheme, self.path = scheme, path

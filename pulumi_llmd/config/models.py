@@ -837,8 +837,9 @@ class EppConfig(ConfigModel):
         default=0.5,
         ge=0,
         description="Bundled EPP: `--refresh-metrics-idle-interval` in seconds, how often a quiet pod "
-        "(idle, unchanged, nothing routed to it since) is scraped; 0 scrapes every pod every "
-        "refreshMetricsInterval, as the upstream EPP always does (docs/cpu-bill.md).",
+        "(idle, unchanged, nothing routed to it since) is scraped; 0 (or anything not above "
+        "refreshMetricsInterval) scrapes every pod every refreshMetricsInterval, as the upstream EPP always "
+        "does (docs/cpu-bill.md).",
     )
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
@@ -847,16 +848,6 @@ class EppConfig(ConfigModel):
         default_factory=EppFlowControlConfig,
         description="llm-d's flow control in the generated EPP config (ignored with `config`).",
     )
-
-    @model_validator(mode="after")
-    def _idle_interval_not_below_interval(self) -> Self:
-        idle = self.refresh_metrics_idle_interval
-        if idle != 0 and idle < self.refresh_metrics_interval:
-            raise ValueError(
-                f"refreshMetricsIdleInterval must be 0 (off) or >= refreshMetricsInterval "
-                f"({self.refresh_metrics_interval}), got {idle}"
-            )
-        return self
 
     @field_validator("config")
     @classmethod

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from epp.config.loader import DEFAULT_CONFIG, load_config
+from epp.config.loader import load_config
 from epp.datastore import Datastore, Endpoint, EndpointSpec
 from epp.director import SchedulingDirector
-from epp.runtime import RuntimeOptions, build_runtime
-from epp.scheduling.errors import ConfigError
 from epp.scrape.scraper import MetricsScraper
 from tests.support.epp import inference_request, wait_until
 from tests.support.fake_metrics import FakeMetricsServer, vllm_metrics_page
@@ -132,15 +130,23 @@ async def test_the_poll_loop_skips_quiet_ticks_vouches_for_the_page_and_wakes_on
         await server.stop()
 
 
-def test_idle_interval_below_the_scrape_interval_is_refused() -> None:
+async def test_an_idle_interval_not_above_the_scrape_interval_scrapes_every_tick() -> None:
+    scraper, endpoint, server = await _scraped(IDLE_PAGE, idle_interval=0.01)  # == the interval
+    try:
+        assert await scraper.scrape(endpoint) and await scraper.scrape(endpoint)
+        assert not scraper.may_skip(endpoint, endpoint.metrics.updated_at + 0.001)
+    finally:
+        await scraper.stop()
+        await server.stop()
+
+
+def test_a_negative_idle_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="idle scrape interval"):
-        MetricsScraper(Datastore(), interval=0.05, idle_interval=0.01)
-    with pytest.raises(ConfigError, match="--refresh-metrics-idle-interval"):
-        build_runtime(
-            RuntimeOptions(
-                DEFAULT_CONFIG,
-                pool_name="p",
-                refresh_metrics_interval=0.05,
-                refresh_metrics_idle_interval=0.02,
-            )
-        )
+        MetricsScraper(Datastore(), interval=0.05, idle_interval=-1)
+    # A slower scrape period than the idle default is not an error: every tick scrapes then.
+    slow = MetricsScraper(Datastore(), interval=1.0, idle_interval=0.5)
+    assert not slow.may_skip(_endpoint(), 0.0)
+
+
+def _endpoint() -> Endpoint:
+    return Endpoint(EndpointSpec("pod", "127.0.0.1", 1, 1))
