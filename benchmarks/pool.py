@@ -170,6 +170,10 @@ class SimPool:
     def metrics_urls(self) -> dict[str, str]:
         return {name: f"{url}/metrics" for name, url in zip(self.names, self.urls, strict=True)}
 
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
     def start(self) -> SimPool:
         # Start every process first, then wait: the pods import and bind in parallel.
         for name, port in zip(self.names, self.ports, strict=True):

@@ -261,6 +261,8 @@ class RunningRouter(Protocol):
 
     def stop(self) -> None: ...
 
+    def pids(self) -> dict[str, int]: ...
+
 
 @dataclass
 class _Processes:
@@ -272,6 +274,15 @@ class _Processes:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+    def pids(self) -> dict[str, int]:
+        """Each process's pid by name (Envoy as ``envoy``); each leads its own session."""
+        return {
+            "envoy" if isinstance(p, EnvoyGateway) else p.name: (
+                p.process.pid if isinstance(p, EnvoyGateway) else p.pid
+            )
+            for p in self.processes
+        }
 
 
 def envoy_lb_bootstrap(

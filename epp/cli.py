@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     tuning = parser.add_argument_group("behaviour")
     tuning.add_argument("--refresh-metrics-interval", type=duration, default=0.05, help="scrape period")
+    tuning.add_argument(
+        "--refresh-metrics-idle-interval",
+        type=duration,
+        default=0.5,
+        help="scrape period of a quiet pod (idle, unchanged, nothing routed to it since); 0 (or "
+        "anything not above --refresh-metrics-interval) scrapes every pod every tick",
+    )
     tuning.add_argument("--metrics-staleness-threshold", type=duration, default=2.0, help="stale metrics age")
     tuning.add_argument(
         "--max-request-body-bytes", type=positive_int, default=4 * 1024 * 1024, help="larger bodies get 413"
@@ -206,6 +213,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         pool_group=args.pool_group,
         endpoints_file=args.endpoints_file,
         refresh_metrics_interval=args.refresh_metrics_interval,
+        refresh_metrics_idle_interval=args.refresh_metrics_idle_interval,
         metrics_staleness_threshold=args.metrics_staleness_threshold,
         served_models=served,
         leader_election=args.ha_enable_leader_election,

@@ -65,6 +65,7 @@ class Endpoint:
         "metrics_port",
         "name",
         "port",
+        "routed",
         "scrape_error",
         "scrape_failures",
     )
@@ -78,6 +79,7 @@ class Endpoint:
         self.hostport = spec.hostport
         self.metrics = EndpointMetrics()
         self.in_flight = 0  # requests this EPP sent here that have not completed
+        self.routed = 0  # requests this EPP ever sent here (the scraper's "anything new?" check)
         self.scrape_failures = 0  # consecutive failed scrapes; 0 after a success
         self.scrape_error: str | None = None
 

@@ -286,8 +286,10 @@ class SchedulingDirector:
             if profile_result is not None and name != result.primary_profile
         )
         endpoint.in_flight += 1
+        endpoint.routed += 1
         for other in others:
             other.in_flight += 1
+            other.routed += 1
         epp_metrics.IN_FLIGHT.inc()
         self._flights[request.request_id] = _Flight(endpoint, time.monotonic(), others)
 
@@ -301,6 +303,7 @@ class SchedulingDirector:
             return
         flight.endpoint.in_flight = max(0, flight.endpoint.in_flight - 1)
         actual.in_flight += 1
+        actual.routed += 1
         flight.endpoint = actual
 
     def handle_response_complete(self, request: InferenceRequest, usage: Usage | None, failed: bool) -> None:

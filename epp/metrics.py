@@ -53,6 +53,11 @@ SCRAPE_SECONDS = Histogram(
 SCRAPE_ERRORS = Counter(
     "epp_metrics_scrape_errors_total", "Failed model-server /metrics scrapes.", ["endpoint"]
 )
+SCRAPES_SKIPPED = Counter(
+    "epp_metrics_scrapes_skipped_total",
+    "Scrape ticks of quiet endpoints (idle, unchanged, nothing routed since) that reused the last page "
+    "(--refresh-metrics-idle-interval).",
+)
 SCRAPE_TASK_RESTARTS = Counter(
     "epp_metrics_scrape_task_restarts_total",
     "Per-endpoint metrics poll tasks that ended unexpectedly and were restarted (a bug if ever > 0).",

@@ -39,6 +39,9 @@ class RuntimeOptions:
     pool_group: str = "inference.networking.k8s.io"
     endpoints_file: Path | None = None
     refresh_metrics_interval: float = 0.05
+    # Quiet pods (idle, unchanged, nothing routed there since) are scraped this often; 0, or anything
+    # not above refresh_metrics_interval, scrapes every pod every tick.
+    refresh_metrics_idle_interval: float = 0.5
     metrics_staleness_threshold: float = 2.0
     served_models: frozenset[str] | None = None
     # Active-passive HA on a Lease (Kubernetes discovery only); POD_NAME is the holder identity.
@@ -159,6 +162,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
     scraper = MetricsScraper(
         datastore,
         interval=options.refresh_metrics_interval,
+        idle_interval=options.refresh_metrics_idle_interval,
         timeout=min(1.0, options.metrics_staleness_threshold),
         scheme=source.scheme,
         path=source.path,

@@ -440,6 +440,13 @@ class EppSettings(TypedDict, total=False):
     "`--refresh-metrics-interval` in seconds. Default: `0.05`."
     metrics_staleness_threshold: float
     "`--metrics-staleness-threshold` in seconds. Default: `2.0`."
+    refresh_metrics_idle_interval: float
+    (
+        "Bundled EPP: `--refresh-metrics-idle-interval` in seconds, how often a quiet pod (idle, unchanged, "
+        "nothing routed to it since) is scraped; 0 (or anything not above refreshMetricsInterval) scrapes "
+        "every pod every refreshMetricsInterval, as the upstream EPP always does (docs/cpu-bill.md). "
+        "Default: `0.5`."
+    )
     resources: ResourcesSettings
     'EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`.'
     flow_control: EppFlowControlSettings

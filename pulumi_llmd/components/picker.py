@@ -136,8 +136,14 @@ def epp_arguments(picker: Picker) -> list[str]:
             "--enable-pprof=false",
         ]
     else:
-        # The bundled EPP's own: answer 404 for models the pool does not serve.
-        args += ["--served-models", ",".join(picker.served_models)]
+        # The bundled EPP's own: answer 404 for models the pool does not serve; scrape quiet pods
+        # less often (upstream scrapes every pod every --refresh-metrics-interval).
+        args += [
+            "--served-models",
+            ",".join(picker.served_models),
+            "--refresh-metrics-idle-interval",
+            go_duration(epp.refresh_metrics_idle_interval),
+        ]
     return args + tracing_args(picker.tracing, explicit_off=True)
 
 

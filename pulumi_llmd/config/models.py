@@ -833,6 +833,14 @@ class EppConfig(ConfigModel):
     metrics_staleness_threshold: float = Field(
         default=2.0, gt=0, description="`--metrics-staleness-threshold` in seconds."
     )
+    refresh_metrics_idle_interval: float = Field(
+        default=0.5,
+        ge=0,
+        description="Bundled EPP: `--refresh-metrics-idle-interval` in seconds, how often a quiet pod "
+        "(idle, unchanged, nothing routed to it since) is scraped; 0 (or anything not above "
+        "refreshMetricsInterval) scrapes every pod every refreshMetricsInterval, as the upstream EPP always "
+        "does (docs/cpu-bill.md).",
+    )
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
     )

@@ -193,7 +193,18 @@ def gateway_stack(
                 log_dir / "endpoints.json", [LocalEndpoint(p.name, p.port) for p in stack.pods]
             )
             stack.epp = ManagedProcess(
-                epp_command(endpoints, grpc_port, health_port, metrics_port, *epp_args),
+                # The tests set the fake pods' metrics from outside the EPP, which a quiet pod's
+                # scrapes would see only every --refresh-metrics-idle-interval: scrape every tick
+                # (a test's own epp_args come later and win).
+                epp_command(
+                    endpoints,
+                    grpc_port,
+                    health_port,
+                    metrics_port,
+                    "--refresh-metrics-idle-interval",
+                    "0",
+                    *epp_args,
+                ),
                 ready=grpc_ok(health_port),
                 name="epp",
                 log_dir=log_dir,
