@@ -64,6 +64,15 @@ _MAX_STATUS_MESSAGE = 1024
 # The most bytes queued for one write: past this, coalescing saves nothing worth the wait.
 _COALESCE_MAX = 64 * 1024
 
+# Plain ints and members for the per-frame and per-call paths: on Python 3.11 reading an enum
+# member off its class (FrameType.HEADERS) runs a Python-level descriptor, ~0.2 µs each time.
+_HEADERS = int(FrameType.HEADERS)
+_SETTINGS = int(FrameType.SETTINGS)
+_CONTINUATION = int(FrameType.CONTINUATION)
+_END_HEADERS = int(Flag.END_HEADERS)
+_END_HEADERS_AND_STREAM = int(Flag.END_HEADERS | Flag.END_STREAM)
+_OK = StatusCode.OK
+
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE)]
 _RESPONSE_HEADERS_BLOCK = encode_headers(_RESPONSE_HEADERS)
 _OK_TRAILERS_BLOCK = encode_headers([(b"grpc-status", b"0")])
@@ -244,7 +253,7 @@ class H2Connection(asyncio.Protocol):
             end = pos + FRAME_HEADER_SIZE + length
             if end > size:
                 break
-            if frame_type == FrameType.HEADERS and self._handler_backlog():
+            if frame_type == _HEADERS and self._handler_backlog():
                 # Handlers of closed streams are still winding down: read no further until one has
                 # finished (a peer that opens and resets streams in a loop cannot pile them up).
                 self._stall(data[pos:])
@@ -253,10 +262,10 @@ class H2Connection(asyncio.Protocol):
             pos = end
             stream_id &= MAX_STREAM_ID
             if not self._got_settings:
-                if frame_type != FrameType.SETTINGS or flags & Flag.ACK:
+                if frame_type != _SETTINGS or flags & Flag.ACK:
                     raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "the preface must end with SETTINGS")
                 self._got_settings = True
-            if self._header_block is not None and frame_type != FrameType.CONTINUATION:
+            if self._header_block is not None and frame_type != _CONTINUATION:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "frame interleaved in a header block")
             try:
                 if frame_type < 10:
@@ -428,7 +437,7 @@ class H2Connection(asyncio.Protocol):
         if self._table_size_update is not None:
             block = encode_headers(_RESPONSE_HEADERS, self._table_size_update)
             self._table_size_update = None
-        return frames.frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, block)
+        return frames.frame(_HEADERS, _END_HEADERS, stream_id, block)
 
     def trailers_frame(
         self,
@@ -439,7 +448,7 @@ class H2Connection(asyncio.Protocol):
         http_status: bytes = b"200",
         extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> bytes:
-        if code is StatusCode.OK and not trailers_only and not message and self._table_size_update is None:
+        if code is _OK and not trailers_only and not message and self._table_size_update is None:
             block = _OK_TRAILERS_BLOCK
         else:
             headers: list[tuple[bytes, bytes]] = []
@@ -451,7 +460,7 @@ class H2Connection(asyncio.Protocol):
             headers.extend(extra)
             block = encode_headers(headers, self._table_size_update)
             self._table_size_update = None
-        return frames.frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, stream_id, block)
+        return frames.frame(_HEADERS, _END_HEADERS_AND_STREAM, stream_id, block)
 
     # ================================================================== flow control
 
