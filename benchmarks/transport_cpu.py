@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -155,6 +156,7 @@ async def serve(
     if handler_name == "epp":
         server = EppServer(director, options, ServerMetrics(CollectorRegistry()))
         await server.start()
+        _freeze_startup_objects()
         await stop.wait()
         await server.stop(0)
         return
@@ -173,9 +175,17 @@ async def serve(
     ]
     for listener in listeners:
         await listener.start()
+    _freeze_startup_objects()
     await stop.wait()
     for listener in listeners:
         await listener.shutdown(0)
+
+
+def _freeze_startup_objects() -> None:
+    """As ``epp.cli`` does once the server is up: start-up objects (modules, protobuf descriptors)
+    leave the collector's scans, so that the request path's collections are the EPP's own."""
+    gc.collect()
+    gc.freeze()
 
 
 def make_certificate(directory: Path) -> Path:
@@ -451,6 +461,9 @@ class _NullTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass

@@ -1,10 +1,11 @@
 """One server-side HTTP/2 connection carrying gRPC calls, as an asyncio protocol.
 
 Everything runs on the event loop thread: ``data_received`` parses frames and feeds streams, and
-each call's handler runs as a task whose ``send`` writes its DATA frame to the socket at once. The
-frames one read produces (PING and SETTINGS ACKs, WINDOW_UPDATEs, RST_STREAMs, early answers) leave
-together at the end of that read. No extra threads and no second frame layer: that is where this
-transport saves over grpc.aio (issue 16).
+each call's handler runs as a task whose ``send`` queues its DATA frame. The frames one read produces
+(PING and SETTINGS ACKs, WINDOW_UPDATEs, RST_STREAMs, early answers) leave together at the end of that
+read; what handlers and timers queue leaves in one write at the start of the next event-loop
+iteration (see ``write``). No extra threads and no second frame layer: that is where this transport
+saves over grpc.aio (issue 16).
 
 Protocol rules enforced here (RFC 9113): the client preface and a first SETTINGS frame; frame size
 limits; the stream state machine (idle / open / half-closed / closed, client stream ids odd and
@@ -48,7 +49,7 @@ from epp.transport.headers import (
 )
 from epp.transport.methods import Method
 from epp.transport.options import TransportOptions
-from epp.transport.stream import ServerStream
+from epp.transport.stream import ServerStream, flushing_steps
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ _DRAIN_PING_TIMEOUT = 1.0
 _RECENTLY_RESET = 1024
 _MAX_ANSWERED = 1024
 _MAX_STATUS_MESSAGE = 1024
+# The most bytes queued for one write: past this, coalescing saves nothing worth the wait.
+_COALESCE_MAX = 64 * 1024
+
+# Plain ints and members for the per-frame and per-call paths: on Python 3.11 reading an enum
+# member off its class (FrameType.HEADERS) runs a Python-level descriptor, ~0.2 µs each time.
+_HEADERS = int(FrameType.HEADERS)
+_SETTINGS = int(FrameType.SETTINGS)
+_CONTINUATION = int(FrameType.CONTINUATION)
+_END_HEADERS = int(Flag.END_HEADERS)
+_END_HEADERS_AND_STREAM = int(Flag.END_HEADERS | Flag.END_STREAM)
+_OK = StatusCode.OK
 
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE)]
 _RESPONSE_HEADERS_BLOCK = encode_headers(_RESPONSE_HEADERS)
@@ -137,7 +149,13 @@ class H2Connection(asyncio.Protocol):
         self._table_size_update: int | None = None
         # Outbound
         self._out: list[bytes | memoryview] = []
+        self._out_bytes = 0
+        # Queued bytes past which the queue is written at once (see write and _flush).
+        self._flush_at = min(_COALESCE_MAX, options.write_buffer_limit)
         self._corked = False
+        self._flush_handle: asyncio.Handle | None = None  # the deferred flush (see write)
+        # A stream's task is running one step: its writes leave when the step ends (flushing_steps).
+        self.in_step = False
         self.write_paused = False
         # Lifecycle
         self.closed = False
@@ -235,7 +253,7 @@ class H2Connection(asyncio.Protocol):
             end = pos + FRAME_HEADER_SIZE + length
             if end > size:
                 break
-            if frame_type == FrameType.HEADERS and self._handler_backlog():
+            if frame_type == _HEADERS and self._handler_backlog():
                 # Handlers of closed streams are still winding down: read no further until one has
                 # finished (a peer that opens and resets streams in a loop cannot pile them up).
                 self._stall(data[pos:])
@@ -244,10 +262,10 @@ class H2Connection(asyncio.Protocol):
             pos = end
             stream_id &= MAX_STREAM_ID
             if not self._got_settings:
-                if frame_type != FrameType.SETTINGS or flags & Flag.ACK:
+                if frame_type != _SETTINGS or flags & Flag.ACK:
                     raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "the preface must end with SETTINGS")
                 self._got_settings = True
-            if self._header_block is not None and frame_type != FrameType.CONTINUATION:
+            if self._header_block is not None and frame_type != _CONTINUATION:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "frame interleaved in a header block")
             try:
                 if frame_type < 10:
@@ -316,6 +334,10 @@ class H2Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._out.clear()
+        self._out_bytes = 0
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         for stream in list(self.streams.values()):
             self._drop_stream(stream)
         self._window_waiters.clear()
@@ -341,36 +363,81 @@ class H2Connection(asyncio.Protocol):
     # ================================================================== output
 
     def write(self, data: bytes) -> None:
-        if self._corked:
-            self._out.append(data)
-        elif self.transport is not None and not self.closed:
-            self.transport.write(data)
+        """Queue ``data``; it leaves in one ``transport.write`` with everything queued alongside.
+
+        One system call per ``send()`` made the socket write the largest single cost of a
+        message that this process controls (a loopback TCP send costs ~6 µs of CPU here, and each
+        one wakes the peer's thread). Handlers often send several messages in one step (the routed
+        headers and the body chunks, answers to several messages that arrived in one read), so
+        frames are queued and written when that is done:
+
+        * while ``data_received`` parses (corked): at the end of the read;
+        * while a stream's task runs a step (``in_step``, see ``flushing_steps``): when the step
+          ends, i.e. the handler waits for the next message, for window, for anything else, or
+          returns. No callback and no extra event-loop iteration, which would cost most of what
+          the saved system call does;
+        * otherwise (timers, another task ending a call): by a callback scheduled with the first
+          queued frame, which runs before the loop next waits for I/O.
+
+        Frames leave in the order they were queued, and flow control is applied when a frame is
+        queued (``ServerStream.send``/``flush``), so coalescing changes neither. The queue is also
+        written at once when it would fill what is left of ``write_buffer_limit`` in the socket
+        transport (``_flush_at``), so that the transport's back-pressure (``pause_writing``) still
+        stops a handler that sends a lot in one step, no later than it did without the queue."""
+        if self.closed:
+            return
+        self._out.append(data)
+        self._queued(len(data))
 
     def write_parts(self, first: bytes, second: bytes | memoryview) -> None:
         """A frame header and its payload (joined once, when they leave)."""
+        if self.closed:
+            return
+        out = self._out
+        out.append(first)
+        out.append(second)
+        self._queued(len(first) + len(second))
+
+    def _queued(self, size: int) -> None:
+        self._out_bytes += size
         if self._corked:
-            self._out.append(first)
-            self._out.append(second)
-        elif self.transport is not None and not self.closed:
-            self.transport.write(first + second)
+            return  # data_received flushes when it is done
+        if self._out_bytes >= self._flush_at:
+            self._flush()
+        elif not self.in_step and self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Write what was queued while corked. Frames produced while parsing one read are corked and
-        leave together; a handler's send() writes at once (one system call per message, and no
-        extra event-loop iteration to wait for a deferred flush)."""
+        """Write what is queued, in one ``transport.write``."""
         self._corked = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._out_bytes = 0
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+                # Room left below the transport's high-water mark (stale once the socket drains,
+                # which only makes the next flush come earlier).
+                room = self.options.write_buffer_limit - transport.get_write_buffer_size()
+                self._flush_at = max(1, min(_COALESCE_MAX, room))
+
+    def end_step(self) -> None:
+        """A stream's task step ended (``flushing_steps``): write what it queued."""
+        self.in_step = False
         if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(data)
+            self._flush()
 
     def response_headers_frame(self, stream_id: int) -> bytes:
         block = _RESPONSE_HEADERS_BLOCK
         if self._table_size_update is not None:
             block = encode_headers(_RESPONSE_HEADERS, self._table_size_update)
             self._table_size_update = None
-        return frames.frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, block)
+        return frames.frame(_HEADERS, _END_HEADERS, stream_id, block)
 
     def trailers_frame(
         self,
@@ -381,7 +448,7 @@ class H2Connection(asyncio.Protocol):
         http_status: bytes = b"200",
         extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> bytes:
-        if code is StatusCode.OK and not trailers_only and not message and self._table_size_update is None:
+        if code is _OK and not trailers_only and not message and self._table_size_update is None:
             block = _OK_TRAILERS_BLOCK
         else:
             headers: list[tuple[bytes, bytes]] = []
@@ -393,7 +460,7 @@ class H2Connection(asyncio.Protocol):
             headers.extend(extra)
             block = encode_headers(headers, self._table_size_update)
             self._table_size_update = None
-        return frames.frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, stream_id, block)
+        return frames.frame(_HEADERS, _END_HEADERS_AND_STREAM, stream_id, block)
 
     # ================================================================== flow control
 
@@ -598,7 +665,7 @@ class H2Connection(asyncio.Protocol):
         stream.remote_closed = end_stream
         if plan.timeout is not None:
             stream.deadline = self.loop.call_later(plan.timeout, stream.on_deadline)
-        task = self.loop.create_task(stream.run())
+        task = self.loop.create_task(flushing_steps(stream))
         stream.task = task
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
