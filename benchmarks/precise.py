@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--routers", type=_csv, help=f"subset of: {', '.join(ROUTERS + REPLICA_ROUTERS)}")
     parser.add_argument(
         "--replica-rates",
-        choices=("lowest", "all", "none"),
-        default="all",
-        help="which rates the 2-replica routers run at (default: all of each workload's rates)",
+        choices=("lowest", "highest", "all", "none"),
+        default="highest",
+        help="which rates the 2-replica routers run at (default: the highest of each workload, nearest "
+        "the pool's capacity, where stale routing costs the most)",
     )
     parser.add_argument("--rates", type=lambda v: tuple(float(x) for x in _csv(v)), help="override rates")
     parser.add_argument("--pods", type=int, help="simulated pods (default 8; 3 with --quick)")
@@ -166,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         singles = [r for r in chosen if r.epp_replicas == 1]
         replicas = [r for r in chosen if r.epp_replicas > 1]
-        replica_rates = {"lowest": rates[:1], "all": rates, "none": ()}[args.replica_rates]
+        ordered = sorted(rates)
+        replica_rates = {"lowest": ordered[:1], "highest": ordered[-1:], "all": rates, "none": []}[
+            args.replica_rates
+        ]
         plans = [(singles, rates), (replicas, replica_rates)]
         with SimPool(pods, MODEL, timing, log_dir / name / "pods", kv_events=True) as pool:
             for routers, plan_rates in plans:
