@@ -99,10 +99,13 @@ dataLayer:
 """
 
 
-# llm-d's default profile with the precise prefix producer in place of the approximate one: the pods'
-# KV events (every pod at 127.0.0.1, publishing on socketPort + its rank, see benchmarks.pool), the
-# simulator's tokenizer (the pods are simulators), vLLM's block keys as the pods compute them.
-# $-placeholders are filled from the pool's KvEventPorts.
+# llm-d's precise-prefix-cache-aware guide (llm-d/llm-d guides/precise-prefix-cache-aware/scheduler/
+# precise-prefix-cache-aware.values.yaml and its README, "Scorer weights": the precise prefix score
+# weighs 2.0, paired 1:1 with kv-cache-utilization-scorer and queue-scorer; speculativeIndexing on),
+# in llm-d-router v0.10's names (precise-prefix-cache-producer feeding prefix-cache-scorer). Wired to
+# the pods' KV events (every pod at 127.0.0.1, publishing on socketPort + its rank, see
+# benchmarks.pool), the simulator's tokenizer (the pods are simulators), vLLM's block keys as the pods
+# compute them. $-placeholders are filled from the pool's KvEventPorts.
 PRECISE_CONFIG = """\
 apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
@@ -125,14 +128,45 @@ plugins:
 schedulingProfiles:
 - name: default
   plugins:
-  - {pluginRef: queue-scorer, weight: 2}
-  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
-  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 1}
+  - {pluginRef: prefix-cache-scorer, weight: 2}
 dataLayer:
   sources:
   - {pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}
   - {pluginRef: endpoint-notification-source, extractors: [{pluginRef: precise-prefix-cache-producer}]}
 """
+
+
+# Controls for the precise comparison, so that a difference is not just the two llm-d profiles'
+# weights: approximate prefix with the precise guide's weights, and precise with the default's.
+APPROX_GUIDE_WEIGHTS_CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics}
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 1}
+  - {pluginRef: prefix-cache-scorer, weight: 2}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+"""
+PRECISE_DEFAULT_WEIGHTS_CONFIG = (
+    PRECISE_CONFIG.replace("{pluginRef: queue-scorer, weight: 1}", "{pluginRef: queue-scorer, weight: 2}")
+    .replace(
+        "{pluginRef: kv-cache-utilization-scorer, weight: 1}",
+        "{pluginRef: kv-cache-utilization-scorer, weight: 2}",
+    )
+    .replace("{pluginRef: prefix-cache-scorer, weight: 2}", "{pluginRef: prefix-cache-scorer, weight: 3}")
+)
 
 
 class Kind(Enum):
@@ -215,9 +249,9 @@ PRECISE_ROUTERS: tuple[RouterSpec, ...] = (
     RouterSpec(
         "epp-precise",
         Kind.EPP,
-        "Envoy + EPP, llm-d's default profile with precise-prefix-cache-producer (the pods' KV "
-        "events; token-producer with the simulator's tokenizer) instead of the approximate producer, "
-        "speculativeIndexing on as in llm-d-router's own precise-prefix perf config",
+        "Envoy + EPP, llm-d's precise-prefix-cache-aware guide profile: precise-prefix-cache-producer "
+        "(the pods' KV events; token-producer with the simulator's tokenizer) feeding "
+        "prefix-cache-scorer 2, queue-scorer 1, kv-cache-utilization-scorer 1, speculativeIndexing on",
         epp_config=PRECISE_CONFIG,
         kv_events=True,
         speculative=True,
@@ -229,6 +263,20 @@ PRECISE_ROUTERS: tuple[RouterSpec, ...] = (
         "known on its pod only once the pod's events say so",
         epp_config=PRECISE_CONFIG,
         kv_events=True,
+    ),
+    RouterSpec(
+        "epp-default-guide-weights",
+        Kind.EPP,
+        "control: approximate prefix with the precise guide's weights (prefix 2, queue 1, KV 1)",
+        epp_config=APPROX_GUIDE_WEIGHTS_CONFIG,
+    ),
+    RouterSpec(
+        "epp-precise-default-weights",
+        Kind.EPP,
+        "control: epp-precise with llm-d's default profile weights (prefix 3, queue 2, KV 2)",
+        epp_config=PRECISE_DEFAULT_WEIGHTS_CONFIG,
+        kv_events=True,
+        speculative=True,
     ),
     RouterSpec(
         "epp-default-2x",

@@ -302,10 +302,17 @@ class Engine:
             if seq.aborted:
                 continue
             seq.computed += chunk
+            # Every full block this chunk completed joins the prefix cache now, not when the whole
+            # prefill is done: vLLM caches a step's blocks when it schedules them
+            # (vllm/v1/core/kv_cache_manager.py, allocate_slots -> cache_blocks) and publishes their
+            # BlockStored events after that step, so a long prompt's first chunks are announced
+            # (and shareable) while its later chunks still run.
+            cacheable = (seq.prompt_tokens - 1) // self.params.block_size
+            done = min(seq.computed // self.params.block_size, cacheable)
+            if done > len(seq.table.hashed):
+                self.pool.commit(seq.table, seq.hashes[len(seq.table.hashed) : done])
             if not seq.prefilling:
                 seq.prefill_done_at = now
-                cacheable = (seq.prompt_tokens - 1) // self.params.block_size
-                self.pool.commit(seq.table, seq.hashes[len(seq.table.hashed) : cacheable])
                 if seq.generated == 0:
                     self._emit(seq, now)
                     self.observer.on_first_token(seq)

@@ -55,7 +55,7 @@ def test_precise_routers_fill_in_the_pools_event_ports_and_load() -> None:
     for spec in PRECISE_ROUTERS:
         text = epp_config_text(spec, ports, block_size=16)
         if not spec.kv_events:
-            assert text is None and spec.epp_replicas == 2  # epp-default-2x: the built-in default
+            assert text == spec.epp_config  # no placeholders: epp-default-2x has the built-in default
             continue
         producer = load_config(text).plugins["precise-prefix-cache-producer"]
         assert isinstance(producer, PrecisePrefixCacheProducer)
@@ -69,3 +69,33 @@ def test_precise_routers_fill_in_the_pools_event_ports_and_load() -> None:
         with pytest.raises(ValueError, match="needs pods that publish KV events"):
             epp_config_text(spec, None, block_size=16)
     assert router_by_name("epp-precise-2x").epp_replicas == 2
+
+
+def _weights(config_text: str | None) -> dict[str, float]:
+    loaded = load_config(config_text if config_text is not None else DEFAULT_CONFIG)
+    (profile,) = loaded.scheduler.profiles.values()
+    return {scorer.type_name: weight for scorer, weight in profile.scorers}
+
+
+def test_precise_follows_llm_d_precise_guide_and_the_controls_swap_the_weights() -> None:
+    """epp-precise: llm-d's precise guide (precise prefix 2, queue 1, KV utilisation 1); epp-default:
+    llm-d's default profile (3, 2, 2); the two controls swap them, index kept."""
+    from benchmarks.pool import KvEventPorts
+    from benchmarks.routers import epp_config_text
+
+    ports = KvEventPorts(socket_port=31000, replay_port=32000)
+    guide = {"prefix-cache-scorer": 2.0, "queue-scorer": 1.0, "kv-cache-utilization-scorer": 1.0}
+    default = {"prefix-cache-scorer": 3.0, "queue-scorer": 2.0, "kv-cache-utilization-scorer": 2.0}
+
+    def weights(name: str) -> dict[str, float]:
+        return _weights(epp_config_text(router_by_name(name), ports, block_size=16))
+
+    assert weights("epp-precise") == weights("epp-precise-2x") == guide
+    assert weights("epp-default") == weights("epp-default-2x") == default
+    assert weights("epp-default-guide-weights") == guide
+    assert weights("epp-precise-default-weights") == default
+    control = router_by_name("epp-precise-default-weights")
+    precise = load_config(epp_config_text(control, ports, block_size=16))
+    assert "precise-prefix-cache-producer" in precise.plugins
+    approx = load_config(router_by_name("epp-default-guide-weights").epp_config)
+    assert "precise-prefix-cache-producer" not in approx.plugins

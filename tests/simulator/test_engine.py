@@ -181,3 +181,24 @@ def test_a_request_larger_than_the_cache_is_refused():
 def test_parameters_are_validated():
     with pytest.raises(ValueError, match=r"max_num_seqs must be >= 1.*prefill_per_token_s must be >= 0"):
         SimParams(model="m", max_num_seqs=0, prefill_per_token_s=-1)
+
+
+async def test_a_long_prefill_caches_each_chunks_blocks_as_it_completes():
+    """vLLM caches (and announces in BlockStored) a chunk's full blocks with the step that computes
+    them, so a long prompt's first chunks are shareable, and known to a precise router, before its
+    prefill ends."""
+    async with running(PARAMS) as eng:
+        stored: list[tuple[float, int]] = []
+
+        class Recorder:
+            def blocks_stored(self, hashes) -> None:
+                stored.append((eng._clock(), len(hashes)))
+
+            def blocks_removed(self, hashes) -> None: ...
+
+        eng.pool.observer = Recorder()
+        seq = make_seq("system" * 666 + "abcd")  # 1000 tokens: chunks of 512 + 488
+        await finish(eng, seq)
+        assert [count for _, count in stored] == [32, 30]  # 512 tokens = 32 blocks, then to block 62
+        assert seq.first_token_at is not None
+        assert stored[0][0] < seq.first_token_at == stored[1][0]
