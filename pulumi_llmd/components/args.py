@@ -303,6 +303,17 @@ class SaturationDetectorSettings(TypedDict, total=False):
         "concurrency-detector: requests in flight per pod at which the pool is full (100); size it with "
         "`python -m benchmarks.capacity` (in flight at the pod's SLO knee)."
     )
+    concurrency_mode: str
+    (
+        "concurrency-detector: what it counts (`requests`): `tokens` counts uncached prompt tokens not yet "
+        "answered (the prefill queued, which requests in decode do not inflate); `hybrid` the stricter of "
+        "both."
+    )
+    max_token_concurrency: int
+    (
+        "concurrency-detector, tokens/hybrid: prompt tokens awaiting their first byte per pod at which the "
+        "pool is full (1000000)."
+    )
     headroom: float
     "Burst above the limit a single pod may take as a filter (0)."
     filter: bool

@@ -611,6 +611,18 @@ class SaturationDetectorConfig(ConfigModel):
         description="concurrency-detector: requests in flight per pod at which the pool is full (100); "
         "size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
     )
+    concurrency_mode: Literal["requests", "tokens", "hybrid"] | None = Field(
+        default=None,
+        description="concurrency-detector: what it counts (`requests`): `tokens` counts uncached prompt "
+        "tokens not yet answered (the prefill queued, which requests in decode do not inflate); "
+        "`hybrid` the stricter of both.",
+    )
+    max_token_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="concurrency-detector, tokens/hybrid: prompt tokens awaiting their first byte per "
+        "pod at which the pool is full (1000000).",
+    )
     headroom: float | None = Field(
         default=None, ge=0, description="Burst above the limit a single pod may take as a filter (0)."
     )
@@ -626,10 +638,13 @@ class SaturationDetectorConfig(ConfigModel):
             "queueDepthThreshold": self.queue_depth_threshold,
             "kvCacheUtilThreshold": self.kv_cache_util_threshold,
         }
-        if self.type == "concurrency-detector":
-            wrong = [key for key, value in utilization_only.items() if value is not None]
-        else:
-            wrong = ["maxConcurrency"] if self.max_concurrency is not None else []
+        concurrency_only = {
+            "maxConcurrency": self.max_concurrency,
+            "concurrencyMode": self.concurrency_mode,
+            "maxTokenConcurrency": self.max_token_concurrency,
+        }
+        wrong_for_type = utilization_only if self.type == "concurrency-detector" else concurrency_only
+        wrong = [key for key, value in wrong_for_type.items() if value is not None]
         if wrong:
             raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
         return self
@@ -640,6 +655,8 @@ class SaturationDetectorConfig(ConfigModel):
             "queueDepthThreshold": self.queue_depth_threshold,
             "kvCacheUtilThreshold": self.kv_cache_util_threshold,
             "maxConcurrency": self.max_concurrency,
+            "concurrencyMode": self.concurrency_mode,
+            "maxTokenConcurrency": self.max_token_concurrency,
             "headroom": self.headroom,
         }
         return {key: value for key, value in values.items() if value is not None}
