@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 from epp.datastore import Endpoint
 
@@ -30,17 +30,6 @@ class SchedulingRequest:
     # Per-request scratch space shared by plugins (e.g. the prefix producer's block hashes and
     # per-endpoint match lengths), keyed by the producing plugin's name.
     state: dict[str, Any] = field(default_factory=dict)
-
-
-@runtime_checkable
-class CachedPrefix(Protocol):
-    """What a prefix-match producer leaves in ``SchedulingRequest.state`` (llm-d's
-    PrefixCacheMatchInfo): the director reads it to charge an endpoint only the prompt tokens
-    it does not hold yet, as llm-d's inflight-load-producer discounts the cached prefix."""
-
-    prompt_tokens: int
-
-    def cached_tokens(self, hostport: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
