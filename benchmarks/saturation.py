@@ -149,7 +149,8 @@ def tuned_config(settings: Settings) -> str:
 class Settings:
     pods: int = 4
     capacity_rps: float = 20.0  # the pool's knee (TTFT p90 within the SLO), measured
-    multiples: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    # finer around the knee (1x), where throughput at the SLO is decided
+    multiples: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
     duration_s: float = 20.0
     ttft_slo_s: float = 1.0
     # The dispatch gate (gate_detector): "utilization" or "concurrency".
