@@ -646,13 +646,17 @@ NOTES = (
     "control the excess waits at most the TTL and is then shed with a 429; what is served keeps its "
     "latency. Under one flow's overload, FCFS means every served request waited about the TTL, which "
     "is why the tuned TTL is short.",
-    "`epp-fc-defaults` is flow control switched on with llm-d's defaults: its utilization detector only "
-    "closes the gate when the pods' own queues fill (`vllm:num_requests_waiting` >= 5 on average), and "
-    "the simulator, like vLLM, queues only once its batch limit (64 here) or KV cache is full, long "
-    "after TTFT has left the SLO; from then on the gate follows 50 ms-old scrapes, so it opens and "
-    "closes late and the pods alternate between starved and overfull. That is why the stacks ship "
-    "with flow control off and docs/flow-control.md describes the tuning `epp-flow-control` uses: "
-    "the concurrency detector at the pods' in-flight knee.",
+    "`epp-fc-defaults` is flow control switched on with llm-d's defaults: its utilization detector "
+    "closes the gate at 5 requests per pod waiting for their first byte (the scraped queue, or the "
+    "EPP's own count of unanswered dispatches when larger), too late for a 1 s SLO, and then lets "
+    "requests wait up to 60 s. `epp-flow-control` is the tuning docs/flow-control.md describes: the "
+    "same detector at this pool's first-token queue at the SLO (4 per pod) and a 300 ms TTL. A gate "
+    "on requests in flight does not work here: a request spends seconds in decode (decode steps share "
+    "the engine with prefill chunks), so ~16 per pod are in flight at 1x capacity; at 4 per pod it "
+    "closed far below capacity.",
+    "The EPP without flow control used to trail round-robin on unique prompts even at 1x: its load "
+    "scorers read metrics up to 50 ms old, so a burst herded onto the pod that looked emptiest. Its "
+    "queue now counts its own unanswered dispatches (docs/flow-control.md).",
     "Everything shares 2 cores: the EPP's CPU per request (mostly gRPC, see the routing section) rises "
     "with the offered rate, shed requests included, and a loaded machine delays the EPP's dispatches "
     "and scrapes; compare rows of one run, and re-run on a quiet machine before quoting absolute figures.",

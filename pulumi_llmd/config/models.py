@@ -600,7 +600,8 @@ class SaturationDetectorConfig(ConfigModel):
     queue_depth_threshold: int | None = Field(
         default=None,
         ge=1,
-        description="utilization-detector: waiting requests per pod that count as full (5).",
+        description="utilization-detector: requests per pod waiting for their first token that count as "
+        "full (5): the scraped queue, or the EPP's own unanswered dispatches when larger.",
     )
     kv_cache_util_threshold: float | None = Field(
         default=None, gt=0, le=1, description="utilization-detector: KV-cache use that counts as full (0.8)."
@@ -608,8 +609,8 @@ class SaturationDetectorConfig(ConfigModel):
     max_concurrency: int | None = Field(
         default=None,
         ge=1,
-        description="concurrency-detector: requests in flight per pod at which the pool is full (100); "
-        "size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
+        description="concurrency-detector: requests in flight per pod (decode included) at which the "
+        "pool is full (100); size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
     )
     concurrency_mode: Literal["requests", "tokens", "hybrid"] | None = Field(
         default=None,
@@ -720,8 +721,10 @@ class EppFlowControlConfig(ConfigModel):
     enabled: bool = Field(
         default=False,
         description="Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: "
-        "the gate that protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, "
-        "measured with `python -m benchmarks.capacity`); docs/flow-control.md.",
+        "the gate that protects a TTFT SLO needs this pool's number "
+        "(`saturationDetector.queueDepthThreshold` or a concurrency-detector limit, measured with "
+        "`python -m benchmarks.saturation`); "
+        "docs/flow-control.md.",
     )
     # llm-d spells these keys with "TTL"; the Python names keep its capitals because the package
     # schema's key is the field name camel-cased (pulumi's analyzer), and it must equal the stack key.
