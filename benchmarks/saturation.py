@@ -156,8 +156,9 @@ class Settings:
     # The dispatch gate (gate_detector): "utilization" or "concurrency".
     gate: str = "utilization"
     # utilization: requests per pod waiting for their first byte, on average, at which the pool is
-    # full. 4 unique 800-token prompts are ~0.7 s of prefill at the pool's 200 us/token.
-    queue_depth: int = 4
+    # full. 3 unique 800-token prompts are ~0.5 s of prefill at the pool's 200 us/token, which
+    # leaves the TTL inside the SLO (measured: at 4, served TTFT p90 was 1.03-1.07 s past 1x).
+    queue_depth: int = 3
     # concurrency: prefill tokens not yet answered per pod (3 unique prompts) ...
     max_token_concurrency: int = 2400
     # ... and requests in flight per pod (decode included), the backstop for cached prompts. On
@@ -650,7 +651,7 @@ NOTES = (
     "closes the gate at 5 requests per pod waiting for their first byte (the scraped queue, or the "
     "EPP's own count of unanswered dispatches when larger), too late for a 1 s SLO, and then lets "
     "requests wait up to 60 s. `epp-flow-control` is the tuning docs/flow-control.md describes: the "
-    "same detector at this pool's first-token queue at the SLO (4 per pod) and a 300 ms TTL. A gate "
+    "same detector at this pool's first-token queue at the SLO (3 per pod) and a 300 ms TTL. A gate "
     "on requests in flight does not work here: a request spends seconds in decode (decode steps share "
     "the engine with prefill chunks), so ~16 per pod are in flight at 1x capacity; at 4 per pod it "
     "closed far below capacity.",
