@@ -94,14 +94,41 @@ def fc_defaults_config() -> str:
     )
 
 
-def tuned_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
-    """Flow control tuned to the pool the way an operator would after measuring it: the
-    concurrency detector with the per-pod in-flight count at the capacity knee, as the dispatch
-    gate and as a per-pod filter (headroom 0.25); a queue TTL that leaves room in the TTFT SLO for
-    the service time; and priority holdback, so that lower bands stop short of the gate (sheddable
-    at 75% of it) and a critical request finds a free slot instead of waiting for a completion."""
+def gate_detector(settings: Settings) -> tuple[dict[str, Any], bool]:
+    """The tuned config's dispatch gate: (detector plugin, also a scheduling filter?).
+
+    ``utilization``: llm-d's utilization detector, whose queue term now counts the EPP's own
+    unanswered dispatches (a queue that a scrape has not seen yet), at ``queue_depth`` requests
+    waiting for their first byte per pod on average; its staleness bound is raised to 1 s so a
+    late scrape on a loaded machine does not close the gate (it still fails closed past that).
+    ``concurrency``: the concurrency detector in ``hybrid`` mode as gate and per-pod filter
+    (headroom 0.25): prefill tokens not yet answered per pod, and requests in flight per pod as a
+    backstop for cheap (cached) prompts."""
+    if settings.gate == "utilization":
+        parameters: dict[str, Any] = {
+            "queueDepthThreshold": settings.queue_depth,
+            "metricsStalenessThreshold": "1s",
+        }
+        return {"type": "utilization-detector", "parameters": parameters}, False
+    parameters = {
+        "concurrencyMode": "hybrid",
+        "maxConcurrency": settings.max_concurrency,
+        "maxTokenConcurrency": settings.max_token_concurrency,
+        "headroom": 0.25,
+    }
+    return {"type": "concurrency-detector", "parameters": parameters}, True
+
+
+def tuned_config(settings: Settings) -> str:
+    """Flow control tuned to the pool the way an operator would after measuring it: a gate that
+    closes where the pods' queue for the first token would outgrow the TTFT SLO
+    (:func:`gate_detector`), a queue TTL that leaves room in the SLO for the service time, and
+    priority holdback, so that lower bands stop short of the gate (sheddable at 75% of it) and a
+    critical request finds a free slot instead of waiting for a completion."""
+    detector, detector_filter = gate_detector(settings)
+    ttl, sheddable_queue = settings.ttl, settings.sheddable_queue
     text = _with_flow_control(
-        {"type": "concurrency-detector", "parameters": {"maxConcurrency": max_concurrency, "headroom": 0.25}},
+        detector,
         {
             "defaultRequestTTL": ttl,
             "defaultPriorityBand": {"fairnessPolicyRef": "round-robin-fairness-policy"},
@@ -111,7 +138,7 @@ def tuned_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
             },
             "usageLimitPolicyPluginRef": "priority-holdback-policy",
         },
-        detector_filter=True,
+        detector_filter=detector_filter,
     )
     document = yaml.safe_load(text)
     document["plugins"].append({"type": "priority-holdback-policy", "parameters": {"minCeiling": 0.75}})
@@ -122,18 +149,41 @@ def tuned_config(max_concurrency: int, ttl: str, sheddable_queue: int) -> str:
 class Settings:
     pods: int = 4
     capacity_rps: float = 20.0  # the pool's knee (TTFT p90 within the SLO), measured
-    multiples: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    # finer around the knee (1x), where throughput at the SLO is decided
+    multiples: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
     duration_s: float = 20.0
     ttft_slo_s: float = 1.0
-    # Per pod: round-robin carried ~4 per pod at 0.8x capacity with TTFT p90 ~300 ms (the sweep's
-    # own round-robin rows); a higher limit buys throughput with service TTFT.
-    max_concurrency: int = 4
-    # Queue-wait budget: the SLO minus the service TTFT p90 at that concurrency, and long enough for
-    # a quiet tenant or a critical request to wait its turn behind a few completions.
-    ttl: str = "400ms"
+    # The dispatch gate (gate_detector): "utilization" or "concurrency".
+    gate: str = "utilization"
+    # utilization: requests per pod waiting for their first byte, on average, at which the pool is
+    # full. 3 unique 800-token prompts are ~0.5 s of prefill at the pool's 200 us/token, which
+    # leaves the TTL inside the SLO (measured: at 4, served TTFT p90 was 1.03-1.07 s past 1x).
+    queue_depth: int = 3
+    # concurrency: prefill tokens not yet answered per pod (3 unique prompts) ...
+    max_token_concurrency: int = 2400
+    # ... and requests in flight per pod (decode included), the backstop for cached prompts. On
+    # unique prompts a pod carries ~16 at 1x capacity (decode steps share the engine with
+    # prefill chunks, so a request spends seconds in decode); the request-only gate at 4 closed
+    # far below capacity and shed 0.13x of the load at 1x.
+    max_concurrency: int = 24
+    # Queue-wait budget: the SLO minus the service TTFT p90 at the gate, and long enough for a
+    # quiet tenant or a critical request to wait its turn behind a few first tokens.
+    ttl: str = "300ms"
     sheddable_queue: int = 8
     timing: SimTiming = field(default_factory=SimTiming)
     seed: int = 1
+
+
+def gate_text(settings: Settings) -> str:
+    if settings.gate == "utilization":
+        return (
+            f"utilization-detector gate (queueDepthThreshold {settings.queue_depth}: requests not yet "
+            "answered per pod, the EPP's own count or the scraped queue; staleness 1 s)"
+        )
+    return (
+        f"concurrency-detector hybrid (maxTokenConcurrency {settings.max_token_concurrency} prefill "
+        f"tokens/pod, maxConcurrency {settings.max_concurrency}/pod, headroom 0.25) as gate and filter"
+    )
 
 
 def routers(settings: Settings) -> list[RouterSpec]:
@@ -166,11 +216,10 @@ def routers(settings: Settings) -> list[RouterSpec]:
         RouterSpec(
             "epp-flow-control",
             Kind.EPP,
-            f"Envoy + EPP, the stacks' profile + flow control tuned to this pool: concurrency-detector "
-            f"(maxConcurrency {settings.max_concurrency}/pod, headroom 0.25) as gate and filter, "
+            f"Envoy + EPP, the stacks' profile + flow control tuned to this pool: {gate_text(settings)}, "
             f"TTL {settings.ttl}, round-robin fairness, priority holdback (lowest band at 0.75 of the "
             f"gate), sheddable queue {settings.sheddable_queue}",
-            epp_config=tuned_config(settings.max_concurrency, settings.ttl, settings.sheddable_queue),
+            epp_config=tuned_config(settings),
             epp_objectives=OBJECTIVES,
         ),
         RouterSpec("sglang-cache-aware", Kind.SGLANG, "`sglang-router launch --policy cache_aware` (0.3.2)"),
@@ -598,13 +647,17 @@ NOTES = (
     "control the excess waits at most the TTL and is then shed with a 429; what is served keeps its "
     "latency. Under one flow's overload, FCFS means every served request waited about the TTL, which "
     "is why the tuned TTL is short.",
-    "`epp-fc-defaults` is flow control switched on with llm-d's defaults: its utilization detector only "
-    "closes the gate when the pods' own queues fill (`vllm:num_requests_waiting` >= 5 on average), and "
-    "the simulator, like vLLM, queues only once its batch limit (64 here) or KV cache is full, long "
-    "after TTFT has left the SLO; from then on the gate follows 50 ms-old scrapes, so it opens and "
-    "closes late and the pods alternate between starved and overfull. That is why the stacks ship "
-    "with flow control off and docs/flow-control.md describes the tuning `epp-flow-control` uses: "
-    "the concurrency detector at the pods' in-flight knee.",
+    "`epp-fc-defaults` is flow control switched on with llm-d's defaults: its utilization detector "
+    "closes the gate at 5 requests per pod waiting for their first byte (the scraped queue, or the "
+    "EPP's own count of unanswered dispatches when larger), too late for a 1 s SLO, and then lets "
+    "requests wait up to 60 s. `epp-flow-control` is the tuning docs/flow-control.md describes: the "
+    "same detector at this pool's first-token queue at the SLO (3 per pod) and a 300 ms TTL. A gate "
+    "on requests in flight does not work here: a request spends seconds in decode (decode steps share "
+    "the engine with prefill chunks), so ~16 per pod are in flight at 1x capacity; at 4 per pod it "
+    "closed far below capacity.",
+    "The EPP without flow control used to trail round-robin on unique prompts even at 1x: its load "
+    "scorers read metrics up to 50 ms old, so a burst herded onto the pod that looked emptiest. Its "
+    "queue now counts its own unanswered dispatches (docs/flow-control.md).",
     "Everything shares 2 cores: the EPP's CPU per request (mostly gRPC, see the routing section) rises "
     "with the offered rate, shed requests included, and a loaded machine delays the EPP's dispatches "
     "and scrapes; compare rows of one run, and re-run on a quiet machine before quoting absolute figures.",
@@ -734,7 +787,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--multiples", default=",".join(f"{m:g}" for m in defaults.multiples))
     parser.add_argument("--duration", type=float, default=defaults.duration_s)
     parser.add_argument("--ttft-slo-ms", type=float, default=defaults.ttft_slo_s * 1000)
+    parser.add_argument("--gate", choices=("utilization", "concurrency"), default=defaults.gate)
+    parser.add_argument("--queue-depth", type=int, default=defaults.queue_depth)
     parser.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
+    parser.add_argument("--max-token-concurrency", type=int, default=defaults.max_token_concurrency)
     parser.add_argument("--ttl", default=defaults.ttl)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run; JSON under build/ only")
     parser.add_argument("--no-markdown", action="store_true")
@@ -755,7 +811,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         multiples=tuple(float(m) for m in args.multiples.split(",")),
         duration_s=args.duration,
         ttft_slo_s=args.ttft_slo_ms / 1000,
+        gate=args.gate,
+        queue_depth=args.queue_depth,
         max_concurrency=args.max_concurrency,
+        max_token_concurrency=args.max_token_concurrency,
         ttl=args.ttl,
     )
     if args.quick:
@@ -788,7 +847,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "multiples",
                 "duration_s",
                 "ttft_slo_s",
+                "gate",
+                "queue_depth",
                 "max_concurrency",
+                "max_token_concurrency",
                 "ttl",
                 "sheddable_queue",
                 "seed",

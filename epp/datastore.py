@@ -64,6 +64,8 @@ class Endpoint:
         "metrics",
         "metrics_port",
         "name",
+        "pending",
+        "pending_tokens",
         "port",
         "routed",
         "scrape_error",
@@ -80,6 +82,12 @@ class Endpoint:
         self.metrics = EndpointMetrics()
         self.in_flight = 0  # requests this EPP sent here that have not completed
         self.routed = 0  # requests this EPP ever sent here (the scraper's "anything new?" check)
+        # Of those, the ones that have not yet answered a byte (still queued or in prefill), and
+        # their estimated uncached prompt tokens: llm-d's inflight-load-producer releases the
+        # tokens at StartOfStream (dataproducer/inflightload/README.md). Current to the request,
+        # unlike the scraped queue, which is up to a scrape interval old.
+        self.pending = 0
+        self.pending_tokens = 0
         self.scrape_failures = 0  # consecutive failed scrapes; 0 after a success
         self.scrape_error: str | None = None
 
@@ -87,6 +95,16 @@ class Endpoint:
         self.name = spec.name
         self.metrics_port = spec.metrics_port
         self.labels = dict(spec.labels)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests queued here as best known now: the scraped waiting queue, or this EPP's own
+        dispatched-but-unanswered count when that is larger (a burst routed since the last scrape
+        is not in the scrape yet). Load scorers and detectors read this, so a burst between two
+        scrapes spreads instead of herding onto the endpoint that looked emptiest 50 ms ago."""
+        waiting = self.metrics.waiting
+        pending = self.pending
+        return pending if pending > waiting else waiting
 
     def metrics_fresh(self, now: float, staleness: float) -> bool:
         return self.scrape_failures == 0 and now - self.metrics.updated_at <= staleness

@@ -14,7 +14,8 @@ from epp.scheduling.registry import register
 
 @register("utilization-detector")
 class UtilizationDetector(SaturationDetector):
-    """Endpoint saturation = max(waiting / queueDepthThreshold, kv / kvCacheUtilThreshold); an
+    """Endpoint saturation = max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold) (queue:
+    :attr:`Endpoint.queue_depth`, the scraped waiting queue or the EPP's own count if larger); an
     endpoint whose metrics are older than ``metricsStalenessThreshold`` (or whose last scrape
     failed) counts as fully saturated (fail-closed). Pool saturation is the mean over endpoints;
     the pool is saturated at >= 1 + ``headroom``."""
@@ -39,8 +40,9 @@ class UtilizationDetector(SaturationDetector):
     def endpoint_saturation(self, endpoint: Endpoint, now: float) -> float:
         if not endpoint.metrics_fresh(now, self.staleness):
             return 1.0
-        metrics = endpoint.metrics
-        return max(metrics.waiting / self.queue_depth, metrics.kv_usage / self.kv_util)
+        # queue_depth: the scraped queue, or this EPP's own unanswered dispatches when larger, so
+        # the gate closes on a burst before the next scrape shows it.
+        return max(endpoint.queue_depth / self.queue_depth, endpoint.metrics.kv_usage / self.kv_util)
 
     def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         if not endpoints:
@@ -54,43 +56,66 @@ class UtilizationDetector(SaturationDetector):
 @register("concurrency-detector")
 class ConcurrencyDetector(SaturationDetector, Filter):
     """Saturation from the EPP's own in-flight counts, current to the request (scraped metrics lag
-    by up to a refresh interval): pool saturation = requests in flight / (endpoints x
-    ``maxConcurrency``). As a filter it drops endpoints at ``maxConcurrency x (1 + headroom)``
-    in-flight requests (no fail-open, as in llm-d). Only ``concurrencyMode: requests`` is
-    implemented; the token modes are a start-up error rather than a silent substitute."""
+    by up to a refresh interval). ``concurrencyMode``:
+
+    * ``requests``: pool saturation = requests in flight / (endpoints x ``maxConcurrency``);
+    * ``tokens``: uncached prompt tokens not yet answered / (endpoints x ``maxTokenConcurrency``),
+      i.e. the prefill work queued in the pool (llm-d's inflight-load-producer releases prompt
+      tokens at the first response byte), which decode-phase requests do not inflate;
+    * ``hybrid``: the larger of the two.
+
+    As a filter it drops endpoints at ``limit x (1 + headroom)`` in either counted dimension (no
+    fail-open, as in llm-d; pkg/epp/framework/plugins/flowcontrol/saturationdetector/concurrency)."""
 
     reads_in_flight = True
 
-    def __init__(self, name: str, max_concurrency: int, headroom: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_concurrency: int,
+        headroom: float,
+        mode: str = "requests",
+        max_tokens: int = 1_000_000,
+    ) -> None:
         super().__init__(name)
         self.max_concurrency = max_concurrency
+        self.max_tokens = max_tokens
         self.headroom = headroom
+        self.mode = mode
+        self.count_requests = mode in ("requests", "hybrid")
+        self.count_tokens = mode in ("tokens", "hybrid")
         self.limit = max_concurrency * (1.0 + headroom)
+        self.token_limit = max_tokens * (1.0 + headroom)
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
-        mode = params.string("concurrencyMode", "requests", choices=("requests", "tokens", "hybrid"))
-        if mode != "requests":
-            raise params.error(
-                "concurrencyMode",
-                f"{mode!r} is not supported (this EPP counts requests in flight, not tokens)",
-            )
-        params.integer("maxTokenConcurrency", 1_000_000, minimum=1)
         params.string("inFlightLoadProducerName", "inflight-load-producer")
         return cls(
             name,
             max_concurrency=params.integer("maxConcurrency", 100, minimum=1),
             headroom=params.number("headroom", 0.0, minimum=0.0),
+            mode=params.string("concurrencyMode", "requests", choices=("requests", "tokens", "hybrid")),
+            max_tokens=params.integer("maxTokenConcurrency", 1_000_000, minimum=1),
         )
 
     def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         if not endpoints:
             return 1.0
-        return sum(e.in_flight for e in endpoints) / (len(endpoints) * self.max_concurrency)
+        saturation = 0.0
+        if self.count_requests:
+            saturation = sum(e.in_flight for e in endpoints) / (len(endpoints) * self.max_concurrency)
+        if self.count_tokens:
+            tokens = sum(e.pending_tokens for e in endpoints) / (len(endpoints) * self.max_tokens)
+            saturation = max(saturation, tokens)
+        return saturation
 
     def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         return self.pool_saturation(endpoints, now) >= 1.0
 
     def filter(self, request: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
-        limit = self.limit
-        return [e for e in endpoints if e.in_flight < limit]
+        limit, token_limit = self.limit, self.token_limit
+        if not self.count_tokens:
+            return [e for e in endpoints if e.in_flight < limit]
+        if not self.count_requests:
+            return [e for e in endpoints if e.pending_tokens < token_limit]
+        return [e for e in endpoints if e.in_flight < limit and e.pending_tokens < token_limit]

@@ -28,10 +28,13 @@ class _Stateless(Scorer):
 
 @register("queue-scorer")
 class QueueScorer(_Stateless):
-    """Shorter model-server waiting queue scores higher (min-max over the candidates)."""
+    """Shorter queue scores higher (min-max over the candidates). The queue is the scraped
+    ``vllm:num_requests_waiting`` or, when larger, the requests this EPP sent there that have not
+    answered a byte yet (:attr:`Endpoint.queue_depth`): a burst between two scrapes would otherwise
+    see every queue as it was up to a scrape interval ago and herd onto one endpoint."""
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
-        return _min_max_inverted([endpoint.metrics.waiting for endpoint in endpoints])
+        return _min_max_inverted([endpoint.queue_depth for endpoint in endpoints])
 
 
 @register("running-requests-size-scorer")
@@ -133,3 +136,30 @@ class ActiveRequestScorer(Scorer):
         busiest = max(counts)
         idle, scale = self.idle_threshold, self.max_busy_score
         return [1.0 if n <= idle else (busiest - n) / busiest * scale for n in counts]
+
+
+@register("token-load-scorer")
+class TokenLoadScorer(Scorer):
+    """llm-d's token-load scorer: ``1 - min(1, tokens / queueThresholdTokens)`` over the uncached
+    prompt tokens this EPP sent to the endpoint that have not answered a byte yet (released at the
+    first response byte, as llm-d's inflight-load-producer does without output estimates). That is
+    the prefill work queued there, current to the request. ``nonTextTokenWeight`` is accepted and
+    validated; this EPP counts no multimodal tokens, so it weighs nothing."""
+
+    def __init__(self, name: str, threshold: int) -> None:
+        super().__init__(name)
+        self.threshold = threshold
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Params) -> Self:
+        params.number("nonTextTokenWeight", 1.0)
+        # llm-d's default, 4 Mi tokens (128 requests of 32K tokens): on small prompts every
+        # endpoint then scores ~1.0; set it near the pool's prefill knee.
+        return cls(name, params.integer("queueThresholdTokens", 4_194_304, minimum=1))
+
+    def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        threshold = self.threshold
+        return [
+            1.0 - endpoint.pending_tokens / threshold if endpoint.pending_tokens < threshold else 0.0
+            for endpoint in endpoints
+        ]

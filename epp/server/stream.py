@@ -131,6 +131,11 @@ class ExtProcStream:
         request_ids: ActiveRequestIds | None = None,
     ) -> None:
         self._director = director
+        # Optional (see epp.types.Director): the scheduling director counts a request as
+        # pending until its first response byte; test and benchmark directors need not care.
+        self._on_started: Callable[[InferenceRequest], None] | None = getattr(
+            director, "handle_response_started", None
+        )
         self._settings = settings
         self._metrics = metrics
         self._budget = budget if budget is not None else BufferBudget(settings.max_buffered_request_bytes)
@@ -369,6 +374,11 @@ class ExtProcStream:
             self._resp.started = True
             if self._req.scheduled is not None:  # not for local replies or unrouted requests
                 self._metrics.ttft.observe(time.monotonic() - self._req.received_at)
+                if self._on_started is not None:
+                    try:
+                        self._on_started(self._req.scheduled)
+                    except Exception:
+                        log.exception("director.handle_response_started failed for %s", self._req.request_id)
         self._resp.size += len(chunk)
         answers: Iterable[ext_proc.ProcessingResponse]
         if self._resp.mode is BodyMode.BUFFERED:

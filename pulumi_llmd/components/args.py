@@ -295,13 +295,27 @@ class SaturationDetectorSettings(TypedDict, total=False):
         "`utilization-detector`."
     )
     queue_depth_threshold: int
-    "utilization-detector: waiting requests per pod that count as full (5)."
+    (
+        "utilization-detector: requests per pod waiting for their first token that count as full (5): the "
+        "scraped queue, or the EPP's own unanswered dispatches when larger."
+    )
     kv_cache_util_threshold: float
     "utilization-detector: KV-cache use that counts as full (0.8)."
     max_concurrency: int
     (
-        "concurrency-detector: requests in flight per pod at which the pool is full (100); size it with "
-        "`python -m benchmarks.capacity` (in flight at the pod's SLO knee)."
+        "concurrency-detector: requests in flight per pod (decode included) at which the pool is full (100); "
+        "size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee)."
+    )
+    concurrency_mode: str
+    (
+        "concurrency-detector: what it counts (`requests`): `tokens` counts uncached prompt tokens not yet "
+        "answered (the prefill queued, which requests in decode do not inflate); `hybrid` the stricter of "
+        "both."
+    )
+    max_token_concurrency: int
+    (
+        "concurrency-detector, tokens/hybrid: prompt tokens awaiting their first byte per pod at which the "
+        "pool is full (1000000)."
     )
     headroom: float
     "Burst above the limit a single pod may take as a filter (0)."
@@ -336,8 +350,9 @@ class EppFlowControlSettings(TypedDict, total=False):
     enabled: bool
     (
         "Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: the gate that "
-        "protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, measured with "
-        "`python -m benchmarks.capacity`); docs/flow-control.md. Default: `false`."
+        "protects a TTFT SLO needs this pool's number (`saturationDetector.queueDepthThreshold` or a "
+        "concurrency-detector limit, measured with `python -m benchmarks.saturation`); docs/flow-control.md. "
+        "Default: `false`."
     )
     default_request_TTL: str
     (

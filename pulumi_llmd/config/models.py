@@ -600,7 +600,8 @@ class SaturationDetectorConfig(ConfigModel):
     queue_depth_threshold: int | None = Field(
         default=None,
         ge=1,
-        description="utilization-detector: waiting requests per pod that count as full (5).",
+        description="utilization-detector: requests per pod waiting for their first token that count as "
+        "full (5): the scraped queue, or the EPP's own unanswered dispatches when larger.",
     )
     kv_cache_util_threshold: float | None = Field(
         default=None, gt=0, le=1, description="utilization-detector: KV-cache use that counts as full (0.8)."
@@ -608,8 +609,20 @@ class SaturationDetectorConfig(ConfigModel):
     max_concurrency: int | None = Field(
         default=None,
         ge=1,
-        description="concurrency-detector: requests in flight per pod at which the pool is full (100); "
-        "size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
+        description="concurrency-detector: requests in flight per pod (decode included) at which the "
+        "pool is full (100); size it with `python -m benchmarks.capacity` (in flight at the pod's SLO knee).",
+    )
+    concurrency_mode: Literal["requests", "tokens", "hybrid"] | None = Field(
+        default=None,
+        description="concurrency-detector: what it counts (`requests`): `tokens` counts uncached prompt "
+        "tokens not yet answered (the prefill queued, which requests in decode do not inflate); "
+        "`hybrid` the stricter of both.",
+    )
+    max_token_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="concurrency-detector, tokens/hybrid: prompt tokens awaiting their first byte per "
+        "pod at which the pool is full (1000000).",
     )
     headroom: float | None = Field(
         default=None, ge=0, description="Burst above the limit a single pod may take as a filter (0)."
@@ -626,10 +639,13 @@ class SaturationDetectorConfig(ConfigModel):
             "queueDepthThreshold": self.queue_depth_threshold,
             "kvCacheUtilThreshold": self.kv_cache_util_threshold,
         }
-        if self.type == "concurrency-detector":
-            wrong = [key for key, value in utilization_only.items() if value is not None]
-        else:
-            wrong = ["maxConcurrency"] if self.max_concurrency is not None else []
+        concurrency_only = {
+            "maxConcurrency": self.max_concurrency,
+            "concurrencyMode": self.concurrency_mode,
+            "maxTokenConcurrency": self.max_token_concurrency,
+        }
+        wrong_for_type = utilization_only if self.type == "concurrency-detector" else concurrency_only
+        wrong = [key for key, value in wrong_for_type.items() if value is not None]
         if wrong:
             raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
         return self
@@ -640,6 +656,8 @@ class SaturationDetectorConfig(ConfigModel):
             "queueDepthThreshold": self.queue_depth_threshold,
             "kvCacheUtilThreshold": self.kv_cache_util_threshold,
             "maxConcurrency": self.max_concurrency,
+            "concurrencyMode": self.concurrency_mode,
+            "maxTokenConcurrency": self.max_token_concurrency,
             "headroom": self.headroom,
         }
         return {key: value for key, value in values.items() if value is not None}
@@ -703,8 +721,10 @@ class EppFlowControlConfig(ConfigModel):
     enabled: bool = Field(
         default=False,
         description="Render `featureGates: [flowControl]` and the section. Off by default, as in llm-d: "
-        "the gate that protects a TTFT SLO needs this pool's number (`saturationDetector.maxConcurrency`, "
-        "measured with `python -m benchmarks.capacity`); docs/flow-control.md.",
+        "the gate that protects a TTFT SLO needs this pool's number "
+        "(`saturationDetector.queueDepthThreshold` or a concurrency-detector limit, measured with "
+        "`python -m benchmarks.saturation`); "
+        "docs/flow-control.md.",
     )
     # llm-d spells these keys with "TTL"; the Python names keep its capitals because the package
     # schema's key is the field name camel-cased (pulumi's analyzer), and it must equal the stack key.

@@ -156,11 +156,12 @@ def test_the_measured_stack_configs_are_what_the_stacks_render() -> None:
 
 
 def test_both_flow_control_configs_load_cleanly() -> None:
-    for text in (fc_defaults_config(), tuned_config(4, "400ms", 8)):
+    for text in (fc_defaults_config(), tuned_config(Settings()), tuned_config(Settings(gate="concurrency"))):
         config = load_config(text)
         assert config.flow_control is not None and config.warnings == []
-    tuned = load_config(tuned_config(4, "400ms", 8))
-    assert tuned.flow_control is not None and tuned.flow_control.default_request_ttl == 0.4
+    tuned = load_config(tuned_config(Settings()))
+    assert tuned.flow_control is not None and tuned.flow_control.default_request_ttl == 0.3
+    assert tuned.flow_control.detector.type_name == "utilization-detector"
 
 
 def test_capacity_knee_is_the_best_point_within_the_slo() -> None:

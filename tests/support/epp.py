@@ -32,6 +32,8 @@ def endpoint(
     running: int = 0,
     kv: float = 0.0,
     in_flight: int = 0,
+    pending: int = 0,
+    pending_tokens: int = 0,
     fresh: bool = True,
     running_loras: frozenset[str] = frozenset(),
     waiting_loras: frozenset[str] = frozenset(),
@@ -49,6 +51,8 @@ def endpoint(
         updated_at=time.monotonic() if fresh else 0.0,
     )
     ep.in_flight = in_flight
+    ep.pending = pending
+    ep.pending_tokens = pending_tokens
     return ep
 
 

@@ -25,6 +25,7 @@ class ScriptedDirector:
     requests: list[InferenceRequest] = field(default_factory=list)
     response_headers: list[tuple[str, str | None, int]] = field(default_factory=list)
     completions: list[tuple[str, Usage | None, bool]] = field(default_factory=list)
+    starts: list[str] = field(default_factory=list)  # handle_response_started, by request id
     called: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ready(self) -> bool:
@@ -41,6 +42,9 @@ class ScriptedDirector:
 
     def handle_response_headers(self, request: InferenceRequest, served: str | None, status: int) -> None:
         self.response_headers.append((request.request_id, served, status))
+
+    def handle_response_started(self, request: InferenceRequest) -> None:
+        self.starts.append(request.request_id)
 
     def handle_response_complete(self, request: InferenceRequest, usage: Usage | None, failed: bool) -> None:
         self.completions.append((request.request_id, usage, failed))

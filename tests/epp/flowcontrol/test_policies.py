@@ -97,7 +97,8 @@ def test_static_usage_limit_is_one_threshold_for_all() -> None:
             "'domain' must be one of rank, value",
         ),
         ("fcfs-ordering-policy", {"typo": 1}, "unknown parameter(s) 'typo'"),
-        ("concurrency-detector", {"concurrencyMode": "tokens"}, "'tokens' is not supported"),
+        ("concurrency-detector", {"concurrencyMode": "bytes"}, "'concurrencyMode' must be one of"),
+        ("concurrency-detector", {"maxTokenConcurrency": 0}, "'maxTokenConcurrency' must be >= 1"),
         ("concurrency-detector", {"maxConcurrency": 0}, "'maxConcurrency' must be >= 1"),
     ],
 )

@@ -117,6 +117,55 @@ def test_queue_scorer_min_max() -> None:
     assert _score("queue-scorer", [endpoint("a", waiting=3), endpoint("b", waiting=3)]) == [1.0, 1.0]
 
 
+def test_queue_scorer_counts_dispatches_the_scrape_has_not_seen() -> None:
+    # "a" looked empty at the last scrape but this EPP has since sent it 4 requests that have not
+    # answered: its queue is the larger of the two, so a burst does not herd onto it.
+    pool = [
+        endpoint("a", waiting=0, pending=4),
+        endpoint("b", waiting=2),
+        endpoint("c", waiting=1, pending=0),
+    ]
+    assert _score("queue-scorer", pool) == pytest.approx([0.0, 2 / 3, 1.0])
+    # the scrape wins where it is larger (traffic from elsewhere, or requests it already queued)
+    assert _score("queue-scorer", [endpoint("a", waiting=6, pending=1), endpoint("b", pending=3)]) == [
+        0.0,
+        1.0,
+    ]
+
+
+def test_token_load_scorer_reads_unanswered_prompt_tokens() -> None:
+    pool = [
+        endpoint("idle"),
+        endpoint("quarter", pending_tokens=1000),
+        endpoint("full", pending_tokens=4000),
+        endpoint("over", pending_tokens=9000, in_flight=1),
+    ]
+    assert _score("token-load-scorer", pool, {"queueThresholdTokens": 4000}) == [1.0, 0.75, 0.0, 0.0]
+    # llm-d's default threshold (4 Mi tokens) barely separates small prompts
+    default = _score("token-load-scorer", pool[:2])
+    assert default[0] == 1.0 and 0.999 < default[1] < 1.0
+    # in-flight requests that answered already (decode) weigh nothing
+    assert _score(
+        "token-load-scorer", [endpoint("a", in_flight=9), endpoint("b")], {"queueThresholdTokens": 10}
+    ) == [
+        1.0,
+        1.0,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"queueThresholdTokens": 0}, "'queueThresholdTokens' must be >= 1"),
+        ({"threshold": 5}, "unknown parameter(s) 'threshold'"),
+    ],
+)
+def test_token_load_scorer_parameters_are_strict(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create("token-load-scorer", "t", params)
+    assert message in str(caught.value)
+
+
 def test_running_requests_scorer() -> None:
     assert _score("running-requests-size-scorer", [endpoint("a", running=2), endpoint("b", running=6)]) == [
         1.0,
@@ -222,12 +271,41 @@ def test_utilization_detector() -> None:
     assert detector.pool_saturation(calm, now) == pytest.approx((0.25 + 0.4) / 2)
     assert not detector.is_saturated(calm, now)
     assert detector.is_saturated(busy, now)  # (2.0 + 1.2) / 2
+    # a burst dispatched since the last scrape counts before the scrape shows it
+    burst = [endpoint("a", waiting=0, pending=8), endpoint("b", waiting=0, pending=1)]
+    assert detector.pool_saturation(burst, now) == pytest.approx((2.0 + 0.25) / 2)
+    assert detector.is_saturated(burst, now)
     stale = [endpoint("a", fresh=False), endpoint("b", fresh=False)]
     assert detector.is_saturated(stale, now)
     failing = endpoint("a")
     failing.scrape_failures = 1
     assert detector.is_saturated([failing], now)
     assert detector.is_saturated([], now)
+
+
+def test_concurrency_detector_modes() -> None:
+    now = time.monotonic()
+    # two pods: one with 3 requests in flight (all decoding), one with 1 still in prefill
+    pool = [endpoint("a", in_flight=3), endpoint("b", in_flight=1, pending=1, pending_tokens=800)]
+    requests = create("concurrency-detector", "d", {"maxConcurrency": 2})
+    assert requests.pool_saturation(pool, now) == pytest.approx(1.0) and requests.is_saturated(pool, now)
+    assert _names(requests.filter(scheduling_request(), pool)) == ["b"]
+    tokens = create(
+        "concurrency-detector",
+        "d",
+        {"concurrencyMode": "tokens", "maxTokenConcurrency": 1000, "headroom": 0.5},
+    )
+    # decode-phase requests cost no prefill tokens: 800 / (2 x 1000)
+    assert tokens.pool_saturation(pool, now) == pytest.approx(0.4) and not tokens.is_saturated(pool, now)
+    assert _names(tokens.filter(scheduling_request(), pool)) == ["a", "b"]  # limit 1500 tokens a pod
+    hybrid = create(
+        "concurrency-detector",
+        "d",
+        {"concurrencyMode": "hybrid", "maxConcurrency": 4, "maxTokenConcurrency": 500},
+    )
+    assert hybrid.pool_saturation(pool, now) == pytest.approx(0.8)  # tokens 800/1000 > requests 4/8
+    assert _names(hybrid.filter(scheduling_request(), pool)) == ["a"]  # b is at its token limit
+    assert hybrid.is_saturated([], now)
 
 
 # ---- profile handlers and deciders -----------------------------------------------------------

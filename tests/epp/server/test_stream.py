@@ -286,6 +286,7 @@ async def test_sse_response_passes_through_and_reports_usage(director, metrics):
     assert [b.body for b in bodies] == events  # unchanged and not delayed
     assert [b.end_of_stream for b in bodies] == [False, False, True]
     assert director.response_headers == [("r-sse", "10.0.0.1:8000", 200)]
+    assert director.starts == ["r-sse"]  # the first chunk ends its wait in the queue, once
     assert director.completions == [("r-sse", Usage(5, 2, 4), False)]
     assert sample(metrics, "epp_tokens_total", {"kind": "prompt"}) == 5
     assert sample(metrics, "epp_time_to_first_token_seconds_count") == 1

@@ -47,6 +47,15 @@ def test_keys_are_spelled_as_llm_d_spells_them() -> None:
             "queueDepthThreshold",
         ),
         ({"saturationDetector": {"maxConcurrency": 3}}, "maxConcurrency"),
+        ({"saturationDetector": {"concurrencyMode": "tokens"}}, "concurrencyMode"),
+        (
+            {"saturationDetector": {"type": "concurrency-detector", "concurrencyMode": "bytes"}},
+            "concurrencyMode",
+        ),
+        (
+            {"saturationDetector": {"type": "concurrency-detector", "maxTokenConcurrency": 0}},
+            "maxTokenConcurrency",
+        ),
         ({"saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 0}}, "maxConcurrency"),
         ({"usageLimit": {"type": "priority-holdback-policy"}}, "minCeiling is required"),
         ({"usageLimit": {"minCeiling": 0.5}}, "minCeiling does not apply"),
@@ -71,6 +80,10 @@ def test_bad_values_name_the_key(section: dict[str, object], where: str) -> None
 def test_detector_parameters_use_llm_d_names() -> None:
     detector = SaturationDetectorConfig(type="concurrency-detector", max_concurrency=8, headroom=0.25)
     assert detector.parameters() == {"maxConcurrency": 8, "headroom": 0.25}
+    tokens = SaturationDetectorConfig(
+        type="concurrency-detector", concurrency_mode="hybrid", max_token_concurrency=2400
+    )
+    assert tokens.parameters() == {"concurrencyMode": "hybrid", "maxTokenConcurrency": 2400}
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("300s", 300.0), ("1m30s", 90.0), ("500ms", 0.5), ("0", 0.0)])
