@@ -7,8 +7,6 @@ cold prefix caches, empty queues and fresh counters, and the routers' worker lis
 from __future__ import annotations
 
 import json
-import random
-import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from localrun import ManagedProcess, ProcessFailed, free_port, http_ok
+from localrun import free_port_block as free_ports_on
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,29 +88,10 @@ class KvEventPorts:
     hash_seed: str = "0"  # the pods' PYTHONHASHSEED
 
 
-def _ephemeral_low(default: int = 32_768) -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return default
-
-
-def free_port_block(count: int, attempts: int = 200) -> int:
-    """The first of ``count`` consecutive ports free on every interface right now, below the
-    kernel's ephemeral range: ports the kernel hands out (``free_port``, outgoing connections) are
-    taken from that range, so a block there could be grabbed between the check and the pods' bind."""
-    rng = random.Random()
-    top = max(11_000, _ephemeral_low()) - count
-    for _ in range(attempts):
-        base = rng.randrange(10_000, top)
-        try:
-            for port in range(base, base + count):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                    probe.bind(("0.0.0.0", port))
-        except OSError:
-            continue
-        return base
-    raise OSError(f"no block of {count} free ports found")
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive ports free on every interface (the pods' event sockets
+    bind 0.0.0.0), below the kernel's ephemeral range: :func:`localrun.free_port_block`."""
+    return free_ports_on(count, ("0.0.0.0",))
 
 
 class SimPool:

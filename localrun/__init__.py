@@ -2,7 +2,8 @@
 
 Shared by the end-to-end tests, the demo and the benchmarks. The API:
 
-* :func:`free_port` — a free loopback TCP port.
+* :func:`free_port` — a free loopback TCP port, below the kernel's ephemeral range;
+  :func:`free_port_block` — consecutive ones, free on several addresses.
 * :class:`ManagedProcess` ``(cmd, ready=http_ok(url) | grpc_ok(port) | tcp_ok(port))`` — start,
   wait until ready, stop the whole process group (context manager).
 * :class:`EnvoyGateway` ``(listen_port, ext_proc_port, pool_endpoints, mode=, fail_open=, upstream=)``
@@ -31,7 +32,15 @@ from localrun.envoy import (
     envoy_binary,
     render_bootstrap,
 )
-from localrun.process import ManagedProcess, ProcessFailed, free_port, grpc_ok, http_ok, tcp_ok
+from localrun.process import (
+    ManagedProcess,
+    ProcessFailed,
+    free_port,
+    free_port_block,
+    grpc_ok,
+    http_ok,
+    tcp_ok,
+)
 from localrun.profiles import GatewayProfile, profile_options
 from localrun.stack import epp_command, write_endpoints_file
 
@@ -48,6 +57,7 @@ __all__ = [
     "envoy_binary",
     "epp_command",
     "free_port",
+    "free_port_block",
     "grpc_ok",
     "http_ok",
     "profile_options",

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,11 +38,54 @@ class ProcessFailed(RuntimeError):
     """A managed process exited early or never became ready; the message ends with its log tail."""
 
 
+# Ports are picked below the kernel's ephemeral range. A port the kernel picks for bind(0) comes from
+# that range, and so does the source port of every outgoing connection: between free_port returning
+# a port and the child process binding it, a load generator's or Envoy's new connection could take
+# it ("address already in use", seen in a benchmark run on 2026-11-28). Below the range only other
+# pickers compete, and this process never hands out the same port twice.
+_LOWEST_PORT = 10_000
+_picked: set[int] = set()
+_picked_lock = threading.Lock()
+# Its own generator, seeded from the OS: tests that seed the global one must not make every process
+# walk the same sequence of ports.
+_rng = random.Random(int.from_bytes(os.urandom(8), "big") ^ os.getpid())
+
+
+def ephemeral_low(default: int = 32_768) -> int:
+    """The first port of the kernel's ephemeral range (``net.ipv4.ip_local_port_range``)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port_block(count: int = 1, hosts: Sequence[str] = ("127.0.0.1",), attempts: int = 500) -> int:
+    """The first of ``count`` consecutive TCP ports that bind on every one of ``hosts`` right now,
+    below the kernel's ephemeral range and never handed out before by this process."""
+    top = max(_LOWEST_PORT + 1_000, ephemeral_low()) - count
+    for _ in range(attempts if top > _LOWEST_PORT else 0):
+        base = _rng.randrange(_LOWEST_PORT, top)
+        block = range(base, base + count)
+        with _picked_lock:
+            if any(port in _picked for port in block):
+                continue
+            try:
+                for port in block:
+                    for host in hosts:
+                        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                        with socket.socket(family, socket.SOCK_STREAM) as probe:
+                            probe.bind((host, port))
+            except OSError:
+                continue
+            _picked.update(block)
+        return base
+    raise OSError(f"no block of {count} free ports below {top + count} on {', '.join(hosts)}")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick; racy only against other pickers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nothing listens on right now, outside the kernel's ephemeral range (see above)."""
+    return free_port_block(1, (host,))
 
 
 def http_ok(url: str, timeout: float = 0.5) -> ReadyCheck:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -30,6 +29,7 @@ from epp.plugins.tokens import TokenizedPrompt
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import EndpointEvent, ProfileResult, SchedulingRequest, SchedulingResult
 from epp.types import InferenceRequest, ParsedBody
+from localrun import free_port_block
 from tests.support.epp import endpoint
 
 BLOCK = 4
@@ -375,18 +375,7 @@ def test_notification_source_reports_adds_removes_and_ranks() -> None:
 
 def _free_port(*hosts: str) -> int:
     """A port free on every one of ``hosts`` (distinct loopback addresses stand for pods)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no common free port")
+    return free_port_block(1, hosts)
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
