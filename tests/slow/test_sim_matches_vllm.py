@@ -8,7 +8,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,23 @@ def test_sse_framing_and_chunks_match(servers, path, body):
         frames = text.split("\n\n")[:-1]
         assert all(f.startswith("data: ") and "\n" not in f for f in frames), name
         events[name] = [json.loads(f[len("data: ") :]) for f in frames[:-1]]
-    assert [shape(e) for e in events["sim"]] == [shape(e) for e in events["real"]]
+    # vLLM merges the deltas a slow reader has not collected yet into one chunk (its output
+    # collector, vllm/v1/engine/output_processor.py), so under load its 3 tokens can come as 2
+    # chunks (CI, 2026-11-28). What must match is the sequence of event shapes, each run of
+    # same-shaped token chunks counted once; the simulator sends one chunk per token, vLLM at most
+    # that many.
+    assert runs_of(shape(e) for e in events["sim"]) == runs_of(shape(e) for e in events["real"])
+    assert len(events["real"]) <= len(events["sim"])
+    assert events["sim"][-1]["usage"]["completion_tokens"] == body["max_tokens"]
+
+
+def runs_of(items: Iterable[Any]) -> list[Any]:
+    """``items`` with each run of equal consecutive items collapsed to one."""
+    collapsed: list[Any] = []
+    for item in items:
+        if not collapsed or collapsed[-1] != item:
+            collapsed.append(item)
+    return collapsed
 
 
 def timed_events(
