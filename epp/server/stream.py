@@ -51,6 +51,9 @@ SendNowait = Callable[[ext_proc.ProcessingResponse], None]
 Answers = Iterable[ext_proc.ProcessingResponse]
 
 
+# The messages whose handling never waits (see _answer_now).
+_RESPONSE_KINDS = frozenset({"response_headers", "response_body", "response_trailers"})
+
 _PROTO_BODY_MODES = {
     processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED: BodyMode.FULL_DUPLEX_STREAMED,
     processing_mode_pb2.ProcessingMode.BUFFERED: BodyMode.BUFFERED,
@@ -167,7 +170,7 @@ class ExtProcStream:
         if it needs ``run``'s path (the request phase routes). For a transport that calls this while
         ``run`` waits for the next message (epp.transport.stream, set_inline): same code, same
         order, without waking the task. An exception is the transport's to raise inside ``run``."""
-        answers = self._answer_now(message)
+        answers = self._answer_now(message, message.WhichOneof("request"))
         if answers is None:
             return False
         self.inline_messages += 1
@@ -176,13 +179,13 @@ class ExtProcStream:
         return True
 
     async def _dispatch(self, message: ext_proc.ProcessingRequest, send: Send) -> None:
-        answers = self._answer_now(message)
+        kind = message.WhichOneof("request")
+        answers = self._answer_now(message, kind)
         if answers is not None:
             for answer in answers:
                 await send(answer)
             return
         self._absorb(message)
-        kind = message.WhichOneof("request")
         if kind == "request_headers":
             await self._on_request_headers(message.request_headers, send)
         elif kind == "request_body":
@@ -193,21 +196,18 @@ class ExtProcStream:
             await send(messages.request_trailers_done())
             self._maybe_release()
 
-    def _answer_now(self, message: ext_proc.ProcessingRequest) -> Answers | None:
-        """The answers to a response-phase message, computed synchronously (its handling never
-        waits: only sending its answers can), or None, with nothing changed, for the others."""
-        kind = message.WhichOneof("request")
+    def _answer_now(self, message: ext_proc.ProcessingRequest, kind: str | None) -> Answers | None:
+        """The answers to a response-phase message (``kind``), computed synchronously: its handling
+        never waits, only sending its answers can. None, with nothing changed, for the others."""
+        if kind not in _RESPONSE_KINDS:
+            return None
+        self._absorb(message)
         if kind == "response_body":
-            self._absorb(message)
             return self._on_response_body(message.response_body)
         if kind == "response_headers":
-            self._absorb(message)
             return (self._on_response_headers(message.response_headers),)
-        if kind == "response_trailers":
-            self._absorb(message)
-            self._complete(failed=False)  # before the last answer: see _answer_last
-            return (messages.response_trailers_done(),)
-        return None
+        self._complete(failed=False)  # response_trailers; before the last answer: see _answer_last
+        return (messages.response_trailers_done(),)
 
     def _absorb(self, message: ext_proc.ProcessingRequest) -> None:
         if message.HasField("protocol_config"):
