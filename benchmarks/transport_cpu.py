@@ -84,9 +84,47 @@ def minimal_handler(endpoint: str) -> Any:
     request_trailers = messages.request_trailers_done()
     response_trailers = messages.response_trailers_done()
 
+    def respond(request: Any) -> Any:
+        """The answer to a response-phase message (it never waits), else None."""
+        kind = request.WhichOneof("request")
+        if kind == "response_body":
+            chunk = request.response_body
+            return ext_proc.ProcessingResponse(
+                response_body=ext_proc.BodyResponse(
+                    response=ext_proc.CommonResponse(
+                        body_mutation=ext_proc.BodyMutation(
+                            streamed_response=ext_proc.StreamedBodyResponse(
+                                body=chunk.body, end_of_stream=chunk.end_of_stream
+                            )
+                        )
+                    )
+                )
+            )
+        if kind == "response_headers":
+            return continue_response
+        if kind == "response_trailers":
+            return response_trailers
+        return None
+
+    def dispatch_nowait(request: Any, send_nowait: Any) -> bool:
+        answer = respond(request)
+        if answer is None:
+            return False
+        send_nowait(answer)
+        return True
+
     async def handle(requests: AsyncIterator[Any], send: Any) -> None:
+        # On h2, response-phase messages are answered inline, as ExtProcStream's are
+        # (epp.server.processor registers ExtProcStream.dispatch_nowait the same way).
+        set_inline = getattr(requests, "set_inline", None)
+        if set_inline is not None:
+            set_inline(dispatch_nowait)
         body: list[bytes] = []
         async for request in requests:
+            answer = respond(request)
+            if answer is not None:
+                await send(answer)
+                continue
             kind = request.WhichOneof("request")
             if kind == "request_headers":
                 if request.request_headers.end_of_stream:
@@ -99,25 +137,6 @@ def minimal_handler(endpoint: str) -> Any:
                         await send(message)
             elif kind == "request_trailers":
                 await send(request_trailers)
-            elif kind == "response_headers":
-                await send(continue_response)
-            elif kind == "response_body":
-                chunk = request.response_body
-                await send(
-                    ext_proc.ProcessingResponse(
-                        response_body=ext_proc.BodyResponse(
-                            response=ext_proc.CommonResponse(
-                                body_mutation=ext_proc.BodyMutation(
-                                    streamed_response=ext_proc.StreamedBodyResponse(
-                                        body=chunk.body, end_of_stream=chunk.end_of_stream
-                                    )
-                                )
-                            )
-                        )
-                    )
-                )
-            elif kind == "response_trailers":
-                await send(response_trailers)
 
     return handle
 
