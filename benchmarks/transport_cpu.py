@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.epp_latency import ext_proc_messages, measure_slice, open_loop, percentile
+from benchmarks.epp_latency import BODY, ext_proc_messages, measure_slice, open_loop, percentile
 from epp.server.stream import BodyMode
 from localrun import EnvoyGateway, ManagedProcess, free_port, grpc_ok, http_ok
 
@@ -271,10 +271,22 @@ def run(
     loop: str = "asyncio",
     alpn: tuple[str, ...] = ("h2",),
     runs: int = 1,
+    stream: int = 0,
 ) -> list[dict[str, Any]]:
     backend_port = free_port()
+    backend_command = [
+        sys.executable,
+        "-m",
+        "localrun.standin",
+        "--port",
+        str(backend_port),
+        "--model",
+        MODEL,
+    ]
+    if stream:
+        backend_command += ["--stream-chunks", str(stream)]
     backend = ManagedProcess(
-        [sys.executable, "-m", "localrun.standin", "--port", str(backend_port), "--model", MODEL],
+        backend_command,
         ready=http_ok(f"http://127.0.0.1:{backend_port}/health"),
         name="backend",
         log_dir=log_dir,
@@ -302,16 +314,42 @@ def run(
         try:
             for mode in modes:
                 rows = _run_mode(
-                    rates, duration, rounds, mode, (tls, alpn), runs, epps, backend, endpoint, log_dir
+                    rates,
+                    duration,
+                    rounds,
+                    mode,
+                    (tls, alpn),
+                    runs,
+                    epps,
+                    backend,
+                    endpoint,
+                    log_dir,
+                    request_body(stream),
                 )
                 for row in rows:
                     row["handler"] = handler
                     row["loop"] = loop
+                    row["stream"] = stream
                     results.append(row)
         finally:
             for process, _ in epps.values():
                 process.stop()
     return results
+
+
+def request_body(stream: int) -> bytes:
+    """The benchmark's request: a plain completion, or (``stream`` tokens) a streamed one, whose
+    answer reaches the EPP as one ext_proc message per SSE event (most messages of a real request)."""
+    if not stream:
+        return BODY
+    return json.dumps(
+        {
+            "model": MODEL,
+            "prompt": "Say something short about gateways.",
+            "max_tokens": stream,
+            "stream": True,
+        }
+    ).encode()
 
 
 def _run_mode(
@@ -325,6 +363,7 @@ def _run_mode(
     backend: ManagedProcess,
     endpoint: str,
     log_dir: Path,
+    body: bytes,
 ) -> list[dict[str, Any]]:
     pool = [endpoint]
     tls, alpn = dial
@@ -346,7 +385,7 @@ def _run_mode(
         gateway.start()
     try:
         for gateway in gateways.values():  # warm connections and first-request code paths
-            asyncio.run(open_loop(gateway.url + "/v1/completions", 50, 1.0))
+            asyncio.run(open_loop(gateway.url + "/v1/completions", 50, 1.0, body))
         for run_index, rate in ((i, rate) for rate in rates for i in range(runs)):
             rows = {path: Row(path, mode.value, rate) for path in gateways}
             for _ in range(rounds):
@@ -356,7 +395,7 @@ def _run_mode(
                         processes["epp"] = epps[path][0]
                     before = ext_proc_messages(gateway)
                     latencies, ok, errors, seconds, cpu = measure_slice(
-                        gateway.url + "/v1/completions", rate, duration / rounds, processes
+                        gateway.url + "/v1/completions", rate, duration / rounds, processes, body
                     )
                     after = ext_proc_messages(gateway)
                     row = rows[path]
@@ -654,6 +693,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="asyncio",
         help="event loop of the EPP processes (uvloop must be importable; it is not a project dependency)",
     )
+    parser.add_argument(
+        "--stream",
+        type=int,
+        default=0,
+        metavar="TOKENS",
+        help="streamed answers of TOKENS SSE events each (one ext_proc message per event); 0: plain JSON",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.command == "frame-layer":
@@ -687,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.loop,
             alpn=("h2",) if args.alpn == "h2" else (),
             runs=args.runs,
+            stream=args.stream,
         )
     print(markdown(results))
     if args.runs > 1:
