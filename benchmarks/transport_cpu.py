@@ -284,7 +284,9 @@ def run(
         MODEL,
     ]
     if stream:
-        backend_command += ["--stream-chunks", str(stream)]
+        # Events 1 ms apart reach Envoy, and the EPP, one at a time, as a model server's tokens do
+        # (back to back, Envoy passes a varying number per ext_proc message).
+        backend_command += ["--stream-chunks", str(stream), "--token-interval-ms", "1"]
     backend = ManagedProcess(
         backend_command,
         ready=http_ok(f"http://127.0.0.1:{backend_port}/health"),
