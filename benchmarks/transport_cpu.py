@@ -17,6 +17,7 @@ busy machine are not comparable with quiet ones.
     python -m benchmarks.transport_cpu --rates 200 --duration 4 --tls          # as gateways dial
     python -m benchmarks.transport_cpu --tls --runs 5 --json out.json         # with the spread
     python -m benchmarks.transport_cpu --tls --alpn none --rates 200          # kgateway's TLS (h2 only)
+    python -m benchmarks.transport_cpu --rates 200 --stream 24   # streamed answers, ~57 messages each
 
 Goal (issue 16): <= 40 µs CPU per message; <= 0.7 ms added p50 and <= 1 ms added p99 at 200 req/s.
 """
