@@ -77,9 +77,10 @@ async def test_response_phase_inline_matches_the_task_path(metrics: ServerMetric
             requests.queue.put_nowait(None)
         await running
         assert stream.inline_messages == (5 if inline else 0)
-        results.append((sent_bytes(out), director.response_headers, director.completions))
+        results.append((sent_bytes(out), director.response_headers, director.starts, director.completions))
     assert results[0] == results[1]
-    answers, _, completions = results[1]
+    answers, _, starts, completions = results[1]
+    assert len(starts) == 1  # handle_response_started, at the first body chunk
     assert len(answers) == 2 + 5  # routed headers + body, then one answer per response message
     assert [failed for _, _, failed in completions] == [False]
 
