@@ -79,8 +79,10 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-async def open_loop(url: str, rate: float, duration: float) -> tuple[list[float], int, int]:
-    """Send ``rate * duration`` POSTs at fixed intervals; return (latencies s, ok, errors)."""
+async def open_loop(
+    url: str, rate: float, duration: float, body: bytes = BODY
+) -> tuple[list[float], int, int]:
+    """Send ``rate * duration`` POSTs of ``body`` at fixed intervals; return (latencies s, ok, errors)."""
     total = int(rate * duration)
     latencies: list[float] = []
     errors = 0
@@ -99,7 +101,7 @@ async def open_loop(url: str, rate: float, duration: float) -> tuple[list[float]
             sent = time.perf_counter()
             try:
                 async with session.post(
-                    url, data=BODY, headers={"content-type": "application/json"}
+                    url, data=body, headers={"content-type": "application/json"}
                 ) as reply:
                     await reply.read()
                     if reply.status != 200:
@@ -154,11 +156,11 @@ class _Slices:
 
 
 def measure_slice(
-    url: str, rate: float, seconds: float, processes: dict[str, ManagedProcess]
+    url: str, rate: float, seconds: float, processes: dict[str, ManagedProcess], body: bytes = BODY
 ) -> tuple[list[float], int, int, float, dict[str, float]]:
     before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
     started = time.perf_counter()
-    latencies, ok, errors = asyncio.run(open_loop(url, rate, seconds))
+    latencies, ok, errors = asyncio.run(open_loop(url, rate, seconds, body))
     elapsed = time.perf_counter() - started
     after = {name: cpu_seconds(p.pid) for name, p in processes.items()}
     return latencies, ok, errors, elapsed, {name: after[name] - before[name] for name in processes}

@@ -17,6 +17,7 @@ busy machine are not comparable with quiet ones.
     python -m benchmarks.transport_cpu --rates 200 --duration 4 --tls          # as gateways dial
     python -m benchmarks.transport_cpu --tls --runs 5 --json out.json         # with the spread
     python -m benchmarks.transport_cpu --tls --alpn none --rates 200          # kgateway's TLS (h2 only)
+    python -m benchmarks.transport_cpu --rates 200 --stream 24   # streamed answers, ~57 messages each
 
 Goal (issue 16): <= 40 µs CPU per message; <= 0.7 ms added p50 and <= 1 ms added p99 at 200 req/s.
 """
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.epp_latency import ext_proc_messages, measure_slice, open_loop, percentile
+from benchmarks.epp_latency import BODY, ext_proc_messages, measure_slice, open_loop, percentile
 from epp.server.stream import BodyMode
 from localrun import EnvoyGateway, ManagedProcess, free_port, grpc_ok, http_ok
 
@@ -84,9 +85,47 @@ def minimal_handler(endpoint: str) -> Any:
     request_trailers = messages.request_trailers_done()
     response_trailers = messages.response_trailers_done()
 
+    def respond(request: Any) -> Any:
+        """The answer to a response-phase message (it never waits), else None."""
+        kind = request.WhichOneof("request")
+        if kind == "response_body":
+            chunk = request.response_body
+            return ext_proc.ProcessingResponse(
+                response_body=ext_proc.BodyResponse(
+                    response=ext_proc.CommonResponse(
+                        body_mutation=ext_proc.BodyMutation(
+                            streamed_response=ext_proc.StreamedBodyResponse(
+                                body=chunk.body, end_of_stream=chunk.end_of_stream
+                            )
+                        )
+                    )
+                )
+            )
+        if kind == "response_headers":
+            return continue_response
+        if kind == "response_trailers":
+            return response_trailers
+        return None
+
+    def dispatch_nowait(request: Any, send_nowait: Any) -> bool:
+        answer = respond(request)
+        if answer is None:
+            return False
+        send_nowait(answer)
+        return True
+
     async def handle(requests: AsyncIterator[Any], send: Any) -> None:
+        # On h2, response-phase messages are answered inline, as ExtProcStream's are
+        # (epp.server.processor registers ExtProcStream.dispatch_nowait the same way).
+        set_inline = getattr(requests, "set_inline", None)
+        if set_inline is not None:
+            set_inline(dispatch_nowait)
         body: list[bytes] = []
         async for request in requests:
+            answer = respond(request)
+            if answer is not None:
+                await send(answer)
+                continue
             kind = request.WhichOneof("request")
             if kind == "request_headers":
                 if request.request_headers.end_of_stream:
@@ -99,25 +138,6 @@ def minimal_handler(endpoint: str) -> Any:
                         await send(message)
             elif kind == "request_trailers":
                 await send(request_trailers)
-            elif kind == "response_headers":
-                await send(continue_response)
-            elif kind == "response_body":
-                chunk = request.response_body
-                await send(
-                    ext_proc.ProcessingResponse(
-                        response_body=ext_proc.BodyResponse(
-                            response=ext_proc.CommonResponse(
-                                body_mutation=ext_proc.BodyMutation(
-                                    streamed_response=ext_proc.StreamedBodyResponse(
-                                        body=chunk.body, end_of_stream=chunk.end_of_stream
-                                    )
-                                )
-                            )
-                        )
-                    )
-                )
-            elif kind == "response_trailers":
-                await send(response_trailers)
 
     return handle
 
@@ -252,10 +272,24 @@ def run(
     loop: str = "asyncio",
     alpn: tuple[str, ...] = ("h2",),
     runs: int = 1,
+    stream: int = 0,
 ) -> list[dict[str, Any]]:
     backend_port = free_port()
+    backend_command = [
+        sys.executable,
+        "-m",
+        "localrun.standin",
+        "--port",
+        str(backend_port),
+        "--model",
+        MODEL,
+    ]
+    if stream:
+        # Events 1 ms apart reach Envoy, and the EPP, one at a time, as a model server's tokens do
+        # (back to back, Envoy passes a varying number per ext_proc message).
+        backend_command += ["--stream-chunks", str(stream), "--token-interval-ms", "1"]
     backend = ManagedProcess(
-        [sys.executable, "-m", "localrun.standin", "--port", str(backend_port), "--model", MODEL],
+        backend_command,
         ready=http_ok(f"http://127.0.0.1:{backend_port}/health"),
         name="backend",
         log_dir=log_dir,
@@ -283,16 +317,42 @@ def run(
         try:
             for mode in modes:
                 rows = _run_mode(
-                    rates, duration, rounds, mode, (tls, alpn), runs, epps, backend, endpoint, log_dir
+                    rates,
+                    duration,
+                    rounds,
+                    mode,
+                    (tls, alpn),
+                    runs,
+                    epps,
+                    backend,
+                    endpoint,
+                    log_dir,
+                    request_body(stream),
                 )
                 for row in rows:
                     row["handler"] = handler
                     row["loop"] = loop
+                    row["stream"] = stream
                     results.append(row)
         finally:
             for process, _ in epps.values():
                 process.stop()
     return results
+
+
+def request_body(stream: int) -> bytes:
+    """The benchmark's request: a plain completion, or (``stream`` tokens) a streamed one, whose
+    answer reaches the EPP as one ext_proc message per SSE event (most messages of a real request)."""
+    if not stream:
+        return BODY
+    return json.dumps(
+        {
+            "model": MODEL,
+            "prompt": "Say something short about gateways.",
+            "max_tokens": stream,
+            "stream": True,
+        }
+    ).encode()
 
 
 def _run_mode(
@@ -306,6 +366,7 @@ def _run_mode(
     backend: ManagedProcess,
     endpoint: str,
     log_dir: Path,
+    body: bytes,
 ) -> list[dict[str, Any]]:
     pool = [endpoint]
     tls, alpn = dial
@@ -327,7 +388,7 @@ def _run_mode(
         gateway.start()
     try:
         for gateway in gateways.values():  # warm connections and first-request code paths
-            asyncio.run(open_loop(gateway.url + "/v1/completions", 50, 1.0))
+            asyncio.run(open_loop(gateway.url + "/v1/completions", 50, 1.0, body))
         for run_index, rate in ((i, rate) for rate in rates for i in range(runs)):
             rows = {path: Row(path, mode.value, rate) for path in gateways}
             for _ in range(rounds):
@@ -337,7 +398,7 @@ def _run_mode(
                         processes["epp"] = epps[path][0]
                     before = ext_proc_messages(gateway)
                     latencies, ok, errors, seconds, cpu = measure_slice(
-                        gateway.url + "/v1/completions", rate, duration / rounds, processes
+                        gateway.url + "/v1/completions", rate, duration / rounds, processes, body
                     )
                     after = ext_proc_messages(gateway)
                     row = rows[path]
@@ -635,6 +696,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="asyncio",
         help="event loop of the EPP processes (uvloop must be importable; it is not a project dependency)",
     )
+    parser.add_argument(
+        "--stream",
+        type=int,
+        default=0,
+        metavar="TOKENS",
+        help="streamed answers of TOKENS SSE events each (one ext_proc message per event); 0: plain JSON",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.command == "frame-layer":
@@ -668,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.loop,
             alpn=("h2",) if args.alpn == "h2" else (),
             runs=args.runs,
+            stream=args.stream,
         )
     print(markdown(results))
     if args.runs > 1:

@@ -30,10 +30,13 @@ _RECORDED = 1000
 
 
 class StandIn:
-    def __init__(self, name: str, model: str, delay_ms: float, stream_chunks: int) -> None:
+    def __init__(
+        self, name: str, model: str, delay_ms: float, stream_chunks: int, token_interval_ms: float = 0.0
+    ) -> None:
         self.name = name
         self.model = model
         self.delay = delay_ms / 1000
+        self.token_interval = token_interval_ms / 1000
         self.stream_chunks = stream_chunks
         self.waiting = 0
         self.running_offset = 0
@@ -109,6 +112,8 @@ class StandIn:
         await response.prepare(request)
         model = body.get("model", self.model)
         for i in range(self.stream_chunks):
+            if i and self.token_interval:
+                await asyncio.sleep(self.token_interval)
             delta = (
                 {"index": 0, "delta": {"content": f"tok{i} "}} if chat else {"index": 0, "text": f"tok{i} "}
             )
@@ -187,8 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--delay-ms", type=float, default=0.0, help="wait before answering")
     parser.add_argument("--stream-chunks", type=int, default=4, help="tokens per answer (SSE events)")
+    parser.add_argument(
+        "--token-interval-ms",
+        type=float,
+        default=0.0,
+        help="wait between streamed events (0: back to back, so the proxy may pass several as one chunk)",
+    )
     args = parser.parse_args(argv)
-    standin = StandIn(args.name, args.model, args.delay_ms, args.stream_chunks)
+    standin = StandIn(args.name, args.model, args.delay_ms, args.stream_chunks, args.token_interval_ms)
     # The accept backlog of uvicorn, which vLLM runs (aiohttp's default is 128): a burst of new
     # connections must queue as it would at a real model server, not be dropped.
     web.run_app(standin.app(), host=args.host, port=args.port, access_log=None, print=None, backlog=2048)

@@ -40,6 +40,12 @@ class ExtProcService:
         stream = ExtProcStream(self._director, self._settings, self._metrics, self._budget, self._request_ids)
         self.active_streams += 1
         self.idle.clear()
+        # The h2 transport hands response-phase messages to the stream synchronously, from its read
+        # path, while run() waits for the next message (epp.transport.stream: set_inline); with
+        # ``send`` its own, the answers take the same route. grpc.aio has no such entry point.
+        set_inline = getattr(requests, "set_inline", None)
+        if set_inline is not None:
+            set_inline(stream.dispatch_nowait)
         try:
             await stream.run(requests, send)
         except RpcError:

@@ -47,7 +47,12 @@ from epp.types import Decision, Director, EppError, InferenceRequest, ParsedBody
 log = logging.getLogger(__name__)
 
 Send = Callable[[ext_proc.ProcessingResponse], Awaitable[None]]
+SendNowait = Callable[[ext_proc.ProcessingResponse], None]
+Answers = Iterable[ext_proc.ProcessingResponse]
 
+
+# The messages whose handling never waits (see _answer_now).
+_RESPONSE_KINDS = frozenset({"response_headers", "response_body", "response_trailers"})
 
 _PROTO_BODY_MODES = {
     processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED: BodyMode.FULL_DUPLEX_STREAMED,
@@ -145,6 +150,8 @@ class ExtProcStream:
         # Lifecycle: the Director heard of the end / the in-flight gauge holds this stream.
         self._completed = False
         self._counted = False
+        # Messages handled through dispatch_nowait (the transport's inline path).
+        self.inline_messages = 0
 
     async def run(self, requests: AsyncIterator[ext_proc.ProcessingRequest], send: Send) -> None:
         """Process every message of the stream. Returns when Envoy closes it or after an
@@ -157,12 +164,28 @@ class ExtProcStream:
         finally:
             self._finish()
 
+    def dispatch_nowait(self, message: ext_proc.ProcessingRequest, send_nowait: SendNowait) -> bool:
+        """Handle ``message`` now if nothing in it can wait (the response phase: headers, body
+        chunks, trailers), queueing its answers with ``send_nowait``; False, with nothing changed,
+        if it needs ``run``'s path (the request phase routes). For a transport that calls this while
+        ``run`` waits for the next message (epp.transport.stream, set_inline): same code, same
+        order, without waking the task. An exception is the transport's to raise inside ``run``."""
+        answers = self._answer_now(message, message.WhichOneof("request"))
+        if answers is None:
+            return False
+        self.inline_messages += 1
+        for answer in answers:
+            send_nowait(answer)
+        return True
+
     async def _dispatch(self, message: ext_proc.ProcessingRequest, send: Send) -> None:
-        if message.HasField("protocol_config"):
-            self._absorb_protocol_config(message.protocol_config)
-        if message.HasField("metadata_context"):
-            self._absorb_metadata(message.metadata_context)
         kind = message.WhichOneof("request")
+        answers = self._answer_now(message, kind)
+        if answers is not None:
+            for answer in answers:
+                await send(answer)
+            return
+        self._absorb(message)
         if kind == "request_headers":
             await self._on_request_headers(message.request_headers, send)
         elif kind == "request_body":
@@ -172,13 +195,25 @@ class ExtProcStream:
                 await self._route(send)
             await send(messages.request_trailers_done())
             self._maybe_release()
-        elif kind == "response_headers":
-            await self._on_response_headers(message.response_headers, send)
-        elif kind == "response_body":
-            await self._on_response_body(message.response_body, send)
-        elif kind == "response_trailers":
-            self._complete(failed=False)  # before the last answer: see _answer_last
-            await send(messages.response_trailers_done())
+
+    def _answer_now(self, message: ext_proc.ProcessingRequest, kind: str | None) -> Answers | None:
+        """The answers to a response-phase message (``kind``), computed synchronously: its handling
+        never waits, only sending its answers can. None, with nothing changed, for the others."""
+        if kind not in _RESPONSE_KINDS:
+            return None
+        self._absorb(message)
+        if kind == "response_body":
+            return self._on_response_body(message.response_body)
+        if kind == "response_headers":
+            return (self._on_response_headers(message.response_headers),)
+        self._complete(failed=False)  # response_trailers; before the last answer: see _answer_last
+        return (messages.response_trailers_done(),)
+
+    def _absorb(self, message: ext_proc.ProcessingRequest) -> None:
+        if message.HasField("protocol_config"):
+            self._absorb_protocol_config(message.protocol_config)
+        if message.HasField("metadata_context"):
+            self._absorb_metadata(message.metadata_context)
 
     # ----------------------------------------------------------------- request path
 
@@ -342,7 +377,7 @@ class ExtProcStream:
 
     # ----------------------------------------------------------------- response path
 
-    async def _on_response_headers(self, headers: ext_proc.HttpHeaders, send: Send) -> None:
+    def _on_response_headers(self, headers: ext_proc.HttpHeaders) -> ext_proc.ProcessingResponse:
         content_type = ""
         for header in headers.headers.headers:
             key = header.key.lower()
@@ -366,9 +401,9 @@ class ExtProcStream:
         if headers.end_of_stream:
             self._resp.ended = True
             self._complete(failed=self._resp.server_failed())  # before the last answer: see _answer_last
-        await send(messages.continue_response_headers(remove, self._served_by()))
+        return messages.continue_response_headers(remove, self._served_by())
 
-    async def _on_response_body(self, body: ext_proc.HttpBody, send: Send) -> None:
+    def _on_response_body(self, body: ext_proc.HttpBody) -> Iterable[ext_proc.ProcessingResponse]:
         chunk, end = body.body, body.end_of_stream
         if not self._resp.started:
             self._resp.started = True
@@ -400,8 +435,7 @@ class ExtProcStream:
         if end:
             self._resp.ended = True
             self._complete(failed=self._resp.server_failed())  # before the last answer: see _answer_last
-        for answer in answers:
-            await send(answer)
+        return answers
 
     def _track_whole_body(self, chunk: bytes, end: bool) -> bytes | None:
         """Feed a (buffered) body to the usage tracker; return the rewritten body or None if unchanged."""

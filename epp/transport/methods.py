@@ -29,7 +29,20 @@ class MessageType(Protocol):
 
 
 Send = Callable[[Any], Awaitable[None]]
+SendNowait = Callable[[Any], None]
 StreamHandler = Callable[[AsyncIterator[Any], Send], Awaitable[None]]
+# A handler's synchronous entry point for one message, given the call's ``send_nowait``: True if it
+# handled the message (answers queued with send_nowait), False if the message must reach the
+# handler through ``requests`` (it needs to wait for something). See epp.transport.stream.
+InlineHandler = Callable[[Any, SendNowait], bool]
+
+
+class InlineRequests(Protocol):
+    """What the h2 transport's ``requests`` offers besides iteration: ``set_inline(handler)``
+    registers a synchronous entry point, tried for each message that arrives while the handler
+    waits for the next one (grpc.aio's iterator has no such thing: its handlers read every message)."""
+
+    def set_inline(self, handler: InlineHandler | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

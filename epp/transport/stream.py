@@ -9,6 +9,15 @@ provides ``send``. It keeps the stream half of flow control in both directions:
 * outbound, ``send`` writes what the peer's stream and connection windows allow and waits for the
   rest, so a peer that stops reading holds at most one message per stream in the server.
 
+Inline messages: a handler may also register a synchronous entry point (``set_inline``). While its
+task is parked waiting for the next message (nothing queued, nothing in progress, nothing held back
+by the windows), a message is offered to that entry point from ``data_received`` itself, with
+``send_nowait`` to answer: no Future, no task wake-up, no loop iteration per message (issue 16: that
+wake-up was most of the Python work left per message). The entry point returns False for a message
+it cannot finish without waiting; that message, and every later one until the task parks again,
+takes the task's path, so order is kept. An exception it raises is raised by the task's next read,
+where the handler would have seen it on the task's path.
+
 The connection (``epp.transport.connection``) owns the socket, the frame parser and the streams.
 """
 
@@ -24,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from epp.transport import frames
 from epp.transport.frames import ErrorCode, Flag, FrameType
 from epp.transport.grpc import MESSAGE_PREFIX_SIZE, MessageReader, RpcError, StatusCode, message_prefix
-from epp.transport.methods import Method
+from epp.transport.methods import InlineHandler, Method
 
 if TYPE_CHECKING:
     from epp.transport.connection import H2Connection
@@ -37,6 +46,8 @@ _DATA = int(FrameType.DATA)
 _OK = StatusCode.OK
 # A DATA frame header followed by the 5-byte gRPC message prefix (uncompressed, length).
 _DATA_AND_PREFIX = struct.Struct(">BHBBLBL")
+# A queued message not parsed yet (the task parses it when it reads it).
+_UNPARSED: Any = object()
 
 
 class StreamClosedError(ConnectionError):
@@ -46,6 +57,8 @@ class StreamClosedError(ConnectionError):
 class ServerStream:
     __slots__ = (
         "_held",
+        "_inline",
+        "_inline_error",
         "_messages",
         "_pending",
         "_pending_bytes",
@@ -57,6 +70,7 @@ class ServerStream:
         "deadline",
         "headers_sent",
         "id",
+        "inline_messages",
         "input_error",
         "local_closed",
         "method",
@@ -82,8 +96,14 @@ class ServerStream:
         self.task: asyncio.Task[None] | None = None
         self.deadline: asyncio.TimerHandle | None = None
         self.input_error: RpcError | None = None
-        # Inbound: complete messages the handler has not read, with their flow-controlled size.
-        self._messages: deque[tuple[bytes, int]] = deque()
+        # Inbound: complete messages the handler has not read (the payload, its flow-controlled
+        # size, and the parsed message or _UNPARSED).
+        self._messages: deque[tuple[bytes, int, Any]] = deque()
+        # The handler's synchronous entry point (set_inline), what it raised, and how many
+        # messages it took.
+        self._inline: InlineHandler | None = None
+        self._inline_error: BaseException | None = None
+        self.inline_messages = 0
         self.buffered = 0  # bytes held for this stream (queued messages + incomplete message)
         self._held = 0  # stream window credit withheld while the handler lags
         self._unacked = 0  # credit released but not yet sent as WINDOW_UPDATE
@@ -109,9 +129,15 @@ class ServerStream:
             self.abort(error.code, error.message)
             return
         grown = reader.buffered - before
+        queue = self._messages
         for message in messages:
             size = len(message) + MESSAGE_PREFIX_SIZE
-            self._messages.append((message, size))
+            parsed = _UNPARSED
+            if self._waiter is not None and self._inline is not None and not queue and self._can_inline():
+                parsed = self._offer_inline(message)
+                if parsed is None:
+                    continue  # answered: nothing held, the window is released below
+            queue.append((message, size, parsed))
             grown += size
         if grown and not self.conn.hold_buffered(self, grown):
             return  # over the connection's buffer budget: the call has been ended
@@ -123,6 +149,45 @@ class ServerStream:
             self.end_remote()
         elif self._messages and self._waiter is not None:
             self._wake_reader()
+
+    def _can_inline(self) -> bool:
+        """Nothing stands between a message and the handler but the parked task: no error to
+        report first, the call is open, and no answer is waiting for window or a slow socket
+        (that message would then be the second one held per stream: it takes the task's path,
+        whose ``send`` waits)."""
+        return not (
+            self._pending
+            or self.conn.write_paused
+            or self.input_error is not None
+            or self._inline_error is not None
+            or self.local_closed
+            or self.reset
+        )
+
+    def _offer_inline(self, payload: bytes) -> Any:
+        """Offer one message to the handler's synchronous entry point. Returns None if it was
+        handled, else the parsed message (or _UNPARSED) for the task's queue."""
+        inline = self._inline
+        assert inline is not None
+        try:
+            message = self.method.request_type.FromString(payload)
+        except Exception:
+            return _UNPARSED  # the task parses it again and ends the call as it always does
+        try:
+            handled = inline(message, self.send_nowait)
+        except Exception as error:  # handed to the task, which raises it at its next read
+            self._inline_error = error
+            self.inline_messages += 1
+            self._wake_reader()
+            return None
+        if not handled:
+            return message
+        self.inline_messages += 1
+        return None
+
+    def set_inline(self, handler: InlineHandler | None) -> None:
+        """Register the handler's synchronous entry point (see the module docstring), or remove it."""
+        self._inline = handler
 
     def end_remote(self) -> None:
         self.remote_closed = True
@@ -154,13 +219,24 @@ class ServerStream:
 
     async def __anext__(self) -> Any:
         while True:
+            if self._inline_error is not None:
+                # What the inline entry point raised comes before every later message.
+                error, self._inline_error = self._inline_error, None
+                raise error
             if self._messages:
-                payload, size = self._messages.popleft()
+                if self._pending:
+                    # An answer sent inline still waits for window: read on once it is out, as
+                    # the task would have, had it sent that answer itself.
+                    await self._wait_pending()
+                    continue
+                payload, size, parsed = self._messages.popleft()
                 self.buffered -= size
                 self.conn.buffered -= size
                 if not self._messages and self._held:
                     held, self._held = self._held, 0
                     self.release(held)
+                if parsed is not _UNPARSED:
+                    return parsed
                 try:
                     return self.method.request_type.FromString(payload)
                 except Exception as error:  # protobuf's DecodeError, or anything a custom type raises
@@ -180,8 +256,24 @@ class ServerStream:
 
     # ------------------------------------------------------------------ outbound
 
+    async def _wait_pending(self) -> None:
+        while self._pending and not (self.reset or self.local_closed):
+            waiter = self.conn.loop.create_future()
+            self._write_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._write_waiter = None
+
     async def send(self, message: Any) -> None:
         """Send one response message; returns once the peer's windows let it out in full."""
+        self.send_nowait(message)
+        if self._pending or self.conn.write_paused:
+            await self._wait_writable()
+
+    def send_nowait(self, message: Any) -> None:
+        """Queue one response message: what the windows allow leaves with the next write, the rest
+        when the peer opens them (``flush``). ``send`` is this, then the wait for the rest."""
         if self.local_closed or self.reset:
             raise StreamClosedError(f"stream {self.id} has ended")
         payload = message.SerializeToString()
@@ -215,8 +307,6 @@ class ServerStream:
             self._pending.append(memoryview(message_prefix(length) + payload))
             self._pending_bytes += size
             self.flush()
-        if self._pending or conn.write_paused:
-            await self._wait_writable()
 
     def flush(self) -> None:
         """Write as much pending DATA as the windows allow (called again on WINDOW_UPDATE)."""
@@ -329,6 +419,7 @@ class ServerStream:
             self.deadline.cancel()
             self.deadline = None
         self._messages.clear()
+        self._inline = None
         self._pending.clear()
         self._pending_bytes = 0
         self._wake_reader()

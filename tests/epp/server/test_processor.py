@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import grpc
@@ -15,7 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from epp.server import EppServer, ServerMetrics, ServerOptions, Transport
+from epp.server import EppServer, ExtProcStream, ServerMetrics, ServerOptions, Transport
 from localrun import free_port
 from tests.support.extproc import ScriptedDirector, body_msg, request_headers, response_headers
 
@@ -188,3 +189,95 @@ async def test_drain_gives_up_on_streams_at_the_timeout(
         assert server.processor.active_streams == 0
         assert [failed for _, _, failed in director.completions] == [True]
         call.cancel()
+
+
+@pytest.fixture
+def inline_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kinds of the messages ExtProcStream.dispatch_nowait handled (the h2 inline path)."""
+    handled: list[str] = []
+    original = ExtProcStream.dispatch_nowait
+
+    def counting(self: ExtProcStream, message: ext_proc.ProcessingRequest, send_nowait: Any) -> bool:
+        done = original(self, message, send_nowait)
+        if done:
+            handled.append(str(message.WhichOneof("request")))
+        return done
+
+    monkeypatch.setattr(ExtProcStream, "dispatch_nowait", counting)
+    return handled
+
+
+async def routed_call(server: EppServer) -> Any:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}")
+    call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+    await call.write(request_headers())
+    await call.write(body_msg(BODY))
+    await call.read()
+    await call.read()
+    return channel, call
+
+
+async def test_response_messages_are_handled_inline_on_h2_only(
+    server: EppServer, director: ScriptedDirector, transport: Transport, inline_calls: list[str]
+) -> None:
+    channel, call = await routed_call(server)
+    async with channel:
+        await call.write(response_headers(200))
+        assert (await call.read()).HasField("response_headers")
+        await call.write(body_msg(b'{"usage":', end_of_stream=False, response=True))
+        first = await call.read()
+        await call.write(body_msg(b"null}", end_of_stream=True, response=True))
+        second = await call.read()
+        bodies = [m.response_body.response.body_mutation.streamed_response for m in (first, second)]
+        assert [(b.body, b.end_of_stream) for b in bodies] == [(b'{"usage":', False), (b"null}", True)]
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+    assert [failed for _, _, failed in director.completions] == [False]
+    # The request phase always takes the task's path; on grpc.aio everything does.
+    expected = ["response_headers", "response_body", "response_body"] if transport is Transport.H2 else []
+    assert inline_calls == expected
+
+
+async def test_a_failing_response_handler_ends_the_stream_alike_on_both_transports(
+    server: EppServer, director: ScriptedDirector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: ExtProcStream, body: ext_proc.HttpBody) -> Any:
+        raise RuntimeError("a bug in the response path")
+
+    monkeypatch.setattr(ExtProcStream, "_on_response_body", broken)
+    channel, call = await routed_call(server)
+    async with channel:
+        await call.write(response_headers(200))
+        await call.read()
+        await call.write(body_msg(b"{}", end_of_stream=True, response=True))
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await call.read()
+    assert failure.value.code() == grpc.StatusCode.INTERNAL
+    assert failure.value.details() == "endpoint picker stream failed"
+    for _ in range(100):
+        if director.completions:
+            break
+        await asyncio.sleep(0.02)
+    assert [failed for _, _, failed in director.completions] == [False]  # headers said 200, no body seen
+    assert server.metrics.registry.get_sample_value("epp_stream_errors_total") == 1
+    assert server.metrics.in_flight.value == 0
+    assert server.processor.active_streams == 0
+
+
+async def test_a_cancel_after_inline_messages_completes_the_request_once(
+    server: EppServer, director: ScriptedDirector, inline_calls: list[str]
+) -> None:
+    channel, call = await routed_call(server)
+    async with channel:
+        await call.write(response_headers(200))
+        await call.read()
+        await call.write(body_msg(b'{"partial', end_of_stream=False, response=True))
+        await call.read()
+        call.cancel()  # Envoy dropped the stream mid-response
+    for _ in range(100):
+        if director.completions and not server.processor.active_streams:
+            break
+        await asyncio.sleep(0.02)
+    assert [failed for _, _, failed in director.completions] == [True]  # cut short
+    assert server.metrics.in_flight.value == 0
+    assert server.processor.active_streams == 0
