@@ -658,9 +658,10 @@ NOTES = (
     "The EPP without flow control used to trail round-robin on unique prompts even at 1x: its load "
     "scorers read metrics up to 50 ms old, so a burst herded onto the pod that looked emptiest. Its "
     "queue now counts its own unanswered dispatches (docs/flow-control.md).",
-    "Everything shares 2 cores: the EPP's CPU per request (mostly its ext_proc path and scrapes: the transport and cpu-bill sections) rises "
-    "with the offered rate, shed requests included, and a loaded machine delays the EPP's dispatches "
-    "and scrapes; compare rows of one run, and re-run on a quiet machine before quoting absolute figures.",
+    "Everything shares 2 cores: the EPP's CPU per request (mostly its ext_proc path and scrapes: the "
+    "transport and cpu-bill sections) rises with the offered rate, shed requests included, and a "
+    "loaded machine delays the EPP's dispatches and scrapes; compare rows of one run, and re-run on a "
+    "quiet machine before quoting absolute figures.",
 )
 
 
