@@ -233,7 +233,7 @@ async def test_response_messages_are_handled_inline_on_h2_only(
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF
     assert [failed for _, _, failed in director.completions] == [False]
-    # The request phase always takes the task's path; on grpc.aio everything does.
+    # With a Director that may wait, the request phase takes the task's path; on grpc.aio everything does.
     expected = ["response_headers", "response_body", "response_body"] if transport is Transport.H2 else []
     assert inline_calls == expected
 
