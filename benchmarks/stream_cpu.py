@@ -125,6 +125,9 @@ def envoy_messages(streamed_chunks: int = 0) -> list[bytes]:
 
 
 class FixedDirector:
+    # As the scheduling director without flow control (the EPP's default): no decision timer.
+    decides_nowait = True
+
     def ready(self) -> bool:
         return True
 

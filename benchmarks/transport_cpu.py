@@ -57,6 +57,9 @@ class FixedDirector:
     """Every request goes to ``endpoint``: the scheduler is not what this benchmark measures."""
 
     endpoint: str
+    # As the scheduling director without flow control (the EPP's default): handle_request never
+    # waits, so the request phase is routed from the h2 transport's read path.
+    decides_nowait: bool = True
 
     def ready(self) -> bool:
         return True

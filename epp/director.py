@@ -88,6 +88,12 @@ class SchedulingDirector:
     def ready(self) -> bool:
         return self.datastore.synced and (self.leadership is None or self.leadership())
 
+    @property
+    def decides_nowait(self) -> bool:
+        """handle_request never suspends: no flow control queue and no preparer to await. The
+        protocol layer then routes from the transport's read path (ExtProcStream.dispatch_nowait)."""
+        return self.flow_control is None and not self.config.preparers
+
     async def handle_request(self, request: InferenceRequest) -> Decision:
         # Deferrable pre-request hooks (the prefix-index update) run on the next loop iteration,
         # after the protocol layer has the decision, like llm-d's asynchronous PreRequest.

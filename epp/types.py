@@ -84,7 +84,9 @@ class Usage:
 class Director(Protocol):
     """What the protocol layer calls, once per request, in this order. A director may also define
     ``handle_response_started(request)``: the protocol layer then calls it on the first response
-    body chunk (the scheduling director stops counting the request as queued there)."""
+    body chunk (the scheduling director stops counting the request as queued there); and a true
+    ``decides_nowait`` attribute, promising that ``handle_request`` never suspends: the protocol
+    layer then routes without a task switch or a decision timer (ExtProcStream.dispatch_nowait)."""
 
     def ready(self) -> bool:
         """True when the endpoint set has synced and, with leader election on, this replica holds the

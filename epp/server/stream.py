@@ -141,6 +141,11 @@ class ExtProcStream:
         self._on_started: Callable[[InferenceRequest], None] | None = getattr(
             director, "handle_response_started", None
         )
+        # Optional too: a director whose handle_request never suspends (the scheduling director
+        # without flow control or preparers) lets the request phase run on the transport's inline
+        # path as well (dispatch_nowait), and its decision needs no timer.
+        self._decides_nowait: bool = bool(getattr(director, "decides_nowait", False))
+        self._inline_send: SendNowait | None = None
         self._settings = settings
         self._metrics = metrics
         self._budget = budget if budget is not None else BufferBudget(settings.max_buffered_request_bytes)
@@ -165,18 +170,41 @@ class ExtProcStream:
             self._finish()
 
     def dispatch_nowait(self, message: ext_proc.ProcessingRequest, send_nowait: SendNowait) -> bool:
-        """Handle ``message`` now if nothing in it can wait (the response phase: headers, body
-        chunks, trailers), queueing its answers with ``send_nowait``; False, with nothing changed,
-        if it needs ``run``'s path (the request phase routes). For a transport that calls this while
-        ``run`` waits for the next message (epp.transport.stream, set_inline): same code, same
-        order, without waking the task. An exception is the transport's to raise inside ``run``."""
-        answers = self._answer_now(message, message.WhichOneof("request"))
+        """Handle ``message`` now if nothing in it can wait, queueing its answers with
+        ``send_nowait``; False, with nothing changed, if it needs ``run``'s path. For a transport
+        that calls this while ``run`` waits for the next message (epp.transport.stream,
+        set_inline): same code, same order, without waking the task. An exception (``_StreamClosed``
+        after a rejection included) is the transport's to raise inside ``run``.
+
+        Response-phase messages never wait. Request-phase ones wait only for the Director, so they
+        are handled here when it ``decides_nowait``: ``_dispatch`` itself runs, driven to its end in
+        one step, with a ``send`` that queues at once. Nothing in it can then suspend; if something
+        did, that is a bug, reported as one rather than left half done."""
+        kind = message.WhichOneof("request")
+        answers = self._answer_now(message, kind)
         if answers is None:
-            return False
+            if not self._decides_nowait:
+                return False
+            self.inline_messages += 1
+            self._inline_send = send_nowait
+            step = self._dispatch(message, self._send_inline)
+            try:
+                step.send(None)
+            except StopIteration:
+                return True
+            finally:
+                self._inline_send = None
+            step.close()
+            raise RuntimeError(f"the request path suspended on {kind} although the director decides_nowait")
         self.inline_messages += 1
         for answer in answers:
             send_nowait(answer)
         return True
+
+    async def _send_inline(self, answer: ext_proc.ProcessingResponse) -> None:
+        """``send`` for the request path run by dispatch_nowait: queues, never suspends."""
+        assert self._inline_send is not None
+        self._inline_send(answer)
 
     async def _dispatch(self, message: ext_proc.ProcessingRequest, send: Send) -> None:
         kind = message.WhichOneof("request")
@@ -326,8 +354,12 @@ class ExtProcStream:
     async def _schedule(self, request: InferenceRequest, send: Send) -> Decision:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._settings.decision_timeout):
+            if self._decides_nowait:
+                # Never suspends (see __init__): no timer, and none could interrupt it anyway.
                 decision = await self._director.handle_request(request)
+            else:
+                async with asyncio.timeout(self._settings.decision_timeout):
+                    decision = await self._director.handle_request(request)
         except EppError as error:
             await self._reject(send, error)
         except TimeoutError:

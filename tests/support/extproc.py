@@ -27,6 +27,13 @@ class ScriptedDirector:
     completions: list[tuple[str, Usage | None, bool]] = field(default_factory=list)
     starts: list[str] = field(default_factory=list)  # handle_response_started, by request id
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    # What decides_nowait promises (that handle_request never suspends); with ``delay`` it breaks
+    # that promise, which is what the protocol layer's guard is tested with.
+    nowait: bool = False
+
+    @property
+    def decides_nowait(self) -> bool:
+        return self.nowait
 
     def ready(self) -> bool:
         return self.is_ready

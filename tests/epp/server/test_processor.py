@@ -233,7 +233,7 @@ async def test_response_messages_are_handled_inline_on_h2_only(
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF
     assert [failed for _, _, failed in director.completions] == [False]
-    # The request phase always takes the task's path; on grpc.aio everything does.
+    # With a Director that may wait, the request phase takes the task's path; on grpc.aio everything does.
     expected = ["response_headers", "response_body", "response_body"] if transport is Transport.H2 else []
     assert inline_calls == expected
 
@@ -281,3 +281,39 @@ async def test_a_cancel_after_inline_messages_completes_the_request_once(
     assert [failed for _, _, failed in director.completions] == [True]  # cut short
     assert server.metrics.in_flight.value == 0
     assert server.processor.active_streams == 0
+
+
+async def test_the_request_phase_is_routed_inline_when_the_director_decides_nowait(
+    server: EppServer, director: ScriptedDirector, transport: Transport, inline_calls: list[str]
+) -> None:
+    director.nowait = True
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(request_headers())
+        # Once the headers are counted in flight, the stream's task has handled them and waits for
+        # the body: the transport can hand the body to dispatch_nowait.
+        for _ in range(250):
+            if server.metrics.in_flight.value == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert server.metrics.in_flight.value == 1
+        await call.write(body_msg(BODY))
+        routed, body = await call.read(), await call.read()
+        assert routed.request_headers.response.header_mutation.set_headers
+        assert body.request_body.response.body_mutation.streamed_response.end_of_stream
+        await call.write(response_headers(200))
+        await call.read()
+        await call.write(body_msg(b"{}", end_of_stream=True, response=True))
+        await call.read()
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+    assert len(director.requests) == 1
+    assert [failed for _, _, failed in director.completions] == [False]
+    # On h2 the body (the routing decision) and the response phase take the inline path; so do the
+    # headers when the stream's task was already waiting for them (the call's HEADERS frame came in
+    # an earlier read than its first message).
+    if transport is Transport.H2:
+        assert inline_calls[-3:] == ["request_body", "response_headers", "response_body"]
+        assert inline_calls[:-3] in ([], ["request_headers"])
+    else:
+        assert inline_calls == []

@@ -28,6 +28,9 @@ class RecordingDirector:
     error: Exception | None = None
     requests: list[InferenceRequest] = field(default_factory=list)
     completions: list[tuple[str, Usage | None, bool]] = field(default_factory=list)
+    # As the scheduling director without flow control (the default): handle_request never waits,
+    # so on h2 the request phase is routed from the transport's read path too.
+    decides_nowait: bool = True
 
     def ready(self) -> bool:
         return True
