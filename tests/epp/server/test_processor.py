@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from epp.server import EppServer, ExtProcStream, ServerMetrics, ServerOptions, Transport
+from epp.types import EppError
 from localrun import free_port
 from tests.support.extproc import ScriptedDirector, body_msg, request_headers, response_headers
 
@@ -193,12 +194,17 @@ async def test_drain_gives_up_on_streams_at_the_timeout(
 
 @pytest.fixture
 def inline_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The kinds of the messages ExtProcStream.dispatch_nowait handled (the h2 inline path)."""
+    """The kinds of the messages ExtProcStream.dispatch_nowait handled (the h2 inline path); one
+    whose handling raised (a rejection ending the stream) is listed with " (raised)"."""
     handled: list[str] = []
     original = ExtProcStream.dispatch_nowait
 
     def counting(self: ExtProcStream, message: ext_proc.ProcessingRequest, send_nowait: Any) -> bool:
-        done = original(self, message, send_nowait)
+        try:
+            done = original(self, message, send_nowait)
+        except Exception:
+            handled.append(f"{message.WhichOneof('request')} (raised)")
+            raise
         if done:
             handled.append(str(message.WhichOneof("request")))
         return done
@@ -317,3 +323,41 @@ async def test_the_request_phase_is_routed_inline_when_the_director_decides_nowa
         assert inline_calls[:-3] in ([], ["request_headers"])
     else:
         assert inline_calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "status"),
+    [(b"{broken", None, 400), (BODY, "refused", 503)],
+    ids=["malformed-body", "director-refuses"],
+)
+async def test_a_request_rejected_inline_ends_the_call_as_on_the_task_path(
+    server: EppServer,
+    director: ScriptedDirector,
+    transport: Transport,
+    inline_calls: list[str],
+    body: bytes,
+    error: str | None,
+    status: int,
+) -> None:
+    # The rejection raises out of dispatch_nowait; the transport hands that to the stream's task,
+    # which ends the call: the client sees the immediate response, then a clean end (status OK).
+    director.nowait = True
+    director.error = EppError(status, error) if error else None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
+        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(request_headers())
+        for _ in range(250):
+            if server.metrics.in_flight.value == 1:
+                break
+            await asyncio.sleep(0.02)
+        await call.write(body_msg(body))
+        reply: ext_proc.ProcessingResponse = await call.read()
+        assert reply.immediate_response.status.code == status
+        assert await call.read() == grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+    for _ in range(100):
+        if not server.processor.active_streams:
+            break
+        await asyncio.sleep(0.02)
+    assert server.processor.active_streams == 0 and server.metrics.in_flight.value == 0
+    assert ("request_body (raised)" in inline_calls) == (transport is Transport.H2)
