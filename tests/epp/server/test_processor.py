@@ -289,20 +289,25 @@ async def test_a_cancel_after_inline_messages_completes_the_request_once(
     assert server.processor.active_streams == 0
 
 
+async def headers_handled(server: EppServer, channel: grpc.aio.Channel) -> Any:
+    """A call whose request headers the EPP has handled: once they are counted in flight, the
+    stream's task waits for the body, so the transport can hand the body to dispatch_nowait."""
+    call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+    await call.write(request_headers())
+    for _ in range(250):
+        if server.metrics.in_flight.value == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert server.metrics.in_flight.value == 1
+    return call
+
+
 async def test_the_request_phase_is_routed_inline_when_the_director_decides_nowait(
     server: EppServer, director: ScriptedDirector, transport: Transport, inline_calls: list[str]
 ) -> None:
     director.nowait = True
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
-        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
-        await call.write(request_headers())
-        # Once the headers are counted in flight, the stream's task has handled them and waits for
-        # the body: the transport can hand the body to dispatch_nowait.
-        for _ in range(250):
-            if server.metrics.in_flight.value == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert server.metrics.in_flight.value == 1
+        call = await headers_handled(server, channel)
         await call.write(body_msg(BODY))
         routed, body = await call.read(), await call.read()
         assert routed.request_headers.response.header_mutation.set_headers
@@ -344,12 +349,7 @@ async def test_a_request_rejected_inline_ends_the_call_as_on_the_task_path(
     director.nowait = True
     director.error = EppError(status, error) if error else None
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.options.grpc_port}") as channel:
-        call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
-        await call.write(request_headers())
-        for _ in range(250):
-            if server.metrics.in_flight.value == 1:
-                break
-            await asyncio.sleep(0.02)
+        call = await headers_handled(server, channel)
         await call.write(body_msg(body))
         reply: ext_proc.ProcessingResponse = await call.read()
         assert reply.immediate_response.status.code == status
