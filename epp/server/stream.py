@@ -177,8 +177,8 @@ class ExtProcStream:
         after a rejection included) is the transport's to raise inside ``run``.
 
         Response-phase messages never wait. Request-phase ones wait only for the Director, so they
-        are handled here when it ``decides_nowait``: ``_dispatch`` itself runs, driven to its end in
-        one step, with a ``send`` that queues at once. Nothing in it can then suspend; if something
+        are handled here when it ``decides_nowait``: ``_dispatch_request`` itself runs, driven to its
+        end in one step, with a ``send`` that queues at once. Nothing in it can then suspend; if something
         did, that is a bug, reported as one rather than left half done."""
         kind = message.WhichOneof("request")
         answers = self._answer_now(message, kind)
@@ -187,7 +187,7 @@ class ExtProcStream:
                 return False
             self.inline_messages += 1
             self._inline_send = send_nowait
-            step = self._dispatch(message, self._send_inline)
+            step = self._dispatch_request(message, kind, self._send_inline)
             try:
                 step.send(None)
             except StopIteration:
@@ -213,6 +213,12 @@ class ExtProcStream:
             for answer in answers:
                 await send(answer)
             return
+        await self._dispatch_request(message, kind, send)
+
+    async def _dispatch_request(
+        self, message: ext_proc.ProcessingRequest, kind: str | None, send: Send
+    ) -> None:
+        """A request-phase message (``kind``): everything but _answer_now's."""
         self._absorb(message)
         if kind == "request_headers":
             await self._on_request_headers(message.request_headers, send)
