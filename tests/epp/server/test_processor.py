@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from epp.server import EppServer, ExtProcStream, ServerMetrics, ServerOptions, Transport
 from epp.types import EppError
 from localrun import free_port
+from tests.support.epp import wait_until
 from tests.support.extproc import ScriptedDirector, body_msg, request_headers, response_headers
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -294,11 +295,7 @@ async def headers_handled(server: EppServer, channel: grpc.aio.Channel) -> Any:
     stream's task waits for the body, so the transport can hand the body to dispatch_nowait."""
     call = ext_proc_grpc.ExternalProcessorStub(channel).Process()
     await call.write(request_headers())
-    for _ in range(250):
-        if server.metrics.in_flight.value == 1:
-            break
-        await asyncio.sleep(0.02)
-    assert server.metrics.in_flight.value == 1
+    await wait_until(lambda: server.metrics.in_flight.value == 1)
     return call
 
 
@@ -355,9 +352,6 @@ async def test_a_request_rejected_inline_ends_the_call_as_on_the_task_path(
         assert reply.immediate_response.status.code == status
         assert await call.read() == grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK
-    for _ in range(100):
-        if not server.processor.active_streams:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: not server.processor.active_streams, within=2.0)
     assert server.processor.active_streams == 0 and server.metrics.in_flight.value == 0
     assert ("request_body (raised)" in inline_calls) == (transport is Transport.H2)
