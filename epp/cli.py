@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="scrape period of a quiet pod (idle, unchanged, nothing routed to it since); 0 (or "
         "anything not above --refresh-metrics-interval) scrapes every pod every tick",
     )
+    tuning.add_argument(
+        "--metrics-name-filter",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        help="ask each pod for only the metrics read (name[] parameters; vLLM honours them on "
+        "/metrics/), once that page is checked against the full one; false: always the full page",
+    )
     tuning.add_argument("--metrics-staleness-threshold", type=duration, default=2.0, help="stale metrics age")
     tuning.add_argument(
         "--max-request-body-bytes", type=positive_int, default=4 * 1024 * 1024, help="larger bodies get 413"
@@ -214,6 +223,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         endpoints_file=args.endpoints_file,
         refresh_metrics_interval=args.refresh_metrics_interval,
         refresh_metrics_idle_interval=args.refresh_metrics_idle_interval,
+        metrics_name_filter=args.metrics_name_filter,
         metrics_staleness_threshold=args.metrics_staleness_threshold,
         served_models=served,
         leader_election=args.ha_enable_leader_election,

@@ -42,6 +42,8 @@ class RuntimeOptions:
     # Quiet pods (idle, unchanged, nothing routed there since) are scraped this often; 0, or anything
     # not above refresh_metrics_interval, scrapes every pod every tick.
     refresh_metrics_idle_interval: float = 0.5
+    # Scrape the page filtered to the metrics read, where a pod verifiably serves one (epp.scrape.scraper).
+    metrics_name_filter: bool = True
     metrics_staleness_threshold: float = 2.0
     served_models: frozenset[str] | None = None
     # Active-passive HA on a Lease (Kubernetes discovery only); POD_NAME is the holder identity.
@@ -163,6 +165,7 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
         datastore,
         interval=options.refresh_metrics_interval,
         idle_interval=options.refresh_metrics_idle_interval,
+        name_filter=options.metrics_name_filter,
         timeout=min(1.0, options.metrics_staleness_threshold),
         scheme=source.scheme,
         path=source.path,

@@ -18,7 +18,7 @@ import bisect
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from prometheus_client.utils import floatToGoString
 
@@ -230,6 +230,10 @@ class HistogramFamily(_Family):
         return "".join(lines)
 
 
+# Sample names a family answers to in a name[] filter: the gauge's own, a counter's and a histogram's.
+_SAMPLE_SUFFIXES = ("", "_total", "_created", "_bucket", "_count", "_sum")
+
+
 class Registry:
     """Families in registration order; ``render`` joins their (mostly cached) text."""
 
@@ -258,5 +262,15 @@ class Registry:
         self._add(family)
         return family
 
-    def render(self) -> bytes:
-        return "".join(family.render() for family in self._families.values()).encode()
+    def render(self, names: Collection[str] | None = None) -> bytes:
+        """The page; with ``names`` (``?name[]=`` on vLLM's ``/metrics/``, prometheus_client's
+        restricted registry) only the families one of whose sample names is listed. (Whole
+        families: prometheus_client would also drop a listed histogram's unlisted samples.)"""
+        if names is None:
+            return "".join(family.render() for family in self._families.values()).encode()
+        wanted = set(names)
+        return "".join(
+            family.render()
+            for name, family in self._families.items()
+            if any(name + suffix in wanted for suffix in _SAMPLE_SUFFIXES)
+        ).encode()

@@ -79,7 +79,11 @@ class SimServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        # vLLM 0.32 serves /metrics twice: the instrumentator's route (any query ignored) and, with
+        # a trailing slash, prometheus_client's ASGI app, which honours ?name[]= filters
+        # (vllm/entrypoints/serve/instrumentator/metrics.py).
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/metrics/", self._filtered_metrics)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/tokenize", self._tokenize)
@@ -178,6 +182,11 @@ class SimServer:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _filtered_metrics(self, request: web.Request) -> web.Response:
+        names = request.query.getall("name[]", [])
+        page = self.metrics.render(names or None)
+        return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         try:

@@ -7,6 +7,7 @@ the engine's hooks as things happen, like vLLM's logger does.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from simulator.engine import Engine, EngineObserver, Sequence
 from simulator.exposition import CONTENT_TYPE, CounterFamily, HistogramFamily, Registry
@@ -218,7 +219,8 @@ class SimMetrics(EngineObserver):
     def bind(self, engine: Engine) -> None:
         self._engine = engine
 
-    def render(self) -> bytes:
+    def render(self, names: Collection[str] | None = None) -> bytes:
+        """The page, or only the families named (see ``Registry.render``)."""
         if self._engine is not None:
             self.waiting.labels(**self._labels).set(len(self._engine.waiting))
             self.running.labels(**self._labels).set(len(self._engine.running))
@@ -230,7 +232,7 @@ class SimMetrics(EngineObserver):
                 self.lora_info.labels(
                     max_lora=self._max_loras, waiting_lora_adapters=active, running_lora_adapters=active
                 ).set(time.time())
-        return self.registry.render()
+        return self.registry.render(names)
 
     def on_lora_load(self, adapter: str) -> None:
         if self.lora_loads is not None:

@@ -18,6 +18,16 @@ HTTP request on its API server's event loop (real vLLM renders /metrics there), 
 on the simulator, 20 per second per pod at 50 ms. What quiet skipping gives up is how soon a
 quiet pod's load from *other* clients (another EPP replica, direct traffic) shows up: within
 ``idle_interval`` instead of ``interval``. See docs/cpu-bill.md.
+
+Scrapes ask for only the metrics the EPP reads (``name_filter``). prometheus_client's exposition
+(the ASGI app vLLM mounts at ``/metrics/``, with the trailing slash) renders only the families named
+in ``name[]`` query parameters. vLLM's full page is ~48 KB and costs its API server ~7 ms of CPU per
+scrape on this project's bench machine; the filtered one is ~1.7 KB and ~0.5 ms (BENCHMARKS.md,
+``vllm-scrape``). Not every server honours the filter, or serves that path, so it is
+*verified* per endpoint: a full scrape, then the filtered candidates; a candidate is used only if it
+is smaller and carries every wanted family the full page carries. That check is redone every
+``FILTER_RECHECK_S``. A filtered page that stops parsing falls back to the full page within the same
+scrape, so the filter can cost an extra GET but never a failed scrape.
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ import dataclasses
 import logging
 import random
 import time
+from urllib.parse import urlencode
 
 import aiohttp
 
 from epp import metrics as epp_metrics
 from epp.datastore import Datastore, Endpoint, EndpointMetrics
 from epp.scrape.http import HttpError, KeepAliveGetter
-from epp.scrape.parser import VLLM, MetricNames, MetricsParseError, parse_metrics
+from epp.scrape.parser import VLLM, MetricNames, MetricsParseError, parse_metrics, samples
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,43 @@ class _Quiet:
     scraped_at: float  # time.monotonic() of that scrape
     routed: int  # endpoint.routed just before that scrape's GET
     idle_and_unchanged: bool  # nothing waiting or running, and the same page as the scrape before
+
+
+# How often an endpoint's filtered page is checked again against its full page.
+FILTER_RECHECK_S = 60.0
+_FETCH_ERRORS = (aiohttp.ClientError, HttpError, TimeoutError, OSError)
+
+
+@dataclasses.dataclass(slots=True)
+class _Filter:
+    """The verdict of an endpoint's last filter check."""
+
+    path: str | None  # the filtered path to scrape, or None: the full page
+    checked_at: float  # time.monotonic() of the check
+
+
+def filtered_paths(path: str, names: MetricNames) -> list[str]:
+    """The filtered variants of ``path`` to try, in order: the same path with ``name[]`` parameters,
+    then with a trailing slash (vLLM: ``/metrics`` is an instrumentator route that ignores the query,
+    ``/metrics/`` the prometheus_client ASGI app that honours it)."""
+    wanted = [names.waiting, names.running, *names.kv_usage, names.lora_info, names.cache_info]
+    if "?" in path:
+        return []  # a configured query string of its own: leave it alone
+    query = urlencode([("name[]", name) for name in wanted])
+    candidates = [f"{path}?{query}", f"{path.rstrip('/')}/?{query}"]
+    return list(dict.fromkeys(candidates))
+
+
+def _families(text: str, names: MetricNames) -> frozenset[str]:
+    """The wanted metric names that have at least one sample on ``text``."""
+    present = set()
+    for name in (names.waiting, names.running, *names.kv_usage, names.lora_info, names.cache_info):
+        try:
+            if next(samples(text, name), None) is not None:
+                present.add(name)
+        except MetricsParseError:
+            pass
+    return frozenset(present)
 
 
 def _same_page(old: EndpointMetrics, new: EndpointMetrics) -> bool:
@@ -64,6 +112,7 @@ class MetricsScraper:
         path: str = "/metrics",
         insecure_skip_verify: bool = True,
         names: MetricNames = VLLM,
+        name_filter: bool = True,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"scrape interval must be positive, got {interval}")
@@ -77,6 +126,8 @@ class MetricsScraper:
         self.scheme, self.path = scheme, path
         self.insecure_skip_verify = insecure_skip_verify
         self.names = names
+        self._candidates = filtered_paths(path, names) if name_filter else []
+        self._filters: dict[str, _Filter] = {}
         self._session: aiohttp.ClientSession | None = None
         self._getter = KeepAliveGetter()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -104,6 +155,7 @@ class MetricsScraper:
         self._tasks.clear()
         self._targets.clear()
         self._quiet.clear()
+        self._filters.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -124,6 +176,7 @@ class MetricsScraper:
                 self._tasks.pop(hostport).cancel()
                 gone = self._targets.pop(hostport)
                 self._quiet.pop(hostport, None)
+                self._filters.pop(hostport, None)
                 self._getter.drop(gone.address, gone.metrics_port, forget=True)
                 with contextlib.suppress(KeyError):  # no error was ever counted for it
                     epp_metrics.SCRAPE_ERRORS.remove(hostport)
@@ -184,22 +237,17 @@ class MetricsScraper:
     async def scrape(self, endpoint: Endpoint) -> bool:
         """One scrape of one endpoint; True on success. Never raises for pod-side failures."""
         assert self._session is not None, "start() first"
-        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address  # IPv6
-        url = f"{self.scheme}://{host}:{endpoint.metrics_port}{self.path}"
+        url = self._url(endpoint, self.path)
         started = time.monotonic()
         # Read before the GET: a request routed while the GET is out may not be on this page.
         routed = endpoint.routed
         self._quiet.pop(endpoint.hostport, None)  # a failed scrape leaves the endpoint not quiet
         try:
-            status, body = await self._fetch(endpoint, url)
-            if status != 200:
-                raise MetricsParseError(f"HTTP {status}")
-            now = time.monotonic()
-            new = parse_metrics(body.decode("utf-8", "replace"), now, self.names)
+            new = await self._page(endpoint, started)
             idle = new.waiting == 0 and new.running == 0 and _same_page(endpoint.metrics, new)
             endpoint.metrics = new
-            self._quiet[endpoint.hostport] = _Quiet(now, routed, idle)
-        except (aiohttp.ClientError, HttpError, TimeoutError, MetricsParseError, OSError) as exc:
+            self._quiet[endpoint.hostport] = _Quiet(new.updated_at, routed, idle)
+        except (*_FETCH_ERRORS, MetricsParseError) as exc:
             self._failed(endpoint, url, exc)
             return False
         except Exception as exc:  # a parser or client bug: still one failed scrape, never a dead task
@@ -220,12 +268,63 @@ class MetricsScraper:
         endpoint.scrape_error = None
         return True
 
-    async def _fetch(self, endpoint: Endpoint, url: str) -> tuple[int, bytes]:
+    async def _page(self, endpoint: Endpoint, now: float) -> EndpointMetrics:
+        """The endpoint's metrics: from its verified filtered page when it has one, else (and when
+        that page fails to parse) from the full page, checking the filter candidates after it when
+        due. Raises what a failed full scrape raises."""
+        verdict = self._filters.get(endpoint.hostport)
+        due = verdict is None or now - verdict.checked_at >= FILTER_RECHECK_S
+        if verdict is not None and verdict.path is not None and not due:
+            status, body = await self._fetch(endpoint, verdict.path)
+            if status == 200:
+                try:
+                    return parse_metrics(body.decode("utf-8", "replace"), time.monotonic(), self.names)
+                except MetricsParseError:
+                    pass
+            # The filtered page broke (an upgrade, a reconfigured server): the full page now, and
+            # the candidates checked again right after it.
+            log.info("filtered metrics page of %s unusable (HTTP %d): checking again", endpoint.name, status)
+            due = True
+        status, body = await self._fetch(endpoint, self.path)
+        if status != 200:
+            raise MetricsParseError(f"HTTP {status}")
+        text = body.decode("utf-8", "replace")
+        new = parse_metrics(text, time.monotonic(), self.names)
+        if due and self._candidates:
+            self._filters[endpoint.hostport] = _Filter(await self._check_filter(endpoint, text), now)
+        return new
+
+    async def _check_filter(self, endpoint: Endpoint, full: str) -> str | None:
+        """The first filtered path that is smaller than ``full`` and carries every wanted family
+        ``full`` carries; None when none does (the full page is scraped)."""
+        wanted = _families(full, self.names)
+        for path in self._candidates:
+            try:
+                status, body = await self._fetch(endpoint, path)
+            except _FETCH_ERRORS:
+                continue
+            if status != 200 or len(body) >= len(full):
+                continue  # refused, or the filter ignored
+            if _families(body.decode("utf-8", "replace"), self.names) >= wanted:
+                log.debug("scraping %s with %s (%d of %d bytes)", endpoint.name, path, len(body), len(full))
+                return path
+        return None
+
+    def filtered_path(self, endpoint: Endpoint) -> str | None:
+        """The filtered path ``endpoint`` is scraped with, or None (the full page, or not checked yet)."""
+        verdict = self._filters.get(endpoint.hostport)
+        return None if verdict is None else verdict.path
+
+    def _url(self, endpoint: Endpoint, path: str) -> str:
+        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address  # IPv6
+        return f"{self.scheme}://{host}:{endpoint.metrics_port}{path}"
+
+    async def _fetch(self, endpoint: Endpoint, path: str) -> tuple[int, bytes]:
         assert self._session is not None
         if self.scheme == "http":
             async with asyncio.timeout(self.timeout):
-                return await self._getter.get(endpoint.address, endpoint.metrics_port, self.path)
-        async with self._session.get(url) as response:
+                return await self._getter.get(endpoint.address, endpoint.metrics_port, path)
+        async with self._session.get(self._url(endpoint, path)) as response:
             return response.status, await response.read()
 
     def _failed(self, endpoint: Endpoint, url: str, exc: BaseException) -> None:

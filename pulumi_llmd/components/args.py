@@ -462,6 +462,12 @@ class EppSettings(TypedDict, total=False):
         "every pod every refreshMetricsInterval, as the upstream EPP always does (docs/cpu-bill.md). "
         "Default: `0.5`."
     )
+    metrics_name_filter: bool
+    (
+        "Bundled EPP: `--metrics-name-filter`, scrape each pod's page filtered to the metrics the EPP reads "
+        "(`name[]` parameters, which vLLM honours on `/metrics/`) once it is checked against the full page; "
+        "false scrapes the full page, as the upstream EPP does (docs/cpu-bill.md). Default: `true`."
+    )
     resources: ResourcesSettings
     'EPP CPU/memory. Default: `{"cpu": "2", "memory": "2Gi"}`.'
     flow_control: EppFlowControlSettings

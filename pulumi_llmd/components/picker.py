@@ -137,12 +137,14 @@ def epp_arguments(picker: Picker) -> list[str]:
         ]
     else:
         # The bundled EPP's own: answer 404 for models the pool does not serve; scrape quiet pods
-        # less often (upstream scrapes every pod every --refresh-metrics-interval).
+        # less often (upstream scrapes every pod every --refresh-metrics-interval), and ask for the
+        # metrics it reads only (upstream GETs the whole page).
         args += [
             "--served-models",
             ",".join(picker.served_models),
             "--refresh-metrics-idle-interval",
             go_duration(epp.refresh_metrics_idle_interval),
+            f"--metrics-name-filter={str(epp.metrics_name_filter).lower()}",
         ]
     return args + tracing_args(picker.tracing, explicit_off=True)
 

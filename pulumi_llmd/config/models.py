@@ -861,6 +861,12 @@ class EppConfig(ConfigModel):
         "refreshMetricsInterval) scrapes every pod every refreshMetricsInterval, as the upstream EPP always "
         "does (docs/cpu-bill.md).",
     )
+    metrics_name_filter: bool = Field(
+        default=True,
+        description="Bundled EPP: `--metrics-name-filter`, scrape each pod's page filtered to the metrics "
+        "the EPP reads (`name[]` parameters, which vLLM honours on `/metrics/`) once it is checked against "
+        "the full page; false scrapes the full page, as the upstream EPP does (docs/cpu-bill.md).",
+    )
     resources: ResourcesConfig = Field(
         default_factory=lambda: ResourcesConfig(cpu="2", memory="2Gi"), description="EPP CPU/memory."
     )

@@ -26,6 +26,7 @@ def test_defaults_match_the_contract(endpoints: Path) -> None:
     runtime, server, level = parse_args(["--endpoints-file", str(endpoints)])
     assert runtime.config_text == DEFAULT_CONFIG
     assert (runtime.refresh_metrics_interval, runtime.metrics_staleness_threshold) == (0.05, 2.0)
+    assert runtime.metrics_name_filter  # filtered pages where a pod verifiably serves them
     assert runtime.pool_namespace == "default" and runtime.pool_group == "inference.networking.k8s.io"
     assert (server.grpc_port, server.grpc_health_port, server.metrics_port) == (9002, 9003, 9090)
     assert server.stream.max_request_body_bytes == 4194304
@@ -58,6 +59,7 @@ def test_llm_d_style_flags(tmp_path: Path) -> None:
             "BUFFERED",
             "--transport",
             "grpc",
+            "--metrics-name-filter=false",
         ]
     )
     assert (runtime.pool_name, runtime.pool_namespace) == ("pool", "llm")
@@ -68,6 +70,7 @@ def test_llm_d_style_flags(tmp_path: Path) -> None:
     assert server.grpc_port == 19002 and server.tls is None
     assert server.stream.default_body_mode is BodyMode.BUFFERED
     assert server.transport is Transport.GRPC
+    assert not runtime.metrics_name_filter
 
 
 def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path) -> None:

@@ -1,6 +1,7 @@
 """The simulator's HTTP API, in-process: routes, vLLM response shapes, SSE framing, metrics, P/D."""
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -9,6 +10,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from epp.datastore import Datastore, EndpointSpec
+from epp.scrape.parser import VLLM
+from epp.scrape.scraper import MetricsScraper, filtered_paths
 from simulator.params import SimParams
 from simulator.server import SimServer
 
@@ -246,6 +250,45 @@ async def test_metric_types_match_vllm(sim):
     assert families["vllm:request_success"] == "counter"
     assert families["vllm:time_to_first_token_seconds"] == "histogram"
     assert families["vllm:cache_config_info"] == "gauge"
+
+
+async def test_metrics_slash_honours_name_filters_as_vllm_does(sim):
+    async def families(path: str) -> set[str]:
+        async with sim.get(path) as r:
+            assert r.status == 200
+            return {f.name for f in text_string_to_metric_families(await r.text())}
+
+    everything = await families("/metrics")
+    query = "name[]=vllm:num_requests_waiting&name[]=vllm:prefix_cache_hits_total&name[]=vllm:absent"
+    # vLLM's /metrics route ignores the query; /metrics/ is prometheus_client's app, which filters
+    # by sample name (a counter answers to its _total).
+    assert await families(f"/metrics?{query}") == everything
+    # (The counter's _created samples parse as a family of their own, on both pages.)
+    kept = {"vllm:num_requests_waiting", "vllm:prefix_cache_hits", "vllm:prefix_cache_hits_created"}
+    assert await families(f"/metrics/?{query}") == kept & everything
+    assert "vllm:prefix_cache_hits" in everything
+    assert await families("/metrics/") == everything
+
+
+async def test_the_epp_scrapes_the_simulator_filtered():
+    server, session = await start(SimParams(model="tiny", **FAST))
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.05)
+    scraper._start = lambda endpoint, first_delay: None  # type: ignore[method-assign]
+    await scraper.start()
+    try:
+        datastore.replace_endpoints([EndpointSpec("sim", "127.0.0.1", 1, server.port)])
+        (endpoint,) = datastore.endpoints()
+        assert await scraper.scrape(endpoint)
+        from_full = dataclasses.replace(endpoint.metrics, updated_at=0.0)
+        assert await scraper.scrape(endpoint)
+        assert scraper.filtered_path(endpoint) == filtered_paths("/metrics", VLLM)[1]
+        assert dataclasses.replace(endpoint.metrics, updated_at=0.0) == from_full
+        assert from_full.num_gpu_blocks is not None
+    finally:
+        await scraper.stop()
+        await session.close()
+        await server.close()
 
 
 async def test_pd_prefill_then_decode_moves_the_kv():

@@ -3,6 +3,7 @@ framing, error shapes, metric names, types and label names."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client as httpclient
 import json
 import sys
@@ -11,10 +12,13 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from epp.datastore import Datastore, EndpointSpec
+from epp.scrape.scraper import MetricsScraper
 from localrun.process import ManagedProcess, free_port, http_ok
 from tests.support import requests_shim as http
 from tests.support.vllm_server import SERVED_NAME, vllm_process
@@ -258,6 +262,33 @@ def test_metrics_have_the_same_names_types_and_labels(servers):
             assert all(labels <= next(iter(real_labels)) for labels in sim_labels)
         else:
             assert sim_labels == real_labels, metric
+
+
+@pytest.mark.parametrize("server", ["real", "sim"])
+async def test_the_epp_scrapes_a_filtered_page_with_the_full_pages_values(servers, server):
+    """vLLM renders only the families named in ``name[]`` on /metrics/ (prometheus_client's app);
+    the EPP's scraper verifies that and then scrapes it (epp.scrape.scraper), and must read the same
+    numbers, cache info included, as from the full page."""
+    url = urlsplit(servers[server])
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.05)
+    scraper._start = lambda endpoint, first_delay: None  # type: ignore[method-assign]
+    await scraper.start()
+    try:
+        datastore.replace_endpoints([EndpointSpec(server, "127.0.0.1", 1, url.port or 80)])
+        (endpoint,) = datastore.endpoints()
+        assert await scraper.scrape(endpoint)
+        from_full = dataclasses.replace(endpoint.metrics, updated_at=0.0)
+        assert from_full.block_size and from_full.num_gpu_blocks  # vllm:cache_config_info was read
+        filtered = scraper.filtered_path(endpoint)
+        assert filtered is not None and filtered.startswith("/metrics/?")
+        assert await scraper.scrape(endpoint)
+        assert dataclasses.replace(endpoint.metrics, updated_at=0.0) == from_full
+    finally:
+        await scraper.stop()
+    full = http.request("GET", servers[server] + "/metrics").body
+    small = http.request("GET", servers[server] + filtered).body
+    assert len(small) * 5 < len(full), (len(small), len(full))
 
 
 @pytest.mark.parametrize(

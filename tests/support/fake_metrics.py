@@ -62,19 +62,48 @@ def vllm_metrics_page(
     return "\n".join(lines) + "\n"
 
 
+def filter_page(page: str, names: list[str]) -> str:
+    """What prometheus_client's exposition renders for ``?name[]=...``: the named families only
+    (their HELP/TYPE lines and the samples of exactly those names; the families read here are
+    gauges, whose one sample name is the family's)."""
+    wanted = set(names)
+    kept = []
+    for line in page.splitlines():
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[2] in wanted:
+                kept.append(line)
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            kept.append(line)
+    return "\n".join(kept) + "\n" if kept else ""
+
+
 @dataclass
 class FakeMetricsServer:
-    """One fake pod: serves ``page`` (or ``status``) at /metrics and counts hits."""
+    """One fake pod: serves ``page`` (or ``status``) at /metrics and counts hits.
+
+    With ``filtering`` it also serves ``/metrics/`` as vLLM does (prometheus_client's ASGI app:
+    ``name[]`` query parameters select families), while ``/metrics`` ignores any query (vLLM's
+    instrumentator route). ``paths`` records every request's path and query, in order."""
 
     page: str = field(default_factory=vllm_metrics_page)
     status: int = 200
     hits: int = 0
     port: int = 0
+    filtering: bool = False
+    # Names the filtered page drops even when asked for (a server whose registry does not find them).
+    unfilterable: frozenset[str] = frozenset()
+    filtered_status: int = 200
+    paths: list[str] = field(default_factory=list)
     _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        if self.filtering:
+            app.router.add_get("/metrics/", self._filtered)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -90,6 +119,19 @@ class FakeMetricsServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.hits += 1
+        self.paths.append(request.path_qs)
         if self.status != 200:
             return web.Response(status=self.status, text="boom")
         return web.Response(text=self.page, content_type="text/plain")
+
+    async def _filtered(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        self.paths.append(request.path_qs)
+        status = self.status if self.status != 200 else self.filtered_status
+        if status != 200:
+            return web.Response(status=status, text="boom")
+        names = request.query.getall("name[]", [])
+        if not names:
+            return web.Response(text=self.page, content_type="text/plain")
+        page = filter_page(self.page, [n for n in names if n not in self.unfilterable])
+        return web.Response(text=page, content_type="text/plain")

@@ -100,6 +100,7 @@ def test_upstream_flags_are_ones_llm_d_defines(upstream: RenderResult) -> None:
         assert flag in epp_args
     assert "--served-models" not in epp_args  # the bundled EPP's own flags
     assert "--refresh-metrics-idle-interval" not in epp_args
+    assert not any(arg.startswith("--metrics-name-filter") for arg in epp_args)
     assert epp_args[epp_args.index("--refresh-metrics-interval") + 1] == "50ms"  # a Go duration
     sidecar_args = container(upstream, "t-decode", "routing-sidecar")["args"]
     assert flag_names(sidecar_args) <= UPSTREAM_SIDECAR_FLAGS
@@ -108,6 +109,11 @@ def test_upstream_flags_are_ones_llm_d_defines(upstream: RenderResult) -> None:
 def test_bundled_epp_scrapes_quiet_pods_every_idle_interval(bundled: RenderResult) -> None:
     epp_args = container(bundled, "t-epp", "epp")["args"]
     assert epp_args[epp_args.index("--refresh-metrics-idle-interval") + 1] == "500ms"
+
+
+def test_bundled_epp_asks_for_filtered_metrics_pages(bundled: RenderResult) -> None:
+    epp_args = container(bundled, "t-epp", "epp")["args"]
+    assert "--metrics-name-filter=true" in epp_args
 
 
 def test_both_implementations_share_service_rbac_config_and_pool(
