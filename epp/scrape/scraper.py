@@ -26,8 +26,9 @@ scrape on this project's bench machine; the filtered one is ~1.7 KB and ~0.5 ms 
 ``vllm-scrape``). Not every server honours the filter, or serves that path, so it is
 *verified* per endpoint: a full scrape, then the filtered candidates; a candidate is used only if it
 is smaller and carries every wanted family the full page carries. That check is redone every
-``FILTER_RECHECK_S``. A filtered page that stops parsing falls back to the full page within the same
-scrape, so the filter can cost an extra GET but never a failed scrape.
+``FILTER_RECHECK_S``. A filtered answer that is not a usable page (a status, malformed HTTP, no
+parse) falls back to the full page within the same scrape: a broken filter costs an extra GET, never
+a failed scrape. (No answer at all fails the scrape, as it would on the full page.)
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class _Quiet:
 # How often an endpoint's filtered page is checked again against its full page.
 FILTER_RECHECK_S = 60.0
 _FETCH_ERRORS = (aiohttp.ClientError, HttpError, TimeoutError, OSError)
+# An answer that is not a page (as opposed to no answer): malformed HTTP, or a page that does not parse.
+_BAD_ANSWERS = (HttpError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError, MetricsParseError)
 
 
 @dataclasses.dataclass(slots=True)
@@ -275,16 +278,18 @@ class MetricsScraper:
         verdict = self._filters.get(endpoint.hostport)
         due = verdict is None or now - verdict.checked_at >= FILTER_RECHECK_S
         if verdict is not None and verdict.path is not None and not due:
-            status, body = await self._fetch(endpoint, verdict.path)
-            if status == 200:
-                try:
-                    return parse_metrics(body.decode("utf-8", "replace"), time.monotonic(), self.names)
-                except MetricsParseError:
-                    pass
-            # The filtered page broke (an upgrade, a reconfigured server): the full page now, and
-            # the candidates checked again right after it.
-            log.info("filtered metrics page of %s unusable (HTTP %d): checking again", endpoint.name, status)
-            due = True
+            # A pod that does not answer at all fails this scrape as it would the full page's; an
+            # answer that is not a usable page (a status, malformed HTTP, a page that does not
+            # parse) falls back to the full page.
+            try:
+                status, body = await self._fetch(endpoint, verdict.path)
+                if status != 200:
+                    raise MetricsParseError(f"HTTP {status}")
+                return parse_metrics(body.decode("utf-8", "replace"), time.monotonic(), self.names)
+            except _BAD_ANSWERS as exc:
+                # An upgrade, a reconfigured server: the full page now, and the check right after it.
+                log.info("filtered metrics page of %s unusable (%s): checking again", endpoint.name, exc)
+                due = True
         status, body = await self._fetch(endpoint, self.path)
         if status != 200:
             raise MetricsParseError(f"HTTP {status}")
@@ -301,7 +306,10 @@ class MetricsScraper:
         for path in self._candidates:
             try:
                 status, body = await self._fetch(endpoint, path)
-            except _FETCH_ERRORS:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever a candidate does, this scrape has its full page
+                log.debug("filter candidate %s of %s failed: %r", path, endpoint.name, exc)
                 continue
             if status != 200 or len(body) >= len(full):
                 continue  # refused, or the filter ignored

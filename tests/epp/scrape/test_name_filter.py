@@ -11,6 +11,7 @@ import pytest
 
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointSpec
 from epp.scrape import scraper as scraper_module
+from epp.scrape.http import HttpError
 from epp.scrape.parser import VLLM, parse_metrics
 from epp.scrape.scraper import MetricsScraper, filtered_paths
 from tests.support.fake_metrics import FakeMetricsServer, filter_page, vllm_metrics_page
@@ -136,6 +137,61 @@ async def test_a_filtered_page_that_breaks_falls_back_within_the_same_scrape(bre
         assert server.paths == [SLASHED, FULL, SAME_PATH, SLASHED]
         assert await scraper.scrape(endpoint)
         assert server.paths[-1] == FULL
+    finally:
+        await scraper.stop()
+        await server.stop()
+
+
+async def test_malformed_http_on_the_filtered_path_falls_back_but_no_answer_fails_the_scrape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = FakeMetricsServer(PAGE, filtering=True)
+    scraper, endpoint = await _scraped(server)
+    real_fetch = scraper._fetch
+    failure: list[BaseException] = []
+
+    async def fetch(target: Endpoint, path: str) -> tuple[int, bytes]:
+        if failure and path == SLASHED:
+            raise failure[0]
+        return await real_fetch(target, path)
+
+    monkeypatch.setattr(scraper, "_fetch", fetch)
+    try:
+        assert await scraper.scrape(endpoint) and scraper.filtered_path(endpoint) == SLASHED
+        failure.append(HttpError("bad chunk size"))  # the pod answered, with something unusable
+        assert await scraper.scrape(endpoint)
+        assert endpoint.scrape_failures == 0 and scraper.filtered_path(endpoint) is None
+
+        failure.clear()
+        assert await scraper.scrape(endpoint)  # the check passes again on the next due check only
+        monkeypatch.setattr(scraper_module, "FILTER_RECHECK_S", 0.0)
+        assert await scraper.scrape(endpoint)
+        monkeypatch.setattr(scraper_module, "FILTER_RECHECK_S", 3600.0)
+        assert scraper.filtered_path(endpoint) == SLASHED
+        failure.append(TimeoutError())  # no answer at all: the pod is unreachable, as before
+        assert not await scraper.scrape(endpoint)
+        assert endpoint.scrape_failures == 1
+    finally:
+        await scraper.stop()
+        await server.stop()
+
+
+async def test_a_candidate_that_raises_anything_never_fails_the_scrape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = FakeMetricsServer(PAGE, filtering=True)
+    scraper, endpoint = await _scraped(server)
+    real_fetch = scraper._fetch
+
+    async def fetch(target: Endpoint, path: str) -> tuple[int, bytes]:
+        if path != FULL:
+            raise ValueError("a client bug on an odd URL")
+        return await real_fetch(target, path)
+
+    monkeypatch.setattr(scraper, "_fetch", fetch)
+    try:
+        assert await scraper.scrape(endpoint) and await scraper.scrape(endpoint)
+        assert endpoint.scrape_failures == 0 and scraper.filtered_path(endpoint) is None
     finally:
         await scraper.stop()
         await server.stop()
