@@ -58,6 +58,11 @@ SCRAPES_SKIPPED = Counter(
     "Scrape ticks of quiet endpoints (idle, unchanged, nothing routed since) that reused the last page "
     "(--refresh-metrics-idle-interval).",
 )
+FILTERED_ENDPOINTS = Gauge(
+    "epp_metrics_filtered_endpoints",
+    "Endpoints scraped with a page filtered to the metrics the EPP reads (--metrics-name-filter), "
+    "after it was checked against their full page.",
+)
 SCRAPE_TASK_RESTARTS = Counter(
     "epp_metrics_scrape_task_restarts_total",
     "Per-endpoint metrics poll tasks that ended unexpectedly and were restarted (a bug if ever > 0).",

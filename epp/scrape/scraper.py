@@ -159,6 +159,7 @@ class MetricsScraper:
         self._targets.clear()
         self._quiet.clear()
         self._filters.clear()
+        self._count_filtered()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -178,11 +179,14 @@ class MetricsScraper:
             if hostport not in live:
                 self._tasks.pop(hostport).cancel()
                 gone = self._targets.pop(hostport)
-                self._quiet.pop(hostport, None)
-                self._filters.pop(hostport, None)
                 self._getter.drop(gone.address, gone.metrics_port, forget=True)
                 with contextlib.suppress(KeyError):  # no error was ever counted for it
                     epp_metrics.SCRAPE_ERRORS.remove(hostport)
+        # What was learnt about departed endpoints goes with them (whether or not a task polled them).
+        for known in (self._quiet, self._filters):
+            for hostport in [hp for hp in known if hp not in live]:
+                del known[hostport]
+        self._count_filtered()
         for hostport, endpoint in live.items():
             if hostport not in self._tasks:
                 self._targets[hostport] = endpoint
@@ -296,8 +300,22 @@ class MetricsScraper:
         text = body.decode("utf-8", "replace")
         new = parse_metrics(text, time.monotonic(), self.names)
         if due and self._candidates:
-            self._filters[endpoint.hostport] = _Filter(await self._check_filter(endpoint, text), now)
+            self._set_filter(endpoint, await self._check_filter(endpoint, text), now)
         return new
+
+    def _set_filter(self, endpoint: Endpoint, path: str | None, now: float) -> None:
+        before = self._filters.get(endpoint.hostport)
+        self._filters[endpoint.hostport] = _Filter(path, now)
+        if (before.path if before is not None else None) != path:
+            log.info(
+                "scraping %s %s",
+                endpoint.name,
+                f"with the filtered page {path}" if path is not None else "with the full page",
+            )
+            self._count_filtered()
+
+    def _count_filtered(self) -> None:
+        epp_metrics.FILTERED_ENDPOINTS.set(sum(1 for f in self._filters.values() if f.path is not None))
 
     async def _check_filter(self, endpoint: Endpoint, full: str) -> str | None:
         """The first filtered path that is smaller than ``full`` and carries every wanted family

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from epp import metrics as epp_metrics
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointSpec
 from epp.scrape import scraper as scraper_module
 from epp.scrape.http import HttpError
@@ -67,6 +68,7 @@ async def test_a_server_that_filters_on_the_slashed_path_is_scraped_filtered_aft
         for _ in range(3):
             assert await scraper.scrape(endpoint)
         assert server.paths[3:] == [SLASHED] * 3
+        assert epp_metrics.FILTERED_ENDPOINTS._value.get() == 1
         assert _values(endpoint.metrics) == from_full  # the same numbers, LoRA and cache info included
         assert endpoint.metrics.running_loras == frozenset({"sql"})
         assert endpoint.metrics.num_gpu_blocks == 2048
@@ -74,6 +76,10 @@ async def test_a_server_that_filters_on_the_slashed_path_is_scraped_filtered_aft
         server.page = vllm_metrics_page(waiting=0, running=1, kv=0.5)
         assert await scraper.scrape(endpoint)
         assert (endpoint.metrics.waiting, endpoint.metrics.running, endpoint.metrics.kv_usage) == (0, 1, 0.5)
+
+        scraper.datastore.replace_endpoints([])  # the pod left: its verdict and the count go with it
+        assert scraper.filtered_path(endpoint) is None
+        assert epp_metrics.FILTERED_ENDPOINTS._value.get() == 0
     finally:
         await scraper.stop()
         await server.stop()
@@ -86,6 +92,7 @@ async def test_a_server_that_ignores_the_filter_or_lacks_the_path_keeps_the_full
         assert await scraper.scrape(endpoint) and await scraper.scrape(endpoint)
         assert server.paths == [FULL, SAME_PATH, FULL]
         assert endpoint.scrape_failures == 0
+        assert epp_metrics.FILTERED_ENDPOINTS._value.get() == 0
     finally:
         await scraper.stop()
         await server.stop()
