@@ -4,6 +4,7 @@ against fake model servers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointSpec
 from epp.director import SchedulingDirector
-from epp.scrape.parser import MetricsParseError, parse_metrics, samples
+from epp.scrape.parser import _LABEL_BLOCK, MetricsParseError, _label_block_end, parse_metrics, samples
 from epp.scrape.scraper import MetricsScraper
 from tests.support.epp import inference_request, wait_until
 from tests.support.fake_metrics import FakeMetricsServer, vllm_metrics_page
@@ -76,6 +77,27 @@ def test_parser_reads_pre_rename_kv_metric_and_newest_lora_sample() -> None:
 def test_samples_skips_longer_names_and_handles_braces_in_label_values() -> None:
     page = 'x_total 1\nx{a="}{"} 2\nx 3 1700000000\nxy 9'
     assert list(samples(page, "x")) == [('a="}{"', 2.0), ("", 3.0)]
+
+
+# Label text built from the characters that matter to the block's end: quotes, braces, backslashes.
+label_text = st.text(alphabet='a="}{\\ ,x', max_size=40)
+
+
+@settings(deadline=None)
+@given(label_text, st.sampled_from(["", "} 1", " 2\nx{b=\"}\"} 3"]))
+def test_the_fast_label_block_end_agrees_with_the_regex(inner: str, tail: str) -> None:
+    text = "x{" + inner + tail
+    match = _LABEL_BLOCK.match(text, 1)
+    assert _label_block_end(text, 1) == (-1 if match is None else match.end())
+
+
+def test_a_real_filtered_vllm_page_parses_with_its_cache_info() -> None:
+    # /metrics/?name[]=... from vllm.entrypoints.openai.api_server 0.32.0 (CPU, the tiny model):
+    # cache_config_info's 37 labels are what the fast label-block path is for.
+    page = (Path(__file__).parent / "fixtures" / "vllm-0.32-filtered.txt").read_text()
+    metrics = parse_metrics(page, 1.0)
+    assert (metrics.waiting, metrics.running, metrics.kv_usage) == (0, 0, 0.0)
+    assert (metrics.block_size, metrics.num_gpu_blocks) == (128, 4096)
 
 
 def test_samples_read_one_metric_group_only() -> None:
