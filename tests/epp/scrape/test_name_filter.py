@@ -5,6 +5,7 @@ keep being scraped in full, and a filtered page that breaks never costs a failed
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -44,6 +45,23 @@ async def _scraped(server: FakeMetricsServer, **kwargs: object) -> tuple[Metrics
     datastore.replace_endpoints([EndpointSpec("pod", "127.0.0.1", 1, server.port)])
     (endpoint,) = datastore.endpoints()
     return scraper, endpoint
+
+
+def _fail_fetches(
+    monkeypatch: pytest.MonkeyPatch,
+    scraper: MetricsScraper,
+    failure_for: Callable[[str], BaseException | None],
+) -> None:
+    """The scraper's GETs of a path raise ``failure_for(path)`` where that is not None."""
+    real_fetch = scraper._fetch
+
+    async def fetch(target: Endpoint, path: str) -> tuple[int, bytes]:
+        failure = failure_for(path)
+        if failure is not None:
+            raise failure
+        return await real_fetch(target, path)
+
+    monkeypatch.setattr(scraper, "_fetch", fetch)
 
 
 def test_the_candidates_name_every_metric_read_on_the_path_then_with_a_trailing_slash() -> None:
@@ -154,15 +172,8 @@ async def test_malformed_http_on_the_filtered_path_falls_back_but_no_answer_fail
 ) -> None:
     server = FakeMetricsServer(PAGE, filtering=True)
     scraper, endpoint = await _scraped(server)
-    real_fetch = scraper._fetch
     failure: list[BaseException] = []
-
-    async def fetch(target: Endpoint, path: str) -> tuple[int, bytes]:
-        if failure and path == SLASHED:
-            raise failure[0]
-        return await real_fetch(target, path)
-
-    monkeypatch.setattr(scraper, "_fetch", fetch)
+    _fail_fetches(monkeypatch, scraper, lambda path: failure[0] if failure and path == SLASHED else None)
     try:
         assert await scraper.scrape(endpoint) and scraper.filtered_path(endpoint) == SLASHED
         failure.append(HttpError("bad chunk size"))  # the pod answered, with something unusable
@@ -188,14 +199,7 @@ async def test_a_candidate_that_raises_anything_never_fails_the_scrape(
 ) -> None:
     server = FakeMetricsServer(PAGE, filtering=True)
     scraper, endpoint = await _scraped(server)
-    real_fetch = scraper._fetch
-
-    async def fetch(target: Endpoint, path: str) -> tuple[int, bytes]:
-        if path != FULL:
-            raise ValueError("a client bug on an odd URL")
-        return await real_fetch(target, path)
-
-    monkeypatch.setattr(scraper, "_fetch", fetch)
+    _fail_fetches(monkeypatch, scraper, lambda path: None if path == FULL else ValueError("a client bug"))
     try:
         assert await scraper.scrape(endpoint) and await scraper.scrape(endpoint)
         assert endpoint.scrape_failures == 0 and scraper.filtered_path(endpoint) is None
