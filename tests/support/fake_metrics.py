@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -97,6 +98,7 @@ class FakeMetricsServer:
     unfilterable: frozenset[str] = frozenset()
     filtered_status: int = 200
     paths: list[str] = field(default_factory=list)
+    ssl_context: ssl.SSLContext | None = None  # serve HTTPS
     _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -106,7 +108,7 @@ class FakeMetricsServer:
             app.router.add_get("/metrics/", self._filtered)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         assert server is not None
