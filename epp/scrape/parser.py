@@ -25,6 +25,11 @@ class MetricNames:
     lora_info: str = "vllm:lora_requests_info"
     cache_info: str = "vllm:cache_config_info"
 
+    @property
+    def every(self) -> tuple[str, ...]:
+        """Every metric name read, in one list (what a filtered scrape asks for)."""
+        return (self.waiting, self.running, *self.kv_usage, self.lora_info, self.cache_info)
+
 
 VLLM = MetricNames()
 

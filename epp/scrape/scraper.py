@@ -80,10 +80,9 @@ def filtered_paths(path: str, names: MetricNames) -> list[str]:
     """The filtered variants of ``path`` to try, in order: the same path with ``name[]`` parameters,
     then with a trailing slash (vLLM: ``/metrics`` is an instrumentator route that ignores the query,
     ``/metrics/`` the prometheus_client ASGI app that honours it)."""
-    wanted = [names.waiting, names.running, *names.kv_usage, names.lora_info, names.cache_info]
     if "?" in path:
         return []  # a configured query string of its own: leave it alone
-    query = urlencode([("name[]", name) for name in wanted])
+    query = urlencode([("name[]", name) for name in names.every])
     candidates = [f"{path}?{query}", f"{path.rstrip('/')}/?{query}"]
     return list(dict.fromkeys(candidates))
 
@@ -91,7 +90,7 @@ def filtered_paths(path: str, names: MetricNames) -> list[str]:
 def _families(text: str, names: MetricNames) -> frozenset[str]:
     """The wanted metric names that have at least one sample on ``text``."""
     present = set()
-    for name in (names.waiting, names.running, *names.kv_usage, names.lora_info, names.cache_info):
+    for name in names.every:
         try:
             if next(samples(text, name), None) is not None:
                 present.add(name)
