@@ -316,7 +316,7 @@ def notes(cells: list[Cell], pods: int) -> str:
         lines.append(
             f"- At {cell.rate_rps:g} req/s the filtered page (`epp-default` against `epp-full-page`) changed "
             f"the pods' CPU by {-pods_saved:+.1f} ms and the EPP's by {-epp_saved:+.1f} ms per request. The "
-            "simulator renders its 22 KB page from cached text: on real vLLM a full page costs ~7-9 ms "
+            "simulator renders its 22 KB page from cached text: on real vLLM a full page costs 6.6-9 ms "
             "of CPU and a filtered one under 1 ms (section `vllm-scrape`)."
         )
     lines += [
