@@ -118,7 +118,7 @@ def render(result: dict[str, Any]) -> str:
         rows.append(
             [
                 kind,
-                f"`{path if kind == 'full' else '/metrics/?name[]=... (6 names)'}`",
+                f"`{path if kind == 'full' else f'/metrics/?name[]=... ({len(VLLM.every)} names)'}`",
                 f"{median(kind, 'bytes'):.0f}",
                 spread(kind, "server_us"),
                 f"{median(kind, 'epp_us'):.0f}",
