@@ -30,6 +30,13 @@ class Sequence:
     prompt_tokens: int
     hashes: list[int]  # chained hashes of the prompt's full blocks
     max_tokens: int
+    # Keys of the blocks past the prompt's full ones (the prompt's tail, then generated tokens):
+    # called with how many such blocks need keys, it returns the keys of all of them. vLLM caches
+    # every full block a request computed, generated tokens included (vllm/v1/request.py appends
+    # block hashes as output tokens arrive; kv_cache_manager.py allocate_slots caches up to
+    # request.num_tokens), so those blocks take cache space and publish BlockStored too. None:
+    # the sequence cannot name them, and its output blocks stay private.
+    output_keys: Callable[[int], list[int]] | None = None
     # P/D decode side: another instance prefilled this prompt and its KV was pulled; the full
     # blocks among it (``transferred_hashes``) are installed as computed on admission.
     remote_prefilled: bool = False
@@ -47,6 +54,7 @@ class Sequence:
     cached_tokens: int = 0
     external_cached_tokens: int = 0
     computed: int = 0  # context tokens whose KV exists (cached + prefilled)
+    output_hashes: list[int] = field(default_factory=list)  # what output_keys last returned
     generated: int = 0
     admitted_at: float | None = None
     prefill_done_at: float | None = None
@@ -66,6 +74,16 @@ class Sequence:
     @property
     def prefilling(self) -> bool:
         return self.computed < self.prefill_target
+
+    def block_keys(self, count: int) -> list[int]:
+        """The keys of the sequence's first ``count`` full blocks (fewer when it cannot name them)."""
+        hashes = self.hashes
+        if count <= len(hashes) or self.output_keys is None:
+            return hashes[:count]
+        more = count - len(hashes)
+        if len(self.output_hashes) < more:
+            self.output_hashes = self.output_keys(more)
+        return hashes + self.output_hashes[:more]
 
     @property
     def prefill_target(self) -> int:
@@ -249,17 +267,18 @@ class Engine:
             ):
                 deferred.append(self.waiting.popleft())
                 continue
-            # The last prompt token is always computed (it yields the first output token), so a
-            # fully cached prompt still leaves its final block to compute, as in vLLM.
-            cacheable = (seq.prompt_tokens - 1) // p.block_size
-            matched = min(self.pool.cached_prefix(seq.hashes), cacheable)
+            # The last token is always computed (it yields the next output token), so a fully
+            # cached prompt still leaves its final block to compute, as in vLLM. A sequence
+            # resumed after a preemption matches its generated tokens' blocks too.
+            cacheable = seq.block_keys((seq.context_tokens - 1) // p.block_size)
+            matched = self.pool.cached_prefix(cacheable)
             needed = -(-(seq.context_tokens + 1) // p.block_size) - matched
             # Exact, as vLLM admits: matched blocks nobody holds are counted as allocatable, and
             # sharing them takes them out of that count.
-            if needed + self.pool.free_cached(seq.hashes[:matched]) > self.pool.allocatable:
+            if needed + self.pool.free_cached(cacheable[:matched]) > self.pool.allocatable:
                 break
             self.waiting.popleft()
-            self.pool.acquire_prefix(seq.table, seq.hashes[:matched])
+            self.pool.acquire_prefix(seq.table, cacheable[:matched])
             self.pool.allocate(seq.table, needed)
             seq.cached_tokens = matched * p.block_size
             seq.computed = seq.cached_tokens
@@ -267,7 +286,7 @@ class Engine:
                 # Pulled KV covers the whole prompt (partial last block included); its full blocks
                 # land in freshly allocated blocks and join the prefix cache. Only the last token
                 # is left to run, to sample the first output token.
-                pulled_blocks = min(len(seq.transferred_hashes), cacheable)
+                pulled_blocks = min(len(seq.transferred_hashes), len(cacheable))
                 self.pool.commit(seq.table, seq.hashes[matched:pulled_blocks])
                 seq.external_cached_tokens = seq.prompt_tokens - seq.cached_tokens
                 seq.computed = seq.prompt_tokens - 1
@@ -307,10 +326,7 @@ class Engine:
             # (vllm/v1/core/kv_cache_manager.py, allocate_slots -> cache_blocks) and publishes their
             # BlockStored events after that step, so a long prompt's first chunks are announced
             # (and shareable) while its later chunks still run.
-            cacheable = (seq.prompt_tokens - 1) // self.params.block_size
-            done = min(seq.computed // self.params.block_size, cacheable)
-            if done > len(seq.table.hashed):
-                self.pool.commit(seq.table, seq.hashes[len(seq.table.hashed) : done])
+            self._cache_computed(seq)
             if not seq.prefilling:
                 seq.prefill_done_at = now
                 if seq.generated == 0:
@@ -324,9 +340,17 @@ class Engine:
                 continue
             seq.computed += 1
             self._emit(seq, now)
+            self._cache_computed(seq)
         for seq in [s for s in self.running if s.generated >= s.max_tokens and not s.prefilling]:
             self.running.remove(seq)
             self._finish(seq, seq.limit_reason)
+
+    def _cache_computed(self, seq: Sequence) -> None:
+        """Cache every full block the sequence has computed (generated tokens' blocks included)."""
+        done = seq.computed // self.params.block_size
+        if done > len(seq.table.hashed):
+            keys = seq.block_keys(done)
+            self.pool.commit(seq.table, keys[len(seq.table.hashed) :])
 
     def _emit(self, seq: Sequence, now: float) -> None:
         if seq.first_token_at is None:

@@ -105,8 +105,15 @@ class BlockKeyer:
     def keys(self, token_ids: Sequence[int], extra_keys: tuple[Any, ...] | None = None) -> list[int]:
         """``extra_keys`` is vLLM's per-request extra key of every block (a LoRA request's
         ``(("lora", name, path),)``), None for the base model."""
+        return self.chain(token_ids, extra_keys)[0]
+
+    def chain(
+        self, token_ids: Sequence[int], extra_keys: tuple[Any, ...] | None = None, parent: bytes | None = None
+    ) -> tuple[list[int], bytes]:
+        """The keys of the full blocks of ``token_ids``, chained from ``parent`` (the digest of the
+        block before them; None: they start a chain), and the last block's digest, to go on from."""
         size = self.block_size
-        parent = self.none_hash
+        parent = self.none_hash if parent is None else parent
         out: list[int] = []
         for start in range(0, len(token_ids) - size + 1, size):
             block = (parent, tuple(token_ids[start : start + size]), extra_keys)
@@ -118,7 +125,7 @@ class BlockKeyer:
                 self._previous, self._current = self._current, {}
             out.append(int.from_bytes(digest, "big") & _KEY_MASK)
             parent = digest
-        return out
+        return out, parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,10 +283,10 @@ class KvEventPublisher:
 
     # ---- chains of live requests --------------------------------------------------------------
 
-    def track(self, keys: Sequence[int], token_ids: Sequence[int]) -> None:
-        """A request with these block keys is live: its blocks may be stored while it runs."""
+    def track(self, keys: Sequence[int], token_ids: Sequence[int], parent: int | None = None) -> None:
+        """A request with these block keys is live: its blocks may be stored while it runs.
+        ``parent`` is the key of the block before the first one (None: they start a chain)."""
         size = self.block_size
-        parent = None
         for index, key in enumerate(keys):
             entry = self._chains.get(key)
             if entry is None:

@@ -12,19 +12,28 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import xxhash
 from aiohttp import web
 
 import jsonbody
 from simulator.engine import Engine, EngineDead, RequestTooLarge, Sequence
 from simulator.kvevents import BlockKeyer, KvEventPublisher, KvEventsConfig, none_hash_seed
 from simulator.lora import LoraError
+from simulator.outputblocks import OutputBlockKeys, xxh64_chain
 from simulator.params import SimParams
 from simulator.requests import ApiError, GenerationRequest, parse_detokenize, parse_generation, parse_tokenize
-from simulator.tokens import block_hashes, output_token, token_ids, token_pieces
+from simulator.tokens import (
+    CHARS_PER_TOKEN,
+    block_hashes,
+    output_token,
+    piece_id,
+    token_ids,
+    token_pieces,
+)
 from simulator.transfer import KV_BYTES_PER_TOKEN, PULL_PATH, KvExports, TransferError, pull_remote
 from simulator.vllm_metrics import CONTENT_TYPE, SimMetrics
 
@@ -275,13 +284,14 @@ class SimServer:
         # an extra key, vllm/v1/core/kv_cache_utils.py _gen_lora_extra_hash_keys): an adapter never
         # reuses the base model's or another adapter's KV.
         tokens = token_ids(parsed.prompt_text) if self.keyer is not None else []
+        salt = f"lora:{adapter}" if adapter else ""
+        extra: tuple[Any, ...] | None = None
+        digest = b""
         if self.keyer is not None:
             extra = None if adapter is None or lora is None else (("lora", adapter, lora.adapters[adapter]),)
-            hashes = self.keyer.keys(tokens, extra)
+            hashes, digest = self.keyer.chain(tokens, extra)
         else:
-            hashes = block_hashes(
-                parsed.prompt_text, self.params.block_size, salt=f"lora:{adapter}" if adapter else ""
-            )
+            hashes = block_hashes(parsed.prompt_text, self.params.block_size, salt=salt)
         # API server work (tokenising, detokenising) happens before the engine sees the request.
         await asyncio.sleep(
             self.params.request_overhead_s + self.params.tokenize_per_token_s * parsed.prompt_tokens
@@ -295,6 +305,10 @@ class SimServer:
             limit_reason="length" if parsed.explicit_max_tokens else "stop",
             lora=adapter,
         )
+        if self.keyer is not None:
+            seq.output_keys = self._vllm_output_keys(seq, tokens, extra, digest)
+        else:
+            seq.output_keys = self._own_output_keys(seq, parsed.prompt_text, salt)
         if importing:
             pulled = await self._pull_kv(kv, hashes)
             if pulled is None and self.params.kv_load_failure_policy == "fail":
@@ -326,10 +340,44 @@ class SimServer:
         kv_out = self.exports.export(request_id, seq) if exporting else None
         return _json(self._full_response(parsed, seq, kv_out))
 
+    # Keys for the blocks past the prompt's full ones (its tail, then generated tokens), chained to
+    # the prompt's: vLLM caches those blocks too (simulator/outputblocks.py).
+
+    def _own_output_keys(self, seq: Sequence, prompt_text: str, salt: str) -> OutputBlockKeys:
+        size, parent = self.params.block_size, seq.hashes[-1] if seq.hashes else None
+        tail = token_ids(prompt_text[len(seq.hashes) * size * CHARS_PER_TOKEN :])
+        start = parent if parent is not None else xxhash.xxh64_intdigest(salt.encode())
+        return OutputBlockKeys(size, tail, self._output_ids(seq), xxh64_chain(start), parent)
+
+    def _vllm_output_keys(
+        self, seq: Sequence, tokens: list[int], extra: tuple[Any, ...] | None, digest: bytes
+    ) -> OutputBlockKeys:
+        """vLLM's keys over token ids, with the request's LoRA extra key; ``digest`` is the prompt
+        chain's last digest."""
+        keyer, events = self.keyer, self.events
+        assert keyer is not None and events is not None  # a keyer is made only with the publisher
+        state = [digest]
+
+        def next_key(ids: list[int]) -> int:
+            keys, state[0] = keyer.chain(ids, extra, state[0])
+            return keys[0]
+
+        def on_block(key: int, parent: int | None, ids: list[int]) -> None:
+            events.track([key], ids, parent)  # before the engine stores it: no undescribed store
+
+        size, parent = self.params.block_size, seq.hashes[-1] if seq.hashes else None
+        tail = tokens[len(seq.hashes) * size :]
+        return OutputBlockKeys(size, tail, self._output_ids(seq), next_key, parent, on_block)
+
+    def _output_ids(self, seq: Sequence) -> Callable[[int], int]:
+        seed = self._output_seed(seq)
+        return lambda index: piece_id(output_token(seed, index))
+
     async def _untrack(self, seq: Sequence) -> None:
         await seq.done.wait()
         assert self.events is not None
         self.events.untrack(seq.hashes)
+        self.events.untrack(seq.output_hashes)
 
     def _log_request(self, request: web.Request, body: Any) -> None:
         # A small append per request, on the loop: this is a debugging aid, not a serving path.
@@ -359,8 +407,13 @@ class SimServer:
     # --- response shapes -----------------------------------------------------------------------
 
     def _text(self, seq: Sequence, start: int, end: int) -> str:
-        seed = seq.hashes[0] if seq.hashes else seq.prompt_tokens
+        seed = self._output_seed(seq)
         return "".join(output_token(seed, i) for i in range(start, end))
+
+    @staticmethod
+    def _output_seed(seq: Sequence) -> int:
+        """What picks the sequence's output words (so its output tokens are known in advance)."""
+        return seq.hashes[0] if seq.hashes else seq.prompt_tokens
 
     def _usage(self, seq: Sequence) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ predict the published keys from the request alone."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator
@@ -43,7 +44,7 @@ from simulator.kvevents import (
 from simulator.kvevents import encode_batch as sim_encode_batch
 from simulator.params import SimParams
 from simulator.server import SimServer
-from simulator.tokens import token_ids
+from simulator.tokens import id_piece, token_ids
 from tests.simulator.test_server import FAST
 
 TIMEOUT = 15.0
@@ -204,6 +205,37 @@ async def test_published_keys_are_what_the_epp_computes_from_the_prompt(publishi
     _, batch = await next_batch(sub)
     chat_stored = [k for e in batch.events if isinstance(e, BlockStored) for k in e.block_hashes]
     assert chat_stored == epp_keys(chat)[: len(chat_stored)] and chat_stored
+
+
+async def test_generated_tokens_blocks_are_published_chained_to_the_prompt(
+    publishing: dict[str, Any],
+) -> None:
+    """vLLM caches the blocks its output fills and publishes them chained to the prompt's
+    (tests/slow/test_sim_matches_vllm.py checks vLLM does): the simulator too."""
+    session, sub = publishing["session"], publishing["sub"]
+    await join(session, sub)
+    prompt = "The quick brown fox jumps over it."  # 9 tokens: 2 full blocks and 1 token over
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 8}
+    async with session.post("/v1/completions", json=body) as response:
+        assert response.status == 200, await response.text()
+        text = (await response.json())["choices"][0]["text"]
+    # 17 tokens, of which the last generated one is never computed: 16, 4 full blocks.
+    stored: list[BlockStored] = []
+    while sum(len(e.block_hashes) for e in stored) < 4:
+        _, batch = await next_batch(sub)
+        stored += [e for e in batch.events if isinstance(e, BlockStored)]
+    keys = [k for e in stored for k in e.block_hashes]
+    ids = [t for e in stored for t in e.token_ids]
+    assert len(keys) == 4 and len(ids) == 16
+    assert stored[0].parent_block_hash is None
+    assert all(b.parent_block_hash == a.block_hashes[-1] for a, b in itertools.pairwise(stored))
+    assert keys == BlockHasher("sha256_cbor", 4, "99").block_keys(ids)  # one chain, vLLM's keys
+    assert keys[:2] == epp_keys({"prompt": prompt})
+    assert ids[:9] == token_ids(prompt)
+    assert text.startswith("".join(id_piece(t) for t in ids[9:]))  # the tokens it generated
+    await asyncio.sleep(0.2)  # nothing more: the 17th token's block is not full
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(next_batch(sub), 0.3)
 
 
 async def test_evictions_are_published_and_replay_returns_history(publishing: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import time
@@ -30,9 +31,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import zmq
 import zmq.asyncio
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.config.loader import load_config
@@ -50,6 +53,9 @@ from epp.scheduling.framework import SchedulingRequest
 from epp.scheduling.registry import create
 from epp.types import InferenceRequest, ParsedBody
 from localrun.process import free_port
+from simulator.params import SimParams
+from simulator.server import SimServer
+from tests.simulator.test_server import FAST
 from tests.support import requests_shim as http
 from tests.support.vllm_server import SERVED_NAME, vllm_process
 
@@ -351,3 +357,88 @@ dataLayer:
     finally:
         for plugin in reversed(built.lifecycles):
             await plugin.stop()
+
+
+async def stored_blocks(sub: zmq.asyncio.Socket, settle_s: float = SETTLE_S) -> list[BlockStored]:
+    """The BlockStored events that arrive until none has for ``settle_s``."""
+    stored: list[BlockStored] = []
+    while True:
+        try:
+            frames = await asyncio.wait_for(sub.recv_multipart(), settle_s)
+        except TimeoutError:
+            return stored
+        batch = decode_batch(parse_frames(frames).payload)
+        stored += [event for event in batch.events if isinstance(event, BlockStored)]
+
+
+def one_chain(stored: list[BlockStored]) -> bool:
+    return all(b.parent_block_hash == a.block_hashes[-1] for a, b in itertools.pairwise(stored))
+
+
+async def test_generated_tokens_blocks_are_cached_as_the_simulator_models(server: dict[str, Any]) -> None:
+    """vLLM caches (and publishes) the blocks its output fills, not only the prompt's: a fresh
+    request of P prompt tokens and C generated ones stores (P + C - 1) // block_size blocks in one
+    chain over the prompt's ids then the generated ids (the last generated token is never computed).
+    The simulator, given the same token counts, stores the same blocks (simulator/outputblocks.py)."""
+    sim_events_port = free_port()
+    sim_params = SimParams(
+        model=SERVED_NAME,
+        block_size=BLOCK_SIZE,
+        kv_cache_tokens=BLOCK_SIZE * NUM_BLOCKS,
+        max_model_len=1024,
+        kv_events_config=json.dumps(
+            {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{sim_events_port}"}
+        ),
+        prefix_caching_hash_algo=HASH_ALGO,
+        **FAST,
+    )
+    sim = TestServer(SimServer(sim_params).app(), host="127.0.0.1")
+    await sim.start_server()
+    context = zmq.asyncio.Context()
+    subs = {}
+    for name, address in (("real", server["events"]), ("sim", f"tcp://127.0.0.1:{sim_events_port}")):
+        subs[name] = context.socket(zmq.SUB)
+        subs[name].setsockopt(zmq.SUBSCRIBE, b"")
+        subs[name].connect(address)
+    rng = random.Random(77)
+    try:
+        await asyncio.sleep(0.5)  # PUB/SUB joins asynchronously
+        for name in subs:
+            await stored_blocks(subs[name], 0.2)  # drop what earlier tests left
+        for prompt_tokens in (2 * BLOCK_SIZE, 2 * BLOCK_SIZE + 1, 3 * BLOCK_SIZE - 1):
+            for generated in (1, 2, 40):
+                expected = (prompt_tokens + generated - 1) // BLOCK_SIZE
+                # Real vLLM: token ids in (the tiny model has 4,096), token ids out, nothing cached before.
+                prompt = [rng.randrange(300, 4_000) for _ in range(prompt_tokens)]
+                body = {
+                    "model": SERVED_NAME,
+                    "prompt": prompt,
+                    "max_tokens": generated,
+                    "ignore_eos": True,
+                    "return_token_ids": True,
+                }
+                reply = await call("POST", f"{server['url']}/v1/completions", body)
+                assert reply.status == 200, reply.body
+                output = reply.json()["choices"][0]["token_ids"]
+                assert len(output) == generated
+                real = await stored_blocks(subs["real"])
+                ids = [t for event in real for t in event.token_ids]
+                assert sum(len(e.block_hashes) for e in real) == expected, (prompt_tokens, generated)
+                assert ids == (prompt + output)[: expected * BLOCK_SIZE]
+                assert one_chain(real)
+                # The simulator: a prompt of the same token count (4 characters a token).
+                text = "".join(rng.choice("abcdefghij") for _ in range(4 * prompt_tokens))
+                sim_body = {"model": SERVED_NAME, "prompt": text, "max_tokens": generated}
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(sim.make_url("/v1/completions"), json=sim_body) as response,
+                ):
+                    assert response.status == 200, await response.text()
+                simulated = await stored_blocks(subs["sim"])
+                assert sum(len(e.block_hashes) for e in simulated) == expected, (prompt_tokens, generated)
+                assert one_chain(simulated)
+    finally:
+        for socket in subs.values():
+            socket.close(linger=0)
+        context.term()
+        await sim.close()
