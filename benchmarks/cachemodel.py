@@ -43,6 +43,10 @@ class ModelSetup:
     prefill_s: float = 0.0002  # per uncached prompt token
     decode_s: float = 0.1  # how long a request holds its blocks after its prefill
     output_tokens: int = 16  # blocks a request grows while decoding
+    # vLLM caches the generated tokens' full blocks too (simulator/outputblocks.py): they stay in
+    # the pod's LRU after the request, where approximate's index does not count them. False models
+    # them as private blocks, freed empty (the simulator before it matched vLLM here).
+    output_cached: bool = True
     # prefix, queue, KV utilisation: llm-d's default profile (approximate) and the precise guide's.
     weights: tuple[float, float, float] = (3.0, 2.0, 2.0)
     precise_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
@@ -105,6 +109,7 @@ def run(setup: ModelSetup, router: str) -> ModelResult:
     events: list[tuple[float, int, int, int]] = []  # (time, seq, pod, table index): releases
     ttfts: list[float] = []
     hits = queries = believed_total = stale = 0
+    output_ids = iter(range(-1, -(10**12), -1))  # unique keys, apart from the prompts' (>= 0)
     w_prefix, w_queue, w_kv = setup.precise_weights if router == "precise" else setup.weights
     ties = random.Random(setup.seed)  # max-score-picker breaks ties at random
     for number, (arrival, _group, blocks) in enumerate(_requests(setup)):
@@ -146,7 +151,8 @@ def run(setup: ModelSetup, router: str) -> ModelResult:
         grow = -(-setup.output_tokens // setup.block_tokens)
         need = min(total - cached + grow, pod.pool.allocatable)
         pod.pool.allocate(table, need)
-        pod.pool.commit(table, blocks[cached:])
+        generated = setup.output_tokens // setup.block_tokens if setup.output_cached else 0
+        pod.pool.commit(table, blocks[cached:] + [next(output_ids) for _ in range(generated)])
         prefill = (total - cached) * setup.block_tokens * setup.prefill_s
         pod.busy_until = start + prefill
         ttfts.append(pod.busy_until - arrival)
@@ -184,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = ModelSetup()
     for name, value in asdict(defaults).items():
         if isinstance(value, tuple):
+            continue
+        if isinstance(value, bool):
+            flag = f"--{name.replace('_', '-')}"
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
             continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument(

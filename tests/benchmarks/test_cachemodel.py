@@ -1,6 +1,7 @@
 """The cache model behind the precise benchmark's analysis (benchmarks/cachemodel.py): with one EPP
 whose LRU capacity is the pod's KV (autoTune), approximate routing's picture of the pods' caches is
-exact, so it routes as precise does; with two replicas, or a wrong capacity, it goes stale."""
+exact as long as only prompts take cache space, so it routes as precise does; generated tokens'
+blocks (which vLLM caches), two replicas or a wrong capacity make it go stale."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ SMALL = ModelSetup(pods=4, kv_tokens=4096, groups=24, prefix_tokens=1008, questi
 
 
 def test_one_epp_with_the_pods_capacity_believes_exactly_what_the_pods_hold() -> None:
-    approx = run(SMALL, "approximate")
+    approx = run(replace(SMALL, output_cached=False), "approximate")
     assert approx.evictions > 0  # the working set does not fit: pods evict
     assert approx.stale == 0.0
     # What it believed the chosen pod held is what the pod held (to a block or two per request:
@@ -26,6 +27,16 @@ def test_one_epp_with_the_pods_capacity_believes_exactly_what_the_pods_hold() ->
     assert precise.stale == 0.0
     assert precise.believed_hit_tokens == precise.actual_hit_tokens
     assert approx.hit_rate == pytest.approx(precise.hit_rate, abs=0.05)
+
+
+def test_cached_output_blocks_are_space_approximate_does_not_count() -> None:
+    private = run(replace(SMALL, output_cached=False, output_tokens=160), "approximate")
+    cached = run(replace(SMALL, output_tokens=160), "approximate")
+    assert cached.evictions > private.evictions
+    assert cached.stale > private.stale
+    assert cached.believed_hit_tokens > cached.actual_hit_tokens
+    precise = run(replace(SMALL, output_tokens=160), "precise")
+    assert precise.stale == 0.0 and precise.believed_hit_tokens == precise.actual_hit_tokens
 
 
 def test_two_replicas_go_stale_and_miss_where_precise_does_not() -> None:
