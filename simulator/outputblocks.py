@@ -6,7 +6,7 @@ block hashes as output tokens arrive (``vllm/v1/request.py``, ``update_block_has
 ``allocate_slots`` caches blocks up to ``request.num_tokens`` (``vllm/v1/core/kv_cache_manager.py``).
 So a finished request leaves its generated tokens' blocks in the prefix cache, where they take
 space from other prefixes, and with KV events on each one is published as a ``BlockStored``
-chained to the prompt's last block. ``tests/slow/test_sim_matches_vllm.py`` checks vLLM 0.32 does
+chained to the prompt's last block. ``tests/slow/test_kvevents_vllm.py`` checks vLLM 0.32 does
 this. The engine asks for these keys only as blocks fill (:meth:`Sequence.block_keys`).
 """
 

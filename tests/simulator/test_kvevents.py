@@ -211,7 +211,7 @@ async def test_generated_tokens_blocks_are_published_chained_to_the_prompt(
     publishing: dict[str, Any],
 ) -> None:
     """vLLM caches the blocks its output fills and publishes them chained to the prompt's
-    (tests/slow/test_sim_matches_vllm.py checks vLLM does): the simulator too."""
+    (tests/slow/test_kvevents_vllm.py checks vLLM does): the simulator too."""
     session, sub = publishing["session"], publishing["sub"]
     await join(session, sub)
     prompt = "The quick brown fox jumps over it."  # 9 tokens: 2 full blocks and 1 token over
