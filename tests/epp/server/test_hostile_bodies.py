@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -164,6 +165,36 @@ async def _status_of(director: SchedulingDirector, path: str, raw: bytes) -> tup
         return first.immediate_response.status.code, first.immediate_response.body
     body = b"".join(m.request_body.response.body_mutation.streamed_response.body for m in out.sent[1:])
     return 200, body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": [{"role": "assistant", "content": "x", "tool_calls": 5}]},
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "chat_template_kwargs": {"messages": 5},
+        },
+    ],
+)
+async def test_a_body_the_tokenizer_chokes_on_is_routed_untokenized(
+    body: dict[str, object], tmp_path: Path
+) -> None:
+    """Precise prefix routing with the local tokenizer: the chat template raised TypeError on these
+    bodies (valid to the parser, refused by vLLM itself), and the decision re-ran the failed
+    tokenization and answered 500."""
+    from tests.epp.plugins.test_precise import config
+    from tests.epp.plugins.test_tokens import write_model
+
+    model = write_model(tmp_path / "model")
+    datastore = Datastore()
+    director = SchedulingDirector(
+        datastore, load_config(config(token_params={"local": {"path": str(model)}}))
+    )
+    datastore.replace_endpoints(spec(f"pod-{i}", i + 1) for i in range(2))
+    status, _ = await _status_of(director, "/v1/chat/completions", _raw(body))
+    assert status == 200
 
 
 @pytest.mark.parametrize("rewrite", [False, True])
