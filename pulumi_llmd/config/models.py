@@ -847,15 +847,19 @@ class EppConfig(ConfigModel):
         description="prefix-based-pd-decider `nonCachedTokens`: disaggregate when at least this many "
         "prompt tokens are not cached on the chosen decode pod.",
     )
+    # Rendered as Go durations at millisecond resolution (components.picker.go_duration): below
+    # 1 ms a value became "0s" (a scrape loop without pause); past the hour bound it stops meaning
+    # anything, and 1e20 s overflowed the Go duration the upstream EPP parses.
     refresh_metrics_interval: float = Field(
-        default=0.05, gt=0, description="`--refresh-metrics-interval` in seconds."
+        default=0.05, ge=0.001, le=3600, description="`--refresh-metrics-interval` in seconds."
     )
     metrics_staleness_threshold: float = Field(
-        default=2.0, gt=0, description="`--metrics-staleness-threshold` in seconds."
+        default=2.0, ge=0.001, le=3600, description="`--metrics-staleness-threshold` in seconds."
     )
     refresh_metrics_idle_interval: float = Field(
         default=0.5,
         ge=0,
+        le=3600,
         description="Bundled EPP: `--refresh-metrics-idle-interval` in seconds, how often a quiet pod "
         "(idle, unchanged, nothing routed to it since) is scraped; 0 (or anything not above "
         "refreshMetricsInterval) scrapes every pod every refreshMetricsInterval, as the upstream EPP always "
