@@ -29,6 +29,7 @@ from pulumi_llmd.config.gateways import (
 from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
 from pulumi_llmd.config.mirrors import MirrorsConfig
+from pulumi_llmd.config.nodes import validate_env, validate_labels
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 from pulumi_llmd.config.precise import MAX_HASH_SEED, EppTokenizer, PrefixCacheMode, PrefixCachingHashAlgo
 
@@ -518,6 +519,8 @@ class PoolConfig(ConfigModel):
         default_factory=RolloutConfig,
         description="Rollout strategy and how long a new pod may take to become ready.",
     )
+
+    _env = field_validator("env")(validate_env)
 
     def accelerators_per_pod(self) -> int:
         return self.tensor_parallel if self.accelerator.count is None else self.accelerator.count
@@ -1106,6 +1109,8 @@ class OnPremConfig(ConfigModel):
             return self.rdma_resource
         return DEFAULT_SHARED_RDMA_RESOURCE if self.rdma_interfaces else None
 
+    _node_selector = field_validator("node_selector")(validate_labels)
+
     @model_validator(mode="after")
     def _rdma_resource_is_advertised(self) -> Self:
         # A resource nothing advertises leaves every model-server pod Pending. Ours is advertised by
@@ -1145,6 +1150,8 @@ class NetworkPolicyConfig(ConfigModel):
         description="Allow all TCP between prefill and decode pods: UCX's TCP transport (used without "
         "RDMA) picks ephemeral ports.",
     )
+
+    _labels = field_validator("metrics_namespace_labels")(validate_labels)
 
 
 class LlmdStackConfig(ConfigModel):

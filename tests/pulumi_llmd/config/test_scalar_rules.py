@@ -136,3 +136,30 @@ def test_the_failures_that_reached_the_deployment(key: str, value: Any, message:
         parse_stack_config(raw, has_hf_token=True)
     (problem,) = caught.value.problems
     assert problem.path == f"epp.{key}" and message in problem.message, problem
+
+
+@pytest.mark.parametrize(
+    ("stack", "path", "value", "message"),
+    [
+        ("onprem", ("onprem", "nodeSelector"), {"gpu": " "}, "label 'gpu' has an invalid value"),
+        ("onprem", ("onprem", "nodeSelector"), {"bad key": "x"}, "not a Kubernetes qualified name"),
+        ("onprem", ("networkPolicy", "metricsNamespaceLabels"), {"team": "a\x00"}, "invalid value"),
+        ("kind", ("decode", "env"), {"": "x"}, "environment variable name ''"),
+        ("kind", ("decode", "env"), {"A=B": "x"}, "without spaces or '='"),
+        ("multimodel", ("models", 0, "prefill", "env"), {"MY VAR": "x"}, "without spaces or '='"),
+    ],
+)
+def test_label_and_environment_maps_hold_what_kubernetes_takes(
+    stack: str, path: Path, value: dict[str, str], message: str
+) -> None:
+    """The keys and values of these maps became pod and NetworkPolicy fields the API server refused,
+    mid-deployment; the GKE and EKS node labels were already checked."""
+    raw = copy.deepcopy(STACKS[stack])
+    node: Any = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {}) if isinstance(part, str) else node[part]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_stack_config(raw, has_hf_token=True)
+    (problem,) = [p for p in caught.value.problems if p.path == format_path(path)]
+    assert message in problem.message, problem
