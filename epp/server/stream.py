@@ -311,6 +311,7 @@ class ExtProcStream:
         self._release_body()
         self._metrics.request_bytes.observe(len(raw))
         try:
+            _refuse_encoded(self._req.headers)
             body, parsed = parse_request_body(self._req.path, raw)
         except EppError as error:
             await self._reject(send, error)
@@ -567,6 +568,18 @@ def _unroutable(headers: Mapping[str, str]) -> str | None:
     if "upgrade" in headers:
         return f"protocol upgrade to {headers['upgrade'][:40]!r}"
     return None
+
+
+def _refuse_encoded(headers: Mapping[str, str]) -> None:
+    """A compressed body cannot be read to route it (nor does vLLM decompress one): say so, rather
+    than answer that the gzip bytes are "not UTF-8 text"."""
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity":
+        raise EppError(
+            415,
+            f"request bodies with content-encoding {encoding[:40]!r} are not supported: the endpoint "
+            "picker reads the JSON body to route it; send it uncompressed",
+        )
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:

@@ -4,6 +4,7 @@ through the whole stream with a real Director (prefix hashing, model rewrite), n
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -156,10 +157,12 @@ def _real_director(rewrite: bool = False) -> SchedulingDirector:
     return director
 
 
-async def _status_of(director: SchedulingDirector, path: str, raw: bytes) -> tuple[int, bytes]:
+async def _status_of(
+    director: SchedulingDirector, path: str, raw: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     out = Collector()
     stream = ExtProcStream(director, StreamSettings(), ServerMetrics(CollectorRegistry()))
-    await stream.run(feed([request_headers(path), body_msg(raw)]), out)
+    await stream.run(feed([request_headers(path, headers), body_msg(raw)]), out)
     first = out.sent[0]
     if first.HasField("immediate_response"):
         return first.immediate_response.status.code, first.immediate_response.body
@@ -205,6 +208,21 @@ async def test_the_stream_answers_400_with_the_field_never_500(
     status, answer = await _status_of(_real_director(rewrite), path, _raw(body))
     assert status == 400
     assert field in json.loads(answer)["error"]["message"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "GZIP", "deflate, gzip"])
+async def test_a_compressed_body_is_415_naming_the_encoding(encoding: str) -> None:
+    """It was a 400 saying the gzip bytes are "not UTF-8 text"."""
+    raw = gzip.compress(_raw({"model": "m", "prompt": "p"}))
+    status, answer = await _status_of(
+        _real_director(), "/v1/completions", raw, {"content-encoding": encoding}
+    )
+    assert status == 415
+    message = json.loads(answer)["error"]["message"]
+    assert f"content-encoding {encoding.lower()!r} are not supported" in message
+    plain = _raw({"model": "m", "prompt": "p"})  # identity is no encoding at all
+    status, _ = await _status_of(_real_director(), "/v1/completions", plain, {"content-encoding": "identity"})
+    assert status == 200
 
 
 async def test_a_rewritten_body_is_valid_utf8_json() -> None:
