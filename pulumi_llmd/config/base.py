@@ -13,9 +13,10 @@ only fail later, mid-deployment, once resources are being touched:
 * no boolean for a number: ``replicas: yes`` was 1;
 * integers fit 32 bits (Kubernetes' replicas and ports, GKE's and EKS's sizes are int32):
   ``replicas: 1e20`` was accepted and refused by the API server;
-* a string field is not blank and holds no control characters: ``gke.project: ""`` or
-  ``eks.nodeGroup.nodeRoleArn: " "`` reached the cloud APIs, and a NUL in ``model.name`` the
-  container's arguments. Leaving the key out is how to get the default.
+* a string field (or list item) is not blank and no string holds control characters:
+  ``gke.project: ""`` or ``eks.nodeGroup.nodeRoleArn: " "`` reached the cloud APIs, a NUL in
+  ``model.name`` or ``extraArgs`` the container's arguments. Leaving the key out is how to get the
+  default.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ class ConfigModel(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _usable_scalars(cls, value: Any) -> Any:
-        # After: a field's own constraints (a pattern, an image-reference check) speak first, with
-        # the more specific message; these catch what a field without any lets through.
+        # After: a field's own constraints (a pattern, a length, an Annotated check such as the
+        # image reference) speak first, with the more specific message. A subclass's
+        # field_validator runs after this one, so for a blank item it is this message that is seen.
         if type(value) is int and not INT32_MIN <= value <= INT32_MAX:
             raise ValueError(f"must fit a 32-bit integer ({INT32_MIN} to {INT32_MAX})")
         if isinstance(value, str):
@@ -58,6 +60,16 @@ class ConfigModel(BaseModel):
                 raise ValueError("must not be blank (leave the key out to get its default)")
             if _CONTROL.search(value):
                 raise ValueError("must not contain control characters")
+        elif isinstance(value, list | tuple):  # extraArgs: an item "" or with a NUL broke the pods
+            for index, item in enumerate(value):
+                if isinstance(item, str) and not item.strip():
+                    raise ValueError(f"item [{index}] must not be blank")
+                if isinstance(item, str) and _CONTROL.search(item):
+                    raise ValueError(f"item [{index}] must not contain control characters")
+        elif isinstance(value, dict):  # env: an empty value is one, a NUL is not (no environ holds it)
+            for key, item in value.items():
+                if isinstance(item, str) and _CONTROL.search(item):
+                    raise ValueError(f"the value of {key!r} must not contain control characters")
         return value
 
 

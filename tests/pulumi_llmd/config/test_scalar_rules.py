@@ -143,7 +143,7 @@ def test_the_failures_that_reached_the_deployment(key: str, value: Any, message:
     [
         ("onprem", ("onprem", "nodeSelector"), {"gpu": " "}, "label 'gpu' has an invalid value"),
         ("onprem", ("onprem", "nodeSelector"), {"bad key": "x"}, "not a Kubernetes qualified name"),
-        ("onprem", ("networkPolicy", "metricsNamespaceLabels"), {"team": "a\x00"}, "invalid value"),
+        ("onprem", ("networkPolicy", "metricsNamespaceLabels"), {"team": "a b"}, "invalid value"),
         ("kind", ("decode", "env"), {"": "x"}, "environment variable name ''"),
         ("kind", ("decode", "env"), {"A=B": "x"}, "without spaces or '='"),
         ("multimodel", ("models", 0, "prefill", "env"), {"MY VAR": "x"}, "without spaces or '='"),
@@ -163,3 +163,22 @@ def test_label_and_environment_maps_hold_what_kubernetes_takes(
         parse_stack_config(raw, has_hf_token=True)
     (problem,) = [p for p in caught.value.problems if p.path == format_path(path)]
     assert message in problem.message, problem
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("extraArgs", ["--enforce-eager", ""], "item [1] must not be blank"),
+        ("extraArgs", ["--x=a\x00b"], "item [0] must not contain control characters"),
+        ("env", {"A": "a\x00"}, "the value of 'A' must not contain control characters"),
+    ],
+)
+def test_strings_inside_lists_and_maps_follow_the_rules(key: str, value: Any, message: str) -> None:
+    raw = copy.deepcopy(STACKS["kind"])
+    raw["decode"] = {**raw["decode"], key: value}
+    with pytest.raises(ConfigError) as caught:
+        parse_stack_config(raw, has_hf_token=True)
+    (problem,) = caught.value.problems
+    assert problem.path == f"decode.{key}" and message in problem.message, problem
+    raw["decode"][key] = {"A": ""} if key == "env" else ["--enforce-eager"]  # an empty env value is one
+    parse_stack_config(raw, has_hf_token=True)
