@@ -178,6 +178,8 @@ class RouterStream:
         raw = b"".join(self._parts)
         self._release_body()
         try:
+            if (problem := jsonbody.encoding_problem(self._headers.get("content-encoding", ""))) is not None:
+                raise RouterError(415, problem, outcomes.BAD_REQUEST)
             model, base = self._lookup(raw)
         except RouterError as error:
             await self._refuse(send, error)

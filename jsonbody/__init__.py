@@ -69,6 +69,19 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def encoding_problem(content_encoding: str) -> str | None:
+    """Why a body sent with this ``content-encoding`` header cannot be read (None: it can). A
+    compressed body is not JSON text until decompressed, which none of these servers does (nor does
+    vLLM): saying so beats reporting that the gzip bytes are "not UTF-8 text"."""
+    encoding = content_encoding.strip().lower()
+    if not encoding or encoding == "identity":
+        return None
+    return (
+        f"request bodies with content-encoding {encoding[:40]!r} are not supported: the body is read "
+        "as JSON to route it; send it uncompressed"
+    )
+
+
 def _few_containers(raw: bytes, limit: int) -> bool:
     """At most ``limit`` brackets and braces in all (so no deeper nesting): memchr-speed finds that
     stop at ``limit`` rather than a count over the whole body (bytes.count is a byte loop)."""

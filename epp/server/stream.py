@@ -21,6 +21,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
+import jsonbody
 from epp.metrics import ServerMetrics
 from epp.server import messages
 from epp.server.body import parse_request_body
@@ -571,15 +572,9 @@ def _unroutable(headers: Mapping[str, str]) -> str | None:
 
 
 def _refuse_encoded(headers: Mapping[str, str]) -> None:
-    """A compressed body cannot be read to route it (nor does vLLM decompress one): say so, rather
-    than answer that the gzip bytes are "not UTF-8 text"."""
-    encoding = headers.get("content-encoding", "").strip().lower()
-    if encoding and encoding != "identity":
-        raise EppError(
-            415,
-            f"request bodies with content-encoding {encoding[:40]!r} are not supported: the endpoint "
-            "picker reads the JSON body to route it; send it uncompressed",
-        )
+    problem = jsonbody.encoding_problem(headers.get("content-encoding", ""))
+    if problem is not None:
+        raise EppError(415, problem)
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:
