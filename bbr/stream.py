@@ -207,7 +207,7 @@ class RouterStream:
                 400, "request body is empty; expected a JSON object naming a model", outcomes.BAD_REQUEST
             )
         try:
-            body = jsonbody.loads(raw)
+            body = jsonbody.loads(raw, max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
         except jsonbody.BodyError as error:
             raise RouterError(400, error.message, outcomes.BAD_REQUEST) from None
         if not isinstance(body, dict):

@@ -45,7 +45,7 @@ def _decode_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise EppError(400, "request body is empty; expected a JSON object")
     try:
-        body = jsonbody.loads(raw)
+        body = jsonbody.loads(raw, max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
     except jsonbody.BodyError as error:
         raise EppError(400, error.message) from None
     if not isinstance(body, dict):

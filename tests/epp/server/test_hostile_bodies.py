@@ -100,6 +100,48 @@ def test_nesting_is_limited_to_one_depth_shared_with_the_sidecar_and_simulator()
             )
 
 
+def _many(item: bytes, count: int) -> bytes:
+    return b",".join([item] * count)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        # A million one-token prompts: 3.6 s of the event loop before (every request stalled).
+        (
+            "/v1/completions",
+            b'{"model":"m","prompt":[' + _many(b"[1]", jsonbody.MAX_REQUEST_CONTAINERS) + b"]}",
+        ),
+        (
+            "/v1/completions",
+            b'{"model":"m","prompt":"p","x":[' + _many(b"{}", jsonbody.MAX_REQUEST_CONTAINERS) + b"]}",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model":"m","messages":[{"role":"u","content":[' + _many(b'{"a":1}', 10**5) + b"]}]}",
+        ),
+    ],
+)
+def test_a_body_of_too_many_arrays_and_objects_is_400_before_any_is_built(path: str, raw: bytes) -> None:
+    started = time.perf_counter()
+    with pytest.raises(EppError) as caught:
+        parse_request_body(path, raw)
+    assert caught.value.status == 400 and "more than 100000 JSON arrays and objects" in caught.value.message
+    assert time.perf_counter() - started < 1.0  # generous: ~0.03 s; it was seconds
+
+
+def test_the_container_cap_counts_no_bracket_inside_a_string() -> None:
+    # As many arrays as allowed, and brackets in strings (escaped quotes too) that a byte count sees.
+    cap = jsonbody.MAX_REQUEST_CONTAINERS
+    prompt = json.dumps('[{"\\' * cap)
+    raw = b'{"model":"m","prompt":' + prompt.encode() + b',"x":[' + _many(b"[]", cap - 2) + b"]}"
+    _, parsed = parse_request_body("/v1/completions", raw)
+    assert parsed.prompt_text.startswith('[{"\\')
+    one_more = raw[:-2] + b",[]]}"
+    with pytest.raises(EppError, match="more than 100000"):
+        parse_request_body("/v1/completions", one_more)
+
+
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"])
 def test_non_finite_numbers_are_refused(number: bytes) -> None:
     with pytest.raises(EppError) as caught:
