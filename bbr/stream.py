@@ -178,6 +178,8 @@ class RouterStream:
         raw = b"".join(self._parts)
         self._release_body()
         try:
+            if (problem := jsonbody.encoding_problem(self._headers.get("content-encoding", ""))) is not None:
+                raise RouterError(415, problem, outcomes.BAD_REQUEST)
             model, base = self._lookup(raw)
         except RouterError as error:
             await self._refuse(send, error)
@@ -205,7 +207,7 @@ class RouterStream:
                 400, "request body is empty; expected a JSON object naming a model", outcomes.BAD_REQUEST
             )
         try:
-            body = jsonbody.loads(raw)
+            body = jsonbody.loads(raw, max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
         except jsonbody.BodyError as error:
             raise RouterError(400, error.message, outcomes.BAD_REQUEST) from None
         if not isinstance(body, dict):

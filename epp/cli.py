@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import math
 import re
 import signal
 import sys
@@ -47,6 +48,8 @@ def duration(text: str) -> float:
                 f"not a duration: {text!r} (use seconds or e.g. 50ms, 2s)"
             ) from None
         value = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"; no loop can wait that long
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use seconds or e.g. 50ms, 2s)")
     if value < 0:
         raise argparse.ArgumentTypeError(f"duration must not be negative: {text!r}")
     return value

@@ -39,7 +39,9 @@ def reference_markdown() -> str:
     lines = [
         "Keys live under the `llmd` namespace of `stacks/Pulumi.<stack>.yaml` (camelCase). Nested keys are",
         "shown with dots: set them as YAML mappings, or with",
-        "`pulumi config set --path 'llmd:decode.replicas' 2`.",
+        "`pulumi config set --path 'llmd:decode.replicas' 2`. Besides each key's own constraints: numbers",
+        "are finite and never booleans, integers fit 32 bits, and strings are not blank and hold no control",
+        "characters (leave a key out to get its default).",
         "",
         "| key | type | default | description |",
         "|---|---|---|---|",

@@ -154,7 +154,7 @@ class Sidecar:
             # Client-supplied transfer parameters must never reach the model server, whatever the
             # path: they make vLLM connect to the host they name. Checking needs the parsed body.
             try:
-                parsed = jsonbody.loads(body)
+                parsed = jsonbody.loads(body, max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
             except jsonbody.BodyError as exc:
                 return _error(400, exc.message, exc.field)
             field = client_transfer_field(parsed)

@@ -51,7 +51,7 @@ async def _json_body(request: web.Request) -> Any:
     """The body, parsed with the limits the EPP and the sidecar apply (jsonbody): a prompt with a
     lone surrogate cannot be tokenised, hashed or logged, and is refused with the field named."""
     try:
-        return jsonbody.loads(await request.read())
+        return jsonbody.loads(await request.read(), max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
     except jsonbody.BodyError as exc:
         raise ApiError(400, exc.message, exc.field or "body") from None
 

@@ -7,6 +7,7 @@ them from ``flowControl`` (``orderingPolicyRef``, ``fairnessPolicyRef``, ``usage
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Sequence
 from typing import Any, Self
 
@@ -65,14 +66,27 @@ class SloDeadlineOrderingPolicy(_NoParams, OrderingPolicy):
         for name in SLO_TTFT_HEADERS:
             raw = item.headers.get(name)
             if raw:
-                try:
-                    milliseconds = int(raw.strip())
-                except ValueError:
-                    break
-                if milliseconds > 0:
+                milliseconds = _header_int64(raw)
+                if milliseconds is not None and milliseconds > 0:
                     deadline = item.received_at + milliseconds / 1000.0
                 break
         return (deadline, item.received_at, float(item.seq))
+
+
+# What Go's strconv.ParseInt(s, 10, 64) accepts, as llm-d reads the header: ASCII digits with an
+# optional sign, within int64. Python's int() also takes "1_000", non-ASCII digits and numbers of
+# any size; one past ~1e308 ms made the deadline's float division raise OverflowError inside the
+# flow controller's enqueue, and the client got a 500 for a header value.
+_INT64_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+_INT64_MAX = 2**63 - 1
+
+
+def _header_int64(raw: str) -> int | None:
+    text = raw.strip()
+    if _INT64_TEXT.fullmatch(text) is None:
+        return None
+    value = int(text)
+    return value if -_INT64_MAX - 1 <= value <= _INT64_MAX else None
 
 
 # ---- fairness ---------------------------------------------------------------------------------

@@ -369,23 +369,36 @@ class TokenProducer(DataProducer, Preparer, Lifecycle):
             return
         try:
             tokens, packed = await self.backend.tokenize_async(request)
-        except Skip as skip:
-            metrics.TOKENIZATION_SKIPPED.labels(self.name, skip.reason).inc()
-            log.debug("token-producer %s: request %s not tokenized: %s", self.name, request.request_id, skip)
+        except Exception as exc:
+            self._skip(request, exc)
             return
         request.state[self.name] = TokenizedPrompt(tokens, self.backend.exact, self.backend.name, packed)
 
     def produce(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> None:
         """Only for callers of the synchronous ``decide()`` alone (benchmarks, tests): the director
-        has normally prepared the tokens already."""
+        has normally prepared the tokens already (or tried to: see _skip)."""
         if self.name in request.state or not self.backend.synchronous:
             return
         try:
             tokens, packed = self.backend.tokenize_packed(request)
-        except Skip as skip:
-            metrics.TOKENIZATION_SKIPPED.labels(self.name, skip.reason).inc()
+        except Exception as exc:
+            self._skip(request, exc)
             return
         request.state[self.name] = TokenizedPrompt(tokens, self.backend.exact, self.backend.name, packed)
+
+    def _skip(self, request: SchedulingRequest, exc: Exception) -> None:
+        """Leave the request untokenized. Not only Skip: a chat template or tokenizer can raise
+        anything on a body the protocol layer accepted (``tool_calls: 5`` made the local backend's
+        ``list(5)`` raise TypeError), and a request must never fail for want of tokens. The None
+        entry marks it tried, so the decision's produce() does not tokenize it again: that re-ran
+        the failure inside the decision (a 500) and counted every skip twice."""
+        reason = exc.reason if isinstance(exc, Skip) else "error"
+        metrics.TOKENIZATION_SKIPPED.labels(self.name, reason).inc()
+        if isinstance(exc, Skip):
+            log.debug("token-producer %s: request %s not tokenized: %s", self.name, request.request_id, exc)
+        else:  # a client can cause it at will: one line, no traceback
+            log.warning("token-producer %s: request %s not tokenized: %r", self.name, request.request_id, exc)
+        request.state[self.name] = None
 
     async def start(self) -> None:
         await self.backend.start()

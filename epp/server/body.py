@@ -35,7 +35,7 @@ def parse_request_body(path: str, raw: bytes) -> tuple[dict[str, Any], ParsedBod
     elif route.endswith(_COMPLETIONS_SUFFIX) or "prompt" in body:
         api, prompt_text = "completions", _render_prompt(body.get("prompt"))
     elif "input" in body:  # embeddings / responses style bodies: schedule on the input text
-        api, prompt_text = "completions", _render_prompt(body["input"], field="input")
+        api, prompt_text = "completions", _render_input(body["input"])
     else:
         raise EppError(400, f"cannot route {route or '/'}: body has none of 'messages', 'prompt' or 'input'")
     return body, ParsedBody(model=model, prompt_text=prompt_text, stream=stream, api=api)
@@ -45,7 +45,7 @@ def _decode_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise EppError(400, "request body is empty; expected a JSON object")
     try:
-        body = jsonbody.loads(raw)
+        body = jsonbody.loads(raw, max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
     except jsonbody.BodyError as error:
         raise EppError(400, error.message) from None
     if not isinstance(body, dict):
@@ -92,6 +92,26 @@ def _render_prompt(prompt: Any, field: str = "prompt") -> str:
     )
 
 
+def _render_input(value: Any) -> str:
+    """``input``: an embeddings input (shaped like a completions prompt), or a Responses API input,
+    which may also be a list of items: messages (``role`` and ``content``, whose parts are
+    ``input_text`` and the like) and others (function calls and their outputs, reasoning), rendered
+    in order like chat messages. A list of items was refused as "must be a string ... got list",
+    though the gateway routes /v1/responses to the pool and multi-turn Responses bodies are such lists."""
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        parts: list[str] = []
+        for index, item in enumerate(value):
+            role = item.get("role")
+            if role is None:  # not a message: hashed as what it is
+                parts.append(json.dumps(item, sort_keys=True) + "\n")
+            elif not isinstance(role, str) or not role:
+                raise EppError(400, f"input[{index}].role must be a non-empty string, got {_describe(role)}")
+            else:
+                parts.append(f"<|{role}|>\n{_render_content(item, f'input[{index}]')}\n")
+        return "".join(parts)
+    return _render_prompt(value, field="input")
+
+
 def _is_token_ids(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -114,11 +134,11 @@ def _render_messages(messages: Any) -> str:
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise EppError(400, f"messages[{index}].role must be a non-empty string, got {_describe(role)}")
-        parts.append(f"<|{role}|>\n{_render_content(message, index)}\n")
+        parts.append(f"<|{role}|>\n{_render_content(message, f'messages[{index}]')}\n")
     return "".join(parts)
 
 
-def _render_content(message: dict[str, Any], index: int) -> str:
+def _render_content(message: dict[str, Any], where: str) -> str:
     content = message.get("content")
     rendered: list[str] = []
     if isinstance(content, str):
@@ -126,19 +146,17 @@ def _render_content(message: dict[str, Any], index: int) -> str:
     elif isinstance(content, list):
         for part_index, part in enumerate(content):
             if not isinstance(part, dict):
-                raise EppError(
-                    400, f"messages[{index}].content[{part_index}] must be an object, got {_describe(part)}"
-                )
+                raise EppError(400, f"{where}.content[{part_index}] must be an object, got {_describe(part)}")
             text = part.get("text")
             # Non-text parts (images, audio) still have to hash differently from each other.
             rendered.append(text if isinstance(text, str) else json.dumps(part, sort_keys=True))
     elif content is not None:
         raise EppError(
             400,
-            f"messages[{index}].content must be a string, a list of parts or null, got {_describe(content)}",
+            f"{where}.content must be a string, a list of parts or null, got {_describe(content)}",
         )
     elif "tool_calls" not in message:
-        raise EppError(400, f"messages[{index}] has neither 'content' nor 'tool_calls'")
+        raise EppError(400, f"{where} has neither 'content' nor 'tool_calls'")
     if "tool_calls" in message:
         rendered.append(json.dumps(message["tool_calls"], sort_keys=True))
     return "".join(rendered)

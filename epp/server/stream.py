@@ -21,6 +21,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
+import jsonbody
 from epp.metrics import ServerMetrics
 from epp.server import messages
 from epp.server.body import parse_request_body
@@ -311,6 +312,7 @@ class ExtProcStream:
         self._release_body()
         self._metrics.request_bytes.observe(len(raw))
         try:
+            _refuse_encoded(self._req.headers)
             body, parsed = parse_request_body(self._req.path, raw)
         except EppError as error:
             await self._reject(send, error)
@@ -567,6 +569,12 @@ def _unroutable(headers: Mapping[str, str]) -> str | None:
     if "upgrade" in headers:
         return f"protocol upgrade to {headers['upgrade'][:40]!r}"
     return None
+
+
+def _refuse_encoded(headers: Mapping[str, str]) -> None:
+    problem = jsonbody.encoding_problem(headers.get("content-encoding", ""))
+    if problem is not None:
+        raise EppError(415, problem)
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:

@@ -29,6 +29,7 @@ from pulumi_llmd.config.gateways import (
 from pulumi_llmd.config.gke import GkeConfig
 from pulumi_llmd.config.images import ImageReference
 from pulumi_llmd.config.mirrors import MirrorsConfig
+from pulumi_llmd.config.nodes import validate_env, validate_labels
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 from pulumi_llmd.config.precise import MAX_HASH_SEED, EppTokenizer, PrefixCacheMode, PrefixCachingHashAlgo
 
@@ -519,6 +520,8 @@ class PoolConfig(ConfigModel):
         description="Rollout strategy and how long a new pod may take to become ready.",
     )
 
+    _env = field_validator("env")(validate_env)
+
     def accelerators_per_pod(self) -> int:
         return self.tensor_parallel if self.accelerator.count is None else self.accelerator.count
 
@@ -847,15 +850,19 @@ class EppConfig(ConfigModel):
         description="prefix-based-pd-decider `nonCachedTokens`: disaggregate when at least this many "
         "prompt tokens are not cached on the chosen decode pod.",
     )
+    # Rendered as Go durations at millisecond resolution (components.picker.go_duration): below
+    # 1 ms a value became "0s" (a scrape loop without pause); past the hour bound it stops meaning
+    # anything, and 1e20 s overflowed the Go duration the upstream EPP parses.
     refresh_metrics_interval: float = Field(
-        default=0.05, gt=0, description="`--refresh-metrics-interval` in seconds."
+        default=0.05, ge=0.001, le=3600, description="`--refresh-metrics-interval` in seconds."
     )
     metrics_staleness_threshold: float = Field(
-        default=2.0, gt=0, description="`--metrics-staleness-threshold` in seconds."
+        default=2.0, ge=0.001, le=3600, description="`--metrics-staleness-threshold` in seconds."
     )
     refresh_metrics_idle_interval: float = Field(
         default=0.5,
         ge=0,
+        le=3600,
         description="Bundled EPP: `--refresh-metrics-idle-interval` in seconds, how often a quiet pod "
         "(idle, unchanged, nothing routed to it since) is scraped; 0 (or anything not above "
         "refreshMetricsInterval) scrapes every pod every refreshMetricsInterval, as the upstream EPP always "
@@ -1102,6 +1109,8 @@ class OnPremConfig(ConfigModel):
             return self.rdma_resource
         return DEFAULT_SHARED_RDMA_RESOURCE if self.rdma_interfaces else None
 
+    _node_selector = field_validator("node_selector")(validate_labels)
+
     @model_validator(mode="after")
     def _rdma_resource_is_advertised(self) -> Self:
         # A resource nothing advertises leaves every model-server pod Pending. Ours is advertised by
@@ -1141,6 +1150,8 @@ class NetworkPolicyConfig(ConfigModel):
         description="Allow all TCP between prefill and decode pods: UCX's TCP transport (used without "
         "RDMA) picks ephemeral ports.",
     )
+
+    _labels = field_validator("metrics_namespace_labels")(validate_labels)
 
 
 class LlmdStackConfig(ConfigModel):

@@ -1,4 +1,5 @@
-"""Node labels and taints shared by the GKE and EKS GPU pools.
+"""Node labels and taints shared by the GKE and EKS GPU pools (and the label and environment checks
+every section uses).
 
 Config speaks Kubernetes (`effect: NoSchedule`); each cloud API wants its own spelling
 (`NO_SCHEDULE` on both GKE and EKS), and model-server pods need the matching tolerations. Keeping
@@ -65,12 +66,28 @@ class NodeTaint(BaseModel):
 
 
 def validate_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Kubernetes label syntax, for every label map of the config (node labels and selectors,
+    namespace selectors): the API server refuses anything else, after other resources are made."""
     for key, value in labels.items():
         if not _QUALIFIED_NAME.match(key):
-            raise ValueError(f"node label key '{key}' is not a Kubernetes qualified name")
+            raise ValueError(f"label key '{key}' is not a Kubernetes qualified name")
         if not _LABEL_VALUE.match(value):
-            raise ValueError(f"node label '{key}' has an invalid value '{value}'")
+            raise ValueError(f"label '{key}' has an invalid value '{value}'")
     return labels
+
+
+# Kubernetes >= 1.32 (RelaxedEnvironmentVariableValidation): any printable ASCII but '='.
+_ENV_NAME = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
+
+
+def validate_env(env: dict[str, str]) -> dict[str, str]:
+    """Container environment names the API server takes."""
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise ValueError(
+                f"environment variable name {name!r} must be printable ASCII without spaces or '='"
+            )
+    return env
 
 
 def pool_tolerations(taints: list[NodeTaint]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ kind of request, in both body modes the gateways use."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -123,6 +124,15 @@ async def test_bad_bodies_and_unknown_models_get_a_clear_4xx(body: bytes, status
     assert code == status and message in answer["error"]["message"], answer
     assert answer["error"]["code"] == status
     assert outcome(metrics, "unknown_model" if status == 404 else "bad_request") == 1
+
+
+async def test_a_compressed_body_is_415_naming_the_encoding() -> None:
+    """It was a 400 saying the gzip bytes are "not UTF-8 text"."""
+    raw = gzip.compress(json.dumps({"model": "llama", "prompt": "x"}).encode())
+    sent, metrics = await run([request_headers(extra={"content-encoding": "gzip"}), body_msg(raw)])
+    code, answer = immediate(sent)
+    assert code == 415 and "content-encoding 'gzip' are not supported" in answer["error"]["message"]
+    assert outcome(metrics, "bad_request") == 1
 
 
 async def test_an_oversized_body_gets_413_and_an_exhausted_budget_503() -> None:

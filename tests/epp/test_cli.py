@@ -119,7 +119,7 @@ def test_durations(text: str, seconds: float) -> None:
     assert duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5x", "-1", "1s2", "ms"])
+@pytest.mark.parametrize("text", ["", "5x", "-1", "1s2", "ms", "nan", "-nan", "inf", "Infinity", "1e400"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)

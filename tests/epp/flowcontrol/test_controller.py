@@ -188,6 +188,27 @@ async def test_edf_and_slo_deadline_ordering() -> None:
     assert edf.key(second) > edf.key(first)
 
 
+@pytest.mark.parametrize(
+    "slo_ms",
+    [
+        "9" * 400,  # int() parses it; dividing it to seconds raised OverflowError (a 500)
+        str(2**63),  # past int64: Go's ParseInt, which llm-d reads the header with, refuses it
+        "1_000",  # int() takes underscores, Go does not
+        "\u0661\u0662",  # Arabic-Indic digits: int() takes them, Go does not
+        "12ms",
+    ],
+)
+async def test_an_slo_header_that_is_no_int64_means_no_deadline(slo_ms: str) -> None:
+    fc = controller(
+        flow_config(SetSaturation(1.0), default_band=band(ordering=SloDeadlineOrderingPolicy("slo")))
+    )
+    hostile = fc.enqueue(request("hostile", headers={"x-llm-d-slo-ttft-ms": slo_ms}))
+    plain = fc.enqueue(request("plain"))
+    largest = fc.enqueue(request("largest", headers={"x-llm-d-slo-ttft-ms": str(2**63 - 1)}))
+    assert hostile.key[0] == plain.key[0] == float("inf")
+    assert largest.key[0] < hostile.key[0]
+
+
 async def test_ttl_expiry_evicts_at_the_deadline_and_reports_evicted_ttl() -> None:
     clock = Clock()
     fc = controller(flow_config(SetSaturation(1.0), ttl=2.0), clock=clock, pool_name="ttl-pool")

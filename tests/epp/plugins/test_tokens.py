@@ -25,6 +25,7 @@ from epp.plugins.tokens import (
     TokenizedPrompt,
     TokenProducer,
     VllmRenderBackend,
+    tokenized_prompt,
 )
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import SchedulingRequest
@@ -187,8 +188,34 @@ async def test_unsupported_prompts_are_skipped_and_counted(model_dir: Path) -> N
     media = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
     req = request(media, "user")
     await plugin.prepare(req)
-    assert "token-producer" not in req.state
+    assert tokenized_prompt(req, "token-producer") is None
     assert skipped("unsupported") == before + 1
+    plugin.produce(req, [])  # the decision does not try again (nor count the skip twice)
+    assert skipped("unsupported") == before + 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # The protocol layer lets these through (vLLM answers them itself); the local backend's own
+        # code and the template raised TypeError on them, which failed the whole request with a 500.
+        {"messages": [{"role": "assistant", "content": "x", "tool_calls": 5}]},
+        {"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"messages": 5}},
+    ],
+)
+async def test_anything_a_backend_raises_leaves_the_request_untokenized(
+    model_dir: Path, body: dict[str, Any]
+) -> None:
+    plugin = producer({"local": {"path": str(model_dir)}})
+    before = skipped("error")
+    req = request(body, "x")
+    await plugin.prepare(req)
+    assert tokenized_prompt(req, "token-producer") is None and skipped("error") == before + 1
+    plugin.produce(req, [])
+    assert skipped("error") == before + 1
+    direct = request(body, "x")  # a direct decide() caller: produce alone
+    plugin.produce(direct, [])
+    assert tokenized_prompt(direct, "token-producer") is None and skipped("error") == before + 2
 
 
 def test_produce_fills_in_for_direct_decide_callers_and_keeps_prepared_tokens() -> None:
@@ -329,7 +356,8 @@ async def test_vllm_render_backend(
         fail(500)
         failed = request({"prompt": "x"})
         await plugin.prepare(failed)
-        assert "token-producer" not in slow.state and "token-producer" not in failed.state
+        assert tokenized_prompt(slow, "token-producer") is None
+        assert tokenized_prompt(failed, "token-producer") is None
         assert skipped("render_unavailable") == timeouts + 1
         assert skipped("render_http_500") == errors + 1
         # produce() cannot call out synchronously: it leaves the request alone.

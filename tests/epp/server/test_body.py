@@ -54,6 +54,43 @@ def test_chat_prefix_of_conversation_is_prefix_of_text() -> None:
     assert long.prompt_text.startswith(short.prompt_text)
 
 
+def test_a_responses_input_of_items_renders_in_order_and_keeps_conversation_prefixes() -> None:
+    """It was refused: "'input' must be a string ... got list" for every multi-turn Responses body."""
+    first = [
+        {"role": "developer", "content": "be brief"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Q1"}]},
+    ]
+    longer = [
+        *first,
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+        {"role": "user", "content": [{"type": "input_image", "image_url": "u"}]},
+    ]
+    short, long = (
+        parse_request_body("/v1/responses", json.dumps({"model": "m", "input": items}).encode())[1]
+        for items in (first, longer)
+    )
+    assert long.prompt_text.startswith(short.prompt_text)
+    text = long.prompt_text
+    assert text.index("be brief") < text.index("Q1") < text.index('"call_id": "c1"') < text.index('"u"')
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([{"role": 5, "content": "x"}], "input[0].role must be a non-empty string, got 5"),
+        ([{"role": "user", "content": "x"}, {"role": "user", "content": 7}], "input[1].content must be"),
+        ([{"role": "user", "content": ["x"]}], 'input[0].content[0] must be an object, got "x"'),
+        ([{"role": "user"}], "input[0] has neither 'content'"),
+        ([{"role": "user", "content": "x"}, "y"], "'input' must be a string"),
+    ],
+)
+def test_a_bad_responses_item_is_400_naming_it(items: list[object], message: str) -> None:
+    with pytest.raises(EppError) as caught:
+        parse_request_body("/v1/responses", json.dumps({"model": "m", "input": items}).encode())
+    assert caught.value.status == 400 and message in caught.value.message
+
+
 def test_path_less_body_is_classified_by_its_fields() -> None:
     chat = b'{"model":"m","messages":[{"role":"u","content":"x"}]}'
     assert parse_request_body("/generate", chat)[1].api == "chat"

@@ -4,8 +4,10 @@ through the whole stream with a real Director (prefix hashing, model rewrite), n
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -98,6 +100,48 @@ def test_nesting_is_limited_to_one_depth_shared_with_the_sidecar_and_simulator()
             )
 
 
+def _many(item: bytes, count: int) -> bytes:
+    return b",".join([item] * count)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        # A million one-token prompts: 3.6 s of the event loop before (every request stalled).
+        (
+            "/v1/completions",
+            b'{"model":"m","prompt":[' + _many(b"[1]", jsonbody.MAX_REQUEST_CONTAINERS) + b"]}",
+        ),
+        (
+            "/v1/completions",
+            b'{"model":"m","prompt":"p","x":[' + _many(b"{}", jsonbody.MAX_REQUEST_CONTAINERS) + b"]}",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model":"m","messages":[{"role":"u","content":[' + _many(b'{"a":1}', 10**5) + b"]}]}",
+        ),
+    ],
+)
+def test_a_body_of_too_many_arrays_and_objects_is_400_before_any_is_built(path: str, raw: bytes) -> None:
+    started = time.perf_counter()
+    with pytest.raises(EppError) as caught:
+        parse_request_body(path, raw)
+    assert caught.value.status == 400 and "more than 100000 JSON arrays and objects" in caught.value.message
+    assert time.perf_counter() - started < 1.0  # generous: ~0.03 s; it was seconds
+
+
+def test_the_container_cap_counts_no_bracket_inside_a_string() -> None:
+    # As many arrays as allowed, and brackets in strings (escaped quotes too) that a byte count sees.
+    cap = jsonbody.MAX_REQUEST_CONTAINERS
+    prompt = json.dumps('[{"\\' * cap)
+    raw = b'{"model":"m","prompt":' + prompt.encode() + b',"x":[' + _many(b"[]", cap - 2) + b"]}"
+    _, parsed = parse_request_body("/v1/completions", raw)
+    assert parsed.prompt_text.startswith('[{"\\')
+    one_more = raw[:-2] + b",[]]}"
+    with pytest.raises(EppError, match="more than 100000"):
+        parse_request_body("/v1/completions", one_more)
+
+
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"])
 def test_non_finite_numbers_are_refused(number: bytes) -> None:
     with pytest.raises(EppError) as caught:
@@ -155,15 +199,47 @@ def _real_director(rewrite: bool = False) -> SchedulingDirector:
     return director
 
 
-async def _status_of(director: SchedulingDirector, path: str, raw: bytes) -> tuple[int, bytes]:
+async def _status_of(
+    director: SchedulingDirector, path: str, raw: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     out = Collector()
     stream = ExtProcStream(director, StreamSettings(), ServerMetrics(CollectorRegistry()))
-    await stream.run(feed([request_headers(path), body_msg(raw)]), out)
+    await stream.run(feed([request_headers(path, headers), body_msg(raw)]), out)
     first = out.sent[0]
     if first.HasField("immediate_response"):
         return first.immediate_response.status.code, first.immediate_response.body
     body = b"".join(m.request_body.response.body_mutation.streamed_response.body for m in out.sent[1:])
     return 200, body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": [{"role": "assistant", "content": "x", "tool_calls": 5}]},
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "chat_template_kwargs": {"messages": 5},
+        },
+    ],
+)
+async def test_a_body_the_tokenizer_chokes_on_is_routed_untokenized(
+    body: dict[str, object], tmp_path: Path
+) -> None:
+    """Precise prefix routing with the local tokenizer: the chat template raised TypeError on these
+    bodies (valid to the parser, refused by vLLM itself), and the decision re-ran the failed
+    tokenization and answered 500."""
+    from tests.epp.plugins.test_precise import config
+    from tests.epp.plugins.test_tokens import write_model
+
+    model = write_model(tmp_path / "model")
+    datastore = Datastore()
+    director = SchedulingDirector(
+        datastore, load_config(config(token_params={"local": {"path": str(model)}}))
+    )
+    datastore.replace_endpoints(spec(f"pod-{i}", i + 1) for i in range(2))
+    status, _ = await _status_of(director, "/v1/chat/completions", _raw(body))
+    assert status == 200
 
 
 @pytest.mark.parametrize("rewrite", [False, True])
@@ -174,6 +250,21 @@ async def test_the_stream_answers_400_with_the_field_never_500(
     status, answer = await _status_of(_real_director(rewrite), path, _raw(body))
     assert status == 400
     assert field in json.loads(answer)["error"]["message"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "GZIP", "deflate, gzip"])
+async def test_a_compressed_body_is_415_naming_the_encoding(encoding: str) -> None:
+    """It was a 400 saying the gzip bytes are "not UTF-8 text"."""
+    raw = gzip.compress(_raw({"model": "m", "prompt": "p"}))
+    status, answer = await _status_of(
+        _real_director(), "/v1/completions", raw, {"content-encoding": encoding}
+    )
+    assert status == 415
+    message = json.loads(answer)["error"]["message"]
+    assert f"content-encoding {encoding.lower()!r} are not supported" in message
+    plain = _raw({"model": "m", "prompt": "p"})  # identity is no encoding at all
+    status, _ = await _status_of(_real_director(), "/v1/completions", plain, {"content-encoding": "identity"})
+    assert status == 200
 
 
 async def test_a_rewritten_body_is_valid_utf8_json() -> None:
