@@ -169,7 +169,7 @@ KVEVENTS_EVENTS = Counter(
 KVEVENTS_DROPPED = Counter(
     "epp_kvevents_dropped_total",
     "Frames, batches or events dropped, by reason (malformed payload, unknown event type, "
-    "KV-cache group not indexed, duplicate or stale sequence number).",
+    "KV-cache group not indexed, medium past the limit, duplicate or stale sequence number).",
     ["reason"],
 )
 KVEVENTS_UNKNOWN_REMOVALS = Counter(

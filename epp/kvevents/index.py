@@ -26,8 +26,10 @@ Bound: at most ``max_entries`` (key, endpoint, medium) entries. Past it, the end
 most entries loses its least recently stored one (counted in :attr:`KVBlockIndex.evictions`). vLLM
 itself reports every eviction, so the bound only bites when events were lost or the cap is set
 below the pods' real capacity; a dropped entry can only make the index under-report (a miss, never
-a false hit). llm-d bounds its in-memory index by key count (``inMemoryConfig.size``, default 1e8,
-with ``podCacheSize`` 10 pods per key) or bytes (``costAwareMemoryConfig.size``, default 2 GiB).
+a false hit). The media are bounded too (``max_media`` live at once, default 8; vLLM names three),
+because the medium is a free string a misbehaving pod could vary per event. llm-d bounds its
+in-memory index by key count (``inMemoryConfig.size``, default 1e8, with ``podCacheSize`` 10 pods
+per key) or bytes (``costAwareMemoryConfig.size``, default 2 GiB).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from epp.kvevents.wire import AllBlocksCleared, BlockRemoved, BlockStored, Event
 
 DEFAULT_MEDIUM = "gpu"  # vLLM's BlockPool publishes MEDIUM_GPU unless an offloading tier says otherwise
 DEFAULT_MAX_ENTRIES = 2_000_000
+# vLLM publishes "GPU", "CPU" and "STORAGE"; the medium is a free string on the wire, so a pod could
+# name a new one per event. Each live medium costs a dict and a step of every lookup, so only this
+# many are indexed at once (stores into a further one are skipped and counted).
+DEFAULT_MAX_MEDIA = 8
 
 
 def normalize_medium(medium: str | None) -> str:
@@ -54,18 +60,29 @@ class ApplyResult:
     removed: int = 0
     cleared: int = 0
     skipped_group: int = 0
+    skipped_medium: int = 0  # blocks not stored: their medium would exceed ``max_media``
     unknown_removals: int = 0
 
 
 class KVBlockIndex:
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, groups: Iterable[int] = (0,)) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        groups: Iterable[int] = (0,),
+        max_media: int = DEFAULT_MAX_MEDIA,
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be positive, got {max_entries}")
+        if max_media < 1:
+            raise ValueError(f"max_media must be positive, got {max_media}")
         self.max_entries = max_entries
+        self.max_media = max_media
         self.groups = frozenset(groups)  # KV-cache groups indexed (events without group_idx always are)
         self._slots: dict[str, int] = {}
         self._slot_owner: list[str | None] = []
         self._free_slots: list[int] = []
+        # Neither holds an empty inner dict: a medium's maps go when its last entry does, so memory
+        # and the lookup's per-medium work follow the live entries, not every medium ever named.
         self._masks: dict[str, dict[int, int]] = {}  # medium -> key -> slot bitmask
         self._held: dict[str, dict[str, dict[int, int]]] = {}  # endpoint -> medium -> key -> copies
         self.size = 0  # (key, endpoint, medium) entries
@@ -85,8 +102,9 @@ class KVBlockIndex:
             if event.group_idx is not None and event.group_idx not in self.groups:
                 result.skipped_group += 1
                 return
-            self.store(endpoint, event.block_hashes, event.medium)
-            result.stored += len(event.block_hashes)
+            refused = self.store(endpoint, event.block_hashes, event.medium)
+            result.stored += len(event.block_hashes) - refused
+            result.skipped_medium += refused
         elif isinstance(event, BlockRemoved):
             if event.group_idx is not None and event.group_idx not in self.groups:
                 result.skipped_group += 1
@@ -99,12 +117,17 @@ class KVBlockIndex:
             self.clear(endpoint)
             result.cleared += 1
 
-    def store(self, endpoint: str, keys: Sequence[int], medium: str | None = None) -> None:
+    def store(self, endpoint: str, keys: Sequence[int], medium: str | None = None) -> int:
+        """Apply stores; returns how many keys were refused (a medium past ``max_media``)."""
+        if not keys:
+            return 0
         medium = normalize_medium(medium)
-        bit = 1 << self._slot(endpoint)
         masks = self._masks.get(medium)
         if masks is None:
+            if len(self._masks) >= self.max_media:
+                return len(keys)
             masks = self._masks[medium] = {}
+        bit = 1 << self._slot(endpoint)
         media = self._held[endpoint]
         held = media.get(medium)
         if held is None:
@@ -119,6 +142,7 @@ class KVBlockIndex:
         self.size += added
         if self.size > self.max_entries:
             self._trim()
+        return 0
 
     def remove(self, endpoint: str, keys: Sequence[int], medium: str | None = None) -> int:
         """Apply removals; returns how many keys were not held (no-ops)."""
@@ -139,6 +163,7 @@ class KVBlockIndex:
                 del held[key]
                 self._unset(masks, key, bit)
                 self.size -= 1
+        self._prune(endpoint, medium)
         return unknown
 
     def clear(self, endpoint: str) -> int:
@@ -153,6 +178,8 @@ class KVBlockIndex:
             for key in held:
                 self._unset(masks, key, bit)
             dropped += len(held)
+            if not masks:
+                del self._masks[medium]
         media.clear()
         self.size -= dropped
         return dropped
@@ -305,3 +332,12 @@ class KVBlockIndex:
                 self._unset(masks, key, bit)
             self.size -= excess
             self.evictions += excess
+            self._prune(endpoint, medium)
+
+    def _prune(self, endpoint: str, medium: str) -> None:
+        """Drop ``medium``'s maps that have become empty (see ``__init__``)."""
+        media = self._held.get(endpoint)
+        if media is not None and medium in media and not media[medium]:
+            del media[medium]
+        if medium in self._masks and not self._masks[medium]:
+            del self._masks[medium]

@@ -279,6 +279,8 @@ class KVEventSubscriber:
             metrics.KVEVENTS_EVENTS.labels("AllBlocksCleared").inc(result.cleared)
         if result.skipped_group:
             metrics.KVEVENTS_DROPPED.labels("group_not_indexed").inc(result.skipped_group)
+        if result.skipped_medium:
+            metrics.KVEVENTS_DROPPED.labels("medium_limit").inc(result.skipped_medium)
         if result.unknown_removals:
             metrics.KVEVENTS_UNKNOWN_REMOVALS.inc(result.unknown_removals)
         metrics.KVEVENTS_BATCHES.labels(self.endpoint, source).inc()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epp.kvevents.index import KVBlockIndex
+from epp.kvevents.index import ApplyResult, KVBlockIndex
 from epp.kvevents.wire import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 
 A, B, C = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
@@ -178,6 +178,7 @@ def test_matches_the_reference_model(ops: list[tuple[str, str, list[int], str]],
             reference.clear(endpoint)
     assert index.longest_prefix(query) == reference.prefix(query)
     assert index.size == len(reference.copies)
+    assert set(index.media()) == set(index._masks) == {medium for _, medium, _ in reference.copies}
     for (endpoint, medium, key), count in reference.copies.items():
         assert index.copies(endpoint, key, medium) == count
 
@@ -194,3 +195,34 @@ def test_bound_holds_under_random_churn() -> None:
         assert index.size <= 500, step
     assert index.evictions > 0
     assert index.size == sum(index.endpoint_size(e) for e in (A, B, C))
+
+
+def test_media_that_empty_are_forgotten() -> None:
+    # A pod naming a fresh medium per event must not leave one empty map per name behind: that
+    # grew memory without bound and made every lookup walk all of them.
+    index = KVBlockIndex()
+    for i in range(200):
+        index.store(A, [i], f"tier{i}")
+        index.remove(A, [i], f"tier{i}")
+    index.store(B, [1], "x")
+    index.clear(B)
+    small = KVBlockIndex(max_entries=1)
+    small.store(A, [1], "old")
+    small.store(A, [2], "new")  # evicts "old"'s only entry
+    assert index.size == 0 and index.media() == [] and not index._masks
+    assert all(not media for media in index._held.values())
+    assert small.media() == ["new"] and set(small._masks) == {"new"}
+
+
+def test_media_past_the_limit_are_refused_and_counted() -> None:
+    index = KVBlockIndex(max_media=2)
+    index.store(A, [1], "gpu")
+    index.store(A, [2], "cpu")
+    result = ApplyResult()
+    index.apply(A, BlockStored((3, 4), None, (), 16, medium="junk"), result)
+    assert (result.stored, result.skipped_medium) == (0, 2)
+    assert not index.holds(A, 3, "junk") and sorted(index.media()) == ["cpu", "gpu"]
+    index.remove(A, [2], "cpu")  # a slot frees up once a medium empties
+    assert index.store(A, [3], "junk") == 0 and index.holds(A, 3, "junk")
+    with pytest.raises(ValueError, match="max_media"):
+        KVBlockIndex(max_media=0)
