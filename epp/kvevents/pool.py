@@ -25,7 +25,12 @@ import zmq.asyncio
 from epp import metrics
 from epp.kvevents.hashing import BlockHasher
 from epp.kvevents.index import KVBlockIndex
-from epp.kvevents.subscriber import EventSource, KVEventSubscriber
+from epp.kvevents.subscriber import (
+    MAX_MESSAGE_BYTES,
+    REPLAY_BUDGET_SECONDS,
+    EventSource,
+    KVEventSubscriber,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class KVEventSubscriptions:
         topic_filter: str = "kv@",
         hasher: BlockHasher | None = None,
         replay_timeout: float = 2.0,
+        replay_budget: float = REPLAY_BUDGET_SECONDS,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         context: zmq.asyncio.Context | None = None,
         on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -62,6 +69,8 @@ class KVEventSubscriptions:
         self.topic_filter = topic_filter
         self.hasher = hasher
         self.replay_timeout = replay_timeout
+        self.replay_budget = replay_budget
+        self.max_message_bytes = max_message_bytes
         self.on_batch = on_batch
         self._own_context = context is None
         self.context = context if context is not None else zmq.asyncio.Context()
@@ -87,6 +96,8 @@ class KVEventSubscriptions:
             topic_filter=self.topic_filter,
             hasher=self.hasher,
             replay_timeout=self.replay_timeout,
+            replay_budget=self.replay_budget,
+            max_message_bytes=self.max_message_bytes,
             on_batch=self.on_batch,
         )
         task = asyncio.get_running_loop().create_task(subscriber.run(), name=f"kvevents:{endpoint}")

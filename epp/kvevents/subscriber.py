@@ -30,6 +30,7 @@ fail again). ``AllBlocksCleared`` clears the pod like vLLM does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -57,6 +58,13 @@ log = logging.getLogger(__name__)
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 5000
 RCVHWM = 100_000  # as vLLM's publisher hwm: queue, rather than drop, while a replay runs
+# Largest message taken from a pod. vLLM's biggest batch is one engine step's stores (token ids of
+# at most max_num_batched_tokens, a few MB); ZMQ itself accepts any size, so without this a pod could
+# make the EPP allocate gigabytes. Past it ZMQ drops the connection, which reconnects and resyncs.
+MAX_MESSAGE_BYTES = 64 << 20
+# Longest a whole replay may take. vLLM's buffer (10,000 batches by default) replays in well under a
+# second; a peer that keeps answering never ends the replay, and it holds this pod's stream.
+REPLAY_BUDGET_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,8 @@ class KVEventSubscriber:
         topic_filter: str = "kv@",
         hasher: BlockHasher | None = None,
         replay_timeout: float = 2.0,
+        replay_budget: float = REPLAY_BUDGET_SECONDS,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
         self.source = source
@@ -87,6 +97,8 @@ class KVEventSubscriber:
         self.topic_filter = topic_filter
         self.hasher = hasher
         self.replay_timeout = replay_timeout
+        self.replay_budget = replay_budget
+        self.max_message_bytes = max_message_bytes
         self.on_batch = on_batch  # (endpoint, seq) after each applied batch; tests and tracing
         self.last_seq: int | None = None
         self.connected = asyncio.Event()
@@ -104,11 +116,11 @@ class KVEventSubscriber:
     async def run(self) -> None:
         """Receive and apply until cancelled."""
         sub = self.context.socket(zmq.SUB)
-        _tune(sub, self.source.events_address)
+        _tune(sub, self.source.events_address, self.max_message_bytes)
         sub.setsockopt(zmq.RCVHWM, RCVHWM)
         sub.setsockopt(zmq.SUBSCRIBE, self.topic_filter.encode())
         monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        watcher = asyncio.get_running_loop().create_task(self._watch(monitor))
+        watcher = asyncio.get_running_loop().create_task(self._watch(monitor, sub))
         try:
             sub.connect(self.source.events_address)
             while True:
@@ -128,13 +140,19 @@ class KVEventSubscriber:
             monitor.close(linger=0)
             sub.close(linger=0)
 
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+    async def _watch(self, monitor: zmq.asyncio.Socket, sub: zmq.asyncio.Socket) -> None:
         disconnected = False
         while True:
             event = parse_monitor_message(await monitor.recv_multipart())["event"]
             if event == zmq.EVENT_DISCONNECTED:
                 disconnected = True
                 self.connected.clear()
+                # A message past MAXMSGSIZE is a protocol error, after which libzmq ends the
+                # connection for good instead of reconnecting (session_base.cpp, engine_error):
+                # connect afresh. After an ordinary drop this just takes over ZMQ's own retry.
+                with contextlib.suppress(zmq.ZMQError):
+                    sub.disconnect(self.source.events_address)
+                sub.connect(self.source.events_address)
             elif event == zmq.EVENT_CONNECTED:
                 self.connected.set()
                 if disconnected:
@@ -203,9 +221,11 @@ class KVEventSubscriber:
         """Apply buffered batches from ``start``; True when they arrived contiguously from ``start``."""
         assert self.source.replay_address is not None
         dealer = self.context.socket(zmq.DEALER)
-        _tune(dealer, self.source.replay_address)
+        _tune(dealer, self.source.replay_address, self.max_message_bytes)
         complete = False
         expected = start
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.replay_budget
         try:
             dealer.connect(self.source.replay_address)
             # A DEALER with no connected peer blocks on send: bound that wait too.
@@ -213,7 +233,18 @@ class KVEventSubscriber:
                 dealer.send_multipart([b"", start.to_bytes(SEQ_BYTES, "big")]), self.replay_timeout
             )
             while True:
-                frames = await asyncio.wait_for(dealer.recv_multipart(), self.replay_timeout)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    log.warning(
+                        "kv events %s: replay from %d still running after %.1fs (at seq %d): abandoned",
+                        self.endpoint,
+                        start,
+                        self.replay_budget,
+                        expected,
+                    )
+                    return False
+                timeout = min(self.replay_timeout, remaining)
+                frames = await asyncio.wait_for(dealer.recv_multipart(), timeout)
                 if frames and not frames[0]:
                     frames = frames[1:]
                 if len(frames) == 3 and frames[1] == END_SEQ and not frames[2]:
@@ -328,8 +359,9 @@ class KVEventSubscriber:
         metrics.KVEVENTS_ENDPOINT_ENTRIES.labels(self.endpoint).set(self.index.endpoint_size(self.endpoint))
 
 
-def _tune(socket: zmq.asyncio.Socket, address: str) -> None:
+def _tune(socket: zmq.asyncio.Socket, address: str, max_message_bytes: int) -> None:
     socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
     if address.startswith("tcp://["):

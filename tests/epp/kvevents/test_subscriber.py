@@ -325,3 +325,88 @@ def test_addresses() -> None:
     assert subs.source_for("10.1.2.3:8000") == EventSource(
         "10.1.2.3:8000", "tcp://10.1.2.3:5557", "tcp://10.1.2.3:5558"
     )
+
+
+async def test_oversized_message_is_refused_not_applied(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # ZMQ takes a message of any size unless told otherwise: a pod could make the EPP allocate
+    # gigabytes. Past the limit the connection is dropped, then reconnects and resyncs.
+    from epp.kvevents.wire import encode_batch
+
+    pub = context.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0")
+    address = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    reconnects = sample("epp_kvevents_reconnects_total")
+    subs = KVEventSubscriptions(index, context=context, topic_filter="", max_message_bytes=4096)
+    subs.add_endpoint(POD, EventSource(POD, address))
+    huge = EventBatch(0.0, (BlockStored((99,), None, (70_000,) * 2000, 16),))
+    assert len(encode_batch(huge)) > 4096
+    seq = 0
+
+    async def send(batch: EventBatch) -> None:
+        nonlocal seq
+        await pub.send_multipart([b"", seq.to_bytes(SEQ_BYTES, "big"), encode_batch(batch)])
+        seq += 1
+
+    try:
+        while not index.holds(POD, 1):
+            await send(stored(1))
+            await asyncio.sleep(0.05)
+        await send(huge)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while not index.holds(POD, 3):
+            assert asyncio.get_running_loop().time() < deadline, "no reconnect after the oversized message"
+            await send(stored(3))
+            await asyncio.sleep(0.05)
+            assert not index.holds(POD, 99)
+    finally:
+        await subs.close()
+        pub.close(linger=0)
+    assert not index.holds(POD, 99)
+    assert sample("epp_kvevents_reconnects_total") > reconnects
+
+
+async def test_a_replay_that_never_ends_is_abandoned(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # A replay peer that keeps answering with contiguous batches held the pod's stream forever.
+    from epp.kvevents.wire import encode_batch
+
+    pub = context.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0")
+    router = context.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:0")
+    streams: list[asyncio.Task[None]] = []
+
+    async def stream(identity: bytes, start: int) -> None:
+        for seq in range(start, start + 10**9):
+            payload = encode_batch(stored(1000 + seq % 50))
+            await router.send_multipart([identity, b"", b"", seq.to_bytes(SEQ_BYTES, "big"), payload])
+            await asyncio.sleep(0.001)
+
+    async def serve() -> None:
+        while True:
+            identity, _, start = await router.recv_multipart()
+            streams.append(asyncio.create_task(stream(identity, int.from_bytes(start, "big"))))
+
+    server = asyncio.create_task(serve())
+    subs = KVEventSubscriptions(index, context=context, topic_filter="", replay_budget=0.5)
+    source = EventSource(
+        POD, pub.getsockopt_string(zmq.LAST_ENDPOINT), router.getsockopt_string(zmq.LAST_ENDPOINT)
+    )
+    subs.add_endpoint(POD, source)
+    try:
+        seq = 10**9
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while not index.holds(POD, 7):
+            assert asyncio.get_running_loop().time() < deadline, "live events never applied"
+            await pub.send_multipart([b"", seq.to_bytes(SEQ_BYTES, "big"), encode_batch(stored(7))])
+            seq += 1
+            await asyncio.sleep(0.05)
+    finally:
+        await subs.close()
+        for task in [server, *streams]:
+            task.cancel()
+        pub.close(linger=0)
+        router.close(linger=0)
