@@ -38,6 +38,7 @@ compatible); an event with an unknown tag is skipped and reported in :attr:`Even
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,7 +153,8 @@ def decode_batch(payload: bytes) -> EventBatch:
     if not isinstance(raw, list) or not 2 <= len(raw) <= 3:
         raise MalformedEvent("batch_shape", type(raw).__name__)
     ts = raw[0]
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
+    # Not finite is no time vLLM sends, and it would make the lag histogram's sum +Inf for good.
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
         raise MalformedEvent("batch_ts")
     events_raw = raw[1]
     if not isinstance(events_raw, list):

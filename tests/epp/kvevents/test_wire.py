@@ -177,6 +177,9 @@ def test_round_trip() -> None:
             "hash_empty",
         ),
         (msgpack.packb([1.0, [{"type": "BlockRemoved"}]]), "removed_missing_field"),
+        (msgpack.packb([float("inf"), []]), "batch_ts"),
+        (msgpack.packb([float("-inf"), []]), "batch_ts"),
+        (msgpack.packb([float("nan"), []]), "batch_ts"),
     ],
 )
 def test_malformed_payloads_name_the_reason(payload: bytes, reason: str) -> None:
