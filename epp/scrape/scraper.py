@@ -46,7 +46,7 @@ import aiohttp
 
 from epp import metrics as epp_metrics
 from epp.datastore import Datastore, Endpoint, EndpointMetrics
-from epp.scrape.http import HttpError, KeepAliveGetter
+from epp.scrape.http import MAX_BODY_BYTES, HttpError, KeepAliveGetter
 from epp.scrape.parser import VLLM, MetricNames, MetricsParseError, parse_metrics, samples
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,15 @@ class MetricsScraper:
             async with asyncio.timeout(self.timeout):
                 return await self._getter.get(endpoint.address, endpoint.metrics_port, path)
         async with self._session.get(self._url(endpoint, path)) as response:
-            return response.status, await response.read()
+            # Bounded as the lean client's pages are: ``read()`` takes whatever the pod sends, and
+            # the timeout alone lets a fast pod push gigabytes into memory first.
+            limit = MAX_BODY_BYTES
+            body = bytearray()
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise HttpError(f"response body exceeds {limit} bytes")
+            return response.status, bytes(body)
 
     def _failed(self, endpoint: Endpoint, url: str, exc: BaseException) -> None:
         endpoint.scrape_failures += 1

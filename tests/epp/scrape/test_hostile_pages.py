@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 
 import pytest
 from hypothesis import given, settings
@@ -146,4 +147,38 @@ async def test_an_unexpected_parser_bug_is_one_failed_scrape(scraper, monkeypatc
         (pod,) = scraper.datastore.endpoints()
         await wait_until(lambda: len(calls) >= 3 and pod.scrape_failures == 0 and pod.metrics.updated_at > 0)
     finally:
+        await server.stop()
+
+
+async def test_an_oversized_https_page_is_a_failed_scrape(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HTTPS goes through aiohttp, whose read() took a page of any size (the lean HTTP client stops
+    # at MAX_BODY_BYTES): a pod could push gigabytes into the EPP within one scrape timeout.
+    import ssl
+
+    from epp.scrape import scraper as scraper_module
+    from epp.server.tls import self_signed
+
+    pair = self_signed()
+    (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "tls.key").write_bytes(pair.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server = FakeMetricsServer(GOOD + "# padding\n" * 2000, ssl_context=context)
+    await server.start()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=60.0, scheme="https", insecure_skip_verify=True)
+    scraper._start = lambda endpoint, first_delay: None  # type: ignore[method-assign]
+    await scraper.start()
+    try:
+        datastore.replace_endpoints([EndpointSpec("pod", "127.0.0.1", 1, server.port)])
+        (endpoint,) = datastore.endpoints()
+        monkeypatch.setattr(scraper_module, "MAX_BODY_BYTES", len(GOOD) * 2)
+        assert not await scraper.scrape(endpoint)
+        assert endpoint.scrape_failures == 1 and "exceeds" in (endpoint.scrape_error or "")
+        monkeypatch.setattr(scraper_module, "MAX_BODY_BYTES", 10 * len(server.page))
+        assert await scraper.scrape(endpoint)
+    finally:
+        await scraper.stop()
         await server.stop()
