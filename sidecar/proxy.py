@@ -88,6 +88,12 @@ class SidecarMetrics:
             self.fallbacks.labels(reason)
 
 
+# Largest prefill answer read. It carries one token and the transfer parameters; echo or
+# prompt_logprobs from the client can make it a few MB. Past this the pod is misbehaving: reading on
+# would only fill memory (the prefill timeout alone lets a fast pod send gigabytes).
+MAX_PREFILL_ANSWER_BYTES = 64 << 20
+
+
 class PrefillFailed(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -262,9 +268,10 @@ class Sidecar:
             async with self.session.post(
                 url, json=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                payload = await response.read()
                 if response.status // 100 != 2:
-                    raise PrefillFailed("status", f"HTTP {response.status}: {payload[:200]!r}")
+                    detail = await response.content.read(200)  # for the log; the rest is not needed
+                    raise PrefillFailed("status", f"HTTP {response.status}: {detail!r}")
+                payload = await _read_at_most(response, MAX_PREFILL_ANSWER_BYTES)
         except TimeoutError as exc:
             raise PrefillFailed("timeout", f"no answer within {self.options.prefill_timeout_s} s") from exc
         except aiohttp.ClientError as exc:
@@ -304,7 +311,7 @@ class Sidecar:
             )
             async with upstream_cm as upstream:
                 if local_retry is not None and upstream.status >= 500:
-                    detail = (await upstream.read())[:200]
+                    detail = await upstream.content.read(200)  # only logged: never the whole answer
                     self.metrics.fallbacks.labels("decode_kv_load").inc()
                     log.warning(
                         "request %s: decode with remote KV failed (HTTP %d: %r); prefilling locally",
@@ -332,6 +339,15 @@ class Sidecar:
                 raise
             log.error("model server %s unreachable for %s: %r", self.model_server, request.path, exc)
             return _error(502, f"model server unavailable: {exc!r}")
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise PrefillFailed("invalid_response", f"prefill answer exceeds {limit} bytes")
+    return bytes(body)
 
 
 def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:

@@ -210,6 +210,19 @@ async def test_prefill_without_kv_params_falls_back(rig):
     assert rig.fallbacks("invalid_response") == 1
 
 
+async def test_an_oversized_prefill_answer_falls_back(rig, monkeypatch):
+    # read() took an answer of any size; only the prefill timeout bounded it.
+    from sidecar import proxy
+
+    monkeypatch.setattr(proxy, "MAX_PREFILL_ANSWER_BYTES", 4096, raising=False)
+    rig.prefill.answer = {"id": "x", "kv_transfer_params": KV_FROM_PREFILL, "pad": "x" * 10_000}
+    assert (await fallback_case(rig)).body == REQUEST
+    assert rig.fallbacks("invalid_response") == 1
+    rig.decode.received.clear()
+    rig.prefill.answer = {"id": "x", "kv_transfer_params": KV_FROM_PREFILL, "pad": "x" * 1000}
+    assert "kv_transfer_params" in (await fallback_case(rig)).body  # within the limit: split as usual
+
+
 async def test_unreachable_prefill_falls_back(rig):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
