@@ -28,6 +28,7 @@ from epp.kvevents.index import KVBlockIndex
 from epp.kvevents.subscriber import (
     MAX_MESSAGE_BYTES,
     REPLAY_BUDGET_SECONDS,
+    RESTART_AFTER_SECONDS,
     EventSource,
     KVEventSubscriber,
 )
@@ -60,6 +61,7 @@ class KVEventSubscriptions:
         replay_timeout: float = 2.0,
         replay_budget: float = REPLAY_BUDGET_SECONDS,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        restart_after: float = RESTART_AFTER_SECONDS,
         context: zmq.asyncio.Context | None = None,
         on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -71,6 +73,7 @@ class KVEventSubscriptions:
         self.replay_timeout = replay_timeout
         self.replay_budget = replay_budget
         self.max_message_bytes = max_message_bytes
+        self.restart_after = restart_after
         self.on_batch = on_batch
         self._own_context = context is None
         self.context = context if context is not None else zmq.asyncio.Context()
@@ -98,6 +101,7 @@ class KVEventSubscriptions:
             replay_timeout=self.replay_timeout,
             replay_budget=self.replay_budget,
             max_message_bytes=self.max_message_bytes,
+            restart_after=self.restart_after,
             on_batch=self.on_batch,
         )
         task = asyncio.get_running_loop().create_task(subscriber.run(), name=f"kvevents:{endpoint}")

@@ -65,6 +65,9 @@ MAX_MESSAGE_BYTES = 64 << 20
 # Longest a whole replay may take. vLLM's buffer (10,000 batches by default) replays in well under a
 # second; a peer that keeps answering never ends the replay, and it holds this pod's stream.
 REPLAY_BUDGET_SECONDS = 60.0
+# How long after a disconnect ZMQ may take to reconnect by itself before the subscriber connects
+# afresh (see _watch): past its longest retry interval, so an ordinary drop is left to ZMQ.
+RESTART_AFTER_SECONDS = 2 * RECONNECT_IVL_MAX_MS / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class KVEventSubscriber:
         replay_timeout: float = 2.0,
         replay_budget: float = REPLAY_BUDGET_SECONDS,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        restart_after: float = RESTART_AFTER_SECONDS,
         on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
         self.source = source
@@ -99,6 +103,7 @@ class KVEventSubscriber:
         self.replay_timeout = replay_timeout
         self.replay_budget = replay_budget
         self.max_message_bytes = max_message_bytes
+        self.restart_after = restart_after
         self.on_batch = on_batch  # (endpoint, seq) after each applied batch; tests and tracing
         self.last_seq: int | None = None
         self.connected = asyncio.Event()
@@ -142,17 +147,24 @@ class KVEventSubscriber:
 
     async def _watch(self, monitor: zmq.asyncio.Socket, sub: zmq.asyncio.Socket) -> None:
         disconnected = False
+        pending: list[bytes] | None = None
         while True:
-            event = parse_monitor_message(await monitor.recv_multipart())["event"]
+            message, pending = pending or await monitor.recv_multipart(), None
+            event = parse_monitor_message(message)["event"]
             if event == zmq.EVENT_DISCONNECTED:
                 disconnected = True
                 self.connected.clear()
                 # A message past MAXMSGSIZE is a protocol error, after which libzmq ends the
-                # connection for good instead of reconnecting (session_base.cpp, engine_error):
-                # connect afresh. After an ordinary drop this just takes over ZMQ's own retry.
-                with contextlib.suppress(zmq.ZMQError):
-                    sub.disconnect(self.source.events_address)
-                sub.connect(self.source.events_address)
+                # connection for good instead of reconnecting (session_base.cpp, engine_error).
+                # So when ZMQ has not reconnected by itself in restart_after, connect afresh. Not
+                # at once: that would skip ZMQ's back-off, and a peer that accepts and drops
+                # connections would have the EPP reconnecting as fast as TCP allows.
+                try:
+                    pending = await asyncio.wait_for(monitor.recv_multipart(), self.restart_after)
+                except TimeoutError:
+                    with contextlib.suppress(zmq.ZMQError):
+                        sub.disconnect(self.source.events_address)
+                    sub.connect(self.source.events_address)
             elif event == zmq.EVENT_CONNECTED:
                 self.connected.set()
                 if disconnected:

@@ -338,7 +338,9 @@ async def test_oversized_message_is_refused_not_applied(
     pub.bind("tcp://127.0.0.1:0")
     address = pub.getsockopt_string(zmq.LAST_ENDPOINT)
     reconnects = sample("epp_kvevents_reconnects_total")
-    subs = KVEventSubscriptions(index, context=context, topic_filter="", max_message_bytes=4096)
+    subs = KVEventSubscriptions(
+        index, context=context, topic_filter="", max_message_bytes=4096, restart_after=0.3
+    )
     subs.add_endpoint(POD, EventSource(POD, address))
     huge = EventBatch(0.0, (BlockStored((99,), None, (70_000,) * 2000, 16),))
     assert len(encode_batch(huge)) > 4096
@@ -410,3 +412,37 @@ async def test_a_replay_that_never_ends_is_abandoned(
             task.cancel()
         pub.close(linger=0)
         router.close(linger=0)
+
+
+# signature, version 3.0, mechanism NULL, as-server 0, filler (ZMTP 3.0, rfc.zeromq.org/spec/23).
+ZMTP3_NULL_GREETING = (
+    b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+)
+
+
+async def test_a_peer_that_drops_every_connection_is_retried_with_back_off(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # The subscriber connects afresh only when ZMQ has not reconnected by itself: a peer that
+    # completes the handshake and then drops the connection is retried at ZMQ's pace, not in a loop.
+    accepted = 0
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        # A ZMTP 3 greeting, so the connection counts as made before it is dropped.
+        writer.write(ZMTP3_NULL_GREETING)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.read(64), 0.2)
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    subs = KVEventSubscriptions(index, context=context, topic_filter="", restart_after=5.0)
+    subs.add_endpoint(POD, EventSource(POD, f"tcp://127.0.0.1:{port}"))
+    try:
+        await asyncio.sleep(2.0)
+    finally:
+        await subs.close()
+        server.close()
+    assert 0 < accepted <= 40, accepted  # ZMQ's back-off starts at 100 ms
