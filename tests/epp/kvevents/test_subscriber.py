@@ -36,6 +36,13 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+def raw_publisher(context: zmq.asyncio.Context) -> tuple[zmq.asyncio.Socket, str]:
+    """A bare PUB socket on a free port, for frames no well-behaved publisher would send."""
+    pub = context.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0")
+    return pub, pub.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
 async def until(predicate: Callable[[], bool], what: str) -> None:
     deadline = asyncio.get_running_loop().time() + TIMEOUT
     while not predicate():
@@ -213,9 +220,7 @@ async def test_sequence_going_backwards_without_reconnect_is_a_restart(
 async def test_malformed_payload_is_counted_and_resyncs(
     context: zmq.asyncio.Context, index: KVBlockIndex
 ) -> None:
-    pub = context.socket(zmq.PUB)
-    pub.bind("tcp://127.0.0.1:0")
-    address = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    pub, address = raw_publisher(context)
     malformed = sample("epp_kvevents_dropped_total", {"reason": "malformed_msgpack"})
     bad_frames = sample("epp_kvevents_dropped_total", {"reason": "frame_seq_length"})
     subs = KVEventSubscriptions(index, context=context, topic_filter="")
@@ -334,9 +339,7 @@ async def test_oversized_message_is_refused_not_applied(
     # gigabytes. Past the limit the connection is dropped, then reconnects and resyncs.
     from epp.kvevents.wire import encode_batch
 
-    pub = context.socket(zmq.PUB)
-    pub.bind("tcp://127.0.0.1:0")
-    address = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    pub, address = raw_publisher(context)
     reconnects = sample("epp_kvevents_reconnects_total")
     subs = KVEventSubscriptions(
         index, context=context, topic_filter="", max_message_bytes=4096, restart_after=0.3
@@ -375,8 +378,7 @@ async def test_a_replay_that_never_ends_is_abandoned(
     # A replay peer that keeps answering with contiguous batches held the pod's stream forever.
     from epp.kvevents.wire import encode_batch
 
-    pub = context.socket(zmq.PUB)
-    pub.bind("tcp://127.0.0.1:0")
+    pub, address = raw_publisher(context)
     router = context.socket(zmq.ROUTER)
     router.bind("tcp://127.0.0.1:0")
     streams: list[asyncio.Task[None]] = []
@@ -394,9 +396,7 @@ async def test_a_replay_that_never_ends_is_abandoned(
 
     server = asyncio.create_task(serve())
     subs = KVEventSubscriptions(index, context=context, topic_filter="", replay_budget=0.5)
-    source = EventSource(
-        POD, pub.getsockopt_string(zmq.LAST_ENDPOINT), router.getsockopt_string(zmq.LAST_ENDPOINT)
-    )
+    source = EventSource(POD, address, router.getsockopt_string(zmq.LAST_ENDPOINT))
     subs.add_endpoint(POD, source)
     try:
         seq = 10**9
