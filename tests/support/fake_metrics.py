@@ -90,6 +90,8 @@ class FakeMetricsServer:
     instrumentator route). ``paths`` records every request's path and query, in order."""
 
     page: str = field(default_factory=vllm_metrics_page)
+    # Served (and used up) one per /metrics request before ``page``: a page that changes between GETs.
+    first_pages: list[str] = field(default_factory=list)
     status: int = 200
     hits: int = 0
     port: int = 0
@@ -124,7 +126,8 @@ class FakeMetricsServer:
         self.paths.append(request.path_qs)
         if self.status != 200:
             return web.Response(status=self.status, text="boom")
-        return web.Response(text=self.page, content_type="text/plain")
+        page = self.first_pages.pop(0) if self.first_pages else self.page
+        return web.Response(text=page, content_type="text/plain")
 
     async def _filtered(self, request: web.Request) -> web.Response:
         self.hits += 1

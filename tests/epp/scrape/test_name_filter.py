@@ -139,6 +139,22 @@ async def test_a_server_that_ignores_the_filter_or_lacks_the_path_keeps_the_full
         await server.stop()
 
 
+async def test_an_ignored_filter_is_not_taken_for_one_when_the_page_shrinks_a_little() -> None:
+    # The server ignores name[] and answers the full page again, a few bytes shorter because a
+    # gauge changed between the two GETs (real vLLM did this in CI): that is no filter.
+    longer = vllm_metrics_page(waiting=2, running=3, kv=0.2512345678, loras=("sql",), max_lora=4)
+    assert len(longer) > len(PAGE)
+    server = FakeMetricsServer(PAGE, first_pages=[longer])
+    scraper, endpoint = await _scraped(server)
+    try:
+        assert await scraper.scrape(endpoint)
+        assert server.paths == [FULL, SAME_PATH]
+        assert scraper.filtered_path(endpoint) is None
+    finally:
+        await scraper.stop()
+        await server.stop()
+
+
 async def test_a_filter_that_drops_a_family_the_full_page_has_is_not_used() -> None:
     # A server whose filtered registry does not find the LoRA family: filtering would silently lose
     # which adapters each pod holds, so the full page stays.
