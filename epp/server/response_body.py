@@ -44,11 +44,17 @@ class ModelNameRewriter:
     """Replaces ``"model":"<target>"`` (with or without a space after the colon) by the original name."""
 
     def __init__(self, target_model: str, client_model: str) -> None:
-        target, client = json.dumps(target_model).encode(), json.dumps(client_model).encode()
-        self._pairs = [
-            (b'"model":' + target, b'"model":' + client),
-            (b'"model": ' + target, b'"model": ' + client),
-        ]
+        # Both JSON spellings of a non-ASCII name: vLLM writes raw UTF-8 (pydantic's model_dump_json
+        # for SSE chunks and completions, starlette's JSONResponse, ensure_ascii=False, for chat:
+        # vllm/entrypoints/openai/*/serving.py, api_router.py); other servers write \u escapes.
+        # Looking only for the escapes left a non-ASCII target name in every vLLM answer.
+        self._pairs: list[tuple[bytes, bytes]] = []
+        for ascii_only in (True, False):
+            target = json.dumps(target_model, ensure_ascii=ascii_only).encode()
+            client = json.dumps(client_model, ensure_ascii=ascii_only).encode()
+            for colon in (b'"model":', b'"model": '):
+                if (colon + target, colon + client) not in self._pairs:
+                    self._pairs.append((colon + target, colon + client))
 
     def __call__(self, data: bytes) -> bytes:
         for old, new in self._pairs:
