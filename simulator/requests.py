@@ -69,7 +69,9 @@ def parse_generation(
     except SamplingError as exc:
         # pydantic's type errors are typed "Bad Request" by vLLM, its own range checks BadRequestError.
         raise ApiError(400, exc.message, exc.param, "Bad Request" if exc.validation else None) from None
-    model = body.get("model", served_model)
+    # No name (null or empty) is the served model, and the answer names it: vLLM's
+    # _is_model_supported (vllm/entrypoints/serve/engine/serving.py) accepts any falsy name.
+    model = sampling.get("model") or served_model
     # LoRA adapters are served under their own names; vLLM's 404 still lists only the base model.
     if model != served_model and not (isinstance(model, str) and model in adapters):
         raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {served_model}.", "model")
@@ -156,8 +158,13 @@ class TokenizeRequest:
 
 
 def _check_model(body: dict[str, Any], served_model: str) -> None:
-    model = body.get("model")
-    if model is not None and model != served_model:
+    try:
+        model = validate_sampling("completions", {"model": body.get("model")}).get("model")
+    except SamplingError as exc:
+        raise ApiError(400, exc.message, exc.param, "Bad Request") from None
+    # vLLM takes no name (null or empty) as its served model: _is_model_supported in
+    # vllm/entrypoints/serve/engine/serving.py returns True for any falsy name.
+    if model and model != served_model:
         raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {served_model}.", "model")
 
 

@@ -213,6 +213,26 @@ async def test_bad_requests_get_vllm_style_errors(sim, path, body, status, messa
     assert error["code"] == status and error["type"] in ("BadRequestError", "NotFoundError", "Bad Request")
 
 
+@pytest.mark.parametrize("model", [None, ""])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "x", "max_tokens": 2}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+        ("/tokenize", {"prompt": "x"}),
+        ("/detokenize", {"tokens": [65]}),
+    ],
+)
+async def test_no_model_name_means_the_served_model(sim, path, body, model):
+    """vLLM 0.32 serves a null or empty ``model`` with its served model, and names that model in the
+    answer; the simulator answered 404 "The model `None` does not exist"."""
+    async with sim.post(path, json={**body, "model": model}) as r:
+        assert r.status == 200, await r.text()
+        answer = await r.json()
+    if path.startswith("/v1/"):
+        assert answer["model"] == "tiny"
+
+
 async def test_invalid_json_is_a_400(sim):
     async with sim.post(
         "/v1/completions", data=b"{not json", headers={"content-type": "application/json"}
@@ -437,6 +457,8 @@ async def test_tokenize_counts_what_a_generation_request_is_billed(sim):
         ("/detokenize", {"tokens": [0]}, 400, "tokens"),
         ("/detokenize", {"tokens": [128]}, 400, "tokens"),
         ("/detokenize", {"model": "other", "tokens": [65]}, 404, "model"),
+        ("/tokenize", {"model": 5, "prompt": "x"}, 400, "body.model"),
+        ("/detokenize", {"model": ["tiny"], "tokens": [65]}, 400, "body.model"),
     ],
 )
 async def test_tokenizer_routes_refuse_bad_bodies_like_vllm(sim, path, body, status, param):

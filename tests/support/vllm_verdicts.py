@@ -135,4 +135,11 @@ VERDICTS: list[tuple[str, str, Any, int]] = [
     ("chat", "top_logprobs", 21, 400),
     ("chat", "top_logprobs", None, 200),
     ("chat", "n", 0, 400),
+    # No model, or an empty name, is the served model (vllm/entrypoints/serve/engine/serving.py,
+    # _is_model_supported); a name that is not a string is pydantic's 400. Recorded 2026-11-28.
+    ("completions", "model", None, 200),
+    ("completions", "model", "", 200),
+    ("completions", "model", 5, 400),
+    ("chat", "model", None, 200),
+    ("chat", "model", ["tiny"], 400),
 ]
