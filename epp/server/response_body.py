@@ -56,11 +56,57 @@ class ModelNameRewriter:
                 if (colon + target, colon + client) not in self._pairs:
                     self._pairs.append((colon + target, colon + client))
 
+        # The longest spelling looked for: a stream need hold back no more than this, less one byte.
+        self.longest = max(len(old) for old, _ in self._pairs)
+
     def __call__(self, data: bytes) -> bytes:
         for old, new in self._pairs:
             if old in data:
                 data = data.replace(old, new)
         return data
+
+    def stream(self) -> RewritingStream:
+        return RewritingStream(self)
+
+    def straddling_end(self, data: bytes, cut: int) -> int:
+        """Where an occurrence beginning before ``cut`` and complete in ``data`` ends, else ``cut``."""
+        end = cut
+        for old, _ in self._pairs:
+            start = data.find(old, max(0, cut - len(old) + 1))
+            if start != -1 and start < cut:
+                end = max(end, start + len(old))
+        return end
+
+
+class RewritingStream:
+    """A body rewritten as it passes, chunk by chunk: only a tail shorter than the longest name
+    spelling is held back (it may be the start of a name the next chunk completes). A JSON answer
+    used to be held whole until its end, so an embeddings or logprobs answer of any size sat in
+    the EPP's memory and reached the client only once complete."""
+
+    def __init__(self, rewriter: ModelNameRewriter) -> None:
+        self._rewriter = rewriter
+        self._tail = b""
+
+    @property
+    def held(self) -> int:
+        return len(self._tail)
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        data = self._tail + chunk
+        if end_of_stream:
+            self._tail = b""
+            return self._rewriter(data)
+        # An occurrence not complete in ``data`` starts at or after ``cut``; one that is complete but
+        # crosses ``cut`` is released whole (occurrences cannot overlap: each starts with "model":
+        # and a name's own quotes are escaped).
+        cut = len(data) - (self._rewriter.longest - 1)
+        if cut <= 0:
+            self._tail = data
+            return b""
+        cut = self._rewriter.straddling_end(data, cut)
+        self._tail = data[cut:]
+        return self._rewriter(data[:cut])
 
 
 class SseTracker:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from epp.server.response_body import ModelNameRewriter, SseTracker
 
@@ -34,3 +37,27 @@ def test_a_non_ascii_name_split_across_sse_chunks_is_rewritten() -> None:
     tracker = SseTracker(ModelNameRewriter(target, "m"))
     out = tracker.feed(event[:cut], False) + tracker.feed(event[cut:] + b"data: [DONE]\n\n", True)
     assert out == b'data: {"model":"m","choices":[]}\n\ndata: [DONE]\n\n'
+
+
+_NAME = "org/日本語-7b"
+_ANSWER = _vllm_json({"id": "x", "model": _NAME, "data": [{"embedding": [0.5] * 40}], "usage": {}})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(_ANSWER)), max_size=12), st.sampled_from([_NAME, "m-v2"]))
+def test_a_json_answer_is_rewritten_as_it_passes_holding_only_a_pattern_long_tail(
+    cuts: list[int], target: str
+) -> None:
+    """A JSON answer was held whole until its end to be rewritten: an embeddings or logprobs answer
+    of any size sat in the EPP's memory (and reached the client only at the end)."""
+    answer = _ANSWER.replace(_vllm_json(_NAME), _vllm_json(target))
+    answer = answer + b" " + answer.replace(b'"model":', b'"model": ')  # with and without a space
+    rewrite = ModelNameRewriter(target, "m")
+    stream = rewrite.stream()
+    out, points = [], sorted({0, *cuts, len(answer)})
+    for start, end in itertools.pairwise(points):
+        out.append(stream.feed(answer[start:end], end == len(answer)))
+        assert stream.held < rewrite.longest, (stream.held, rewrite.longest)
+    whole = b"".join(out)
+    assert whole == rewrite(answer)
+    assert whole.count(b'"model":"m"') == whole.count(b'"model": "m"') == 1
