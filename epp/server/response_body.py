@@ -8,7 +8,7 @@ rewrote it (the client must always see the name it asked for).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 import jsonbody
 from epp.types import Usage
@@ -20,23 +20,33 @@ _MAX_SSE_LINE_BYTES = 1024 * 1024
 
 
 def usage_from_payload(payload: Any) -> Usage | None:
-    """The ``usage`` of an OpenAI response object (or SSE event), or None when absent/malformed."""
+    """The ``usage`` of an OpenAI response object (or SSE event), or None when absent/malformed.
+
+    Completions and chat count ``prompt_tokens``/``completion_tokens``; the Responses API (and
+    Anthropic's /v1/messages, which vLLM also serves) ``input_tokens``/``output_tokens``, and a
+    streamed Responses answer carries its usage inside the final event's ``response``
+    (``response.completed``). Only the first shape was read: /v1/responses answers had no usage."""
     if not isinstance(payload, dict):
         return None
     usage = payload.get("usage")
     if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
+        response = payload.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+        if not isinstance(usage, dict):
+            return None
+    if "prompt_tokens" in usage:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+        details = usage.get("prompt_tokens_details")
+    else:
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens", 0)
+        details = usage.get("input_tokens_details")
     if not _is_count(prompt) or not _is_count(completion):
         return None
-    details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt, completion, cached if isinstance(cached, int) and _is_count(cached) else None)
+    return Usage(prompt, completion, cached if _is_count(cached) else None)
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

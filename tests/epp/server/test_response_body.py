@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epp.server.response_body import ModelNameRewriter, SseTracker
+from epp.server.response_body import BufferedBodyTracker, ModelNameRewriter, SseTracker, usage_from_payload
+from epp.types import Usage
 
 NAMES = ["m-v2", "modèle-lora", "org/日本語-7b", 'quote"and\\slash', "emoji-\U0001f600"]
 
@@ -61,3 +62,57 @@ def test_a_json_answer_is_rewritten_as_it_passes_holding_only_a_pattern_long_tai
     whole = b"".join(out)
     assert whole == rewrite(answer)
     assert whole.count(b'"model":"m"') == whole.count(b'"model": "m"') == 1
+
+
+# vLLM 0.32's Responses API answers (tiny-llama, max_output_tokens 3), cut to what matters here.
+_RESPONSES_USAGE = {
+    "input_tokens": 11,
+    "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
+    "output_tokens": 3,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 14,
+}
+_RESPONSE = {
+    "id": "resp_1",
+    "model": "tiny",
+    "object": "response",
+    "status": "incomplete",
+    "usage": _RESPONSES_USAGE,
+}
+
+
+def test_the_usage_of_a_responses_api_answer_is_read() -> None:
+    """/v1/responses counts input_tokens and output_tokens: its answers were counted as no usage."""
+    tracker = BufferedBodyTracker()
+    body = _vllm_json(_RESPONSE)
+    tracker.feed(body[:30], False)
+    tracker.feed(body[30:], True)
+    assert tracker.usage == Usage(11, 3, 4)
+
+
+def test_the_usage_of_a_streamed_responses_api_answer_is_read() -> None:
+    """Streamed, the usage is inside the response.completed event's ``response``."""
+    created = {"response": {**_RESPONSE, "usage": None}, "sequence_number": 0, "type": "response.created"}
+    completed = {"response": _RESPONSE, "sequence_number": 9, "type": "response.completed"}
+    stream = (
+        b"event: response.created\ndata: " + _vllm_json(created) + b"\n\n"
+        b"event: response.completed\ndata: " + _vllm_json(completed) + b"\n\n"
+    )
+    tracker = SseTracker(None)
+    for start in range(0, len(stream), 50):
+        tracker.feed(stream[start : start + 50], start + 50 >= len(stream))
+    assert tracker.usage == Usage(11, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": -1, "output_tokens": 3},
+        {"input_tokens": 1, "output_tokens": None},
+        {"input_tokens": "1", "output_tokens": 3},
+        {"prompt_tokens": True, "completion_tokens": 1},
+    ],
+)
+def test_a_malformed_usage_is_no_usage(usage: dict[str, object]) -> None:
+    assert usage_from_payload({"usage": usage}) is None
+    assert usage_from_payload({"response": {"usage": usage}}) is None
