@@ -47,9 +47,17 @@ def _json(body: Any, status: int = 200) -> web.Response:
     )
 
 
-async def _json_body(request: web.Request) -> Any:
+async def _json_body(request: web.Request, *, declared: bool = True) -> Any:
     """The body, parsed with the limits the EPP and the sidecar apply (jsonbody): a prompt with a
-    lone surrogate cannot be tokenised, hashed or logged, and is refused with the field named."""
+    lone surrogate cannot be tokenised, hashed or logged, and is refused with the field named.
+
+    ``declared``: as vLLM's routes (validate_json_request in vllm/entrypoints/serve/utils/api_utils.py),
+    the Content-Type's media type must be application/json (any case, any parameters) before the
+    body is even read; no Content-Type is refused too."""
+    media_type = request.headers.get("Content-Type", "").lower().split(";", 1)[0]
+    if declared and media_type != "application/json":
+        message = "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed"
+        raise ApiError(400, message, None, "Bad Request")
     try:
         return jsonbody.loads(await request.read(), max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
     except jsonbody.BodyError as exc:
@@ -60,7 +68,35 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-SYSTEM_FINGERPRINT = "vllm-0.32.0-sim"
+@web.middleware
+async def _as_fastapi_answers(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What vLLM's FastAPI app answers where no route does: JSON ``{"detail": ...}`` 404s and 405s
+    (aiohttp's are plain text), and Starlette's ``redirect_slashes``: a path that matches a route
+    once its trailing slash is added or removed is a 307 to that spelling on the request's Host."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPMethodNotAllowed as exc:
+        answer = _json({"detail": "Method Not Allowed"}, status=405)
+        answer.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return answer
+    except web.HTTPNotFound:
+        path = request.path
+        other = path[:-1] if path.endswith("/") else path + "/"
+        if path != "/" and await _routes(request, other):
+            query = f"?{request.query_string}" if request.query_string else ""
+            return web.Response(status=307, headers={"Location": f"http://{request.host}{other}{query}"})
+        return _json({"detail": "Not Found"}, status=404)
+
+
+async def _routes(request: web.Request, path: str) -> bool:
+    """Whether some route serves ``path``, by any method (Starlette redirects on a partial match)."""
+    match = await request.app.router.resolve(request.clone(rel_url=path))
+    return not isinstance(match.http_exception, web.HTTPNotFound)
+
+
+VLLM_VERSION = "0.32.0"
+SYSTEM_FINGERPRINT = f"vllm-{VLLM_VERSION}-sim"
 PULL_TIMEOUT_S = 10.0
 
 
@@ -85,12 +121,19 @@ class SimServer:
             self.engine.pool.observer = self.events
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/v1/models", self._models)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_as_fastapi_answers])
+        # allow_head=False: FastAPI adds no HEAD to a GET route (vLLM answers HEAD /health 405).
+        app.router.add_get("/health", self._health, allow_head=False)
+        # SageMaker's health check, which vLLM serves on GET and POST
+        # (vllm/entrypoints/serve/sagemaker/api_router.py).
+        app.router.add_route("GET", "/ping", self._health)
+        app.router.add_post("/ping", self._health)
+        app.router.add_get("/version", self._version, allow_head=False)
+        app.router.add_get("/v1/models", self._models, allow_head=False)
         # vLLM 0.32 serves /metrics twice: the instrumentator's route (any query ignored) and, with
         # a trailing slash, prometheus_client's ASGI app, which honours ?name[]= filters
         # (vllm/entrypoints/serve/instrumentator/metrics.py).
+        # Both answer HEAD in vLLM (prometheus routes), unlike the FastAPI ones.
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/metrics/", self._filtered_metrics)
         app.router.add_post("/v1/completions", self._completions)
@@ -128,6 +171,9 @@ class SimServer:
         # vLLM answers 503 once its engine is dead (vllm/entrypoints/serve/instrumentator/health.py),
         # so a liveness probe restarts the pod instead of leaving it to time requests out.
         return web.Response(status=200 if self.engine.healthy else 503)
+
+    async def _version(self, _request: web.Request) -> web.Response:
+        return _json({"version": VLLM_VERSION})
 
     async def _models(self, _request: web.Request) -> web.Response:
         models = [self._model_card(self.params.model, self.params.model, None, self.params.max_model_len)]
@@ -221,7 +267,7 @@ class SimServer:
 
     async def _pull(self, request: web.Request) -> web.Response:
         try:
-            body = await _json_body(request)
+            body = await _json_body(request, declared=False)  # the simulator's own route
             hashes = self.exports.pull(
                 str(body["remote_engine_id"]),
                 str(body["remote_request_id"]),

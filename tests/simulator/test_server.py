@@ -15,6 +15,7 @@ from epp.scrape.parser import VLLM
 from epp.scrape.scraper import MetricsScraper, filtered_paths
 from simulator.params import SimParams
 from simulator.server import SimServer
+from tests.support.vllm_verdicts import CONTENT_TYPE_VERDICTS, ROUTE_VERDICTS, ROUTE_VERDICTS_HOST
 
 FAST = {
     "request_overhead_s": 0.0,
@@ -116,6 +117,48 @@ async def test_health_and_models(sim):
     assert [(m["id"], m["object"], m["owned_by"], m["max_model_len"]) for m in body["data"]] == [
         ("tiny", "model", "vllm", 4096)
     ]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "body", "location"), ROUTE_VERDICTS)
+async def test_routes_answer_as_vllms_fastapi_does(sim, method, path, status, body, location):
+    """The simulator answered aiohttp's plain-text "404: Not Found" and "405: Method Not Allowed"
+    (vLLM: FastAPI's JSON ``detail``), 200 to HEAD, 404 to /version, /ping and a trailing slash."""
+    headers = {"host": ROUTE_VERDICTS_HOST}
+    async with sim.request(method, path, headers=headers, allow_redirects=False) as r:
+        assert r.status == status
+        raw = await r.read()
+        assert r.headers.get("Location") == location
+    if body is None:
+        assert raw == b""
+    else:
+        assert r.headers["Content-Type"] == "application/json" and json.loads(raw) == body
+
+
+@pytest.mark.parametrize(("content_type", "status"), CONTENT_TYPE_VERDICTS)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1}),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}),
+        ("/tokenize", {"model": "tiny", "prompt": "x"}),
+        ("/detokenize", {"model": "tiny", "tokens": [65]}),
+    ],
+)
+async def test_the_body_must_be_declared_json_as_vllm_requires(sim, path, body, content_type, status):
+    """The simulator served any Content-Type, or none (``requests.post(url, data=json.dumps(...))``
+    sends none): a client that worked against it met vLLM's 400 only in production."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    skip = ["Content-Type"] if content_type is None else []  # not even aiohttp's octet-stream
+    async with sim.post(path, data=json.dumps(body).encode(), headers=headers, skip_auto_headers=skip) as r:
+        assert r.status == status
+        answer = await r.json()
+    if status == 400:
+        assert answer["error"] == {
+            "message": "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
+            "type": "Bad Request",
+            "param": None,
+            "code": 400,
+        }
 
 
 async def test_completion_shape_and_usage(sim):

@@ -22,7 +22,13 @@ from epp.scrape.scraper import MetricsScraper
 from localrun.process import ManagedProcess, free_port, http_ok
 from tests.support import requests_shim as http
 from tests.support.vllm_server import SERVED_NAME, vllm_process
-from tests.support.vllm_verdicts import BASE, VERDICTS
+from tests.support.vllm_verdicts import (
+    BASE,
+    CONTENT_TYPE_VERDICTS,
+    ROUTE_VERDICTS,
+    ROUTE_VERDICTS_HOST,
+    VERDICTS,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -325,3 +331,38 @@ def test_tokenizer_route_errors_match(servers, path, body, status):
         assert reply.status == status
     assert shape(replies["sim"].json()) == shape(replies["real"].json())
     assert replies["sim"].json()["error"]["type"] == replies["real"].json()["error"]["type"]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "body", "location"), ROUTE_VERDICTS)
+def test_answers_outside_the_routes_match(servers, method, path, status, body, location):
+    """404/405 bodies, HEAD, /version, /ping and trailing-slash redirects (no redirect followed)."""
+    for name, url in servers.items():
+        parts = urlsplit(url)
+        connection = httpclient.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        try:
+            connection.request(method, path, headers={"Host": ROUTE_VERDICTS_HOST})
+            reply = connection.getresponse()
+            raw = reply.read()
+        finally:
+            connection.close()
+        assert reply.status == status, (name, raw[:200])
+        assert reply.getheader("location") == location, name
+        assert (raw == b"") if body is None else (json.loads(raw) == body), (name, raw[:200])
+
+
+@pytest.mark.parametrize(("content_type", "status"), CONTENT_TYPE_VERDICTS)
+def test_the_content_type_gets_the_same_verdict(servers, content_type, status):
+    path, body = BASE["completions"]
+    for name, url in servers.items():
+        parts = urlsplit(url)
+        connection = httpclient.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+        try:
+            headers = {} if content_type is None else {"Content-Type": content_type}
+            connection.request("POST", path, json.dumps(body).encode(), headers)
+            reply = connection.getresponse()
+            error = json.loads(reply.read()).get("error")
+        finally:
+            connection.close()
+        assert reply.status == status, (name, error)
+        if status == 400:
+            assert (error["type"], error["param"]) == ("Bad Request", None), (name, error)
