@@ -116,3 +116,42 @@ def test_the_usage_of_a_streamed_responses_api_answer_is_read() -> None:
 def test_a_malformed_usage_is_no_usage(usage: dict[str, object]) -> None:
     assert usage_from_payload({"usage": usage}) is None
     assert usage_from_payload({"response": {"usage": usage}}) is None
+
+
+def test_a_stream_with_usage_in_every_event_parses_one_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stream_options.continuous_usage_stats``: vLLM puts the running usage in every event. Each
+    one was parsed as JSON as it passed (12x the EPP's CPU per streamed token); only the last counts."""
+    import epp.server.response_body as module
+
+    parses = []
+    real_loads = module.jsonbody.loads
+    monkeypatch.setattr(
+        module.jsonbody, "loads", lambda raw, **kw: parses.append(raw) or real_loads(raw, **kw)
+    )
+    tracker = SseTracker(None)
+    for n in range(1, 101):
+        usage = {"prompt_tokens": 7, "total_tokens": 7 + n, "completion_tokens": n}
+        event = {"id": "c", "model": "tiny", "choices": [{"index": 0, "text": " w"}], "usage": usage}
+        tracker.feed(b"data: " + _vllm_json(event) + b"\n\n", False)
+    tracker.feed(b"data: [DONE]\n\n", True)
+    assert tracker.usage == Usage(7, 100, None)
+    assert len(parses) == 1
+
+
+def test_a_malformed_last_usage_event_leaves_no_usage() -> None:
+    tracker = SseTracker(None)
+    tracker.feed(b'data: {"usage": {"prompt_tokens": 1, "completion_tokens": 1}}\n\n', False)
+    assert tracker.usage == Usage(1, 1, None)
+    tracker.feed(b'data: {"usage": {"prompt_tokens": 2, "completion_tokens": 2}}\n\n', False)
+    tracker.feed(b'data: {"usage": {"prompt_tokens": -2}}\n\ndata: [DONE]\n\n', True)
+    assert tracker.usage is None  # the last usage counts, or none: not an older one
+
+
+def test_events_with_a_null_usage_do_not_hide_the_usage() -> None:
+    """OpenAI's own stream sends "usage": null in every event but one."""
+    tracker = SseTracker(None)
+    tracker.feed(
+        b'data: {"usage": null}\n\ndata: {"usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n', False
+    )
+    tracker.feed(b'data: {"choices": [], "usage":null}\n\ndata: [DONE]\n\n', True)
+    assert tracker.usage == Usage(3, 2, None)
