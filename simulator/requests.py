@@ -51,6 +51,9 @@ class GenerationRequest:
     explicit_max_tokens: bool
     stream: bool
     include_usage: bool
+    # stream_options.continuous_usage_stats, which counts only with include_usage
+    # (should_include_usage in vllm/entrypoints/serve/utils/api_utils.py).
+    continuous_usage: bool
     kv_transfer_params: dict[str, Any] | None
 
 
@@ -111,6 +114,7 @@ def parse_generation(
             400, f"the simulator generates one choice per request; n={choices!r} is not supported", "n"
         )
     include_usage = bool(stream_options and stream_options.get("include_usage"))
+    continuous_usage = include_usage and bool(stream_options and stream_options.get("continuous_usage_stats"))
     kv_params = body.get("kv_transfer_params")
     if kv_params is not None and not isinstance(kv_params, dict):
         raise ApiError(400, "kv_transfer_params must be an object", "kv_transfer_params")
@@ -123,6 +127,7 @@ def parse_generation(
         explicit_max_tokens=max_tokens is not None,
         stream=stream,
         include_usage=include_usage,
+        continuous_usage=continuous_usage,
         kv_transfer_params=kv_params,
     )
 

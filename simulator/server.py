@@ -546,11 +546,22 @@ class SimServer:
         first = await seq.tokens.get()
         if first is None:
             return  # aborted before its first token
+
+        # With continuous_usage_stats every event carries the running usage; chat's (a UsageInfo
+        # built with completion_tokens_details=None, dumped with exclude_unset) names that field.
+        def running_usage(generated: int) -> dict[str, Any]:
+            usage = {
+                "prompt_tokens": seq.prompt_tokens,
+                "total_tokens": seq.prompt_tokens + generated,
+                "completion_tokens": generated,
+            }
+            return {**usage, "completion_tokens_details": None} if chat else usage
+
         if chat:
             # vLLM 0.32 sends the role chunk with the first token, not when the stream opens
             # (vllm/entrypoints/openai/chat_completion/serving.py: the role delta is emitted while
             # handling the first engine output); sending it early made the EPP's TTFT read ~5 ms.
-            yield {
+            role: dict[str, Any] = {
                 **head,
                 "choices": [
                     {
@@ -560,9 +571,10 @@ class SimServer:
                         "finish_reason": None,
                     }
                 ],
-                "prompt_token_ids": None,
-                "prompt_text": None,
             }
+            if parsed.continuous_usage:
+                role["usage"] = running_usage(0)
+            yield {**role, "prompt_token_ids": None, "prompt_text": None}
         position: int | None = first
         while position is not None:
             last = position + 1 >= seq.max_tokens
@@ -579,7 +591,13 @@ class SimServer:
             if not chat:
                 choice["prompt_token_ids"] = None
             choice["token_ids"] = None
-            yield {**head, "choices": [choice]}
+            chunk: dict[str, Any] = {**head, "choices": [choice]}
+            if last and not parsed.include_usage:
+                # The terminal chunk is stamped only when no usage chunk follows (that one is).
+                chunk["system_fingerprint"] = SYSTEM_FINGERPRINT
+            if parsed.continuous_usage:
+                chunk["usage"] = running_usage(position + 1)
+            yield chunk
             position = await seq.tokens.get()
         if seq.finish_reason == "abort":
             return

@@ -14,7 +14,7 @@ from epp.datastore import Datastore, EndpointSpec
 from epp.scrape.parser import VLLM
 from epp.scrape.scraper import MetricsScraper, filtered_paths
 from simulator.params import SimParams
-from simulator.server import SimServer
+from simulator.server import SYSTEM_FINGERPRINT, SimServer
 from tests.support.vllm_verdicts import CONTENT_TYPE_VERDICTS, ROUTE_VERDICTS, ROUTE_VERDICTS_HOST
 
 FAST = {
@@ -205,6 +205,56 @@ async def test_completion_stream_with_usage(sim):
     assert [c["choices"][0]["finish_reason"] for c in chunks[:3]] == [None, None, "length"]
     assert chunks[3]["choices"] == [] and chunks[3]["usage"]["completion_tokens"] == 3
     assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize(
+    "options", [None, {"include_usage": True}, {"include_usage": True, "continuous_usage_stats": True}]
+)
+async def test_stream_usage_and_fingerprint_as_vllm_sends_them(sim, api, options):
+    """vLLM 0.32 (vllm/entrypoints/openai/{completion,chat_completion}/serving.py): the final event
+    carries system_fingerprint (the usage chunk, else the last token chunk), and with
+    continuous_usage_stats every event carries the running usage (chat: the role chunk's is 0, and
+    each has completion_tokens_details null). The simulator sent neither."""
+    path, body = (
+        ("/v1/completions", {"prompt": "a" * 40})
+        if api == "completions"
+        else (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "a" * 40}]},
+        )
+    )
+    request = {"model": "tiny", **body, "max_tokens": 3, "stream": True}
+    if options is not None:
+        request["stream_options"] = options
+    async with sim.post(path, json=request) as r:
+        chunks = [json.loads(e) for e in (await sse_events(r))[:-1]]
+    with_usage = options is not None
+    continuous = with_usage and options.get("continuous_usage_stats")
+    tokens = chunks[1:4] if api == "chat" else chunks[:3]
+    assert [c["choices"][0]["finish_reason"] for c in tokens] == [None, None, "length"]
+    assert [c.get("system_fingerprint") for c in tokens] == [
+        None,
+        None,
+        None if with_usage else SYSTEM_FINGERPRINT,
+    ]
+    prompt = chunks[-1]["usage"]["prompt_tokens"] if with_usage else 0
+    if continuous:
+        extra = {"completion_tokens_details": None} if api == "chat" else {}
+        counts = [0, 1, 2, 3] if api == "chat" else [1, 2, 3]
+        assert [c["usage"] for c in chunks[: len(counts)]] == [
+            {"prompt_tokens": prompt, "total_tokens": prompt + n, "completion_tokens": n, **extra}
+            for n in counts
+        ]
+    else:
+        assert all("usage" not in c for c in chunks[: len(chunks) - with_usage])
+    if with_usage:
+        assert chunks[-1]["choices"] == [] and chunks[-1]["system_fingerprint"] == SYSTEM_FINGERPRINT
+        assert chunks[-1]["usage"] == {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + 3,
+            "completion_tokens": 3,
+        }
 
 
 async def test_chat_stream_without_usage_starts_with_the_role(sim):

@@ -123,31 +123,25 @@ def test_response_bodies_have_the_same_fields(servers, path, body):
     assert shape(replies["sim"].json()) == shape(replies["real"].json())
 
 
+_STREAMS = {
+    "/v1/completions": {"model": SERVED_NAME, "prompt": "import os", "max_tokens": 3, **DETERMINISTIC},
+    "/v1/chat/completions": {
+        "model": SERVED_NAME,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        **DETERMINISTIC,
+    },
+}
+# No usage (the last token chunk carries system_fingerprint), a usage chunk, and usage in every event.
+_STREAM_OPTIONS = [None, {"include_usage": True}, {"include_usage": True, "continuous_usage_stats": True}]
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        (
-            "/v1/completions",
-            {
-                "model": SERVED_NAME,
-                "prompt": "import os",
-                "max_tokens": 3,
-                **DETERMINISTIC,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-        ),
-        (
-            "/v1/chat/completions",
-            {
-                "model": SERVED_NAME,
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 3,
-                **DETERMINISTIC,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-        ),
+        (path, {**body, "stream": True, **({"stream_options": options} if options else {})})
+        for path, body in _STREAMS.items()
+        for options in _STREAM_OPTIONS
     ],
 )
 def test_sse_framing_and_chunks_match(servers, path, body):
@@ -168,7 +162,12 @@ def test_sse_framing_and_chunks_match(servers, path, body):
     # that many.
     assert runs_of(shape(e) for e in events["sim"]) == runs_of(shape(e) for e in events["real"])
     assert len(events["real"]) <= len(events["sim"])
-    assert events["sim"][-1]["usage"]["completion_tokens"] == body["max_tokens"]
+    last = {name: e[-1] for name, e in events.items()}
+    for name in events:  # the final event, usage chunk or last token chunk, is the stamped one
+        assert last[name]["system_fingerprint"].startswith("vllm-0.32.0-"), name
+    if "stream_options" in body:
+        counts = {name: event["usage"]["completion_tokens"] for name, event in last.items()}
+        assert counts == {"sim": body["max_tokens"], "real": body["max_tokens"]}
 
 
 def runs_of(items: Iterable[Any]) -> list[Any]:
