@@ -6,7 +6,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from simulator.sampling import SamplingError, validate_sampling
+from simulator.sampling import MAX_LOGPROBS, SamplingError, validate_sampling
 from simulator.tokens import count_tokens, id_piece, render_chat
 
 Api = Literal["completions", "chat"]
@@ -54,6 +54,9 @@ class GenerationRequest:
     # stream_options.continuous_usage_stats, which counts only with include_usage
     # (should_include_usage in vllm/entrypoints/serve/utils/api_utils.py).
     continuous_usage: bool
+    # How many alternatives to list with each output token's logprob; None: no logprobs asked for
+    # (completions: ``logprobs``; chat: ``top_logprobs`` once ``logprobs`` is true).
+    top_logprobs: int | None
     kv_transfer_params: dict[str, Any] | None
 
 
@@ -115,6 +118,12 @@ def parse_generation(
         )
     include_usage = bool(stream_options and stream_options.get("include_usage"))
     continuous_usage = include_usage and bool(stream_options and stream_options.get("continuous_usage_stats"))
+    if api == "chat":
+        top_logprobs = (sampling.get("top_logprobs") or 0) if sampling.get("logprobs") else None
+    else:
+        top_logprobs = sampling.get("logprobs")
+    if top_logprobs == -1:  # vLLM: the whole vocabulary; the simulator lists as many as it allows
+        top_logprobs = MAX_LOGPROBS
     kv_params = body.get("kv_transfer_params")
     if kv_params is not None and not isinstance(kv_params, dict):
         raise ApiError(400, "kv_transfer_params must be an object", "kv_transfer_params")
@@ -128,6 +137,7 @@ def parse_generation(
         stream=stream,
         include_usage=include_usage,
         continuous_usage=continuous_usage,
+        top_logprobs=top_logprobs,
         kv_transfer_params=kv_params,
     )
 

@@ -461,6 +461,56 @@ class SimServer:
         """What picks the sequence's output words (so its output tokens are known in advance)."""
         return seq.hashes[0] if seq.hashes else seq.prompt_tokens
 
+    def _logprobs(
+        self, parsed: GenerationRequest, seq: Sequence, start: int, end: int, offset: int
+    ) -> dict[str, Any] | None:
+        """Output tokens ``start``..``end`` with made-up logprobs, in vLLM's shape for the API:
+        completions list tokens, their logprobs, text offsets (from ``offset``) and a dict of the
+        sampled token and its top-k; chat one entry per token with its UTF-8 bytes and the top-k
+        (vllm/entrypoints/openai/{completion,chat_completion}/serving.py)."""
+        k = parsed.top_logprobs
+        if k is None:
+            return None
+        seed = self._output_seed(seq)
+        entries = []
+        for position in range(start, end):
+            token = output_token(seed, position)
+            logprob = -0.05 - ((seed + position) % 97) / 50
+            top = [(token, logprob)]
+            for rank in range(1, 4 * k + 4):
+                if len(top) >= k:
+                    break
+                other = output_token(seed + 13 * rank, position)
+                if all(other != seen for seen, _ in top):
+                    top.append((other, logprob - 0.25 * rank))
+            entries.append((token, logprob, top if k else []))
+        if parsed.api == "chat":
+            return {
+                "content": [
+                    {
+                        "token": token,
+                        "logprob": logprob,
+                        "bytes": list(token.encode()),
+                        "top_logprobs": [
+                            {"token": alt, "logprob": value, "bytes": list(alt.encode())}
+                            for alt, value in top
+                        ],
+                    }
+                    for token, logprob, top in entries
+                ]
+            }
+        offsets = []
+        for token, _, _ in entries:
+            offsets.append(offset)
+            offset += len(token)
+        return {
+            "text_offset": offsets,
+            "token_logprobs": [logprob for _, logprob, _ in entries],
+            "tokens": [token for token, _, _ in entries],
+            # The sampled token is always listed, with its top-k (k = 0: the token alone).
+            "top_logprobs": [dict(top) if top else {token: logprob} for token, logprob, top in entries],
+        }
+
     def _usage(self, seq: Sequence) -> dict[str, Any]:
         return {
             "prompt_tokens": seq.prompt_tokens,
@@ -472,7 +522,8 @@ class SimServer:
         self, parsed: GenerationRequest, seq: Sequence, kv_out: dict[str, Any] | None
     ) -> dict[str, Any]:
         finish = seq.finish_reason
-        common = {"logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None}
+        logprobs = self._logprobs(parsed, seq, 0, seq.generated, 0)
+        common = {"logprobs": logprobs, "finish_reason": finish, "stop_reason": None, "token_ids": None}
         usage = {**self._usage(seq), "prompt_tokens_details": None, "completion_tokens_details": None}
         head = {
             "id": seq.request_id,
@@ -576,6 +627,7 @@ class SimServer:
                 role["usage"] = running_usage(0)
             yield {**role, "prompt_token_ids": None, "prompt_text": None}
         position: int | None = first
+        offset = 0  # completions' text_offset of the next token
         while position is not None:
             last = position + 1 >= seq.max_tokens
             text = self._text(seq, position, position + 1)
@@ -584,7 +636,8 @@ class SimServer:
                 choice["delta"] = {"content": text}
             else:
                 choice["text"] = text
-            choice["logprobs"] = None
+            choice["logprobs"] = self._logprobs(parsed, seq, position, position + 1, offset)
+            offset += len(text)
             choice["finish_reason"] = seq.limit_reason if last else None
             if last or not chat:
                 choice["stop_reason"] = None

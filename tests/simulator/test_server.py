@@ -257,6 +257,71 @@ async def test_stream_usage_and_fingerprint_as_vllm_sends_them(sim, api, options
         }
 
 
+def _check_completion_logprobs(logprobs: dict, text: str, k: int, start: int = 0) -> None:
+    assert set(logprobs) == {"text_offset", "token_logprobs", "tokens", "top_logprobs"}
+    tokens = logprobs["tokens"]
+    assert "".join(tokens) == text
+    offsets = [start + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    assert logprobs["text_offset"] == offsets
+    for token, logprob, top in zip(tokens, logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True):
+        assert logprob < 0 and top[token] == logprob and len(top) == max(k, 1)  # the sampled token, top-k
+        assert all(value <= logprob for value in top.values())
+
+
+def _check_chat_logprobs(logprobs: dict, text: str, k: int) -> None:
+    content = logprobs["content"]
+    assert "".join(entry["token"] for entry in content) == text
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode()) and entry["logprob"] < 0
+        top = entry["top_logprobs"]
+        assert len(top) == k and all(set(t) == {"token", "logprob", "bytes"} for t in top)
+        assert not top or (top[0]["token"], top[0]["logprob"]) == (entry["token"], entry["logprob"])
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+async def test_logprobs_are_returned_when_asked_for(sim, k):
+    """vLLM returns a logprobs object when asked (completions ``logprobs: k``, chat ``logprobs: true``
+    with ``top_logprobs: k``); the simulator answered ``logprobs: null`` whatever was asked, so a
+    client reading them worked only against vLLM."""
+    request = {"model": "tiny", "prompt": "a" * 40, "max_tokens": 4, "logprobs": k}
+    async with sim.post("/v1/completions", json=request) as r:
+        choice = (await r.json())["choices"][0]
+    _check_completion_logprobs(choice["logprobs"], choice["text"], k)
+    async with sim.post("/v1/completions", json={**request, "stream": True}) as r:
+        chunks = [json.loads(e)["choices"][0] for e in (await sse_events(r))[:-1]]
+    text = ""
+    for chunk in chunks:
+        _check_completion_logprobs(chunk["logprobs"], chunk["text"], k, start=len(text))
+        text += chunk["text"]
+    assert text == choice["text"]
+
+    messages = [{"role": "user", "content": "a" * 40}]
+    request = {"model": "tiny", "messages": messages, "max_tokens": 4, "logprobs": True, "top_logprobs": k}
+    async with sim.post("/v1/chat/completions", json=request) as r:
+        choice = (await r.json())["choices"][0]
+    _check_chat_logprobs(choice["logprobs"], choice["message"]["content"], k)
+    async with sim.post("/v1/chat/completions", json={**request, "stream": True}) as r:
+        chunks = [json.loads(e)["choices"][0] for e in (await sse_events(r))[:-1]]
+    assert chunks[0]["logprobs"] is None  # the role chunk
+    for chunk in chunks[1:]:
+        _check_chat_logprobs(chunk["logprobs"], chunk["delta"]["content"], k)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/v1/completions", {"prompt": "x"}),
+        ("/v1/completions", {"prompt": "x", "logprobs": None}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": False}),
+    ],
+)
+async def test_no_logprobs_unless_asked(sim, path, extra):
+    async with sim.post(path, json={"model": "tiny", "max_tokens": 2, **extra}) as r:
+        assert (await r.json())["choices"][0]["logprobs"] is None
+
+
 async def test_chat_stream_without_usage_starts_with_the_role(sim):
     request = {
         "model": "tiny",

@@ -365,3 +365,40 @@ def test_the_content_type_gets_the_same_verdict(servers, content_type, status):
         assert reply.status == status, (name, error)
         if status == 400:
             assert (error["type"], error["param"]) == ("Bad Request", None), (name, error)
+
+
+def logprobs_outline(api: str, logprobs: Any) -> Any:
+    """What must match between the servers: field names, one entry per token, top-k sizes and
+    types (the tokens and values are the model's own)."""
+    if api == "completions":
+        return {
+            "keys": sorted(logprobs),
+            "lengths": [len(logprobs[key]) for key in sorted(logprobs)],
+            "top": [len(top) for top in logprobs["top_logprobs"]],
+            "types": [type(value).__name__ for value in logprobs["token_logprobs"]],
+        }
+    return [
+        (sorted(entry), type(entry["bytes"]).__name__, [sorted(top) for top in entry["top_logprobs"]])
+        for entry in logprobs["content"]
+    ]
+
+
+@pytest.mark.parametrize("k", [0, 2])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_logprobs_have_the_same_outline(servers, api, stream, k):
+    path, base = BASE[api]
+    asked = {"logprobs": k} if api == "completions" else {"logprobs": True, "top_logprobs": k}
+    body = {**base, "max_tokens": 3, **DETERMINISTIC, **asked, "stream": stream}
+    outlines = {}
+    for name, reply in both(servers, "POST", path, body).items():
+        assert reply.status == 200, (name, reply.body[:300])
+        if stream:
+            frames = reply.body.decode().split("\n\n")[:-2]  # without [DONE]
+            choices = [json.loads(f.removeprefix("data: "))["choices"][0] for f in frames]
+            # One token per event on both (vLLM may merge tokens under load: compare the first).
+            choices = [c for c in choices if c["logprobs"] is not None][:1]
+        else:
+            choices = [reply.json()["choices"][0]]
+        outlines[name] = [logprobs_outline(api, c["logprobs"]) for c in choices]
+    assert outlines["sim"] == outlines["real"]
