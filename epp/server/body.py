@@ -23,8 +23,11 @@ def parse_request_body(path: str, raw: bytes) -> tuple[dict[str, Any], ParsedBod
     model = body.get("model")
     if model is None:
         raise EppError(400, "request body has no 'model' field")
-    if not isinstance(model, str) or not model.strip():
-        raise EppError(400, f"'model' must be a non-empty string, got {_describe(model)}")
+    # An empty name is the model server's default: vLLM serves it with its served model (any falsy
+    # name passes _is_model_supported, vllm/entrypoints/serve/engine/serving.py) and llm-d's EPP
+    # routes it, only a string being required. A blank one is an unknown model (404), as on vLLM.
+    if not isinstance(model, str):
+        raise EppError(400, f"'model' must be a string, got {_describe(model)}")
     stream = _lax_bool(body.get("stream"))
     if stream is None:
         raise EppError(400, f"'stream' must be a boolean, got {_describe(body['stream'])}")

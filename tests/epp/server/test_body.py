@@ -152,7 +152,7 @@ _fast_bytes = settings(max_examples=200, deadline=None)
         ("/v1/completions", b"\xff\xfe", "not UTF-8"),
         ("/v1/completions", b'{"model": "m"', "not valid JSON"),
         ("/v1/completions", b'{"prompt": "x"}', "no 'model'"),
-        ("/v1/completions", b'{"model": "", "prompt": "x"}', "non-empty string"),
+        ("/v1/completions", b'{"model": null, "prompt": "x"}', "no 'model'"),
         ("/v1/completions", b'{"model": ["m"], "prompt": "x"}', "got list"),
         (
             "/v1/completions",

@@ -147,7 +147,7 @@ async def test_default_mode_applies_when_envoy_does_not_announce_one(director, m
     [
         (b"{not json", 400, "not valid JSON"),
         (b'{"prompt": "x"}', 400, "no 'model'"),
-        (b'{"model": 7, "prompt": "x"}', 400, "'model' must be a non-empty string"),
+        (b'{"model": 7, "prompt": "x"}', 400, "'model' must be a string"),
         (b"", 400, "empty"),
     ],
 )

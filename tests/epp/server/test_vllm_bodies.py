@@ -69,3 +69,18 @@ async def test_a_body_vllm_serves_is_routed_with_the_local_tokenizer(
     datastore.replace_endpoints(spec(f"pod-{i}", i + 1) for i in range(2))
     status, sent = await _status_of(director, path, json.dumps(body).encode())
     assert status == 200, sent
+
+
+@pytest.mark.parametrize("served", [None, frozenset({"m"})])
+async def test_an_empty_model_name_is_the_pools_default(served: frozenset[str] | None) -> None:
+    """vLLM serves ``"model": ""`` with its served model (any falsy name passes _is_model_supported,
+    vllm/entrypoints/serve/engine/serving.py) and llm-d's EPP routes it (it only needs a string);
+    this EPP answered 400 "'model' must be a non-empty string". A blank but non-empty name is an
+    unknown model, as on vLLM: 404 when the EPP knows the served models."""
+    director = _real_director()
+    director.served_models = served
+    body = {"model": "", "prompt": "hi"}
+    status, sent = await _status_of(director, "/v1/completions", json.dumps(body).encode())
+    assert status == 200 and json.loads(sent) == body
+    status, _ = await _status_of(director, "/v1/completions", json.dumps({**body, "model": " "}).encode())
+    assert status == (404 if served else 200)
