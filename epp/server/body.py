@@ -28,7 +28,8 @@ def parse_request_body(path: str, raw: bytes) -> tuple[dict[str, Any], ParsedBod
     # routes it, only a string being required. A blank one is an unknown model (404), as on vLLM.
     if not isinstance(model, str):
         raise EppError(400, f"'model' must be a string, got {_describe(model)}")
-    stream = _lax_bool(body.get("stream"))
+    # Read as vLLM reads it (jsonbody.lax_bool): "yes" or 1 stream; null is the default, no stream.
+    stream = False if body.get("stream") is None else jsonbody.lax_bool(body["stream"])
     if stream is None:
         raise EppError(400, f"'stream' must be a boolean, got {_describe(body['stream'])}")
 
@@ -48,23 +49,6 @@ def parse_request_body(path: str, raw: bytes) -> tuple[dict[str, Any], ParsedBod
         # refuses it) itself. A 400 here refused requests vLLM serves.
         api, prompt_text = "completions", _render_other(body)
     return body, ParsedBody(model=model, prompt_text=prompt_text, stream=stream, api=api)
-
-
-# pydantic's lax booleans, which vLLM's request models use for ``stream`` (a JSON null is the
-# default, False): vLLM 0.32 streams for "yes" or 1 and answers null with a full response.
-_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
-
-
-def _lax_bool(value: Any) -> bool | None:
-    """``value`` as vLLM reads a boolean, or None if vLLM refuses it."""
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    return None
 
 
 # Text-bearing fields of vLLM's other routes, in the order they are rendered: scoring and reranking
