@@ -314,7 +314,8 @@ def _immediate(status: int, body: bytes) -> ext_proc.ProcessingResponse:
 
 def _error_body(status: int, message: str) -> bytes:
     kind = {404: "not_found_error", 503: "server_error"}.get(status, "invalid_request_error")
-    return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+    # OpenAI's error object (vLLM's too): message, type, param and code; no single field is blamed.
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
 
 
 def _describe(value: Any) -> str:

@@ -158,10 +158,10 @@ class SchedulingDirector:
 
     def _model_and_priority(self, request: InferenceRequest) -> tuple[str, int]:
         """The target model (404 if not served) and the priority of the request's objective."""
-        parsed = request.parsed
         target_model = self._target_model(request)
-        # A headers-only request (api "none", e.g. GET /v1/models) names no model to check.
-        if self.served_models is not None and parsed.api != "none" and target_model not in self.served_models:
+        # A headers-only request (api "none", e.g. GET /v1/models) names no model to check, nor does
+        # an empty name (the model server's default, see epp.server.body).
+        if self.served_models is not None and target_model and target_model not in self.served_models:
             raise EppError(404, f"model {target_model!r} is not served by this pool")
         return target_model, self.datastore.priority(request.objective)
 

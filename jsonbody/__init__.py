@@ -202,3 +202,21 @@ def _finite_float(text: str) -> float:
 
 # Built once: json.loads with hooks would build a decoder (and its scanner) on every call.
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+# pydantic's lax booleans, which vLLM's request models use for their flags (stream,
+# add_special_tokens, add_generation_prompt, ...): "false", "No", 0 are False; "yes", 1 are True.
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def lax_bool(value: Any) -> bool | None:
+    """``value`` as vLLM reads a boolean field, or None when vLLM refuses it (a 400). Python's
+    ``bool()`` is no substitute: ``bool("false")`` is True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    return None

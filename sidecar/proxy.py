@@ -299,13 +299,19 @@ class Sidecar:
             total=None, sock_connect=self.options.connect_timeout_s, sock_read=self.options.read_timeout_s
         )
         url = f"{self.model_server}{request.path_qs}"
+        # The client's Host, as the gateway alone (Envoy keeps it) would hand it over: vLLM builds
+        # absolute URLs from it (a trailing slash is a 307 to http://<Host>/v1/...), and the model
+        # server's own address (aiohttp's default) redirected clients to their own loopback.
+        local_headers = CIMultiDict(headers)
+        if host := request.headers.get("Host"):
+            local_headers["Host"] = host
         response: web.StreamResponse | None = None
         try:
             upstream_cm = self.session.request(
                 request.method,
                 url,
                 data=body or None,
-                headers=headers,
+                headers=local_headers,
                 timeout=timeout,
                 allow_redirects=False,
             )

@@ -6,7 +6,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from simulator.sampling import SamplingError, validate_sampling
+from simulator.sampling import MAX_LOGPROBS, SamplingError, validate_sampling
 from simulator.tokens import count_tokens, id_piece, render_chat
 
 Api = Literal["completions", "chat"]
@@ -51,6 +51,12 @@ class GenerationRequest:
     explicit_max_tokens: bool
     stream: bool
     include_usage: bool
+    # stream_options.continuous_usage_stats, which counts only with include_usage
+    # (should_include_usage in vllm/entrypoints/serve/utils/api_utils.py).
+    continuous_usage: bool
+    # How many alternatives to list with each output token's logprob; None: no logprobs asked for
+    # (completions: ``logprobs``; chat: ``top_logprobs`` once ``logprobs`` is true).
+    top_logprobs: int | None
     kv_transfer_params: dict[str, Any] | None
 
 
@@ -69,7 +75,9 @@ def parse_generation(
     except SamplingError as exc:
         # pydantic's type errors are typed "Bad Request" by vLLM, its own range checks BadRequestError.
         raise ApiError(400, exc.message, exc.param, "Bad Request" if exc.validation else None) from None
-    model = body.get("model", served_model)
+    # No name (null or empty) is the served model, and the answer names it: vLLM's
+    # _is_model_supported (vllm/entrypoints/serve/engine/serving.py) accepts any falsy name.
+    model = sampling.get("model") or served_model
     # LoRA adapters are served under their own names; vLLM's 404 still lists only the base model.
     if model != served_model and not (isinstance(model, str) and model in adapters):
         raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {served_model}.", "model")
@@ -109,6 +117,13 @@ def parse_generation(
             400, f"the simulator generates one choice per request; n={choices!r} is not supported", "n"
         )
     include_usage = bool(stream_options and stream_options.get("include_usage"))
+    continuous_usage = include_usage and bool(stream_options and stream_options.get("continuous_usage_stats"))
+    if api == "chat":
+        top_logprobs = (sampling.get("top_logprobs") or 0) if sampling.get("logprobs") else None
+    else:
+        top_logprobs = sampling.get("logprobs")
+    if top_logprobs == -1:  # vLLM: the whole vocabulary; the simulator lists as many as it allows
+        top_logprobs = MAX_LOGPROBS
     kv_params = body.get("kv_transfer_params")
     if kv_params is not None and not isinstance(kv_params, dict):
         raise ApiError(400, "kv_transfer_params must be an object", "kv_transfer_params")
@@ -121,6 +136,8 @@ def parse_generation(
         explicit_max_tokens=max_tokens is not None,
         stream=stream,
         include_usage=include_usage,
+        continuous_usage=continuous_usage,
+        top_logprobs=top_logprobs,
         kv_transfer_params=kv_params,
     )
 
@@ -156,8 +173,13 @@ class TokenizeRequest:
 
 
 def _check_model(body: dict[str, Any], served_model: str) -> None:
-    model = body.get("model")
-    if model is not None and model != served_model:
+    try:
+        model = validate_sampling("completions", {"model": body.get("model")}).get("model")
+    except SamplingError as exc:
+        raise ApiError(400, exc.message, exc.param, "Bad Request") from None
+    # vLLM takes no name (null or empty) as its served model: _is_model_supported in
+    # vllm/entrypoints/serve/engine/serving.py returns True for any falsy name.
+    if model and model != served_model:
         raise ApiError(404, f"The model `{model}` does not exist. Valid aliases: {served_model}.", "model")
 
 

@@ -106,6 +106,9 @@ def as_str(name: str, value: Any) -> str:
 Converter = Callable[[str, Any], Any]
 # name -> (converter, null allowed). Fields both APIs declare the same way.
 _COMMON: dict[str, tuple[Converter, bool]] = {
+    # Not sampling, but declared the same way (``str | None``): a name that is no string is
+    # pydantic's 400 before any model lookup.
+    "model": (as_str, True),
     "temperature": (as_float, True),
     "top_p": (as_float, True),
     "top_k": (as_int, True),

@@ -47,9 +47,17 @@ def _json(body: Any, status: int = 200) -> web.Response:
     )
 
 
-async def _json_body(request: web.Request) -> Any:
+async def _json_body(request: web.Request, *, declared: bool = True) -> Any:
     """The body, parsed with the limits the EPP and the sidecar apply (jsonbody): a prompt with a
-    lone surrogate cannot be tokenised, hashed or logged, and is refused with the field named."""
+    lone surrogate cannot be tokenised, hashed or logged, and is refused with the field named.
+
+    ``declared``: as vLLM's routes (validate_json_request in vllm/entrypoints/serve/utils/api_utils.py),
+    the Content-Type's media type must be application/json (any case, any parameters) before the
+    body is even read; no Content-Type is refused too."""
+    media_type = request.headers.get("Content-Type", "").lower().split(";", 1)[0]
+    if declared and media_type != "application/json":
+        message = "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed"
+        raise ApiError(400, message, None, "Bad Request")
     try:
         return jsonbody.loads(await request.read(), max_containers=jsonbody.MAX_REQUEST_CONTAINERS)
     except jsonbody.BodyError as exc:
@@ -60,7 +68,35 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-SYSTEM_FINGERPRINT = "vllm-0.32.0-sim"
+@web.middleware
+async def _as_fastapi_answers(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What vLLM's FastAPI app answers where no route does: JSON ``{"detail": ...}`` 404s and 405s
+    (aiohttp's are plain text), and Starlette's ``redirect_slashes``: a path that matches a route
+    once its trailing slash is added or removed is a 307 to that spelling on the request's Host."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPMethodNotAllowed as exc:
+        answer = _json({"detail": "Method Not Allowed"}, status=405)
+        answer.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return answer
+    except web.HTTPNotFound:
+        path = request.path
+        other = path[:-1] if path.endswith("/") else path + "/"
+        if path != "/" and await _routes(request, other):
+            query = f"?{request.query_string}" if request.query_string else ""
+            return web.Response(status=307, headers={"Location": f"http://{request.host}{other}{query}"})
+        return _json({"detail": "Not Found"}, status=404)
+
+
+async def _routes(request: web.Request, path: str) -> bool:
+    """Whether some route serves ``path``, by any method (Starlette redirects on a partial match)."""
+    match = await request.app.router.resolve(request.clone(rel_url=path))
+    return not isinstance(match.http_exception, web.HTTPNotFound)
+
+
+VLLM_VERSION = "0.32.0"
+SYSTEM_FINGERPRINT = f"vllm-{VLLM_VERSION}-sim"
 PULL_TIMEOUT_S = 10.0
 
 
@@ -85,12 +121,19 @@ class SimServer:
             self.engine.pool.observer = self.events
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/v1/models", self._models)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_as_fastapi_answers])
+        # allow_head=False: FastAPI adds no HEAD to a GET route (vLLM answers HEAD /health 405).
+        app.router.add_get("/health", self._health, allow_head=False)
+        # SageMaker's health check, which vLLM serves on GET and POST
+        # (vllm/entrypoints/serve/sagemaker/api_router.py).
+        app.router.add_route("GET", "/ping", self._health)
+        app.router.add_post("/ping", self._health)
+        app.router.add_get("/version", self._version, allow_head=False)
+        app.router.add_get("/v1/models", self._models, allow_head=False)
         # vLLM 0.32 serves /metrics twice: the instrumentator's route (any query ignored) and, with
         # a trailing slash, prometheus_client's ASGI app, which honours ?name[]= filters
         # (vllm/entrypoints/serve/instrumentator/metrics.py).
+        # Both answer HEAD in vLLM (prometheus routes), unlike the FastAPI ones.
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/metrics/", self._filtered_metrics)
         app.router.add_post("/v1/completions", self._completions)
@@ -128,6 +171,9 @@ class SimServer:
         # vLLM answers 503 once its engine is dead (vllm/entrypoints/serve/instrumentator/health.py),
         # so a liveness probe restarts the pod instead of leaving it to time requests out.
         return web.Response(status=200 if self.engine.healthy else 503)
+
+    async def _version(self, _request: web.Request) -> web.Response:
+        return _json({"version": VLLM_VERSION})
 
     async def _models(self, _request: web.Request) -> web.Response:
         models = [self._model_card(self.params.model, self.params.model, None, self.params.max_model_len)]
@@ -221,7 +267,7 @@ class SimServer:
 
     async def _pull(self, request: web.Request) -> web.Response:
         try:
-            body = await _json_body(request)
+            body = await _json_body(request, declared=False)  # the simulator's own route
             hashes = self.exports.pull(
                 str(body["remote_engine_id"]),
                 str(body["remote_request_id"]),
@@ -415,6 +461,56 @@ class SimServer:
         """What picks the sequence's output words (so its output tokens are known in advance)."""
         return seq.hashes[0] if seq.hashes else seq.prompt_tokens
 
+    def _logprobs(
+        self, parsed: GenerationRequest, seq: Sequence, start: int, end: int, offset: int
+    ) -> dict[str, Any] | None:
+        """Output tokens ``start``..``end`` with made-up logprobs, in vLLM's shape for the API:
+        completions list tokens, their logprobs, text offsets (from ``offset``) and a dict of the
+        sampled token and its top-k; chat one entry per token with its UTF-8 bytes and the top-k
+        (vllm/entrypoints/openai/{completion,chat_completion}/serving.py)."""
+        k = parsed.top_logprobs
+        if k is None:
+            return None
+        seed = self._output_seed(seq)
+        entries = []
+        for position in range(start, end):
+            token = output_token(seed, position)
+            logprob = -0.05 - ((seed + position) % 97) / 50
+            top = [(token, logprob)]
+            for rank in range(1, 4 * k + 4):
+                if len(top) >= k:
+                    break
+                other = output_token(seed + 13 * rank, position)
+                if all(other != seen for seen, _ in top):
+                    top.append((other, logprob - 0.25 * rank))
+            entries.append((token, logprob, top if k else []))
+        if parsed.api == "chat":
+            return {
+                "content": [
+                    {
+                        "token": token,
+                        "logprob": logprob,
+                        "bytes": list(token.encode()),
+                        "top_logprobs": [
+                            {"token": alt, "logprob": value, "bytes": list(alt.encode())}
+                            for alt, value in top
+                        ],
+                    }
+                    for token, logprob, top in entries
+                ]
+            }
+        offsets = []
+        for token, _, _ in entries:
+            offsets.append(offset)
+            offset += len(token)
+        return {
+            "text_offset": offsets,
+            "token_logprobs": [logprob for _, logprob, _ in entries],
+            "tokens": [token for token, _, _ in entries],
+            # The sampled token is always listed, with its top-k (k = 0: the token alone).
+            "top_logprobs": [dict(top) if top else {token: logprob} for token, logprob, top in entries],
+        }
+
     def _usage(self, seq: Sequence) -> dict[str, Any]:
         return {
             "prompt_tokens": seq.prompt_tokens,
@@ -426,7 +522,8 @@ class SimServer:
         self, parsed: GenerationRequest, seq: Sequence, kv_out: dict[str, Any] | None
     ) -> dict[str, Any]:
         finish = seq.finish_reason
-        common = {"logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None}
+        logprobs = self._logprobs(parsed, seq, 0, seq.generated, 0)
+        common = {"logprobs": logprobs, "finish_reason": finish, "stop_reason": None, "token_ids": None}
         usage = {**self._usage(seq), "prompt_tokens_details": None, "completion_tokens_details": None}
         head = {
             "id": seq.request_id,
@@ -500,11 +597,22 @@ class SimServer:
         first = await seq.tokens.get()
         if first is None:
             return  # aborted before its first token
+
+        # With continuous_usage_stats every event carries the running usage; chat's (a UsageInfo
+        # built with completion_tokens_details=None, dumped with exclude_unset) names that field.
+        def running_usage(generated: int) -> dict[str, Any]:
+            usage = {
+                "prompt_tokens": seq.prompt_tokens,
+                "total_tokens": seq.prompt_tokens + generated,
+                "completion_tokens": generated,
+            }
+            return {**usage, "completion_tokens_details": None} if chat else usage
+
         if chat:
             # vLLM 0.32 sends the role chunk with the first token, not when the stream opens
             # (vllm/entrypoints/openai/chat_completion/serving.py: the role delta is emitted while
             # handling the first engine output); sending it early made the EPP's TTFT read ~5 ms.
-            yield {
+            role: dict[str, Any] = {
                 **head,
                 "choices": [
                     {
@@ -514,10 +622,12 @@ class SimServer:
                         "finish_reason": None,
                     }
                 ],
-                "prompt_token_ids": None,
-                "prompt_text": None,
             }
+            if parsed.continuous_usage:
+                role["usage"] = running_usage(0)
+            yield {**role, "prompt_token_ids": None, "prompt_text": None}
         position: int | None = first
+        offset = 0  # completions' text_offset of the next token
         while position is not None:
             last = position + 1 >= seq.max_tokens
             text = self._text(seq, position, position + 1)
@@ -526,14 +636,21 @@ class SimServer:
                 choice["delta"] = {"content": text}
             else:
                 choice["text"] = text
-            choice["logprobs"] = None
+            choice["logprobs"] = self._logprobs(parsed, seq, position, position + 1, offset)
+            offset += len(text)
             choice["finish_reason"] = seq.limit_reason if last else None
             if last or not chat:
                 choice["stop_reason"] = None
             if not chat:
                 choice["prompt_token_ids"] = None
             choice["token_ids"] = None
-            yield {**head, "choices": [choice]}
+            chunk: dict[str, Any] = {**head, "choices": [choice]}
+            if last and not parsed.include_usage:
+                # The terminal chunk is stamped only when no usage chunk follows (that one is).
+                chunk["system_fingerprint"] = SYSTEM_FINGERPRINT
+            if parsed.continuous_usage:
+                chunk["usage"] = running_usage(position + 1)
+            yield chunk
             position = await seq.tokens.get()
         if seq.finish_reason == "abort":
             return

@@ -30,6 +30,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+import jsonbody
 from epp.kvevents.chat_template import ChatTemplate, UnsupportedPrompt
 
 SPECIAL_TOKEN_NAMES = (
@@ -116,8 +117,8 @@ class PromptTokenizer:
         return template.render(
             messages,
             special_tokens=self.special_tokens,
-            add_generation_prompt=bool(body.get("add_generation_prompt", True)),
-            continue_final_message=bool(body.get("continue_final_message", False)),
+            add_generation_prompt=_flag(body, "add_generation_prompt", True),
+            continue_final_message=_flag(body, "continue_final_message", False),
             tools=tools if isinstance(tools, list) else None,
             documents=body.get("documents"),
             reasoning_effort=body.get("reasoning_effort"),
@@ -135,7 +136,7 @@ class PromptTokenizer:
             prompt = prompt[0]  # a batch: vLLM serves each prompt separately; route on the first
         if prompt is None:
             raise UnsupportedPrompt("the request has neither messages nor prompt")
-        return self.completion_tokens(prompt, bool(body.get("add_special_tokens", True)))
+        return self.completion_tokens(prompt, _flag(body, "add_special_tokens", True))
 
 
 def _model_templates(directory: Path, config: Mapping[str, Any]) -> dict[str, str]:
@@ -161,3 +162,15 @@ def _model_templates(directory: Path, config: Mapping[str, Any]) -> dict[str, st
             and isinstance(entry.get("template"), str)
         }
     return {}
+
+
+def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A boolean request field as vLLM reads it (pydantic's lax mode: "false" is False, where
+    ``bool("false")`` is True and shifted every token by a BOS vLLM did not add). A value vLLM
+    refuses, null included (these fields are not optional), leaves the request untokenized."""
+    if name not in body:
+        return default
+    value = jsonbody.lax_bool(body[name])
+    if value is None:
+        raise UnsupportedPrompt(f"{name} must be a boolean, got {body[name]!r:.40}")
+    return value

@@ -23,22 +23,62 @@ def parse_request_body(path: str, raw: bytes) -> tuple[dict[str, Any], ParsedBod
     model = body.get("model")
     if model is None:
         raise EppError(400, "request body has no 'model' field")
-    if not isinstance(model, str) or not model.strip():
-        raise EppError(400, f"'model' must be a non-empty string, got {_describe(model)}")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise EppError(400, f"'stream' must be a boolean, got {_describe(stream)}")
+    # An empty name is the model server's default: vLLM serves it with its served model (any falsy
+    # name passes _is_model_supported, vllm/entrypoints/serve/engine/serving.py) and llm-d's EPP
+    # routes it, only a string being required. A blank one is an unknown model (404), as on vLLM.
+    if not isinstance(model, str):
+        raise EppError(400, f"'model' must be a string, got {_describe(model)}")
+    # Read as vLLM reads it (jsonbody.lax_bool): "yes" or 1 stream; null is the default, no stream.
+    stream = False if body.get("stream") is None else jsonbody.lax_bool(body["stream"])
+    if stream is None:
+        raise EppError(400, f"'stream' must be a boolean, got {_describe(body['stream'])}")
 
     route = path.split("?", 1)[0].rstrip("/")
     if route.endswith(_CHAT_SUFFIX) or (not route.endswith(_COMPLETIONS_SUFFIX) and "messages" in body):
         api, prompt_text = "chat", _render_messages(body.get("messages"))
+    elif route.endswith(_COMPLETIONS_SUFFIX) and "prompt" not in body and "prompt_embeds" in body:
+        # vLLM serves completions from embeddings alone (--enable-prompt-embeds): base64 strings.
+        api, prompt_text = "completions", _render_prompt(body["prompt_embeds"], field="prompt_embeds")
     elif route.endswith(_COMPLETIONS_SUFFIX) or "prompt" in body:
         api, prompt_text = "completions", _render_prompt(body.get("prompt"))
     elif "input" in body:  # embeddings / responses style bodies: schedule on the input text
         api, prompt_text = "completions", _render_input(body["input"])
     else:
-        raise EppError(400, f"cannot route {route or '/'}: body has none of 'messages', 'prompt' or 'input'")
+        # Any other vLLM route that names a model (/detokenize, /v1/rerank, /v1/score, adapter
+        # loading, ...) is routed on what text it carries, possibly none: vLLM answers it (or
+        # refuses it) itself. A 400 here refused requests vLLM serves.
+        api, prompt_text = "completions", _render_other(body)
     return body, ParsedBody(model=model, prompt_text=prompt_text, stream=stream, api=api)
+
+
+# Text-bearing fields of vLLM's other routes, in the order they are rendered: scoring and reranking
+# (vllm/entrypoints/pooling/scoring/protocol.py) and /detokenize's token ids.
+_OTHER_TEXT_FIELDS = (
+    "query",
+    "queries",
+    "text_1",
+    "data_1",
+    "documents",
+    "items",
+    "text_2",
+    "data_2",
+    "tokens",
+)
+
+
+def _render_other(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for name in _OTHER_TEXT_FIELDS:
+        value = body.get(name)
+        items = value if isinstance(value, list) and not _is_token_ids_list(value) else [value]
+        for item in items:
+            if isinstance(item, str):
+                parts.append(item)
+            elif isinstance(item, list) and _is_token_ids_list(item):
+                parts.append(" ".join(str(t) for t in item))
+            elif item is not None:
+                parts.append(json.dumps(item, sort_keys=True))
+    return "\n".join(parts)
 
 
 def _decode_json_object(raw: bytes) -> dict[str, Any]:
@@ -134,11 +174,15 @@ def _render_messages(messages: Any) -> str:
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise EppError(400, f"messages[{index}].role must be a non-empty string, got {_describe(role)}")
-        parts.append(f"<|{role}|>\n{_render_content(message, f'messages[{index}]')}\n")
+        # A chat message's content is optional in vLLM (an assistant turn to continue, a user turn
+        # of only a name: CustomChatCompletionMessageParam is total=False in vllm/renderers/chat_utils.py):
+        # vLLM 0.32 answers both with a 200.
+        content = _render_content(message, f"messages[{index}]", content_required=False)
+        parts.append(f"<|{role}|>\n{content}\n")
     return "".join(parts)
 
 
-def _render_content(message: dict[str, Any], where: str) -> str:
+def _render_content(message: dict[str, Any], where: str, *, content_required: bool = True) -> str:
     content = message.get("content")
     rendered: list[str] = []
     if isinstance(content, str):
@@ -155,7 +199,7 @@ def _render_content(message: dict[str, Any], where: str) -> str:
             400,
             f"{where}.content must be a string, a list of parts or null, got {_describe(content)}",
         )
-    elif "tool_calls" not in message:
+    elif content_required and "tool_calls" not in message:
         raise EppError(400, f"{where} has neither 'content' nor 'tool_calls'")
     if "tool_calls" in message:
         rendered.append(json.dumps(message["tool_calls"], sort_keys=True))

@@ -171,7 +171,8 @@ def immediate_error(status: int, message: str, reason: str | None = None) -> ext
     headers = {"content-type": "application/json"}
     if reason:
         headers[DROPPED_REASON] = reason
-    payload = {"error": {"message": message, "type": _error_type(status), "code": status}}
+    # OpenAI's error object (vLLM's too): message, type, param and code; no single field is blamed.
+    payload = {"error": {"message": message, "type": _error_type(status), "param": None, "code": status}}
     if reason:
         payload["error"]["reason"] = reason
     return ext_proc.ProcessingResponse(

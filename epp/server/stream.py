@@ -461,14 +461,12 @@ class ExtProcStream:
         elif self._resp.sse is not None:
             answers = messages.streamed_response_body(self._resp.sse.feed(chunk, end), end, chunked=False)
         elif self._resp.rewriter is not None:
-            # A JSON body can only be rewritten whole: hold it until the end.
-            self._resp.held.append(chunk)
-            answers = []
-            if end:
-                whole = b"".join(self._resp.held)
-                self._resp.held.clear()
-                self._resp.buffered.feed(whole, True)
-                answers = messages.streamed_response_body(self._resp.rewriter(whole), True)
+            # Rewritten as it passes, holding back only a possible partial name (RewritingStream).
+            if self._resp.rewriting is None:
+                self._resp.rewriting = self._resp.rewriter.stream()
+            self._resp.buffered.feed(chunk, end)
+            out = self._resp.rewriting.feed(chunk, end)
+            answers = messages.streamed_response_body(out, end, chunked=False) if out or end else []
         else:
             self._resp.buffered.feed(chunk, end)
             answers = messages.streamed_response_body(chunk, end, chunked=False)

@@ -122,6 +122,9 @@ async def test_bad_bodies_and_unknown_models_get_a_clear_4xx(body: bytes, status
     sent, metrics = await run([request_headers(), body_msg(body)])
     code, answer = immediate(sent)
     assert code == status and message in answer["error"]["message"], answer
+    # OpenAI's (and vLLM's) error object: message, type, param and code, param null when no one
+    # field is to blame. The param key was missing.
+    assert set(answer["error"]) == {"message", "type", "param", "code"} and answer["error"]["param"] is None
     assert answer["error"]["code"] == status
     assert outcome(metrics, "unknown_model" if status == 404 else "bad_request") == 1
 

@@ -364,3 +364,21 @@ async def test_without_tracing_no_traceparent_is_added(rig):
         await response.read()
     assert rig.sidecar.tracer is None
     assert all("traceparent" not in r.headers for r in rig.prefill.received + rig.decode.received)
+
+
+@pytest.mark.parametrize("pd", [False, True])
+async def test_the_model_server_sees_the_clients_host(rig, pd):
+    """vLLM builds absolute URLs from Host: a trailing slash (POST /v1/completions/) is a 307 whose
+    Location is ``http://<Host>/v1/completions``. The sidecar sent the model server's own address
+    instead, so the client was redirected to 127.0.0.1:<vllm port> (its own loopback); the gateway
+    alone (Envoy keeps Host) gives the client's host."""
+    headers = {"host": "gw.example.com"}
+    if pd:
+        headers["x-prefiller-host-port"] = rig.prefill_addr
+    async with rig.client.post("/v1/completions", json=REQUEST, headers=headers) as r:
+        assert r.status == 200
+    [local] = rig.decode.received
+    assert local.headers.getall("Host") == ["gw.example.com"]
+    if pd:
+        [prefill] = rig.prefill.received  # a leg of the sidecar's own, to the pod it names
+        assert prefill.headers["Host"] == rig.prefill_addr

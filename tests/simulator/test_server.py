@@ -14,7 +14,8 @@ from epp.datastore import Datastore, EndpointSpec
 from epp.scrape.parser import VLLM
 from epp.scrape.scraper import MetricsScraper, filtered_paths
 from simulator.params import SimParams
-from simulator.server import SimServer
+from simulator.server import SYSTEM_FINGERPRINT, SimServer
+from tests.support.vllm_verdicts import CONTENT_TYPE_VERDICTS, ROUTE_VERDICTS, ROUTE_VERDICTS_HOST
 
 FAST = {
     "request_overhead_s": 0.0,
@@ -118,6 +119,48 @@ async def test_health_and_models(sim):
     ]
 
 
+@pytest.mark.parametrize(("method", "path", "status", "body", "location"), ROUTE_VERDICTS)
+async def test_routes_answer_as_vllms_fastapi_does(sim, method, path, status, body, location):
+    """The simulator answered aiohttp's plain-text "404: Not Found" and "405: Method Not Allowed"
+    (vLLM: FastAPI's JSON ``detail``), 200 to HEAD, 404 to /version, /ping and a trailing slash."""
+    headers = {"host": ROUTE_VERDICTS_HOST}
+    async with sim.request(method, path, headers=headers, allow_redirects=False) as r:
+        assert r.status == status
+        raw = await r.read()
+        assert r.headers.get("Location") == location
+    if body is None:
+        assert raw == b""
+    else:
+        assert r.headers["Content-Type"] == "application/json" and json.loads(raw) == body
+
+
+@pytest.mark.parametrize(("content_type", "status"), CONTENT_TYPE_VERDICTS)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1}),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}),
+        ("/tokenize", {"model": "tiny", "prompt": "x"}),
+        ("/detokenize", {"model": "tiny", "tokens": [65]}),
+    ],
+)
+async def test_the_body_must_be_declared_json_as_vllm_requires(sim, path, body, content_type, status):
+    """The simulator served any Content-Type, or none (``requests.post(url, data=json.dumps(...))``
+    sends none): a client that worked against it met vLLM's 400 only in production."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    skip = ["Content-Type"] if content_type is None else []  # not even aiohttp's octet-stream
+    async with sim.post(path, data=json.dumps(body).encode(), headers=headers, skip_auto_headers=skip) as r:
+        assert r.status == status
+        answer = await r.json()
+    if status == 400:
+        assert answer["error"] == {
+            "message": "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
+            "type": "Bad Request",
+            "param": None,
+            "code": 400,
+        }
+
+
 async def test_completion_shape_and_usage(sim):
     async with sim.post("/v1/completions", json={"model": "tiny", "prompt": "a" * 40, "max_tokens": 3}) as r:
         assert r.status == 200
@@ -162,6 +205,121 @@ async def test_completion_stream_with_usage(sim):
     assert [c["choices"][0]["finish_reason"] for c in chunks[:3]] == [None, None, "length"]
     assert chunks[3]["choices"] == [] and chunks[3]["usage"]["completion_tokens"] == 3
     assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize(
+    "options", [None, {"include_usage": True}, {"include_usage": True, "continuous_usage_stats": True}]
+)
+async def test_stream_usage_and_fingerprint_as_vllm_sends_them(sim, api, options):
+    """vLLM 0.32 (vllm/entrypoints/openai/{completion,chat_completion}/serving.py): the final event
+    carries system_fingerprint (the usage chunk, else the last token chunk), and with
+    continuous_usage_stats every event carries the running usage (chat: the role chunk's is 0, and
+    each has completion_tokens_details null). The simulator sent neither."""
+    path, body = (
+        ("/v1/completions", {"prompt": "a" * 40})
+        if api == "completions"
+        else (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "a" * 40}]},
+        )
+    )
+    request = {"model": "tiny", **body, "max_tokens": 3, "stream": True}
+    if options is not None:
+        request["stream_options"] = options
+    async with sim.post(path, json=request) as r:
+        chunks = [json.loads(e) for e in (await sse_events(r))[:-1]]
+    with_usage = options is not None
+    continuous = with_usage and options.get("continuous_usage_stats")
+    tokens = chunks[1:4] if api == "chat" else chunks[:3]
+    assert [c["choices"][0]["finish_reason"] for c in tokens] == [None, None, "length"]
+    assert [c.get("system_fingerprint") for c in tokens] == [
+        None,
+        None,
+        None if with_usage else SYSTEM_FINGERPRINT,
+    ]
+    prompt = chunks[-1]["usage"]["prompt_tokens"] if with_usage else 0
+    if continuous:
+        extra = {"completion_tokens_details": None} if api == "chat" else {}
+        counts = [0, 1, 2, 3] if api == "chat" else [1, 2, 3]
+        assert [c["usage"] for c in chunks[: len(counts)]] == [
+            {"prompt_tokens": prompt, "total_tokens": prompt + n, "completion_tokens": n, **extra}
+            for n in counts
+        ]
+    else:
+        assert all("usage" not in c for c in chunks[: len(chunks) - with_usage])
+    if with_usage:
+        assert chunks[-1]["choices"] == [] and chunks[-1]["system_fingerprint"] == SYSTEM_FINGERPRINT
+        assert chunks[-1]["usage"] == {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + 3,
+            "completion_tokens": 3,
+        }
+
+
+def _check_completion_logprobs(logprobs: dict, text: str, k: int, start: int = 0) -> None:
+    assert set(logprobs) == {"text_offset", "token_logprobs", "tokens", "top_logprobs"}
+    tokens = logprobs["tokens"]
+    assert "".join(tokens) == text
+    offsets = [start + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    assert logprobs["text_offset"] == offsets
+    for token, logprob, top in zip(tokens, logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True):
+        assert logprob < 0 and top[token] == logprob and len(top) == max(k, 1)  # the sampled token, top-k
+        assert all(value <= logprob for value in top.values())
+
+
+def _check_chat_logprobs(logprobs: dict, text: str, k: int) -> None:
+    content = logprobs["content"]
+    assert "".join(entry["token"] for entry in content) == text
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode()) and entry["logprob"] < 0
+        top = entry["top_logprobs"]
+        assert len(top) == k and all(set(t) == {"token", "logprob", "bytes"} for t in top)
+        assert not top or (top[0]["token"], top[0]["logprob"]) == (entry["token"], entry["logprob"])
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+async def test_logprobs_are_returned_when_asked_for(sim, k):
+    """vLLM returns a logprobs object when asked (completions ``logprobs: k``, chat ``logprobs: true``
+    with ``top_logprobs: k``); the simulator answered ``logprobs: null`` whatever was asked, so a
+    client reading them worked only against vLLM."""
+    request = {"model": "tiny", "prompt": "a" * 40, "max_tokens": 4, "logprobs": k}
+    async with sim.post("/v1/completions", json=request) as r:
+        choice = (await r.json())["choices"][0]
+    _check_completion_logprobs(choice["logprobs"], choice["text"], k)
+    async with sim.post("/v1/completions", json={**request, "stream": True}) as r:
+        chunks = [json.loads(e)["choices"][0] for e in (await sse_events(r))[:-1]]
+    text = ""
+    for chunk in chunks:
+        _check_completion_logprobs(chunk["logprobs"], chunk["text"], k, start=len(text))
+        text += chunk["text"]
+    assert text == choice["text"]
+
+    messages = [{"role": "user", "content": "a" * 40}]
+    request = {"model": "tiny", "messages": messages, "max_tokens": 4, "logprobs": True, "top_logprobs": k}
+    async with sim.post("/v1/chat/completions", json=request) as r:
+        choice = (await r.json())["choices"][0]
+    _check_chat_logprobs(choice["logprobs"], choice["message"]["content"], k)
+    async with sim.post("/v1/chat/completions", json={**request, "stream": True}) as r:
+        chunks = [json.loads(e)["choices"][0] for e in (await sse_events(r))[:-1]]
+    assert chunks[0]["logprobs"] is None  # the role chunk
+    for chunk in chunks[1:]:
+        _check_chat_logprobs(chunk["logprobs"], chunk["delta"]["content"], k)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/v1/completions", {"prompt": "x"}),
+        ("/v1/completions", {"prompt": "x", "logprobs": None}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": False}),
+    ],
+)
+async def test_no_logprobs_unless_asked(sim, path, extra):
+    async with sim.post(path, json={"model": "tiny", "max_tokens": 2, **extra}) as r:
+        assert (await r.json())["choices"][0]["logprobs"] is None
 
 
 async def test_chat_stream_without_usage_starts_with_the_role(sim):
@@ -211,6 +369,26 @@ async def test_bad_requests_get_vllm_style_errors(sim, path, body, status, messa
         error = (await r.json())["error"]
     assert message in error["message"]
     assert error["code"] == status and error["type"] in ("BadRequestError", "NotFoundError", "Bad Request")
+
+
+@pytest.mark.parametrize("model", [None, ""])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "x", "max_tokens": 2}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+        ("/tokenize", {"prompt": "x"}),
+        ("/detokenize", {"tokens": [65]}),
+    ],
+)
+async def test_no_model_name_means_the_served_model(sim, path, body, model):
+    """vLLM 0.32 serves a null or empty ``model`` with its served model, and names that model in the
+    answer; the simulator answered 404 "The model `None` does not exist"."""
+    async with sim.post(path, json={**body, "model": model}) as r:
+        assert r.status == 200, await r.text()
+        answer = await r.json()
+    if path.startswith("/v1/"):
+        assert answer["model"] == "tiny"
 
 
 async def test_invalid_json_is_a_400(sim):
@@ -437,6 +615,8 @@ async def test_tokenize_counts_what_a_generation_request_is_billed(sim):
         ("/detokenize", {"tokens": [0]}, 400, "tokens"),
         ("/detokenize", {"tokens": [128]}, 400, "tokens"),
         ("/detokenize", {"model": "other", "tokens": [65]}, 404, "model"),
+        ("/tokenize", {"model": 5, "prompt": "x"}, 400, "body.model"),
+        ("/detokenize", {"model": ["tiny"], "tokens": [65]}, 400, "body.model"),
     ],
 )
 async def test_tokenizer_routes_refuse_bad_bodies_like_vllm(sim, path, body, status, param):

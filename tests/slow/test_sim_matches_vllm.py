@@ -22,7 +22,13 @@ from epp.scrape.scraper import MetricsScraper
 from localrun.process import ManagedProcess, free_port, http_ok
 from tests.support import requests_shim as http
 from tests.support.vllm_server import SERVED_NAME, vllm_process
-from tests.support.vllm_verdicts import BASE, VERDICTS
+from tests.support.vllm_verdicts import (
+    BASE,
+    CONTENT_TYPE_VERDICTS,
+    ROUTE_VERDICTS,
+    ROUTE_VERDICTS_HOST,
+    VERDICTS,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -117,31 +123,25 @@ def test_response_bodies_have_the_same_fields(servers, path, body):
     assert shape(replies["sim"].json()) == shape(replies["real"].json())
 
 
+_STREAMS = {
+    "/v1/completions": {"model": SERVED_NAME, "prompt": "import os", "max_tokens": 3, **DETERMINISTIC},
+    "/v1/chat/completions": {
+        "model": SERVED_NAME,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        **DETERMINISTIC,
+    },
+}
+# No usage (the last token chunk carries system_fingerprint), a usage chunk, and usage in every event.
+_STREAM_OPTIONS = [None, {"include_usage": True}, {"include_usage": True, "continuous_usage_stats": True}]
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        (
-            "/v1/completions",
-            {
-                "model": SERVED_NAME,
-                "prompt": "import os",
-                "max_tokens": 3,
-                **DETERMINISTIC,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-        ),
-        (
-            "/v1/chat/completions",
-            {
-                "model": SERVED_NAME,
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 3,
-                **DETERMINISTIC,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-        ),
+        (path, {**body, "stream": True, **({"stream_options": options} if options else {})})
+        for path, body in _STREAMS.items()
+        for options in _STREAM_OPTIONS
     ],
 )
 def test_sse_framing_and_chunks_match(servers, path, body):
@@ -162,7 +162,12 @@ def test_sse_framing_and_chunks_match(servers, path, body):
     # that many.
     assert runs_of(shape(e) for e in events["sim"]) == runs_of(shape(e) for e in events["real"])
     assert len(events["real"]) <= len(events["sim"])
-    assert events["sim"][-1]["usage"]["completion_tokens"] == body["max_tokens"]
+    last = {name: e[-1] for name, e in events.items()}
+    for name in events:  # the final event, usage chunk or last token chunk, is the stamped one
+        assert last[name]["system_fingerprint"].startswith("vllm-0.32.0-"), name
+    if "stream_options" in body:
+        counts = {name: event["usage"]["completion_tokens"] for name, event in last.items()}
+        assert counts == {"sim": body["max_tokens"], "real": body["max_tokens"]}
 
 
 def runs_of(items: Iterable[Any]) -> list[Any]:
@@ -325,3 +330,75 @@ def test_tokenizer_route_errors_match(servers, path, body, status):
         assert reply.status == status
     assert shape(replies["sim"].json()) == shape(replies["real"].json())
     assert replies["sim"].json()["error"]["type"] == replies["real"].json()["error"]["type"]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "body", "location"), ROUTE_VERDICTS)
+def test_answers_outside_the_routes_match(servers, method, path, status, body, location):
+    """404/405 bodies, HEAD, /version, /ping and trailing-slash redirects (no redirect followed)."""
+    for name, url in servers.items():
+        parts = urlsplit(url)
+        connection = httpclient.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        try:
+            connection.request(method, path, headers={"Host": ROUTE_VERDICTS_HOST})
+            reply = connection.getresponse()
+            raw = reply.read()
+        finally:
+            connection.close()
+        assert reply.status == status, (name, raw[:200])
+        assert reply.getheader("location") == location, name
+        assert (raw == b"") if body is None else (json.loads(raw) == body), (name, raw[:200])
+
+
+@pytest.mark.parametrize(("content_type", "status"), CONTENT_TYPE_VERDICTS)
+def test_the_content_type_gets_the_same_verdict(servers, content_type, status):
+    path, body = BASE["completions"]
+    for name, url in servers.items():
+        parts = urlsplit(url)
+        connection = httpclient.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+        try:
+            headers = {} if content_type is None else {"Content-Type": content_type}
+            connection.request("POST", path, json.dumps(body).encode(), headers)
+            reply = connection.getresponse()
+            error = json.loads(reply.read()).get("error")
+        finally:
+            connection.close()
+        assert reply.status == status, (name, error)
+        if status == 400:
+            assert (error["type"], error["param"]) == ("Bad Request", None), (name, error)
+
+
+def logprobs_outline(api: str, logprobs: Any) -> Any:
+    """What must match between the servers: field names, one entry per token, top-k sizes and
+    types (the tokens and values are the model's own)."""
+    if api == "completions":
+        return {
+            "keys": sorted(logprobs),
+            "lengths": [len(logprobs[key]) for key in sorted(logprobs)],
+            "top": [len(top) for top in logprobs["top_logprobs"]],
+            "types": [type(value).__name__ for value in logprobs["token_logprobs"]],
+        }
+    return [
+        (sorted(entry), type(entry["bytes"]).__name__, [sorted(top) for top in entry["top_logprobs"]])
+        for entry in logprobs["content"]
+    ]
+
+
+@pytest.mark.parametrize("k", [0, 2])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_logprobs_have_the_same_outline(servers, api, stream, k):
+    path, base = BASE[api]
+    asked = {"logprobs": k} if api == "completions" else {"logprobs": True, "top_logprobs": k}
+    body = {**base, "max_tokens": 3, **DETERMINISTIC, **asked, "stream": stream}
+    outlines = {}
+    for name, reply in both(servers, "POST", path, body).items():
+        assert reply.status == 200, (name, reply.body[:300])
+        if stream:
+            frames = reply.body.decode().split("\n\n")[:-2]  # without [DONE]
+            choices = [json.loads(f.removeprefix("data: "))["choices"][0] for f in frames]
+            # One token per event on both (vLLM may merge tokens under load: compare the first).
+            choices = [c for c in choices if c["logprobs"] is not None][:1]
+        else:
+            choices = [reply.json()["choices"][0]]
+        outlines[name] = [logprobs_outline(api, c["logprobs"]) for c in choices]
+    assert outlines["sim"] == outlines["real"]

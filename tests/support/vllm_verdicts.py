@@ -135,4 +135,46 @@ VERDICTS: list[tuple[str, str, Any, int]] = [
     ("chat", "top_logprobs", 21, 400),
     ("chat", "top_logprobs", None, 200),
     ("chat", "n", 0, 400),
+    # No model, or an empty name, is the served model (vllm/entrypoints/serve/engine/serving.py,
+    # _is_model_supported); a name that is not a string is pydantic's 400. Recorded 2026-11-28.
+    ("completions", "model", None, 200),
+    ("completions", "model", "", 200),
+    ("completions", "model", 5, 400),
+    ("chat", "model", None, 200),
+    ("chat", "model", ["tiny"], 400),
+]
+
+# What vLLM 0.32 (FastAPI) answers outside its routes' bodies, recorded against the real server on
+# 2026-11-28 with Host ROUTE_VERDICTS_HOST: (method, path, status, JSON body or None for an empty
+# one, Location). tests/simulator/test_server.py holds the simulator to them; the slow parity test
+# re-checks both servers.
+ROUTE_VERDICTS_HOST = "gw.example.com"
+ROUTE_VERDICTS: list[tuple[str, str, int, dict[str, str] | None, str | None]] = [
+    ("GET", "/no/such/route", 404, {"detail": "Not Found"}, None),
+    ("POST", "/v1//completions", 404, {"detail": "Not Found"}, None),
+    ("GET", "/v1/completions", 405, {"detail": "Method Not Allowed"}, None),
+    ("OPTIONS", "/v1/chat/completions", 405, {"detail": "Method Not Allowed"}, None),
+    ("DELETE", "/v1/models", 405, {"detail": "Method Not Allowed"}, None),
+    ("HEAD", "/health", 405, None, None),  # FastAPI adds no HEAD to a GET route
+    ("HEAD", "/v1/models", 405, None, None),
+    ("HEAD", "/metrics", 200, None, None),  # prometheus' routes do
+    ("GET", "/version", 200, {"version": "0.32.0"}, None),
+    ("GET", "/ping", 200, None, None),  # SageMaker's health check, GET or POST
+    ("POST", "/ping", 200, None, None),
+    # Starlette's redirect_slashes: the other spelling of a route, 307 to http://<Host>/<route>.
+    ("POST", "/v1/completions/", 307, None, "http://gw.example.com/v1/completions"),
+    ("GET", "/v1/models/", 307, None, "http://gw.example.com/v1/models"),
+    ("GET", "/health/?x=1", 307, None, "http://gw.example.com/health?x=1"),
+]
+
+# The Content-Type of a valid completions body and vLLM 0.32's status (None: no header). vLLM's
+# routes depend on validate_json_request (vllm/entrypoints/serve/utils/api_utils.py): the media type,
+# case-insensitive, must be application/json, whatever the parameters. Recorded 2026-11-28.
+CONTENT_TYPE_VERDICTS: list[tuple[str | None, int]] = [
+    ("application/json", 200),
+    ("Application/JSON; Charset=UTF-8", 200),
+    ("application/json;charset=latin-1", 200),
+    (None, 400),
+    ("text/plain", 400),
+    ("application/x-www-form-urlencoded", 400),
 ]

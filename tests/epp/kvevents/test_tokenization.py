@@ -61,6 +61,28 @@ def test_completion_adds_special_tokens_and_chat_does_not(model_dir: Path) -> No
     assert tok.request_tokens({"messages": [{"role": "user", "content": "hello"}]}) == [1, 3, 5, 8, 4, 3, 6]
 
 
+@pytest.mark.parametrize(
+    ("value", "bos"), [("false", False), ("No", False), (0, False), ("true", True), (1.0, True)]
+)
+def test_flags_are_read_as_vllm_reads_them(model_dir: Path, value: object, bos: bool) -> None:
+    """vLLM's request models read these flags with pydantic's lax booleans: "false" is False. The EPP
+    took bool("false"), True: it added a BOS vLLM did not, every block hash was shifted, and precise
+    prefix routing found no cached block for such requests."""
+    tok = PromptTokenizer.from_dir(model_dir)
+    body = {"prompt": "hello world", "add_special_tokens": value}
+    assert tok.request_tokens(body) == ([1, 8, 9] if bos else [8, 9])
+    chat = {"messages": [{"role": "user", "content": "hello"}], "add_generation_prompt": value}
+    ending = [3, 6] if bos else []  # the generation prompt (<|im_start|>assistant)
+    assert tok.request_tokens(chat) == [1, 3, 5, 8, 4, *ending]
+
+
+def test_a_flag_vllm_refuses_leaves_the_request_untokenized(model_dir: Path) -> None:
+    tok = PromptTokenizer.from_dir(model_dir)
+    for value in ("maybe", None, 2):  # each a 400 on vLLM 0.32 (null: "Input should be a valid boolean")
+        with pytest.raises(UnsupportedPrompt, match="add_special_tokens"):
+            tok.request_tokens({"prompt": "hello", "add_special_tokens": value})
+
+
 def test_token_prompts_and_batches(model_dir: Path) -> None:
     tok = PromptTokenizer.from_dir(model_dir)
     assert tok.request_tokens({"prompt": [5, 6, 7]}) == [5, 6, 7]

@@ -283,14 +283,17 @@ _json = st.recursive(
     max_leaves=12,
 )
 _keys = st.sampled_from(
-    ["model", "prompt", "messages", "input", "cache_salt", "stream", "role", "content", "x"]
+    [
+        *("model", "prompt", "messages", "input", "cache_salt", "stream", "role", "content", "x"),
+        *("prompt_embeds", "tokens", "query", "documents", "text_1"),
+    ]
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(_keys, _json | _text, max_size=5),
-    st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/x"]),
+    st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/x", "/detokenize", "/v1/rerank"]),
     st.booleans(),
 )
 async def test_any_json_body_gets_a_routing_answer_or_a_4xx(

@@ -5,6 +5,8 @@ including the presence of empty sub-messages, which Envoy reads (an absent ``hea
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
@@ -162,3 +164,15 @@ def test_continue_response_headers(remove: list[str]) -> None:
     if remove:
         expected.response_headers.response.header_mutation.CopyFrom(nested_mutation({}, remove))
     same(messages.continue_response_headers(remove), expected)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"), [(400, None), (404, None), (429, "rejected-saturated"), (503, None)]
+)
+def test_an_error_answer_has_openais_error_object(status: int, reason: str | None) -> None:
+    """message, type, param and code, as OpenAI and vLLM answer (param null: no field is named);
+    the param key was missing."""
+    answer = messages.immediate_error(status, "why", reason).immediate_response
+    error = json.loads(answer.body)["error"]
+    expected = {"message", "type", "param", "code"} | ({"reason"} if reason else set())
+    assert set(error) == expected and error["param"] is None and error["code"] == status

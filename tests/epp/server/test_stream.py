@@ -147,7 +147,7 @@ async def test_default_mode_applies_when_envoy_does_not_announce_one(director, m
     [
         (b"{not json", 400, "not valid JSON"),
         (b'{"prompt": "x"}', 400, "no 'model'"),
-        (b'{"model": 7, "prompt": "x"}', 400, "'model' must be a non-empty string"),
+        (b'{"model": 7, "prompt": "x"}', 400, "'model' must be a string"),
         (b"", 400, "empty"),
     ],
 )
@@ -321,7 +321,7 @@ async def test_response_model_name_is_rewritten_back_for_sse_split_across_chunks
     assert text == b'data: {"model":"m","choices":[]}\n\ndata: [DONE]\n\n'
 
 
-async def test_json_response_rewritten_whole_and_usage_read(director, metrics):
+async def test_json_response_rewritten_as_it_passes_and_usage_read(director, metrics):
     director.decision = Decision(endpoints=("10.0.0.1:8000",), target_model="m-v2")
     payload = b'{"model": "m-v2", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
     out = await run(
@@ -340,9 +340,49 @@ async def test_json_response_rewritten_whole_and_usage_read(director, metrics):
         for m in out.sent
         if m.HasField("response_body")
     ]
-    assert len(bodies) == 1 and bodies[0].end_of_stream
-    assert json.loads(bodies[0].body)["model"] == "m"
+    # The first chunk goes on at once, but for a tail that may start a name; the rest at the end.
+    assert len(bodies) == 2 and bodies[0].body == b'{"model": "m"' and bodies[1].end_of_stream
+    assert json.loads(b"".join(b.body for b in bodies))["model"] == "m"
     assert director.completions == [("r", Usage(3, 1, None), False)]
+
+
+async def test_a_large_rewritten_json_answer_is_not_held(director, metrics):
+    """An embeddings answer of 16 MiB with a rewritten model name: each chunk is passed on as it
+    comes. It was held whole until its last byte (the memory of every such answer at once)."""
+    director.decision = Decision(endpoints=("10.0.0.1:8000",), target_model="m-v2")
+    payload = b'{"model":"m-v2","data":[' + b"0.125," * ((16 << 20) // 6) + b'0],"usage":{}}'
+    chunks = [payload[i : i + 65536] for i in range(0, len(payload), 65536)]
+    out = Collector()
+    sent_before: list[int] = []  # bytes of response body passed on before each chunk was fed
+
+    def passed_on() -> int:
+        return sum(
+            len(m.response_body.response.body_mutation.streamed_response.body)
+            for m in out.sent
+            if m.HasField("response_body")
+        )
+
+    async def messages():
+        yield request_headers()
+        yield body_msg(COMPLETION)
+        yield response_headers(200)
+        for i, chunk in enumerate(chunks):
+            sent_before.append(passed_on())
+            yield body_msg(chunk, end_of_stream=i == len(chunks) - 1, response=True)
+
+    await ExtProcStream(director, StreamSettings(), metrics).run(messages(), out)
+    fed = [i * 65536 for i in range(len(chunks))]
+    # All had gone on but a tail shorter than the longest name spelling ('"model": "m-v2"', 15 bytes)
+    # and the 3 bytes the rewrite to "m" saved.
+    assert all(fed[i] - sent_before[i] <= 14 + 3 for i in range(len(chunks))), (fed[-1], sent_before[-1])
+    rewritten = payload.replace(b'"model":"m-v2"', b'"model":"m"')
+    assert passed_on() == len(rewritten)
+    body = b"".join(
+        m.response_body.response.body_mutation.streamed_response.body
+        for m in out.sent
+        if m.HasField("response_body")
+    )
+    assert body == rewritten
 
 
 async def test_server_error_status_is_reported_as_failed(director, metrics):
