@@ -400,7 +400,11 @@ async def serve(options: SidecarOptions) -> None:
 
         provider = tracer_provider()
     sidecar = Sidecar(options, provider.get_tracer("llm-d.sidecar") if provider is not None else None)
-    runners = [web.AppRunner(sidecar.app(), access_log=None)]
+    # handler_cancellation: a client that disconnects cancels its handler, and with it both legs
+    # (aiohttp closes a cancelled upstream request's connection, and vLLM aborts a request whose
+    # connection closes, freeing its KV blocks). aiohttp's default (off, unlike its TestServer)
+    # let a prefill run to its timeout and then a whole decode run for a client long gone.
+    runners = [web.AppRunner(sidecar.app(), access_log=None, handler_cancellation=True)]
     if options.metrics_port:
         runners.append(web.AppRunner(sidecar.metrics_app(), access_log=None))
     for runner in runners:
