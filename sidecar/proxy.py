@@ -311,7 +311,9 @@ class Sidecar:
             )
             async with upstream_cm as upstream:
                 if local_retry is not None and upstream.status >= 500:
-                    detail = await upstream.content.read(200)  # only logged: never the whole answer
+                    detail = b"<answer cut short>"
+                    with contextlib.suppress(aiohttp.ClientError):  # a broken error answer is one too
+                        detail = await upstream.content.read(200)  # only logged: never the whole answer
                     self.metrics.fallbacks.labels("decode_kv_load").inc()
                     log.warning(
                         "request %s: decode with remote KV failed (HTTP %d: %r); prefilling locally",
@@ -332,7 +334,10 @@ class Sidecar:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        # Every way a model server's answer can break, not only a refused or dropped connection:
+        # an answer cut mid-body (ClientPayloadError) or no HTTP at all (ClientResponseError)
+        # escaped as an unhandled exception, a bare 500 from aiohttp (no local retry under P/D).
+        except (aiohttp.ClientError, TimeoutError) as exc:
             if response is not None and response.prepared:
                 # Headers are gone already; the only honest signal left is a cut connection.
                 log.error("model server stream broke for %s: %r", request.path, exc)
