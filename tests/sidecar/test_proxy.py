@@ -481,3 +481,45 @@ async def test_a_model_server_answer_cut_mid_body_cuts_the_client(
     with pytest.raises(aiohttp.ClientPayloadError):
         await asyncio.wait_for(call(), 5)
     assert any("model server stream broke" in record.getMessage() for record in caplog.records)
+
+
+async def test_every_concurrent_request_reaches_the_local_model_server() -> None:
+    """The local leg shared the prefill legs' per-host connection limit (100): the 101st concurrent
+    request waited in the sidecar for a free connection with no timeout at all, a queue that vLLM
+    (256 sequences by default) never saw, so neither its waiting-queue metric nor the EPP did."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+    in_progress = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal in_progress
+        in_progress += 1
+        if in_progress == 150:
+            held.set()
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    model_server = TestServer(app, host="127.0.0.1")
+    await model_server.start_server()
+    sidecar_server = TestServer(
+        Sidecar(SidecarOptions(model_server_port=model_server.port)).app(), host="127.0.0.1"
+    )
+    await sidecar_server.start_server()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+
+            async def one() -> int:
+                async with client.post(sidecar_server.make_url("/v1/completions"), json={"prompt": "x"}) as r:
+                    return r.status
+
+            calls = [asyncio.create_task(one()) for _ in range(150)]
+            try:
+                await asyncio.wait_for(held.wait(), 5)
+            finally:
+                release.set()
+            assert await asyncio.gather(*calls) == [200] * 150
+    finally:
+        await sidecar_server.close()
+        await model_server.close()
