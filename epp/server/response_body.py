@@ -56,6 +56,42 @@ class ModelNameRewriter:
                 data = data.replace(old, new)
         return data
 
+    def streaming(self) -> StreamingRewriter:
+        return StreamingRewriter(self._pairs)
+
+
+class StreamingRewriter:
+    """The same replacement on a body that arrives in chunks, released as it arrives: only the
+    last ``longest pattern - 1`` bytes are held back (they may begin a name the next chunk ends).
+    A JSON body used to be held whole until its end to be rewritten in one go: per stream, without
+    a bound, so one huge answer (n=128 with logprobs, a pod gone wrong) was all in the EPP's memory.
+    """
+
+    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self._pairs = pairs
+        self._keep = max(len(old) for old, _ in pairs) - 1
+        self._tail = b""
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        data = self._tail + chunk
+        out: list[bytes] = []
+        position = 0
+        while True:
+            # The earliest occurrence of any pattern (they all start with '"model":' and differ
+            # right after it, so two never match at the same place).
+            found = [(data.find(old, position), old, new) for old, new in self._pairs]
+            hits = [hit for hit in found if hit[0] != -1]
+            if not hits:
+                break
+            start, old, new = min(hits)
+            out += (data[position:start], new)
+            position = start + len(old)
+        # Replaced bytes are never rescanned: hold back only unreplaced ones.
+        keep = len(data) if end_of_stream else max(position, len(data) - self._keep)
+        out.append(data[position:keep])
+        self._tail = data[keep:]
+        return b"".join(out)
+
 
 class SseTracker:
     """Follows a ``text/event-stream`` body chunk by chunk.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from epp.server.response_body import BufferedBodyTracker, ModelNameRewriter, SseTracker
+from epp.server.response_body import BufferedBodyTracker, ModelNameRewriter, SseTracker, StreamingRewriter
 from epp.types import Decision, InferenceRequest, Usage
 
 
@@ -52,7 +52,7 @@ class ResponseState:
     rewriter: ModelNameRewriter | None = None  # puts the client's model name back
     sse: SseTracker | None = None  # set for text/event-stream answers
     buffered: BufferedBodyTracker = field(default_factory=BufferedBodyTracker)
-    held: list[bytes] = field(default_factory=list)  # a JSON body being held whole for the rewriter
+    json_rewrite: StreamingRewriter | None = None  # the rewriter's state on a JSON (non-SSE) body
     size: int = 0  # response body bytes seen
 
     def usage(self) -> Usage | None:

@@ -461,14 +461,13 @@ class ExtProcStream:
         elif self._resp.sse is not None:
             answers = messages.streamed_response_body(self._resp.sse.feed(chunk, end), end, chunked=False)
         elif self._resp.rewriter is not None:
-            # A JSON body can only be rewritten whole: hold it until the end.
-            self._resp.held.append(chunk)
-            answers = []
-            if end:
-                whole = b"".join(self._resp.held)
-                self._resp.held.clear()
-                self._resp.buffered.feed(whole, True)
-                answers = messages.streamed_response_body(self._resp.rewriter(whole), True)
+            # Rewritten as it passes (a name split across chunks included), never held whole.
+            if self._resp.json_rewrite is None:
+                self._resp.json_rewrite = self._resp.rewriter.streaming()
+            self._resp.buffered.feed(chunk, end)
+            answers = messages.streamed_response_body(
+                self._resp.json_rewrite.feed(chunk, end), end, chunked=False
+            )
         else:
             self._resp.buffered.feed(chunk, end)
             answers = messages.streamed_response_body(chunk, end, chunked=False)

@@ -321,7 +321,7 @@ async def test_response_model_name_is_rewritten_back_for_sse_split_across_chunks
     assert text == b'data: {"model":"m","choices":[]}\n\ndata: [DONE]\n\n'
 
 
-async def test_json_response_rewritten_whole_and_usage_read(director, metrics):
+async def test_json_response_rewritten_and_usage_read(director, metrics):
     director.decision = Decision(endpoints=("10.0.0.1:8000",), target_model="m-v2")
     payload = b'{"model": "m-v2", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
     out = await run(
@@ -340,9 +340,48 @@ async def test_json_response_rewritten_whole_and_usage_read(director, metrics):
         for m in out.sent
         if m.HasField("response_body")
     ]
-    assert len(bodies) == 1 and bodies[0].end_of_stream
-    assert json.loads(bodies[0].body)["model"] == "m"
+    assert [b.end_of_stream for b in bodies] == [False, True]
+    assert json.loads(b"".join(b.body for b in bodies))["model"] == "m"
     assert director.completions == [("r", Usage(3, 1, None), False)]
+
+
+async def test_a_rewritten_json_response_is_streamed_not_held_whole(director, metrics):
+    """A JSON answer under a model rewrite was held whole until its end (to rewrite it in one go):
+    per stream, with no bound, so one 1 GB answer (n=128 with logprobs, a pod gone wrong) was 1 GB
+    (2 GB while joined) in the EPP. The name is now rewritten as the bytes pass, holding back at
+    most a name's length, wherever the chunks split it."""
+    director.decision = Decision(endpoints=("10.0.0.1:8000",), target_model="m-v2")
+    filler = b"x" * (64 * 1024)
+    payload = (
+        b'{"model": "m-v2", "choices": [{"text": "'
+        + filler
+        + b'"}], "echo": {"model":"m-v2"}, "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
+    )
+    marker = payload.index(b'"model":"m-v2"')
+    for split in [*range(5, 20), *range(marker - 2, marker + 16)]:  # through both names
+        director.completions.clear()
+        parts = [payload[:split], payload[split : split + 40000], payload[split + 40000 :]]
+        out = await run(
+            director,
+            metrics,
+            [
+                request_headers(extra={"x-request-id": "r"}),
+                body_msg(COMPLETION),
+                response_headers(200),
+                *(body_msg(part, end_of_stream=i == 2, response=True) for i, part in enumerate(parts)),
+            ],
+        )
+        bodies = [
+            m.response_body.response.body_mutation.streamed_response
+            for m in out.sent
+            if m.HasField("response_body")
+        ]
+        assert b"".join(b.body for b in bodies) == payload.replace(b'"m-v2"', b'"m"'), split
+        assert [b.end_of_stream for b in bodies] == [False, False, True]
+        # Released as it came: at most a name pattern's length held back at each step.
+        arrived = payload[: split + 40000].replace(b'"m-v2"', b'"m"')
+        assert sum(len(b.body) for b in bodies[:2]) >= len(arrived) - len(b'"model": "m-v2"'), split
+        assert director.completions == [("r", Usage(3, 1, None), False)]
 
 
 async def test_server_error_status_is_reported_as_failed(director, metrics):
@@ -519,3 +558,29 @@ async def test_opt_in_header_names_the_endpoint_that_served(director, metrics):
     # Off unless asked for.
     assert await answer(None, None) == {}
     assert await answer("yes", None) == {}
+
+
+def test_the_streaming_rewrite_equals_the_whole_body_rewrite_for_any_chunking() -> None:
+    import random
+
+    from epp.server.response_body import ModelNameRewriter
+
+    rng = random.Random(7)
+    rewriter = ModelNameRewriter("m-v2", "m")
+    pieces = [
+        b'"model":"m-v2"',
+        b'"model": "m-v2"',
+        b'"model":"m-v3"',
+        b'"model":',
+        b"m-v2",
+        b"x",
+        b'"',
+        b" ",
+    ]
+    for _ in range(500):
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+        cuts = sorted(rng.sample(range(len(body) + 1), min(len(body) + 1, rng.randrange(0, 8))))
+        parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        streaming = rewriter.streaming()
+        out = b"".join(streaming.feed(part, i == len(parts) - 1) for i, part in enumerate(parts))
+        assert out == rewriter(body), (body, cuts)
