@@ -34,9 +34,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
         if self._response is None or self._response.done():
+            # Unasked bytes (an HTTP/1.1 server speaks only when asked): they were kept until the
+            # next scrape cleared them, so a pod streaming on its idle connection grew the EPP's
+            # memory at its sending rate. Drop the connection; the next scrape connects afresh.
+            self._buffer.clear()
+            self.close()
             return
+        self._buffer += data
         try:
             parsed = self._parser.feed(self._buffer)
         except HttpError as exc:

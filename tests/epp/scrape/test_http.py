@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from epp.scrape.http import HttpError, KeepAliveGetter, _parse_response
+from tests.support.epp import wait_until
 from tests.support.fake_metrics import FakeMetricsServer
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
@@ -213,3 +215,35 @@ async def test_connection_refused(getter: KeepAliveGetter) -> None:
         port = server.port  # the server is closed when the block ends
     with pytest.raises(OSError):
         await getter.get("127.0.0.1", port, "/metrics")
+
+
+async def test_bytes_sent_between_scrapes_are_not_kept(getter: KeepAliveGetter) -> None:
+    """An HTTP/1.1 server speaks only when asked. Bytes a pod sent on the idle keep-alive connection
+    were appended to its buffer until the next scrape cleared it: a pod streaming on it grew the
+    EPP's memory at the pod's sending rate (1.6 MB here; loopback allows GB/s). Such a
+    connection is closed at the first unasked byte and the next scrape connects afresh."""
+    flooded = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        if flooded.is_set():  # the second connection behaves
+            while True:
+                await _read_request(reader)
+                writer.write(OK)
+                await writer.drain()
+        flooded.set()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):
+                writer.write(b"x" * 16384)
+                await writer.drain()
+
+    async with RawServer(serve) as server:
+        assert await getter.get("127.0.0.1", server.port, "/metrics") == (200, b"hello")
+        connection = getter._connections[("127.0.0.1", server.port)]
+        await asyncio.wait_for(flooded.wait(), 5)
+        await wait_until(lambda: connection.closed)
+        assert len(connection._buffer) == 0
+        assert await getter.get("127.0.0.1", server.port, "/metrics") == (200, b"hello")
+        assert server.connections == 2
