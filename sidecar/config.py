@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest wait for the next bytes from the local model server",
     )
-    p.add_argument("--max-conns-per-host", type=int, default=d.max_conns_per_host)
+    p.add_argument(
+        "--max-conns-per-host",
+        type=int,
+        default=d.max_conns_per_host,
+        help="connections to one prefill pod at once (the local model server's are not limited)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument(
         "--enable-ssrf-protection",

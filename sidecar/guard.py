@@ -86,6 +86,9 @@ class PoolMembership:
     name: str
     ttl_s: float = 5.0
     miss_interval_s: float = 1.0
+    # getaddrinfo has no deadline of its own (glibc's resolver can retry for tens of seconds, a
+    # stuck one for ever): past this a lookup has failed (the last answer is kept).
+    resolve_timeout_s: float = 2.0
     resolver: Resolver = _resolve
     clock: Callable[[], float] = time.monotonic
     _members: set[str] = field(default_factory=set)
@@ -100,13 +103,21 @@ class PoolMembership:
             self._resolved_at is None or now - self._resolved_at >= self.miss_interval_s
         )
         if stale or missed:
-            await self._refresh()
+            await self._refresh(self._resolved_at)
         return text in self._members
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, seen: float | None) -> None:
+        """Resolve again unless another request did while this one waited for the lock
+        (``seen``: the lookup time it judged stale): every request that found the answer stale
+        used to queue here and resolve in turn, so the last of N waited N lookups."""
         async with self._lock:
+            if self._resolved_at != seen:
+                return
             try:
-                self._members = await self.resolver(self.name)
+                async with asyncio.timeout(self.resolve_timeout_s):
+                    self._members = await self.resolver(self.name)
+            except TimeoutError:  # before OSError, of which it is a subclass
+                log.warning("resolving the prefill pool %s took over %g s", self.name, self.resolve_timeout_s)
             except OSError as exc:  # socket.gaierror included: keep the last answer, retry later
                 log.warning("resolving the prefill pool %s failed: %s", self.name, exc)
             self._resolved_at = self.clock()

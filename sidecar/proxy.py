@@ -1,6 +1,7 @@
 """The sidecar's HTTP server: pass-through proxy plus the two-phase P/D path.
 
-One pooled client session serves both the prefill pods and the local model server. Nothing is
+Two pooled client sessions: one for the prefill pods (a per-host connection limit), one for the
+local model server (none: vLLM admits and queues its own requests, visibly). Nothing is
 written to the client before the local model server has answered with its status line, so a failed
 or slow prefill turns into a local prefill (counted in ``llmd_sidecar_prefill_fallbacks_total``),
 never into a half-sent response.
@@ -109,6 +110,7 @@ class Sidecar:
         self.model_server = f"http://{options.model_server_host}:{options.model_server_port}"
         self.guard = options.guard()
         self._session: aiohttp.ClientSession | None = None
+        self._local: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_body_bytes)
@@ -130,22 +132,33 @@ class Sidecar:
         return app
 
     async def _open(self, _app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.options.max_conns_per_host)
-        # auto_decompress off: bodies pass through byte for byte, Content-Encoding included. So
-        # aiohttp must not offer encodings of its own: only what the client accepts goes upstream.
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+        self._session = _session(
+            aiohttp.TCPConnector(limit=0, limit_per_host=self.options.max_conns_per_host)
         )
+        # The local model server's leg has no connection limit. Sharing the prefill limit (100 per
+        # host) made the 101st concurrent request wait in the sidecar for a connection, with no
+        # timeout (the local leg has no total), in a queue vLLM (256 sequences by default) never
+        # saw: not in its waiting metric, so not in the EPP's scheduling either.
+        self._local = _session(aiohttp.TCPConnector(limit=0))
 
     async def _close(self, _app: web.Application) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._local):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The prefill pods' session."""
         if self._session is None:
             raise RuntimeError("the sidecar's client session is not open (app not started)")
         return self._session
+
+    @property
+    def local(self) -> aiohttp.ClientSession:
+        """The local model server's session."""
+        if self._local is None:
+            raise RuntimeError("the sidecar's client session is not open (app not started)")
+        return self._local
 
     # --- dispatch ------------------------------------------------------------------------------
 
@@ -307,7 +320,7 @@ class Sidecar:
             local_headers["Host"] = host
         response: web.StreamResponse | None = None
         try:
-            upstream_cm = self.session.request(
+            upstream_cm = self.local.request(
                 request.method,
                 url,
                 data=body or None,
@@ -317,7 +330,9 @@ class Sidecar:
             )
             async with upstream_cm as upstream:
                 if local_retry is not None and upstream.status >= 500:
-                    detail = await upstream.content.read(200)  # only logged: never the whole answer
+                    detail = b"<answer cut short>"
+                    with contextlib.suppress(aiohttp.ClientError):  # a broken error answer is one too
+                        detail = await upstream.content.read(200)  # only logged: never the whole answer
                     self.metrics.fallbacks.labels("decode_kv_load").inc()
                     log.warning(
                         "request %s: decode with remote KV failed (HTTP %d: %r); prefilling locally",
@@ -338,13 +353,24 @@ class Sidecar:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        # Every way a model server's answer can break, not only a refused or dropped connection:
+        # an answer cut mid-body (ClientPayloadError) or no HTTP at all (ClientResponseError)
+        # escaped as an unhandled exception, a bare 500 from aiohttp (no local retry under P/D).
+        except (aiohttp.ClientError, TimeoutError) as exc:
             if response is not None and response.prepared:
                 # Headers are gone already; the only honest signal left is a cut connection.
                 log.error("model server stream broke for %s: %r", request.path, exc)
                 raise
             log.error("model server %s unreachable for %s: %r", self.model_server, request.path, exc)
             return _error(502, f"model server unavailable: {exc!r}")
+
+
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    # auto_decompress off: bodies pass through byte for byte, Content-Encoding included. So
+    # aiohttp must not offer encodings of its own: only what the client accepts goes upstream.
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+    )
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -406,7 +432,11 @@ async def serve(options: SidecarOptions) -> None:
 
         provider = tracer_provider()
     sidecar = Sidecar(options, provider.get_tracer("llm-d.sidecar") if provider is not None else None)
-    runners = [web.AppRunner(sidecar.app(), access_log=None)]
+    # handler_cancellation: a client that disconnects cancels its handler, and with it both legs
+    # (aiohttp closes a cancelled upstream request's connection, and vLLM aborts a request whose
+    # connection closes, freeing its KV blocks). aiohttp's default (off, unlike its TestServer)
+    # let a prefill run to its timeout and then a whole decode run for a client long gone.
+    runners = [web.AppRunner(sidecar.app(), access_log=None, handler_cancellation=True)]
     if options.metrics_port:
         runners.append(web.AppRunner(sidecar.metrics_app(), access_log=None))
     for runner in runners:

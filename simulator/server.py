@@ -661,7 +661,11 @@ class SimServer:
 async def serve(params: SimParams, host: str, port: int) -> None:
     """Run until cancelled (SIGINT/SIGTERM are turned into cancellation by the caller)."""
     server = SimServer(params)
-    runner = web.AppRunner(server.app(), access_log=None)
+    # handler_cancellation: vLLM aborts a request whose client disconnects, streaming or not
+    # (with_cancellation / listen_for_disconnect in its API server). aiohttp's default (off, unlike
+    # its TestServer) left a non-streaming request generating, holding its slot and KV blocks,
+    # until done for a client long gone.
+    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

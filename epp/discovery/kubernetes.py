@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 POOL_GROUP_V1 = "inference.networking.k8s.io"
 LEGACY_GROUP = "inference.networking.x-k8s.io"
 OBJECTIVE_GROUPS = ("llm-d.ai", LEGACY_GROUP)  # current, then GIE <= v1.5
+# Each watch lives this long, times a random 1-2 (client-go's reflector: 5-10 min), then relists.
+WATCH_TIMEOUT_S = 300.0
 
 ObjectiveResources = {
     group: create_namespaced_resource(group, "v1alpha2", "InferenceObjective", "inferenceobjectives")
@@ -133,6 +136,7 @@ class KubernetesDiscovery:
         pool_group: str = POOL_GROUP_V1,
         client: AsyncClient | None = None,
         max_backoff: float = 10.0,
+        watch_timeout: float = WATCH_TIMEOUT_S,
     ) -> None:
         self.datastore = datastore
         self.pool_name = pool_name
@@ -141,6 +145,7 @@ class KubernetesDiscovery:
         self._pool_resource = pool_resource(pool_group)
         self._client = client if client is not None else kubernetes_client()
         self.max_backoff = max_backoff
+        self.watch_timeout = watch_timeout
         self.pool: PoolSpec | None = None
         self._pods: dict[str, Pod] = {}
         self._objectives: dict[str, dict[str, int]] = {group: {} for group in OBJECTIVE_GROUPS}
@@ -217,14 +222,25 @@ class KubernetesDiscovery:
                 items = [item async for item in listing]
                 on_snapshot(items)
                 backoff, last_problem = 0.2, ""
-                async for kind, obj in self._client.watch(
-                    resource,
-                    namespace=self.namespace,
-                    labels=labels,
-                    fields=fields,
-                    resource_version=listing.resourceVersion,
-                ):
-                    on_event(kind, obj)
+                # lightkube's watch has no read timeout and reopens itself whenever the server ends
+                # it, so one whose connection died silently (no FIN, no RST: a NAT or load balancer
+                # dropping the flow) was waited on for ever and the endpoint set froze. Give each
+                # watch a bounded life (jittered, as client-go's reflector does), then relist.
+                life = asyncio.timeout(self.watch_timeout * random.uniform(1.0, 2.0))
+                try:
+                    async with life:
+                        async for kind, obj in self._client.watch(
+                            resource,
+                            namespace=self.namespace,
+                            labels=labels,
+                            fields=fields,
+                            resource_version=listing.resourceVersion,
+                        ):
+                            on_event(kind, obj)
+                except TimeoutError:
+                    if not life.expired():
+                        raise
+                    continue  # the watch's life is over: relist at once
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:

@@ -55,6 +55,8 @@ DEFAULT_TICK = 0.005
 # A band provisioned for an unlisted priority is dropped after this long empty, as llm-d's registry
 # does (PriorityBandGCTimeout, 10 min): the set of bands decides the usage-limit ceilings.
 BAND_IDLE_TIMEOUT = 600.0
+# Departed entries the TTL heap may hold beyond as many as it has live ones (_compact_deadlines).
+_DEADLINE_SLACK = 64
 
 
 class Outcome(Enum):
@@ -163,6 +165,11 @@ class FlowController:
     @property
     def queued_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def deadline_entries(self) -> int:
+        """Entries in the TTL heap, live or departed (see _compact_deadlines)."""
+        return len(self._deadlines)
 
     def flow_lengths(self) -> dict[tuple[int, str], int]:
         """Queued requests per (priority, fairness id)."""
@@ -406,6 +413,8 @@ class FlowController:
             if item.gauged:
                 self._queue_gauges(item, -1)
                 self._capacity_gauges(band)
+            if len(self._deadlines) > 2 * self._length + _DEADLINE_SLACK:
+                self._compact_deadlines()
         else:
             item.state = ItemState.DISPATCHED if outcome is Outcome.DISPATCHED else ItemState.FINALIZED
         priority = str(item.priority)
@@ -423,6 +432,15 @@ class FlowController:
             item.future.set_result(None)
         if outcome is not Outcome.DISPATCHED and outcome is not Outcome.EVICTED_CONTEXT_CANCELLED:
             log.debug("request %s left flow control: %s", item.request_id, outcome.value)
+
+    def _compact_deadlines(self) -> None:
+        """Drop the entries of requests that left. ``expire`` pops departed entries only from the
+        heap's head, so behind one request that waits (a held-back band, for up to its TTL) every
+        request that queued and left since, dispatched or cancelled, stayed referenced with its
+        headers: memory growing with the request rate times the TTL. Rebuilt only once departed
+        entries outnumber live ones (plus slack), so the cost per request stays O(1) amortized."""
+        self._deadlines = [entry for entry in self._deadlines if entry[2].state is ItemState.QUEUED]
+        heapq.heapify(self._deadlines)
 
     def _queue_gauges(self, item: QueueItem, sign: int) -> None:
         labels = (

@@ -26,9 +26,10 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -247,12 +248,29 @@ class VllmRenderBackend(Backend):
     name = "vllm"
     synchronous = False
 
-    def __init__(self, model: str, url: str, timeout: float, mm_timeout: float) -> None:
+    # A render service that hangs cost every request its full timeout (5 s by default) before it
+    # was scheduled anyway, without tokens. After this many unavailable answers in a row the
+    # backend stops asking for RENDER_COOLDOWN_S (requests go untokenized at once, counted
+    # ``render_circuit_open``); then one request probes, and a success closes the circuit.
+    RENDER_FAILURES_TO_OPEN: ClassVar[int] = 3
+    RENDER_COOLDOWN_S: ClassVar[float] = 2.0
+
+    def __init__(
+        self,
+        model: str,
+        url: str,
+        timeout: float,
+        mm_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.model = model
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.mm_timeout = mm_timeout
+        self.clock = clock
         self._session: aiohttp.ClientSession | None = None
+        self._failures = 0  # unavailable answers in a row
+        self._open_until = 0.0  # clock() before which no request is sent
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
@@ -272,6 +290,11 @@ class VllmRenderBackend(Backend):
         chat = "messages" in body
         path = "/v1/chat/completions/render" if chat else "/v1/completions/render"
         timeout = self.mm_timeout if chat and _has_media(body.get("messages")) else self.timeout
+        if self._failures >= self.RENDER_FAILURES_TO_OPEN:
+            now = self.clock()
+            if now < self._open_until:
+                raise Skip("render_circuit_open")
+            self._open_until = now + self.RENDER_COOLDOWN_S  # this request probes; the others wait
         try:
             async with self._session.post(
                 self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -280,7 +303,17 @@ class VllmRenderBackend(Backend):
                     raise Skip(f"render_http_{response.status}", (await response.text())[:200])
                 answer = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._failures += 1
+            if self._failures == self.RENDER_FAILURES_TO_OPEN:
+                self._open_until = self.clock() + self.RENDER_COOLDOWN_S
+                log.warning(
+                    "render service %s unavailable %d times in a row: not asked for %g s",
+                    self.url,
+                    self._failures,
+                    self.RENDER_COOLDOWN_S,
+                )
             raise Skip("render_unavailable", repr(exc)) from exc
+        self._failures = 0  # it answered: whatever the answer holds, the service is there
         item = answer if chat else (answer[0] if isinstance(answer, list) and answer else None)
         ids = item.get("token_ids") if isinstance(item, dict) else None
         tokens = _token_list(ids)

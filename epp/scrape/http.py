@@ -25,6 +25,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._response: asyncio.Future[tuple[int, bytes, bool]] | None = None
+        self._parser = _ResponseParser()
         self.closed = False
 
     # ---- asyncio.Protocol --------------------------------------------------------------------
@@ -33,11 +34,16 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
         if self._response is None or self._response.done():
+            # Unasked bytes (an HTTP/1.1 server speaks only when asked): they were kept until the
+            # next scrape cleared them, so a pod streaming on its idle connection grew the EPP's
+            # memory at its sending rate. Drop the connection; the next scrape connects afresh.
+            self._buffer.clear()
+            self.close()
             return
+        self._buffer += data
         try:
-            parsed = _parse_response(self._buffer)
+            parsed = self._parser.feed(self._buffer)
         except HttpError as exc:
             self._response.set_exception(exc)
             return
@@ -56,6 +62,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._response = asyncio.get_running_loop().create_future()
         self._buffer.clear()
+        self._parser = _ResponseParser()
         self.transport.write(request)
         return await self._response
 
@@ -67,67 +74,101 @@ class _Connection(asyncio.Protocol):
 
 def _parse_response(buffer: bytearray) -> tuple[int, bytes, bool] | None:
     """A complete response in ``buffer`` → (status, body, keep_alive); None if more bytes are due."""
-    header_end = buffer.find(b"\r\n\r\n")
-    if header_end == -1:
-        if len(buffer) > MAX_HEADER_BYTES:
-            raise HttpError("response headers too large")
-        return None
-    head = bytes(buffer[:header_end]).decode("latin-1").split("\r\n")
-    status_line = head[0].split(" ", 2)
-    if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-        raise HttpError(f"bad status line {head[0][:80]!r}")
-    status = int(status_line[1])
-    length: int | None = None
-    chunked = False
-    keep_alive = status_line[0] == "HTTP/1.1"
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        name, value = name.strip().lower(), value.strip()
-        if name == "content-length":
-            if not value.isdigit():
-                raise HttpError(f"bad Content-Length {value!r}")
-            length = int(value)
-        elif name == "transfer-encoding":
-            chunked = "chunked" in value.lower()
-        elif name == "connection":
-            keep_alive = value.lower() != "close" and (keep_alive or value.lower() == "keep-alive")
-    body_start = header_end + 4
-    if chunked:
-        body = _dechunk(buffer, body_start)
-        return None if body is None else (status, body, keep_alive)
-    if length is None:
-        # Body delimited by connection close: not worth supporting for a scrape target.
-        raise HttpError("response has neither Content-Length nor chunked encoding")
-    if length > MAX_BODY_BYTES:
-        raise HttpError(f"response body of {length} bytes exceeds {MAX_BODY_BYTES}")
-    if len(buffer) - body_start < length:
-        return None
-    return status, bytes(buffer[body_start : body_start + length]), keep_alive
+    return _ResponseParser().feed(buffer)
 
 
-def _dechunk(buffer: bytearray, position: int) -> bytes | None:
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end == -1:
+class _ResponseParser:
+    """Parses one response as its bytes arrive, each byte once. It used to re-parse the buffer from
+    the start on every ``data_received``: a chunked page arriving in pieces was re-walked (every
+    chunk copied again) each time, quadratic on the event loop: ~14 s of CPU for a 16 MiB page
+    in 16 KiB pieces, which no scrape timeout can interrupt."""
+
+    __slots__ = ("_chunked", "_keep_alive", "_length", "_parts", "_position", "_status", "_total")
+
+    def __init__(self) -> None:
+        self._status = 0
+        self._position = -1  # where the body parse resumes; -1 until the headers are complete
+        self._length: int | None = None
+        self._chunked = False
+        self._keep_alive = False
+        self._parts: list[bytes] = []
+        self._total = 0
+
+    def feed(self, buffer: bytearray) -> tuple[int, bytes, bool] | None:
+        """``buffer``: everything received so far (only ever appended to)."""
+        if self._position < 0 and not self._headers(buffer):
             return None
-        size_text = bytes(buffer[position:line_end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError as exc:
-            raise HttpError(f"bad chunk size {size_text[:20]!r}") from exc
-        if size == 0:
-            # The last chunk, optional trailer lines, then an empty line: a blank line ends it.
-            return b"".join(parts) if buffer.find(b"\r\n\r\n", line_end) != -1 else None
-        total += size
-        if total > MAX_BODY_BYTES:
-            raise HttpError(f"chunked body exceeds {MAX_BODY_BYTES} bytes")
-        chunk_start, chunk_end = line_end + 2, line_end + 2 + size
-        if len(buffer) < chunk_end + 2:
+        if self._chunked:
+            return self._dechunk(buffer)
+        length = self._length
+        assert length is not None
+        if len(buffer) - self._position < length:
             return None
-        parts.append(bytes(buffer[chunk_start:chunk_end]))
-        position = chunk_end + 2
+        return self._status, bytes(buffer[self._position : self._position + length]), self._keep_alive
+
+    def _headers(self, buffer: bytearray) -> bool:
+        header_end = buffer.find(b"\r\n\r\n")
+        if header_end == -1:
+            if len(buffer) > MAX_HEADER_BYTES:
+                raise HttpError("response headers too large")
+            return False
+        head = bytes(buffer[:header_end]).decode("latin-1").split("\r\n")
+        status_line = head[0].split(" ", 2)
+        if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
+            raise HttpError(f"bad status line {head[0][:80]!r}")
+        length: int | None = None
+        chunked = False
+        keep_alive = status_line[0] == "HTTP/1.1"
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            name, value = name.strip().lower(), value.strip()
+            if name == "content-length":
+                if not value.isdigit():
+                    raise HttpError(f"bad Content-Length {value!r}")
+                length = int(value)
+            elif name == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+            elif name == "connection":
+                keep_alive = value.lower() != "close" and (keep_alive or value.lower() == "keep-alive")
+        if not chunked:
+            if length is None:
+                # Body delimited by connection close: not worth supporting for a scrape target.
+                raise HttpError("response has neither Content-Length nor chunked encoding")
+            if length > MAX_BODY_BYTES:
+                raise HttpError(f"response body of {length} bytes exceeds {MAX_BODY_BYTES}")
+        self._status, self._length, self._chunked, self._keep_alive = (
+            int(status_line[1]),
+            length,
+            chunked,
+            keep_alive,
+        )
+        self._position = header_end + 4
+        return True
+
+    def _dechunk(self, buffer: bytearray) -> tuple[int, bytes, bool] | None:
+        position = self._position
+        while True:
+            line_end = buffer.find(b"\r\n", position)
+            if line_end == -1:
+                return None
+            size_text = bytes(buffer[position:line_end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError as exc:
+                raise HttpError(f"bad chunk size {size_text[:20]!r}") from exc
+            if size == 0:
+                # The last chunk, optional trailer lines, then an empty line: a blank line ends it.
+                if buffer.find(b"\r\n\r\n", line_end) == -1:
+                    return None
+                return self._status, b"".join(self._parts), self._keep_alive
+            if self._total + size > MAX_BODY_BYTES:
+                raise HttpError(f"chunked body exceeds {MAX_BODY_BYTES} bytes")
+            chunk_start, chunk_end = line_end + 2, line_end + 2 + size
+            if len(buffer) < chunk_end + 2:
+                return None
+            self._parts.append(bytes(buffer[chunk_start:chunk_end]))
+            self._total += size
+            position = self._position = chunk_end + 2  # this chunk is done: never parsed again
 
 
 class KeepAliveGetter:

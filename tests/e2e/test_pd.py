@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,3 +279,40 @@ def test_the_sidecar_prefills_only_on_guarded_targets(stack):
         header = target % stack.prefill_port if "%d" in target else target
         got, _ = stack.post(request, port=stack.sidecar_port, headers={"x-prefiller-host-port": header})
         assert got == status, header
+
+
+def test_a_client_gone_mid_request_aborts_it_on_the_decode_pod(stack):
+    """A client that hangs up: Envoy closes its connection to the sidecar, the sidecar's handler is
+    cancelled and closes its own to the decode vLLM, which aborts the request (freeing its slot and
+    KV blocks). Before, the sidecar kept that connection open: a non-streaming request generated to
+    its end for nobody (finished "length", never "abort")."""
+    aborted = {"finished_reason": "abort"}
+    before = stack.metric(stack.decode_port, "vllm:request_success_total", **aborted)
+    # ~3,000 tokens at the simulator's measured step time: several seconds of decoding.
+    body = json.dumps({"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 3000}).encode()
+    with socket.create_connection(("127.0.0.1", stack.gateway.config.listen_port)) as client:
+        client.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+        def decoding() -> bool:
+            return stack.metric(stack.decode_port, "vllm:num_requests_running") >= 1
+
+        assert _poll(decoding, 10.0), "the request never reached the decode pod"
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+
+    def aborted_on_decode() -> bool:
+        return stack.metric(stack.decode_port, "vllm:request_success_total", **aborted) > before
+
+    assert _poll(aborted_on_decode, 10.0)
+    assert stack.metric(stack.decode_port, "vllm:num_requests_running") == 0
+
+
+def _poll(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

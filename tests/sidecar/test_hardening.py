@@ -4,6 +4,7 @@ the prefill target is parsed strictly and guarded, and only the chosen host's an
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -269,3 +270,49 @@ async def test_unreachable_guarded_dns_name_refuses() -> None:
     pool = PoolMembership("does-not-exist.invalid", resolver=FakeDns([set()]).resolve)
     guard = PrefillGuard(pool=pool)
     assert await guard.allows("10.0.0.1", 8000) == "10.0.0.1 is not an allowed prefill host"
+
+
+class SlowDns:
+    """A resolver that answers only when released (``hang``: never), counting lookups."""
+
+    def __init__(self, answer: set[str], hang: bool = False) -> None:
+        self.answer, self.hang, self.calls = answer, hang, 0
+        self.release = asyncio.Event()
+
+    async def resolve(self, name: str) -> set[str]:
+        self.calls += 1
+        if self.hang:
+            await asyncio.Event().wait()
+        await self.release.wait()
+        return self.answer
+
+
+async def test_requests_waiting_on_one_lookup_share_it() -> None:
+    """Each request that found the answer stale queued on the lock and then resolved again itself:
+    50 requests meant 50 lookups in a row, the last one waiting for all of them (with a 1 s DNS
+    answer, 50 s for a prefill allowed all along)."""
+    import ipaddress
+
+    dns = SlowDns({"10.0.0.1"})
+    pool = PoolMembership("prefill.ns.svc", resolver=dns.resolve)
+    checks = [asyncio.create_task(pool.contains(ipaddress.ip_address("10.0.0.1"))) for _ in range(50)]
+    for _ in range(5):
+        await asyncio.sleep(0)  # every check is now waiting on the first lookup
+    dns.release.set()
+    assert await asyncio.wait_for(asyncio.gather(*checks), 5) == [True] * 50
+    assert dns.calls == 1
+
+
+async def test_a_hanging_resolver_fails_the_check_in_bounded_time() -> None:
+    """getaddrinfo has no timeout of its own here; a DNS server that never answers held every P/D
+    request on the lock, the client waiting on nothing (the prefill timeout had not started)."""
+    import ipaddress
+
+    dns = SlowDns({"10.0.0.1"}, hang=True)
+    pool = PoolMembership("prefill.ns.svc", resolver=dns.resolve, resolve_timeout_s=0.05)
+    guard = PrefillGuard(pool=pool)
+    assert (
+        await asyncio.wait_for(guard.allows("10.0.0.1", 8000), 5) == "10.0.0.1 is not an allowed prefill host"
+    )
+    # The failed lookup is one like any other: retried after the miss interval, not per request.
+    assert not await pool.contains(ipaddress.ip_address("10.0.0.1")) and dns.calls == 1

@@ -382,3 +382,162 @@ async def test_the_model_server_sees_the_clients_host(rig, pd):
     if pd:
         [prefill] = rig.prefill.received  # a leg of the sidecar's own, to the pod it names
         assert prefill.headers["Host"] == rig.prefill_addr
+
+
+class BrokenModelServer:
+    """A model server over raw TCP that breaks its answer: ``modes`` maps a request body marker to
+    how it answers (``cut-500``: a 500 whose body stops short; ``cut-200``: a 200 whose body stops
+    short; ``garbage``: no HTTP at all); anything else gets a proper 200."""
+
+    def __init__(self, modes: dict[bytes, str]) -> None:
+        self.modes = modes
+        self.bodies: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                body = await reader.readexactly(length)
+                self.bodies.append(body)
+                mode = next((m for marker, m in self.modes.items() if marker in body), "ok")
+                if mode == "ok":
+                    answer = b'{"ok": true}'
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(answer), answer)
+                    )
+                    await writer.drain()
+                    continue
+                if mode == "garbage":
+                    writer.write(b"this is not HTTP\r\n\r\n")
+                else:
+                    # The 500 stops before its first body byte: read(200) then has nothing to return.
+                    status, part = (
+                        (b"500 Internal Server Error", b"") if mode == "cut-500" else (b"200 OK", b"{")
+                    )
+                    writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 1000\r\n\r\n" + part)
+                await writer.drain()
+                writer.transport.abort()
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+async def broken_rig() -> AsyncIterator[tuple[Rig, BrokenModelServer]]:
+    prefill = StandIn(answer={"id": "cmpl-p", "kv_transfer_params": KV_FROM_PREFILL})
+    prefill_server = TestServer(prefill.app(), host="127.0.0.1")
+    await prefill_server.start_server()
+    model = BrokenModelServer({})
+    sidecar = Sidecar(SidecarOptions(model_server_port=await model.start(), prefill_timeout_s=2))
+    sidecar_server = TestServer(sidecar.app(), host="127.0.0.1")
+    await sidecar_server.start_server()
+    client = aiohttp.ClientSession(base_url=str(sidecar_server.make_url("/")))
+    try:
+        yield Rig(client, sidecar, prefill, StandIn(), f"127.0.0.1:{prefill_server.port}"), model
+    finally:
+        await client.close()
+        await sidecar_server.close()
+        await prefill_server.close()
+        await model.close()
+
+
+async def test_a_decode_error_answer_cut_short_still_falls_back_to_local_prefill(broken_rig):
+    """vLLM dying while it answers the KV-load failure: reading the 200 logged bytes raised
+    ClientPayloadError, which escaped the handler (aiohttp's bare 500) instead of the local retry."""
+    rig, model = broken_rig
+    model.modes = {b"kv_transfer_params": "cut-500"}
+    request = {**REQUEST, "stream": False}
+    async with rig.client.post(
+        "/v1/completions", json=request, headers={"x-prefiller-host-port": rig.prefill_addr}
+    ) as r:
+        assert r.status == 200, await r.text()
+        assert await r.json() == {"ok": True}
+    with_kv, local = model.bodies
+    assert b"kv_transfer_params" in with_kv and json.loads(local) == request
+    assert rig.fallbacks("decode_kv_load") == 1
+
+
+async def test_a_model_server_that_breaks_before_its_status_is_a_502(broken_rig):
+    rig, model = broken_rig
+    model.modes = {b"prompt": "garbage"}
+    async with rig.client.post("/v1/completions", json={"model": "tiny", "prompt": "x"}) as r:
+        assert r.status == 502
+        assert "model server unavailable" in (await r.json())["error"]["message"]
+
+
+async def test_a_model_server_answer_cut_mid_body_cuts_the_client(
+    broken_rig, caplog: pytest.LogCaptureFixture
+):
+    """Headers are gone already: the client must see the answer cut (never wait on a short body)."""
+    rig, model = broken_rig
+    model.modes = {b"prompt": "cut-200"}
+
+    async def call() -> None:
+        async with rig.client.post("/v1/completions", json={"model": "tiny", "prompt": "x"}) as r:
+            assert r.status == 200
+            await r.read()
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(call(), 5)
+    assert any("model server stream broke" in record.getMessage() for record in caplog.records)
+
+
+async def test_every_concurrent_request_reaches_the_local_model_server() -> None:
+    """The local leg shared the prefill legs' per-host connection limit (100): the 101st concurrent
+    request waited in the sidecar for a free connection with no timeout at all, a queue that vLLM
+    (256 sequences by default) never saw, so neither its waiting-queue metric nor the EPP did."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+    in_progress = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal in_progress
+        in_progress += 1
+        if in_progress == 150:
+            held.set()
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    model_server = TestServer(app, host="127.0.0.1")
+    await model_server.start_server()
+    sidecar_server = TestServer(
+        Sidecar(SidecarOptions(model_server_port=model_server.port)).app(), host="127.0.0.1"
+    )
+    await sidecar_server.start_server()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+
+            async def one() -> int:
+                async with client.post(sidecar_server.make_url("/v1/completions"), json={"prompt": "x"}) as r:
+                    return r.status
+
+            calls = [asyncio.create_task(one()) for _ in range(150)]
+            try:
+                await asyncio.wait_for(held.wait(), 5)
+            finally:
+                release.set()
+            assert await asyncio.gather(*calls) == [200] * 150
+    finally:
+        await sidecar_server.close()
+        await model_server.close()

@@ -41,6 +41,8 @@ class FakeKubeApi:
         self.url = ""
         self.token = "fake-service-account-token"  # clients must send it as a bearer token
         self.unavailable = False
+        self._stalled_before = 0  # watches opened before this generation send nothing more
+        self._generation = 0
 
     # ---- test-side API -----------------------------------------------------------------------
     def add_collection(self, path: str) -> None:
@@ -67,6 +69,15 @@ class FakeKubeApi:
     async def expire_watches(self) -> None:
         """Every open watch gets a 410 Gone; a client must relist."""
         self._expired_before = self.rv + 1
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def stall_watches(self) -> None:
+        """Every open watch goes silent and stays open, as one whose connection died on the way
+        (a NAT or load balancer dropping the flow): no event, no close, no reset reaches the client.
+        Watches opened later work."""
+        self._generation += 1
+        self._stalled_before = self._generation
         async with self._changed:
             self._changed.notify_all()
 
@@ -184,9 +195,17 @@ class FakeKubeApi:
                 }
             )
         since = int(request.query.get("resourceVersion") or self.rv)
+        generation = self._generation
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         while not self._closing:
+            if generation < self._stalled_before:  # silent until the client gives up or we stop
+                async with self._changed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.2)
+                if request.transport is None or request.transport.is_closing():
+                    break
+                continue
             if since < self._expired_before:
                 gone = {
                     "kind": "Status",

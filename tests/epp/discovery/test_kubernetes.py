@@ -83,11 +83,11 @@ def _hostports(datastore: Datastore) -> set[str]:
     return {e.hostport for e in datastore.endpoints()}
 
 
-async def _discovery(api: FakeKubeApi, datastore: Datastore) -> KubernetesDiscovery:
+async def _discovery(api: FakeKubeApi, datastore: Datastore, **options: Any) -> KubernetesDiscovery:
     config = KubeConfig.from_one(cluster=Cluster(server=api.url), user=User(token=api.token))
     client = AsyncClient(config=config, namespace=NS)
     discovery = KubernetesDiscovery(
-        datastore, pool_name="qwen-pool", namespace=NS, client=client, max_backoff=0.2
+        datastore, pool_name="qwen-pool", namespace=NS, client=client, max_backoff=0.2, **options
     )
     await discovery.start()
     return discovery
@@ -144,6 +144,25 @@ async def test_expired_watch_relists_and_converges(api: FakeKubeApi) -> None:
         await wait_until(lambda: _hostports(datastore) == {"10.0.0.1:8000", "10.0.0.2:8000"})
         lists_after = sum(1 for r in api.requests if "/pods" in r and "watch=true" not in r)
         assert lists_after > lists_before
+    finally:
+        await discovery.stop()
+
+
+async def test_a_watch_gone_silent_is_given_up_and_the_pods_relisted(api: FakeKubeApi) -> None:
+    """lightkube's watches have no read timeout and reopen themselves when the server ends them: a
+    watch whose connection died silently (no FIN, no RST: a NAT or load balancer dropping the flow)
+    was waited on for ever, and the endpoint set froze (deleted pods still picked, new ones never)."""
+    await api.put(POOLS, pool([8000]))
+    await api.put(PODS, pod("a", "10.0.0.1"))
+    datastore = Datastore()
+    discovery = await _discovery(api, datastore, watch_timeout=0.5)
+    try:
+        await wait_until(lambda: _hostports(datastore) == {"10.0.0.1:8000"})
+        await wait_until(lambda: any("/pods" in r and "watch=true" in r for r in api.requests))
+        await api.stall_watches()
+        await api.delete(PODS, "a")
+        await api.put(PODS, pod("b", "10.0.0.2"))
+        await wait_until(lambda: _hostports(datastore) == {"10.0.0.2:8000"})
     finally:
         await discovery.stop()
 

@@ -362,6 +362,32 @@ async def test_cancelled_entries_do_not_accumulate_in_a_busy_flow() -> None:
     keeper.cancel()
 
 
+async def test_requests_that_left_are_not_kept_behind_one_that_waits() -> None:
+    """The TTL heap dropped departed entries only from its head: behind one request that waits
+    (a held-back sheddable one, for up to its 60 s TTL), every request that queued and left since,
+    dispatched or cancelled, stayed referenced (headers included), 2,000 of 2,000 here."""
+    detector = SetSaturation(0.6)
+    holdback = PriorityHoldbackPolicy("holdback", "rank", 0.5, 1.0)  # ceilings: 0 → 0.75, -5 → 0.5
+    fc = controller(flow_config(detector, bands=[band(-5)], usage_limit=holdback))
+    low = asyncio.create_task(fc.admit(request("low", priority=-5)))
+    await queued_task(low)
+    for i in range(2000):
+        task = asyncio.create_task(fc.admit(request(f"r{i}", headers={"x-pad": "x" * 100})))
+        await queued_task(task)
+        if i % 2:
+            task.cancel()
+        else:
+            assert fc.dispatch_cycle()
+        await asyncio.gather(task, return_exceptions=True)
+        fc.expire()  # what the dispatcher does on every wake
+    assert fc.flow_lengths() == {(-5, "default-flow"): 1}
+    assert fc.deadline_entries <= 1 + 64
+    assert fc.next_deadline() < float("inf")  # the waiting request keeps its deadline
+    low.cancel()
+    await asyncio.gather(low, return_exceptions=True)
+    assert fc.next_deadline() == float("inf")
+
+
 async def test_a_request_dispatched_then_cancelled_is_not_evicted() -> None:
     detector = SetSaturation(1.0)
     fc = controller(flow_config(detector))

@@ -368,6 +368,38 @@ async def test_vllm_render_backend(
         await plugin.stop()
 
 
+async def test_a_hung_render_service_is_not_asked_again_until_its_cooldown(
+    render: tuple[str, list[tuple[str, dict[str, Any]]], Callable[[int], None]],
+) -> None:
+    """Every request waited the full timeout (5 s by default) on a render service that hangs, then
+    was scheduled untokenized anyway: a dead dependency added its timeout to every request."""
+    url, calls, _ = render
+    plugin = producer({"modelName": "served", "vllm": {"url": url, "timeout": "50ms"}})
+    backend = plugin.backend
+    assert isinstance(backend, VllmRenderBackend)
+    now = [100.0]
+    backend.clock = lambda: now[0]
+    await plugin.start()
+    try:
+        unavailable, open_ = skipped("render_unavailable"), skipped("render_circuit_open")
+        for _ in range(VllmRenderBackend.RENDER_FAILURES_TO_OPEN):
+            await plugin.prepare(request({"prompt": "slow"}))  # each waits out the timeout
+        assert skipped("render_unavailable") == unavailable + VllmRenderBackend.RENDER_FAILURES_TO_OPEN
+        sent = len(calls)
+        for _ in range(20):  # at once, without a request to the service
+            await asyncio.wait_for(plugin.prepare(request({"prompt": "hi"})), 0.04)
+        assert len(calls) == sent and skipped("render_circuit_open") == open_ + 20
+        now[0] += VllmRenderBackend.RENDER_COOLDOWN_S
+        recovered = request({"prompt": "hi"})
+        await plugin.prepare(recovered)  # the probe reaches the service, which answers again
+        assert len(calls) == sent + 1
+        assert list(recovered.state["token-producer"].token_ids) == [4, 5]
+        await plugin.prepare(request({"prompt": "hi"}))
+        assert len(calls) == sent + 2  # closed again
+    finally:
+        await plugin.stop()
+
+
 @pytest.mark.parametrize("text", ["plain ascii prompt " * 30, "ünïcode and\0nul " * 10, ""])
 def test_packed_ids_are_what_the_memo_packs(text: str) -> None:
     from epp.kvevents.hashing import pack_tokens

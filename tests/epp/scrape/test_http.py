@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from epp.scrape.http import HttpError, KeepAliveGetter, _parse_response
+from tests.support.epp import wait_until
 from tests.support.fake_metrics import FakeMetricsServer
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
@@ -26,6 +28,43 @@ def test_chunked_response_in_every_split() -> None:
     assert _parse_response(bytearray(CHUNKED)) == (200, b"hello world", True)
     with_trailer = CHUNKED[:-2] + b"X-Trailer: 1\r\n\r\n"
     assert _parse_response(bytearray(with_trailer)) == (200, b"hello world", True)
+    # One parser fed the same bytes as they arrive, in pieces of every size (it resumes where it was).
+    from epp.scrape.http import _ResponseParser
+
+    for size in range(1, len(with_trailer) + 1):
+        parser, buffer = _ResponseParser(), bytearray()
+        results = []
+        for start in range(0, len(with_trailer), size):
+            buffer += with_trailer[start : start + size]
+            results.append(parser.feed(buffer))
+        assert results[-1] == (200, b"hello world", True) and not any(results[:-1]), size
+
+
+def test_a_chunked_page_arriving_in_pieces_is_parsed_in_linear_time() -> None:
+    """Every piece re-parsed the chunked body from its start, copying every chunk again: quadratic,
+    on the event loop, inside data_received (the scrape timeout cannot interrupt it). A 4 MiB page
+    in 16 KiB pieces took 0.6 s; a 16 MiB one (the limit) ~10 s with every request stalled."""
+    import time
+
+    from epp.scrape.http import MAX_BODY_BYTES, _Connection
+
+    piece = b"# a metrics line\n" * 64
+    chunks = (MAX_BODY_BYTES - 64 * 1024) // len(piece)
+    page = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(chunks)) + b"0\r\n\r\n"
+    data = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + page
+
+    async def receive() -> tuple[int, bytes, bool]:
+        connection = _Connection()
+        connection._response = asyncio.get_running_loop().create_future()
+        started = time.process_time()
+        for start in range(0, len(data), 16384):
+            connection.data_received(data[start : start + 16384])
+        elapsed = time.process_time() - started
+        assert elapsed < 3.0, f"{elapsed:.1f} s of CPU for one {len(data) >> 20} MiB page"
+        return connection._response.result()
+
+    status, body, keep_alive = asyncio.run(receive())
+    assert (status, keep_alive) == (200, True) and body == piece * chunks
 
 
 def test_connection_close_and_http_1_0() -> None:
@@ -176,3 +215,35 @@ async def test_connection_refused(getter: KeepAliveGetter) -> None:
         port = server.port  # the server is closed when the block ends
     with pytest.raises(OSError):
         await getter.get("127.0.0.1", port, "/metrics")
+
+
+async def test_bytes_sent_between_scrapes_are_not_kept(getter: KeepAliveGetter) -> None:
+    """An HTTP/1.1 server speaks only when asked. Bytes a pod sent on the idle keep-alive connection
+    were appended to its buffer until the next scrape cleared it: a pod streaming on it grew the
+    EPP's memory at the pod's sending rate (1.6 MB here; loopback allows GB/s). Such a
+    connection is closed at the first unasked byte and the next scrape connects afresh."""
+    flooded = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        if flooded.is_set():  # the second connection behaves
+            while True:
+                await _read_request(reader)
+                writer.write(OK)
+                await writer.drain()
+        flooded.set()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):
+                writer.write(b"x" * 16384)
+                await writer.drain()
+
+    async with RawServer(serve) as server:
+        assert await getter.get("127.0.0.1", server.port, "/metrics") == (200, b"hello")
+        connection = getter._connections[("127.0.0.1", server.port)]
+        await asyncio.wait_for(flooded.wait(), 5)
+        await wait_until(lambda: connection.closed)
+        assert len(connection._buffer) == 0
+        assert await getter.get("127.0.0.1", server.port, "/metrics") == (200, b"hello")
+        assert server.connections == 2

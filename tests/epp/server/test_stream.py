@@ -385,6 +385,46 @@ async def test_a_large_rewritten_json_answer_is_not_held(director, metrics):
     assert body == rewritten
 
 
+async def test_a_rewritten_json_response_is_streamed_not_held_whole(director, metrics):
+    """A JSON answer under a model rewrite was held whole until its end (to rewrite it in one go):
+    per stream, with no bound, so one 1 GB answer (n=128 with logprobs, a pod gone wrong) was 1 GB
+    (2 GB while joined) in the EPP. The name is now rewritten as the bytes pass, holding back at
+    most a name's length, wherever the chunks split it."""
+    director.decision = Decision(endpoints=("10.0.0.1:8000",), target_model="m-v2")
+    filler = b"x" * (64 * 1024)
+    payload = (
+        b'{"model": "m-v2", "choices": [{"text": "'
+        + filler
+        + b'"}], "echo": {"model":"m-v2"}, "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
+    )
+    marker = payload.index(b'"model":"m-v2"')
+    for split in [*range(5, 20), *range(marker - 2, marker + 16)]:  # through both names
+        director.completions.clear()
+        parts = [payload[:split], payload[split : split + 40000], payload[split + 40000 :]]
+        out = await run(
+            director,
+            metrics,
+            [
+                request_headers(extra={"x-request-id": "r"}),
+                body_msg(COMPLETION),
+                response_headers(200),
+                *(body_msg(part, end_of_stream=i == 2, response=True) for i, part in enumerate(parts)),
+            ],
+        )
+        bodies = [
+            m.response_body.response.body_mutation.streamed_response
+            for m in out.sent
+            if m.HasField("response_body")
+        ]
+        assert b"".join(b.body for b in bodies) == payload.replace(b'"m-v2"', b'"m"'), split
+        # One end of stream, last (a chunk wholly held back sends no message of its own).
+        assert [b.end_of_stream for b in bodies][-1] and not any(b.end_of_stream for b in bodies[:-1])
+        # Released as it came: at most a name pattern's length held back before the last chunk.
+        arrived = payload[: split + 40000].replace(b'"m-v2"', b'"m"')
+        assert sum(len(b.body) for b in bodies[:-1]) >= len(arrived) - len(b'"model": "m-v2"'), split
+        assert director.completions == [("r", Usage(3, 1, None), False)]
+
+
 async def test_server_error_status_is_reported_as_failed(director, metrics):
     await run(
         director,
