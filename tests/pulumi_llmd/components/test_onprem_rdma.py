@@ -156,7 +156,7 @@ def problems(raw: dict[str, Any]) -> list[str]:
 def test_a_shared_rdma_resource_nothing_advertises_is_refused() -> None:
     (problem,) = problems(onprem(rdmaResource="rdma/rdma_shared_device_a"))
     assert problem.startswith(
-        "llmd:onprem rdmaResource 'rdma/rdma_shared_device_a' would be advertised by nothing"
+        "llmd:onprem.rdmaResource 'rdma/rdma_shared_device_a' would be advertised by nothing"
     )
     # Opting out, or running the plugin yourself, is fine.
     parse_stack_config(
@@ -168,6 +168,6 @@ def test_a_shared_rdma_resource_nothing_advertises_is_refused() -> None:
 def test_a_per_node_block_larger_than_the_range_is_refused() -> None:
     (problem,) = problems(onprem(rdmaNetworks=[{**ROCE, "ipamRange": "192.168.1.0/28", "ipsPerNode": 16}]))
     assert problem.startswith(
-        "llmd:onprem.rdmaNetworks[0] ipsPerNode 16 must be less than the 14 usable addresses of ipamRange "
+        "llmd:onprem.rdmaNetworks[0].ipsPerNode 16 must be less than the 14 usable addresses of ipamRange "
         "192.168.1.0/28"
     )

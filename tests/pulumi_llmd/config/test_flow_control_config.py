@@ -57,8 +57,8 @@ def test_keys_are_spelled_as_llm_d_spells_them() -> None:
             "maxTokenConcurrency",
         ),
         ({"saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 0}}, "maxConcurrency"),
-        ({"usageLimit": {"type": "priority-holdback-policy"}}, "minCeiling is required"),
-        ({"usageLimit": {"minCeiling": 0.5}}, "minCeiling does not apply"),
+        ({"usageLimit": {"type": "priority-holdback-policy"}}, "is required for priority-holdback-policy"),
+        ({"usageLimit": {"minCeiling": 0.5}}, "does not apply to type static-usage-limit-policy"),
         (
             {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.5, "threshold": 0.9}},
             "threshold",
@@ -113,3 +113,33 @@ def test_the_queue_ttl_must_fit_inside_the_gateway_timeout() -> None:
     # With flow control off, or a hand-written EPP config, the stack does not second-guess it.
     off = kind_config(gateway={"requestTimeout": "30s"}, epp={"flowControl": {"defaultRequestTTL": "60s"}})
     assert not parse_stack_config(off, has_hf_token=False).epp.flow_control.enabled
+
+
+@pytest.mark.parametrize(
+    ("flow_control", "problem"),
+    [
+        (
+            {"usageLimit": {"minCeiling": 0.5, "domain": "rank"}},
+            "llmd:epp.flowControl.usageLimit.minCeiling does not apply to type static-usage-limit-policy "
+            "(nor does domain)",
+        ),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy"}},
+            "llmd:epp.flowControl.usageLimit.minCeiling is required for priority-holdback-policy",
+        ),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.9, "maxCeiling": 0.5}},
+            "llmd:epp.flowControl.usageLimit.minCeiling (0.9) must not exceed maxCeiling (0.5)",
+        ),
+        (
+            {"saturationDetector": {"type": "concurrency-detector", "kvCacheUtilThreshold": 0.8}},
+            "llmd:epp.flowControl.saturationDetector.kvCacheUtilThreshold does not apply to type "
+            "concurrency-detector",
+        ),
+    ],
+)
+def test_cross_field_problems_name_the_exact_key(flow_control: dict[str, object], problem: str) -> None:
+    """A rule between two keys of a section names the key to change, not only the section."""
+    from tests.pulumi_llmd.config.test_stack_config import kind_config, problems_of
+
+    assert problems_of(kind_config(epp={"flowControl": flow_control})) == [problem]
