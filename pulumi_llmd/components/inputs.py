@@ -207,7 +207,9 @@ class ModelRoute(ConfigModel):
         description=f"The base model name the body router puts in `{naming.BASE_MODEL_HEADER}` for every "
         "name this model serves (the value the route rule matches).",
     )
-    pool_name: DnsLabel = Field(description="The model's InferencePool.")
+    # Instance, not DnsLabel: the route and the provider's objects name the pool's EPP Service
+    # `<poolName>-epp` (EndpointPicker's names), which must stay a 63-character DNS label.
+    pool_name: Instance = Field(description="The model's InferencePool.")
     epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
 
 
@@ -219,7 +221,7 @@ class InferenceGatewayInputs(ConfigModel):
         "`app.kubernetes.io/instance: <instance>`."
     )
     namespace: DnsLabel = Field(description="Namespace of the Gateway, the HTTPRoute and the pool.")
-    pool_name: DnsLabel = Field(
+    pool_name: Instance = Field(  # as ModelRoute.pool_name: its EPP Service is `<poolName>-epp`
         description="The InferencePool the route sends every request to when modelRoutes is empty; the "
         "route's name too."
     )
@@ -405,7 +407,7 @@ class InferenceMonitoringArgs(ConfigModel):
 
     instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
     namespace: DnsLabel = Field(description="Namespace of the stack.")
-    pool_name: DnsLabel = Field(description="The InferencePool (its EPP is `<poolName>-epp`).")
+    pool_name: Instance = Field(description="The InferencePool (its EPP is `<poolName>-epp`).")
     disaggregated: bool = Field(description="Prefill and decode pools with the P/D sidecar.")
     gateway_class: Annotated[str, field_of(GatewayConfig, "class_name")]
     settings: MonitoringConfig = Field(

@@ -12,7 +12,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pulumi_llmd.components.args import EndpointPickerArgs, ModelServerPoolArgs
+from pulumi_llmd.components.args import EndpointPickerArgs, InferenceGatewayArgs, ModelServerPoolArgs
+from pulumi_llmd.components.gateway import InferenceGateway, gateway_manifests
+from pulumi_llmd.components.inputs import InferenceGatewayInputs
 from pulumi_llmd.components.modelserver import ModelServerPool
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.picker import EndpointPicker
@@ -210,3 +212,32 @@ def test_two_crd_installs_of_one_release_name_the_version_key() -> None:
         "'gateway-api-v1.6.1' already claimed as CRD install by ClusterCrds 'first'"
         in error.problems[0].message
     )
+
+
+# --- names a component derives with a suffix stay within Kubernetes' limits ------------------------
+
+
+def gateway_args(pool: str, **extra: Any) -> InferenceGatewayArgs:
+    return {"instance": "t", "namespace": "n", "pool_name": pool, "provider": "istio", **extra}  # type: ignore[typeddict-item]
+
+
+def test_a_gateway_pool_name_too_long_for_its_epp_service_is_named() -> None:
+    """The route's backends are EndpointPickers' pools: the Istio DestinationRule dials `<pool>-epp`,
+    a Service name (a 63-character DNS label), so the pool name has EndpointPicker's limit of 40."""
+    longest = "p" * 40
+    (destination,) = [
+        m
+        for m in gateway_manifests(InferenceGatewayInputs.model_validate(gateway_args(longest)))
+        if m["kind"] == "DestinationRule"
+    ]
+    service = destination["spec"]["host"].split(".")[0]
+    assert service == f"{longest}-epp" and len(service) <= 63
+
+    def program() -> None:
+        route = {"model": "m", "pool_name": "q" * 41, "epp_secure_serving": True}
+        InferenceGateway("g", gateway_args("p" * 41, model_routes=[route]))
+
+    error, registrations = failure(program)
+    assert [p.path for p in error.problems] == ["poolName", "modelRoutes[0].poolName"]
+    assert all("at most 40 characters" in p.message for p in error.problems)
+    assert not registrations
