@@ -346,6 +346,14 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
     )
     gateway_provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
     prefix_cache: Annotated[PrefixCacheMode, field_of(EppConfig, "prefix_cache")]
+    implementation: Annotated[EppImplementation, field_of(EppConfig, "implementation")]
+
+    @property
+    def sidecar_metrics(self) -> bool:
+        """P/D decode pods serve the sidecar's own metrics (`llmd_sidecar_*` on `sidecar-metrics`, 9090):
+        only this project's sidecar does; llm-d's (implementation upstream) declares no such port
+        (modelserver.sidecar_container), so nothing may scrape it or be let in to it."""
+        return self.disaggregated and self.implementation is EppImplementation.BUNDLED
 
     @property
     def roles(self) -> list[Role]:
@@ -426,6 +434,14 @@ class InferenceMonitoringArgs(ConfigModel):
         description="Render the body router's PodMonitor (`<gatewayInstance>-body-router`; one model of a "
         "multi-model stack).",
     )
+    implementation: Annotated[EppImplementation, field_of(EppConfig, "implementation")]
+
+    @property
+    def sidecar_metrics(self) -> bool:
+        """P/D decode pods serve the sidecar's own metrics (`llmd_sidecar_*` on `sidecar-metrics`, 9090):
+        only this project's sidecar does; llm-d's (implementation upstream) declares no such port
+        (modelserver.sidecar_container), so nothing may scrape it or be let in to it."""
+        return self.disaggregated and self.implementation is EppImplementation.BUNDLED
 
     @property
     def roles(self) -> list[Role]:

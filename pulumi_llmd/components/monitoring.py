@@ -231,7 +231,7 @@ def body_router_monitor(monitoring: Monitoring) -> dict[str, Any]:
 def monitor_manifests(monitoring: Monitoring) -> list[dict[str, Any]]:
     monitors = [epp_monitor(monitoring)]
     monitors += [model_server_monitor(monitoring, role) for role in monitoring.roles]
-    if monitoring.disaggregated:
+    if monitoring.sidecar_metrics:
         monitors.append(sidecar_monitor(monitoring))
     if (gateway := gateway_monitor(monitoring)) is not None:
         monitors.append(gateway)
@@ -345,7 +345,9 @@ def alert_rules(monitoring: Monitoring) -> list[dict[str, Any]]:
                 scope=scope,
             )
         )
-    if monitoring.disaggregated:
+    # llm-d's sidecar (implementation upstream) exports no llmd_sidecar_* series: an alert on them
+    # would never fire, looking like a healthy P/D path.
+    if monitoring.sidecar_metrics:
         rules.append(
             _alert(
                 "LlmdPdPrefillFallbacks",
@@ -368,7 +370,7 @@ def rule_groups(monitoring: Monitoring) -> list[dict[str, Any]]:
     scope = scope_of(monitoring)
     records = recording_rules(
         scope,
-        disaggregated=monitoring.disaggregated,
+        sidecar_metrics=monitoring.sidecar_metrics,
         ttft_threshold=monitoring.settings.ttft_slo.threshold_seconds,
     )
     return [

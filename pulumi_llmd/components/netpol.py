@@ -127,7 +127,7 @@ def model_server_policy(policies: Policies, role: Role) -> dict[str, Any]:
         rules.append({"from": [_pods(selector_labels(policies.instance, role))]})
     if metrics := _metrics_sources(policies):
         # Monitoring also reads the sidecar's own metrics port on P/D decode pods.
-        sidecar = (naming.SIDECAR_METRICS_PORT,) if behind_sidecar else ()
+        sidecar = (naming.SIDECAR_METRICS_PORT,) if behind_sidecar and policies.sidecar_metrics else ()
         rules.append({"from": metrics, "ports": _tcp(*scrape, *sidecar)})
     name = f"{naming.model_server_name(policies.instance, role)}-ingress"
     return _policy(policies, name, selector_labels(policies.instance, role), rules)

@@ -265,6 +265,7 @@ def network_policies_args(
         settings=stack.network_policy,
         gateway_provider=stack.gateway.provider,
         prefix_cache=model.epp.prefix_cache,
+        implementation=model.epp.implementation,
     )
 
 
@@ -303,6 +304,7 @@ def monitoring_args(stack: LlmdStackConfig, served: ServedModel | None = None) -
         gateway_instance=stack.name if model.multi else None,
         watch_gateway=model.key == first.key,
         watch_body_router=stack.multi_model and model.key == first.key,
+        implementation=model.epp.implementation,
     )
 
 
