@@ -29,6 +29,7 @@ the first model's pool (whose EPP answers 404 for other models' names).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
@@ -39,6 +40,7 @@ from pulumi_llmd.components.inputs import BodyRouterArgs
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.netpol import gateway_pods
 from pulumi_llmd.config.gateways import GatewayProvider
+from pulumi_llmd.config.inputs import model_args
 from pulumi_llmd.config.models import FailureMode
 
 CONFIG_DIR = "/config"
@@ -421,7 +423,11 @@ class BodyRouter(pulumi.ComponentResource):
     ``networkPolicy`` section when policies are on. Provider and ``depends_on`` come through ``opts``.
     """
 
-    def __init__(self, name: str, args: BodyRouterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: BodyRouterArgs | Mapping[str, Any], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        args = model_args(BodyRouterArgs, args, component="BodyRouter")
+        body_router_manifests(args)  # every manifest builds (or refuses) before anything registers
         super().__init__("llmd:index:BodyRouter", name, None, opts)
         child = child_options(self, opts)
         config = register(config_map_manifest(args), child)

@@ -12,7 +12,7 @@ pods) gets no gateway monitor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from pulumi_llmd.components.promql import (
     Scope,
     recording_rules,
 )
+from pulumi_llmd.config.inputs import model_args
 
 MONITORING_API = "monitoring.coreos.com/v1"
 
@@ -415,9 +416,14 @@ class InferenceMonitoring(pulumi.ComponentResource):
     """
 
     def __init__(
-        self, name: str, args: InferenceMonitoringArgs, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        args: InferenceMonitoringArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        manifests = monitoring_manifests(
+            model_args(InferenceMonitoringArgs, args, component="InferenceMonitoring")
+        )
         super().__init__("llmd:index:InferenceMonitoring", name, None, opts)
-        manifests = monitoring_manifests(args)
         self.objects = [register(manifest, child_options(self, opts)) for manifest in manifests]
         self.register_outputs({"objects": [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]})
