@@ -379,6 +379,23 @@ def gateway_problems(config: LlmdStackConfig) -> list[Problem]:
                 "balancers, not pods the policies can select)",
             )
         )
+    control_plane_namespace = gateway.effective_namespace
+    if (
+        gateway.install
+        and pins.control_plane_version is not None
+        and control_plane_namespace == config.namespace
+    ):
+        # LlmdStack and GatewayControlPlane each register (and own) a Namespace object; two Pulumi
+        # resources for one namespace make `pulumi up` fail on the second create ("already exists"),
+        # and deleting either would delete the namespace under the other.
+        problems.append(
+            Problem(
+                "gateway.namespace" if gateway.namespace is not None else "namespace",
+                f"is {config.namespace!r} for both the stack and the {provider.value} control plane, which "
+                "each create their own namespace: use another one for either (or set gateway.install: "
+                "false and install the control plane yourself)",
+            )
+        )
     return problems
 
 
