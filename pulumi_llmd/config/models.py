@@ -770,6 +770,21 @@ class EppFlowControlConfig(ConfigModel):
         default_factory=UsageLimitConfig, description="The gate's ceiling per priority."
     )
 
+    @model_validator(mode="after")
+    def _one_band_per_priority(self) -> EppFlowControlConfig:
+        # The EPP refuses a config with two bands of one priority at startup (epp/flowcontrol/config.py:
+        # "duplicate priority"), so the pods would crash-loop while `pulumi up` waits for them.
+        seen: dict[int, int] = {}
+        for index, band in enumerate(self.priority_bands):
+            if band.priority in seen:
+                raise KeyProblem(
+                    f"priorityBands[{index}].priority",
+                    f"{band.priority} is also the priority of priorityBands[{seen[band.priority]}]: one band "
+                    "per priority",
+                )
+            seen[band.priority] = index
+        return self
+
 
 class EppImplementation(StrEnum):
     """Which endpoint picker (and P/D sidecar) runs behind the same Service, RBAC, config and pool."""

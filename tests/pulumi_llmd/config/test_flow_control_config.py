@@ -143,3 +143,25 @@ def test_cross_field_problems_name_the_exact_key(flow_control: dict[str, object]
     from tests.pulumi_llmd.config.test_stack_config import kind_config, problems_of
 
     assert problems_of(kind_config(epp={"flowControl": flow_control})) == [problem]
+
+
+def test_two_bands_of_one_priority_are_refused_as_the_epp_would() -> None:
+    """The EPP's loader refuses duplicate priorities at startup: the stack must refuse them first, naming
+    the band, rather than render a config that crash-loops every EPP pod."""
+    from epp.config.loader import load_config
+    from epp.scheduling.errors import ConfigError as EppConfigError
+    from tests.pulumi_llmd.config.test_stack_config import kind_config, problems_of
+    from tests.support.stacks import render_config
+
+    bands = [{"priority": 1}, {"priority": 5}, {"priority": 1}]
+    assert problems_of(kind_config(epp={"flowControl": {"enabled": True, "priorityBands": bands}})) == [
+        "llmd:epp.flowControl.priorityBands[2].priority 1 is also the priority of priorityBands[0]: one band "
+        "per priority"
+    ]
+    distinct = [{"priority": 1}, {"priority": 5}]
+    result = render_config(kind_config(epp={"flowControl": {"enabled": True, "priorityBands": distinct}}))
+    (config_map,) = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
+    text = config_map["data"]["epp-config.yaml"]
+    load_config(text)  # what the EPP reads at startup
+    with pytest.raises(EppConfigError, match="duplicate priority 1"):
+        load_config(text.replace("priority: 5", "priority: 1"))
