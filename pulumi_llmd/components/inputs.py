@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, TypeVar
 
 import pulumi
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.naming import Role
@@ -44,6 +44,7 @@ from pulumi_llmd.config.models import (
     PoolConfig,
     SidecarConfig,
 )
+from pulumi_llmd.config.nodes import validate_labels
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 from pulumi_llmd.config.precise import PrefixCacheMode
 
@@ -91,6 +92,9 @@ class EndpointPickerInputs(ConfigModel):
         min_length=1,
         description="Labels of the model-server pods the InferencePool selects (its `matchLabels`).",
     )
+    # The InferencePool's matchLabels: the API server refuses bad label syntax when the pool is created,
+    # after the EPP's objects already exist.
+    _selector = field_validator("selector")(validate_labels)
     disaggregated: bool = Field(
         description="Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
     )

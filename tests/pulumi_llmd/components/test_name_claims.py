@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from pulumi_llmd.components.args import EndpointPickerArgs, InferenceGatewayArgs, ModelServerPoolArgs
 from pulumi_llmd.components.gateway import InferenceGateway, gateway_manifests
 from pulumi_llmd.components.inputs import InferenceGatewayInputs
@@ -241,3 +243,22 @@ def test_a_gateway_pool_name_too_long_for_its_epp_service_is_named() -> None:
     assert [p.path for p in error.problems] == ["poolName", "modelRoutes[0].poolName"]
     assert all("at most 40 characters" in p.message for p in error.problems)
     assert not registrations
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ({"bad key!": "v"}, "label key 'bad key!' is not a Kubernetes qualified name"),
+        ({"app": "x" * 64}, "label 'app' has an invalid value"),
+        ({"app": "-v"}, "label 'app' has an invalid value '-v'"),
+    ],
+)
+def test_an_endpoint_picker_selector_is_label_syntax(selector: dict[str, str], message: str) -> None:
+    """The selector becomes the InferencePool's matchLabels, which the API server checks only when the
+    pool is created (after the EPP's objects): it is refused with the arg named instead."""
+    error, registrations = failure(
+        lambda: EndpointPicker("p", {**picker_args("pool", "a"), "selector": selector})
+    )
+    (problem,) = error.problems
+    assert problem.path == "selector" and problem.message.startswith(message)
+    assert registrations == []
