@@ -17,12 +17,13 @@ from __future__ import annotations
 from typing import Annotated, Literal, TypeVar
 
 import pulumi
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
 from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.errors import KeyProblem
 from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
 from pulumi_llmd.config.inputs import field_of
 from pulumi_llmd.config.models import (
@@ -248,6 +249,28 @@ class InferenceGatewayInputs(ConfigModel):
         "did not mark (it failed open) to the first model's pool.",
     )
 
+    @model_validator(mode="after")
+    def _one_rule_per_model_and_pool(self) -> InferenceGatewayInputs:
+        # A second rule matching the same base model would never be used (Gateway API gives the
+        # earlier rule precedence), and a second route to one pool would register its provider
+        # objects (Istio's DestinationRule, GKE's policies) twice under one URN.
+        models: dict[str, int] = {}
+        pools: dict[str, int] = {}
+        for index, route in enumerate(self.model_routes):
+            if route.model in models:
+                raise KeyProblem(
+                    f"modelRoutes[{index}].model",
+                    f"{route.model!r} is also modelRoutes[{models[route.model]}].model: one rule per model",
+                )
+            if route.pool_name in pools:
+                raise KeyProblem(
+                    f"modelRoutes[{index}].poolName",
+                    f"{route.pool_name!r} is also modelRoutes[{pools[route.pool_name]}].poolName: one "
+                    "route per pool",
+                )
+            models[route.model], pools[route.pool_name] = index, index
+        return self
+
     @property
     def gateway_name(self) -> str:
         return naming.gateway_name(self.instance)
@@ -389,6 +412,27 @@ class BodyRouterArgs(ConfigModel):
     network_policy: NetworkPolicyConfig | None = Field(
         default=None, description="The networkPolicy section when policies are on (None: no policy)."
     )
+
+    @model_validator(mode="after")
+    def _a_table_the_router_loads(self) -> BodyRouterArgs:
+        # The router refuses these tables at startup (bbr/table.py RoutingTable), so its pods would
+        # crash-loop; refuse them here, naming the entry (the stack's rules keep its own tables valid).
+        owners: dict[str, int] = {}
+        for index, routed in enumerate(self.models):
+            if routed.model not in routed.names:
+                raise KeyProblem(
+                    f"models[{index}].names", f"must include the model itself ({routed.model!r})"
+                )
+            for position, name in enumerate(routed.names):
+                if name != name.strip():
+                    raise KeyProblem(f"models[{index}].names[{position}]", f"{name!r} has surrounding spaces")
+                if name in owners and owners[name] != index:
+                    raise KeyProblem(
+                        f"models[{index}].names[{position}]",
+                        f"{name!r} is also a name of models[{owners[name]}]: a name routes to one model",
+                    )
+                owners[name] = index
+        return self
 
     @property
     def name(self) -> str:

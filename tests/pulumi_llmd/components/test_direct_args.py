@@ -89,3 +89,71 @@ def test_a_dict_and_the_model_build_the_same_objects() -> None:
     assert sorted((r.name, str(r.inputs)) for r in from_dict) == sorted(
         (r.name, str(r.inputs)) for r in from_model
     )
+
+
+ROUTE_A = {"model": "a", "pool_name": "pa", "epp_secure_serving": True}
+
+
+@pytest.mark.parametrize(
+    ("routes", "path", "message"),
+    [
+        (
+            [ROUTE_A, {**ROUTE_A, "model": "b"}],
+            "modelRoutes[1].poolName",
+            "'pa' is also modelRoutes[0].poolName: one route per pool",
+        ),
+        (
+            [ROUTE_A, {**ROUTE_A, "pool_name": "pb"}],
+            "modelRoutes[1].model",
+            "'a' is also modelRoutes[0].model: one rule per model",
+        ),
+    ],
+)
+def test_a_gateways_model_routes_are_one_per_model_and_pool(
+    routes: list[dict[str, Any]], path: str, message: str
+) -> None:
+    """Two routes to one pool registered Istio's DestinationRule for it twice (one URN); two rules for
+    one model left the second unreachable."""
+    from pulumi_llmd.components.gateway import InferenceGateway
+
+    args = {"instance": "t", "namespace": "n", "pool_name": "pa", "provider": "istio", "model_routes": routes}
+    error, registrations = outcome(lambda: InferenceGateway("g", args))  # type: ignore[arg-type]
+    assert isinstance(error, ConfigError)
+    assert [(p.path, p.message) for p in error.problems] == [(path, message)]
+    assert registrations == []
+
+
+@pytest.mark.parametrize(
+    ("models", "path", "message"),
+    [
+        (
+            [
+                {"model": "a", "names": ["a"], "pool_name": "pa"},
+                {"model": "b", "names": ["c"], "pool_name": "pb"},
+            ],
+            "models[1].names",
+            "must include the model itself ('b')",
+        ),
+        (
+            [
+                {"model": "a", "names": ["a", "x"], "pool_name": "pa"},
+                {"model": "b", "names": ["b", "x"], "pool_name": "pb"},
+            ],
+            "models[1].names[1]",
+            "'x' is also a name of models[0]: a name routes to one model",
+        ),
+    ],
+)
+def test_a_body_router_table_is_one_the_router_loads(
+    models: list[dict[str, Any]], path: str, message: str
+) -> None:
+    """The router refuses such a table at startup (bbr/table.py), crash-looping its pods."""
+    from bbr.table import RoutingTable, TableError
+
+    args = {"instance": "t", "namespace": "n", "provider": "istio", "models": models}
+    error, registrations = outcome(lambda: BodyRouter("b", args))
+    assert isinstance(error, ConfigError)
+    assert [(p.path, p.message) for p in error.problems] == [(path, message)]
+    assert registrations == []
+    with pytest.raises(TableError):  # the router's own verdict on the same table
+        RoutingTable.from_document({"models": [{"model": m["model"], "names": m["names"]} for m in models]})
