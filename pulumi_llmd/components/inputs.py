@@ -127,6 +127,38 @@ class EndpointPickerInputs(ConfigModel):
         "Hub (settings.prefixCache precise with tokenizer hub); unset passes no token.",
     )
 
+    @model_validator(mode="after")
+    def _objects_the_pool_can_hold(self) -> EndpointPickerInputs:
+        # The stack's rules check these for its own args (rules._unique_name_problems,
+        # _rewrite_problems); a program building the picker itself gets the same checks. Two objectives
+        # of one name are one InferenceObjective registered twice (one URN, one object); a rewrite to
+        # a name the pool does not serve sends those requests to a model no pod has.
+        objectives: dict[str, int] = {}
+        for index, objective in enumerate(self.objectives):
+            if objective.name in objectives:
+                raise KeyProblem(
+                    f"objectives[{index}].name",
+                    f"{objective.name!r} is also objectives[{objectives[objective.name]}].name: "
+                    "InferenceObjective names are unique in the namespace",
+                )
+            objectives[objective.name] = index
+        rewritten: dict[str, int] = {}
+        for index, rewrite in enumerate(self.rewrites):
+            if rewrite.model in rewritten:
+                raise KeyProblem(
+                    f"rewrites[{index}].model",
+                    f"{rewrite.model!r} is also rewrites[{rewritten[rewrite.model]}].model: one rule per "
+                    "name",
+                )
+            rewritten[rewrite.model] = index
+            for position, target in enumerate(rewrite.targets):
+                if target.model not in self.served_models:
+                    raise KeyProblem(
+                        f"rewrites[{index}].targets[{position}].model",
+                        f"{target.model!r} is not one of servedModels ({', '.join(self.served_models)})",
+                    )
+        return self
+
     @property
     def epp_name(self) -> str:
         return naming.epp_name(self.pool_name)

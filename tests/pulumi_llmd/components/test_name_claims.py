@@ -262,3 +262,34 @@ def test_an_endpoint_picker_selector_is_label_syntax(selector: dict[str, str], m
     (problem,) = error.problems
     assert problem.path == "selector" and problem.message.startswith(message)
     assert registrations == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "path", "message"),
+    [
+        (
+            {"objectives": [{"name": "x"}, {"name": "x", "priority": 2}]},
+            "objectives[1].name",
+            "'x' is also objectives[0].name: InferenceObjective names are unique in the namespace",
+        ),
+        (
+            {"rewrites": [{"model": "r", "targets": [{"model": "nope", "weight": 1}]}]},
+            "rewrites[0].targets[0].model",
+            "'nope' is not one of servedModels (m)",
+        ),
+        (
+            {"rewrites": [{"model": "r", "targets": [{"model": "m", "weight": 1}]}] * 2},
+            "rewrites[1].model",
+            "'r' is also rewrites[0].model: one rule per name",
+        ),
+    ],
+)
+def test_an_endpoint_pickers_objectives_and_rewrites_are_checked(
+    extra: dict[str, Any], path: str, message: str
+) -> None:
+    """What the stack's rules check for its own pickers holds for a picker a program builds: two
+    objectives of one name were one InferenceObjective registered twice (one URN)."""
+    args = {**picker_args("pool", "a"), "served_models": ["m"], **extra}
+    error, registrations = failure(lambda: EndpointPicker("p", args))  # type: ignore[arg-type]
+    assert [(p.path, p.message) for p in error.problems] == [(path, message)]
+    assert registrations == []
