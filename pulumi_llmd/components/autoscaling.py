@@ -17,6 +17,7 @@ them with the rules of :func:`prometheus_adapter_rules`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from pulumi_llmd.components.inputs import PoolAutoscalingArgs
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.promql import ROLE_LABEL, STACK_LABEL, Component, Scope, picks_selector
+from pulumi_llmd.config.inputs import model_args
 from pulumi_llmd.config.observability import AutoscalingMode, RoleAutoscalingConfig, ScalingSignal
 
 Autoscaling = PoolAutoscalingArgs
@@ -204,9 +206,12 @@ class PoolAutoscaling(pulumi.ComponentResource):
     """
 
     def __init__(
-        self, name: str, args: PoolAutoscalingArgs, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        args: PoolAutoscalingArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        manifests = autoscaler_manifests(model_args(PoolAutoscalingArgs, args, component="PoolAutoscaling"))
         super().__init__("llmd:index:PoolAutoscaling", name, None, opts)
-        manifests = autoscaler_manifests(args)
         self.objects = [register(manifest, child_options(self, opts)) for manifest in manifests]
         self.register_outputs({"objects": [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]})

@@ -29,6 +29,7 @@ the first model's pool (whose EPP answers 404 for other models' names).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
@@ -39,6 +40,7 @@ from pulumi_llmd.components.inputs import BodyRouterArgs
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.netpol import gateway_pods
 from pulumi_llmd.config.gateways import GatewayProvider
+from pulumi_llmd.config.inputs import model_args
 from pulumi_llmd.config.models import FailureMode
 
 CONFIG_DIR = "/config"
@@ -402,8 +404,25 @@ def network_policy_manifest(router: Router) -> dict[str, Any] | None:
     }
 
 
+def disruption_budget_manifest(router: Router) -> dict[str, Any] | None:
+    """Voluntary evictions (node drains, cluster upgrades) take one router replica at a time, as the
+    EPP's budget does for its replicas (picker.disruption_budget_manifest): every request of a
+    multi-model stack passes the router, and with failureMode FailClose (the default) a drain that
+    evicted all replicas at once would fail them all. One replica has nothing to keep: no budget."""
+    if router.settings.replicas < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(router),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": router_selector(router)}},
+    }
+
+
 def body_router_manifests(router: Router) -> list[dict[str, Any]]:
     manifests = [config_map_manifest(router), deployment_manifest(router), service_manifest(router)]
+    if (budget := disruption_budget_manifest(router)) is not None:
+        manifests.append(budget)
     manifests += attachment_manifests(router)
     if (policy := network_policy_manifest(router)) is not None:
         manifests.append(policy)
@@ -412,8 +431,8 @@ def body_router_manifests(router: Router) -> list[dict[str, Any]]:
 
 class BodyRouter(pulumi.ComponentResource):
     """The body router of a multi-model stack (``<instance>-body-router``): its routing table
-    (ConfigMap), Deployment and Service, the provider's objects that make the Gateway call it before
-    routing, and its NetworkPolicy.
+    (ConfigMap), Deployment and Service (with a PodDisruptionBudget at 2+ replicas), the provider's
+    objects that make the Gateway call it before routing, and its NetworkPolicy.
 
     Args (:class:`~pulumi_llmd.components.inputs.BodyRouterArgs`, Python only): ``instance``,
     ``namespace``, the ``provider`` (istio, gke or agentgateway), the routing table ``models`` (each
@@ -421,12 +440,18 @@ class BodyRouter(pulumi.ComponentResource):
     ``networkPolicy`` section when policies are on. Provider and ``depends_on`` come through ``opts``.
     """
 
-    def __init__(self, name: str, args: BodyRouterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: BodyRouterArgs | Mapping[str, Any], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        args = model_args(BodyRouterArgs, args, component="BodyRouter")
+        body_router_manifests(args)  # every manifest builds (or refuses) before anything registers
         super().__init__("llmd:index:BodyRouter", name, None, opts)
         child = child_options(self, opts)
         config = register(config_map_manifest(args), child)
         self.deployment = register(deployment_manifest(args), child_options(self, opts, config))
         self.service = register(service_manifest(args), child)
+        if (budget := disruption_budget_manifest(args)) is not None:
+            register(budget, child)
         # The Gateway starts calling the router once these exist: after its Service.
         self.attachments = [
             register(manifest, child_options(self, opts, self.service))

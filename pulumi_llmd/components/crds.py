@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components.args import ClusterCrdsArgs
+from pulumi_llmd.components.claims import Claim, claim
 from pulumi_llmd.components.inputs import ClusterCrdsInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options
 from pulumi_llmd.config.inputs import validate_args
@@ -46,6 +47,15 @@ def retain_children(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransf
     )
 
 
+# The arg that asks for each install (by its name without the version).
+_INSTALL_KEYS = {
+    "gateway-api": "gatewayApiVersion",
+    "inference-extension": "inferenceExtensionVersion",
+    "llm-d-router": "llmdRouterVersion",
+    "leaderworkerset": "leaderWorkerSet",
+}
+
+
 def crd_installs(crds: ClusterCrdsInputs) -> dict[str, str]:
     """Install name -> release-asset URL, in install order."""
     installs: dict[str, str] = {}
@@ -78,8 +88,19 @@ class ClusterCrds(pulumi.ComponentResource):
         ``lws_version`` and ``leader_worker_set``. The Kubernetes provider comes through ``opts``.
         """
         crds = validate_args(ClusterCrdsInputs, args, component="ClusterCrds")
-        super().__init__("llmd:index:ClusterCrds", name, None, opts)
         installs = crd_installs(crds)
+        why = "CRDs are cluster-wide and each install is named by its release; install them once"
+        claim(
+            self,
+            "llmd:index:ClusterCrds",
+            name,
+            opts,
+            [
+                Claim(_INSTALL_KEYS[install.rsplit("-", 1)[0]], "CRD install", install, why)
+                for install in installs
+            ],
+        )
+        super().__init__("llmd:index:ClusterCrds", name, None, opts)
         retained = pulumi.ResourceOptions(retain_on_delete=True, transforms=[retain_children])
         self.install_resources: list[pulumi.Resource] = [
             k8s.yaml.v2.ConfigFile(

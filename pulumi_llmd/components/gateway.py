@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import GatewayControlPlaneArgs, InferenceGatewayArgs
+from pulumi_llmd.components.claims import Claim, claim
 from pulumi_llmd.components.inputs import GatewayControlPlaneInputs, InferenceGatewayInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.config.errors import ConfigError, Problem
@@ -118,6 +119,27 @@ class GatewayControlPlane(pulumi.ComponentResource):
         """
         plane = validate_args(GatewayControlPlaneInputs, args, component="GatewayControlPlane")
         charts = control_plane_charts(plane)
+        claim(
+            self,
+            "llmd:index:GatewayControlPlane",
+            name,
+            opts,
+            [
+                Claim(
+                    "provider",
+                    "control plane",
+                    plane.provider.value,
+                    "its charts are named by provider, and one control plane serves every Gateway of its "
+                    "class; install it once",
+                ),
+                Claim(
+                    "namespace",
+                    "namespace",
+                    str(plane.effective_namespace),
+                    "the control plane creates (and owns) its namespace",
+                ),
+            ],
+        )
         super().__init__("llmd:index:GatewayControlPlane", name, None, opts)
         if plane.provider is GatewayProvider.KGATEWAY:
             pulumi.log.warn(kgateway_upstream_notice(), resource=self)
@@ -349,6 +371,22 @@ class InferenceGateway(pulumi.ComponentResource):
         GatewayClass's controller, the CRDs, the InferencePool) is passed on to every object.
         """
         gateway = validate_args(InferenceGatewayInputs, args, component="InferenceGateway")
+        why = "the Gateway's name `<instance>-gateway` (and so its URN) derives from it"
+        claims = [Claim("instance", "Gateway", gateway.gateway_name, why)]
+        # The HTTPRoute is named after pool_name and each provider policy after its pool or EPP.
+        claims.append(
+            Claim("poolName", "route", gateway.pool_name, "the HTTPRoute is named after it (and so its URN)")
+        )
+        claims += [
+            Claim(
+                f"modelRoutes[{index}].poolName",
+                "pool backend",
+                route.pool_name,
+                "the provider's objects for the pool are named after it",
+            )
+            for index, route in enumerate(gateway.model_routes)
+        ]
+        claim(self, "llmd:index:InferenceGateway", name, opts, claims)
         super().__init__("llmd:index:InferenceGateway", name, None, opts)
         child = child_options(self, opts)
         registered = [register(manifest, child) for manifest in gateway_manifests(gateway)]

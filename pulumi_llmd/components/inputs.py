@@ -17,12 +17,13 @@ from __future__ import annotations
 from typing import Annotated, Literal, TypeVar
 
 import pulumi
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
 from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.errors import KeyProblem
 from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
 from pulumi_llmd.config.inputs import field_of
 from pulumi_llmd.config.models import (
@@ -44,6 +45,7 @@ from pulumi_llmd.config.models import (
     PoolConfig,
     SidecarConfig,
 )
+from pulumi_llmd.config.nodes import validate_labels
 from pulumi_llmd.config.observability import AutoscalingConfig, MonitoringConfig, TracingConfig
 from pulumi_llmd.config.precise import PrefixCacheMode
 
@@ -91,6 +93,9 @@ class EndpointPickerInputs(ConfigModel):
         min_length=1,
         description="Labels of the model-server pods the InferencePool selects (its `matchLabels`).",
     )
+    # The InferencePool's matchLabels: the API server refuses bad label syntax when the pool is created,
+    # after the EPP's objects already exist.
+    _selector = field_validator("selector")(validate_labels)
     disaggregated: bool = Field(
         description="Prefill/decode disaggregation: the generated EndpointPickerConfig has P/D profiles."
     )
@@ -121,6 +126,38 @@ class EndpointPickerInputs(ConfigModel):
         description="Secret (key `HF_TOKEN`) the EPP reads to download a gated model's tokenizer from the "
         "Hub (settings.prefixCache precise with tokenizer hub); unset passes no token.",
     )
+
+    @model_validator(mode="after")
+    def _objects_the_pool_can_hold(self) -> EndpointPickerInputs:
+        # The stack's rules check these for its own args (rules._unique_name_problems,
+        # _rewrite_problems); a program building the picker itself gets the same checks. Two objectives
+        # of one name are one InferenceObjective registered twice (one URN, one object); a rewrite to
+        # a name the pool does not serve sends those requests to a model no pod has.
+        objectives: dict[str, int] = {}
+        for index, objective in enumerate(self.objectives):
+            if objective.name in objectives:
+                raise KeyProblem(
+                    f"objectives[{index}].name",
+                    f"{objective.name!r} is also objectives[{objectives[objective.name]}].name: "
+                    "InferenceObjective names are unique in the namespace",
+                )
+            objectives[objective.name] = index
+        rewritten: dict[str, int] = {}
+        for index, rewrite in enumerate(self.rewrites):
+            if rewrite.model in rewritten:
+                raise KeyProblem(
+                    f"rewrites[{index}].model",
+                    f"{rewrite.model!r} is also rewrites[{rewritten[rewrite.model]}].model: one rule per "
+                    "name",
+                )
+            rewritten[rewrite.model] = index
+            for position, target in enumerate(rewrite.targets):
+                if target.model not in self.served_models:
+                    raise KeyProblem(
+                        f"rewrites[{index}].targets[{position}].model",
+                        f"{target.model!r} is not one of servedModels ({', '.join(self.served_models)})",
+                    )
+        return self
 
     @property
     def epp_name(self) -> str:
@@ -207,7 +244,9 @@ class ModelRoute(ConfigModel):
         description=f"The base model name the body router puts in `{naming.BASE_MODEL_HEADER}` for every "
         "name this model serves (the value the route rule matches).",
     )
-    pool_name: DnsLabel = Field(description="The model's InferencePool.")
+    # Instance, not DnsLabel: the route and the provider's objects name the pool's EPP Service
+    # `<poolName>-epp` (EndpointPicker's names), which must stay a 63-character DNS label.
+    pool_name: Instance = Field(description="The model's InferencePool.")
     epp_secure_serving: Annotated[bool, field_of(EppConfig, "secure_serving")]
 
 
@@ -219,7 +258,7 @@ class InferenceGatewayInputs(ConfigModel):
         "`app.kubernetes.io/instance: <instance>`."
     )
     namespace: DnsLabel = Field(description="Namespace of the Gateway, the HTTPRoute and the pool.")
-    pool_name: DnsLabel = Field(
+    pool_name: Instance = Field(  # as ModelRoute.pool_name: its EPP Service is `<poolName>-epp`
         description="The InferencePool the route sends every request to when modelRoutes is empty; the "
         "route's name too."
     )
@@ -241,6 +280,28 @@ class InferenceGatewayInputs(ConfigModel):
         description="With modelRoutes, a last rule without a header match sends requests the body router "
         "did not mark (it failed open) to the first model's pool.",
     )
+
+    @model_validator(mode="after")
+    def _one_rule_per_model_and_pool(self) -> InferenceGatewayInputs:
+        # A second rule matching the same base model would never be used (Gateway API gives the
+        # earlier rule precedence), and a second route to one pool would register its provider
+        # objects (Istio's DestinationRule, GKE's policies) twice under one URN.
+        models: dict[str, int] = {}
+        pools: dict[str, int] = {}
+        for index, route in enumerate(self.model_routes):
+            if route.model in models:
+                raise KeyProblem(
+                    f"modelRoutes[{index}].model",
+                    f"{route.model!r} is also modelRoutes[{models[route.model]}].model: one rule per model",
+                )
+            if route.pool_name in pools:
+                raise KeyProblem(
+                    f"modelRoutes[{index}].poolName",
+                    f"{route.pool_name!r} is also modelRoutes[{pools[route.pool_name]}].poolName: one "
+                    "route per pool",
+                )
+            models[route.model], pools[route.pool_name] = index, index
+        return self
 
     @property
     def gateway_name(self) -> str:
@@ -344,6 +405,14 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
     )
     gateway_provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
     prefix_cache: Annotated[PrefixCacheMode, field_of(EppConfig, "prefix_cache")]
+    implementation: Annotated[EppImplementation, field_of(EppConfig, "implementation")]
+
+    @property
+    def sidecar_metrics(self) -> bool:
+        """P/D decode pods serve the sidecar's own metrics (`llmd_sidecar_*` on `sidecar-metrics`, 9090):
+        only this project's sidecar does; llm-d's (implementation upstream) declares no such port
+        (modelserver.sidecar_container), so nothing may scrape it or be let in to it."""
+        return self.disaggregated and self.implementation is EppImplementation.BUNDLED
 
     @property
     def roles(self) -> list[Role]:
@@ -376,6 +445,27 @@ class BodyRouterArgs(ConfigModel):
         default=None, description="The networkPolicy section when policies are on (None: no policy)."
     )
 
+    @model_validator(mode="after")
+    def _a_table_the_router_loads(self) -> BodyRouterArgs:
+        # The router refuses these tables at startup (bbr/table.py RoutingTable), so its pods would
+        # crash-loop; refuse them here, naming the entry (the stack's rules keep its own tables valid).
+        owners: dict[str, int] = {}
+        for index, routed in enumerate(self.models):
+            if routed.model not in routed.names:
+                raise KeyProblem(
+                    f"models[{index}].names", f"must include the model itself ({routed.model!r})"
+                )
+            for position, name in enumerate(routed.names):
+                if name != name.strip():
+                    raise KeyProblem(f"models[{index}].names[{position}]", f"{name!r} has surrounding spaces")
+                if name in owners and owners[name] != index:
+                    raise KeyProblem(
+                        f"models[{index}].names[{position}]",
+                        f"{name!r} is also a name of models[{owners[name]}]: a name routes to one model",
+                    )
+                owners[name] = index
+        return self
+
     @property
     def name(self) -> str:
         return naming.body_router_name(self.instance)
@@ -405,7 +495,7 @@ class InferenceMonitoringArgs(ConfigModel):
 
     instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
     namespace: DnsLabel = Field(description="Namespace of the stack.")
-    pool_name: DnsLabel = Field(description="The InferencePool (its EPP is `<poolName>-epp`).")
+    pool_name: Instance = Field(description="The InferencePool (its EPP is `<poolName>-epp`).")
     disaggregated: bool = Field(description="Prefill and decode pools with the P/D sidecar.")
     gateway_class: Annotated[str, field_of(GatewayConfig, "class_name")]
     settings: MonitoringConfig = Field(
@@ -424,6 +514,14 @@ class InferenceMonitoringArgs(ConfigModel):
         description="Render the body router's PodMonitor (`<gatewayInstance>-body-router`; one model of a "
         "multi-model stack).",
     )
+    implementation: Annotated[EppImplementation, field_of(EppConfig, "implementation")]
+
+    @property
+    def sidecar_metrics(self) -> bool:
+        """P/D decode pods serve the sidecar's own metrics (`llmd_sidecar_*` on `sidecar-metrics`, 9090):
+        only this project's sidecar does; llm-d's (implementation upstream) declares no such port
+        (modelserver.sidecar_container), so nothing may scrape it or be let in to it."""
+        return self.disaggregated and self.implementation is EppImplementation.BUNDLED
 
     @property
     def roles(self) -> list[Role]:

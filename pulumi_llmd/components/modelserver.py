@@ -23,6 +23,7 @@ import pulumi
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import ModelServerPoolArgs
+from pulumi_llmd.components.claims import Claim, claim
 from pulumi_llmd.components.inputs import ModelServerPoolInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.naming import Role
@@ -552,6 +553,8 @@ class ModelServerPool(pulumi.ComponentResource):
             problems := pool_env_problems(spec.pool.env, env_key="pool.env", mode_key="prefixCache")
         ):
             raise ConfigError(problems, subject="ModelServerPool args")
+        why = "the workload's name `<instance>-<role>` (and so its URN) derives from it"
+        claim(self, "llmd:index:ModelServerPool", name, opts, [Claim("instance", "workload", spec.name, why)])
         super().__init__("llmd:index:ModelServerPool", name, None, opts)
         manifest = pool_manifest(spec)
         child = child_options(self, opts)

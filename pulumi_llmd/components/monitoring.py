@@ -12,7 +12,7 @@ pods) gets no gateway monitor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from pulumi_llmd.components.promql import (
     Scope,
     recording_rules,
 )
+from pulumi_llmd.config.inputs import model_args
 
 MONITORING_API = "monitoring.coreos.com/v1"
 
@@ -231,7 +232,7 @@ def body_router_monitor(monitoring: Monitoring) -> dict[str, Any]:
 def monitor_manifests(monitoring: Monitoring) -> list[dict[str, Any]]:
     monitors = [epp_monitor(monitoring)]
     monitors += [model_server_monitor(monitoring, role) for role in monitoring.roles]
-    if monitoring.disaggregated:
+    if monitoring.sidecar_metrics:
         monitors.append(sidecar_monitor(monitoring))
     if (gateway := gateway_monitor(monitoring)) is not None:
         monitors.append(gateway)
@@ -345,7 +346,9 @@ def alert_rules(monitoring: Monitoring) -> list[dict[str, Any]]:
                 scope=scope,
             )
         )
-    if monitoring.disaggregated:
+    # llm-d's sidecar (implementation upstream) exports no llmd_sidecar_* series: an alert on them
+    # would never fire, looking like a healthy P/D path.
+    if monitoring.sidecar_metrics:
         rules.append(
             _alert(
                 "LlmdPdPrefillFallbacks",
@@ -368,7 +371,7 @@ def rule_groups(monitoring: Monitoring) -> list[dict[str, Any]]:
     scope = scope_of(monitoring)
     records = recording_rules(
         scope,
-        disaggregated=monitoring.disaggregated,
+        sidecar_metrics=monitoring.sidecar_metrics,
         ttft_threshold=monitoring.settings.ttft_slo.threshold_seconds,
     )
     return [
@@ -413,9 +416,14 @@ class InferenceMonitoring(pulumi.ComponentResource):
     """
 
     def __init__(
-        self, name: str, args: InferenceMonitoringArgs, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        args: InferenceMonitoringArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        manifests = monitoring_manifests(
+            model_args(InferenceMonitoringArgs, args, component="InferenceMonitoring")
+        )
         super().__init__("llmd:index:InferenceMonitoring", name, None, opts)
-        manifests = monitoring_manifests(args)
         self.objects = [register(manifest, child_options(self, opts)) for manifest in manifests]
         self.register_outputs({"objects": [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]})

@@ -9,6 +9,7 @@ Egress is left open (model downloads, DNS); these policies only restrict ingress
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
@@ -21,6 +22,7 @@ from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.picker import epp_selector
 from pulumi_llmd.config.errors import ConfigError, Problem
 from pulumi_llmd.config.gateways import GatewayProvider, pins
+from pulumi_llmd.config.inputs import model_args
 from pulumi_llmd.config.precise import PrefixCacheMode
 
 Policies = InferenceNetworkPoliciesArgs
@@ -127,7 +129,7 @@ def model_server_policy(policies: Policies, role: Role) -> dict[str, Any]:
         rules.append({"from": [_pods(selector_labels(policies.instance, role))]})
     if metrics := _metrics_sources(policies):
         # Monitoring also reads the sidecar's own metrics port on P/D decode pods.
-        sidecar = (naming.SIDECAR_METRICS_PORT,) if behind_sidecar else ()
+        sidecar = (naming.SIDECAR_METRICS_PORT,) if behind_sidecar and policies.sidecar_metrics else ()
         rules.append({"from": metrics, "ports": _tcp(*scrape, *sidecar)})
     name = f"{naming.model_server_name(policies.instance, role)}-ingress"
     return _policy(policies, name, selector_labels(policies.instance, role), rules)
@@ -149,9 +151,13 @@ class InferenceNetworkPolicies(pulumi.ComponentResource):
     """
 
     def __init__(
-        self, name: str, args: InferenceNetworkPoliciesArgs, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        args: InferenceNetworkPoliciesArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        policies = model_args(InferenceNetworkPoliciesArgs, args, component="InferenceNetworkPolicies")
+        manifests = network_policy_manifests(policies)  # before registering: it may refuse the provider
         super().__init__("llmd:index:InferenceNetworkPolicies", name, None, opts)
-        manifests = network_policy_manifests(args)
         self.policies = [register(manifest, child_options(self, opts)) for manifest in manifests]
         self.register_outputs({"policies": [m["metadata"]["name"] for m in manifests]})

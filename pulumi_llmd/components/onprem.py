@@ -4,6 +4,7 @@ model-server pods attach to them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
@@ -13,6 +14,7 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.inputs import OnPremAcceleratorsArgs, RdmaNetworksArgs
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
+from pulumi_llmd.config.inputs import model_args
 from pulumi_llmd.config.models import (
     SHARED_RDMA_PREFIX,
     OnPremConfig,
@@ -230,8 +232,12 @@ class OnPremAccelerators(pulumi.ComponentResource):
     """
 
     def __init__(
-        self, name: str, args: OnPremAcceleratorsArgs, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        args: OnPremAcceleratorsArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        args = model_args(OnPremAcceleratorsArgs, args, component="OnPremAccelerators")
         super().__init__("llmd:index:OnPremAccelerators", name, None, opts)
         onprem = args.onprem
         self.operators: list[pulumi.Resource] = []
@@ -327,7 +333,13 @@ class RdmaNetworks(pulumi.ComponentResource):
     Multus, and the nv-ipam pools the networks' IPAM names.
     """
 
-    def __init__(self, name: str, args: RdmaNetworksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: RdmaNetworksArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        args = model_args(RdmaNetworksArgs, args, component="RdmaNetworks")
         super().__init__("llmd:index:RdmaNetworks", name, None, opts)
         child = child_options(self, opts)
         self.attachments = [register(network_attachment_manifest(args, a), child) for a in args.attachments]

@@ -12,6 +12,7 @@ import pulumi
 
 from pulumi_llmd.components import naming
 from pulumi_llmd.components.args import EndpointPickerArgs
+from pulumi_llmd.components.claims import Claim, claim
 from pulumi_llmd.components.inputs import EndpointPickerInputs, package_component
 from pulumi_llmd.components.k8sobjects import child_options, register
 from pulumi_llmd.components.pickerconfig import PreciseSettings, render_epp_config
@@ -526,6 +527,14 @@ class EndpointPicker(pulumi.ComponentResource):
                 "settings.config overrides the generated EndpointPickerConfig: with settings.prefixCache "
                 "precise it must configure the precise plugins itself (docs/precise-prefix.md)"
             )
+        why = "the pool's and the EPP's object names (and so their URNs) derive from it"
+        claim(
+            self,
+            "llmd:index:EndpointPicker",
+            name,
+            opts,
+            [Claim("poolName", "pool name", picker.pool_name, why)],
+        )
         super().__init__("llmd:index:EndpointPicker", name, None, opts)
         child = child_options(self, opts)
 

@@ -9,6 +9,7 @@ it into their pod template without knowing which platform produced it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,15 @@ from pydantic import Field, field_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.models import DnsLabel
+from pulumi_llmd.config.nodes import (
+    validate_annotation_keys,
+    validate_env,
+    validate_extended_resources,
+    validate_labels,
+)
+
+# A Linux capability as a container's securityContext names it (IPC_LOCK, SYS_RESOURCE ...).
+_CAPABILITY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class NetworkAttachment(ConfigModel):
@@ -42,6 +52,8 @@ class MultiNodeNetworking(ConfigModel):
     volume_mounts: list[dict[str, Any]] = Field(
         default_factory=list, description="Extra engine-container volume mounts."
     )
+
+    _env = field_validator("env")(validate_env)
 
 
 class PodNetworking(ConfigModel):
@@ -86,6 +98,21 @@ class PodNetworking(ConfigModel):
         default_factory=list,
         description="Multus networks to create in the stack's namespace for the pods to attach to.",
     )
+
+    # PodNetworking is an LlmdStack (and ModelServerPool) arg a program may write by hand: what the API
+    # server would refuse in the pod template is refused here, naming the key, before anything is made.
+    _labels = field_validator("node_selector")(validate_labels)
+    _annotations = field_validator("annotations")(validate_annotation_keys)
+    _resources = field_validator("resources")(validate_extended_resources)
+    _env = field_validator("env", "single_node_env")(validate_env)
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capability_names(cls, capabilities: list[str]) -> list[str]:
+        for name in capabilities:
+            if not _CAPABILITY.match(name):
+                raise ValueError(f"{name!r} is not a Linux capability name (upper case, e.g. IPC_LOCK)")
+        return capabilities
 
     @field_validator("nixl_backends", mode="before")
     @classmethod

@@ -77,8 +77,9 @@ class RecordingRule:
     expr: str
 
 
-def recording_rules(scope: Scope, *, disaggregated: bool, ttft_threshold: float) -> list[RecordingRule]:
-    """Per-pool sums the alerts and dashboards read, and the TTFT error ratios of the burn-rate alerts."""
+def recording_rules(scope: Scope, *, sidecar_metrics: bool, ttft_threshold: float) -> list[RecordingRule]:
+    """Per-pool sums the alerts and dashboards read, the TTFT error ratios of the burn-rate alerts and,
+    when P/D decode pods run this project's sidecar (``sidecar_metrics``), its fallback ratio."""
     servers = scope.select(Component.MODEL_SERVER)
     rules = [
         RecordingRule(
@@ -115,7 +116,7 @@ def recording_rules(scope: Scope, *, disaggregated: bool, ttft_threshold: float)
                 f"(rate(epp_time_to_first_token_seconds_count{{{epp}}}[{window}])))",
             )
         )
-    if disaggregated:
+    if sidecar_metrics:
         sidecars = scope.select(Component.SIDECAR)
         rules.append(
             RecordingRule(

@@ -34,10 +34,12 @@ from pulumi_llmd.components.args import (
 )
 from pulumi_llmd.components.autoscaling import PoolAutoscaling
 from pulumi_llmd.components.bodyrouter import BodyRouter
-from pulumi_llmd.components.crds import ClusterCrds
+from pulumi_llmd.components.claims import Claim, claim
+from pulumi_llmd.components.crds import ClusterCrds, crd_installs
 from pulumi_llmd.components.gateway import GatewayControlPlane, InferenceGateway
 from pulumi_llmd.components.inputs import (
     BodyRouterArgs,
+    ClusterCrdsInputs,
     InferenceMonitoringArgs,
     InferenceNetworkPoliciesArgs,
     LlmdStackInputs,
@@ -263,6 +265,7 @@ def network_policies_args(
         settings=stack.network_policy,
         gateway_provider=stack.gateway.provider,
         prefix_cache=model.epp.prefix_cache,
+        implementation=model.epp.implementation,
     )
 
 
@@ -301,6 +304,7 @@ def monitoring_args(stack: LlmdStackConfig, served: ServedModel | None = None) -
         gateway_instance=stack.name if model.multi else None,
         watch_gateway=model.key == first.key,
         watch_body_router=stack.multi_model and model.key == first.key,
+        implementation=model.epp.implementation,
     )
 
 
@@ -313,6 +317,48 @@ def autoscaling_args(stack: LlmdStackConfig, served: ServedModel | None = None) 
         workloads={role: naming.model_server_name(model.prefix, role) for role in serving_roles(model)},
         settings=stack.autoscaling,
     )
+
+
+def stack_claims(stack: LlmdStackConfig) -> list[Claim]:
+    """What a stack's child names derive from (see :mod:`.claims`): its name and each model's prefix
+    (`<prefix>-epp`, `<prefix>-decode` ...), its namespace (the Namespace object it owns), the CRD
+    installs (named by release) and the gateway control plane (its charts, named by provider)."""
+    why_name = "object names (and so URNs) derive from it; give each stack its own name"
+    claims = [Claim("name", "name prefix", stack.name, why_name)]
+    claims += [
+        Claim(served.model_key("id"), "name prefix", served.prefix, why_name)
+        for served in stack.served()
+        if served.multi
+    ]
+    claims.append(
+        Claim(
+            "namespace",
+            "namespace",
+            stack.namespace,
+            "each stack creates (and owns) its namespace; give each stack its own namespace",
+        )
+    )
+    if stack.crds.install:
+        claims += [
+            Claim(
+                "crds.install",
+                "CRD install",
+                install,
+                "CRDs are cluster-wide: let one stack install them and set crds.install: false on the others",
+            )
+            for install in crd_installs(ClusterCrdsInputs.model_validate(cluster_crds_args(stack)))
+        ]
+    if installs_gateway_control_plane(stack):
+        claims.append(
+            Claim(
+                "gateway.install",
+                "gateway control plane",
+                stack.gateway.provider.value,
+                "one control plane serves every Gateway of its class: let one stack install it and set "
+                "gateway.install: false on the others",
+            )
+        )
+    return claims
 
 
 def namespace_manifest(stack: LlmdStackConfig) -> dict[str, Any]:
@@ -380,6 +426,7 @@ class LlmdStack(pulumi.ComponentResource):
         :class:`ConfigError` naming every bad key.
         """
         stack, hf_token = parse_llmd_stack_args(args)
+        claim(self, "llmd:index:LlmdStack", name, opts, stack_claims(stack))
         super().__init__("llmd:index:LlmdStack", name, None, opts)
 
         namespace = register(namespace_manifest(stack), child_options(self, opts))

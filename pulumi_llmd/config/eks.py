@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.catalog.efa import EfaInstanceType, efa_instance_type
 from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.errors import KeyProblem
 from pulumi_llmd.config.nodes import NodeTaint, validate_labels
 
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]+$")
@@ -157,31 +158,36 @@ class EksNodeGroupConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _sizes_and_capacity(self) -> Self:
+        if self.min_size > self.max_size:
+            raise KeyProblem("minSize", f"({self.min_size}) exceeds maxSize ({self.max_size})")
         if not self.min_size <= self.desired_size <= self.max_size:
-            raise ValueError(
-                f"sizes must satisfy minSize <= desiredSize <= maxSize, got "
-                f"{self.min_size} / {self.desired_size} / {self.max_size}"
+            raise KeyProblem(
+                "desiredSize",
+                f"({self.desired_size}) must be between minSize ({self.min_size}) and maxSize "
+                f"({self.max_size})",
             )
         if self.capacity_type == "CAPACITY_BLOCK" and self.capacity_reservation_id is None:
-            raise ValueError("capacityType CAPACITY_BLOCK needs capacityReservationId")
+            raise KeyProblem("capacityReservationId", "is required with capacityType CAPACITY_BLOCK")
         if self.capacity_type == "CAPACITY_BLOCK" and self.placement_group:
             # Reported to fail with InsufficientInstanceCapacity: aws-parallelcluster PR #6311 refuses
             # the combination, terraform-aws-eks PR #3730 and eksctl #7949 drop it. The block's
             # instances are already placed together (EC2 user guide, Capacity Blocks for ML).
-            raise ValueError(
-                "placementGroup true cannot be combined with capacityType CAPACITY_BLOCK: a cluster "
+            raise KeyProblem(
+                "placementGroup",
+                "true cannot be combined with capacityType CAPACITY_BLOCK: a cluster "
                 "placement group on Capacity Block instances fails with InsufficientInstanceCapacity, "
-                "and the block's instances are already colocated; remove placementGroup"
+                "and the block's instances are already colocated; remove placementGroup",
             )
         if self.capacity_type == "SPOT" and self.capacity_reservation_id is not None:
-            raise ValueError(
-                "capacityType SPOT cannot use capacityReservationId "
-                "(Spot instances do not run in capacity reservations)"
+            raise KeyProblem(
+                "capacityReservationId",
+                "cannot be used with capacityType SPOT (Spot instances do not run in capacity reservations)",
             )
         efa = self.instance.efa_interfaces
         if self.efa_per_pod is not None and (self.efa_per_pod > efa or efa % self.efa_per_pod):
-            raise ValueError(
-                f"efaPerPod {self.efa_per_pod} must divide the {efa} EFA interfaces of {self.instance_type}"
+            raise KeyProblem(
+                "efaPerPod",
+                f"{self.efa_per_pod} must divide the {efa} EFA interfaces of {self.instance_type}",
             )
         return self
 
@@ -249,17 +255,19 @@ class EksConfig(ConfigModel):
     def _zone_and_vpc(self) -> Self:
         suffix = self.availability_zone[len(self.region) :]
         if not self.availability_zone.startswith(self.region) or not _AZ_SUFFIX.match(suffix):
-            raise ValueError(
-                f"availabilityZone '{self.availability_zone}' is not an availability zone of "
-                f"region '{self.region}' (e.g. {self.region}a)"
+            raise KeyProblem(
+                "availabilityZone",
+                f"'{self.availability_zone}' is not an availability zone of "
+                f"region '{self.region}' (e.g. {self.region}a)",
             )
         if self.cluster.create and len(set(self.cluster.subnet_ids)) < 2:
-            raise ValueError(
-                "cluster.subnetIds needs at least two subnets in different availability zones "
-                "to create a cluster (or set cluster.create: false to adopt one)"
+            raise KeyProblem(
+                "cluster.subnetIds",
+                "needs at least two subnets in different availability zones "
+                "to create a cluster (or set cluster.create: false to adopt one)",
             )
         if self.cluster.create and self.vpc_id is None:
-            raise ValueError(
-                "vpcId is required when cluster.create is true (the EFA security group lives in it)"
+            raise KeyProblem(
+                "vpcId", "is required when cluster.create is true (the EFA security group lives in it)"
             )
         return self

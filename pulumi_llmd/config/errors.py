@@ -31,6 +31,20 @@ class Problem:
         return f"{NAMESPACE}:{self.path} {self.message}"
 
 
+class KeyProblem(ValueError):
+    """Raised by a model validator about one key of the model (or of a section below it), not the
+    model as a whole: a cross-field rule such as "zone must be in region". Pydantic locates a model
+    validator's error at the model itself (``llmd:gke``), so without this the operator is told the
+    section and must guess the key; :func:`problems_from_validation_error` appends ``key`` (a
+    camelCase path relative to the model, e.g. ``nodePool.nodeLocations``) to the location, giving
+    ``llmd:gke.nodePool.nodeLocations``. ``message`` must state the offending value itself: the
+    model's whole input is not repeated after it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class ConfigError(ValueError):
     """The stack configuration (or a component's args) is invalid; raised before any resource is
     registered. ``subject`` names what was checked: the stack's ``llmd:`` keys by default, or e.g.
@@ -59,10 +73,15 @@ def format_path(loc: Iterable[int | str]) -> str:
 
 
 def problems_from_validation_error(error: ValidationError, root: type[BaseModel]) -> list[Problem]:
-    return [
-        Problem(format_path(_camel_loc(root, detail["loc"])), _describe(detail, root))
-        for detail in error.errors()
-    ]
+    problems = []
+    for detail in error.errors():
+        path = format_path(_camel_loc(root, detail["loc"]))
+        raised = (detail.get("ctx") or {}).get("error")
+        if isinstance(raised, KeyProblem):
+            problems.append(Problem(f"{path}.{raised.key}" if path else raised.key, str(raised)))
+        else:
+            problems.append(Problem(path, _describe(detail, root)))
+    return problems
 
 
 def _camel_loc(root: type[BaseModel], loc: Sequence[int | str]) -> list[int | str]:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.catalog.gke_machines import GkeMachineType, gke_machine_type
 from pulumi_llmd.config.base import ConfigModel
+from pulumi_llmd.config.errors import KeyProblem
 from pulumi_llmd.config.nodes import NodeTaint, validate_labels
 
 # Pinned at a commit of GoogleCloudPlatform/container-engine-accelerators (2026-05-06, gIB
@@ -97,9 +98,13 @@ class GkeClusterConfig(ConfigModel):
     @model_validator(mode="after")
     def _secondary_ranges_come_in_pairs(self) -> Self:
         if (self.cluster_secondary_range_name is None) != (self.services_secondary_range_name is None):
-            raise ValueError(
-                "clusterSecondaryRangeName and servicesSecondaryRangeName "
-                "must be given together (or neither, for GKE-managed ranges)"
+            given, missing = ("clusterSecondaryRangeName", "servicesSecondaryRangeName")
+            if self.cluster_secondary_range_name is None:
+                given, missing = missing, given
+            raise KeyProblem(
+                missing,
+                f"is required with {given}: the two must be given together "
+                "(or neither, for GKE-managed ranges)",
             )
         return self
 
@@ -187,7 +192,7 @@ class GkeAutoscalingConfig(ConfigModel):
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Self:
         if self.min_nodes > self.max_nodes:
-            raise ValueError(f"minNodes ({self.min_nodes}) exceeds maxNodes ({self.max_nodes})")
+            raise KeyProblem("minNodes", f"({self.min_nodes}) exceeds maxNodes ({self.max_nodes})")
         return self
 
 
@@ -289,33 +294,42 @@ class GkeNodePoolConfig(ConfigModel):
     @model_validator(mode="after")
     def _provisioning_rules(self) -> Self:
         if self.node_count is not None and self.autoscaling is not None:
-            raise ValueError("nodeCount and autoscaling are mutually exclusive")
+            raise KeyProblem("nodeCount", "and autoscaling are mutually exclusive (set one of them)")
         if self.reservation is not None and self.provisioning != "standard":
-            raise ValueError(
-                f"provisioning '{self.provisioning}' cannot consume a reservation: "
-                "remove reservation or use provisioning 'standard'"
+            raise KeyProblem(
+                "reservation",
+                f"cannot be consumed with provisioning '{self.provisioning}': "
+                "remove reservation or use provisioning 'standard'",
             )
         if self.provisioning == "flex-start":
             if self.autoscaling is None:
-                raise ValueError(
-                    "provisioning 'flex-start' needs autoscaling "
-                    "(flex-start pools scale from zero; a static nodeCount is not allowed)"
+                raise KeyProblem(
+                    "autoscaling",
+                    "is required with provisioning 'flex-start' "
+                    "(flex-start pools scale from zero; a static nodeCount is not allowed)",
                 )
             if self.auto_repair:
-                raise ValueError("provisioning 'flex-start' requires autoRepair false")
+                raise KeyProblem("autoRepair", "must be false with provisioning 'flex-start'")
         if self.queued_provisioning:
             if self.provisioning != "flex-start":
-                raise ValueError("queuedProvisioning requires provisioning 'flex-start'")
+                raise KeyProblem(
+                    "queuedProvisioning",
+                    f"requires provisioning 'flex-start' (provisioning is '{self.provisioning}')",
+                )
             if self.placement == "compact":
-                raise ValueError(
-                    "queuedProvisioning cannot be combined with placement 'compact'; use placement 'none'"
+                raise KeyProblem(
+                    "placement",
+                    "'compact' cannot be combined with queuedProvisioning; use placement 'none'",
                 )
         if self.placement_policy_name is not None and self.placement != "compact":
-            raise ValueError("placementPolicyName needs placement 'compact'")
+            raise KeyProblem(
+                "placementPolicyName", f"needs placement 'compact' (placement is '{self.placement}')"
+            )
         if self.placement == "compact" and self.node_locations is not None and len(self.node_locations) != 1:
-            raise ValueError(
-                f"placement 'compact' needs exactly one zone, but nodeLocations has "
-                f"{len(self.node_locations)}: {', '.join(self.node_locations)}"
+            raise KeyProblem(
+                "nodeLocations",
+                f"has {len(self.node_locations)} zones ({', '.join(self.node_locations)}), but "
+                "placement 'compact' needs exactly one",
             )
         return self
 
@@ -367,33 +381,37 @@ class GkeConfig(ConfigModel):
         if not self.rdma.enabled:
             return self
         if not machine.has_rdma:
-            raise ValueError(
-                f"nodePool.machineType '{machine.name}' has no RDMA NICs, so rdma cannot be used; "
-                "pick a3-ultragpu-8g or a4-highgpu-8g, or set rdma.enabled: false"
+            raise KeyProblem(
+                "nodePool.machineType",
+                f"'{machine.name}' has no RDMA NICs, so rdma cannot be used; "
+                "pick a3-ultragpu-8g or a4-highgpu-8g, or set rdma.enabled: false",
             )
         stray = [zone for zone in self.node_locations if zone != self.zone]
         if stray:
-            raise ValueError(
-                f"nodePool.nodeLocations {stray} are outside zone '{self.zone}': the RDMA VPC "
-                f"(network profile {self.rdma_network_profile_name}) is zonal"
+            raise KeyProblem(
+                "nodePool.nodeLocations",
+                f"{stray} are outside zone '{self.zone}': the RDMA VPC "
+                f"(network profile {self.rdma_network_profile_name}) is zonal",
             )
         rdma = self.rdma
         if rdma.subnet_prefix_length < rdma.network.prefixlen or (
             2 ** (rdma.subnet_prefix_length - rdma.network.prefixlen) < machine.rdma_nics
         ):
-            raise ValueError(
-                f"rdma.subnetRange {rdma.subnet_range} does not hold {machine.rdma_nics} "
-                f"/{rdma.subnet_prefix_length} subnets (one per RDMA NIC of {machine.name})"
+            raise KeyProblem(
+                "rdma.subnetRange",
+                f"{rdma.subnet_range} does not hold {machine.rdma_nics} "
+                f"/{rdma.subnet_prefix_length} subnets (one per RDMA NIC of {machine.name})",
             )
         if rdma.network.overlaps(self.gvnic.network):
-            raise ValueError(
-                f"rdma.subnetRange {rdma.subnet_range} overlaps gvnic.subnetCidr {self.gvnic.subnet_cidr}"
+            raise KeyProblem(
+                "rdma.subnetRange",
+                f"{rdma.subnet_range} overlaps gvnic.subnetCidr {self.gvnic.subnet_cidr}",
             )
         return self
 
     def _check_zone(self, zone: str, key: str) -> None:
         if not zone.startswith(self.region) or not _ZONE_SUFFIX.match(zone[len(self.region) :]):
-            raise ValueError(f"{key} '{zone}' is not a zone of region '{self.region}' (e.g. {self.region}-a)")
+            raise KeyProblem(key, f"'{zone}' is not a zone of region '{self.region}' (e.g. {self.region}-a)")
 
     @property
     def node_locations(self) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -26,6 +26,17 @@ def field_of(model: type[BaseModel], name: str) -> Any:
     model, as ``field: Annotated[<type>, field_of(GatewayConfig, "class_name")]``."""
     info: FieldInfo = model.model_fields[name]
     return copy.copy(info)
+
+
+def model_args(model: type[ModelT], args: ModelT | Mapping[str, Any], *, component: str) -> ModelT:
+    """The args of a Python-only component, which take their pydantic model: an instance as is, or a
+    mapping (snake_case or camelCase keys, as the package components take) validated into one. A dict
+    passed where the model was expected used to fail with an AttributeError from deep inside a manifest
+    builder, after the component had registered itself; now a bad one is a :class:`ConfigError` naming
+    each key, before anything is registered."""
+    if isinstance(args, model):
+        return args
+    return validate_args(model, cast(Mapping[str, Any], args), component=component)
 
 
 def validate_args(model: type[ModelT], args: Mapping[str, Any], *, component: str) -> ModelT:

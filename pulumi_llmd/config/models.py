@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
+from pulumi_llmd.config.errors import KeyProblem
 from pulumi_llmd.config.gateways import (
     KGATEWAY_ENVOY_CLASS,
     GatewayProvider,
@@ -650,7 +651,8 @@ class SaturationDetectorConfig(ConfigModel):
         wrong_for_type = utilization_only if self.type == "concurrency-detector" else concurrency_only
         wrong = [key for key, value in wrong_for_type.items() if value is not None]
         if wrong:
-            raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+            also = f" (nor does {', '.join(wrong[1:])})" if len(wrong) > 1 else ""
+            raise KeyProblem(wrong[0], f"does not apply to type {self.type}{also}")
         return self
 
     def parameters(self) -> dict[str, Any]:
@@ -693,15 +695,16 @@ class UsageLimitConfig(ConfigModel):
         if self.type == "static-usage-limit-policy":
             wrong = [key for key, value in holdback.items() if value is not None]
             if wrong:
-                raise ValueError(f"{', '.join(wrong)} does not apply to {self.type}")
+                also = f" (nor does {', '.join(wrong[1:])})" if len(wrong) > 1 else ""
+                raise KeyProblem(wrong[0], f"does not apply to type {self.type}{also}")
         else:
             if self.threshold is not None:
-                raise ValueError(f"threshold does not apply to {self.type}")
+                raise KeyProblem("threshold", f"does not apply to type {self.type}")
             if self.min_ceiling is None:
-                raise ValueError("minCeiling is required for priority-holdback-policy")
+                raise KeyProblem("minCeiling", "is required for priority-holdback-policy")
             if self.max_ceiling is not None and self.min_ceiling > self.max_ceiling:
-                raise ValueError(
-                    f"minCeiling ({self.min_ceiling}) must not exceed maxCeiling ({self.max_ceiling})"
+                raise KeyProblem(
+                    "minCeiling", f"({self.min_ceiling}) must not exceed maxCeiling ({self.max_ceiling})"
                 )
         return self
 
@@ -766,6 +769,21 @@ class EppFlowControlConfig(ConfigModel):
     usage_limit: UsageLimitConfig = Field(
         default_factory=UsageLimitConfig, description="The gate's ceiling per priority."
     )
+
+    @model_validator(mode="after")
+    def _one_band_per_priority(self) -> EppFlowControlConfig:
+        # The EPP refuses a config with two bands of one priority at startup (epp/flowcontrol/config.py:
+        # "duplicate priority"), so the pods would crash-loop while `pulumi up` waits for them.
+        seen: dict[int, int] = {}
+        for index, band in enumerate(self.priority_bands):
+            if band.priority in seen:
+                raise KeyProblem(
+                    f"priorityBands[{index}].priority",
+                    f"{band.priority} is also the priority of priorityBands[{seen[band.priority]}]: one band "
+                    "per priority",
+                )
+            seen[band.priority] = index
+        return self
 
 
 class EppImplementation(StrEnum):
@@ -1033,13 +1051,14 @@ class RdmaNetworkConfig(ConfigModel):
         try:
             network = ipaddress.IPv4Network(self.ipam_range)
         except ValueError as error:
-            raise ValueError(f"ipamRange {self.ipam_range!r} is not an IPv4 network ({error})") from None
+            raise KeyProblem("ipamRange", f"{self.ipam_range!r} is not an IPv4 network ({error})") from None
         usable = max(network.num_addresses - 2, 0)  # network and broadcast addresses
         if self.ips_per_node >= usable:
             # nv-ipam: perNodeBlockSize "must be less than amount of available IPs in the subnet".
-            raise ValueError(
-                f"ipsPerNode {self.ips_per_node} must be less than the {usable} usable addresses of "
-                f"ipamRange {self.ipam_range}"
+            raise KeyProblem(
+                "ipsPerNode",
+                f"{self.ips_per_node} must be less than the {usable} usable addresses of "
+                f"ipamRange {self.ipam_range}",
             )
         return self
 
@@ -1123,11 +1142,12 @@ class OnPremConfig(ConfigModel):
             and resource.startswith(SHARED_RDMA_PREFIX)
             and not self.rdma_interfaces
         ):
-            raise ValueError(
-                f"rdmaResource {resource!r} would be advertised by nothing: the NicClusterPolicy's RDMA "
+            raise KeyProblem(
+                "rdmaResource",
+                f"{resource!r} would be advertised by nothing: the NicClusterPolicy's RDMA "
                 "shared device plugin selects devices by the rdmaNetworks' master interfaces, and none "
                 "is set; add rdmaNetworks with a master, set rdmaResourceCount: 0, or set "
-                "nicClusterPolicy: false if you run the device plugin yourself"
+                "nicClusterPolicy: false if you run the device plugin yourself",
             )
         return self
 

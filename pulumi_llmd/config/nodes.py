@@ -76,6 +76,29 @@ def validate_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+def validate_annotation_keys(annotations: dict[str, str]) -> dict[str, str]:
+    """Annotation keys have the label keys' syntax (values are free text)."""
+    for key in annotations:
+        if not _QUALIFIED_NAME.match(key):
+            raise ValueError(f"annotation key '{key}' is not a Kubernetes qualified name")
+    return annotations
+
+
+# An extended resource count: the API server takes only whole numbers for them ("must be an integer").
+_WHOLE = re.compile(r"^[0-9]+$")
+
+
+def validate_extended_resources(resources: dict[str, str]) -> dict[str, str]:
+    """Extended resources (``rdma/ib``, ``vpc.amazonaws.com/efa`` ...): a domain-prefixed qualified name
+    and a whole count; the API server refuses anything else when the workload is created."""
+    for key, value in resources.items():
+        if "/" not in key or not _QUALIFIED_NAME.match(key):
+            raise ValueError(f"resource name '{key}' is not an extended resource name (<domain>/<name>)")
+        if not _WHOLE.match(value):
+            raise ValueError(f"resource '{key}' must be a whole count, e.g. \"1\", not {value!r}")
+    return resources
+
+
 # Kubernetes >= 1.32 (RelaxedEnvironmentVariableValidation): any printable ASCII but '='.
 _ENV_NAME = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
 

@@ -50,7 +50,39 @@ def cross_field_problems(config: StackConfig, *, has_hf_token: bool) -> list[Pro
         )
     problems += stack_problems(config, has_hf_token=has_hf_token, hf_token_hint=STACK_HF_TOKEN_HINT)
     problems += _kind_problems(config)
+    problems += _operator_namespace_problems(config)
     return _dedupe(problems)
+
+
+def _operator_namespace_problems(config: StackConfig) -> list[Problem]:
+    """The on-prem operators' namespaces are created (and owned) by their charts' component, as the
+    stack's and the gateway control plane's are by theirs: one namespace for two of them is two Pulumi
+    resources for one object (the second create fails, a delete removes the other's objects)."""
+    if config.platform is not PlatformName.ONPREM or config.onprem is None:
+        return []
+    owners = {config.namespace: "the stack (llmd:namespace)"}
+    gateway = config.gateway
+    if gateway.install and gateway.pins.control_plane_version is not None and gateway.effective_namespace:
+        owners.setdefault(
+            gateway.effective_namespace, f"the {gateway.provider.value} control plane (gateway.namespace)"
+        )
+    problems: list[Problem] = []
+    for key, chart in (
+        ("gpuOperator", config.onprem.gpu_operator),
+        ("networkOperator", config.onprem.network_operator),
+    ):
+        if not chart.install:
+            continue
+        if (owner := owners.get(chart.namespace)) is not None:
+            problems.append(
+                Problem(
+                    f"onprem.{key}.namespace",
+                    f"is {chart.namespace!r}, the namespace of {owner} too, and each creates and owns its "
+                    "namespace: give the operator its own (or set install: false and install it yourself)",
+                )
+            )
+        owners.setdefault(chart.namespace, f"the {key} (onprem.{key}.namespace)")
+    return problems
 
 
 def _platform_section_problems(config: StackConfig) -> list[Problem]:
@@ -377,6 +409,23 @@ def gateway_problems(config: LlmdStackConfig) -> list[Problem]:
                 "networkPolicy.enabled",
                 f"must be false with gateway provider {provider.value} (its proxies are Google's load "
                 "balancers, not pods the policies can select)",
+            )
+        )
+    control_plane_namespace = gateway.effective_namespace
+    if (
+        gateway.install
+        and pins.control_plane_version is not None
+        and control_plane_namespace == config.namespace
+    ):
+        # LlmdStack and GatewayControlPlane each register (and own) a Namespace object; two Pulumi
+        # resources for one namespace make `pulumi up` fail on the second create ("already exists"),
+        # and deleting either would delete the namespace under the other.
+        problems.append(
+            Problem(
+                "gateway.namespace" if gateway.namespace is not None else "namespace",
+                f"is {config.namespace!r} for both the stack and the {provider.value} control plane, which "
+                "each create their own namespace: use another one for either (or set gateway.install: "
+                "false and install the control plane yourself)",
             )
         )
     return problems

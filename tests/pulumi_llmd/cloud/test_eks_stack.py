@@ -208,7 +208,7 @@ def test_a_placement_group_on_a_capacity_block_is_refused_before_any_resource(tm
 
     (problem,) = refusal_before_any_resource("eks", edit, tmp_path).problems
     assert str(problem).startswith(
-        "llmd:eks.nodeGroup placementGroup true cannot be combined with capacityType CAPACITY_BLOCK"
+        "llmd:eks.nodeGroup.placementGroup true cannot be combined with capacityType CAPACITY_BLOCK"
     )
 
 

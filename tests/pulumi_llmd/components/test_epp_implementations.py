@@ -192,3 +192,57 @@ def test_bundled_epp_reloads_a_mounted_certificate_on_its_h2_transport() -> None
     parsed = epp_cli.build_parser().parse_args(container(result, "t-epp", "epp")["args"])
     assert (parsed.transport, parsed.secure_serving) == ("h2", True)
     assert str(parsed.cert_path) == "/etc/epp/tls" and parsed.enable_cert_reload
+
+
+def _pod_templates(result: RenderResult) -> list[dict[str, Any]]:
+    return [d["spec"]["template"] for d in result.manifests("Deployment")]
+
+
+def _declared_ports(template: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = template["spec"]
+    running = spec["containers"] + [
+        c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"
+    ]
+    return [port for c in running for port in c.get("ports", [])]
+
+
+def _selected(result: RenderResult, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [t for t in _pod_templates(result) if labels.items() <= t["metadata"]["labels"].items()]
+
+
+@pytest.mark.parametrize("implementation", ["bundled", "upstream"])
+def test_monitors_and_policies_name_only_ports_the_pods_have(implementation: str) -> None:
+    """llm-d's P/D sidecar declares no metrics port: with it, no PodMonitor may scrape the bundled
+    sidecar's `sidecar-metrics`, no alert may wait on its `llmd_sidecar_*` series (it would never fire),
+    and the monitoring namespace is not let in to 9090 on decode pods."""
+    result = render_config(
+        kind_config(
+            epp={"implementation": implementation},
+            monitoring={"enabled": True},
+            networkPolicy={"metricsNamespaceLabels": {"name": "monitoring"}},
+        )
+    )
+    checked = 0
+    for monitor in result.manifests("PodMonitor"):
+        for pods in _selected(result, monitor["spec"]["selector"]["matchLabels"]):
+            names = {port["name"] for port in _declared_ports(pods)}
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                assert endpoint["port"] in names, (monitor["metadata"]["name"], endpoint["port"])
+                checked += 1
+    for policy in result.manifests("NetworkPolicy"):
+        for pods in _selected(result, policy["spec"]["podSelector"]["matchLabels"]):
+            numbers = {port["containerPort"] for port in _declared_ports(pods)}
+            for rule in policy["spec"]["ingress"]:
+                for port in rule.get("ports", []):
+                    assert port["port"] in numbers, (policy["metadata"]["name"], port["port"])
+                    checked += 1
+    assert checked > 10
+    sidecar_monitors = [
+        m for m in result.manifests("PodMonitor") if m["metadata"]["name"] == "t-decode-sidecar"
+    ]
+    (rule,) = result.manifests("PrometheusRule")
+    rules_text = yaml.safe_dump(rule["spec"])
+    if implementation == "bundled":
+        assert len(sidecar_monitors) == 1 and "llmd_sidecar_prefill_fallbacks_total" in rules_text
+    else:
+        assert not sidecar_monitors and "llmd_sidecar_" not in rules_text

@@ -314,3 +314,26 @@ def test_each_installed_gateway_api_release_accepts_the_route(gateway_api: str) 
     for kind in ("Gateway", "HTTPRoute"):
         (manifest,) = result.manifests(kind)
         validate_custom(manifest, gateway_api)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"namespace": "agentgateway-system"}, "namespace"),  # the provider's default namespace
+        ({"gateway": {"namespace": "llm-d"}}, "gateway.namespace"),
+        ({"gateway": {"provider": "istio"}, "namespace": "istio-system"}, "namespace"),
+    ],
+)
+def test_the_stack_and_the_control_plane_do_not_share_a_namespace(
+    overrides: dict[str, Any], key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both create (and own) their Namespace: two Pulumi resources for one object fail the second
+    create on a real cluster ("already exists"), and deleting either deletes the other's objects."""
+    (problem,) = problems(kind_config(**overrides), monkeypatch)
+    assert problem.startswith(f"llmd:{key} is ")
+    assert "each create their own namespace" in problem
+    # With the control plane installed elsewhere, the stack alone owns the namespace.
+    result = render_config(
+        kind_config(**{**overrides, "gateway": {**overrides.get("gateway", {}), "install": False}})
+    )
+    assert len([o for o in result.objects if o.kind == "Namespace"]) == 1

@@ -685,3 +685,20 @@ def test_agentgateways_one_monitor_feeds_every_models_gateway_panels(observed: R
         )
         exprs = [t["expr"] for p in board["panels"] if p["title"].startswith("Gateway") for t in p["targets"]]
         assert exprs and all("agentgateway_" in e and 'llmd_stack="mm"' in e for e in exprs)
+
+
+def test_a_replicated_body_router_drains_one_replica_at_a_time() -> None:
+    """Every request of a multi-model stack passes the router (FailClose by default): like the EPP, its
+    replicas get a budget so a drain cannot evict them all at once; a single replica gets none (it
+    would only block drains)."""
+    replicated = render_config(two_models(bodyRouter={"replicas": 2}))
+    validate(replicated)
+    budget = replicated.get("PodDisruptionBudget", "mm-body-router").document
+    deployment = replicated.get("Deployment", "mm-body-router").document
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+    single = render_config(two_models())
+    budgets = [b["metadata"]["name"] for b in single.manifests("PodDisruptionBudget")]
+    assert "mm-body-router" not in budgets and budgets  # the other budgets (model servers) stay

@@ -156,7 +156,7 @@ def problems(raw: dict[str, Any]) -> list[str]:
 def test_a_shared_rdma_resource_nothing_advertises_is_refused() -> None:
     (problem,) = problems(onprem(rdmaResource="rdma/rdma_shared_device_a"))
     assert problem.startswith(
-        "llmd:onprem rdmaResource 'rdma/rdma_shared_device_a' would be advertised by nothing"
+        "llmd:onprem.rdmaResource 'rdma/rdma_shared_device_a' would be advertised by nothing"
     )
     # Opting out, or running the plugin yourself, is fine.
     parse_stack_config(
@@ -168,6 +168,41 @@ def test_a_shared_rdma_resource_nothing_advertises_is_refused() -> None:
 def test_a_per_node_block_larger_than_the_range_is_refused() -> None:
     (problem,) = problems(onprem(rdmaNetworks=[{**ROCE, "ipamRange": "192.168.1.0/28", "ipsPerNode": 16}]))
     assert problem.startswith(
-        "llmd:onprem.rdmaNetworks[0] ipsPerNode 16 must be less than the 14 usable addresses of ipamRange "
+        "llmd:onprem.rdmaNetworks[0].ipsPerNode 16 must be less than the 14 usable addresses of ipamRange "
         "192.168.1.0/28"
     )
+
+
+GPU_OPERATOR = {"install": True, "version": "v26.7.0", "namespace": "gpu-operator"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            onprem(gpuOperator={**GPU_OPERATOR, "namespace": "llm-d"}),
+            "llmd:onprem.gpuOperator.namespace is 'llm-d', the namespace of the stack (llmd:namespace) too",
+        ),
+        (
+            {**onprem(gpuOperator=GPU_OPERATOR), "namespace": "gpu-operator"},
+            "llmd:onprem.gpuOperator.namespace is 'gpu-operator', the namespace of the stack "
+            "(llmd:namespace) too",
+        ),
+        (
+            onprem(gpuOperator={**GPU_OPERATOR, "namespace": "agentgateway-system"}),
+            "llmd:onprem.gpuOperator.namespace is 'agentgateway-system', the namespace of the agentgateway "
+            "control plane (gateway.namespace) too",
+        ),
+    ],
+)
+def test_an_operator_namespace_owned_by_another_component_is_refused(
+    raw: dict[str, Any], expected: str
+) -> None:
+    """Each installed operator chart creates (and owns) its namespace, as the stack and the gateway
+    control plane do theirs: a shared one would be two Pulumi resources for one Namespace."""
+    (problem,) = problems(raw)
+    assert problem.startswith(expected)
+    # Not installing the chart leaves the namespace to whoever owns it.
+    uninstalled = copy.deepcopy(raw)
+    uninstalled["onprem"]["gpuOperator"]["install"] = False
+    parse_stack_config(uninstalled, has_hf_token=False)

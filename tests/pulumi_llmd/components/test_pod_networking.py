@@ -65,3 +65,50 @@ def test_a_bare_string_is_refused_rather_than_split_into_letters() -> None:
 def test_bad_backend_names_are_named(backends: tuple[str, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PodNetworking(nixl_backends=backends)
+
+
+@pytest.mark.parametrize(
+    ("networking", "problem"),
+    [
+        ({"nodeSelector": {"bad key!": "x"}}, "podNetworking.nodeSelector label key 'bad key!'"),
+        ({"nodeSelector": {"pool": "-gpu-"}}, "podNetworking.nodeSelector label 'pool' has an invalid value"),
+        ({"annotations": {"k8s.v1.cni.cncf.io networks": "[]"}}, "podNetworking.annotations annotation key"),
+        (
+            {"resources": {"rdma/ib": "one"}},
+            "podNetworking.resources resource 'rdma/ib' must be a whole count",
+        ),
+        (
+            {"resources": {"rdma/ib": "0.5"}},
+            "podNetworking.resources resource 'rdma/ib' must be a whole count",
+        ),
+        (
+            {"resources": {"ib": "1"}},
+            "podNetworking.resources resource name 'ib' is not an extended resource",
+        ),
+        ({"env": {"NCCL=1": "x"}}, "podNetworking.env environment variable name 'NCCL=1'"),
+        ({"singleNodeEnv": {"A B": "x"}}, "podNetworking.singleNodeEnv environment variable name 'A B'"),
+        ({"multiNode": {"env": {"": "x"}}}, "podNetworking.multiNode.env environment variable name ''"),
+        ({"capabilities": ["ipc_lock"]}, "podNetworking.capabilities 'ipc_lock' is not a Linux capability"),
+    ],
+)
+def test_hand_written_pod_networking_is_checked_like_the_api_server_would(
+    networking: dict[str, Any], problem: str
+) -> None:
+    """LlmdStack's podNetworking arg reaches the pod template as is: what the API server would refuse
+    (mid-update, once the Deployment is created) is refused before anything is registered, naming the key."""
+    from pulumi_llmd.components.stack import parse_llmd_stack_args
+    from pulumi_llmd.config import ConfigError
+
+    args = {"model": {"name": "m", "uri": "pvc://models/m"}, "podNetworking": networking}
+    with pytest.raises(ConfigError) as raised:
+        parse_llmd_stack_args(args)
+    (found,) = raised.value.problems
+    assert f"{found.path} {found.message}".startswith(problem)
+    ok = {
+        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h200-141gb"},
+        "annotations": {"k8s.v1.cni.cncf.io/networks": "[]"},
+        "resources": {"rdma/ib": "1", "vpc.amazonaws.com/efa": "32"},
+        "env": {"NCCL_IB_HCA": "mlx5"},
+        "capabilities": ["IPC_LOCK"],
+    }
+    parse_llmd_stack_args({**args, "podNetworking": ok})

@@ -55,7 +55,7 @@ GKE_CASES: list[tuple[str, Edit, str]] = [
     (
         "zone outside region",
         _gke(lambda g: g.update(zone="europe-west4-a")),
-        "llmd:gke zone 'europe-west4-a' is not a zone of region 'us-central1'",
+        "llmd:gke.zone 'europe-west4-a' is not a zone of region 'us-central1'",
     ),
     (
         "unknown machine type",
@@ -66,7 +66,7 @@ GKE_CASES: list[tuple[str, Edit, str]] = [
     (
         "machine without RDMA",
         _gke(lambda g: g["nodePool"].update(machineType="a3-megagpu-8g")),
-        "nodePool.machineType 'a3-megagpu-8g' has no RDMA NICs, so rdma cannot be used",
+        "llmd:gke.nodePool.machineType 'a3-megagpu-8g' has no RDMA NICs, so rdma cannot be used",
     ),
     (
         "compact placement over two zones",
@@ -80,48 +80,81 @@ GKE_CASES: list[tuple[str, Edit, str]] = [
                 ),
             )
         ),
-        "llmd:gke.nodePool placement 'compact' needs exactly one zone, but nodeLocations has 2",
+        "llmd:gke.nodePool.nodeLocations has 2 zones (us-central1-a, us-central1-b), but placement 'compact' "
+        "needs exactly one",
     ),
     (
         "RDMA pool outside the RDMA zone",
         _gke(lambda g: g["nodePool"].update(nodeLocations=["us-central1-c"])),
-        "nodePool.nodeLocations ['us-central1-c'] are outside zone 'us-central1-b': the RDMA VPC "
+        "llmd:gke.nodePool.nodeLocations ['us-central1-c'] are outside zone 'us-central1-b': the RDMA VPC "
         "(network profile us-central1-b-vpc-roce) is zonal",
     ),
     (
         "flex-start with a reservation",
         _gke(lambda g: g["nodePool"].update(provisioning="flex-start")),
-        "provisioning 'flex-start' cannot consume a reservation",
+        "llmd:gke.nodePool.reservation cannot be consumed with provisioning 'flex-start'",
     ),
     (
         "spot with a reservation",
         _gke(lambda g: g["nodePool"].update(provisioning="spot")),
-        "provisioning 'spot' cannot consume a reservation",
+        "llmd:gke.nodePool.reservation cannot be consumed with provisioning 'spot'",
     ),
     (
         "flex-start without autoscaling",
         _gke(lambda g: (g["nodePool"].pop("reservation"), g["nodePool"].update(provisioning="flex-start"))),
-        "provisioning 'flex-start' needs autoscaling",
+        "llmd:gke.nodePool.autoscaling is required with provisioning 'flex-start'",
     ),
     (
         "queued provisioning without flex-start",
         _gke(lambda g: g["nodePool"].update(queuedProvisioning=True)),
-        "queuedProvisioning requires provisioning 'flex-start'",
+        "llmd:gke.nodePool.queuedProvisioning requires provisioning 'flex-start' "
+        "(provisioning is 'standard')",
     ),
     (
         "static size and autoscaling",
         _gke(lambda g: g["nodePool"].update(autoscaling={"maxNodes": 4})),
-        "nodeCount and autoscaling are mutually exclusive",
+        "llmd:gke.nodePool.nodeCount and autoscaling are mutually exclusive",
+    ),
+    (
+        "autoscaling bounds out of order",
+        _gke(
+            lambda g: (
+                g["nodePool"].pop("nodeCount", None),
+                g["nodePool"].update(autoscaling={"minNodes": 3, "maxNodes": 2}),
+            )
+        ),
+        "llmd:gke.nodePool.autoscaling.minNodes (3) exceeds maxNodes (2)",
+    ),
+    (
+        "flex-start with auto-repair",
+        _gke(
+            lambda g: (
+                g["nodePool"].pop("reservation"),
+                g["nodePool"].pop("nodeCount", None),
+                g["nodePool"].update(provisioning="flex-start", autoRepair=True, autoscaling={"maxNodes": 2}),
+            )
+        ),
+        "llmd:gke.nodePool.autoRepair must be false with provisioning 'flex-start'",
+    ),
+    (
+        "placement policy without compact placement",
+        _gke(lambda g: g["nodePool"].update(placementPolicyName="my-policy")),
+        "llmd:gke.nodePool.placementPolicyName needs placement 'compact'",
+    ),
+    (
+        "one secondary range of two",
+        _gke(lambda g: g["cluster"].update(clusterSecondaryRangeName="pods")),
+        "llmd:gke.cluster.servicesSecondaryRangeName is required with clusterSecondaryRangeName",
     ),
     (
         "RDMA range too small",
         _gke(lambda g: g["rdma"].update(subnetRange="192.168.64.0/22")),
-        "rdma.subnetRange 192.168.64.0/22 does not hold 8 /24 subnets",
+        "llmd:gke.rdma.subnetRange 192.168.64.0/22 does not hold 8 /24 subnets",
     ),
     (
         "RDMA range overlapping the gVNIC subnet",
         _gke(lambda g: g["rdma"].update(subnetRange="192.168.0.0/19")),
-        "overlaps gvnic.subnetCidr 192.168.0.0/24",
+        "llmd:gke.rdma.subnetRange 192.168.0.0/19 overlaps gvnic.subnetCidr 192.168.0.0/24",
     ),
     (
         "malformed CIDR",
@@ -149,7 +182,7 @@ EKS_CASES: list[tuple[str, Edit, str]] = [
     (
         "availability zone outside region",
         _eks(lambda e: e.update(availabilityZone="us-west-2a")),
-        "llmd:eks availabilityZone 'us-west-2a' is not an availability zone of region 'us-east-1'",
+        "llmd:eks.availabilityZone 'us-west-2a' is not an availability zone of region 'us-east-1'",
     ),
     (
         "instance type without a known EFA count",
@@ -159,27 +192,32 @@ EKS_CASES: list[tuple[str, Edit, str]] = [
     (
         "capacity block without a reservation",
         _eks(lambda e: e["nodeGroup"].pop("capacityReservationId")),
-        "llmd:eks.nodeGroup capacityType CAPACITY_BLOCK needs capacityReservationId",
+        "llmd:eks.nodeGroup.capacityReservationId is required with capacityType CAPACITY_BLOCK",
     ),
     (
         "spot in a reservation",
         _eks(lambda e: e["nodeGroup"].update(capacityType="SPOT")),
-        "llmd:eks.nodeGroup capacityType SPOT cannot use capacityReservationId",
+        "llmd:eks.nodeGroup.capacityReservationId cannot be used with capacityType SPOT",
     ),
     (
         "EFA share that does not divide the interfaces",
         _eks(lambda e: e["nodeGroup"].update(efaPerPod=5)),
-        "llmd:eks.nodeGroup efaPerPod 5 must divide the 16 EFA interfaces of p5en.48xlarge",
+        "llmd:eks.nodeGroup.efaPerPod 5 must divide the 16 EFA interfaces of p5en.48xlarge",
     ),
     (
         "sizes out of order",
         _eks(lambda e: e["nodeGroup"].update(minSize=3)),
-        "minSize <= desiredSize <= maxSize, got 3 / 2 / 2",
+        "llmd:eks.nodeGroup.minSize (3) exceeds maxSize (2)",
+    ),
+    (
+        "desired size above the maximum",
+        _eks(lambda e: e["nodeGroup"].update(desiredSize=5)),
+        "llmd:eks.nodeGroup.desiredSize (5) must be between minSize (0) and maxSize (2)",
     ),
     (
         "one cluster subnet",
         _eks(lambda e: e["cluster"].update(subnetIds=["subnet-0a1b2c3d4e5f60001"])),
-        "llmd:eks cluster.subnetIds needs at least two subnets in different availability zones",
+        "llmd:eks.cluster.subnetIds needs at least two subnets in different availability zones",
     ),
     (
         "malformed subnet id",
@@ -189,7 +227,7 @@ EKS_CASES: list[tuple[str, Edit, str]] = [
     (
         "creating a cluster without a VPC",
         _eks(lambda e: e.pop("vpcId")),
-        "llmd:eks vpcId is required when cluster.create is true",
+        "llmd:eks.vpcId is required when cluster.create is true",
     ),
 ]
 

@@ -57,8 +57,8 @@ def test_keys_are_spelled_as_llm_d_spells_them() -> None:
             "maxTokenConcurrency",
         ),
         ({"saturationDetector": {"type": "concurrency-detector", "maxConcurrency": 0}}, "maxConcurrency"),
-        ({"usageLimit": {"type": "priority-holdback-policy"}}, "minCeiling is required"),
-        ({"usageLimit": {"minCeiling": 0.5}}, "minCeiling does not apply"),
+        ({"usageLimit": {"type": "priority-holdback-policy"}}, "is required for priority-holdback-policy"),
+        ({"usageLimit": {"minCeiling": 0.5}}, "does not apply to type static-usage-limit-policy"),
         (
             {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.5, "threshold": 0.9}},
             "threshold",
@@ -113,3 +113,55 @@ def test_the_queue_ttl_must_fit_inside_the_gateway_timeout() -> None:
     # With flow control off, or a hand-written EPP config, the stack does not second-guess it.
     off = kind_config(gateway={"requestTimeout": "30s"}, epp={"flowControl": {"defaultRequestTTL": "60s"}})
     assert not parse_stack_config(off, has_hf_token=False).epp.flow_control.enabled
+
+
+@pytest.mark.parametrize(
+    ("flow_control", "problem"),
+    [
+        (
+            {"usageLimit": {"minCeiling": 0.5, "domain": "rank"}},
+            "llmd:epp.flowControl.usageLimit.minCeiling does not apply to type static-usage-limit-policy "
+            "(nor does domain)",
+        ),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy"}},
+            "llmd:epp.flowControl.usageLimit.minCeiling is required for priority-holdback-policy",
+        ),
+        (
+            {"usageLimit": {"type": "priority-holdback-policy", "minCeiling": 0.9, "maxCeiling": 0.5}},
+            "llmd:epp.flowControl.usageLimit.minCeiling (0.9) must not exceed maxCeiling (0.5)",
+        ),
+        (
+            {"saturationDetector": {"type": "concurrency-detector", "kvCacheUtilThreshold": 0.8}},
+            "llmd:epp.flowControl.saturationDetector.kvCacheUtilThreshold does not apply to type "
+            "concurrency-detector",
+        ),
+    ],
+)
+def test_cross_field_problems_name_the_exact_key(flow_control: dict[str, object], problem: str) -> None:
+    """A rule between two keys of a section names the key to change, not only the section."""
+    from tests.pulumi_llmd.config.test_stack_config import kind_config, problems_of
+
+    assert problems_of(kind_config(epp={"flowControl": flow_control})) == [problem]
+
+
+def test_two_bands_of_one_priority_are_refused_as_the_epp_would() -> None:
+    """The EPP's loader refuses duplicate priorities at startup: the stack must refuse them first, naming
+    the band, rather than render a config that crash-loops every EPP pod."""
+    from epp.config.loader import load_config
+    from epp.scheduling.errors import ConfigError as EppConfigError
+    from tests.pulumi_llmd.config.test_stack_config import kind_config, problems_of
+    from tests.support.stacks import render_config
+
+    bands = [{"priority": 1}, {"priority": 5}, {"priority": 1}]
+    assert problems_of(kind_config(epp={"flowControl": {"enabled": True, "priorityBands": bands}})) == [
+        "llmd:epp.flowControl.priorityBands[2].priority 1 is also the priority of priorityBands[0]: one band "
+        "per priority"
+    ]
+    distinct = [{"priority": 1}, {"priority": 5}]
+    result = render_config(kind_config(epp={"flowControl": {"enabled": True, "priorityBands": distinct}}))
+    (config_map,) = [c for c in result.manifests("ConfigMap") if "epp-config.yaml" in c["data"]]
+    text = config_map["data"]["epp-config.yaml"]
+    load_config(text)  # what the EPP reads at startup
+    with pytest.raises(EppConfigError, match="duplicate priority 1"):
+        load_config(text.replace("priority: 5", "priority: 1"))
