@@ -225,9 +225,12 @@ class SimMetrics(EngineObserver):
             self.waiting.labels(**self._labels).set(len(self._engine.waiting))
             self.running.labels(**self._labels).set(len(self._engine.running))
             self.kv_usage.labels(**self._labels).set(self._engine.pool.usage)
-            if self.lora_info is not None:
+            if self.lora_info is not None and self._engine.steps:
                 # Adapters with running requests, in both lists, as real vLLM 0.32 lists them; each
-                # label set seen stays with its last time, the current one is the newest.
+                # label set seen stays with its last time, the current one is the newest. None
+                # before the engine's first step: vLLM sets this gauge from scheduler stats, so a
+                # new or restarted server shows the family without a sample (checked on vLLM 0.32
+                # CPU), and the EPP must cope with that (see lora-affinity-scorer).
                 active = ",".join(sorted(self._engine.active_loras()))
                 self.lora_info.labels(
                     max_lora=self._max_loras, waiting_lora_adapters=active, running_lora_adapters=active

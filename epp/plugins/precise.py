@@ -33,7 +33,9 @@ prefix follows the first one instead of spreading while its prefill runs.
 
 Extension: ``loraAdapterPaths`` (adapter name → the path vLLM loaded it from): vLLM hashes a LoRA
 request's blocks with the adapter's name and path, so requests for an adapter that is not listed
-cannot be matched (they score zero).
+cannot be matched (they score zero, counted as "unpredictable" lookups, and are not speculatively
+indexed). An adapter is told from the base model by the pods' ``vllm:lora_requests_info``; until a
+pod has run it, its requests are still hashed as the base model's.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ PRODUCER_TYPE = "precise-prefix-cache-producer"
 SPECULATIVE_MEDIUM = "speculative"
 DEFAULT_MEDIUM_WEIGHTS = {"gpu": 1.0, "cpu": 0.8}  # llm-d's kvCacheBackendConfigs defaults
 LLMD_HASH_ALGORITHMS = ("cbor-fnv", "xxh64")
+_MAX_REMEMBERED_ADAPTERS = 4096
 
 
 @register(PRODUCER_TYPE)
@@ -116,7 +119,11 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         self._expiries: deque[tuple[float, str, list[int]]] = deque()  # speculative entries
         self._sweeper: asyncio.Task[None] | None = None
         # labels() validates and locks: resolve each series once (this is the request path).
-        self._lookups = {o: metrics.PRECISE_LOOKUPS.labels(o) for o in ("hit", "miss", "no_tokens")}
+        self._lookups = {
+            o: metrics.PRECISE_LOOKUPS.labels(o) for o in ("hit", "miss", "no_tokens", "unpredictable")
+        }
+        # Names seen as LoRA adapters in the pods' vllm:lora_requests_info (bounded: cleared when full).
+        self._adapters: set[str] = set()
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -251,6 +258,10 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         if self._expiries:
             self._expire(time.monotonic())
         prompt = tokenized_prompt(request, self.tokens.name)
+        if prompt is not None and self._unpredictable(request, endpoints):
+            self._lookups["unpredictable"].inc()
+            request.state[self.name] = self._match([], len(prompt.token_ids), {}, None)
+            return
         if prompt is None:
             self._lookups["no_tokens"].inc()
             # Keep the prompt length for the P/D deciders (an estimate, as nothing is cached).
@@ -276,6 +287,28 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         total = len(prompt.token_ids) // self.hasher.block_size
         self._lookups["hit" if matched else "miss" if total else "no_tokens"].inc()
         request.state[self.name] = self._match(keys, len(prompt.token_ids), matched, weighted, total)
+
+    def _unpredictable(self, request: SchedulingRequest, endpoints: Sequence[Endpoint] = ()) -> bool:
+        """Whether the request names a LoRA adapter whose path is not configured. vLLM keys an
+        adapter's blocks with ("lora", name, path) (vllm/v1/core/kv_cache_utils.py,
+        _gen_lora_extra_hash_keys), so without the path its keys cannot be computed; hashing the
+        prompt as the base model's (what _lora falls back to) matched base-model blocks the
+        adapter cannot use, and speculative indexing stored the adapter request's blocks as
+        base-model ones. The director names the base model as the "adapter" too, so an adapter is
+        told from it by the pods' vllm:lora_requests_info, remembered once seen."""
+        adapter = request.lora_adapter
+        if adapter is None or adapter in self.lora_paths:
+            return False
+        if adapter in self._adapters:
+            return True
+        for endpoint in endpoints:
+            metrics_ = endpoint.metrics
+            if adapter in metrics_.running_loras or adapter in metrics_.waiting_loras:
+                if len(self._adapters) >= _MAX_REMEMBERED_ADAPTERS:
+                    self._adapters.clear()
+                self._adapters.add(adapter)
+                return True
+        return False
 
     def _lora(self, request: SchedulingRequest) -> tuple[str, str] | None:
         if request.lora_adapter is None:
@@ -311,7 +344,7 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
             return
         assert self.tokens is not None
         prompt = tokenized_prompt(request, self.tokens.name)
-        if prompt is None or len(prompt.token_ids) < self.hasher.block_size:
+        if prompt is None or len(prompt.token_ids) < self.hasher.block_size or self._unpredictable(request):
             return
         # All of the prompt's blocks (the decision computed only what it looked up; the memo makes
         # that part a lookup here).

@@ -80,16 +80,16 @@ class LoadAwareScorer(Scorer):
 
 @register("lora-affinity-scorer")
 class LoraAffinityScorer(_Stateless):
-    """1.0 adapter active on the server; 0.8 room for one more adapter; 0.6 it is waiting there;
-    0 no room. The director names the request's target model as the adapter (llm-d matches that
-    name), so on a pool without LoRA every endpoint scores the same; a request with no model
-    scores 1.0.
+    """1.0 adapter active on the server; 0.8 room for one more adapter (or no LoRA information
+    yet); 0.6 it is waiting there; 0 no room. The director names the request's target model as
+    the adapter (llm-d matches that name), so on a pool without LoRA every endpoint scores the
+    same; a request with no model scores 1.0.
 
     "Room" counts the adapters in the running and waiting lists once each: vLLM 0.32 fills both
     labels of ``vllm:lora_requests_info`` from the same set (the adapters with running requests;
     see tests/epp/scrape/fixtures/vllm-0.32-lora-busy.txt), so adding the two lengths counted every
-    adapter twice and a server with one free slot looked full. llm-d-router's scorer takes the
-    union the same way (pkg/epp/framework/plugins/scheduling/scorer/loraaffinity)."""
+    adapter twice and a server with one free slot looked full. llm-d-router's scorer
+    (pkg/epp/framework/plugins/scheduling/scorer/loraaffinity) still adds the two lengths."""
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         adapter = request.lora_adapter
@@ -101,7 +101,12 @@ class LoraAffinityScorer(_Stateless):
             running, waiting = metrics.running_loras, metrics.waiting_loras
             if adapter in running:
                 scores.append(1.0)
-            elif len(running | waiting) < metrics.max_loras:
+            elif metrics.max_loras <= 0 or len(running | waiting) < metrics.max_loras:
+                # max_lora 0 is no LoRA information, never a full server: vLLM needs max_loras >= 1
+                # to enable LoRA, and with LoRA on it exports no vllm:lora_requests_info sample
+                # until its first request (a new or restarted pod: every slot is free). Scored 0, as
+                # llm-d-router's scorer does (0 + 0 < 0 is false), such a pod lost every adapter
+                # request to busy ones. Without LoRA at all every pod reads 0: a uniform score.
                 scores.append(0.8)
             elif adapter in waiting:
                 scores.append(0.6)

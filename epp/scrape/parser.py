@@ -145,7 +145,12 @@ def parse_metrics(text: str, now: float, names: MetricNames = VLLM) -> EndpointM
     max_loras = 0
     newest = -math.inf
     for raw, value in samples(text, names.lora_info):
-        if value < newest:  # the value is the update timestamp; the newest sample wins
+        # The value is the series' update timestamp; the newest sample wins. A non-finite one is
+        # no time at all: NaN compares false both ways, so it once won and then let every later
+        # (older) series win after it, and +Inf would stay "newest" for good, freezing the pod's
+        # adapter set. Such a series is skipped (llm-d-router's LoRASpec.getLatestMetric keeps
+        # the strictly greatest value, which skips NaN too).
+        if not math.isfinite(value) or value < newest:
             continue
         newest = value
         running_loras, waiting_loras, max_loras = _lora_info(raw)

@@ -146,7 +146,14 @@ def served(
         epp,
         EnvoyGateway(free_port(), grpc_port, [f"127.0.0.1:{port}"], log_dir=logs) as gateway,
     ):
-        yield {"gateway": gateway.url, "vllm": f"http://127.0.0.1:{port}", "adapters": adapters}
+        # Before any request: what a new or restarted pod shows (the EPP only scrapes /metrics).
+        fresh = http.request("GET", f"http://127.0.0.1:{port}/metrics").body.decode()
+        yield {
+            "gateway": gateway.url,
+            "vllm": f"http://127.0.0.1:{port}",
+            "adapters": adapters,
+            "fresh_metrics": fresh,
+        }
 
 
 def complete(url: str, model: str, **extra: Any) -> http.Reply:
@@ -252,7 +259,16 @@ def test_the_simulator_serves_loras_with_vllms_shapes(served: dict[str, Any], tm
             assert simulated.status == real.status, (path, body, real.body)
             assert simulated.json()["error"]["message"] == real.json()["error"]["message"]
             assert simulated.json()["error"]["type"] == real.json()["error"]["type"]
+        # A server that has run nothing declares the LoRA family without a sample: the EPP reads
+        # max_lora 0 from both, which lora-affinity-scorer takes as room, not as a full server.
+        sim_fresh = http.request("GET", sim_url + "/metrics").body.decode()
+        for fresh in (served["fresh_metrics"], sim_fresh):
+            assert "# TYPE vllm:lora_requests_info gauge" in fresh
+            assert "vllm:lora_requests_info{" not in fresh
+            assert parse_metrics(fresh, now=0.0).max_loras == 0
+        # Both must have run a request to show a sample (run alone, no other test sent vLLM one).
         complete(sim_url, "sql")
+        complete(served["vllm"], "sql")
         real_text = http.request("GET", served["vllm"] + "/metrics").body.decode()
         sim_text = http.request("GET", sim_url + "/metrics").body.decode()
         assert (

@@ -294,6 +294,34 @@ def test_lora_and_cache_salt_change_the_keys_as_vllm_does() -> None:
         assert miss.state[plugin.name].matched_blocks == {}
 
 
+def test_an_adapter_without_a_known_path_does_not_match_the_base_models_blocks() -> None:
+    """vLLM keys a LoRA request's blocks with ("lora", name, path). With no path configured for
+    the adapter, the producer hashed its prompt as the base model's: a pod holding the base
+    model's blocks of the prompt scored a hit it cannot serve, and speculative indexing stored the
+    adapter request's blocks as base-model blocks. An adapter is known as one from the pods'
+    ``vllm:lora_requests_info`` (or loraAdapterPaths); its lookups count as "unpredictable"."""
+    plugin = producer_of(config({"speculativeIndexing": True}))
+    base_pod = endpoint("a")
+    adapter_pod = endpoint("b", running_loras=frozenset({"chat"}), max_loras=1)
+    pool = [base_pod, adapter_pod]
+    for target in pool:
+        plugin.extract_endpoint(EndpointEvent(True, target.hostport, target.address, target.port))
+    plugin.index.store(base_pod.hostport, keys(PROMPT))
+    base = prepared(PROMPT, lora="m")  # the director names the base model as the adapter too
+    plugin.produce(base, pool)
+    assert base.state[plugin.name].matched_blocks == {base_pod.hostport: 11}
+    request = prepared(PROMPT, lora="chat")
+    plugin.produce(request, pool)
+    assert request.state[plugin.name].matched_blocks == {}
+    # Routed to b, the adapter request must not leave base-model keys there for base requests.
+    routed = SchedulingResult({"default": ProfileResult((adapter_pod,), (0.0,))}, "default")
+    plugin.pre_request(request, routed)
+    assert plugin.index.blocks(adapter_pod.hostport, SPECULATIVE_MEDIUM) == set()
+    later = prepared(PROMPT, lora="m")
+    plugin.produce(later, pool)
+    assert later.state[plugin.name].matched_blocks == {base_pod.hostport: 11}
+
+
 def test_an_untokenized_request_matches_nothing_but_keeps_its_length_for_pd() -> None:
     plugin = producer_of(config())
     request = SchedulingRequest("r", "m", "x" * 400, {}, body={"prompt": "x" * 400})
