@@ -138,10 +138,14 @@ FLOW_REQUESTS = Counter(
 OVERFLOW_LABEL = "other"
 # Distinct (fairness_id, model_name, target_model_name) label sets the flow-control series may hold.
 MAX_FLOW_LABEL_SETS = 1000
+# Longer request-derived values report ``other``: a label value is written on every line of its series
+# on every scrape, and a header may be tens of KiB (30 requests with 8 KiB ids grew the page by 13 MB).
+# Kubernetes object names (what an operator names models and tenants after) are at most 253 characters.
+MAX_LABEL_VALUE_LENGTH = 256
 FLOW_LABEL_OVERFLOWS = Counter(
     "llm_d_epp_flow_control_label_overflows",  # exported as ..._overflows_total
     "Flow-control requests whose fairness id or model names were reported as 'other': past 1,000 "
-    "distinct values of one label, or 1,000 distinct combinations of the three.",
+    "distinct values of one label, 1,000 distinct combinations of the three, or longer than 256 characters.",
 )
 
 
@@ -161,7 +165,7 @@ class BoundedLabel:
     def __call__(self, value: str) -> str:
         if not value or value in self._seen or value in self._pinned:
             return value
-        if len(self._seen) >= self.limit:
+        if len(self._seen) >= self.limit or len(value) > MAX_LABEL_VALUE_LENGTH:
             return OVERFLOW_LABEL
         self._seen.add(value)
         return value

@@ -82,3 +82,17 @@ async def test_the_director_and_the_rewrite_rules_pin_the_configured_model_names
     SchedulingDirector(datastore, load_config(config()), served_models=frozenset({"pin-served"}))
     datastore.set_model_rewrites({"pin-alias": [RewriteTarget("pin-target")]})
     assert [m.FLOW_LABELS.model.pinned_or_other(n) for n in names] == list(names)
+
+
+async def test_long_fairness_ids_and_model_names_are_not_copied_into_label_values() -> None:
+    """A header or model name may be tens of KiB, and a label value is written on every line of its
+    series on every scrape: under the value caps alone, 30 requests with 8 KiB ids and model names
+    grew the /metrics page by 13.4 MB (some 450 MB at the 1,000-value cap)."""
+    pool = "cardinality-long"
+    fc = controller(flow_config(SetSaturation(0.0)), pool_name=pool)
+    for i in range(30):
+        fid, model = f"{i:04d}" + "f" * 8192, f"{i:04d}" + "m" * 8192
+        fc.enqueue(FlowRequest(f"r{i}", fid, 0, model_name=model, target_model_name="served"))
+    values = [value for labels in series(QUEUE_DURATION, pool) for _, value in labels]
+    assert max(map(len, values)) <= m.MAX_LABEL_VALUE_LENGTH
+    assert {dict(labels)["fairness_id"] for labels in series(QUEUE_DURATION, pool)} == {m.OVERFLOW_LABEL}
