@@ -12,7 +12,8 @@ from epp.config.loader import load_config
 from epp.datastore import Datastore, RewriteTarget
 from epp.director import SchedulingDirector
 from epp.flowcontrol.controller import FlowRequest
-from tests.epp.flowcontrol.support import SetSaturation, controller, flow_config
+from epp.flowcontrol.policies import RoundRobinFairnessPolicy
+from tests.epp.flowcontrol.support import Clock, SetSaturation, band, controller, flow_config
 from tests.epp.flowcontrol.test_director_admission import config
 
 pytestmark = pytest.mark.asyncio
@@ -96,3 +97,24 @@ async def test_long_fairness_ids_and_model_names_are_not_copied_into_label_value
     values = [value for labels in series(QUEUE_DURATION, pool) for _, value in labels]
     assert max(map(len, values)) <= m.MAX_LABEL_VALUE_LENGTH
     assert {dict(labels)["fairness_id"] for labels in series(QUEUE_DURATION, pool)} == {m.OVERFLOW_LABEL}
+
+
+async def test_per_flow_state_leaves_with_the_flows_last_request() -> None:
+    """llm-d garbage-collects an idle flow's queue after a timeout (flowcontrol/registry); here a
+    flow's queue goes with its last request, by dispatch or eviction, so distinct fairness ids hold
+    nothing once their requests have left."""
+    detector, clock = SetSaturation(1.0), Clock()
+    rr = RoundRobinFairnessPolicy("round-robin-fairness-policy")
+    fc = controller(flow_config(detector, default_band=band(fairness=rr), ttl=30.0), clock=clock)
+    flows = fc._bands[0].view.flows
+    for i in range(3000):
+        fc.enqueue(FlowRequest(f"held-{i}", f"tenant-{i}", 0))
+    assert len(flows) == 3000
+    clock.advance(31.0)
+    assert fc.expire() == 3000 and len(flows) == 0
+    for i in range(3000):
+        fc.enqueue(FlowRequest(f"queued-{i}", f"other-tenant-{i}", 0))
+    detector.value = 0.0
+    while fc.dispatch_cycle():
+        pass
+    assert fc.queued == 0 and len(flows) == 0
