@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from epp import metrics as epp_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -190,6 +192,11 @@ class Datastore:
     def set_model_rewrites(self, rules: Mapping[str, Sequence[RewriteTarget]]) -> None:
         """Incoming model name (exact match) → the targets it is rewritten to."""
         self._rewrites = {model: tuple(targets) for model, targets in rules.items() if targets}
+        # As llm-d's datastore (PreAdmitModelLabels): configured names always keep their own model
+        # label on the flow-control series, however many unconfigured names clients sent first.
+        epp_metrics.FLOW_LABELS.pin_models(
+            [*self._rewrites, *(t.model for targets in self._rewrites.values() for t in targets)]
+        )
 
     def rewrite_targets(self, model: str) -> tuple[RewriteTarget, ...]:
         return self._rewrites.get(model, ())

@@ -79,6 +79,9 @@ class SchedulingDirector:
         self.flow_control: FlowController | None = None
         if config.flow_control is not None:
             self.flow_control = FlowController(config.flow_control, datastore.endpoints, pool_name=pool_name)
+            # The names the operator serves keep their own model label however many made-up names
+            # clients send first (llm-d pins its configured names: metrics/cardinality.go).
+            self.flow_control.labels.pin_models(served_models or ())
         datastore.add_listener(self._endpoints_changed)
         if wrap_decide is not None:
             # Tracing (epp.tracing): only then is decide() wrapped; without it decide() stays the plain

@@ -73,7 +73,8 @@ ENDPOINTS = Gauge("epp_pool_endpoints", "Endpoints currently in the pool.")
 # llm-d's names (llm-d-router pkg/epp/metrics/llm_d_router_metrics.go).
 # llm-d emits these under the ``llm_d_epp`` subsystem only (no legacy twin for the newer ones).
 # ``fairness_id`` and the model labels come from the request, so their values are capped (llm-d caps
-# them at 1,000 distinct values each, pkg/epp/metrics/cardinality.go); see BoundedLabel.
+# them at 1,000 distinct values each, pkg/epp/metrics/cardinality.go), and so are their combinations;
+# see FlowLabels.
 _MODEL_LABELS = ("model_name", "target_model_name")
 FLOW_QUEUE_DURATION = Histogram(
     "llm_d_epp_flow_control_request_queue_duration_seconds",
@@ -135,24 +136,93 @@ FLOW_REQUESTS = Counter(
 )
 
 OVERFLOW_LABEL = "other"
+# Distinct (fairness_id, model_name, target_model_name) label sets the flow-control series may hold.
+MAX_FLOW_LABEL_SETS = 1000
+# Longer request-derived values report ``other``: a label value is written on every line of its series
+# on every scrape, and a header may be tens of KiB (30 requests with 8 KiB ids grew the page by 13 MB).
+# Kubernetes object names (what an operator names models and tenants after) are at most 253 characters.
+MAX_LABEL_VALUE_LENGTH = 256
+FLOW_LABEL_OVERFLOWS = Counter(
+    "llm_d_epp_flow_control_label_overflows",  # exported as ..._overflows_total
+    "Flow-control requests whose fairness id or model names were reported as 'other': past 1,000 "
+    "distinct values of one label, 1,000 distinct combinations of the three, or longer than 256 characters.",
+)
 
 
 class BoundedLabel:
     """Caps the distinct values a request-derived label may take (a client picks its fairness id
     and model name); values past the cap collapse to ``other``. A value once admitted always maps
-    to itself, so paired gauge increments and decrements stay balanced."""
+    to itself, so paired gauge increments and decrements stay balanced. Pinned values (names the
+    operator configured) always keep their own label and take no slot, as llm-d's PreAdmitModelLabels
+    (pkg/epp/metrics/cardinality.go): without that, a flood of made-up names sent before the first
+    real request would report the served model as ``other`` for the life of the process."""
 
     def __init__(self, limit: int = 1000) -> None:
         self.limit = limit
         self._seen: set[str] = set()
+        self._pinned: set[str] = set()
 
     def __call__(self, value: str) -> str:
-        if not value or value in self._seen:
+        if not value or value in self._seen or value in self._pinned:
             return value
-        if len(self._seen) >= self.limit:
+        if len(self._seen) >= self.limit or len(value) > MAX_LABEL_VALUE_LENGTH:
             return OVERFLOW_LABEL
         self._seen.add(value)
         return value
+
+    def pin(self, values: Iterable[str]) -> None:
+        """Never unpinned (as llm-d): a name dropped from the config keeps its series either way."""
+        self._pinned.update(v for v in values if v)
+
+    def pinned_or_other(self, value: str) -> str:
+        return value if not value or value in self._pinned else OVERFLOW_LABEL
+
+    def __len__(self) -> int:
+        return len(self._seen) + len(self._pinned)
+
+
+class FlowLabels:
+    """The request-derived labels of the flow-control series: (fairness_id, model_name,
+    target_model_name), each capped at ``limit`` values as llm-d caps them. llm-d caps them one by
+    one only, so their product still reaches 1,000 x 1,000 histograms (a client sending 100,000
+    requests with fresh (fairness id, model) pairs made 100,000 queue-duration series here). The
+    combinations are capped too: past ``label_sets`` of them a new one reports its fairness id and
+    any unpinned model name as ``other``, leaving at most (pinned names + 2)^2 overflow sets. The
+    mapping of a combination never changes once made, so gauge pairs stay balanced."""
+
+    def __init__(self, limit: int = 1000, label_sets: int = MAX_FLOW_LABEL_SETS) -> None:
+        self.fairness = BoundedLabel(limit)
+        self.model = BoundedLabel(limit)  # shared by both model labels, as llm-d's modelLabelLimiter
+        self.label_sets = label_sets
+        self._sets: set[tuple[str, str, str]] = set()
+        self.overflows = 0
+
+    def pin_models(self, names: Iterable[str]) -> None:
+        self.model.pin(names)
+
+    def __call__(self, fairness_id: str, model_name: str, target_model_name: str) -> tuple[str, str, str]:
+        labels = (self.fairness(fairness_id), self.model(model_name), self.model(target_model_name))
+        if labels not in self._sets:
+            if len(self._sets) < self.label_sets:
+                self._sets.add(labels)
+            else:
+                labels = (
+                    OVERFLOW_LABEL,
+                    self.model.pinned_or_other(labels[1]),
+                    self.model.pinned_or_other(labels[2]),
+                )
+        if labels != (fairness_id, model_name, target_model_name):
+            self.overflows += 1
+            FLOW_LABEL_OVERFLOWS.inc()
+        return labels
+
+    def memory(self) -> int:
+        """Entries held (values and combinations): bounded by 2 x limit + label_sets + pinned."""
+        return len(self.fairness) + len(self.model) + len(self._sets)
+
+
+# One per process, as llm-d's limiters: the series they bound are process-wide.
+FLOW_LABELS = FlowLabels()
 
 
 # ---- precise prefix cache: KV events from the model servers (default registry) ----------------

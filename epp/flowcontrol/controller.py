@@ -108,10 +108,6 @@ class _Band:
         self.last_used = now
 
 
-_fairness_label = m.BoundedLabel()
-_model_label = m.BoundedLabel()
-
-
 class FlowController:
     def __init__(
         self,
@@ -122,10 +118,13 @@ class FlowController:
         clock: Callable[[], float] = time.monotonic,
         tick: float = DEFAULT_TICK,
         dispatcher: bool = True,
+        labels: m.FlowLabels | None = None,
     ) -> None:
         """``dispatcher=False``: no background task; the caller drives :meth:`dispatch_cycle` and
-        :meth:`expire` (deterministic tests on an injected ``clock``)."""
+        :meth:`expire` (deterministic tests on an injected ``clock``). ``labels`` bounds the
+        request-derived label values (default: the process-wide :data:`epp.metrics.FLOW_LABELS`)."""
         self.config = config
+        self.labels = labels if labels is not None else m.FLOW_LABELS
         self._dispatcher = dispatcher
         self._endpoints = endpoints
         self.pool_name = pool_name
@@ -153,7 +152,7 @@ class FlowController:
             for stage in ("prefill", "decode", "effective")
         }
         # labels() validates and locks on every call: look each series up once (label values are
-        # bounded: BoundedLabel caps the request-derived ones).
+        # bounded: FlowLabels caps the request-derived ones and their combinations).
         self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.last_saturation = 1.0
 
@@ -219,6 +218,8 @@ class FlowController:
             model_name=request.model_name,
             target_model_name=request.target_model_name,
         )
+        # Once per request: every series it touches uses the same bounded values (gauges balance).
+        item.labels = self.labels(item.fairness_id, item.model_name, item.target_model_name)
         if self._closed:
             self._finalize(item, Outcome.REJECTED_OTHER, queued=False)
         elif not self._has_capacity(band, item.byte_size):
@@ -239,7 +240,7 @@ class FlowController:
                 self.notify()
         self._series_of(
             m.FLOW_ENQUEUE_DURATION,
-            _fairness_label(item.fairness_id),
+            item.labels[0],
             str(item.priority),
             self._enqueue_label(item),
         ).observe(time.perf_counter() - started)
@@ -421,12 +422,12 @@ class FlowController:
         self._series_of(m.FLOW_REQUESTS, outcome.value, priority, self.pool_name).inc()
         self._series_of(
             m.FLOW_QUEUE_DURATION,
-            _fairness_label(item.fairness_id),
+            item.labels[0],
             priority,
             outcome.value,
             self.pool_name,
-            _model_label(item.model_name),
-            _model_label(item.target_model_name),
+            item.labels[1],
+            item.labels[2],
         ).observe(max(0.0, self._clock() - item.enqueued_at))
         if item.future is not None and not item.future.done():
             item.future.set_result(None)
@@ -443,13 +444,8 @@ class FlowController:
         heapq.heapify(self._deadlines)
 
     def _queue_gauges(self, item: QueueItem, sign: int) -> None:
-        labels = (
-            _fairness_label(item.fairness_id),
-            str(item.priority),
-            self.pool_name,
-            _model_label(item.model_name),
-            _model_label(item.target_model_name),
-        )
+        fairness, model, target = item.labels
+        labels = (fairness, str(item.priority), self.pool_name, model, target)
         self._series_of(m.FLOW_QUEUE_SIZE, *labels).inc(sign)
         self._series_of(m.FLOW_QUEUE_BYTES, *labels).inc(sign * item.byte_size)
 

@@ -43,6 +43,7 @@ class QueueItem:
     headers: Mapping[str, str]
     model_name: str = ""
     target_model_name: str = ""
+    labels: tuple[str, str, str] = ("", "", "")  # bounded (fairness_id, model, target) series labels
     state: ItemState = ItemState.QUEUED
     outcome: Any = None  # the controller's Outcome once the item left the queue
     key: tuple[float, ...] = ()  # the ordering policy's sort key, computed once at enqueue
