@@ -19,6 +19,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import jsonbody
+
 Api = Literal["completions", "chat"]
 
 _INT64 = 2**63
@@ -27,8 +29,6 @@ MAX_LOGPROBS = 20
 
 _INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
 _FLOAT_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*|\s*[+-]?(inf|infinity|nan)\s*", re.I)
-_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 
 class SamplingError(ValueError):
@@ -87,12 +87,9 @@ def as_float(name: str, value: Any) -> float:
 
 
 def as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
+    converted = jsonbody.lax_bool(value)
+    if converted is not None:
+        return converted
     kind = "bool_parsing" if isinstance(value, str | int | float) else "bool_type"
     raise _type_error(name, kind, "Input should be a valid boolean", value)
 

@@ -14,7 +14,7 @@ here: they travel in ``pulumi.ResourceOptions`` (children inherit the parent's p
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import pulumi
 from pydantic import Field, field_validator, model_validator
@@ -23,7 +23,7 @@ from pulumi_llmd.components import naming
 from pulumi_llmd.components.naming import Role
 from pulumi_llmd.components.platform import NetworkAttachment, PodNetworking
 from pulumi_llmd.config.base import ConfigModel
-from pulumi_llmd.config.errors import KeyProblem
+from pulumi_llmd.config.errors import KeyProblem, refuse_repeats
 from pulumi_llmd.config.gateways import GatewayProvider, KgatewayDataPlane
 from pulumi_llmd.config.inputs import field_of
 from pulumi_llmd.config.models import (
@@ -133,24 +133,13 @@ class EndpointPickerInputs(ConfigModel):
         # _rewrite_problems); a program building the picker itself gets the same checks. Two objectives
         # of one name are one InferenceObjective registered twice (one URN, one object); a rewrite to
         # a name the pool does not serve sends those requests to a model no pod has.
-        objectives: dict[str, int] = {}
-        for index, objective in enumerate(self.objectives):
-            if objective.name in objectives:
-                raise KeyProblem(
-                    f"objectives[{index}].name",
-                    f"{objective.name!r} is also objectives[{objectives[objective.name]}].name: "
-                    "InferenceObjective names are unique in the namespace",
-                )
-            objectives[objective.name] = index
-        rewritten: dict[str, int] = {}
+        refuse_repeats(
+            (o.name for o in self.objectives),
+            "objectives[{}].name",
+            "InferenceObjective names are unique in the namespace",
+        )
+        refuse_repeats((r.model for r in self.rewrites), "rewrites[{}].model", "one rule per name")
         for index, rewrite in enumerate(self.rewrites):
-            if rewrite.model in rewritten:
-                raise KeyProblem(
-                    f"rewrites[{index}].model",
-                    f"{rewrite.model!r} is also rewrites[{rewritten[rewrite.model]}].model: one rule per "
-                    "name",
-                )
-            rewritten[rewrite.model] = index
             for position, target in enumerate(rewrite.targets):
                 if target.model not in self.served_models:
                     raise KeyProblem(
@@ -286,21 +275,10 @@ class InferenceGatewayInputs(ConfigModel):
         # A second rule matching the same base model would never be used (Gateway API gives the
         # earlier rule precedence), and a second route to one pool would register its provider
         # objects (Istio's DestinationRule, GKE's policies) twice under one URN.
-        models: dict[str, int] = {}
-        pools: dict[str, int] = {}
-        for index, route in enumerate(self.model_routes):
-            if route.model in models:
-                raise KeyProblem(
-                    f"modelRoutes[{index}].model",
-                    f"{route.model!r} is also modelRoutes[{models[route.model]}].model: one rule per model",
-                )
-            if route.pool_name in pools:
-                raise KeyProblem(
-                    f"modelRoutes[{index}].poolName",
-                    f"{route.pool_name!r} is also modelRoutes[{pools[route.pool_name]}].poolName: one "
-                    "route per pool",
-                )
-            models[route.model], pools[route.pool_name] = index, index
+        refuse_repeats((r.model for r in self.model_routes), "modelRoutes[{}].model", "one rule per model")
+        refuse_repeats(
+            (r.pool_name for r in self.model_routes), "modelRoutes[{}].poolName", "one route per pool"
+        )
         return self
 
     @property
@@ -384,7 +362,27 @@ class ClusterCrdsInputs(ConfigModel):
 # --- components used only inside LlmdStack or a platform (Python-only args) ----------------------
 
 
-class InferenceNetworkPoliciesArgs(ConfigModel):
+class _StackPods:
+    """What the policies and the monitors derive from a stack's pools (both args classes have the
+    two fields)."""
+
+    if TYPE_CHECKING:
+        disaggregated: bool
+        implementation: EppImplementation
+
+    @property
+    def sidecar_metrics(self) -> bool:
+        """P/D decode pods serve the sidecar's own metrics (`llmd_sidecar_*` on `sidecar-metrics`, 9090):
+        only this project's sidecar does; llm-d's (implementation upstream) declares no such port
+        (modelserver.sidecar_container), so nothing may scrape it or be let in to it."""
+        return self.disaggregated and self.implementation is EppImplementation.BUNDLED
+
+    @property
+    def roles(self) -> list[Role]:
+        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
+
+
+class InferenceNetworkPoliciesArgs(_StackPods, ConfigModel):
     """Ingress policies for the EPP and the model-server pools of one stack."""
 
     instance: Instance = Field(
@@ -406,17 +404,6 @@ class InferenceNetworkPoliciesArgs(ConfigModel):
     gateway_provider: Annotated[GatewayProvider, field_of(GatewayConfig, "provider")]
     prefix_cache: Annotated[PrefixCacheMode, field_of(EppConfig, "prefix_cache")]
     implementation: Annotated[EppImplementation, field_of(EppConfig, "implementation")]
-
-    @property
-    def sidecar_metrics(self) -> bool:
-        """P/D decode pods serve the sidecar's own metrics (`llmd_sidecar_*` on `sidecar-metrics`, 9090):
-        only this project's sidecar does; llm-d's (implementation upstream) declares no such port
-        (modelserver.sidecar_container), so nothing may scrape it or be let in to it."""
-        return self.disaggregated and self.implementation is EppImplementation.BUNDLED
-
-    @property
-    def roles(self) -> list[Role]:
-        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
 
 
 class RoutedModel(ConfigModel):
@@ -490,7 +477,7 @@ class OnPremAcceleratorsArgs(ConfigModel):
     onprem: OnPremConfig = Field(description="The onprem section.")
 
 
-class InferenceMonitoringArgs(ConfigModel):
+class InferenceMonitoringArgs(_StackPods, ConfigModel):
     """The Prometheus Operator monitors and rules, and the Grafana dashboards, of one stack."""
 
     instance: Instance = Field(description="Stack name (object names, the `llmd_stack` label).")
@@ -515,17 +502,6 @@ class InferenceMonitoringArgs(ConfigModel):
         "multi-model stack).",
     )
     implementation: Annotated[EppImplementation, field_of(EppConfig, "implementation")]
-
-    @property
-    def sidecar_metrics(self) -> bool:
-        """P/D decode pods serve the sidecar's own metrics (`llmd_sidecar_*` on `sidecar-metrics`, 9090):
-        only this project's sidecar does; llm-d's (implementation upstream) declares no such port
-        (modelserver.sidecar_container), so nothing may scrape it or be let in to it."""
-        return self.disaggregated and self.implementation is EppImplementation.BUNDLED
-
-    @property
-    def roles(self) -> list[Role]:
-        return [Role.PREFILL, Role.DECODE] if self.disaggregated else [Role.DECODE]
 
     @property
     def gateway_stack(self) -> str:

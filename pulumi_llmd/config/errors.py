@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,17 @@ class KeyProblem(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+def refuse_repeats(values: Iterable[Hashable], key: str, why: str) -> None:
+    """Raise a :class:`KeyProblem` at the first value equal to an earlier one. ``key`` is the list
+    entry's path with ``{}`` for its index (``"objectives[{}].name"``); the message names the earlier
+    entry and ``why`` one is enough (``'x' is also objectives[0].name: ...``)."""
+    seen: dict[Hashable, int] = {}
+    for index, value in enumerate(values):
+        if value in seen:
+            raise KeyProblem(key.format(index), f"{value!r} is also {key.format(seen[value])}: {why}")
+        seen[value] = index
 
 
 class ConfigError(ValueError):

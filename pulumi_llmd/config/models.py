@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pulumi_llmd.config.base import ConfigModel
 from pulumi_llmd.config.eks import EksConfig
-from pulumi_llmd.config.errors import KeyProblem
+from pulumi_llmd.config.errors import KeyProblem, refuse_repeats
 from pulumi_llmd.config.gateways import (
     KGATEWAY_ENVOY_CLASS,
     GatewayProvider,
@@ -774,15 +774,11 @@ class EppFlowControlConfig(ConfigModel):
     def _one_band_per_priority(self) -> EppFlowControlConfig:
         # The EPP refuses a config with two bands of one priority at startup (epp/flowcontrol/config.py:
         # "duplicate priority"), so the pods would crash-loop while `pulumi up` waits for them.
-        seen: dict[int, int] = {}
-        for index, band in enumerate(self.priority_bands):
-            if band.priority in seen:
-                raise KeyProblem(
-                    f"priorityBands[{index}].priority",
-                    f"{band.priority} is also the priority of priorityBands[{seen[band.priority]}]: one band "
-                    "per priority",
-                )
-            seen[band.priority] = index
+        refuse_repeats(
+            (band.priority for band in self.priority_bands),
+            "priorityBands[{}].priority",
+            "one band per priority",
+        )
         return self
 
 

@@ -17,7 +17,6 @@ configuration can let the EPP skip the response path while it runs GIE's mode.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,8 +29,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.server.stream import BodyMode
-from localrun import EnvoyGateway, ManagedProcess, free_port, http_ok
+from localrun import EnvoyGateway, free_port
 from localrun.envoy import Upstream
+from tests.support.envoy_epp import start_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -98,15 +98,11 @@ class OverridingProcessor(pb_grpc.ExternalProcessorServicer):
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    process = ManagedProcess(
-        [sys.executable, "-m", "localrun.standin", "--port", str(port), "--name", "pod-a"],
-        ready=http_ok(f"http://127.0.0.1:{port}/health"),
-        name="standin",
-        log_dir=tmp_path_factory.mktemp("standin"),
-    )
-    with process:
-        yield f"127.0.0.1:{port}"
+    pod = start_pod("pod-a", tmp_path_factory.mktemp("standin"))
+    try:
+        yield f"127.0.0.1:{pod.port}"
+    finally:
+        pod.process.stop()
 
 
 # (id, request body mode, headers answered at once, allow_mode_override, whether Envoy then still

@@ -155,8 +155,8 @@ def test_two_bands_of_one_priority_are_refused_as_the_epp_would() -> None:
 
     bands = [{"priority": 1}, {"priority": 5}, {"priority": 1}]
     assert problems_of(kind_config(epp={"flowControl": {"enabled": True, "priorityBands": bands}})) == [
-        "llmd:epp.flowControl.priorityBands[2].priority 1 is also the priority of priorityBands[0]: one band "
-        "per priority"
+        "llmd:epp.flowControl.priorityBands[2].priority 1 is also priorityBands[0].priority: one band per "
+        "priority"
     ]
     distinct = [{"priority": 1}, {"priority": 5}]
     result = render_config(kind_config(epp={"flowControl": {"enabled": True, "priorityBands": distinct}}))
