@@ -82,21 +82,43 @@ class BufferBudget:
 class ActiveRequestIds:
     """Request ids of the streams in progress. The Director keys its in-flight bookkeeping on the
     id, and a client may send the same ``x-request-id`` twice at once: the second one gets a suffix
-    (the upstream still sees the client's header unchanged)."""
+    (the upstream still sees the client's header unchanged).
+
+    The suffixes of one id are numbered on from the last one given while any stream holds that id,
+    so a claim costs O(1) however many streams share it. Trying ``#2``, ``#3`` ... from the start
+    made k concurrent requests with one client-chosen id cost O(k^2) on the event loop (4,000 of
+    them: 1.9 s of CPU)."""
 
     def __init__(self) -> None:
-        self._active: set[str] = set()
+        self._active: dict[str, str] = {}  # id given -> the client's id it was made from
+        self._holders: dict[str, int] = {}  # client's id -> how many given ids come from it
+        self._last_suffix: dict[str, int] = {}  # client's id -> the last suffix given
 
     def claim(self, request_id: str) -> str:
-        unique, n = request_id, 1
-        while unique in self._active:
-            n += 1
-            unique = f"{request_id}#{n}"
-        self._active.add(unique)
+        unique = request_id
+        if unique in self._active:
+            n = self._last_suffix.get(request_id, 1)
+            while unique in self._active:  # another client may have sent "<id>#<n>" itself
+                n += 1
+                unique = f"{request_id}#{n}"
+            self._last_suffix[request_id] = n
+        self._active[unique] = request_id
+        self._holders[request_id] = self._holders.get(request_id, 0) + 1
         return unique
 
     def release(self, request_id: str) -> None:
-        self._active.discard(request_id)
+        base = self._active.pop(request_id, None)
+        if base is None:
+            return
+        left = self._holders[base] - 1
+        if left:
+            self._holders[base] = left
+        else:
+            del self._holders[base]
+            self._last_suffix.pop(base, None)
+
+    def __len__(self) -> int:
+        return len(self._active)
 
 
 @dataclass(frozen=True, slots=True)
