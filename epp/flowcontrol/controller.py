@@ -384,7 +384,8 @@ class FlowController:
     def _push(self, band: _Band, item: QueueItem, now: float) -> None:
         queue = band.view.flows.get(item.fairness_id)
         if queue is None:
-            queue = band.view.flows[item.fairness_id] = FlowQueue(item.fairness_id, item.priority)
+            queue = FlowQueue(item.fairness_id, item.priority)
+            band.view.add_flow(queue)
         queue.push(item)
         band.length += 1
         band.bytes += item.byte_size
@@ -405,7 +406,7 @@ class FlowController:
             item.state = ItemState.DISPATCHED if outcome is Outcome.DISPATCHED else ItemState.FINALIZED
             queue.discard(item)
             if not len(queue):
-                del band.view.flows[item.fairness_id]
+                band.view.remove_flow(item.fairness_id)
             band.length -= 1
             band.bytes -= item.byte_size
             band.last_used = self._clock()

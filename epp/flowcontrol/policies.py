@@ -127,14 +127,15 @@ class RoundRobinFairnessPolicy(_NoParams, FairnessPolicy):
 
     def pick(self, band: BandView) -> FlowQueue | None:
         cursor: _Cursor = band.state
-        ids = sorted(fid for fid, queue in band.flows.items() if len(queue))
-        if not ids:
-            cursor.last = None
-            return None
+        ids, flows = band.flow_ids, band.flows  # ids in order, kept by the band (no sort per pick)
         start = 0 if cursor.last is None else bisect.bisect_right(ids, cursor.last)
-        chosen = ids[start % len(ids)]
-        cursor.last = chosen
-        return band.flows[chosen]
+        for step in range(len(ids)):  # the first flow after the last one picked that has something queued
+            chosen = ids[(start + step) % len(ids)]
+            if len(flows[chosen]):
+                cursor.last = chosen
+                return flows[chosen]
+        cursor.last = None
+        return None
 
 
 # ---- usage limits -----------------------------------------------------------------------------
