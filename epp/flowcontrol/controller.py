@@ -39,7 +39,7 @@ from typing import Any
 from epp import metrics as m
 from epp.datastore import Endpoint
 from epp.flowcontrol.config import BandConfig, FlowControlConfig
-from epp.flowcontrol.framework import BandView, FlowQueue, ItemState, QueueItem
+from epp.flowcontrol.framework import BandView, ItemState, QueueItem
 
 log = logging.getLogger(__name__)
 
@@ -382,11 +382,7 @@ class FlowController:
         return band.length + 1 <= band.config.max_requests
 
     def _push(self, band: _Band, item: QueueItem, now: float) -> None:
-        queue = band.view.flows.get(item.fairness_id)
-        if queue is None:
-            queue = FlowQueue(item.fairness_id, item.priority)
-            band.view.add_flow(queue)
-        queue.push(item)
+        band.view.push(item)
         band.length += 1
         band.bytes += item.byte_size
         self._length += 1
@@ -402,11 +398,8 @@ class FlowController:
         item.outcome = outcome
         if queued and item.state is ItemState.QUEUED:
             band = self._bands[item.priority]
-            queue = band.view.flows[item.fairness_id]
             item.state = ItemState.DISPATCHED if outcome is Outcome.DISPATCHED else ItemState.FINALIZED
-            queue.discard(item)
-            if not len(queue):
-                band.view.remove_flow(item.fairness_id)
+            band.view.discard(item)
             band.length -= 1
             band.bytes -= item.byte_size
             band.last_used = self._clock()

@@ -98,16 +98,10 @@ class GlobalStrictFairnessPolicy(_NoParams, FairnessPolicy):
     ordering policy's order goes next (llm-d's default)."""
 
     def pick(self, band: BandView) -> FlowQueue | None:
-        best: FlowQueue | None = None
-        best_key: tuple[Any, ...] | None = None
-        for queue in band.flows.values():
-            head = queue.peek()
-            if head is None:
-                continue
-            key = (head.key, head.seq)
-            if best_key is None or key < best_key:
-                best, best_key = queue, key
-        return best
+        # The band keeps all its queued items in the ordering policy's order: the first one is the
+        # head of the flow that goes next (no walk over the flows).
+        first = band.first_queued()
+        return band.flows[first.fairness_id] if first is not None else None
 
 
 class _Cursor:
