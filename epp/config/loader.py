@@ -18,7 +18,6 @@ in ``dataLayer.sources`` feeds is wired to one, with a warning: without it, it n
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -47,6 +46,7 @@ from epp.scheduling.framework import (
     SchedulerProfile,
     Scorer,
 )
+from epp.scheduling.params import finite_float
 from epp.scheduling.registry import create, default_producer, deprecated_replacement
 from epp.scheduling.scheduler import Scheduler
 
@@ -278,16 +278,17 @@ class _Builder:
             if isinstance(plugin, Scorer):
                 if weight is None:
                     weight = DEFAULT_SCORER_WEIGHT
-                if (
-                    isinstance(weight, bool)
-                    or not isinstance(weight, int | float)
-                    or not math.isfinite(weight)
-                    or weight < 0
-                ):
+                # finite_float: a 400-digit integer weight is refused here, as Go's float64 decoding
+                # of llm-d's ``weight`` refuses it, rather than raising OverflowError.
+                number = None
+                if not isinstance(weight, bool) and isinstance(weight, int | float):
+                    number = finite_float(weight)
+                if number is None or number < 0:
+                    shown = repr(weight) if len(repr(weight)) <= 40 else f"{repr(weight)[:37]}..."
                     raise ConfigError(
-                        f"{where}: weight of {plugin.name!r} must be a number >= 0 and finite, got {weight!r}"
+                        f"{where}: weight of {plugin.name!r} must be a number >= 0 and finite, got {shown}"
                     )
-                scorers.append((plugin, float(weight)))
+                scorers.append((plugin, number))
                 continue
             if weight is not None:
                 raise ConfigError(f"{where}: {plugin.name!r} is not a scorer, so it takes no weight")
@@ -438,7 +439,10 @@ class _Builder:
                     "endpoint-notification-source plugin"
                 )
             extractor: MetricsExtractor | None = None
-            for ext_index, ext in enumerate(entry.get("extractors") or []):
+            extractors = entry.get("extractors") or []
+            if not isinstance(extractors, list):  # a bare name or number was a TypeError, or a str iterated
+                raise ConfigError(f"{where}.extractors must be a list")
+            for ext_index, ext in enumerate(extractors):
                 ref = ext.get("pluginRef") if isinstance(ext, Mapping) else None
                 plugin = self.plugins.get(ref) if isinstance(ref, str) else None
                 if not isinstance(plugin, MetricsExtractor):
