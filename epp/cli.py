@@ -259,9 +259,11 @@ def _config_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
         return str(args.config_text)
     if args.config_file is not None:
         try:
-            return str(args.config_file.read_text())
+            return str(args.config_file.read_text(encoding="utf-8"))
         except OSError as exc:
             parser.error(f"--config-file {args.config_file}: {exc.strerror}")
+        except UnicodeDecodeError as exc:  # a ValueError: without this, a traceback instead of exit 2
+            parser.error(f"--config-file {args.config_file}: not UTF-8 text (byte {exc.start}: {exc.reason})")
     return DEFAULT_CONFIG
 
 

@@ -112,6 +112,20 @@ def test_bad_command_lines_exit_2_naming_the_problem(
     assert message in capsys.readouterr().err
 
 
+def test_a_config_file_that_is_not_utf8_or_a_directory_exits_2_naming_it(
+    endpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A non-UTF-8 file raised UnicodeDecodeError (a ValueError, not the OSError caught): a traceback.
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(b"\xff\xfe apiVersion: x\n")
+    for path, message in ((binary, "not UTF-8"), (tmp_path, "Is a directory")):
+        with pytest.raises(SystemExit) as caught:
+            parse_args(["--endpoints-file", str(endpoints), "--config-file", str(path)])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--config-file {path}" in err and message in err
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"), [("0.5", 0.5), ("2s", 2), ("50ms", 0.05), ("1m30s", 90), ("1h", 3600)]
 )
