@@ -97,6 +97,14 @@ def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path
         (["--endpoints-file", "{endpoints}", "--config-file", "/nonexistent.yaml"], "--config-file"),
         (["--endpoints-file", "{endpoints}", "--served-models", ","], "names no model"),
         (["--endpoints-file", "{endpoints}", "--grpc-port", "70000"], "port out of range"),
+        (
+            ["--endpoints-file", "{endpoints}", "--metrics-port", "9002"],
+            "--grpc-port and --metrics-port are both",
+        ),
+        (
+            ["--endpoints-file", "{endpoints}", "--grpc-health-port", "9090"],
+            "--grpc-health-port and --metrics-port",
+        ),
         (["--endpoints-file", "{endpoints}", "--refresh-metrics-interval", "fast"], "not a duration"),
         (["--endpoints-file", "{endpoints}", "--secure-serving=maybe"], "not a boolean"),
         (["--endpoints-file", "{endpoints}", "--transport", "grpclib"], "invalid choice: 'grpclib'"),
