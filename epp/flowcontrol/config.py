@@ -211,8 +211,13 @@ def _band(
     priority = section.get("priority", 0)
     if priority_required and "priority" not in section:
         raise ConfigError(f"{where}.priority is required")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ConfigError(f"{where}.priority must be an integer, got {priority!r}")
+    # Bounded as llm-d's ``Priority int`` (int64) is: a 30-digit priority was accepted here.
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not -INT64_MAX - 1 <= priority <= INT64_MAX
+    ):
+        raise ConfigError(f"{where}.priority must be an integer (int64), got {priority!r}")
     max_requests = DEFAULT_BAND_MAX_REQUESTS
     if section.get("maxRequests") is not None:
         max_requests = parse_quantity(section["maxRequests"], f"{where}.maxRequests") or max_requests

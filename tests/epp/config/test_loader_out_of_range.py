@@ -92,6 +92,13 @@ def test_a_quantity_beyond_int64_is_refused_by_name(value: str) -> None:
         load_config(FLOW.format(key="maxBytes", value=value))
 
 
+def test_a_priority_band_beyond_int64_is_refused() -> None:
+    with pytest.raises(
+        ConfigError, match=r"flowControl\.priorityBands\[0\]\.priority must be an integer \(int64\)"
+    ):
+        load_config(FLOW.format(key="priorityBands", value=f"[{{priority: {2**63}}}]"))
+
+
 def test_a_flow_control_ttl_beyond_go_duration_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"flowControl\.defaultRequestTTL"):
         load_config(FLOW.format(key="defaultRequestTTL", value="'100000000000h'"))
