@@ -19,7 +19,7 @@ from pathlib import Path
 from bbr.server import RouterOptions, RouterServer
 from bbr.stream import RouterSettings
 from bbr.table import RoutingTable, TableError
-from epp.server.cliargs import boolean, port, positive_int
+from epp.server.cliargs import boolean, distinct_ports, port, positive_int
 from epp.server.state import BodyMode
 from epp.server.tls import CertificateSource, TlsError
 
@@ -93,6 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RoutingTable, RouterO
     """Validate the command line and load the table; exit 2 with a message naming what is wrong."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    distinct_ports(parser, args)
     try:
         table = RoutingTable.load(args.config_file)
     except TableError as error:

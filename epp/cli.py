@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from epp.server import EppServer, ServerOptions, StreamSettings
-from epp.server.cliargs import boolean, port, positive_int
+from epp.server.cliargs import boolean, distinct_ports, port, positive_int
 from epp.server.listeners import Transport
 from epp.server.stream import BodyMode
 from epp.server.tls import CertificateSource, TlsError
@@ -203,6 +203,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RuntimeOptions, Serve
         parser.error("exactly one of --pool-name or --endpoints-file is required")
     if args.endpoints_file is not None and not args.endpoints_file.is_file():
         parser.error(f"--endpoints-file {args.endpoints_file}: no such file")
+    distinct_ports(parser, args)
     config_text = _config_text(parser, args)
     tls = None
     if args.secure_serving:
@@ -259,9 +260,11 @@ def _config_text(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
         return str(args.config_text)
     if args.config_file is not None:
         try:
-            return str(args.config_file.read_text())
+            return str(args.config_file.read_text(encoding="utf-8"))
         except OSError as exc:
             parser.error(f"--config-file {args.config_file}: {exc.strerror}")
+        except UnicodeDecodeError as exc:  # a ValueError: without this, a traceback instead of exit 2
+            parser.error(f"--config-file {args.config_file}: not UTF-8 text (byte {exc.start}: {exc.reason})")
     return DEFAULT_CONFIG
 
 

@@ -68,6 +68,12 @@ SCRAPE_TASK_RESTARTS = Counter(
     "Per-endpoint metrics poll tasks that ended unexpectedly and were restarted (a bug if ever > 0).",
 )
 ENDPOINTS = Gauge("epp_pool_endpoints", "Endpoints currently in the pool.")
+DISCOVERY_INVALID_OBJECTS = Counter(
+    "epp_discovery_invalid_objects_total",
+    "Watched InferencePool/InferenceObjective/InferenceModelRewrite versions skipped for a bad spec "
+    "(the warning log names the object and the field).",
+    ["kind"],
+)
 
 # ---- flow control (default registry) ----------------------------------------------------------
 # llm-d's names (llm-d-router pkg/epp/metrics/llm_d_router_metrics.go).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 from sidecar.guard import Network, PoolMembership, PrefillGuard, parse_allowlist, parse_ports
@@ -43,11 +44,15 @@ class SidecarOptions:
                 f"choose one of {', '.join(SUPPORTED_CONNECTORS)}"
             )
         for name in ("prefill_timeout_s", "connect_timeout_s", "read_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            # "not 0 < x < inf", not "x <= 0": NaN fails every comparison, so it passed the old check,
+            # as did inf (float() takes "nan", "inf", "1e400"); neither is a timeout that ever fires.
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         for name in ("port", "model_server_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise ValueError(f"{name} must be a TCP port, got {getattr(self, name)}")
+        if not 0 <= self.metrics_port < 65536:  # 0 = off; anything else failed only at bind time
+            raise ValueError(f"metrics_port must be a TCP port or 0, got {self.metrics_port}")
         if self.max_conns_per_host < 1 or self.max_body_bytes < 1:
             raise ValueError("max_conns_per_host and max_body_bytes must be >= 1")
 

@@ -41,6 +41,7 @@ The KV transfer cost is runtime.md's NixlConnector measurement on the same machi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -122,8 +123,10 @@ class SimParams:
             "kv_transfer_per_token_s",
             "kv_hold_timeout_s",
         ):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+            # "not 0 <= x < inf", not "x < 0": NaN fails every comparison, so it passed the old check
+            # (and inf with it), then poisoned every simulated timing.
+            if not 0 <= getattr(self, name) < math.inf:
+                problems.append(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
         if self.kv_cache_tokens < self.block_size:
             problems.append(
                 f"kv_cache_tokens ({self.kv_cache_tokens}) is smaller than one block ({self.block_size})"
@@ -156,8 +159,10 @@ class SimParams:
             problems.append(f"lora_modules name an adapter twice ({', '.join(names)})")
         if self.max_loras < 1:
             problems.append(f"max_loras must be >= 1, got {self.max_loras}")
-        if self.lora_load_s < 0:
-            problems.append(f"lora_load_s must be >= 0, got {self.lora_load_s}")
+        if not 0 <= self.lora_load_s < math.inf:
+            problems.append(f"lora_load_s must be >= 0 and finite, got {self.lora_load_s}")
+        if not 0 <= self.advertise_port < 65536:  # --port; was refused only at bind time
+            problems.append(f"port must be a TCP port, got {self.advertise_port}")
         if problems:
             raise ValueError("invalid simulator parameters: " + "; ".join(problems))
 

@@ -18,7 +18,6 @@ in ``dataLayer.sources`` feeds is wired to one, with a warning: without it, it n
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -47,6 +46,7 @@ from epp.scheduling.framework import (
     SchedulerProfile,
     Scorer,
 )
+from epp.scheduling.params import finite_float
 from epp.scheduling.registry import create, default_producer, deprecated_replacement
 from epp.scheduling.scheduler import Scheduler
 
@@ -108,12 +108,57 @@ def load_config(text: str | None) -> SchedulerConfig:
     if text is None or not text.strip():
         text = DEFAULT_CONFIG
     try:
+        _check_yaml_shape(yaml.compose(text, Loader=yaml.SafeLoader))
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"EndpointPickerConfig is not valid YAML: {exc}") from exc
     if not isinstance(document, Mapping):
         raise ConfigError("EndpointPickerConfig must be a YAML mapping")
     return _Builder(document).build()
+
+
+# The most nodes a document may hold once its aliases are expanded. Real configs hold hundreds;
+# llm-d's YAML decoder (go-yaml, under sigs.k8s.io/yaml) likewise refuses "excessive aliasing".
+MAX_EXPANDED_NODES = 100_000
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_yaml_shape(root: yaml.Node | None) -> None:
+    """Refuse, before anything reads the document, what would otherwise hang or crash later:
+    an alias bomb (PyYAML shares aliased nodes, but any error message that prints the value
+    expands them all: minutes and gigabytes), a recursive alias, and a non-string mapping key
+    (every unknown-field check sorts keys, and an int among strings raised TypeError; llm-d's
+    JSON-based decoding has only string keys). One walk, each node visited once."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def walk(node: yaml.Node, where: str) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in active:
+            raise ConfigError(f"{where or 'top level'}: a YAML alias refers to itself")
+        active.add(id(node))
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(walk(item, f"{where}[{index}]") for index, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag not in {_STR_TAG, _MERGE_TAG}:
+                    shown = key.value if isinstance(key, yaml.ScalarNode) else key.tag
+                    raise ConfigError(f"{where or 'top level'}: key {shown!r} is not a string")
+                size += 1 + walk(value, f"{where}.{key.value}" if where else str(key.value))
+        active.discard(id(node))
+        sizes[id(node)] = size
+        if size > MAX_EXPANDED_NODES:
+            raise ConfigError(
+                f"{where or 'top level'}: YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes"
+            )
+        return size
+
+    if root is not None:
+        walk(root, "")
 
 
 class _Builder:
@@ -258,6 +303,11 @@ class _Builder:
         name = entry.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: 'name' is required")
+        # llm-d decodes the config strictly (serializer.EnableStrict in configloader.go): a typo
+        # such as ``plugin:`` for ``plugins:`` was silently ignored here, leaving a picker-only profile.
+        unknown = sorted(set(entry) - {"name", "plugins"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
         where = f"scheduling profile {name!r}"
         refs = entry.get("plugins") or []
         if not isinstance(refs, list):
@@ -278,16 +328,17 @@ class _Builder:
             if isinstance(plugin, Scorer):
                 if weight is None:
                     weight = DEFAULT_SCORER_WEIGHT
-                if (
-                    isinstance(weight, bool)
-                    or not isinstance(weight, int | float)
-                    or not math.isfinite(weight)
-                    or weight < 0
-                ):
+                # finite_float: a 400-digit integer weight is refused here, as Go's float64 decoding
+                # of llm-d's ``weight`` refuses it, rather than raising OverflowError.
+                number = None
+                if not isinstance(weight, bool) and isinstance(weight, int | float):
+                    number = finite_float(weight)
+                if number is None or number < 0:
+                    shown = repr(weight) if len(repr(weight)) <= 40 else f"{repr(weight)[:37]}..."
                     raise ConfigError(
-                        f"{where}: weight of {plugin.name!r} must be a number >= 0 and finite, got {weight!r}"
+                        f"{where}: weight of {plugin.name!r} must be a number >= 0 and finite, got {shown}"
                     )
-                scorers.append((plugin, float(weight)))
+                scorers.append((plugin, number))
                 continue
             if weight is not None:
                 raise ConfigError(f"{where}: {plugin.name!r} is not a scorer, so it takes no weight")
@@ -438,7 +489,10 @@ class _Builder:
                     "endpoint-notification-source plugin"
                 )
             extractor: MetricsExtractor | None = None
-            for ext_index, ext in enumerate(entry.get("extractors") or []):
+            extractors = entry.get("extractors") or []
+            if not isinstance(extractors, list):  # a bare name or number was a TypeError, or a str iterated
+                raise ConfigError(f"{where}.extractors must be a list")
+            for ext_index, ext in enumerate(extractors):
                 ref = ext.get("pluginRef") if isinstance(ext, Mapping) else None
                 plugin = self.plugins.get(ref) if isinstance(ref, str) else None
                 if not isinstance(plugin, MetricsExtractor):

@@ -27,6 +27,7 @@ from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Pod
 
+from epp import metrics
 from epp.datastore import Datastore, EndpointSpec, RewriteTarget
 from epp.scheduling.errors import ConfigError
 
@@ -73,36 +74,109 @@ class PoolSpec:
     target_ports: tuple[int, ...]
 
 
+class InvalidSpec(Exception):
+    """A watched object's spec that the EPP cannot apply; the message names the field.
+
+    Not a ValueError on purpose: the list/watch loop takes ValueError for a broken connection
+    (relist, back off), so a bad object raised from a callback used to stall its whole watch."""
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# llm-d-router apix/v1alpha2/inferencemodelrewrite_types.go: Weight *int32, Minimum=1, Maximum=1000000.
+REWRITE_WEIGHT_MAX = 1_000_000
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _port(value: Any, where: str) -> int:
+    if not _is_int(value) or not 0 < value < 65536:
+        raise InvalidSpec(f"{where} must be a port number 1-65535, got {value!r}")
+    return int(value)
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(v, str | int | float) for v in value.values()):
+        raise InvalidSpec(f"{where} must be a map of label names to values, got {value!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def parse_pool(spec: Mapping[str, Any] | None, group: str) -> PoolSpec:
     """v1: ``selector.matchLabels`` + ``targetPorts[].number``; v1alpha2: plain ``selector`` map +
-    ``targetPortNumber``."""
+    ``targetPortNumber``. Raises :class:`InvalidSpec` naming the field (llm-d's CRD schema has
+    1-65535 ports and 1-8 targetPorts; without the schema they reached the endpoints as given)."""
     spec = spec or {}
     selector = spec.get("selector") or {}
+    if not isinstance(selector, Mapping):
+        raise InvalidSpec(f"selector must be a mapping, got {selector!r}")
     if group == POOL_GROUP_V1:
-        labels = selector.get("matchLabels") or {}
-        ports = tuple(int(p["number"]) for p in spec.get("targetPorts") or [] if "number" in p)
-    else:
-        labels = selector
-        ports = (int(spec["targetPortNumber"]),) if spec.get("targetPortNumber") else ()
-    return PoolSpec({str(k): str(v) for k, v in labels.items()}, ports)
+        labels = _labels(selector.get("matchLabels") or {}, "selector.matchLabels")
+        raw_ports = spec.get("targetPorts")
+        if not isinstance(raw_ports, list) or not raw_ports:
+            raise InvalidSpec(f"targetPorts must be a non-empty list of {{number: port}}, got {raw_ports!r}")
+        ports = []
+        for index, entry in enumerate(raw_ports):
+            if not isinstance(entry, Mapping):
+                raise InvalidSpec(f"targetPorts[{index}] must be a mapping {{number: port}}, got {entry!r}")
+            ports.append(_port(entry.get("number"), f"targetPorts[{index}].number"))
+        return PoolSpec(labels, tuple(ports))
+    labels = _labels(selector, "selector")
+    return PoolSpec(labels, (_port(spec.get("targetPortNumber"), "targetPortNumber"),))
+
+
+def parse_priority(spec: Mapping[str, Any]) -> int:
+    """An InferenceObjective's priority (unset = 0); an int32, as llm-d's API type has it."""
+    priority = spec.get("priority")
+    if priority is None:
+        return 0
+    if not _is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
+        raise InvalidSpec(f"priority must be an int32, got {priority!r}")
+    return int(priority)
 
 
 def parse_rewrite_rules(spec: Mapping[str, Any] | None) -> list[tuple[str, list[RewriteTarget]]]:
-    """(incoming model, targets) per Exact model match of an InferenceModelRewrite's rules."""
+    """(incoming model, targets) per Exact model match of an InferenceModelRewrite's rules.
+    Raises :class:`InvalidSpec` naming the field; a weight is 1-1,000,000 (llm-d's CRD schema)."""
     parsed: list[tuple[str, list[RewriteTarget]]] = []
-    for rule in (spec or {}).get("rules") or []:
-        targets = [
-            RewriteTarget(str(t["modelRewrite"]), int(t["weight"]) if t.get("weight") else None)
-            for t in rule.get("targets") or []
-            if t.get("modelRewrite")
-        ]
+    rules = (spec or {}).get("rules") or []
+    if not isinstance(rules, list):
+        raise InvalidSpec(f"rules must be a list, got {rules!r}")
+    for index, rule in enumerate(rules):
+        where = f"rules[{index}]"
+        if not isinstance(rule, Mapping):
+            raise InvalidSpec(f"{where} must be a mapping, got {rule!r}")
+        raw_targets, matches = rule.get("targets") or [], rule.get("matches") or []
+        if not isinstance(raw_targets, list) or not isinstance(matches, list):
+            raise InvalidSpec(f"{where}: targets and matches must be lists")
+        targets = []
+        for t_index, target in enumerate(raw_targets):
+            if not isinstance(target, Mapping):
+                raise InvalidSpec(f"{where}.targets[{t_index}] must be a mapping, got {target!r}")
+            if not target.get("modelRewrite"):
+                continue
+            weight = target.get("weight")
+            if weight is not None and (not _is_int(weight) or not 1 <= weight <= REWRITE_WEIGHT_MAX):
+                raise InvalidSpec(
+                    f"{where}.targets[{t_index}].weight must be an integer 1-{REWRITE_WEIGHT_MAX}, "
+                    f"got {weight!r}"
+                )
+            targets.append(RewriteTarget(str(target["modelRewrite"]), weight))
         if not targets:
             continue
-        for match in rule.get("matches") or []:
-            model = match.get("model") or {}
+        for match in matches:
+            model = (match.get("model") if isinstance(match, Mapping) else None) or {}
+            if not isinstance(model, Mapping):
+                raise InvalidSpec(f"{where}.matches[].model must be a mapping, got {model!r}")
             if model.get("value") and model.get("type", "Exact") == "Exact":
                 parsed.append((str(model["value"]), targets))
     return parsed
+
+
+def report_invalid(kind: str, name: str, problem: str) -> None:
+    """The one place a skipped object is reported: a warning naming it, and a metric to alert on."""
+    log.warning("%s %s ignored: %s", kind, name, problem)
+    metrics.DISCOVERY_INVALID_OBJECTS.labels(kind).inc()
 
 
 def pod_is_ready(pod: Pod) -> bool:
@@ -149,7 +223,10 @@ class KubernetesDiscovery:
         self.pool: PoolSpec | None = None
         self._pods: dict[str, Pod] = {}
         self._objectives: dict[str, dict[str, int]] = {group: {} for group in OBJECTIVE_GROUPS}
-        self._rewrites: dict[str, dict[str, Any]] = {group: {} for group in OBJECTIVE_GROUPS}
+        # name -> (object, its parsed rules): parsed once, when it arrives, so a bad one is refused alone
+        self._rewrites: dict[str, dict[str, tuple[Any, list[tuple[str, list[RewriteTarget]]]]]] = {
+            group: {} for group in OBJECTIVE_GROUPS
+        }
         self._tasks: list[asyncio.Task[None]] = []
         self._pod_task: asyncio.Task[None] | None = None
 
@@ -284,7 +361,13 @@ class KubernetesDiscovery:
         self._set_pool(None if kind == "DELETED" else obj)
 
     def _set_pool(self, obj: Any) -> None:
-        pool = parse_pool(obj.spec if obj is not None else None, self.pool_group) if obj is not None else None
+        try:
+            pool = parse_pool(obj.spec, self.pool_group) if obj is not None else None
+        except InvalidSpec as exc:
+            # Keep serving the last good pool (llm-d's reconciler likewise leaves its datastore as
+            # it was when a pool fails to convert) rather than dropping every endpoint.
+            report_invalid("InferencePool", self.pool_name, str(exc))
+            return
         if pool == self.pool:
             return
         self.pool = pool
@@ -351,8 +434,11 @@ class KubernetesDiscovery:
         if kind == "DELETED" or pool_ref.get("name") != self.pool_name:
             self._objectives[group].pop(name, None)
         else:
-            priority = spec.get("priority")
-            self._objectives[group][name] = int(priority) if isinstance(priority, int) else 0
+            try:
+                self._objectives[group][name] = parse_priority(spec)
+            except InvalidSpec as exc:  # a bool or "high" used to become 1 or 0 silently
+                report_invalid("InferenceObjective", name, str(exc))
+                self._objectives[group].pop(name, None)
         if publish:
             self._publish_objectives()
 
@@ -376,8 +462,18 @@ class KubernetesDiscovery:
         pool_ref = (obj.spec or {}).get("poolRef") or {}
         if kind == "DELETED" or pool_ref.get("name") != self.pool_name:
             self._rewrites[group].pop(name, None)
+            if publish:
+                self._publish_rewrites()
+            return
+        # Parsed (and so checked) here, per object: a bad one raised out of _publish_rewrites and
+        # stopped every rewrite from applying, and stalled (ValueError) or ended the watch.
+        try:
+            rules = parse_rewrite_rules(obj.spec)
+        except InvalidSpec as exc:
+            report_invalid("InferenceModelRewrite", name, str(exc))
+            self._rewrites[group].pop(name, None)
         else:
-            self._rewrites[group][name] = obj
+            self._rewrites[group][name] = (obj, rules)
         if publish:
             self._publish_rewrites()
 
@@ -386,14 +482,14 @@ class KubernetesDiscovery:
         group before the legacy one, the first matching rule within a resource."""
         ordered = sorted(
             (
-                (group_rank, obj)
+                (group_rank, obj, parsed)
                 for group_rank, group in enumerate(OBJECTIVE_GROUPS)
-                for obj in self._rewrites[group].values()
+                for obj, parsed in self._rewrites[group].values()
             ),
             key=lambda item: (str(item[1].metadata.creationTimestamp or ""), item[0], item[1].metadata.name),
         )
         rules: dict[str, list[RewriteTarget]] = {}
-        for _, obj in ordered:
-            for model, targets in parse_rewrite_rules(obj.spec):
+        for _, _, parsed in ordered:
+            for model, targets in parsed:
                 rules.setdefault(model, targets)
         self.datastore.set_model_rewrites(rules)

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from epp.flowcontrol.framework import FairnessPolicy, OrderingPolicy, UsageLimitPolicy
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import Plugin, SaturationDetector
-from epp.scheduling.params import parse_duration
+from epp.scheduling.params import INT64_MAX, parse_duration
 
 FEATURE_GATE = "flowControl"
 DEFAULT_REQUEST_TTL = 60.0
@@ -109,18 +109,21 @@ def parse_quantity(value: Any, where: str) -> int:
     as ``resource.Quantity.Value()`` does; must not be negative."""
     if isinstance(value, bool) or value is None:
         raise ConfigError(f"{where} must be a quantity like '5000', '5k' or '1Gi', got {value!r}")
-    if isinstance(value, int):
-        number = float(value)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite quantity, got {value!r}")
+    if isinstance(value, int | float):
         number = value
     elif isinstance(value, str):
         number = _quantity_text(value.strip(), where)
     else:
         raise ConfigError(f"{where} must be a quantity like '5000', '5k' or '1Gi', got {value!r}")
+    shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{where} must be a finite quantity, got {shown}")
     if number < 0:
-        raise ConfigError(f"{where} must be non-negative, got {value!r}")
+        raise ConfigError(f"{where} must be non-negative, got {shown}")
+    # A limit is an int64 in llm-d (resource.Quantity.Value()); past it, float() of the value raised
+    # OverflowError (a traceback) or ceil(inf) did, instead of this error naming the key.
+    if number > INT64_MAX:
+        raise ConfigError(f"{where} must be at most {INT64_MAX} (an int64), got {shown}")
     return math.ceil(number)
 
 
@@ -153,7 +156,8 @@ def _quantity_text(text: str, where: str) -> float:
     number, exponent, suffix = match.groups()
     value = float(number)
     if exponent:
-        value *= 10.0 ** int(exponent[1:])
+        power = int(exponent[1:])
+        value = math.inf if power > 308 else value * 10.0**power  # 10.0**400 raises OverflowError
     elif suffix:
         value *= _SUFFIX[suffix]
     return value
@@ -207,8 +211,13 @@ def _band(
     priority = section.get("priority", 0)
     if priority_required and "priority" not in section:
         raise ConfigError(f"{where}.priority is required")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ConfigError(f"{where}.priority must be an integer, got {priority!r}")
+    # Bounded as llm-d's ``Priority int`` (int64) is: a 30-digit priority was accepted here.
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not -INT64_MAX - 1 <= priority <= INT64_MAX
+    ):
+        raise ConfigError(f"{where}.priority must be an integer (int64), got {priority!r}")
     max_requests = DEFAULT_BAND_MAX_REQUESTS
     if section.get("maxRequests") is not None:
         max_requests = parse_quantity(section["maxRequests"], f"{where}.maxRequests") or max_requests

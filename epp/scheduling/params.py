@@ -15,6 +15,31 @@ from typing import Any
 
 from epp.scheduling.errors import ConfigError
 
+# The ranges of the Go types llm-d decodes parameters into. YAML integers are unbounded in Python,
+# so without these bounds a 400-digit integer made ``float()`` raise OverflowError (a traceback and
+# a crash loop instead of an error naming the key), and an infinite or 10^11-hour duration was
+# accepted where Go's JSON decoding and ``time.ParseDuration`` ("invalid duration") refuse it.
+INT64_MAX = 2**63 - 1
+MAX_DURATION_SECONDS = INT64_MAX / 1e9  # time.Duration is int64 nanoseconds: about 292 years
+
+
+def finite_float(value: int | float) -> float | None:
+    """``value`` as a finite float64, or None if no float64 holds it (NaN, inf, or an int past 1.8e308)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def duration_error(seconds: float) -> str | None:
+    """Why ``seconds`` is no valid Go duration (llm-d's type for every duration), or None."""
+    if math.isnan(seconds) or seconds < 0:
+        return "must not be negative or NaN"
+    if seconds > MAX_DURATION_SECONDS:
+        return f"is longer than a Go duration holds ({MAX_DURATION_SECONDS:.0f}s, about 292 years)"
+    return None
+
 
 class Params:
     def __init__(self, plugin_name: str, plugin_type: str, raw: Any, *, prefix: str = "") -> None:
@@ -63,6 +88,7 @@ class Params:
                 value = int(value)
             else:
                 raise self.error(key, f"must be an integer, got {value!r}")
+        self._check_range(key, value, -INT64_MAX - 1, INT64_MAX)
         self._check_range(key, value, minimum, maximum)
         return value
 
@@ -74,11 +100,12 @@ class Params:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, got {value!r}")
-        if not math.isfinite(value):
+        number = finite_float(value)
+        if number is None:
             # NaN passes every range check (all its comparisons are false): refuse it by name.
-            raise self.error(key, f"must be a finite number, got {value!r}")
-        self._check_range(key, float(value), minimum, maximum)
-        return float(value)
+            raise self.error(key, f"must be a finite number, got {_short(value)}")
+        self._check_range(key, number, minimum, maximum)
+        return number
 
     def duration(self, key: str, default: float) -> float:
         """Seconds; accepts a number of seconds or a Go duration string ("200ms", "2s", "1m")."""
@@ -88,13 +115,14 @@ class Params:
         if isinstance(value, bool):
             raise self.error(key, f"must be a duration like '200ms', got {value!r}")
         if isinstance(value, int | float):
-            seconds = float(value)
+            seconds = float(value) if finite_float(value) is not None else math.inf
         elif isinstance(value, str):
             seconds = parse_duration(value, lambda problem: self.error(key, problem))
         else:
             raise self.error(key, f"must be a duration like '200ms', got {value!r}")
-        if math.isnan(seconds) or seconds < 0:
-            raise self.error(key, f"must not be negative or NaN, got {value!r}")
+        problem = duration_error(seconds)
+        if problem is not None:
+            raise self.error(key, f"{problem}, got {_short(value)}")
         return seconds
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -144,9 +172,15 @@ class Params:
 
     def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
         if minimum is not None and value < minimum:
-            raise self.error(key, f"must be >= {minimum}, got {value}")
+            raise self.error(key, f"must be >= {minimum}, got {_short(value)}")
         if maximum is not None and value > maximum:
-            raise self.error(key, f"must be <= {maximum}, got {value}")
+            raise self.error(key, f"must be <= {maximum}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to 40 characters: a 400-digit integer should not fill the error line."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -159,4 +193,7 @@ def parse_duration(text: str, error: Any) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text.strip())
     if not parts or "".join(n + u for n, u in parts) != text.strip():
         raise error(f"is not a duration like '200ms' or '2s': {text!r}")
-    return sum(float(number) * _UNITS[unit] for number, unit in parts)
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if seconds > MAX_DURATION_SECONDS:  # also inf, from a 400-digit number
+        raise error(f"is longer than a Go duration holds (about 292 years): {text[:40]!r}")
+    return seconds

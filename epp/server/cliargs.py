@@ -4,6 +4,7 @@ router's command lines): one definition, so both refuse the same bad values with
 from __future__ import annotations
 
 import argparse
+import itertools
 
 
 def boolean(text: str) -> bool:
@@ -27,3 +28,13 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {value}")
     return value
+
+
+def distinct_ports(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 naming the flags when two listeners share a port: otherwise the second bind failed
+    only after the config was loaded and discovery started, as "address already in use"."""
+    flags = ("--grpc-port", "--grpc-health-port", "--metrics-port")
+    for first, second in itertools.combinations(flags, 2):
+        value = getattr(args, first[2:].replace("-", "_"))
+        if value == getattr(args, second[2:].replace("-", "_")):
+            parser.error(f"{first} and {second} are both {value}; each listener needs its own port")

@@ -56,6 +56,8 @@ def test_plaintext_and_limits(table: Path) -> None:
         (["--secure-serving=false", "--cert-path", "/tmp"], "need --secure-serving (it is off)"),
         (["--cert-path", "/nonexistent"], "--cert-path: cannot read"),
         (["--grpc-port", "70000"], "port out of range"),
+        (["--grpc-port", "9090"], "--grpc-port and --metrics-port are both 9090"),
+        (["--grpc-health-port", "9004"], "--grpc-port and --grpc-health-port are both 9004"),
     ],
 )
 def test_bad_command_lines_exit_2_naming_the_problem(

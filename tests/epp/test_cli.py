@@ -97,6 +97,14 @@ def test_secure_serving_reads_the_cert_directory(tmp_path: Path, endpoints: Path
         (["--endpoints-file", "{endpoints}", "--config-file", "/nonexistent.yaml"], "--config-file"),
         (["--endpoints-file", "{endpoints}", "--served-models", ","], "names no model"),
         (["--endpoints-file", "{endpoints}", "--grpc-port", "70000"], "port out of range"),
+        (
+            ["--endpoints-file", "{endpoints}", "--metrics-port", "9002"],
+            "--grpc-port and --metrics-port are both",
+        ),
+        (
+            ["--endpoints-file", "{endpoints}", "--grpc-health-port", "9090"],
+            "--grpc-health-port and --metrics-port",
+        ),
         (["--endpoints-file", "{endpoints}", "--refresh-metrics-interval", "fast"], "not a duration"),
         (["--endpoints-file", "{endpoints}", "--secure-serving=maybe"], "not a boolean"),
         (["--endpoints-file", "{endpoints}", "--transport", "grpclib"], "invalid choice: 'grpclib'"),
@@ -110,6 +118,20 @@ def test_bad_command_lines_exit_2_naming_the_problem(
         parse_args([a.format(endpoints=endpoints) for a in argv])
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_config_file_that_is_not_utf8_or_a_directory_exits_2_naming_it(
+    endpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A non-UTF-8 file raised UnicodeDecodeError (a ValueError, not the OSError caught): a traceback.
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(b"\xff\xfe apiVersion: x\n")
+    for path, message in ((binary, "not UTF-8"), (tmp_path, "Is a directory")):
+        with pytest.raises(SystemExit) as caught:
+            parse_args(["--endpoints-file", str(endpoints), "--config-file", str(path)])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--config-file {path}" in err and message in err
 
 
 @pytest.mark.parametrize(

@@ -102,3 +102,22 @@ def test_sidecar_command_runs_the_module_on_loopback_with_nixlv2():
     options = options_from_args(build_parser().parse_args(command[3:]))
     assert (options.host, options.port, options.model_server_port) == ("127.0.0.1", 8000, 8200)
     assert (options.kv_connector, options.metrics_port, options.prefill_timeout_s) == ("nixlv2", 9100, 10.0)
+
+
+# NaN and infinity passed the "<= 0" checks (every comparison with NaN is false) and an infinite
+# timeout never fires; --metrics-port had no range check at all and failed only at bind time.
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--prefill-timeout", "nan"),
+        ("--connect-timeout", "inf"),
+        ("--read-timeout", "1e400"),
+        ("--metrics-port", "-1"),
+        ("--metrics-port", "70000"),
+    ],
+)
+def test_non_finite_timeouts_and_bad_ports_are_refused_by_name(flag, value):
+    # main() turns this ValueError into parser.error: exit 2 with the message, before serving.
+    args = build_parser().parse_args([flag, value])
+    with pytest.raises(ValueError, match=flag.lstrip("-").replace("-", "_")):
+        options_from_args(args)

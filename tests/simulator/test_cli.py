@@ -73,3 +73,23 @@ def test_block_ids_per_group_or_flat(ids, flat):
 def test_block_ids_must_be_a_list():
     with pytest.raises(TypeError, match="must be a list"):
         _flatten("1,2")
+
+
+# NaN passed every "< 0" check (all comparisons with NaN are false) and --port had no range check:
+# the simulator started and then misbehaved or failed at bind time instead of exiting 2.
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [
+        ("--step-overhead", "nan", "step_overhead_s"),
+        ("--prefill-per-token", "inf", "prefill_per_token_s"),
+        ("--kv-hold-timeout", "nan", "kv_hold_timeout_s"),
+        ("--lora-load-time", "nan", "lora_load_s"),
+        ("--port", "-1", "port"),
+        ("--port", "70000", "port"),
+    ],
+)
+def test_non_finite_times_and_bad_ports_are_refused_by_name(flag, value, named):
+    # main() turns this ValueError into parser.error: exit 2 with the message, before serving.
+    args = build_parser().parse_args(["--model", "m", flag, value])
+    with pytest.raises(ValueError, match=named):
+        params_from_args(args)

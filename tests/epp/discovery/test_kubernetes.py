@@ -187,7 +187,7 @@ async def test_not_synced_until_the_pool_exists_and_missing_crds_are_tolerated(a
 
 
 def test_parse_pool_v1_and_legacy_v1alpha2_shapes() -> None:
-    from epp.discovery.kubernetes import PoolSpec, parse_pool
+    from epp.discovery.kubernetes import InvalidSpec, PoolSpec, parse_pool
 
     v1 = parse_pool(pool([8000, 8001])["spec"], "inference.networking.k8s.io")
     assert v1 == PoolSpec(SELECTOR, (8000, 8001))
@@ -195,7 +195,9 @@ def test_parse_pool_v1_and_legacy_v1alpha2_shapes() -> None:
         {"selector": {"app": "vllm"}, "targetPortNumber": 8000}, "inference.networking.x-k8s.io"
     )
     assert legacy == PoolSpec({"app": "vllm"}, (8000,))
-    assert parse_pool(None, "inference.networking.k8s.io") == PoolSpec({}, ())
+    # No targetPorts selected pods and made no endpoint, silently; llm-d's schema requires 1-8 of them.
+    with pytest.raises(InvalidSpec, match="targetPorts must be a non-empty list"):
+        parse_pool(None, "inference.networking.k8s.io")
 
 
 async def test_legacy_pool_group_is_watched_at_v1alpha2(api: FakeKubeApi) -> None:
