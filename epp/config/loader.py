@@ -236,7 +236,8 @@ class _Builder:
             replacement = deprecated_replacement(type_name)
             if replacement:
                 self.warn(f"plugin {name!r}: type {type_name!r} is deprecated, use {replacement!r}")
-            self.plugins[name] = create(type_name, name, entry.get("parameters"), on_unknown=self.warn)
+            # Unknown parameter keys are an error, as llm-d-router's StrictDecoder makes them.
+            self.plugins[name] = create(type_name, name, entry.get("parameters"))
 
     def _ensure_producers(self) -> None:
         """Add the default producer of every data key that a configured plugin consumes and no

@@ -1,16 +1,16 @@
 """Typed, strict reading of one plugin's ``parameters`` mapping.
 
 Each plugin factory pulls the keys it understands through :class:`Params`, which rejects a wrong
-type or value with the plugin and key named. :meth:`Params.finish` then deals with keys nobody
-read: an error by default; the config loader instead logs a warning naming them, because llm-d
-(Go's JSON decoding) ignores unknown keys and real configs carry some (e.g. ``hashBlockSize`` on
-a picker), so rejecting them would break drop-in compatibility while still hiding nothing.
+type or value with the plugin and key named. :meth:`Params.finish` then rejects keys nobody read,
+as llm-d-router decodes every plugin's parameters strictly (``fwkplugin.StrictDecoder``, JSON's
+``DisallowUnknownFields``, since llm-d-router#1134, before v0.10.0): a misspelt key fails start-up
+with its name instead of leaving the default silently in place.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from epp.scheduling.errors import ConfigError
@@ -159,16 +159,13 @@ class Params:
             raise self.error(key, f"must be a list, got {value!r}")
         return value
 
-    def finish(self, on_unknown: Callable[[str], None] | None = None) -> None:
-        """Reject (or, with ``on_unknown``, report) parameters the plugin does not understand."""
+    def finish(self) -> None:
+        """Reject parameters the plugin does not understand."""
         unknown = sorted(set(self._raw) - self._used)
         if not unknown:
             return
         names = ", ".join(repr(self.prefix + key) for key in unknown)
-        message = f"{self.plugin}: unknown parameter(s) {names}"
-        if on_unknown is None:
-            raise ConfigError(message)
-        on_unknown(message)
+        raise ConfigError(f"{self.plugin}: unknown parameter(s) {names}")
 
     def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
         if minimum is not None and value < minimum:

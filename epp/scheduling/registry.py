@@ -58,10 +58,8 @@ def register(
     return decorate
 
 
-def create(
-    type_name: str, name: str, raw_parameters: object, on_unknown: Callable[[str], None] | None = None
-) -> Plugin:
-    """Build one plugin. Unknown parameter keys raise ConfigError, or go to ``on_unknown``."""
+def create(type_name: str, name: str, raw_parameters: object) -> Plugin:
+    """Build one plugin. Unknown parameter keys raise ConfigError, as llm-d-router's StrictDecoder."""
     factory = _FACTORIES.get(type_name)
     if factory is None:
         raise ConfigError(
@@ -69,7 +67,7 @@ def create(
         )
     params = Params(name, type_name, raw_parameters)
     plugin = factory(name, params)
-    params.finish(on_unknown)
+    params.finish()
     return plugin
 
 

@@ -147,14 +147,15 @@ def test_inflight_load_producer_is_accepted() -> None:
     assert [s.type_name for s, _ in profile.scorers] == ["load-aware-scorer"]
 
 
-def test_unknown_parameter_keys_warn_like_llm_d_ignores_them() -> None:
-    """llm-d's JSON decoding ignores unknown keys and real configs carry some; we load them and
-    name the key in a warning (a wrong value for a known key is still an error)."""
-    config = load_config(
-        HEADER + "plugins: [{type: weighted-random-picker, parameters: {threshold: 0.1, hashBlockSize: 5}}]\n"
-    )
-    (warning,) = config.warnings
-    assert "plugin 'weighted-random-picker'" in warning and "'hashBlockSize', 'threshold'" in warning
+def test_unknown_parameter_keys_fail_as_llm_d_decodes_them_strictly() -> None:
+    """llm-d-router decodes plugin parameters with DisallowUnknownFields (StrictDecoder): a
+    misspelt key fails start-up, naming the plugin and the key, instead of leaving a default."""
+    with pytest.raises(ConfigError) as error:
+        load_config(
+            HEADER
+            + "plugins: [{type: weighted-random-picker, parameters: {threshold: 0.1, hashBlockSize: 5}}]\n"
+        )
+    assert "plugin 'weighted-random-picker'" in str(error.value) and "'hashBlockSize'" in str(error.value)
 
 
 def test_llm_d_header_handlers_and_parsers_are_accepted() -> None:
