@@ -595,7 +595,10 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from None
         except Exception as error:  # hpack's decoding errors, or anything malformed input provokes
             raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, f"HPACK: {error}") from None
-        self._control_frames = 0
+        # A header block counts as a frame without progress until it opens a call or ends one with
+        # trailers: blocks that are ignored (a stream we reset), refused or malformed cost a decode
+        # and often a RST_STREAM each, and must not reset the flood guard (CVE-2019-9518 class).
+        self._count_control_frame()
         end_stream = bool(flags & Flag.END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:
@@ -608,6 +611,7 @@ class H2Connection(asyncio.Protocol):
                 check_trailers(decoded.headers)
             except MalformedRequest as error:
                 raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(error)) from None
+            self._control_frames = 0
             stream.receive_data(b"", 0, True)
             return
         if stream_id <= self._last_stream_id:
@@ -651,6 +655,7 @@ class H2Connection(asyncio.Protocol):
             )
         if isinstance(plan, MalformedRequest):
             raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(plan))
+        self._control_frames = 0  # a gRPC call, served or answered with a status: progress
         if isinstance(plan, Rejection):
             self.write(
                 self.trailers_frame(stream_id, plan.code, plan.message, True, plan.http_status, plan.extra)

@@ -1,0 +1,53 @@
+"""Resource exhaustion by a hostile HTTP/2 peer (RFC 9113 section 10.5, the 2019 and 2023 HTTP/2 CVE
+families): every case counts frames, bytes or entries, none relies on timing."""
+
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+
+from epp.transport import TransportOptions
+
+from .rawh2 import ErrorCode, Flag, FrameType, RawClient, frame, request_headers
+from .support import ECHO, Probe, ServedMethod, ServerUnderTest, echo_handler
+
+
+async def _calmed(client: RawClient) -> bool:
+    """What the server answered to what was sent, then a PING: GOAWAY(ENHANCE_YOUR_CALM), or False
+    once the PING's ACK shows it took everything and carried on."""
+    client.ping(b"probe!!!")
+    await client.drain()
+    answer = await client.read_until(
+        lambda f: f.type == FrameType.GOAWAY or (f.type == FrameType.PING and f.flags & Flag.ACK)
+    )
+    client.abort()
+    assert answer is not None, "closed without GOAWAY"
+    return answer.type == FrameType.GOAWAY and answer.error_code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def _server(options: TransportOptions) -> ServerUnderTest:
+    method = ServedMethod(ECHO, wrappers_pb2.BytesValue, echo_handler(Probe()))
+    return ServerUnderTest("h2", [method], options)
+
+
+async def test_header_blocks_on_a_reset_stream_count_as_frames_without_progress() -> None:
+    """RFC 9113 5.1 lets a server ignore frames on a stream it reset, but ignoring must not make
+    them free: a HEADERS frame that opens nothing is a frame without progress (CVE-2019-9518 class)."""
+    async with _server(TransportOptions(max_control_frames=100)) as server:
+        client = await RawClient.connect(server.port)
+        block = client.headers_block(request_headers(ECHO))
+        client.send(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, block))
+        client.rst_stream(1)
+        client.send(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, block) * 150)
+        assert await _calmed(client)
+
+
+async def test_malformed_header_blocks_count_as_frames_without_progress() -> None:
+    """Each malformed request costs a decode and a RST_STREAM and opens no call."""
+    async with _server(TransportOptions(max_control_frames=100)) as server:
+        client = await RawClient.connect(server.port)
+        data = b"".join(
+            frame(FrameType.HEADERS, Flag.END_HEADERS, stream_id, client.headers_block([("x-bad", "1")]))
+            for stream_id in range(1, 302, 2)
+        )
+        client.send(data)
+        assert await _calmed(client)
