@@ -6,6 +6,7 @@ from __future__ import annotations
 from google.protobuf import wrappers_pb2
 
 from epp.transport import TransportOptions
+from epp.transport.headers import HeaderDecoder, encode_headers, header_list_size
 
 from .rawh2 import ErrorCode, Flag, FrameType, RawClient, frame, request_headers
 from .support import ECHO, Probe, ServedMethod, ServerUnderTest, echo_handler
@@ -51,3 +52,15 @@ async def test_malformed_header_blocks_count_as_frames_without_progress() -> Non
         )
         client.send(data)
         assert await _calmed(client)
+
+
+def test_the_header_block_cache_holds_a_bounded_number_of_bytes() -> None:
+    """The decoder caches blocks that leave the HPACK table alone; a peer repeating nothing but
+    sending 64 distinct ~40 KB blocks (under the 64 KiB decode cap) must not leave megabytes behind
+    for the life of the connection."""
+    decoder = HeaderDecoder(max_header_list_size=4 * TransportOptions().max_header_list_size)
+    for i in range(64):
+        headers = [(b"x-pad", b"%05d" % i + b"v" * 40_000)]
+        assert decoder.decode(encode_headers(headers)).headers == headers
+    held = sum(len(block) + header_list_size(d.headers) for block, d in decoder._cache.items())
+    assert held <= HeaderDecoder.CACHE_BYTES
