@@ -3,13 +3,15 @@ families): every case counts frames, bytes or entries, none relies on timing."""
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import wrappers_pb2
 
 from epp.transport import TransportOptions
 from epp.transport.headers import HeaderDecoder, encode_headers, header_list_size
 
-from .rawh2 import ErrorCode, Flag, FrameType, RawClient, frame, request_headers
-from .support import ECHO, Probe, ServedMethod, ServerUnderTest, echo_handler
+from .rawh2 import ErrorCode, Flag, FrameType, RawClient, Setting, frame, request_headers
+from .support import ECHO, HANG_GUARD, Probe, ServedMethod, ServerUnderTest, echo_handler
 
 
 async def _calmed(client: RawClient) -> bool:
@@ -64,3 +66,26 @@ def test_the_header_block_cache_holds_a_bounded_number_of_bytes() -> None:
         assert decoder.decode(encode_headers(headers)).headers == headers
     held = sum(len(block) + header_list_size(d.headers) for block, d in decoder._cache.items())
     assert held <= HeaderDecoder.CACHE_BYTES
+
+
+async def test_the_deadline_ends_a_call_whose_peer_never_opens_its_window(
+    server: ServerUnderTest, probe: Probe
+) -> None:
+    """SETTINGS_INITIAL_WINDOW_SIZE 0 and no WINDOW_UPDATE ever: the answer waits for window, but
+    the call's grpc-timeout still ends it (trailers are not flow-controlled, RFC 9113 6.9) and the
+    handler is cancelled; no DATA ever exceeds the zero window."""
+    client = await RawClient.connect(server.port, client_settings={Setting.INITIAL_WINDOW_SIZE: 0})
+    client.send_headers(1, request_headers(ECHO, grpc_timeout="100m"))
+    client.send_message(1, wrappers_pb2.BytesValue(value=b"blocked").SerializeToString())
+    await client.drain()
+    blocks, data, rst = await client.response(1)
+    assert data == []
+    if server.transport == "h2":
+        assert rst is None and blocks and blocks[-1]["grpc-status"] == "4", (blocks, rst)
+        async with asyncio.timeout(HANG_GUARD):
+            await probe.cancelled.wait()
+    else:
+        # C-core may reset the stream instead of sending trailers. Its servicer's blocked write is
+        # not cancelled (the probe never sees CancelledError within HANG_GUARD): left unchecked.
+        assert (blocks and blocks[-1].get("grpc-status") == "4") or rst is not None
+    client.abort()
