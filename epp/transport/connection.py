@@ -718,8 +718,22 @@ class H2Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length is not a multiple of 6")
+        # RFC 9113 6.5.3 processes settings in order, but one frame can hold 2,730 of them: applied
+        # one by one, alternating INITIAL_WINDOW_SIZE values would walk every open stream for each
+        # (RFC 9113 10.5, the CVE-2019-9515 settings-flood class). No DATA leaves between two
+        # values of one frame, so only the last one is applied, once.
+        initial_window = -1
         for key, value in frames.parse_settings(payload):
-            self._apply_setting(key, value)
+            if key == Setting.INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ConnectionError_(
+                        ErrorCode.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large"
+                    )
+                initial_window = value
+            else:
+                self._apply_setting(key, value)
+        if initial_window >= 0:
+            self._apply_initial_window(initial_window)
         self.write(frames.SETTINGS_ACK)
         self._handshake_progress()
 
@@ -731,25 +745,25 @@ class H2Connection(asyncio.Protocol):
         elif key == Setting.ENABLE_PUSH:
             if value > 1:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH must be 0 or 1")
-        elif key == Setting.INITIAL_WINDOW_SIZE:
-            if value > MAX_WINDOW:
-                raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
-            delta = value - self.peer_initial_window
-            self.peer_initial_window = value
-            if delta:
-                for stream in self.streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > MAX_WINDOW:
-                        raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "a stream window overflowed")
-                if delta > 0:
-                    for stream in list(self.streams.values()):
-                        stream.flush()
         elif key == Setting.MAX_FRAME_SIZE:
             if not frames.DEFAULT_MAX_FRAME_SIZE <= value <= frames.MAX_MAX_FRAME_SIZE:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
             self.peer_max_frame_size = value
         # MAX_CONCURRENT_STREAMS limits streams we would open (we open none); MAX_HEADER_LIST_SIZE is
         # advisory and our header blocks are a few dozen bytes; unknown settings are ignored.
+
+    def _apply_initial_window(self, value: int) -> None:
+        """A new SETTINGS_INITIAL_WINDOW_SIZE shifts every open stream's window (RFC 9113 6.9.2)."""
+        delta = value - self.peer_initial_window
+        self.peer_initial_window = value
+        if delta:
+            for stream in self.streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "a stream window overflowed")
+            if delta > 0:
+                for stream in list(self.streams.values()):
+                    stream.flush()
 
     def _on_push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
         raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "a client cannot send PUSH_PROMISE")

@@ -1,14 +1,17 @@
 """Resource exhaustion by a hostile HTTP/2 peer (RFC 9113 section 10.5, the 2019 and 2023 HTTP/2 CVE
-families): every case counts frames, bytes or entries, none relies on timing."""
+families): cases count frames, bytes or entries; none asserts on timing."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
 
+import pytest
 from google.protobuf import wrappers_pb2
 
 from epp.transport import TransportOptions
 from epp.transport.headers import HeaderDecoder, encode_headers, header_list_size
+from epp.transport.stream import ServerStream
 
 from .rawh2 import ErrorCode, Flag, FrameType, RawClient, Setting, frame, request_headers
 from .support import ECHO, HANG_GUARD, Probe, ServedMethod, ServerUnderTest, echo_handler
@@ -89,3 +92,43 @@ async def test_the_deadline_ends_a_call_whose_peer_never_opens_its_window(
         # not cancelled (the probe never sees CancelledError within HANG_GUARD): left unchecked.
         assert (blocks and blocks[-1].get("grpc-status") == "4") or rst is not None
     client.abort()
+
+
+async def test_a_settings_frame_adjusts_open_stream_windows_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 16 KB SETTINGS frame holds 2,730 settings; applied one by one, alternating
+    INITIAL_WINDOW_SIZE values walk every open stream 2,730 times (with 10,000 streams, 27 million
+    steps for one frame). Only the last value counts (RFC 9113 6.5.3 processes them in order, and
+    no DATA is sent between them), so open streams are adjusted once per frame."""
+    flushes = 0
+    original = ServerStream.flush
+
+    def counting_flush(stream: ServerStream) -> None:
+        nonlocal flushes
+        flushes += 1
+        original(stream)
+
+    monkeypatch.setattr(ServerStream, "flush", counting_flush)
+    async with _server(TransportOptions()) as server:
+        client = await RawClient.connect(server.port)
+        streams = range(1, 41, 2)
+        for stream_id in streams:
+            client.send_headers(stream_id, request_headers(ECHO))
+        client.ping(b"opened!!")
+        await client.drain()
+        assert await client.read_until(lambda f: f.type == FrameType.PING and f.flags & Flag.ACK)
+        connection = next(iter(server.h2.connections))  # type: ignore[union-attr]
+        assert len(connection.streams) == len(streams)
+        flushes = 0
+        values = [65_536, 65_535] * 1_000 + [70_000]
+        client.send(_settings_frame(values))
+        client.ping(b"applied!")
+        await client.drain()
+        assert await client.read_until(lambda f: f.type == FrameType.PING and f.payload == b"applied!")
+        assert flushes <= len(streams)
+        assert all(stream.send_window == 70_000 for stream in connection.streams.values())
+        client.abort()
+
+
+def _settings_frame(initial_windows: list[int]) -> bytes:
+    payload = b"".join(struct.pack(">HL", Setting.INITIAL_WINDOW_SIZE, value) for value in initial_windows)
+    return frame(FrameType.SETTINGS, 0, 0, payload)
