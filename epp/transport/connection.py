@@ -465,13 +465,18 @@ class H2Connection(asyncio.Protocol):
     # ================================================================== flow control
 
     def wait_for_connection_window(self, stream: ServerStream) -> None:
-        if stream not in self._window_waiters:
+        # A flag, not a membership test on the deque: a peer that keeps the connection window shut
+        # and sends stream WINDOW_UPDATEs would otherwise make each frame scan every waiting stream
+        # (RFC 9113 10.5: per-frame work must stay bounded).
+        if not stream.waits_for_window:
+            stream.waits_for_window = True
             self._window_waiters.append(stream)
 
     def _connection_window_opened(self) -> None:
         waiters = self._window_waiters
         while waiters and self.send_window > 0:
             stream = waiters.popleft()
+            stream.waits_for_window = False
             if not stream.reset:
                 stream.flush()
 

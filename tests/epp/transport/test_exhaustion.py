@@ -14,7 +14,7 @@ from epp.transport.headers import HeaderDecoder, encode_headers, header_list_siz
 from epp.transport.stream import ServerStream
 
 from .rawh2 import ErrorCode, Flag, FrameType, RawClient, Setting, frame, request_headers
-from .support import ECHO, HANG_GUARD, Probe, ServedMethod, ServerUnderTest, echo_handler
+from .support import ECHO, HANG_GUARD, Probe, ServedMethod, ServerUnderTest, echo_handler, wait_until
 
 
 async def _calmed(client: RawClient) -> bool:
@@ -132,3 +132,40 @@ async def test_a_settings_frame_adjusts_open_stream_windows_once(monkeypatch: py
 def _settings_frame(initial_windows: list[int]) -> bytes:
     payload = b"".join(struct.pack(">HL", Setting.INITIAL_WINDOW_SIZE, value) for value in initial_windows)
     return frame(FrameType.SETTINGS, 0, 0, payload)
+
+
+async def test_window_updates_cost_no_scan_of_the_streams_waiting_for_connection_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Streams whose own window is open but the connection's is not wait in a queue. A peer that
+    keeps the connection window shut and sends stream WINDOW_UPDATEs must not make each one scan
+    that queue (with 10,000 waiting streams, 10,000 comparisons per 13-byte frame)."""
+    async with _server(TransportOptions()) as server:
+        client = await RawClient.connect(server.port)
+        streams = range(1, 41, 2)
+        for stream_id in streams:  # 20 x 10 KB of answers against a 64 KiB connection window
+            client.send_headers(stream_id, request_headers(ECHO))
+            client.send_message(
+                stream_id, wrappers_pb2.BytesValue(value=b"stream:1:10000").SerializeToString()
+            )
+        await client.drain()
+        connection = next(iter(server.h2.connections))  # type: ignore[union-attr]
+        await wait_until(lambda: connection.send_window < 10_000, "the connection window is used up")
+        await wait_until(
+            lambda: sum(s.send_blocked for s in connection.streams.values()) >= 10, "answers wait for window"
+        )
+        compares = 0
+
+        def counting_eq(stream: ServerStream, other: object) -> bool:
+            nonlocal compares
+            compares += 1
+            return stream is other
+
+        monkeypatch.setattr(ServerStream, "__eq__", counting_eq, raising=False)
+        updates = b"".join(frame(FrameType.WINDOW_UPDATE, 0, s, struct.pack(">L", 1)) for s in streams) * 5
+        client.send(updates)
+        client.ping(b"updated!")
+        await client.drain()
+        assert await client.read_until(lambda f: f.type == FrameType.PING and f.payload == b"updated!")
+        assert compares <= 5 * len(streams)
+        client.abort()
