@@ -470,7 +470,14 @@ class H2Connection(asyncio.Protocol):
         # (RFC 9113 10.5: per-frame work must stay bounded).
         if not stream.waits_for_window:
             stream.waits_for_window = True
-            self._window_waiters.append(stream)
+            waiters = self._window_waiters
+            waiters.append(stream)
+            if len(waiters) > 2 * len(self.streams) + 16:
+                # Streams that ended while waiting stay queued until the window opens; a peer that
+                # keeps it shut and resets blocked streams in a loop would grow the queue without
+                # bound. Dropping the dead ones when they are over half of it costs O(1) amortized.
+                streams = self.streams
+                self._window_waiters = deque(s for s in waiters if streams.get(s.id) is s)
 
     def _connection_window_opened(self) -> None:
         waiters = self._window_waiters

@@ -169,3 +169,32 @@ async def test_window_updates_cost_no_scan_of_the_streams_waiting_for_connection
         assert await client.read_until(lambda f: f.type == FrameType.PING and f.payload == b"updated!")
         assert compares <= 5 * len(streams)
         client.abort()
+
+
+async def test_reset_streams_do_not_pile_up_waiting_for_connection_window() -> None:
+    """The peer keeps the connection window shut and, in a loop, opens a call, lets its answer
+    block on the window, and resets it: each call is progress, so no flood guard trips, and the
+    queue of streams waiting for connection window must not keep the dead ones."""
+    async with _server(TransportOptions()) as server:
+        client = await RawClient.connect(server.port)
+        request = wrappers_pb2.BytesValue(value=b"stream:1:70000").SerializeToString()
+        client.send_headers(1, request_headers(ECHO))
+        client.send_message(1, request)  # 64 KiB of it leaves: the connection window is used up
+        await client.drain()
+        connection = next(iter(server.h2.connections))  # type: ignore[union-attr]
+        await wait_until(lambda: connection.send_window == 0, "the connection window is used up")
+        small = wrappers_pb2.BytesValue(value=b"stream:1:100").SerializeToString()
+        for stream_id in range(3, 403, 2):
+            client.send_headers(stream_id, request_headers(ECHO))
+            client.send_message(stream_id, small)
+            await client.drain()
+            await wait_until(
+                lambda s=stream_id: s in connection.streams and connection.streams[s].send_blocked, "blocked"
+            )
+            client.rst_stream(stream_id)
+        client.ping(b"resets!!")
+        await client.drain()
+        assert await client.read_until(lambda f: f.type == FrameType.PING and f.payload == b"resets!!")
+        # 200 calls went through it; at most two streams were ever open at once.
+        assert len(connection._window_waiters) <= 2 * 2 + 16
+        client.abort()
