@@ -531,16 +531,19 @@ class H2Connection(asyncio.Protocol):
             data = payload[1 : length - payload[0]]
         else:
             data = payload
-        if data:
-            self._control_frames = 0
-        else:
-            self._count_control_frame()
         stream = self.streams.get(stream_id)
         if stream is None:
+            # Ignored (a stream we reset) or answered with RST_STREAM: no progress, whatever it
+            # carries, so it counts toward the flood guard (CVE-2019-9518 class).
+            self._count_control_frame()
             self._frame_on_closed_stream(stream_id, "DATA", bool(flags & Flag.END_STREAM))
             return
         if stream.remote_closed:
             raise StreamError(stream_id, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
+        if data:
+            self._control_frames = 0
+        else:
+            self._count_control_frame()
         stream.receive_data(data, length, bool(flags & Flag.END_STREAM))
 
     def _frame_on_closed_stream(self, stream_id: int, kind: str, end_stream: bool = False) -> None:

@@ -47,6 +47,17 @@ async def test_header_blocks_on_a_reset_stream_count_as_frames_without_progress(
         assert await _calmed(client)
 
 
+async def test_data_on_a_reset_stream_counts_as_frames_without_progress() -> None:
+    """DATA that no stream takes (we reset it, RFC 9113 5.1 says ignore) is not progress, however
+    many bytes it carries: it must not reset the flood guard (CVE-2019-9518 class)."""
+    async with _server(TransportOptions(max_control_frames=100)) as server:
+        client = await RawClient.connect(server.port)
+        client.send_headers(1, request_headers(ECHO))
+        client.rst_stream(1)
+        client.send(frame(FrameType.DATA, 0, 1, b"x") * 150)
+        assert await _calmed(client)
+
+
 async def test_malformed_header_blocks_count_as_frames_without_progress() -> None:
     """Each malformed request costs a decode and a RST_STREAM and opens no call."""
     async with _server(TransportOptions(max_control_frames=100)) as server:
