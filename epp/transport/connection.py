@@ -465,13 +465,25 @@ class H2Connection(asyncio.Protocol):
     # ================================================================== flow control
 
     def wait_for_connection_window(self, stream: ServerStream) -> None:
-        if stream not in self._window_waiters:
-            self._window_waiters.append(stream)
+        # A flag, not a membership test on the deque: a peer that keeps the connection window shut
+        # and sends stream WINDOW_UPDATEs would otherwise make each frame scan every waiting stream
+        # (RFC 9113 10.5: per-frame work must stay bounded).
+        if not stream.waits_for_window:
+            stream.waits_for_window = True
+            waiters = self._window_waiters
+            waiters.append(stream)
+            if len(waiters) > 2 * len(self.streams) + 16:
+                # Streams that ended while waiting stay queued until the window opens; a peer that
+                # keeps it shut and resets blocked streams in a loop would grow the queue without
+                # bound. Dropping the dead ones when they are over half of it costs O(1) amortized.
+                streams = self.streams
+                self._window_waiters = deque(s for s in waiters if streams.get(s.id) is s)
 
     def _connection_window_opened(self) -> None:
         waiters = self._window_waiters
         while waiters and self.send_window > 0:
             stream = waiters.popleft()
+            stream.waits_for_window = False
             if not stream.reset:
                 stream.flush()
 
@@ -519,16 +531,19 @@ class H2Connection(asyncio.Protocol):
             data = payload[1 : length - payload[0]]
         else:
             data = payload
-        if data:
-            self._control_frames = 0
-        else:
-            self._count_control_frame()
         stream = self.streams.get(stream_id)
         if stream is None:
+            # Ignored (a stream we reset) or answered with RST_STREAM: no progress, whatever it
+            # carries, so it counts toward the flood guard (CVE-2019-9518 class).
+            self._count_control_frame()
             self._frame_on_closed_stream(stream_id, "DATA", bool(flags & Flag.END_STREAM))
             return
         if stream.remote_closed:
             raise StreamError(stream_id, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
+        if data:
+            self._control_frames = 0
+        else:
+            self._count_control_frame()
         stream.receive_data(data, length, bool(flags & Flag.END_STREAM))
 
     def _frame_on_closed_stream(self, stream_id: int, kind: str, end_stream: bool = False) -> None:
@@ -595,7 +610,10 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from None
         except Exception as error:  # hpack's decoding errors, or anything malformed input provokes
             raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, f"HPACK: {error}") from None
-        self._control_frames = 0
+        # A header block counts as a frame without progress until it opens a call or ends one with
+        # trailers: blocks that are ignored (a stream we reset), refused or malformed cost a decode
+        # and often a RST_STREAM each, and must not reset the flood guard (CVE-2019-9518 class).
+        self._count_control_frame()
         end_stream = bool(flags & Flag.END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:
@@ -608,6 +626,7 @@ class H2Connection(asyncio.Protocol):
                 check_trailers(decoded.headers)
             except MalformedRequest as error:
                 raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(error)) from None
+            self._control_frames = 0
             stream.receive_data(b"", 0, True)
             return
         if stream_id <= self._last_stream_id:
@@ -651,6 +670,7 @@ class H2Connection(asyncio.Protocol):
             )
         if isinstance(plan, MalformedRequest):
             raise StreamError(stream_id, ErrorCode.PROTOCOL_ERROR, str(plan))
+        self._control_frames = 0  # a gRPC call, served or answered with a status: progress
         if isinstance(plan, Rejection):
             self.write(
                 self.trailers_frame(stream_id, plan.code, plan.message, True, plan.http_status, plan.extra)
@@ -713,8 +733,22 @@ class H2Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length is not a multiple of 6")
+        # RFC 9113 6.5.3 processes settings in order, but one frame can hold 2,730 of them: applied
+        # one by one, alternating INITIAL_WINDOW_SIZE values would walk every open stream for each
+        # (RFC 9113 10.5, the CVE-2019-9515 settings-flood class). No DATA leaves between two
+        # values of one frame, so only the last one is applied, once.
+        initial_window = -1
         for key, value in frames.parse_settings(payload):
-            self._apply_setting(key, value)
+            if key == Setting.INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ConnectionError_(
+                        ErrorCode.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large"
+                    )
+                initial_window = value
+            else:
+                self._apply_setting(key, value)
+        if initial_window >= 0:
+            self._apply_initial_window(initial_window)
         self.write(frames.SETTINGS_ACK)
         self._handshake_progress()
 
@@ -726,25 +760,25 @@ class H2Connection(asyncio.Protocol):
         elif key == Setting.ENABLE_PUSH:
             if value > 1:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH must be 0 or 1")
-        elif key == Setting.INITIAL_WINDOW_SIZE:
-            if value > MAX_WINDOW:
-                raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
-            delta = value - self.peer_initial_window
-            self.peer_initial_window = value
-            if delta:
-                for stream in self.streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > MAX_WINDOW:
-                        raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "a stream window overflowed")
-                if delta > 0:
-                    for stream in list(self.streams.values()):
-                        stream.flush()
         elif key == Setting.MAX_FRAME_SIZE:
             if not frames.DEFAULT_MAX_FRAME_SIZE <= value <= frames.MAX_MAX_FRAME_SIZE:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
             self.peer_max_frame_size = value
         # MAX_CONCURRENT_STREAMS limits streams we would open (we open none); MAX_HEADER_LIST_SIZE is
         # advisory and our header blocks are a few dozen bytes; unknown settings are ignored.
+
+    def _apply_initial_window(self, value: int) -> None:
+        """A new SETTINGS_INITIAL_WINDOW_SIZE shifts every open stream's window (RFC 9113 6.9.2)."""
+        delta = value - self.peer_initial_window
+        self.peer_initial_window = value
+        if delta:
+            for stream in self.streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "a stream window overflowed")
+            if delta > 0:
+                for stream in list(self.streams.values()):
+                    stream.flush()
 
     def _on_push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
         raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "a client cannot send PUSH_PROMISE")

@@ -83,14 +83,23 @@ class HeaderDecoder:
     on its bytes and the dynamic table; when decoding it did not change the table, the same bytes
     decode to the same list for as long as the table stays unchanged. Any block that does change
     it empties the cache.
+
+    The cache holds at most CACHE_BYTES (block bytes + decoded header list size, RFC 9113 6.5.2):
+    a peer sending distinct large blocks that each pass the decode cap would otherwise leave up to
+    64 of them (megabytes) behind for the life of the connection (RFC 9113 10.5: a peer must not
+    make the server hold state it never accounts for). Blocks over a sixteenth of it are not cached;
+    Envoy's repeated blocks are a few hundred bytes.
     """
 
     _CACHE_ENTRIES = 64
+    CACHE_BYTES = 256 * 1024
+    _CACHE_ONE = CACHE_BYTES // 16
 
     def __init__(self, max_header_list_size: int) -> None:
         self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
         self._table = self._decoder.header_table
         self._cache: dict[bytes, DecodedBlock] = {}
+        self._cache_bytes = 0
 
     def decode(self, block: bytes) -> DecodedBlock:
         """Raises hpack's errors (the caller turns them into COMPRESSION_ERROR)."""
@@ -108,10 +117,15 @@ class HeaderDecoder:
         )
         if not unchanged:
             self._cache.clear()
-        else:
-            if len(self._cache) >= self._CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[block] = decoded
+            self._cache_bytes = 0
+        elif len(block) <= self._CACHE_ONE:
+            cost = len(block) + header_list_size(decoded.headers)  # on a miss only
+            if cost <= self._CACHE_ONE:
+                if len(self._cache) >= self._CACHE_ENTRIES or self._cache_bytes + cost > self.CACHE_BYTES:
+                    self._cache.clear()
+                    self._cache_bytes = 0
+                self._cache[block] = decoded
+                self._cache_bytes += cost
         return decoded
 
 

@@ -44,8 +44,10 @@ class TransportOptions:
     handshake_timeout: float = 10.0
     # How long a connection closing after GOAWAY may take to flush before it is aborted.
     close_timeout: float = 5.0
-    # PING / SETTINGS / empty DATA / PRIORITY / WINDOW_UPDATE frames in a row without any stream
-    # progress before the peer is told to calm down (GOAWAY ENHANCE_YOUR_CALM): a flood guard.
+    # PING / SETTINGS / empty DATA / PRIORITY / WINDOW_UPDATE / RST_STREAM / CONTINUATION frames and
+    # header blocks that open no call (ignored, refused, malformed), in a row without any stream
+    # progress, before the peer is told to calm down (GOAWAY ENHANCE_YOUR_CALM): a flood guard. (A
+    # header block that opens a call is counted before it resets the count.)
     max_control_frames: int = 10_000
 
     def __post_init__(self) -> None:

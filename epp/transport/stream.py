@@ -80,6 +80,7 @@ class ServerStream:
         "reset",
         "send_window",
         "task",
+        "waits_for_window",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, method: Method, send_window: int) -> None:
@@ -112,6 +113,7 @@ class ServerStream:
         self._pending: deque[memoryview] = deque()
         self._pending_bytes = 0
         self._write_waiter: asyncio.Future[None] | None = None
+        self.waits_for_window = False  # queued in the connection's _window_waiters
 
     # ------------------------------------------------------------------ inbound (connection side)
 

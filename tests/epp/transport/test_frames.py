@@ -227,7 +227,58 @@ CASES = [
         ),
         ("goaway", ErrorCode.ENHANCE_YOUR_CALM),
     ),
+    Case(
+        # CVE-2024-27316 class: a header block that never ends. Empty frames add no bytes to the
+        # block-size cap, so the control-frame guard must stop them.
+        "endless empty continuations",
+        lambda c: (
+            frame(FrameType.HEADERS, 0, 1, c.headers_block(_GOOD)[:3])
+            + frame(FrameType.CONTINUATION, 0, 1, b"") * 10_001
+        ),
+        ("goaway", ErrorCode.ENHANCE_YOUR_CALM),
+    ),
+    Case(
+        "header block of one-byte continuations past the cap",
+        lambda c: (
+            frame(FrameType.HEADERS, 0, 1, c.headers_block(_GOOD)[:1])
+            + frame(FrameType.CONTINUATION, 0, 1, b"\x00") * 9_999
+            + frame(FrameType.CONTINUATION, 0, 1, b"\x00" * 16_000) * 4
+        ),
+        ("goaway", ErrorCode.ENHANCE_YOUR_CALM),
+    ),
+    Case(
+        # RFC 7541 6.3 / 4.2: 4097, above SETTINGS_HEADER_TABLE_SIZE (4096, we advertise no other).
+        "hpack table size update over the setting",
+        lambda c: frame(FrameType.HEADERS, Flag.END_HEADERS, 1, b"\x3f\xe2\x1f" + c.headers_block(_GOOD)),
+        ("goaway", ErrorCode.COMPRESSION_ERROR),
+    ),
+    Case(
+        "hpack dynamic index one past an empty table",
+        lambda c: frame(FrameType.HEADERS, Flag.END_HEADERS, 1, b"\xbe"),
+        ("goaway", ErrorCode.COMPRESSION_ERROR),
+    ),
+    Case(
+        "hpack huffman string with bad padding",
+        lambda c: frame(FrameType.HEADERS, Flag.END_HEADERS, 1, b"\x00\x81\x00\x81\x00"),
+        ("goaway", ErrorCode.COMPRESSION_ERROR),
+    ),
+    Case(
+        # RFC 9113 6.9.2: a SETTINGS_INITIAL_WINDOW_SIZE change that takes an open stream's window
+        # past 2^31-1 is a connection error.
+        "initial window change overflows an open stream",
+        lambda c: (
+            _open(c)
+            + frame(FrameType.WINDOW_UPDATE, 0, 1, _u32(2**31 - 1 - 65_535))
+            + settings({Setting.INITIAL_WINDOW_SIZE: 65_536})
+        ),
+        ("goaway", ErrorCode.FLOW_CONTROL_ERROR),
+    ),
     # --- stream errors: RST_STREAM with the code; the connection stays usable
+    Case(
+        "stream window overflow",
+        lambda c: _open(c) + frame(FrameType.WINDOW_UPDATE, 0, 1, _u32(2**31 - 1)),
+        ("rst", ErrorCode.FLOW_CONTROL_ERROR),
+    ),
     Case(
         "priority on itself",
         lambda c: frame(FrameType.PRIORITY, 0, 1, _u32(1) + b"\x10"),
