@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from epp.flowcontrol.framework import FairnessPolicy, OrderingPolicy, UsageLimitPolicy
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import Plugin, SaturationDetector
-from epp.scheduling.params import INT64_MAX, parse_duration
+from epp.scheduling.params import INT64_MAX, parse_duration, short_repr
 
 FEATURE_GATE = "flowControl"
 DEFAULT_REQUEST_TTL = 60.0
@@ -115,7 +115,7 @@ def parse_quantity(value: Any, where: str) -> int:
         number = _quantity_text(value.strip(), where)
     else:
         raise ConfigError(f"{where} must be a quantity like '5000', '5k' or '1Gi', got {value!r}")
-    shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+    shown = short_repr(value)
     if isinstance(number, float) and not math.isfinite(number):
         raise ConfigError(f"{where} must be a finite quantity, got {shown}")
     if number < 0:

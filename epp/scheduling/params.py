@@ -103,7 +103,7 @@ class Params:
         number = finite_float(value)
         if number is None:
             # NaN passes every range check (all its comparisons are false): refuse it by name.
-            raise self.error(key, f"must be a finite number, got {_short(value)}")
+            raise self.error(key, f"must be a finite number, got {short_repr(value)}")
         self._check_range(key, number, minimum, maximum)
         return number
 
@@ -122,7 +122,7 @@ class Params:
             raise self.error(key, f"must be a duration like '200ms', got {value!r}")
         problem = duration_error(seconds)
         if problem is not None:
-            raise self.error(key, f"{problem}, got {_short(value)}")
+            raise self.error(key, f"{problem}, got {short_repr(value)}")
         return seconds
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -169,12 +169,12 @@ class Params:
 
     def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
         if minimum is not None and value < minimum:
-            raise self.error(key, f"must be >= {minimum}, got {_short(value)}")
+            raise self.error(key, f"must be >= {minimum}, got {short_repr(value)}")
         if maximum is not None and value > maximum:
-            raise self.error(key, f"must be <= {maximum}, got {_short(value)}")
+            raise self.error(key, f"must be <= {maximum}, got {short_repr(value)}")
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """``repr`` cut to 40 characters: a 400-digit integer should not fill the error line."""
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
