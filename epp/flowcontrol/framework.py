@@ -53,21 +53,57 @@ class QueueItem:
     gauged: bool = False  # counted in the queue gauges (not if dispatched within its enqueue)
 
 
+class OrderedItems:
+    """Queue items in ``(key, seq)`` order (a binary heap), where an item leaves from anywhere in O(1).
+
+    Removal (dispatch, client gone, TTL expired) only marks the item and counts it: its entry is
+    dropped when it reaches the top, or with every other departed one when they outnumber the live
+    entries by more than ``slack`` (the heap is then rebuilt), so nothing accumulates."""
+
+    __slots__ = ("_dead", "_entries", "_slack")
+
+    def __init__(self, slack: int) -> None:
+        self._entries: list[tuple[tuple[float, ...], int, QueueItem]] = []
+        self._dead = 0
+        self._slack = slack
+
+    def push(self, item: QueueItem) -> None:
+        heapq.heappush(self._entries, (item.key, item.seq, item))
+
+    def first(self) -> QueueItem | None:
+        entries = self._entries
+        while entries and entries[0][2].state is not ItemState.QUEUED:
+            heapq.heappop(entries)
+            self._dead -= 1
+        return entries[0][2] if entries else None
+
+    def left(self) -> None:
+        """One item (already marked as no longer queued) has left."""
+        self._dead += 1
+        if self._dead > self._slack and self._dead > len(self._entries) - self._dead:
+            self._entries = [entry for entry in self._entries if entry[2].state is ItemState.QUEUED]
+            heapq.heapify(self._entries)
+            self._dead = 0
+
+    def live(self) -> list[QueueItem]:
+        """The queued items, in no particular order."""
+        return [entry[2] for entry in self._entries if entry[2].state is ItemState.QUEUED]
+
+    def __len__(self) -> int:
+        """Entries held, live or departed (what the no-leak tests bound)."""
+        return len(self._entries)
+
+
 class FlowQueue:
-    """The queue of one flow, kept in its band's ordering-policy order (a binary heap).
+    """The queue of one flow, kept in its band's ordering-policy order; the counts of an item that
+    leaves are released at once (:class:`OrderedItems`)."""
 
-    Removal of an item from the middle (client gone, TTL expired) is O(1): the item is marked
-    and its counts are released at once; the heap entry is dropped when it reaches the head, or
-    when such entries outnumber the live ones (the heap is then rebuilt), so nothing accumulates.
-    """
-
-    __slots__ = ("_dead", "_heap", "bytes", "fairness_id", "length", "priority")
+    __slots__ = ("_items", "bytes", "fairness_id", "length", "priority")
 
     def __init__(self, fairness_id: str, priority: int) -> None:
         self.fairness_id = fairness_id
         self.priority = priority
-        self._heap: list[tuple[tuple[float, ...], int, QueueItem]] = []
-        self._dead = 0
+        self._items = OrderedItems(slack=16)
         self.length = 0
         self.bytes = 0
 
@@ -75,53 +111,43 @@ class FlowQueue:
         return self.length
 
     def push(self, item: QueueItem) -> None:
-        heapq.heappush(self._heap, (item.key, item.seq, item))
+        self._items.push(item)
         self.length += 1
         self.bytes += item.byte_size
 
     def peek(self) -> QueueItem | None:
-        heap = self._heap
-        while heap and heap[0][2].state is not ItemState.QUEUED:
-            heapq.heappop(heap)
-            self._dead -= 1
-        return heap[0][2] if heap else None
+        return self._items.first()
 
     def discard(self, item: QueueItem) -> None:
         """``item`` (already marked as no longer queued) leaves this queue."""
         self.length -= 1
         self.bytes -= item.byte_size
-        self._dead += 1
-        if self._dead > 16 and self._dead > self.length:
-            self._heap = [entry for entry in self._heap if entry[2].state is ItemState.QUEUED]
-            heapq.heapify(self._heap)
-            self._dead = 0
+        self._items.left()
 
     def items(self) -> list[QueueItem]:
         """The live items, in no particular order."""
-        return [entry[2] for entry in self._heap if entry[2].state is ItemState.QUEUED]
+        return self._items.live()
 
     def heap_size(self) -> int:
         """Entries held, live or not (what the no-leak tests bound)."""
-        return len(self._heap)
+        return len(self._items)
 
 
 class BandView:
     """What a fairness policy sees of one priority band: its flows with something queued."""
 
-    __slots__ = ("_dead", "_queued", "flow_ids", "flows", "ordering", "priority", "state")
+    __slots__ = ("_queued", "flow_ids", "flows", "ordering", "priority", "state")
 
     def __init__(self, priority: int, ordering: OrderingPolicy, state: Any) -> None:
         self.priority = priority
         self.ordering = ordering
         self.flows: dict[str, FlowQueue] = {}
         # The flows' ids in order, kept as flows come and go, and every queued item of the band in
-        # the ordering policy's order (a heap; items that left are dropped when they reach the top,
-        # or all at once when they outnumber the live ones). Fairness ids come from a client header,
-        # so a policy must not walk or sort every flow on each pick: with 5,000 one-request flows
-        # that cost 4 s of the event loop to drain (llm-d-router's policies do walk them, in Go).
+        # the ordering policy's order. Fairness ids come from a client header, so a policy must not
+        # walk or sort every flow on each pick: with 5,000 one-request flows that cost 4 s of the
+        # event loop to drain (llm-d-router's policies do walk them, in Go).
         self.flow_ids: list[str] = []
-        self._queued: list[tuple[tuple[float, ...], int, QueueItem]] = []
-        self._dead = 0
+        self._queued = OrderedItems(slack=64)
         self.state = state  # the band's own fairness-policy state (e.g. a round-robin cursor)
 
     def add_flow(self, queue: FlowQueue) -> None:
@@ -139,7 +165,7 @@ class BandView:
             queue = FlowQueue(item.fairness_id, item.priority)
             self.add_flow(queue)
         queue.push(item)
-        heapq.heappush(self._queued, (item.key, item.seq, item))
+        self._queued.push(item)
         return queue
 
     def discard(self, item: QueueItem) -> None:
@@ -148,19 +174,11 @@ class BandView:
         queue.discard(item)
         if not len(queue):
             self.remove_flow(item.fairness_id)
-        self._dead += 1
-        if self._dead > 64 and self._dead > len(self._queued) - self._dead:
-            self._queued = [entry for entry in self._queued if entry[2].state is ItemState.QUEUED]
-            heapq.heapify(self._queued)
-            self._dead = 0
+        self._queued.left()
 
     def first_queued(self) -> QueueItem | None:
         """The band's first queued item in the ordering policy's order (the head of its flow)."""
-        heap = self._queued
-        while heap and heap[0][2].state is not ItemState.QUEUED:
-            heapq.heappop(heap)
-            self._dead -= 1
-        return heap[0][2] if heap else None
+        return self._queued.first()
 
     def heap_size(self) -> int:
         """Entries held, live or not (what the no-leak tests bound)."""
