@@ -12,6 +12,7 @@ import pytest
 
 from epp.config.loader import load_config
 from epp.scheduling.errors import ConfigError
+from tests.epp.config.test_loader_nonfinite import WEIGHTED
 
 HUGE = "1" + "0" * 400  # an integer no float64 holds
 
@@ -27,15 +28,6 @@ schedulingProfiles:
   plugins: [{{pluginRef: queue-scorer}}]
 """
 
-WEIGHTED = """
-apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-schedulingProfiles:
-- name: default
-  plugins: [{{pluginRef: queue-scorer, weight: {value}}}]
-"""
 
 FLOW = """
 apiVersion: llm-d.ai/v1alpha1
