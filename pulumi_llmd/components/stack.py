@@ -223,11 +223,6 @@ def gateway_control_plane_args(stack: LlmdStackConfig) -> GatewayControlPlaneArg
     return args
 
 
-def installs_gateway_control_plane(stack: LlmdStackConfig) -> bool:
-    """A provider's charts are installed unless the stack says not to; GKE's controller is managed."""
-    return stack.gateway.install and stack.gateway.pins.control_plane_version is not None
-
-
 def cluster_crds_args(stack: LlmdStackConfig) -> ClusterCrdsArgs:
     """The CRDs the gateway provider expects: Gateway API at the release it is built against (unless
     the platform owns them, as GKE does), InferencePool, llm-d's InferenceObjective and
@@ -348,7 +343,7 @@ def stack_claims(stack: LlmdStackConfig) -> list[Claim]:
             )
             for install in crd_installs(ClusterCrdsInputs.model_validate(cluster_crds_args(stack)))
         ]
-    if installs_gateway_control_plane(stack):
+    if stack.gateway.installs_control_plane:
         claims.append(
             Claim(
                 "gateway.install",
@@ -436,7 +431,7 @@ class LlmdStack(pulumi.ComponentResource):
         if stack.crds.install:
             crds.append(ClusterCrds(f"{name}-crds", cluster_crds_args(stack), opts=child_options(self, opts)))
         gateway_controller: list[pulumi.Resource] = []
-        if installs_gateway_control_plane(stack):
+        if stack.gateway.installs_control_plane:
             control_plane = GatewayControlPlane(
                 f"{name}-{stack.gateway.provider.value}",
                 gateway_control_plane_args(stack),

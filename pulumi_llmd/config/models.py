@@ -421,6 +421,12 @@ class GatewayConfig(ConfigModel):
         return self.namespace or self.pins.namespace
 
     @property
+    def installs_control_plane(self) -> bool:
+        """The provider's charts (and their namespace) are installed by the stack unless it says not
+        to; GKE's controller is managed."""
+        return self.install and self.pins.control_plane_version is not None
+
+    @property
     def effective_data_plane(self) -> KgatewayDataPlane:
         return self.kgateway_data_plane or KgatewayDataPlane.AGENTGATEWAY
 

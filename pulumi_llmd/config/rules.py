@@ -62,7 +62,7 @@ def _operator_namespace_problems(config: StackConfig) -> list[Problem]:
         return []
     owners = {config.namespace: "the stack (llmd:namespace)"}
     gateway = config.gateway
-    if gateway.install and gateway.pins.control_plane_version is not None and gateway.effective_namespace:
+    if gateway.installs_control_plane and gateway.effective_namespace:
         owners.setdefault(
             gateway.effective_namespace, f"the {gateway.provider.value} control plane (gateway.namespace)"
         )
@@ -411,12 +411,7 @@ def gateway_problems(config: LlmdStackConfig) -> list[Problem]:
                 "balancers, not pods the policies can select)",
             )
         )
-    control_plane_namespace = gateway.effective_namespace
-    if (
-        gateway.install
-        and pins.control_plane_version is not None
-        and control_plane_namespace == config.namespace
-    ):
+    if gateway.installs_control_plane and gateway.effective_namespace == config.namespace:
         # LlmdStack and GatewayControlPlane each register (and own) a Namespace object; two Pulumi
         # resources for one namespace make `pulumi up` fail on the second create ("already exists"),
         # and deleting either would delete the namespace under the other.
