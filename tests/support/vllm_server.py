@@ -27,6 +27,16 @@ def vllm_process(
     extra_args: Sequence[str] = (),
 ) -> ManagedProcess:
     cmd = [
+        # VLLM_USE_SPINLOOP_EXT (below) keeps every engine and worker process spinning while
+        # vLLM runs. At the default priority two such servers own both cores of a 2-core CI
+        # host, and whatever a test starts beside them starves: CI on e84b4e4 failed because a
+        # simulator did not answer /health within 30 s next to the P/D pair (it is ready in
+        # 0.4 s alone), and 028e131 met the same starvation at SIGKILL. At nice 10 the spinners
+        # yield the CPU to the tests' own processes (CFS weight 110 against 1024) and still take
+        # every idle cycle, so vLLM's own speed is unchanged when nothing else wants the CPU.
+        "nice",
+        "-n",
+        "10",
         str(python),
         "-m",
         "vllm.entrypoints.openai.api_server",
