@@ -4,8 +4,9 @@ EPP Service sends Envoy's ext_proc streams to it alone while the standbys keep w
 
 The rules are client-go's leader election (what the upstream EPP's controller-runtime manager uses):
 
-* The Lease is ``epp-<namespace>-<pool>.gateway-api-inference-extension.sigs.k8s.io`` in the pool's
-  namespace, as upstream names it, so a mixed rollout of either EPP elects one leader.
+* The Lease is ``epp-<namespace>-<pool>.llm-d.ai`` in the pool's namespace, as llm-d's EPP names it
+  (llm-d-router v0.10.0 ``pkg/epp/server/controller_manager.go``, since v0.9.0), so a mixed rollout of
+  either EPP elects one leader and one Role rule grants both.
 * A candidate takes the Lease when it does not exist, names no holder, or its record has not changed
   for ``leaseDurationSeconds``. That age is measured from when *this* replica first saw the record,
   on its own monotonic clock, so clock skew between nodes cannot cause an early takeover.
@@ -50,8 +51,8 @@ CANDIDATE_JITTER = 1.2
 
 
 def lease_name(pool_namespace: str, pool_name: str) -> str:
-    """The Lease one pool's EPP replicas compete for (upstream's naming)."""
-    return f"epp-{pool_namespace}-{pool_name}.gateway-api-inference-extension.sigs.k8s.io"
+    """The Lease one pool's EPP replicas compete for (llm-d's naming)."""
+    return f"epp-{pool_namespace}-{pool_name}.llm-d.ai"
 
 
 @dataclass(frozen=True)

@@ -59,9 +59,11 @@ OBJECTIVE_GROUPS = ["llm-d.ai", "inference.networking.x-k8s.io"]
 
 
 def lease_name(pool_namespace: str, pool_name: str) -> str:
-    """The Lease one pool's EPP replicas compete for: upstream's name, which the bundled EPP uses too
-    (epp/leader.py lease_name; a test holds the two equal)."""
-    return f"epp-{pool_namespace}-{pool_name}.gateway-api-inference-extension.sigs.k8s.io"
+    """The Lease one pool's EPP replicas compete for: llm-d's EPP's LeaderElectionID (llm-d-router
+    v0.10.0 pkg/epp/server/controller_manager.go; GIE's ``.gateway-api-inference-extension.sigs.k8s.io``
+    name went in v0.9.0), which the bundled EPP uses too (epp/leader.py lease_name; a test holds the
+    two equal). A Role naming another Lease forbids the election's get: no replica would ever lead."""
+    return f"epp-{pool_namespace}-{pool_name}.llm-d.ai"
 
 
 def role_rules(picker: Picker) -> list[dict[str, Any]]:

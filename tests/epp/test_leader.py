@@ -111,8 +111,8 @@ async def test_the_first_candidate_creates_the_lease_and_leads(
     assert created["holderIdentity"] == "a"
     assert (created["leaseDurationSeconds"], created["leaseTransitions"]) == (2, 0)
     assert created["acquireTime"] == created["renewTime"]
-    # The Lease lives in the pool's namespace under upstream's name.
-    assert LEASE == "epp-llm-qwen-pool.gateway-api-inference-extension.sigs.k8s.io"
+    # The Lease lives in the pool's namespace under llm-d's name.
+    assert LEASE == "epp-llm-qwen-pool.llm-d.ai"
 
 
 async def test_the_leader_renews_and_the_standby_waits(

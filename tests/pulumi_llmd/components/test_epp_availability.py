@@ -71,7 +71,7 @@ def test_leader_election_rbac_is_the_one_lease_and_no_events() -> None:
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            # The name the EPP itself computes: upstream's naming, in the bundled EPP too.
+            # The name the EPP itself computes: llm-d's naming, in the bundled EPP too.
             "resourceNames": [epp_lease_name("llm-d", "t")],
             "verbs": ["get", "update"],
         },
@@ -93,6 +93,24 @@ def test_the_upstream_epp_also_records_its_leadership_events() -> None:
     ]
     leases = [r for r in role["rules"] if "leases" in r["resources"]]
     assert [r.get("resourceNames") for r in leases] == [[epp_lease_name("llm-d", "t")], None]
+
+
+# The Lease llm-d's EPP elects through: its controller-runtime manager's LeaderElectionID (llm-d-router
+# v0.10.0 pkg/epp/server/controller_manager.go, "epp-%s-%s.llm-d.ai" of the pool's namespace and name;
+# the GIE-era ".gateway-api-inference-extension.sigs.k8s.io" name went in v0.9.0, commit 206002cd1).
+def llm_d_router_lease(namespace: str, pool: str) -> str:
+    return f"epp-{namespace}-{pool}.llm-d.ai"
+
+
+def test_the_role_grants_the_lease_each_implementation_elects_through() -> None:
+    # A Role naming another Lease forbids the EPP's get: no replica ever leads, and with leader election
+    # only the leader is ready, so the pool's EPP never serves (upstream's readiness needs isLeader too).
+    for implementation in ("bundled", "upstream"):
+        epp = {"replicas": 2, "leaderElection": True, "implementation": implementation}
+        (role,) = render_config(kind_config(epp=epp)).manifests("Role")
+        named = [r for r in role["rules"] if "leases" in r["resources"] and "resourceNames" in r]
+        assert [r["resourceNames"] for r in named] == [[llm_d_router_lease("llm-d", "t")]], implementation
+    assert epp_lease_name("llm-d", "t") == llm_d_router_lease("llm-d", "t")
 
 
 def test_without_leader_election_no_lease_access(renders: dict[str, RenderResult]) -> None:
