@@ -163,11 +163,10 @@ def deployment_manifest(router: Router) -> dict[str, Any]:
 
 
 def service_manifest(router: Router) -> dict[str, Any]:
-    # GKE's load balancer speaks HTTP/2 to the extension by the appProtocol HTTP2 (the payload
-    # processor's chart sets it so); elsewhere it says TLS or cleartext HTTP/2, as for the EPP.
-    grpc_protocol = "https" if router.settings.secure_serving else "kubernetes.io/h2c"
-    if router.provider == "gke":
-        grpc_protocol = "HTTP2"
+    # HTTP/2 with or without TLS, as for the EPP (naming.EXT_PROC_APP_PROTOCOL: "https" here made
+    # Istio dial the router over HTTP/1.1). GKE's load balancer speaks HTTP/2 (over TLS) to the
+    # extension by the appProtocol HTTP2, which the payload processor's chart sets on every provider.
+    grpc_protocol = "HTTP2" if router.provider == "gke" else naming.EXT_PROC_APP_PROTOCOL
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -38,6 +38,15 @@ EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090
 
+# The appProtocol of every ext_proc Service port (the EPP's, the body router's): gRPC is HTTP/2, and
+# stays HTTP/2 when the server adds TLS under it. Gateways choose the upstream HTTP version from it
+# and add the TLS themselves (kgateway, agentgateway) or by DestinationRule (Istio). Never "https":
+# Istio reads that as opaque TLS and dials it over HTTP/1.1 without h2 ALPN, which no gRPC server
+# answers (Istio 1.30.3 pkg/config/kube/conversion.go ConvertProtocol; pilot/pkg/networking/core/
+# cluster_builder.go setUpstreamProtocol). llm-d-router v0.10.0 declares the EPP's port so
+# (config/charts/routerlib/templates/_service.yaml).
+EXT_PROC_APP_PROTOCOL = "kubernetes.io/h2c"
+
 # The body router's ports: ext_proc and gRPC health as llm-d-inference-payload-processor's chart
 # publishes them (config/charts/payload-processor/values.yaml: port 9004, healthCheckPort 9005).
 BODY_ROUTER_GRPC_PORT = 9004

@@ -365,12 +365,8 @@ def service_manifest(picker: Picker) -> dict[str, Any]:
                     "port": naming.EPP_GRPC_PORT,
                     "targetPort": "grpc",
                     "protocol": "TCP",
-                    # gRPC: cleartext HTTP/2 unless the EPP serves TLS.
-                    # HTTP/2, as upstream declares it with or without TLS (llm-d-router v0.10.0
-                    # config/charts/routerlib/templates/_service.yaml): gateways add TLS themselves
-                    # (kgateway, agentgateway) or by DestinationRule (Istio); "https" would make Istio
-                    # treat the port as opaque TLS and drop the HTTP/2 gRPC needs.
-                    "appProtocol": "kubernetes.io/h2c",
+                    # HTTP/2 with or without TLS, as upstream declares it (naming.EXT_PROC_APP_PROTOCOL).
+                    "appProtocol": naming.EXT_PROC_APP_PROTOCOL,
                 },
                 {
                     "name": "http-metrics",
