@@ -414,7 +414,10 @@ class EppSettings(TypedDict, total=False):
         "Active-passive EPP replicas: pass `--ha-enable-leader-election` and grant access to the pool's "
         "Lease (and Events for the upstream EPP, which records leadership changes); only the replica holding "
         "it reports ready (bundled and upstream EPP images alike). A rollout or a kill of the leader then "
-        "loses requests until a standby takes over. Default: `false`."
+        "loses requests until a standby takes over. Rollouts replace every replica at once (no new pod can "
+        "lead while the old leader runs), there is no PodDisruptionBudget (it would block draining the "
+        "leader's node) and Pulumi does not wait for the EPP Deployment (it never has every replica ready). "
+        "Default: `false`."
     )
     failure_mode: FailureMode
     (

@@ -290,16 +290,19 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
     if epp.secure_serving and epp.tls_secret_name is not None:
         container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": epp.tls_secret_name}})
+    metadata = _metadata(picker)
+    if epp.leader_election:
+        # Only the leader is ever ready, and Pulumi's wait for an updated Deployment needs every replica
+        # available (Progressing: NewReplicaSetAvailable), so it would fail every update after its 10
+        # minutes: Pulumi does not wait for this Deployment (gateways.md: pulumi.com/skipAwait).
+        metadata["annotations"] = {"pulumi.com/skipAwait": "true"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(picker),
+        "metadata": metadata,
         "spec": {
             "replicas": epp.replicas,
-            # A new replica must be ready before an old one goes: a rollout never leaves the gateway
-            # without a picker (Recreate made every rollout an outage). Old and new configs serve
-            # side by side for the seconds a rollout takes; each request is still routed whole by one.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": rollout_strategy(picker),
             "selector": {"matchLabels": epp_selector(picker.pool_name)},
             "template": {
                 "metadata": {
@@ -330,10 +333,29 @@ def deployment_manifest(picker: Picker) -> dict[str, Any]:
     }
 
 
+def rollout_strategy(picker: Picker) -> dict[str, Any]:
+    """Active-active replicas: a new replica must be ready before an old one goes, so a rollout never
+    leaves the gateway without a picker (Recreate made every rollout an outage); old and new configs
+    serve side by side for the seconds a rollout takes, each request still routed whole by one.
+
+    With leader election only the leader is ready and no new pod can lead while the old leader holds
+    the Lease, so "ready before an old one goes" stalls for good with the old config serving (the
+    reason upstream's chart uses Recreate). Every old pod goes at once instead; the new ones start
+    beside the draining ones and one takes the Lease the old leader releases on SIGTERM. Not Recreate:
+    its maxUnavailable resolves to 0, so the Deployment would never count as Available with one ready
+    replica, and Recreate also waits out the old pods' whole drain before starting new ones."""
+    if picker.settings.leader_election:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "100%"}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
 def disruption_budget_manifest(picker: Picker) -> dict[str, Any] | None:
     """Voluntary evictions (node drains, cluster upgrades) take one EPP replica at a time; with a
-    single replica there is nothing to keep, so no budget (it would only block drains)."""
-    if picker.settings.replicas < 2:
+    single replica there is nothing to keep, so no budget (it would only block drains). Nor with
+    leader election: the leader is the only healthy pod, so any budget that keeps one replica allows
+    no eviction of it (and, from three replicas, none of the standbys either), and a drain of its
+    node would never finish; a standby takes over when it goes."""
+    if picker.settings.replicas < 2 or picker.settings.leader_election:
         return None
     return {
         "apiVersion": "policy/v1",

@@ -347,8 +347,8 @@ STANDALONE: dict[str, tuple[dict[str, Any], set[str], dict[str, Any]]] = {
             "Role",
             "RoleBinding",
             "ConfigMap",
+            # No PodDisruptionBudget with leader election: it would block draining the leader's node.
             "Deployment",
-            "PodDisruptionBudget",
             "Service",
             "InferencePool",
         },

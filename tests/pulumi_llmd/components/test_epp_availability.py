@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from epp.cli import build_parser
 from epp.leader import lease_name as epp_lease_name
 from pulumi_llmd.components.picker import lease_name
@@ -111,6 +113,51 @@ def test_the_role_grants_the_lease_each_implementation_elects_through() -> None:
         named = [r for r in role["rules"] if "leases" in r["resources"] and "resourceNames" in r]
         assert [r["resourceNames"] for r in named] == [[llm_d_router_lease("llm-d", "t")]], implementation
     assert epp_lease_name("llm-d", "t") == llm_d_router_lease("llm-d", "t")
+
+
+def _fencepost(value: int | str, replicas: int, *, round_up: bool) -> int:
+    """A rollingUpdate maxSurge (rounded up) or maxUnavailable (rounded down), as the Deployment
+    controller resolves it (k8s.io/kubernetes pkg/controller/deployment/util ResolveFenceposts)."""
+    if isinstance(value, int):
+        return value
+    share = int(value.rstrip("%")) * replicas
+    return -(-share // 100) if round_up else share // 100
+
+
+@pytest.mark.parametrize("implementation", ["bundled", "upstream"])
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_leader_election_rolls_drains_and_deploys_with_one_ready_replica(
+    implementation: str, replicas: int
+) -> None:
+    """With leader election only the leader is ready (both EPPs), and a standby cannot lead until the old
+    leader lets go of the Lease. So: (1) a rollout must be free to take the old leader while the new
+    pods are not ready, or it stalls for good with the old config serving (maxUnavailable 0 kept every
+    old pod until a new one was ready, which it never is); (2) the Deployment must count as Available
+    with one ready replica; (3) a PodDisruptionBudget would allow no eviction of the leader (the only
+    healthy pod), so no node drain could pass it; (4) Pulumi's update wait needs every replica
+    available (Progressing/NewReplicaSetAvailable), which never happens, so it must not wait."""
+    epp = {"replicas": replicas, "leaderElection": True, "implementation": implementation}
+    result = render_config(kind_config(epp=epp))
+    deployment = epp_deployment(result, "t-epp")
+    validate_core(deployment, "1.33")
+    strategy = deployment["spec"]["strategy"]
+    # Not Recreate (upstream's choice): the controller resolves its maxUnavailable to 0, so the
+    # Available condition would need every replica ready, and Pulumi's create would time out too.
+    assert strategy["type"] == "RollingUpdate"
+    rolling = strategy["rollingUpdate"]
+    unavailable = _fencepost(rolling["maxUnavailable"], replicas, round_up=False)
+    assert unavailable >= replicas, "a rollout could never replace the leader"
+    assert _fencepost(rolling["maxSurge"], replicas, round_up=True) == 0
+    # Available: availableReplicas >= replicas - maxUnavailable, with the leader alone ready.
+    assert replicas - unavailable <= 1
+    assert "t-epp" not in [b["metadata"]["name"] for b in result.manifests("PodDisruptionBudget")]
+    assert deployment["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    # Without leader election every replica is ready: roll one at a time, keep the budget, wait.
+    active = render_config(kind_config(epp={"replicas": replicas, "implementation": implementation}))
+    plain = epp_deployment(active, "t-epp")
+    assert plain["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert "pulumi.com/skipAwait" not in plain["metadata"].get("annotations", {})
+    assert [b["metadata"]["name"] for b in active.manifests("PodDisruptionBudget")].count("t-epp") == 1
 
 
 def test_without_leader_election_no_lease_access(renders: dict[str, RenderResult]) -> None:
