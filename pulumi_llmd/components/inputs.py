@@ -221,7 +221,7 @@ class ModelServerPoolInputs(ConfigModel):
     @property
     def serving_labels(self) -> dict[str, str]:
         """The InferencePool selector this pool's serving pods carry."""
-        return naming.pool_selector(self.model.label_value)
+        return naming.pool_selector(self.instance, self.model.label_value)
 
 
 class ModelRoute(ConfigModel):

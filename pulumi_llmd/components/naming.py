@@ -82,9 +82,12 @@ def common_labels(instance: str, component: str) -> dict[str, str]:
     }
 
 
-def pool_selector(model_label: str) -> dict[str, str]:
-    """The InferencePool's matchLabels: every serving model-server pod (both roles) carries these."""
-    return {SERVING_LABEL: "true", MODEL_LABEL: model_label}
+def pool_selector(instance: str, model_label: str) -> dict[str, str]:
+    """The InferencePool's matchLabels: every serving model-server pod (both roles) of this stack (or
+    model of a multi-model stack) carries these. The instance keeps two stacks that serve one model in
+    one namespace apart: by model alone each pool took the other's pods, whose NetworkPolicies admit
+    only their own gateway and EPP."""
+    return {"app.kubernetes.io/instance": instance, SERVING_LABEL: "true", MODEL_LABEL: model_label}
 
 
 def pool_name(instance: str) -> str:

@@ -134,7 +134,7 @@ def endpoint_picker_args(stack: LlmdStackConfig, served: ServedModel | None = No
         "pool_name": naming.pool_name(model.prefix),
         "namespace": stack.namespace,
         "served_models": model.model.served_names,
-        "selector": naming.pool_selector(model.model.label_value),
+        "selector": naming.pool_selector(model.prefix, model.model.label_value),
         "disaggregated": model.disaggregated,
         "settings": _section(model.epp),
         "tracing": _section(stack.tracing),

@@ -367,7 +367,11 @@ STANDALONE: dict[str, tuple[dict[str, Any], set[str], dict[str, Any]]] = {
         {
             "workloadName": "solo-decode",
             "workloadKind": "Deployment",
-            "servingLabels": {"llm-d.ai/inference-serving": "true", "llm-d.ai/model": "tiny"},
+            "servingLabels": {
+                "app.kubernetes.io/instance": "solo",
+                "llm-d.ai/inference-serving": "true",
+                "llm-d.ai/model": "tiny",
+            },
         },
     ),
     "InferenceGateway": (

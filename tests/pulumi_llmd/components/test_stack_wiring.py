@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from render.engine import Registration, RenderResult
-from tests.support.stacks import EXAMPLE_STACKS
+from tests.support.stacks import EXAMPLE_STACKS, kind_config, render_config
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +57,25 @@ def test_pool_selector_matches_serving_pods_of_both_roles(result: RenderResult) 
     # Nothing else in the namespace is selected by the pool.
     epp = next(d for d in result.manifests("Deployment") if d["metadata"]["name"].endswith("-epp"))
     assert not selector.items() <= epp["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_two_stacks_of_one_model_in_one_namespace_keep_to_their_own_pods() -> None:
+    """The README's bundled-vs-upstream comparison: two stacks (different llmd:name) serving one model
+    in one namespace. A pool that selected by model alone took the other stack's pods too: its EPP
+    scraped and picked them, and the other stack's NetworkPolicies (which admit only their own
+    gateway and EPP) dropped the connections, so the request hung until its timeout."""
+    renders = {
+        name: render_config(kind_config(name=name, epp={"implementation": implementation}))
+        for name, implementation in (("bundled", "bundled"), ("upstream", "upstream"))
+    }
+    for name, result in renders.items():
+        (pool,) = result.manifests("InferencePool")
+        selector = pool["spec"]["selector"]["matchLabels"].items()
+        for other, other_result in renders.items():
+            for workload in other_result.manifests("Deployment"):
+                labels = workload["spec"]["template"]["metadata"]["labels"]
+                serving = labels.get("llm-d.ai/inference-serving") == "true"
+                assert (selector <= labels.items()) == (serving and other == name), (name, other, labels)
 
 
 def test_ports_line_up_across_pool_service_deployments_and_sidecar(result: RenderResult) -> None:
