@@ -108,8 +108,8 @@ def load_config(text: str | None) -> SchedulerConfig:
     if text is None or not text.strip():
         text = DEFAULT_CONFIG
     try:
-        _check_yaml_shape(yaml.compose(text, Loader=yaml.SafeLoader))
-        document = yaml.safe_load(text)
+        _check_depth(text)
+        document = _single_document(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"EndpointPickerConfig is not valid YAML: {exc}") from exc
     if not isinstance(document, Mapping):
@@ -117,11 +117,57 @@ def load_config(text: str | None) -> SchedulerConfig:
     return _Builder(document).build()
 
 
+# The deepest nesting of mappings and sequences a config may have. llm-d's deepest parameters sit
+# about ten levels down; PyYAML's composer and constructor recurse once per level, so a few hundred
+# levels (``[[[[...]]]]``) raised RecursionError instead of an error naming the place.
+MAX_DEPTH = 100
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH by scanning YAML events (the parser does not recurse)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+                raise ConfigError(f"EndpointPickerConfig nests deeper than {MAX_DEPTH} levels ({where})")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _single_document(text: str) -> Any:
+    """The one document ``text`` holds, checked by :func:`_check_yaml_shape` before it is built.
+    Empty documents (a leading or trailing ``---``, as many manifests end) are skipped; a second
+    document with content is refused rather than dropped (llm-d's decoder reads only the first)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        nodes = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None and not (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG):
+                nodes.append(node)
+        if len(nodes) > 1:
+            mark = nodes[1].start_mark
+            raise ConfigError(
+                f"EndpointPickerConfig holds {len(nodes)} YAML documents (the second at line "
+                f"{mark.line + 1}); give one EndpointPickerConfig per file"
+            )
+        if not nodes:
+            return None
+        _check_yaml_shape(nodes[0])
+        return loader.construct_document(nodes[0])
+    finally:
+        loader.dispose()
+
+
 # The most nodes a document may hold once its aliases are expanded. Real configs hold hundreds;
 # llm-d's YAML decoder (go-yaml, under sigs.k8s.io/yaml) likewise refuses "excessive aliasing".
 MAX_EXPANDED_NODES = 100_000
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 def _check_yaml_shape(root: yaml.Node | None) -> None:
@@ -144,10 +190,17 @@ def _check_yaml_shape(root: yaml.Node | None) -> None:
         if isinstance(node, yaml.SequenceNode):
             size += sum(walk(item, f"{where}[{index}]") for index, item in enumerate(node.value))
         elif isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode) or key.tag not in {_STR_TAG, _MERGE_TAG}:
                     shown = key.value if isinstance(key, yaml.ScalarNode) else key.tag
                     raise ConfigError(f"{where or 'top level'}: key {shown!r} is not a string")
+                # llm-d's strict decoder refuses a repeated key ("key already set in map"); PyYAML
+                # kept the last silently, so `plugins:` written twice dropped the first list.
+                if key.tag == _STR_TAG:
+                    if key.value in seen:
+                        raise ConfigError(f"{where or 'top level'}: key {key.value!r} appears twice")
+                    seen.add(key.value)
                 size += 1 + walk(value, f"{where}.{key.value}" if where else str(key.value))
         active.discard(id(node))
         sizes[id(node)] = size
