@@ -3,16 +3,18 @@
 Accepted: apiVersion ``llm-d.ai/v1alpha1`` and ``inference.networking.x-k8s.io/v1alpha1``, kind
 ``EndpointPickerConfig``. Auto-defaults as llm-d's loader applies them: no profiles → one
 ``default`` profile with every filter, scorer and picker; one profile and no handler →
-``single-profile-handler``; a profile without picker → ``max-score-picker``; no saturation
-detector → ``utilization-detector``; flow control on (``featureGates: [flowControl]``) → the
-``flowControl`` section with llm-d's default policies (``fcfs-ordering-policy``,
-``global-strict-fairness-policy``, ``static-usage-limit-policy``); no data layer → ``metrics-data-source`` +
-``core-metrics-extractor``; a data key some plugin consumes and no configured plugin produces →
-the producer type registered as its default (e.g. ``approx-prefix-cache-producer`` for
-``prefix-cache-scorer``), configured from the parameters its consumers carry for it. Producers
-(and preparers) run producers-before-consumers of their data keys, whatever the config's order.
-An endpoint extractor (``precise-prefix-cache-producer``) that no ``endpoint-notification-source``
-in ``dataLayer.sources`` feeds is wired to one, with a warning: without it, it never sees a pod.
+``single-profile-handler``; a profile without picker → the configured picker, or a
+``max-score-picker`` when none is configured; no ``flowControl.saturationDetector`` → the plugin
+named ``utilization-detector`` (created when absent; other detectors are not used); flow control on
+(``featureGates: [flowControl]``) → the ``flowControl`` section with llm-d's default policies
+(``fcfs-ordering-policy``, ``global-strict-fairness-policy``, ``static-usage-limit-policy``); no
+data layer → ``metrics-data-source`` + ``core-metrics-extractor``; a data key some plugin consumes
+and no configured plugin produces → the producer type registered as its default (e.g.
+``approx-prefix-cache-producer`` for ``prefix-cache-scorer``), configured from the parameters its
+consumers carry for it. Producers (and preparers) run producers-before-consumers of their data keys,
+whatever the config's order. An endpoint extractor (``precise-prefix-cache-producer``) that no
+``endpoint-notification-source`` in ``dataLayer.sources`` feeds is wired to one, with a warning:
+without it, it never sees a pod.
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ class _Builder:
                 self.warn(f"{section} ignored: {why}")
 
     def _build_plugins(self) -> None:
-        raw_plugins = self.doc.get("plugins") or []
+        raw_plugins = _absent_as(self.doc.get("plugins"), [])
         if not isinstance(raw_plugins, list):
             raise ConfigError("'plugins' must be a list")
         for index, entry in enumerate(raw_plugins):
@@ -281,7 +283,9 @@ class _Builder:
             type_name = entry.get("type")
             if not isinstance(type_name, str) or not type_name:
                 raise ConfigError(f"plugins[{index}]: 'type' is required")
-            name = entry.get("name") or type_name
+            name = entry.get("name")
+            if name is None or name == "":  # llm-d names a plugin after its type (applyStaticDefaults)
+                name = type_name
             if not isinstance(name, str):
                 raise ConfigError(f"plugins[{index}]: 'name' must be a string")
             if name in self.plugins:
@@ -332,7 +336,7 @@ class _Builder:
                 produced.setdefault(produced_key, []).append(created)
 
     def _build_profiles(self) -> dict[str, SchedulerProfile]:
-        raw_profiles = self.doc.get("schedulingProfiles") or []
+        raw_profiles = _absent_as(self.doc.get("schedulingProfiles"), [])
         if not isinstance(raw_profiles, list):
             raise ConfigError("'schedulingProfiles' must be a list")
         if not raw_profiles:
@@ -363,7 +367,7 @@ class _Builder:
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
         where = f"scheduling profile {name!r}"
-        refs = entry.get("plugins") or []
+        refs = _absent_as(entry.get("plugins"), [])
         if not isinstance(refs, list):
             raise ConfigError(f"{where}: 'plugins' must be a list")
         filters: list[Filter] = []
@@ -395,7 +399,8 @@ class _Builder:
                 scorers.append((plugin, number))
                 continue
             if weight is not None:
-                raise ConfigError(f"{where}: {plugin.name!r} is not a scorer, so it takes no weight")
+                # llm-d applies a weight only to scorers and ignores it elsewhere (buildSchedulerConfig).
+                self.warn(f"{where}: weight of {plugin.name!r} ignored: it is not a scorer")
             if isinstance(plugin, Filter):
                 filters.append(plugin)
             elif isinstance(plugin, Picker):
@@ -406,8 +411,24 @@ class _Builder:
                 )
         if len(pickers) > 1:
             raise ConfigError(f"{where}: more than one picker ({', '.join(p.name for p in pickers)})")
-        picker = pickers[0] if pickers else self._default("max-score-picker", Picker)
+        picker = pickers[0] if pickers else self._default_picker(where)
         return SchedulerProfile(name, filters, scorers, picker)
+
+    def _default_picker(self, where: str) -> Picker:
+        """The picker of a profile that names none. llm-d (ensureSchedulingLayer in
+        config/loader/defaults.go) appends the configured picker, whatever its type, and creates a
+        ``max-score-picker`` only when no picker is configured: a config with one ``random-picker``
+        picked at random upstream and by max score here."""
+        configured = self._all(Picker)
+        if not configured:
+            return self._default("max-score-picker", Picker)
+        if len(configured) > 1:
+            self.warn(
+                f"{where} names no picker and {len(configured)} are configured "
+                f"({', '.join(p.name for p in configured)}); llm-d takes any one of them, this EPP the "
+                f"first, {configured[0].name!r}: name the picker in the profile"
+            )
+        return configured[0]
 
     def _profile_handler(self, profiles: Mapping[str, SchedulerProfile]) -> ProfileHandler:
         handlers = self._all(ProfileHandler)
@@ -424,40 +445,50 @@ class _Builder:
 
     def _saturation_detector(self, flow_section: Mapping[str, Any]) -> SaturationDetector:
         """``flowControl.saturationDetector.pluginRef``; the top-level ``saturationDetector`` is its
-        deprecated spelling (llm-d config/loader/configloader.go: the new field wins)."""
+        deprecated spelling (llm-d config/loader/configloader.go: the new field wins). Without a
+        reference llm-d uses the plugin *named* ``utilization-detector``, created with its defaults
+        when absent (ensureSaturationDetector in config/loader/defaults.go): a detector that is only
+        listed under ``plugins`` is not the saturation detector there, so it is not here either
+        (this EPP used to take a lone configured detector, and refused two)."""
         legacy = self.doc.get("saturationDetector")
         current = flow_section.get("saturationDetector")
-        if legacy:
+        if legacy is not None:
             self.warn(
                 "saturationDetector is deprecated, use flowControl.saturationDetector"
-                + (" (both are set: flowControl.saturationDetector is used)" if current else "")
+                + (" (both are set: flowControl.saturationDetector is used)" if current is not None else "")
             )
-        where = "flowControl.saturationDetector" if current else "saturationDetector"
-        section = current or legacy
-        if section:
+        where = "flowControl.saturationDetector" if current is not None else "saturationDetector"
+        section = current if current is not None else legacy
+        ref = flow_config.DEFAULT_SATURATION_DETECTOR
+        if section is not None:
             if not isinstance(section, Mapping):
                 raise ConfigError(f"{where} must be a mapping with a 'pluginRef'")
             unknown = sorted(set(section) - {"pluginRef"})
             if unknown:
                 raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-            ref = section.get("pluginRef") or flow_config.DEFAULT_SATURATION_DETECTOR
-            if not isinstance(ref, str):
-                raise ConfigError(f"{where}.pluginRef must be a plugin name, got {ref!r}")
-            plugin = self.plugins.get(ref)
-            if plugin is None and ref == flow_config.DEFAULT_SATURATION_DETECTOR:
-                plugin = self.plugins[ref] = create(ref, ref, None)
-            if not isinstance(plugin, SaturationDetector):
-                raise ConfigError(f"{where}.pluginRef {ref!r} is not a configured saturation detector")
-            return plugin
-        detectors = self._all(SaturationDetector)
-        if len(detectors) > 1:
-            raise ConfigError(
-                "more than one saturation detector; choose one with flowControl.saturationDetector.pluginRef"
-            )
-        return detectors[0] if detectors else self._default("utilization-detector", SaturationDetector)
+            raw_ref = section.get("pluginRef")
+            if raw_ref is not None and not isinstance(raw_ref, str):
+                raise ConfigError(f"{where}.pluginRef must be a plugin name, got {raw_ref!r}")
+            ref = raw_ref or ref
+        else:
+            where = "the default saturation detector (flowControl.saturationDetector unset)"
+        plugin = self.plugins.get(ref)
+        if plugin is None and ref == flow_config.DEFAULT_SATURATION_DETECTOR:
+            plugin = self.plugins[ref] = create(ref, ref, None)
+        if not isinstance(plugin, SaturationDetector):
+            raise ConfigError(f"{where}: pluginRef {ref!r} is not a configured saturation detector")
+        for other in self._all(SaturationDetector):
+            if other is not plugin:
+                self.warn(
+                    f"plugin {other.name!r} (type {other.type_name}) is not the saturation detector: "
+                    f"that is {ref!r}, as flowControl.saturationDetector.pluginRef "
+                    + ("says" if section is not None else "defaults to")
+                    + f" (name {other.name!r} there to use it)"
+                )
+        return plugin
 
     def _feature_gates(self) -> dict[str, bool]:
-        raw = self.doc.get("featureGates") or []
+        raw = _absent_as(self.doc.get("featureGates"), [])
         if not isinstance(raw, list):
             raise ConfigError(f"featureGates must be a list of gate names, got {raw!r}")
         gates = dict(FEATURE_GATES)
@@ -513,7 +544,7 @@ class _Builder:
         return plugin
 
     def _data_layer(self) -> tuple[MetricsSource, MetricsExtractor]:
-        section = self.doc.get("dataLayer") or {}
+        section = _absent_as(self.doc.get("dataLayer"), {})
         if not isinstance(section, Mapping):
             raise ConfigError("dataLayer must be a mapping")
         unknown = sorted(set(section) - {"sources", "discovery", "peerDiscovery"})
@@ -524,7 +555,7 @@ class _Builder:
                 self.warn(
                     f"dataLayer.{ignored} ignored: discovery comes from --pool-name or --endpoints-file"
                 )
-        sources = section.get("sources") or []
+        sources = _absent_as(section.get("sources"), [])
         if not isinstance(sources, list):
             raise ConfigError("dataLayer.sources must be a list")
         metric_sources: list[tuple[MetricsSource, MetricsExtractor | None]] = []
@@ -535,7 +566,7 @@ class _Builder:
                 raise ConfigError(f"{where} needs a 'pluginRef'")
             source = self.plugins.get(entry["pluginRef"])
             if isinstance(source, EndpointNotifier):
-                self._wire_endpoint_source(where, source, entry.get("extractors") or [], wired)
+                self._wire_endpoint_source(where, source, _absent_as(entry.get("extractors"), []), wired)
                 continue
             if not isinstance(source, MetricsSource):
                 raise ConfigError(
@@ -543,7 +574,7 @@ class _Builder:
                     "endpoint-notification-source plugin"
                 )
             extractor: MetricsExtractor | None = None
-            extractors = entry.get("extractors") or []
+            extractors = _absent_as(entry.get("extractors"), [])
             if not isinstance(extractors, list):  # a bare name or number was a TypeError, or a str iterated
                 raise ConfigError(f"{where}.extractors must be a list")
             for ext_index, ext in enumerate(extractors):
@@ -613,6 +644,13 @@ class _Builder:
         assert isinstance(created, kind)
         self.plugins[name] = created
         return created
+
+
+def _absent_as(value: Any, empty: Any) -> Any:
+    """``empty`` when the key is absent or null, else the value as written, for the caller's type
+    check. ``value or []`` took every falsy value for absent: ``plugins: {}``, ``schedulingProfiles:
+    ""`` or ``dataLayer: []`` loaded as if unset, where llm-d's decoder refuses the wrong type."""
+    return empty if value is None else value
 
 
 def _dependency_order(plugins: list[T]) -> list[T]:

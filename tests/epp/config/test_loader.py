@@ -215,11 +215,6 @@ def test_deprecated_alias_warns() -> None:
             "2 scheduling profiles need",
         ),
         (
-            HEADER + "plugins: [{type: decode-filter}]\nschedulingProfiles: [{name: a, plugins: [{pluginRef: "
-            "decode-filter, weight: 2}]}]\n",
-            "is not a scorer, so it takes no weight",
-        ),
-        (
             HEADER + "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: [{pluginRef: "
             "queue-scorer, weight: -1}]}]\n",
             "must be a number >= 0",

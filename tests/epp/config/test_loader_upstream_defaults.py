@@ -1,0 +1,125 @@
+"""llm-d-router's structural defaults (config/loader/defaults.go, configloader.go), where this
+loader used to mean something else by the same config, or refused what llm-d loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp.config.loader import load_config
+from epp.plugins.pickers import MaxScorePicker, RandomPicker
+from epp.plugins.saturation import ConcurrencyDetector, UtilizationDetector
+from epp.scheduling.errors import ConfigError
+from tests.support.epp_configs import HEADER
+
+SCORER = "plugins: [{type: queue-scorer}]\n"
+
+
+def test_a_profile_without_a_picker_gets_the_configured_picker() -> None:
+    """ensureSchedulingLayer appends the configured picker (of any type) to each profile that has
+    none and creates a max-score-picker only when none is configured. A lone random-picker was
+    ignored here: the profile got a new max-score-picker, so the config routed by score."""
+    config = load_config(
+        HEADER + "plugins: [{type: queue-scorer}, {type: random-picker, name: rp}]\n"
+        "schedulingProfiles: [{name: a, plugins: [{pluginRef: queue-scorer}]}]\n"
+    )
+    picker = config.scheduler.profiles["a"].picker
+    assert isinstance(picker, RandomPicker) and picker is config.plugins["rp"]
+    assert "max-score-picker" not in config.plugins and config.warnings == []
+    alone = load_config(
+        HEADER + SCORER + "schedulingProfiles: [{name: a, plugins: [{pluginRef: queue-scorer}]}]\n"
+    )
+    assert isinstance(alone.scheduler.profiles["a"].picker, MaxScorePicker)
+
+
+def test_several_configured_pickers_and_none_named_warns() -> None:
+    config = load_config(
+        HEADER + "plugins: [{type: queue-scorer}, {type: random-picker}, {type: max-score-picker}]\n"
+        "schedulingProfiles: [{name: a, plugins: [{pluginRef: queue-scorer}]}]\n"
+    )
+    assert isinstance(config.scheduler.profiles["a"].picker, RandomPicker)
+    assert any("names no picker and 2 are configured" in w for w in config.warnings)
+
+
+def test_a_weight_on_a_non_scorer_is_ignored_with_a_warning() -> None:
+    """llm-d applies weights to scorers only and loads the config; it was refused here."""
+    config = load_config(
+        HEADER + "plugins: [{type: decode-filter}, {type: queue-scorer}]\n"
+        "schedulingProfiles: [{name: a, plugins: [{pluginRef: decode-filter, weight: 2}, "
+        "{pluginRef: queue-scorer, weight: 3}]}]\n"
+    )
+    profile = config.scheduler.profiles["a"]
+    assert [f.name for f in profile.filters] == ["decode-filter"]
+    assert [(s.name, w) for s, w in profile.scorers] == [("queue-scorer", 3.0)]
+    (warning,) = config.warnings
+    assert warning == "scheduling profile 'a': weight of 'decode-filter' ignored: it is not a scorer"
+
+
+def test_a_listed_detector_is_not_the_saturation_detector_unless_named() -> None:
+    """ensureSaturationDetector: no flowControl.saturationDetector means the plugin named
+    utilization-detector (created with defaults). A lone concurrency-detector under plugins was
+    taken as the saturation detector here, and two detectors were refused."""
+    config = load_config(HEADER + "plugins: [{type: queue-scorer}, {type: concurrency-detector}]\n")
+    assert isinstance(config.saturation_detector, UtilizationDetector)
+    assert config.saturation_detector is config.plugins["utilization-detector"]
+    (warning,) = config.warnings
+    assert "'concurrency-detector' (type concurrency-detector) is not the saturation detector" in warning
+    # A renamed utilization-detector with parameters is not the default one either.
+    renamed = load_config(
+        HEADER + "plugins: [{type: utilization-detector, name: ud, parameters: {queueDepthThreshold: 3}}]\n"
+    )
+    assert renamed.saturation_detector is renamed.plugins["utilization-detector"]
+    assert renamed.saturation_detector is not renamed.plugins["ud"]
+    two = load_config(HEADER + "plugins: [{type: concurrency-detector}, {type: utilization-detector}]\n")
+    assert two.saturation_detector is two.plugins["utilization-detector"]
+    named = load_config(
+        HEADER + "plugins: [{type: concurrency-detector}, {type: utilization-detector}]\n"
+        "flowControl: {saturationDetector: {pluginRef: concurrency-detector}}\n"
+    )
+    assert isinstance(named.saturation_detector, ConcurrencyDetector)
+    # An empty reference is the default too (llm-d fills it in before validating).
+    empty = load_config(HEADER + SCORER + "flowControl: {saturationDetector: {}}\n")
+    assert isinstance(empty.saturation_detector, UtilizationDetector)
+
+
+def test_the_default_detector_name_taken_by_another_plugin_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"default saturation detector .*'utilization-detector' is not"):
+        load_config(HEADER + "plugins: [{type: queue-scorer, name: utilization-detector}]\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("plugins: {}\n", "'plugins' must be a list"),
+        ("plugins: ''\n", "'plugins' must be a list"),
+        ("plugins: 0\n", "'plugins' must be a list"),
+        ("schedulingProfiles: {}\n", "'schedulingProfiles' must be a list"),
+        ("schedulingProfiles: ''\n", "'schedulingProfiles' must be a list"),
+        (SCORER + "schedulingProfiles: [{name: a, plugins: {}}]\n", "'plugins' must be a list"),
+        ("featureGates: {}\n", "featureGates must be a list"),
+        ("featureGates: ''\n", "featureGates must be a list"),
+        ("dataLayer: []\n", "dataLayer must be a mapping"),
+        ("dataLayer: ''\n", "dataLayer must be a mapping"),
+        ("dataLayer: {sources: {}}\n", "dataLayer.sources must be a list"),
+        (
+            "plugins: [{type: metrics-data-source}]\n"
+            "dataLayer: {sources: [{pluginRef: metrics-data-source, extractors: {}}]}\n",
+            r"dataLayer.sources\[0\].extractors must be a list",
+        ),
+        ("plugins: [{type: queue-scorer, name: 0}]\n", r"plugins\[0\]: 'name' must be a string"),
+        ("saturationDetector: []\n", "saturationDetector must be a mapping"),
+        ("flowControl: {saturationDetector: ''}\n", "flowControl.saturationDetector must be a mapping"),
+    ],
+)
+def test_an_empty_value_of_the_wrong_type_is_refused_not_taken_as_absent(body: str, expected: str) -> None:
+    """``value or []`` took {}, '', 0 and [] for an absent section: ``schedulingProfiles: {}`` built
+    the default profile and ``plugins: {}`` no plugins, where llm-d's decoder refuses the type."""
+    with pytest.raises(ConfigError, match=expected):
+        load_config(HEADER + body)
+
+
+def test_null_sections_are_absent() -> None:
+    config = load_config(
+        HEADER + "plugins:\nschedulingProfiles:\nfeatureGates:\ndataLayer:\nflowControl:\n"
+        "saturationDetector:\n"
+    )
+    assert "default" in config.scheduler.profiles
