@@ -48,7 +48,7 @@ from epp.scheduling.framework import (
     SchedulerProfile,
     Scorer,
 )
-from epp.scheduling.params import finite_float
+from epp.scheduling.params import finite_float, short_repr
 from epp.scheduling.registry import create, default_producer, deprecated_replacement
 from epp.scheduling.scheduler import Scheduler
 
@@ -94,6 +94,15 @@ _TOP_LEVEL = {
 # Feature gates llm-d registers, with their defaults (llm-d-router cmd/epp/runner/runner.go); any
 # other name is an error, as in llm-d's loader (config/loader/validation.go validateFeatureGates).
 FEATURE_GATES = {flow_config.FEATURE_GATE: False, "haPopulateNonLeaderDatastore": True}
+# dataLayer's fields in llm-d-router (apix/config/v1alpha1/endpointpickerconfig_types.go).
+_DATA_LAYER_KEYS = {
+    "sources",
+    "discovery",
+    "peerDiscovery",
+    "injectDefaults",
+    "crossReplicaSyncerPluginRef",
+    "crossReplicaSyncInterval",
+}
 # Sections llm-d understands that this EPP does not implement: accepted, with a warning.
 _UNIMPLEMENTED = {
     "parser": "only the OpenAI completions/chat parser is built in",
@@ -547,7 +556,7 @@ class _Builder:
         section = _absent_as(self.doc.get("dataLayer"), {})
         if not isinstance(section, Mapping):
             raise ConfigError("dataLayer must be a mapping")
-        unknown = sorted(set(section) - {"sources", "discovery", "peerDiscovery"})
+        unknown = sorted(set(section) - _DATA_LAYER_KEYS)
         if unknown:
             raise ConfigError(f"dataLayer: unknown field(s) {', '.join(unknown)}")
         for ignored in ("discovery", "peerDiscovery"):
@@ -558,12 +567,22 @@ class _Builder:
         sources = _absent_as(section.get("sources"), [])
         if not isinstance(sources, list):
             raise ConfigError("dataLayer.sources must be a list")
+        self._newer_data_layer_fields(section, sources)
         metric_sources: list[tuple[MetricsSource, MetricsExtractor | None]] = []
         wired: set[str] = set()
         for index, entry in enumerate(sources):
             where = f"dataLayer.sources[{index}]"
             if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
                 raise ConfigError(f"{where} needs a 'pluginRef'")
+            # Strict, as llm-d decodes it: `extractor:` for `extractors:` silently wired nothing.
+            unknown = sorted(set(entry) - {"pluginRef", "extractors"})
+            if unknown:
+                raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+            listed = entry.get("extractors")
+            for ext_index, ext in enumerate(listed if isinstance(listed, list) else []):
+                extra = sorted(set(ext) - {"pluginRef"}) if isinstance(ext, Mapping) else []
+                if extra:
+                    raise ConfigError(f"{where}.extractors[{ext_index}]: unknown field(s) {', '.join(extra)}")
             source = self.plugins.get(entry["pluginRef"])
             if isinstance(source, EndpointNotifier):
                 self._wire_endpoint_source(where, source, _absent_as(entry.get("extractors"), []), wired)
@@ -595,6 +614,40 @@ class _Builder:
             source = self._default("metrics-data-source", MetricsSource)
             extractor = None
         return source, extractor or self._default("core-metrics-extractor", MetricsExtractor)
+
+    def _newer_data_layer_fields(self, section: Mapping[str, Any], sources: list[Any]) -> None:
+        """llm-d-router's newer ``dataLayer`` fields (apix/config/v1alpha1 DataLayerConfig), which
+        were refused here as unknown. ``injectDefaults: false`` stops llm-d adding its default
+        metrics source; this EPP's scorers and detector read the scrape, so it keeps one (warned).
+        Cross-replica sync shares data between EPP replicas, which this EPP does not do."""
+        inject = section.get("injectDefaults")
+        if inject is not None and not isinstance(inject, bool):
+            raise ConfigError(f"dataLayer.injectDefaults must be true or false, got {short_repr(inject)}")
+        configured = {e.get("pluginRef") for e in sources if isinstance(e, Mapping)}
+        if inject is False and not any(isinstance(self.plugins.get(r), MetricsSource) for r in configured):
+            self.warn(
+                "dataLayer.injectDefaults: false ignored: with no metrics-data-source in "
+                "dataLayer.sources this EPP still scrapes each endpoint's /metrics, which its scorers "
+                "and saturation detector read"
+            )
+        syncer = section.get("crossReplicaSyncerPluginRef")
+        if syncer is not None:
+            if not isinstance(syncer, str):
+                raise ConfigError(
+                    f"dataLayer.crossReplicaSyncerPluginRef must be a plugin name, got {short_repr(syncer)}"
+                )
+            if syncer and syncer not in self.plugins:
+                raise ConfigError(
+                    f"dataLayer.crossReplicaSyncerPluginRef: {syncer!r} names no plugin in 'plugins'"
+                )
+        interval = section.get("crossReplicaSyncInterval")
+        if interval is not None:
+            flow_config.parse_go_duration(interval, "dataLayer.crossReplicaSyncInterval")
+        if syncer or interval is not None:
+            self.warn(
+                "dataLayer.crossReplicaSyncerPluginRef/crossReplicaSyncInterval ignored: this EPP "
+                "does not share data between replicas"
+            )
 
     def _wire_endpoint_source(
         self, where: str, source: EndpointNotifier, extractors: Any, wired: set[str]

@@ -123,3 +123,47 @@ def test_null_sections_are_absent() -> None:
         "saturationDetector:\n"
     )
     assert "default" in config.scheduler.profiles
+
+
+def test_newer_data_layer_fields_load() -> None:
+    """injectDefaults, crossReplicaSyncerPluginRef and crossReplicaSyncInterval are llm-d-router
+    DataLayerConfig fields (apix/config/v1alpha1/endpointpickerconfig_types.go); they were refused
+    as unknown fields, so a config that sets them did not start."""
+    assert load_config(HEADER + SCORER + "dataLayer: {injectDefaults: true}\n").warnings == []
+    off = load_config(HEADER + SCORER + "dataLayer: {injectDefaults: false}\n")
+    assert off.metrics_source.name == "metrics-data-source"
+    (warning,) = off.warnings
+    assert "dataLayer.injectDefaults: false ignored" in warning
+    listed = load_config(
+        HEADER + "plugins: [{type: metrics-data-source}, {type: core-metrics-extractor}]\n"
+        "dataLayer: {injectDefaults: false, sources: [{pluginRef: metrics-data-source, "
+        "extractors: [{pluginRef: core-metrics-extractor}]}]}\n"
+    )
+    assert listed.warnings == []  # llm-d injects nothing here either
+    synced = load_config(HEADER + SCORER + "dataLayer: {crossReplicaSyncInterval: 5s}\n")
+    assert any("crossReplicaSyncInterval ignored" in w for w in synced.warnings)
+
+
+@pytest.mark.parametrize(
+    ("data_layer", "expected"),
+    [
+        ("{injectDefaults: 'no'}", "dataLayer.injectDefaults must be true or false, got 'no'"),
+        ("{crossReplicaSyncInterval: 5}", "dataLayer.crossReplicaSyncInterval must be a duration string"),
+        ("{crossReplicaSyncerPluginRef: [a]}", "dataLayer.crossReplicaSyncerPluginRef must be a plugin name"),
+        ("{crossReplicaSyncerPluginRef: nope}", "crossReplicaSyncerPluginRef: 'nope' names no plugin"),
+        (
+            "{sources: [{pluginRef: metrics-data-source, extractor: [{pluginRef: core-metrics-extractor}]}]}",
+            r"dataLayer.sources\[0\]: unknown field\(s\) extractor",
+        ),
+        (
+            "{sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor, "
+            "weight: 1}]}]}",
+            r"dataLayer.sources\[0\].extractors\[0\]: unknown field\(s\) weight",
+        ),
+    ],
+)
+def test_data_layer_fields_are_checked_by_key(data_layer: str, expected: str) -> None:
+    """A typo inside a source (``extractor:``) wired nothing, silently; llm-d decodes strictly."""
+    plugins = "plugins: [{type: metrics-data-source}, {type: core-metrics-extractor}]\n"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(HEADER + plugins + f"dataLayer: {data_layer}\n")
