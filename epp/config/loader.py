@@ -624,7 +624,8 @@ class _Builder:
         if inject is not None and not isinstance(inject, bool):
             raise ConfigError(f"dataLayer.injectDefaults must be true or false, got {short_repr(inject)}")
         configured = {e.get("pluginRef") for e in sources if isinstance(e, Mapping)}
-        if inject is False and not any(isinstance(self.plugins.get(r), MetricsSource) for r in configured):
+        listed = [self.plugins.get(ref) for ref in configured if isinstance(ref, str)]
+        if inject is False and not any(isinstance(plugin, MetricsSource) for plugin in listed):
             self.warn(
                 "dataLayer.injectDefaults: false ignored: with no metrics-data-source in "
                 "dataLayer.sources this EPP still scrapes each endpoint's /metrics, which its scorers "
