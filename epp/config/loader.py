@@ -29,6 +29,7 @@ import epp.plugins  # noqa: F401 - registers the built-in plugins
 from epp.config.scheduler_config import SchedulerConfig
 from epp.flowcontrol import config as flow_config
 from epp.flowcontrol.config import FlowControlConfig
+from epp.plugins.parsers import RequestParser
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import (
     DataProducer,
@@ -49,7 +50,7 @@ from epp.scheduling.framework import (
     Scorer,
 )
 from epp.scheduling.params import finite_float, short_repr
-from epp.scheduling.registry import create, default_producer, deprecated_replacement
+from epp.scheduling.registry import create, default_producer, deprecated_replacement, is_llm_d_type
 from epp.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,6 @@ _DATA_LAYER_KEYS = {
     "injectDefaults",
     "crossReplicaSyncerPluginRef",
     "crossReplicaSyncInterval",
-}
-# Sections llm-d understands that this EPP does not implement: accepted, with a warning.
-_UNIMPLEMENTED = {
-    "parser": "only the OpenAI completions/chat parser is built in",
-    "requestHandler": "custom request handlers are not supported",
 }
 
 
@@ -244,6 +240,7 @@ class _Builder:
         for plugin in list(self.plugins.values()):
             plugin.resolve(self.plugins)
         handler.validate_profiles(list(profiles))
+        self._parsers()
         source, extractor = self._data_layer()
         gates = self._feature_gates()
         section = flow_config.check_section(self.doc.get("flowControl"))
@@ -275,9 +272,6 @@ class _Builder:
         unknown = sorted(set(self.doc) - _TOP_LEVEL)
         if unknown:
             raise ConfigError(f"unknown top-level field(s): {', '.join(unknown)}")
-        for section, why in _UNIMPLEMENTED.items():
-            if self.doc.get(section):
-                self.warn(f"{section} ignored: {why}")
 
     def _build_plugins(self) -> None:
         raw_plugins = _absent_as(self.doc.get("plugins"), [])
@@ -451,6 +445,51 @@ class _Builder:
                 "(e.g. disagg-profile-handler)"
             )
         return self._default("single-profile-handler", ProfileHandler)
+
+    def _parsers(self) -> None:
+        """``requestHandler.parsers`` (and its deprecated spelling, the top-level ``parser``): each
+        entry must name a parser plugin, as llm-d's validateParsers and buildParserRegistry
+        require; a listed parser type that is not configured is created, as ensureParsers does.
+        Only parsers of the OpenAI API are registered here (the protocol layer parses those), so
+        a valid list changes nothing. Both sections were ignored with a warning before, so a
+        reference to a missing plugin or to a non-parser loaded here and failed under llm-d."""
+        legacy = self.doc.get("parser")
+        handler = self.doc.get("requestHandler")
+        entries: list[Any] = []
+        where = "requestHandler.parsers"
+        if handler is not None:
+            if not isinstance(handler, Mapping):
+                raise ConfigError(
+                    f"requestHandler must be a mapping with 'parsers', got {short_repr(handler)}"
+                )
+            unknown = sorted(set(handler) - {"parsers"})
+            if unknown:
+                raise ConfigError(f"requestHandler: unknown field(s) {', '.join(unknown)}")
+            entries = _absent_as(handler.get("parsers"), [])
+            if not isinstance(entries, list):
+                raise ConfigError(f"{where} must be a list, got {short_repr(entries)}")
+        if legacy is not None:
+            self.warn(
+                "parser is deprecated, use requestHandler.parsers"
+                + (" (both are set: requestHandler.parsers is used)" if entries else "")
+            )
+            if not entries:
+                entries, where = [legacy], "parser"
+        for index, entry in enumerate(entries):
+            at = where if where == "parser" else f"{where}[{index}]"
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
+                raise ConfigError(f"{at} must be a mapping with a 'pluginRef', got {short_repr(entry)}")
+            unknown = sorted(set(entry) - {"pluginRef"})
+            if unknown:
+                raise ConfigError(f"{at}: unknown field(s) {', '.join(unknown)}")
+            ref = entry["pluginRef"]
+            plugin = self.plugins.get(ref)
+            if plugin is None:
+                if not is_llm_d_type(ref):
+                    raise ConfigError(f"{at}: pluginRef {ref!r} names no plugin in 'plugins'")
+                plugin = self.plugins[ref] = create(ref, ref, None)
+            if not isinstance(plugin, RequestParser):
+                raise ConfigError(f"{at}: pluginRef {ref!r} (type {plugin.type_name}) is not a parser plugin")
 
     def _saturation_detector(self, flow_section: Mapping[str, Any]) -> SaturationDetector:
         """``flowControl.saturationDetector.pluginRef``; the top-level ``saturationDetector`` is its

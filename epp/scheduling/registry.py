@@ -88,6 +88,11 @@ def register_unsupported(types: dict[str, str]) -> None:
     _UNSUPPORTED.update(types)
 
 
+def is_llm_d_type(type_name: str) -> bool:
+    """Registered here, or an llm-d type listed as not implemented (creating it says why)."""
+    return type_name in _FACTORIES or type_name in _UNSUPPORTED
+
+
 def unsupported_types() -> dict[str, str]:
     return dict(sorted(_UNSUPPORTED.items()))
 

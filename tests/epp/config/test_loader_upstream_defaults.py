@@ -167,3 +167,45 @@ def test_data_layer_fields_are_checked_by_key(data_layer: str, expected: str) ->
     plugins = "plugins: [{type: metrics-data-source}, {type: core-metrics-extractor}]\n"
     with pytest.raises(ConfigError, match=expected):
         load_config(HEADER + plugins + f"dataLayer: {data_layer}\n")
+
+
+def test_request_handler_parsers_are_checked_as_llm_d_checks_them() -> None:
+    """requestHandler and the deprecated top-level parser were ignored with a warning, so a
+    reference to a missing plugin or a non-parser loaded here and failed under llm-d
+    (llm-d-router pkg/epp/config/loader/testdata_test.go errorParserWrongPlugin{Name,Type}Text)."""
+    picker = (
+        "plugins: [{type: max-score-picker, name: maxScore}, {type: openai-parser, name: openaiParser}]\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"requestHandler.parsers\[0\]: pluginRef 'wrongParser' names no plugin"
+    ):
+        load_config(HEADER + picker + "requestHandler: {parsers: [{pluginRef: wrongParser}]}\n")
+    with pytest.raises(ConfigError, match=r"pluginRef 'maxScore' \(type max-score-picker\) is not a parser"):
+        load_config(HEADER + picker + "requestHandler: {parsers: [{pluginRef: maxScore}]}\n")
+    with pytest.raises(ConfigError, match=r"parser: pluginRef 'nope' names no plugin"):
+        load_config(HEADER + picker + "parser: {pluginRef: nope}\n")
+    with pytest.raises(
+        ConfigError, match="type 'anthropic-parser' is an llm-d plugin this EPP does not implement"
+    ):
+        load_config(HEADER + picker + "requestHandler: {parsers: [{pluginRef: anthropic-parser}]}\n")
+    for bad, expected in (
+        ("requestHandler: [a]\n", "requestHandler must be a mapping"),
+        ("requestHandler: {parser: []}\n", r"requestHandler: unknown field\(s\) parser"),
+        ("requestHandler: {parsers: {}}\n", "requestHandler.parsers must be a list"),
+        ("requestHandler: {parsers: [openaiParser]}\n", r"requestHandler.parsers\[0\] must be a mapping"),
+        ("requestHandler: {parsers: [{pluginRef: openaiParser, weight: 1}]}\n", r"unknown field\(s\) weight"),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(HEADER + picker + bad)
+
+
+def test_valid_parser_lists_load_without_warnings() -> None:
+    named = load_config(
+        HEADER + "plugins: [{type: openai-parser, name: p}]\nrequestHandler: {parsers: [{pluginRef: p}]}\n"
+    )
+    assert named.warnings == []
+    # A listed parser type that is not configured is created (ensureParsers).
+    created = load_config(HEADER + "requestHandler: {parsers: [{pluginRef: vllmhttp-parser}]}\n")
+    assert "vllmhttp-parser" in created.plugins and created.warnings == []
+    legacy = load_config(HEADER + "parser: {pluginRef: openai-parser}\n")
+    assert legacy.warnings == ["parser is deprecated, use requestHandler.parsers"]
