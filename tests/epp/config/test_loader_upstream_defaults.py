@@ -209,3 +209,18 @@ def test_valid_parser_lists_load_without_warnings() -> None:
     assert "vllmhttp-parser" in created.plugins and created.warnings == []
     legacy = load_config(HEADER + "parser: {pluginRef: openai-parser}\n")
     assert legacy.warnings == ["parser is deprecated, use requestHandler.parsers"]
+
+
+def test_a_non_scheduling_plugin_in_a_profile_is_skipped_with_a_warning() -> None:
+    """llm-d's AddPlugins adds a plugin only at the extension points it implements; a producer or
+    handler listed in a profile (llm-d-router's router chart lists predicted-latency-producer)
+    loads there and was refused here."""
+    config = load_config(
+        HEADER + "plugins: [{type: prefix-cache-scorer}, {type: approx-prefix-cache-producer}]\n"
+        "schedulingProfiles: [{name: a, plugins: [{pluginRef: approx-prefix-cache-producer}, "
+        "{pluginRef: prefix-cache-scorer}]}]\n"
+    )
+    profile = config.scheduler.profiles["a"]
+    assert profile.filters == [] and [s.name for s, _ in profile.scorers] == ["prefix-cache-scorer"]
+    (warning,) = config.warnings
+    assert "'approx-prefix-cache-producer' (type approx-prefix-cache-producer) is not a filter" in warning
