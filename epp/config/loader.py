@@ -95,6 +95,13 @@ _TOP_LEVEL = {
 # Feature gates llm-d registers, with their defaults (llm-d-router cmd/epp/runner/runner.go); any
 # other name is an error, as in llm-d's loader (config/loader/validation.go validateFeatureGates).
 FEATURE_GATES = {flow_config.FEATURE_GATE: False, "haPopulateNonLeaderDatastore": True}
+# Gates older llm-d configs carry that llm-d-router has since removed (and refuses, as here).
+_REMOVED_GATES = {
+    "enableLegacyMetrics": (
+        "was removed from llm-d-router (PR 1418, May 2026): metrics always come from the data "
+        "layer; drop the gate"
+    ),
+}
 # dataLayer's fields in llm-d-router (apix/config/v1alpha1/endpointpickerconfig_types.go).
 _DATA_LAYER_KEYS = {
     "sources",
@@ -551,6 +558,8 @@ class _Builder:
                 )
             name, _, value = entry.partition("=")
             name = name.strip()
+            if name in _REMOVED_GATES:
+                raise ConfigError(f"featureGates[{index}]: {name!r} {_REMOVED_GATES[name]}")
             if name not in FEATURE_GATES:
                 raise ConfigError(
                     f"featureGates[{index}]: unknown feature gate {name!r} "

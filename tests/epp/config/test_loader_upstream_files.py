@@ -125,3 +125,21 @@ def test_every_unimplemented_llm_d_type_says_so_and_why(type_name: str) -> None:
 def test_a_typo_still_lists_the_known_types() -> None:
     with pytest.raises(ConfigError, match="unknown type 'queue-scorr' \\(known types: active-request-scorer"):
         load_config(HEADER + "plugins: [{type: queue-scorr}]\n")
+
+
+def test_configs_of_the_older_llm_d_inference_scheduler_name_what_changed() -> None:
+    """llm-d-inference-scheduler's samples from before the llm-d-router rename use spellings the
+    router since refused (vllm.http, now url) or removed (the enableLegacyMetrics gate). Both were
+    refused here too, but as an 'unknown parameter' or 'unknown feature gate', as for a typo."""
+    with pytest.raises(
+        ConfigError, match=r"'vllm\.http' is the old name of 'url' \(llm-d-router renamed it\)"
+    ):
+        load_config(upstream("scheduler-epp-precise-prefix-cache-config.yaml"))
+    text = upstream("scheduler-default-config.yaml")
+    with pytest.raises(
+        ConfigError, match=r"featureGates\[0\]: 'enableLegacyMetrics' was removed from llm-d-router"
+    ):
+        load_config(text)
+    # Without the gate it loads, its deprecated top-level parser with a warning.
+    config = load_config(text.replace("featureGates:\n  - enableLegacyMetrics\n", ""))
+    assert config.warnings == ["parser is deprecated, use requestHandler.parsers"]
