@@ -675,8 +675,8 @@ class _Builder:
         inject = section.get("injectDefaults")
         if inject is not None and not isinstance(inject, bool):
             raise ConfigError(f"dataLayer.injectDefaults must be true or false, got {short_repr(inject)}")
-        configured = {e.get("pluginRef") for e in sources if isinstance(e, Mapping)}
-        listed = [self.plugins.get(ref) for ref in configured if isinstance(ref, str)]
+        refs = [e.get("pluginRef") for e in sources if isinstance(e, Mapping)]
+        listed = [self.plugins.get(ref) for ref in refs if isinstance(ref, str)]
         if inject is False and not any(isinstance(plugin, MetricsSource) for plugin in listed):
             self.warn(
                 "dataLayer.injectDefaults: false ignored: with no metrics-data-source in "
