@@ -17,6 +17,15 @@ from epp.scheduling.framework import (
 from epp.scheduling.params import Params
 from epp.scheduling.registry import register
 
+_TLS = "the scrape neither verifies nor presents certificates (insecureSkipVerify)"
+_UNSUPPORTED_SOURCE_PARAMETERS = {
+    "port": "each endpoint is scraped on its serving port (or its metricsPort in --endpoints-file)",
+    "interval": "the scrape period is the --refresh-metrics-interval flag",
+    "caCertPath": _TLS,
+    "clientCertPath": _TLS,
+    "clientKeyPath": _TLS,
+}
+
 
 @register("metrics-data-source")
 class MetricsDataSource(MetricsSource):
@@ -31,6 +40,12 @@ class MetricsDataSource(MetricsSource):
         path = params.string("path", "/metrics")
         if not path.startswith("/"):
             raise params.error("path", f"must start with '/', got {path!r}")
+        # llm-d-router's newer metrics-data-source parameters (source/metrics/datasource.go), not
+        # implemented here: refused by name with the way to get the same, not as unknown keys.
+        for key, instead in _UNSUPPORTED_SOURCE_PARAMETERS.items():
+            if params.has(key):
+                params.raw(key)
+                raise params.error(key, f"is llm-d's but not supported by this EPP: {instead}")
         return cls(
             name,
             params.string("scheme", "http", choices=("http", "https")),

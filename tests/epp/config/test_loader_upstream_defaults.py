@@ -224,3 +224,67 @@ def test_a_non_scheduling_plugin_in_a_profile_is_skipped_with_a_warning() -> Non
     assert profile.filters == [] and [s.name for s, _ in profile.scorers] == ["prefix-cache-scorer"]
     (warning,) = config.warnings
     assert "'approx-prefix-cache-producer' (type approx-prefix-cache-producer) is not a filter" in warning
+
+
+def test_newer_scorer_parameters_load() -> None:
+    """llm-d-router's active-request-scorer and token-load-scorer take inFlightLoadProducerName,
+    and prefix-cache-scorer matchLengthWeight / matchLengthScaleTokens; all three were refused as
+    unknown parameters."""
+    config = load_config(
+        HEADER + "plugins:\n"
+        "- {type: active-request-scorer, parameters: {inFlightLoadProducerName: inflight-load-producer}}\n"
+        "- {type: token-load-scorer, parameters: {inFlightLoadProducerName: inflight-load-producer}}\n"
+        "- {type: prefix-cache-scorer, parameters: {matchLengthWeight: 0.5, matchLengthScaleTokens: 1024}}\n"
+    )
+    assert {"active-request-scorer", "token-load-scorer", "prefix-cache-scorer"} <= set(config.plugins)
+    for bad, expected in (
+        ("{matchLengthWeight: 1.5}", "'matchLengthWeight' must be <= 1"),
+        ("{matchLengthWeight: 0.5, matchLengthScaleTokens: 0}", "'matchLengthScaleTokens' must be > 0"),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(HEADER + f"plugins: [{{type: prefix-cache-scorer, parameters: {bad}}}]\n")
+
+
+def test_match_length_weight_scores_as_llm_d() -> None:
+    """scorer/prefix/plugin.go: w x min(1, matched blocks x block tokens / scale)^2 + (1 - w) x ratio."""
+    from epp.plugins.prefix import PrefixCacheScorer, PrefixMatch
+    from tests.support.epp import endpoint, scheduling_request
+
+    config = load_config(
+        HEADER + "plugins: [{type: prefix-cache-scorer, parameters: {matchLengthWeight: 0.5, "
+        "matchLengthScaleTokens: 1024}}]\n"
+    )
+    scorer = config.plugins["prefix-cache-scorer"]
+    assert isinstance(scorer, PrefixCacheScorer) and scorer.producer is not None
+    a, b = endpoint("a", "10.0.0.1"), endpoint("b", "10.0.0.2")
+    request = scheduling_request()
+    request.state[scorer.producer.name] = PrefixMatch(
+        hashes=list(range(10)),
+        block_tokens=64,
+        prompt_tokens=640,
+        matched_blocks={a.hostport: 8, b.hostport: 2},
+    )
+    score_a, score_b = scorer.score(request, [a, b])
+    assert score_a == pytest.approx(0.5 * (8 * 64 / 1024) ** 2 + 0.5 * 0.8)
+    assert score_b == pytest.approx(0.5 * (2 * 64 / 1024) ** 2 + 0.5 * 0.2)
+    plain = load_config(HEADER + "plugins: [{type: prefix-cache-scorer}]\n").plugins["prefix-cache-scorer"]
+    assert isinstance(plain, PrefixCacheScorer) and plain.match_length_weight == 0.0  # llm-d's default
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "instead"),
+    [
+        ("port", "9100", "serving port"),
+        ("interval", "1s", "--refresh-metrics-interval"),
+        ("caCertPath", "/ca.pem", "certificates"),
+        ("clientCertPath", "/c.pem", "certificates"),
+        ("clientKeyPath", "/k.pem", "certificates"),
+    ],
+)
+def test_newer_metrics_source_parameters_are_refused_by_name(key: str, value: str, instead: str) -> None:
+    """llm-d-router's metrics-data-source takes these (source/metrics/datasource.go); they are not
+    implemented here and were refused as 'unknown parameter(s)', like a typo."""
+    with pytest.raises(
+        ConfigError, match=f"parameter '{key}' is llm-d's but not supported by this EPP: .*{instead}"
+    ):
+        load_config(HEADER + f"plugins: [{{type: metrics-data-source, parameters: {{{key}: '{value}'}}}}]\n")
