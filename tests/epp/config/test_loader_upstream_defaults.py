@@ -288,3 +288,26 @@ def test_newer_metrics_source_parameters_are_refused_by_name(key: str, value: st
         ConfigError, match=f"parameter '{key}' is llm-d's but not supported by this EPP: .*{instead}"
     ):
         load_config(HEADER + f"plugins: [{{type: metrics-data-source, parameters: {{{key}: '{value}'}}}}]\n")
+
+
+def test_inflight_load_producer_takes_llm_d_parameters() -> None:
+    """producer.go Config: refused as unknown parameters before; estimates stay off here."""
+    config = load_config(
+        HEADER + "plugins: [{type: inflight-load-producer, parameters: {addEstimatedOutputTokens: false, "
+        "outputRatio: 0.5, maxEstimatedOutputTokens: 512, prefixMatchInfoProducerName: p, "
+        "syncCrossReplicaState: false}}]\n"
+    )
+    assert "inflight-load-producer" in config.plugins
+    with pytest.raises(ConfigError, match="'addEstimatedOutputTokens' is not supported"):
+        load_config(
+            HEADER
+            + "plugins: [{type: inflight-load-producer, parameters: {addEstimatedOutputTokens: true}}]\n"
+        )
+    with pytest.raises(ConfigError, match="'outputRatio' must be >= 0"):
+        load_config(HEADER + "plugins: [{type: inflight-load-producer, parameters: {outputRatio: -1}}]\n")
+
+
+@pytest.mark.parametrize("key", ["engineLabelKey", "engineConfigs", "customMetrics"])
+def test_metric_mapping_parameters_are_refused_by_name(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"parameter '{key}' is llm-d's but not supported by this EPP"):
+        load_config(HEADER + f"plugins: [{{type: core-metrics-extractor, parameters: {{{key}: x}}}}]\n")
