@@ -3,16 +3,18 @@
 Accepted: apiVersion ``llm-d.ai/v1alpha1`` and ``inference.networking.x-k8s.io/v1alpha1``, kind
 ``EndpointPickerConfig``. Auto-defaults as llm-d's loader applies them: no profiles → one
 ``default`` profile with every filter, scorer and picker; one profile and no handler →
-``single-profile-handler``; a profile without picker → ``max-score-picker``; no saturation
-detector → ``utilization-detector``; flow control on (``featureGates: [flowControl]``) → the
-``flowControl`` section with llm-d's default policies (``fcfs-ordering-policy``,
-``global-strict-fairness-policy``, ``static-usage-limit-policy``); no data layer → ``metrics-data-source`` +
-``core-metrics-extractor``; a data key some plugin consumes and no configured plugin produces →
-the producer type registered as its default (e.g. ``approx-prefix-cache-producer`` for
-``prefix-cache-scorer``), configured from the parameters its consumers carry for it. Producers
-(and preparers) run producers-before-consumers of their data keys, whatever the config's order.
-An endpoint extractor (``precise-prefix-cache-producer``) that no ``endpoint-notification-source``
-in ``dataLayer.sources`` feeds is wired to one, with a warning: without it, it never sees a pod.
+``single-profile-handler``; a profile without picker → the configured picker, or a
+``max-score-picker`` when none is configured; no ``flowControl.saturationDetector`` → the plugin
+named ``utilization-detector`` (created when absent; other detectors are not used); flow control on
+(``featureGates: [flowControl]``) → the ``flowControl`` section with llm-d's default policies
+(``fcfs-ordering-policy``, ``global-strict-fairness-policy``, ``static-usage-limit-policy``); no
+data layer → ``metrics-data-source`` + ``core-metrics-extractor``; a data key some plugin consumes
+and no configured plugin produces → the producer type registered as its default (e.g.
+``approx-prefix-cache-producer`` for ``prefix-cache-scorer``), configured from the parameters its
+consumers carry for it. Producers (and preparers) run producers-before-consumers of their data keys,
+whatever the config's order. An endpoint extractor (``precise-prefix-cache-producer``) that no
+``endpoint-notification-source`` in ``dataLayer.sources`` feeds is wired to one, with a warning:
+without it, it never sees a pod.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import epp.plugins  # noqa: F401 - registers the built-in plugins
 from epp.config.scheduler_config import SchedulerConfig
 from epp.flowcontrol import config as flow_config
 from epp.flowcontrol.config import FlowControlConfig
+from epp.plugins.parsers import RequestParser
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import (
     DataProducer,
@@ -46,8 +49,8 @@ from epp.scheduling.framework import (
     SchedulerProfile,
     Scorer,
 )
-from epp.scheduling.params import finite_float
-from epp.scheduling.registry import create, default_producer, deprecated_replacement
+from epp.scheduling.params import finite_float, short_repr
+from epp.scheduling.registry import create, default_producer, deprecated_replacement, is_llm_d_type
 from epp.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -92,10 +95,21 @@ _TOP_LEVEL = {
 # Feature gates llm-d registers, with their defaults (llm-d-router cmd/epp/runner/runner.go); any
 # other name is an error, as in llm-d's loader (config/loader/validation.go validateFeatureGates).
 FEATURE_GATES = {flow_config.FEATURE_GATE: False, "haPopulateNonLeaderDatastore": True}
-# Sections llm-d understands that this EPP does not implement: accepted, with a warning.
-_UNIMPLEMENTED = {
-    "parser": "only the OpenAI completions/chat parser is built in",
-    "requestHandler": "custom request handlers are not supported",
+# Gates older llm-d configs carry that llm-d-router has since removed (and refuses, as here).
+_REMOVED_GATES = {
+    "enableLegacyMetrics": (
+        "was removed from llm-d-router (PR 1418, May 2026): metrics always come from the data "
+        "layer; drop the gate"
+    ),
+}
+# dataLayer's fields in llm-d-router (apix/config/v1alpha1/endpointpickerconfig_types.go).
+_DATA_LAYER_KEYS = {
+    "sources",
+    "discovery",
+    "peerDiscovery",
+    "injectDefaults",
+    "crossReplicaSyncerPluginRef",
+    "crossReplicaSyncInterval",
 }
 
 
@@ -108,8 +122,8 @@ def load_config(text: str | None) -> SchedulerConfig:
     if text is None or not text.strip():
         text = DEFAULT_CONFIG
     try:
-        _check_yaml_shape(yaml.compose(text, Loader=yaml.SafeLoader))
-        document = yaml.safe_load(text)
+        _check_depth(text)
+        document = _single_document(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"EndpointPickerConfig is not valid YAML: {exc}") from exc
     if not isinstance(document, Mapping):
@@ -117,11 +131,57 @@ def load_config(text: str | None) -> SchedulerConfig:
     return _Builder(document).build()
 
 
+# The deepest nesting of mappings and sequences a config may have. llm-d's deepest parameters sit
+# about ten levels down; PyYAML's composer and constructor recurse once per level, so a few hundred
+# levels (``[[[[...]]]]``) raised RecursionError instead of an error naming the place.
+MAX_DEPTH = 100
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH by scanning YAML events (the parser does not recurse)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+                raise ConfigError(f"EndpointPickerConfig nests deeper than {MAX_DEPTH} levels ({where})")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _single_document(text: str) -> Any:
+    """The one document ``text`` holds, checked by :func:`_check_yaml_shape` before it is built.
+    Empty documents (a leading or trailing ``---``, as many manifests end) are skipped; a second
+    document with content is refused rather than dropped (llm-d's decoder reads only the first)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        nodes = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None and not (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG):
+                nodes.append(node)
+        if len(nodes) > 1:
+            mark = nodes[1].start_mark
+            raise ConfigError(
+                f"EndpointPickerConfig holds {len(nodes)} YAML documents (the second at line "
+                f"{mark.line + 1}); give one EndpointPickerConfig per file"
+            )
+        if not nodes:
+            return None
+        _check_yaml_shape(nodes[0])
+        return loader.construct_document(nodes[0])
+    finally:
+        loader.dispose()
+
+
 # The most nodes a document may hold once its aliases are expanded. Real configs hold hundreds;
 # llm-d's YAML decoder (go-yaml, under sigs.k8s.io/yaml) likewise refuses "excessive aliasing".
 MAX_EXPANDED_NODES = 100_000
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 def _check_yaml_shape(root: yaml.Node | None) -> None:
@@ -144,10 +204,17 @@ def _check_yaml_shape(root: yaml.Node | None) -> None:
         if isinstance(node, yaml.SequenceNode):
             size += sum(walk(item, f"{where}[{index}]") for index, item in enumerate(node.value))
         elif isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode) or key.tag not in {_STR_TAG, _MERGE_TAG}:
                     shown = key.value if isinstance(key, yaml.ScalarNode) else key.tag
                     raise ConfigError(f"{where or 'top level'}: key {shown!r} is not a string")
+                # llm-d's strict decoder refuses a repeated key ("key already set in map"); PyYAML
+                # kept the last silently, so `plugins:` written twice dropped the first list.
+                if key.tag == _STR_TAG:
+                    if key.value in seen:
+                        raise ConfigError(f"{where or 'top level'}: key {key.value!r} appears twice")
+                    seen.add(key.value)
                 size += 1 + walk(value, f"{where}.{key.value}" if where else str(key.value))
         active.discard(id(node))
         sizes[id(node)] = size
@@ -180,6 +247,7 @@ class _Builder:
         for plugin in list(self.plugins.values()):
             plugin.resolve(self.plugins)
         handler.validate_profiles(list(profiles))
+        self._parsers()
         source, extractor = self._data_layer()
         gates = self._feature_gates()
         section = flow_config.check_section(self.doc.get("flowControl"))
@@ -211,12 +279,9 @@ class _Builder:
         unknown = sorted(set(self.doc) - _TOP_LEVEL)
         if unknown:
             raise ConfigError(f"unknown top-level field(s): {', '.join(unknown)}")
-        for section, why in _UNIMPLEMENTED.items():
-            if self.doc.get(section):
-                self.warn(f"{section} ignored: {why}")
 
     def _build_plugins(self) -> None:
-        raw_plugins = self.doc.get("plugins") or []
+        raw_plugins = _absent_as(self.doc.get("plugins"), [])
         if not isinstance(raw_plugins, list):
             raise ConfigError("'plugins' must be a list")
         for index, entry in enumerate(raw_plugins):
@@ -228,7 +293,9 @@ class _Builder:
             type_name = entry.get("type")
             if not isinstance(type_name, str) or not type_name:
                 raise ConfigError(f"plugins[{index}]: 'type' is required")
-            name = entry.get("name") or type_name
+            name = entry.get("name")
+            if name is None or name == "":  # llm-d names a plugin after its type (applyStaticDefaults)
+                name = type_name
             if not isinstance(name, str):
                 raise ConfigError(f"plugins[{index}]: 'name' must be a string")
             if name in self.plugins:
@@ -279,7 +346,7 @@ class _Builder:
                 produced.setdefault(produced_key, []).append(created)
 
     def _build_profiles(self) -> dict[str, SchedulerProfile]:
-        raw_profiles = self.doc.get("schedulingProfiles") or []
+        raw_profiles = _absent_as(self.doc.get("schedulingProfiles"), [])
         if not isinstance(raw_profiles, list):
             raise ConfigError("'schedulingProfiles' must be a list")
         if not raw_profiles:
@@ -310,7 +377,7 @@ class _Builder:
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
         where = f"scheduling profile {name!r}"
-        refs = entry.get("plugins") or []
+        refs = _absent_as(entry.get("plugins"), [])
         if not isinstance(refs, list):
             raise ConfigError(f"{where}: 'plugins' must be a list")
         filters: list[Filter] = []
@@ -342,19 +409,40 @@ class _Builder:
                 scorers.append((plugin, number))
                 continue
             if weight is not None:
-                raise ConfigError(f"{where}: {plugin.name!r} is not a scorer, so it takes no weight")
+                # llm-d applies a weight only to scorers and ignores it elsewhere (buildSchedulerConfig).
+                self.warn(f"{where}: weight of {plugin.name!r} ignored: it is not a scorer")
             if isinstance(plugin, Filter):
                 filters.append(plugin)
             elif isinstance(plugin, Picker):
                 pickers.append(plugin)
             else:
-                raise ConfigError(
-                    f"{where}: {plugin.name!r} (type {plugin.type_name}) is not a filter, scorer or picker"
+                # llm-d's SchedulerProfile.AddPlugins adds a plugin at each scheduling extension point
+                # it implements and none for the others (its router chart lists
+                # predicted-latency-producer in a profile), so the config loads there.
+                self.warn(
+                    f"{where}: {plugin.name!r} (type {plugin.type_name}) is not a filter, scorer or "
+                    "picker, so listing it in a profile does nothing"
                 )
         if len(pickers) > 1:
             raise ConfigError(f"{where}: more than one picker ({', '.join(p.name for p in pickers)})")
-        picker = pickers[0] if pickers else self._default("max-score-picker", Picker)
+        picker = pickers[0] if pickers else self._default_picker(where)
         return SchedulerProfile(name, filters, scorers, picker)
+
+    def _default_picker(self, where: str) -> Picker:
+        """The picker of a profile that names none. llm-d (ensureSchedulingLayer in
+        config/loader/defaults.go) appends the configured picker, whatever its type, and creates a
+        ``max-score-picker`` only when no picker is configured: a config with one ``random-picker``
+        picked at random upstream and by max score here."""
+        configured = self._all(Picker)
+        if not configured:
+            return self._default("max-score-picker", Picker)
+        if len(configured) > 1:
+            self.warn(
+                f"{where} names no picker and {len(configured)} are configured "
+                f"({', '.join(p.name for p in configured)}); llm-d takes any one of them, this EPP the "
+                f"first, {configured[0].name!r}: name the picker in the profile"
+            )
+        return configured[0]
 
     def _profile_handler(self, profiles: Mapping[str, SchedulerProfile]) -> ProfileHandler:
         handlers = self._all(ProfileHandler)
@@ -369,42 +457,97 @@ class _Builder:
             )
         return self._default("single-profile-handler", ProfileHandler)
 
+    def _parsers(self) -> None:
+        """``requestHandler.parsers`` (and its deprecated spelling, the top-level ``parser``): each
+        entry must name a parser plugin, as llm-d's validateParsers and buildParserRegistry
+        require; a listed parser type that is not configured is created, as ensureParsers does.
+        Only parsers of the OpenAI API are registered here (the protocol layer parses those), so
+        a valid list changes nothing. Both sections were ignored with a warning before, so a
+        reference to a missing plugin or to a non-parser loaded here and failed under llm-d."""
+        legacy = self.doc.get("parser")
+        handler = self.doc.get("requestHandler")
+        entries: list[Any] = []
+        where = "requestHandler.parsers"
+        if handler is not None:
+            if not isinstance(handler, Mapping):
+                raise ConfigError(
+                    f"requestHandler must be a mapping with 'parsers', got {short_repr(handler)}"
+                )
+            unknown = sorted(set(handler) - {"parsers"})
+            if unknown:
+                raise ConfigError(f"requestHandler: unknown field(s) {', '.join(unknown)}")
+            entries = _absent_as(handler.get("parsers"), [])
+            if not isinstance(entries, list):
+                raise ConfigError(f"{where} must be a list, got {short_repr(entries)}")
+        if legacy is not None:
+            self.warn(
+                "parser is deprecated, use requestHandler.parsers"
+                + (" (both are set: requestHandler.parsers is used)" if entries else "")
+            )
+            if not entries:
+                entries, where = [legacy], "parser"
+        for index, entry in enumerate(entries):
+            at = where if where == "parser" else f"{where}[{index}]"
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
+                raise ConfigError(f"{at} must be a mapping with a 'pluginRef', got {short_repr(entry)}")
+            unknown = sorted(set(entry) - {"pluginRef"})
+            if unknown:
+                raise ConfigError(f"{at}: unknown field(s) {', '.join(unknown)}")
+            ref = entry["pluginRef"]
+            plugin = self.plugins.get(ref)
+            if plugin is None:
+                if not is_llm_d_type(ref):
+                    raise ConfigError(f"{at}: pluginRef {ref!r} names no plugin in 'plugins'")
+                plugin = self.plugins[ref] = create(ref, ref, None)
+            if not isinstance(plugin, RequestParser):
+                raise ConfigError(f"{at}: pluginRef {ref!r} (type {plugin.type_name}) is not a parser plugin")
+
     def _saturation_detector(self, flow_section: Mapping[str, Any]) -> SaturationDetector:
         """``flowControl.saturationDetector.pluginRef``; the top-level ``saturationDetector`` is its
-        deprecated spelling (llm-d config/loader/configloader.go: the new field wins)."""
+        deprecated spelling (llm-d config/loader/configloader.go: the new field wins). Without a
+        reference llm-d uses the plugin *named* ``utilization-detector``, created with its defaults
+        when absent (ensureSaturationDetector in config/loader/defaults.go): a detector that is only
+        listed under ``plugins`` is not the saturation detector there, so it is not here either
+        (this EPP used to take a lone configured detector, and refused two)."""
         legacy = self.doc.get("saturationDetector")
         current = flow_section.get("saturationDetector")
-        if legacy:
+        if legacy is not None:
             self.warn(
                 "saturationDetector is deprecated, use flowControl.saturationDetector"
-                + (" (both are set: flowControl.saturationDetector is used)" if current else "")
+                + (" (both are set: flowControl.saturationDetector is used)" if current is not None else "")
             )
-        where = "flowControl.saturationDetector" if current else "saturationDetector"
-        section = current or legacy
-        if section:
+        where = "flowControl.saturationDetector" if current is not None else "saturationDetector"
+        section = current if current is not None else legacy
+        ref = flow_config.DEFAULT_SATURATION_DETECTOR
+        if section is not None:
             if not isinstance(section, Mapping):
                 raise ConfigError(f"{where} must be a mapping with a 'pluginRef'")
             unknown = sorted(set(section) - {"pluginRef"})
             if unknown:
                 raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-            ref = section.get("pluginRef") or flow_config.DEFAULT_SATURATION_DETECTOR
-            if not isinstance(ref, str):
-                raise ConfigError(f"{where}.pluginRef must be a plugin name, got {ref!r}")
-            plugin = self.plugins.get(ref)
-            if plugin is None and ref == flow_config.DEFAULT_SATURATION_DETECTOR:
-                plugin = self.plugins[ref] = create(ref, ref, None)
-            if not isinstance(plugin, SaturationDetector):
-                raise ConfigError(f"{where}.pluginRef {ref!r} is not a configured saturation detector")
-            return plugin
-        detectors = self._all(SaturationDetector)
-        if len(detectors) > 1:
-            raise ConfigError(
-                "more than one saturation detector; choose one with flowControl.saturationDetector.pluginRef"
-            )
-        return detectors[0] if detectors else self._default("utilization-detector", SaturationDetector)
+            raw_ref = section.get("pluginRef")
+            if raw_ref is not None and not isinstance(raw_ref, str):
+                raise ConfigError(f"{where}.pluginRef must be a plugin name, got {raw_ref!r}")
+            ref = raw_ref or ref
+        else:
+            where = "the default saturation detector (flowControl.saturationDetector unset)"
+        plugin = self.plugins.get(ref)
+        if plugin is None and ref == flow_config.DEFAULT_SATURATION_DETECTOR:
+            plugin = self.plugins[ref] = create(ref, ref, None)
+        if not isinstance(plugin, SaturationDetector):
+            raise ConfigError(f"{where}: pluginRef {ref!r} is not a configured saturation detector")
+        for other in self._all(SaturationDetector):
+            if other is not plugin:
+                self.warn(
+                    f"plugin {other.name!r} (type {other.type_name}) is not the saturation detector: "
+                    f"that is {ref!r}, as flowControl.saturationDetector.pluginRef "
+                    + ("says" if section is not None else "defaults to")
+                    + f" (name {other.name!r} there to use it)"
+                )
+        return plugin
 
     def _feature_gates(self) -> dict[str, bool]:
-        raw = self.doc.get("featureGates") or []
+        raw = _absent_as(self.doc.get("featureGates"), [])
         if not isinstance(raw, list):
             raise ConfigError(f"featureGates must be a list of gate names, got {raw!r}")
         gates = dict(FEATURE_GATES)
@@ -415,6 +558,8 @@ class _Builder:
                 )
             name, _, value = entry.partition("=")
             name = name.strip()
+            if name in _REMOVED_GATES:
+                raise ConfigError(f"featureGates[{index}]: {name!r} {_REMOVED_GATES[name]}")
             if name not in FEATURE_GATES:
                 raise ConfigError(
                     f"featureGates[{index}]: unknown feature gate {name!r} "
@@ -460,10 +605,10 @@ class _Builder:
         return plugin
 
     def _data_layer(self) -> tuple[MetricsSource, MetricsExtractor]:
-        section = self.doc.get("dataLayer") or {}
+        section = _absent_as(self.doc.get("dataLayer"), {})
         if not isinstance(section, Mapping):
             raise ConfigError("dataLayer must be a mapping")
-        unknown = sorted(set(section) - {"sources", "discovery", "peerDiscovery"})
+        unknown = sorted(set(section) - _DATA_LAYER_KEYS)
         if unknown:
             raise ConfigError(f"dataLayer: unknown field(s) {', '.join(unknown)}")
         for ignored in ("discovery", "peerDiscovery"):
@@ -471,18 +616,28 @@ class _Builder:
                 self.warn(
                     f"dataLayer.{ignored} ignored: discovery comes from --pool-name or --endpoints-file"
                 )
-        sources = section.get("sources") or []
+        sources = _absent_as(section.get("sources"), [])
         if not isinstance(sources, list):
             raise ConfigError("dataLayer.sources must be a list")
+        self._newer_data_layer_fields(section, sources)
         metric_sources: list[tuple[MetricsSource, MetricsExtractor | None]] = []
         wired: set[str] = set()
         for index, entry in enumerate(sources):
             where = f"dataLayer.sources[{index}]"
             if not isinstance(entry, Mapping) or not isinstance(entry.get("pluginRef"), str):
                 raise ConfigError(f"{where} needs a 'pluginRef'")
+            # Strict, as llm-d decodes it: `extractor:` for `extractors:` silently wired nothing.
+            unknown = sorted(set(entry) - {"pluginRef", "extractors"})
+            if unknown:
+                raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+            listed = entry.get("extractors")
+            for ext_index, ext in enumerate(listed if isinstance(listed, list) else []):
+                extra = sorted(set(ext) - {"pluginRef"}) if isinstance(ext, Mapping) else []
+                if extra:
+                    raise ConfigError(f"{where}.extractors[{ext_index}]: unknown field(s) {', '.join(extra)}")
             source = self.plugins.get(entry["pluginRef"])
             if isinstance(source, EndpointNotifier):
-                self._wire_endpoint_source(where, source, entry.get("extractors") or [], wired)
+                self._wire_endpoint_source(where, source, _absent_as(entry.get("extractors"), []), wired)
                 continue
             if not isinstance(source, MetricsSource):
                 raise ConfigError(
@@ -490,7 +645,7 @@ class _Builder:
                     "endpoint-notification-source plugin"
                 )
             extractor: MetricsExtractor | None = None
-            extractors = entry.get("extractors") or []
+            extractors = _absent_as(entry.get("extractors"), [])
             if not isinstance(extractors, list):  # a bare name or number was a TypeError, or a str iterated
                 raise ConfigError(f"{where}.extractors must be a list")
             for ext_index, ext in enumerate(extractors):
@@ -511,6 +666,41 @@ class _Builder:
             source = self._default("metrics-data-source", MetricsSource)
             extractor = None
         return source, extractor or self._default("core-metrics-extractor", MetricsExtractor)
+
+    def _newer_data_layer_fields(self, section: Mapping[str, Any], sources: list[Any]) -> None:
+        """llm-d-router's newer ``dataLayer`` fields (apix/config/v1alpha1 DataLayerConfig), which
+        were refused here as unknown. ``injectDefaults: false`` stops llm-d adding its default
+        metrics source; this EPP's scorers and detector read the scrape, so it keeps one (warned).
+        Cross-replica sync shares data between EPP replicas, which this EPP does not do."""
+        inject = section.get("injectDefaults")
+        if inject is not None and not isinstance(inject, bool):
+            raise ConfigError(f"dataLayer.injectDefaults must be true or false, got {short_repr(inject)}")
+        refs = [e.get("pluginRef") for e in sources if isinstance(e, Mapping)]
+        listed = [self.plugins.get(ref) for ref in refs if isinstance(ref, str)]
+        if inject is False and not any(isinstance(plugin, MetricsSource) for plugin in listed):
+            self.warn(
+                "dataLayer.injectDefaults: false ignored: with no metrics-data-source in "
+                "dataLayer.sources this EPP still scrapes each endpoint's /metrics, which its scorers "
+                "and saturation detector read"
+            )
+        syncer = section.get("crossReplicaSyncerPluginRef")
+        if syncer is not None:
+            if not isinstance(syncer, str):
+                raise ConfigError(
+                    f"dataLayer.crossReplicaSyncerPluginRef must be a plugin name, got {short_repr(syncer)}"
+                )
+            if syncer and syncer not in self.plugins:
+                raise ConfigError(
+                    f"dataLayer.crossReplicaSyncerPluginRef: {syncer!r} names no plugin in 'plugins'"
+                )
+        interval = section.get("crossReplicaSyncInterval")
+        if interval is not None:
+            flow_config.parse_go_duration(interval, "dataLayer.crossReplicaSyncInterval")
+        if syncer or interval is not None:
+            self.warn(
+                "dataLayer.crossReplicaSyncerPluginRef/crossReplicaSyncInterval ignored: this EPP "
+                "does not share data between replicas"
+            )
 
     def _wire_endpoint_source(
         self, where: str, source: EndpointNotifier, extractors: Any, wired: set[str]
@@ -560,6 +750,13 @@ class _Builder:
         assert isinstance(created, kind)
         self.plugins[name] = created
         return created
+
+
+def _absent_as(value: Any, empty: Any) -> Any:
+    """``empty`` when the key is absent or null, else the value as written, for the caller's type
+    check. ``value or []`` took every falsy value for absent: ``plugins: {}``, ``schedulingProfiles:
+    ""`` or ``dataLayer: []`` loaded as if unset, where llm-d's decoder refuses the wrong type."""
+    return empty if value is None else value
 
 
 def _dependency_order(plugins: list[T]) -> list[T]:

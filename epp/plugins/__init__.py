@@ -14,6 +14,7 @@ from epp.plugins import (
     saturation,
     scorers,
     tokens,
+    unsupported,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "saturation",
     "scorers",
     "tokens",
+    "unsupported",
 ]

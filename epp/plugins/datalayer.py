@@ -17,6 +17,15 @@ from epp.scheduling.framework import (
 from epp.scheduling.params import Params
 from epp.scheduling.registry import register
 
+_TLS = "the scrape neither verifies nor presents certificates (insecureSkipVerify)"
+_UNSUPPORTED_SOURCE_PARAMETERS = {
+    "port": "each endpoint is scraped on its serving port (or its metricsPort in --endpoints-file)",
+    "interval": "the scrape period is the --refresh-metrics-interval flag",
+    "caCertPath": _TLS,
+    "clientCertPath": _TLS,
+    "clientKeyPath": _TLS,
+}
+
 
 @register("metrics-data-source")
 class MetricsDataSource(MetricsSource):
@@ -31,6 +40,12 @@ class MetricsDataSource(MetricsSource):
         path = params.string("path", "/metrics")
         if not path.startswith("/"):
             raise params.error("path", f"must start with '/', got {path!r}")
+        # llm-d-router's newer metrics-data-source parameters (source/metrics/datasource.go), not
+        # implemented here: refused by name with the way to get the same, not as unknown keys.
+        for key, instead in _UNSUPPORTED_SOURCE_PARAMETERS.items():
+            if params.has(key):
+                params.raw(key)
+                raise params.error(key, f"is llm-d's but not supported by this EPP: {instead}")
         return cls(
             name,
             params.string("scheme", "http", choices=("http", "https")),
@@ -55,6 +70,13 @@ class CoreMetricsExtractor(MetricsExtractor):
             raise params.error(
                 "defaultEngine", f"{engine!r} is not supported (this EPP reads vLLM metrics only)"
             )
+        # llm-d-router's extractor/metrics mapping parameters: refused by name, not as unknown keys.
+        for key in ("engineLabelKey", "engineConfigs", "customMetrics"):
+            if params.has(key):
+                params.raw(key)
+                raise params.error(
+                    key, "is llm-d's but not supported by this EPP: it reads vLLM's metric names only"
+                )
         return cls(name, engine)
 
 
@@ -65,6 +87,19 @@ class InflightLoadProducer(DataLayerPlugin):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router's parameters (dataproducer/inflightload/producer.go Config), refused as
+        # unknown keys before. Output-token estimates would change the token counts
+        # token-load-scorer reads, so only their off state is accepted; the rest have no effect
+        # here (one replica's counts, the director's own prompt accounting).
+        if params.boolean("addEstimatedOutputTokens", False):
+            raise params.error(
+                "addEstimatedOutputTokens",
+                "is not supported: in-flight tokens here are the uncached prompt tokens only",
+            )
+        params.number("outputRatio", 0.0, minimum=0.0)
+        params.integer("maxEstimatedOutputTokens", 0, minimum=0)
+        params.string("prefixMatchInfoProducerName", "approx-prefix-cache-producer")
+        params.boolean("syncCrossReplicaState", True)
         return cls(name)
 
 

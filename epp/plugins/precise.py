@@ -171,7 +171,8 @@ class PrecisePrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointExtrac
         memory.integer("podCacheSize", 10, minimum=1)
         memory.finish()
         block_index.boolean("enableMetrics", False)
-        block_index.duration("metricsLoggingInterval", 0.0)
+        # A Go time.Duration upstream (llm-d-kv-cache kvblock.IndexConfig): numbers are nanoseconds.
+        block_index.duration("metricsLoggingInterval", 0.0, nanoseconds=True)
         block_index.finish()
         weights = dict(DEFAULT_MEDIUM_WEIGHTS)
         for position, entry in enumerate(indexer.sequence("kvCacheBackendConfigs")):

@@ -114,6 +114,17 @@ class AlwaysDisaggDecider(Decider):
         return True
 
 
+# llm-d's deprecated flat disagg-profile-handler parameters → their nested place.
+_FLAT_DISAGG_PARAMETERS = {
+    "decodeProfile": "profiles.decode",
+    "prefillProfile": "profiles.prefill",
+    "encodeProfile": "profiles.encode",
+    "prefillDeciderPluginName": "deciders.prefill",
+    "deciderPluginName": "deciders.prefill",
+    "encodeDeciderPluginName": "deciders.encode",
+}
+
+
 @register("disagg-profile-handler")
 class DisaggProfileHandler(ProfileHandler):
     """Runs the decode profile (primary); if the prefill decider approves for the picked decode
@@ -129,8 +140,40 @@ class DisaggProfileHandler(ProfileHandler):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router (disagg_profile_handler.go): stageOrder "decode-first" (the default, and
+        # what this handler does) or "prefill-first", spelled loosely; the deprecated flat
+        # parameters are read when no nested one is given. Both were unknown parameters here.
+        order = params.string("stageOrder", "decode-first")
+        normalized = order.lower().replace("-", "").replace("_", "")
+        if normalized in ("prefillfirst", "prefill"):
+            raise params.error("stageOrder", f"{order!r} is not supported: this handler runs decode first")
+        if normalized not in ("decodefirst", "decode"):
+            raise params.error("stageOrder", f"must be 'decode-first' or 'prefill-first', got {order!r}")
+        flat = {key: params.raw(key) for key in _FLAT_DISAGG_PARAMETERS if params.has(key)}
+        if flat and (params.has("profiles") or params.has("deciders")):
+            raise params.error(
+                sorted(flat)[0], "is a deprecated flat parameter: use profiles/deciders only, not both"
+            )
         profiles = params.mapping("profiles")
         deciders = params.mapping("deciders")
+        for key, value in flat.items():
+            if not isinstance(value, str):
+                raise params.error(key, f"must be a string, got {value!r}")
+            log.warning("%s: deprecated parameter %r, use %s", name, key, _FLAT_DISAGG_PARAMETERS[key])
+        if flat:
+            profiles = {
+                role: flat[key]
+                for role, key in (
+                    ("decode", "decodeProfile"),
+                    ("prefill", "prefillProfile"),
+                    ("encode", "encodeProfile"),
+                )
+                if flat.get(key)
+            }
+            decider = flat.get("prefillDeciderPluginName") or flat.get("deciderPluginName")
+            deciders = {"prefill": decider} if decider else {}
+            if flat.get("encodeDeciderPluginName"):
+                deciders["encode"] = flat["encodeDeciderPluginName"]
         for key, mapping in (("profiles", profiles), ("deciders", deciders)):
             for role, value in mapping.items():
                 if role == "encode":

@@ -66,6 +66,18 @@ def reference_markdown() -> str:
         else:
             text = entry.summary.replace("``", "`").replace("|", "\\|")
         lines.append(f"| `{entry.type_name}` | `{entry.module}` | {text} |")
+    lines += [
+        "",
+        "## llm-d plugin types not implemented",
+        "",
+        "llm-d-router registers these types too; a config naming one stops start-up with an error",
+        "that names the type and says why (`epp/plugins/unsupported.py`).",
+        "",
+        "| type | why, or what to use instead |",
+        "|---|---|",
+    ]
+    for type_name, why in registry.unsupported_types().items():
+        lines.append(f"| `{type_name}` | {why.replace('|', chr(92) + '|')} |")
     return "\n".join(lines) + "\n"
 
 

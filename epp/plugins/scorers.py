@@ -130,6 +130,9 @@ class ActiveRequestScorer(Scorer):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         params.duration("requestTimeout", 120.0)
+        # llm-d-router's active_request.go reads its counts from the named inflight-load-producer;
+        # the director's own counts are those here (as for concurrency-detector).
+        params.string("inFlightLoadProducerName", "inflight-load-producer")
         return cls(
             name,
             params.integer("idleThreshold", 0, minimum=0),
@@ -158,6 +161,7 @@ class TokenLoadScorer(Scorer):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         params.number("nonTextTokenWeight", 1.0)
+        params.string("inFlightLoadProducerName", "inflight-load-producer")  # as active-request-scorer
         # llm-d's default, 4 Mi tokens (128 requests of 32K tokens): on small prompts every
         # endpoint then scores ~1.0; set it near the pool's prefill knee.
         return cls(name, params.integer("queueThresholdTokens", 4_194_304, minimum=1))

@@ -378,6 +378,9 @@ class TokenProducer(DataProducer, Preparer, Lifecycle):
             if model is None:
                 raise params.error("modelName", "is required by the vllm backend (the model to render for)")
             vllm = params.section("vllm")
+            if vllm.has("http"):  # llm-d-inference-scheduler's samples until llm-d-router renamed it
+                vllm.raw("http")
+                raise vllm.error("http", "is the old name of 'url' (llm-d-router renamed it): use url")
             url = vllm.string("url", "http://localhost:8000")
             if not url.startswith("http://"):
                 raise vllm.error(

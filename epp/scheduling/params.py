@@ -107,15 +107,21 @@ class Params:
         self._check_range(key, number, minimum, maximum)
         return number
 
-    def duration(self, key: str, default: float) -> float:
-        """Seconds; accepts a number of seconds or a Go duration string ("200ms", "2s", "1m")."""
+    def duration(self, key: str, default: float, *, nanoseconds: bool = False) -> float:
+        """Seconds; accepts a number of seconds or a Go duration string ("200ms", "2s", "1m").
+        ``nanoseconds``: the upstream field is a Go ``time.Duration`` decoded from JSON, where a
+        number counts nanoseconds (llm-d's samples write ``metricsLoggingInterval: 60000000000``
+        for a minute), so a number must be a whole count of nanoseconds."""
         value = self._take(key)
         if value is None:
             return default
         if isinstance(value, bool):
             raise self.error(key, f"must be a duration like '200ms', got {value!r}")
+        if nanoseconds and isinstance(value, float):
+            raise self.error(key, f"must be whole nanoseconds (a Go time.Duration), got {value!r}")
         if isinstance(value, int | float):
-            seconds = float(value) if finite_float(value) is not None else math.inf
+            number = finite_float(value)
+            seconds = math.inf if number is None else number / 1e9 if nanoseconds else number
         elif isinstance(value, str):
             seconds = parse_duration(value, lambda problem: self.error(key, problem))
         else:

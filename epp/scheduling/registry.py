@@ -23,6 +23,7 @@ _FACTORIES: dict[str, PluginFactory] = {}
 _CLASSES: dict[str, type[Plugin]] = {}
 _DEPRECATED: dict[str, str] = {}  # old type → the type that replaces it
 _DEFAULT_PRODUCERS: dict[str, str] = {}  # data key → plugin type added when nothing produces it
+_UNSUPPORTED: dict[str, str] = {}  # llm-d type not implemented here → why, or what to use instead
 
 P = TypeVar("P", bound=type[Plugin])
 
@@ -48,6 +49,8 @@ def register(
         for alias in (type_name, *deprecated_aliases):
             if alias in _FACTORIES:
                 raise TypeError(f"plugin type {alias!r} registered twice")
+            if alias in _UNSUPPORTED:
+                raise TypeError(f"plugin type {alias!r} is listed as unsupported: drop it from that list")
             _FACTORIES[alias] = factory
             _CLASSES[alias] = cls
         for alias in deprecated_aliases:
@@ -61,6 +64,11 @@ def register(
 def create(type_name: str, name: str, raw_parameters: object) -> Plugin:
     """Build one plugin. Unknown parameter keys raise ConfigError, as llm-d-router's StrictDecoder."""
     factory = _FACTORIES.get(type_name)
+    if factory is None and type_name in _UNSUPPORTED:
+        raise ConfigError(
+            f"plugin {name!r}: type {type_name!r} is an llm-d plugin this EPP does not implement "
+            f"({_UNSUPPORTED[type_name]}); docs/plugins.md lists the unsupported types"
+        )
     if factory is None:
         raise ConfigError(
             f"plugin {name!r}: unknown type {type_name!r} (known types: {', '.join(sorted(_FACTORIES))})"
@@ -69,6 +77,24 @@ def create(type_name: str, name: str, raw_parameters: object) -> Plugin:
     plugin = factory(name, params)
     params.finish()
     return plugin
+
+
+def register_unsupported(types: dict[str, str]) -> None:
+    """Record llm-d plugin types that are not implemented, each with why (or what to use instead),
+    so a config naming one gets that answer instead of an unknown-type error."""
+    for type_name in types:
+        if type_name in _FACTORIES:
+            raise TypeError(f"plugin type {type_name!r} is registered and listed as unsupported")
+    _UNSUPPORTED.update(types)
+
+
+def is_llm_d_type(type_name: str) -> bool:
+    """Registered here, or an llm-d type listed as not implemented (creating it says why)."""
+    return type_name in _FACTORIES or type_name in _UNSUPPORTED
+
+
+def unsupported_types() -> dict[str, str]:
+    return dict(sorted(_UNSUPPORTED.items()))
 
 
 def deprecated_replacement(type_name: str) -> str | None:

@@ -171,11 +171,10 @@ def test_llm_d_header_handlers_and_parsers_are_accepted() -> None:
     assert config.warnings == []
 
 
-def test_unimplemented_sections_warn_instead_of_failing() -> None:
-    config = load_config(
-        HEADER + "plugins: [{type: queue-scorer}]\nrequestHandler: {parsers: [{pluginRef: x}]}\n"
-    )
-    assert any("requestHandler ignored" in warning for warning in config.warnings)
+def test_a_parser_reference_to_no_plugin_is_refused() -> None:
+    """It was ignored with a warning; llm-d refuses it (see test_loader_upstream_defaults)."""
+    with pytest.raises(ConfigError, match=r"requestHandler.parsers\[0\]: pluginRef 'x' names no plugin"):
+        load_config(HEADER + "plugins: [{type: queue-scorer}]\nrequestHandler: {parsers: [{pluginRef: x}]}\n")
 
 
 def test_deprecated_alias_warns() -> None:
@@ -213,11 +212,6 @@ def test_deprecated_alias_warns() -> None:
             HEADER + "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: [{pluginRef: "
             "queue-scorer}]}, {name: b, plugins: [{pluginRef: queue-scorer}]}]\n",
             "2 scheduling profiles need",
-        ),
-        (
-            HEADER + "plugins: [{type: decode-filter}]\nschedulingProfiles: [{name: a, plugins: [{pluginRef: "
-            "decode-filter, weight: 2}]}]\n",
-            "is not a scorer, so it takes no weight",
         ),
         (
             HEADER + "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: a, plugins: [{pluginRef: "

@@ -72,3 +72,48 @@ def test_an_unknown_field_in_a_scheduling_profile_is_refused() -> None:
     text = HEADER + SCORER + "schedulingProfiles: [{name: d, plugin: [{pluginRef: queue-scorer}]}]\n"
     with pytest.raises(ConfigError, match=r"schedulingProfiles\[0\]: unknown field\(s\) plugin"):
         load_config(text)
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        # Both kept the last value silently: the first plugin list, or the first type, was lost.
+        ("plugins: []\nplugins: [{type: queue-scorer}]\n", "top level: key 'plugins'"),
+        ("plugins: [{type: queue-scorer, type: kv-cache-utilization-scorer}]\n", r"plugins\[0\]: key 'type'"),
+        (
+            SCORER
+            + "schedulingProfiles: [{name: a, plugins: [{pluginRef: queue-scorer, weight: 1, weight: 2}]}]\n",
+            r"schedulingProfiles\[0\]\.plugins\[0\]: key 'weight'",
+        ),
+    ],
+)
+def test_a_repeated_key_is_refused_by_path(body: str, where: str) -> None:
+    """llm-d's strict decoding refuses a key set twice in one mapping ("already set in map")."""
+    with pytest.raises(ConfigError, match=f"{where} appears twice"):
+        load_config(HEADER + body)
+
+
+def test_a_merge_key_still_overrides_without_counting_as_a_repeat() -> None:
+    config = load_config(HEADER + "plugins:\n- <<: {type: queue-scorer, name: x}\n  name: q\n")
+    assert "q" in config.plugins and "x" not in config.plugins
+
+
+@pytest.mark.parametrize("levels", [150, 2000])
+def test_deep_nesting_is_refused_not_a_recursion_error(levels: int) -> None:
+    """A few hundred ``[`` raised RecursionError from PyYAML's recursive composer: a traceback."""
+    text = HEADER + "plugins:\n- type: queue-scorer\n  parameters: " + "[" * levels + "]" * levels + "\n"
+    with pytest.raises(ConfigError, match=r"nests deeper than 100 levels \(line 5"):
+        load_config(text)
+
+
+def test_empty_documents_around_the_config_are_skipped() -> None:
+    """A leading or trailing ``---`` (as manifests often end) is an empty document, not a second
+    config: it used to be refused ("expected a single document in the stream")."""
+    body = HEADER + SCORER
+    for text in ("---\n" + body, body + "---\n", "---\n" + body + "---\n...\n"):
+        assert "queue-scorer" in load_config(text).plugins
+
+
+def test_a_second_document_with_content_is_refused_by_line() -> None:
+    with pytest.raises(ConfigError, match=r"holds 2 YAML documents \(the second at line 5\)"):
+        load_config(HEADER + SCORER + "---\n" + HEADER)

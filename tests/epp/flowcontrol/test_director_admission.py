@@ -24,10 +24,13 @@ GUARD = 10.0
 def config(
     flow: str = "", detector: str = "{type: concurrency-detector, parameters: {maxConcurrency: 1}}"
 ) -> str:
+    # llm-d's saturation detector is the one flowControl.saturationDetector names (by default the
+    # utilization-detector), not whichever detector is listed under plugins.
+    settings = f", {flow.strip()[1:-1]}" if flow else ""
     return (
         HEADER
         + f"featureGates: [flowControl]\nplugins: [{{type: queue-scorer}}, {detector}]\n"
-        + (f"flowControl: {flow}\n" if flow else "")
+        + f"flowControl: {{saturationDetector: {{pluginRef: concurrency-detector}}{settings}}}\n"
     )
 
 
@@ -148,6 +151,7 @@ async def test_with_the_gate_off_sheddable_requests_are_dropped_at_once_as_befor
     text = (
         HEADER
         + "plugins: [{type: queue-scorer}, {type: concurrency-detector, parameters: {maxConcurrency: 1}}]\n"
+        + "flowControl: {saturationDetector: {pluginRef: concurrency-detector}}\n"
     )
     d, datastore = director(text, objectives={"batch": -1})
     assert d.flow_control is None
