@@ -231,9 +231,10 @@ def _docstring(text: str, *, indent: int) -> list[str]:
 
 
 def _literal(text: str) -> str:
-    """A string literal as ruff format writes it: double quotes unless single ones need fewer escapes."""
-    if '"' in text and "'" not in text:
-        return "'" + text.replace("\\", "\\\\") + "'"
+    """A string literal as ruff format writes it: double quotes unless single ones need fewer escapes
+    (more double quotes than single ones in the text)."""
+    if text.count('"') > text.count("'"):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return json.dumps(text, ensure_ascii=False)
 
 

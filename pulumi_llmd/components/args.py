@@ -785,12 +785,12 @@ class AutoscalingSettings(TypedDict, total=False):
     "Scale-down stabilization window; pods are removed one per 5 minutes after it. Default: `600`."
     prefill: RoleAutoscalingSettings
     (
-        "The prefill pool's autoscaler (P/D stacks). Default: `{\"minReplicas\": 1, \"maxReplicas\": 4, "
+        'The prefill pool\'s autoscaler (P/D stacks). Default: `{"minReplicas": 1, "maxReplicas": 4, '
         '"triggers": [{"signal": "queue", "target": 2.0}]}`.'
     )
     decode: RoleAutoscalingSettings
     (
-        "The decode pool's autoscaler. Default: `{\"minReplicas\": 1, \"maxReplicas\": 4, \"triggers\": "
+        'The decode pool\'s autoscaler. Default: `{"minReplicas": 1, "maxReplicas": 4, "triggers": '
         '[{"signal": "queue", "target": 4.0}, {"signal": "running", "target": 16.0}]}`.'
     )
 
