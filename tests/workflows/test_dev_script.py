@@ -49,7 +49,7 @@ def test_make_venv_creates_a_venv_where_there_is_none(tmp_path: Path) -> None:
     )
     script = (
         f'PYTHON="{sys.executable}"\n'
-        f"PYTHON_ID=\"$(\"$PYTHON\" -c '{probe}')\"\n"
+        f'PYTHON_ID="$("$PYTHON" -c \'{probe}\')"\n'
         f"{functions}\n"
         f'make_venv "{tmp_path}/venv"\n'
         f'[[ "$(venv_python_id "{tmp_path}/venv")" == "$PYTHON_ID" ]] && echo same-python'

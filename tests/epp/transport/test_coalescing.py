@@ -207,9 +207,7 @@ async def test_coalesced_data_stays_within_the_windows_and_in_order() -> None:
         connection.data_received(frame(FrameType.WINDOW_UPDATE, 0, 1, struct.pack(">L", 7)))
         await settle()
     frames = parse(b"".join(transport.writes))
-    assert b"".join(data_payloads(frames)) == b"".join(
-        grpc_message(b"xyxyxyxy%d" % n) for n in range(3)
-    )
+    assert b"".join(data_payloads(frames)) == b"".join(grpc_message(b"xyxyxyxy%d" % n) for n in range(3))
     assert frames[-1].type == FrameType.HEADERS and frames[-1].flags & Flag.END_STREAM
     assert all(len(p) <= 20 for p in data_payloads(frames))
 

@@ -213,7 +213,10 @@ def test_the_stack_renders_every_image_chart_and_url_from_the_mirrors() -> None:
         assert document.get("repository") is None
     for chart in ("agentgateway-crds", "agentgateway"):  # the default gateway provider's charts
         document = result.get("Chart", chart).document
-        assert (document["chart"], document["repository"]) == (chart, "https://charts.example.com/agentgateway")
+        assert (document["chart"], document["repository"]) == (
+            chart,
+            "https://charts.example.com/agentgateway",
+        )
     urls = [o.document["file"] for o in result.of_source("yaml")]
     assert urls and all(url.startswith("https://artifacts.example.com/github/") for url in urls)
 
