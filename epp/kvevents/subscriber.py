@@ -134,11 +134,16 @@ class KVEventSubscriber:
                     frame = parse_frames(frames)
                 except MalformedEvent as exc:
                     metrics.KVEVENTS_DROPPED.labels(f"frame_{exc.reason}").inc()
-                    continue
-                async with self._lock:
-                    if self._resync_reason is not None:
-                        await self._resync(self._resync_reason)
-                    await self._on_live(frame)
+                else:
+                    async with self._lock:
+                        if self._resync_reason is not None:
+                            await self._resync(self._resync_reason)
+                        await self._on_live(frame)
+                # pyzmq's recv_multipart returns an already-completed future while messages are
+                # queued, and awaiting it does not yield: without this, a flood or a backlog held
+                # the event loop (every request's routing) until the queue ran dry. llm-d reads
+                # on its own goroutine and hands batches to a worker pool (kvevents/pool.go).
+                await asyncio.sleep(0)
         finally:
             watcher.cancel()
             sub.disable_monitor()

@@ -446,3 +446,49 @@ async def test_a_peer_that_drops_every_connection_is_retried_with_back_off(
         await subs.close()
         server.close()
     assert 0 < accepted <= 40, accepted  # ZMQ's back-off starts at 100 ms
+
+
+async def test_a_backlog_of_batches_does_not_starve_the_event_loop(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # pyzmq's asyncio recv returns an already-completed future while messages are queued, and
+    # awaiting one does not yield: a pod flooding events (or a backlog after a stall) held the
+    # event loop, and so every request's routing, until the queue ran dry.
+    from itertools import groupby
+
+    from epp.kvevents.wire import encode_batch
+
+    pub, address = raw_publisher(context)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    ticks = 0
+    seen: list[int] = []  # the ticker's count at each applied batch
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    subs = KVEventSubscriptions(
+        index, context=context, topic_filter="", on_batch=lambda _e, _s: seen.append(ticks)
+    )
+    subs.add_endpoint(POD, EventSource(POD, address))
+    ticking = asyncio.create_task(ticker())
+    seq = 0
+    try:
+        while not index.holds(POD, 1):
+            await pub.send_multipart([b"", seq.to_bytes(SEQ_BYTES, "big"), encode_batch(stored(1))])
+            seq += 1
+            await asyncio.sleep(0.05)
+        start = len(seen)
+        for _ in range(300):  # queued at once, without yielding in between
+            pub.send_multipart([b"", b"\x00", b"bad frame"])  # dropped: must yield too
+            pub.send_multipart([b"", seq.to_bytes(SEQ_BYTES, "big"), encode_batch(stored(seq))])
+            seq += 1
+        await until(lambda: len(seen) >= start + 300, "the backlog applied")
+    finally:
+        ticking.cancel()
+        await subs.close()
+        pub.close(linger=0)
+    longest = max(len(list(run)) for _, run in groupby(seen[start:]))
+    assert longest <= 2, f"{longest} batches applied while nothing else ran"
