@@ -232,6 +232,11 @@ class KVEventSubscriber:
             last = self.last_seq
             if last is not None and seq <= last:
                 return
+        # The live stream is now past everything a replay delivered (its queued copies came first,
+        # in order), so a lower number from here on is a restart, not a copy. Kept until the next
+        # resync, it made every backwards number after any replay (with a replay socket: always,
+        # the connect-time replay from 0) a "duplicate", and a restart went unnoticed.
+        self._replayed_from = None
         self._apply(frame, "live")
 
     async def _replay(self, start: int) -> bool:

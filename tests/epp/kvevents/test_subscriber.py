@@ -492,3 +492,29 @@ async def test_a_backlog_of_batches_does_not_starve_the_event_loop(
         pub.close(linger=0)
     longest = max(len(list(run)) for _, run in groupby(seen[start:]))
     assert longest <= 2, f"{longest} batches applied while nothing else ran"
+
+
+async def test_sequence_going_backwards_after_a_replay_is_still_a_restart(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # The first replayed seq was kept until the next resync, and any live seq from it up was taken
+    # for a live copy of a replayed batch: with a replay socket (whose connect-time replay from 0
+    # sets it to 0) a restart was never detected from the numbers, and the new process's batches
+    # were dropped as duplicates until its numbers passed the old ones.
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    restarts = sample("epp_kvevents_resyncs_total", {"reason": "restart"})
+    try:
+        for batch in (stored(1), stored(2)):
+            await publisher.publish(batch)  # before the subscription: replayed on connect
+        async with subscribed(index, context, publisher, topic_filter=""):
+            await until(lambda: index.blocks(POD) == {1, 2}, "history replayed")
+            for key in (3, 4, 5):
+                await publisher.publish(stored(key))
+            await until(lambda: index.blocks(POD) == {1, 2, 3, 4, 5}, "live batches")
+            publisher._next_seq = 0  # same socket, numbering starts over: a new process
+            publisher._buffer.clear()
+            await publisher.publish(stored(42))
+            await until(lambda: index.blocks(POD) == {42}, "old entries dropped")
+    finally:
+        await publisher.close()
+    assert sample("epp_kvevents_resyncs_total", {"reason": "restart"}) == restarts + 1
