@@ -68,6 +68,10 @@ REPLAY_BUDGET_SECONDS = 60.0
 # How long after a disconnect ZMQ may take to reconnect by itself before the subscriber connects
 # afresh (see _watch): past its longest retry interval, so an ordinary drop is left to ZMQ.
 RESTART_AFTER_SECONDS = 2 * RECONNECT_IVL_MAX_MS / 1000
+# Largest lag observed. vLLM stamps a batch with time.time(), but the number is the pod's: one from
+# far in the past (finite, so the decoder takes it) would make the histogram's sum absorb every later
+# lag (1e300 + 0.01 == 1e300), or overflow to +Inf. Past the top bucket only the sum sees the value.
+MAX_LAG_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +341,7 @@ class KVEventSubscriber:
         if result.unknown_removals:
             metrics.KVEVENTS_UNKNOWN_REMOVALS.inc(result.unknown_removals)
         metrics.KVEVENTS_BATCHES.labels(self.endpoint, source).inc()
-        metrics.KVEVENTS_LAG_SECONDS.observe(max(0.0, time.time() - batch.ts))
+        metrics.KVEVENTS_LAG_SECONDS.observe(min(max(0.0, time.time() - batch.ts), MAX_LAG_SECONDS))
         metrics.KVEVENTS_LAST_SEQUENCE.labels(self.endpoint).set(frame.seq)
         self._publish_index_metrics()
         if self.on_batch is not None:

@@ -518,3 +518,25 @@ async def test_sequence_going_backwards_after_a_replay_is_still_a_restart(
     finally:
         await publisher.close()
     assert sample("epp_kvevents_resyncs_total", {"reason": "restart"}) == restarts + 1
+
+
+async def test_an_absurd_batch_timestamp_cannot_swallow_the_lag_sum(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # A finite timestamp far in the past (vLLM sends time.time()) was observed as it was: 1e300
+    # absorbs every later lag (1e300 + 0.01 == 1e300), so the lag sum stopped moving for good,
+    # and two such batches made it +Inf.
+    import math
+    import time
+
+    from epp.kvevents.subscriber import KVEventSubscriber
+    from epp.kvevents.wire import Frame, encode_batch
+
+    sub = KVEventSubscriber(EventSource(POD, "tcp://127.0.0.1:1"), index, context)
+    start = sample("epp_kvevents_lag_seconds_sum")
+    for seq, ts in enumerate((-1e300, -1.7e308, -1.7e308)):
+        sub._apply(Frame("", seq, encode_batch(EventBatch(ts, stored(seq).events))), "live")
+    before = sample("epp_kvevents_lag_seconds_sum")
+    assert math.isfinite(before) and before - start <= 3 * 86_400
+    sub._apply(Frame("", 3, encode_batch(EventBatch(time.time() - 1.0, stored(3).events))), "live")
+    assert sample("epp_kvevents_lag_seconds_sum") > before
