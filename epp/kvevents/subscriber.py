@@ -61,7 +61,11 @@ RCVHWM = 100_000  # as vLLM's publisher hwm: queue, rather than drop, while a re
 # Largest message taken from a pod. vLLM's biggest batch is one engine step's stores (token ids of
 # at most max_num_batched_tokens, a few MB); ZMQ itself accepts any size, so without this a pod could
 # make the EPP allocate gigabytes. Past it ZMQ drops the connection, which reconnects and resyncs.
-MAX_MESSAGE_BYTES = 64 << 20
+# Decoded, a message costs up to ~16 times its size (one-byte token ids become 8-byte list slots,
+# then a tuple) and ~0.1 us a byte of event-loop time: 64 MiB was ~1 GiB and seconds of stall per
+# message in an EPP whose default limit is 2 GiB. 16 MiB still holds ~2M tokens of one step (at most
+# 5 bytes an id plus 9 a block hash), over ten times a large max_num_batched_tokens.
+MAX_MESSAGE_BYTES = 16 << 20
 # Longest a whole replay may take. vLLM's buffer (10,000 batches by default) replays in well under a
 # second; a peer that keeps answering never ends the replay, and it holds this pod's stream.
 REPLAY_BUDGET_SECONDS = 60.0

@@ -540,3 +540,37 @@ async def test_an_absurd_batch_timestamp_cannot_swallow_the_lag_sum(
     assert math.isfinite(before) and before - start <= 3 * 86_400
     sub._apply(Frame("", 3, encode_batch(EventBatch(time.time() - 1.0, stored(3).events))), "live")
     assert sample("epp_kvevents_lag_seconds_sum") > before
+
+
+def test_the_message_cap_bounds_the_memory_of_a_decoded_batch() -> None:
+    # Decoding multiplies a message: one-byte token ids become 8-byte list slots, then a tuple.
+    # At the former 64 MiB cap one message cost ~1 GiB, half the EPP's default memory limit.
+    import tracemalloc
+
+    import msgpack
+
+    from epp.kvevents.subscriber import MAX_MESSAGE_BYTES
+    from epp.kvevents.wire import decode_batch
+
+    tokens = [0] * (1 << 18)  # the worst case: every id one byte on the wire
+    payload = msgpack.packb(
+        [
+            0.0,
+            [
+                {
+                    "type": "BlockStored",
+                    "block_hashes": [1],
+                    "parent_block_hash": None,
+                    "token_ids": tokens,
+                    "block_size": 16,
+                }
+            ],
+        ]
+    )
+    tracemalloc.start()
+    try:
+        decode_batch(payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / len(payload) * MAX_MESSAGE_BYTES <= 512 << 20  # a quarter of the default 2 GiB
