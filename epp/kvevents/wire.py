@@ -151,7 +151,11 @@ def decode_batch(payload: bytes) -> EventBatch:
         raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError...)
         raise MalformedEvent("msgpack", type(exc).__name__) from exc
-    if not isinstance(raw, list) or not 2 <= len(raw) <= 3:
+    # Trailing elements past the rank are ignored: msgspec decodes an array_like struct that way
+    # (extra trailing fields are skipped), so a newer vLLM may append EventBatch fields and older
+    # vLLM consumers still read it. Refusing them made every batch "malformed", and every batch
+    # then cleared the pod: precise routing gone for that pod until the versions matched.
+    if not isinstance(raw, list) or len(raw) < 2:
         raise MalformedEvent("batch_shape", type(raw).__name__)
     ts = raw[0]
     # Not finite is no time vLLM sends, and it would make the lag histogram's sum +Inf for good.
@@ -160,7 +164,7 @@ def decode_batch(payload: bytes) -> EventBatch:
     events_raw = raw[1]
     if not isinstance(events_raw, list):
         raise MalformedEvent("batch_events")
-    rank = raw[2] if len(raw) == 3 else None
+    rank = raw[2] if len(raw) >= 3 else None
     if rank is not None and not _is_int(rank):
         raise MalformedEvent("batch_rank")
     events: list[Event] = []

@@ -357,3 +357,19 @@ def test_token_ids_must_be_unsigned_32_bit_ints(bad: list[object]) -> None:
     )
     with pytest.raises(MalformedEvent, match="stored_token_ids"):
         decode_batch(payload)
+
+
+def test_fields_a_newer_vllm_appends_to_the_batch_are_ignored() -> None:
+    # EventBatch is an array_like msgspec struct; msgspec skips extra trailing fields when it
+    # decodes one, so vLLM may append fields. Refusing them made every batch malformed (the pod's
+    # entries dropped at each one).
+    event = {
+        "type": "BlockStored",
+        "block_hashes": [7],
+        "parent_block_hash": None,
+        "token_ids": [1],
+        "block_size": 16,
+    }
+    batch = decode_batch(msgpack.packb([2.0, [event], 1, "a newer field", {"x": 1}]))
+    assert batch.data_parallel_rank == 1
+    assert batch.events == (BlockStored((7,), None, (1,), 16),)
