@@ -16,8 +16,9 @@ Sequence numbers (8 bytes big-endian, from 0 per vLLM process) drive the consist
   dropped and the stream continues from here, so the index can only under-report that pod;
 * a number at or below the last applied one → a duplicate (dropped) when equal, otherwise vLLM
   restarted (its cache is empty now): resync, then replay from 0 when possible;
-* a TCP reconnect (seen on the socket monitor) may hide a restart whose numbers happen to continue
-  upward, so it also resyncs and replays from 0;
+* a TCP disconnect (seen on the socket monitor) drops the pod's entries at once (the PUB drops
+  what it cannot send, so they can only go stale); the reconnect may hide a restart whose numbers
+  happen to continue upward, so it also resyncs and replays from 0;
 * the first message after subscribing with a number above 0 means history was missed: replay from
   0 when possible (a full rebuild while vLLM's buffer still reaches back to 0, else a partial one).
   With a replay socket the subscriber also replays from 0 right after connecting, so an idle pod's
@@ -167,6 +168,13 @@ class KVEventSubscriber:
             if event == zmq.EVENT_DISCONNECTED:
                 disconnected = True
                 self.connected.clear()
+                # The PUB drops what it cannot send (zmq_socket(3)), so from now on every store and
+                # removal is missed: what the index holds can only go stale (a restarted vLLM's cache
+                # is empty), and the reconnect resyncs anyway. Forget it now, not at the reconnect.
+                dropped = self.index.clear(self.endpoint)
+                if dropped:
+                    log.info("kv events %s: disconnected, dropped %d entries", self.endpoint, dropped)
+                    self._publish_index_metrics()
                 # A message past MAXMSGSIZE is a protocol error, after which libzmq ends the
                 # connection for good instead of reconnecting (session_base.cpp, engine_error).
                 # So when ZMQ has not reconnected by itself in restart_after, connect afresh. Not

@@ -574,3 +574,24 @@ def test_the_message_cap_bounds_the_memory_of_a_decoded_batch() -> None:
     finally:
         tracemalloc.stop()
     assert peak / len(payload) * MAX_MESSAGE_BYTES <= 512 << 20  # a quarter of the default 2 GiB
+
+
+async def test_a_disconnect_drops_the_pods_entries_at_once(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # A PUB drops what it cannot send (zmq_socket(3)), so from a disconnect on the index misses
+    # every store and removal; the entries stayed, as hits, until a reconnect resynced them: a
+    # restarted vLLM (empty cache) kept attracting its old prefixes for as long as it was away.
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0")
+    closed = False
+    try:
+        async with subscribed(index, context, publisher, topic_filter=""):
+            await warm_up(publisher, index)
+            await publisher.publish(stored(1, 2))
+            await until(lambda: index.blocks(POD) == {10**6, 1, 2}, "stored")
+            await publisher.close()
+            closed = True
+            await until(lambda: index.endpoint_size(POD) == 0, "entries dropped on disconnect")
+    finally:
+        if not closed:
+            await publisher.close()
