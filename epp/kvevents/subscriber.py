@@ -77,6 +77,10 @@ RESTART_AFTER_SECONDS = 2 * RECONNECT_IVL_MAX_MS / 1000
 # far in the past (finite, so the decoder takes it) would make the histogram's sum absorb every later
 # lag (1e300 + 0.01 == 1e300), or overflow to +Inf. Past the top bucket only the sum sees the value.
 MAX_LAG_SECONDS = 86_400.0
+# Most batches one gap counts as missed. vLLM numbers batches one by one from 0, so a jump past this
+# is no count of lost batches; counted whole (up to 2**64), it left the float counter unable to move
+# by one (past 2**53) for good.
+MAX_COUNTED_GAP = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +235,7 @@ class KVEventSubscriber:
             if last is not None and seq <= last:
                 return
         elif last is not None and seq > last + 1:
-            metrics.KVEVENTS_MISSED_BATCHES.inc(seq - last - 1)
+            metrics.KVEVENTS_MISSED_BATCHES.inc(min(seq - last - 1, MAX_COUNTED_GAP))
             if self.source.replay_address is not None and await self._replay(last + 1):
                 metrics.KVEVENTS_GAPS.labels("replayed").inc()
             else:

@@ -595,3 +595,24 @@ async def test_a_disconnect_drops_the_pods_entries_at_once(
     finally:
         if not closed:
             await publisher.close()
+
+
+async def test_a_huge_sequence_jump_cannot_swallow_the_missed_batches_count(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # A jump from 1 to 2**63 was counted as 2**63 missed batches: past 2**53 the counter can no
+    # longer move by one, so every later real gap went uncounted for good.
+    from epp.kvevents.subscriber import KVEventSubscriber
+    from epp.kvevents.wire import Frame, encode_batch
+
+    sub = KVEventSubscriber(EventSource(POD, "tcp://127.0.0.1:1"), index, context)
+
+    async def live(seq: int) -> None:
+        await sub._on_live(Frame("", seq, encode_batch(stored(seq % 1000))))
+
+    for seq in (0, 1, 2**63, 2**63 + 1):
+        await live(seq)
+    before = sample("epp_kvevents_missed_batches_total")
+    await live(2**63 + 4)  # batches 2**63 + 2 and + 3 lost
+    assert sample("epp_kvevents_missed_batches_total") - before == 2
+    assert index.blocks(POD) == {(2**63 + 4) % 1000}
