@@ -234,7 +234,9 @@ class KVEventSubscriber:
             last = self.last_seq
             if last is not None and seq <= last:
                 return
-        elif last is not None and seq > last + 1:
+        # Also after a join replay: one that stopped short (timeout, bad frame) leaves a gap before
+        # this batch, like any other.
+        if last is not None and seq > last + 1:
             metrics.KVEVENTS_MISSED_BATCHES.inc(min(seq - last - 1, MAX_COUNTED_GAP))
             if self.source.replay_address is not None and await self._replay(last + 1):
                 metrics.KVEVENTS_GAPS.labels("replayed").inc()

@@ -616,3 +616,37 @@ async def test_a_huge_sequence_jump_cannot_swallow_the_missed_batches_count(
     await live(2**63 + 4)  # batches 2**63 + 2 and + 3 lost
     assert sample("epp_kvevents_missed_batches_total") - before == 2
     assert index.blocks(POD) == {(2**63 + 4) % 1000}
+
+
+async def test_a_join_replay_that_stops_short_leaves_no_silent_gap(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # Joining mid-stream (first live seq > 0) replays from 0. When that replay stopped short (a
+    # timeout after batch 2), the live batch 10 was applied straight after it: batches 3..9, and
+    # any removal in them, were skipped without a gap being seen, so entries could stay as hits.
+    from epp.kvevents.subscriber import KVEventSubscriber
+    from epp.kvevents.wire import Frame, encode_batch
+
+    router = context.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:0")
+    history = [stored(1, 2), stored(3), stored(4)]
+
+    async def serve() -> None:
+        while True:
+            identity, _, start = await router.recv_multipart()
+            if int.from_bytes(start, "big") == 0:  # the first batches, then silence
+                for seq, batch in enumerate(history):
+                    await router.send_multipart(
+                        [identity, b"", b"", seq.to_bytes(SEQ_BYTES, "big"), encode_batch(batch)]
+                    )
+
+    server = asyncio.create_task(serve())
+    source = EventSource(POD, "tcp://127.0.0.1:1", router.getsockopt_string(zmq.LAST_ENDPOINT))
+    sub = KVEventSubscriber(source, index, context, replay_timeout=0.3)
+    try:
+        await sub._on_live(Frame("", 10, encode_batch(stored(9))))
+    finally:
+        server.cancel()
+        router.close(linger=0)
+    assert index.blocks(POD) == {9}
+    assert sub.last_seq == 10
