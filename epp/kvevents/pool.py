@@ -115,6 +115,7 @@ class KVEventSubscriptions:
         """Unsubscribe and forget everything ``endpoint`` held."""
         entry = self._subscribers.pop(endpoint, None)
         if entry is not None:
+            entry[0].stop()  # nothing more reaches the index, even before the tasks see the cancel
             entry[1].cancel()
             log.info("kv events: unsubscribed from %s", endpoint)
         self.index.remove_endpoint(endpoint)

@@ -124,6 +124,8 @@ class KVEventSubscriber:
         self._replayed_from: int | None = None  # first seq of the applied range that came by replay
         self._ever_connected = False
         self._warned_mismatch = False
+        self._stopped = False
+        self._watcher: asyncio.Task[None] | None = None
         # Live handling and monitor-driven resyncs both await (replay); one at a time keeps order.
         self._lock = asyncio.Lock()
 
@@ -138,7 +140,7 @@ class KVEventSubscriber:
         sub.setsockopt(zmq.RCVHWM, RCVHWM)
         sub.setsockopt(zmq.SUBSCRIBE, self.topic_filter.encode())
         monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        watcher = asyncio.get_running_loop().create_task(self._watch(monitor, sub))
+        watcher = self._watcher = asyncio.get_running_loop().create_task(self._watch(monitor, sub))
         try:
             sub.connect(self.source.events_address)
             while True:
@@ -163,6 +165,13 @@ class KVEventSubscriber:
             monitor.close(linger=0)
             sub.close(linger=0)
 
+    def stop(self) -> None:
+        """Apply nothing more: the caller forgets the endpoint now, while the run task (cancelled
+        by the caller) and the monitor task end only at their next await."""
+        self._stopped = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+
     async def _watch(self, monitor: zmq.asyncio.Socket, sub: zmq.asyncio.Socket) -> None:
         disconnected = False
         pending: list[bytes] | None = None
@@ -185,7 +194,8 @@ class KVEventSubscriber:
                 # at once: that would skip ZMQ's back-off, and a peer that accepts and drops
                 # connections would have the EPP reconnecting as fast as TCP allows.
                 try:
-                    pending = await asyncio.wait_for(monitor.recv_multipart(), self.restart_after)
+                    async with asyncio.timeout(self.restart_after):
+                        pending = await monitor.recv_multipart()
                 except TimeoutError:
                     with contextlib.suppress(zmq.ZMQError):
                         sub.disconnect(self.source.events_address)
@@ -262,7 +272,13 @@ class KVEventSubscriber:
         self._apply(frame, "live")
 
     async def _replay(self, start: int) -> bool:
-        """Apply buffered batches from ``start``; True when they arrived contiguously from ``start``."""
+        """Apply buffered batches from ``start``; True when they arrived contiguously from ``start``.
+
+        Timeouts here and in _watch are ``asyncio.timeout``, not ``wait_for``: on Python 3.11,
+        wait_for cancelled while the awaited future is already done returns its result and drops
+        the cancellation (python/cpython#86296), and a replay's recv often is done at once. A
+        removed endpoint's replay then ran on, filling the index for an endpoint no longer there.
+        """
         assert self.source.replay_address is not None
         dealer = self.context.socket(zmq.DEALER)
         _tune(dealer, self.source.replay_address, self.max_message_bytes)
@@ -273,9 +289,8 @@ class KVEventSubscriber:
         try:
             dealer.connect(self.source.replay_address)
             # A DEALER with no connected peer blocks on send: bound that wait too.
-            await asyncio.wait_for(
-                dealer.send_multipart([b"", start.to_bytes(SEQ_BYTES, "big")]), self.replay_timeout
-            )
+            async with asyncio.timeout(self.replay_timeout):
+                await dealer.send_multipart([b"", start.to_bytes(SEQ_BYTES, "big")])
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -288,7 +303,8 @@ class KVEventSubscriber:
                     )
                     return False
                 timeout = min(self.replay_timeout, remaining)
-                frames = await asyncio.wait_for(dealer.recv_multipart(), timeout)
+                async with asyncio.timeout(timeout):
+                    frames = await dealer.recv_multipart()
                 if frames and not frames[0]:
                     frames = frames[1:]
                 if len(frames) == 3 and frames[1] == END_SEQ and not frames[2]:
@@ -314,6 +330,7 @@ class KVEventSubscriber:
                     self._replayed_from = frame.seq
                 self._apply(frame, "replay")
                 expected += 1
+                await asyncio.sleep(0)  # a completed recv does not yield: see run()
         except (TimeoutError, MalformedEvent, zmq.ZMQError) as exc:
             log.warning("kv events %s: replay from %d failed: %r", self.endpoint, start, exc)
             return False
@@ -323,6 +340,8 @@ class KVEventSubscriber:
         return complete and (expected > start or start == 0)
 
     def _apply(self, frame: Frame, source: str) -> None:
+        if self._stopped:
+            return
         self.last_seq = frame.seq
         try:
             batch = decode_batch(frame.payload)

@@ -650,3 +650,62 @@ async def test_a_join_replay_that_stops_short_leaves_no_silent_gap(
         router.close(linger=0)
     assert index.blocks(POD) == {9}
     assert sub.last_seq == 10
+
+
+async def test_removing_an_endpoint_during_a_replay_stops_it(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # Python 3.11's asyncio.wait_for returns the result instead of raising when it is cancelled
+    # while the awaited future is already done (python/cpython#86296), and a replay's recv often
+    # is. Removing an endpoint during its connect-time replay then went on replaying into the
+    # index: the removed endpoint came back with thousands of entries, and the task died later on
+    # a closed socket ("Task exception was never retrieved").
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    for key in range(2000):
+        await publisher.publish(stored(key), send=False)
+    seen: list[int] = []
+    subs = KVEventSubscriptions(index, context=context, on_batch=lambda _e, seq: seen.append(seq))
+    try:
+        subs.add_endpoint(POD, EventSource(POD, publisher.events_address, publisher.replay_address))
+        await until(lambda: len(seen) >= 10, "the replay under way")
+        sub = subs.subscriber(POD)
+        assert sub is not None
+        subs.remove_endpoint(POD)
+        applied = len(seen)
+        await asyncio.sleep(0.5)
+        assert len(seen) == applied, f"{len(seen) - applied} batches applied after the removal"
+        assert POD not in index.endpoints() and index.size == 0
+        assert sub._watcher is not None and sub._watcher.cancelled()  # not still replaying
+    finally:
+        await subs.close()
+        await publisher.close()
+
+
+async def test_a_long_replay_does_not_starve_the_event_loop(
+    context: zmq.asyncio.Context, index: KVBlockIndex
+) -> None:
+    # As for live batches: a replay's recv is often complete at once and awaiting it does not
+    # yield, so a 10,000-batch replay buffer held the event loop for the whole replay.
+    from itertools import groupby
+
+    publisher = KVEventPublisher(context, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    for key in range(500):
+        await publisher.publish(stored(key), send=False)
+    ticks = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        async with subscribed(index, context, publisher, on_batch=lambda _e, _s: seen.append(ticks)):
+            await until(lambda: len(seen) >= 500, "the buffer replayed")
+    finally:
+        ticking.cancel()
+        await publisher.close()
+    longest = max(len(list(run)) for _, run in groupby(seen))
+    assert longest <= 2, f"{longest} replayed batches applied while nothing else ran"
