@@ -280,7 +280,11 @@ class KVEventSubscriber:
         removed endpoint's replay then ran on, filling the index for an endpoint no longer there.
         """
         assert self.source.replay_address is not None
-        dealer = self.context.socket(zmq.DEALER)
+        try:
+            dealer = self.context.socket(zmq.DEALER)
+        except zmq.ZMQError as exc:  # the context's socket limit, or the process's descriptors
+            log.warning("kv events %s: replay from %d: no socket: %r", self.endpoint, start, exc)
+            return False
         _tune(dealer, self.source.replay_address, self.max_message_bytes)
         complete = False
         expected = start

@@ -709,3 +709,42 @@ async def test_a_long_replay_does_not_starve_the_event_loop(
         await publisher.close()
     longest = max(len(list(run)) for _, run in groupby(seen))
     assert longest <= 2, f"{longest} replayed batches applied while nothing else ran"
+
+
+async def test_a_replay_socket_that_cannot_be_opened_is_a_failed_replay(index: KVBlockIndex) -> None:
+    # The replay DEALER was opened outside the replay's error handling: when ZMQ refused a new
+    # socket (its per-context limit, 1,023 by default, or the process's descriptors), the error
+    # ended the subscriber task, and the pool dropped the endpoint for good.
+    context = zmq.asyncio.Context()
+    context.set(zmq.MAX_SOCKETS, 3)  # the SUB and its monitor pair: no room for a DEALER
+    pub = zmq.asyncio.Context()
+    publisher = KVEventPublisher(pub, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+    subs = KVEventSubscriptions(index, context=context, topic_filter="", replay_timeout=0.3)
+    subs.add_endpoint(POD, EventSource(POD, publisher.events_address, publisher.replay_address))
+    try:
+        await warm_up(publisher, index)
+        await publisher.publish(stored(1), send=False)  # a gap: the replay cannot open its socket
+        await publisher.publish(stored(2))
+        await until(lambda: index.blocks(POD) == {2}, "the gap resynced")
+        assert subs.endpoints() == {POD}
+        assert not subs._subscribers[POD][1].done()
+    finally:
+        await subs.close()
+        await publisher.close()
+        context.destroy(linger=0)
+        pub.destroy(linger=0)
+
+
+async def test_the_pool_subscribes_to_more_than_341_endpoints(index: KVBlockIndex) -> None:
+    # Each subscription takes three ZMQ sockets (SUB, and the monitor's pair), and a ZMQ context
+    # allows 1,023 sockets unless told otherwise: the 342nd endpoint's task failed ("Too many
+    # open files") and the pool dropped it, so a large pool lost precise routing past that point.
+    subs = KVEventSubscriptions(index, topic_filter="")
+    try:
+        for n in range(400):
+            subs.add_endpoint(f"127.0.0.{1 + n // 250}:{8000 + n}")
+        await asyncio.sleep(0.5)
+        assert len(subs.endpoints()) == 400
+        assert not any(task.done() for _, task in subs._subscribers.values())
+    finally:
+        await subs.close()
