@@ -73,6 +73,9 @@ REPLAY_BUDGET_SECONDS = 60.0
 # How long after a disconnect ZMQ may take to reconnect by itself before the subscriber connects
 # afresh (see _watch): past its longest retry interval, so an ordinary drop is left to ZMQ.
 RESTART_AFTER_SECONDS = 2 * RECONNECT_IVL_MAX_MS / 1000
+# One log line per kind (malformed, gap, replay, resync, ...) and endpoint at most this often; the
+# next line says how many were held back. Every occurrence is counted in the metrics regardless.
+LOG_INTERVAL_SECONDS = 10.0
 # Largest lag observed. vLLM stamps a batch with time.time(), but the number is the pod's: one from
 # far in the past (finite, so the decoder takes it) would make the histogram's sum absorb every later
 # lag (1e300 + 0.01 == 1e300), or overflow to +Inf. Past the top bucket only the sum sees the value.
@@ -125,6 +128,7 @@ class KVEventSubscriber:
         self._ever_connected = False
         self._warned_mismatch = False
         self._stopped = False
+        self._logged: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, held back since)
         self._watcher: asyncio.Task[None] | None = None
         # Live handling and monitor-driven resyncs both await (replay); one at a time keeps order.
         self._lock = asyncio.Lock()
@@ -186,7 +190,7 @@ class KVEventSubscriber:
                 # is empty), and the reconnect resyncs anyway. Forget it now, not at the reconnect.
                 dropped = self.index.clear(self.endpoint)
                 if dropped:
-                    log.info("kv events %s: disconnected, dropped %d entries", self.endpoint, dropped)
+                    self._log(logging.INFO, "disconnect", "disconnected, dropped %d entries", dropped)
                     self._publish_index_metrics()
                 # A message past MAXMSGSIZE is a protocol error, after which libzmq ends the
                 # connection for good instead of reconnecting (session_base.cpp, engine_error).
@@ -219,7 +223,7 @@ class KVEventSubscriber:
         dropped = self.index.clear(self.endpoint)  # a replay from 0 must start from nothing
         if reason != "connect":
             metrics.KVEVENTS_RESYNCS.labels(reason).inc()
-            log.info("kv events %s: resync (%s), dropped %d entries", self.endpoint, reason, dropped)
+            self._log(logging.INFO, "resync", "resync (%s), dropped %d entries", reason, dropped)
         self.last_seq = None
         self._replayed_from = None
         if self.source.replay_address is not None:
@@ -254,9 +258,10 @@ class KVEventSubscriber:
                 metrics.KVEVENTS_GAPS.labels("resynced").inc()
                 metrics.KVEVENTS_RESYNCS.labels("gap").inc()
                 dropped = self.index.clear(self.endpoint)
-                log.warning(
-                    "kv events %s: batches %d..%d lost, dropped %d entries",
-                    self.endpoint,
+                self._log(
+                    logging.WARNING,
+                    "gap",
+                    "batches %d..%d lost, dropped %d entries",
                     last + 1,
                     seq - 1,
                     dropped,
@@ -283,7 +288,7 @@ class KVEventSubscriber:
         try:
             dealer = self.context.socket(zmq.DEALER)
         except zmq.ZMQError as exc:  # the context's socket limit, or the process's descriptors
-            log.warning("kv events %s: replay from %d: no socket: %r", self.endpoint, start, exc)
+            self._log(logging.WARNING, "replay", "replay from %d: no socket: %r", start, exc)
             return False
         _tune(dealer, self.source.replay_address, self.max_message_bytes)
         complete = False
@@ -298,9 +303,10 @@ class KVEventSubscriber:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    log.warning(
-                        "kv events %s: replay from %d still running after %.1fs (at seq %d): abandoned",
-                        self.endpoint,
+                    self._log(
+                        logging.WARNING,
+                        "replay",
+                        "replay from %d still running after %.1fs (at seq %d): abandoned",
                         start,
                         self.replay_budget,
                         expected,
@@ -321,9 +327,10 @@ class KVEventSubscriber:
                         metrics.KVEVENTS_GAPS.labels("partial_history").inc()
                         expected = frame.seq
                     else:
-                        log.warning(
-                            "kv events %s: replay from %d returned %d, expected %d",
-                            self.endpoint,
+                        self._log(
+                            logging.WARNING,
+                            "replay",
+                            "replay from %d returned %d, expected %d",
                             start,
                             frame.seq,
                             expected,
@@ -336,7 +343,7 @@ class KVEventSubscriber:
                 expected += 1
                 await asyncio.sleep(0)  # a completed recv does not yield: see run()
         except (TimeoutError, MalformedEvent, zmq.ZMQError) as exc:
-            log.warning("kv events %s: replay from %d failed: %r", self.endpoint, start, exc)
+            self._log(logging.WARNING, "replay", "replay from %d failed: %r", start, exc)
             return False
         finally:
             dealer.close(linger=0)
@@ -353,9 +360,10 @@ class KVEventSubscriber:
             metrics.KVEVENTS_DROPPED.labels(f"malformed_{exc.reason}").inc()
             metrics.KVEVENTS_RESYNCS.labels("malformed").inc()
             dropped = self.index.clear(self.endpoint)
-            log.warning(
-                "kv events %s: malformed batch %d (%s), dropped %d entries",
-                self.endpoint,
+            self._log(
+                logging.WARNING,
+                "malformed",
+                "malformed batch %d (%s), dropped %d entries",
                 frame.seq,
                 exc,
                 dropped,
@@ -420,6 +428,19 @@ class KVEventSubscriber:
                     self.hasher.seed,
                     event.block_size,
                 )
+
+    def _log(self, level: int, kind: str, message: str, *args: object) -> None:
+        """Log at most one line of ``kind`` every LOG_INTERVAL_SECONDS: a pod sending malformed
+        batches, gaps or restarts by the thousand would otherwise write a line for each, and the
+        handler writes to stderr from the event loop."""
+        now = time.monotonic()
+        last, held = self._logged.get(kind, (-LOG_INTERVAL_SECONDS, 0))
+        if now - last < LOG_INTERVAL_SECONDS:
+            self._logged[kind] = (last, held + 1)
+            return
+        self._logged[kind] = (now, 0)
+        suffix = f" ({held} more since the last such line)" if held else ""
+        log.log(level, "kv events %s: " + message + suffix, self.endpoint, *args)
 
     def _publish_index_metrics(self) -> None:
         metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)

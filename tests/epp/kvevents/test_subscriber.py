@@ -748,3 +748,26 @@ async def test_the_pool_subscribes_to_more_than_341_endpoints(index: KVBlockInde
         assert not any(task.done() for _, task in subs._subscribers.values())
     finally:
         await subs.close()
+
+
+async def test_malformed_batches_by_the_thousand_log_a_line_not_a_thousand(
+    context: zmq.asyncio.Context, index: KVBlockIndex, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each malformed batch wrote a warning (and each gap, replay failure and resync a line):
+    # a pod sending garbage filled the logs, written to stderr from the event loop. Now one
+    # line per kind every LOG_INTERVAL_SECONDS; every batch is still counted.
+    import logging
+
+    from epp.kvevents.subscriber import KVEventSubscriber
+    from epp.kvevents.wire import Frame
+
+    malformed = sample("epp_kvevents_dropped_total", {"reason": "malformed_msgpack"})
+    sub = KVEventSubscriber(EventSource(POD, "tcp://127.0.0.1:1"), index, context)
+    with caplog.at_level(logging.INFO, logger="epp.kvevents.subscriber"):
+        for seq in range(1000):
+            await sub._on_live(Frame("", seq * 2, b"\xc1"))  # malformed, and a gap before each
+    assert sample("epp_kvevents_dropped_total", {"reason": "malformed_msgpack"}) == malformed + 1000
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("malformed batch" in line for line in lines) == 1
+    assert sum("lost, dropped" in line for line in lines) == 1
+    assert len(lines) <= 3, lines
