@@ -76,7 +76,13 @@ class KVEventSubscriptions:
         self.restart_after = restart_after
         self.on_batch = on_batch
         self._own_context = context is None
-        self.context = context if context is not None else zmq.asyncio.Context()
+        if context is None:
+            context = zmq.asyncio.Context()
+            # A subscription takes three sockets (SUB and the monitor's pair, a DEALER while it
+            # replays) and a context allows 1,023 unless told otherwise: the 342nd endpoint failed
+            # with "Too many open files". Descriptors (RLIMIT_NOFILE) are the limit that remains.
+            context.set(zmq.MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT))
+        self.context = context
         self._subscribers: dict[str, tuple[KVEventSubscriber, asyncio.Task[None]]] = {}
 
     def source_for(self, endpoint: str) -> EventSource:
@@ -115,6 +121,7 @@ class KVEventSubscriptions:
         """Unsubscribe and forget everything ``endpoint`` held."""
         entry = self._subscribers.pop(endpoint, None)
         if entry is not None:
+            entry[0].stop()  # nothing more reaches the index, even before the tasks see the cancel
             entry[1].cancel()
             log.info("kv events: unsubscribed from %s", endpoint)
         self.index.remove_endpoint(endpoint)

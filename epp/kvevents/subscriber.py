@@ -16,8 +16,9 @@ Sequence numbers (8 bytes big-endian, from 0 per vLLM process) drive the consist
   dropped and the stream continues from here, so the index can only under-report that pod;
 * a number at or below the last applied one → a duplicate (dropped) when equal, otherwise vLLM
   restarted (its cache is empty now): resync, then replay from 0 when possible;
-* a TCP reconnect (seen on the socket monitor) may hide a restart whose numbers happen to continue
-  upward, so it also resyncs and replays from 0;
+* a TCP disconnect (seen on the socket monitor) drops the pod's entries at once (the PUB drops
+  what it cannot send, so they can only go stale); the reconnect may hide a restart whose numbers
+  happen to continue upward, so it also resyncs and replays from 0;
 * the first message after subscribing with a number above 0 means history was missed: replay from
   0 when possible (a full rebuild while vLLM's buffer still reaches back to 0, else a partial one).
   With a replay socket the subscriber also replays from 0 right after connecting, so an idle pod's
@@ -61,13 +62,28 @@ RCVHWM = 100_000  # as vLLM's publisher hwm: queue, rather than drop, while a re
 # Largest message taken from a pod. vLLM's biggest batch is one engine step's stores (token ids of
 # at most max_num_batched_tokens, a few MB); ZMQ itself accepts any size, so without this a pod could
 # make the EPP allocate gigabytes. Past it ZMQ drops the connection, which reconnects and resyncs.
-MAX_MESSAGE_BYTES = 64 << 20
+# Decoded, a message costs up to ~16 times its size (one-byte token ids become 8-byte list slots,
+# then a tuple) and ~0.1 us a byte of event-loop time: 64 MiB was ~1 GiB and seconds of stall per
+# message in an EPP whose default limit is 2 GiB. 16 MiB still holds ~2M tokens of one step (at most
+# 5 bytes an id plus 9 a block hash), over ten times a large max_num_batched_tokens.
+MAX_MESSAGE_BYTES = 16 << 20
 # Longest a whole replay may take. vLLM's buffer (10,000 batches by default) replays in well under a
 # second; a peer that keeps answering never ends the replay, and it holds this pod's stream.
 REPLAY_BUDGET_SECONDS = 60.0
 # How long after a disconnect ZMQ may take to reconnect by itself before the subscriber connects
 # afresh (see _watch): past its longest retry interval, so an ordinary drop is left to ZMQ.
 RESTART_AFTER_SECONDS = 2 * RECONNECT_IVL_MAX_MS / 1000
+# One log line per kind (malformed, gap, replay, resync, ...) and endpoint at most this often; the
+# next line says how many were held back. Every occurrence is counted in the metrics regardless.
+LOG_INTERVAL_SECONDS = 10.0
+# Largest lag observed. vLLM stamps a batch with time.time(), but the number is the pod's: one from
+# far in the past (finite, so the decoder takes it) would make the histogram's sum absorb every later
+# lag (1e300 + 0.01 == 1e300), or overflow to +Inf. Past the top bucket only the sum sees the value.
+MAX_LAG_SECONDS = 86_400.0
+# Most batches one gap counts as missed. vLLM numbers batches one by one from 0, so a jump past this
+# is no count of lost batches; counted whole (up to 2**64), it left the float counter unable to move
+# by one (past 2**53) for good.
+MAX_COUNTED_GAP = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,9 @@ class KVEventSubscriber:
         self._replayed_from: int | None = None  # first seq of the applied range that came by replay
         self._ever_connected = False
         self._warned_mismatch = False
+        self._stopped = False
+        self._logged: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, held back since)
+        self._watcher: asyncio.Task[None] | None = None
         # Live handling and monitor-driven resyncs both await (replay); one at a time keeps order.
         self._lock = asyncio.Lock()
 
@@ -125,7 +144,7 @@ class KVEventSubscriber:
         sub.setsockopt(zmq.RCVHWM, RCVHWM)
         sub.setsockopt(zmq.SUBSCRIBE, self.topic_filter.encode())
         monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        watcher = asyncio.get_running_loop().create_task(self._watch(monitor, sub))
+        watcher = self._watcher = asyncio.get_running_loop().create_task(self._watch(monitor, sub))
         try:
             sub.connect(self.source.events_address)
             while True:
@@ -134,16 +153,28 @@ class KVEventSubscriber:
                     frame = parse_frames(frames)
                 except MalformedEvent as exc:
                     metrics.KVEVENTS_DROPPED.labels(f"frame_{exc.reason}").inc()
-                    continue
-                async with self._lock:
-                    if self._resync_reason is not None:
-                        await self._resync(self._resync_reason)
-                    await self._on_live(frame)
+                else:
+                    async with self._lock:
+                        if self._resync_reason is not None:
+                            await self._resync(self._resync_reason)
+                        await self._on_live(frame)
+                # pyzmq's recv_multipart returns an already-completed future while messages are
+                # queued, and awaiting it does not yield: without this, a flood or a backlog held
+                # the event loop (every request's routing) until the queue ran dry. llm-d reads
+                # on its own goroutine and hands batches to a worker pool (kvevents/pool.go).
+                await asyncio.sleep(0)
         finally:
             watcher.cancel()
             sub.disable_monitor()
             monitor.close(linger=0)
             sub.close(linger=0)
+
+    def stop(self) -> None:
+        """Apply nothing more: the caller forgets the endpoint now, while the run task (cancelled
+        by the caller) and the monitor task end only at their next await."""
+        self._stopped = True
+        if self._watcher is not None:
+            self._watcher.cancel()
 
     async def _watch(self, monitor: zmq.asyncio.Socket, sub: zmq.asyncio.Socket) -> None:
         disconnected = False
@@ -154,13 +185,21 @@ class KVEventSubscriber:
             if event == zmq.EVENT_DISCONNECTED:
                 disconnected = True
                 self.connected.clear()
+                # The PUB drops what it cannot send (zmq_socket(3)), so from now on every store and
+                # removal is missed: what the index holds can only go stale (a restarted vLLM's cache
+                # is empty), and the reconnect resyncs anyway. Forget it now, not at the reconnect.
+                dropped = self.index.clear(self.endpoint)
+                if dropped:
+                    self._log(logging.INFO, "disconnect", "disconnected, dropped %d entries", dropped)
+                    self._publish_index_metrics()
                 # A message past MAXMSGSIZE is a protocol error, after which libzmq ends the
                 # connection for good instead of reconnecting (session_base.cpp, engine_error).
                 # So when ZMQ has not reconnected by itself in restart_after, connect afresh. Not
                 # at once: that would skip ZMQ's back-off, and a peer that accepts and drops
                 # connections would have the EPP reconnecting as fast as TCP allows.
                 try:
-                    pending = await asyncio.wait_for(monitor.recv_multipart(), self.restart_after)
+                    async with asyncio.timeout(self.restart_after):
+                        pending = await monitor.recv_multipart()
                 except TimeoutError:
                     with contextlib.suppress(zmq.ZMQError):
                         sub.disconnect(self.source.events_address)
@@ -184,7 +223,7 @@ class KVEventSubscriber:
         dropped = self.index.clear(self.endpoint)  # a replay from 0 must start from nothing
         if reason != "connect":
             metrics.KVEVENTS_RESYNCS.labels(reason).inc()
-            log.info("kv events %s: resync (%s), dropped %d entries", self.endpoint, reason, dropped)
+            self._log(logging.INFO, "resync", "resync (%s), dropped %d entries", reason, dropped)
         self.last_seq = None
         self._replayed_from = None
         if self.source.replay_address is not None:
@@ -209,17 +248,20 @@ class KVEventSubscriber:
             last = self.last_seq
             if last is not None and seq <= last:
                 return
-        elif last is not None and seq > last + 1:
-            metrics.KVEVENTS_MISSED_BATCHES.inc(seq - last - 1)
+        # Also after a join replay: one that stopped short (timeout, bad frame) leaves a gap before
+        # this batch, like any other.
+        if last is not None and seq > last + 1:
+            metrics.KVEVENTS_MISSED_BATCHES.inc(min(seq - last - 1, MAX_COUNTED_GAP))
             if self.source.replay_address is not None and await self._replay(last + 1):
                 metrics.KVEVENTS_GAPS.labels("replayed").inc()
             else:
                 metrics.KVEVENTS_GAPS.labels("resynced").inc()
                 metrics.KVEVENTS_RESYNCS.labels("gap").inc()
                 dropped = self.index.clear(self.endpoint)
-                log.warning(
-                    "kv events %s: batches %d..%d lost, dropped %d entries",
-                    self.endpoint,
+                self._log(
+                    logging.WARNING,
+                    "gap",
+                    "batches %d..%d lost, dropped %d entries",
                     last + 1,
                     seq - 1,
                     dropped,
@@ -227,12 +269,27 @@ class KVEventSubscriber:
             last = self.last_seq
             if last is not None and seq <= last:
                 return
+        # The live stream is now past everything a replay delivered (its queued copies came first,
+        # in order), so a lower number from here on is a restart, not a copy. Kept until the next
+        # resync, it made every backwards number after any replay (with a replay socket: always,
+        # the connect-time replay from 0) a "duplicate", and a restart went unnoticed.
+        self._replayed_from = None
         self._apply(frame, "live")
 
     async def _replay(self, start: int) -> bool:
-        """Apply buffered batches from ``start``; True when they arrived contiguously from ``start``."""
+        """Apply buffered batches from ``start``; True when they arrived contiguously from ``start``.
+
+        Timeouts here and in _watch are ``asyncio.timeout``, not ``wait_for``: on Python 3.11,
+        wait_for cancelled while the awaited future is already done returns its result and drops
+        the cancellation (python/cpython#86296), and a replay's recv often is done at once. A
+        removed endpoint's replay then ran on, filling the index for an endpoint no longer there.
+        """
         assert self.source.replay_address is not None
-        dealer = self.context.socket(zmq.DEALER)
+        try:
+            dealer = self.context.socket(zmq.DEALER)
+        except zmq.ZMQError as exc:  # the context's socket limit, or the process's descriptors
+            self._log(logging.WARNING, "replay", "replay from %d: no socket: %r", start, exc)
+            return False
         _tune(dealer, self.source.replay_address, self.max_message_bytes)
         complete = False
         expected = start
@@ -241,22 +298,23 @@ class KVEventSubscriber:
         try:
             dealer.connect(self.source.replay_address)
             # A DEALER with no connected peer blocks on send: bound that wait too.
-            await asyncio.wait_for(
-                dealer.send_multipart([b"", start.to_bytes(SEQ_BYTES, "big")]), self.replay_timeout
-            )
+            async with asyncio.timeout(self.replay_timeout):
+                await dealer.send_multipart([b"", start.to_bytes(SEQ_BYTES, "big")])
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    log.warning(
-                        "kv events %s: replay from %d still running after %.1fs (at seq %d): abandoned",
-                        self.endpoint,
+                    self._log(
+                        logging.WARNING,
+                        "replay",
+                        "replay from %d still running after %.1fs (at seq %d): abandoned",
                         start,
                         self.replay_budget,
                         expected,
                     )
                     return False
                 timeout = min(self.replay_timeout, remaining)
-                frames = await asyncio.wait_for(dealer.recv_multipart(), timeout)
+                async with asyncio.timeout(timeout):
+                    frames = await dealer.recv_multipart()
                 if frames and not frames[0]:
                     frames = frames[1:]
                 if len(frames) == 3 and frames[1] == END_SEQ and not frames[2]:
@@ -269,9 +327,10 @@ class KVEventSubscriber:
                         metrics.KVEVENTS_GAPS.labels("partial_history").inc()
                         expected = frame.seq
                     else:
-                        log.warning(
-                            "kv events %s: replay from %d returned %d, expected %d",
-                            self.endpoint,
+                        self._log(
+                            logging.WARNING,
+                            "replay",
+                            "replay from %d returned %d, expected %d",
                             start,
                             frame.seq,
                             expected,
@@ -282,8 +341,9 @@ class KVEventSubscriber:
                     self._replayed_from = frame.seq
                 self._apply(frame, "replay")
                 expected += 1
+                await asyncio.sleep(0)  # a completed recv does not yield: see run()
         except (TimeoutError, MalformedEvent, zmq.ZMQError) as exc:
-            log.warning("kv events %s: replay from %d failed: %r", self.endpoint, start, exc)
+            self._log(logging.WARNING, "replay", "replay from %d failed: %r", start, exc)
             return False
         finally:
             dealer.close(linger=0)
@@ -291,6 +351,8 @@ class KVEventSubscriber:
         return complete and (expected > start or start == 0)
 
     def _apply(self, frame: Frame, source: str) -> None:
+        if self._stopped:
+            return
         self.last_seq = frame.seq
         try:
             batch = decode_batch(frame.payload)
@@ -298,9 +360,10 @@ class KVEventSubscriber:
             metrics.KVEVENTS_DROPPED.labels(f"malformed_{exc.reason}").inc()
             metrics.KVEVENTS_RESYNCS.labels("malformed").inc()
             dropped = self.index.clear(self.endpoint)
-            log.warning(
-                "kv events %s: malformed batch %d (%s), dropped %d entries",
-                self.endpoint,
+            self._log(
+                logging.WARNING,
+                "malformed",
+                "malformed batch %d (%s), dropped %d entries",
                 frame.seq,
                 exc,
                 dropped,
@@ -327,7 +390,7 @@ class KVEventSubscriber:
         if result.unknown_removals:
             metrics.KVEVENTS_UNKNOWN_REMOVALS.inc(result.unknown_removals)
         metrics.KVEVENTS_BATCHES.labels(self.endpoint, source).inc()
-        metrics.KVEVENTS_LAG_SECONDS.observe(max(0.0, time.time() - batch.ts))
+        metrics.KVEVENTS_LAG_SECONDS.observe(min(max(0.0, time.time() - batch.ts), MAX_LAG_SECONDS))
         metrics.KVEVENTS_LAST_SEQUENCE.labels(self.endpoint).set(frame.seq)
         self._publish_index_metrics()
         if self.on_batch is not None:
@@ -365,6 +428,19 @@ class KVEventSubscriber:
                     self.hasher.seed,
                     event.block_size,
                 )
+
+    def _log(self, level: int, kind: str, message: str, *args: object) -> None:
+        """Log at most one line of ``kind`` every LOG_INTERVAL_SECONDS: a pod sending malformed
+        batches, gaps or restarts by the thousand would otherwise write a line for each, and the
+        handler writes to stderr from the event loop."""
+        now = time.monotonic()
+        last, held = self._logged.get(kind, (-LOG_INTERVAL_SECONDS, 0))
+        if now - last < LOG_INTERVAL_SECONDS:
+            self._logged[kind] = (last, held + 1)
+            return
+        self._logged[kind] = (now, 0)
+        suffix = f" ({held} more since the last such line)" if held else ""
+        log.log(level, "kv events %s: " + message + suffix, self.endpoint, *args)
 
     def _publish_index_metrics(self) -> None:
         metrics.KVEVENTS_INDEX_ENTRIES.set(self.index.size)

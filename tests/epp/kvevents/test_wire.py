@@ -301,3 +301,75 @@ def test_encoder_is_byte_identical_to_vllm() -> None:
         0,
     )
     assert encode_batch(batch) == VLLM_0_32_ENCODED
+
+
+def test_token_ids_are_checked_without_python_code_per_id() -> None:
+    # A generator test per id (~190 ns each, ~3.6 s for 10M one-byte ids) held the event loop: a
+    # batch at the message cap took ~11 s to decode. The check is C loops now.
+    import sys
+
+    tokens = list(range(100_000))
+    payload = msgpack.packb(
+        [
+            1.0,
+            [
+                {
+                    "type": "BlockStored",
+                    "block_hashes": [1],
+                    "parent_block_hash": None,
+                    "token_ids": tokens,
+                    "block_size": 16,
+                }
+            ],
+        ]
+    )
+    calls = 0
+
+    def count(_frame: object, event: str, _arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        batch = decode_batch(payload)
+    finally:
+        sys.setprofile(None)
+    assert batch.events[0].token_ids == tuple(tokens)  # type: ignore[union-attr]
+    assert calls < 100, calls
+
+
+@pytest.mark.parametrize("bad", [[True], [1, False], [-1], [2**32], [1.5], ["1"], [None], [[1]], [b"\x01"]])
+def test_token_ids_must_be_unsigned_32_bit_ints(bad: list[object]) -> None:
+    payload = msgpack.packb(
+        [
+            1.0,
+            [
+                {
+                    "type": "BlockStored",
+                    "block_hashes": [1],
+                    "parent_block_hash": None,
+                    "token_ids": bad,
+                    "block_size": 16,
+                }
+            ],
+        ],
+        use_bin_type=True,
+    )
+    with pytest.raises(MalformedEvent, match="stored_token_ids"):
+        decode_batch(payload)
+
+
+def test_fields_a_newer_vllm_appends_to_the_batch_are_ignored() -> None:
+    # EventBatch is an array_like msgspec struct; msgspec skips extra trailing fields when it
+    # decodes one, so vLLM may append fields. Refusing them made every batch malformed (the pod's
+    # entries dropped at each one).
+    event = {
+        "type": "BlockStored",
+        "block_hashes": [7],
+        "parent_block_hash": None,
+        "token_ids": [1],
+        "block_size": 16,
+    }
+    batch = decode_batch(msgpack.packb([2.0, [event], 1, "a newer field", {"x": 1}]))
+    assert batch.data_parallel_rank == 1
+    assert batch.events == (BlockStored((7,), None, (1,), 16),)
