@@ -258,6 +258,21 @@ def test_weighted_random_picker_follows_weights_and_skips_zero() -> None:
     assert len(fallback.targets) == 1  # all zero: uniform instead of nothing
 
 
+def test_weighted_random_picker_fills_fallbacks_with_zero_scores() -> None:
+    """llm-d-router's picker keeps zero-score endpoints (key 0) after the positive ones, so asking
+    for three targets with one positive score still gives three: the positive one first."""
+    pool = [endpoint(n) for n in "abcd"]
+    picker = create("weighted-random-picker", "p", {"maxNumOfEndpoints": 3})
+    picker.rng = random.Random(5)
+    tails = Counter()
+    for _ in range(200):
+        result = picker.pick(scheduling_request(), pool, [0.0, 2.0, 0.0, 0.0])
+        assert len(result.targets) == 3 and len(set(result.targets)) == 3
+        assert result.targets[0].name == "b" and result.scores[0] == 2.0
+        tails.update(e.name for e in result.targets[1:])
+    assert set(tails) == {"a", "c", "d"}  # the zero-score fallbacks are drawn at random
+
+
 # ---- saturation ------------------------------------------------------------------------------
 def test_utilization_detector() -> None:
     detector = create(
