@@ -375,12 +375,24 @@ INDEX_PARAMETERS = (
 
 @register("prefix-cache-scorer")
 class PrefixCacheScorer(Scorer):
-    """Score = fraction of the prompt's blocks cached on the endpoint (longest prefix from block 0)."""
+    """Score = fraction of the prompt's blocks cached on the endpoint (longest prefix from block 0).
+    With ``matchLengthWeight`` w > 0 (llm-d's, default 0): ``w x min(1, cached tokens /
+    matchLengthScaleTokens)^2 + (1 - w) x fraction``, so a long cached prefix counts for more than a
+    short prompt cached whole (``matchLengthScaleTokens`` default 8192)."""
 
-    def __init__(self, name: str, producer_name: str | None, index_parameters: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        producer_name: str | None,
+        index_parameters: dict[str, Any],
+        match_length_weight: float = 0.0,
+        match_length_scale_tokens: int = 8192,
+    ) -> None:
         super().__init__(name)
         self.producer_name = producer_name
         self.index_parameters = index_parameters
+        self.match_length_weight = match_length_weight
+        self.match_length_scale_tokens = match_length_scale_tokens
         self.producer: PrefixMatchProducer | None = None
 
     def consumes(self) -> frozenset[str]:
@@ -393,7 +405,15 @@ class PrefixCacheScorer(Scorer):
     def from_parameters(cls, name: str, params: Params) -> Self:
         producer_name = params.string("prefixMatchInfoProducerName", "") or None
         index_parameters = {key: params.raw(key) for key in INDEX_PARAMETERS if params.has(key)}
-        return cls(name, producer_name, index_parameters)
+        # llm-d-router scorer/prefix/plugin.go PrefixCachePluginFactory: the weight must lie in
+        # [0, 1]; the scale must be > 0 only when the weight is.
+        weight = params.number("matchLengthWeight", 0.0, minimum=0.0, maximum=1.0)
+        scale = params.integer("matchLengthScaleTokens", 8192)
+        if weight > 0 and scale <= 0:
+            raise params.error(
+                "matchLengthScaleTokens", f"must be > 0 when matchLengthWeight is > 0, got {scale}"
+            )
+        return cls(name, producer_name, index_parameters, weight, scale)
 
     def resolve(self, plugins: Mapping[str, Plugin]) -> None:
         self.producer = find_producer(plugins, self.producer_name, self)
@@ -405,4 +425,15 @@ class PrefixCacheScorer(Scorer):
             return [0.0] * len(endpoints)
         total = match.blocks
         matched: Mapping[str, float] = match.weighted_blocks or match.matched_blocks
-        return [matched.get(endpoint.hostport, 0) / total for endpoint in endpoints]
+        ratios = [matched.get(endpoint.hostport, 0) / total for endpoint in endpoints]
+        weight = self.match_length_weight
+        if weight <= 0:
+            return ratios
+        # llm-d-router scorer/prefix/plugin.go Score: the squared, capped matched length in tokens
+        # blended with the match ratio.
+        per_token = match.block_tokens / self.match_length_scale_tokens
+        scores = []
+        for endpoint, ratio in zip(endpoints, ratios, strict=True):
+            length = min(1.0, matched.get(endpoint.hostport, 0) * per_token)
+            scores.append(weight * length * length + (1.0 - weight) * ratio)
+        return scores

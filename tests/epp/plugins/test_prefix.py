@@ -15,6 +15,7 @@ from epp.plugins.prefix import (
     block_hashes,
     estimate_tokens,
 )
+from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import ProfileResult, SchedulingResult
 from epp.scheduling.registry import create
 from tests.support.epp import endpoint, scheduling_request
@@ -201,6 +202,40 @@ def test_producer_scorer_and_pre_request_make_prefixes_stick() -> None:
     assert scores[0] == 0.0 and scores[1] == pytest.approx(17 / len(match.hashes))
     assert match.cached_tokens(pool[1].hostport) == 17 * 2  # 8-byte blocks ≈ 2 tokens
     assert match.cached_tokens(pool[0].hostport) == 0
+
+
+def test_scorer_blends_match_length_as_llm_d_does() -> None:
+    """llm-d-router's prefix-cache-scorer takes matchLengthWeight (w) and matchLengthScaleTokens:
+    score = w x min(1, matched tokens / scale)^2 + (1 - w) x matched / total blocks."""
+    pool = [endpoint("long"), endpoint("short"), endpoint("none")]
+    scorer = create("prefix-cache-scorer", "s", {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 1000})
+    producer = _producer()
+    scorer.resolve({producer.name: producer})
+    request = scheduling_request()
+    request.state[producer.name] = PrefixMatch(
+        hashes=[0] * 20,
+        block_tokens=64,
+        prompt_tokens=1280,
+        matched_blocks={pool[0].hostport: 20, pool[1].hostport: 5},
+    )
+    # long: 1280 tokens cached, capped at 1 → 0.5 x 1 + 0.5 x 1; short: 320 tokens → 0.5 x 0.1024 + 0.5 x 0.25
+    assert scorer.score(request, pool) == pytest.approx([1.0, 0.0512 + 0.125, 0.0])
+    assert create("prefix-cache-scorer", "d", None).match_length_weight == 0.0  # off by default
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"matchLengthWeight": 1.5}, "'matchLengthWeight' must be <= 1.0"),
+        ({"matchLengthWeight": -0.1}, "'matchLengthWeight' must be >= 0.0"),
+        ({"matchLengthWeight": 0.3, "matchLengthScaleTokens": 0}, "must be > 0 when matchLengthWeight"),
+    ],
+)
+def test_scorer_match_length_parameters_are_checked(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create("prefix-cache-scorer", "s", params)
+    assert message in str(caught.value)
+    create("prefix-cache-scorer", "s", {"matchLengthScaleTokens": 0})  # unused without a weight
 
 
 def test_pre_request_indexes_prefill_and_decode_targets_and_autotunes_capacity() -> None:
