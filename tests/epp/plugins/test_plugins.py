@@ -391,6 +391,80 @@ def test_disagg_handler_decode_only_when_decider_declines_or_no_prefill_pod() ->
     assert result.primary.targets[0].name == "d0"
 
 
+def test_disagg_handler_takes_llm_d_legacy_flat_parameters() -> None:
+    """llm-d-router still decodes disagg-profile-handler's deprecated flat form
+    (legacyDisaggProfileHandlerParameters); prefillDeciderPluginName wins over deciderPluginName.
+    Mixing the flat and nested forms fits neither schema there, so it is an error here too."""
+    handler = create(
+        "disagg-profile-handler",
+        "h",
+        {
+            "decodeProfile": "dec",
+            "prefillProfile": "pre",
+            "deciderPluginName": "old",
+            "prefillDeciderPluginName": "fixed",
+            "stageOrder": "Decode_First",
+        },
+    )
+    handler.resolve({"fixed": _Fixed(True), "old": _Fixed(False)})
+    profiles = {"dec": _profile("dec", "decode-filter"), "pre": _profile("pre", "prefill-filter")}
+    handler.validate_profiles(list(profiles))
+    result = _run(handler, profiles, POOL)
+    assert result.primary_profile == "dec" and result.primary.targets[0].name == "d0"
+    assert result.results["pre"].targets[0].name == "p1"
+    older = create("disagg-profile-handler", "h", {"deciderPluginName": "old"})
+    assert older.decider_name == "old" and older.decode_profile == "decode"
+    for params, message in (
+        ({"decodeProfile": "d", "deciders": {"prefill": "x"}}, "cannot be mixed"),
+        ({"encodeProfile": "e"}, "E/P/D"),
+        ({"stageOrder": "sideways"}, "'stageOrder' must be"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            create("disagg-profile-handler", "h", params)
+
+
+def test_disagg_handler_prefill_first_stage_order() -> None:
+    """stageOrder prefill-first (llm-d-router pickPrefillFirst): prefill runs first for every
+    request, with no decider; decode runs after it, also when no prefill pod was found."""
+    with pytest.raises(ConfigError, match="no prefill decider"):
+        create("disagg-profile-handler", "h", {"stageOrder": "prefill-first", "deciders": {"prefill": "x"}})
+    handler = create("disagg-profile-handler", "h", {"stageOrder": "prefill"})
+    handler.resolve({})
+    assert handler.stage_order == "prefill-first"
+    with pytest.raises(ConfigError, match="'prefill'"):
+        handler.validate_profiles(["decode"])
+    profiles = {
+        "decode": _profile("decode", "decode-filter"),
+        "prefill": _profile("prefill", "prefill-filter"),
+    }
+    result = _run(handler, profiles, POOL)
+    assert list(result.results) == ["prefill", "decode"]  # prefill ran first
+    assert result.primary_profile == "decode" and result.primary.targets[0].name == "d0"
+    prefill_pod = next(e for e in POOL if e.name == "p1")
+    assert result.headers == {"x-prefiller-host-port": prefill_pod.hostport}
+    decode_only_pool = [e for e in POOL if e.labels[ROLE] == "decode"]
+    result = _run(handler, profiles, decode_only_pool)
+    assert result.results["prefill"] is None and result.headers == {}
+    assert result.primary.targets[0].name == "d0"
+
+
+def test_pd_profile_handler_reads_the_named_prefix_producer() -> None:
+    """pd-profile-handler's prefixMatchInfoProducerName (llm-d-router PdProfileHandlerParameters)
+    names the producer whose match info its threshold decision reads."""
+    from epp.plugins.prefix import ApproxPrefixCacheProducer
+
+    one = create("approx-prefix-cache-producer", "one", None)
+    two = create("approx-prefix-cache-producer", "two", None)
+    assert isinstance(one, ApproxPrefixCacheProducer) and isinstance(two, ApproxPrefixCacheProducer)
+    handler = create("pd-profile-handler", "h", {"threshold": 10, "prefixMatchInfoProducerName": "two"})
+    handler.resolve({"one": one, "two": two})
+    assert handler.decider.producer is two
+    with pytest.raises(ConfigError, match="'ghost' is not a configured producer"):
+        create("pd-profile-handler", "h", {"threshold": 10, "prefixMatchInfoProducerName": "ghost"}).resolve(
+            {"one": one}
+        )
+
+
 def test_single_profile_handler() -> None:
     handler = create("single-profile-handler", "h", None)
     with pytest.raises(ConfigError, match="exactly one profile"):
