@@ -61,10 +61,24 @@ class CoreMetricsExtractor(MetricsExtractor):
 @register("inflight-load-producer")
 class InflightLoadProducer(DataLayerPlugin):
     """Accepted for llm-d config compatibility: the director always keeps exact in-flight counts
-    per endpoint (``load-aware-scorer`` reads them), so this plugin has nothing further to do."""
+    per endpoint (``load-aware-scorer`` reads them), so this plugin has nothing further to do.
+    llm-d's parameters are accepted and checked: ``prefixMatchInfoProducerName`` and
+    ``syncCrossReplicaState`` (counts here are per replica) change nothing;
+    ``addEstimatedOutputTokens: true`` (hold estimated output tokens until the response ends) is
+    refused, as this EPP releases an endpoint's tokens at the first response byte."""
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router dataproducer/inflightload/producer.go Config and its factory's checks.
+        if params.boolean("addEstimatedOutputTokens", False):
+            raise params.error(
+                "addEstimatedOutputTokens",
+                "true is not supported: this EPP releases prompt tokens at the first response byte",
+            )
+        params.number("outputRatio", 1.5, minimum=0.0)
+        params.integer("maxEstimatedOutputTokens", 0, minimum=0)
+        params.string("prefixMatchInfoProducerName", "")
+        params.boolean("syncCrossReplicaState", True)
         return cls(name)
 
 

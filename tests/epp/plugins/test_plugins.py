@@ -140,17 +140,76 @@ def test_token_load_scorer_reads_unanswered_prompt_tokens() -> None:
         endpoint("full", pending_tokens=4000),
         endpoint("over", pending_tokens=9000, in_flight=1),
     ]
-    assert _score("token-load-scorer", pool, {"queueThresholdTokens": 4000}) == [1.0, 0.75, 0.0, 0.0]
+    # an empty prompt adds no tokens of its own (see the next test for the request's own share)
+    assert _score("token-load-scorer", pool, {"queueThresholdTokens": 4000}, prompt="") == [
+        1.0,
+        0.75,
+        0.0,
+        0.0,
+    ]
     # llm-d's default threshold (4 Mi tokens) barely separates small prompts
-    default = _score("token-load-scorer", pool[:2])
+    default = _score("token-load-scorer", pool[:2], prompt="")
     assert default[0] == 1.0 and 0.999 < default[1] < 1.0
     # in-flight requests that answered already (decode) weigh nothing
     assert _score(
-        "token-load-scorer", [endpoint("a", in_flight=9), endpoint("b")], {"queueThresholdTokens": 10}
+        "token-load-scorer",
+        [endpoint("a", in_flight=9), endpoint("b")],
+        {"queueThresholdTokens": 10},
+        prompt="",
     ) == [
         1.0,
         1.0,
     ]
+
+
+def test_token_load_scorer_adds_the_requests_own_uncached_tokens() -> None:
+    """llm-d-router's token-load scorer adds the request's own uncached prompt tokens on each
+    endpoint (UncachedRequestTokens from the inflight-load-producer): an endpoint caching more of
+    the prompt scores higher at equal load. Without a prefix match: the whole prompt (4 bytes/token)."""
+    from epp.plugins.prefix import PrefixMatch
+
+    pool = [endpoint("cold", pending_tokens=100), endpoint("warm", pending_tokens=100)]
+    scorer = create("token-load-scorer", "t", {"queueThresholdTokens": 1000})
+    request = scheduling_request("x" * 1600)  # 400 tokens
+    assert scorer.score(request, pool) == pytest.approx([0.5, 0.5])
+    request.state["approx-prefix-cache-producer"] = PrefixMatch(
+        hashes=[0] * 6, block_tokens=64, prompt_tokens=400, matched_blocks={pool[1].hostport: 5}
+    )
+    # warm has 5 x 64 = 320 of the 400 tokens cached: 100 + 80 tokens of load
+    assert scorer.score(request, pool) == pytest.approx([0.5, 0.82])
+
+
+def test_in_flight_load_producer_name_is_taken_as_llm_d_does() -> None:
+    """active-request-scorer and token-load-scorer name their inflight-load-producer
+    (inFlightLoadProducerName); the name must refer to one."""
+    producer = create("inflight-load-producer", "counts", None)
+    for type_name in ("active-request-scorer", "token-load-scorer"):
+        scorer = create(type_name, "s", {"inFlightLoadProducerName": "counts"})
+        scorer.resolve({"counts": producer})
+        with pytest.raises(ConfigError, match="'ghost' is not a configured inflight-load-producer"):
+            create(type_name, "s", {"inFlightLoadProducerName": "ghost"}).resolve({"counts": producer})
+
+
+def test_in_flight_load_producer_takes_llm_d_parameters() -> None:
+    """llm-d-router's inflight-load-producer Config; holding output tokens to the end is refused."""
+    create(
+        "inflight-load-producer",
+        "p",
+        {
+            "addEstimatedOutputTokens": False,
+            "outputRatio": 2.0,
+            "maxEstimatedOutputTokens": 512,
+            "prefixMatchInfoProducerName": "approx-prefix-cache-producer",
+            "syncCrossReplicaState": False,
+        },
+    )
+    for params, message in (
+        ({"addEstimatedOutputTokens": True}, "not supported"),
+        ({"outputRatio": -1}, "'outputRatio' must be >= 0.0"),
+        ({"maxEstimatedOutputTokens": -1}, "'maxEstimatedOutputTokens' must be >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            create("inflight-load-producer", "p", params)
 
 
 @pytest.mark.parametrize(
