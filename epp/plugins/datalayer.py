@@ -94,6 +94,8 @@ class EndpointNotificationSource(EndpointNotifier, EndpointSetObserver):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router source/notifications/factory.go EndpointSourceFactory ignores parameters.
+        params.ignore_all()
         return cls(name)
 
     def attach(self, extractor: EndpointExtractor) -> None:

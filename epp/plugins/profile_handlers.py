@@ -40,6 +40,7 @@ class SingleProfileHandler(ProfileHandler):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        params.ignore_all()  # llm-d-router's factory never decodes parameters
         return cls(name)
 
     def validate_profiles(self, profile_names: Sequence[str]) -> None:
@@ -108,6 +109,7 @@ class AlwaysDisaggDecider(Decider):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        params.ignore_all()  # llm-d-router's factory never decodes parameters
         return cls(name)
 
     def disaggregate(self, request: SchedulingRequest, decode_target: Endpoint) -> bool:

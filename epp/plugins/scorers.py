@@ -41,6 +41,8 @@ def _check_in_flight_producer(owner: Plugin, wanted: str | None, plugins: Mappin
 class _Stateless(Scorer):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router's factories of these scorers never decode parameters: any are accepted.
+        params.ignore_all()
         return cls(name)
 
 

@@ -20,6 +20,33 @@ def _names(endpoints: object) -> list[str]:
     return [e.name for e in endpoints]
 
 
+@pytest.mark.parametrize(
+    "type_name",
+    [
+        "queue-scorer",
+        "running-requests-size-scorer",
+        "kv-cache-utilization-scorer",
+        "lora-affinity-scorer",
+        "prefill-filter",
+        "decode-filter",
+        "encode-filter",
+        "single-profile-handler",
+        "always-disagg-pd-decider",
+        "endpoint-notification-source",
+        "openai-parser",
+        "vllmhttp-parser",
+    ],
+)
+def test_types_whose_llm_d_factory_ignores_parameters_load_with_any(
+    type_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llm-d-router's factories for these types take ``_ *json.Decoder``: strict decoding never
+    runs, so a config carrying parameters for them loads there. It loads here too, with a warning."""
+    with caplog.at_level("WARNING"):
+        create(type_name, "x", {"hashBlockSize": 64, "threshold": 0.1})
+    assert "takes no parameters; ignoring 'hashBlockSize', 'threshold'" in caplog.text
+
+
 # ---- filters ---------------------------------------------------------------------------------
 ROLES = [
     "prefill",
