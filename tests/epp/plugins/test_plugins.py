@@ -384,6 +384,41 @@ def test_utilization_detector() -> None:
     assert detector.is_saturated([], now)
 
 
+def test_utilization_detector_headroom_is_the_filters_only() -> None:
+    """llm-d-router sheds sheddable requests at Saturation >= 1.0 (requestcontrol/admission.go);
+    headroom widens only the filter's per-endpoint limits."""
+    detector = create("utilization-detector", "d", {"queueDepthThreshold": 4, "headroom": 0.5})
+    now = time.monotonic()
+    full = [endpoint("a", waiting=4), endpoint("b", waiting=4)]
+    assert detector.pool_saturation(full, now) == pytest.approx(1.0)
+    assert detector.is_saturated(full, now)
+
+
+def test_utilization_detector_is_a_fail_open_filter() -> None:
+    """llm-d-router's utilization-detector is also a Filter (utilization/detector.go): stale
+    endpoints and those at queueDepthThreshold or kvCacheUtilThreshold x (1 + headroom) are
+    dropped, unless that drops every endpoint."""
+    detector = create(
+        "utilization-detector", "d", {"queueDepthThreshold": 4, "kvCacheUtilThreshold": 0.5, "headroom": 0.5}
+    )
+    pool = [
+        endpoint("ok", waiting=5, kv=0.7),
+        endpoint("queue", waiting=6),
+        endpoint("kv", kv=0.75),
+        endpoint("stale", fresh=False),
+        endpoint("burst", pending=6),
+    ]
+    assert _names(detector.filter(scheduling_request(), pool)) == ["ok"]
+    assert _names(detector.filter(scheduling_request(), pool[1:])) == ["queue", "kv", "stale", "burst"]
+
+
+def test_concurrency_detector_filter_limit_is_truncated_as_llm_d() -> None:
+    """llm-d-router's Filter limit is int64(maxConcurrency x (1 + headroom)): 3 x 1.5 admits below 4."""
+    detector = create("concurrency-detector", "d", {"maxConcurrency": 3, "headroom": 0.5})
+    pool = [endpoint("three", in_flight=3), endpoint("four", in_flight=4)]
+    assert _names(detector.filter(scheduling_request(), pool)) == ["three"]
+
+
 def test_concurrency_detector_modes() -> None:
     now = time.monotonic()
     # two pods: one with 3 requests in flight (all decoding), one with 1 still in prefill
@@ -404,7 +439,8 @@ def test_concurrency_detector_modes() -> None:
         "d",
         {"concurrencyMode": "hybrid", "maxConcurrency": 4, "maxTokenConcurrency": 500},
     )
-    assert hybrid.pool_saturation(pool, now) == pytest.approx(0.8)  # tokens 800/1000 > requests 4/8
+    # llm-d's hybrid: the mean of each pod's larger ratio: a max(3/4, 0), b max(1/4, 800/500)
+    assert hybrid.pool_saturation(pool, now) == pytest.approx((0.75 + 1.6) / 2)
     assert _names(hybrid.filter(scheduling_request(), pool)) == ["a"]  # b is at its token limit
     assert hybrid.is_saturated([], now)
 
