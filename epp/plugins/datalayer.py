@@ -61,7 +61,7 @@ class CoreMetricsExtractor(MetricsExtractor):
 @register("inflight-load-producer")
 class InflightLoadProducer(DataLayerPlugin):
     """Accepted for llm-d config compatibility: the director always keeps exact in-flight counts
-    per endpoint (``load-aware-scorer`` reads them), so this plugin has nothing further to do.
+    per endpoint (``active-request-scorer`` reads them), so this plugin has nothing further to do.
     llm-d's parameters are accepted and checked: ``prefixMatchInfoProducerName`` and
     ``syncCrossReplicaState`` (counts here are per replica) change nothing;
     ``addEstimatedOutputTokens: true`` (hold estimated output tokens until the response ends) is

@@ -76,9 +76,12 @@ class KvCacheUtilizationScorer(_Stateless):
 
 @register("load-aware-scorer")
 class LoadAwareScorer(Scorer):
-    """Scores by the EPP's own in-flight count to each endpoint, which (unlike scraped queue
-    metrics) is current to the request. llm-d's shape: idle → 0.5, at or above ``threshold`` → 0,
-    linear in between, so an idle pod never outweighs a full-weight cache hit."""
+    """llm-d's shape on the request queue: empty queue → 0.5, at or above ``threshold`` → 0,
+    linear in between, so an idle pod never outweighs a full-weight cache hit. The queue is
+    :attr:`Endpoint.queue_depth`, as for ``queue-scorer``: the scraped ``vllm:num_requests_waiting``
+    (what llm-d reads) or, when larger, the requests this EPP sent there that have not answered a
+    byte yet, so a burst between two scrapes counts at once. Requests already running (decoding)
+    do not count, as in llm-d."""
 
     def __init__(self, name: str, threshold: int) -> None:
         super().__init__(name)
@@ -86,16 +89,18 @@ class LoadAwareScorer(Scorer):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
-        # llm-d's default threshold is not confirmed in our reference notes; 128 is the value its
-        # load-aware scorer documents for the queue threshold.
+        # llm-d-router scorer/loadaware/load_aware.go: QueueThresholdDefault = 128.
         return cls(name, params.integer("threshold", 128, minimum=1))
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        # llm-d-router scorer/loadaware/load_aware.go Score reads WaitingQueueSize; we read the
+        # in-flight count until now, so a pod busy decoding scored as if its queue were full.
         threshold = self.threshold
-        return [
-            0.5 * (1.0 - endpoint.in_flight / threshold) if endpoint.in_flight < threshold else 0.0
-            for endpoint in endpoints
-        ]
+        scores = []
+        for endpoint in endpoints:
+            queue = endpoint.queue_depth
+            scores.append(0.5 * (1.0 - queue / threshold) if queue < threshold else 0.0)
+        return scores
 
 
 @register("lora-affinity-scorer")

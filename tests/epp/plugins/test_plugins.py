@@ -266,14 +266,20 @@ def test_kv_cache_utilization_scorer() -> None:
     ]
 
 
-def test_load_aware_scorer_uses_epp_in_flight() -> None:
+def test_load_aware_scorer_reads_the_queue() -> None:
+    """llm-d-router's load-aware-scorer reads the waiting queue (WaitingQueueSize); ours the same
+    queue as queue-scorer (scraped, or this EPP's unanswered dispatches when larger)."""
     pool = [
         endpoint("idle"),
-        endpoint("half", in_flight=5),
-        endpoint("full", in_flight=10),
-        endpoint("over", in_flight=50),
+        endpoint("half", waiting=5),
+        endpoint("full", pending=10),
+        endpoint("over", waiting=50),
     ]
     assert _score("load-aware-scorer", pool, {"threshold": 10}) == [0.5, 0.25, 0.0, 0.0]
+    # requests that are running (decoding, answered already) are no queue
+    assert _score("load-aware-scorer", [endpoint("busy", in_flight=50, running=50)], {"threshold": 10}) == [
+        0.5
+    ]
 
 
 def test_active_request_scorer() -> None:
