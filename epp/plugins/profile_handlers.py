@@ -396,6 +396,10 @@ class PrefillHeaderHandler(PreRequest):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router disagg_headers_handler.go disaggHeadersHandlerParameters also names the
+        # encode profile (default "encode") whose picks go in the encoder header. This EPP runs no
+        # encode profile (E/P/D is refused), so the name is checked and has nothing to name.
+        params.string("encodeProfile", "encode")
         return cls(name, params.string("prefillProfile", "prefill"))
 
     def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:

@@ -593,6 +593,15 @@ def test_pd_profile_handler_reads_the_named_prefix_producer() -> None:
         )
 
 
+@pytest.mark.parametrize("type_name", ["prefill-header-handler", "disagg-headers-handler"])
+def test_header_handlers_take_llm_d_parameters(type_name: str) -> None:
+    """llm-d-router's headers handler decodes prefillProfile and encodeProfile."""
+    handler = create(type_name, "h", {"prefillProfile": "pre", "encodeProfile": "enc"})
+    assert handler.prefill_profile == "pre"
+    with pytest.raises(ConfigError, match="'encodeProfile' must be a non-empty string"):
+        create(type_name, "h", {"encodeProfile": 3})
+
+
 def test_single_profile_handler() -> None:
     handler = create("single-profile-handler", "h", None)
     with pytest.raises(ConfigError, match="exactly one profile"):
