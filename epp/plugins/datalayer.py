@@ -20,22 +20,43 @@ from epp.scheduling.registry import register
 
 @register("metrics-data-source")
 class MetricsDataSource(MetricsSource):
-    """Where to GET each endpoint's Prometheus metrics: ``scheme://ip:metricsPort/path``."""
+    """Where to GET each endpoint's Prometheus metrics: ``scheme://ip:metricsPort/path``.
+    ``port`` (llm-d's) scrapes every endpoint on that port instead; ``interval`` (a duration)
+    scrapes every that long, rounded to a multiple of ``--refresh-metrics-interval`` (at least
+    one). ``caCertPath``, ``clientCertPath`` and ``clientKeyPath`` are refused: this EPP does not
+    verify or present scrape certificates."""
 
-    def __init__(self, name: str, scheme: str, path: str, insecure_skip_verify: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        scheme: str,
+        path: str,
+        insecure_skip_verify: bool,
+        port: int | None = None,
+        interval: float | None = None,
+    ) -> None:
         super().__init__(name)
         self.scheme, self.path, self.insecure_skip_verify = scheme, path, insecure_skip_verify
+        self.port, self.interval = port, interval
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         path = params.string("path", "/metrics")
         if not path.startswith("/"):
             raise params.error("path", f"must start with '/', got {path!r}")
+        # llm-d-router source/metrics/datasource.go metricsDatasourceParams.
+        for key in ("caCertPath", "clientCertPath", "clientKeyPath"):
+            if params.string(key, ""):
+                raise params.error(key, "is not supported: this EPP scrapes without certificates")
+        port = params.integer("port", 0, minimum=1, maximum=65535) if params.has("port") else None
+        interval = params.duration("interval", 0.0) or None
         return cls(
             name,
             params.string("scheme", "http", choices=("http", "https")),
             path,
             params.boolean("insecureSkipVerify", True),
+            port,
+            interval,
         )
 
 

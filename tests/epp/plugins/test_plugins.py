@@ -47,6 +47,29 @@ def test_types_whose_llm_d_factory_ignores_parameters_load_with_any(
     assert "takes no parameters; ignoring 'hashBlockSize', 'threshold'" in caplog.text
 
 
+def test_metrics_data_source_takes_llm_d_port_and_interval() -> None:
+    """llm-d-router's metrics-data-source decodes port and interval (and TLS file paths, which
+    this EPP refuses by name instead of as unknown keys)."""
+    from epp.runtime import scrape_interval
+
+    source = create("metrics-data-source", "m", {"port": 9090, "interval": "1s"})
+    assert (source.port, source.interval) == (9090, 1.0)
+    default = create("metrics-data-source", "m", None)
+    assert (default.port, default.interval) == (None, None)
+    # rounded to the nearest multiple of the base tick, at least one (interval_dispatcher.go)
+    assert scrape_interval(0.05, None) == 0.05
+    assert scrape_interval(0.05, 1.0) == pytest.approx(1.0)
+    assert scrape_interval(0.05, 0.12) == pytest.approx(0.1)
+    assert scrape_interval(0.05, 0.01) == pytest.approx(0.05)
+    for params, message in (
+        ({"port": 0}, "'port' must be >= 1"),
+        ({"port": 70000}, "'port' must be <= 65535"),
+        ({"caCertPath": "/etc/ca.pem"}, "'caCertPath' is not supported"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            create("metrics-data-source", "m", params)
+
+
 # ---- filters ---------------------------------------------------------------------------------
 ROLES = [
     "prefill",
