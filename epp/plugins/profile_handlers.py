@@ -31,6 +31,7 @@ from epp.scheduling.registry import register
 log = logging.getLogger(__name__)
 
 PREFILLER_HEADER = "x-prefiller-host-port"
+DEFAULT_PD_DECIDER = "prefix-based-pd-decider"  # pd-profile-handler's default decider, by name
 DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
 
 
@@ -293,10 +294,12 @@ class _UncachedBytesDecider(Decider):
 class PdProfileHandler(DisaggProfileHandler):
     """llm-d's deprecated P/D handler, in both of its parameter generations:
 
-    * ``deciderPluginName``: a decider plugin decides (llm-d's later form; its default there is
-      ``always-disagg-pd-decider``);
+    * ``deciderPluginName``: a decider plugin decides (llm-d's later form). Its default there is
+      the plugin named ``prefix-based-pd-decider``: with neither ``deciderPluginName`` nor
+      ``threshold`` given, a decider of that name, if configured, decides;
     * ``threshold``: disaggregate when the prompt bytes not cached on the chosen decode endpoint
-      reach ``threshold``; ``0`` means always disaggregate (as upstream: the check is skipped).
+      reach ``threshold``; ``0`` (or neither parameter and no such decider) means always
+      disaggregate (as upstream: the check is skipped).
       ``hashBlockSize`` is accepted for compatibility; the prefix producer's block size governs
       the cached-length estimate, so scoring and this decision always agree.
 
@@ -315,8 +318,11 @@ class PdProfileHandler(DisaggProfileHandler):
         decider_name: str | None,
         primary_port: int | None,
         producer_name: str | None = None,
+        default_decider: bool = False,
     ) -> None:
         super().__init__(name, decode_profile, prefill_profile, decider_name)
+        # Neither deciderPluginName nor threshold given: a plugin named DEFAULT_PD_DECIDER decides.
+        self.default_decider = default_decider
         self.threshold = threshold
         self.prefix_plugin = prefix_plugin
         self.producer_name = producer_name
@@ -331,6 +337,7 @@ class PdProfileHandler(DisaggProfileHandler):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         threshold = params.integer("threshold", 0, minimum=0)
+        defaults = not params.has("threshold") and not params.has("deciderPluginName")
         params.integer("hashBlockSize", 64, minimum=1)
         params.string("prefixPluginType", "prefix-cache-scorer")
         decider_name = params.string("deciderPluginName", "") or None
@@ -348,9 +355,14 @@ class PdProfileHandler(DisaggProfileHandler):
             # llm-d-router pd_profile_handler.go PdProfileHandlerParameters: the producer whose
             # prefix-match info the handler reads.
             producer_name=params.string("prefixMatchInfoProducerName", "") or None,
+            default_decider=defaults,
         )
 
     def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        if self.default_decider and isinstance(plugins.get(DEFAULT_PD_DECIDER), Decider):
+            # llm-d-router pd_profile_handler.go: DeciderPluginName defaults to
+            # defaultDeciderPluginName, the plugin named prefix-based-pd-decider.
+            self.decider_name = DEFAULT_PD_DECIDER
         if self.decider_name is not None:
             super().resolve(plugins)
             return

@@ -625,6 +625,27 @@ def test_header_handlers_take_llm_d_parameters(type_name: str) -> None:
         create(type_name, "h", {"encodeProfile": 3})
 
 
+def test_pd_profile_handler_defaults_to_the_decider_named_prefix_based_pd_decider() -> None:
+    """llm-d-router's pd-profile-handler defaults deciderPluginName to the plugin named
+    prefix-based-pd-decider (pd_profile_handler.go defaultDeciderPluginName). Without such a
+    plugin and without threshold, the older generation's rule stays: always disaggregate."""
+    profiles = {
+        "decode": _profile("decode", "decode-filter"),
+        "prefill": _profile("prefill", "prefill-filter"),
+    }
+    declines = _Fixed(False)
+    handler = create("pd-profile-handler", "h", None)
+    handler.resolve({"prefix-based-pd-decider": declines})
+    result = _run(handler, profiles, POOL)
+    assert declines.asked_with == ["d0"] and set(result.results) == {"decode"}
+    older = create("pd-profile-handler", "h", None)
+    older.resolve({})
+    assert _run(older, profiles, POOL).results["prefill"] is not None
+    explicit = create("pd-profile-handler", "h", {"threshold": 0})  # threshold given: no default
+    explicit.resolve({"prefix-based-pd-decider": _Fixed(False)})
+    assert _run(explicit, profiles, POOL).results["prefill"] is not None
+
+
 def test_single_profile_handler() -> None:
     handler = create("single-profile-handler", "h", None)
     with pytest.raises(ConfigError, match="exactly one profile"):
