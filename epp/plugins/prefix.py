@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 BYTES_PER_TOKEN = 4
 MIN_BLOCK_TOKENS = 64  # llm-d clamps smaller block sizes to 64 tokens at request time
 DEFAULT_LRU_CAPACITY_PER_SERVER = 31250
+DEFAULT_MAX_PREFIX_TOKENS = 131072  # llm-d-router approximateprefix defaultMaxPrefixTokens
+UNLIMITED_BLOCKS = 2**62  # maxPrefixTokensToMatch: 0 and maxPrefixBlocksToMatch: 0
 PRODUCER_TYPE = "approx-prefix-cache-producer"
 # The data key of a request's prefix-match info (llm-d's PrefixCacheMatchInfo): written by a prefix
 # producer, read by prefix-cache-scorer and the P/D deciders.
@@ -267,7 +269,9 @@ class PrefixMatchProducer(DataProducer):
 @register(PRODUCER_TYPE, default_producer=True)
 class ApproxPrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointSetObserver):
     """Guesses each endpoint's prefix cache from the EPP's own routing history: chained block hashes of
-    the prompt (about 4 bytes per token) and an LRU index per endpoint, updated after each decision."""
+    the prompt (about 4 bytes per token) and an LRU index per endpoint, updated after each decision.
+    At most ``maxPrefixTokensToMatch`` (131072) of the prompt is hashed; as in llm-d,
+    ``maxPrefixBlocksToMatch`` counts only when that is 0 (and 0 blocks is then no limit)."""
 
     deferrable = True  # the index update is bookkeeping for later requests
 
@@ -295,9 +299,23 @@ class ApproxPrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointSetObse
         block_tokens = max(MIN_BLOCK_TOKENS, params.integer("blockSize", block_tokens, minimum=1))
         block_bytes = legacy_block_chars or block_tokens * BYTES_PER_TOKEN
         tokens_per_block = max(1, block_bytes // BYTES_PER_TOKEN)
-        max_blocks = params.integer("maxPrefixBlocksToMatch", 2048, minimum=1)
-        if params.has("maxPrefixTokensToMatch"):  # takes precedence, as in llm-d
-            max_blocks = max(1, params.integer("maxPrefixTokensToMatch", 0, minimum=1) // tokens_per_block)
+        if legacy_block_chars:
+            # GIE's character blocks came with a block cap only.
+            max_blocks = params.integer("maxPrefixBlocksToMatch", 2048, minimum=1)
+            if params.has("maxPrefixTokensToMatch"):
+                max_blocks = max(
+                    1, params.integer("maxPrefixTokensToMatch", 0, minimum=1) // tokens_per_block
+                )
+        else:
+            # llm-d-router approximateprefix resolveMaxBlocks: maxPrefixTokensToMatch (default
+            # 131072) takes precedence whenever it is > 0, so maxPrefixBlocksToMatch counts only
+            # with maxPrefixTokensToMatch: 0, and then 0 blocks means no limit.
+            max_tokens = params.integer("maxPrefixTokensToMatch", DEFAULT_MAX_PREFIX_TOKENS, minimum=0)
+            max_blocks = params.integer("maxPrefixBlocksToMatch", 2048, minimum=0)
+            if max_tokens > 0:
+                max_blocks = max_tokens // tokens_per_block
+            elif max_blocks == 0:
+                max_blocks = UNLIMITED_BLOCKS
         return cls(
             name,
             block_bytes=block_bytes,

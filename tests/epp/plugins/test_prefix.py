@@ -182,6 +182,17 @@ def test_block_size_is_clamped_to_64_tokens_and_legacy_size_is_in_characters() -
     assert _producer(maxPrefixTokensToMatch=1000, blockSizeTokens=100).max_blocks == 10
 
 
+def test_max_prefix_tokens_takes_precedence_as_in_llm_d() -> None:
+    """llm-d-router's resolveMaxBlocks: maxPrefixTokensToMatch (default 131072) wins whenever it
+    is > 0; maxPrefixBlocksToMatch applies only with maxPrefixTokensToMatch: 0, where 0 blocks is
+    no limit. GIE's legacy hashBlockSize keeps its block cap."""
+    assert _producer().max_blocks == 131072 // 64
+    assert _producer(maxPrefixBlocksToMatch=256).max_blocks == 131072 // 64
+    assert _producer(maxPrefixTokensToMatch=0, maxPrefixBlocksToMatch=256).max_blocks == 256
+    assert _producer(maxPrefixTokensToMatch=0, maxPrefixBlocksToMatch=0).max_blocks >= 2**62
+    assert _producer(hashBlockSize=64, maxPrefixBlocksToMatch=256).max_blocks == 256
+
+
 def test_producer_scorer_and_pre_request_make_prefixes_stick() -> None:
     producer = _producer(hashBlockSize=8)
     scorer = create("prefix-cache-scorer", "prefix-cache-scorer", None)
