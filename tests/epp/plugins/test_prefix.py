@@ -193,6 +193,31 @@ def test_max_prefix_tokens_takes_precedence_as_in_llm_d() -> None:
     assert _producer(hashBlockSize=64, maxPrefixBlocksToMatch=256).max_blocks == 256
 
 
+def test_auto_tune_hashes_in_the_servers_kv_block_size() -> None:
+    """llm-d-router approximateprefix GetBlockSize: with autoTune the servers' reported block size
+    (at least 64 tokens) is the hash block; the token cap is divided by it (resolveMaxBlocks)."""
+    served = endpoint("a")
+    served.metrics = EndpointMetrics(block_size=128, num_gpu_blocks=10, updated_at=1.0)
+    prompt = "y" * 4096  # 1024 tokens: 8 blocks of 128, 16 of 64
+    for params, pool, tokens, blocks in (
+        ({}, [endpoint("new"), served], 128, 8),
+        ({}, [endpoint("new")], 64, 16),  # nothing reported yet: the configured size
+        ({"autoTune": False}, [served], 64, 16),
+        ({"maxPrefixTokensToMatch": 512}, [served], 128, 4),
+    ):
+        producer = _producer(**params)
+        request = scheduling_request(prompt)
+        producer.produce(request, pool)
+        match = request.state[producer.name]
+        assert (match.block_tokens, match.block_bytes, len(match.hashes)) == (tokens, tokens * 4, blocks)
+    small = endpoint("s")
+    small.metrics = EndpointMetrics(block_size=16, updated_at=1.0)
+    producer = _producer()
+    request = scheduling_request(prompt)
+    producer.produce(request, [small])
+    assert request.state[producer.name].block_tokens == 64  # clamped, as upstream
+
+
 def test_producer_scorer_and_pre_request_make_prefixes_stick() -> None:
     producer = _producer(hashBlockSize=8)
     scorer = create("prefix-cache-scorer", "prefix-cache-scorer", None)
