@@ -46,8 +46,10 @@ MODEL_REWRITE_HEADERS = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rew
 class _Flight:
     endpoint: Endpoint  # whose in_flight count this request holds (the primary, or what served it)
     started: float
-    # Other profiles' picks (the prefill endpoint under P/D) hold a count too until completion,
-    # as llm-d's active-request tracking counts every profile's target.
+    # Other profiles' picks (the prefill endpoint under P/D) hold a count too, until the first
+    # response byte (the prefill is done by then), as llm-d-router's inflight-load-producer
+    # releases the prefill profile's target at StartOfStream (inflightload/producer.go
+    # ResponseBody); or until completion if no byte ever comes.
     others: tuple[Endpoint, ...] = ()
     # Until the first response byte: ``endpoint.pending`` holds one and ``charged`` (the prefill
     # pick under P/D, else the endpoint) holds ``tokens``, the uncached prompt tokens.
@@ -367,6 +369,9 @@ class SchedulingDirector:
         flight.charged = None
         flight.endpoint.pending = max(0, flight.endpoint.pending - 1)
         charged.pending_tokens = max(0, charged.pending_tokens - flight.tokens)
+        for other in flight.others:  # the prefill pick's work ends with the first byte
+            other.in_flight = max(0, other.in_flight - 1)
+        flight.others = ()
 
     def _endpoints_changed(self) -> None:
         live = frozenset(e.hostport for e in self.datastore.endpoints())

@@ -123,6 +123,15 @@ class Runtime:
             await asyncio.sleep(1.0)
 
 
+def scrape_interval(base: float, source_interval: float | None) -> float:
+    """The metrics source's ``interval`` as llm-d-router's interval dispatcher takes it
+    (pkg/epp/datalayer/interval_dispatcher.go): rounded to the nearest multiple of the base tick
+    (``--refresh-metrics-interval``), at least one; unset: every base tick."""
+    if source_interval is None:
+        return base
+    return max(1, round(source_interval / base)) * base
+
+
 def build_runtime(options: RuntimeOptions) -> Runtime:
     """Validate everything that can be validated before start; raises ConfigError."""
     if (options.pool_name is None) == (options.endpoints_file is None):
@@ -161,15 +170,17 @@ def build_runtime(options: RuntimeOptions) -> Runtime:
         wrap_decide=wrap_decide,
     )
     source = config.metrics_source
+    interval = scrape_interval(options.refresh_metrics_interval, source.interval)
     scraper = MetricsScraper(
         datastore,
-        interval=options.refresh_metrics_interval,
+        interval=interval,
         idle_interval=options.refresh_metrics_idle_interval,
         name_filter=options.metrics_name_filter,
         timeout=min(1.0, options.metrics_staleness_threshold),
         scheme=source.scheme,
         path=source.path,
         insecure_skip_verify=source.insecure_skip_verify,
+        port=source.port,
     )
     discovery: _Discovery
     if options.endpoints_file is not None:

@@ -19,8 +19,6 @@ from epp.scheduling.registry import register
 
 _TLS = "the scrape neither verifies nor presents certificates (insecureSkipVerify)"
 _UNSUPPORTED_SOURCE_PARAMETERS = {
-    "port": "each endpoint is scraped on its serving port (or its metricsPort in --endpoints-file)",
-    "interval": "the scrape period is the --refresh-metrics-interval flag",
     "caCertPath": _TLS,
     "clientCertPath": _TLS,
     "clientKeyPath": _TLS,
@@ -29,28 +27,45 @@ _UNSUPPORTED_SOURCE_PARAMETERS = {
 
 @register("metrics-data-source")
 class MetricsDataSource(MetricsSource):
-    """Where to GET each endpoint's Prometheus metrics: ``scheme://ip:metricsPort/path``."""
+    """Where to GET each endpoint's Prometheus metrics: ``scheme://ip:metricsPort/path``.
+    ``port`` (llm-d's) scrapes every endpoint on that port instead; ``interval`` (a duration)
+    scrapes every that long, rounded to a multiple of ``--refresh-metrics-interval`` (at least
+    one). ``caCertPath``, ``clientCertPath`` and ``clientKeyPath`` are refused: this EPP does not
+    verify or present scrape certificates."""
 
-    def __init__(self, name: str, scheme: str, path: str, insecure_skip_verify: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        scheme: str,
+        path: str,
+        insecure_skip_verify: bool,
+        port: int | None = None,
+        interval: float | None = None,
+    ) -> None:
         super().__init__(name)
         self.scheme, self.path, self.insecure_skip_verify = scheme, path, insecure_skip_verify
+        self.port, self.interval = port, interval
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         path = params.string("path", "/metrics")
         if not path.startswith("/"):
             raise params.error("path", f"must start with '/', got {path!r}")
-        # llm-d-router's newer metrics-data-source parameters (source/metrics/datasource.go), not
-        # implemented here: refused by name with the way to get the same, not as unknown keys.
+        # llm-d-router source/metrics/datasource.go metricsDatasourceParams: port and interval are
+        # taken; the TLS file paths are refused by name, with the way to get the same.
         for key, instead in _UNSUPPORTED_SOURCE_PARAMETERS.items():
             if params.has(key):
                 params.raw(key)
                 raise params.error(key, f"is llm-d's but not supported by this EPP: {instead}")
+        port = params.integer("port", 0, minimum=1, maximum=65535) if params.has("port") else None
+        interval = params.duration("interval", 0.0) or None
         return cls(
             name,
             params.string("scheme", "http", choices=("http", "https")),
             path,
             params.boolean("insecureSkipVerify", True),
+            port,
+            interval,
         )
 
 
@@ -83,22 +98,23 @@ class CoreMetricsExtractor(MetricsExtractor):
 @register("inflight-load-producer")
 class InflightLoadProducer(DataLayerPlugin):
     """Accepted for llm-d config compatibility: the director always keeps exact in-flight counts
-    per endpoint (``load-aware-scorer`` reads them), so this plugin has nothing further to do."""
+    per endpoint (``active-request-scorer`` reads them), so this plugin has nothing further to do.
+    llm-d's parameters are accepted and checked: ``prefixMatchInfoProducerName`` and
+    ``syncCrossReplicaState`` (counts here are per replica) change nothing;
+    ``addEstimatedOutputTokens: true`` (hold estimated output tokens until the response ends) is
+    refused, as this EPP releases an endpoint's tokens at the first response byte."""
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
-        # llm-d-router's parameters (dataproducer/inflightload/producer.go Config), refused as
-        # unknown keys before. Output-token estimates would change the token counts
-        # token-load-scorer reads, so only their off state is accepted; the rest have no effect
-        # here (one replica's counts, the director's own prompt accounting).
+        # llm-d-router dataproducer/inflightload/producer.go Config and its factory's checks.
         if params.boolean("addEstimatedOutputTokens", False):
             raise params.error(
                 "addEstimatedOutputTokens",
-                "is not supported: in-flight tokens here are the uncached prompt tokens only",
+                "true is not supported: this EPP releases prompt tokens at the first response byte",
             )
-        params.number("outputRatio", 0.0, minimum=0.0)
+        params.number("outputRatio", 1.5, minimum=0.0)
         params.integer("maxEstimatedOutputTokens", 0, minimum=0)
-        params.string("prefixMatchInfoProducerName", "approx-prefix-cache-producer")
+        params.string("prefixMatchInfoProducerName", "")
         params.boolean("syncCrossReplicaState", True)
         return cls(name)
 
@@ -115,6 +131,8 @@ class EndpointNotificationSource(EndpointNotifier, EndpointSetObserver):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router source/notifications/factory.go EndpointSourceFactory ignores parameters.
+        params.ignore_all()
         return cls(name)
 
     def attach(self, extractor: EndpointExtractor) -> None:

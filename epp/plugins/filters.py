@@ -30,6 +30,8 @@ class _RoleFilter(Filter):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router filter/bylabel/roles.go: the role filters' factories ignore parameters.
+        params.ignore_all()
         return cls(name)
 
 

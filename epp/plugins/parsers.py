@@ -18,6 +18,8 @@ from epp.scheduling.registry import register
 class RequestParser(Plugin):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router's parser factories never decode parameters: any are accepted.
+        params.ignore_all()
         return cls(name)
 
 

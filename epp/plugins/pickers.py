@@ -61,7 +61,9 @@ class RandomPicker(_CountedPicker):
 @register("weighted-random-picker")
 class WeightedRandomPicker(_CountedPicker):
     """A-Res weighted sampling without replacement: key = U^(1/score), take the largest keys.
-    Endpoints scoring <= 0 are never picked unless every score is <= 0 (then: uniform)."""
+    Endpoints scoring <= 0 come after every positive one (key 0), in random order: never the
+    primary while any score is positive, but still fallbacks when ``maxNumOfEndpoints`` asks for
+    more than score above 0. Every score <= 0: uniform."""
 
     def pick(
         self, request: SchedulingRequest, endpoints: Sequence[Endpoint], scores: Sequence[float]
@@ -74,4 +76,10 @@ class WeightedRandomPicker(_CountedPicker):
             uniform = self.rng.random
             keyed = sorted(positive, key=lambda i: uniform() ** (1.0 / scores[i]), reverse=True)
             chosen = keyed[:count]
+            if len(chosen) < count:
+                # llm-d-router picker/weightedrandom/picker.go Pick: a score <= 0 gets key 0 and
+                # stays in the list sorted by key, so it fills the slots after the positive ones
+                # (in no particular order: sort.Slice is not stable).
+                rest = [i for i, score in enumerate(scores) if not score > 0]
+                chosen += self.rng.sample(rest, count - len(chosen))
         return ProfileResult(tuple(endpoints[i] for i in chosen), tuple(scores[i] for i in chosen))

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 BYTES_PER_TOKEN = 4
 MIN_BLOCK_TOKENS = 64  # llm-d clamps smaller block sizes to 64 tokens at request time
 DEFAULT_LRU_CAPACITY_PER_SERVER = 31250
+DEFAULT_MAX_PREFIX_TOKENS = 131072  # llm-d-router approximateprefix defaultMaxPrefixTokens
+UNLIMITED_BLOCKS = 2**62  # maxPrefixTokensToMatch: 0 and maxPrefixBlocksToMatch: 0
 PRODUCER_TYPE = "approx-prefix-cache-producer"
 # The data key of a request's prefix-match info (llm-d's PrefixCacheMatchInfo): written by a prefix
 # producer, read by prefix-cache-scorer and the P/D deciders.
@@ -267,7 +269,11 @@ class PrefixMatchProducer(DataProducer):
 @register(PRODUCER_TYPE, default_producer=True)
 class ApproxPrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointSetObserver):
     """Guesses each endpoint's prefix cache from the EPP's own routing history: chained block hashes of
-    the prompt (about 4 bytes per token) and an LRU index per endpoint, updated after each decision."""
+    the prompt (about 4 bytes per token) and an LRU index per endpoint, updated after each decision.
+    At most ``maxPrefixTokensToMatch`` (131072) of the prompt is hashed; as in llm-d,
+    ``maxPrefixBlocksToMatch`` counts only when that is 0 (and 0 blocks is then no limit). With
+    ``autoTune`` (default) a block is the model servers' own KV block size once scraped
+    (``vllm:cache_config_info``; still at least 64 tokens), as in llm-d."""
 
     deferrable = True  # the index update is bookkeeping for later requests
 
@@ -279,12 +285,18 @@ class ApproxPrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointSetObse
         max_blocks: int,
         lru_capacity: int,
         auto_tune: bool,
+        max_tokens: int = 0,
+        server_block_size: bool = False,
     ) -> None:
         super().__init__(name)
         self.block_bytes = block_bytes
         self.block_tokens = max(1, block_bytes // BYTES_PER_TOKEN)
         self.max_blocks = max_blocks
         self.auto_tune = auto_tune
+        # The token cap max_blocks came from (0: the block cap rules), for other block sizes.
+        self.max_tokens = max_tokens
+        # autoTune on a token block size: hash in the servers' KV block size when they report one.
+        self.server_block_size = server_block_size and auto_tune
         self.index = PrefixIndex(lru_capacity)
         self.chains = ChainCache()
 
@@ -295,27 +307,59 @@ class ApproxPrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointSetObse
         block_tokens = max(MIN_BLOCK_TOKENS, params.integer("blockSize", block_tokens, minimum=1))
         block_bytes = legacy_block_chars or block_tokens * BYTES_PER_TOKEN
         tokens_per_block = max(1, block_bytes // BYTES_PER_TOKEN)
-        max_blocks = params.integer("maxPrefixBlocksToMatch", 2048, minimum=1)
-        if params.has("maxPrefixTokensToMatch"):  # takes precedence, as in llm-d
-            max_blocks = max(1, params.integer("maxPrefixTokensToMatch", 0, minimum=1) // tokens_per_block)
+        max_tokens = 0
+        if legacy_block_chars:
+            # GIE's character blocks came with a block cap only.
+            max_blocks = params.integer("maxPrefixBlocksToMatch", 2048, minimum=1)
+            if params.has("maxPrefixTokensToMatch"):
+                max_blocks = max(
+                    1, params.integer("maxPrefixTokensToMatch", 0, minimum=1) // tokens_per_block
+                )
+        else:
+            # llm-d-router approximateprefix resolveMaxBlocks: maxPrefixTokensToMatch (default
+            # 131072) takes precedence whenever it is > 0, so maxPrefixBlocksToMatch counts only
+            # with maxPrefixTokensToMatch: 0, and then 0 blocks means no limit.
+            max_tokens = params.integer("maxPrefixTokensToMatch", DEFAULT_MAX_PREFIX_TOKENS, minimum=0)
+            max_blocks = params.integer("maxPrefixBlocksToMatch", 2048, minimum=0)
+            if max_tokens > 0:
+                max_blocks = max_tokens // tokens_per_block
+            elif max_blocks == 0:
+                max_blocks = UNLIMITED_BLOCKS
         return cls(
             name,
             block_bytes=block_bytes,
             max_blocks=max_blocks,
             lru_capacity=params.integer("lruCapacityPerServer", DEFAULT_LRU_CAPACITY_PER_SERVER, minimum=1),
             auto_tune=params.boolean("autoTune", True),
+            max_tokens=max_tokens,
+            server_block_size=not legacy_block_chars,
         )
+
+    def _geometry(self, endpoints: Sequence[Endpoint]) -> tuple[int, int, int]:
+        """(tokens a block, its bytes, the block cap) for this request. llm-d-router
+        approximateprefix GetBlockSize: with autoTune, the servers' reported KV block size (we
+        take the first endpoint that reports one; llm-d the first endpoint), at least 64 tokens;
+        resolveMaxBlocks then divides the token cap by it."""
+        if self.server_block_size:
+            reported = next((e.metrics.block_size for e in endpoints if e.metrics.block_size), None)
+            if reported:
+                tokens = max(MIN_BLOCK_TOKENS, reported)
+                if tokens != self.block_tokens:
+                    max_blocks = self.max_tokens // tokens if self.max_tokens else self.max_blocks
+                    return tokens, tokens * BYTES_PER_TOKEN, max_blocks
+        return self.block_tokens, self.block_bytes, self.max_blocks
 
     def produce(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> None:
         prompt = request.prompt_text.encode()
         salt = request.state.get("cache_salt", "")
-        hashes = self.chains.hashes(request.target_model, prompt, self.block_bytes, self.max_blocks, salt)
+        block_tokens, block_bytes, max_blocks = self._geometry(endpoints)
+        hashes = self.chains.hashes(request.target_model, prompt, block_bytes, max_blocks, salt)
         request.state[self.name] = PrefixMatch(
             hashes=hashes,
-            block_tokens=self.block_tokens,
+            block_tokens=block_tokens,
             prompt_tokens=estimate_tokens(prompt),
             matched_blocks=self.index.match_lengths(hashes) if hashes else {},
-            block_bytes=self.block_bytes,
+            block_bytes=block_bytes,
             prompt_bytes=len(prompt),
         )
 
@@ -327,18 +371,18 @@ class ApproxPrefixCacheProducer(PrefixMatchProducer, PreRequest, EndpointSetObse
         for profile_result in result.results.values():
             if profile_result is not None and profile_result.targets:
                 target = profile_result.targets[0]
-                self.index.add(target.hostport, match.hashes, self._capacity(target))
+                self.index.add(target.hostport, match.hashes, self._capacity(target, match.block_tokens))
 
     def endpoints_changed(self, live_hostports: frozenset[str]) -> None:
         for hostport in self.index.endpoints() - live_hostports:
             self.index.remove_endpoint(hostport)
 
-    def _capacity(self, endpoint: Endpoint) -> int | None:
+    def _capacity(self, endpoint: Endpoint, block_tokens: int) -> int | None:
         """With autoTune, size the endpoint's LRU to what its KV cache can really hold."""
         metrics = endpoint.metrics
         if not self.auto_tune or not metrics.num_gpu_blocks or not metrics.block_size:
             return None
-        return max(1, metrics.num_gpu_blocks * metrics.block_size // self.block_tokens)
+        return max(1, metrics.num_gpu_blocks * metrics.block_size // block_tokens)
 
 
 def find_producer(plugins: Mapping[str, Plugin], wanted: str | None, owner: Plugin) -> PrefixMatchProducer:

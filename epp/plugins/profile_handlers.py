@@ -31,6 +31,7 @@ from epp.scheduling.registry import register
 log = logging.getLogger(__name__)
 
 PREFILLER_HEADER = "x-prefiller-host-port"
+DEFAULT_PD_DECIDER = "prefix-based-pd-decider"  # pd-profile-handler's default decider, by name
 DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
 
 
@@ -40,6 +41,7 @@ class SingleProfileHandler(ProfileHandler):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        params.ignore_all()  # llm-d-router's factory never decodes parameters
         return cls(name)
 
     def validate_profiles(self, profile_names: Sequence[str]) -> None:
@@ -108,92 +110,114 @@ class AlwaysDisaggDecider(Decider):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        params.ignore_all()  # llm-d-router's factory never decodes parameters
         return cls(name)
 
     def disaggregate(self, request: SchedulingRequest, decode_target: Endpoint) -> bool:
         return True
 
 
-# llm-d's deprecated flat disagg-profile-handler parameters → their nested place.
-_FLAT_DISAGG_PARAMETERS = {
-    "decodeProfile": "profiles.decode",
-    "prefillProfile": "profiles.prefill",
-    "encodeProfile": "profiles.encode",
-    "prefillDeciderPluginName": "deciders.prefill",
-    "deciderPluginName": "deciders.prefill",
-    "encodeDeciderPluginName": "deciders.encode",
-}
+DECODE_FIRST, PREFILL_FIRST = "decode-first", "prefill-first"
+# disagg-profile-handler's deprecated flat parameters (llm-d-router's
+# legacyDisaggProfileHandlerParameters) and the nested form's keys; stageOrder belongs to both.
+_FLAT_KEYS = (
+    "decodeProfile",
+    "prefillProfile",
+    "encodeProfile",
+    "prefillDeciderPluginName",
+    "encodeDeciderPluginName",
+    "deciderPluginName",
+)
+_NESTED_KEYS = ("profiles", "deciders")
+
+
+def _stage_order(params: Params) -> str:
+    """llm-d-router's ParseStageOrder: case, '-' and '_' do not matter; empty is decode-first."""
+    text = params.raw("stageOrder")
+    if text is None:
+        return DECODE_FIRST
+    if not isinstance(text, str):
+        raise params.error("stageOrder", f"must be {DECODE_FIRST!r} or {PREFILL_FIRST!r}, got {text!r}")
+    folded = text.lower().replace("-", "").replace("_", "")
+    if folded in ("", "decodefirst", "decode"):
+        return DECODE_FIRST
+    if folded in ("prefillfirst", "prefill"):
+        return PREFILL_FIRST
+    raise params.error("stageOrder", f"must be {DECODE_FIRST!r} or {PREFILL_FIRST!r}, got {text!r}")
 
 
 @register("disagg-profile-handler")
 class DisaggProfileHandler(ProfileHandler):
     """Runs the decode profile (primary); if the prefill decider approves for the picked decode
     endpoint, runs the prefill profile too and names its pick in ``x-prefiller-host-port``. If no
-    prefill endpoint is found the request still goes to decode, which then prefills locally."""
+    prefill endpoint is found the request still goes to decode, which then prefills locally.
+    ``stageOrder: prefill-first`` runs the prefill profile first for every request (no decider),
+    then decode. The deprecated flat parameters (``decodeProfile``, ``prefillProfile``,
+    ``prefillDeciderPluginName`` or ``deciderPluginName``) are accepted instead of
+    ``profiles``/``deciders``, not mixed with them."""
 
-    def __init__(self, name: str, decode_profile: str, prefill_profile: str, decider_name: str | None):
+    def __init__(
+        self,
+        name: str,
+        decode_profile: str,
+        prefill_profile: str,
+        decider_name: str | None,
+        stage_order: str = DECODE_FIRST,
+    ):
         super().__init__(name)
         self.decode_profile = decode_profile
         self.prefill_profile = prefill_profile
         self.decider_name = decider_name
         self.decider: Decider | None = None
+        self.stage_order = stage_order
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
-        # llm-d-router (disagg_profile_handler.go): stageOrder "decode-first" (the default, and
-        # what this handler does) or "prefill-first", spelled loosely; the deprecated flat
-        # parameters are read when no nested one is given. Both were unknown parameters here.
-        order = params.string("stageOrder", "decode-first")
-        normalized = order.lower().replace("-", "").replace("_", "")
-        if normalized in ("prefillfirst", "prefill"):
-            raise params.error("stageOrder", f"{order!r} is not supported: this handler runs decode first")
-        if normalized not in ("decodefirst", "decode"):
-            raise params.error("stageOrder", f"must be 'decode-first' or 'prefill-first', got {order!r}")
-        flat = {key: params.raw(key) for key in _FLAT_DISAGG_PARAMETERS if params.has(key)}
-        if flat and (params.has("profiles") or params.has("deciders")):
-            raise params.error(
-                sorted(flat)[0], "is a deprecated flat parameter: use profiles/deciders only, not both"
-            )
-        profiles = params.mapping("profiles")
-        deciders = params.mapping("deciders")
-        for key, value in flat.items():
-            if not isinstance(value, str):
-                raise params.error(key, f"must be a string, got {value!r}")
-            log.warning("%s: deprecated parameter %r, use %s", name, key, _FLAT_DISAGG_PARAMETERS[key])
+        stage_order = _stage_order(params)
+        given = params.keys()
+        flat = [key for key in _FLAT_KEYS if key in given]
         if flat:
-            profiles = {
-                role: flat[key]
-                for role, key in (
-                    ("decode", "decodeProfile"),
-                    ("prefill", "prefillProfile"),
-                    ("encode", "encodeProfile"),
+            # llm-d-router disagg_profile_handler.go DisaggProfileHandlerConfigParser: the nested
+            # schema is tried first, then the legacy flat one; a mix of both fits neither.
+            nested = [key for key in _NESTED_KEYS if key in given]
+            if nested:
+                raise params.error(
+                    nested[0],
+                    f"cannot be mixed with the deprecated flat parameter {flat[0]!r}; use one format",
                 )
-                if flat.get(key)
-            }
-            decider = flat.get("prefillDeciderPluginName") or flat.get("deciderPluginName")
-            deciders = {"prefill": decider} if decider else {}
-            if flat.get("encodeDeciderPluginName"):
-                deciders["encode"] = flat["encodeDeciderPluginName"]
-        for key, mapping in (("profiles", profiles), ("deciders", deciders)):
-            for role, value in mapping.items():
-                if role == "encode":
-                    raise params.error(key, "encode disaggregation (E/P/D) is not supported by this EPP")
-                if role not in ("decode", "prefill"):
-                    raise params.error(key, f"has unknown role {role!r} (expected decode, prefill)")
-                if not isinstance(value, str) or not value:
-                    raise params.error(
-                        key, f"{role!r} must name a {'profile' if key == 'profiles' else 'plugin'}"
-                    )
-        return cls(
-            name,
-            profiles.get("decode", "decode"),
-            profiles.get("prefill", "prefill"),
-            deciders.get("prefill"),
-        )
+            for role in ("encodeProfile", "encodeDeciderPluginName"):
+                if params.has(role):
+                    raise params.error(role, "encode disaggregation (E/P/D) is not supported by this EPP")
+            log.warning("%s: flat parameters are deprecated; use profiles.* and deciders.*", name)
+            decode = params.string("decodeProfile", "") or "decode"
+            prefill = params.string("prefillProfile", "") or "prefill"
+            # prefillDeciderPluginName wins over the older deciderPluginName (toDisaggParams).
+            decider = params.string("deciderPluginName", "") or None
+            decider = params.string("prefillDeciderPluginName", "") or decider
+        else:
+            profiles = params.mapping("profiles")
+            deciders = params.mapping("deciders")
+            for key, mapping in (("profiles", profiles), ("deciders", deciders)):
+                for role, value in mapping.items():
+                    if role == "encode":
+                        raise params.error(key, "encode disaggregation (E/P/D) is not supported by this EPP")
+                    if role not in ("decode", "prefill"):
+                        raise params.error(key, f"has unknown role {role!r} (expected decode, prefill)")
+                    if not isinstance(value, str) or not value:
+                        raise params.error(
+                            key, f"{role!r} must name a {'profile' if key == 'profiles' else 'plugin'}"
+                        )
+            decode = profiles.get("decode", "decode")
+            prefill = profiles.get("prefill", "prefill")
+            decider = deciders.get("prefill")
+        if stage_order == PREFILL_FIRST and decider is not None:
+            raise params.error("stageOrder", f"{PREFILL_FIRST} takes no prefill decider (it always prefills)")
+        return cls(name, decode, prefill, decider, stage_order)
 
     def resolve(self, plugins: Mapping[str, Plugin]) -> None:
         if self.decider_name is None:
-            log.warning("%s: no deciders.prefill configured; requests are never disaggregated", self.name)
+            if self.stage_order == DECODE_FIRST:
+                log.warning("%s: no deciders.prefill configured; requests are never disaggregated", self.name)
             return
         decider = plugins.get(self.decider_name)
         if not isinstance(decider, Decider):
@@ -204,7 +228,8 @@ class DisaggProfileHandler(ProfileHandler):
         self.decider = decider
 
     def validate_profiles(self, profile_names: Sequence[str]) -> None:
-        wanted = [self.decode_profile] + ([self.prefill_profile] if self.decider is not None else [])
+        runs_prefill = self.decider is not None or self.stage_order == PREFILL_FIRST
+        wanted = [self.decode_profile] + ([self.prefill_profile] if runs_prefill else [])
         for profile in wanted:
             if profile not in profile_names:
                 raise ConfigError(
@@ -218,6 +243,14 @@ class DisaggProfileHandler(ProfileHandler):
         profiles: Mapping[str, SchedulerProfile],
         results: Mapping[str, ProfileResult | None],
     ) -> list[SchedulerProfile]:
+        if self.stage_order == PREFILL_FIRST:
+            # llm-d-router disagg_profile_handler.go pickPrefillFirst: prefill, then decode (which
+            # runs even when no prefill endpoint was found: it then prefills locally).
+            if self.decode_profile in results:
+                return []
+            if self.prefill_profile in profiles and self.prefill_profile not in results:
+                return [profiles[self.prefill_profile]]
+            return [profiles[self.decode_profile]]
         if self.decode_profile not in results:
             return [profiles[self.decode_profile]]
         decode = results[self.decode_profile]
@@ -261,10 +294,12 @@ class _UncachedBytesDecider(Decider):
 class PdProfileHandler(DisaggProfileHandler):
     """llm-d's deprecated P/D handler, in both of its parameter generations:
 
-    * ``deciderPluginName``: a decider plugin decides (llm-d's later form; its default there is
-      ``always-disagg-pd-decider``);
+    * ``deciderPluginName``: a decider plugin decides (llm-d's later form). Its default there is
+      the plugin named ``prefix-based-pd-decider``: with neither ``deciderPluginName`` nor
+      ``threshold`` given, a decider of that name, if configured, decides;
     * ``threshold``: disaggregate when the prompt bytes not cached on the chosen decode endpoint
-      reach ``threshold``; ``0`` means always disaggregate (as upstream: the check is skipped).
+      reach ``threshold``; ``0`` (or neither parameter and no such decider) means always
+      disaggregate (as upstream: the check is skipped).
       ``hashBlockSize`` is accepted for compatibility; the prefix producer's block size governs
       the cached-length estimate, so scoring and this decision always agree.
 
@@ -282,10 +317,15 @@ class PdProfileHandler(DisaggProfileHandler):
         prefix_plugin: str | None,
         decider_name: str | None,
         primary_port: int | None,
+        producer_name: str | None = None,
+        default_decider: bool = False,
     ) -> None:
         super().__init__(name, decode_profile, prefill_profile, decider_name)
+        # Neither deciderPluginName nor threshold given: a plugin named DEFAULT_PD_DECIDER decides.
+        self.default_decider = default_decider
         self.threshold = threshold
         self.prefix_plugin = prefix_plugin
+        self.producer_name = producer_name
         self.primary_port = primary_port
         if decider_name is None:
             self.decider = (
@@ -297,6 +337,7 @@ class PdProfileHandler(DisaggProfileHandler):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         threshold = params.integer("threshold", 0, minimum=0)
+        defaults = not params.has("threshold") and not params.has("deciderPluginName")
         params.integer("hashBlockSize", 64, minimum=1)
         params.string("prefixPluginType", "prefix-cache-scorer")
         decider_name = params.string("deciderPluginName", "") or None
@@ -311,16 +352,24 @@ class PdProfileHandler(DisaggProfileHandler):
             prefix_plugin=params.string("prefixPluginName", "") or None,
             decider_name=decider_name,
             primary_port=primary_port,
+            # llm-d-router pd_profile_handler.go PdProfileHandlerParameters: the producer whose
+            # prefix-match info the handler reads.
+            producer_name=params.string("prefixMatchInfoProducerName", "") or None,
+            default_decider=defaults,
         )
 
     def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        if self.default_decider and isinstance(plugins.get(DEFAULT_PD_DECIDER), Decider):
+            # llm-d-router pd_profile_handler.go: DeciderPluginName defaults to
+            # defaultDeciderPluginName, the plugin named prefix-based-pd-decider.
+            self.decider_name = DEFAULT_PD_DECIDER
         if self.decider_name is not None:
             super().resolve(plugins)
             return
         if not isinstance(self.decider, _UncachedBytesDecider):
             return  # always disaggregate: no prefix data needed
-        producer_name = None
-        if self.prefix_plugin is not None:
+        producer_name = self.producer_name
+        if producer_name is None and self.prefix_plugin is not None:
             scorer = plugins.get(self.prefix_plugin)
             if not isinstance(scorer, PrefixCacheScorer):
                 raise ConfigError(
@@ -359,6 +408,10 @@ class PrefillHeaderHandler(PreRequest):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router disagg_headers_handler.go disaggHeadersHandlerParameters also names the
+        # encode profile (default "encode") whose picks go in the encoder header. This EPP runs no
+        # encode profile (E/P/D is refused), so the name is checked and has nothing to name.
+        params.string("encodeProfile", "encode")
         return cls(name, params.string("prefillProfile", "prefill"))
 
     def pre_request(self, request: SchedulingRequest, result: SchedulingResult) -> None:

@@ -13,12 +13,14 @@ from epp.scheduling.registry import register
 
 
 @register("utilization-detector")
-class UtilizationDetector(SaturationDetector):
+class UtilizationDetector(SaturationDetector, Filter):
     """Endpoint saturation = max(queue / queueDepthThreshold, kv / kvCacheUtilThreshold) (queue:
     :attr:`Endpoint.queue_depth`, the scraped waiting queue or the EPP's own count if larger); an
     endpoint whose metrics are older than ``metricsStalenessThreshold`` (or whose last scrape
     failed) counts as fully saturated (fail-closed). Pool saturation is the mean over endpoints;
-    the pool is saturated at >= 1 + ``headroom``."""
+    the pool is saturated at >= 1. As a filter it keeps endpoints with fresh metrics below
+    ``queueDepthThreshold x (1 + headroom)`` and ``kvCacheUtilThreshold x (1 + headroom)``, or
+    every endpoint when none is (fail-open, as in llm-d)."""
 
     def __init__(self, name: str, queue_depth: float, kv_util: float, staleness: float, headroom: float):
         super().__init__(name)
@@ -50,7 +52,24 @@ class UtilizationDetector(SaturationDetector):
         return sum(self.endpoint_saturation(e, now) for e in endpoints) / len(endpoints)
 
     def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
-        return self.pool_saturation(endpoints, now) >= 1.0 + self.headroom
+        # llm-d-router requestcontrol/admission.go rejectIfSheddableAndSaturated: Saturation >= 1.0;
+        # headroom is only the filter's per-endpoint burst allowance (utilization/detector.go).
+        return self.pool_saturation(endpoints, now) >= 1.0
+
+    def filter(self, request: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        # llm-d-router saturationdetector/utilization/detector.go Filter: stale endpoints and
+        # those at either limit x (1 + headroom) are dropped; if that drops all, none is.
+        queue_limit = self.queue_depth * (1.0 + self.headroom)
+        kv_limit = self.kv_util * (1.0 + self.headroom)
+        now = request.now
+        kept = [
+            e
+            for e in endpoints
+            if e.metrics_fresh(now, self.staleness)
+            and e.queue_depth < queue_limit
+            and e.metrics.kv_usage < kv_limit
+        ]
+        return kept or endpoints
 
 
 @register("concurrency-detector")
@@ -62,10 +81,11 @@ class ConcurrencyDetector(SaturationDetector, Filter):
     * ``tokens``: uncached prompt tokens not yet answered / (endpoints x ``maxTokenConcurrency``),
       i.e. the prefill work queued in the pool (llm-d's inflight-load-producer releases prompt
       tokens at the first response byte), which decode-phase requests do not inflate;
-    * ``hybrid``: the larger of the two.
+    * ``hybrid``: the mean over endpoints of each one's larger ratio (requests or tokens), so
+      one endpoint full of requests and another full of tokens make a saturated pool.
 
-    As a filter it drops endpoints at ``limit x (1 + headroom)`` in either counted dimension (no
-    fail-open, as in llm-d; pkg/epp/framework/plugins/flowcontrol/saturationdetector/concurrency)."""
+    As a filter it drops endpoints at ``int(limit x (1 + headroom))`` in either counted dimension
+    (no fail-open, as in llm-d; pkg/epp/framework/plugins/flowcontrol/saturationdetector/concurrency)."""
 
     reads_in_flight = True
 
@@ -84,8 +104,9 @@ class ConcurrencyDetector(SaturationDetector, Filter):
         self.mode = mode
         self.count_requests = mode in ("requests", "hybrid")
         self.count_tokens = mode in ("tokens", "hybrid")
-        self.limit = max_concurrency * (1.0 + headroom)
-        self.token_limit = max_tokens * (1.0 + headroom)
+        # llm-d-router concurrency/detector.go Filter truncates the limits to int64.
+        self.limit = int(max_concurrency * (1.0 + headroom))
+        self.token_limit = int(max_tokens * (1.0 + headroom))
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
@@ -101,13 +122,16 @@ class ConcurrencyDetector(SaturationDetector, Filter):
     def pool_saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         if not endpoints:
             return 1.0
-        saturation = 0.0
+        if self.count_requests and self.count_tokens:
+            # llm-d-router concurrency/detector.go Saturation, modeHybrid: the mean of each
+            # endpoint's larger ratio, not the larger of the two pool ratios.
+            requests, tokens = self.max_concurrency, self.max_tokens
+            return sum(max(e.in_flight / requests, e.pending_tokens / tokens) for e in endpoints) / len(
+                endpoints
+            )
         if self.count_requests:
-            saturation = sum(e.in_flight for e in endpoints) / (len(endpoints) * self.max_concurrency)
-        if self.count_tokens:
-            tokens = sum(e.pending_tokens for e in endpoints) / (len(endpoints) * self.max_tokens)
-            saturation = max(saturation, tokens)
-        return saturation
+            return sum(e.in_flight for e in endpoints) / (len(endpoints) * self.max_concurrency)
+        return sum(e.pending_tokens for e in endpoints) / (len(endpoints) * self.max_tokens)
 
     def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         return self.pool_saturation(endpoints, now) >= 1.0

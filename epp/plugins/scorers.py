@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Self
 
 from epp.datastore import Endpoint
-from epp.scheduling.framework import SchedulingRequest, Scorer
+from epp.plugins.datalayer import InflightLoadProducer
+from epp.plugins.prefix import PrefixMatch, estimate_tokens
+from epp.scheduling.errors import ConfigError
+from epp.scheduling.framework import Plugin, SchedulingRequest, Scorer
 from epp.scheduling.params import Params
 from epp.scheduling.registry import register
 
@@ -20,9 +23,26 @@ def _min_max_inverted(values: Sequence[float]) -> list[float]:
     return [(high - value) / span for value in values]
 
 
+def _in_flight_producer(params: Params) -> str | None:
+    """llm-d-router's ``inFlightLoadProducerName`` (active-request and token-load scorers): which
+    inflight-load-producer's counts to read. This EPP keeps one set of counts, in the director, so
+    the name only has to refer to a configured inflight-load-producer."""
+    return params.string("inFlightLoadProducerName", "") or None
+
+
+def _check_in_flight_producer(owner: Plugin, wanted: str | None, plugins: Mapping[str, Plugin]) -> None:
+    if wanted is not None and not isinstance(plugins.get(wanted), InflightLoadProducer):
+        raise ConfigError(
+            f"plugin {owner.name!r} (type {owner.type_name}): inFlightLoadProducerName {wanted!r} "
+            "is not a configured inflight-load-producer"
+        )
+
+
 class _Stateless(Scorer):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router's factories of these scorers never decode parameters: any are accepted.
+        params.ignore_all()
         return cls(name)
 
 
@@ -56,9 +76,12 @@ class KvCacheUtilizationScorer(_Stateless):
 
 @register("load-aware-scorer")
 class LoadAwareScorer(Scorer):
-    """Scores by the EPP's own in-flight count to each endpoint, which (unlike scraped queue
-    metrics) is current to the request. llm-d's shape: idle → 0.5, at or above ``threshold`` → 0,
-    linear in between, so an idle pod never outweighs a full-weight cache hit."""
+    """llm-d's shape on the request queue: empty queue → 0.5, at or above ``threshold`` → 0,
+    linear in between, so an idle pod never outweighs a full-weight cache hit. The queue is
+    :attr:`Endpoint.queue_depth`, as for ``queue-scorer``: the scraped ``vllm:num_requests_waiting``
+    (what llm-d reads) or, when larger, the requests this EPP sent there that have not answered a
+    byte yet, so a burst between two scrapes counts at once. Requests already running (decoding)
+    do not count, as in llm-d."""
 
     def __init__(self, name: str, threshold: int) -> None:
         super().__init__(name)
@@ -66,16 +89,18 @@ class LoadAwareScorer(Scorer):
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
-        # llm-d's default threshold is not confirmed in our reference notes; 128 is the value its
-        # load-aware scorer documents for the queue threshold.
+        # llm-d-router scorer/loadaware/load_aware.go: QueueThresholdDefault = 128.
         return cls(name, params.integer("threshold", 128, minimum=1))
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
+        # llm-d-router scorer/loadaware/load_aware.go Score reads WaitingQueueSize; we read the
+        # in-flight count until now, so a pod busy decoding scored as if its queue were full.
         threshold = self.threshold
-        return [
-            0.5 * (1.0 - endpoint.in_flight / threshold) if endpoint.in_flight < threshold else 0.0
-            for endpoint in endpoints
-        ]
+        scores = []
+        for endpoint in endpoints:
+            queue = endpoint.queue_depth
+            scores.append(0.5 * (1.0 - queue / threshold) if queue < threshold else 0.0)
+        return scores
 
 
 @register("lora-affinity-scorer")
@@ -122,10 +147,13 @@ class ActiveRequestScorer(Scorer):
     is the busiest candidate. ``requestTimeout`` (upstream's expiry for requests whose completion
     it never saw) is accepted and validated, but counts here are released on every completion."""
 
-    def __init__(self, name: str, idle_threshold: int, max_busy_score: float) -> None:
+    def __init__(
+        self, name: str, idle_threshold: int, max_busy_score: float, producer: str | None = None
+    ) -> None:
         super().__init__(name)
         self.idle_threshold = idle_threshold
         self.max_busy_score = max_busy_score
+        self.producer_name = producer
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
@@ -137,7 +165,11 @@ class ActiveRequestScorer(Scorer):
             name,
             params.integer("idleThreshold", 0, minimum=0),
             params.number("maxBusyScore", 1.0, minimum=0.0, maximum=1.0),
+            _in_flight_producer(params),
         )
+
+    def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        _check_in_flight_producer(self, self.producer_name, plugins)
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         counts = [endpoint.in_flight for endpoint in endpoints]
@@ -148,15 +180,19 @@ class ActiveRequestScorer(Scorer):
 
 @register("token-load-scorer")
 class TokenLoadScorer(Scorer):
-    """llm-d's token-load scorer: ``1 - min(1, tokens / queueThresholdTokens)`` over the uncached
-    prompt tokens this EPP sent to the endpoint that have not answered a byte yet (released at the
-    first response byte, as llm-d's inflight-load-producer does without output estimates). That is
-    the prefill work queued there, current to the request. ``nonTextTokenWeight`` is accepted and
-    validated; this EPP counts no multimodal tokens, so it weighs nothing."""
+    """llm-d's token-load scorer: ``1 - min(1, tokens / queueThresholdTokens)``, where tokens are
+    the uncached prompt tokens this EPP sent to the endpoint that have not answered a byte yet
+    (released at the first response byte, as llm-d's inflight-load-producer does without output
+    estimates) plus this request's own prompt tokens not cached there (the prefix producer's
+    match; the whole prompt without one). That is the prefill work the endpoint would have queued
+    with this request, current to the request, so of two equally loaded endpoints the one caching
+    more of the prompt scores higher. ``nonTextTokenWeight`` is accepted and validated; this EPP
+    counts no multimodal tokens, so it weighs nothing."""
 
-    def __init__(self, name: str, threshold: int) -> None:
+    def __init__(self, name: str, threshold: int, producer: str | None = None) -> None:
         super().__init__(name)
         self.threshold = threshold
+        self.producer_name = producer
 
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
@@ -164,11 +200,23 @@ class TokenLoadScorer(Scorer):
         params.string("inFlightLoadProducerName", "inflight-load-producer")  # as active-request-scorer
         # llm-d's default, 4 Mi tokens (128 requests of 32K tokens): on small prompts every
         # endpoint then scores ~1.0; set it near the pool's prefill knee.
-        return cls(name, params.integer("queueThresholdTokens", 4_194_304, minimum=1))
+        return cls(
+            name, params.integer("queueThresholdTokens", 4_194_304, minimum=1), _in_flight_producer(params)
+        )
+
+    def resolve(self, plugins: Mapping[str, Plugin]) -> None:
+        _check_in_flight_producer(self, self.producer_name, plugins)
 
     def score(self, request: SchedulingRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         threshold = self.threshold
-        return [
-            1.0 - endpoint.pending_tokens / threshold if endpoint.pending_tokens < threshold else 0.0
-            for endpoint in endpoints
-        ]
+        # llm-d-router scorer/tokenload/token_load.go Score adds UncachedRequestTokens, which
+        # dataproducer/inflightload/producer.go Produce sets per endpoint to this request's input
+        # tokens less the prefix-cache match there (uncachedInputTokens).
+        match = next((value for value in request.state.values() if isinstance(value, PrefixMatch)), None)
+        if match is None:
+            own = estimate_tokens(request.prompt_text.encode())
+            loads = [endpoint.pending_tokens + own for endpoint in endpoints]
+        else:
+            prompt, cached = match.prompt_tokens, match.cached_tokens
+            loads = [endpoint.pending_tokens + prompt - cached(endpoint.hostport) for endpoint in endpoints]
+        return [1.0 - load / threshold if load < threshold else 0.0 for load in loads]

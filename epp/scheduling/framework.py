@@ -207,6 +207,8 @@ class MetricsSource(DataLayerPlugin):
     scheme: str = "http"
     path: str = "/metrics"
     insecure_skip_verify: bool = True
+    port: int | None = None  # scrape every endpoint on this port instead of its metrics port
+    interval: float | None = None  # seconds between scrapes; None: every --refresh-metrics-interval
 
 
 class MetricsExtractor(DataLayerPlugin):

@@ -9,11 +9,14 @@ with its name instead of leaving the default silently in place.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from epp.scheduling.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # The ranges of the Go types llm-d decodes parameters into. YAML integers are unbounded in Python,
 # so without these bounds a 400-digit integer made ``float()`` raise OverflowError (a traceback and
@@ -164,6 +167,15 @@ class Params:
         if not isinstance(value, list):
             raise self.error(key, f"must be a list, got {value!r}")
         return value
+
+    def ignore_all(self) -> None:
+        """For a type whose llm-d factory never decodes its parameters (``_ *json.Decoder``): any
+        keys load there, so they load here too, named in a warning instead of failing start-up."""
+        ignored = sorted(set(self._raw) - self._used)
+        self._used.update(self._raw)
+        if ignored:
+            names = ", ".join(repr(self.prefix + key) for key in ignored)
+            log.warning("%s takes no parameters; ignoring %s", self.plugin, names)
 
     def finish(self) -> None:
         """Reject parameters the plugin does not understand."""

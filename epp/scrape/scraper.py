@@ -123,6 +123,7 @@ class MetricsScraper:
         insecure_skip_verify: bool = True,
         names: MetricNames = VLLM,
         name_filter: bool = True,
+        port: int | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"scrape interval must be positive, got {interval}")
@@ -135,6 +136,8 @@ class MetricsScraper:
         self.timeout = timeout
         self.scheme, self.path = scheme, path
         self.insecure_skip_verify = insecure_skip_verify
+        # metrics-data-source's port: every endpoint's metrics on this port instead of its own.
+        self.port = port
         self.names = names
         self._candidates = filtered_paths(path, names) if name_filter else []
         self._filters: dict[str, _Filter] = {}
@@ -186,7 +189,7 @@ class MetricsScraper:
             if hostport not in live:
                 self._tasks.pop(hostport).cancel()
                 gone = self._targets.pop(hostport)
-                self._getter.drop(gone.address, gone.metrics_port, forget=True)
+                self._getter.drop(gone.address, self._port(gone), forget=True)
                 with contextlib.suppress(KeyError):  # no error was ever counted for it
                     epp_metrics.SCRAPE_ERRORS.remove(hostport)
         # What was learnt about departed endpoints goes with them (whether or not a task polled them).
@@ -351,15 +354,18 @@ class MetricsScraper:
         verdict = self._filters.get(endpoint.hostport)
         return None if verdict is None else verdict.path
 
+    def _port(self, endpoint: Endpoint) -> int:
+        return self.port or endpoint.metrics_port
+
     def _url(self, endpoint: Endpoint, path: str) -> str:
         host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address  # IPv6
-        return f"{self.scheme}://{host}:{endpoint.metrics_port}{path}"
+        return f"{self.scheme}://{host}:{self._port(endpoint)}{path}"
 
     async def _fetch(self, endpoint: Endpoint, path: str) -> tuple[int, bytes]:
         assert self._session is not None
         if self.scheme == "http":
             async with asyncio.timeout(self.timeout):
-                return await self._getter.get(endpoint.address, endpoint.metrics_port, path)
+                return await self._getter.get(endpoint.address, self._port(endpoint), path)
         async with self._session.get(self._url(endpoint, path)) as response:
             # Bounded as the lean client's pages are: ``read()`` takes whatever the pod sends, and
             # the timeout alone lets a fast pod push gigabytes into memory first.

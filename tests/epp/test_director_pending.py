@@ -96,6 +96,45 @@ async def test_a_fallback_endpoint_takes_over_the_pending_hold() -> None:
     assert (other.pending, other.pending_tokens, other.in_flight) == (0, 0, 1)
 
 
+async def test_the_prefill_pick_is_released_at_the_first_byte() -> None:
+    """llm-d-router's inflight-load-producer releases the prefill profile's target (request and
+    tokens) at StartOfStream, the decode target's request only at the end of the stream."""
+    config = (
+        HEADER
+        + """plugins:
+- {type: prefill-filter}
+- {type: decode-filter}
+- {type: queue-scorer}
+- {type: always-disagg-pd-decider}
+- {type: disagg-profile-handler, parameters: {deciders: {prefill: always-disagg-pd-decider}}}
+schedulingProfiles:
+- {name: prefill, plugins: [{pluginRef: prefill-filter}, {pluginRef: queue-scorer}]}
+- {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: queue-scorer}]}
+"""
+    )
+    datastore = Datastore()
+    director = SchedulingDirector(datastore, load_config(config), metrics_staleness=2.0)
+    datastore.replace_endpoints(
+        [spec("p", 1, labels={"llm-d.ai/role": "prefill"}), spec("d", 2, labels={"llm-d.ai/role": "decode"})]
+    )
+    prefill, decode = datastore.endpoints()
+    for ep in (prefill, decode):
+        ep.metrics = EndpointMetrics(updated_at=time.monotonic())
+    request = inference_request("x" * 400)
+    decision = await schedule(director, request)
+    assert decision.headers == {"x-prefiller-host-port": prefill.hostport}
+    assert (prefill.in_flight, prefill.pending_tokens, decode.in_flight) == (1, 100, 1)
+    director.handle_response_started(request)
+    assert (prefill.in_flight, prefill.pending_tokens, decode.in_flight) == (0, 0, 1)
+    director.handle_response_complete(request, None, failed=False)
+    assert (prefill.in_flight, decode.in_flight) == (0, 0)
+    # no byte ever came: both are released at completion
+    request = inference_request("y" * 400)
+    await schedule(director, request)
+    director.handle_response_complete(request, None, failed=True)
+    assert (prefill.in_flight, prefill.pending_tokens, decode.in_flight) == (0, 0, 0)
+
+
 async def test_only_the_uncached_part_of_the_prompt_is_charged() -> None:
     director, datastore = _director(PREFIX, count=1)
     (pod,) = datastore.endpoints()

@@ -232,6 +232,7 @@ def test_newer_scorer_parameters_load() -> None:
     unknown parameters."""
     config = load_config(
         HEADER + "plugins:\n"
+        "- {type: inflight-load-producer}\n"
         "- {type: active-request-scorer, parameters: {inFlightLoadProducerName: inflight-load-producer}}\n"
         "- {type: token-load-scorer, parameters: {inFlightLoadProducerName: inflight-load-producer}}\n"
         "- {type: prefix-cache-scorer, parameters: {matchLengthWeight: 0.5, matchLengthScaleTokens: 1024}}\n"
@@ -274,16 +275,15 @@ def test_match_length_weight_scores_as_llm_d() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "instead"),
     [
-        ("port", "9100", "serving port"),
-        ("interval", "1s", "--refresh-metrics-interval"),
         ("caCertPath", "/ca.pem", "certificates"),
         ("clientCertPath", "/c.pem", "certificates"),
         ("clientKeyPath", "/k.pem", "certificates"),
     ],
 )
 def test_newer_metrics_source_parameters_are_refused_by_name(key: str, value: str, instead: str) -> None:
-    """llm-d-router's metrics-data-source takes these (source/metrics/datasource.go); they are not
-    implemented here and were refused as 'unknown parameter(s)', like a typo."""
+    """llm-d-router's metrics-data-source takes these TLS file paths (source/metrics/datasource.go);
+    they are not implemented here and were refused as 'unknown parameter(s)', like a typo. (Its port
+    and interval are implemented: tests/epp/plugins/test_plugins.py.)"""
     with pytest.raises(
         ConfigError, match=f"parameter '{key}' is llm-d's but not supported by this EPP: .*{instead}"
     ):
@@ -298,7 +298,7 @@ def test_inflight_load_producer_takes_llm_d_parameters() -> None:
         "syncCrossReplicaState: false}}]\n"
     )
     assert "inflight-load-producer" in config.plugins
-    with pytest.raises(ConfigError, match="'addEstimatedOutputTokens' is not supported"):
+    with pytest.raises(ConfigError, match="'addEstimatedOutputTokens' true is not supported"):
         load_config(
             HEADER
             + "plugins: [{type: inflight-load-producer, parameters: {addEstimatedOutputTokens: true}}]\n"

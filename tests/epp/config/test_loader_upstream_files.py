@@ -146,16 +146,20 @@ def test_configs_of_the_older_llm_d_inference_scheduler_name_what_changed() -> N
 
 
 def test_disagg_handler_stage_order_and_flat_parameters_as_llm_d_reads_them() -> None:
-    """disagg_profile_handler.go: stageOrder (decode-first by default, spelled loosely) and the
-    deprecated flat parameters when no nested one is given; both were unknown parameters here."""
+    """disagg_profile_handler.go: stageOrder (decode-first by default, spelled loosely;
+    prefill-first without a decider) and the deprecated flat parameters when no nested one is given;
+    both were unknown parameters here."""
     text = upstream("pd-epp-config.yaml")
     nested = "    deciders:\n      prefill: prefix-based-pd-decider\n"
     assert nested in text
     for order in ("decode-first", "decode_first", "DecodeFirst", "decode"):
         config = load_config(text.replace(nested, f"    stageOrder: {order}\n" + nested))
         assert isinstance(config.scheduler.handler, DisaggProfileHandler)
-    with pytest.raises(ConfigError, match="'stageOrder' 'prefill-first' is not supported"):
+    # prefill-first always prefills: llm-d refuses a prefill decider with it.
+    with pytest.raises(ConfigError, match="'stageOrder' prefill-first takes no prefill decider"):
         load_config(text.replace(nested, "    stageOrder: prefill-first\n" + nested))
+    config = load_config(text.replace(nested, "    stageOrder: Prefill_First\n"))
+    assert isinstance(config.scheduler.handler, DisaggProfileHandler)
     with pytest.raises(ConfigError, match="'stageOrder' must be 'decode-first' or 'prefill-first'"):
         load_config(text.replace(nested, "    stageOrder: sideways\n" + nested))
     for flat in (
@@ -168,5 +172,5 @@ def test_disagg_handler_stage_order_and_flat_parameters_as_llm_d_reads_them() ->
         handler = config.scheduler.handler
         assert isinstance(handler, DisaggProfileHandler)
         assert handler.decider is config.plugins["prefix-based-pd-decider"]
-    with pytest.raises(ConfigError, match="deprecated flat parameter: use profiles/deciders only"):
+    with pytest.raises(ConfigError, match="cannot be mixed with the deprecated flat parameter"):
         load_config(text.replace(nested, nested + "    decodeProfile: decode\n"))

@@ -20,6 +20,56 @@ def _names(endpoints: object) -> list[str]:
     return [e.name for e in endpoints]
 
 
+@pytest.mark.parametrize(
+    "type_name",
+    [
+        "queue-scorer",
+        "running-requests-size-scorer",
+        "kv-cache-utilization-scorer",
+        "lora-affinity-scorer",
+        "prefill-filter",
+        "decode-filter",
+        "encode-filter",
+        "single-profile-handler",
+        "always-disagg-pd-decider",
+        "endpoint-notification-source",
+        "openai-parser",
+        "vllmhttp-parser",
+    ],
+)
+def test_types_whose_llm_d_factory_ignores_parameters_load_with_any(
+    type_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llm-d-router's factories for these types take ``_ *json.Decoder``: strict decoding never
+    runs, so a config carrying parameters for them loads there. It loads here too, with a warning."""
+    with caplog.at_level("WARNING"):
+        create(type_name, "x", {"hashBlockSize": 64, "threshold": 0.1})
+    assert "takes no parameters; ignoring 'hashBlockSize', 'threshold'" in caplog.text
+
+
+def test_metrics_data_source_takes_llm_d_port_and_interval() -> None:
+    """llm-d-router's metrics-data-source decodes port and interval (and TLS file paths, which
+    this EPP refuses by name instead of as unknown keys)."""
+    from epp.runtime import scrape_interval
+
+    source = create("metrics-data-source", "m", {"port": 9090, "interval": "1s"})
+    assert (source.port, source.interval) == (9090, 1.0)
+    default = create("metrics-data-source", "m", None)
+    assert (default.port, default.interval) == (None, None)
+    # rounded to the nearest multiple of the base tick, at least one (interval_dispatcher.go)
+    assert scrape_interval(0.05, None) == 0.05
+    assert scrape_interval(0.05, 1.0) == pytest.approx(1.0)
+    assert scrape_interval(0.05, 0.12) == pytest.approx(0.1)
+    assert scrape_interval(0.05, 0.01) == pytest.approx(0.05)
+    for params, message in (
+        ({"port": 0}, "'port' must be >= 1"),
+        ({"port": 70000}, "'port' must be <= 65535"),
+        ({"caCertPath": "/etc/ca.pem"}, "'caCertPath' is llm-d's but not supported"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            create("metrics-data-source", "m", params)
+
+
 # ---- filters ---------------------------------------------------------------------------------
 ROLES = [
     "prefill",
@@ -140,17 +190,76 @@ def test_token_load_scorer_reads_unanswered_prompt_tokens() -> None:
         endpoint("full", pending_tokens=4000),
         endpoint("over", pending_tokens=9000, in_flight=1),
     ]
-    assert _score("token-load-scorer", pool, {"queueThresholdTokens": 4000}) == [1.0, 0.75, 0.0, 0.0]
+    # an empty prompt adds no tokens of its own (see the next test for the request's own share)
+    assert _score("token-load-scorer", pool, {"queueThresholdTokens": 4000}, prompt="") == [
+        1.0,
+        0.75,
+        0.0,
+        0.0,
+    ]
     # llm-d's default threshold (4 Mi tokens) barely separates small prompts
-    default = _score("token-load-scorer", pool[:2])
+    default = _score("token-load-scorer", pool[:2], prompt="")
     assert default[0] == 1.0 and 0.999 < default[1] < 1.0
     # in-flight requests that answered already (decode) weigh nothing
     assert _score(
-        "token-load-scorer", [endpoint("a", in_flight=9), endpoint("b")], {"queueThresholdTokens": 10}
+        "token-load-scorer",
+        [endpoint("a", in_flight=9), endpoint("b")],
+        {"queueThresholdTokens": 10},
+        prompt="",
     ) == [
         1.0,
         1.0,
     ]
+
+
+def test_token_load_scorer_adds_the_requests_own_uncached_tokens() -> None:
+    """llm-d-router's token-load scorer adds the request's own uncached prompt tokens on each
+    endpoint (UncachedRequestTokens from the inflight-load-producer): an endpoint caching more of
+    the prompt scores higher at equal load. Without a prefix match: the whole prompt (4 bytes/token)."""
+    from epp.plugins.prefix import PrefixMatch
+
+    pool = [endpoint("cold", pending_tokens=100), endpoint("warm", pending_tokens=100)]
+    scorer = create("token-load-scorer", "t", {"queueThresholdTokens": 1000})
+    request = scheduling_request("x" * 1600)  # 400 tokens
+    assert scorer.score(request, pool) == pytest.approx([0.5, 0.5])
+    request.state["approx-prefix-cache-producer"] = PrefixMatch(
+        hashes=[0] * 6, block_tokens=64, prompt_tokens=400, matched_blocks={pool[1].hostport: 5}
+    )
+    # warm has 5 x 64 = 320 of the 400 tokens cached: 100 + 80 tokens of load
+    assert scorer.score(request, pool) == pytest.approx([0.5, 0.82])
+
+
+def test_in_flight_load_producer_name_is_taken_as_llm_d_does() -> None:
+    """active-request-scorer and token-load-scorer name their inflight-load-producer
+    (inFlightLoadProducerName); the name must refer to one."""
+    producer = create("inflight-load-producer", "counts", None)
+    for type_name in ("active-request-scorer", "token-load-scorer"):
+        scorer = create(type_name, "s", {"inFlightLoadProducerName": "counts"})
+        scorer.resolve({"counts": producer})
+        with pytest.raises(ConfigError, match="'ghost' is not a configured inflight-load-producer"):
+            create(type_name, "s", {"inFlightLoadProducerName": "ghost"}).resolve({"counts": producer})
+
+
+def test_in_flight_load_producer_takes_llm_d_parameters() -> None:
+    """llm-d-router's inflight-load-producer Config; holding output tokens to the end is refused."""
+    create(
+        "inflight-load-producer",
+        "p",
+        {
+            "addEstimatedOutputTokens": False,
+            "outputRatio": 2.0,
+            "maxEstimatedOutputTokens": 512,
+            "prefixMatchInfoProducerName": "approx-prefix-cache-producer",
+            "syncCrossReplicaState": False,
+        },
+    )
+    for params, message in (
+        ({"addEstimatedOutputTokens": True}, "not supported"),
+        ({"outputRatio": -1}, "'outputRatio' must be >= 0.0"),
+        ({"maxEstimatedOutputTokens": -1}, "'maxEstimatedOutputTokens' must be >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            create("inflight-load-producer", "p", params)
 
 
 @pytest.mark.parametrize(
@@ -180,14 +289,20 @@ def test_kv_cache_utilization_scorer() -> None:
     ]
 
 
-def test_load_aware_scorer_uses_epp_in_flight() -> None:
+def test_load_aware_scorer_reads_the_queue() -> None:
+    """llm-d-router's load-aware-scorer reads the waiting queue (WaitingQueueSize); ours the same
+    queue as queue-scorer (scraped, or this EPP's unanswered dispatches when larger)."""
     pool = [
         endpoint("idle"),
-        endpoint("half", in_flight=5),
-        endpoint("full", in_flight=10),
-        endpoint("over", in_flight=50),
+        endpoint("half", waiting=5),
+        endpoint("full", pending=10),
+        endpoint("over", waiting=50),
     ]
     assert _score("load-aware-scorer", pool, {"threshold": 10}) == [0.5, 0.25, 0.0, 0.0]
+    # requests that are running (decoding, answered already) are no queue
+    assert _score("load-aware-scorer", [endpoint("busy", in_flight=50, running=50)], {"threshold": 10}) == [
+        0.5
+    ]
 
 
 def test_active_request_scorer() -> None:
@@ -258,6 +373,21 @@ def test_weighted_random_picker_follows_weights_and_skips_zero() -> None:
     assert len(fallback.targets) == 1  # all zero: uniform instead of nothing
 
 
+def test_weighted_random_picker_fills_fallbacks_with_zero_scores() -> None:
+    """llm-d-router's picker keeps zero-score endpoints (key 0) after the positive ones, so asking
+    for three targets with one positive score still gives three: the positive one first."""
+    pool = [endpoint(n) for n in "abcd"]
+    picker = create("weighted-random-picker", "p", {"maxNumOfEndpoints": 3})
+    picker.rng = random.Random(5)
+    tails = Counter()
+    for _ in range(200):
+        result = picker.pick(scheduling_request(), pool, [0.0, 2.0, 0.0, 0.0])
+        assert len(result.targets) == 3 and len(set(result.targets)) == 3
+        assert result.targets[0].name == "b" and result.scores[0] == 2.0
+        tails.update(e.name for e in result.targets[1:])
+    assert set(tails) == {"a", "c", "d"}  # the zero-score fallbacks are drawn at random
+
+
 # ---- saturation ------------------------------------------------------------------------------
 def test_utilization_detector() -> None:
     detector = create(
@@ -283,6 +413,41 @@ def test_utilization_detector() -> None:
     assert detector.is_saturated([], now)
 
 
+def test_utilization_detector_headroom_is_the_filters_only() -> None:
+    """llm-d-router sheds sheddable requests at Saturation >= 1.0 (requestcontrol/admission.go);
+    headroom widens only the filter's per-endpoint limits."""
+    detector = create("utilization-detector", "d", {"queueDepthThreshold": 4, "headroom": 0.5})
+    now = time.monotonic()
+    full = [endpoint("a", waiting=4), endpoint("b", waiting=4)]
+    assert detector.pool_saturation(full, now) == pytest.approx(1.0)
+    assert detector.is_saturated(full, now)
+
+
+def test_utilization_detector_is_a_fail_open_filter() -> None:
+    """llm-d-router's utilization-detector is also a Filter (utilization/detector.go): stale
+    endpoints and those at queueDepthThreshold or kvCacheUtilThreshold x (1 + headroom) are
+    dropped, unless that drops every endpoint."""
+    detector = create(
+        "utilization-detector", "d", {"queueDepthThreshold": 4, "kvCacheUtilThreshold": 0.5, "headroom": 0.5}
+    )
+    pool = [
+        endpoint("ok", waiting=5, kv=0.7),
+        endpoint("queue", waiting=6),
+        endpoint("kv", kv=0.75),
+        endpoint("stale", fresh=False),
+        endpoint("burst", pending=6),
+    ]
+    assert _names(detector.filter(scheduling_request(), pool)) == ["ok"]
+    assert _names(detector.filter(scheduling_request(), pool[1:])) == ["queue", "kv", "stale", "burst"]
+
+
+def test_concurrency_detector_filter_limit_is_truncated_as_llm_d() -> None:
+    """llm-d-router's Filter limit is int64(maxConcurrency x (1 + headroom)): 3 x 1.5 admits below 4."""
+    detector = create("concurrency-detector", "d", {"maxConcurrency": 3, "headroom": 0.5})
+    pool = [endpoint("three", in_flight=3), endpoint("four", in_flight=4)]
+    assert _names(detector.filter(scheduling_request(), pool)) == ["three"]
+
+
 def test_concurrency_detector_modes() -> None:
     now = time.monotonic()
     # two pods: one with 3 requests in flight (all decoding), one with 1 still in prefill
@@ -303,7 +468,8 @@ def test_concurrency_detector_modes() -> None:
         "d",
         {"concurrencyMode": "hybrid", "maxConcurrency": 4, "maxTokenConcurrency": 500},
     )
-    assert hybrid.pool_saturation(pool, now) == pytest.approx(0.8)  # tokens 800/1000 > requests 4/8
+    # llm-d's hybrid: the mean of each pod's larger ratio: a max(3/4, 0), b max(1/4, 800/500)
+    assert hybrid.pool_saturation(pool, now) == pytest.approx((0.75 + 1.6) / 2)
     assert _names(hybrid.filter(scheduling_request(), pool)) == ["a"]  # b is at its token limit
     assert hybrid.is_saturated([], now)
 
@@ -374,6 +540,110 @@ def test_disagg_handler_decode_only_when_decider_declines_or_no_prefill_pod() ->
     result = _run(handler, profiles, decode_only_pool)
     assert result.results["prefill"] is None and result.headers == {}
     assert result.primary.targets[0].name == "d0"
+
+
+def test_disagg_handler_takes_llm_d_legacy_flat_parameters() -> None:
+    """llm-d-router still decodes disagg-profile-handler's deprecated flat form
+    (legacyDisaggProfileHandlerParameters); prefillDeciderPluginName wins over deciderPluginName.
+    Mixing the flat and nested forms fits neither schema there, so it is an error here too."""
+    handler = create(
+        "disagg-profile-handler",
+        "h",
+        {
+            "decodeProfile": "dec",
+            "prefillProfile": "pre",
+            "deciderPluginName": "old",
+            "prefillDeciderPluginName": "fixed",
+            "stageOrder": "Decode_First",
+        },
+    )
+    handler.resolve({"fixed": _Fixed(True), "old": _Fixed(False)})
+    profiles = {"dec": _profile("dec", "decode-filter"), "pre": _profile("pre", "prefill-filter")}
+    handler.validate_profiles(list(profiles))
+    result = _run(handler, profiles, POOL)
+    assert result.primary_profile == "dec" and result.primary.targets[0].name == "d0"
+    assert result.results["pre"].targets[0].name == "p1"
+    older = create("disagg-profile-handler", "h", {"deciderPluginName": "old"})
+    assert older.decider_name == "old" and older.decode_profile == "decode"
+    for params, message in (
+        ({"decodeProfile": "d", "deciders": {"prefill": "x"}}, "cannot be mixed"),
+        ({"encodeProfile": "e"}, "E/P/D"),
+        ({"stageOrder": "sideways"}, "'stageOrder' must be"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            create("disagg-profile-handler", "h", params)
+
+
+def test_disagg_handler_prefill_first_stage_order() -> None:
+    """stageOrder prefill-first (llm-d-router pickPrefillFirst): prefill runs first for every
+    request, with no decider; decode runs after it, also when no prefill pod was found."""
+    with pytest.raises(ConfigError, match="no prefill decider"):
+        create("disagg-profile-handler", "h", {"stageOrder": "prefill-first", "deciders": {"prefill": "x"}})
+    handler = create("disagg-profile-handler", "h", {"stageOrder": "prefill"})
+    handler.resolve({})
+    assert handler.stage_order == "prefill-first"
+    with pytest.raises(ConfigError, match="'prefill'"):
+        handler.validate_profiles(["decode"])
+    profiles = {
+        "decode": _profile("decode", "decode-filter"),
+        "prefill": _profile("prefill", "prefill-filter"),
+    }
+    result = _run(handler, profiles, POOL)
+    assert list(result.results) == ["prefill", "decode"]  # prefill ran first
+    assert result.primary_profile == "decode" and result.primary.targets[0].name == "d0"
+    prefill_pod = next(e for e in POOL if e.name == "p1")
+    assert result.headers == {"x-prefiller-host-port": prefill_pod.hostport}
+    decode_only_pool = [e for e in POOL if e.labels[ROLE] == "decode"]
+    result = _run(handler, profiles, decode_only_pool)
+    assert result.results["prefill"] is None and result.headers == {}
+    assert result.primary.targets[0].name == "d0"
+
+
+def test_pd_profile_handler_reads_the_named_prefix_producer() -> None:
+    """pd-profile-handler's prefixMatchInfoProducerName (llm-d-router PdProfileHandlerParameters)
+    names the producer whose match info its threshold decision reads."""
+    from epp.plugins.prefix import ApproxPrefixCacheProducer
+
+    one = create("approx-prefix-cache-producer", "one", None)
+    two = create("approx-prefix-cache-producer", "two", None)
+    assert isinstance(one, ApproxPrefixCacheProducer) and isinstance(two, ApproxPrefixCacheProducer)
+    handler = create("pd-profile-handler", "h", {"threshold": 10, "prefixMatchInfoProducerName": "two"})
+    handler.resolve({"one": one, "two": two})
+    assert handler.decider.producer is two
+    with pytest.raises(ConfigError, match="'ghost' is not a configured producer"):
+        create("pd-profile-handler", "h", {"threshold": 10, "prefixMatchInfoProducerName": "ghost"}).resolve(
+            {"one": one}
+        )
+
+
+@pytest.mark.parametrize("type_name", ["prefill-header-handler", "disagg-headers-handler"])
+def test_header_handlers_take_llm_d_parameters(type_name: str) -> None:
+    """llm-d-router's headers handler decodes prefillProfile and encodeProfile."""
+    handler = create(type_name, "h", {"prefillProfile": "pre", "encodeProfile": "enc"})
+    assert handler.prefill_profile == "pre"
+    with pytest.raises(ConfigError, match="'encodeProfile' must be a non-empty string"):
+        create(type_name, "h", {"encodeProfile": 3})
+
+
+def test_pd_profile_handler_defaults_to_the_decider_named_prefix_based_pd_decider() -> None:
+    """llm-d-router's pd-profile-handler defaults deciderPluginName to the plugin named
+    prefix-based-pd-decider (pd_profile_handler.go defaultDeciderPluginName). Without such a
+    plugin and without threshold, the older generation's rule stays: always disaggregate."""
+    profiles = {
+        "decode": _profile("decode", "decode-filter"),
+        "prefill": _profile("prefill", "prefill-filter"),
+    }
+    declines = _Fixed(False)
+    handler = create("pd-profile-handler", "h", None)
+    handler.resolve({"prefix-based-pd-decider": declines})
+    result = _run(handler, profiles, POOL)
+    assert declines.asked_with == ["d0"] and set(result.results) == {"decode"}
+    older = create("pd-profile-handler", "h", None)
+    older.resolve({})
+    assert _run(older, profiles, POOL).results["prefill"] is not None
+    explicit = create("pd-profile-handler", "h", {"threshold": 0})  # threshold given: no default
+    explicit.resolve({"prefix-based-pd-decider": _Fixed(False)})
+    assert _run(explicit, profiles, POOL).results["prefill"] is not None
 
 
 def test_single_profile_handler() -> None:

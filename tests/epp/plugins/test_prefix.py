@@ -15,6 +15,7 @@ from epp.plugins.prefix import (
     block_hashes,
     estimate_tokens,
 )
+from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import ProfileResult, SchedulingResult
 from epp.scheduling.registry import create
 from tests.support.epp import endpoint, scheduling_request
@@ -181,6 +182,42 @@ def test_block_size_is_clamped_to_64_tokens_and_legacy_size_is_in_characters() -
     assert _producer(maxPrefixTokensToMatch=1000, blockSizeTokens=100).max_blocks == 10
 
 
+def test_max_prefix_tokens_takes_precedence_as_in_llm_d() -> None:
+    """llm-d-router's resolveMaxBlocks: maxPrefixTokensToMatch (default 131072) wins whenever it
+    is > 0; maxPrefixBlocksToMatch applies only with maxPrefixTokensToMatch: 0, where 0 blocks is
+    no limit. GIE's legacy hashBlockSize keeps its block cap."""
+    assert _producer().max_blocks == 131072 // 64
+    assert _producer(maxPrefixBlocksToMatch=256).max_blocks == 131072 // 64
+    assert _producer(maxPrefixTokensToMatch=0, maxPrefixBlocksToMatch=256).max_blocks == 256
+    assert _producer(maxPrefixTokensToMatch=0, maxPrefixBlocksToMatch=0).max_blocks >= 2**62
+    assert _producer(hashBlockSize=64, maxPrefixBlocksToMatch=256).max_blocks == 256
+
+
+def test_auto_tune_hashes_in_the_servers_kv_block_size() -> None:
+    """llm-d-router approximateprefix GetBlockSize: with autoTune the servers' reported block size
+    (at least 64 tokens) is the hash block; the token cap is divided by it (resolveMaxBlocks)."""
+    served = endpoint("a")
+    served.metrics = EndpointMetrics(block_size=128, num_gpu_blocks=10, updated_at=1.0)
+    prompt = "y" * 4096  # 1024 tokens: 8 blocks of 128, 16 of 64
+    for params, pool, tokens, blocks in (
+        ({}, [endpoint("new"), served], 128, 8),
+        ({}, [endpoint("new")], 64, 16),  # nothing reported yet: the configured size
+        ({"autoTune": False}, [served], 64, 16),
+        ({"maxPrefixTokensToMatch": 512}, [served], 128, 4),
+    ):
+        producer = _producer(**params)
+        request = scheduling_request(prompt)
+        producer.produce(request, pool)
+        match = request.state[producer.name]
+        assert (match.block_tokens, match.block_bytes, len(match.hashes)) == (tokens, tokens * 4, blocks)
+    small = endpoint("s")
+    small.metrics = EndpointMetrics(block_size=16, updated_at=1.0)
+    producer = _producer()
+    request = scheduling_request(prompt)
+    producer.produce(request, [small])
+    assert request.state[producer.name].block_tokens == 64  # clamped, as upstream
+
+
 def test_producer_scorer_and_pre_request_make_prefixes_stick() -> None:
     producer = _producer(hashBlockSize=8)
     scorer = create("prefix-cache-scorer", "prefix-cache-scorer", None)
@@ -201,6 +238,40 @@ def test_producer_scorer_and_pre_request_make_prefixes_stick() -> None:
     assert scores[0] == 0.0 and scores[1] == pytest.approx(17 / len(match.hashes))
     assert match.cached_tokens(pool[1].hostport) == 17 * 2  # 8-byte blocks ≈ 2 tokens
     assert match.cached_tokens(pool[0].hostport) == 0
+
+
+def test_scorer_blends_match_length_as_llm_d_does() -> None:
+    """llm-d-router's prefix-cache-scorer takes matchLengthWeight (w) and matchLengthScaleTokens:
+    score = w x min(1, matched tokens / scale)^2 + (1 - w) x matched / total blocks."""
+    pool = [endpoint("long"), endpoint("short"), endpoint("none")]
+    scorer = create("prefix-cache-scorer", "s", {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 1000})
+    producer = _producer()
+    scorer.resolve({producer.name: producer})
+    request = scheduling_request()
+    request.state[producer.name] = PrefixMatch(
+        hashes=[0] * 20,
+        block_tokens=64,
+        prompt_tokens=1280,
+        matched_blocks={pool[0].hostport: 20, pool[1].hostport: 5},
+    )
+    # long: 1280 tokens cached, capped at 1 → 0.5 x 1 + 0.5 x 1; short: 320 tokens → 0.5 x 0.1024 + 0.5 x 0.25
+    assert scorer.score(request, pool) == pytest.approx([1.0, 0.0512 + 0.125, 0.0])
+    assert create("prefix-cache-scorer", "d", None).match_length_weight == 0.0  # off by default
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"matchLengthWeight": 1.5}, "'matchLengthWeight' must be <= 1.0"),
+        ({"matchLengthWeight": -0.1}, "'matchLengthWeight' must be >= 0.0"),
+        ({"matchLengthWeight": 0.3, "matchLengthScaleTokens": 0}, "must be > 0 when matchLengthWeight"),
+    ],
+)
+def test_scorer_match_length_parameters_are_checked(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create("prefix-cache-scorer", "s", params)
+    assert message in str(caught.value)
+    create("prefix-cache-scorer", "s", {"matchLengthScaleTokens": 0})  # unused without a weight
 
 
 def test_pre_request_indexes_prefill_and_decode_targets_and_autotunes_capacity() -> None:

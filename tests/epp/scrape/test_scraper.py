@@ -171,3 +171,21 @@ async def test_unreachable_endpoint_counts_as_failed() -> None:
         assert gone.metrics.updated_at == 0.0
     finally:
         await scraper.stop()
+
+
+async def test_metrics_source_port_overrides_every_endpoints_metrics_port() -> None:
+    """llm-d-router's metrics-data-source ``port`` scrapes every endpoint on that port instead
+    of its own (source/metrics/datasource.go WithPortOverride)."""
+    server = FakeMetricsServer(vllm_metrics_page(waiting=7, kv=0.1))
+    await server.start()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.5, port=server.port)
+    await scraper.start()
+    try:
+        datastore.replace_endpoints([EndpointSpec("pod", "127.0.0.1", 8000, 1)])  # nothing on port 1
+        (pod,) = datastore.endpoints()
+        await wait_until(lambda: pod.metrics.updated_at > 0)
+        assert pod.metrics.waiting == 7 and pod.scrape_failures == 0
+    finally:
+        await scraper.stop()
+        await server.stop()
