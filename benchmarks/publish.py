@@ -42,7 +42,8 @@ METHOD_NOTES = (
     "length, KV-cache use), which are up to one refresh interval (50 ms) old, so requests arriving "
     "within that window see the same numbers and can herd onto the same pod. llm-d keeps that profile "
     "as its default; deployments that see bursts add an in-flight-aware scorer that counts the "
-    "EPP's own routed-but-unfinished requests (`active-request-scorer`, or `load-aware-scorer`). "
+    "EPP's own routed-but-unfinished requests (`active-request-scorer`; `load-aware-scorer` reads "
+    "the queue, the EPP's own unanswered dispatches when larger). "
     "`epp-default+active-request` is that profile: llm-d's default plus `active-request-scorer` "
     "weight 2.",
     "Real vLLM serves `/tokenize` and `/detokenize` by default, and routers that tokenize on a "

@@ -305,8 +305,9 @@ class SchedulingDirector:
         for other in others:
             other.in_flight += 1
             other.routed += 1
-        # The prompt is processed where the prefill runs: the prefill pick under P/D (llm-d's
-        # inflight-load-producer charges a decode-only endpoint no prompt tokens).
+        # The prompt is processed where the prefill runs: the prefill pick under P/D. (llm-d's
+        # inflight-load-producer also charges the decode pick until its first byte; here the
+        # decode pod's prefill-free wait shows in its pending count, not as prompt tokens.)
         charged = others[0] if others else endpoint
         tokens = _uncached_tokens(request.parsed.prompt_text, state, charged.hostport)
         endpoint.pending += 1

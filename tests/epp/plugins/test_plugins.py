@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+import epp.plugins  # noqa: F401  (registers every plugin type: create() looks them up by name)
 from epp.scheduling.errors import ConfigError
 from epp.scheduling.framework import Decider, ProfileResult, SchedulerProfile
 from epp.scheduling.registry import create
