@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from render.engine import RenderResult
-from tests.support.stacks import SIM_POOL, render_config
+from tests.pulumi_llmd.components.test_multi_model import entry
+from tests.support.stacks import render_config
 
 # What Istio 1.30.3 makes of a Service port (pkg/config/kube/conversion.go ConvertProtocol, then
 # pkg/config/protocol/instance.go Parse): appProtocol wins over the port name; "kubernetes.io/h2c"
@@ -39,22 +40,13 @@ def ext_proc_ports(result: RenderResult) -> dict[str, dict[str, Any]]:
 
 
 def two_models(provider: str, secure: bool) -> dict[str, Any]:
-    def entry(name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "uri": f"hf://org/{name}",
-            "engine": "simulator",
-            "prefill": {"enabled": False},
-            "decode": SIM_POOL,
-            # agentgateway always dials the EPP over TLS (the config refuses a plaintext one there).
-            "epp": {"secureServing": secure or provider == "agentgateway"},
-        }
-
+    # agentgateway always dials the EPP over TLS (the config refuses a plaintext one there).
+    epp = {"secureServing": secure or provider == "agentgateway"}
     return {
         "platform": "kind",
         "name": "mm",
         "gateway": {"provider": provider, "install": False},
-        "models": [entry("llama"), entry("qwen")],
+        "models": [entry("llama", epp=epp), entry("qwen", epp=epp)],
         "bodyRouter": {"secureServing": secure},
     }
 
