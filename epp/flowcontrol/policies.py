@@ -30,6 +30,11 @@ SLO_TTFT_HEADERS = ("x-llm-d-slo-ttft-ms", "x-slo-ttft-ms")
 class _NoParams:
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
+        # llm-d-router's factories of these policies never decode parameters (`_ *json.Decoder` in
+        # pkg/epp/framework/plugins/flowcontrol/{ordering/fcfs,ordering/edf,ordering/slodeadline,
+        # fairness/globalstrict,fairness/roundrobin}): any are accepted there, so they load here
+        # too, named in a warning.
+        params.ignore_all()
         return cls(name)  # type: ignore[call-arg]
 
 
