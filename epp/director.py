@@ -27,7 +27,7 @@ from epp import metrics as epp_metrics
 from epp.config.scheduler_config import SchedulerConfig
 from epp.datastore import Datastore, Endpoint, RewriteTarget
 from epp.flowcontrol import FlowController, FlowControlRejected, FlowRequest, Outcome
-from epp.scheduling.framework import SchedulingRequest, SchedulingResult
+from epp.scheduling.framework import SchedulingRequest, SchedulingResult, uncached_prompt_tokens
 from epp.types import Decision, EppError, InferenceRequest, Usage
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class SchedulingDirector:
         # inflight-load-producer also charges the decode pick until its first byte; here the
         # decode pod's prefill-free wait shows in its pending count, not as prompt tokens.)
         charged = others[0] if others else endpoint
-        tokens = _uncached_tokens(request.parsed.prompt_text, state, charged.hostport)
+        (tokens,) = uncached_prompt_tokens(request.parsed.prompt_text, state, (charged.hostport,))
         endpoint.pending += 1
         charged.pending_tokens += tokens
         epp_metrics.IN_FLIGHT.inc()
@@ -408,19 +408,6 @@ def _flow_control_error(rejected: FlowControlRejected, *, pool_empty: bool) -> E
     if outcome is Outcome.EVICTED_CONTEXT_CANCELLED:
         return EppError(503, rejected.message, REJECTED_CONTEXT_CANCELLED)
     return EppError(500, f"internal flow control error: {rejected.message}")
-
-
-def _uncached_tokens(prompt_text: str, state: dict[str, Any], hostport: str) -> int:
-    """The prompt tokens ``hostport`` must still compute: the prefix producer's prompt length less
-    what it expects cached there (its match info in the request state, llm-d's
-    PrefixCacheMatchInfo: ``prompt_tokens`` and ``cached_tokens(hostport)``); without a producer,
-    llm-d's estimate (4 bytes a token). Duck-typed, not an isinstance check on a runtime
-    Protocol: that cost ~100 us per request, this ~1 us (the director may not import plugins)."""
-    for value in state.values():
-        cached_tokens = getattr(value, "cached_tokens", None)
-        if cached_tokens is not None:
-            return max(0, int(value.prompt_tokens) - int(cached_tokens(hostport)))
-    return -(-len(prompt_text.encode()) // 4)
 
 
 def _ip_of(hostport: str) -> str:

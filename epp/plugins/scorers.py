@@ -7,9 +7,8 @@ from typing import Self
 
 from epp.datastore import Endpoint
 from epp.plugins.datalayer import InflightLoadProducer
-from epp.plugins.prefix import PrefixMatch, estimate_tokens
 from epp.scheduling.errors import ConfigError
-from epp.scheduling.framework import Plugin, SchedulingRequest, Scorer
+from epp.scheduling.framework import Plugin, SchedulingRequest, Scorer, uncached_prompt_tokens
 from epp.scheduling.params import Params
 from epp.scheduling.registry import register
 
@@ -160,7 +159,6 @@ class ActiveRequestScorer(Scorer):
         params.duration("requestTimeout", 120.0)
         # llm-d-router's active_request.go reads its counts from the named inflight-load-producer;
         # the director's own counts are those here (as for concurrency-detector).
-        params.string("inFlightLoadProducerName", "inflight-load-producer")
         return cls(
             name,
             params.integer("idleThreshold", 0, minimum=0),
@@ -197,7 +195,6 @@ class TokenLoadScorer(Scorer):
     @classmethod
     def from_parameters(cls, name: str, params: Params) -> Self:
         params.number("nonTextTokenWeight", 1.0)
-        params.string("inFlightLoadProducerName", "inflight-load-producer")  # as active-request-scorer
         # llm-d's default, 4 Mi tokens (128 requests of 32K tokens): on small prompts every
         # endpoint then scores ~1.0; set it near the pool's prefill knee.
         return cls(
@@ -212,11 +209,6 @@ class TokenLoadScorer(Scorer):
         # llm-d-router scorer/tokenload/token_load.go Score adds UncachedRequestTokens, which
         # dataproducer/inflightload/producer.go Produce sets per endpoint to this request's input
         # tokens less the prefix-cache match there (uncachedInputTokens).
-        match = next((value for value in request.state.values() if isinstance(value, PrefixMatch)), None)
-        if match is None:
-            own = estimate_tokens(request.prompt_text.encode())
-            loads = [endpoint.pending_tokens + own for endpoint in endpoints]
-        else:
-            prompt, cached = match.prompt_tokens, match.cached_tokens
-            loads = [endpoint.pending_tokens + prompt - cached(endpoint.hostport) for endpoint in endpoints]
+        own = uncached_prompt_tokens(request.prompt_text, request.state, [e.hostport for e in endpoints])
+        loads = [endpoint.pending_tokens + tokens for endpoint, tokens in zip(endpoints, own, strict=True)]
         return [1.0 - load / threshold if load < threshold else 0.0 for load in loads]

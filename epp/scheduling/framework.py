@@ -32,6 +32,21 @@ class SchedulingRequest:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+def uncached_prompt_tokens(prompt_text: str, state: Mapping[str, Any], hostports: Sequence[str]) -> list[int]:
+    """The prompt tokens each of ``hostports`` must still compute: the prefix producer's prompt
+    length less what it expects cached there (its match info in the request state, llm-d's
+    PrefixCacheMatchInfo: ``prompt_tokens`` and ``cached_tokens(hostport)``); without a producer,
+    llm-d's estimate (4 bytes a token) everywhere. What the director charges an endpoint and what
+    ``token-load-scorer`` adds for the request itself (llm-d's inflight-load-producer). Duck-typed,
+    not an isinstance check on a runtime Protocol: that cost ~100 us per request, this ~1 us."""
+    for value in state.values():
+        cached_tokens = getattr(value, "cached_tokens", None)
+        if cached_tokens is not None:
+            prompt = int(value.prompt_tokens)
+            return [max(0, prompt - int(cached_tokens(hostport))) for hostport in hostports]
+    return [-(-len(prompt_text.encode()) // 4)] * len(hostports)
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileResult:
     targets: tuple[Endpoint, ...]  # the picker's choice: primary first, then fallbacks
