@@ -373,3 +373,127 @@ def test_fields_a_newer_vllm_appends_to_the_batch_are_ignored() -> None:
     batch = decode_batch(msgpack.packb([2.0, [event], 1, "a newer field", {"x": 1}]))
     assert batch.data_parallel_rank == 1
     assert batch.events == (BlockStored((7,), None, (1,), 16),)
+
+
+def _stored_event(hashes: list[object], **fields: object) -> dict[str, object]:
+    return {
+        "type": "BlockStored",
+        "block_hashes": hashes,
+        "parent_block_hash": None,
+        "token_ids": [1] * 16 * len(hashes),
+        "block_size": 16,
+        **fields,
+    }
+
+
+def test_a_batch_past_the_item_budget_is_refused_before_its_items_are_read() -> None:
+    # Events, block hashes and extra-key parts each cost Python work on the event loop; the byte cap
+    # alone let 16 MiB of one-byte hashes (16M of them) or 5M empty extra keys hold it for seconds.
+    from epp.kvevents.wire import MAX_BATCH_ITEMS
+
+    at_budget = msgpack.packb(
+        [1.0, [{"type": "BlockRemoved", "block_hashes": list(range(MAX_BATCH_ITEMS - 1))}]]
+    )
+    assert len(decode_batch(at_budget).events[0].block_hashes) == MAX_BATCH_ITEMS - 1  # type: ignore[union-attr]
+    over = msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": list(range(MAX_BATCH_ITEMS))}]])
+    with pytest.raises(MalformedEvent, match="batch_too_large"):
+        decode_batch(over)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [{"type": "AllBlocksCleared"}] * 11,  # events count
+        [{"type": "BlockRemoved", "block_hashes": [1] * 6}] * 2,  # 2 events + 12 hashes
+        [_stored_event([1, 2], extra_keys=[["a", "b", "c", "d"], ["e", "f", "g", "h"]])],  # 1 + 2 + 8 parts
+    ],
+)
+def test_every_kind_of_item_counts_toward_the_budget(events: list[object]) -> None:
+    payload = msgpack.packb([1.0, events])
+    with pytest.raises(MalformedEvent, match="batch_too_large"):
+        decode_batch(payload, max_items=10)
+    decode_batch(payload, max_items=14)  # within a larger budget: decodes
+
+
+def test_extra_keys_have_at_most_one_entry_per_block() -> None:
+    # vLLM publishes one entry per block (to_event_extra_keys); a longer list is entries for blocks
+    # the event does not store, and 5M empty ones cost ~1.5 s of Python before this check.
+    good = _stored_event([1, 2], extra_keys=[None, ["salt"]])
+    assert decode_batch(msgpack.packb([1.0, [good]])).events[0].extra_keys == (None, ("salt",))  # type: ignore[union-attr]
+    bad = _stored_event([1], extra_keys=[[], []])
+    with pytest.raises(MalformedEvent, match="stored_extra_keys"):
+        decode_batch(msgpack.packb([1.0, [bad]]))
+
+
+def test_int_hashes_are_checked_without_python_code_per_hash() -> None:
+    import sys
+
+    hashes = [(1 << 64) - 1 - i for i in range(50_000)]
+    payload = msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": hashes}]])
+    calls = 0
+
+    def count(_frame: object, event: str, _arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        batch = decode_batch(payload)
+    finally:
+        sys.setprofile(None)
+    assert batch.events[0].block_hashes == tuple(hashes)  # type: ignore[union-attr]
+    assert calls < 100, calls
+
+
+@pytest.mark.parametrize(
+    ("hashes", "keys"),
+    [
+        ([-1, 5], ((1 << 64) - 1, 5)),  # signed ints: vLLM's int64 form, masked
+        ([b"\x00" * 24 + b"\x00\x00\x00\x00\x00\x00\x01\x02", 3], (0x0102, 3)),  # digests and ints mixed
+    ],
+)
+def test_hash_lists_the_fast_path_cannot_take_are_read_one_by_one(
+    hashes: list[object], keys: tuple[int, ...]
+) -> None:
+    payload = msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": hashes}]], use_bin_type=True)
+    assert decode_batch(payload).events[0].block_hashes == keys  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("hashes", [[True], [1, False], [1.5], [1, "x"], [-1, None]])
+def test_bad_hashes_are_refused_on_either_path(hashes: list[object]) -> None:
+    payload = msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": hashes}]])
+    with pytest.raises(MalformedEvent, match="hash_"):
+        decode_batch(payload)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_does_not_run_while_a_batch_decodes(enabled: bool) -> None:
+    # Every container msgpack allocates counts toward a collection, and older generations walk
+    # every live container: 5 MiB of empty arrays took 3.5 s to unpack with the collector on.
+    import gc
+
+    payload = msgpack.packb(
+        [1.0, [{"type": "BlockRemoved", "block_hashes": [1]}] * 20_000, None, [[]] * 20_000]
+    )
+    runs: list[str] = []
+
+    def seen(phase: str, _info: object) -> None:
+        if phase == "start":
+            runs.append(phase)
+
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    gc.callbacks.append(seen)
+    try:
+        decode_batch(payload)
+        # With the collector on, at most the one run its first allocation afterwards starts: the
+        # batch built (20,000 events) is young and alive. Before, it ran ~80 times inside the decode.
+        assert len(runs) <= enabled
+        runs.clear()
+        with pytest.raises(MalformedEvent, match="batch_too_large"):
+            decode_batch(payload, max_items=100)
+        assert runs == []  # refused: what it decoded was freed before the collector came back
+        assert gc.isenabled() is enabled  # restored as found
+    finally:
+        gc.callbacks.remove(seen)
+        (gc.enable if was else gc.disable)()
