@@ -34,19 +34,24 @@ What vLLM 0.32 sends (read in ``vllm/distributed/kv_events.py`` of the installed
 The decoder is strict: a payload that is not a well-formed batch raises :class:`MalformedEvent`
 with a short reason (used as a metric label). Unknown extra fields are ignored (forward
 compatible); an event with an unknown tag is skipped and reported in :attr:`EventBatch.unknown`.
+It decodes with msgspec against typed schemas, so what a batch should not hold is refused or
+skipped before it is built, and a batch's work and memory are bounded by what one engine step
+can publish (:data:`MAX_BATCH_ITEMS`, :data:`MAX_EVENT_TOKENS`), not only by its bytes.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import re
 from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
+import msgspec
 
 SEQ_BYTES = 8
 END_SEQ = (-1).to_bytes(SEQ_BYTES, "big", signed=True)
@@ -164,11 +169,11 @@ def parse_topic(topic: str) -> tuple[str, str]:
 def _collector_paused() -> Iterator[None]:
     """Python's cyclic collector off while a payload is decoded.
 
-    msgpack allocates one container per array or map, and every 700 allocations the collector runs;
-    its older generations walk every container alive. A 5 MiB payload of empty arrays took 3.5 s to
-    unpack with it on and 0.26 s with it off (msgpack's documentation advises the same for large
-    messages). Decoded batches hold no cycles, so nothing is left for the collector to find. Runs
-    on the event loop's thread, which nothing else shares, and restores what it found."""
+    Every container a decoder allocates counts toward a collection, and older generations walk
+    every container alive: a 5 MiB payload of empty arrays took 3.5 s in msgpack's unpack with the
+    collector on and 0.26 s with it off (msgpack's documentation advises the same for large
+    messages). Decoded batches hold no cycles, so nothing is left for the collector to find. Runs on
+    the event loop's thread, which nothing else shares, and restores what it found."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -181,15 +186,130 @@ def _collector_paused() -> Iterator[None]:
 class _Budget:
     """What is left of :data:`MAX_BATCH_ITEMS` while one batch is decoded."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "tokens_left")
 
     def __init__(self, left: int) -> None:
         self.left = left
+        self.tokens_left = MAX_EVENT_TOKENS
 
     def take(self, count: int) -> None:
         self.left -= count
         if self.left < 0:
             raise MalformedEvent("batch_too_large", f"more than {MAX_BATCH_ITEMS} events, hashes and keys")
+
+    def take_tokens(self, count: int) -> None:
+        self.tokens_left -= count
+        if self.tokens_left < 0:
+            raise MalformedEvent("batch_too_large", f"more than {MAX_EVENT_TOKENS} token ids")
+
+
+# ---- the decoder: msgspec, the library vLLM encodes with, with typed schemas -----------------
+#
+# A typed schema makes the decoder refuse a wrong type where it meets it, skip unknown fields
+# without building them, and check list lengths from their headers before reading an element.
+# Decoding into Python objects first (msgpack.unpackb) built everything a payload held before
+# any check: 16 MiB of empty arrays in an unknown field was ~780 MiB and 1.2 s. Now the most any
+# batch can allocate is its token ids (below) and at most MAX_BATCH_ITEMS of everything else.
+
+# Token ids in one event, and in a whole batch: vLLM publishes one batch per engine step, and a step
+# stores the blocks of at most the tokens it schedules (2M: past any max_num_batched_tokens in use).
+# Token ids are the one list a batch may hold more of than MAX_BATCH_ITEMS: at most ~200 MiB of
+# objects at the byte cap, for ~0.3 s.
+MAX_EVENT_TOKENS = 1 << 21
+
+_Hash = int | bytes
+_Hashes = Annotated[list[_Hash], msgspec.Meta(max_length=MAX_BATCH_ITEMS)]
+_TokenIds = Annotated[
+    list[Annotated[int, msgspec.Meta(ge=0, le=(1 << 32) - 1)]], msgspec.Meta(max_length=MAX_EVENT_TOKENS)
+]
+_NIL = msgspec.Raw(b"\xc0")  # msgpack's nil: a Raw field's default when the field is absent
+
+
+class _Batch(msgspec.Struct, array_like=True):
+    # Trailing elements past the rank are ignored, as msgspec decodes vLLM's array_like
+    # KVEventBatch: a newer vLLM may append fields. Refusing them made every batch "malformed",
+    # and every batch then cleared the pod: precise routing gone for it until the versions matched.
+    ts: float
+    events: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_ITEMS)]
+    data_parallel_rank: int | None = None
+
+
+# Each event in both of vLLM's encodings: 0.32's maps tagged under "type", and the older positional
+# arrays [tag, field1, ...] (vllm-project/vllm#42892), which is msgspec's array_like tagged layout.
+class _Stored(msgspec.Struct, tag=TAG_STORED, tag_field="type"):
+    block_hashes: _Hashes
+    parent_block_hash: _Hash | None
+    token_ids: _TokenIds
+    block_size: Annotated[int, msgspec.Meta(gt=0)]
+    lora_id: int | None = None
+    medium: str | None = None
+    lora_name: str | None = None
+    extra_keys: msgspec.Raw = _NIL  # read apart, under the batch's budget (_extra_keys)
+    group_idx: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class _Removed(msgspec.Struct, tag=TAG_REMOVED, tag_field="type"):
+    block_hashes: _Hashes
+    medium: str | None = None
+    group_idx: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class _Cleared(msgspec.Struct, tag=TAG_CLEARED, tag_field="type"):
+    pass
+
+
+class _StoredArray(_Stored, array_like=True):
+    pass
+
+
+class _RemovedArray(_Removed, array_like=True):
+    pass
+
+
+class _ClearedArray(_Cleared, array_like=True):
+    pass
+
+
+class _MapTag(msgspec.Struct):
+    type: str
+
+
+class _ArrayTag(msgspec.Struct, array_like=True):
+    tag: str
+
+
+_BATCH = msgspec.msgpack.Decoder(_Batch)
+_MAP_EVENT = msgspec.msgpack.Decoder(_Stored | _Removed | _Cleared)
+_ARRAY_EVENT = msgspec.msgpack.Decoder(_StoredArray | _RemovedArray | _ClearedArray)
+_MAP_TAG = msgspec.msgpack.Decoder(_MapTag)
+_ARRAY_TAG = msgspec.msgpack.Decoder(_ArrayTag)
+_EXTRA_KEYS = msgspec.msgpack.Decoder(
+    Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_ITEMS)] | None
+)
+# An entry's parts are read only when its bytes are this few (~64 bytes of objects per byte at
+# worst): vLLM's are a LoRA name, (mm_identifier, offset) pairs, a cache salt, a 32-byte digest.
+_MAX_ENTRY_BYTES = 1 << 16
+_ENTRY = msgspec.msgpack.Decoder(list[msgspec.Raw] | None)
+_STR_PART = msgspec.msgpack.Decoder(str)
+_BYTES_PART = msgspec.msgpack.Decoder(bytes)
+_INT_PART = msgspec.msgpack.Decoder(int)
+_PAIR_PART = msgspec.msgpack.Decoder(Annotated[list[str | int], msgspec.Meta(max_length=8)])
+
+# The field a validation error's path names, for positional (array) events: index 0 is the tag.
+_STORED_POSITIONS = ("type", *_STORED_FIELDS)
+_REMOVED_POSITIONS = ("type", *_REMOVED_FIELDS)
+_PATH = re.compile(r"at `\$(?:\.(\w+)|\[(\d+)\])")
+_MISSING = re.compile(r"missing required field `(\w+)`")
+_FIELD_REASONS = {
+    "block_hashes": "hash_type",
+    "parent_block_hash": "hash_type",
+    "token_ids": "stored_token_ids",
+    "block_size": "stored_block_size",
+    "lora_id": "stored_lora_id",
+    "lora_name": "stored_lora_name",
+    "extra_keys": "stored_extra_keys",
+    "group_idx": "group_idx",
+}
 
 
 def decode_batch(payload: bytes, max_items: int = MAX_BATCH_ITEMS) -> EventBatch:
@@ -199,7 +319,7 @@ def decode_batch(payload: bytes, max_items: int = MAX_BATCH_ITEMS) -> EventBatch
         try:
             return _decode_batch(payload, _Budget(max_items))
         except MalformedEvent as exc:
-            # Raised afresh below, without this traceback: its frames hold the decoded payload, which
+            # Raised afresh below, without this traceback: its frames hold what was decoded, which
             # must go while the collector is still off, or its next run walks all of it.
             error = MalformedEvent(exc.reason, exc.detail)
     raise error
@@ -207,39 +327,163 @@ def decode_batch(payload: bytes, max_items: int = MAX_BATCH_ITEMS) -> EventBatch
 
 def _decode_batch(payload: bytes, budget: _Budget) -> EventBatch:
     try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError...)
-        raise MalformedEvent("msgpack", type(exc).__name__) from exc
-    # Trailing elements past the rank are ignored: msgspec decodes an array_like struct that way
-    # (extra trailing fields are skipped), so a newer vLLM may append EventBatch fields and older
-    # vLLM consumers still read it. Refusing them made every batch "malformed", and every batch
-    # then cleared the pod: precise routing gone for that pod until the versions matched.
-    if not isinstance(raw, list) or len(raw) < 2:
-        raise MalformedEvent("batch_shape", type(raw).__name__)
-    ts = raw[0]
+        batch = _BATCH.decode(payload)
+    except msgspec.ValidationError as exc:  # a DecodeError too: first
+        raise MalformedEvent(_batch_reason(str(exc)), str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedEvent("msgpack", str(exc)) from None
     # Not finite is no time vLLM sends, and it would make the lag histogram's sum +Inf for good.
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+    if not math.isfinite(batch.ts):
         raise MalformedEvent("batch_ts")
-    events_raw = raw[1]
-    if not isinstance(events_raw, list):
-        raise MalformedEvent("batch_events")
-    rank = raw[2] if len(raw) >= 3 else None
-    if rank is not None and not _is_int(rank):
-        raise MalformedEvent("batch_rank")
-    budget.take(len(events_raw))
+    budget.take(len(batch.events))
     events: list[Event] = []
     unknown: list[str] = []
-    for item in events_raw:
-        tag, fields = _event_fields(item)
-        if tag == TAG_STORED:
-            events.append(_stored(fields, budget))
-        elif tag == TAG_REMOVED:
-            events.append(_removed(fields, budget))
-        elif tag == TAG_CLEARED:
-            events.append(AllBlocksCleared())
+    for raw in batch.events:
+        event = _event(raw, budget)
+        if isinstance(event, str):
+            unknown.append(event)
         else:
-            unknown.append(tag)
-    return EventBatch(float(ts), tuple(events), rank, tuple(unknown))
+            events.append(event)
+    return EventBatch(batch.ts, tuple(events), batch.data_parallel_rank, tuple(unknown))
+
+
+def _batch_reason(message: str) -> str:
+    match = _PATH.search(message)
+    if match is None or match[2] is None:
+        return "batch_shape"
+    if match[2] == "1" and "length <=" in message:
+        return "batch_too_large"
+    return {"0": "batch_ts", "1": "batch_events", "2": "batch_rank"}.get(match[2], "batch_shape")
+
+
+def _event(raw: msgspec.Raw, budget: _Budget) -> Event | str:
+    """The event in ``raw``, or the tag of an event type this decoder does not know (skipped)."""
+    data = memoryview(raw)
+    first = data[0] if data else 0xC1
+    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+        positional = False
+    elif 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+        positional = True
+    else:
+        raise MalformedEvent("event_shape", f"msgpack type byte {first:#x}")
+    try:
+        event = (_ARRAY_EVENT if positional else _MAP_EVENT).decode(raw)
+    except msgspec.ValidationError as exc:
+        try:
+            tag = _ARRAY_TAG.decode(raw).tag if positional else _MAP_TAG.decode(raw).type
+        except msgspec.ValidationError:
+            raise MalformedEvent("event_shape" if positional else "event_tag") from None
+        if tag not in (TAG_STORED, TAG_REMOVED, TAG_CLEARED):
+            return tag
+        raise MalformedEvent(_event_reason(tag, str(exc), positional), str(exc)) from None
+    if isinstance(event, _Cleared):
+        return AllBlocksCleared()
+    hashes = _hashes(event.block_hashes, budget)
+    if isinstance(event, _Removed):
+        return BlockRemoved(block_hashes=hashes, medium=event.medium, group_idx=event.group_idx)
+    budget.take_tokens(len(event.token_ids))
+    parent = event.parent_block_hash
+    return BlockStored(
+        block_hashes=hashes,
+        parent_block_hash=None if parent is None else _hash(parent),
+        token_ids=tuple(event.token_ids),
+        block_size=event.block_size,
+        lora_id=event.lora_id,
+        medium=event.medium,
+        lora_name=event.lora_name,
+        extra_keys=_extra_keys(event.extra_keys, len(hashes), budget),
+        group_idx=event.group_idx,
+    )
+
+
+def _event_reason(tag: str, message: str, positional: bool) -> str:
+    """The metric label for a validation error in an event tagged ``tag`` (``positional``: the
+    older array encoding, whose error paths name indexes)."""
+    prefix = "stored" if tag == TAG_STORED else "removed"
+    if _MISSING.search(message) or "at least length" in message:
+        return f"{prefix}_missing_field"
+    match = _PATH.search(message)
+    if match is None:
+        return "event_shape"
+    if match[1] is not None and not positional:
+        field = match[1]
+    elif match[2] is not None and positional:
+        positions = _STORED_POSITIONS if tag == TAG_STORED else _REMOVED_POSITIONS
+        index = int(match[2])
+        field = positions[index] if index < len(positions) else ""
+    else:
+        return "event_shape"
+    if field in ("block_hashes", "token_ids") and "length <=" in message:
+        return "batch_too_large"
+    if field == "medium":
+        return f"{prefix}_medium"
+    return _FIELD_REASONS.get(field, "event_shape")
+
+
+def _hashes(value: list[_Hash], budget: _Budget) -> tuple[int, ...]:
+    budget.take(len(value))
+    # vLLM's default (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1) sends unsigned 64-bit ints, already
+    # keys: array() checks a whole list of them in C.
+    try:
+        return tuple(array(_U64, value))  # type: ignore[arg-type]  # array() refuses bytes
+    except (TypeError, OverflowError):
+        return tuple(_hash(item) for item in value)
+
+
+def _hash(value: _Hash) -> int:
+    if isinstance(value, bytes):
+        if not value:
+            raise MalformedEvent("hash_empty")
+        return int.from_bytes(value[-8:], "big")
+    # msgpack ints are int64 or uint64: vLLM's signed form is masked to the same unsigned key.
+    return value & KEY_MASK
+
+
+def _extra_keys(raw: msgspec.Raw, blocks: int, budget: _Budget) -> tuple[tuple[Any, ...] | None, ...] | None:
+    try:
+        entries = _EXTRA_KEYS.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise MalformedEvent("stored_extra_keys", str(exc)) from None
+    if entries is None:
+        return None
+    # One entry per block of block_hashes (vLLM's to_event_extra_keys): more would be entries for
+    # blocks the event does not store, and work the batch budget did not count.
+    if len(entries) > blocks:
+        raise MalformedEvent("stored_extra_keys", f"{len(entries)} entries for {blocks} blocks")
+    keys: list[tuple[Any, ...] | None] = []
+    for entry in entries:
+        if len(entry) > _MAX_ENTRY_BYTES:
+            raise MalformedEvent("stored_extra_keys", f"an entry of {len(entry)} bytes")
+        try:
+            parts = _ENTRY.decode(entry)
+        except msgspec.ValidationError as exc:
+            raise MalformedEvent("stored_extra_keys", str(exc)) from None
+        if parts is None:
+            keys.append(None)
+            continue
+        budget.take(len(parts))
+        keys.append(tuple(_part(part) for part in parts))
+    return tuple(keys)
+
+
+def _part(raw: msgspec.Raw) -> Any:
+    """One extra-key part, by its msgpack type: a str (LoRA name, cache salt), bytes (a prompt
+    embeds digest), an int, or a short list (an ``(mm_identifier, offset)`` pair) as a tuple. A
+    part of another type is kept as its msgpack bytes: it counts for nothing here but the check
+    of a store's first block (subscriber._verify), which then skips that block."""
+    first = memoryview(raw)[0]
+    try:
+        if 0xA0 <= first <= 0xBF or 0xD9 <= first <= 0xDB:
+            return _STR_PART.decode(raw)
+        if 0xC4 <= first <= 0xC6:
+            return _BYTES_PART.decode(raw)
+        if first <= 0x7F or first >= 0xE0 or 0xCC <= first <= 0xD3:
+            return _INT_PART.decode(raw)
+        if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+            return tuple(_PAIR_PART.decode(raw))
+    except msgspec.ValidationError as exc:
+        raise MalformedEvent("stored_extra_keys", str(exc)) from None
+    return bytes(raw)
 
 
 def encode_batch(batch: EventBatch) -> bytes:
@@ -271,136 +515,3 @@ def encode_batch(batch: EventBatch) -> bytes:
         events.append(item)
     packed: bytes = msgpack.packb([batch.ts, events, batch.data_parallel_rank], use_bin_type=True)
     return packed
-
-
-def _event_fields(item: Any) -> tuple[str, dict[str, Any]]:
-    if isinstance(item, dict):
-        tag = item.get("type")
-        if not isinstance(tag, str):
-            raise MalformedEvent("event_tag")
-        return tag, item
-    if isinstance(item, list) and item and isinstance(item[0], str):
-        tag = item[0]
-        names = _STORED_FIELDS if tag == TAG_STORED else _REMOVED_FIELDS if tag == TAG_REMOVED else ()
-        return tag, dict(zip(names, item[1:], strict=False))
-    raise MalformedEvent("event_shape", type(item).__name__)
-
-
-def _stored(fields: dict[str, Any], budget: _Budget) -> BlockStored:
-    for name in ("block_hashes", "parent_block_hash", "token_ids", "block_size"):
-        if name not in fields:
-            raise MalformedEvent("stored_missing_field", name)
-    block_hashes = _hashes(fields["block_hashes"], budget)
-    token_ids = _token_ids(fields["token_ids"])
-    block_size = fields["block_size"]
-    if not _is_int(block_size) or block_size <= 0:
-        raise MalformedEvent("stored_block_size")
-    parent = fields["parent_block_hash"]
-    return BlockStored(
-        block_hashes=block_hashes,
-        parent_block_hash=None if parent is None else _hash(parent),
-        token_ids=token_ids,
-        block_size=block_size,
-        lora_id=_optional_int(fields.get("lora_id"), "stored_lora_id"),
-        medium=_optional_str(fields.get("medium"), "stored_medium"),
-        lora_name=_optional_str(fields.get("lora_name"), "stored_lora_name"),
-        extra_keys=_extra_keys(fields.get("extra_keys"), len(block_hashes), budget),
-        group_idx=_optional_group(fields.get("group_idx")),
-    )
-
-
-def _token_ids(value: Any) -> tuple[int, ...]:
-    """Token ids: unsigned 32-bit ints (vLLM's ``list[int]`` of vocabulary ids)."""
-    if not isinstance(value, list):
-        raise MalformedEvent("stored_token_ids")
-    # Checked by C loops: a Python test per id (~190 ns each) held the event loop ~11 s on a batch of
-    # one-byte ids at the message cap. array() refuses non-ints, negatives and ids past 32 bits;
-    # bool, an int to it, is looked for apart.
-    try:
-        array(_U32, value)
-    except (TypeError, OverflowError) as exc:
-        raise MalformedEvent("stored_token_ids") from exc
-    if bool in map(type, value):
-        raise MalformedEvent("stored_token_ids")
-    return tuple(value)
-
-
-def _removed(fields: dict[str, Any], budget: _Budget) -> BlockRemoved:
-    if "block_hashes" not in fields:
-        raise MalformedEvent("removed_missing_field", "block_hashes")
-    return BlockRemoved(
-        block_hashes=_hashes(fields["block_hashes"], budget),
-        medium=_optional_str(fields.get("medium"), "removed_medium"),
-        group_idx=_optional_group(fields.get("group_idx")),
-    )
-
-
-def _hashes(value: Any, budget: _Budget) -> tuple[int, ...]:
-    if not isinstance(value, list):
-        raise MalformedEvent("block_hashes")
-    budget.take(len(value))
-    # vLLM's default (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1) sends unsigned 64-bit ints, already
-    # keys: array() checks a whole list of them in C; bools (ints to it) are looked for apart.
-    try:
-        array(_U64, value)
-    except (TypeError, OverflowError):
-        return tuple(_hash(item) for item in value)
-    if bool in map(type, value):
-        raise MalformedEvent("hash_type", "bool")
-    return tuple(value)
-
-
-def _hash(value: Any) -> int:
-    if _is_int(value):
-        if not -(1 << 63) <= value <= KEY_MASK:
-            raise MalformedEvent("hash_range")
-        return int(value) & KEY_MASK
-    if isinstance(value, bytes):
-        if not value:
-            raise MalformedEvent("hash_empty")
-        return int.from_bytes(value[-8:], "big")
-    raise MalformedEvent("hash_type", type(value).__name__)
-
-
-def _extra_keys(value: Any, blocks: int, budget: _Budget) -> tuple[tuple[Any, ...] | None, ...] | None:
-    if value is None:
-        return None
-    # One entry per block of block_hashes (vLLM's to_event_extra_keys): more would be entries for
-    # blocks the event does not store, and work the batch budget did not count.
-    if not isinstance(value, list) or len(value) > blocks:
-        raise MalformedEvent("stored_extra_keys")
-    keys: list[tuple[Any, ...] | None] = []
-    for entry in value:
-        if entry is None:
-            keys.append(None)
-        elif isinstance(entry, list):
-            budget.take(len(entry))
-            keys.append(tuple(tuple(part) if isinstance(part, list) else part for part in entry))
-        else:
-            raise MalformedEvent("stored_extra_keys")
-    return tuple(keys)
-
-
-def _optional_int(value: Any, reason: str) -> int | None:
-    if value is None:
-        return None
-    if not _is_int(value):
-        raise MalformedEvent(reason)
-    return int(value)
-
-
-def _optional_group(value: Any) -> int | None:
-    group = _optional_int(value, "group_idx")
-    if group is not None and group < 0:
-        raise MalformedEvent("group_idx")
-    return group
-
-
-def _optional_str(value: Any, reason: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise MalformedEvent(reason)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -497,3 +498,87 @@ def test_the_collector_does_not_run_while_a_batch_decodes(enabled: bool) -> None
     finally:
         gc.callbacks.remove(seen)
         (gc.enable if was else gc.disable)()
+
+
+def _peak_bytes(call: Callable[[], object]) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(MalformedEvent):
+            call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        # an unknown field: skipped, not built (a newer vLLM may add fields)
+        (_stored_event([1], session_info=[{}] * 1_000_000), None),
+        # wrong types: refused where met
+        (_stored_event([1]) | {"token_ids": [[]] * 1_000_000}, "stored_token_ids"),
+        (_stored_event([1], extra_keys=[[]] * 1_000_000), "stored_extra_keys"),
+        (_stored_event([1], extra_keys=[[[{}] * 1_000_000]]), "stored_extra_keys"),
+        ({"type": "BlockRemoved", "block_hashes": [[]] * 100_000}, "hash_type"),
+        ({"type": "BlockRemoved", "block_hashes": [1], "medium": [{}] * 1_000_000}, "removed_medium"),
+    ],
+)
+def test_what_a_batch_should_not_hold_is_never_built(event: dict[str, object], reason: str | None) -> None:
+    # Decoding everything first (msgpack.unpackb) built a million empty maps or arrays, ~64 bytes
+    # of objects per payload byte (16 MiB: ~780 MiB and 1.2 s), before any check ran.
+    payload = msgpack.packb([1.0, [event]])
+    if reason is None:
+        decode_batch(payload)
+    else:
+        with pytest.raises(MalformedEvent) as caught:
+            decode_batch(payload)
+        assert caught.value.reason == reason
+    assert _peak_bytes(lambda: decode_batch(payload)) < len(payload) // 4
+
+
+def test_token_ids_are_budgeted_across_the_batch() -> None:
+    from epp.kvevents.wire import MAX_EVENT_TOKENS
+
+    half = _stored_event([1]) | {"token_ids": [1] * (MAX_EVENT_TOKENS // 2)}
+    decode_batch(msgpack.packb([1.0, [half, half]]))
+    with pytest.raises(MalformedEvent, match="batch_too_large"):
+        decode_batch(msgpack.packb([1.0, [half, half, _stored_event([2])]]))
+    with pytest.raises(MalformedEvent, match="batch_too_large"):
+        decode_batch(msgpack.packb([1.0, [_stored_event([1]) | {"token_ids": [1] * (MAX_EVENT_TOKENS + 1)}]]))
+
+
+def test_extra_key_parts_keep_vllm_shapes() -> None:
+    parts = ["lora-a", ["mm-1", 32], "salt", b"\x01" * 32, 7, 1.5]
+    batch = decode_batch(msgpack.packb([1.0, [_stored_event([1], extra_keys=[parts])]], use_bin_type=True))
+    (entry,) = batch.events[0].extra_keys  # type: ignore[union-attr,misc]
+    # A part of a type vLLM does not send is kept as its msgpack bytes: bounded, and not a str, so
+    # the first-block check (subscriber._verify) skips it.
+    assert entry == ("lora-a", ("mm-1", 32), "salt", b"\x01" * 32, 7, msgpack.packb(1.5))
+
+
+def test_an_extra_keys_entry_past_its_byte_bound_is_refused() -> None:
+    event = _stored_event([1], extra_keys=[["x" * 70_000]])
+    with pytest.raises(MalformedEvent, match="stored_extra_keys"):
+        decode_batch(msgpack.packb([1.0, [event]]))
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (["BlockStored", [1], None, [-1], 16], "stored_token_ids"),
+        (["BlockStored", [1], None, [1], 0], "stored_block_size"),
+        (["BlockStored", ["x"], None, [1], 16], "hash_type"),
+        (["BlockStored", [1], None, [1]], "stored_missing_field"),
+        (["BlockStored", [1], None, [1], 16, "id"], "stored_lora_id"),
+        (["BlockRemoved", [1], 5], "removed_medium"),
+        (["BlockRemoved", [1], "GPU", -1], "group_idx"),
+        (["BlockRemoved"], "removed_missing_field"),
+        ([7, [1]], "event_shape"),
+    ],
+)
+def test_the_array_encoding_names_the_same_reasons(event: list[object], reason: str) -> None:
+    with pytest.raises(MalformedEvent) as caught:
+        decode_batch(msgpack.packb([1.0, [event]]))
+    assert caught.value.reason == reason
