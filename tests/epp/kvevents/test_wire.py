@@ -304,11 +304,27 @@ def test_encoder_is_byte_identical_to_vllm() -> None:
     assert encode_batch(batch) == VLLM_0_32_ENCODED
 
 
+def _decode_counting_calls(payload: bytes) -> tuple[EventBatch, int]:
+    """``decode_batch(payload)`` and how many Python-level calls it made."""
+    import sys
+
+    calls = 0
+
+    def count(_frame: object, event: str, _arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        batch = decode_batch(payload)
+    finally:
+        sys.setprofile(None)
+    return batch, calls
+
+
 def test_token_ids_are_checked_without_python_code_per_id() -> None:
     # A generator test per id (~190 ns each, ~3.6 s for 10M one-byte ids) held the event loop: a
     # batch at the message cap took ~11 s to decode. The check is C loops now.
-    import sys
-
     tokens = list(range(100_000))
     payload = msgpack.packb(
         [
@@ -324,17 +340,7 @@ def test_token_ids_are_checked_without_python_code_per_id() -> None:
             ],
         ]
     )
-    calls = 0
-
-    def count(_frame: object, event: str, _arg: object) -> None:
-        nonlocal calls
-        calls += event == "call"
-
-    sys.setprofile(count)
-    try:
-        batch = decode_batch(payload)
-    finally:
-        sys.setprofile(None)
+    batch, calls = _decode_counting_calls(payload)
     assert batch.events[0].token_ids == tuple(tokens)  # type: ignore[union-attr]
     assert calls < 100, calls
 
@@ -427,21 +433,10 @@ def test_extra_keys_have_at_most_one_entry_per_block() -> None:
 
 
 def test_int_hashes_are_checked_without_python_code_per_hash() -> None:
-    import sys
-
     hashes = [(1 << 64) - 1 - i for i in range(50_000)]
-    payload = msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": hashes}]])
-    calls = 0
-
-    def count(_frame: object, event: str, _arg: object) -> None:
-        nonlocal calls
-        calls += event == "call"
-
-    sys.setprofile(count)
-    try:
-        batch = decode_batch(payload)
-    finally:
-        sys.setprofile(None)
+    batch, calls = _decode_counting_calls(
+        msgpack.packb([1.0, [{"type": "BlockRemoved", "block_hashes": hashes}]])
+    )
     assert batch.events[0].block_hashes == tuple(hashes)  # type: ignore[union-attr]
     assert calls < 100, calls
 
