@@ -75,6 +75,9 @@ ROUTERS: tuple[RouterSpec, ...] = (
     ),
     router_by_name("sglang-cache-aware"),
     router_by_name("vllm-router-cache-aware"),
+    # Envoy alone (round-robin, no ext_proc): the floor of any bill with Envoy as the gateway. Its
+    # pods' share is not a scrape share: round-robin's lower hit rate makes the pods prefill more.
+    router_by_name("round-robin"),
 )
 # Two active-active replicas (the stack's default): each sees the other's requests on a quiet pod
 # only at that pod's next idle scrape. Not in the default run; --routers picks them.
@@ -93,6 +96,7 @@ HA_ROUTERS: tuple[RouterSpec, ...] = (
         epp_replicas=2,
     ),
 )
+OPTIONAL_ROUTERS = HA_ROUTERS
 REFERENCE = "sglang-cache-aware"
 
 
@@ -215,7 +219,7 @@ def section(cells: list[Cell], load: tuple[float, float], pods: int, idle_s: flo
     for rate in rates:
         reference = by[(REFERENCE, rate)]
         ref_bill = bill(reference, reference)["bill_ms"]
-        for spec in (*ROUTERS, *HA_ROUTERS):
+        for spec in (*ROUTERS, *OPTIONAL_ROUTERS):
             cell = by.get((spec.name, rate))
             if cell is None:
                 continue
@@ -260,7 +264,7 @@ def section(cells: list[Cell], load: tuple[float, float], pods: int, idle_s: flo
     ran = {c.router for c in cells}
     notes_text = notes(cells, pods)
     routers = "\n".join(
-        f"- `{spec.name}`: {spec.description}" for spec in (*ROUTERS, *HA_ROUTERS) if spec.name in ran
+        f"- `{spec.name}`: {spec.description}" for spec in (*ROUTERS, *OPTIONAL_ROUTERS) if spec.name in ran
     )
     return f"""
 Workload: the routing benchmark's `shared-prefix` ({SharedPrefixWorkload().describe()}), Poisson
@@ -286,6 +290,30 @@ How to read it:
 
 {notes_text}
 """
+
+
+def _floor_notes(cells: list[Cell]) -> list[str]:
+    """Envoy's own share of the bill: alone (round-robin) and with the EPP's ext_proc attached."""
+    by = {(c.router, c.rate_rps): c for c in cells}
+    lines = []
+    for rate in sorted({c.rate_rps for c in cells}):
+        alone, with_epp, reference = (
+            by.get((name, rate)) for name in ("round-robin", "epp-default", REFERENCE)
+        )
+        if alone is None or with_epp is None or reference is None:
+            continue
+        ref_ms = bill(reference, reference)["bill_ms"]
+        alone_ms = sum(alone.router_cpu_s.values()) * 1000 / max(1, alone.requests)
+        envoy_ms = with_epp.router_cpu_s.get("envoy", 0.0) * 1000 / max(1, with_epp.requests)
+        if ref_ms <= 0:
+            continue
+        lines.append(
+            f"- At {rate:g} req/s Envoy alone (`round-robin`) spent {alone_ms:.1f} ms per request, "
+            f"{alone_ms / ref_ms:.1f}x {REFERENCE}'s whole bill ({ref_ms:.1f}); in front of the EPP "
+            f"Envoy spent {envoy_ms:.1f} ms ({envoy_ms - alone_ms:+.1f} ms for its side of ext_proc), "
+            f"{envoy_ms / ref_ms:.1f}x: what the bill would be if the EPP and its scrapes cost nothing."
+        )
+    return lines
 
 
 def notes(cells: list[Cell], pods: int) -> str:
@@ -319,6 +347,7 @@ def notes(cells: list[Cell], pods: int) -> str:
             "simulator renders its 22 KB page from cached text: on real vLLM a full page costs 6.6-9 ms "
             "of CPU and a filtered one under 1 ms (section `vllm-scrape`)."
         )
+    lines += _floor_notes(cells)
     lines += [
         "- Under load, busy pods are still scraped every 50 ms, so the pods' share shrinks less than at "
         "idle; what remains of the bill is mostly the EPP's ext_proc work per request and Envoy's.",
@@ -350,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rates = [float(r) for r in args.rates.split(",")]
     wanted = args.routers.split(",")
-    specs = [s for s in (*ROUTERS, *HA_ROUTERS) if s.name in wanted]
+    known = {s.name: s for s in (*ROUTERS, *OPTIONAL_ROUTERS)}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:  # dropped silently, a run measured fewer routers than asked for
+        parser.error(f"--routers: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    specs = [known[name] for name in known if name in wanted]
     if REFERENCE not in wanted:
         parser.error(f"--routers must include the reference {REFERENCE}")
     log_dir = Path("/tmp") / f"cpu-bill-{os.getpid()}"

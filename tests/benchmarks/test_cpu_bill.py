@@ -7,6 +7,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from benchmarks import cpu_bill
 from benchmarks.cpu_bill import REFERENCE, Cell, bill, section, session_cpu_seconds
 
 
@@ -77,3 +80,25 @@ def test_session_cpu_counts_a_child_process_of_the_session() -> None:
     finally:
         os.killpg(leader.pid, 9)
         leader.wait()
+
+
+def test_an_unknown_router_name_is_refused_not_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    # A misspelt name used to be dropped silently: the run measured fewer routers than asked for.
+    with pytest.raises(SystemExit) as exited:
+        cpu_bill.main(["--routers", "sglang-cache-aware,round-robbin", "--no-write"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown round-robbin" in err and "round-robin" in err  # the Envoy-alone floor is a choice
+
+
+def test_section_sets_envoys_own_share_beside_the_reference() -> None:
+    cells = [
+        _cell(REFERENCE, {REFERENCE: 0.3}, pods_cpu=1.0),  # 3.0 ms per request
+        _cell("round-robin", {"envoy-round-robin": 0.25}, pods_cpu=1.5),
+        _cell("epp-default", {"epp": 0.9, "envoy": 0.6}, pods_cpu=1.4),
+    ]
+    text = section(cells, (1.0, 1.5), pods=8, idle_s=5.0)
+    assert (
+        "- At 8 req/s Envoy alone (`round-robin`) spent 2.5 ms per request, 0.8x sglang-cache-aware's whole "
+        "bill (3.0); in front of the EPP Envoy spent 6.0 ms (+3.5 ms for its side of ext_proc), 2.0x"
+    ) in text
