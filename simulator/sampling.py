@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jsonbody
+from simulator.tokens import VOCAB_SIZE
 
 Api = Literal["completions", "chat"]
 
@@ -185,6 +186,25 @@ def _logit_bias(value: Any) -> None:
     bad = [key for key in value if not (key.isascii() and _INT_TEXT.fullmatch(key))]
     if bad:
         raise SamplingError(f"logit_bias keys must be integer token ids, got {bad!r}", "logit_bias")
+    # vLLM's input processor (_validate_logit_bias) refuses ids outside the vocabulary: a key of
+    # -1 or 10**20 was served with a 200 here, ignored, where vLLM answers 400.
+    out_of_vocab = [key.strip() for key in value if not _in_vocabulary(key)]
+    if out_of_vocab:
+        shown = ", ".join(key if len(key) <= 40 else key[:40] + "..." for key in out_of_vocab[:10])
+        raise SamplingError(
+            f"token_id(s) [{shown}] in logit_bias contain out-of-vocab token ids."
+            f" Vocabulary size: {VOCAB_SIZE}",
+            None,
+        )
+
+
+def _in_vocabulary(key: str) -> bool:
+    digits = key.strip().lstrip("+")
+    # More digits than any id has (leading zeros aside) is out of range without converting it:
+    # int() of over 4,300 digits raises, which would be a 500.
+    if len(digits.lstrip("-0")) > len(str(VOCAB_SIZE)):
+        return False
+    return 0 <= int(digits) < VOCAB_SIZE
 
 
 # The range checks of SamplingParams._verify_args that pass ``parameter=`` to their error.

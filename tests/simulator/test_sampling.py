@@ -94,3 +94,15 @@ def test_min_tokens_is_checked_against_the_chat_limit_it_would_use() -> None:
     with pytest.raises(SamplingError, match="min_tokens"):
         validate_sampling("chat", {"max_completion_tokens": 3, "max_tokens": 50, "min_tokens": 4})
     assert validate_sampling("chat", {"max_completion_tokens": 5, "min_tokens": 4})["min_tokens"] == 4
+
+
+@pytest.mark.parametrize("key", ["-1", "536870912", "99999999999999999999", "9" * 5000, " +7" + "0" * 30])
+def test_logit_bias_ids_outside_the_vocabulary_are_refused_as_vllm_refuses_them(key: str) -> None:
+    """vLLM's input processor refuses logit_bias ids outside [0, vocab size); these were a 200."""
+    with pytest.raises(SamplingError, match=r"in logit_bias contain out-of-vocab token ids"):
+        validate_sampling("completions", {"logit_bias": {key: 1}})
+
+
+@pytest.mark.parametrize("key", ["0", "536870911", " 42 ", "-0", "0007"])
+def test_logit_bias_ids_inside_the_vocabulary_are_taken(key: str) -> None:
+    validate_sampling("completions", {"logit_bias": {key: 1}})
