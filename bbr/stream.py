@@ -135,7 +135,11 @@ class RouterStream:
         for header in headers.headers.headers:
             value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
             self._headers[header.key.lower()] = value
-        if headers.end_of_stream or _tunnel(self._headers):
+        # Only a POST body names a model (every vLLM route with a JSON body is a POST route): any
+        # other method is answered from its method and path, its body unread. Parsing it answered
+        # GET /v1/models with a body a 400 ("no 'model' field") instead of the listing, and a
+        # GET /v1/completions one a 400 or a 404 depending on what its body happened to hold.
+        if headers.end_of_stream or _tunnel(self._headers) or self._headers.get(":method", "POST") != "POST":
             await self._answer_without_body(send)
         if self._mode is BodyMode.BUFFERED:
             # Envoy waits for this answer before it sends the body.
@@ -252,12 +256,13 @@ class RouterStream:
                     404, f"model {_describe(name)} is not served by this gateway", outcomes.UNKNOWN_MODEL
                 ),
             )
+        why = "has no body" if method == "POST" else "is not a POST"
         await self._refuse(
             send,
             RouterError(
                 404,
-                f"{method} {path or '/'} has no body: this gateway routes requests by the model their JSON "
-                f"body names (GET {MODELS_PATH} lists the models)",
+                f"{method} {path or '/'} {why}: this gateway routes requests by the model their JSON body"
+                f" names (GET {MODELS_PATH} lists the models)",
                 outcomes.NO_BODY,
             ),
         )

@@ -124,6 +124,9 @@ def parse_host_port(value: str) -> tuple[str, int]:
         not sep
         or not host
         or not (port_text.isascii() and port_text.isdigit())
+        # A port has at most 5 digits: int() of over 4,300 digits raised its own ValueError, whose
+        # "Exceeds the limit" text became the client's 400 message.
+        or len(port_text) > 5
         or not 0 < int(port_text) < 65536
     ):
         raise ValueError(f"{PREFILLER_HEADER} must be host:port, got {value[:100]!r}")

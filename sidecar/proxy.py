@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 import jsonbody
+from runloop import HTTP_SERVER_LIMITS
 from sidecar.config import SidecarOptions
 from sidecar.pd import (
     DISAGGREGATED_PATHS,
@@ -436,7 +437,7 @@ async def serve(options: SidecarOptions) -> None:
     # (aiohttp closes a cancelled upstream request's connection, and vLLM aborts a request whose
     # connection closes, freeing its KV blocks). aiohttp's default (off, unlike its TestServer)
     # let a prefill run to its timeout and then a whole decode run for a client long gone.
-    runners = [web.AppRunner(sidecar.app(), access_log=None, handler_cancellation=True)]
+    runners = [web.AppRunner(sidecar.app(), access_log=None, handler_cancellation=True, **HTTP_SERVER_LIMITS)]
     if options.metrics_port:
         runners.append(web.AppRunner(sidecar.metrics_app(), access_log=None))
     for runner in runners:

@@ -6,7 +6,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from simulator.sampling import MAX_LOGPROBS, SamplingError, validate_sampling
+from simulator.sampling import MAX_LOGPROBS, SamplingError, check_truncation, validate_sampling
 from simulator.tokens import count_tokens, id_piece, render_chat
 
 Api = Literal["completions", "chat"]
@@ -72,6 +72,7 @@ def parse_generation(
         raise ApiError(400, "the request body must be a JSON object")
     try:
         sampling = validate_sampling(api, body)
+        check_truncation(body, max_model_len)
     except SamplingError as exc:
         # pydantic's type errors are typed "Bad Request" by vLLM, its own range checks BadRequestError.
         raise ApiError(400, exc.message, exc.param, "Bad Request" if exc.validation else None) from None

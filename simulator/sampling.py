@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jsonbody
+from simulator.tokens import VOCAB_SIZE
 
 Api = Literal["completions", "chat"]
 
@@ -64,7 +65,17 @@ def as_int(name: str, value: Any) -> int:
         )
     if isinstance(value, str):
         if value.isascii() and _INT_TEXT.fullmatch(value):
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                # Over Python's 4,300-digit limit for int(str) (a 500 before): pydantic-core
+                # refuses such strings too, with this error type.
+                raise _type_error(
+                    name,
+                    "int_parsing_size",
+                    "Unable to parse input string as an integer, exceeded maximum size",
+                    value,
+                ) from None
         raise _type_error(
             name,
             "int_parsing",
@@ -152,6 +163,25 @@ def validate_sampling(api: Api, body: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def check_truncation(body: Mapping[str, Any], max_model_len: int) -> None:
+    """``truncate_prompt_tokens`` as vLLM checks it (``Field(ge=-1)``, then the entrypoints'
+    ``_validate_truncation_size``): it was ignored, so ``10**12`` or ``"x"`` were served with a 200."""
+    raw = body.get("truncate_prompt_tokens")
+    if raw is None:
+        return
+    value = as_int("truncate_prompt_tokens", raw)
+    if value < -1:
+        raise _type_error(
+            "truncate_prompt_tokens", "greater_than_equal", "Input should be greater than or equal to -1", raw
+        )
+    if value > max_model_len:
+        raise SamplingError(
+            f"truncate_prompt_tokens value ({value}) is greater than max_model_len ({max_model_len})."
+            " Please, select a smaller truncation size.",
+            None,
+        )
+
+
 def _stop(value: Any) -> list[str]:
     if value is None:
         return []
@@ -185,6 +215,27 @@ def _logit_bias(value: Any) -> None:
     bad = [key for key in value if not (key.isascii() and _INT_TEXT.fullmatch(key))]
     if bad:
         raise SamplingError(f"logit_bias keys must be integer token ids, got {bad!r}", "logit_bias")
+    # vLLM's input processor (_validate_logit_bias) refuses ids outside the vocabulary: a key of
+    # -1 or 10**20 was served with a 200 here, ignored, where vLLM answers 400.
+    out_of_vocab = [key.strip() for key in value if not _in_vocabulary(key)]
+    if out_of_vocab:
+        shown = ", ".join(key if len(key) <= 40 else key[:40] + "..." for key in out_of_vocab[:10])
+        raise SamplingError(
+            f"token_id(s) [{shown}] in logit_bias contain out-of-vocab token ids."
+            f" Vocabulary size: {VOCAB_SIZE}",
+            None,
+        )
+
+
+def _in_vocabulary(key: str) -> bool:
+    """Whether an integer key (checked by _INT_TEXT) is an id in [0, VOCAB_SIZE). Only its
+    significant digits are converted: int() of over 4,300 digits raises, which would be a 500."""
+    text = key.strip()
+    significant = text.lstrip("+-").lstrip("0") or "0"
+    if len(significant) > len(str(VOCAB_SIZE)):
+        return False
+    number = int(significant)
+    return not (text.startswith("-") and number) and number < VOCAB_SIZE
 
 
 # The range checks of SamplingParams._verify_args that pass ``parameter=`` to their error.

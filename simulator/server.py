@@ -20,6 +20,7 @@ import xxhash
 from aiohttp import web
 
 import jsonbody
+from runloop import HTTP_SERVER_LIMITS
 from simulator.engine import Engine, EngineDead, RequestTooLarge, Sequence
 from simulator.kvevents import BlockKeyer, KvEventPublisher, KvEventsConfig, none_hash_seed
 from simulator.lora import LoraError
@@ -665,7 +666,7 @@ async def serve(params: SimParams, host: str, port: int) -> None:
     # (with_cancellation / listen_for_disconnect in its API server). aiohttp's default (off, unlike
     # its TestServer) left a non-streaming request generating, holding its slot and KV blocks,
     # until done for a client long gone.
-    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True, **HTTP_SERVER_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

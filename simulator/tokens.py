@@ -77,6 +77,8 @@ def _content_text(content: Any, index: int) -> str:
 # in [2**28, 2**29) that decodes to U+FFFD, the way a byte-level tokenizer renders a broken piece.
 _ASCII_ID_LIMIT = 1 << 28
 _MAX_TOKEN_ID = (1 << 29) - 1
+# What vLLM's checks call the vocabulary size: every id in [0, VOCAB_SIZE) is a token.
+VOCAB_SIZE = _MAX_TOKEN_ID + 1
 UNKNOWN_PIECE = "\ufffd"
 
 

@@ -333,11 +333,19 @@ class ExtProcStream:
         raw = b"".join(self._req.body_parts)
         self._release_body()
         self._metrics.request_bytes.observe(len(raw))
-        try:
-            _refuse_encoded(self._req.headers)
-            body, parsed = parse_request_body(self._req.path, raw)
-        except EppError as error:
-            await self._reject(send, error)
+        if not _carries_inference_body(self._req.headers):
+            # No model-server route takes this method with a request body (vLLM's are all POST):
+            # judging the body answered GET/PUT/OPTIONS ... with a 400 (not JSON) or a 404 (model
+            # not served) where the model server answers 405. Route it as a request without a
+            # body and pass the body on untouched, so the model server's own verdict comes back.
+            parsed = ParsedBody(model="", prompt_text="", stream=False, api="none")
+            body: dict[str, object] = {}
+        else:
+            try:
+                _refuse_encoded(self._req.headers)
+                body, parsed = parse_request_body(self._req.path, raw)
+            except EppError as error:
+                await self._reject(send, error)
         decision = await self._schedule(self._new_request(body, parsed, len(raw)), send)
 
         out_body = decision.body if decision.body is not None else raw
@@ -589,6 +597,12 @@ def _unroutable(headers: Mapping[str, str]) -> str | None:
     if "upgrade" in headers:
         return f"protocol upgrade to {headers['upgrade'][:40]!r}"
     return None
+
+
+def _carries_inference_body(headers: Mapping[str, str]) -> bool:
+    """Whether the request's body is one to schedule on: a POST (a missing ``:method`` too, as
+    before; methods are case-sensitive). Every OpenAI / vLLM route that takes a JSON body is a POST."""
+    return headers.get(":method", "POST") == "POST"
 
 
 def _refuse_encoded(headers: Mapping[str, str]) -> None:

@@ -198,3 +198,23 @@ async def test_response_events_pass_through_if_a_proxy_sends_them() -> None:
     await stream.run(feed(messages), sent)
     assert sent.kinds() == ["response_headers", "response_body", "response_trailers"]
     assert sent.sent[1].response_body.response.body_mutation.streamed_response.body == b"chunk"
+
+
+@pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "BUFFERED"])
+@pytest.mark.parametrize(
+    "body", [b"{}", b"{bad", BODY, b"[1]"], ids=["empty-object", "garbage", "routable", "array"]
+)
+async def test_a_request_other_than_post_is_answered_from_its_method_and_path_not_its_body(
+    mode: str, body: bytes
+) -> None:
+    """A body with GET /v1/models got a 400 from the body ("no 'model' field") instead of the
+    listing; with any other non-POST request the verdict depended on what the body held."""
+    listing_request = [headers_msg({":method": "GET", ":path": "/v1/models"}, mode=mode), body_msg(body)]
+    sent, _ = await run(listing_request)
+    assert immediate(sent)[0] == 200
+    for method in ("GET", "PUT", "OPTIONS", "DELETE"):
+        headers = headers_msg({":method": method, ":path": "/v1/completions"}, mode=mode)
+        sent, metrics = await run([headers, body_msg(body)])
+        code, answer = immediate(sent)
+        assert code == 404 and f"{method} /v1/completions is not a POST" in answer["error"]["message"]
+        assert outcome(metrics, "no_body") == 1

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from localrun import free_port
+from runloop import HTTP_SERVER_LIMITS
 from sidecar.config import SidecarOptions
 from sidecar.proxy import serve
 
@@ -60,9 +61,11 @@ class Rig:
 @contextlib.asynccontextmanager
 async def running_sidecar() -> AsyncIterator[Rig]:
     prefill, decode = SlowServer(), SlowServer()
+    # The stand-ins take the headers vLLM takes (it has no per-header limit): aiohttp's defaults
+    # would refuse what the sidecar forwards.
     servers = [TestServer(prefill.app(), host="127.0.0.1"), TestServer(decode.app(), host="127.0.0.1")]
     for server in servers:
-        await server.start_server()
+        await server.start_server(**HTTP_SERVER_LIMITS)
     port = free_port()
     options = SidecarOptions(host="127.0.0.1", port=port, model_server_port=servers[1].port)
     task = asyncio.create_task(serve(options))
@@ -123,3 +126,26 @@ async def test_a_client_gone_during_generation_cancels_the_model_server_request(
     async with running_sidecar() as rig:
         await send_and_hang_up(rig.sidecar_port, {}, REQUEST, rig.decode.arrived)
         await asyncio.wait_for(rig.decode.abandoned.wait(), DEADLINE_S)
+
+
+async def test_headers_the_gateway_forwards_reach_the_model_server() -> None:
+    """Envoy forwards up to 60 KiB of request headers; aiohttp's defaults in ``serve`` refused any
+    header over 8,190 bytes (a large bearer token) and more than 128 headers with a plain-text 400."""
+    async with running_sidecar() as rig:
+        headers = {"authorization": "Bearer " + "t" * 40_000, **{f"x-extra-{i}": "v" for i in range(150)}}
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.sidecar_port)
+        payload = json.dumps(REQUEST).encode()
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(
+            f"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{head}"
+            f"content-length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        answer = asyncio.create_task(reader.read(200))
+        arrived = asyncio.create_task(rig.decode.arrived.wait())
+        done, _ = await asyncio.wait(
+            {answer, arrived}, timeout=DEADLINE_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert arrived in done, answer.result() if answer in done else "neither answered nor forwarded"
+        answer.cancel()
+        writer.transport.abort()

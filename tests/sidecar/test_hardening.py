@@ -126,6 +126,8 @@ async def test_credentials_stay_off_the_prefill_leg_unless_configured() -> None:
         "127.0.0.1:{port}?a",
         "127.0.0.1#:{port}",
         "127.0.0.1:+{port}",
+        "127.0.0.1:" + "1" * 5000,  # the message was int()'s "Exceeds the limit (4300 digits)"
+        "127.0.0.1:" + "0" * 5000 + "{port}",
     ],
 )
 async def test_a_prefill_target_with_more_than_host_and_port_is_a_400(rig: Rig, target: str) -> None:

@@ -82,3 +82,36 @@ async def test_a_client_gone_mid_generation_aborts_its_request(stream: bool) -> 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_headers_a_gateway_forwards_are_accepted() -> None:
+    """Envoy forwards up to 60 KiB of request headers and vLLM takes them; aiohttp's defaults in
+    ``serve`` refused any header over 8,190 bytes and more than 128 headers with a plain-text 400."""
+    params = SimParams(model="tiny", request_overhead_s=0.0, tokenize_per_token_s=0.0)
+    port = free_port()
+    task = asyncio.create_task(serve(params, "127.0.0.1", port))
+    try:
+        async with aiohttp.ClientSession() as session:
+            loop = asyncio.get_running_loop()
+
+            async def up() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    return await running(session, f"http://127.0.0.1:{port}") == 0
+                return False
+
+            assert await poll(up, loop.time() + DEADLINE_S), "the simulator did not start"
+        body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 1}).encode()
+        head = b"authorization: Bearer " + b"t" * 40_000 + b"\r\n"
+        head += b"".join(b"x-extra-%d: v\r\n" % i for i in range(150))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n%s"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body)
+        )
+        status = await asyncio.wait_for(reader.readline(), DEADLINE_S)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 200"), status
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

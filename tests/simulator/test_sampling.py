@@ -4,6 +4,7 @@ recorded case (tests/support/vllm_verdicts.py), with vLLM's error shape."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -94,3 +95,45 @@ def test_min_tokens_is_checked_against_the_chat_limit_it_would_use() -> None:
     with pytest.raises(SamplingError, match="min_tokens"):
         validate_sampling("chat", {"max_completion_tokens": 3, "max_tokens": 50, "min_tokens": 4})
     assert validate_sampling("chat", {"max_completion_tokens": 5, "min_tokens": 4})["min_tokens"] == 4
+
+
+@pytest.mark.parametrize(
+    "key", ["-1", "536870912", "99999999999999999999", "9" * 5000, " +7" + "0" * 30, "-" + "0" * 5000 + "5"]
+)
+def test_logit_bias_ids_outside_the_vocabulary_are_refused_as_vllm_refuses_them(key: str) -> None:
+    """vLLM's input processor refuses logit_bias ids outside [0, vocab size); these were a 200."""
+    with pytest.raises(SamplingError, match=r"in logit_bias contain out-of-vocab token ids"):
+        validate_sampling("completions", {"logit_bias": {key: 1}})
+
+
+@pytest.mark.parametrize("key", ["0", "536870911", " 42 ", "-0", "0007", "0" * 5000 + "1"])
+def test_logit_bias_ids_inside_the_vocabulary_are_taken(key: str) -> None:
+    validate_sampling("completions", {"logit_bias": {key: 1}})
+
+
+@pytest.mark.parametrize(
+    "field", ["max_tokens", "n", "logprobs", "seed", "min_tokens", "truncate_prompt_tokens"]
+)
+def test_an_integer_string_past_pythons_digit_limit_is_a_400_not_a_500(field: str) -> None:
+    """int() of a string of over 4,300 digits raises ValueError, which escaped as a 500."""
+    body = {"model": "tiny", "prompt": "hi", field: "9" * 5000}
+    with pytest.raises(ApiError) as caught:
+        parse_generation("completions", body, "tiny", 4096, 16)
+    assert caught.value.status == 400 and f"body.{field}" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (10**12, "truncate_prompt_tokens value (1000000000000) is greater than max_model_len (4096)"),
+        (-2, "greater than or equal to -1"),
+        ("x", "int_parsing"),
+    ],
+)
+def test_truncate_prompt_tokens_is_checked_as_vllm_checks_it(value: object, message: str) -> None:
+    """It was ignored: any value was a 200."""
+    body = {"model": "tiny", "prompt": "hi", "truncate_prompt_tokens": value}
+    with pytest.raises(ApiError, match=re.escape(message)):
+        parse_generation("completions", body, "tiny", 4096, 16)
+    for fine in (-1, None, 4096):
+        parse_generation("completions", {**body, "truncate_prompt_tokens": fine}, "tiny", 4096, 16)

@@ -21,6 +21,7 @@ from tests.support.extproc import (
     headers_msg,
     request_headers,
     response_headers,
+    set_headers,
 )
 
 COMPLETION = json.dumps({"model": "m", "prompt": "hello world"}).encode()
@@ -203,3 +204,32 @@ async def test_the_request_is_complete_before_the_answer_that_ends_the_exchange(
     assert completed_before_final == [True]
     assert [failed for _, _, failed in director.completions] == [False]
     assert sample(metrics, "epp_requests_in_flight") == 0
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE", "post"])
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"model": "not-served", "prompt": "x"}', b"[1, 2]", b"\xff\xfe", b'{"prompt": "x"}'],
+    ids=["garbage", "unknown-model", "array", "not-utf8", "no-model"],
+)
+@pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "BUFFERED"])
+async def test_a_body_sent_with_a_method_other_than_post_is_routed_unjudged(
+    director: ScriptedDirector, metrics: ServerMetrics, method: str, body: bytes, mode: str
+) -> None:
+    """No model-server route takes a JSON body except by POST: the EPP answered such requests with
+    a 400 or a 404 from their body where vLLM answers 405. They are routed like requests without a
+    body (no model, no prompt), the body passed on untouched, and the model server answers."""
+    out = Collector()
+    headers = request_headers(extra={":method": method}, mode=mode)
+    await ExtProcStream(director, StreamSettings(), metrics).run(feed([headers, body_msg(body)]), out)
+    assert "immediate_response" not in out.kinds()
+    [request] = director.requests
+    assert request.parsed.api == "none" and request.parsed.model == "" and request.body == {}
+    if mode == "FULL_DUPLEX_STREAMED":
+        routed = out.sent[0].request_headers.response
+        sent_on = b"".join(m.request_body.response.body_mutation.streamed_response.body for m in out.sent[1:])
+        assert sent_on == body
+    else:
+        routed = out.sent[1].request_body.response
+        assert not routed.HasField("body_mutation")  # Envoy sends its buffered body as it is
+    assert "x-gateway-destination-endpoint" in set_headers(routed)
