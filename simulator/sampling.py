@@ -164,8 +164,9 @@ def validate_sampling(api: Api, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_truncation(body: Mapping[str, Any], max_model_len: int) -> None:
-    """``truncate_prompt_tokens`` as vLLM checks it (``Field(ge=-1)``, then the entrypoints'
-    ``_validate_truncation_size``): it was ignored, so ``10**12`` or ``"x"`` were served with a 200."""
+    """``truncate_prompt_tokens`` as vLLM 0.32 checks it (``Field(ge=-1)``, then
+    ``renderers/params.py``'s ``TokenizeParams.__post_init__`` against the context length): it was
+    ignored, so ``10**12`` or ``"x"`` were served with a 200."""
     raw = body.get("truncate_prompt_tokens")
     if raw is None:
         return
@@ -176,8 +177,8 @@ def check_truncation(body: Mapping[str, Any], max_model_len: int) -> None:
         )
     if value > max_model_len:
         raise SamplingError(
-            f"truncate_prompt_tokens value ({value}) is greater than max_model_len ({max_model_len})."
-            " Please, select a smaller truncation size.",
+            f"truncate_prompt_tokens={value} cannot be greater than max_model_len = {max_model_len}."
+            " Please request a smaller truncation size.",
             None,
         )
 

@@ -125,7 +125,7 @@ def test_an_integer_string_past_pythons_digit_limit_is_a_400_not_a_500(field: st
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (10**12, "truncate_prompt_tokens value (1000000000000) is greater than max_model_len (4096)"),
+        (10**12, "truncate_prompt_tokens=1000000000000 cannot be greater than max_model_len = 4096"),
         (-2, "greater than or equal to -1"),
         ("x", "int_parsing"),
     ],
