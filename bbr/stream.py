@@ -139,7 +139,8 @@ class RouterStream:
         # other method is answered from its method and path, its body unread. Parsing it answered
         # GET /v1/models with a body a 400 ("no 'model' field") instead of the listing, and a
         # GET /v1/completions one a 400 or a 404 depending on what its body happened to hold.
-        if headers.end_of_stream or _tunnel(self._headers) or self._headers.get(":method", "POST") != "POST":
+        method = self._headers.get(":method", "POST")
+        if headers.end_of_stream or _tunnel(self._headers) or not jsonbody.carries_json_body(method):
             await self._answer_without_body(send)
         if self._mode is BodyMode.BUFFERED:
             # Envoy waits for this answer before it sends the body.

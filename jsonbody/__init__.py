@@ -90,6 +90,14 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH, max_containers: int | None 
     return value
 
 
+def carries_json_body(method: str) -> bool:
+    """Whether a request with this ``:method`` has a body to read: every OpenAI / vLLM route that
+    takes a JSON body is a POST (methods are case-sensitive). Judging the body of a GET, PUT,
+    OPTIONS ... answered it with a 400 or 404 where the model server answers 405 (or, for
+    GET /v1/models, the listing)."""
+    return method == "POST"
+
+
 def encoding_problem(content_encoding: str) -> str | None:
     """Why a body sent with this ``content-encoding`` header cannot be read (None: it can). A
     compressed body is not JSON text until decompressed, which none of these servers does (nor does

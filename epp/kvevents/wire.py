@@ -56,7 +56,6 @@ import msgspec
 SEQ_BYTES = 8
 END_SEQ = (-1).to_bytes(SEQ_BYTES, "big", signed=True)
 KEY_MASK = (1 << 64) - 1
-_U32 = next(code for code in "IL" if array(code).itemsize == 4)  # array typecode of a uint32
 _U64 = next(code for code in "LQ" if array(code).itemsize == 8)  # array typecode of a uint64
 
 # The most events, block hashes and extra-key parts (a block's LoRA name, cache salt, multimodal
@@ -184,7 +183,8 @@ def _collector_paused() -> Iterator[None]:
 
 
 class _Budget:
-    """What is left of :data:`MAX_BATCH_ITEMS` while one batch is decoded."""
+    """What is left of :data:`MAX_BATCH_ITEMS` and :data:`MAX_EVENT_TOKENS` while one batch is
+    decoded."""
 
     __slots__ = ("left", "tokens_left")
 
@@ -356,13 +356,23 @@ def _batch_reason(message: str) -> str:
     return {"0": "batch_ts", "1": "batch_events", "2": "batch_rank"}.get(match[2], "batch_shape")
 
 
+def _is_map(first: int) -> bool:
+    """Whether a msgpack value starting with byte ``first`` is a map (fixmap, map16, map32)."""
+    return 0x80 <= first <= 0x8F or first in (0xDE, 0xDF)
+
+
+def _is_array(first: int) -> bool:
+    """Whether a msgpack value starting with byte ``first`` is an array (fixarray, array16, array32)."""
+    return 0x90 <= first <= 0x9F or first in (0xDC, 0xDD)
+
+
 def _event(raw: msgspec.Raw, budget: _Budget) -> Event | str:
     """The event in ``raw``, or the tag of an event type this decoder does not know (skipped)."""
     data = memoryview(raw)
     first = data[0] if data else 0xC1
-    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+    if _is_map(first):
         positional = False
-    elif 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+    elif _is_array(first):
         positional = True
     else:
         raise MalformedEvent("event_shape", f"msgpack type byte {first:#x}")
@@ -479,7 +489,7 @@ def _part(raw: msgspec.Raw) -> Any:
             return _BYTES_PART.decode(raw)
         if first <= 0x7F or first >= 0xE0 or 0xCC <= first <= 0xD3:
             return _INT_PART.decode(raw)
-        if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+        if _is_array(first):
             return tuple(_PAIR_PART.decode(raw))
     except msgspec.ValidationError as exc:
         raise MalformedEvent("stored_extra_keys", str(exc)) from None

@@ -333,7 +333,8 @@ class ExtProcStream:
         raw = b"".join(self._req.body_parts)
         self._release_body()
         self._metrics.request_bytes.observe(len(raw))
-        if not _carries_inference_body(self._req.headers):
+        # A missing :method counts as POST, as before.
+        if not jsonbody.carries_json_body(self._req.headers.get(":method", "POST")):
             # No model-server route takes this method with a request body (vLLM's are all POST):
             # judging the body answered GET/PUT/OPTIONS ... with a 400 (not JSON) or a 404 (model
             # not served) where the model server answers 405. Route it as a request without a
@@ -597,12 +598,6 @@ def _unroutable(headers: Mapping[str, str]) -> str | None:
     if "upgrade" in headers:
         return f"protocol upgrade to {headers['upgrade'][:40]!r}"
     return None
-
-
-def _carries_inference_body(headers: Mapping[str, str]) -> bool:
-    """Whether the request's body is one to schedule on: a POST (a missing ``:method`` too, as
-    before; methods are case-sensitive). Every OpenAI / vLLM route that takes a JSON body is a POST."""
-    return headers.get(":method", "POST") == "POST"
 
 
 def _refuse_encoded(headers: Mapping[str, str]) -> None:
